@@ -1,0 +1,48 @@
+"""Global settings (``biomip.config``) and device selection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InputError
+
+
+@dataclass
+class Config:
+    """Process-wide defaults.
+
+    ``device``: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``,
+    ``"cuda:1"`` ...  Used only where a function gets numpy input and has no
+    ``device=`` argument; torch input always stays where it lives.
+    ``progress``: show progress bars on long work (``None``: only on a terminal).
+    """
+
+    device: str = "auto"
+    progress: bool | None = None
+
+
+config = Config()
+
+
+def get_device(device=None):
+    """Resolve a device request to a ``torch.device``.
+
+    ``None`` means ``biomip.config.device``; ``"auto"`` picks CUDA when available.
+    """
+    import torch
+
+    if device is None:
+        device = config.device
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(
+            f"device: got {device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device: got {device!r} but CUDA is not available on this machine")
+    return dev

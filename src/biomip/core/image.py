@@ -1,0 +1,384 @@
+"""The biomip image model: an array plus its physical geometry.
+
+Geometry follows ITK / SimpleITK exactly, so numbers read here are the numbers
+SimpleITK, 3D Slicer and elastix show:
+
+* the array is indexed ``[..., z, y, x]`` (spatial axes last, like
+  ``SimpleITK.GetArrayFromImage``); non-spatial axes (``t`` time, ``c`` channel) come
+  first;
+* ``spacing``, ``origin`` and ``direction`` are in world order ``(x, y, z)``, in
+  millimetres, in the LPS patient frame (x: right->Left, y: anterior->Posterior,
+  z: inferior->Superior);
+* ``direction`` is a square matrix whose *column* ``k`` is the world direction of the
+  index axis ``k`` (index order ``(i, j, k) = (x, y, z)``, i.e. reversed array axes);
+* a continuous index ``(i, j, k)`` maps to the world point
+  ``origin + direction @ (spacing * index)``; index ``(0, 0, 0)`` is the *centre* of
+  the first voxel.
+
+Microscopy units are converted on read (1 um = 0.001 mm) so every image in biomip
+speaks millimetres; :meth:`Image.describe` also shows micrometres for small spacings.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+from typing import Any
+
+import numpy as np
+
+from .arrays import as_numpy, as_tensor, check_spacing, is_tensor
+from .errors import GeometryError, InputError, ShapeError, describe
+
+SPATIAL = "zyx"
+NON_SPATIAL = "tc"
+
+
+def _default_axes(ndim: int) -> str:
+    return {1: "x", 2: "yx", 3: "zyx", 4: "czyx", 5: "tczyx"}.get(ndim, "")
+
+
+def _check_axes(axes: str, ndim: int) -> str:
+    axes = axes.lower()
+    if len(axes) != ndim:
+        raise ShapeError(f"axes: got {axes!r} ({len(axes)} letters) for an array with {ndim} dimensions; expected {ndim} letters")
+    if len(set(axes)) != len(axes) or any(a not in SPATIAL + NON_SPATIAL for a in axes):
+        raise InputError(f"axes: got {axes!r}; expected distinct letters from 't', 'c', 'z', 'y', 'x'")
+    spatial = "".join(a for a in axes if a in SPATIAL)
+    if not spatial or not axes.endswith(spatial) or spatial not in ("x", "yx", "zyx"):
+        raise InputError(
+            f"axes: got {axes!r}; expected the spatial axes last in the order 'zyx' or 'yx' "
+            "(e.g. 'yx', 'zyx', 'cyx', 'czyx', 'tzyx')"
+        )
+    return axes
+
+
+class Image:
+    """An n-D array with spacing, origin, direction (ITK/LPS, mm), axis names and metadata.
+
+    Parameters
+    ----------
+    array : numpy array or torch tensor, spatial axes last ``[..., z, y, x]``.
+    spacing : voxel size per spatial axis in **world order (x, y, z)**, mm. Default 1.
+    origin : world position (x, y, z) of the centre of the first voxel, mm. Default 0.
+    direction : (d, d) matrix, column k = world direction of index axis k. Default identity.
+    axes : axis letters, e.g. ``"zyx"``, ``"cyx"``, ``"tzyx"``. Default from ``array.ndim``.
+    meta : free-form metadata (modality, source path, units, ...).
+
+    Examples
+    --------
+    >>> import numpy as np, biomip
+    >>> img = biomip.Image(np.zeros((10, 20, 30)), spacing=(0.5, 0.5, 2.0))
+    >>> img.size          # ITK order (nx, ny, nz)
+    (30, 20, 10)
+    >>> img.index_to_world([2, 0, 1])   # voxel x=2, y=0, z=1
+    array([1., 0., 2.])
+    >>> img[3:].origin    # slicing keeps the geometry
+    (0.0, 0.0, 6.0)
+    """
+
+    __array_priority__ = 10
+
+    def __init__(self, array, spacing=None, origin=None, direction=None, axes: str | None = None,
+                 meta: dict | None = None):
+        if isinstance(array, Image):
+            raise InputError("array: got an Image; use image.with_array(...) or image.copy()")
+        if not is_tensor(array):
+            array = np.asarray(array)
+            if array.dtype == object:
+                raise InputError(f"array: got {describe(array)}; expected a numeric array")
+        if array.ndim == 0:
+            raise ShapeError("array: got a 0-D scalar; expected an array with at least one spatial axis")
+        axes = _check_axes(axes if axes is not None else _default_axes(array.ndim), array.ndim)
+        self.array = array
+        self.axes = axes
+        d = self.sdim
+        self.spacing = check_spacing(spacing, d)
+        if origin is None:
+            org = np.zeros(d)
+        else:
+            org = np.atleast_1d(as_numpy(origin, dtype=float, name="origin")).ravel()
+        if org.size != d or not np.all(np.isfinite(org)):
+            raise GeometryError(f"origin: got {tuple(org)}; expected {d} finite numbers (x, y, z order)")
+        self.origin = tuple(float(v) for v in org)
+        if direction is None:
+            dirm = np.eye(d)
+        else:
+            dirm = np.asarray(as_numpy(direction, dtype=float, name="direction"), dtype=float)
+            if dirm.size == d * d:
+                dirm = dirm.reshape(d, d)
+        if dirm.shape != (d, d) or not np.all(np.isfinite(dirm)) or abs(np.linalg.det(dirm)) < 1e-6:
+            raise GeometryError(
+                f"direction: got {describe(dirm)}; expected a non-singular {d}x{d} matrix (or {d * d} numbers, row-major)"
+            )
+        self.direction = dirm
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def ndim(self) -> int:
+        return self.array.ndim
+
+    @property
+    def dtype(self):
+        return self.array.dtype
+
+    @property
+    def sdim(self) -> int:
+        """Number of spatial axes (2 or 3, 1 for profiles)."""
+        return sum(a in SPATIAL for a in self.axes)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """Shape of the spatial axes in array order ``(z, y, x)``."""
+        return self.shape[self.ndim - self.sdim:]
+
+    @property
+    def size(self) -> tuple[int, ...]:
+        """Number of voxels per spatial axis in ITK order ``(nx, ny, nz)``."""
+        return tuple(reversed(self.spatial_shape))
+
+    @property
+    def axis_spacing(self) -> tuple[float, ...]:
+        """Spacing per *array* spatial axis ``(dz, dy, dx)`` (scipy ``sampling`` order)."""
+        return tuple(reversed(self.spacing))
+
+    @property
+    def channels(self) -> int:
+        """Number of channels (1 when there is no ``c`` axis)."""
+        return self.shape[self.axes.index("c")] if "c" in self.axes else 1
+
+    @property
+    def is_torch(self) -> bool:
+        return is_tensor(self.array)
+
+    @property
+    def device(self):
+        return self.array.device if self.is_torch else "cpu"
+
+    @property
+    def affine(self) -> np.ndarray:
+        """(d+1, d+1) matrix mapping an ITK index ``(i, j, k, 1)`` to world LPS mm."""
+        d = self.sdim
+        a = np.eye(d + 1)
+        a[:d, :d] = self.direction * np.asarray(self.spacing)[None, :]
+        a[:d, d] = self.origin
+        return a
+
+    def numpy(self) -> np.ndarray:
+        """The array as numpy (no copy when it already is)."""
+        return as_numpy(self.array)
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self.numpy()
+        return arr.astype(dtype) if dtype is not None else arr
+
+    def torch(self, device=None, dtype=None):
+        """The array as a torch tensor (``device=None``: where it lives / config default)."""
+        return as_tensor(self.array, device=device, dtype=dtype)
+
+    # ------------------------------------------------------------- derivation
+    def with_array(self, array, axes: str | None = None, **overrides) -> "Image":
+        """New image with another array but this image's geometry and metadata.
+
+        The spatial shape may differ only if ``spacing``/``origin`` are overridden
+        explicitly by the caller; the number of spatial axes must match.
+        """
+        axes = axes if axes is not None else (self.axes if np.ndim(array) == self.ndim else None)
+        if axes is None:
+            nonsp = np.ndim(array) - self.sdim
+            if nonsp < 0:
+                raise ShapeError(f"array: got {describe(array)}; expected at least {self.sdim} dimensions")
+            axes = ("tc"[-nonsp:] if 0 < nonsp <= 2 else "") + SPATIAL[-self.sdim:]
+        kw = dict(spacing=self.spacing, origin=self.origin, direction=self.direction,
+                  axes=axes, meta=_copy.deepcopy(self.meta))
+        kw.update(overrides)
+        return Image(array, **kw)
+
+    def copy(self) -> "Image":
+        arr = self.array.clone() if self.is_torch else np.array(self.array, copy=True)
+        return self.with_array(arr)
+
+    def astype(self, dtype) -> "Image":
+        if self.is_torch:
+            return self.with_array(self.array.to(dtype))
+        return self.with_array(self.numpy().astype(dtype))
+
+    def to(self, device) -> "Image":
+        """Move the array to a torch device (returns a torch-backed image)."""
+        return self.with_array(self.torch(device))
+
+    # ----------------------------------------------------------------- geometry
+    def index_to_world(self, index) -> np.ndarray:
+        """Map continuous ITK indices ``(..., d)`` (order x, y, z) to world mm (LPS)."""
+        idx = np.asarray(index, dtype=float)
+        if idx.shape[-1:] != (self.sdim,):
+            raise ShapeError(f"index: got shape {idx.shape}; expected (..., {self.sdim}) in (x, y, z) order")
+        return np.asarray(self.origin) + (idx * np.asarray(self.spacing)) @ self.direction.T
+
+    def world_to_index(self, points) -> np.ndarray:
+        """Map world points ``(..., d)`` (mm, LPS, x, y, z) to continuous ITK indices."""
+        p = np.asarray(points, dtype=float)
+        if p.shape[-1:] != (self.sdim,):
+            raise ShapeError(f"points: got shape {p.shape}; expected (..., {self.sdim}) in (x, y, z) order")
+        inv = np.linalg.inv(self.direction)
+        return ((p - np.asarray(self.origin)) @ inv.T) / np.asarray(self.spacing)
+
+    def bounds(self) -> np.ndarray:
+        """World bounding box ``(2, d)`` of the voxel centres: min and max corner."""
+        d = self.sdim
+        corners = np.array(np.meshgrid(*[[0, n - 1] for n in self.size], indexing="ij")).reshape(d, -1).T
+        w = self.index_to_world(corners)
+        return np.stack([w.min(0), w.max(0)])
+
+    def same_geometry(self, other: "Image", atol: float = 1e-4) -> bool:
+        """True when both images sample the same physical grid."""
+        return (self.spatial_shape == other.spatial_shape
+                and np.allclose(self.spacing, other.spacing, atol=atol, rtol=1e-5)
+                and np.allclose(self.origin, other.origin, atol=atol, rtol=1e-5)
+                and np.allclose(self.direction, other.direction, atol=atol))
+
+    def check_same_geometry(self, other: "Image", name: str = "image", other_name: str = "other",
+                            atol: float = 1e-4) -> None:
+        """Raise :class:`GeometryError` naming the first difference."""
+        if self.spatial_shape != other.spatial_shape:
+            raise GeometryError(f"{name} and {other_name}: spatial shapes {self.spatial_shape} and {other.spatial_shape} differ")
+        for attr in ("spacing", "origin"):
+            a, b = getattr(self, attr), getattr(other, attr)
+            if not np.allclose(a, b, atol=atol, rtol=1e-5):
+                raise GeometryError(f"{name} and {other_name}: {attr} {a} and {b} differ; resample one onto the other first")
+        if not np.allclose(self.direction, other.direction, atol=atol):
+            raise GeometryError(f"{name} and {other_name}: directions differ; resample one onto the other first")
+
+    def geometry(self) -> dict:
+        """Geometry as plain JSON-able values."""
+        return {
+            "shape": list(self.shape), "axes": self.axes, "size": list(self.size),
+            "spacing": list(self.spacing), "origin": list(self.origin),
+            "direction": self.direction.ravel().tolist(),
+        }
+
+    # ----------------------------------------------------------------- indexing
+    def __getitem__(self, key) -> "Image":
+        """Numpy-style indexing over array axes that keeps the geometry right.
+
+        Slices move the origin and scale the spacing by the step; an integer on a
+        spatial axis removes it (direction collapses to the sub-matrix, as ITK's
+        ExtractImageFilter does).  Only integers, slices with positive steps and
+        ``...`` are accepted.
+        """
+        if not isinstance(key, tuple):
+            key = (key,)
+        if sum(k is Ellipsis for k in key) > 1:
+            raise InputError("index: at most one '...' allowed")
+        if Ellipsis in key:
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1:]
+        if len(key) > self.ndim:
+            raise ShapeError(f"index: got {len(key)} indices for an image with {self.ndim} axes")
+        key = key + (slice(None),) * (self.ndim - len(key))
+        d = self.sdim
+        first = self.ndim - d
+        start_idx = np.zeros(d)       # ITK order
+        step = np.ones(d)
+        keep_axes, kept_spatial = [], []
+        norm_key = []
+        for ax, (k, n) in enumerate(zip(key, self.shape)):
+            letter = self.axes[ax]
+            if isinstance(k, (int, np.integer)):
+                kk = int(k) + (n if k < 0 else 0)
+                if not 0 <= kk < n:
+                    raise InputError(f"index: {k} is out of range for axis '{letter}' of length {n}")
+                norm_key.append(kk)
+                if ax >= first:
+                    start_idx[self.ndim - 1 - ax] = kk
+            elif isinstance(k, slice):
+                s0, s1, st = k.indices(n)
+                if st <= 0:
+                    raise InputError(f"index: negative or zero step on axis '{letter}'; flip with numpy and set the direction yourself")
+                if s1 <= s0:
+                    raise ShapeError(f"index: slice {k} selects nothing on axis '{letter}' of length {n}")
+                norm_key.append(slice(s0, s1, st))
+                keep_axes.append(ax)
+                if ax >= first:
+                    it = self.ndim - 1 - ax
+                    start_idx[it] = s0
+                    step[it] = st
+                    kept_spatial.append(it)
+            else:
+                raise InputError(f"index: got {describe(k)}; expected integers, slices or '...'")
+        arr = self.array[tuple(norm_key)]
+        new_origin = self.index_to_world(start_idx)
+        kept = sorted(kept_spatial)
+        if not kept:
+            raise ShapeError("index: the result has no spatial axis left; index the array (image.array[...]) instead")
+        spacing = np.asarray(self.spacing) * step
+        sub = self.direction[np.ix_(kept, kept)] if len(kept) < d else self.direction
+        if len(kept) < d and abs(np.linalg.det(sub)) < 1e-6:
+            raise GeometryError("index: the slice is not aligned with a world axis, so its 2-D direction is undefined; resample first")
+        axes = "".join(self.axes[a] for a in keep_axes)
+        return Image(arr, spacing=spacing[kept], origin=np.asarray(new_origin)[kept] if len(kept) < d else new_origin,
+                     direction=sub, axes=axes, meta=_copy.deepcopy(self.meta))
+
+    # --------------------------------------------------------------- SimpleITK
+    def to_sitk(self):
+        """Convert to a ``SimpleITK.Image`` (channels become vector components)."""
+        try:
+            import SimpleITK as sitk
+        except ImportError as exc:
+            from .errors import MissingDependencyError
+
+            raise MissingDependencyError("to_sitk needs SimpleITK: pip install SimpleITK") from exc
+        arr = self.numpy()
+        axes = self.axes
+        if "t" in axes:
+            raise ShapeError(f"to_sitk: image has a time axis ({axes!r}); select one time point first")
+        is_vector = "c" in axes
+        if is_vector:
+            arr = np.moveaxis(arr, axes.index("c"), -1)
+        if arr.dtype == np.float16:
+            arr = arr.astype(np.float32)
+        img = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=is_vector)
+        img.SetSpacing(self.spacing)
+        img.SetOrigin(self.origin)
+        img.SetDirection(tuple(self.direction.ravel()))
+        return img
+
+    @classmethod
+    def from_sitk(cls, img, meta: dict | None = None) -> "Image":
+        """Build an :class:`Image` from a ``SimpleITK.Image`` (geometry copied exactly)."""
+        import SimpleITK as sitk
+
+        arr = sitk.GetArrayFromImage(img)
+        d = img.GetDimension()
+        axes = SPATIAL[-d:]
+        if img.GetNumberOfComponentsPerPixel() > 1:
+            arr = np.moveaxis(arr, -1, 0)
+            axes = "c" + axes
+        return cls(arr, spacing=img.GetSpacing(), origin=img.GetOrigin(),
+                   direction=np.asarray(img.GetDirection()).reshape(d, d), axes=axes, meta=meta)
+
+    # ------------------------------------------------------------------- output
+    def describe(self) -> dict:
+        """Summary used by ``biomip info``: shape, dtype, geometry, intensity range."""
+        arr = self.numpy()
+        info = {"shape": list(self.shape), "axes": self.axes, "dtype": str(arr.dtype)}
+        info.update(self.geometry())
+        if arr.size:
+            finite = arr[np.isfinite(arr)] if arr.dtype.kind in "fc" else arr
+            if finite.size:
+                info["range"] = [float(finite.min()), float(finite.max())]
+                info["mean"] = float(finite.mean())
+            if arr.dtype.kind in "fc" and finite.size != arr.size:
+                info["non_finite"] = int(arr.size - finite.size)
+        return info
+
+    def __repr__(self) -> str:
+        kind = f"torch {self.array.dtype} on {self.device}" if self.is_torch else f"numpy {self.array.dtype}"
+        sp = ", ".join(f"{s:.4g}" for s in self.spacing)
+        org = ", ".join(f"{o:.4g}" for o in self.origin)
+        ident = "" if np.allclose(self.direction, np.eye(self.sdim)) else ", oblique direction"
+        return f"Image(shape={self.shape}, axes={self.axes!r}, {kind}, spacing=({sp}) mm, origin=({org}){ident})"
