@@ -1,0 +1,144 @@
+"""File formats: ``read(path) -> Image`` and ``write(image, path)``.
+
+Supported: NIfTI (.nii, .nii.gz), DICOM (file, multi-frame, series folder or list of
+files), TIFF / OME-TIFF / ImageJ / SVS, OME-Zarr (multiscale), PNG, JPEG, NPY, NPZ.
+The format is detected from the content, not only from the suffix; geometry (spacing,
+origin, direction, LPS mm) round-trips through every format that can carry it.
+
+>>> import biomip
+>>> img = biomip.io.read("scan.nii.gz")              # doctest: +SKIP
+>>> biomip.io.write(img, "scan.ome.zarr")            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.atomic import atomic_path
+from ..core.errors import FormatError, InputError, UnsupportedFormatError, describe
+from ..core.image import Image
+from .dicom import SeriesInfo, list_series, read_dicom_file, read_dicom_series, write_dicom_series
+from .sniff import FORMATS, format_from_suffix, sniff
+
+__all__ = ["read", "write", "sniff", "list_series", "SeriesInfo", "FORMATS", "format_from_suffix"]
+
+
+def read(path, *, series=None, level: int = 0, key: str | None = None, progress=None) -> Image:
+    """Read an image file, a DICOM series folder or a list of DICOM slice files.
+
+    Parameters
+    ----------
+    path : file, folder (DICOM series / OME-Zarr) or list of DICOM files.
+    series : for a DICOM folder with several series, the index or SeriesInstanceUID
+        (see :func:`list_series`); for a TIFF, the TIFF series index.
+    level : pyramid level for OME-Zarr and pyramidal TIFF / SVS (0 = full resolution).
+    key : array name inside an NPZ file.
+    progress : show a progress bar while reading a DICOM series (default: on a terminal).
+
+    Returns an :class:`~biomip.Image` with spacing / origin / direction in mm (LPS).
+
+    >>> img = biomip.io.read("ct_series/")                         # doctest: +SKIP
+    >>> img.spacing, img.origin                                    # doctest: +SKIP
+    """
+    if isinstance(path, (list, tuple)):
+        return read_dicom_series(list(path), progress=progress)
+    if not isinstance(path, (str, Path)):
+        raise InputError(f"path: got {describe(path)}; expected a file or folder path")
+    fmt = sniff(path)
+    if fmt == "nifti":
+        from .nifti import read_nifti
+
+        return read_nifti(path)
+    if fmt == "dicom":
+        return read_dicom_file(path)
+    if fmt == "dicom-series":
+        return read_dicom_series(path, series=series, progress=progress)
+    if fmt == "tiff":
+        from .tiff import read_tiff
+
+        return read_tiff(path, series=int(series or 0), level=level)
+    if fmt == "ome-zarr":
+        from .omezarr import read_omezarr
+
+        return read_omezarr(path, level=level)
+    if fmt in ("png", "jpeg"):
+        from .raster import read_raster
+
+        return read_raster(path)
+    if fmt in ("npy", "npz"):
+        from .raster import read_numpy
+
+        return read_numpy(path, key=key)
+    raise UnsupportedFormatError(f"path: format {fmt!r} of {str(path)!r} has no reader")  # pragma: no cover
+
+
+def write(image: Image, path, *, format: str | None = None, overwrite: bool = True, **options) -> Path:
+    """Write ``image`` to ``path``; the format comes from ``format=`` or the suffix.
+
+    Output is atomic: the data go to a temporary sibling that is renamed into place
+    only when complete, so a failure never leaves a half-written file.  The input is
+    never modified.  ``.dcm`` writes one file (2-D) and a folder name without suffix
+    with ``format="dicom"`` writes a series (one file per slice).
+
+    Options: PNG/JPEG ``rescale=True``; OME-Zarr ``levels=``, ``min_size=``, ``chunks=``;
+    TIFF ``compression=``; DICOM ``description=``.
+
+    >>> biomip.io.write(img, "out.nii.gz")                         # doctest: +SKIP
+    """
+    if not isinstance(image, Image):
+        raise InputError(f"image: got {describe(image)}; expected a biomip.Image (wrap arrays with biomip.Image(array, spacing=...))")
+    path = Path(path)
+    fmt = (format or format_from_suffix(path) or "").lower()
+    if fmt in ("dicom-series", "dcm"):
+        fmt = "dicom"
+    if fmt == "jpg":
+        fmt = "jpeg"
+    if fmt not in ("nifti", "dicom", "tiff", "ome-zarr", "png", "jpeg", "npy", "npz"):
+        raise FormatError(
+            f"path: cannot tell the output format of {str(path)!r}; use a suffix (.nii.gz, .dcm, .tif, "
+            ".ome.tif, .ome.zarr, .png, .jpg, .npy, .npz) or pass format=")
+    options = {k: v for k, v in options.items() if v is not None}
+    multi_slice = image.sdim == 3 and image.spatial_shape[0] > 1
+    if fmt == "dicom" and multi_slice and path.suffix.lower() in (".dcm", ".ima"):
+        raise FormatError(
+            f"path: a volume of {image.spatial_shape[0]} slices is written as a DICOM series folder; "
+            f"got the file name {str(path)!r}. Give a folder name without suffix and format='dicom' "
+            "(CLI: --format dicom)")
+    is_dir = fmt == "ome-zarr" or (fmt == "dicom" and (multi_slice or path.suffix == ""))
+    with atomic_path(path, is_dir=is_dir, overwrite=overwrite) as tmp:
+        if fmt == "nifti":
+            from .nifti import write_nifti
+
+            write_nifti(image, tmp)
+        elif fmt == "dicom":
+            if is_dir:
+                write_dicom_series(image, tmp, **options)
+            else:
+                _write_single_dicom(image, tmp, **options)
+        elif fmt == "tiff":
+            from .tiff import write_tiff
+
+            write_tiff(image, tmp, **options)
+        elif fmt == "ome-zarr":
+            from .omezarr import write_omezarr
+
+            write_omezarr(image, tmp, **options)
+        elif fmt in ("png", "jpeg"):
+            from .raster import write_raster
+
+            write_raster(image, tmp, fmt, **options)
+        else:
+            from .raster import write_numpy
+
+            write_numpy(image, tmp, fmt)
+    return path
+
+
+def _write_single_dicom(image: Image, tmp: Path, **options) -> None:
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=tmp.parent) as d:
+        write_dicom_series(image, Path(d) / "s", **options)
+        files = sorted((Path(d) / "s").iterdir())
+        shutil.move(str(files[0]), str(tmp))

@@ -1,0 +1,493 @@
+"""DICOM via pydicom: single files, multi-frame (enhanced) objects and series folders.
+
+Geometry is built the way ITK / SimpleITK build it:
+
+* in-plane: ``PixelSpacing = [row spacing (y), column spacing (x)]``,
+  ``ImageOrientationPatient = [row direction (x axis), column direction (y axis)]``;
+* slice axis: the normal ``row x column``; slices are sorted by the projection of
+  ``ImagePositionPatient`` on that normal (never by file name or InstanceNumber);
+* slice spacing: the median distance between sorted positions (one slice:
+  ``SpacingBetweenSlices``, else 1, as GDCM; ``SliceThickness`` goes to ``meta``);
+* enhanced multi-frame objects use their per-frame functional groups; the slice axis is
+  always ``row x column`` (right-handed), so a frame order that runs against the
+  normal is re-sorted (SimpleITK may instead report a left-handed direction with the
+  frames in file order: the same voxels in space, another representation);
+* origin: ``ImagePositionPatient`` of the first sorted slice;
+* ``RescaleSlope`` / ``RescaleIntercept`` applied (integers stay integers when the slope
+  is 1 and the intercept integral; otherwise float32).
+
+A folder holding several series is never mixed: :func:`list_series` lists them and
+``read(folder, series=...)`` picks one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import FormatError, InputError, ShapeError
+from ..core.image import Image
+from ..core.progress import track
+
+
+@dataclass
+class SeriesInfo:
+    """One DICOM series found in a folder."""
+
+    index: int
+    uid: str
+    description: str
+    modality: str
+    n_files: int
+    rows: int
+    columns: int
+    first_file: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _dcmread(path, stop_before_pixels=False):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError as exc:
+        raise FormatError(f"path: {str(path)!r} is not a DICOM file ({exc})") from exc
+    except Exception as exc:
+        raise FormatError(f"path: cannot read DICOM file {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def _pixels(ds, path) -> np.ndarray:
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        sop = getattr(ds.get("SOPClassUID"), "name", "unknown")
+        raise FormatError(f"path: DICOM file {str(path)!r} holds no pixel data (SOP class: {sop})")
+    try:
+        return ds.pixel_array
+    except Exception as exc:
+        ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
+        raise FormatError(
+            f"path: cannot decode the pixel data of {str(path)!r} (transfer syntax "
+            f"{getattr(ts, 'name', ts)}): {type(exc).__name__}: {exc}. Compressed DICOM may need "
+            "pylibjpeg / pylibjpeg-openjpeg / python-gdcm installed"
+        ) from exc
+
+
+def _floats(value, n=None):
+    try:
+        vals = [float(v) for v in (value if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str) else [value])]
+    except (TypeError, ValueError):
+        return None
+    if n is not None and len(vals) != n:
+        return None
+    return vals
+
+
+def _rescale(arr: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    if slope == 1.0 and float(intercept).is_integer():
+        if intercept == 0:
+            return arr
+        out = arr.astype(np.int32) + int(intercept)
+        lo, hi = out.min(initial=0), out.max(initial=0)
+        return out.astype(np.int16) if -32768 <= lo and hi <= 32767 else out
+    return (arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)).astype(np.float32)
+
+
+def _slice_spacing_single(ds) -> float:
+    """z spacing of a lone slice: SpacingBetweenSlices, else 1 (as GDCM / SimpleITK;
+    SliceThickness is a slab width, not a sampling distance, and goes to meta)."""
+    v = ds.get("SpacingBetweenSlices")
+    try:
+        if v is not None and float(v) > 0:
+            return float(v)
+    except (TypeError, ValueError):
+        pass
+    return 1.0
+
+
+def _meta(ds, path) -> dict:
+    meta = {"format": "dicom", "source": str(path)}
+    for key, name in (("Modality", "modality"), ("SeriesDescription", "series_description"),
+                      ("SeriesInstanceUID", "series_uid"), ("StudyInstanceUID", "study_uid"),
+                      ("BodyPartExamined", "body_part"), ("Manufacturer", "manufacturer"),
+                      ("PhotometricInterpretation", "photometric"), ("RescaleType", "rescale_type")):
+        v = ds.get(key)
+        if v not in (None, ""):
+            meta[name] = str(v)
+    sop = ds.get("SOPClassUID")
+    if sop is not None:
+        meta["sop_class"] = getattr(sop, "name", str(sop))
+    st = ds.get("SliceThickness")
+    try:
+        if st not in (None, ""):
+            meta["slice_thickness"] = float(st)
+    except (TypeError, ValueError):
+        pass
+    if meta.get("modality") == "CT":
+        meta.setdefault("unit", "HU")
+    return meta
+
+
+def _frame_groups(ds, i):
+    """(position, orientation, pixel spacing, slope, intercept) of frame i in an enhanced object."""
+    pos = ori = psp = thick = None
+    slope, inter = 1.0, 0.0
+    for group_seq in (ds.get("SharedFunctionalGroupsSequence"), ds.get("PerFrameFunctionalGroupsSequence")):
+        if not group_seq:
+            continue
+        g = group_seq[0] if len(group_seq) == 1 and group_seq is ds.get("SharedFunctionalGroupsSequence") else (
+            group_seq[i] if i < len(group_seq) else None)
+        if g is None:
+            continue
+        if "PlanePositionSequence" in g:
+            pos = _floats(g.PlanePositionSequence[0].get("ImagePositionPatient"), 3) or pos
+        if "PlaneOrientationSequence" in g:
+            ori = _floats(g.PlaneOrientationSequence[0].get("ImageOrientationPatient"), 6) or ori
+        if "PixelMeasuresSequence" in g:
+            pm = g.PixelMeasuresSequence[0]
+            psp = _floats(pm.get("PixelSpacing"), 2) or psp
+            st = pm.get("SpacingBetweenSlices") or pm.get("SliceThickness")
+            thick = float(st) if st not in (None, "") else thick
+        if "PixelValueTransformationSequence" in g:
+            pv = g.PixelValueTransformationSequence[0]
+            slope = float(pv.get("RescaleSlope", 1.0) or 1.0)
+            inter = float(pv.get("RescaleIntercept", 0.0) or 0.0)
+    return pos, ori, psp, thick, slope, inter
+
+
+def _assemble(frames, positions, orientation, pixel_spacing, fallback_dz, meta, path) -> Image:
+    """Stack 2-D frames with positions along the slice normal into a 3-D image."""
+    row = np.asarray(orientation[:3], float)
+    col = np.asarray(orientation[3:], float)
+    normal = np.cross(row, col)
+    pos = np.asarray(positions, float)
+    proj = pos @ normal
+    order = np.argsort(proj, kind="stable")
+    proj_sorted = proj[order]
+    if len(proj_sorted) > 1:
+        gaps = np.diff(proj_sorted)
+        if np.any(gaps < 1e-4 * max(1.0, abs(np.median(gaps)))):
+            n_dup = int(np.sum(gaps < 1e-4))
+            raise FormatError(
+                f"path: {str(path)!r}: {n_dup} slice(s) share a position along the slice normal; "
+                "the series holds several volumes (echoes, time points or repeats). Select the "
+                "files of one volume and pass them as a list to biomip.io.read"
+            )
+        dz = float(np.median(gaps))
+        if np.max(np.abs(gaps - dz)) > 0.01 * dz + 1e-4:
+            meta["non_uniform_slice_spacing"] = True
+            meta["slice_gaps_mm"] = [float(g) for g in gaps]
+    else:
+        dz = fallback_dz
+    arr = np.stack([frames[i] for i in order])
+    spacing = (float(pixel_spacing[1]), float(pixel_spacing[0]), dz)
+    direction = np.stack([row, col, normal], axis=1)
+    meta["n_slices"] = int(arr.shape[0])
+    return Image(arr, spacing=spacing, origin=pos[order[0]], direction=direction, axes="zyx", meta=meta)
+
+
+def _channels_first(arr: np.ndarray, ds, frames: int) -> tuple[np.ndarray, str]:
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if spp > 1:
+        arr = np.moveaxis(arr, -1, 0)
+        return arr, "c" + ("zyx" if frames > 1 else "yx")
+    return arr, ("zyx" if frames > 1 else "yx")
+
+
+def read_dicom_file(path) -> Image:
+    """Read one DICOM file: a slice (as a 1-slice volume when it has patient geometry),
+    a projection image (2-D), or a multi-frame object (3-D)."""
+    ds = _dcmread(path)
+    arr = _pixels(ds, path)
+    meta = _meta(ds, path)
+    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    ipp = _floats(ds.get("ImagePositionPatient"), 3)
+    iop = _floats(ds.get("ImageOrientationPatient"), 6)
+    psp = _floats(ds.get("PixelSpacing"), 2) or _floats(ds.get("ImagerPixelSpacing"), 2)
+    if psp is not None and any(p <= 0 for p in psp):
+        psp = None
+
+    if nframes > 1 and "PerFrameFunctionalGroupsSequence" in ds:
+        # Enhanced multi-frame (enhanced CT / MR, SEG, ...)
+        frames, positions = [], []
+        ori = pspace = thick = None
+        slopes = []
+        for i in range(nframes):
+            p, o, s, t, sl, it = _frame_groups(ds, i)
+            positions.append(p)
+            ori, pspace, thick = o or ori, s or pspace, t or thick
+            slopes.append((sl, it))
+            frames.append(arr[i])
+        if spp == 1 and len(set(slopes)) == 1:
+            frames = [_rescale(f, *slopes[0]) for f in frames]
+        elif spp == 1:
+            frames = [_rescale(f.astype(np.float32), *si).astype(np.float32) for f, si in zip(frames, slopes)]
+        if all(p is not None for p in positions) and ori is not None and spp == 1:
+            meta["n_frames"] = nframes
+            return _assemble(frames, positions, ori, pspace or (1.0, 1.0), thick or 1.0, meta, path)
+        meta["geometry"] = "missing: frames stacked in file order"
+        out, axes = _channels_first(np.stack(frames), ds, nframes)
+        sp = (pspace[1], pspace[0], thick or 1.0) if pspace else None
+        return Image(out, spacing=sp, axes=axes, meta=meta)
+
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    if spp == 1:
+        arr = _rescale(arr, slope, inter)
+    if "DoseGridScaling" in ds:
+        arr = arr.astype(np.float32) * np.float32(float(ds.DoseGridScaling))
+        meta["unit"] = str(ds.get("DoseUnits", "GY"))
+
+    if nframes > 1 and "GridFrameOffsetVector" in ds and ipp and iop and spp == 1:
+        # RT dose: frames at IPP + offset * normal
+        offsets = _floats(ds.GridFrameOffsetVector)
+        normal = np.cross(iop[:3], iop[3:])
+        positions = [np.asarray(ipp) + o * normal for o in offsets]
+        return _assemble(list(arr), positions, iop, psp or (1.0, 1.0), 1.0, meta, path)
+
+    if ipp is not None and iop is not None and nframes == 1 and spp == 1:
+        # a cross-sectional slice: keep its 3-D geometry as a one-slice volume (like ITK)
+        return _assemble([arr], [ipp], iop, psp or (1.0, 1.0), _slice_spacing_single(ds), meta, path)
+
+    # projection / secondary capture / ultrasound / cine: no patient geometry
+    out, axes = _channels_first(arr, ds, nframes)
+    if nframes > 1:
+        axes = axes.replace("z", "t") if axes.endswith("zyx") else axes
+        if axes == "tyx" or axes == "ctyx":
+            out = np.moveaxis(out, 1, 0) if axes == "ctyx" else out
+            axes = "tyx" if axes == "tyx" else "tcyx"
+            meta["frames_axis"] = "t (cine)"
+    spacing = (psp[1], psp[0]) if psp else None
+    if psp is None:
+        meta["spacing_known"] = False
+    return Image(out, spacing=spacing, axes=axes, meta=meta)
+
+
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+        return len(head) == 132 and head[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _scan(folder: Path, progress=None):
+    files = [Path(r) / f for r, _, fs in os.walk(folder) for f in sorted(fs)]
+    files = sorted(p for p in files if not p.name.startswith("."))
+    headers = []
+    for p in track(files, "scanning DICOM", progress=progress):
+        if not _is_dicom_file(p):
+            continue
+        ds = _dcmread(p, stop_before_pixels=True)
+        sop = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "")) if hasattr(ds, "file_meta") else ""
+        if sop == "1.2.840.10008.1.3.10":  # DICOMDIR
+            continue
+        headers.append((p, ds))
+    return headers
+
+
+def _group(headers):
+    groups: dict[str, list] = {}
+    for p, ds in headers:
+        uid = str(ds.get("SeriesInstanceUID", "")) or f"(no SeriesInstanceUID) {p.parent}"
+        groups.setdefault(uid, []).append((p, ds))
+    return groups
+
+
+def list_series(folder, progress=None) -> list[SeriesInfo]:
+    """List the DICOM series found below ``folder`` (recursively).
+
+    >>> for s in biomip.io.list_series("study/"):          # doctest: +SKIP
+    ...     print(s.index, s.modality, s.n_files, s.description)
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"folder: {str(folder)!r} is not a folder")
+    groups = _group(_scan(folder, progress))
+    out = []
+    for i, (uid, items) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[1][0][0]))):
+        ds = items[0][1]
+        out.append(SeriesInfo(i, uid, str(ds.get("SeriesDescription", "")), str(ds.get("Modality", "")),
+                              len(items), int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0),
+                              str(items[0][0])))
+    return out
+
+
+def _read_series_files(files, label, progress=None) -> Image:
+    headers = [(Path(p), _dcmread(p)) for p in track(files, "reading DICOM", progress=progress)]
+    if len(headers) == 1:
+        return read_dicom_file(headers[0][0])
+    uids = {str(ds.get("SeriesInstanceUID", "")) for _, ds in headers}
+    if len(uids) > 1:
+        raise FormatError(f"path: {label} mixes {len(uids)} series; pass series= to choose one")
+    frames, positions = [], []
+    ori = psp = None
+    for p, ds in headers:
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise FormatError(f"path: {str(p)!r} is a multi-frame object inside a series; read it on its own")
+        ipp = _floats(ds.get("ImagePositionPatient"), 3)
+        iop = _floats(ds.get("ImageOrientationPatient"), 6)
+        if ipp is None or iop is None:
+            raise FormatError(f"path: {str(p)!r} has no ImagePositionPatient/ImageOrientationPatient; "
+                              "a series without patient geometry cannot be stacked into a volume")
+        if ori is None:
+            ori = iop
+        elif not np.allclose(ori, iop, atol=1e-4):
+            raise FormatError(f"path: {label}: slice {str(p)!r} has another orientation {iop} than {ori} "
+                              "(e.g. a localizer in the series)")
+        arr = _pixels(ds, p)
+        if frames and arr.shape != frames[0][0].shape:
+            raise FormatError(f"path: {label}: slice {str(p)!r} has shape {arr.shape}, others {frames[0][0].shape}")
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        frames.append((arr, slope, inter))
+        positions.append(ipp)
+        psp = psp or _floats(ds.get("PixelSpacing"), 2)
+    rescales = {(s, i) for _, s, i in frames}
+    if len(rescales) == 1:
+        arrays = [_rescale(a, s, i) for a, s, i in frames]
+    else:
+        arrays = [_rescale(a.astype(np.float32), s, i).astype(np.float32) for a, s, i in frames]
+    meta = _meta(headers[0][1], label)
+    meta["files"] = len(headers)
+    return _assemble(arrays, positions, ori, psp or (1.0, 1.0), _slice_spacing_single(headers[0][1]), meta, label)
+
+
+def read_dicom_series(path, series=None, progress=None) -> Image:
+    """Read a series folder (or a list of slice files) into a 3-D image.
+
+    ``series``: index (see :func:`list_series`) or SeriesInstanceUID; required when the
+    folder holds more than one series.
+    """
+    if isinstance(path, (list, tuple)):
+        if not path:
+            raise InputError("path: got an empty list of DICOM files")
+        return _read_series_files([Path(p) for p in path], f"{len(path)} files", progress)
+    folder = Path(path)
+    headers = _scan(folder, progress)
+    if not headers:
+        raise FormatError(f"path: no DICOM files (with the 'DICM' marker) found in folder {str(folder)!r}")
+    groups = _group(headers)
+    ordered = sorted(groups.items(), key=lambda kv: str(kv[1][0][0]))
+    if series is None:
+        if len(ordered) > 1:
+            lines = "\n".join(
+                f"  [{i}] {len(items)} file(s), {items[0][1].get('Modality', '?')} "
+                f"'{items[0][1].get('SeriesDescription', '')}' uid={uid}"
+                for i, (uid, items) in enumerate(ordered))
+            raise FormatError(
+                f"path: folder {str(folder)!r} holds {len(ordered)} DICOM series; choose one with "
+                f"series=<index or SeriesInstanceUID> (CLI: --series):\n{lines}")
+        uid, items = ordered[0]
+    elif isinstance(series, (int, np.integer)) or (isinstance(series, str) and series.isdigit()):
+        k = int(series)
+        if not 0 <= k < len(ordered):
+            raise InputError(f"series: got index {k}; the folder holds series 0..{len(ordered) - 1}")
+        uid, items = ordered[k]
+    else:
+        if series not in groups:
+            raise InputError(f"series: got {series!r}; expected one of the SeriesInstanceUIDs {sorted(groups)} or an index")
+        uid, items = series, groups[series]
+    return _read_series_files([p for p, _ in items], f"{str(folder)!r} series {uid}", progress)
+
+
+# ------------------------------------------------------------------- writing
+_SOP = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
+_SC = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def _encode(arr: np.ndarray):
+    """Pick a 16-bit storage and rescale for ``arr``: exact for integers that fit."""
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    if arr.dtype.kind in "iu":
+        lo, hi = int(arr.min(initial=0)), int(arr.max(initial=0))
+        if lo >= 0 and hi <= 65535:
+            return arr.astype(np.uint16), 0, 1.0, 0.0
+        if lo >= -32768 and hi <= 32767:
+            return arr.astype(np.int16), 1, 1.0, 0.0
+    if arr.dtype.kind not in "iuf":
+        raise InputError(f"image: DICOM cannot store dtype {arr.dtype}; expected integer or float")
+    a = arr.astype(np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    if np.all(a == np.round(a)) and hi - lo <= 65535:
+        inter = lo
+        return (a - inter).astype(np.uint16), 0, 1.0, inter
+    slope = (hi - lo) / 65535.0 if hi > lo else 1.0
+    return np.round((a - lo) / slope).astype(np.uint16), 0, slope, lo
+
+
+def write_dicom_series(image: Image, folder, description: str | None = None) -> None:
+    """Write a 2-D or 3-D grey image as a DICOM series folder (one file per slice).
+
+    Integer data that fits 16 bits is stored exactly; other data is quantised to
+    16 bits with RescaleSlope / RescaleIntercept (error <= slope / 2).
+    """
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    if image.axes not in ("yx", "zyx"):
+        raise ShapeError(f"image: the DICOM writer stores grey 2-D/3-D images; got axes {image.axes!r}")
+    arr = image.numpy()
+    vol = arr[None] if image.sdim == 2 else arr
+    stored, pixrep, slope, inter = _encode(vol)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=False)
+    modality = str(image.meta.get("modality", "OT"))[:16] or "OT"
+    sop_class = _SOP.get(modality, _SC)
+    study, series_uid, frame_ref = generate_uid(), generate_uid(), generate_uid()
+    if image.sdim == 3:
+        direction = image.direction
+        sx, sy, sz = image.spacing
+    else:
+        direction = np.eye(3)
+        direction[:2, :2] = image.direction
+        (sx, sy), sz = image.spacing, 1.0
+    row, col = direction[:, 0], direction[:, 1]
+    normal = direction[:, 2]
+    origin = np.zeros(3)
+    origin[: image.sdim] = image.origin
+    for k in range(vol.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = sop_class
+        sop_uid = generate_uid()
+        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = sop_class
+        ds.SOPInstanceUID = sop_uid
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = series_uid
+        ds.FrameOfReferenceUID = frame_ref
+        ds.Modality = modality
+        ds.PatientName = "biomip^anonymous"
+        ds.PatientID = "biomip"
+        ds.SeriesDescription = (description or image.meta.get("series_description") or "written by biomip")[:64]
+        ds.SeriesNumber = 1
+        ds.InstanceNumber = k + 1
+        ds.ImageType = ["DERIVED", "SECONDARY"]
+        pos = origin + normal * (k * sz)
+        ds.ImagePositionPatient = [pydicom.valuerep.DSfloat(v, auto_format=True) for v in pos]
+        ds.ImageOrientationPatient = [pydicom.valuerep.DSfloat(v, auto_format=True) for v in np.concatenate([row, col])]
+        ds.PixelSpacing = [pydicom.valuerep.DSfloat(sy, auto_format=True), pydicom.valuerep.DSfloat(sx, auto_format=True)]
+        ds.SliceThickness = pydicom.valuerep.DSfloat(sz, auto_format=True)
+        ds.SpacingBetweenSlices = pydicom.valuerep.DSfloat(sz, auto_format=True)
+        ds.Rows, ds.Columns = int(vol.shape[1]), int(vol.shape[2])
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = pixrep
+        ds.RescaleSlope = pydicom.valuerep.DSfloat(slope, auto_format=True)
+        ds.RescaleIntercept = pydicom.valuerep.DSfloat(inter, auto_format=True)
+        ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
+        ds.save_as(str(folder / f"IM{k + 1:05d}.dcm"), enforce_file_format=True)
