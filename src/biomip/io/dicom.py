@@ -69,11 +69,12 @@ def _pixels(ds, path) -> np.ndarray:
     try:
         return ds.pixel_array
     except Exception as exc:
-        ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        hint = (" Compressed DICOM may need pylibjpeg, pylibjpeg-openjpeg or python-gdcm installed."
+                if getattr(ts, "is_compressed", False) else "")
         raise FormatError(
             f"path: cannot decode the pixel data of {str(path)!r} (transfer syntax "
-            f"{getattr(ts, 'name', ts)}): {type(exc).__name__}: {exc}. Compressed DICOM may need "
-            "pylibjpeg / pylibjpeg-openjpeg / python-gdcm installed"
+            f"{getattr(ts, 'name', ts)}): {type(exc).__name__}: {exc}.{hint}"
         ) from exc
 
 

@@ -14,7 +14,7 @@ def read_raster(path) -> Image:
     from PIL import Image as PILImage
 
     try:
-        with PILImage.open(str(path)) as im:
+        with PILImage.open(str(path)) as im:  # noqa: SIM117
             im.load()
             info = dict(im.info)
             fmt = (im.format or "").lower()
@@ -31,16 +31,24 @@ def read_raster(path) -> Image:
     except Exception as exc:
         raise FormatError(f"path: cannot read image file {str(path)!r}: {type(exc).__name__}: {exc}") from exc
     meta = {"format": fmt or "raster", "source": str(path)}
-    spacing = None
-    dpi = info.get("dpi")
-    # PNG pHYs is set on purpose; JPEG/JFIF density is a print setting, not a pixel size
-    if fmt == "png" and dpi and all(float(v) > 1.5 for v in dpi) and not all(abs(float(v) - 72.0) < 1e-3 for v in dpi):
-        spacing = (25.4 / float(dpi[0]), 25.4 / float(dpi[1]))
-    if spacing is None:
+    # DPI / pHYs are print or screen settings (72, 90, 96 ...), not pixel sizes, so they are
+    # ignored; biomip's own PNGs carry their geometry in a 'biomip' text chunk.
+    geo = {}
+    if "biomip" in info:
+        try:
+            geo = json.loads(info["biomip"])
+        except (TypeError, json.JSONDecodeError):
+            geo = {}
+    if not geo:
         meta["spacing_known"] = False
-    if arr.ndim == 3:
-        return Image(np.ascontiguousarray(np.moveaxis(arr, -1, 0)), spacing=spacing, axes="cyx", meta=meta)
-    return Image(np.ascontiguousarray(arr), spacing=spacing, axes="yx", meta=meta)
+    arr = np.ascontiguousarray(np.moveaxis(arr, -1, 0)) if arr.ndim == 3 else np.ascontiguousarray(arr)
+    axes = "cyx" if arr.ndim == 3 else "yx"
+    try:
+        return Image(arr, spacing=geo.get("spacing"), origin=geo.get("origin"), direction=geo.get("direction"),
+                     axes=axes, meta=meta)
+    except Exception:  # a foreign or damaged chunk: fall back to pixel units
+        meta["spacing_known"] = False
+        return Image(arr, axes=axes, meta=meta)
 
 
 def write_raster(image: Image, path, fmt: str, rescale: bool = False, quality: int = 95) -> None:
@@ -72,8 +80,13 @@ def write_raster(image: Image, path, fmt: str, rescale: bool = False, quality: i
             f"image: {fmt.upper()} stores {names}; got {arr.dtype}. Pass rescale=True (CLI: --rescale) "
             "to map the intensity range, or use NIfTI / TIFF / NPZ to keep the values")
     kw = {}
-    if image.meta.get("spacing_known", True) is not False:
-        kw["dpi"] = (25.4 / image.spacing[0], 25.4 / image.spacing[1])
+    if fmt == "png":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("biomip", json.dumps({"spacing": list(image.spacing), "origin": list(image.origin),
+                                            "direction": image.direction.ravel().tolist()}))
+        kw["pnginfo"] = info
     if fmt == "jpeg":
         kw["quality"] = quality
     try:

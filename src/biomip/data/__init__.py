@@ -1,0 +1,43 @@
+"""Data: real samples that ship inside installed packages, and seeded simulators.
+
+Samples (nothing downloads at run time)::
+
+    biomip.data.list()                 # catalogue entries with modality, shape, licence
+    img = biomip.data.load("ct-small") # -> biomip.Image with geometry
+
+Simulators (same seed, same result)::
+
+    biomip.data.shepp_logan((256, 256))
+    biomip.data.random_deformation((64, 64, 64), max_displacement=4.0, seed=0)
+    biomip.data.synthetic_nuclei((256, 256), n_nuclei=40, seed=0)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .catalogue import SAMPLES, SAMPLES_HINT, Sample, get, list_samples, load, sample_path
+
+_SIMULATORS = {
+    "shepp_logan": "phantoms",
+    "random_deformation": "deformation",
+    "RandomDeformation": "deformation",
+    "synthetic_nuclei": "nuclei",
+    "NucleiSample": "nuclei",
+}
+
+
+def list(available_only: bool = False, modality: str | None = None):  # noqa: A001 - public name
+    """Catalogue entries (see :class:`Sample`); ``available_only`` drops uninstalled ones."""
+    return list_samples(available_only=available_only, modality=modality)
+
+
+def __getattr__(name):
+    # simulators import torch; load them on first use
+    if name in _SIMULATORS:
+        mod = importlib.import_module(f"biomip.data.{_SIMULATORS[name]}")
+        return getattr(mod, name)
+    raise AttributeError(f"module 'biomip.data' has no attribute {name!r}")
+
+
+__all__ = ["list", "load", "get", "sample_path", "Sample", "SAMPLES", "SAMPLES_HINT", *_SIMULATORS]
