@@ -21,3 +21,28 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def sample_file():
+    """Path of a catalogue sample's file; skips the test when its package is missing."""
+    from biomip.data import get
+
+    def _get(name):
+        s = get(name)
+        if not s.available:
+            pytest.skip(f"sample package {s.package!r} not installed")
+        return s.path()
+
+    return _get
+
+
+@pytest.fixture
+def oblique_volume():
+    import SimpleITK as sitk
+
+    from biomip import Image
+
+    rot = np.asarray(sitk.VersorRigid3DTransform((0.1, 0.2, 0.3, 0.9)).GetMatrix()).reshape(3, 3)
+    arr = (np.random.default_rng(0).normal(size=(5, 6, 7)) * 300).astype(np.int16)
+    return Image(arr, spacing=(0.7, 0.8, 2.5), origin=(10.0, -20.0, 30.5), direction=rot, meta={"modality": "CT"})

@@ -6,7 +6,8 @@ Geometry is built the way ITK / SimpleITK build it:
   ``ImageOrientationPatient = [row direction (x axis), column direction (y axis)]``;
 * slice axis: the normal ``row x column``; slices are sorted by the projection of
   ``ImagePositionPatient`` on that normal (never by file name or InstanceNumber);
-* slice spacing: the median distance between sorted positions (one slice:
+* slice spacing: the median Euclidean distance between consecutive sorted positions
+  (one slice:
   ``SpacingBetweenSlices``, else 1, as GDCM; ``SliceThickness`` goes to ``meta``);
 * enhanced multi-frame objects use their per-frame functional groups; the slice axis is
   always ``row x column`` (right-handed), so a frame order that runs against the
@@ -178,10 +179,17 @@ def _assemble(frames, positions, orientation, pixel_spacing, fallback_dz, meta, 
                 "the series holds several volumes (echoes, time points or repeats). Select the "
                 "files of one volume and pass them as a list to biomip.io.read"
             )
-        dz = float(np.median(gaps))
-        if np.max(np.abs(gaps - dz)) > 0.01 * dz + 1e-4:
+        # spacing = Euclidean distance between consecutive positions (as ITK); with a
+        # gantry tilt / shear this differs from the distance along the normal, which
+        # ITK's model cannot express: report the angle so the user knows
+        steps = np.linalg.norm(np.diff(pos[order], axis=0), axis=1)
+        dz = float(np.median(steps))
+        if np.max(np.abs(steps - dz)) > 0.01 * dz + 1e-4:
             meta["non_uniform_slice_spacing"] = True
-            meta["slice_gaps_mm"] = [float(g) for g in gaps]
+            meta["slice_gaps_mm"] = [float(g) for g in steps]
+        tilt = float(np.degrees(np.arccos(np.clip(np.median(gaps) / dz, -1.0, 1.0))))
+        if tilt > 0.01:
+            meta["slice_shear_deg"] = round(tilt, 4)
     else:
         dz = fallback_dz
     arr = np.stack([frames[i] for i in order])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..core.errors import FormatError, ShapeError
@@ -43,7 +45,17 @@ def read_nifti(path) -> Image:
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        name = str(path).lower()
+        if name.endswith((".nii", ".nii.gz")):
+            img = nib.load(str(path))
+        else:  # content was sniffed as NIfTI but nibabel wants a known suffix
+            import gzip
+
+            raw = Path(path).read_bytes()
+            if raw[:2] == b"\x1f\x8b":
+                raw = gzip.decompress(raw)
+            cls = nib.Nifti2Image if int.from_bytes(raw[:4], "little") == 540 or int.from_bytes(raw[:4], "big") == 540 else nib.Nifti1Image
+            img = cls.from_bytes(raw)
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many kinds
         raise FormatError(f"path: cannot read NIfTI file {str(path)!r}: {exc}") from exc

@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from biomip import Image
+from biomip.core import (BiomipError, GeometryError, InputError, ShapeError, as_numpy, as_tensor,
+                         atomic_path, check_finite, like_input)
+
+
+def _oblique():
+    rot = np.asarray(sitk.VersorRigid3DTransform((0.1, 0.2, 0.3, 0.9)).GetMatrix()).reshape(3, 3)
+    arr = np.arange(5 * 6 * 7, dtype=np.int16).reshape(5, 6, 7)
+    return Image(arr, spacing=(0.7, 0.8, 2.5), origin=(10.0, -20.0, 30.5), direction=rot)
+
+
+def test_defaults_and_axes():
+    img = Image(np.zeros((4, 5, 6)))
+    assert img.axes == "zyx" and img.sdim == 3 and img.size == (6, 5, 4)
+    assert img.spacing == (1.0, 1.0, 1.0) and img.origin == (0.0, 0.0, 0.0)
+    np.testing.assert_array_equal(img.direction, np.eye(3))
+    assert Image(np.zeros((3, 8, 9)), axes="cyx").sdim == 2
+    assert Image(np.zeros((2, 3, 4, 5)), axes="tzyx").spatial_shape == (3, 4, 5)
+    assert Image(np.zeros((3, 4, 5))).axis_spacing == (1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("kwargs, err", [
+    ({"spacing": (1, -1)}, GeometryError),
+    ({"spacing": (1, 1, 1)}, GeometryError),
+    ({"origin": (0, np.nan)}, GeometryError),
+    ({"direction": np.zeros((2, 2))}, GeometryError),
+    ({"axes": "xy"}, InputError),
+    ({"axes": "zyx"}, ShapeError),
+])
+def test_bad_geometry_is_named(kwargs, err):
+    with pytest.raises(err) as exc:
+        Image(np.zeros((4, 5)), **kwargs)
+    assert list(kwargs)[0] in str(exc.value)
+    assert isinstance(exc.value, BiomipError)
+
+
+def test_index_world_matches_sitk():
+    img = _oblique()
+    s = img.to_sitk()
+    for idx in [(0, 0, 0), (1.5, 2.0, 3.25), (6, 5, 4)]:
+        np.testing.assert_allclose(img.index_to_world(idx), s.TransformContinuousIndexToPhysicalPoint(idx), atol=1e-9)
+    pts = np.random.default_rng(0).normal(size=(10, 3)) * 20
+    np.testing.assert_allclose(img.index_to_world(img.world_to_index(pts)), pts, atol=1e-9)
+
+
+def test_slicing_keeps_geometry_like_sitk():
+    img = _oblique()
+    s = img.to_sitk()
+    sub = img[1:4, 2:, ::2]
+    ref = s[::2, 2:, 1:4]  # SimpleITK slices in (x, y, z) order
+    np.testing.assert_allclose(sub.origin, ref.GetOrigin(), atol=1e-9)
+    np.testing.assert_allclose(sub.spacing, ref.GetSpacing(), atol=1e-12)
+    np.testing.assert_array_equal(sub.array, sitk.GetArrayFromImage(ref))
+
+
+def test_integer_index_collapses_to_2d():
+    img = Image(np.random.default_rng(0).random((5, 6, 7)), spacing=(0.5, 0.6, 3.0), origin=(1, 2, 3))
+    sl = img[2]
+    ref = img.to_sitk()[:, :, 2]
+    assert sl.sdim == 2 and sl.axes == "yx"
+    np.testing.assert_allclose(sl.origin, ref.GetOrigin())
+    np.testing.assert_allclose(sl.spacing, ref.GetSpacing())
+    np.testing.assert_allclose(sl.direction.ravel(), ref.GetDirection())
+    with pytest.raises(InputError):
+        img[7]
+    with pytest.raises(InputError):
+        img[::-1]
+
+
+def test_sitk_round_trip_vector_image():
+    arr = np.random.default_rng(1).random((3, 4, 5)).astype(np.float32)
+    img = Image(arr, spacing=(0.5, 2.0), origin=(1, 2), axes="cyx")
+    back = Image.from_sitk(img.to_sitk())
+    assert back.axes == "cyx"
+    np.testing.assert_array_equal(back.array, arr)
+    assert back.spacing == img.spacing and back.origin == img.origin
+
+
+def test_numpy_torch_conversion_keeps_kind():
+    img = Image(np.arange(12, dtype=np.uint16).reshape(3, 4), spacing=(2, 3))
+    t = img.torch()
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.int32
+    timg = img.to("cpu")
+    assert timg.is_torch and timg.spacing == img.spacing
+    assert isinstance(like_input(np.ones(3), torch.zeros(3)), torch.Tensor)
+    assert isinstance(like_input(torch.ones(3), np.zeros(3)), np.ndarray)
+    np.testing.assert_array_equal(as_numpy(timg), img.array)
+    assert as_tensor(np.zeros(2, dtype=">f4")).dtype == torch.float32
+    np.testing.assert_array_equal(np.asarray(img), img.array)
+
+
+def test_check_finite_names_argument():
+    with pytest.raises(InputError, match="moving: contains 1 NaN"):
+        check_finite(np.array([1.0, np.nan]), "moving")
+    with pytest.raises(InputError, match="x: contains 2"):
+        check_finite(torch.tensor([np.inf, np.nan, 1.0]), "x")
+
+
+def test_with_array_and_copy_do_not_share():
+    img = Image(np.zeros((3, 4)), meta={"a": [1]})
+    cp = img.copy()
+    cp.array[0, 0] = 5
+    cp.meta["a"].append(2)
+    assert img.array[0, 0] == 0 and img.meta["a"] == [1]
+    with pytest.raises(ShapeError):
+        img.with_array(np.zeros(3))
+
+
+def test_check_same_geometry():
+    a = Image(np.zeros((4, 4)), spacing=(1, 1))
+    b = Image(np.zeros((4, 4)), spacing=(1, 2))
+    assert a.same_geometry(a.copy())
+    with pytest.raises(GeometryError, match="spacing"):
+        a.check_same_geometry(b, "fixed", "moving")
+
+
+def test_atomic_path_failure_leaves_old_file(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+
+
+def test_describe_reports_non_finite():
+    d = Image(np.array([[1.0, np.nan], [3.0, 4.0]])).describe()
+    assert d["non_finite"] == 1 and d["range"] == [1.0, 4.0]
