@@ -59,7 +59,10 @@ def as_tensor(x, device=None, dtype=None, name: str = "array"):
         arr = arr.astype(np.int64)
     elif arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    t = torch.from_numpy(np.ascontiguousarray(arr))
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # torch.from_numpy warns on read-only memory
+        arr = arr.copy()
+    t = torch.from_numpy(arr)
     t = t.to(get_device(device))
     return t if dtype is None else t.to(dtype)
 
