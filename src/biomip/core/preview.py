@@ -67,6 +67,8 @@ def _views(image: Image, arr: np.ndarray):
         return [("", arr, (0, nx * sx, ny * sy, 0))]
     nz, ny, nx = arr.shape[-3:]
     sx, sy, sz = image.spacing
+    if nz == 1:  # a lone slice (e.g. one DICOM file): only the slice is worth drawing
+        return [("slice", arr[0], (0, nx * sx, ny * sy, 0))]
     return [
         (f"axial z={nz // 2}", arr[nz // 2], (0, nx * sx, ny * sy, 0)),
         (f"coronal y={ny // 2}", arr[:, ny // 2, :][::-1], (0, nx * sx, 0, nz * sz)),
@@ -91,7 +93,7 @@ def render(image: Image, path, title: str | None = None, labels: Image | None = 
         is_labels = image.meta.get("kind") == "labels"
     views = _views(image, arr)
     lab_views = _views(labels, _display_array(labels)[0]) if labels is not None else [None] * len(views)
-    fig, axs = plt.subplots(1, len(views), figsize=(4.2 * len(views), 4.4), squeeze=False)
+    fig, axs = plt.subplots(1, len(views), figsize=(max(5.0, 4.2 * len(views)), 4.8), squeeze=False)
     lo, hi = _window(arr) if mode == "grey" and not is_labels else (0, 1)
     for ax, (name, a, ext), lv in zip(axs[0], views, lab_views):
         a, _ = _stride(a)
@@ -112,9 +114,16 @@ def render(image: Image, path, title: str | None = None, labels: Image | None = 
         unit = "mm" if image.meta.get("spacing_known", True) else "px"
         ax.set_xlabel(unit, fontsize=8)
         ax.tick_params(labelsize=7)
-    sp = ", ".join(f"{s:.3g}" for s in image.spacing)
+    import textwrap
+
+    if image.meta.get("spacing_known", True) is False:
+        sp = "spacing unknown (pixel units)"
+    else:
+        sp = "spacing (" + ", ".join(f"{s:.3g}" for s in image.spacing) + ") mm"
     head = title or str(image.meta.get("sample", image.meta.get("name", "image")))
-    fig.suptitle(f"{head}\nshape {image.shape} {image.axes}, spacing ({sp}) mm, {image.dtype}", fontsize=10)
+    width = 48 * len(views)
+    fig.suptitle(textwrap.fill(head, width) + "\n" + textwrap.fill(f"shape {image.shape} {image.axes}, {sp}, {image.dtype}", width),
+                 fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")

@@ -128,7 +128,9 @@ def random_deformation(shape, max_displacement: float = 4.0, smoothness: float |
 
     Parameters
     ----------
-    shape : spatial shape ``(ny, nx)`` or ``(nz, ny, nx)``.
+    shape : spatial shape ``(ny, nx)`` or ``(nz, ny, nx)``, or a reference
+        :class:`~biomip.Image` whose grid (shape, spacing, origin, direction) the fields
+        then live on, so ``biomip.ops.warp(image, deformation.displacement)`` works directly.
     max_displacement : largest displacement length in mm (>= 0).
     smoothness : standard deviation (mm) of the Gaussian that smooths the noise: the
         length scale of the deformation.  Default: 1/8 of the smallest physical extent
@@ -142,8 +144,8 @@ def random_deformation(shape, max_displacement: float = 4.0, smoothness: float |
 
     Returns
     -------
-    :class:`RandomDeformation` with float32 Image fields on the grid (origin 0,
-    identity direction, ``meta["kind"] == "displacement"``).
+    :class:`RandomDeformation` with float32 Image fields on the grid (origin 0 and
+    identity direction unless a reference image is given; ``meta["kind"] == "displacement"``).
 
     Examples
     --------
@@ -152,6 +154,13 @@ def random_deformation(shape, max_displacement: float = 4.0, smoothness: float |
     >>> abs(deformation.max_displacement - 3.0) < 0.1, deformation.min_jacobian > 0
     (True, True)
     """
+    reference = None
+    if isinstance(shape, Image):  # fields on this image's grid (origin, direction, spacing)
+        reference = shape
+        if spacing is not None and not np.allclose(check_spacing(spacing, reference.sdim), reference.spacing):
+            raise GeometryError(f"spacing: got {spacing!r} and a reference image with spacing "
+                                f"{reference.spacing}; give one of them")
+        shape, spacing = reference.spatial_shape, reference.spacing
     try:
         shp = tuple(int(s) for s in shape)
         ok = all(int(s) == s for s in shape)
@@ -198,6 +207,14 @@ def random_deformation(shape, max_displacement: float = 4.0, smoothness: float |
         inv = invert_displacement(u, spacing=sp, sdim=d)
         velocity = None
     meta = {"kind": "displacement", "generator": "random_deformation", "seed": int(seed)}
+    if reference is not None:
+        # built in the grid's own axes; rotate the vectors into the world frame
+        rot = np.asarray(reference.direction, dtype=np.float64)
+        turn = (lambda f: None if f is None else np.einsum("ck,k...->c...", rot, np.asarray(f, np.float64)))
+        u, inv = turn(u), turn(inv)
+        geom.update(origin=reference.origin, direction=reference.direction)
+        if velocity is not None:
+            velocity = Image(turn(velocity.numpy()).astype(np.float32), meta={"kind": "velocity"}, **geom)
     return RandomDeformation(
         displacement=Image(np.asarray(u, dtype=np.float32), meta=meta, **geom),
         inverse=Image(np.asarray(inv, dtype=np.float32), meta=dict(meta, inverse=True), **geom),
