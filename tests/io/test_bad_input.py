@@ -78,3 +78,25 @@ def test_dicom_without_pixels(tmp_path):
     with pytest.raises(FormatError, match="no pixel data"):
         read(rtplan)
     del pydicom
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
+                                  "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small_expb.dcm"])
+def test_dicom_encodings_decode_to_the_same_pixels(sample_file, name):
+    folder = sample_file("mr-small").parent
+    ref = read(folder / "MR_small.dcm")
+    img = read(folder / name)
+    np.testing.assert_array_equal(img.array, ref.array)
+    assert img.spacing == ref.spacing and img.origin == ref.origin
+
+
+def test_dicom_without_file_meta_is_still_read(sample_file):
+    folder = sample_file("ct-small").parent
+    with pytest.raises(FormatError, match="no pixel data"):  # parsed (RT Struct), but holds no image
+        read(folder / "rtstruct.dcm")
+
+
+def test_undecodable_compression_names_transfer_syntax(sample_file):
+    folder = sample_file("ct-small").parent
+    with pytest.raises(FormatError, match="JPEG Extended"):
+        read(folder / "JPEG-lossy.dcm")  # 12-bit lossy JPEG with a misplaced marker

@@ -58,6 +58,14 @@ def _dcmread(path, stop_before_pixels=False):
     try:
         return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as exc:
+        # old files without preamble / file meta: accept them only if they parse into
+        # a plausible dataset (an SOP class, or image rows)
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels, force=True)
+            if "SOPClassUID" in ds or "Rows" in ds:
+                return ds
+        except Exception:
+            pass
         raise FormatError(f"path: {str(path)!r} is not a DICOM file ({exc})") from exc
     except Exception as exc:
         raise FormatError(f"path: cannot read DICOM file {str(path)!r}: {type(exc).__name__}: {exc}") from exc
