@@ -1,9 +1,7 @@
 import json
 
 import numpy as np
-import pytest
 
-from biomip import Image
 from biomip.cli.main import main
 from biomip.io import read, write
 

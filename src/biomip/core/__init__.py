@@ -1,6 +1,6 @@
 """Core layer: the :class:`Image` container, array helpers, errors, config, progress."""
 
-from .arrays import (as_numpy, as_tensor, check_finite, check_ndim, check_same_shape,
+from .arrays import (as_numpy, as_tensor, check_finite, check_ndim, check_same_shape, check_shape,
                      check_spacing, is_tensor, like_input)
 from .atomic import atomic_path, write_json
 from .config import config, get_device
@@ -13,6 +13,6 @@ __all__ = [
     "Image", "BiomipError", "InputError", "ShapeError", "GeometryError", "FormatError",
     "UnsupportedFormatError", "MissingDependencyError", "SampleNotFoundError",
     "as_numpy", "as_tensor", "like_input", "is_tensor", "check_finite", "check_ndim",
-    "check_same_shape", "check_spacing", "config", "get_device", "track", "progress_enabled",
+    "check_same_shape", "check_shape", "check_spacing", "config", "get_device", "track", "progress_enabled",
     "atomic_path", "write_json",
 ]

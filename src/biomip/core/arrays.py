@@ -136,3 +136,16 @@ def GeometryError_(msg):  # late import to keep the module graph flat
     from .errors import GeometryError
 
     return GeometryError(msg)
+
+
+def check_shape(shape, ndims=(2, 3), min_size: int = 1, name: str = "shape") -> tuple[int, ...]:
+    """Validate a spatial shape ``(ny, nx)`` / ``(nz, ny, nx)``: integers >= ``min_size``."""
+    try:
+        shp = tuple(int(s) for s in shape)
+        ok = all(int(s) == s for s in shape)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name}: got {shape!r}; expected (ny, nx) or (nz, ny, nx) integers") from exc
+    if len(shp) not in tuple(ndims) or not ok or any(s < min_size for s in shp):
+        raise ShapeError(f"{name}: got {shape!r}; expected {' or '.join(map(str, ndims))} integers >= {min_size}, "
+                         "(ny, nx) or (nz, ny, nx)")
+    return shp

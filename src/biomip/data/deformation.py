@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.arrays import check_spacing
+from ..core.arrays import check_shape, check_spacing
 from ..core.errors import GeometryError, InputError, ShapeError
 from ..core.image import Image
 from ..ops.filters import gaussian_smooth, spatial_gradient
@@ -161,13 +161,7 @@ def random_deformation(shape, max_displacement: float = 4.0, smoothness: float |
             raise GeometryError(f"spacing: got {spacing!r} and a reference image with spacing "
                                 f"{reference.spacing}; give one of them")
         shape, spacing = reference.spatial_shape, reference.spacing
-    try:
-        shp = tuple(int(s) for s in shape)
-        ok = all(int(s) == s for s in shape)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"shape: got {shape!r}; expected (ny, nx) or (nz, ny, nx) integers") from exc
-    if len(shp) not in (2, 3) or not ok or any(s < 2 for s in shp):
-        raise ShapeError(f"shape: got {shape!r}; expected 2 or 3 integers >= 2, (ny, nx) or (nz, ny, nx)")
+    shp = check_shape(shape, min_size=2)
     d = len(shp)
     sp = check_spacing(spacing, d)
     if isinstance(max_displacement, bool) or not isinstance(max_displacement, (int, float, np.integer, np.floating)) \

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..core.arrays import check_spacing
-from ..core.errors import InputError, ShapeError
+from ..core.arrays import check_shape, check_spacing
+from ..core.errors import InputError
 from ..core.image import Image
 
 __all__ = ["NucleiSample", "synthetic_nuclei"]
@@ -111,13 +111,7 @@ def synthetic_nuclei(shape=(256, 256), n_nuclei: int = 40, radius=(6, 12), touch
     >>> sample.n, int(sample.labels.array.max()) == sample.n
     (12, True)
     """
-    try:
-        shp = tuple(int(s) for s in shape)
-        ok = all(int(s) == s for s in shape)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"shape: got {shape!r}; expected (ny, nx) or (nz, ny, nx) integers") from exc
-    if len(shp) not in (2, 3) or not ok or any(s < 4 for s in shp):
-        raise ShapeError(f"shape: got {shape!r}; expected 2 or 3 integers >= 4, (ny, nx) or (nz, ny, nx)")
+    shp = check_shape(shape, min_size=4)
     d = len(shp)
     sp = np.asarray(check_spacing(spacing, d))
     _check_number(n_nuclei, "n_nuclei", 0, integer=True)

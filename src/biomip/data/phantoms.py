@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.arrays import check_spacing
-from ..core.errors import InputError, ShapeError
+from ..core.arrays import check_shape, check_spacing
+from ..core.errors import InputError
 from ..core.image import Image
 
 __all__ = ["shepp_logan", "SHEPP_LOGAN_2D", "SHEPP_LOGAN_3D"]
@@ -99,13 +99,7 @@ def shepp_logan(shape=(256, 256), modified: bool = True, spacing=None, dtype=np.
     >>> vol.spacing
     (1.0, 1.0, 2.0)
     """
-    try:
-        shp = tuple(int(s) for s in shape)
-        ok = all(int(s) == s for s in shape)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"shape: got {shape!r}; expected (ny, nx) or (nz, ny, nx) integers") from exc
-    if len(shp) not in (2, 3) or not ok or any(s < 1 for s in shp):
-        raise ShapeError(f"shape: got {shape!r}; expected 2 or 3 positive integers (ny, nx) or (nz, ny, nx)")
+    shp = check_shape(shape, min_size=1)
     if isinstance(oversample, bool) or not isinstance(oversample, (int, np.integer)) or oversample < 1:
         raise InputError(f"oversample: got {oversample!r}; expected an integer >= 1")
     d = len(shp)

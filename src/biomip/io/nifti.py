@@ -65,7 +65,6 @@ def read_nifti(path) -> Image:
     nsp = 3 if len(shape) >= 3 else len(shape)
     if len(shape) > 5:
         raise ShapeError(f"path: NIfTI with {len(shape)} dimensions is not supported (at most 5)")
-    extra = shape[3:]
     arr = np.transpose(data, tuple(range(len(shape) - 1, -1, -1))) if len(shape) <= 3 else None
     meta = {"format": "nifti", "source": str(path)}
     if len(shape) <= 3:
