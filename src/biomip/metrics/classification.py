@@ -38,7 +38,7 @@ def _binarize(y: np.ndarray, pos_label) -> np.ndarray:
     if classes.size != 2:
         if classes.size < 2:
             raise InputError(
-                f"y_true: holds a single class ({classes[0]!r}); ROC analysis needs both positive and "
+                f"y_true: holds a single class ({classes[0].item()!r}); ROC analysis needs both positive and "
                 "negative samples"
             )
         raise InputError(
