@@ -114,3 +114,14 @@ def test_errors():
         dice(np.zeros(3), np.zeros(3), labels="every")
     with pytest.raises(InputError, match="labels"):
         dice(np.zeros(3), np.zeros(3), labels=["a"])
+
+
+def test_images_on_different_grids_are_rejected():
+    from biomip import Image
+    from biomip.core import GeometryError
+    from biomip.metrics import dice
+
+    a = Image(np.ones((4, 4)), spacing=(1, 1))
+    with pytest.raises(GeometryError, match="spacing"):
+        dice(a, Image(np.ones((4, 4)), spacing=(2, 2)))
+    assert dice(a, Image(np.ones((4, 4)), spacing=(1, 1))) == 1.0

@@ -377,3 +377,8 @@ def test_reflection_padding_and_torch_image(rng):
     w = warp(timg, np.zeros((2, 5, 8)))
     assert isinstance(w, Image) and w.is_torch
     torch.testing.assert_close(w.array, timg.array, rtol=0, atol=1e-12)
+
+
+def test_array_off_the_field_grid_is_rejected():
+    with pytest.raises(ShapeError, match="moving and displacement"):
+        warp(np.zeros((10, 10)), np.zeros((2, 9, 10)))

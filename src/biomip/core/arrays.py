@@ -126,9 +126,9 @@ def check_spacing(spacing, ndim: int, name: str = "spacing") -> tuple[float, ...
     if sp.size == 1:
         sp = np.repeat(sp, ndim)
     if sp.size != ndim:
-        raise GeometryError_(f"{name}: got {sp.size} values {tuple(sp)}; expected {ndim} (x, y{', z' if ndim == 3 else ''})")
+        raise GeometryError_(f"{name}: got {sp.size} values {tuple(sp.tolist())}; expected {ndim} (x, y{', z' if ndim == 3 else ''})")
     if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise GeometryError_(f"{name}: got {tuple(sp)}; expected finite positive values")
+        raise GeometryError_(f"{name}: got {tuple(sp.tolist())}; expected finite positive values")
     return tuple(float(s) for s in sp)
 
 

@@ -58,7 +58,11 @@ def _unwrap(x):
 
 
 def _prepare_pair(pred, target, name_a: str = "pred", name_b: str = "target"):
-    """Validate two same-shape, finite, non-empty arrays; return them as numpy."""
+    """Validate two same-shape, finite, non-empty arrays; return them as numpy.
+
+    Two :class:`Image` inputs must also lie on the same physical grid."""
+    if isinstance(pred, Image) and isinstance(target, Image):
+        pred.check_same_geometry(target, name_a, name_b)
     a = as_numpy(_unwrap(pred), name=name_a)
     b = as_numpy(_unwrap(target), name=name_b)
     if a.dtype == object or b.dtype == object:

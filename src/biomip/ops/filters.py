@@ -80,7 +80,7 @@ def _per_axis(value, sdim: int, name: str) -> tuple[float, ...]:
     if arr.size != sdim:
         raise InputError(f"{name}: got {arr.size} values {tuple(arr)}; expected 1 or {sdim} (world order x, y, z)")
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise InputError(f"{name}: got {tuple(arr)}; expected finite values >= 0")
+        raise InputError(f"{name}: got {tuple(np.asarray(arr).tolist())}; expected finite values >= 0")
     return tuple(float(v) for v in arr)
 
 

@@ -382,6 +382,10 @@ def warp(moving, displacement, spacing=None, mode: str = "linear", padding: str 
             raise InputError(f"moving: got {describe(moving)}; expected an array or Image") from exc
     if marr.ndim < d:
         raise ShapeError(f"moving: got {describe(marr)}; expected at least {d} (spatial) dimensions")
+    if not isinstance(moving, Image) and tuple(marr.shape[-d:]) != field_shape:
+        raise ShapeError(
+            f"moving and displacement: spatial shapes {tuple(marr.shape[-d:])} and {field_shape} differ; an array "
+            "must lie on the field's grid (wrap both in biomip.Image to warp between different grids)")
     mov_grid = _Grid.of(moving) if isinstance(moving, Image) else _Grid(tuple(marr.shape[-d:]), out_grid.spacing,
                                                                          out_grid.origin, out_grid.direction)
     device = _target_device(moving, displacement)
