@@ -66,8 +66,12 @@ def filter_sinogram(sino: torch.Tensor, filter: str = "ramp", det_spacing: float
     if size < n:
         raise InputError(f"padding: got {padding}; expected at least the detector length {n}")
     resp = ramp_filter(size, filter, device=sino.device, dtype=torch.float64)
-    spec = torch.fft.rfft(sino.to(torch.float64), n=size, dim=-1)
-    out = torch.fft.irfft(spec * resp[: size // 2 + 1], n=size, dim=-1)[..., :n]
+    if torch.allclose(resp[1:], resp[1:].flip(0)):      # symmetric response: real FFTs
+        spec = torch.fft.rfft(sino.to(torch.float64), n=size, dim=-1)
+        out = torch.fft.irfft(spec * resp[: size // 2 + 1], n=size, dim=-1)[..., :n]
+    else:  # numpy's Hamming / Hann windows are not centred exactly: full FFT, real part
+        spec = torch.fft.fft(sino.to(torch.float64), n=size, dim=-1)
+        out = torch.fft.ifft(spec * resp, dim=-1).real[..., :n]
     return (out / det_spacing).to(sino.dtype)
 
 

@@ -235,10 +235,10 @@ class ParallelProjector(LinearOperator):
             raise GeometryError(
                 f"geometry: the detector (half width {half:.3g} mm, offset {self.geometry.det_offset:.3g} mm) "
                 f"sees nothing of the image (radius {r:.3g} mm around the rotation centre {self.center})")
-        dist = np.linalg.norm(np.asarray(self.center) - (world.min(0) + world.max(0)) / 2)
-        if dist > r:
+        lo, hi = world.min(0), world.max(0)
+        if np.any(np.asarray(self.center) < lo - 1e-6) or np.any(np.asarray(self.center) > hi + 1e-6):
             raise GeometryError(f"geometry: the rotation centre {self.center} lies outside the image "
-                                f"(image centre {tuple((world.min(0) + world.max(0)) / 2)})")
+                                f"(x {lo[0]:.4g}..{hi[0]:.4g} mm, y {lo[1]:.4g}..{hi[1]:.4g} mm)")
 
     # ------------------------------------------------------------------ kernels
     def _use_numba(self, t: torch.Tensor) -> bool:
