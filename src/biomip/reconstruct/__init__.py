@@ -11,8 +11,10 @@ Projectors are :class:`LinearOperator` objects with ``forward`` / ``adjoint``::
 """
 
 from .fbp import FILTERS, Reconstruction, fbp, filter_sinogram, ramp_filter
+from .iterative import fista_l1, fista_tv, landweber, least_squares, map_gaussian, sart, sirt
 from .operators import LinearOperator, dot_test
 from .parallel import ParallelBeam, ParallelProjector
 
 __all__ = ["LinearOperator", "dot_test", "ParallelBeam", "ParallelProjector", "fbp", "filter_sinogram",
-           "ramp_filter", "FILTERS", "Reconstruction"]
+           "ramp_filter", "FILTERS", "Reconstruction", "least_squares", "map_gaussian", "sart", "sirt",
+           "landweber", "fista_tv", "fista_l1"]

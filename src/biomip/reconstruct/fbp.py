@@ -90,7 +90,17 @@ class Reconstruction:
                 "history": [float(h) for h in self.history], "params": self.params}
 
 
-def fbp(sinogram, projector, filter: str = "ramp", padding: int | None = None, arc: float | None = None):
+def circle_mask(shape, device=None) -> torch.Tensor:
+    """Boolean mask of the disc inscribed in the last two axes (the region every view sees)."""
+    ny, nx = shape[-2:]
+    r = min(ny, nx) // 2                               # scikit-image's convention
+    yy = torch.arange(ny, device=device, dtype=torch.float64)[:, None] - ny // 2
+    xx = torch.arange(nx, device=device, dtype=torch.float64)[None, :] - nx // 2
+    return (xx ** 2 + yy ** 2) <= r * r
+
+
+def fbp(sinogram, projector, filter: str = "ramp", padding: int | None = None, arc: float | None = None,
+        circle: bool = False):
     """Filtered back-projection for a parallel-beam :class:`ParallelProjector`.
 
     Parameters
@@ -102,6 +112,7 @@ def fbp(sinogram, projector, filter: str = "ramp", padding: int | None = None, a
     padding : FFT length (default: the next power of two >= 2 x n_det).
     arc : angular range covered by the (equally spaced) views, default ``pi``; a full
         turn ``2 pi`` measures every line twice and is weighted so.
+    circle : set pixels outside the inscribed circle to 0 (like ``iradon(circle=True)``).
 
     Returns the image (same kind as the input) on the projector's grid.
 
@@ -134,4 +145,6 @@ def fbp(sinogram, projector, filter: str = "ramp", padding: int | None = None, a
     # the filter carries a factor 2 (skimage's convention): f = (pi / 2A) sum_a q_a for
     # views covering [0, pi) or [0, 2 pi) uniformly; a limited arc weights by arc / 2A
     rec = projector.backproject(q) * (min(arc, np.pi) / (2.0 * geo.n_views))
+    if circle:
+        rec = rec * circle_mask(rec.shape, rec.device).to(rec.dtype)
     return rec if is_tensor(sinogram) else rec.detach().cpu().numpy()

@@ -25,6 +25,7 @@ without numba, vectorised torch code runs the same arithmetic.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -124,8 +125,17 @@ class ParallelBeam:
                    float(d.get("det_offset", 0.0)), d.get("center"))
 
 
+class _Grid2D(NamedTuple):
+    shape: tuple
+    spacing: tuple
+    origin: tuple
+    direction: np.ndarray
+
+
 def _grid(image):
     """(shape, spacing, origin, direction) of an Image or a (..., ny, nx) shape."""
+    if isinstance(image, _Grid2D):
+        return tuple(image)
     if isinstance(image, Image):
         if image.sdim not in (2, 3):
             raise ShapeError(f"image: got {image.sdim} spatial axes; expected a 2-D image or 3-D volume")
@@ -225,6 +235,14 @@ class ParallelProjector(LinearOperator):
         self._W = 1.0 / np.abs(r_idx[ar, b_])                      # mm of ray per row / column
         self._major = np.where(row_major, 0, 1).astype(np.int64)
 
+    def subset(self, views) -> "ParallelProjector":
+        """The same projector restricted to some views (ordered subsets, SART)."""
+        views = np.asarray(views, dtype=np.int64).ravel()
+        g = self.geometry
+        geo = ParallelBeam(g.angles[views], g.n_det, g.det_spacing, g.det_offset, self.center)
+        grid = _Grid2D(self.image_shape, self.spacing, self.origin, self.direction)
+        return ParallelProjector(geo, grid, model=self.model, backend=self.backend)
+
     def _check_field_of_view(self):
         ny, nx = self.image_shape[-2:]
         corners = np.array([[0, 0], [nx - 1, 0], [0, ny - 1], [nx - 1, ny - 1]], float)
@@ -252,7 +270,7 @@ class ParallelProjector(LinearOperator):
         dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
         x = x.to(dtype)
         ny, nx = self.image_shape[-2:]
-        A, D = self.geometry.n_views, self.geometry.n_det
+        D = self.geometry.n_det
         lead = x.shape[: x.ndim - 2]
         if self._use_numba(x):
             _kernels.set_threads(torch.get_num_threads())
