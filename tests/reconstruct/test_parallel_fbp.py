@@ -8,7 +8,7 @@ from skimage.transform import iradon, radon, rescale
 from biomip import Image
 from biomip.core import GeometryError, InputError, ShapeError
 from biomip.reconstruct import ParallelBeam, ParallelProjector, dot_test, fbp
-from biomip.reconstruct import _kernels
+from biomip.ops.ct import _kernels
 
 
 @pytest.fixture(scope="module")

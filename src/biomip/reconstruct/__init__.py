@@ -10,11 +10,10 @@ Projectors are :class:`LinearOperator` objects with ``forward`` / ``adjoint``::
     rec = fbp(sino, op, filter="ramp")
 """
 
-from .divergent import DivergentBeam, DivergentProjector, cone_beam, fan_beam, fdk
-from .fbp import FILTERS, Reconstruction, fbp, filter_sinogram, ramp_filter
+from ..ops.ct import (DivergentBeam, DivergentProjector, LinearOperator, ParallelBeam, ParallelProjector,
+                      cone_beam, dot_test, fan_beam)
+from .fbp import FILTERS, Reconstruction, fbp, fdk, filter_sinogram, ramp_filter
 from .iterative import fista_l1, fista_tv, landweber, least_squares, map_gaussian, sart, sirt
-from .operators import LinearOperator, dot_test
-from .parallel import ParallelBeam, ParallelProjector
 
 __all__ = ["LinearOperator", "dot_test", "ParallelBeam", "ParallelProjector", "fbp", "filter_sinogram",
            "ramp_filter", "FILTERS", "Reconstruction", "least_squares", "map_gaussian", "sart", "sirt",

@@ -22,7 +22,7 @@ from ..core.arrays import as_tensor, check_finite, is_tensor
 from ..core.errors import InputError, ShapeError, describe
 from ..core.progress import progress_enabled
 from .fbp import Reconstruction
-from .operators import LinearOperator
+from ..ops.ct import LinearOperator
 
 
 # ------------------------------------------------------------------ plumbing

@@ -1,6 +1,6 @@
 """Linear operators with ``forward`` / ``adjoint`` that autograd differentiates through.
 
-Every projector in :mod:`biomip.reconstruct` is a :class:`LinearOperator`: call it (or
+Every projector in :mod:`biomip.ops.ct` (re-exported by :mod:`biomip.reconstruct`) is a :class:`LinearOperator`: call it (or
 ``.forward``) on an image, ``.adjoint`` on a measurement.  Both accept numpy or torch
 (numpy in -> numpy out; torch in -> torch out on the same device) and are
 differentiable: the gradient of ``forward`` is ``adjoint`` and vice versa, evaluated
@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..core.arrays import as_tensor, check_finite, is_tensor
-from ..core.errors import InputError, ShapeError, describe
-from ..core.image import Image
+from ...core.arrays import as_tensor, check_finite, is_tensor
+from ...core.errors import InputError, ShapeError, describe
+from ...core.image import Image
 
 
 class _Apply(torch.autograd.Function):

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.errors import GeometryError, InputError, ShapeError
-from ..core.image import Image
+from ...core.errors import GeometryError, InputError, ShapeError
+from ...core.image import Image
 from .operators import LinearOperator
 
 
@@ -313,78 +313,3 @@ class DivergentProjector(LinearOperator):
             setattr(sub, k, getattr(self, k)[views])
         del grid
         return sub
-
-
-def fdk(projections, projector: DivergentProjector, filter: str = "ramp", padding: int | None = None):
-    """FDK (Feldkamp-Davis-Kress) reconstruction for a circular cone-beam orbit; for a
-    fan beam (2-D) it is the exact fan-beam FBP for flat detectors.
-
-    Steps: cosine pre-weighting ``sdd / sqrt(sdd^2 + u^2 + v^2)``, ramp filtering of the
-    detector rows in isocentre units, and voxel-driven back-projection with the
-    distance weight ``(sod / (sod + s))^2`` (``s``: depth beyond the axis).  Views are
-    assumed equally spaced over a full turn.
-    """
-    from ..core.arrays import as_tensor, check_finite, is_tensor
-    from .fbp import filter_sinogram
-
-    if not isinstance(projector, DivergentProjector):
-        raise InputError(f"projector: got {type(projector).__name__}; expected a fan- or cone-beam projector")
-    geo = projector.geometry
-    if geo.sod is None or geo.angles is None:
-        raise InputError("projector: FDK needs a circular orbit built by fan_beam(...) / cone_beam(...)")
-    p = as_tensor(projections, name="projections")
-    if not p.is_floating_point():
-        p = p.to(torch.float32)
-    if tuple(p.shape) != tuple(projector.out_shape):
-        raise ShapeError(f"projections: got shape {tuple(p.shape)}; expected {tuple(projector.out_shape)}")
-    check_finite(p, "projections")
-    dev, dt = p.device, p.dtype
-    d = geo.ndim
-    sod, sdd = geo.sod, geo.sdd
-    center = geo.source[0] + sod * (geo.det_center[0] - geo.source[0]) / np.linalg.norm(geo.det_center[0] - geo.source[0])
-    # detector coordinates of the pixels relative to the principal point (mm)
-    du = np.linalg.norm(geo.det_u[0])
-    cols = (np.arange(geo.det_shape[-1]) - (geo.det_shape[-1] - 1) / 2) * du
-    r0 = (geo.det_center[0] - geo.source[0]) / np.linalg.norm(geo.det_center[0] - geo.source[0])
-    off_u = float(np.dot(geo.det_center[0] - (geo.source[0] + sdd * r0), geo.det_u[0] / du))
-    uu = torch.as_tensor(cols + off_u, device=dev, dtype=torch.float64)
-    if d == 3:
-        dv = np.linalg.norm(geo.det_v[0])
-        off_v = float(np.dot(geo.det_center[0] - (geo.source[0] + sdd * r0), geo.det_v[0] / dv))
-        rows = (np.arange(geo.det_shape[0]) - (geo.det_shape[0] - 1) / 2) * dv + off_v
-        vv = torch.as_tensor(rows, device=dev, dtype=torch.float64)
-        w = sdd / torch.sqrt(sdd ** 2 + uu[None, :] ** 2 + vv[:, None] ** 2)
-    else:
-        w = sdd / torch.sqrt(sdd ** 2 + uu ** 2)
-    q = filter_sinogram((p * w.to(dt)), filter, du * sod / sdd, padding)
-    # voxel world coordinates
-    shape = projector.image_shape
-    idx = torch.meshgrid(*[torch.arange(n, device=dev, dtype=torch.float64) for n in shape], indexing="ij")
-    idx = torch.stack(idx[::-1], dim=-1)                                            # (..., d) x,y,z order
-    M = torch.as_tensor(projector.direction * projector.spacing[None, :], device=dev, dtype=torch.float64)
-    world = idx @ M.T + torch.as_tensor(projector.origin, device=dev, dtype=torch.float64)
-    rel = (world - torch.as_tensor(center, device=dev, dtype=torch.float64)).reshape(-1, d)
-    out = torch.zeros(rel.shape[0], device=dev, dtype=torch.float64)
-    n_det_u = geo.det_shape[-1]
-    for a in range(geo.n_views):
-        r = torch.as_tensor((geo.det_center[a] - geo.source[a]) / np.linalg.norm(geo.det_center[a] - geo.source[a]),
-                            device=dev, dtype=torch.float64)
-        e = torch.as_tensor(geo.det_u[a] / du, device=dev, dtype=torch.float64)
-        s = rel @ r
-        mag = sdd / (sod + s)
-        u = mag * (rel @ e) - off_u
-        gx = u / du / ((n_det_u - 1) / 2) if n_det_u > 1 else torch.zeros_like(u)
-        if d == 3:
-            ev = torch.as_tensor(geo.det_v[a] / dv, device=dev, dtype=torch.float64)
-            v = mag * (rel @ ev) - off_v
-            gy = v / dv / ((geo.det_shape[0] - 1) / 2) if geo.det_shape[0] > 1 else torch.zeros_like(v)
-            grid = torch.stack([gx, gy], -1).reshape(1, 1, -1, 2).to(dt)
-            val = F.grid_sample(q[a][None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        else:
-            grid = torch.stack([gx, torch.zeros_like(gx)], -1).reshape(1, 1, -1, 2).to(dt)
-            val = F.grid_sample(q[a][None, None, None, :], grid, mode="bilinear", padding_mode="zeros",
-                                align_corners=True)
-        out += val.reshape(-1).to(torch.float64) * (sod / (sod + s)) ** 2
-    # full turn: every line twice -> (2 pi / A) / 2, and the filter's factor 2 -> / 2 again
-    rec = (out * (math.pi / geo.n_views) / 2.0).reshape(shape).to(dt)
-    return rec if is_tensor(projections) else rec.cpu().numpy()

@@ -30,8 +30,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..core.errors import GeometryError, InputError, ShapeError
-from ..core.image import Image
+from ...core.errors import GeometryError, InputError, ShapeError
+from ...core.image import Image
 from . import _kernels
 from .operators import LinearOperator
 
