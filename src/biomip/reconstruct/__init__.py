@@ -13,9 +13,12 @@ Projectors are :class:`LinearOperator` objects with ``forward`` / ``adjoint``::
 from ..ops.ct import (DivergentBeam, DivergentProjector, LinearOperator, ParallelBeam, ParallelProjector,
                       cone_beam, dot_test, fan_beam)
 from .fbp import FILTERS, Reconstruction, fbp, fdk, filter_sinogram, ramp_filter
+from .learned import (FourierFeatures, HashGrid, NeuralField, dictionary_reconstruction, inr_reconstruction,
+                      learn_dictionary)
 from .iterative import fista_l1, fista_tv, landweber, least_squares, map_gaussian, sart, sirt
 
 __all__ = ["LinearOperator", "dot_test", "ParallelBeam", "ParallelProjector", "fbp", "filter_sinogram",
            "ramp_filter", "FILTERS", "Reconstruction", "least_squares", "map_gaussian", "sart", "sirt",
            "landweber", "fista_tv", "fista_l1", "DivergentBeam", "DivergentProjector", "fan_beam", "cone_beam",
-           "fdk"]
+           "fdk", "dictionary_reconstruction", "learn_dictionary", "inr_reconstruction", "NeuralField",
+           "FourierFeatures", "HashGrid"]

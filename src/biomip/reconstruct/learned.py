@@ -1,0 +1,282 @@
+"""Learning-based reconstruction of chapter 8.2: sparse dictionary learning (8.2.1) and
+implicit neural representations fitted through the projector (8.2.3, NeRF for CT).
+
+* :func:`dictionary_reconstruction` learns a patch dictionary (scikit-learn) from an
+  initial reconstruction or a training image, then alternates sparse coding of the
+  patches (OMP) with data consistency ``min ||A x - y||^2 + mu ||x - z||^2`` (CG).
+* :func:`inr_reconstruction` represents the image as a coordinate network
+  ``f_theta(x, y[, z])`` -- Fourier features or a multiresolution hash grid, then an
+  MLP -- and fits ``theta`` so that ``A f_theta`` matches the measurement: any
+  resolution, no training data, works from a handful of views.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.config import get_device
+from ..core.errors import InputError
+from ..ops.ct import LinearOperator
+from .iterative import _Loop, _cg, _iterations, _measurement, _norm, _positive, sart
+
+
+# ----------------------------------------------------------- dictionary learning
+def _patches(x: torch.Tensor, p: int, stride: int):
+    """(n, p*p) patches of a batch of 2-D images (B, H, W) plus what fold needs."""
+    B, H, W = x.shape
+    pad_h = (-(H - p)) % stride
+    pad_w = (-(W - p)) % stride
+    xp = F.pad(x[:, None], (0, pad_w, 0, pad_h), mode="replicate")
+    cols = F.unfold(xp, kernel_size=p, stride=stride)                       # (B, p*p, L)
+    return cols.transpose(1, 2).reshape(-1, p * p), (B, H, W, pad_h, pad_w)
+
+
+def _fold(patches: torch.Tensor, meta, p: int, stride: int) -> torch.Tensor:
+    B, H, W, pad_h, pad_w = meta
+    cols = patches.reshape(B, -1, p * p).transpose(1, 2)
+    size = (H + pad_h, W + pad_w)
+    summed = F.fold(cols, size, kernel_size=p, stride=stride)
+    count = F.fold(torch.ones_like(cols), size, kernel_size=p, stride=stride)
+    return (summed / count.clamp_min(1))[:, 0, :H, :W]
+
+
+def learn_dictionary(images, patch_size: int = 8, n_atoms: int = 128, alpha: float = 0.5, max_patches: int = 20000,
+                     seed: int = 0) -> np.ndarray:
+    """Learn a patch dictionary (``n_atoms x patch_size^2``, unit-norm atoms) from 2-D
+    image(s) with scikit-learn's MiniBatchDictionaryLearning on mean-removed patches."""
+    from sklearn.decomposition import MiniBatchDictionaryLearning
+
+    t = torch.as_tensor(np.asarray(images, dtype=np.float64))
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3:
+        raise InputError(f"images: got shape {tuple(t.shape)}; expected (H, W) or (N, H, W)")
+    pt, _ = _patches(t, patch_size, max(1, patch_size // 2))
+    pt = pt.numpy()
+    rng = np.random.default_rng(seed)
+    if pt.shape[0] > max_patches:
+        pt = pt[rng.choice(pt.shape[0], max_patches, replace=False)]
+    pt = pt - pt.mean(1, keepdims=True)
+    dl = MiniBatchDictionaryLearning(n_components=n_atoms, alpha=alpha, batch_size=256, max_iter=10,
+                                     random_state=seed, transform_algorithm="omp")
+    dl.fit(pt)
+    return dl.components_
+
+
+def dictionary_reconstruction(sinogram, projector: LinearOperator, dictionary=None, training_image=None,
+                              patch_size: int = 8, n_atoms: int = 128, sparsity: int = 4, mu: float = 0.5,
+                              outer: int = 8, inner: int = 10, stride: int = 2, seed: int = 0, x0=None,
+                              callback=None, progress=None):
+    """Dictionary-learning regularised reconstruction (book 8.2.1; Xu et al. 2012).
+
+    Starts from SART (or ``x0``), learns a dictionary from ``training_image`` or from
+    that start (unless ``dictionary`` is given), then ``outer`` times: sparse-code all
+    overlapping patches with ``sparsity`` atoms (OMP), average them into ``z``, and solve
+    ``(A^T A + mu I) x = A^T y + mu z`` by ``inner`` CG steps.  2-D images (or stacks of
+    slices, coded slice by slice).
+    """
+    from sklearn.linear_model import orthogonal_mp_gram
+
+    y = _measurement(sinogram, projector)
+    mu = _positive("mu", mu)
+    outer = _iterations(outer)
+    if len(projector.in_shape) not in (2, 3) or getattr(projector, "volume_3d", False):
+        raise InputError("projector: dictionary reconstruction codes 2-D patches; use a 2-D (or slice-stack) projector")
+    x = sart(y, projector, iterations=3).image if x0 is None else torch.as_tensor(np.asarray(x0), dtype=y.dtype)
+    x = x.to(y.device, y.dtype)
+    if dictionary is None:
+        src = training_image if training_image is not None else x.detach().cpu().numpy()
+        dictionary = learn_dictionary(np.asarray(src), patch_size, n_atoms, seed=seed)
+    D = np.asarray(dictionary, dtype=np.float64)
+    if D.ndim != 2 or D.shape[1] != patch_size * patch_size:
+        raise InputError(f"dictionary: got shape {D.shape}; expected (n_atoms, {patch_size * patch_size})")
+    D = D / np.maximum(np.linalg.norm(D, axis=1, keepdims=True), 1e-12)
+    gram = D @ D.T
+    Dt = torch.as_tensor(D, dtype=y.dtype, device=y.device)
+    loop = _Loop("dictionary learning", outer, progress, callback)
+    rhs0 = projector._apply(y[None], True)[0]
+
+    def normal(v):
+        return projector._apply(projector._apply(v[None], False), True)[0] + mu * v
+
+    for k in range(outer):
+        stack = x.reshape(-1, *x.shape[-2:])
+        pt, meta = _patches(stack, patch_size, stride)
+        means = pt.mean(1, keepdim=True)
+        centred = (pt - means).detach().cpu().numpy().astype(np.float64)
+        codes = orthogonal_mp_gram(gram, D @ centred.T, n_nonzero_coefs=min(sparsity, D.shape[0]))
+        approx = torch.as_tensor(np.asarray(codes).T, dtype=y.dtype, device=y.device) @ Dt + means
+        z = _fold(approx, meta, patch_size, stride).reshape(x.shape)
+        sub = _Loop("cg", inner, False, None)
+        x = _cg(normal, rhs0 + mu * z, z.clone(), inner, sub, lambda v: 0.0, 1e-8)
+        if loop.step(k, x, _norm(projector._apply(x[None], False)[0] - y)):
+            break
+    return loop.done(x, sinogram, {"patch_size": patch_size, "n_atoms": int(D.shape[0]), "sparsity": sparsity,
+                                   "mu": mu, "outer": outer, "inner": inner})
+
+
+# -------------------------------------------------------- implicit neural fields
+class FourierFeatures(nn.Module):
+    """Random Fourier features ``[sin(2 pi B x), cos(2 pi B x)]`` (Tancik et al. 2020)."""
+
+    def __init__(self, d: int, n_features: int = 128, scale: float = 10.0, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("B", torch.randn(d, n_features, generator=g) * scale)
+        self.out_dim = 2 * n_features
+
+    def forward(self, x):
+        proj = 2 * math.pi * x @ self.B
+        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+
+
+class HashGrid(nn.Module):
+    """Multiresolution hash encoding (Mueller et al. 2022, Instant-NGP) in plain torch:
+    ``levels`` grids from ``base`` to ``finest`` cells per axis, ``2^log2_size`` entries
+    per level (dense when the grid fits), ``features`` per entry, (bi/tri)linear lookup."""
+
+    PRIMES = (1, 2654435761, 805459861)
+
+    def __init__(self, d: int, levels: int = 12, features: int = 2, log2_size: int = 16, base: int = 8,
+                 finest: int = 512, seed: int = 0):
+        super().__init__()
+        self.d, self.levels, self.features = d, levels, features
+        self.size = 2 ** log2_size
+        growth = math.exp((math.log(finest) - math.log(base)) / max(levels - 1, 1))
+        self.res = [int(math.floor(base * growth ** lv)) for lv in range(levels)]
+        g = torch.Generator().manual_seed(seed)
+        self.tables = nn.Parameter((torch.rand(levels, self.size, features, generator=g) * 2 - 1) * 1e-4)
+        self.out_dim = levels * features
+
+    def forward(self, x):                      # x in [-1, 1]^d, shape (N, d)
+        u = (x + 1) / 2
+        outs = []
+        offsets = torch.tensor(list(np.ndindex(*([2] * self.d))), device=x.device)   # (2^d, d)
+        for lv, r in enumerate(self.res):
+            pos = u * r
+            p0 = torch.floor(pos).long()
+            frac = pos - p0
+            corners = p0[:, None, :] + offsets[None]                           # (N, 2^d, d)
+            if (r + 1) ** self.d <= self.size:
+                idx = torch.zeros(corners.shape[:2], dtype=torch.long, device=x.device)
+                for k in range(self.d):
+                    idx = idx * (r + 1) + corners[..., k].clamp(0, r)
+            else:
+                idx = torch.zeros(corners.shape[:2], dtype=torch.long, device=x.device)
+                for k in range(self.d):
+                    idx = idx ^ (corners[..., k] * self.PRIMES[k])
+                idx = idx % self.size
+            w = torch.where(offsets[None].bool(), frac[:, None, :], 1 - frac[:, None, :]).prod(-1)  # (N, 2^d)
+            feats = self.tables[lv][idx]                                        # (N, 2^d, F)
+            outs.append((w[..., None] * feats).sum(1))
+        return torch.cat(outs, dim=-1)
+
+
+class NeuralField(nn.Module):
+    """Coordinate network: encoding -> MLP -> softplus (non-negative attenuation)."""
+
+    def __init__(self, d: int, encoding: str = "fourier", width: int = 128, depth: int = 3, seed: int = 0, **enc_kw):
+        super().__init__()
+        torch.manual_seed(seed)
+        if encoding == "fourier":
+            self.encoding = FourierFeatures(d, seed=seed, **enc_kw)
+        elif encoding == "hashgrid":
+            self.encoding = HashGrid(d, seed=seed, **enc_kw)
+        else:
+            raise InputError(f"encoding: got {encoding!r}; expected 'fourier' or 'hashgrid'")
+        layers, n_in = [], self.encoding.out_dim
+        for _ in range(depth):
+            layers += [nn.Linear(n_in, width), nn.ReLU()]
+            n_in = width
+        layers.append(nn.Linear(n_in, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, coords):
+        return F.softplus(self.mlp(self.encoding(coords)))[..., 0]
+
+
+def _coords(shape, device, dtype):
+    axes = [torch.linspace(-1, 1, n, device=device, dtype=dtype) for n in shape]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)     # (..., d) in x, y, z order
+    return grid.reshape(-1, len(shape))
+
+
+def inr_reconstruction(sinogram, projector: LinearOperator, encoding: str = "fourier", iterations: int = 1000,
+                       lr: float | None = None, views_per_step: int | None = None, tv: float = 0.0,
+                       width: int = 128, depth: int = 3, seed: int = 0, warm_start: int = 2, pre_steps: int = 200,
+                       device=None, callback=None, progress=None, **encoding_kw):
+    """Fit an implicit neural representation through the projector (book 8.2.3).
+
+    Minimises ``||A f_theta - y||^2 / ||y||^2 (+ tv * TV(f_theta))`` with Adam, where
+    ``f_theta`` is a :class:`NeuralField` evaluated on the projector's image grid;
+    ``views_per_step`` uses a random subset of views per step (projectors with
+    ``subset``).  The field is warm-started on ``warm_start`` SART sweeps
+    (``pre_steps`` Adam steps), which also fixes its intensity scale ``amp``.  Returns a
+    :class:`Reconstruction` whose ``params["model"]`` is the trained field and
+    ``params["amp"]`` its scale (query ``amp * model(coords)`` at any resolution with
+    coordinates in ``[-1, 1]``, x first).
+    """
+    from .iterative import gradient_op
+
+    y = _measurement(sinogram, projector)
+    its = _iterations(iterations)
+    dev = get_device(device) if device is not None else y.device
+    y = y.to(dev, torch.float32)
+    d = len(projector.in_shape) if getattr(projector, "volume_3d", False) or len(projector.in_shape) == 2 else None
+    if d is None:
+        raise InputError("projector: the neural field reconstructs one 2-D image or one 3-D volume, not a slice stack")
+    if encoding == "fourier":
+        encoding_kw.setdefault("scale", max(projector.in_shape) / 32.0)   # band limit ~ grid resolution
+    model = NeuralField(d, encoding, width, depth, seed, **encoding_kw).to(dev)
+    lr = float(lr if lr is not None else (2e-3 if encoding == "fourier" else 3e-3))
+    coords = _coords(projector.in_shape, dev, torch.float32)
+    # warm start: a few SART sweeps give the intensity scale and a first image; the field
+    # is first fitted to it (avoids a dead start when A f is far from y)
+    x_init = sart(y, projector, iterations=warm_start).image
+    x_init = torch.as_tensor(x_init, device=dev, dtype=torch.float32).clamp_min(0)
+    amp = float(x_init.max()) or 1.0
+    pre = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(pre_steps):
+        loss = ((model(coords) - x_init.reshape(-1) / amp) ** 2).mean()
+        pre.zero_grad(set_to_none=True)
+        loss.backward()
+        pre.step()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, its, eta_min=lr * 0.05)
+    scale = float(torch.linalg.vector_norm(y)) ** 2 + 1e-12
+    n_views = y.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    subsets = views_per_step is not None and views_per_step < n_views and hasattr(projector, "subset")
+    loop = _Loop(f"INR ({encoding})", its, progress, callback)
+    for k in range(its):
+        img = amp * model(coords).reshape(projector.in_shape)
+        if subsets:
+            views = torch.randperm(n_views, generator=gen)[:views_per_step].sort().values.numpy()
+            op, target = projector.subset(views), y[torch.as_tensor(views, device=dev)]
+            w = n_views / len(views)
+        else:
+            op, target, w = projector, y, 1.0
+        pred = op(img)
+        loss = w * ((pred - target) ** 2).sum() / scale
+        if tv:
+            loss = loss + tv * gradient_op(img, d).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if loop.step(k, img.detach(), math.sqrt(float(loss.detach()) * scale / w)):
+            break
+    with torch.no_grad():
+        img = amp * model(coords).reshape(projector.in_shape)
+    rec = loop.done(img.to(sinogram.device) if isinstance(sinogram, torch.Tensor) else img, sinogram,
+                    {"encoding": encoding, "iterations": its, "lr": lr, "width": width, "depth": depth,
+                     "views_per_step": views_per_step, "tv": tv})
+    rec.params["model"] = model
+    rec.params["amp"] = amp
+    return rec
+
