@@ -136,3 +136,16 @@ def test_atomic_path_failure_leaves_old_file(tmp_path):
 def test_describe_reports_non_finite():
     d = Image(np.array([[1.0, np.nan], [3.0, 4.0]])).describe()
     assert d["non_finite"] == 1 and d["range"] == [1.0, 4.0]
+
+
+def test_arithmetic_keeps_geometry():
+    a = Image(np.ones((3, 4)), spacing=(0.5, 2.0), origin=(1, 2))
+    b = a * 0.02 + 1
+    assert isinstance(b, Image) and b.spacing == a.spacing and b.origin == a.origin
+    np.testing.assert_allclose(b.array, 1.02)
+    np.testing.assert_allclose((a - a).array, 0)
+    np.testing.assert_allclose((a / 2).array, 0.5)
+    with pytest.raises(GeometryError):
+        a + Image(np.ones((3, 4)), spacing=(1, 1))
+    t = Image(torch.ones(2, 2)) * 3
+    assert t.is_torch and float(t.array.sum()) == 12

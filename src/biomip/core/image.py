@@ -74,6 +74,8 @@ class Image:
     array([1., 0., 2.])
     >>> img[3:].origin    # slicing keeps the geometry
     (0.0, 0.0, 6.0)
+    >>> (img * 2 + 1).spacing   # arithmetic keeps it too
+    (0.5, 0.5, 2.0)
     """
 
     __array_priority__ = 10
@@ -260,6 +262,41 @@ class Image:
             "spacing": list(self.spacing), "origin": list(self.origin),
             "direction": self.direction.ravel().tolist(),
         }
+
+    # --------------------------------------------------------------- arithmetic
+    def _binary(self, other, fn, name):
+        if isinstance(other, Image):
+            self.check_same_geometry(other, "image", "other")
+            if other.shape != self.shape:
+                raise ShapeError(f"{name}: shapes {self.shape} and {other.shape} differ")
+            other = other.array
+            if self.is_torch != is_tensor(other):
+                other = as_tensor(other, device=self.device) if self.is_torch else as_numpy(other)
+        return self.with_array(fn(self.array, other))
+
+    def __add__(self, o):
+        return self._binary(o, lambda a, b: a + b, "+")
+
+    def __radd__(self, o):
+        return self._binary(o, lambda a, b: b + a, "+")
+
+    def __sub__(self, o):
+        return self._binary(o, lambda a, b: a - b, "-")
+
+    def __rsub__(self, o):
+        return self._binary(o, lambda a, b: b - a, "-")
+
+    def __mul__(self, o):
+        return self._binary(o, lambda a, b: a * b, "*")
+
+    def __rmul__(self, o):
+        return self._binary(o, lambda a, b: b * a, "*")
+
+    def __truediv__(self, o):
+        return self._binary(o, lambda a, b: a / b, "/")
+
+    def __neg__(self):
+        return self.with_array(-self.array)
 
     # ----------------------------------------------------------------- indexing
     def __getitem__(self, key) -> "Image":

@@ -10,6 +10,7 @@ Simulators (same seed, same result)::
     biomip.data.shepp_logan((256, 256))
     biomip.data.random_deformation((64, 64, 64), max_displacement=4.0, seed=0)
     biomip.data.synthetic_nuclei((256, 256), n_nuclei=40, seed=0)
+    biomip.data.simulate_ct(mu_image, n_views=90, photons=1e4, seed=0)   # CT sinograms
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ _SIMULATORS = {
     "RandomDeformation": "deformation",
     "synthetic_nuclei": "nuclei",
     "NucleiSample": "nuclei",
+    "simulate_ct": "ct",
+    "CTScan": "ct",
+    "hu_to_mu": "ct",
 }
 
 
