@@ -22,6 +22,17 @@ data_app = typer.Typer(no_args_is_help=True, help="Shipped sample images: list t
 app.add_typer(data_app, name="data")
 
 
+def _register_ct():
+    from .ct import reconstruct_cmd, simulate_app
+
+    app.add_typer(simulate_app, name="simulate")
+    app.command("reconstruct", help="Reconstruct a sinogram (FBP/FDK, SART, SIRT, CG, TV, wavelet, dictionary, INR...).")(
+        reconstruct_cmd)
+
+
+_register_ct()
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 

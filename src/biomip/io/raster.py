@@ -127,7 +127,13 @@ def write_numpy(image: Image, path, fmt: str) -> None:
         if fmt == "npy":
             np.save(fh, arr, allow_pickle=False)
             return
-        meta = {k: v for k, v in image.meta.items() if isinstance(v, (str, int, float, bool, list))}
+        meta = {}
+        for k, v in image.meta.items():  # keep everything JSON can hold (nested dicts too)
+            try:
+                json.dumps(v)
+            except (TypeError, ValueError):
+                continue
+            meta[k] = v
         np.savez_compressed(fh, array=arr, spacing=np.asarray(image.spacing), origin=np.asarray(image.origin),
                             direction=image.direction, axes=np.asarray(image.axes),
                             meta=np.asarray(json.dumps(meta, default=str)))
