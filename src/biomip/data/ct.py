@@ -94,10 +94,11 @@ def simulate_ct(image, geometry=None, photons: float | None = None, gaussian_sig
         if not np.isfinite(photons) or photons <= 0:
             raise InputError(f"photons: got {photons!r}; expected a positive number of incident photons (I0)")
         pmax = float(clean.max())
-        if pmax > 30:
+        if pmax > np.log(photons) + 3:   # fewer than 0.05 photons expected on the darkest ray
             raise InputError(
-                f"image: line integrals reach {pmax:.3g}, so almost no photon would pass; the image must be an "
-                "attenuation in 1/mm (e.g. biomip.data.hu_to_mu(ct) or phantom * 0.02 for water-like values)")
+                f"image: line integrals reach {pmax:.3g}, so almost no photon of I0 = {photons:g} would pass; the "
+                "image must be an attenuation in 1/mm (e.g. biomip.data.hu_to_mu(ct) or phantom * 0.02 for "
+                "water-like values), or raise photons")
         rate = float(photons) * torch.exp(-clean.detach().cpu().double())
         counts = torch.poisson(rate, generator=g)
         if gaussian_sigma:

@@ -13,6 +13,7 @@ implicit neural representations fitted through the projector (8.2.3, NeRF for CT
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -69,7 +70,7 @@ def learn_dictionary(images, patch_size: int = 8, n_atoms: int = 128, alpha: flo
 
 
 def dictionary_reconstruction(sinogram, projector: LinearOperator, dictionary=None, training_image=None,
-                              patch_size: int = 8, n_atoms: int = 128, sparsity: int = 4, mu: float = 0.5,
+                              patch_size: int = 8, n_atoms: int = 128, sparsity: int = 4, mu: float = 0.01,
                               outer: int = 8, inner: int = 10, stride: int = 2, seed: int = 0, x0=None,
                               callback=None, progress=None):
     """Dictionary-learning regularised reconstruction (book 8.2.1; Xu et al. 2012).
@@ -77,8 +78,9 @@ def dictionary_reconstruction(sinogram, projector: LinearOperator, dictionary=No
     Starts from SART (or ``x0``), learns a dictionary from ``training_image`` or from
     that start (unless ``dictionary`` is given), then ``outer`` times: sparse-code all
     overlapping patches with ``sparsity`` atoms (OMP), average them into ``z``, and solve
-    ``(A^T A + mu I) x = A^T y + mu z`` by ``inner`` CG steps.  2-D images (or stacks of
-    slices, coded slice by slice).
+    ``(A^T A + mu ||A||^2 I) x = A^T y + mu ||A||^2 z`` by ``inner`` CG steps (``mu`` is
+    relative, so the same value suits any scanner).  2-D images (or stacks of slices,
+    coded slice by slice).
     """
     from sklearn.linear_model import orthogonal_mp_gram
 
@@ -101,19 +103,28 @@ def dictionary_reconstruction(sinogram, projector: LinearOperator, dictionary=No
     loop = _Loop("dictionary learning", outer, progress, callback)
     rhs0 = projector._apply(y[None], True)[0]
 
+    mu_abs = mu * projector.norm(device=y.device) ** 2     # mu is relative to ||A||^2
+
     def normal(v):
-        return projector._apply(projector._apply(v[None], False), True)[0] + mu * v
+        return projector._apply(projector._apply(v[None], False), True)[0] + mu_abs * v
 
     for k in range(outer):
         stack = x.reshape(-1, *x.shape[-2:])
         pt, meta = _patches(stack, patch_size, stride)
         means = pt.mean(1, keepdim=True)
         centred = (pt - means).detach().cpu().numpy().astype(np.float64)
-        codes = orthogonal_mp_gram(gram, D @ centred.T, n_nonzero_coefs=min(sparsity, D.shape[0]))
-        approx = torch.as_tensor(np.asarray(codes).T, dtype=y.dtype, device=y.device) @ Dt + means
+        codes = np.zeros((centred.shape[0], D.shape[0]))
+        busy = np.linalg.norm(centred, axis=1) > 1e-8 * (np.abs(centred).max() + 1e-30)   # flat patches: mean only
+        if busy.any():
+            with warnings.catch_warnings():
+                # OMP stops early (and says so) once a patch is represented exactly: that is fine here
+                warnings.filterwarnings("ignore", message="Orthogonal matching pursuit ended prematurely")
+                c = orthogonal_mp_gram(gram, D @ centred[busy].T, n_nonzero_coefs=min(sparsity, D.shape[0]))
+            codes[busy] = np.asarray(c).reshape(D.shape[0], -1).T
+        approx = torch.as_tensor(codes, dtype=y.dtype, device=y.device) @ Dt + means
         z = _fold(approx, meta, patch_size, stride).reshape(x.shape)
         sub = _Loop("cg", inner, False, None)
-        x = _cg(normal, rhs0 + mu * z, z.clone(), inner, sub, lambda v: 0.0, 1e-8)
+        x = _cg(normal, rhs0 + mu_abs * z, z.clone(), inner, sub, lambda v: 0.0, 1e-8)
         if loop.step(k, x, _norm(projector._apply(x[None], False)[0] - y)):
             break
     return loop.done(x, sinogram, {"patch_size": patch_size, "n_atoms": int(D.shape[0]), "sparsity": sparsity,
@@ -172,7 +183,7 @@ class HashGrid(nn.Module):
                     idx = idx ^ (corners[..., k] * self.PRIMES[k])
                 idx = idx % self.size
             w = torch.where(offsets[None].bool(), frac[:, None, :], 1 - frac[:, None, :]).prod(-1)  # (N, 2^d)
-            feats = self.tables[lv][idx]                                        # (N, 2^d, F)
+            feats = F.embedding(idx, self.tables[lv])      # (N, 2^d, F); deterministic backward
             outs.append((w[..., None] * feats).sum(1))
         return torch.cat(outs, dim=-1)
 
