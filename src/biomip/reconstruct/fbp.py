@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from ..core.arrays import as_tensor, check_finite, is_tensor
 from ..core.errors import InputError, ShapeError, describe
-from ..ops.ct import DivergentProjector, ParallelProjector
+from ..ops.ct import DivergentProjector, ParallelBeam, ParallelProjector
+from ..ops.ct.parallel import _Grid2D
 
 FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann", "none")
 
@@ -140,6 +141,18 @@ def fbp(sinogram, projector, filter: str = "ramp", padding: int | None = None, a
     if tuple(t.shape[:-2]) != tuple(projector.image_shape[:-2]):
         raise ShapeError(f"sinogram: leading shape {tuple(t.shape[:-2])} does not match the projector's "
                          f"volume {tuple(projector.image_shape[:-2])}")
+    if circle:
+        # the object lies inside the scanned circle: widen the detector with zero bins to
+        # the image diagonal so the filtered tails outside it are back-projected too
+        # (what iradon(circle=True) does)
+        D = geo.n_det
+        Dp = int(np.ceil(np.sqrt(2) * D))
+        before = Dp // 2 - D // 2
+        t = torch.nn.functional.pad(t, (before, Dp - D - before))
+        off = geo.det_offset + ((Dp - 1) / 2 - before - (D - 1) / 2) * geo.det_spacing
+        wide = ParallelBeam(geo.angles, Dp, geo.det_spacing, off, projector.center)
+        projector = ParallelProjector(wide, _Grid2D(projector.image_shape, projector.spacing, projector.origin,
+                                                    projector.direction), backend=projector.backend)
     q = filter_sinogram(t, filter, geo.det_spacing, padding)
     arc = float(np.pi if arc is None else arc)
     # the filter carries a factor 2 (skimage's convention): f = (pi / 2A) sum_a q_a for

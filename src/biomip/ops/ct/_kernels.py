@@ -91,12 +91,16 @@ if HAVE_NUMBA:
         nz, ny, nx = img.shape
         na = P.shape[0]
         out = np.zeros((nz, na, n_det), dtype=img.dtype)
-        for za in prange(nz * na):
-            z = za // na
-            a = za % na
+        blk = 32                       # detector bins per task: keeps threads busy for one view
+        nb = (n_det + blk - 1) // blk
+        for zab in prange(nz * na * nb):
+            z = zab // (na * nb)
+            a = (zab // nb) % na
+            k_lo = (zab % nb) * blk
+            k_hi = min(n_det, k_lo + blk)
             p, q, r, w = P[a], Q[a], R[a], W[a]
             if major[a] == 0:          # one sample per row j, interpolate along the row
-                for k in range(n_det):
+                for k in range(k_lo, k_hi):
                     base = p + k * q
                     acc = 0.0
                     for j in range(ny):
@@ -111,7 +115,7 @@ if HAVE_NUMBA:
                             acc += f * img[z, j, i0 + 1]
                     out[z, a, k] = acc * w
             else:                      # one sample per column i, interpolate along the column
-                for k in range(n_det):
+                for k in range(k_lo, k_hi):
                     base = p + k * q
                     acc = 0.0
                     for i in range(nx):
@@ -194,17 +198,21 @@ if HAVE_NUMBA:
                 p = pad[z, a]
                 step = al[a]
                 base = j * be[a] + ga[a] + 2.0
+                # detector data exist between the first and last bin centres (u in [0, n-1]);
+                # outside it the back-projection adds nothing (as numpy.interp with 0 fill)
+                u_lo = 2.0
+                u_hi = n_det + 1.0
                 if step > 1e-9:
-                    lo = (1.0 - base) / step
-                    hi = (n_det + 2.0 - base) / step
+                    lo = (u_lo - base) / step
+                    hi = (u_hi - base) / step
                 elif step < -1e-9:
-                    lo = (n_det + 2.0 - base) / step
-                    hi = (1.0 - base) / step
+                    lo = (u_hi - base) / step
+                    hi = (u_lo - base) / step
                 else:
-                    if base < 1.0 or base > n_det + 2.0:
+                    if base < u_lo or base > u_hi:
                         continue
                     lo = 0.0
-                    hi = nx
+                    hi = nx - 1
                 i_lo = max(0, int(math.ceil(lo)))
                 i_hi = min(nx, int(math.floor(hi)) + 1)
                 s32 = float32(step)
@@ -219,12 +227,10 @@ if HAVE_NUMBA:
 
 
 def fbp_back(sino, al, be, ga, ny, nx):
-    """Back-projection for FBP: float32 data take the fast float32 kernel (positions to
-    ~1e-4 bin), float64 data the exact one."""
+    """Back-projection for FBP, zero outside the first..last bin centres; float32 data
+    use float32 arithmetic (positions to ~1e-4 bin)."""
     sino = np.ascontiguousarray(sino)
-    if sino.dtype == np.float32:
-        return _fbp_back32(sino, al.astype(np.float64), be.astype(np.float64), ga.astype(np.float64), int(ny), int(nx))
-    return back(sino, al, be, ga, ny, nx)
+    return _fbp_back32(sino, al.astype(np.float64), be.astype(np.float64), ga.astype(np.float64), int(ny), int(nx))
 
 
 def joseph_forward(img, P, Q, R, W, major, n_det):

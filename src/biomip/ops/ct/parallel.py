@@ -291,8 +291,9 @@ class ParallelProjector(LinearOperator):
         return out.reshape(*lead, *out.shape[-2:])
 
     def backproject(self, sino):
-        """Classic FBP back-projection (pixel-driven, unscaled: each pixel gets the sum
-        over views of the linearly interpolated detector value at its position)."""
+        """Classic FBP back-projection (pixel-driven, unscaled): each pixel gets the sum
+        over views of the detector value linearly interpolated at its position, zero
+        outside the first..last bin centres (as :func:`skimage.transform.iradon`)."""
         t = sino if isinstance(sino, torch.Tensor) else torch.as_tensor(np.asarray(sino))
         if not t.is_floating_point():
             t = t.to(torch.float32)
@@ -303,7 +304,7 @@ class ParallelProjector(LinearOperator):
             _kernels.set_threads(torch.get_num_threads())
             out = torch.from_numpy(_kernels.fbp_back(flat.detach().numpy(), self._al, self._be, self._ga, ny, nx))
         else:
-            out = self._torch_back(flat, ny, nx)
+            out = self._torch_back(flat, ny, nx, strict=True)
         out = out.reshape(*lead, ny, nx)
         return out if isinstance(sino, torch.Tensor) else out.numpy()
 
@@ -369,7 +370,9 @@ class ParallelProjector(LinearOperator):
     def _chunk(self, ny, nx):
         return max(1, int(2e7 // max(1, ny * nx)))
 
-    def _torch_back(self, sino: torch.Tensor, ny: int, nx: int) -> torch.Tensor:
+    def _torch_back(self, sino: torch.Tensor, ny: int, nx: int, strict: bool = False) -> torch.Tensor:
+        """Pixel-driven back-projection; ``strict`` keeps only positions between the first
+        and last bin centres (FBP), otherwise the exact adjoint of the pixel model."""
         nz, A, D = sino.shape
         out = torch.zeros((nz, ny, nx), device=sino.device, dtype=sino.dtype)
         step = self._chunk(ny, nx)
@@ -388,6 +391,8 @@ class ParallelProjector(LinearOperator):
             vlo = chunk[:, lo].reshape(nz, a1 - a0, ny, nx)
             vhi = chunk[:, hi].reshape(nz, a1 - a0, ny, nx)
             val = torch.where(lo_ok, (1 - f) * vlo, 0.0) + torch.where(hi_ok, f * vhi, 0.0)
+            if strict:
+                val = torch.where((u >= 0) & (u <= D - 1), val, 0.0)
             out += val.sum(1)
         return out
 
