@@ -118,3 +118,12 @@ def test_bad_arguments(problem):
         least_squares(y, op, x0=np.zeros((3, 3)))
     with pytest.raises(InputError, match="NaN"):
         sirt(np.full_like(y, np.nan), op)
+
+
+def test_sart_global_weights_converge(problem):
+    img, op, y = problem
+    rec = sart(y, op, iterations=5, weights="global")
+    assert rec.params["weights"] == "global"
+    assert psnr(img, np.clip(rec.image, 0, 1), data_range=1) > 28
+    with pytest.raises(InputError, match="weights"):
+        sart(y, op, weights="both")

@@ -245,7 +245,8 @@ def _subsets(n_views: int, n_subsets: int):
 
 
 def sart(sinogram, projector: LinearOperator, iterations: int = 5, subsets: int | None = None,
-         relaxation: float = 1.0, nonnegative: bool = True, x0=None, callback=None, progress=None):
+         relaxation: float = 1.0, nonnegative: bool = True, weights: str = "subset", x0=None, callback=None,
+         progress=None):
     """SIRT / ordered-subset SART (simultaneous algebraic reconstruction).
 
     One iteration visits every view once: for each subset ``S`` of views,
@@ -253,7 +254,11 @@ def sart(sinogram, projector: LinearOperator, iterations: int = 5, subsets: int 
     ``C = 1 / column sums``.  The default, one view per subset, is classic SART
     (Andersen & Kak) and converges fastest per iteration; ``subsets=1`` is SIRT.
     Subsets are visited in a spread-out order.  Needs a projector with
-    ``subset(views)`` (parallel beam) for more than one subset.
+    ``subset(views)`` for more than one subset.
+
+    ``weights``: ``"subset"`` (exact column sums of every subset, classic) or
+    ``"global"`` (``C = n_subsets / column sums of all views``: one back-projection of
+    set-up instead of one per subset, slightly slower convergence per iteration).
     """
     y = _measurement(sinogram, projector)
     its = _iterations(iterations)
@@ -270,11 +275,28 @@ def sart(sinogram, projector: LinearOperator, iterations: int = 5, subsets: int 
     ops = [projector.subset(g) if subsets > 1 else projector for g in groups]
     view_axis = len(projector.out_shape) - 2
     ys = [y.index_select(view_axis, torch.as_tensor(g, device=y.device)) if subsets > 1 else y for g in groups]
-    weights = [_sirt_weights(o, y) for o in ops]
+    if weights not in ("subset", "global"):
+        raise InputError(f"weights: got {weights!r}; expected 'subset' or 'global'")
+    # row sums (one per ray) come from one forward projection of ones for all subsets
+    row = projector._apply(torch.ones(projector.in_shape, dtype=y.dtype, device=y.device)[None], False)[0]
+    rinv_all = torch.where(row > 1e-8 * row.max(), 1.0 / row, torch.zeros_like(row))
+    if weights == "global" or len(groups) == 1:
+        _, cinv_all = _sirt_weights(projector, y)
+        cinv_all = cinv_all * len(groups)
+    norms = []
+    for g, o in zip(groups, ops):
+        rinv = rinv_all.index_select(view_axis, torch.as_tensor(g, device=y.device)) if len(groups) > 1 else rinv_all
+        if weights == "global" or len(groups) == 1:
+            cinv = cinv_all
+        else:
+            col = o._apply(torch.ones(o.out_shape, dtype=y.dtype, device=y.device)[None], True)[0]
+            cinv = torch.where(col > 1e-8 * col.max(), 1.0 / col, torch.zeros_like(col))
+        norms.append((rinv, cinv))
+    weights_ = norms
     x = _start(x0, projector, y)
     loop = _Loop("SART" if subsets > 1 else "SIRT", its, progress, callback)
     for k in range(its):
-        for o, ys_, (rinv, cinv) in zip(ops, ys, weights):
+        for o, ys_, (rinv, cinv) in zip(ops, ys, weights_):
             r = ys_ - o._apply(x[None], False)[0]
             x = x + lam * cinv * o._apply((rinv * r)[None], True)[0]
             if nonnegative:
@@ -282,7 +304,7 @@ def sart(sinogram, projector: LinearOperator, iterations: int = 5, subsets: int 
         if loop.step(k, x, _norm(projector._apply(x[None], False)[0] - y)):
             break
     return loop.done(x, sinogram, {"iterations": its, "subsets": len(groups), "relaxation": lam,
-                                   "nonnegative": nonnegative})
+                                   "nonnegative": nonnegative, "weights": weights})
 
 
 def sirt(sinogram, projector: LinearOperator, iterations: int = 50, relaxation: float = 1.0,

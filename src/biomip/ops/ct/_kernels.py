@@ -245,9 +245,13 @@ def joseph_back(sino, P, Q, R, W, major, ny, nx):
     args = (P.astype(dt), Q.astype(dt), R.astype(dt), W.astype(dt))
     rows = np.nonzero(major == 0)[0].astype(np.int64)
     cols = np.nonzero(major == 1)[0].astype(np.int64)
-    out = _joseph_back_rows(sino, *args, rows, int(ny), int(nx)) if rows.size else np.zeros((sino.shape[0], ny, nx), dt)
-    if cols.size:
-        out += _joseph_back_cols(sino, *args, cols, int(ny), int(nx)).transpose(0, 2, 1)
+    if not cols.size:
+        return _joseph_back_rows(sino, *args, rows, int(ny), int(nx))
+    by_cols = _joseph_back_cols(sino, *args, cols, int(ny), int(nx))
+    if not rows.size:
+        return np.ascontiguousarray(by_cols.transpose(0, 2, 1))
+    out = _joseph_back_rows(sino, *args, rows, int(ny), int(nx))
+    out += by_cols.transpose(0, 2, 1)
     return out
 
 
