@@ -259,6 +259,8 @@ def sart(sinogram, projector: LinearOperator, iterations: int = 5, subsets: int 
     ``weights``: ``"subset"`` (exact column sums of every subset, classic) or
     ``"global"`` (``C = n_subsets / column sums of all views``: one back-projection of
     set-up instead of one per subset, slightly slower convergence per iteration).
+    ``history`` holds the residual met during each sweep (every subset's residual just
+    before its update), which costs no extra projection.
     """
     y = _measurement(sinogram, projector)
     its = _iterations(iterations)
@@ -296,12 +298,14 @@ def sart(sinogram, projector: LinearOperator, iterations: int = 5, subsets: int 
     x = _start(x0, projector, y)
     loop = _Loop("SART" if subsets > 1 else "SIRT", its, progress, callback)
     for k in range(its):
+        seen = 0.0   # residual met during the sweep (each subset's, before its update): no extra projection
         for o, ys_, (rinv, cinv) in zip(ops, ys, weights_):
             r = ys_ - o._apply(x[None], False)[0]
+            seen += float((r * r).sum())
             x = x + lam * cinv * o._apply((rinv * r)[None], True)[0]
             if nonnegative:
                 x = x.clamp_min(0)
-        if loop.step(k, x, _norm(projector._apply(x[None], False)[0] - y)):
+        if loop.step(k, x, math.sqrt(seen)):
             break
     return loop.done(x, sinogram, {"iterations": its, "subsets": len(groups), "relaxation": lam,
                                    "nonnegative": nonnegative, "weights": weights})

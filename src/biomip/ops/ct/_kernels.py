@@ -158,11 +158,11 @@ if HAVE_NUMBA:
     @njit(parallel=True, fastmath=False, cache=True)
     def _joseph_back_cols(sino, P, Q, R, W, views, ny, nx):  # pragma: no cover - compiled
         nz, na, n_det = sino.shape
-        out = np.zeros((nz, nx, ny), dtype=sino.dtype)   # transposed: one thread per column
+        out = np.zeros((nz, ny, nx), dtype=sino.dtype)   # one thread per column: no write races
         for zi in prange(nz * nx):
             z = zi // nx
             i = zi % nx
-            ocol = out[z, i]
+            ocol = out[z, :, i]
             for v in range(views.shape[0]):
                 a = views[v]
                 p, q, r, w = P[a], Q[a], R[a], W[a]
@@ -249,9 +249,9 @@ def joseph_back(sino, P, Q, R, W, major, ny, nx):
         return _joseph_back_rows(sino, *args, rows, int(ny), int(nx))
     by_cols = _joseph_back_cols(sino, *args, cols, int(ny), int(nx))
     if not rows.size:
-        return np.ascontiguousarray(by_cols.transpose(0, 2, 1))
+        return by_cols
     out = _joseph_back_rows(sino, *args, rows, int(ny), int(nx))
-    out += by_cols.transpose(0, 2, 1)
+    out += by_cols
     return out
 
 
