@@ -192,8 +192,12 @@ def run_demo(out="biomip-demo", quick: bool = False, progress=None) -> dict:
     """Run the demo into ``out`` and return the summary written to ``out/report.json``."""
     from ..data import SAMPLES
 
+    import shutil
+
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    for sub in ("samples", "simulators", "metrics", "reconstruction"):   # only the demo's own output
+        shutil.rmtree(root / sub, ignore_errors=True)
     t0 = time.perf_counter()
     samples = [s for s in SAMPLES if not quick or s.name in QUICK_SAMPLES]
     records = [_sample_step(s, root) for s in track(samples, "samples", progress=progress)]

@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from ..core.errors import BiomipError
+from ..core.errors import BiomipError, GeometryError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="biomip: biomedical image processing (I/O, samples, metrics, and the book's methods).")
@@ -99,19 +99,20 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 
 # ---------------------------------------------------------------- info
 def _fmt_vec(v, nd=6):
-    return "(" + ", ".join(f"{x:.{nd}g}" for x in v) + ")"
+    return "(" + ", ".join(f"{(0.0 if abs(x) < 1e-12 else x) + 0.0:.{nd}g}" for x in v) + ")"
 
 
 @app.command()
 def info(path: Path = typer.Argument(..., help="Image file, DICOM series folder or OME-Zarr."),
          series: Optional[str] = typer.Option(None, help="DICOM series (index or UID) in a folder with several."),
          level: int = typer.Option(0, help="Pyramid level (OME-Zarr, pyramidal TIFF)."),
+         allow_irregular: bool = typer.Option(False, help="Read a DICOM series with uneven slice spacing."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Format, shape, dtype, spacing, origin, direction (ITK/LPS, mm) and intensity range."""
     from ..io import read, sniff
 
     fmt = sniff(path)
-    img = read(path, series=series, level=level)
+    img = read(path, series=series, level=level, allow_irregular=allow_irregular)
     d = img.describe()
     d["format"] = img.meta.get("format", fmt)
     d["path"] = str(path)
@@ -125,7 +126,7 @@ def info(path: Path = typer.Argument(..., help="Image file, DICOM series folder 
     c.print(f"{path}")
     c.print(f"  format     {d['format']}" + (f"  ({d['modality']})" if "modality" in d else ""))
     c.print(f"  shape      {tuple(d['shape'])}  axes {d['axes']}  dtype {d['dtype']}")
-    c.print(f"  size       {tuple(d['size'])}  (x, y, z)")
+    c.print(f"  size       {tuple(d['size'])}  ({', '.join('xyz'[:len(d['size'])])})")
     sp = _fmt_vec(img.spacing) + " mm"
     if max(img.spacing) < 0.01:
         sp += " = " + _fmt_vec([s * 1000 for s in img.spacing]) + " um"
@@ -149,13 +150,15 @@ def series(folder: Path = typer.Argument(..., help="Folder with DICOM files (sea
     """List the DICOM series in a folder (pass one to other commands with --series)."""
     from ..io import list_series
 
+    if not folder.exists():
+        raise BiomipError(f"FOLDER: {str(folder)!r} does not exist")
     items = list_series(folder)
+    if not items:
+        raise BiomipError(f"FOLDER: no DICOM files (with the 'DICM' marker) found in {str(folder)!r}")
     if as_json:
         typer.echo(json.dumps([s.to_dict() for s in items], indent=2))
         return
     c = _console()
-    if not items:
-        c.print("no DICOM series found")
     for s in items:
         c.print(f"[{s.index}] {s.modality:4s} {s.n_files:5d} file(s) {s.rows}x{s.columns}  '{s.description}'  uid={s.uid}")
 
@@ -168,20 +171,31 @@ def convert(src: Path = typer.Argument(..., help="Input image / DICOM folder / O
             level: int = typer.Option(0, help="Input pyramid level."),
             fmt: Optional[str] = typer.Option(None, "--format", help="nifti, dicom, tiff, ome-zarr, png, jpeg, npy, npz."),
             rescale: bool = typer.Option(False, help="PNG/JPEG: map the intensity range to 8/16 bit."),
-            slice_: Optional[int] = typer.Option(None, "--slice", help="Take axial slice k of a volume first (e.g. for PNG)."),
+            slice_: Optional[int] = typer.Option(None, "--slice", help="Take slice k (first array axis) of a volume first, e.g. for PNG; negative counts from the end."),
+            allow_irregular: bool = typer.Option(False, help="Read a DICOM series with uneven slice spacing."),
             overwrite: bool = typer.Option(True, help="Replace an existing output.")):
     """Convert between formats, keeping spacing, origin and direction."""
     from ..io import read, write
 
     t0 = time.perf_counter()
-    img = read(src, series=series, level=level)
+    img = read(src, series=series, level=level, allow_irregular=allow_irregular)
     if slice_ is not None:
         if img.sdim != 3:
             raise BiomipError(f"--slice: the input is {img.sdim}-D; --slice needs a 3-D volume")
         nz = img.spatial_shape[0]
         if not -nz <= slice_ < nz:
-            raise BiomipError(f"--slice: got {slice_}; the volume has slices 0..{nz - 1}")
-        img = img[..., slice_, :, :]
+            raise BiomipError(f"--slice: got {slice_}; the volume has slices 0..{nz - 1} (or -{nz}..-1 from the end)")
+        try:
+            img = img[..., slice_, :, :]
+        except GeometryError:
+            # an oblique slice has no 2-D world frame: keep its pixels and in-plane spacing
+            from ..core.image import Image
+
+            k = slice_ % nz
+            img = Image(img.array[..., k, :, :], spacing=img.spacing[:2], axes=img.axes.replace("z", ""),
+                        meta=dict(img.meta, oblique_slice=True))
+            typer.echo("note: the volume is oblique; the slice keeps its pixel spacing but not its world position",
+                       err=True)
     out = write(img, dst, format=fmt, overwrite=overwrite, rescale=rescale if rescale else None)
     typer.echo(f"wrote {out}  shape {img.shape}  spacing {_fmt_vec(img.spacing)} mm  ({time.perf_counter() - t0:.2f} s)")
 
@@ -255,25 +269,48 @@ def demo(out: Path = typer.Option(Path("biomip-demo"), help="Output folder."),
         raise typer.Exit(1)
 
 
-def main(argv=None) -> int:
-    """Entry point: run the app, turn BiomipError into a message and exit code 2."""
-    try:
-        rc = app(args=argv, prog_name="biomip", standalone_mode=False)
-    except BiomipError as exc:
-        from rich.text import Text
+def _say(kind: str, msg: str, style: str) -> None:
+    from rich.text import Text
 
-        _console(stderr=True).print(Text.assemble(("biomip: error: ", "bold red"), str(exc)))
-        return 2
-    except typer.Exit as exc:
-        return exc.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        print("aborted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # usage errors of the (vendored) click layer under typer
-        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
+    _console(stderr=True).print(Text.assemble((f"biomip: {kind}: ", style), msg))
+
+
+def main(argv=None) -> int:
+    """Entry point: run the app, turn BiomipError into a message and exit code 2.
+
+    Warnings of the libraries underneath (pydicom, tifffile, zarr ...) are collected and
+    shown as single ``biomip: warning:`` lines after a successful command; on an error
+    only the error is shown."""
+    import logging
+    import warnings
+
+    for name in ("tifffile", "pydicom", "zarr", "numcodecs"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            rc = app(args=argv, prog_name="biomip", standalone_mode=False)
+        except BiomipError as exc:
+            _say("error", str(exc), "bold red")
+            return 2
+        except typer.Exit as exc:
             return exc.exit_code
-        raise
+        except (typer.Abort, KeyboardInterrupt):
+            print("aborted", file=sys.stderr)
+            return 130
+        except Exception as exc:  # usage errors of the (vendored) click layer under typer
+            if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
+                ctx = getattr(exc, "ctx", None)
+                hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else " (see `biomip --help`)"
+                _say("error", exc.format_message() + hint, "bold red")
+                return exc.exit_code
+            raise
+    seen = set()
+    for w in caught:
+        text = " ".join(str(w.message).split())
+        if text not in seen and not issubclass(w.category, DeprecationWarning):
+            seen.add(text)
+            _say("warning", text, "yellow")
     return rc if isinstance(rc, int) else 0
 
 

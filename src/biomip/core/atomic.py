@@ -27,7 +27,7 @@ def atomic_path(path, is_dir: bool = False, overwrite: bool = True):
     if not parent.exists():
         raise FormatError(f"path: folder {str(parent)!r} does not exist; create it first")
     if path.exists() and not overwrite:
-        raise FormatError(f"path: {str(path)!r} exists; pass overwrite=True to replace it")
+        raise FormatError(f"path: {str(path)!r} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     if path.exists() and path.is_dir() != is_dir:
         kind = "folder" if path.is_dir() else "file"
         raise FormatError(f"path: {str(path)!r} is an existing {kind}; refusing to replace it by a {'folder' if is_dir else 'file'}")

@@ -112,6 +112,10 @@ class Image:
             raise GeometryError(
                 f"direction: got {describe(dirm)}; expected a non-singular {d}x{d} matrix (or {d * d} numbers, row-major)"
             )
+        if not np.allclose(dirm.T @ dirm, np.eye(d), atol=1e-4):
+            raise GeometryError(
+                f"direction: got {np.round(dirm, 5).tolist()}; expected an orthonormal matrix (unit, perpendicular "
+                "columns: a rotation or reflection). Put scaling in spacing; shear cannot be stored in NIfTI / DICOM")
         self.direction = dirm
         self.meta: dict[str, Any] = dict(meta or {})
 
@@ -353,12 +357,19 @@ class Image:
         if not kept:
             raise ShapeError("index: the result has no spatial axis left; index the array (image.array[...]) instead")
         spacing = np.asarray(self.spacing) * step
-        sub = self.direction[np.ix_(kept, kept)] if len(kept) < d else self.direction
-        if len(kept) < d and abs(np.linalg.det(sub)) < 1e-6:
-            raise GeometryError("index: the slice is not aligned with a world axis, so its 2-D direction is undefined; resample first")
+        if len(kept) < d:
+            # the remaining index axes keep the world axes they point along (sagittal and
+            # coronal stacks included); an oblique slice has no 2-D frame of its own
+            rows = [int(np.argmax(np.abs(self.direction[:, c]))) for c in kept]
+            sub = self.direction[np.ix_(rows, kept)] if len(set(rows)) == len(rows) else np.zeros((1, 1))
+            if sub.shape != (len(kept), len(kept)) or not np.allclose(sub.T @ sub, np.eye(len(kept)), atol=1e-3):
+                raise GeometryError("index: this slice is oblique to the world axes, so it has no 2-D frame; "
+                                    "resample the volume first (biomip.ops.resample)")
+            org = np.asarray(new_origin)[rows]
+        else:
+            sub, org = self.direction, new_origin
         axes = "".join(self.axes[a] for a in keep_axes)
-        return Image(arr, spacing=spacing[kept], origin=np.asarray(new_origin)[kept] if len(kept) < d else new_origin,
-                     direction=sub, axes=axes, meta=_copy.deepcopy(self.meta))
+        return Image(arr, spacing=spacing[kept], origin=org, direction=sub, axes=axes, meta=_copy.deepcopy(self.meta))
 
     # --------------------------------------------------------------- SimpleITK
     def to_sitk(self):

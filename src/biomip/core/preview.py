@@ -69,10 +69,11 @@ def _views(image: Image, arr: np.ndarray):
     sx, sy, sz = image.spacing
     if nz == 1:  # a lone slice (e.g. one DICOM file): only the slice is worth drawing
         return [("slice", arr[0], (0, nx * sx, ny * sy, 0))]
+    # planes of the array's index axes (their anatomical names depend on the direction)
     return [
-        (f"axial z={nz // 2}", arr[nz // 2], (0, nx * sx, ny * sy, 0)),
-        (f"coronal y={ny // 2}", arr[:, ny // 2, :][::-1], (0, nx * sx, 0, nz * sz)),
-        (f"sagittal x={nx // 2}", arr[:, :, nx // 2][::-1], (0, ny * sy, 0, nz * sz)),
+        (f"z = {nz // 2} (index)", arr[nz // 2], (0, nx * sx, ny * sy, 0)),
+        (f"y = {ny // 2} (index)", arr[:, ny // 2, :][::-1], (0, nx * sx, 0, nz * sz)),
+        (f"x = {nx // 2} (index)", arr[:, :, nx // 2][::-1], (0, ny * sy, 0, nz * sz)),
     ]
 
 
@@ -95,13 +96,14 @@ def render(image: Image, path, title: str | None = None, labels: Image | None = 
     lab_views = _views(labels, _display_array(labels)[0]) if labels is not None else [None] * len(views)
     fig, axs = plt.subplots(1, len(views), figsize=(max(5.0, 4.2 * len(views)), 4.8), squeeze=False)
     lo, hi = _window(arr) if mode == "grey" and not is_labels else (0, 1)
+    n_labels = int(np.unique(arr[arr > 0]).size) if is_labels else 0
     for ax, (name, a, ext), lv in zip(axs[0], views, lab_views):
         a, _ = _stride(a)
         if is_labels:
-            n = int(a.max()) + 1 if a.size else 1
+            ax.set_facecolor("black")
             ax.imshow(np.where(a > 0, (a.astype(np.int64) - 1) % 255 + 1, 0), cmap=label_colormap(),
                       vmin=0, vmax=255, extent=ext, interpolation="nearest")
-            name = f"{name} ({n - 1} labels)".strip()
+            name = f"{name} ({n_labels} labels in the image)".strip()
         elif mode == "rgb":
             ax.imshow(a, extent=ext)
         else:

@@ -23,7 +23,8 @@ from .sniff import FORMATS, format_from_suffix, sniff
 __all__ = ["read", "write", "sniff", "list_series", "SeriesInfo", "FORMATS", "format_from_suffix"]
 
 
-def read(path, *, series=None, level: int = 0, key: str | None = None, progress=None) -> Image:
+def read(path, *, series=None, level: int = 0, key: str | None = None, progress=None,
+         allow_irregular: bool = False) -> Image:
     """Read an image file, a DICOM series folder or a list of DICOM slice files.
 
     Parameters
@@ -34,6 +35,8 @@ def read(path, *, series=None, level: int = 0, key: str | None = None, progress=
     level : pyramid level for OME-Zarr and pyramidal TIFF / SVS (0 = full resolution).
     key : array name inside an NPZ file.
     progress : show a progress bar while reading a DICOM series (default: on a terminal).
+    allow_irregular : read a DICOM series whose slices are not evenly spaced (a missing
+        slice) on its median spacing instead of raising; the gaps go to ``meta``.
 
     Returns an :class:`~biomip.Image` with spacing / origin / direction in mm (LPS).
 
@@ -41,10 +44,15 @@ def read(path, *, series=None, level: int = 0, key: str | None = None, progress=
     >>> img.spacing, img.origin                                    # doctest: +SKIP
     """
     if isinstance(path, (list, tuple)):
-        return read_dicom_series(list(path), progress=progress)
+        return read_dicom_series(list(path), progress=progress, allow_irregular=allow_irregular)
     if not isinstance(path, (str, Path)):
         raise InputError(f"path: got {describe(path)}; expected a file or folder path")
     fmt = sniff(path)
+    if series is not None and fmt not in ("dicom-series", "tiff"):
+        raise InputError(f"series: a {fmt} file has no series to choose; series= is for DICOM folders and "
+                         "multi-series TIFF files")
+    if level and fmt not in ("ome-zarr", "tiff"):
+        raise InputError(f"level: a {fmt} file has no pyramid levels; level= is for OME-Zarr and pyramidal TIFF")
     if fmt == "nifti":
         from .nifti import read_nifti
 
@@ -52,7 +60,7 @@ def read(path, *, series=None, level: int = 0, key: str | None = None, progress=
     if fmt == "dicom":
         return read_dicom_file(path)
     if fmt == "dicom-series":
-        return read_dicom_series(path, series=series, progress=progress)
+        return read_dicom_series(path, series=series, progress=progress, allow_irregular=allow_irregular)
     if fmt == "tiff":
         from .tiff import read_tiff
 
@@ -88,6 +96,9 @@ def write(image: Image, path, *, format: str | None = None, overwrite: bool = Tr
     if not isinstance(image, Image):
         raise InputError(f"image: got {describe(image)}; expected a biomip.Image (wrap arrays with biomip.Image(array, spacing=...))")
     path = Path(path)
+    known = ("nifti", "dicom", "dicom-series", "dcm", "tiff", "ome-zarr", "png", "jpeg", "jpg", "npy", "npz")
+    if format is not None and str(format).lower() not in known:
+        raise FormatError(f"format: got {format!r}; expected one of nifti, dicom, tiff, ome-zarr, png, jpeg, npy, npz")
     fmt = (format or format_from_suffix(path) or "").lower()
     if fmt in ("dicom-series", "dcm"):
         fmt = "dicom"

@@ -137,8 +137,11 @@ def _meta(ds, path) -> dict:
             meta["slice_thickness"] = float(st)
     except (TypeError, ValueError):
         pass
-    if meta.get("modality") == "CT":
+    rtype = str(ds.get("RescaleType", "") or "")
+    if meta.get("modality") == "CT" and rtype in ("", "HU") and "SharedFunctionalGroupsSequence" not in ds:
         meta.setdefault("unit", "HU")
+    elif rtype and rtype != "US":
+        meta.setdefault("unit", rtype)
     return meta
 
 
@@ -169,7 +172,8 @@ def _frame_groups(ds, i):
     return pos, ori, psp, thick, slope, inter
 
 
-def _assemble(frames, positions, orientation, pixel_spacing, fallback_dz, meta, path) -> Image:
+def _assemble(frames, positions, orientation, pixel_spacing, fallback_dz, meta, path,
+              allow_irregular: bool = False) -> Image:
     """Stack 2-D frames with positions along the slice normal into a 3-D image."""
     row = np.asarray(orientation[:3], float)
     col = np.asarray(orientation[3:], float)
@@ -193,6 +197,13 @@ def _assemble(frames, positions, orientation, pixel_spacing, fallback_dz, meta, 
         steps = np.linalg.norm(np.diff(pos[order], axis=0), axis=1)
         dz = float(np.median(steps))
         if np.max(np.abs(steps - dz)) > 0.01 * dz + 1e-4:
+            if not allow_irregular:
+                worst = int(np.argmax(np.abs(steps - dz)))
+                raise FormatError(
+                    f"path: {str(path)!r}: slice spacing is not uniform (median {dz:.4g} mm, but "
+                    f"{steps[worst]:.4g} mm between sorted slices {worst} and {worst + 1}): a slice is missing or "
+                    "the series mixes stacks. A regular grid would misplace slices; pass allow_irregular=True "
+                    "(CLI: --allow-irregular) to read it anyway on the median spacing")
             meta["non_uniform_slice_spacing"] = True
             meta["slice_gaps_mm"] = [float(g) for g in steps]
         tilt = float(np.degrees(np.arccos(np.clip(np.median(gaps) / dz, -1.0, 1.0))))
@@ -229,8 +240,10 @@ def read_dicom_file(path) -> Image:
     if psp is not None and any(p <= 0 for p in psp):
         psp = None
 
-    if nframes > 1 and "PerFrameFunctionalGroupsSequence" in ds:
-        # Enhanced multi-frame (enhanced CT / MR, SEG, ...)
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        # Enhanced (multi-)frame objects: enhanced CT / MR, SEG, ... (also with one frame)
+        if nframes == 1 and arr.ndim == 2 + (spp > 1):
+            arr = arr[None]
         frames, positions = [], []
         ori = pspace = thick = None
         slopes = []
@@ -254,6 +267,11 @@ def read_dicom_file(path) -> Image:
 
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1" and arr.dtype.kind == "u":
+        # white is the minimum: invert to MONOCHROME2 as GDCM / SimpleITK do
+        top = (1 << int(ds.get("BitsStored", arr.dtype.itemsize * 8))) - 1
+        arr = (top - arr.astype(np.int64)).astype(arr.dtype)
+        meta["photometric"] = "MONOCHROME1 (inverted to MONOCHROME2)"
     if spp == 1:
         arr = _rescale(arr, slope, inter)
     if "DoseGridScaling" in ds:
@@ -305,6 +323,9 @@ def _scan(folder: Path, progress=None):
         sop = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "")) if hasattr(ds, "file_meta") else ""
         if sop == "1.2.840.10008.1.3.10":  # DICOMDIR
             continue
+        if "SeriesInstanceUID" not in ds and "Rows" not in ds:
+            raise FormatError(f"path: {str(p)!r} in the DICOM folder is damaged or truncated (no SeriesInstanceUID "
+                              "and no image attributes could be read); remove or replace it")
         headers.append((p, ds))
     return headers
 
@@ -336,7 +357,7 @@ def list_series(folder, progress=None) -> list[SeriesInfo]:
     return out
 
 
-def _read_series_files(files, label, progress=None) -> Image:
+def _read_series_files(files, label, progress=None, allow_irregular: bool = False) -> Image:
     headers = [(Path(p), _dcmread(p)) for p in track(files, "reading DICOM", progress=progress)]
     if len(headers) == 1:
         return read_dicom_file(headers[0][0])
@@ -373,10 +394,11 @@ def _read_series_files(files, label, progress=None) -> Image:
         arrays = [_rescale(a.astype(np.float32), s, i).astype(np.float32) for a, s, i in frames]
     meta = _meta(headers[0][1], label)
     meta["files"] = len(headers)
-    return _assemble(arrays, positions, ori, psp or (1.0, 1.0), _slice_spacing_single(headers[0][1]), meta, label)
+    return _assemble(arrays, positions, ori, psp or (1.0, 1.0), _slice_spacing_single(headers[0][1]), meta, label,
+                     allow_irregular)
 
 
-def read_dicom_series(path, series=None, progress=None) -> Image:
+def read_dicom_series(path, series=None, progress=None, allow_irregular: bool = False) -> Image:
     """Read a series folder (or a list of slice files) into a 3-D image.
 
     ``series``: index (see :func:`list_series`) or SeriesInstanceUID; required when the
@@ -385,7 +407,7 @@ def read_dicom_series(path, series=None, progress=None) -> Image:
     if isinstance(path, (list, tuple)):
         if not path:
             raise InputError("path: got an empty list of DICOM files")
-        return _read_series_files([Path(p) for p in path], f"{len(path)} files", progress)
+        return _read_series_files([Path(p) for p in path], f"{len(path)} files", progress, allow_irregular)
     folder = Path(path)
     headers = _scan(folder, progress)
     if not headers:
@@ -411,7 +433,7 @@ def read_dicom_series(path, series=None, progress=None) -> Image:
         if series not in groups:
             raise InputError(f"series: got {series!r}; expected one of the SeriesInstanceUIDs {sorted(groups)} or an index")
         uid, items = series, groups[series]
-    return _read_series_files([p for p, _ in items], f"{str(folder)!r} series {uid}", progress)
+    return _read_series_files([p for p, _ in items], f"{str(folder)!r} series {uid}", progress, allow_irregular)
 
 
 # ------------------------------------------------------------------- writing
@@ -425,10 +447,10 @@ def _encode(arr: np.ndarray):
         arr = arr.astype(np.uint8)
     if arr.dtype.kind in "iu":
         lo, hi = int(arr.min(initial=0)), int(arr.max(initial=0))
+        if arr.dtype.kind == "i" and lo >= -32768 and hi <= 32767:   # signed stays signed
+            return arr.astype(np.int16), 1, 1.0, 0.0
         if lo >= 0 and hi <= 65535:
             return arr.astype(np.uint16), 0, 1.0, 0.0
-        if lo >= -32768 and hi <= 32767:
-            return arr.astype(np.int16), 1, 1.0, 0.0
     if arr.dtype.kind not in "iuf":
         raise InputError(f"image: DICOM cannot store dtype {arr.dtype}; expected integer or float")
     a = arr.astype(np.float64)

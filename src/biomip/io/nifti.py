@@ -19,11 +19,19 @@ def _geometry_from_affine(aff: np.ndarray, ndim: int):
     spacing = np.linalg.norm(m, axis=0)
     spacing[spacing == 0] = 1.0
     direction = m / spacing
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        # a sheared affine: keep the closest rotation (polar decomposition), as ITK keeps the qform
+        u, _, vt = np.linalg.svd(direction)
+        direction = u @ vt
     origin = lps[:3, 3]
     if ndim == 3:
         return spacing, origin, direction
-    # 2-D NIfTI: keep the in-plane part (x, y)
-    return spacing[:2], origin[:2], direction[:2, :2] if abs(np.linalg.det(direction[:2, :2])) > 1e-6 else np.eye(2)
+    # 2-D NIfTI: keep the in-plane part (x, y), made orthonormal
+    sub = direction[:2, :2]
+    if abs(np.linalg.det(sub)) < 1e-6:
+        return spacing[:2], origin[:2], np.eye(2)
+    u, _, vt = np.linalg.svd(sub)
+    return spacing[:2], origin[:2], u @ vt
 
 
 def _affine_from_image(image: Image) -> np.ndarray:
@@ -58,7 +66,8 @@ def read_nifti(path) -> Image:
             img = cls.from_bytes(raw)
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many kinds
-        raise FormatError(f"path: cannot read NIfTI file {str(path)!r}: {exc}") from exc
+        why = " ".join(str(exc).split())   # nibabel's messages span lines
+        raise FormatError(f"path: cannot read NIfTI file {str(path)!r}: {why}") from exc
     hdr = img.header
     shape = data.shape
     # nibabel gives (i, j, k, t, ...) with i = x fastest; biomip wants (..., z, y, x).
@@ -125,6 +134,6 @@ def write_nifti(image: Image, path) -> None:
         zooms = list(nii.header.get_zooms())
         zooms[3] = float(image.meta["time_step"])
         nii.header.set_zooms(zooms)
-    if axes.startswith("c") and image.meta.get("kind") == "displacement":
+    if axes.startswith("c"):   # channels / vector components: NIfTI vector intent (read as vectors by ITK)
         nii.header.set_intent("vector")
     nib.save(nii, str(path))

@@ -80,7 +80,7 @@ def write_raster(image: Image, path, fmt: str, rescale: bool = False, quality: i
             f"image: {fmt.upper()} stores {names}; got {arr.dtype}. Pass rescale=True (CLI: --rescale) "
             "to map the intensity range, or use NIfTI / TIFF / NPZ to keep the values")
     kw = {}
-    if fmt == "png":
+    if fmt == "png" and image.meta.get("spacing_known", True) is not False:
         from PIL.PngImagePlugin import PngInfo
 
         info = PngInfo()

@@ -157,7 +157,8 @@ def confusion_counts(pred, target, labels=None):
 
 
 def dice(pred, target, labels=None):
-    """Dice coefficient ``2 TP / (2 TP + FP + FN)``; two empty masks give 1.0.
+    """Dice coefficient ``2 TP / (2 TP + FP + FN)``; two empty masks give 1.0.  Any nonzero
+    value is foreground: threshold probability maps first (``dice(prob > 0.5, truth)``).
 
     Example
     -------
