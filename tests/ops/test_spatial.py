@@ -85,7 +85,8 @@ def test_nearest_keeps_label_dtype(rng):
     assert set(np.unique(out)) <= set(np.unique(labels))
     shifted = warp(labels, np.stack([np.ones((10, 12)), np.zeros((10, 12))]), mode="nearest")
     np.testing.assert_array_equal(shifted[:, :-1], labels[:, 1:])
-    lin = warp(labels, u)                                  # linear on integers -> float32
+    assert warp(labels, u).dtype == np.uint16             # integers default to nearest: labels stay labels
+    lin = warp(labels, u, mode="linear")                   # asked for linear on integers -> float32
     assert lin.dtype == np.float32
 
 

@@ -188,6 +188,19 @@ def _sample(inp: torch.Tensor, idx: torch.Tensor, mode: str, padding: str, defau
 
 
 # ============================================================================ parsing
+def _auto_mode(mode, x):
+    """``None``: nearest for integer / boolean images (labels keep their ids), else linear."""
+    if mode is not None:
+        return mode
+    arr = x.array if isinstance(x, Image) else x
+    dt = getattr(arr, "dtype", None)
+    if dt is None:
+        return "linear"
+    if is_tensor(arr):
+        return "linear" if (arr.is_floating_point() or arr.is_complex()) else "nearest"
+    return "nearest" if np.dtype(dt).kind in "biu" else "linear"
+
+
 def _check_mode(mode, sdim: int):
     if mode not in _MODES:
         raise InputError(f"mode: got {mode!r}; expected 'linear', 'nearest' or 'cubic' (2-D only)")
@@ -307,7 +320,7 @@ def _warp_tensors(mov: torch.Tensor, fld: torch.Tensor, A, b, Bm, mode: str, pad
     return _sample(mov, idx, mode, padding, default)
 
 
-def warp(moving, displacement, spacing=None, mode: str = "linear", padding: str = "border",
+def warp(moving, displacement, spacing=None, mode: str | None = None, padding: str = "border",
          sdim: int | None = None):
     """Warp ``moving`` with a displacement field: ``out(p) = moving(p + u(p))``.
 
@@ -322,7 +335,8 @@ def warp(moving, displacement, spacing=None, mode: str = "linear", padding: str 
     spacing : voxel size (x, y, z) in mm of the grids when neither input is an Image
         (default 1 mm: a field in voxels).  Must be None (or equal) when Images give
         the geometry.
-    mode : ``"linear"`` (default), ``"nearest"`` (labels: the result keeps the integer
+    mode : ``None`` (default: ``"nearest"`` for integer / boolean images, i.e. labels,
+        ``"linear"`` otherwise), ``"linear"``, ``"nearest"`` (labels: the result keeps the integer
         dtype of ``moving``) or ``"cubic"`` (2-D only).
     padding : what ``moving`` is outside its grid: ``"border"`` (default, edge values),
         ``"zeros"`` (0 beyond half a voxel outside, as ``SimpleITK.Warp``'s edge
@@ -357,6 +371,7 @@ def warp(moving, displacement, spacing=None, mode: str = "linear", padding: str 
     array([11., 12., 13., 14.])
     """
     _check_padding(padding)
+    mode = _auto_mode(mode, moving)
     d_hint = sdim if sdim is not None else (moving.sdim if isinstance(moving, Image) else None)
     fld, batched, d, fimg = _field(displacement, "displacement", d_hint)
     _check_mode(mode, d)
@@ -588,7 +603,7 @@ def invert_displacement(u, spacing=None, iterations: int = 50, tol: float | None
 
 # ========================================================================== resample
 def resample(image: Image, reference: Image | None = None, spacing=None, size=None,
-             mode: str = "linear", default: float = 0.0) -> Image:
+             mode: str | None = None, default: float = 0.0) -> Image:
     """Resample an Image in physical space onto another grid.
 
     Every output voxel centre (a world point) is mapped to ``image``'s continuous
@@ -605,7 +620,8 @@ def resample(image: Image, reference: Image | None = None, spacing=None, size=No
         voxel's outer edge stays in place.  Direction unchanged.
     size : new number of voxels ``(nx, ny, [nz])``; alone, the spacing is chosen so the
         extent is kept; with ``spacing``, both are used (edge-aligned origin).
-    mode : ``"linear"``, ``"nearest"`` (keeps integer dtypes: labels) or ``"cubic"`` (2-D).
+    mode : ``None`` (default: nearest for integer / boolean images, linear otherwise),
+        ``"linear"``, ``"nearest"`` (keeps integer dtypes: labels) or ``"cubic"`` (2-D).
     default : value for output voxels that fall outside ``image`` (beyond half a voxel
         from its edge voxel centres, as ITK).
 
@@ -628,6 +644,7 @@ def resample(image: Image, reference: Image | None = None, spacing=None, size=No
     d = image.sdim
     if d not in (2, 3):
         raise ShapeError(f"image: got a {d}-D Image; expected 2-D or 3-D")
+    mode = _auto_mode(mode, image)
     _check_mode(mode, d)
     if not isinstance(default, (int, float, np.integer, np.floating)) or isinstance(default, bool):
         raise InputError(f"default: got {default!r}; expected a number")
