@@ -36,7 +36,9 @@ _register_ct()
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False)
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 160          # piped output: no wrapping at 80 columns
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False, width=width)
 
 
 def _version_cb(value: bool):
@@ -239,13 +241,23 @@ def data_list(available: bool = typer.Option(False, "--available", help="Only in
 @data_app.command("get")
 def data_get(name: str = typer.Argument(..., help="Sample name (see `biomip data list`)."),
              out: Path = typer.Argument(..., help="Output file; any supported format."),
-             fmt: Optional[str] = typer.Option(None, "--format", help="Output format if not from the suffix.")):
-    """Export a sample to a file (e.g. `biomip data get mni152-t1 t1.nii.gz`)."""
+             fmt: Optional[str] = typer.Option(None, "--format", help="Output format if not from the suffix."),
+             slice_: Optional[int] = typer.Option(None, "--slice", help="Take slice k of a volume first (e.g. for PNG)."),
+             rescale: bool = typer.Option(False, help="PNG/JPEG: map the intensity range to 8/16 bit.")):
+    """Export a sample to a file (e.g. `biomip data get mni152-t1 t1.nii.gz`,
+    `biomip data get ct-small ct.png --slice 0 --rescale`)."""
     from ..data import load
     from ..io import write
 
     img = load(name)
-    write(img, out, format=fmt)
+    if slice_ is not None:
+        if img.sdim != 3:
+            raise BiomipError(f"--slice: sample {name!r} is {img.sdim}-D; --slice needs a 3-D volume")
+        nz = img.spatial_shape[0]
+        if not -nz <= slice_ < nz:
+            raise BiomipError(f"--slice: got {slice_}; the volume has slices 0..{nz - 1}")
+        img = img[..., slice_, :, :]
+    write(img, out, format=fmt, rescale=rescale if rescale else None)
     typer.echo(f"wrote {out}  ({name}: shape {img.shape}, spacing {_fmt_vec(img.spacing)} mm)")
 
 
