@@ -166,6 +166,25 @@ def series(folder: Path = typer.Argument(..., help="Folder with DICOM files (sea
 
 
 # ---------------------------------------------------------------- convert
+def _take_slice(img, k: int):
+    """Slice ``k`` of a volume's first spatial axis (``--slice``), geometry kept when it can be."""
+    from ..core.image import Image
+
+    if img.sdim != 3:
+        raise BiomipError(f"--slice: the image is {img.sdim}-D; --slice needs a 3-D volume")
+    nz = img.spatial_shape[0]
+    if not -nz <= k < nz:
+        raise BiomipError(f"--slice: got {k}; the volume has slices 0..{nz - 1} (or -{nz}..-1 from the end)")
+    try:
+        return img[..., k, :, :]
+    except GeometryError:
+        # an oblique slice has no 2-D world frame: keep its pixels and in-plane spacing
+        typer.echo("note: the volume is oblique; the slice keeps its pixel spacing but not its world position",
+                   err=True)
+        return Image(img.array[..., k % nz, :, :], spacing=img.spacing[:2], axes=img.axes.replace("z", ""),
+                     meta=dict(img.meta, oblique_slice=True))
+
+
 @app.command()
 def convert(src: Path = typer.Argument(..., help="Input image / DICOM folder / OME-Zarr."),
             dst: Path = typer.Argument(..., help="Output path; format from the suffix or --format."),
@@ -182,22 +201,7 @@ def convert(src: Path = typer.Argument(..., help="Input image / DICOM folder / O
     t0 = time.perf_counter()
     img = read(src, series=series, level=level, allow_irregular=allow_irregular)
     if slice_ is not None:
-        if img.sdim != 3:
-            raise BiomipError(f"--slice: the input is {img.sdim}-D; --slice needs a 3-D volume")
-        nz = img.spatial_shape[0]
-        if not -nz <= slice_ < nz:
-            raise BiomipError(f"--slice: got {slice_}; the volume has slices 0..{nz - 1} (or -{nz}..-1 from the end)")
-        try:
-            img = img[..., slice_, :, :]
-        except GeometryError:
-            # an oblique slice has no 2-D world frame: keep its pixels and in-plane spacing
-            from ..core.image import Image
-
-            k = slice_ % nz
-            img = Image(img.array[..., k, :, :], spacing=img.spacing[:2], axes=img.axes.replace("z", ""),
-                        meta=dict(img.meta, oblique_slice=True))
-            typer.echo("note: the volume is oblique; the slice keeps its pixel spacing but not its world position",
-                       err=True)
+        img = _take_slice(img, slice_)
     out = write(img, dst, format=fmt, overwrite=overwrite, rescale=rescale if rescale else None)
     typer.echo(f"wrote {out}  shape {img.shape}  spacing {_fmt_vec(img.spacing)} mm  ({time.perf_counter() - t0:.2f} s)")
 
@@ -251,12 +255,7 @@ def data_get(name: str = typer.Argument(..., help="Sample name (see `biomip data
 
     img = load(name)
     if slice_ is not None:
-        if img.sdim != 3:
-            raise BiomipError(f"--slice: sample {name!r} is {img.sdim}-D; --slice needs a 3-D volume")
-        nz = img.spatial_shape[0]
-        if not -nz <= slice_ < nz:
-            raise BiomipError(f"--slice: got {slice_}; the volume has slices 0..{nz - 1}")
-        img = img[..., slice_, :, :]
+        img = _take_slice(img, slice_)
     write(img, out, format=fmt, rescale=rescale if rescale else None)
     typer.echo(f"wrote {out}  ({name}: shape {img.shape}, spacing {_fmt_vec(img.spacing)} mm)")
 
