@@ -1,0 +1,1 @@
+"""Registration (textbook ch. 7) -- work in progress: transforms and losses first."""
