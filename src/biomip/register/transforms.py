@@ -1,0 +1,298 @@
+"""Spatial transforms in physical space (mm, ITK / LPS convention).
+
+A transform ``T`` maps a point of the **fixed** (output) space to the **moving** (input)
+space, as in ITK: warping a moving image onto a fixed grid samples
+``moving(T(p))`` at every fixed point ``p``.  Linear transforms follow ITK's
+parameterisation ``T(p) = A (p - c) + c + t`` with a centre of rotation ``c``.
+
+* :class:`AffineTransform` (any matrix), :class:`RigidTransform` (rotation + translation;
+  2-D angle or 3-D rotation vector), :class:`DisplacementTransform` (a dense field
+  ``T(p) = p + u(p)`` on an image grid);
+* ``apply(points)`` for landmark sets ``(N, d)``; ``inverse()``; ``compose(other)``
+  (``(a.compose(b))(p) = a(b(p))``); ``to_displacement(reference)``;
+  ``warp(moving, reference)``;
+* ITK transform files (``.tfm`` / ``.txt``) are written and read without SimpleITK, and
+  read by SimpleITK / ITK / 3D Slicer; dense fields are written as NIfTI vector images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.arrays import as_numpy
+from ..core.atomic import atomic_path
+from ..core.errors import FormatError, GeometryError, InputError, ShapeError, describe
+from ..core.image import Image
+
+
+def _points(points, d: int, name: str = "points") -> np.ndarray:
+    p = as_numpy(points, dtype=np.float64, name=name)
+    if p.ndim == 1:
+        p = p[None]
+    if p.ndim != 2 or p.shape[1] != d:
+        raise ShapeError(f"{name}: got {describe(p)}; expected (N, {d}) world points (x, y{', z' if d == 3 else ''}) in mm")
+    if not np.all(np.isfinite(p)):
+        raise InputError(f"{name}: contains NaN/Inf")
+    return p
+
+
+def rotation_matrix(angles) -> np.ndarray:
+    """Rotation from a 2-D angle (radians) or a 3-D rotation vector (axis * angle)."""
+    a = np.atleast_1d(np.asarray(angles, dtype=np.float64)).ravel()
+    if a.size == 1:
+        c, s = math.cos(a[0]), math.sin(a[0])
+        return np.array([[c, -s], [s, c]])
+    if a.size == 3:
+        theta = float(np.linalg.norm(a))
+        if theta < 1e-15:
+            return np.eye(3)
+        k = a / theta
+        K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+        return np.eye(3) + math.sin(theta) * K + (1 - math.cos(theta)) * K @ K
+    raise InputError(f"angles: got {a.size} values; expected 1 (2-D angle) or 3 (3-D rotation vector, radians)")
+
+
+def rotation_vector(R: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rotation_matrix` (angle for 2-D, axis * angle for 3-D)."""
+    R = np.asarray(R, dtype=np.float64)
+    if R.shape == (2, 2):
+        return np.array([math.atan2(R[1, 0], R[0, 0])])
+    theta = math.acos(max(-1.0, min(1.0, (np.trace(R) - 1) / 2)))
+    if theta < 1e-12:
+        return np.zeros(3)
+    if abs(theta - math.pi) < 1e-6:
+        w, v = np.linalg.eigh((R + R.T) / 2)
+        axis = v[:, np.argmax(w)]
+        return axis * theta
+    axis = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]]) / (2 * math.sin(theta))
+    return axis * theta
+
+
+class Transform:
+    """Base class: ``apply`` maps fixed-space points to moving-space points."""
+
+    ndim: int
+
+    def apply(self, points) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    __call__ = apply
+
+    def to_displacement(self, reference: Image) -> Image:
+        """The dense field ``u(p) = T(p) - p`` on ``reference``'s grid (mm, world frame)."""
+        if not isinstance(reference, Image) or reference.sdim != self.ndim:
+            raise InputError(f"reference: got {describe(reference)}; expected a {self.ndim}-D biomip Image")
+        shape = reference.spatial_shape
+        idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")[::-1], -1)
+        pts = reference.index_to_world(idx.reshape(-1, self.ndim))
+        u = (self.apply(pts) - pts).T.reshape((self.ndim, *shape))
+        return Image(u.astype(np.float32), spacing=reference.spacing, origin=reference.origin,
+                     direction=reference.direction, axes="c" + "zyx"[-self.ndim:],
+                     meta={"kind": "displacement", "transform": type(self).__name__})
+
+    def warp(self, moving: Image, reference: Image | None = None, mode: str | None = None,
+             padding: str = "zeros", default: float = 0.0) -> Image:
+        """Resample ``moving`` onto ``reference``'s grid (default: its own): ``out(p) = moving(T(p))``."""
+        from ..ops.spatial import warp as _warp
+
+        reference = moving if reference is None else reference
+        field = self.to_displacement(reference)
+        return _warp(moving, field, mode=mode, padding=padding)
+
+
+@dataclass
+class AffineTransform(Transform):
+    """``T(p) = A (p - center) + center + translation`` (ITK's AffineTransform).
+
+    >>> t = AffineTransform(np.diag([2.0, 1.0]), translation=(1.0, 0.0))
+    >>> t.apply([[1.0, 1.0]])
+    array([[3., 1.]])
+    """
+
+    matrix: np.ndarray
+    translation: np.ndarray = None
+    center: np.ndarray = None
+
+    def __post_init__(self):
+        A = np.asarray(self.matrix, dtype=np.float64)
+        if A.ndim != 2 or A.shape[0] != A.shape[1] or A.shape[0] not in (2, 3):
+            raise ShapeError(f"matrix: got {describe(A)}; expected a 2x2 or 3x3 matrix")
+        if not np.all(np.isfinite(A)) or abs(np.linalg.det(A)) < 1e-12:
+            raise GeometryError("matrix: singular or non-finite; an affine transform must be invertible")
+        d = A.shape[0]
+        self.matrix = A
+        self.translation = np.zeros(d) if self.translation is None else _points(self.translation, d, "translation")[0]
+        self.center = np.zeros(d) if self.center is None else _points(self.center, d, "center")[0]
+        self.ndim = d
+
+    @property
+    def offset(self) -> np.ndarray:
+        """``T(p) = A p + offset``."""
+        return self.translation + self.center - self.matrix @ self.center
+
+    def homogeneous(self) -> np.ndarray:
+        d = self.ndim
+        H = np.eye(d + 1)
+        H[:d, :d] = self.matrix
+        H[:d, d] = self.offset
+        return H
+
+    def apply(self, points) -> np.ndarray:
+        p = _points(points, self.ndim)
+        return p @ self.matrix.T + self.offset
+
+    def inverse(self) -> "AffineTransform":
+        Ainv = np.linalg.inv(self.matrix)
+        # keep the same centre: T^-1(q) = Ainv (q - c) + c + t'  with  t' = -Ainv t
+        return AffineTransform(Ainv, -Ainv @ self.translation, self.center.copy())
+
+    def compose(self, other: "AffineTransform") -> "AffineTransform":
+        """``self ∘ other``: apply ``other`` first (centre kept from ``other``)."""
+        if not isinstance(other, AffineTransform):
+            raise InputError(f"other: got {type(other).__name__}; expected an AffineTransform / RigidTransform")
+        if other.ndim != self.ndim:
+            raise ShapeError(f"other: a {other.ndim}-D transform cannot follow a {self.ndim}-D one")
+        A = self.matrix @ other.matrix
+        off = self.matrix @ other.offset + self.offset
+        c = other.center
+        return AffineTransform(A, off - c + A @ c, c.copy())
+
+    def to_dict(self) -> dict:
+        return {"type": type(self).__name__, "matrix": self.matrix.tolist(),
+                "translation": self.translation.tolist(), "center": self.center.tolist()}
+
+    # ---------------------------------------------------------------- ITK files
+    def write(self, path) -> Path:
+        """Write an ITK transform file (``.tfm`` / ``.txt``) that SimpleITK, ITK, elastix
+        tools and 3D Slicer read.  The file maps fixed to moving points, as ITK does."""
+        path = Path(path)
+        if path.suffix.lower() not in (".tfm", ".txt"):
+            raise FormatError(f"path: got {path.name!r}; expected a .tfm or .txt ITK transform file")
+        d = self.ndim
+        params = list(self.matrix.ravel()) + list(self.translation)
+        text = ("#Insight Transform File V1.0\n#Transform 0\n"
+                f"Transform: AffineTransform_double_{d}_{d}\n"
+                f"Parameters: {' '.join(repr(float(v)) for v in params)}\n"
+                f"FixedParameters: {' '.join(repr(float(v)) for v in self.center)}\n")
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+        return path
+
+
+class RigidTransform(AffineTransform):
+    """Rotation + translation: ``T(p) = R (p - center) + center + translation``.
+
+    ``rotation``: an angle (2-D, radians) or a rotation vector (3-D, axis * angle).
+
+    >>> t = RigidTransform(np.pi / 2, translation=(0.0, 0.0))
+    >>> np.round(t.apply([[1.0, 0.0]]), 6)
+    array([[0., 1.]])
+    """
+
+    def __init__(self, rotation=0.0, translation=None, center=None):
+        R = rotation_matrix(rotation)
+        super().__init__(R, translation, center)
+        self.rotation = rotation_vector(R)
+
+    @property
+    def angles(self) -> np.ndarray:
+        return self.rotation
+
+    def inverse(self) -> "RigidTransform":
+        inv = AffineTransform.inverse(self)
+        return RigidTransform(rotation_vector(inv.matrix), inv.translation, inv.center)
+
+
+@dataclass
+class DisplacementTransform(Transform):
+    """A dense displacement field on an image grid: ``T(p) = p + u(p)`` (u in mm, world
+    frame, linear interpolation between voxels, zero outside the grid)."""
+
+    field: Image = field(repr=False)
+
+    def __post_init__(self):
+        f = self.field
+        if not isinstance(f, Image) or not f.axes.startswith("c") or f.shape[0] != f.sdim:
+            raise ShapeError(f"field: got {describe(f)}; expected an Image with axes 'cyx' / 'czyx' and "
+                             "as many components as spatial axes")
+        self.ndim = f.sdim
+
+    def apply(self, points) -> np.ndarray:
+        from scipy.ndimage import map_coordinates
+
+        p = _points(points, self.ndim)
+        idx = self.field.world_to_index(p)[:, ::-1].T              # array-order continuous indices
+        u = self.field.numpy()
+        comps = [map_coordinates(u[c], idx, order=1, mode="constant", cval=0.0) for c in range(self.ndim)]
+        return p + np.stack(comps, axis=1)
+
+    def inverse(self, iterations: int = 50) -> "DisplacementTransform":
+        from ..ops.spatial import invert_displacement
+
+        return DisplacementTransform(invert_displacement(self.field, iterations=iterations))
+
+    def to_displacement(self, reference: Image) -> Image:
+        if reference.same_geometry(self.field):
+            return self.field.copy()
+        return super().to_displacement(reference)
+
+    def write(self, path) -> Path:
+        """Write the field as a NIfTI vector image (components x, y, z in mm, LPS)."""
+        from ..io import write
+
+        return write(self.field, path)
+
+
+def read_transform(path) -> Transform:
+    """Read an ITK transform file (Affine / Euler / Versor / Similarity / Translation
+    transforms, as written by SimpleITK, elastix tools or 3D Slicer) or a displacement
+    field image (NIfTI vector image)."""
+    path = Path(path)
+    if not path.exists():
+        raise FormatError(f"path: {str(path)!r} does not exist")
+    if path.suffix.lower() not in (".tfm", ".txt"):
+        from ..io import read
+
+        img = read(path)
+        return DisplacementTransform(img)
+    text = path.read_text(errors="replace")
+    kind = params = fixed = None
+    for line in text.splitlines():
+        if line.startswith("Transform:"):
+            if kind is not None:
+                raise FormatError(f"path: {str(path)!r} holds a composite transform; read it with SimpleITK")
+            kind = line.split(":", 1)[1].strip()
+        elif line.startswith("Parameters:"):
+            params = np.array([float(v) for v in line.split(":", 1)[1].split()])
+        elif line.startswith("FixedParameters:"):
+            fixed = np.array([float(v) for v in line.split(":", 1)[1].split()])
+    if kind is None or params is None:
+        raise FormatError(f"path: {str(path)!r} is not an ITK transform file (no 'Transform:' / 'Parameters:' lines)")
+    d = 3 if kind.endswith("_3_3") or "3D" in kind or kind.endswith("_3") else 2
+    fixed = np.zeros(d) if fixed is None or fixed.size < d else fixed[:d]
+    base = kind.split("_")[0]
+    if base in ("AffineTransform", "MatrixOffsetTransformBase"):
+        return AffineTransform(params[: d * d].reshape(d, d), params[d * d: d * d + d], fixed)
+    if base == "TranslationTransform":
+        return AffineTransform(np.eye(d), params[:d], np.zeros(d))
+    if base == "Euler2DTransform":
+        return RigidTransform(params[0], params[1:3], fixed)
+    if base == "Euler3DTransform":
+        ax, ay, az = params[:3]
+        Rx = rotation_matrix([ax, 0, 0])
+        Ry = rotation_matrix([0, ay, 0])
+        Rz = rotation_matrix([0, 0, az])
+        return RigidTransform(rotation_vector(Rz @ Rx @ Ry), params[3:6], fixed)   # ITK ZXY order
+    if base in ("VersorRigid3DTransform", "VersorTransform"):
+        v = params[:3]
+        s = float(np.linalg.norm(v))
+        angle = 2 * math.asin(min(1.0, s))
+        rv = v / s * angle if s > 0 else np.zeros(3)
+        t = params[3:6] if params.size >= 6 else np.zeros(3)
+        return RigidTransform(rv, t, fixed)
+    raise FormatError(f"path: transform type {kind!r} is not supported; supported: Affine, Translation, Euler2D/3D, "
+                      "VersorRigid3D (read others with SimpleITK)")
