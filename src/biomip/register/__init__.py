@@ -1,13 +1,17 @@
 """Registration (textbook ch. 7) -- in progress.
 
 Available now: physical-space transforms (:mod:`biomip.register.transforms`) with ITK
-transform-file and displacement-field exchange, and registration losses
-(:mod:`biomip.register.losses`).  The registration methods themselves (rigid / affine
-optimisation, demons, B-splines, SVF, learned networks) are the rest of issue 4.
+transform-file and displacement-field exchange, similarity measures and regularisers
+(:mod:`biomip.register.losses`), and rigid / affine registration by MSE, NCC or mutual
+information (:func:`linear`).  Deformable methods (demons, B-splines, SVF, elastic /
+fluid, LDDMM, landmarks, PCA subspace, learned networks), CLI and benchmarks are the
+rest of issue 4.
 """
 
+from . import losses
+from .linear import LinearResult, linear
 from .transforms import (AffineTransform, DisplacementTransform, RigidTransform, Transform, read_transform,
                          rotation_matrix, rotation_vector)
 
-__all__ = ["Transform", "AffineTransform", "RigidTransform", "DisplacementTransform", "read_transform",
+__all__ = ["linear", "LinearResult", "losses", "Transform", "AffineTransform", "RigidTransform", "DisplacementTransform", "read_transform",
            "rotation_matrix", "rotation_vector"]
