@@ -149,3 +149,16 @@ def check_shape(shape, ndims=(2, 3), min_size: int = 1, name: str = "shape") -> 
         raise ShapeError(f"{name}: got {shape!r}; expected {' or '.join(map(str, ndims))} integers >= {min_size}, "
                          "(ny, nx) or (nz, ny, nx)")
     return shp
+
+
+def as_float_tensor(x, name: str = "array", device=None):
+    """``x`` as a real floating torch tensor (integers -> float32), checked finite."""
+    t = as_tensor(x, device=device, name=name)
+    if t.is_complex():
+        raise InputError(f"{name}: got a complex array; expected real values")
+    if not t.is_floating_point():
+        import torch
+
+        t = t.to(torch.float32)
+    check_finite(t, name)
+    return t

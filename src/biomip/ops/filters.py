@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.arrays import as_tensor, check_finite, check_spacing, is_tensor, like_input
+from ..core.arrays import as_float_tensor, check_spacing, is_tensor, like_input
 from ..core.errors import InputError, ShapeError, describe
 from ..core.image import Image
 
@@ -86,13 +86,7 @@ def _per_axis(value, sdim: int, name: str) -> tuple[float, ...]:
 
 def _float_tensor(x, name: str):
     """``x`` (numpy / torch / Image) as a floating torch tensor (float32 for integers)."""
-    t = as_tensor(x, name=name)
-    if t.is_complex():
-        raise InputError(f"{name}: got a complex array; expected real values")
-    if not t.is_floating_point():
-        t = t.to(torch.float32)
-    check_finite(t, name)
-    return t
+    return as_float_tensor(x, name=name)
 
 
 def _wrap_output(result, x):

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.arrays import as_numpy, as_tensor, check_finite, check_spacing, is_tensor
+from ..core.arrays import as_float_tensor, as_numpy, check_spacing, is_tensor
 from ..core.errors import InputError, ShapeError, describe
 from ..core.image import Image
 from ..ops.filters import resolve_sdim, spatial_gradient
@@ -93,13 +93,7 @@ def _to_float_tensor(x, name: str, device):
         if arr.dtype.kind not in "biuf":
             raise InputError(f"{name}: got {describe(arr)}; expected a real-valued array")
         raw = arr.astype(np.float64, copy=False)
-    t = as_tensor(raw, device=device, name=name)
-    if t.is_complex():
-        raise InputError(f"{name}: got a complex array; expected real values")
-    if not t.is_floating_point():
-        t = t.to(torch.float32)
-    check_finite(t, name)
-    return t
+    return as_float_tensor(raw, name=name, device=device)
 
 
 def _out(value: torch.Tensor, torch_out: bool):
