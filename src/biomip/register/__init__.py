@@ -4,16 +4,18 @@ Available now: physical-space transforms (:mod:`biomip.register.transforms`) wit
 transform-file and displacement-field exchange, similarity measures and regularisers
 (:mod:`biomip.register.losses`), and rigid / affine registration by MSE, NCC or mutual
 information (:func:`linear`), and demons (Thirion, symmetric, diffeomorphic:
-:func:`demons`).  Other deformable methods (B-splines, SVF, elastic /
+:func:`demons`), landmark splines (TPS, Gaussian RBF, elastic body splines:
+:class:`LandmarkTransform`).  Other deformable methods (B-splines, SVF, elastic /
 fluid, LDDMM, landmarks, PCA subspace, learned networks), CLI and benchmarks are the
 rest of issue 4.
 """
 
 from . import losses
 from .demons import DeformableResult, demons
+from .landmarks import LandmarkTransform
 from .linear import LinearResult, linear
 from .transforms import (AffineTransform, DisplacementTransform, RigidTransform, Transform, read_transform,
                          rotation_matrix, rotation_vector)
 
-__all__ = ["linear", "LinearResult", "demons", "DeformableResult", "losses", "Transform", "AffineTransform", "RigidTransform", "DisplacementTransform", "read_transform",
+__all__ = ["linear", "LinearResult", "demons", "DeformableResult", "LandmarkTransform", "losses", "Transform", "AffineTransform", "RigidTransform", "DisplacementTransform", "read_transform",
            "rotation_matrix", "rotation_vector"]
