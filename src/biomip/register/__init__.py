@@ -5,17 +5,20 @@ transform-file and displacement-field exchange, similarity measures and regulari
 (:mod:`biomip.register.losses`), and rigid / affine registration by MSE, NCC or mutual
 information (:func:`linear`), and demons (Thirion, symmetric, diffeomorphic:
 :func:`demons`), landmark splines (TPS, Gaussian RBF, elastic body splines:
-:class:`LandmarkTransform`).  Other deformable methods (B-splines, SVF, elastic /
-fluid, LDDMM, landmarks, PCA subspace, learned networks), CLI and benchmarks are the
-rest of issue 4.
+:class:`LandmarkTransform`), and the PCA statistical deformation model with subspace
+registration (:class:`DeformationModel`, :func:`subspace_register`).  Other deformable
+methods (B-splines, SVF, elastic /
+fluid, LDDMM, learned networks), CLI and benchmarks are the rest of issue 4.
 """
 
 from . import losses
 from .demons import DeformableResult, demons
 from .landmarks import LandmarkTransform
 from .linear import LinearResult, linear
+from .subspace import DeformationModel, subspace_register
 from .transforms import (AffineTransform, DisplacementTransform, RigidTransform, Transform, read_transform,
                          rotation_matrix, rotation_vector)
 
-__all__ = ["linear", "LinearResult", "demons", "DeformableResult", "LandmarkTransform", "losses", "Transform", "AffineTransform", "RigidTransform", "DisplacementTransform", "read_transform",
+__all__ = ["linear", "LinearResult", "demons", "DeformableResult", "LandmarkTransform", "DeformationModel",
+           "subspace_register", "losses", "Transform", "AffineTransform", "RigidTransform", "DisplacementTransform", "read_transform",
            "rotation_matrix", "rotation_vector"]

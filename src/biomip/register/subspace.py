@@ -1,0 +1,141 @@
+"""Statistical deformation model (textbook 7.4, case study 6): principal components of a
+set of displacement fields, and registration restricted to ``k`` subspace coordinates.
+
+``u(c) = mean + sum_k c_k sqrt(var_k) phi_k`` -- coefficients ``c`` are in standard
+deviations of the training set, so ``|c|^2`` is the (Gaussian) prior energy.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..core.errors import InputError, ShapeError
+from ..core.image import Image
+from .demons import DeformableResult
+
+
+@dataclass
+class DeformationModel:
+    """PCA of displacement fields on one grid (``grid``: the geometry of the fields)."""
+
+    mean: np.ndarray              # (d, *shape)
+    components: np.ndarray        # (k, d, *shape), orthonormal
+    variances: np.ndarray         # (k,)
+    grid: Image
+
+    @classmethod
+    def fit(cls, fields, k: int | None = None, explained: float = 0.98) -> "DeformationModel":
+        """PCA of ``fields`` (list of displacement Images on the same grid, or an array
+        ``(n, d, *shape)`` with unit spacing); keep ``k`` modes or enough to explain
+        ``explained`` of the variance."""
+        if isinstance(fields, np.ndarray):
+            arr = np.asarray(fields, dtype=np.float64)
+            grid = Image(np.zeros(arr.shape[1:], np.float32), axes="c" + "zyx"[-(arr.ndim - 2):])
+        else:
+            fields = list(fields)
+            if not fields or not all(isinstance(f, Image) for f in fields):
+                raise InputError("fields: expected a non-empty list of displacement Images or an (n, d, ...) array")
+            for f in fields[1:]:
+                fields[0].check_same_geometry(f, "fields[0]", "fields[i]")
+            arr = np.stack([f.numpy().astype(np.float64) for f in fields])
+            grid = fields[0]
+        if arr.ndim < 4 or arr.shape[1] != arr.ndim - 2:
+            raise ShapeError(f"fields: got shape {arr.shape}; expected (n, d, [z,] y, x) with d components")
+        n = arr.shape[0]
+        if n < 2:
+            raise InputError("fields: need at least 2 fields for a PCA")
+        mean = arr.mean(0)
+        X = (arr - mean).reshape(n, -1)
+        _, s, vt = np.linalg.svd(X, full_matrices=False)
+        var = s ** 2 / max(n - 1, 1)
+        if k is None:
+            frac = np.cumsum(var) / max(var.sum(), 1e-30)
+            k = int(np.searchsorted(frac, explained) + 1)
+        k = int(max(1, min(k, n - 1 if n > 1 else 1)))
+        comps = vt[:k].reshape((k, *arr.shape[1:]))
+        return cls(mean, comps, var[:k], grid.with_array(np.zeros(arr.shape[1:], np.float32)))
+
+    @property
+    def k(self) -> int:
+        return int(self.components.shape[0])
+
+    def field(self, coeffs) -> Image:
+        """The displacement ``mean + sum c_k sqrt(var_k) phi_k`` as an Image."""
+        c = np.asarray(coeffs, dtype=np.float64).ravel()
+        if c.size != self.k:
+            raise ShapeError(f"coeffs: got {c.size} values; the model has {self.k} modes")
+        u = self.mean + np.tensordot(c * np.sqrt(self.variances), self.components, axes=1)
+        return self.grid.with_array(u.astype(np.float32), meta={"kind": "displacement", "model": "pca"})
+
+    def project(self, field) -> np.ndarray:
+        """Subspace coordinates (in standard deviations) of a displacement field."""
+        u = field.numpy() if isinstance(field, Image) else np.asarray(field)
+        if u.shape != self.mean.shape:
+            raise ShapeError(f"field: got shape {u.shape}; expected {self.mean.shape}")
+        coef = np.tensordot(self.components, u - self.mean, axes=(tuple(range(1, u.ndim + 1)),
+                                                                      tuple(range(u.ndim))))
+        return coef / np.sqrt(np.maximum(self.variances, 1e-30))
+
+    def save(self, path) -> None:
+        from ..core.atomic import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, mean=self.mean, components=self.components, variances=self.variances,
+                                spacing=np.asarray(self.grid.spacing), origin=np.asarray(self.grid.origin),
+                                direction=self.grid.direction, axes=np.asarray(self.grid.axes))
+
+    @classmethod
+    def load(cls, path) -> "DeformationModel":
+        z = np.load(str(path), allow_pickle=False)
+        grid = Image(np.zeros(z["mean"].shape, np.float32), spacing=z["spacing"], origin=z["origin"],
+                     direction=z["direction"], axes=str(z["axes"]))
+        return cls(z["mean"], z["components"], z["variances"], grid)
+
+
+def subspace_register(fixed: Image, moving: Image, model: DeformationModel, metric: str = "mse",
+                      prior: float = 1e-3, iterations: int = 50) -> DeformableResult:
+    """Registration restricted to the model's subspace: minimise
+    ``metric(fixed, moving(p + u(c)(p))) + prior * |c|^2`` over the ``k`` coefficients by
+    L-BFGS.  ``fixed`` and ``moving`` lie on the model's grid."""
+    from ..ops.spatial import warp
+    from . import losses
+
+    if not isinstance(fixed, Image) or not isinstance(moving, Image):
+        raise InputError("fixed, moving: expected biomip Images on the model's grid")
+    fixed.check_same_geometry(moving, "fixed", "moving")
+    fixed.check_same_geometry(model.grid, "fixed", "model grid")
+    if metric not in ("mse", "ncc"):
+        raise InputError(f"metric: got {metric!r}; expected 'mse' or 'ncc'")
+    t0 = time.perf_counter()
+    f = fixed.torch("cpu").to(torch.float64)
+    m = moving.torch("cpu").to(torch.float64)
+    mean = torch.as_tensor(model.mean)
+    basis = torch.as_tensor(model.components * np.sqrt(model.variances).reshape((-1,) + (1,) * model.mean.ndim))
+    c = torch.zeros(model.k, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([c], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe")
+    history: list[float] = []
+    sp = fixed.spacing
+
+    def closure():
+        opt.zero_grad()
+        u = mean + torch.tensordot(c, basis, dims=1)
+        mw = warp(m, u, spacing=sp, padding="border")
+        data = losses.mse(f, mw) if metric == "mse" else 1.0 - losses.ncc(f, mw)
+        loss = data + prior * (c * c).sum()
+        loss.backward()
+        history.append(float(data.detach()))
+        return loss
+
+    opt.step(closure)
+    coeffs = c.detach().numpy()
+    field = model.field(coeffs)
+    warped = moving.with_array(np.asarray(warp(moving.numpy().astype(np.float32), field.numpy(), spacing=sp,
+                                               padding="border")))
+    res = DeformableResult(field, warped, history, time.perf_counter() - t0,
+                           {"method": "pca subspace", "k": model.k, "metric": metric, "prior": prior})
+    res.params["coefficients"] = coeffs.tolist()
+    return res
