@@ -6,8 +6,9 @@ transform-file and displacement-field exchange, similarity measures and regulari
 information (:func:`linear`), and demons (Thirion, symmetric, diffeomorphic:
 :func:`demons`), landmark splines (TPS, Gaussian RBF, elastic body splines:
 :class:`LandmarkTransform`), and the PCA statistical deformation model with subspace
-registration (:class:`DeformationModel`, :func:`subspace_register`).  Other deformable
-methods (B-splines, SVF, elastic /
+registration (:class:`DeformationModel`, :func:`subspace_register`), and diffeomorphic
+stationary-velocity-field registration (:func:`svf`, LNCC / NCC / MSE).  Other
+deformable methods (B-splines, elastic /
 fluid, LDDMM, learned networks), CLI and benchmarks are the rest of issue 4.
 """
 
@@ -16,9 +17,10 @@ from .demons import DeformableResult, demons
 from .landmarks import LandmarkTransform
 from .linear import LinearResult, linear
 from .subspace import DeformationModel, subspace_register
+from .svf import svf
 from .transforms import (AffineTransform, DisplacementTransform, RigidTransform, Transform, read_transform,
                          rotation_matrix, rotation_vector)
 
 __all__ = ["linear", "LinearResult", "demons", "DeformableResult", "LandmarkTransform", "DeformationModel",
-           "subspace_register", "losses", "Transform", "AffineTransform", "RigidTransform", "DisplacementTransform", "read_transform",
+           "subspace_register", "svf", "losses", "Transform", "AffineTransform", "RigidTransform", "DisplacementTransform", "read_transform",
            "rotation_matrix", "rotation_vector"]
