@@ -14,6 +14,7 @@ fluid, LDDMM, learned networks), CLI and benchmarks are the rest of issue 4.
 
 from . import losses
 from .demons import DeformableResult, demons
+from .evaluate import endpoint_error, evaluate
 from .landmarks import LandmarkTransform
 from .linear import LinearResult, linear
 from .subspace import DeformationModel, subspace_register
@@ -22,5 +23,5 @@ from .transforms import (AffineTransform, DisplacementTransform, RigidTransform,
                          rotation_matrix, rotation_vector)
 
 __all__ = ["linear", "LinearResult", "demons", "DeformableResult", "LandmarkTransform", "DeformationModel",
-           "subspace_register", "svf", "losses", "Transform", "AffineTransform", "RigidTransform", "DisplacementTransform", "read_transform",
+           "subspace_register", "svf", "evaluate", "endpoint_error", "losses", "Transform", "AffineTransform", "RigidTransform", "DisplacementTransform", "read_transform",
            "rotation_matrix", "rotation_vector"]
