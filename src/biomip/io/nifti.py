@@ -96,6 +96,10 @@ def read_nifti(path) -> Image:
     if code:
         meta["intent_code"] = code
     spacing, origin, direction = _geometry_from_affine(np.asarray(img.affine, dtype=float), nsp)
+    if axes == "czyx" and arr.shape[0] == 2 and arr.shape[1] == 1:
+        # a 2-component vector image one slice thick is a 2-D field / 2-channel image
+        arr, axes = arr[:, 0], "cyx"
+        spacing, origin, direction = _geometry_from_affine(np.asarray(img.affine, dtype=float), 2)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("="))
     meta["qform_code"] = int(hdr["qform_code"]) if "qform_code" in hdr else 0
