@@ -10,16 +10,9 @@ import numpy as np
 import typer
 
 from ..core.errors import InputError
+from .ct import _sibling
 
 METHODS = ("rigid", "affine", "demons", "svf", "bspline")
-
-
-def _sibling(out: Path, suffix: str) -> Path:
-    name = out.name
-    for ext in (".nii.gz", ".ome.tif", ".ome.zarr"):
-        if name.endswith(ext):
-            return out.with_name(name[: -len(ext)] + suffix)
-    return out.with_name(out.stem + suffix)
 
 
 def register_cmd(

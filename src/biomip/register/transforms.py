@@ -77,8 +77,8 @@ class Transform:
 
     ndim: int
 
-    def apply(self, points) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def apply(self, points) -> np.ndarray:  # pragma: no cover - every subclass defines it
+        raise InputError(f"{type(self).__name__} does not define apply(); use a concrete transform")
 
     __call__ = apply
 
