@@ -1,16 +1,20 @@
-"""Registration (textbook ch. 7) -- in progress.
+"""Registration (textbook ch. 7): transforms in physical space, similarity measures and
+regularisers, and the methods of the chapter.
 
-Available now: physical-space transforms (:mod:`biomip.register.transforms`) with ITK
-transform-file and displacement-field exchange, similarity measures and regularisers
-(:mod:`biomip.register.losses`), and rigid / affine registration by MSE, NCC or mutual
-information (:func:`linear`), and demons (Thirion, symmetric, diffeomorphic:
-:func:`demons`), landmark splines (TPS, Gaussian RBF, elastic body splines:
-:class:`LandmarkTransform`), and the PCA statistical deformation model with subspace
-registration (:class:`DeformationModel`, :func:`subspace_register`), and diffeomorphic
-stationary-velocity-field registration (:func:`svf`, LNCC / NCC / MSE), cubic B-spline
-free-form deformation with the analytic Jacobian (:func:`bspline`).  Other deformable
-methods (elastic /
-fluid, LDDMM, learned networks), CLI and benchmarks are the rest of issue 4.
+* transforms (:mod:`.transforms`): rigid, affine, dense displacement, ITK ``.tfm`` /
+  displacement-field exchange; :class:`BSplineField` (cubic FFD, analytic Jacobian);
+* similarity and regularisers (:mod:`.losses`), usable as PyTorch losses;
+* methods, each returning the transform, the warped image and a history:
+  :func:`linear` (rigid / affine by MSE, NCC or mutual information),
+  :func:`demons` (Thirion, symmetric, diffeomorphic), :func:`bspline` (FFD),
+  :func:`svf` (log-domain diffeomorphic, LNCC), :func:`variational` (elastic,
+  viscous-fluid and curvature registration with Fourier-domain solvers),
+  :func:`lddmm` (time-varying velocities, simplified), :class:`LandmarkTransform`
+  (thin-plate, Gaussian RBF, elastic body splines), :class:`DeformationModel` +
+  :func:`subspace_register` (PCA statistical deformation model), and the learned
+  VoxelMorph-style :class:`RegistrationNet` (:func:`train_registration`,
+  :func:`learned_register`);
+* evaluation: :func:`evaluate`, :func:`endpoint_error`.
 """
 
 from . import losses
@@ -18,12 +22,17 @@ from .bspline import BSplineField, bspline
 from .demons import DeformableResult, demons
 from .evaluate import endpoint_error, evaluate
 from .landmarks import LandmarkTransform
+from .lddmm import lddmm
+from .learned import RegistrationNet, learned_register, synthetic_pairs, train_registration
 from .linear import LinearResult, linear
 from .subspace import DeformationModel, subspace_register
 from .svf import svf
 from .transforms import (AffineTransform, DisplacementTransform, RigidTransform, Transform, read_transform,
                          rotation_matrix, rotation_vector)
+from .variational import variational
 
 __all__ = ["linear", "LinearResult", "demons", "DeformableResult", "LandmarkTransform", "DeformationModel",
-           "subspace_register", "svf", "evaluate", "endpoint_error", "bspline", "BSplineField", "losses", "Transform", "AffineTransform", "RigidTransform", "DisplacementTransform", "read_transform",
+           "subspace_register", "svf", "variational", "lddmm", "RegistrationNet", "train_registration",
+           "learned_register", "synthetic_pairs", "evaluate", "endpoint_error", "bspline", "BSplineField", "losses",
+           "Transform", "AffineTransform", "RigidTransform", "DisplacementTransform", "read_transform",
            "rotation_matrix", "rotation_vector"]

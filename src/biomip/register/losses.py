@@ -213,11 +213,23 @@ def _window(window, d: int) -> tuple[int, ...]:
 
 
 def _box_mean(t: torch.Tensor, k: tuple[int, ...]) -> torch.Tensor:
-    """Mean over a box window clipped to the image, per voxel; ``t`` is (B, *S)."""
+    """Mean over a box window clipped to the image, per voxel; ``t`` is (B, *S).
+
+    Separable: a clipped box is a product of clipped intervals, so its mean is three
+    1-D means (``avg_pool1d`` along each axis) -- O(sum k) work per voxel, not O(prod k).
+    """
     d = len(k)
-    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[d]
-    pad = tuple(s // 2 for s in k)
-    return pool(t.unsqueeze(1), kernel_size=k, stride=1, padding=pad, count_include_pad=False).squeeze(1)
+    out = t
+    for ax, size in enumerate(k):
+        if size == 1:
+            continue
+        dim = out.ndim - d + ax
+        moved = out.movedim(dim, -1)
+        shp = moved.shape
+        flat = moved.reshape(-1, 1, shp[-1])
+        pooled = F.avg_pool1d(flat, kernel_size=size, stride=1, padding=size // 2, count_include_pad=False)
+        out = pooled.reshape(shp).movedim(-1, dim)
+    return out
 
 
 def lncc(fixed, moving, window=9, mask=None, sdim: int | None = None, eps: float = 1e-5):

@@ -1,10 +1,16 @@
 """Diffeomorphic registration with a stationary velocity field (textbook 7.3-7.4).
 
 The displacement is the group exponential of a velocity field, ``u = exp(v)`` by
-scaling and squaring (:func:`biomip.ops.integrate_velocity`), so the map is
-diffeomorphic for any smooth ``v``.  ``v`` is optimised with Adam on
-``similarity(fixed, moving(p + u(p))) + smoothness * diffusion(v)``, coarse to fine
-(the velocity of a coarse level is upsampled as the start of the next).
+scaling and squaring, so the map is diffeomorphic for any smooth ``v``.  The velocity
+is found by a log-domain greedy scheme (log-domain / LCC demons, Vercauteren 2008,
+Lorenzi 2013; the update rule of ANTs SyN): every iteration warps the moving image with
+``exp(v)``, takes the similarity's gradient with respect to the displacement (the
+voxel-wise force ``dS/dm * grad m``; for LNCC the ANTs closed form over the local
+window), smooths it with ``sigma_fluid`` (viscous-fluid-like), scales it to a step of
+``step`` voxels, adds it to ``v`` (first-order BCH) and smooths ``v`` with
+``sigma_diffusion`` (elastic-like).  Coarse to fine: the velocity of a coarse level,
+upsampled, starts the next; the default pyramid spends its iterations on the coarse
+levels, as ANTs does.
 """
 
 from __future__ import annotations
@@ -18,24 +24,69 @@ import torch.nn.functional as F
 from ..core.errors import InputError
 from ..core.image import Image
 from ..core.progress import progress_enabled
+from ._dense import DenseOps
 from .demons import DeformableResult
 
 SIMILARITIES = ("lncc", "ncc", "mse")
 
 
-def svf(fixed: Image, moving: Image, metric: str = "lncc", window: int = 9, smoothness: float = 1.0,
-        levels: int = 2, iterations: int = 100, lr: float | None = None, steps: int = 6, callback=None,
-        progress=None) -> DeformableResult:
+def _force(metric, f, mw, grad_m, window, ops):
+    """Ascent direction of the similarity w.r.t. the displacement: ``dS/dm * grad m``."""
+    if metric == "mse":
+        dm = f - mw
+    elif metric == "ncc":
+        fh, mh = f - f.mean(), mw - mw.mean()
+        a, b, c = (fh * mh).mean(), (fh * fh).mean(), (mh * mh).mean().clamp_min(1e-12)
+        dm = (fh - (a / c) * mh) * (a / (b * c).clamp_min(1e-12))
+    else:                                             # local NCC, ANTs' closed form
+        from .losses import _box_mean
+
+        k = (int(window),) * ops.d
+        st = torch.stack([f, mw, f * f, mw * mw, f * mw])
+        mean = _box_mean(st, k)
+        fb, mb = mean[0], mean[1]
+        b, c = mean[2] - fb * fb, mean[3] - mb * mb
+        a = mean[4] - fb * mb
+        flat = (b < 1e-5) | (c < 1e-5)                 # no local structure: no force
+        b, c = b.clamp_min(1e-5), c.clamp_min(1e-5)
+        dm = torch.where(flat, torch.zeros_like(a), (2 * a / (b * c)) * ((f - fb) - (a / c) * (mw - mb)))
+    return dm * grad_m
+
+
+def _similarity(metric, f, mw, window):
+    from . import losses
+
+    if metric == "lncc":
+        return float(losses.lncc(f, mw, window=window))
+    if metric == "ncc":
+        return float(losses.ncc(f, mw))
+    return -float(losses.mse(f, mw))
+
+
+def svf(fixed: Image, moving: Image, metric: str = "lncc", window: int = 5, levels: int = 3,
+        iterations=(80, 50, 15), step: float = 0.25, sigma_fluid: float = 3.0, sigma_diffusion: float = 1.0,
+        callback=None, progress=None) -> DeformableResult:
     """SVF registration of ``moving`` onto ``fixed`` (same axis-aligned grid).
 
-    ``smoothness`` weights the diffusion energy of ``v`` (mm^2 units, relative to the
-    similarity); ``lr`` is the Adam step in mm (default: half the smallest spacing).
+    Parameters
+    ----------
+    metric : ``"lncc"`` (local NCC over a ``window``-voxel box, default), ``"ncc"`` or
+        ``"mse"``; history records the similarity (higher is better; ``-MSE`` for mse).
+    levels : pyramid levels (each halves the grid); ``iterations`` one number or one
+        per level, coarse to fine.
+    step : largest update per iteration, in voxels of the current level.
+    sigma_fluid, sigma_diffusion : Gaussian widths (voxels) for the update and for the
+        velocity itself.
 
-    >>> res = svf(fixed, moving, metric="lncc", iterations=100)          # doctest: +SKIP
+    Returns a :class:`DeformableResult` whose ``params["velocity"]`` is ``v`` (Image, mm)
+    and ``params["folding_fraction"]`` the folded fraction of ``exp(v)`` (0 for a smooth
+    ``v``).
+
+    >>> res = svf(fixed, moving, metric="lncc")                        # doctest: +SKIP
+    >>> res.displacement, res.params["velocity"], res.history[-1]     # doctest: +SKIP
     """
+    from ..metrics import jacobian_stats
     from ..ops.filters import gaussian_smooth
-    from ..ops.spatial import integrate_velocity, warp
-    from . import losses
 
     if not isinstance(fixed, Image) or not isinstance(moving, Image):
         raise InputError("fixed, moving: expected biomip Images on the same grid")
@@ -46,77 +97,82 @@ def svf(fixed: Image, moving: Image, metric: str = "lncc", window: int = 9, smoo
         raise InputError(f"metric: got {metric!r}; expected one of {', '.join(SIMILARITIES)}")
     if not np.allclose(fixed.direction, np.eye(fixed.sdim), atol=1e-6):
         raise InputError("fixed: SVF registration works in the grid's axes; resample onto an axis-aligned grid first")
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
+        raise InputError(f"levels: got {levels!r}; expected a positive integer")
+    its = [int(i) for i in np.broadcast_to(np.asarray(iterations, dtype=object), (int(levels),))] \
+        if np.ndim(iterations) == 0 or len(iterations) == levels else None
+    if its is None or any(i < 0 for i in its):
+        raise InputError(f"iterations: got {iterations!r}; expected a number or {levels} non-negative numbers")
+    for name, val in (("step", step), ("sigma_fluid", sigma_fluid), ("sigma_diffusion", sigma_diffusion)):
+        if not np.isfinite(val) or val < 0 or (name == "step" and val == 0):
+            raise InputError(f"{name}: got {val!r}; expected a {'positive' if name == 'step' else 'non-negative'} number")
     for name, im in (("fixed", fixed), ("moving", moving)):
         if not np.all(np.isfinite(im.numpy())):
             raise InputError(f"{name}: contains NaN/Inf")
     d = fixed.sdim
     t0 = time.perf_counter()
+    dev = fixed.device if fixed.is_torch else torch.device("cpu")
     sp = np.asarray(fixed.spacing, dtype=np.float64)
-    f_full = torch.as_tensor(np.asarray(fixed.numpy(), np.float32))
-    m_full = torch.as_tensor(np.asarray(moving.numpy(), np.float32))
+    f_full = fixed.torch(dev).to(torch.float32)
+    m_full = moving.torch(dev).to(torch.float32)
     scale = float(f_full.std()) or 1.0
     f_full, m_full = (f_full - f_full.mean()) / scale, (m_full - m_full.mean()) / scale
-    lr = float(lr if lr is not None else 0.5 * sp.min())
-
-    def similarity(a, b):
-        if metric == "lncc":
-            return 1.0 - losses.lncc(a, b, window=window)
-        if metric == "ncc":
-            return 1.0 - losses.ncc(a, b)
-        return losses.mse(a, b)
 
     history: list[float] = []
     v = None
-    n_lv = max(1, int(levels))
     bar = None
     if progress_enabled(progress):
         from rich.progress import Progress
 
         bar = Progress(transient=True)
         bar.start()
-        task = bar.add_task("SVF registration", total=n_lv * iterations)
-    for lv in range(n_lv - 1, -1, -1):
+        task = bar.add_task("SVF registration", total=sum(its))
+    stop = False
+    for lv, n_it in zip(range(levels - 1, -1, -1), its):
         fct = 2 ** lv
         if fct > 1:
             sig = [0.5 * fct * s for s in sp]
-            f = F.avg_pool3d if d == 3 else F.avg_pool2d
-            fl = f(gaussian_smooth(f_full, sig, spacing=tuple(sp))[None, None], fct)[0, 0]
-            ml = f(gaussian_smooth(m_full, sig, spacing=tuple(sp))[None, None], fct)[0, 0]
+            pool = F.avg_pool3d if d == 3 else F.avg_pool2d
+            fl = pool(gaussian_smooth(f_full, sig, spacing=tuple(sp))[None, None], fct, ceil_mode=True)[0, 0]
+            ml = pool(gaussian_smooth(m_full, sig, spacing=tuple(sp))[None, None], fct, ceil_mode=True)[0, 0]
         else:
             fl, ml = f_full, m_full
-        spl = tuple(float(s) * fct for s in sp)
-        shape = tuple(fl.shape)
+        spl = tuple(float(s) * fl_n / n for s, fl_n, n in
+                    zip(sp, reversed(fixed.spatial_shape), reversed(tuple(fl.shape))))
+        ops = DenseOps(fl.shape, spl, dev)
         if v is None:
-            v = torch.zeros((d, *shape), dtype=torch.float32)
+            v = torch.zeros((d, *fl.shape), dtype=torch.float32, device=dev)
         else:
-            v = F.interpolate(v[None], size=shape, mode="bilinear" if d == 2 else "trilinear", align_corners=True)[0]
-        v = v.detach().requires_grad_(True)
-        opt = torch.optim.Adam([v], lr=lr * fct)
-        for k in range(iterations):
-            u = integrate_velocity(v, spacing=spl, steps=steps, sdim=d)
-            mw = warp(ml, u, spacing=spl, padding="border")
-            sim = similarity(fl, mw)
-            reg = losses.diffusion_energy(v, spacing=spl)
-            loss = sim + smoothness * reg
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            history.append(float(sim.detach()))
+            v = F.interpolate(v[None], size=tuple(fl.shape), mode="bilinear" if d == 2 else "trilinear",
+                              align_corners=True)[0]
+        spt = torch.as_tensor(spl, dtype=torch.float32, device=dev).view(d, *([1] * d))
+        for k in range(n_it if not stop else 0):
+            u = ops.exp(v)
+            mw = ops.warp(ml, u)
+            history.append(_similarity(metric, fl, mw, window))
+            upd = ops.smooth(_force(metric, fl, mw, ops.gradient(mw), window, ops), sigma_fluid)
+            norm = float(torch.sqrt(((upd / spt) ** 2).sum(0)).max())
+            if norm > 1e-4:            # below: converged (identical images give float noise only)
+                v = v + upd * (step / norm)
+            v = ops.smooth(v, sigma_diffusion)
             if bar is not None:
                 bar.advance(task)
-            if callback is not None and callback(k, v.detach()) is True:
+            if callback is not None and callback(k, v) is True:
+                stop = True
                 break
     if bar is not None:
         bar.stop()
-    with torch.no_grad():
-        u = integrate_velocity(v.detach(), spacing=tuple(sp), steps=steps, sdim=d)
-    field_img = fixed.with_array(u.numpy(), axes="c" + fixed.axes,
-                                 meta={"kind": "displacement", "method": f"svf ({metric})"})
-    velocity = fixed.with_array(v.detach().numpy(), axes="c" + fixed.axes, meta={"kind": "velocity"})
-    warped = moving.with_array(np.asarray(warp(moving.numpy().astype(np.float32), u.numpy(), spacing=tuple(sp),
-                                               padding="border")))
+    ops = DenseOps(fixed.spatial_shape, tuple(sp), dev)
+    u = ops.exp(v)
+    mw = ops.warp(moving.torch(dev).to(torch.float32), u)
+    out = (lambda t: t) if fixed.is_torch else (lambda t: t.cpu().numpy())
+    field_img = fixed.with_array(out(u), axes="c" + fixed.axes, meta={"kind": "displacement", "method": f"svf ({metric})"})
+    velocity = fixed.with_array(out(v), axes="c" + fixed.axes, meta={"kind": "velocity"})
+    warped = moving.with_array(out(mw))
+    js = jacobian_stats(u.cpu().numpy(), spacing=tuple(sp))
     res = DeformableResult(field_img, warped, history, time.perf_counter() - t0,
-                           {"method": "svf", "metric": metric, "smoothness": smoothness, "levels": n_lv,
-                            "iterations": iterations, "steps": steps})
+                           {"method": "svf", "metric": metric, "window": window, "levels": levels,
+                            "iterations": its, "step": step, "sigma_fluid": sigma_fluid,
+                            "sigma_diffusion": sigma_diffusion, "folding_fraction": js["folding_fraction"]})
     res.params["velocity"] = velocity
     return res

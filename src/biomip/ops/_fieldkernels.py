@@ -1,0 +1,196 @@
+"""Fused CPU kernels for dense-field registration loops (numba, optional).
+
+The deformable methods (demons, SVF) spend their time in three things per iteration:
+sampling an image or a vector field at ``p + u(p)``, a voxel-wise force, and Gaussian
+smoothing of a vector field.  Done with torch on the CPU each is a separate pass with
+temporaries (and ``grid_sample`` builds a normalised grid first); here each is one
+parallel numba loop over ``z``-``y`` rows.  Conventions are those of
+:mod:`biomip.ops.spatial`: arrays ``(nz, ny, nx)`` (2-D images are passed with
+``nz = 1``), displacements ``(3, nz, ny, nx)`` in mm with component 0 along x, an
+axis-aligned grid with voxel size ``(sx, sy, sz)``; linear interpolation with border
+(edge-replicate) extrapolation, as ``warp(..., padding="border")``.
+
+``AVAILABLE`` is False where numba is missing; callers then use the torch path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+try:  # numba is optional: without it the torch code runs everywhere
+    from numba import njit, prange
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    AVAILABLE = False
+
+if AVAILABLE:
+
+    @njit(inline="always", cache=True)
+    def _corner(c, n):
+        """Lower corner index and weight of coordinate ``c`` clamped to [0, n-1]."""
+        if n == 1:
+            return 0, 0, 0.0
+        if c <= 0.0:
+            return 0, 1, 0.0
+        if c >= n - 1:
+            return n - 2, n - 1, 1.0
+        i = int(c)
+        return i, i + 1, c - i
+
+    @njit(parallel=True, cache=True)
+    def warp_scalar(img, u, sx, sy, sz, out):
+        nz, ny, nx = img.shape
+        for zy in prange(nz * ny):
+            z = zy // ny
+            y = zy - z * ny
+            for x in range(nx):
+                z0, z1, wz = _corner(z + u[2, z, y, x] / sz, nz)
+                y0, y1, wy = _corner(y + u[1, z, y, x] / sy, ny)
+                x0, x1, wx = _corner(x + u[0, z, y, x] / sx, nx)
+                a = (img[z0, y0, x0] * (1 - wx) + img[z0, y0, x1] * wx) * (1 - wy) + \
+                    (img[z0, y1, x0] * (1 - wx) + img[z0, y1, x1] * wx) * wy
+                b = (img[z1, y0, x0] * (1 - wx) + img[z1, y0, x1] * wx) * (1 - wy) + \
+                    (img[z1, y1, x0] * (1 - wx) + img[z1, y1, x1] * wx) * wy
+                out[z, y, x] = a * (1 - wz) + b * wz
+
+    @njit(parallel=True, cache=True)
+    def compose_fields(u, v, sx, sy, sz, out):
+        """``out(p) = v(p) + u(p + v(p))`` (``out`` must not alias ``u`` or ``v``)."""
+        _, nz, ny, nx = u.shape
+        for zy in prange(nz * ny):
+            z = zy // ny
+            y = zy - z * ny
+            for x in range(nx):
+                z0, z1, wz = _corner(z + v[2, z, y, x] / sz, nz)
+                y0, y1, wy = _corner(y + v[1, z, y, x] / sy, ny)
+                x0, x1, wx = _corner(x + v[0, z, y, x] / sx, nx)
+                for c in range(3):
+                    a = (u[c, z0, y0, x0] * (1 - wx) + u[c, z0, y0, x1] * wx) * (1 - wy) + \
+                        (u[c, z0, y1, x0] * (1 - wx) + u[c, z0, y1, x1] * wx) * wy
+                    b = (u[c, z1, y0, x0] * (1 - wx) + u[c, z1, y0, x1] * wx) * (1 - wy) + \
+                        (u[c, z1, y1, x0] * (1 - wx) + u[c, z1, y1, x1] * wx) * wy
+                    out[c, z, y, x] = v[c, z, y, x] + a * (1 - wz) + b * wz
+
+    @njit(inline="always", cache=True)
+    def _cdiff(a, z, y, x, axis, n, h):
+        """Central difference (one-sided at the edges), per mm."""
+        if n == 1:
+            return 0.0
+        lo = max(0, (x if axis == 0 else (y if axis == 1 else z)) - 1)
+        hi = min(n - 1, (x if axis == 0 else (y if axis == 1 else z)) + 1)
+        if axis == 0:
+            return (a[z, y, hi] - a[z, y, lo]) / ((hi - lo) * h)
+        if axis == 1:
+            return (a[z, hi, x] - a[z, lo, x]) / ((hi - lo) * h)
+        return (a[hi, y, x] - a[lo, y, x]) / ((hi - lo) * h)
+
+    @njit(parallel=True, cache=True)
+    def demons_force(f, mw, gf, sx, sy, sz, inv_k, step_cap, symmetric, out):
+        """Demons update in mm (x, y, z components) from the fixed image ``f``, the warped
+        moving image ``mw`` and the fixed gradient ``gf`` (1/mm); returns the SSD."""
+        nz, ny, nx = f.shape
+        rows = np.zeros(nz * ny)
+        for zy in prange(nz * ny):
+            z = zy // ny
+            y = zy - z * ny
+            acc = 0.0
+            for x in range(nx):
+                diff = mw[z, y, x] - f[z, y, x]
+                acc += diff * diff
+                g0 = gf[0, z, y, x]
+                g1 = gf[1, z, y, x]
+                g2 = gf[2, z, y, x]
+                if symmetric:
+                    g0 = 0.5 * (g0 + _cdiff(mw, z, y, x, 0, nx, sx))
+                    g1 = 0.5 * (g1 + _cdiff(mw, z, y, x, 1, ny, sy))
+                    g2 = 0.5 * (g2 + _cdiff(mw, z, y, x, 2, nz, sz))
+                den = g0 * g0 + g1 * g1 + g2 * g2 + diff * diff * inv_k
+                if den > 1e-9:
+                    s = -diff / den
+                    norm = abs(s) * math.sqrt(g0 * g0 + g1 * g1 + g2 * g2)
+                    if norm > step_cap:
+                        s *= step_cap / norm
+                    out[0, z, y, x] = s * g0
+                    out[1, z, y, x] = s * g1
+                    out[2, z, y, x] = s * g2
+                else:
+                    out[0, z, y, x] = 0.0
+                    out[1, z, y, x] = 0.0
+                    out[2, z, y, x] = 0.0
+            rows[zy] = acc
+        return rows.sum()
+
+    @njit(parallel=True, cache=True)
+    def _smooth_x(a, w, out):
+        c_, nz, ny, nx = a.shape
+        r = (w.size - 1) // 2
+        for czy in prange(c_ * nz * ny):
+            c = czy // (nz * ny)
+            zy = czy - c * nz * ny
+            z = zy // ny
+            y = zy - z * ny
+            row = np.empty(nx + 2 * r, a.dtype)       # edge-padded copy: the tap loop vectorises
+            for x in range(nx + 2 * r):
+                row[x] = a[c, z, y, min(max(x - r, 0), nx - 1)]
+            for x in range(nx):
+                out[c, z, y, x] = 0.0
+            for k in range(2 * r + 1):
+                wk = w[k]
+                for x in range(nx):
+                    out[c, z, y, x] += wk * row[x + k]
+
+    @njit(parallel=True, cache=True)
+    def _smooth_y(a, w, out):
+        c_, nz, ny, nx = a.shape
+        r = (w.size - 1) // 2
+        for cz in prange(c_ * nz):
+            c = cz // nz
+            z = cz - c * nz
+            for y in range(ny):
+                for x in range(nx):
+                    out[c, z, y, x] = 0.0
+                for k in range(-r, r + 1):
+                    yy = min(max(y + k, 0), ny - 1)
+                    wk = w[k + r]
+                    for x in range(nx):
+                        out[c, z, y, x] += wk * a[c, z, yy, x]
+
+    @njit(parallel=True, cache=True)
+    def _smooth_z(a, w, out):
+        c_, nz, ny, nx = a.shape
+        r = (w.size - 1) // 2
+        for cy in prange(c_ * ny):
+            c = cy // ny
+            y = cy - c * ny
+            for z in range(nz):
+                for x in range(nx):
+                    out[c, z, y, x] = 0.0
+                for k in range(-r, r + 1):
+                    zz = min(max(z + k, 0), nz - 1)
+                    wk = w[k + r]
+                    for x in range(nx):
+                        out[c, z, y, x] += wk * a[c, zz, y, x]
+
+
+def gaussian_weights(sigma_vox: float, truncate: float = 3.0) -> np.ndarray:
+    r = max(1, int(truncate * sigma_vox + 0.5))
+    t = np.arange(-r, r + 1, dtype=np.float64)
+    w = np.exp(-0.5 * (t / sigma_vox) ** 2)
+    return (w / w.sum()).astype(np.float32)
+
+
+def smooth_field(a: np.ndarray, sigma_vox, tmp: np.ndarray | None = None, truncate: float = 3.0) -> np.ndarray:
+    """Separable Gaussian smoothing of ``a`` (c, nz, ny, nx) in place, edge-replicate
+    borders; ``sigma_vox`` per axis in (x, y, z) order, voxels (0 skips the axis)."""
+    if tmp is None:
+        tmp = np.empty_like(a)
+    for axis, s in enumerate(sigma_vox):
+        if s <= 0 or a.shape[3 - axis] == 1:
+            continue
+        fn = (_smooth_x, _smooth_y, _smooth_z)[axis]
+        fn(a, gaussian_weights(float(s), truncate), tmp)
+        a[...] = tmp
+    return a
