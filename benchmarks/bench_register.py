@@ -153,8 +153,10 @@ def run(n: int, device: str, only) -> dict:
         except ImportError as e:
             out["skipped_simpleitk"] = str(e)
     if "bspline" in only:
-        t, r = best_of(lambda: R.bspline(fx, mv), 1)
-        add(summary("biomip B-spline FFD", t, r.displacement.numpy(), gt, mask, sp))
+        t, r = best_of(lambda: R.bspline(fx, mv, metric="mse"), 1)
+        add(summary("biomip B-spline FFD (MSE)", t, r.displacement.numpy(), gt, mask, sp))
+        t, r = best_of(lambda: R.bspline(fx, mv, metric="lncc"), 1)
+        add(summary("biomip B-spline FFD (LNCC)", t, r.displacement.numpy(), gt, mask, sp))
         try:
             t_reg, t_fld, u = elastix_bspline(fixed, moving)
             add(summary("elastix B-spline (3 levels) + transformix field", t_reg + t_fld, u, gt, mask, sp,

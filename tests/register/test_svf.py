@@ -17,7 +17,7 @@ def _epe(u, gt, mask):
     return float(np.linalg.norm(u - gt, axis=0)[mask].mean())
 
 
-@pytest.mark.parametrize("metric, gain", [("lncc", 0.6), ("mse", 0.6), ("ncc", 0.6)])
+@pytest.mark.parametrize("metric, gain", [("lncc", 0.6), ("mse", 0.7), ("ncc", 0.6)])
 def test_svf_2d_reduces_error_without_folding(metric, gain):
     fixed, moving, gt, mask = _pair((96, 96))
     res = svf(fixed, moving, metric=metric)

@@ -64,7 +64,7 @@ def _similarity(metric, f, mw, window):
 
 
 def svf(fixed: Image, moving: Image, metric: str = "lncc", window: int = 5, levels: int = 3,
-        iterations=(80, 50, 15), step: float = 0.25, sigma_fluid: float = 3.0, sigma_diffusion: float = 1.0,
+        iterations=None, step: float = 0.25, sigma_fluid: float = 3.0, sigma_diffusion: float = 1.0,
         callback=None, progress=None) -> DeformableResult:
     """SVF registration of ``moving`` onto ``fixed`` (same axis-aligned grid).
 
@@ -73,7 +73,9 @@ def svf(fixed: Image, moving: Image, metric: str = "lncc", window: int = 5, leve
     metric : ``"lncc"`` (local NCC over a ``window``-voxel box, default), ``"ncc"`` or
         ``"mse"``; history records the similarity (higher is better; ``-MSE`` for mse).
     levels : pyramid levels (each halves the grid); ``iterations`` one number or one
-        per level, coarse to fine.
+        per level, coarse to fine.  Default: 100 on the coarsest level, 60 on the
+        others and none on the full grid, which only receives the upsampled velocity
+        (the ANTs SyN default schedule; a single level gets 50).
     step : largest update per iteration, in voxels of the current level.
     sigma_fluid, sigma_diffusion : Gaussian widths (voxels) for the update and for the
         velocity itself.
@@ -99,6 +101,8 @@ def svf(fixed: Image, moving: Image, metric: str = "lncc", window: int = 5, leve
         raise InputError("fixed: SVF registration works in the grid's axes; resample onto an axis-aligned grid first")
     if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
         raise InputError(f"levels: got {levels!r}; expected a positive integer")
+    if iterations is None:
+        iterations = (100,) + (60,) * (levels - 2) + (0,) if levels > 1 else 50
     its = [int(i) for i in np.broadcast_to(np.asarray(iterations, dtype=object), (int(levels),))] \
         if np.ndim(iterations) == 0 or len(iterations) == levels else None
     if its is None or any(i < 0 for i in its):
