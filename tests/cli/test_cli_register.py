@@ -27,6 +27,29 @@ def test_register_and_warp_commands(tmp_path, capsys):
     assert main(["warp", str(tmp_path / "m.nii.gz"), str(tmp_path / "u.nii.gz"), "--out", str(tmp_path / "w2.nii.gz")]) == 0
     assert main(["warp", str(tmp_path / "m.nii.gz"), str(tmp_path / "t.tfm"), "--out", str(tmp_path / "w3.nii.gz")]) == 0
     capsys.readouterr()
-    assert main(["register", "lddmm", str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"),
+    assert main(["register", "morph", str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"),
                  "--out-warped", str(tmp_path / "x.nii.gz")]) == 2
     assert "METHOD" in capsys.readouterr().err and not (tmp_path / "x.nii.gz").exists()
+
+
+def test_register_variational_methods_and_landmarks(tmp_path, capsys):
+    pair = biomip.data.phantom_pair((64, 64), max_displacement=3.0, seed=1)
+    biomip.write(pair.fixed, tmp_path / "f.nii.gz")
+    biomip.write(pair.moving, tmp_path / "m.nii.gz")
+    rng = np.random.default_rng(0)
+    pts = pair.fixed.index_to_world(rng.uniform(16, 48, (12, 2)))         # mm, inside the head
+    moved = biomip.register.DisplacementTransform(pair.truth).apply(pts)   # their true moving positions
+    np.savetxt(tmp_path / "fp.csv", pts, delimiter=",", header="x,y", comments="")
+    np.savetxt(tmp_path / "mp.csv", moved, delimiter=",")
+    for method in ("elastic", "curvature", "fluid", "lddmm"):
+        assert main(["register", method, str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"),
+                     "--out-warped", str(tmp_path / f"{method}.nii.gz"), "--iterations", "40",
+                     "--landmarks", str(tmp_path / "fp.csv"), "--landmarks", str(tmp_path / "mp.csv")]) == 0
+        rep = json.loads((tmp_path / f"{method}.report.json").read_text())
+        assert rep["tre_mm"]["mean"] < rep["tre_before_mm"]["mean"], method
+    np.savetxt(tmp_path / "short.csv", moved[:5], delimiter=",")
+    capsys.readouterr()
+    assert main(["register", "demons", str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"),
+                 "--out-warped", str(tmp_path / "y.nii.gz"),
+                 "--landmarks", str(tmp_path / "fp.csv"), "--landmarks", str(tmp_path / "short.csv")]) == 2
+    assert "same number" in capsys.readouterr().err and not (tmp_path / "y.nii.gz").exists()

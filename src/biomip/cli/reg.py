@@ -12,7 +12,7 @@ import typer
 from ..core.errors import InputError
 from .ct import _sibling
 
-METHODS = ("rigid", "affine", "demons", "svf", "bspline")
+METHODS = ("rigid", "affine", "demons", "svf", "bspline", "elastic", "fluid", "curvature", "lddmm")
 
 
 def register_cmd(
@@ -23,10 +23,13 @@ def register_cmd(
         out_field: Optional[Path] = typer.Option(None, "--out-field",
                                                  help="Displacement field (NIfTI vector image, mm, LPS) or, for "
                                                       "rigid/affine, an ITK .tfm transform."),
-        metric: Optional[str] = typer.Option(None, help="rigid/affine: mse, ncc, mi, nmi; svf/bspline: lncc, ncc, mse."),
+        metric: Optional[str] = typer.Option(None, help="rigid/affine: mse, ncc, mi, nmi; svf/bspline: lncc, ncc, mse; lddmm: mse, lncc."),
         iterations: Optional[int] = typer.Option(None, help="Iterations (per level)."),
         labels: Optional[list[str]] = typer.Option(None, "--labels",
-                                                   help="FIXED_LABELS MOVING_LABELS: report Dice before/after.")):
+                                                   help="FIXED_LABELS MOVING_LABELS: report Dice before/after."),
+        landmarks: Optional[list[str]] = typer.Option(None, "--landmarks",
+                                                      help="FIXED_POINTS MOVING_POINTS (CSV / text, one x,y[,z] "
+                                                           "point in mm per row, same order): report TRE before/after.")):
     """Register MOVING onto FIXED; writes the warped image, the field/transform,
     <out>.report.json and <out>.preview.png (difference before/after, checkerboard, Jacobian)."""
     from .. import metrics, ops
@@ -38,6 +41,13 @@ def register_cmd(
     if method not in METHODS:
         raise InputError(f"METHOD: got {method!r}; expected one of {', '.join(METHODS)}")
     f, m = read(fixed), read(moving)
+    if landmarks:                                      # checked before any work, so nothing is half-written
+        if len(landmarks) != 2:
+            raise InputError("--landmarks: give two files, FIXED_POINTS and MOVING_POINTS")
+        fp, mp = (_read_points(p, f.sdim, "--landmarks") for p in landmarks)
+        if fp.shape != mp.shape:
+            raise InputError(f"--landmarks: got {len(fp)} fixed and {len(mp)} moving points; expected the same number "
+                             "(corresponding rows)")
     t0 = time.perf_counter()
     if method in ("rigid", "affine"):
         res = R.linear(f, m, method, metric or "mi", iterations=iterations or 50)
@@ -46,12 +56,17 @@ def register_cmd(
     else:
         if not f.same_geometry(m):
             m = ops.resample(m, f)                       # deformable methods work on the fixed grid
+        its = {} if iterations is None else {"iterations": iterations}
         if method == "demons":
-            res = R.demons(f, m, iterations=iterations or 50)
+            res = R.demons(f, m, **its)
         elif method == "svf":
-            res = R.svf(f, m, metric=metric or "lncc", iterations=iterations or 100)
+            res = R.svf(f, m, metric=metric or "lncc", **its)
+        elif method == "bspline":
+            res = R.bspline(f, m, metric=metric or "mse", **its)
+        elif method == "lddmm":
+            res = R.lddmm(f, m, metric=metric or "mse", **its)
         else:
-            res = R.bspline(f, m, metric=metric or "mse", iterations=iterations or 50)
+            res = R.variational(f, m, regularizer=method, **its)
         field, extra = res.displacement, {}
     seconds = time.perf_counter() - t0
     write(res.warped, out_warped)
@@ -77,6 +92,11 @@ def register_cmd(
         ids = sorted(set(np.unique(fl.numpy()).tolist()) - {0})
         report["dice_after"] = metrics.dice(wl.numpy(), fl.numpy(), labels=ids)
         report["dice_before"] = metrics.dice(ops.resample(ml, f, mode="nearest").numpy(), fl.numpy(), labels=ids)
+    if landmarks:
+        from ..register import evaluate
+
+        ev = evaluate(field, fixed_points=fp, moving_points=mp)
+        report["tre_mm"], report["tre_before_mm"] = ev["tre"], ev["tre_before"]
     mid = (lambda a: a if a.ndim == 2 else a[a.shape[0] // 2])
     before = ops.resample(m, f) if not m.same_geometry(f) else m
     fa, wa, ba = mid(f.numpy().astype(np.float32)), mid(res.warped.numpy()), mid(before.numpy().astype(np.float32))
@@ -90,6 +110,27 @@ def register_cmd(
     write_json(report, _sibling(out_warped, ".report.json"))
     typer.echo(f"wrote {out_warped}" + (f" and {out_field}" if out_field else "") + f"  ({method}, {seconds:.2f} s, "
                f"folded voxels {jac['n_folded']})")
+
+
+def _read_points(path: str, sdim: int, arg: str) -> np.ndarray:
+    """Points (n, sdim) in mm from a CSV / whitespace text file (a header row is skipped)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{arg}: {path} does not exist")
+    rows = []
+    for line in p.read_text().splitlines():
+        parts = [t for t in line.replace(",", " ").replace(";", " ").split() if t]
+        if not parts:
+            continue
+        try:
+            rows.append([float(t) for t in parts])
+        except ValueError:
+            if rows:
+                raise InputError(f"{arg}: {path}: non-numeric row {line!r}") from None
+    pts = np.asarray(rows, dtype=float)
+    if pts.ndim != 2 or pts.shape[0] == 0 or pts.shape[1] != sdim or not np.all(np.isfinite(pts)):
+        raise InputError(f"{arg}: {path}: expected rows of {sdim} finite coordinates (mm), got shape {pts.shape}")
+    return pts
 
 
 def warp_cmd(image: Path = typer.Argument(..., help="Image to deform."),

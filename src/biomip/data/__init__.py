@@ -11,13 +11,23 @@ Simulators (same seed, same result)::
     biomip.data.random_deformation((64, 64, 64), max_displacement=4.0, seed=0)
     biomip.data.synthetic_nuclei((256, 256), n_nuclei=40, seed=0)
     biomip.data.simulate_ct(mu_image, n_views=90, photons=1e4, seed=0)   # CT sinograms
+    biomip.data.phantom_pair((128,) * 3)  # registration pairs with a known field
+    biomip.data.mni152_pair("deformable" | "multimodal")                # real T1, known field / pose
 """
 
 from __future__ import annotations
 
 import importlib
 
-from .catalogue import SAMPLES, SAMPLES_HINT, Sample, get, list_samples, load, sample_path
+from .catalogue import (
+    SAMPLES,
+    SAMPLES_HINT,
+    Sample,
+    get,
+    list_samples,
+    load,
+    sample_path,
+)
 
 _SIMULATORS = {
     "shepp_logan": "phantoms",
@@ -28,10 +38,13 @@ _SIMULATORS = {
     "simulate_ct": "ct",
     "CTScan": "ct",
     "hu_to_mu": "ct",
+    "phantom_pair": "pairs",
+    "mni152_pair": "pairs",
+    "RegistrationPair": "pairs",
 }
 
 
-def list(available_only: bool = False, modality: str | None = None):  # noqa: A001 - public name
+def list(available_only: bool = False, modality: str | None = None):
     """Catalogue entries (see :class:`Sample`); ``available_only`` drops uninstalled ones."""
     return list_samples(available_only=available_only, modality=modality)
 

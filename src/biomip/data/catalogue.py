@@ -11,10 +11,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
-
 
 from ..core.errors import SampleNotFoundError
 from ..core.image import Image

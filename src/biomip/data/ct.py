@@ -67,7 +67,12 @@ def simulate_ct(image, geometry=None, photons: float | None = None, gaussian_sig
     >>> scan.measurement.shape
     (90, 183)
     """
-    from ..ops.ct import DivergentBeam, DivergentProjector, ParallelBeam, ParallelProjector
+    from ..ops.ct import (
+        DivergentBeam,
+        DivergentProjector,
+        ParallelBeam,
+        ParallelProjector,
+    )
 
     if isinstance(image, Image):
         arr, grid = image.array, image

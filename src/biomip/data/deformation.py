@@ -19,7 +19,7 @@ from ..core.image import Image
 from ..ops.filters import gaussian_smooth, spatial_gradient
 from ..ops.spatial import integrate_velocity, invert_displacement, warp
 
-__all__ = ["RandomDeformation", "random_deformation", "jacobian_min"]
+__all__ = ["RandomDeformation", "jacobian_min", "random_deformation"]
 
 
 def jacobian_min(u: np.ndarray, spacing) -> float:

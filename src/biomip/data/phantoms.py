@@ -15,7 +15,7 @@ from ..core.arrays import check_shape, check_spacing
 from ..core.errors import InputError
 from ..core.image import Image
 
-__all__ = ["shepp_logan", "SHEPP_LOGAN_2D", "SHEPP_LOGAN_3D"]
+__all__ = ["SHEPP_LOGAN_2D", "SHEPP_LOGAN_3D", "shepp_logan"]
 
 # Toft's modified Shepp-Logan ellipses (as MATLAB phantom('Modified Shepp-Logan')):
 #            A       a       b      x0      y0    phi (deg)

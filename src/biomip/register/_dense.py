@@ -108,3 +108,54 @@ class DenseOps:
         from ..ops.filters import spatial_gradient
 
         return spatial_gradient(img, spacing=self.spacing)
+
+
+def grid_frame(method):
+    """Let a dense method that works in the grid's axes accept any orthonormal direction.
+
+    Registration of two images on the same grid does not depend on how the grid sits
+    in the world: the method runs on copies with an identity direction, and the vector
+    results (displacement, velocities) are rotated back, ``u_world = D u_grid``, and put
+    on the caller's geometry.  Images must share one geometry (checked first, so a
+    direction mismatch is still an error).
+    """
+    import functools
+
+    from ..core.errors import InputError
+    from ..core.image import Image
+
+    @functools.wraps(method)
+    def wrapper(fixed, moving, *args, **kwargs):
+        if not (isinstance(fixed, Image) and isinstance(moving, Image)) or fixed.axes not in ("yx", "zyx"):
+            return method(fixed, moving, *args, **kwargs)            # the method reports the error
+        fixed.check_same_geometry(moving, "fixed", "moving")
+        D = np.asarray(fixed.direction, dtype=np.float64)
+        if np.allclose(D, np.eye(fixed.sdim), atol=1e-6):
+            return method(fixed, moving, *args, **kwargs)
+        if not np.allclose(D @ D.T, np.eye(fixed.sdim), atol=1e-5):
+            raise InputError("fixed: direction is not orthonormal")
+        plain = {"spacing": fixed.spacing, "origin": fixed.origin}
+        res = method(Image(fixed.array, axes=fixed.axes, meta=fixed.meta, **plain),
+                     Image(moving.array, axes=moving.axes, meta=moving.meta, **plain), *args, **kwargs)
+
+        def rotate(a, axis=0):
+            t = torch.as_tensor(a) if not isinstance(a, torch.Tensor) else a
+            Dt = torch.as_tensor(D, dtype=t.dtype, device=t.device)
+            out = torch.movedim(torch.tensordot(Dt, torch.movedim(t, axis, 0), dims=([1], [0])), 0, axis)
+            return out if isinstance(a, torch.Tensor) else out.numpy()
+
+        def rewrap(img, vector):
+            arr = rotate(img.array) if vector else img.array
+            return fixed.with_array(arr, axes=img.axes, meta=img.meta) if vector else moving.with_array(arr)
+
+        res.displacement = rewrap(res.displacement, True)
+        res.warped = rewrap(res.warped, False)
+        for key, val in list(res.params.items()):
+            if isinstance(val, Image) and val.axes == "c" + fixed.axes:
+                res.params[key] = rewrap(val, True)
+            elif key == "velocities" and isinstance(val, np.ndarray):
+                res.params[key] = rotate(val, axis=1)
+        res.params["grid_frame"] = "run in the grid's axes; vectors rotated by the direction"
+        return res
+
+    return wrapper

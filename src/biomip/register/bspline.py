@@ -18,6 +18,7 @@ import torch
 from ..core.errors import InputError
 from ..core.image import Image
 from ..core.progress import progress_enabled
+from ._dense import grid_frame
 from .demons import DeformableResult
 
 
@@ -93,6 +94,7 @@ class BSplineField:
                                                                               "method": "bspline"})
 
 
+@grid_frame
 def bspline(fixed: Image, moving: Image, control_spacing: int = 8, levels: int = 3, metric: str = "mse",
             bending: float = 1e-2, iterations: int = 40, callback=None, progress=None) -> DeformableResult:
     """B-spline FFD registration of ``moving`` onto ``fixed`` (same axis-aligned grid).

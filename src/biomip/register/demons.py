@@ -25,6 +25,7 @@ import torch
 from ..core.errors import InputError
 from ..core.image import Image
 from ..core.progress import progress_enabled
+from ._dense import grid_frame
 
 VARIANTS = ("thirion", "symmetric", "diffeomorphic")
 _TRUNCATE = 3.0      # Gaussian kernels cut at 3 sigma (ITK demons: maximum error 0.1)
@@ -46,6 +47,7 @@ class DeformableResult:
                 "mse": [float(h) for h in self.history], "params": self.params}
 
 
+@grid_frame
 def demons(fixed: Image, moving: Image, iterations: int = 50, variant: str = "diffeomorphic",
            sigma_diffusion: float = 1.0, sigma_fluid: float = 0.0, max_step: float = 2.0, initial: Image | None = None,
            callback=None, progress=None) -> DeformableResult:

@@ -120,6 +120,6 @@ class LandmarkTransform(Transform):
         K = self._kernel_matrix(self.p, self.p)
         return float(self.w.ravel() @ K @ self.w.ravel())
 
-    def inverse(self) -> "LandmarkTransform":
+    def inverse(self) -> LandmarkTransform:
         """The spline through the swapped pairs (an approximate inverse between landmarks)."""
         return LandmarkTransform(self.q, self.p, self.kernel, self.sigma, self.mu, self.lam, self.eps)

@@ -63,6 +63,7 @@ from ..core.errors import InputError
 from ..core.image import Image
 from ..core.progress import progress_enabled
 from .demons import DeformableResult
+from ._dense import grid_frame
 from .variational import (
     BOUNDARIES,
     _check_pair,
@@ -163,6 +164,7 @@ def _map(v: torch.Tensor, spacing, d: int) -> torch.Tensor:
     return u
 
 
+@grid_frame
 def lddmm(fixed: Image, moving: Image, steps: int = 6, iterations: int = 100, alpha: float = 16.0,
           gamma: float = 1.0, sigma: float = 1e-2, power: float = 2.0, metric: str = "mse",
           window: int = 9, levels: int = 2, lr: float | None = None, optimizer: str = "gd",

@@ -28,7 +28,7 @@ class DeformationModel:
     grid: Image
 
     @classmethod
-    def fit(cls, fields, k: int | None = None, explained: float = 0.98) -> "DeformationModel":
+    def fit(cls, fields, k: int | None = None, explained: float = 0.98) -> DeformationModel:
         """PCA of ``fields`` (list of displacement Images on the same grid, or an array
         ``(n, d, *shape)`` with unit spacing); keep ``k`` modes or enough to explain
         ``explained`` of the variance."""
@@ -89,7 +89,7 @@ class DeformationModel:
                                 direction=self.grid.direction, axes=np.asarray(self.grid.axes))
 
     @classmethod
-    def load(cls, path) -> "DeformationModel":
+    def load(cls, path) -> DeformationModel:
         z = np.load(str(path), allow_pickle=False)
         grid = Image(np.zeros(z["mean"].shape, np.float32), spacing=z["spacing"], origin=z["origin"],
                      direction=z["direction"], axes=str(z["axes"]))

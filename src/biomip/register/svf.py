@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..core.errors import InputError
 from ..core.image import Image
 from ..core.progress import progress_enabled
-from ._dense import DenseOps
+from ._dense import DenseOps, grid_frame
 from .demons import DeformableResult
 
 SIMILARITIES = ("lncc", "ncc", "mse")
@@ -63,6 +63,7 @@ def _similarity(metric, f, mw, window):
     return -float(losses.mse(f, mw))
 
 
+@grid_frame
 def svf(fixed: Image, moving: Image, metric: str = "lncc", window: int = 5, levels: int = 3,
         iterations=None, step: float = 0.25, sigma_fluid: float = 3.0, sigma_diffusion: float = 1.0,
         callback=None, progress=None) -> DeformableResult:

@@ -145,12 +145,12 @@ class AffineTransform(Transform):
         p = _points(points, self.ndim)
         return p @ self.matrix.T + self.offset
 
-    def inverse(self) -> "AffineTransform":
+    def inverse(self) -> AffineTransform:
         Ainv = np.linalg.inv(self.matrix)
         # keep the same centre: T^-1(q) = Ainv (q - c) + c + t'  with  t' = -Ainv t
         return AffineTransform(Ainv, -Ainv @ self.translation, self.center.copy())
 
-    def compose(self, other: "AffineTransform") -> "AffineTransform":
+    def compose(self, other: AffineTransform) -> AffineTransform:
         """``self ∘ other``: apply ``other`` first (centre kept from ``other``)."""
         if not isinstance(other, AffineTransform):
             raise InputError(f"other: got {type(other).__name__}; expected an AffineTransform / RigidTransform")
@@ -202,7 +202,7 @@ class RigidTransform(AffineTransform):
     def angles(self) -> np.ndarray:
         return self.rotation
 
-    def inverse(self) -> "RigidTransform":
+    def inverse(self) -> RigidTransform:
         inv = AffineTransform.inverse(self)
         return RigidTransform(rotation_vector(inv.matrix), inv.translation, inv.center)
 
@@ -230,7 +230,7 @@ class DisplacementTransform(Transform):
         comps = [map_coordinates(u[c], idx, order=1, mode="constant", cval=0.0) for c in range(self.ndim)]
         return p + np.stack(comps, axis=1)
 
-    def inverse(self, iterations: int = 50) -> "DisplacementTransform":
+    def inverse(self, iterations: int = 50) -> DisplacementTransform:
         from ..ops.spatial import invert_displacement
 
         return DisplacementTransform(invert_displacement(self.field, iterations=iterations))

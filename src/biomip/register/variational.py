@@ -71,6 +71,7 @@ import torch.nn.functional as F
 from ..core.errors import InputError
 from ..core.image import Image
 from ..core.progress import progress_enabled
+from ._dense import grid_frame
 from .demons import DeformableResult
 
 __all__ = ["BOUNDARIES", "REGULARIZERS", "fourier_solve", "variational"]
@@ -234,6 +235,7 @@ def fourier_solve(rhs: torch.Tensor, spacing, c: float, operator: str = "elastic
 
 
 # ----------------------------------------------------------------------- registration
+@grid_frame
 def variational(fixed: Image, moving: Image, regularizer: str = "elastic", iterations: int = 100,
                 alpha: float | None = None, mu: float = 1.0, lam: float = 1.0, tau: float | None = None,
                 levels: int = 2, boundary: str | None = None, force: str = "symmetric", callback=None,
