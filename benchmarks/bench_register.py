@@ -155,7 +155,7 @@ def run(n: int, device: str, only) -> dict:
     if "bspline" in only:
         t, r = best_of(lambda: R.bspline(fx, mv, metric="mse"), 1)
         add(summary("biomip B-spline FFD (MSE)", t, r.displacement.numpy(), gt, mask, sp))
-        t, r = best_of(lambda: R.bspline(fx, mv, metric="lncc"), 1)
+        t, r = best_of(lambda: R.bspline(fx, mv, metric="lncc"), 1)                 # the defaults
         add(summary("biomip B-spline FFD (LNCC)", t, r.displacement.numpy(), gt, mask, sp))
         try:
             t_reg, t_fld, u = elastix_bspline(fixed, moving)

@@ -175,6 +175,54 @@ if AVAILABLE:
                         out[c, z, y, x] += wk * a[c, zz, y, x]
 
 
+if AVAILABLE:
+
+    @njit(parallel=True, cache=True)
+    def _box_lines(a, r, adjoint, out):
+        """Clipped box window of radius ``r`` along the middle axis of ``a`` (outer, n, inner):
+        the mean (``adjoint`` False) or its adjoint, the window sum of ``a / count``."""
+        n_out, n, n_in = a.shape
+        for o in prange(n_out):
+            acc = np.zeros(n_in, np.float64)
+            for i in range(min(r, n - 1) + 1):               # window of position 0: [0, r]
+                cnt_i = min(i + r, n - 1) - max(i - r, 0) + 1
+                for j in range(n_in):
+                    acc[j] += a[o, i, j] / cnt_i if adjoint else a[o, i, j]
+            for i in range(n):
+                if i > 0:
+                    hi = i + r
+                    lo = i - r - 1
+                    if hi < n:
+                        ch = min(hi + r, n - 1) - max(hi - r, 0) + 1
+                        for j in range(n_in):
+                            acc[j] += a[o, hi, j] / ch if adjoint else a[o, hi, j]
+                    if lo >= 0:
+                        cl = min(lo + r, n - 1) - max(lo - r, 0) + 1
+                        for j in range(n_in):
+                            acc[j] -= a[o, lo, j] / cl if adjoint else a[o, lo, j]
+                cnt = min(i + r, n - 1) - max(i - r, 0) + 1
+                for j in range(n_in):
+                    out[o, i, j] = acc[j] if adjoint else acc[j] / cnt
+
+
+def box_filter(a: np.ndarray, radii, adjoint: bool = False) -> np.ndarray:
+    """Box mean over windows clipped to the array (``radii`` per trailing axis, array
+    order), or with ``adjoint=True`` its transpose; leading axes are batch.  Running sums:
+    O(1) work per voxel and axis whatever the window."""
+    out = np.ascontiguousarray(a, dtype=np.float32)
+    d = len(radii)
+    for k, r in enumerate(radii):
+        if r <= 0:
+            continue
+        ax = out.ndim - d + k
+        shp = out.shape
+        view = out.reshape(int(np.prod(shp[:ax])), shp[ax], int(np.prod(shp[ax + 1:])))
+        res = np.empty_like(view)
+        _box_lines(view, int(r), bool(adjoint), res)
+        out = res.reshape(shp)
+    return out
+
+
 def gaussian_weights(sigma_vox: float, truncate: float = 3.0) -> np.ndarray:
     r = max(1, int(truncate * sigma_vox + 0.5))
     t = np.arange(-r, r + 1, dtype=np.float64)

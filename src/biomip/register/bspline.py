@@ -95,15 +95,16 @@ class BSplineField:
 
 
 @grid_frame
-def bspline(fixed: Image, moving: Image, control_spacing: int = 8, levels: int = 3, metric: str = "mse",
-            bending: float = 1e-2, iterations: int = 40, callback=None, progress=None) -> DeformableResult:
+def bspline(fixed: Image, moving: Image, control_spacing: int = 16, levels: int = 3, metric: str = "lncc",
+            bending: float = 1e-2, iterations=25, callback=None, progress=None) -> DeformableResult:
     """B-spline FFD registration of ``moving`` onto ``fixed`` (same axis-aligned grid).
 
     Coarse to fine over an image pyramid: level ``l`` (``levels - 1`` .. 0) registers
     the images shrunk by ``2**l`` with a control grid of ``control_spacing`` voxels *of
     that level* (so ``control_spacing * 2**l`` full-resolution voxels); the field of a
     level, sampled at the next level's control points, starts it.  Each level runs
-    L-BFGS (strong-Wolfe line search, at most ``iterations`` evaluations) on
+    L-BFGS (strong-Wolfe line search, ``iterations`` per level: one number or one per
+    level, coarse to fine) on
     ``similarity + bending * bending_energy(coefficients)``: the similarity's gradient
     is exact, ``dS/dc = B^T (dS/dm * grad m(p + u))`` -- the image term by the fused
     warp kernels, ``B^T`` by autograd through the tensor-product matrices -- and the
@@ -115,7 +116,7 @@ def bspline(fixed: Image, moving: Image, control_spacing: int = 8, levels: int =
     :class:`BSplineField` (with its analytic Jacobian), ``params["folding_fraction"]``
     the folded fraction.
 
-    >>> res = bspline(fixed, moving, control_spacing=8, levels=3)      # doctest: +SKIP
+    >>> res = bspline(fixed, moving, control_spacing=16, levels=3)     # doctest: +SKIP
     >>> res.params["bspline"].jacobian_determinant().min()           # doctest: +SKIP
     """
     import torch.nn.functional as F
@@ -134,9 +135,12 @@ def bspline(fixed: Image, moving: Image, control_spacing: int = 8, levels: int =
         raise InputError(f"metric: got {metric!r}; expected 'mse', 'ncc' or 'lncc'")
     if not np.allclose(fixed.direction, np.eye(fixed.sdim), atol=1e-6):
         raise InputError("fixed: B-spline registration works in the grid's axes; resample onto an axis-aligned grid")
-    for name, val in (("levels", levels), ("iterations", iterations), ("control_spacing", control_spacing)):
+    for name, val in (("levels", levels), ("control_spacing", control_spacing)):
         if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
             raise InputError(f"{name}: got {val!r}; expected a positive integer")
+    its = [iterations] * levels if np.ndim(iterations) == 0 else list(iterations)
+    if len(its) != levels or any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 1 for i in its):
+        raise InputError(f"iterations: got {iterations!r}; expected a positive integer or {levels} of them (coarse to fine)")
     if not np.isfinite(bending) or bending < 0:
         raise InputError(f"bending: got {bending!r}; expected a non-negative number")
     for name, im in (("fixed", fixed), ("moving", moving)):
@@ -190,19 +194,36 @@ def bspline(fixed: Image, moving: Image, control_spacing: int = 8, levels: int =
         h_ctrl = tuple(s * st for s, st in zip(spl, bs.step))               # control spacing, mm
         grad_ml = ops.gradient(ml)
         c = bs.coefficients.clone().requires_grad_(True)
-        opt = torch.optim.LBFGS([c], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe")
+        scale = [1.0]
 
-        def closure():
-            opt.zero_grad()
+        def evaluate(record=True):
             u = bs.field(c)
             mw = ops.warp(ml, u.detach()).requires_grad_(True)
             s_ = sim(fl, mw)
             (g_mw,) = torch.autograd.grad(s_, mw)
-            u.backward(g_mw * ops.warp_vector(grad_ml, u.detach()))        # dS/du = dS/dm * (grad m)(p+u)
-            reg = bending * losses.bending_energy(c, spacing=h_ctrl)
+            u.backward(scale[0] * g_mw * ops.warp_vector(grad_ml, u.detach()))   # dS/du = dS/dm * (grad m)(p+u)
+            reg = scale[0] * bending * losses.bending_energy(c, spacing=h_ctrl)
             reg.backward()
-            history.append(float(s_.detach()))
-            return s_.detach() + reg.detach()
+            if record:
+                history.append(float(s_.detach()))
+            return scale[0] * s_.detach() + reg.detach()
+
+        # scale the objective so the first full step moves the coefficients by at most half
+        # a voxel: L-BFGS's first step and line search then start at a sensible length
+        evaluate(record=False)
+        gmax, gsum = float(c.grad.abs().max()), float(c.grad.abs().sum())
+        c.grad = None
+        if gmax < 1e-12:                                    # nothing to gain (e.g. identical images)
+            prev_u = bs.field().detach()
+            continue
+        scale[0] = 0.5 * min(spl) / gmax
+        # torch's first L-BFGS step is lr * min(1, 1/|g|_1) * g: undo the 1/|g|_1
+        opt = torch.optim.LBFGS([c], lr=max(1.0, scale[0] * gsum), max_iter=int(its[levels - 1 - lv]), line_search_fn="strong_wolfe",
+                                tolerance_grad=0.0, tolerance_change=0.0)
+
+        def closure():
+            opt.zero_grad()
+            return evaluate()
 
         opt.step(closure)
         bs.coefficients = c.detach()
