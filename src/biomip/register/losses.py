@@ -265,8 +265,7 @@ def lncc(fixed, moving, window=9, mask=None, sdim: int | None = None, eps: float
     padding).  With a mask the local statistics are mask-weighted too.  Images are
     standardised per leading index first (global mean 0, std 1), so ``eps`` is
     relative to the global variances and the value does not depend on the intensity
-    scale.  A flat moving window against a structured fixed one gives ~0; flat against
-    flat gives 1.  A similarity: minimise
+    scale.  Flat windows give 0.  A similarity: minimise
     ``1 - lncc`` (or ``-lncc``).
 
     window : odd window size in voxels, a number or one per spatial axis (world order
@@ -305,7 +304,7 @@ def lncc(fixed, moving, window=9, mask=None, sdim: int | None = None, eps: float
         var_a = _box_mean(ww * a * a, k) / W - mean_a ** 2
         var_b = _box_mean(ww * b * b, k) / W - mean_b ** 2
         cov = _box_mean(ww * a * b, k) / W - mean_a * mean_b
-    cc = (cov + eps) ** 2 / ((var_a.clamp_min(0) + eps) * (var_b.clamp_min(0) + eps))
+    cc = cov ** 2 / (var_a.clamp_min(0) * var_b.clamp_min(0) + eps)
     cc = cc.clamp(0.0, 1.0).reshape(cc.shape[0], -1)
     val = cc.mean() if w2 is None else (w2 * cc).sum() / w2.sum()
     return _out(val, torch_out)
