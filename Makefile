@@ -40,5 +40,12 @@ test-all: install-dev
 test-gpu: install-dev
 	$(BIN)/python -m pytest -q -m gpu $(PYTEST_ARGS)
 
+# benchmarks: biomip and the peers (SimpleITK, scikit-image, elastix, ANTs) in one run, JSON out
+bench: install-dev
+	$(PIP) install -q -c $(CONSTRAINTS) -r requirements/bench.txt
+	$(BIN)/python benchmarks/bench_foundation.py
+	$(BIN)/python benchmarks/bench_reconstruct.py
+	$(BIN)/python benchmarks/bench_register.py
+
 clean:
 	rm -rf $(VENV) biomip-demo .pytest_cache build src/*.egg-info

@@ -75,8 +75,9 @@ def svf(fixed: Image, moving: Image, metric: str = "lncc", window: int = 5, leve
         ``"mse"``; history records the similarity (higher is better; ``-MSE`` for mse).
     levels : pyramid levels (each halves the grid); ``iterations`` one number or one
         per level, coarse to fine.  Default: 100 on the coarsest level, 60 on the
-        others and none on the full grid, which only receives the upsampled velocity
-        (the ANTs SyN default schedule; a single level gets 50).
+        others, and on the full grid none for grids above 64^3 voxels (it only receives
+        the upsampled velocity, as in ANTs SyN's default schedule), 20 for smaller ones
+        (whose coarse levels are too coarse alone); a single level gets 50.
     step : largest update per iteration, in voxels of the current level.
     sigma_fluid, sigma_diffusion : Gaussian widths (voxels) for the update and for the
         velocity itself.
@@ -102,8 +103,9 @@ def svf(fixed: Image, moving: Image, metric: str = "lncc", window: int = 5, leve
         raise InputError("fixed: SVF registration works in the grid's axes; resample onto an axis-aligned grid first")
     if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
         raise InputError(f"levels: got {levels!r}; expected a positive integer")
-    if iterations is None:
-        iterations = (100,) + (60,) * (levels - 2) + (0,) if levels > 1 else 50
+    if iterations is None:           # full grid: none on big grids (as ANTs), 20 on small ones
+        last = 0 if int(np.prod(fixed.spatial_shape)) > 64 ** 3 else 20
+        iterations = (100,) + (60,) * (levels - 2) + (last,) if levels > 1 else 50
     its = [int(i) for i in np.broadcast_to(np.asarray(iterations, dtype=object), (int(levels),))] \
         if np.ndim(iterations) == 0 or len(iterations) == levels else None
     if its is None or any(i < 0 for i in its):
