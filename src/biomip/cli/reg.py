@@ -101,8 +101,13 @@ def register_cmd(
     before = ops.resample(m, f) if not m.same_geometry(f) else m
     fa, wa, ba = mid(f.numpy().astype(np.float32)), mid(res.warped.numpy()), mid(before.numpy().astype(np.float32))
     tiles = (np.indices(fa.shape) // max(1, min(fa.shape) // 8)).sum(0) % 2 == 0
-    render_panels([("fixed", fa, None), ("|fixed - moving| before", np.abs(fa - ba), {"cmap": "magma"}),
-                   ("|fixed - warped| after", np.abs(fa - wa), {"cmap": "magma"}),
+    d_before, d_after = np.abs(fa - ba), np.abs(fa - wa)
+    dmax = float(max(d_before.max(), d_after.max())) or 1.0          # one colour scale for both
+    render_panels([("fixed", fa, None),
+                   (f"|fixed - moving| before (mean {d_before.mean():.3g})", d_before,
+                    {"cmap": "magma", "vmin": 0, "vmax": dmax}),
+                   (f"|fixed - warped| after (mean {d_after.mean():.3g})", d_after,
+                    {"cmap": "magma", "vmin": 0, "vmax": dmax}),
                    ("checkerboard", np.where(tiles, fa, wa), None),
                    (f"Jacobian (min {jac['min']:.2f})", mid(ops.jacobian_determinant(field).numpy()),
                     {"cmap": "coolwarm"})], _sibling(out_warped, ".preview.png"),
