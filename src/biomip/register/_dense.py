@@ -11,6 +11,29 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+
+def pyramid_level(x: torch.Tensor, fct: int, spacing) -> torch.Tensor:
+    """One level of the image pyramid of the dense methods: Gaussian smoothing
+    (sigma = fct/2 voxels) then ``fct`` x average pooling (a partial last block kept)."""
+    from ..ops.filters import gaussian_smooth
+
+    if fct == 1:
+        return x
+    d = len(spacing)
+    pool = F.avg_pool3d if d == 3 else F.avg_pool2d
+    sig = [0.5 * fct * s for s in spacing]
+    return pool(gaussian_smooth(x, sig, spacing=tuple(spacing), sdim=d)[None, None], fct, ceil_mode=True)[0, 0]
+
+
+def upsample_field(u: torch.Tensor, shape, d: int) -> torch.Tensor:
+    """Resize a field (..., d, *S) from a coarser pyramid level to ``shape`` (values are
+    mm: unchanged); voxel centres as the average pooling of :func:`pyramid_level`."""
+    lead = u.shape[:-d]
+    x = u.reshape(1, -1, *u.shape[-d:])
+    x = F.interpolate(x, size=tuple(shape), mode="bilinear" if d == 2 else "trilinear", align_corners=False)
+    return x.reshape(*lead, *shape)
 
 
 class DenseOps:

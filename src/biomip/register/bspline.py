@@ -119,12 +119,10 @@ def bspline(fixed: Image, moving: Image, control_spacing: int = 16, levels: int 
     >>> res = bspline(fixed, moving, control_spacing=16, levels=3)     # doctest: +SKIP
     >>> res.params["bspline"].jacobian_determinant().min()           # doctest: +SKIP
     """
-    import torch.nn.functional as F
 
     from ..metrics import jacobian_stats
-    from ..ops.filters import gaussian_smooth
     from . import losses
-    from ._dense import DenseOps
+    from ._dense import DenseOps, pyramid_level, upsample_field
 
     if not isinstance(fixed, Image) or not isinstance(moving, Image):
         raise InputError("fixed, moving: expected biomip Images on the same grid")
@@ -174,10 +172,7 @@ def bspline(fixed: Image, moving: Image, control_spacing: int = 16, levels: int 
     for lv in range(levels - 1, -1, -1):
         fct = 2 ** lv
         if fct > 1 and min(fixed.spatial_shape) // fct >= 8:
-            pool = F.avg_pool3d if d == 3 else F.avg_pool2d
-            sig = [0.5 * fct * s for s in sp]
-            fl = pool(gaussian_smooth(f_full, sig, spacing=sp)[None, None], fct, ceil_mode=True)[0, 0]
-            ml = pool(gaussian_smooth(m_full, sig, spacing=sp)[None, None], fct, ceil_mode=True)[0, 0]
+            fl, ml = pyramid_level(f_full, fct, sp), pyramid_level(m_full, fct, sp)
         else:
             fct, fl, ml = 1, f_full, m_full
         spl = tuple(s * fct for s in sp)
@@ -185,8 +180,7 @@ def bspline(fixed: Image, moving: Image, control_spacing: int = 16, levels: int 
                     origin=fixed.index_to_world([0.5 * (fct - 1)] * d))
         bs = BSplineField(ref, control_spacing, dtype=torch.float32)
         if prev_u is not None:      # the previous field on this grid, sampled at the control points
-            u_lv = F.interpolate(prev_u[None], size=tuple(fl.shape), mode="bilinear" if d == 2 else "trilinear",
-                                 align_corners=False)[0]
+            u_lv = upsample_field(prev_u, fl.shape, d)
             idx = [torch.clamp((torch.arange(n) - 1) * s, 0, N - 1).long()
                    for n, s, N in zip(bs.ctrl_shape, bs.step[::-1], fl.shape)]
             bs.coefficients = u_lv[(slice(None), *torch.meshgrid(*idx, indexing="ij"))].clone()
@@ -235,8 +229,7 @@ def bspline(fixed: Image, moving: Image, control_spacing: int = 16, levels: int 
     if bar is not None:
         bar.stop()
     if prev_u.shape[1:] != tuple(fixed.spatial_shape):          # stopped early on a coarse level
-        prev_u = F.interpolate(prev_u[None], size=tuple(fixed.spatial_shape),
-                               mode="bilinear" if d == 2 else "trilinear", align_corners=False)[0]
+        prev_u = upsample_field(prev_u, fixed.spatial_shape, d)
         bs = None
     u = prev_u
     field_img = fixed.with_array(u.numpy(), axes="c" + fixed.axes, meta={"kind": "displacement", "method": "bspline"})

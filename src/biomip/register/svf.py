@@ -19,12 +19,11 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..core.errors import InputError
 from ..core.image import Image
 from ..core.progress import progress_enabled
-from ._dense import DenseOps, grid_frame
+from ._dense import DenseOps, grid_frame, pyramid_level, upsample_field
 from .demons import DeformableResult
 
 SIMILARITIES = ("lncc", "ncc", "mse")
@@ -90,7 +89,6 @@ def svf(fixed: Image, moving: Image, metric: str = "lncc", window: int = 5, leve
     >>> res.displacement, res.params["velocity"], res.history[-1]     # doctest: +SKIP
     """
     from ..metrics import jacobian_stats
-    from ..ops.filters import gaussian_smooth
 
     if not isinstance(fixed, Image) or not isinstance(moving, Image):
         raise InputError("fixed, moving: expected biomip Images on the same grid")
@@ -137,21 +135,14 @@ def svf(fixed: Image, moving: Image, metric: str = "lncc", window: int = 5, leve
     stop = False
     for lv, n_it in zip(range(levels - 1, -1, -1), its):
         fct = 2 ** lv
-        if fct > 1:
-            sig = [0.5 * fct * s for s in sp]
-            pool = F.avg_pool3d if d == 3 else F.avg_pool2d
-            fl = pool(gaussian_smooth(f_full, sig, spacing=tuple(sp))[None, None], fct, ceil_mode=True)[0, 0]
-            ml = pool(gaussian_smooth(m_full, sig, spacing=tuple(sp))[None, None], fct, ceil_mode=True)[0, 0]
-        else:
-            fl, ml = f_full, m_full
+        fl, ml = pyramid_level(f_full, fct, sp), pyramid_level(m_full, fct, sp)
         spl = tuple(float(s) * fl_n / n for s, fl_n, n in
                     zip(sp, reversed(fixed.spatial_shape), reversed(tuple(fl.shape))))
         ops = DenseOps(fl.shape, spl, dev)
         if v is None:
             v = torch.zeros((d, *fl.shape), dtype=torch.float32, device=dev)
         else:
-            v = F.interpolate(v[None], size=tuple(fl.shape), mode="bilinear" if d == 2 else "trilinear",
-                              align_corners=True)[0]
+            v = upsample_field(v, fl.shape, d)
         spt = torch.as_tensor(spl, dtype=torch.float32, device=dev).view(d, *([1] * d))
         for k in range(n_it if not stop else 0):
             u = ops.exp(v)

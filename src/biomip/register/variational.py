@@ -66,12 +66,11 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..core.errors import InputError
 from ..core.image import Image
 from ..core.progress import progress_enabled
-from ._dense import grid_frame
+from ._dense import grid_frame, pyramid_level, upsample_field
 from .demons import DeformableResult
 
 __all__ = ["BOUNDARIES", "REGULARIZERS", "fourier_solve", "variational"]
@@ -128,24 +127,7 @@ def _normalised(fixed: Image, moving: Image, dev):
     return (f - f.mean()) / scale, (m - m.mean()) / scale
 
 
-def _pyramid_level(x: torch.Tensor, fct: int, sp) -> torch.Tensor:
-    """Gaussian smoothing (sigma = fct/2 voxels) then ``fct`` x average pooling (as svf)."""
-    from ..ops.filters import gaussian_smooth
-
-    if fct == 1:
-        return x
-    d = len(sp)
-    pool = F.avg_pool3d if d == 3 else F.avg_pool2d
-    sig = [0.5 * fct * s for s in sp]
-    return pool(gaussian_smooth(x, sig, spacing=tuple(sp), sdim=d)[None, None], fct)[0, 0]
-
-
-def _upsample(u: torch.Tensor, shape, d: int) -> torch.Tensor:
-    """Resize a field (..., d, *S) to ``shape`` (values are mm: unchanged)."""
-    lead = u.shape[:-d]
-    x = u.reshape(1, -1, *u.shape[-d:])
-    x = F.interpolate(x, size=tuple(shape), mode="bilinear" if d == 2 else "trilinear", align_corners=True)
-    return x.reshape(*lead, *shape)
+_pyramid_level, _upsample = pyramid_level, upsample_field     # shared with lddmm (imported from here)
 
 
 # ------------------------------------------------------------------ Fourier machinery
