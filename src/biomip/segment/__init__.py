@@ -5,6 +5,8 @@
 * unsupervised (:mod:`.cluster`): k-means, Gaussian mixtures, spectral clustering;
 * post-processing (:mod:`.crf`): dense CRF on a probability map;
 * instances (:mod:`.instances`): distance-transform watershed splitting, relabelling;
+* Cellpose-style flows (:mod:`.flows`): masks to flows by heat diffusion, flows to masks;
+* supervised (:mod:`.unet`, :mod:`.train`): U-Net / Attention U-Net, trainer, planning;
 * evaluation (:mod:`.evaluate`): per-label Dice / IoU / HD95, instance AP, matched Dice.
 
 Submodules load on first use (torch and scikit-image are imported only then).
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 
-_MODULES = ("classic", "cluster", "crf", "instances", "evaluate")
+_MODULES = ("classic", "cluster", "crf", "instances", "flows", "evaluate", "unet", "train")
 
 
 def __getattr__(name):
