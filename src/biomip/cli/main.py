@@ -36,7 +36,8 @@ _register_ct()
 def _register_registration():
     from .reg import register_cmd, warp_cmd
 
-    app.command("register", help="Register MOVING onto FIXED (rigid, affine, demons, svf, bspline).")(register_cmd)
+    app.command("register", help="Register MOVING onto FIXED (rigid, affine, demons, svf, bspline, elastic, fluid, "
+                                 "curvature, lddmm).")(register_cmd)
     app.command("warp", help="Apply a displacement field or ITK transform to an image.")(warp_cmd)
 
 
