@@ -44,6 +44,16 @@ def _register_registration():
 _register_registration()
 
 
+def _register_segmentation():
+    from .seg import segment_cmd
+
+    app.command("segment", help="Segment an image (thresholds, region growing, edges, level sets, k-means, GMM, "
+                                "spectral, watershed).")(segment_cmd)
+
+
+_register_segmentation()
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 
