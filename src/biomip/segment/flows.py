@@ -11,8 +11,12 @@
   joins the seed its trajectory ends next to.  Flow consistency (the flows of the
   recovered masks against the given ones) is reported so bad masks can be dropped.
 
-The network that predicts ``(flows, cell probability)`` from an image and the
-human-in-the-loop fine-tuning are the next part of issue 5 (they build on the U-Net).
+The network (:func:`train_flows`): a :class:`~biomip.segment.unet.UNet` with ``d + 1``
+outputs, ``5 x`` flows regressed by MSE and the cell probability by binary
+cross-entropy (Cellpose's losses), trained on patches whose flows are recomputed after
+each augmentation; :func:`predict_instances` runs it by sliding windows and recovers
+instances; :func:`fine_tune` is the human-in-the-loop entry point: add corrected masks,
+train a few epochs from the current weights, see the metric move.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch.nn.functional as F
 from ..core.errors import InputError
 from ..core.image import Image
 
-__all__ = ["masks_to_flows", "flows_to_masks"]
+__all__ = ["masks_to_flows", "flows_to_masks", "train_flows", "predict_instances", "fine_tune", "normalize_percentile"]
 
 
 def _labels(x, name="labels"):
@@ -186,3 +190,145 @@ def flows_to_masks(flows, probability, threshold: float = 0.5, niter: int | None
         info["dropped_flow"] = len(bad)
         info["flow_error"] = {int(i): float(per[i]) for i in range(1, n + 1) if i not in bad}
     return lab, info
+
+
+# ============================================================================ network
+FLOW_SCALE = 5.0          # Cellpose regresses 5 x the unit flows
+
+
+def normalize_percentile(image, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+    """(x - p_low) / (p_high - p_low) per image (Cellpose's normalisation)."""
+    a = np.asarray(image.numpy() if isinstance(image, Image) else image, dtype=np.float32)
+    if not np.all(np.isfinite(a)):
+        raise InputError("image: contains NaN/Inf")
+    lo, hi = np.percentile(a, [low, high])
+    if hi <= lo:
+        raise InputError("image: constant (no contrast between the 1st and 99th percentile)")
+    return (a - lo) / (hi - lo)
+
+
+def _cases(images, labels):
+    from .instances import check_labels
+
+    if isinstance(images, (Image, np.ndarray)) or torch.is_tensor(images):
+        images, labels = [images], [labels]
+    if len(images) != len(labels) or not images:
+        raise InputError(f"images, labels: got {len(images)} and {len(labels)}; expected the same number (>= 1)")
+    xs, ys = [], []
+    for i, (im, lab) in enumerate(zip(images, labels)):
+        x = normalize_percentile(im)
+        y = check_labels(lab, f"labels[{i}]").astype(np.int64)
+        if x.shape != y.shape or x.ndim not in (2, 3):
+            raise InputError(f"images[{i}], labels[{i}]: got shapes {x.shape} and {y.shape}; expected one grey "
+                             "2-D or 3-D image and its instance labels")
+        xs.append(torch.as_tensor(x)[None])
+        ys.append(torch.as_tensor(y))
+    if len({x.ndim for x in xs}) != 1:
+        raise InputError("images: mix of 2-D and 3-D images")
+    return xs, ys
+
+
+def train_flows(images, labels, epochs: int = 30, patch_size=None, batch_size: int = 8, lr: float = 2e-3,
+                iterations_per_epoch: int = 25, features=(16, 32, 64, 128), model=None, augment: bool = True,
+                seed: int = 0, device=None, callback=None, progress=None):
+    """Train (or, with ``model``, continue training) a flow network on instance masks.
+
+    ``images`` / ``labels``: one image and its instance label image, or lists of them
+    (2-D or 3-D).  Returns ``(model, history)``; history has the loss, flow MSE and
+    probability BCE per epoch.
+
+    >>> s = biomip.data.synthetic_nuclei((128, 128), seed=0)             # doctest: +SKIP
+    >>> net, hist = train_flows([s.image], [s.labels], epochs=20)        # doctest: +SKIP
+    """
+    import time
+
+    from ..core.progress import progress_enabled
+    from .train import Augmentation, PatchSampler
+    from .unet import UNet
+
+    xs, ys = _cases(images, labels)
+    d = xs[0].ndim - 1
+    for name, v in (("epochs", epochs), ("batch_size", batch_size), ("iterations_per_epoch", iterations_per_epoch)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise InputError(f"{name}: got {v!r}; expected a positive integer")
+    if patch_size is None:
+        patch_size = (128, 128) if d == 2 else (48, 64, 64)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    torch.manual_seed(int(seed))
+    if model is None:
+        model = UNet(sdim=d, in_channels=1, classes=d + 1, features=tuple(features), seed=int(seed))
+        model.meta["kind"] = "flows"
+    elif getattr(model, "meta", {}).get("kind") != "flows":
+        raise InputError("model: expected a flows model (from train_flows), got another network")
+    model = model.to(dev)
+    sampler = PatchSampler(xs, ys, patch_size, foreground_fraction=0.5, seed=int(seed))
+    aug = Augmentation() if augment else Augmentation.none()
+    g = torch.Generator().manual_seed(int(seed))
+    opt = torch.optim.AdamW(model.parameters(), lr=float(lr), weight_decay=1e-5)
+    history = []
+    bar = None
+    if progress_enabled(progress):
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        bar.start()
+        task = bar.add_task("flows training", total=int(epochs))
+    for ep in range(int(epochs)):
+        t0 = time.perf_counter()
+        model.train()
+        acc = np.zeros(3)
+        for _ in range(int(iterations_per_epoch)):
+            x, y = sampler.sample(int(batch_size), g)
+            x, y = aug(x, y, g)
+            flows = torch.stack([torch.as_tensor(masks_to_flows(lab.numpy().astype(np.int64))) for lab in y])
+            x, flows, prob = x.to(dev), flows.to(dev), (y > 0).to(dev, torch.float32)
+            out = model(x)
+            l_flow = F.mse_loss(out[:, :d], FLOW_SCALE * flows) / 2
+            l_prob = F.binary_cross_entropy_with_logits(out[:, d], prob)
+            loss = l_flow + l_prob
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            acc += [float(loss.detach()), float(l_flow.detach()), float(l_prob.detach())]
+        acc /= int(iterations_per_epoch)
+        rec = {"epoch": ep, "loss": acc[0], "flow_mse": acc[1], "prob_bce": acc[2], "seconds": time.perf_counter() - t0}
+        history.append(rec)
+        if bar is not None:
+            bar.advance(task)
+        if callback is not None and callback(ep, model, rec) is True:
+            break
+    if bar is not None:
+        bar.stop()
+    model.eval()
+    return model, history
+
+
+def predict_instances(model, image, patch_size=None, prob_threshold: float = 0.5, flow_threshold: float | None = 0.4,
+                      min_size: int = 15, device=None):
+    """Instances of ``image`` by a flow network: ``(labels, info)``; labels is an Image
+    with the input's geometry when the input is one."""
+    from .train import sliding_window_inference
+
+    if getattr(model, "meta", {}).get("kind") != "flows":
+        raise InputError("model: expected a flows model (from train_flows)")
+    x = normalize_percentile(image)
+    d = x.ndim
+    if model.in_channels != 1 or model.sdim != d:
+        raise InputError(f"image: got a {d}-D grey image; the model expects {model.sdim}-D with "
+                         f"{model.in_channels} channel(s)")
+    if patch_size is None:
+        patch_size = tuple(min(n, 256 if d == 2 else 64) for n in x.shape)
+    out = sliding_window_inference(model, torch.as_tensor(x)[None], patch_size, activation=None, device=device)
+    out = out.numpy() if torch.is_tensor(out) else np.asarray(out)
+    flows = out[:d] / FLOW_SCALE
+    prob = 1.0 / (1.0 + np.exp(-out[d]))
+    lab, info = flows_to_masks(flows, prob, threshold=prob_threshold, flow_threshold=flow_threshold,
+                               min_size=min_size, device=device)
+    info["probability"] = prob
+    return (image.with_array(lab) if isinstance(image, Image) else lab), info
+
+
+def fine_tune(model, images, labels, epochs: int = 5, lr: float = 5e-4, **kwargs):
+    """Human-in-the-loop step: continue training ``model`` on corrected masks for a few
+    epochs (lower learning rate); returns ``(model, history)``."""
+    return train_flows(images, labels, epochs=epochs, lr=lr, model=model, **kwargs)
