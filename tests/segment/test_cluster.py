@@ -1,0 +1,386 @@
+"""Unsupervised segmentation: k-means, Gaussian mixtures, spectral clustering and the
+image wrappers (biomip.segment.cluster), checked against scikit-learn and known answers."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sps
+from scipy.sparse.csgraph import connected_components
+import torch
+from scipy import ndimage as ndi
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs, make_moons
+from sklearn.mixture import GaussianMixture
+
+import biomip
+from biomip.core import InputError
+from biomip.metrics import adjusted_rand_index as ari
+from biomip.segment import cluster as C
+from biomip.segment.cluster import (fiedler_bipartition, gmm, gmm_segment, kmeans, kmeans_segment, knn_affinity,
+                                    normalized_laplacian, pixel_affinity, rbf_affinity, spectral_clustering,
+                                    spectral_embedding, spectral_segment, superpixel_affinity, superpixels)
+
+
+# ----------------------------------------------------------------------------- data
+def textured_phantom(n=128, seed=0, texture=0.03):
+    """The book's K=4 EM example (lines 449-467) in miniature: background, a nucleus,
+    mitochondria and microsomes, each with its own grey level and a texture (smooth
+    random field + white noise).  Returns (image, truth 0..3)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:n, :n].astype(float)
+    truth = np.zeros((n, n), np.int32)
+    truth[(yy - 0.38 * n) ** 2 + (xx - 0.40 * n) ** 2 < (0.22 * n) ** 2] = 1                 # nucleus
+    for cy, cx, a, b in [(0.78, 0.25, 0.12, 0.05), (0.75, 0.70, 0.05, 0.14), (0.20, 0.80, 0.10, 0.06)]:
+        truth[((yy - cy * n) / (a * n)) ** 2 + ((xx - cx * n) / (b * n)) ** 2 < 1] = 2     # mitochondria
+    for cy, cx in rng.uniform(0.1, 0.9, (16, 2)):
+        d = (yy - cy * n) ** 2 + (xx - cx * n) ** 2 < (0.04 * n) ** 2
+        truth[d & (truth == 0)] = 3                                                     # microsomes
+    level = np.array([0.15, 0.45, 0.70, 0.95])[truth]
+    field = ndi.gaussian_filter(rng.normal(size=(n, n)), 2.0)
+    img = level + texture * field / field.std() + rng.normal(0, 0.04, (n, n))
+    return img.astype(np.float32), truth
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    x, y = make_blobs(n_samples=3000, n_features=4, centers=4, cluster_std=1.5, random_state=3)
+    return x.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    img, truth = textured_phantom()
+    image = biomip.Image(img, spacing=(0.5, 0.25), origin=(3.0, -2.0), meta={"modality": "EM"})
+    return image, truth
+
+
+# ----------------------------------------------------------------------------- k-means
+def test_kmeans_matches_sklearn(blobs):
+    x, y = blobs
+    r = kmeans(x, 4)
+    sk = KMeans(4, n_init=1, random_state=0).fit(x)
+    assert r.labels.shape == (3000,) and r.labels.dtype == np.int64 and r.centers.shape == (4, 4)
+    assert ari(r.labels, y) == pytest.approx(ari(sk.labels_, y), abs=0.01)
+    assert r.inertia == pytest.approx(sk.inertia_, rel=2e-3)
+    # the inertia is what it claims to be
+    d = ((x[:, None, :] - r.centers[None]) ** 2).sum(-1)
+    assert np.array_equal(d.argmin(1), r.labels)
+    assert r.inertia == pytest.approx(float(d.min(1).sum()), rel=1e-4)
+    assert set(r.to_dict()) >= {"inertia", "n_iter", "centers"}
+
+
+def test_kmeans_seeded_and_deterministic(blobs):
+    x, _ = blobs
+    a, b = kmeans(x, 5, seed=7, max_iter=1), kmeans(x, 5, seed=7, max_iter=1)     # k-means++ seeds + 1 step
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.centers, b.centers)
+    c = kmeans(x, 5, seed=8, max_iter=1)
+    assert not np.array_equal(a.centers, c.centers)
+    best = kmeans(x, 5, n_init=4, seed=7)
+    assert best.n_init == 4 and best.inertia <= kmeans(x, 5, seed=7).inertia + 1e-3
+
+
+def test_kmeans_torch_in_torch_out_and_options(blobs):
+    x, y = blobs
+    t = torch.from_numpy(x)
+    r = kmeans(t, 4, device="cpu")
+    assert torch.is_tensor(r.labels) and torch.is_tensor(r.centers) and r.labels.device.type == "cpu"
+    assert np.array_equal(r.labels.numpy(), kmeans(x, 4).labels)
+    rr = kmeans(x, 4, init="random", seed=1, n_init=3)
+    assert ari(rr.labels, y) > 0.9
+    given = kmeans(x, 4, init=r.centers.numpy())
+    assert given.n_iter <= 2 and np.array_equal(given.labels, r.labels.numpy())
+
+
+def test_kmeans_blocks_weights_and_empty_clusters(blobs, monkeypatch):
+    x, _ = blobs
+    full = kmeans(x, 4)
+    monkeypatch.setattr(C, "_BLOCK", 1)                 # blocks of 4096 rows: 9000 rows -> 3 blocks
+    xx = np.concatenate([x, x + 0.01, x - 0.01])
+    ref = kmeans(xx, 4)
+    monkeypatch.undo()
+    assert ari(kmeans(xx, 4).labels, ref.labels) == 1.0
+    assert kmeans(xx, 4).inertia == pytest.approx(ref.inertia, rel=1e-4)
+    # weight 2 == the point twice
+    w = np.ones(len(x))
+    w[:500] = 2.0
+    rw = kmeans(x, 4, sample_weight=w)
+    rd = kmeans(np.concatenate([x, x[:500]]), 4)
+    assert rw.inertia == pytest.approx(rd.inertia, rel=1e-3)
+    assert ari(rw.labels, rd.labels[:len(x)]) == 1.0 and ari(full.labels, rw.labels) > 0.95
+    # a centre far from every point owns nothing at first: it is re-seeded, none stays empty
+    init = np.r_[x[:3], np.full((1, 4), 1e4, np.float32)]
+    r = kmeans(x, 4, init=init)
+    assert np.bincount(r.labels, minlength=4).min() > 0 and np.all(np.abs(r.centers) < 100)
+    # fewer distinct points than clusters: still k labels, no crash
+    few = np.repeat(np.eye(3, dtype=np.float32), 10, axis=0)
+    assert kmeans(few, 3).inertia == pytest.approx(0.0, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- GMM
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_gmm_close_to_sklearn(covariance):
+    rng = np.random.default_rng(0)
+    x, y = make_blobs(1500, n_features=3, centers=3, cluster_std=[1.0, 2.0, 0.5], random_state=1)
+    x = x @ rng.normal(size=(3, 3)) + 100.0                     # correlated, far from 0
+    sk = GaussianMixture(3, covariance_type=covariance, random_state=0).fit(x)
+    r = gmm(x, 3, covariance=covariance)
+    assert r.converged and r.labels.shape == (1500,)
+    assert r.log_likelihood == pytest.approx(sk.score(x), abs=2e-3)
+    assert r.bic == pytest.approx(sk.bic(x), rel=1e-3)
+    assert ari(r.labels, sk.predict(x)) > 0.97
+    assert np.allclose(r.responsibilities.sum(1), 1.0, atol=1e-5) and r.weights.sum() == pytest.approx(1.0, abs=1e-5)
+    order_sk, order_r = np.argsort(sk.means_[:, 0]), np.argsort(r.means[:, 0])
+    assert np.allclose(r.means[order_r], sk.means_[order_sk], atol=0.05)
+    assert np.allclose(r.covariances[order_r], sk.covariances_[order_sk], rtol=0.05, atol=0.05)
+
+
+def test_gmm_float64_and_seed():
+    x, _ = make_blobs(600, n_features=2, centers=2, random_state=0)
+    a = gmm(x, 2, dtype=torch.float64, seed=3, init="random", n_init=2)
+    b = gmm(x, 2, dtype=torch.float64, seed=3, init="random", n_init=2)
+    assert a.log_likelihood == b.log_likelihood and np.array_equal(a.labels, b.labels)
+    assert a.to_dict()["converged"] in (True, False)
+
+
+# ----------------------------------------------------------------------------- images
+def test_kmeans_segment_k4_textured_phantom(phantom):
+    image, truth = phantom
+    lab = kmeans_segment(image, 4)
+    assert isinstance(lab, biomip.Image) and lab.shape == image.shape and lab.dtype == np.uint8
+    assert lab.spacing == image.spacing and lab.origin == image.origin and lab.meta["modality"] == "EM"
+    assert np.array_equal(np.unique(lab.numpy()), [1, 2, 3, 4])
+    assert ari(lab, truth) > 0.9
+    means = lab.meta["segmentation"]["cluster_means"]
+    assert means == sorted(means)                                # 1 darkest ... 4 brightest
+    assert np.mean(lab.numpy() == truth + 1) > 0.95                 # so labels follow the grey levels
+    sp = kmeans_segment(image, 4, superpixels=600)
+    assert sp.meta["segmentation"]["superpixels"] > 300 and ari(sp, truth) > 0.95
+    pos = kmeans_segment(image, 4, features="intensity+position", position_weight=0.1, n_init=5)
+    assert ari(pos, truth) > 0.9
+    custom = kmeans_segment(image, 4, features=lambda im: ndi.median_filter(im.numpy(), 3))
+    assert ari(custom, truth) > 0.9
+
+
+def test_gmm_segment_and_channels(phantom):
+    image, truth = phantom
+    # (the textured background is not one Gaussian: a 4-component mixture splits it, as
+    # scikit-learn's does, so the mixture is checked on grey levels + white noise)
+    img, truth = textured_phantom(texture=0.0)                      # grey levels + white noise
+    image = biomip.Image(img, spacing=(0.5, 0.25))
+    lab = gmm_segment(image, 4, covariance="diag")
+    assert ari(lab, truth) > 0.95 and lab.spacing == image.spacing
+    two = biomip.Image(np.stack([img, 1.0 - img]), axes="cyx", spacing=image.spacing)
+    lab2 = gmm_segment(two, 4, superpixels=600)
+    assert lab2.axes == "yx" and lab2.shape == truth.shape and ari(lab2, truth) > 0.95
+    t = kmeans_segment(image.to("cpu"), 4)                           # torch image -> torch labels
+    assert t.is_torch and ari(t.numpy(), truth) > 0.9
+
+
+def test_superpixels_labels(phantom):
+    image, _ = phantom
+    sp = superpixels(image, 200)
+    assert sp.shape == image.shape and sp.dtype == np.int32 and sp.min() == 0
+    assert np.array_equal(np.unique(sp), np.arange(sp.max() + 1)) and 100 < sp.max() + 1 < 300
+
+
+# ----------------------------------------------------------------------------- graphs
+def test_affinity_graphs():
+    x, _ = make_blobs(300, centers=2, random_state=0)
+    W = knn_affinity(x, 5)
+    assert sps.issparse(W) and W.shape == (300, 300) and abs(W - W.T).max() == 0 and W.diagonal().max() == 0
+    assert (W > 0).sum(1).min() >= 5                                # every point keeps its 5 neighbours
+    Wr = knn_affinity(x, 5, weights="rbf")
+    assert Wr.nnz == W.nnz and 0 < Wr.data.min() and Wr.data.max() <= 1.0
+    D = rbf_affinity(x, gamma=0.5)
+    ref = np.exp(-0.5 * ((x[:, None] - x[None]) ** 2).sum(-1))
+    np.fill_diagonal(ref, 0)
+    assert isinstance(D, np.ndarray) and np.allclose(D, ref, atol=1e-5)
+    assert torch.is_tensor(rbf_affinity(torch.from_numpy(x), gamma=0.5))
+    assert sps.issparse(rbf_affinity(x, n_neighbors=5))
+
+
+def test_pixel_and_region_graphs():
+    img = np.zeros((6, 7), np.float32)
+    img[:, 4:] = 1.0
+    W4 = pixel_affinity(img, sigma_intensity=0.1)
+    assert W4.shape == (42, 42) and W4.nnz == 2 * (6 * 6 + 5 * 7) and abs(W4 - W4.T).max() == 0
+    assert W4[0, 1] == pytest.approx(np.exp(-0.5), rel=1e-6)           # same intensity: distance term only
+    assert W4[3, 4] < 1e-20                                           # across the step
+    W8 = pixel_affinity(img, connectivity=8, sigma_intensity=0.1)
+    assert W8.nnz == W4.nnz + 2 * 2 * 5 * 6
+    Wa = pixel_affinity(biomip.Image(img, spacing=(1.0, 2.0)), sigma_intensity=0.1)  # dy = 2 mm
+    assert Wa[0, 7] == pytest.approx(np.exp(-0.5), rel=1e-6) and Wa[0, 1] == pytest.approx(np.exp(-1 / 8), rel=1e-6)
+    vol = np.zeros((3, 4, 5))
+    vol[1:] = 1
+    assert pixel_affinity(vol, connectivity=26).shape == (60, 60)
+    W, sp = superpixel_affinity(biomip.Image(np.kron(img, np.ones((8, 8)))), 20)
+    assert W.shape[0] == sp.max() + 1 and abs(W - W.T).max() == 0
+
+
+def test_normalized_laplacian():
+    x, _ = make_blobs(200, centers=2, random_state=0)
+    W = knn_affinity(x, 8)
+    L, deg = normalized_laplacian(W, return_degree=True)
+    assert np.allclose(L @ np.sqrt(deg), 0, atol=1e-10) and np.allclose(L.diagonal(), 1)
+    Ld = normalized_laplacian(W.toarray())
+    assert np.allclose(Ld, L.toarray(), atol=1e-6)
+    vals, vecs = spectral_embedding(W, 3)
+    ev = np.linalg.eigvalsh(L.toarray())[:3]
+    assert np.allclose(vals, ev, atol=1e-8) and np.allclose(vecs.T @ vecs, np.eye(3), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- spectral
+def test_fiedler_splits_two_blobs():
+    x, y = make_blobs(400, centers=[[0, 0], [6, 0]], cluster_std=0.7, random_state=0)
+    W = knn_affinity(x, 10, weights="rbf")
+    assert connected_components(W)[0] == 2                        # two components: eigenvalue 0 twice
+    Wc = rbf_affinity(x, gamma=0.5)                                # dense, connected
+    for graph in (W, Wc, sps.csr_matrix(Wc.astype(np.float64)), torch.from_numpy(Wc)):
+        for thr in ("ncut", "zero", "median"):
+            r = fiedler_bipartition(graph, threshold=thr)
+            labels = r.labels.numpy() if torch.is_tensor(r.labels) else r.labels
+            assert ari(labels, y) == 1.0, thr
+    assert r.eigenvalue < 0.05 and r.ncut < 0.05 and r.vector.shape == (400,)
+    assert set(r.to_dict()) == {"eigenvalue", "threshold", "ncut"}
+
+
+def test_spectral_two_moons():
+    x, y = make_moons(1000, noise=0.05, random_state=0)
+    r = spectral_clustering(x, 2)
+    assert ari(r.labels, y) > 0.98 and r.embedding.shape == (1000, 2)
+    assert np.allclose(np.linalg.norm(r.embedding, axis=1), 1.0)
+    assert ari(spectral_clustering(x, 2, affinity="rbf", gamma=30.0).labels, y) > 0.98
+    assert ari(spectral_clustering(x, 2, affinity="knn-rbf").labels, y) > 0.98
+    t = spectral_clustering(torch.from_numpy(x).float(), 2)
+    assert torch.is_tensor(t.labels) and ari(t.labels.numpy(), y) > 0.98
+
+
+@pytest.mark.parametrize("solver", ["lanczos", "lobpcg", "torch", "dense"])
+def test_spectral_solvers_agree(solver):
+    x, y = make_blobs(240, centers=3, cluster_std=0.6, random_state=2)
+    W = sps.csr_matrix(rbf_affinity(x, gamma=0.5).astype(np.float64))          # connected: Lanczos-safe
+    assert connected_components(W)[0] == 1
+    ref_vals, _ = spectral_embedding(W, 3, solver="shift-invert")
+    vals, vecs = spectral_embedding(W, 3, solver=solver)
+    assert np.allclose(vals, ref_vals, atol=1e-5)
+    assert ari(spectral_clustering(W, 3, solver=solver).labels, y) == 1.0
+
+
+def test_pixel_graph_spectral_separates_two_regions():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    truth = ((yy - 30) ** 2 + (xx - 34) ** 2 < 18 ** 2).astype(int)
+    img = biomip.Image(truth + rng.normal(0, 0.15, truth.shape), spacing=(0.8, 0.8), origin=(1.0, 2.0))
+    lab = spectral_segment(img, 2)
+    assert lab.spacing == img.spacing and lab.origin == img.origin and lab.shape == img.shape
+    assert ari(lab, truth) > 0.95 and np.mean(lab.numpy() == truth + 1) > 0.97
+    fr = fiedler_bipartition(img)
+    assert isinstance(fr.labels, biomip.Image) and ari(fr.labels, truth) > 0.95
+
+
+def test_spectral_segment_superpixels_k4():
+    # spectral cuts group *connected* regions: four classes, each one region
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:128, :128]
+    truth = np.zeros((128, 128), int)
+    truth[(yy - 45) ** 2 + (xx - 40) ** 2 < 28 ** 2] = 1
+    truth[(yy - 95) ** 2 + (xx - 90) ** 2 < 22 ** 2] = 2
+    truth[10:40, 75:120] = 3
+    image = biomip.Image(truth + rng.normal(0, 0.2, truth.shape), spacing=(0.5, 0.5))
+    lab = spectral_segment(image, 4, graph="superpixels", n_segments=400)
+    assert ari(lab, truth) > 0.95 and lab.spacing == image.spacing
+    assert lab.meta["segmentation"]["graph"] == "superpixels"
+    assert np.mean(lab.numpy() == truth + 1) > 0.97
+
+
+def test_volumes_3d():
+    rng = np.random.default_rng(2)
+    zz, yy, xx = np.mgrid[:20, :24, :28]
+    truth = ((zz - 10) ** 2 + (yy - 12) ** 2 + (xx - 13) ** 2 < 7 ** 2).astype(int)
+    vol = biomip.Image(truth + rng.normal(0, 0.1, truth.shape), spacing=(0.5, 0.5, 1.0))
+    for lab in (kmeans_segment(vol, 2), spectral_segment(vol, 2), spectral_segment(vol, 2, connectivity=26),
+                spectral_segment(vol, 2, graph="superpixels", n_segments=200), kmeans_segment(vol, 2, superpixels=200)):
+        assert lab.axes == "zyx" and lab.spacing == vol.spacing and ari(lab, truth) > 0.95
+
+
+@pytest.mark.gpu
+def test_cuda_paths_match_cpu(blobs, phantom):
+    x, y = blobs
+    cpu = kmeans(x, 4)
+    gpu = kmeans(torch.from_numpy(x).cuda(), 4)
+    assert gpu.labels.is_cuda and ari(gpu.labels.cpu().numpy(), cpu.labels) > 0.999
+    assert gpu.inertia == pytest.approx(cpu.inertia, rel=1e-4)
+    g = gmm(torch.from_numpy(x).cuda(), 4)
+    assert g.log_likelihood == pytest.approx(gmm(x, 4).log_likelihood, abs=1e-3)
+    image, truth = phantom
+    lab = kmeans_segment(image.to("cuda"), 4)
+    assert lab.is_torch and lab.array.is_cuda and ari(lab.numpy(), truth) > 0.9
+    m, ym = make_moons(1000, noise=0.05, random_state=0)
+    r = spectral_clustering(torch.from_numpy(m).float().cuda(), 2)
+    assert ari(r.labels.cpu().numpy(), ym) > 0.98
+    r = spectral_clustering(torch.from_numpy(m).float().cuda(), 2, affinity="rbf", gamma=30.0)
+    assert ari(r.labels.cpu().numpy(), ym) > 0.98
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_inputs():
+    x = np.random.default_rng(0).normal(size=(20, 2))
+    for fn in (kmeans, gmm):
+        with pytest.raises(InputError, match="k: got 21 clusters for 20 samples"):
+            fn(x, 21)
+        with pytest.raises(InputError, match="k: got 0"):
+            fn(x, 0)
+        with pytest.raises(InputError, match="k: got True"):
+            fn(x, True)
+        bad = x.copy()
+        bad[3, 1] = np.nan
+        with pytest.raises(InputError, match="x: contains 1 NaN/Inf"):
+            fn(bad, 2)
+        with pytest.raises(InputError, match="x: got"):
+            fn(np.zeros((0, 2)), 1)
+    with pytest.raises(InputError, match="init"):
+        kmeans(x, 2, init="kmeans||")
+    with pytest.raises(InputError, match="init"):
+        kmeans(x, 2, init=np.zeros((3, 2)))
+    with pytest.raises(InputError, match="sample_weight"):
+        kmeans(x, 2, sample_weight=-np.ones(20))
+    with pytest.raises(InputError, match="covariance"):
+        gmm(x, 2, covariance="tied")
+    with pytest.raises(InputError, match="n_neighbors: got 20 for 20 points"):
+        knn_affinity(x, 20)
+    with pytest.raises(InputError, match="gamma"):
+        rbf_affinity(x)
+    with pytest.raises(InputError, match="not symmetric"):
+        spectral_clustering(sps.csr_matrix(np.triu(np.ones((5, 5)), 1)), 2)
+    with pytest.raises(InputError, match="solver"):
+        spectral_embedding(knn_affinity(x, 3), 2, solver="amg")
+    with pytest.raises(InputError, match="affinity"):
+        spectral_clustering(x, 2, affinity="cosine")
+
+
+def test_bad_images():
+    flat = biomip.Image(np.full((16, 16), 3.0))
+    for call in (lambda: kmeans_segment(flat, 2), lambda: gmm_segment(flat, 2),
+                 lambda: spectral_segment(flat, 2), lambda: kmeans_segment(flat, 2, superpixels=10)):
+        with pytest.raises(InputError, match="image: is constant"):
+            call()
+    img = np.random.default_rng(0).random((8, 8))
+    with pytest.raises(InputError, match="k: got 65 clusters for 64 pixels"):
+        kmeans_segment(img, 65)
+    with pytest.raises(InputError, match="k: got 65 clusters for 64 pixels"):
+        spectral_segment(img, 65)
+    with pytest.raises(InputError, match="superpixels"):
+        kmeans_segment(biomip.Image(np.kron(img, np.ones((4, 4)))), 50, superpixels=8)
+    nan = img.copy()
+    nan[0, 0] = np.inf
+    with pytest.raises(InputError, match="image: contains 1 NaN/Inf"):
+        kmeans_segment(nan, 2)
+    with pytest.raises(InputError, match="features"):
+        kmeans_segment(img, 2, features="texture")
+    with pytest.raises(InputError, match="features: the callable returned shape"):
+        kmeans_segment(img, 2, features=lambda im: np.zeros(5))
+    with pytest.raises(InputError, match="connectivity"):
+        spectral_segment(img, 2, connectivity=6)
+    with pytest.raises(InputError, match="graph"):
+        spectral_segment(img, 2, graph="voxels")
+    with pytest.raises(InputError, match="image: got axes"):
+        kmeans_segment(biomip.Image(np.zeros((2, 3, 4, 5, 6)), axes="tczyx"), 2)
