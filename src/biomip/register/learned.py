@@ -35,7 +35,6 @@ nothing is unpickled on load.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -47,9 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.atomic import atomic_path
 from ..core.config import get_device
-from ..core.errors import FormatError, InputError, ShapeError, describe
+from ..core.errors import InputError, ShapeError, describe
 from ..core.image import Image
 from ..core.progress import progress_enabled
 from .demons import DeformableResult
@@ -67,8 +65,6 @@ __all__ = [
 
 _FORMAT = "biomip.register.RegistrationNet"
 _VERSION = 1
-_WEIGHTS = "model.safetensors"
-_CONFIG = "config.json"
 
 
 # ============================================================================ helpers
@@ -254,58 +250,16 @@ class RegistrationNet(nn.Module):
     def save(self, path, overwrite: bool = True) -> Path:
         """Write the model as a folder ``path`` with ``model.safetensors`` and
         ``config.json`` (atomically: a reader never sees a half-written model)."""
-        from safetensors.torch import save_file
+        from ..core.checkpoint import save_module
 
-        path = Path(path)
-        cfg = {"format": _FORMAT, "version": _VERSION, "config": self.config(), "meta": self.meta,
-               "n_parameters": self.n_parameters}
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(path, is_dir=True, overwrite=overwrite) as tmp:
-            tmp.mkdir()
-            save_file(state, str(tmp / _WEIGHTS), metadata={"format": "pt", "biomip": _FORMAT})
-            (tmp / _CONFIG).write_text(json.dumps(cfg, indent=2, default=_json_default) + "\n")
-        return path
+        return save_module(self, path, _FORMAT, _VERSION, self.config(), self.meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path, device=None) -> RegistrationNet:
         """Read a model written by :meth:`save` (safetensors: no code is unpickled)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from ..core.checkpoint import load_module
 
-        path = Path(path)
-        if not path.is_dir() or not (path / _CONFIG).is_file() or not (path / _WEIGHTS).is_file():
-            raise FormatError(f"path: {str(path)!r} is not a saved RegistrationNet (a folder with {_CONFIG} and "
-                              f"{_WEIGHTS})")
-        try:
-            cfg = json.loads((path / _CONFIG).read_text())
-        except (OSError, ValueError) as exc:
-            raise FormatError(f"path: cannot read {str(path / _CONFIG)!r}: {exc}") from exc
-        if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT or not isinstance(cfg.get("config"), dict):
-            raise FormatError(f"path: {str(path / _CONFIG)!r} does not describe a {_FORMAT}")
-        version = cfg.get("version", 0)
-        if not isinstance(version, int) or version > _VERSION:
-            raise FormatError(f"path: model format version {version!r} is not readable by this biomip "
-                              f"(reads <= {_VERSION}); upgrade biomip")
-        try:
-            model = cls(**cfg["config"])
-        except (TypeError, InputError) as exc:
-            raise FormatError(f"path: bad model config in {str(path / _CONFIG)!r}: {exc}") from exc
-        try:
-            state = load_file(str(path / _WEIGHTS), device="cpu")
-            model.load_state_dict(state, strict=True)
-        except (SafetensorError, RuntimeError, OSError) as exc:
-            raise FormatError(f"path: cannot load weights from {str(path / _WEIGHTS)!r}: {exc}") from exc
-        model.meta = dict(cfg.get("meta") or {})
-        model.eval()
-        return model.to(get_device(device))
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+        return load_module(cls, path, _FORMAT, _VERSION, device=device)
 
 
 # ============================================================================ data
