@@ -7,7 +7,7 @@ CONSTRAINTS := requirements/constraints.txt
 SAMPLES := requirements/samples.txt
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev samples demo test test-all test-gpu bench clean
+.PHONY: install install-dev samples demo test test-all test-gpu bench bench-learned clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,12 +40,18 @@ test-all: install-dev
 test-gpu: install-dev
 	$(BIN)/python -m pytest -q -m gpu $(PYTEST_ARGS)
 
-# benchmarks: biomip and the peers (SimpleITK, scikit-image, elastix, ANTs) in one run, JSON out
+# benchmarks: biomip and the peers (SimpleITK, scikit-image, scikit-learn, elastix, ANTs) in one run, JSON out
 bench: install-dev
 	$(PIP) install -q -c $(CONSTRAINTS) -r requirements/bench.txt
 	$(BIN)/python benchmarks/bench_foundation.py
 	$(BIN)/python benchmarks/bench_reconstruct.py
 	$(BIN)/python benchmarks/bench_register.py
+	$(BIN)/python benchmarks/bench_segment.py
+
+# learned segmentation (trains networks on the CPU: minutes)
+bench-learned: install-dev
+	$(BIN)/python benchmarks/bench_flows.py
+	$(BIN)/python benchmarks/bench_unet.py --epochs 30
 
 clean:
 	rm -rf $(VENV) biomip-demo .pytest_cache build src/*.egg-info
