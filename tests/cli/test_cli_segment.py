@@ -26,3 +26,29 @@ def test_segment_command_methods_reports_and_errors(tmp_path, capsys):
     assert main(["segment", "region-grow", str(tmp_path / "n.nii.gz"), "--out", str(tmp_path / "y.nii.gz"),
                  "--seed", "500,3"]) == 2
     assert "outside" in capsys.readouterr().err and not (tmp_path / "y.nii.gz").exists()
+
+
+def test_train_and_predict_commands(tmp_path, capsys):
+    for i in range(2):
+        s = biomip.data.synthetic_nuclei((48, 48), n_nuclei=5, seed=i)
+        biomip.write(s.image, tmp_path / f"i{i}.nii.gz")
+        biomip.write(s.labels.with_array(s.labels.numpy().astype(np.int32)), tmp_path / f"l{i}.nii.gz")
+    im = [str(tmp_path / f"i{i}.nii.gz") for i in range(2)]
+    lb = [str(tmp_path / f"l{i}.nii.gz") for i in range(2)]
+    assert main(["train", "unet", "--image", im[0], "--image", im[1], "--labels", lb[0], "--labels", lb[1],
+                 "--binary", "--epochs", "1", "--out", str(tmp_path / "unet")]) == 0
+    assert "Segmentation plan" in capsys.readouterr().out
+    assert main(["train", "flows", "--image", im[0], "--labels", lb[0], "--epochs", "1",
+                 "--out", str(tmp_path / "flows")]) == 0
+    assert main(["train", "flows", "--image", im[0], "--labels", lb[0], "--epochs", "1",
+                 "--model", str(tmp_path / "flows"), "--out", str(tmp_path / "flows2")]) == 0
+    for m in ("unet", "flows2"):
+        assert main(["predict", str(tmp_path / m), im[1], "--out", str(tmp_path / f"{m}.nii.gz"),
+                     "--truth", lb[1]]) == 0
+        rep = json.loads((tmp_path / f"{m}.report.json").read_text())
+        assert "metrics" in rep and (tmp_path / f"{m}.preview.png").exists()
+    capsys.readouterr()
+    assert main(["train", "unet", "--image", im[0], "--labels", lb[0], "--labels", lb[1],
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "same number" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["predict", str(tmp_path / "nothing"), im[1], "--out", str(tmp_path / "x.nii.gz")]) == 2

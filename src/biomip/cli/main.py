@@ -54,6 +54,16 @@ def _register_segmentation():
 _register_segmentation()
 
 
+def _register_learning():
+    from .learn import predict_cmd, train_app
+
+    app.add_typer(train_app, name="train")
+    app.command("predict", help="Segment an image with a network from `biomip train`.")(predict_cmd)
+
+
+_register_learning()
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 

@@ -1,0 +1,114 @@
+"""``biomip train unet|flows`` and ``biomip predict MODEL IMAGE --out LABELS``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from ..core.errors import InputError
+from .ct import _sibling
+
+train_app = typer.Typer(no_args_is_help=True, help="Train a segmentation network on images and their label images.")
+
+
+def _pairs(images: list[Path], labels: list[Path]):
+    from ..io import read
+
+    if not images or len(images) != len(labels):
+        raise InputError(f"--image, --labels: got {len(images or [])} images and {len(labels or [])} label images; "
+                         "expected the same number (>= 1), in the same order")
+    ims, labs = [read(p) for p in images], [read(p) for p in labels]
+    for i, (a, b) in enumerate(zip(ims, labs)):
+        if a.spatial_shape != b.spatial_shape:
+            raise InputError(f"--labels: {labels[i]} has shape {b.spatial_shape}; expected {images[i]}'s "
+                             f"{a.spatial_shape}")
+    return ims, labs
+
+
+def _finish(model, out: Path, history: list, extra: dict):
+    from ..core.atomic import write_json
+
+    model.save(out)
+    write_json({"history": history, **extra}, out / "training.json")
+
+
+@train_app.command("unet")
+def train_unet_cmd(image: list[Path] = typer.Option(..., "--image", help="Training image (repeat)."),
+                   labels: list[Path] = typer.Option(..., "--labels", help="Its label image (repeat, same order)."),
+                   out: Path = typer.Option(..., "--out", help="Model folder to write (safetensors + JSON)."),
+                   epochs: int = typer.Option(50, help="Most epochs (early stopping on a validation split)."),
+                   binary: bool = typer.Option(False, help="Foreground / background (instance masks -> 1)."),
+                   seed: int = typer.Option(0)):
+    """U-Net with an nnU-Net-style plan (printed), Dice + CE, augmentation, early stopping."""
+    from ..segment.train import fingerprint, plan, train_unet
+
+    ims, labs = _pairs(image, labels)
+    pl = plan(fingerprint(ims, labs, binary=binary))
+    typer.echo(pl.summary())
+    t0 = time.perf_counter()
+    model, hist = train_unet(ims, labs, epochs=epochs, plan=pl, binary=binary, seed=seed, progress=True)
+    _finish(model, out, hist, {"plan": pl.to_dict(), "seconds": time.perf_counter() - t0})
+    typer.echo(f"wrote {out}  ({len(hist)} epochs, {time.perf_counter() - t0:.1f} s)")
+
+
+@train_app.command("flows")
+def train_flows_cmd(image: list[Path] = typer.Option(..., "--image", help="Training image (repeat)."),
+                    labels: list[Path] = typer.Option(..., "--labels", help="Its instance labels (repeat)."),
+                    out: Path = typer.Option(..., "--out", help="Model folder to write."),
+                    epochs: int = typer.Option(30), model: Optional[Path] = typer.Option(
+                        None, help="Continue from this flows model (human-in-the-loop fine-tuning)."),
+                    seed: int = typer.Option(0)):
+    """Cellpose-style flow network (flows + cell probability); with --model, fine-tune."""
+    from ..segment.flows import fine_tune, train_flows
+    from ..segment.unet import UNet
+
+    ims, labs = _pairs(image, labels)
+    t0 = time.perf_counter()
+    if model is not None:
+        net, hist = fine_tune(UNet.load(model), ims, labs, epochs=epochs, seed=seed, progress=True)
+    else:
+        net, hist = train_flows(ims, labs, epochs=epochs, seed=seed, progress=True)
+    _finish(net, out, hist, {"seconds": time.perf_counter() - t0, "fine_tuned_from": str(model) if model else None})
+    typer.echo(f"wrote {out}  ({len(hist)} epochs, {time.perf_counter() - t0:.1f} s)")
+
+
+def predict_cmd(model: Path = typer.Argument(..., help="Model folder from `biomip train`."),
+                image: Path = typer.Argument(..., help="Image to segment."),
+                out: Path = typer.Option(..., "--out", help="Label image to write."),
+                truth: Optional[Path] = typer.Option(None, help="Reference labels: Dice (U-Net) or AP@0.5 (flows).")):
+    """Segment IMAGE with a trained network; writes LABELS, <out>.report.json, <out>.preview.png."""
+    from ..core.atomic import write_json
+    from ..core.preview import render
+    from ..io import read, write
+    from ..segment import match_instances, segmentation_report
+    from ..segment.flows import predict_instances
+    from ..segment.train import predict
+    from ..segment.unet import UNet
+
+    net = UNet.load(model)
+    img = read(image)
+    t0 = time.perf_counter()
+    kind = net.meta.get("kind", "unet")
+    if kind == "flows":
+        lab, _ = predict_instances(net, img)
+    else:
+        lab = predict(net, img)
+    seconds = time.perf_counter() - t0
+    arr = np.asarray(lab.numpy())
+    report = {"model": str(model), "kind": kind, "image": str(image), "labels": str(out), "seconds": seconds,
+              "n_labels": int(np.unique(arr[arr > 0]).size)}
+    if truth is not None:
+        ref = read(truth)
+        if ref.spatial_shape != img.spatial_shape:
+            raise InputError(f"--truth: got shape {ref.spatial_shape}; expected the image's {img.spatial_shape}")
+        report["metrics"] = ({k: v for k, v in match_instances(arr, ref).items() if k != "pairs"} if kind == "flows"
+                             else segmentation_report(arr, ref.numpy() if net.classes > 2 else ref.numpy() > 0))
+    write(lab, out)
+    render(img, _sibling(out, ".preview.png"), title=f"biomip predict ({kind}): {report['n_labels']} labels",
+           labels=lab.with_array(arr.astype(np.int32)))
+    write_json(report, _sibling(out, ".report.json"))
+    typer.echo(f"wrote {out}  ({kind}, {report['n_labels']} labels, {seconds:.2f} s)")
