@@ -162,3 +162,23 @@ def as_float_tensor(x, name: str = "array", device=None):
         t = t.to(torch.float32)
     check_finite(t, name)
     return t
+
+
+def check_number(value, name: str, positive: bool = False, nonneg: bool = False) -> float:
+    """A finite real number (optionally > 0 or >= 0) as float, else an InputError naming
+    ``name``.  Booleans are refused."""
+    import math
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) \
+            or (positive and value <= 0) or (nonneg and value < 0):
+        want = "a positive number" if positive else ("a number >= 0" if nonneg else "a finite number")
+        raise InputError(f"{name}: got {value!r}; expected {want}")
+    return float(value)
+
+
+def check_count(value, name: str, minimum: int = 1) -> int:
+    """An integer >= ``minimum`` as int, else an InputError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{name}: got {value!r}; expected an integer >= {minimum}")
+    return int(value)

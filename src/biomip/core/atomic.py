@@ -49,20 +49,25 @@ def atomic_path(path, is_dir: bool = False, overwrite: bool = True):
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def write_json(obj, path) -> None:
-    """Write JSON atomically (numpy scalars / arrays converted)."""
-    import json
-
+def json_default(o):
+    """``json.dumps(default=...)`` for biomip objects: numpy scalars / arrays, paths,
+    anything with ``to_dict()``; other objects as ``str``."""
     import numpy as np
 
-    def default(o):
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, Path):
-            return str(o)
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
         return str(o)
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    return str(o)
+
+
+def write_json(obj, path) -> None:
+    """Write JSON atomically (numpy scalars / arrays, paths, ``to_dict()`` objects converted)."""
+    import json
 
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=default, ensure_ascii=False) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, default=json_default, ensure_ascii=False) + "\n")

@@ -11,29 +11,16 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 
 if TYPE_CHECKING:
     from torch import nn
 
-from .atomic import atomic_path
+from .atomic import atomic_path, json_default
 from .config import get_device
 from .errors import FormatError, InputError
 
 _WEIGHTS = "model.safetensors"
 _CONFIG = "config.json"
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    return str(o)
 
 
 def save_module(module: nn.Module, path, fmt: str, version: int, config: dict, meta: dict | None = None,
@@ -47,7 +34,7 @@ def save_module(module: nn.Module, path, fmt: str, version: int, config: dict, m
     cfg = {"format": fmt, "version": int(version), "config": config, "meta": meta or {},
            "n_parameters": int(sum(p.numel() for p in module.parameters()))}
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    text = json.dumps(cfg, indent=2, default=_json_default) + "\n"
+    text = json.dumps(cfg, indent=2, default=json_default) + "\n"
     with atomic_path(path, is_dir=True, overwrite=overwrite) as tmp:
         tmp.mkdir()
         save_file(state, str(tmp / _WEIGHTS), metadata={"format": "pt", "biomip": fmt})

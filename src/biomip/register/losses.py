@@ -42,13 +42,12 @@ Displacement fields (regularisers)
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..core.arrays import as_float_tensor, as_numpy, check_spacing, is_tensor
+from ..core.arrays import check_number as _check_number
 from ..core.errors import InputError, ShapeError, describe
 from ..core.image import Image
 from ..ops.filters import resolve_sdim, spatial_gradient
@@ -144,14 +143,6 @@ def _wmean(x: torch.Tensor, w: torch.Tensor | None, dim=-1):
     if w is None:
         return x.mean(dim)
     return (w * x).sum(dim) / w.sum(dim).clamp_min(_TINY)
-
-
-def _check_number(value, name: str, positive: bool = False, nonneg: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(float(value)) or (positive and value <= 0) or (nonneg and value < 0):
-        want = "a positive number" if positive else ("a number >= 0" if nonneg else "a finite number")
-        raise InputError(f"{name}: got {value!r}; expected {want}")
-    return float(value)
 
 
 # -------------------------------------------------------------------------- similarity

@@ -67,6 +67,8 @@ import time
 import numpy as np
 import torch
 
+from ..core.arrays import check_count as _count
+from ..core.arrays import check_number as _number
 from ..core.errors import InputError
 from ..core.image import Image
 from ..core.progress import progress_enabled
@@ -81,20 +83,6 @@ FORCES = ("moving", "symmetric")
 
 
 # ----------------------------------------------------------------------------- checks
-def _number(value, name: str, positive: bool = False, nonneg: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(float(value)) or (positive and value <= 0) or (nonneg and value < 0):
-        want = "a positive number" if positive else ("a number >= 0" if nonneg else "a finite number")
-        raise InputError(f"{name}: got {value!r}; expected {want}")
-    return float(value)
-
-
-def _count(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name}: got {value!r}; expected an integer >= {minimum}")
-    return int(value)
-
-
 def _check_pair(fixed, moving, what: str) -> None:
     """Validation shared with :mod:`biomip.register.lddmm`."""
     for name, im in (("fixed", fixed), ("moving", moving)):

@@ -48,6 +48,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..core.arrays import as_numpy, check_spacing, is_tensor
+from ..core.arrays import check_count as _count
+from ..core.arrays import check_number as _number
 from ..core.config import get_device
 from ..core.errors import InputError, ShapeError, describe
 from ..core.image import Image
@@ -67,20 +69,6 @@ _THRESHOLD_ALIASES = {
 
 
 # =============================================================================== helpers
-def _number(value, name: str, *, positive: bool = False, nonneg: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(float(value)) or (positive and value <= 0) or (nonneg and value < 0):
-        want = "a positive number" if positive else ("a number >= 0" if nonneg else "a finite number")
-        raise InputError(f"{name}: got {value!r}; expected {want}")
-    return float(value)
-
-
-def _count(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name}: got {value!r}; expected an integer >= {minimum}")
-    return int(value)
-
-
 def _grey(image, name: str = "image", ndims=(2, 3)) -> np.ndarray:
     """The image as a numpy array (no copy when possible), validated: grey, 2-D / 3-D,
     real, finite, not empty."""

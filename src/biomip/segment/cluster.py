@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import copy as _copy
 import math
-import numbers
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +60,8 @@ import numpy as np
 import torch
 
 from ..core.arrays import as_numpy, as_tensor, is_tensor
+from ..core.arrays import check_count as _count
+from ..core.arrays import check_number as _number
 from ..core.errors import InputError, ShapeError, describe
 from ..core.image import Image
 
@@ -100,20 +101,6 @@ def _serial_if_small(numel: int, device):
 
 
 # ----------------------------------------------------------------------------- checks
-def _count(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name}: got {value!r}; expected an integer >= {minimum}")
-    return int(value)
-
-
-def _number(value, name: str, positive: bool = False, nonneg: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) \
-            or (positive and value <= 0) or (nonneg and value < 0):
-        want = "a positive number" if positive else ("a number >= 0" if nonneg else "a finite number")
-        raise InputError(f"{name}: got {value!r}; expected {want}")
-    return float(value)
-
-
 def _seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise InputError(f"seed: got {seed!r}; expected an integer")
