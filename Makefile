@@ -50,6 +50,7 @@ bench: install-dev
 
 # learned segmentation (trains networks on the CPU: minutes)
 bench-learned: install-dev
+	$(BIN)/python benchmarks/bench_nuclei2d.py --json benchmarks/results/nuclei2d-all-methods-cpu2.json --preview benchmarks/results/nuclei2d-all-methods.png
 	$(BIN)/python benchmarks/bench_flows.py
 	$(BIN)/python benchmarks/bench_unet.py --epochs 30
 
