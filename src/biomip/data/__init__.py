@@ -13,6 +13,8 @@ Simulators (same seed, same result)::
     biomip.data.simulate_ct(mu_image, n_views=90, photons=1e4, seed=0)   # CT sinograms
     biomip.data.phantom_pair((128,) * 3)  # registration pairs with a known field
     biomip.data.mni152_pair("deformable" | "multimodal")                # real T1, known field / pose
+    biomip.data.lightfield_specimen((21, 96, 96), seed=0)   # tubes, bubbles, beads (um units)
+    biomip.data.poisson_gaussian(clean, photons=20, offset=100, read_noise=2)  # camera noise
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ _SIMULATORS = {
     "phantom_pair": "pairs",
     "mni152_pair": "pairs",
     "RegistrationPair": "pairs",
+    "lightfield_specimen": "lightfield",
+    "LightFieldSpecimen": "lightfield",
+    "poisson_gaussian": "lightfield",
+    "photon_scale": "lightfield",
 }
 
 

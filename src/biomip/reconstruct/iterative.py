@@ -340,6 +340,40 @@ def landweber(sinogram, projector: LinearOperator, iterations: int = 50, relaxat
     return loop.done(x, sinogram, {"iterations": its, "relaxation": lam})
 
 
+def richardson_lucy(measurement, projector: LinearOperator, iterations: int = 30, background: float = 0.0,
+                    x0=None, eps: float = 1e-6, callback=None, progress=None):
+    """Richardson-Lucy / MLEM for Poisson data with a non-negative forward model:
+    ``x <- x * A^T(y / (A x + b)) / A^T 1`` (the EM algorithm of emission tomography and
+    of light-field deconvolution).  ``y`` must be non-negative photon-like data (subtract
+    a camera offset first; negative values are clipped to 0); ``background`` ``b`` is a
+    known additive term.  Starts from a flat image of the right mean unless ``x0``.
+    The history holds ``||A x - y||`` (before each update).
+
+    >>> rec = richardson_lucy(counts, projector, iterations=30)          # doctest: +SKIP
+    """
+    y = _measurement(measurement, projector)
+    its = _iterations(iterations)
+    b = _positive("background", background, allow_zero=True)
+    e = _positive("eps", eps)
+    y = y.clamp_min(0)
+    ones = torch.ones(projector.out_shape, dtype=y.dtype, device=y.device)
+    sens = projector._apply(ones[None], True)[0].clamp_min(e)
+    if x0 is None:
+        total = float(y.sum()) - b * y.numel()
+        mass = float(projector._apply(torch.ones((1, *projector.in_shape), dtype=y.dtype, device=y.device), False).sum())
+        x = torch.full(projector.in_shape, max(total, e) / max(mass, e), dtype=y.dtype, device=y.device)
+    else:
+        x = _start(x0, projector, y).clamp_min(0)
+    loop = _Loop("Richardson-Lucy", its, progress, callback)
+    for k in range(its):
+        ax = projector._apply(x[None], False)[0]
+        r = _norm(ax - y)
+        x = x * projector._apply((y / (ax + b).clamp_min(e))[None], True)[0] / sens
+        if loop.step(k, x, r):
+            break
+    return loop.done(x, measurement, {"iterations": its, "background": b})
+
+
 # ---------------------------------------------------------------- FISTA
 def _prox_tv(v: torch.Tensor, weight: float, sdim: int, iterations: int = 20) -> torch.Tensor:
     """Isotropic TV proximal operator by Chambolle's dual projection (FGP-free form)."""
