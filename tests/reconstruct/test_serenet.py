@@ -1,0 +1,115 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from biomip.core.errors import InputError, ShapeError
+from biomip.reconstruct import LightFieldOptics, LightFieldProjector, lightfield_psf
+from biomip.reconstruct.serenet import SeReNet, nll_mpg, total_variation, train_serenet
+
+
+def _direct_nll(P, M, offset, sigma, tmax=400):
+    """-log sum_t Pois(t; P) N(M - offset - t; 0, sigma^2), summed over every t."""
+    t = np.arange(tmax)
+    out = []
+    for p, m in zip(np.ravel(P), np.ravel(M)):
+        out.append(-np.log(np.sum(stats.poisson.pmf(t, p) * stats.norm.pdf(m - offset - t, scale=sigma))))
+    return np.array(out).reshape(np.shape(P))
+
+
+def test_nll_mpg_equals_the_direct_sum():
+    rng = np.random.default_rng(0)
+    P = rng.uniform(0.05, 60, size=(4, 6))
+    M = rng.poisson(P) + 100 + rng.normal(0, 2.0, size=P.shape)
+    ref = _direct_nll(P, M, 100.0, 2.0)
+    exact = nll_mpg(torch.tensor(P), torch.tensor(M), offset=100, read_noise=2.0, stirling=False, reduction="none")
+    assert np.allclose(exact.numpy(), ref, rtol=1e-8, atol=1e-8)
+    # Stirling's log t! is within 1 / (12 t) of the exact one: the loss moves very little
+    st = nll_mpg(torch.tensor(P), torch.tensor(M), offset=100, read_noise=2.0, reduction="none")
+    assert np.abs(st.numpy() - ref).max() < 0.05
+    assert float(nll_mpg(torch.tensor(P), torch.tensor(M), 100, 2.0, reduction="sum")) == pytest.approx(
+        float(st.sum()), rel=1e-9)
+
+
+def test_nll_mpg_is_minimal_at_the_true_mean_and_differentiable():
+    g = torch.Generator().manual_seed(1)
+    lam = 12.0
+    M = torch.poisson(torch.full((20000,), lam), generator=g) + 100 + 2.0 * torch.randn(20000, generator=g)
+    cands = torch.linspace(8, 16, 33)
+    losses = [float(nll_mpg(torch.full_like(M, float(c)), M, 100, 2.0)) for c in cands]
+    assert abs(float(cands[int(np.argmin(losses))]) - lam) <= 0.5
+    P = torch.full((5,), 3.0, requires_grad=True)
+    nll_mpg(P, torch.full((5,), 110.0), 100, 2.0).backward()
+    assert torch.isfinite(P.grad).all() and (P.grad < 0).all()          # more light is more likely
+
+
+def test_nll_mpg_bad_input():
+    with pytest.raises(InputError, match="read_noise"):
+        nll_mpg(torch.ones(3), torch.ones(3), read_noise=0.0)
+    with pytest.raises(ShapeError, match="measurement"):
+        nll_mpg(torch.ones(3), torch.ones(4))
+    with pytest.raises(InputError, match="reduction"):
+        nll_mpg(torch.ones(3), torch.ones(3), reduction="max")
+
+
+def test_network_size_and_upsampling():
+    assert 150_000 < SeReNet(21, channels=32).n_parameters < 250_000      # the paper's ~0.195 M
+    net = SeReNet(5, channels=4, binning=2)
+    assert net(torch.zeros(1, 5, 3, 8, 8)).shape == (1, 3, 16, 16)
+    assert sum(isinstance(m, torch.nn.Conv3d) for m in net.modules()) == 9
+    with pytest.raises(InputError, match="binning"):
+        SeReNet(5, binning=3)
+    with pytest.raises(ShapeError, match="views"):
+        net(torch.zeros(1, 4, 3, 8, 8))
+    assert float(total_variation(torch.ones(2, 3, 4))) == 0.0
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    psf = lightfield_psf(LightFieldOptics(n_views=3, min_coverage=0.9), depths=np.linspace(-3, 3, 4))
+    op = LightFieldProjector(psf, (24, 24))
+    rng = np.random.default_rng(0)
+    meas = []
+    for s in range(3):
+        vol = np.zeros((4, 24, 24), np.float32)
+        for _ in range(6):
+            vol[rng.integers(4), rng.integers(6, 18), rng.integers(6, 18)] = 1.0
+        clean = np.clip(op(vol), 0, None) * 400
+        meas.append(rng.poisson(clean) + 100 + rng.normal(0, 2, clean.shape))
+    return psf, np.stack(meas).astype(np.float32)
+
+
+def test_self_supervised_training_lowers_the_loss_and_round_trips(tiny, tmp_path):
+    psf, meas = tiny
+    net, hist = train_serenet(meas, psf, offset=100, read_noise=2, steps=30, channels=8, lr=3e-3, seed=0)
+    first = np.mean([h["data"] for h in hist[:5]])
+    last = np.mean([h["data"] for h in hist[-5:]])
+    assert last < first
+    vol = net.reconstruct(meas[0])
+    assert vol.shape == (4, 24, 24) and float(vol.min()) >= 0
+    net.save(tmp_path / "m")
+    again = SeReNet.load(tmp_path / "m", device="cpu")
+    assert torch.allclose(again.reconstruct(meas[0]), vol, atol=1e-5)
+    assert again.meta["offset"] == 100 and len(again.meta["depths"]) == 4
+    # same seed, same model
+    net2, _ = train_serenet(meas, psf, offset=100, read_noise=2, steps=30, channels=8, lr=3e-3, seed=0)
+    assert torch.allclose(net2.reconstruct(meas[0]), vol, atol=1e-5)
+
+
+def test_training_bad_input(tiny):
+    psf, meas = tiny
+    with pytest.raises(ShapeError, match="views"):
+        train_serenet(meas[:, :3], psf, steps=1)
+    with pytest.raises(InputError, match="NaN"):
+        bad = meas.copy()
+        bad[0, 0, 0, 0] = np.nan
+        train_serenet(bad, psf, steps=1)
+    with pytest.raises(InputError, match="loss"):
+        train_serenet(meas, psf, steps=1, loss="l2")
+    net, _ = train_serenet(meas, psf, offset=100, read_noise=2, steps=1, channels=4)
+    assert net.reconstruct(meas[0, :, :12]).shape == (4, 12, 24)        # fully convolutional
+    with pytest.raises(ShapeError, match="measurement"):
+        net.reconstruct(meas[0, :2])
+    assert math.isfinite(float(net.reconstruct(meas[0]).sum()))
