@@ -70,7 +70,7 @@ class SeReNetConfig:
     @classmethod
     def quick(cls, **kw) -> SeReNetConfig:
         """The CPU quick mode (under 10 minutes on 2 cores): 64^2 x 15 depths."""
-        return replace(cls(shape=(15, 64, 64), depth_range=14.0, n_train=8, n_test=3, steps=300, mode="quick"), **kw)
+        return replace(cls(shape=(15, 64, 64), depth_range=14.0, n_train=8, n_test=3, steps=400, mode="quick"), **kw)
 
     @classmethod
     def tiny(cls, **kw) -> SeReNetConfig:
