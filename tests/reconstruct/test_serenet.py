@@ -24,13 +24,26 @@ def test_nll_mpg_equals_the_direct_sum():
     P = rng.uniform(0.05, 60, size=(4, 6))
     M = rng.poisson(P) + 100 + rng.normal(0, 2.0, size=P.shape)
     ref = _direct_nll(P, M, 100.0, 2.0)
-    exact = nll_mpg(torch.tensor(P), torch.tensor(M), offset=100, read_noise=2.0, stirling=False, reduction="none")
+    exact = nll_mpg(torch.tensor(P), torch.tensor(M), offset=100, read_noise=2.0, reduction="none")
     assert np.allclose(exact.numpy(), ref, rtol=1e-8, atol=1e-8)
     # Stirling's log t! is within 1 / (12 t) of the exact one: the loss moves very little
-    st = nll_mpg(torch.tensor(P), torch.tensor(M), offset=100, read_noise=2.0, reduction="none")
+    st = nll_mpg(torch.tensor(P), torch.tensor(M), offset=100, read_noise=2.0, stirling=True, reduction="none")
     assert np.abs(st.numpy() - ref).max() < 0.05
     assert float(nll_mpg(torch.tensor(P), torch.tensor(M), 100, 2.0, reduction="sum")) == pytest.approx(
-        float(st.sum()), rel=1e-9)
+        float(exact.sum()), rel=1e-9)
+
+
+def test_exact_factorial_is_unbiased_on_dark_pixels_stirling_is_not():
+    g = torch.Generator().manual_seed(0)
+    M = 100 + 2.0 * torch.randn(100000, generator=g)                   # no photons, read noise 2
+
+    def slope(P, stirling):
+        p = torch.full_like(M, P, requires_grad=True)
+        nll_mpg(p, M, 100, 2.0, stirling=stirling, reduction="sum").backward()
+        return float(p.grad.mean())
+
+    assert slope(0.05, stirling=False) > 0                              # pushes P down to 0
+    assert slope(0.05, stirling=True) < 0                               # pulls P up: a haze
 
 
 def test_nll_mpg_is_minimal_at_the_true_mean_and_differentiable():
