@@ -44,6 +44,8 @@ def test_simulation_is_seeded_and_physical():
 def test_bad_input(tmp_path, capsys):
     with pytest.raises(InputError, match="photons"):
         serenet.simulate(serenet.SeReNetConfig.tiny(photons=-5))
+    with pytest.raises(InputError, match="lf-guv"):
+        serenet.run_real("ct-small")
     assert main(["run", "serenet", "--quick", "--tiny", "--out", str(tmp_path / "x")]) == 2
     assert "--quick" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -312,6 +312,13 @@ def run_real(sample: str = "lf-guv", out=None, n_views: int = 5, binning: int = 
     from ..reconstruct.lightfield import LightFieldProjector, lightfield_psf, refocus_stack
     from ..reconstruct.serenet import train_serenet
 
+    from ..data import SAMPLES
+
+    names = {x.name for x in SAMPLES}
+    usable = sorted(n for n in names if f"{n}-dark" in names and f"{n}-radiometry" in names)
+    if sample not in usable:
+        raise InputError(f"sample: got {sample!r}; expected a raw light field shipped with its dark and radiometry "
+                         f"frames: {', '.join(usable)}")
     dev = get_device(device)
     t_all = time.perf_counter()
     raw = load(sample)
