@@ -48,6 +48,12 @@ def serenet_cmd(out: Path = typer.Option(Path("serenet-run"), "--out", help="Fol
         raise InputError("--quick, --tiny, --full: got more than one; expected at most one mode")
     make = SeReNetConfig.quick if quick else SeReNetConfig.tiny if tiny else SeReNetConfig.full if full else \
         SeReNetConfig
+    if full:
+        from ..core.config import get_device
+
+        if get_device(device).type != "cuda":
+            typer.echo("biomip: note: --full is sized for a GPU (128^2 x 31 depths, 37 views, 2000 steps x 2 "
+                       "trainings); on this CPU it takes hours. --quick runs in about 5 minutes.", err=True)
     kw = {"compare_l1": l1, "seed": seed}
     if steps is not None:
         kw["steps"] = steps
