@@ -102,6 +102,10 @@ def test_self_supervised_training_lowers_the_loss_and_round_trips(tiny, tmp_path
     assert last < first
     vol = net.reconstruct(meas[0])
     assert vol.shape == (4, 24, 24) and float(vol.min()) >= 0
+    fast = net.reconstruct(meas[0], precision="bfloat16")
+    assert fast.dtype == torch.float32 and float((fast - vol).abs().max()) < 0.05 * float(vol.abs().max())
+    with pytest.raises(InputError, match="precision"):
+        net.reconstruct(meas[0], precision="half")
     net.save(tmp_path / "m")
     again = SeReNet.load(tmp_path / "m", device="cpu")
     assert torch.allclose(again.reconstruct(meas[0]), vol, atol=1e-5)

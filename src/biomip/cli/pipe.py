@@ -63,9 +63,11 @@ def serenet_cmd(out: Path = typer.Option(Path("serenet-run"), "--out", help="Fol
     typer.echo(f"wrote {out}/report.json and preview.png  ({rep['seconds']:.0f} s on {rep['device']})")
     for name, r in rep["methods"].items():
         ssim = f"  SSIM {r['ssim']:.3f}" if "ssim" in r else ""
-        typer.echo(f"  {name:28s} PSNR {r['psnr']:6.2f} dB{ssim}  {r['seconds'] * 1000:9.1f} ms")
+        typer.echo(f"  {name:40s} PSNR {r['psnr']:6.2f} dB{ssim}  {r['seconds'] * 1000:9.1f} ms")
     s = rep["summary"]
     typer.echo(f"  SeReNet - RL: {s['serenet_minus_rl_psnr_db']:+.2f} dB, {s['speedup_vs_rl']:.1f}x faster"
+               + (f" (bfloat16: {s['bf16_minus_rl_psnr_db']:+.2f} dB, {s['bf16_speedup_vs_rl']:.1f}x)"
+                  if "bf16_speedup_vs_rl" in s else "")
                + (f"; NLL-MPG - L1: {s['nll_minus_l1_psnr_db']:+.2f} dB" if "nll_minus_l1_psnr_db" in s else ""))
 
 

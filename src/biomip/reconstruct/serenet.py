@@ -171,13 +171,26 @@ class SeReNet(nn.Module):
         return refocus(y / scale, self._psf_for_refocus(), self.binning)[None], scale
 
     @torch.no_grad()
-    def reconstruct(self, measurement, offset: float | None = None) -> torch.Tensor:
-        """Volume ``(Z, H, W)`` (photon units per voxel, >= 0) from one raw measurement
-        ``(V, h, w)`` (camera counts; ``offset`` defaults to the training one)."""
+    def reconstruct(self, measurement, offset: float | None = None, precision: str = "float32") -> torch.Tensor:
+        """Volume ``(Z, H, W)`` (photon units per voxel, >= 0, float32) from one raw
+        measurement ``(V, h, w)`` (camera counts; ``offset`` defaults to the training one).
+
+        precision : ``"float32"`` or ``"bfloat16"`` -- run the convolutions in bfloat16
+            (autocast; channels-last), about 4x faster on CPUs with AVX512-BF16 / AMX and
+            on GPUs, at a small cost in accuracy (measured in the SeReNet pipeline report).
+        """
+        if precision not in ("float32", "bfloat16"):
+            raise InputError(f"precision: got {precision!r}; expected 'float32' or 'bfloat16'")
         was = self.training
         self.eval()
         x, scale = self.prepare(measurement, offset)
-        out = self(x)[0].clamp_min(0) * scale
+        if precision == "bfloat16":
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                y = self(x)
+        else:
+            y = self(x)
+        out = y[0].float().clamp_min(0) * scale
         self.train(was)
         return out
 
