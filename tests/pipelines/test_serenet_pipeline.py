@@ -29,6 +29,9 @@ def test_tiny_end_to_end_run_writes_a_usable_report(tmp_path):
     vol = read(out)
     assert vol.shape[0] == cfg.shape[0] and vol.spacing[0] == pytest.approx(cfg.pixel / 1000)
     assert (tmp_path / "vol.preview.png").is_file()
+    assert main(["reconstruct", "serenet", str(tmp_path / "run" / "model"), str(tmp_path / "run" / "measurement.tif"),
+                 "--out", str(tmp_path / "vol16.tif"), "--bf16"]) == 0
+    assert json.loads((tmp_path / "vol16.report.json").read_text())["precision"] == "bfloat16"
 
 
 def test_simulation_is_seeded_and_physical():

@@ -126,6 +126,8 @@ def reconstruct_cmd(
                                                                 "(views, h, w)."),
         out: Path = typer.Option(..., "--out", help="Output image (any format; geometry kept)."),
         offset: Optional[float] = typer.Option(None, help="serenet: camera offset (default: the training one)."),
+        bf16: bool = typer.Option(False, "--bf16", help="serenet: bfloat16 convolutions (about 4x faster on CPUs with "
+                                                        "AVX512-BF16 and on GPUs)."),
         iterations: Optional[int] = typer.Option(None, help="Iterations (iterative methods)."),
         lam: Optional[float] = typer.Option(None, help="Regularisation weight (tv, wavelet, dct, tikhonov)."),
         filter: str = typer.Option("ramp", help="FBP/FDK filter: ramp, shepp-logan, cosine, hamming, hann."),
@@ -147,7 +149,7 @@ def reconstruct_cmd(
 
         if measurement is None:
             raise InputError("MEASUREMENT: missing; usage: biomip reconstruct serenet MODEL MEASUREMENT --out VOLUME")
-        return reconstruct_serenet(sino, measurement, out, offset)
+        return reconstruct_serenet(sino, measurement, out, offset, precision="bfloat16" if bf16 else "float32")
     if method not in METHODS:
         raise InputError(f"METHOD: got {method!r}; expected one of {', '.join(METHODS)}, serenet")
     if measurement is not None:

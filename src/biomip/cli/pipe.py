@@ -71,7 +71,8 @@ def serenet_cmd(out: Path = typer.Option(Path("serenet-run"), "--out", help="Fol
                + (f"; NLL-MPG - L1: {s['nll_minus_l1_psnr_db']:+.2f} dB" if "nll_minus_l1_psnr_db" in s else ""))
 
 
-def reconstruct_serenet(model: Path, measurement: Path, out: Path, offset: Optional[float]):
+def reconstruct_serenet(model: Path, measurement: Path, out: Path, offset: Optional[float],
+                        precision: str = "float32"):
     """``biomip reconstruct serenet MODEL MEASUREMENT --out VOLUME``."""
     from ..core.atomic import write_json
     from ..core.image import Image
@@ -86,14 +87,15 @@ def reconstruct_serenet(model: Path, measurement: Path, out: Path, offset: Optio
         raise InputError(f"MEASUREMENT: got an array of shape {meas.shape}; expected ({net.n_views} views, h, w) "
                          f"for this model")
     t0 = time.perf_counter()
-    vol = net.reconstruct(meas, offset=offset).cpu().numpy()
+    vol = net.reconstruct(meas, offset=offset, precision=precision).cpu().numpy()
     seconds = time.perf_counter() - t0
     px = float(net.meta["optics"]["pixel"]) / 1000.0                       # um -> mm
     d = np.asarray(net.meta["depths"], dtype=float)
     dz = float(np.diff(d).mean()) / 1000.0 if d.size > 1 else px
     write(Image(vol, spacing=(px, px, dz), meta={"reconstruction": "serenet", "source": str(measurement)}), out)
     write_json({"method": "serenet", "model": str(model), "measurement": str(measurement), "output": str(out),
-                "seconds": seconds, "shape": list(vol.shape), "depths_um": d.tolist()}, _sibling(out, ".report.json"))
+                "seconds": seconds, "precision": precision, "shape": list(vol.shape), "depths_um": d.tolist()},
+               _sibling(out, ".report.json"))
     v = vol / max(float(np.percentile(vol, 99.9)), 1e-12)
     render_panels([("measurement, centre view", meas[meas.shape[0] // 2], None),
                    ("SeReNet max projection XY", v.max(0), {"vmin": 0, "vmax": 1}),
