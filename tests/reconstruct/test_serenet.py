@@ -9,6 +9,8 @@ from biomip.core.errors import InputError, ShapeError
 from biomip.reconstruct import LightFieldOptics, LightFieldProjector, lightfield_psf
 from biomip.reconstruct.serenet import SeReNet, nll_mpg, total_variation, train_serenet
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _direct_nll(P, M, offset, sigma, tmax=400):
     """-log sum_t Pois(t; P) N(M - offset - t; 0, sigma^2), summed over every t."""

@@ -55,14 +55,7 @@ def _n_components(mask):
     return ndi.label(np.asarray(mask) > 0)[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # small grids: one intra-op thread is as fast, and far faster on a loaded, shared CPU
-    torch = pytest.importorskip("torch")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,11 @@
 import numpy as np
 import pytest
-import torch
 
 import biomip
 from biomip.core import InputError
 from biomip.segment.flows import fine_tune, predict_instances, train_flows
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_flow_network_trains_fine_tunes_and_predicts(tmp_path):

@@ -25,13 +25,7 @@ from biomip.segment.train import (
 from biomip.segment.unet import UNet
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny networks: one intra-op thread is as fast, and far faster on a loaded, shared CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _nuclei(seeds, shape=(64, 64)):
