@@ -29,6 +29,7 @@ from torch import nn
 from ..core.arrays import check_count, check_number
 from ..core.errors import InputError, ShapeError
 from ..core.progress import track
+from ..nn import Conv3d
 from .lightfield import LightFieldOptics, LightFieldProjector, LightFieldPSF, refocus
 
 __all__ = ["nll_mpg", "SeReNet", "train_serenet", "serenet_loss", "total_variation"]
@@ -131,7 +132,7 @@ class SeReNet(nn.Module):
                 mods += [nn.Upsample(scale_factor=(1, 2, 2), mode="trilinear", align_corners=False)
                          for _ in range(ups)]
             c_out = 1 if i == self.layers - 1 else self.channels
-            mods.append(nn.Conv3d(c_in, c_out, 3, padding=1))
+            mods.append(Conv3d(c_in, c_out, 3, padding=1))
             if i < self.layers - 1:
                 mods.append(nn.LeakyReLU(self.negative_slope))
             c_in = c_out

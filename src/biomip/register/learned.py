@@ -50,6 +50,7 @@ from ..core.config import get_device
 from ..core.errors import InputError, ShapeError, describe
 from ..core.image import Image
 from ..core.progress import progress_enabled
+from ..nn import Conv3d
 from .demons import DeformableResult
 
 __all__ = [
@@ -180,7 +181,7 @@ class RegistrationNet(nn.Module):
         slope = _number(slope, "slope", low=0)
         self.sdim, self.features, self.int_steps, self.seed, self.slope = int(sdim), feats, int_steps, seed, slope
         self.meta: dict = {}
-        conv = nn.Conv3d if sdim == 3 else nn.Conv2d
+        conv = Conv3d if sdim == 3 else nn.Conv2d
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.encoder = nn.ModuleList(

@@ -41,6 +41,7 @@ from torch import nn
 
 from ..core.checkpoint import load_module, save_module
 from ..core.errors import InputError, ShapeError, describe
+from ..nn import Conv3d
 
 __all__ = ["UNet", "AttentionGate", "save_module", "load_module"]
 
@@ -62,7 +63,7 @@ class _ConvBlock(nn.Sequential):
     """Two ``conv 3 -> norm -> LeakyReLU(0.01) [-> dropout]`` stages."""
 
     def __init__(self, sdim: int, c_in: int, c_out: int, norm: str, dropout: float):
-        conv = nn.Conv3d if sdim == 3 else nn.Conv2d
+        conv = Conv3d if sdim == 3 else nn.Conv2d
         drop = nn.Dropout3d if sdim == 3 else nn.Dropout2d
         layers: list[nn.Module] = []
         for c in (c_in, c_out):
@@ -83,7 +84,7 @@ class AttentionGate(nn.Module):
 
     def __init__(self, sdim: int, c_x: int, c_g: int, c_int: int, norm: str = "instance"):
         super().__init__()
-        conv = nn.Conv3d if sdim == 3 else nn.Conv2d
+        conv = Conv3d if sdim == 3 else nn.Conv2d
         self.sdim = sdim
         self.w_x = nn.Sequential(conv(c_x, c_int, kernel_size=1, bias=False), _norm(norm, sdim, c_int))
         self.w_g = nn.Sequential(conv(c_g, c_int, kernel_size=1, bias=True), _norm(norm, sdim, c_int))
@@ -154,7 +155,7 @@ class UNet(nn.Module):
         self.sdim, self.in_channels, self.classes, self.features = int(sdim), in_channels, classes, feats
         self.attention, self.norm, self.dropout, self.seed = bool(attention), norm, float(dropout), seed
         self.meta: dict = {}
-        conv = nn.Conv3d if sdim == 3 else nn.Conv2d
+        conv = Conv3d if sdim == 3 else nn.Conv2d
         up = nn.ConvTranspose3d if sdim == 3 else nn.ConvTranspose2d
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

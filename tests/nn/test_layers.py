@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from biomip.nn import Conv3d, layers
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 12, 12), (2, 3, 4, 9, 7)])
+def test_conv3d_equals_stock_layer_values_and_gradients(shape):
+    torch.manual_seed(0)
+    ours = Conv3d(3, 6, 3, padding=1)
+    stock = torch.nn.Conv3d(3, 6, 3, padding=1)
+    stock.load_state_dict(ours.state_dict())                       # same parameter names
+    x1 = torch.randn(shape, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    y1, y2 = ours(x1), stock(x2)
+    assert torch.allclose(y1, y2, atol=1e-5)
+    (y1 ** 2).sum().backward()
+    (y2 ** 2).sum().backward()
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-4)
+    assert torch.allclose(ours.weight.grad, stock.weight.grad, rtol=1e-4, atol=1e-3)
+    assert torch.allclose(ours.bias.grad, stock.bias.grad, rtol=1e-4, atol=1e-3)
+
+
+def test_conv3d_takes_onednn_only_where_it_applies():
+    conv = Conv3d(2, 2, 3, padding=1)
+    x = torch.zeros(1, 2, 4, 8, 8)
+    assert layers._mkldnn_ok(x, conv) == layers._HAVE_MKLDNN
+    assert not layers._mkldnn_ok(x[0], conv)                         # unbatched input: stock layer
+    assert not layers._mkldnn_ok(x.double(), Conv3d(2, 2, 3, padding=1).double())
+    assert not layers._mkldnn_ok(x, Conv3d(2, 2, 3, padding=1, padding_mode="reflect"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not layers._mkldnn_ok(x, conv)                        # autocast: the stock (oneDNN bf16) path
+        assert conv(x).dtype == torch.bfloat16
+    assert conv(x[0]).shape == (2, 4, 8, 8)
