@@ -4,11 +4,14 @@ import torch
 from biomip.nn import Conv3d, layers
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 5, 12, 12), (2, 3, 4, 9, 7)])
-def test_conv3d_equals_stock_layer_values_and_gradients(shape):
+@pytest.mark.parametrize("shape, kw", [((1, 3, 5, 12, 12), {"padding": 1}), ((2, 3, 4, 9, 7), {"padding": 1}),
+                                       ((1, 3, 6, 10, 10), {"padding": (1, 0, 1), "kernel_size": (3, 1, 3)}),
+                                       ((1, 3, 6, 10, 10), {"padding": 0}), ((1, 3, 6, 10, 10), {"stride": 2})])
+def test_conv3d_equals_stock_layer_values_and_gradients(shape, kw):
     torch.manual_seed(0)
-    ours = Conv3d(3, 6, 3, padding=1)
-    stock = torch.nn.Conv3d(3, 6, 3, padding=1)
+    kw = {"kernel_size": 3, **kw}
+    ours = Conv3d(3, 6, **kw)
+    stock = torch.nn.Conv3d(3, 6, **kw)
     stock.load_state_dict(ours.state_dict())                       # same parameter names
     x1 = torch.randn(shape, requires_grad=True)
     x2 = x1.detach().clone().requires_grad_(True)
@@ -18,6 +21,9 @@ def test_conv3d_equals_stock_layer_values_and_gradients(shape):
     (y2 ** 2).sum().backward()
     assert torch.allclose(x1.grad, x2.grad, atol=1e-4)
     assert torch.allclose(ours.weight.grad, stock.weight.grad, rtol=1e-4, atol=1e-3)
+    if layers._HAVE_MKLDNN:                                          # which path ran
+        ours_path = layers._same_padded(ours) and layers._stock_takes_im2col(x1, ours)
+        assert (type(y1.grad_fn).__name__ == "_OneDNNConv3dBackward") == ours_path
     assert torch.allclose(ours.bias.grad, stock.bias.grad, rtol=1e-4, atol=1e-3)
 
 
@@ -25,6 +31,9 @@ def test_conv3d_takes_onednn_only_where_it_applies():
     conv = Conv3d(2, 2, 3, padding=1)
     x = torch.zeros(1, 2, 4, 8, 8)
     assert layers._mkldnn_ok(x, conv) == layers._HAVE_MKLDNN
+    assert layers._stock_takes_im2col(x, conv)                       # 1 * 2 * 4 * 8 <= 20480
+    assert not layers._stock_takes_im2col(torch.zeros(1, 32, 15, 64, 64), conv)
+    assert not layers._stock_takes_im2col(torch.zeros(2, 2, 4, 8, 8), conv)
     assert not layers._mkldnn_ok(x[0], conv)                         # unbatched input: stock layer
     assert not layers._mkldnn_ok(x.double(), Conv3d(2, 2, 3, padding=1).double())
     assert not layers._mkldnn_ok(x, Conv3d(2, 2, 3, padding=1, padding_mode="reflect"))

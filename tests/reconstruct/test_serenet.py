@@ -69,13 +69,20 @@ def test_nll_mpg_bad_input():
         nll_mpg(torch.ones(3), torch.ones(3), reduction="max")
 
 
-def test_network_size_and_upsampling():
-    assert 150_000 < SeReNet(21, channels=32).n_parameters < 250_000      # the paper's ~0.195 M
+def test_network_is_the_published_architecture():
+    net = SeReNet(49, channels=64, binning=4)                  # the paper: 49 views in, 195 k parameters
+    assert 194_000 < net.n_parameters < 195_500
+    assert net.widths == [64, 32, 32, 16, 16, 8, 8, 4, 1]
+    kinds = [type(m).__name__ for m in net.body if not isinstance(m, torch.nn.LeakyReLU)]
+    assert kinds == ["Conv3d"] * 4 + ["Upsample"] + ["Conv3d"] * 2 + ["Upsample"] + ["Conv3d"] * 3
+    assert net(torch.zeros(1, 49, 3, 4, 4)).shape == (1, 3, 16, 16)
+    for b in (1, 2, 8):
+        assert SeReNet(5, channels=8, binning=b)(torch.zeros(1, 5, 3, 4, 4)).shape == (1, 3, 4 * b, 4 * b)
     net = SeReNet(5, channels=4, binning=2)
-    assert net(torch.zeros(1, 5, 3, 8, 8)).shape == (1, 3, 16, 16)
-    assert sum(isinstance(m, torch.nn.Conv3d) for m in net.modules()) == 9
     with pytest.raises(InputError, match="binning"):
         SeReNet(5, binning=3)
+    with pytest.raises(InputError, match="binning"):
+        SeReNet(5, binning=16)
     with pytest.raises(ShapeError, match="views"):
         net(torch.zeros(1, 4, 3, 8, 8))
     assert float(total_variation(torch.ones(2, 3, 4))) == 0.0

@@ -61,7 +61,7 @@ class SeReNetConfig:
     n_test: int = 3
     steps: int = 600
     lr: float = 1e-3
-    channels: int = 32
+    channels: int = 64
     views_per_step: int | None = None
     tv: float = 0.01
     rl_iterations: int = 30
@@ -305,7 +305,7 @@ def run(cfg: SeReNetConfig | None = None, out=None, device=None, progress=None) 
 
 
 def run_real(sample: str = "lf-guv", out=None, n_views: int = 5, binning: int = 2, depth_range: float = 40.0,
-             n_depths: int = 21, steps: int = 300, rl_iterations: int = 30, channels: int = 32, gain: float = 1.0,
+             n_depths: int = 21, steps: int = 300, rl_iterations: int = 30, channels: int = 64, gain: float = 1.0,
              seed: int = 0, device=None, progress=None) -> dict:
     """SeReNet on a real raw light field shipped by napari-LF (``"lf-guv"``, ``"lf-antleg"``,
     ``"lf-seaurchin"``): lenslet grid from the radiometry frame, dark subtraction and
