@@ -41,3 +41,13 @@ def test_conv3d_takes_onednn_only_where_it_applies():
         assert not layers._mkldnn_ok(x, conv)                        # autocast: the stock (oneDNN bf16) path
         assert conv(x).dtype == torch.bfloat16
     assert conv(x[0]).shape == (2, 4, 8, 8)
+
+
+def test_lateral_upsample_equals_trilinear_and_keeps_bf16_fast_path():
+    from biomip.nn import LateralUpsample
+
+    x = torch.randn(1, 3, 4, 5, 6)
+    ref = torch.nn.functional.interpolate(x, scale_factor=(1, 2, 2), mode="trilinear", align_corners=False)
+    assert torch.allclose(LateralUpsample(2)(x), ref, atol=1e-6)
+    out = LateralUpsample(2)(x.bfloat16())
+    assert out.dtype == torch.float32 and torch.allclose(out, ref, atol=0.05)

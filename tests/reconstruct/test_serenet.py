@@ -74,7 +74,7 @@ def test_network_is_the_published_architecture():
     assert 194_000 < net.n_parameters < 195_500
     assert net.widths == [64, 32, 32, 16, 16, 8, 8, 4, 1]
     kinds = [type(m).__name__ for m in net.body if not isinstance(m, torch.nn.LeakyReLU)]
-    assert kinds == ["Conv3d"] * 4 + ["Upsample"] + ["Conv3d"] * 2 + ["Upsample"] + ["Conv3d"] * 3
+    assert kinds == ["Conv3d"] * 4 + ["LateralUpsample"] + ["Conv3d"] * 2 + ["LateralUpsample"] + ["Conv3d"] * 3
     assert net(torch.zeros(1, 49, 3, 4, 4)).shape == (1, 3, 16, 16)
     for b in (1, 2, 8):
         assert SeReNet(5, channels=8, binning=b)(torch.zeros(1, 5, 3, 4, 4)).shape == (1, 3, 4 * b, 4 * b)

@@ -5,6 +5,6 @@ on the oneDNN (mkldnn) path on CPUs, where PyTorch's dispatch falls back to a sl
 im2col kernel (up to 13x slower; ``benchmarks/bench_conv3d.py``).
 """
 
-from .layers import Conv3d
+from .layers import Conv3d, LateralUpsample
 
-__all__ = ["Conv3d"]
+__all__ = ["Conv3d", "LateralUpsample"]

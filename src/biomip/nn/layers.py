@@ -91,3 +91,30 @@ class Conv3d(nn.Conv3d):
             return _OneDNNConv3d.apply(x, self.weight, self.bias, self.padding)
         return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
                                         self.groups)
+
+
+class LateralUpsample(nn.Module):
+    """Linear x``scale`` upsampling of the last two axes of ``(B, C, Z, Y, X)`` (trilinear
+    with the z scale 1, ``align_corners=False``), as SeReNet's upsampling layers.
+
+    Under CPU bfloat16 autocast it interpolates in float32 and hands float32 to the next
+    layer (which casts back): PyTorch's bfloat16 channels-last trilinear kernel is 2.5x
+    slower than its float32 one (1.13 vs 0.44 ms on a (1, 8, 15, 32, 32) tensor).
+
+    >>> import torch
+    >>> tuple(LateralUpsample()(torch.zeros(1, 2, 3, 4, 5)).shape)
+    (1, 2, 3, 8, 10)
+    """
+
+    def __init__(self, scale: int = 2):
+        super().__init__()
+        self.scale = int(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+            x = x.float()
+        return nn.functional.interpolate(x, scale_factor=(1, self.scale, self.scale), mode="trilinear",
+                                         align_corners=False)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"

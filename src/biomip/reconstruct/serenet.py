@@ -29,7 +29,7 @@ from torch import nn
 from ..core.arrays import check_count, check_number
 from ..core.errors import InputError, ShapeError
 from ..core.progress import track
-from ..nn import Conv3d
+from ..nn import Conv3d, LateralUpsample
 from .lightfield import LightFieldOptics, LightFieldProjector, LightFieldPSF, refocus
 
 __all__ = ["nll_mpg", "SeReNet", "train_serenet", "serenet_loss", "total_variation"]
@@ -140,7 +140,7 @@ class SeReNet(nn.Module):
             if i < len(widths):
                 mods.append(nn.LeakyReLU(self.negative_slope))
             if i in after:
-                mods.append(nn.Upsample(scale_factor=(1, 2, 2), mode="trilinear", align_corners=False))
+                mods.append(LateralUpsample(2))
             c_in = c_out
         self.widths = widths
         self.body = nn.Sequential(*mods)
