@@ -39,7 +39,7 @@ def test_simulation_is_seeded_and_physical():
     a, b = serenet.simulate(cfg), serenet.simulate(cfg)
     assert np.array_equal(a.train_measurements.numpy(), b.train_measurements.numpy())
     m = a.test_measurements[0].numpy()
-    assert m.shape == (a.psf.n_views, 32, 32)
+    assert m.shape == (a.psf.n_views, 32 // cfg.binning, 32 // cfg.binning)
     assert abs(float(np.median(m)) - cfg.offset) < 5 * cfg.read_noise        # dark pixels sit at the offset
     assert m.max() - cfg.offset == pytest.approx(cfg.photons, rel=0.6)        # peak photons as asked
 
@@ -47,6 +47,10 @@ def test_simulation_is_seeded_and_physical():
 def test_bad_input(tmp_path, capsys):
     with pytest.raises(InputError, match="photons"):
         serenet.simulate(serenet.SeReNetConfig.tiny(photons=-5))
+    with pytest.raises(InputError, match="read_noise"):
+        serenet.run(serenet.SeReNetConfig.tiny(read_noise=0))
+    assert main(["run", "serenet", "--tiny", "--read-noise", "-1", "--out", str(tmp_path / "y")]) == 2
+    assert not (tmp_path / "y").exists()
     with pytest.raises(InputError, match="lf-guv"):
         serenet.run_real("ct-small")
     assert main(["run", "serenet", "--quick", "--tiny", "--out", str(tmp_path / "x")]) == 2

@@ -18,12 +18,15 @@ run_app = typer.Typer(no_args_is_help=True, help="Run a case-study pipeline end 
 @run_app.command("serenet")
 def serenet_cmd(out: Path = typer.Option(Path("serenet-run"), "--out", help="Folder for report.json, preview.png, "
                                                                              "model/, measurement.tif."),
-                quick: bool = typer.Option(False, "--quick", help="CPU quick mode (64^2 x 15 depths, < 10 min)."),
-                tiny: bool = typer.Option(False, "--tiny", help="Seconds-long smoke run (32^2 x 5 depths)."),
-                full: bool = typer.Option(False, "--full", help="Full size (128^2 x 31 depths, 7x7 views): GPU."),
+                quick: bool = typer.Option(False, "--quick", help="CPU quick mode (64^2 x 15 depths, 37 views; about 2 min)."),
+                tiny: bool = typer.Option(False, "--tiny", help="Seconds-long smoke run (32^2 x 5 depths, 9 views)."),
+                full: bool = typer.Option(False, "--full", help="Full size (128^2 x 31 depths, 37 views, 3000 steps): GPU."),
                 device: Optional[str] = typer.Option(None, help="cpu, cuda, auto (default: biomip.config.device)."),
                 steps: Optional[int] = typer.Option(None, help="Training steps (override the mode's)."),
                 photons: Optional[float] = typer.Option(None, help="Peak photons per view pixel (override)."),
+                read_noise: Optional[float] = typer.Option(None, "--read-noise",
+                                                           help="Camera read-noise sigma in photo-electrons "
+                                                                "(override; default 2)."),
                 l1: bool = typer.Option(True, "--l1/--no-l1", help="Also train the L1-loss variant for comparison."),
                 real: Optional[str] = typer.Option(None, "--real", help="Reconstruct a shipped raw light field "
                                                                           "instead (lf-guv, lf-antleg, lf-seaurchin)."),
@@ -52,13 +55,16 @@ def serenet_cmd(out: Path = typer.Option(Path("serenet-run"), "--out", help="Fol
         from ..core.config import get_device
 
         if get_device(device).type != "cuda":
-            typer.echo("biomip: note: --full is sized for a GPU (128^2 x 31 depths, 37 views, 2000 steps x 2 "
-                       "trainings); on this CPU it takes hours. --quick runs in about 5 minutes.", err=True)
+            typer.echo("biomip: note: --full is sized for a GPU (128^2 x 31 depths, 37 views, 3000 steps x 2 "
+                       "trainings); on a 2-core CPU it takes about an hour. --quick runs in about 2 minutes.",
+                       err=True)
     kw = {"compare_l1": l1, "seed": seed}
     if steps is not None:
         kw["steps"] = steps
     if photons is not None:
         kw["photons"] = photons
+    if read_noise is not None:
+        kw["read_noise"] = read_noise
     rep = run(make(**kw), out=out, device=device, progress=progress)
     typer.echo(f"wrote {out}/report.json and preview.png  ({rep['seconds']:.0f} s on {rep['device']})")
     for name, r in rep["methods"].items():
