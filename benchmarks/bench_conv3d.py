@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from biomip.core.atomic import write_json
 from biomip.nn import Conv3d
 
 # (C_in, C_out, D, H, W): SeReNet layers at binning 1/2/4 (quick mode), the 3-D U-Net / VoxelMorph levels
@@ -71,11 +72,9 @@ def main(argv=None):
               f"fwd+bwd {b_s:.1f} / {b_o:.1f} ms ({b_s / b_o:.1f}x)", flush=True)
     out = {"benchmark": "conv3d", "torch": torch.__version__, "threads": a.threads, "cpu": platform.processor(),
            "cpus": os.cpu_count(), "rows": rows}
-    text = json.dumps(out, indent=1)
     if a.json:
-        with open(a.json, "w") as f:
-            f.write(text + "\n")
-    print(text)
+        write_json(out, a.json)
+    print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -217,10 +217,10 @@ def evaluate(cfg: SeReNetConfig, sim: Simulation, models: dict, device=None) -> 
         y = (m - cfg.offset).clamp_min(0)
         results = {}
         for name, net in models.items():
-            results[name] = _timed(lambda net=net: net.reconstruct(m), dev)
+            results[name] = _timed(lambda net=net: net.reconstruct(m), dev, repeat=10)
             if name == "serenet (nll-mpg)" and bf16:
                 results[_BF16] = _timed(
-                    lambda net=net: net.reconstruct(m, precision="bfloat16"), dev)
+                    lambda net=net: net.reconstruct(m, precision="bfloat16"), dev, repeat=10)
         results[f"richardson-lucy ({cfg.rl_iterations} it)"] = _timed(
             lambda: richardson_lucy(y, sim.projector, iterations=cfg.rl_iterations).image, dev, repeat=3)
         results["refocus stack"] = _timed(lambda: refocus_stack(y, sim.psf, cfg.binning), dev)
