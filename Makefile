@@ -47,12 +47,14 @@ bench: install-dev
 	$(BIN)/python benchmarks/bench_reconstruct.py
 	$(BIN)/python benchmarks/bench_register.py
 	$(BIN)/python benchmarks/bench_segment.py
+	$(BIN)/python benchmarks/bench_conv3d.py --json benchmarks/results/conv3d-cpu2.json
 
-# learned segmentation (trains networks on the CPU: minutes)
+# learned methods (train networks on the CPU: minutes): segmentation, SeReNet vs Richardson-Lucy
 bench-learned: install-dev
 	$(BIN)/python benchmarks/bench_nuclei2d.py --json benchmarks/results/nuclei2d-all-methods-cpu2.json --preview benchmarks/results/nuclei2d-all-methods.png
 	$(BIN)/python benchmarks/bench_flows.py
 	$(BIN)/python benchmarks/bench_unet.py --epochs 30
+	$(BIN)/python benchmarks/bench_serenet.py --json benchmarks/results/serenet-speed-cpu2.json
 
 clean:
 	rm -rf $(VENV) biomip-demo .pytest_cache build src/*.egg-info
