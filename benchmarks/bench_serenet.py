@@ -23,7 +23,13 @@ import numpy as np
 import torch
 
 from biomip.core.atomic import write_json
-from biomip.pipelines.serenet import SeReNetConfig, _bf16_fast, _fitted_scores, simulate, train
+from biomip.pipelines.serenet import (
+    SeReNetConfig,
+    _bf16_fast,
+    _fitted_scores,
+    simulate,
+    train,
+)
 from biomip.reconstruct.iterative import richardson_lucy
 
 

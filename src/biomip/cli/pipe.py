@@ -40,11 +40,12 @@ def serenet_cmd(out: Path = typer.Option(Path("serenet-run"), "--out", help="Fol
     from ..pipelines.serenet import SeReNetConfig, run, run_real
 
     if real is not None:
-        rep = run_real(real, out=out, steps=steps or 300, device=device, seed=seed, progress=progress)
+        kw = {} if steps is None else {"steps": steps}
+        rep = run_real(real, out=out, device=device, seed=seed, progress=progress, **kw)
         typer.echo(f"wrote {out}/report.json and preview.png  ({rep['seconds']:.0f} s on {rep['device']})")
         for name, r in rep["methods"].items():
             sec = f"  {r['seconds'] * 1000:9.1f} ms" if "seconds" in r else ""
-            typer.echo(f"  {name:46s} residual {r['relative_residual']:.4f}{sec}")
+            typer.echo(f"  {name:46s} residual {r['relative_residual']:.4f}  NLL-MPG {r['nll_mpg']:.4f}{sec}")
         return
 
     if sum([quick, tiny, full]) > 1:

@@ -228,8 +228,15 @@ def serenet_loss(volume: torch.Tensor, measurement: torch.Tensor, projector: Lig
                  nonneg: float = 1.0) -> tuple[torch.Tensor, dict]:
     """The self-supervised objective for a batch: ``volume`` (B, Z, H, W) in normalised
     units, ``measurement`` (B, V, h, w) raw counts, ``scale`` (B,) the normalisation
-    (expected counts = ``scale * A volume + offset``), ``views`` the view subset."""
-    pred = projector.project(volume, views=views) * scale[:, None, None, None]             # photons
+    (expected counts = ``scale * A max(volume, 0) + offset``), ``views`` the view subset.
+
+    The data term projects the clamped volume -- what :meth:`SeReNet.reconstruct` returns --
+    so training scores the output it will give; the non-negativity term keeps negative
+    voxels from staying dead.  (Projecting the raw output let the network fit the
+    measurement with negative voxels that the clamp then removed: on the real GUV light
+    field the residual of the returned volume rose from 0.30 to 0.58 between 300 and 1500
+    steps while the training loss fell; with the clamp it falls to 0.18.)"""
+    pred = projector.project(volume.clamp_min(0), views=views) * scale[:, None, None, None]   # photons, as output
     meas = measurement[:, views]
     if loss == "nll-mpg":
         data = nll_mpg(pred, meas, offset=offset, read_noise=read_noise)
