@@ -7,7 +7,7 @@ from scipy import stats
 
 from biomip.core.errors import InputError, ShapeError
 from biomip.reconstruct import LightFieldOptics, LightFieldProjector, lightfield_psf
-from biomip.reconstruct.serenet import SeReNet, nll_mpg, total_variation, train_serenet
+from biomip.reconstruct.serenet import SeReNet, nll_mpg, serenet_loss, total_variation, train_serenet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -101,6 +101,22 @@ def tiny():
         clean = np.clip(op(vol), 0, None) * 400
         meas.append(rng.poisson(clean) + 100 + rng.normal(0, 2, clean.shape))
     return psf, np.stack(meas).astype(np.float32)
+
+
+def test_loss_scores_the_volume_reconstruct_returns(tiny):
+    """The data term sees max(volume, 0), the volume `reconstruct` hands out: negative voxels
+    cannot buy a better fit that the clamp would then take away."""
+    psf, meas = tiny
+    op = LightFieldProjector(psf, (24, 24))
+    m = torch.from_numpy(meas[:1])
+    vol = torch.rand(1, 4, 24, 24, generator=torch.Generator().manual_seed(0)) - 0.3
+    kw = dict(projector=op, views=torch.arange(psf.n_views), scale=torch.ones(1) * 50, offset=100.0, read_noise=2.0,
+              tv=0.0, nonneg=0.0)
+    a, _ = serenet_loss(vol, m, **kw)
+    b, _ = serenet_loss(vol.clamp_min(0), m, **kw)
+    assert float(a) == pytest.approx(float(b), rel=1e-6)
+    _, terms = serenet_loss(vol, m, **{**kw, "nonneg": 1.0})
+    assert terms["negative"] > 0
 
 
 def test_self_supervised_training_lowers_the_loss_and_round_trips(tiny, tmp_path):
