@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 
 import numpy as np
@@ -27,20 +26,11 @@ from biomip.pipelines.serenet import (
     SeReNetConfig,
     _bf16_fast,
     _fitted_scores,
+    _timed,
     simulate,
     train,
 )
 from biomip.reconstruct.iterative import richardson_lucy
-
-
-def _once(fn, dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    out = fn()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - t0
 
 
 def main(argv=None):
@@ -70,7 +60,7 @@ def main(argv=None):
     for _ in range(a.rounds):
         for k, f in methods.items():
             n = 1 if k.startswith("richardson") else a.calls
-            times[k].append(statistics.median(_once(f, dev)[1] for _ in range(n)))
+            times[k].append(_timed(f, dev, repeat=n)[1])                # median of n calls after a warm-up
     rl = np.asarray(times["richardson-lucy (30 it)"])
     out = {"benchmark": "serenet-vs-rl", "device": str(dev), "torch": torch.__version__, "threads": a.threads,
            "cpu": platform.processor(), "cpus": os.cpu_count(), "n_views": sim.psf.n_views,
