@@ -51,3 +51,64 @@ def test_lateral_upsample_equals_trilinear_and_keeps_bf16_fast_path():
     assert torch.allclose(LateralUpsample(2)(x), ref, atol=1e-6)
     out = LateralUpsample(2)(x.bfloat16())
     assert out.dtype == torch.float32 and torch.allclose(out, ref, atol=0.05)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lateral_upsample_channels_last_path_equals_trilinear(dtype):
+    from biomip.nn import lateral_upsample
+
+    x = torch.randn(1, 5, 3, 6, 7).to(dtype)
+    ref = torch.nn.functional.interpolate(x.float(), scale_factor=(1, 2, 2), mode="trilinear", align_corners=False)
+    xc = x.contiguous(memory_format=torch.channels_last_3d)
+    out = lateral_upsample(xc, 2)
+    assert out.shape == (1, 5, 3, 12, 14) and out.dtype == dtype
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)       # the 2-D bilinear view path ran
+    assert torch.allclose(out.float(), ref, atol=1e-6 if dtype == torch.float32 else 0.05)
+    assert torch.allclose(lateral_upsample(x.float(), 2), ref, atol=1e-6)  # contiguous: trilinear
+
+
+def _stack():
+    from biomip.nn import LateralUpsample
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(Conv3d(3, 8, 3, padding=1), torch.nn.LeakyReLU(0.1), Conv3d(8, 6, 3, padding=1),
+                               torch.nn.ReLU(), LateralUpsample(2), Conv3d(6, 4, 3, padding=1), torch.nn.LeakyReLU(0.2),
+                               LateralUpsample(2), Conv3d(4, 1, 3, padding=1))
+
+
+@pytest.mark.skipif(not layers._HAVE_MKLDNN, reason="needs a PyTorch build with oneDNN")
+def test_frozen_sequential_equals_module_and_tracks_parameter_updates():
+    from biomip.nn import FrozenSequential, fusable
+
+    seq = _stack()
+    assert fusable(seq)
+    x = torch.rand(1, 3, 4, 6, 6)
+    with torch.no_grad():
+        ref = seq(x)
+    f32 = FrozenSequential(seq)
+    out = f32(x)
+    assert out.shape == ref.shape == (1, 1, 4, 24, 24) and out.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=1e-5)
+    bf = FrozenSequential(seq, torch.bfloat16)(x)
+    assert bf.dtype == torch.bfloat16
+    assert ((bf.float() - ref).norm() / ref.norm()) < 0.02                 # bfloat16 rounding, not a different net
+    assert f32.is_current(seq)
+    with torch.no_grad():
+        seq[0].weight.mul_(2)                                              # an in-place (optimiser-like) update
+    assert not f32.is_current(seq)
+
+
+def test_frozen_sequential_rejects_what_it_cannot_freeze():
+    from biomip.core.errors import InputError
+    from biomip.nn import FrozenSequential, fusable
+
+    assert not fusable(torch.nn.Sequential(Conv3d(1, 1, 3, padding=1), torch.nn.Sigmoid()))
+    assert not fusable(torch.nn.Sequential(Conv3d(1, 1, 3, padding=1, padding_mode="reflect")))
+    assert not fusable(Conv3d(1, 1, 3))
+    with pytest.raises(InputError, match="module"):
+        FrozenSequential(torch.nn.Sequential(torch.nn.Sigmoid()))
+    if fusable(_stack()):
+        with pytest.raises(InputError, match="dtype"):
+            FrozenSequential(_stack(), torch.float16)
+        with pytest.raises(InputError, match="x:"):
+            FrozenSequential(_stack())(torch.rand(3, 4, 6, 6))

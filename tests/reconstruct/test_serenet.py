@@ -140,6 +140,23 @@ def test_self_supervised_training_lowers_the_loss_and_round_trips(tiny, tmp_path
     assert torch.allclose(net2.reconstruct(meas[0]), vol, atol=1e-5)
 
 
+def test_reconstruct_uses_the_current_weights(tiny):
+    """On a CPU reconstruct runs a cached frozen copy of the network; it must equal the
+    module's output and follow weight updates."""
+    psf, meas = tiny
+    net, _ = train_serenet(meas, psf, offset=100, read_noise=2, steps=2, channels=8, seed=0)
+    x, scale = net.prepare(meas[0])
+
+    def module_volume():
+        with torch.no_grad():
+            return net.eval()(x)[0].clamp_min(0) * scale
+
+    assert torch.allclose(net.reconstruct(meas[0]), module_volume(), atol=1e-5)
+    with torch.no_grad():
+        net.body[-1].bias.add_(0.5)                                     # as an optimiser step would
+    assert torch.allclose(net.reconstruct(meas[0]), module_volume(), atol=1e-5)
+
+
 def test_training_bad_input(tiny):
     psf, meas = tiny
     with pytest.raises(ShapeError, match="views"):

@@ -93,13 +93,31 @@ class Conv3d(nn.Conv3d):
                                         self.groups)
 
 
+def lateral_upsample(x: torch.Tensor, scale: int = 2) -> torch.Tensor:
+    """Linear x``scale`` upsampling of the last two axes of ``(B, C, Z, Y, X)``: trilinear
+    with the z scale 1 and ``align_corners=False``, which is bilinear in every z plane.
+
+    A batch-1 channels-last input is viewed, without a copy, as ``Z`` channels-last 2-D
+    images of ``C`` channels and goes through the 2-D bilinear kernel, 2.5-3x faster than
+    PyTorch's channels-last trilinear one (0.15 vs 0.43 ms on (1, 8, 15, 32, 32) float32).
+    The result is channels-last too.  Other layouts take the trilinear kernel.
+    """
+    b, c, z, h, w = x.shape
+    if b == 1 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        planes = x.permute(0, 2, 1, 3, 4).reshape(z, c, h, w)          # a view: strides (h*w*c, 1, w*c, c)
+        up = nn.functional.interpolate(planes, scale_factor=(scale, scale), mode="bilinear", align_corners=False)
+        return up.reshape(1, z, c, h * scale, w * scale).permute(0, 2, 1, 3, 4)
+    return nn.functional.interpolate(x, scale_factor=(1, scale, scale), mode="trilinear", align_corners=False)
+
+
 class LateralUpsample(nn.Module):
     """Linear x``scale`` upsampling of the last two axes of ``(B, C, Z, Y, X)`` (trilinear
-    with the z scale 1, ``align_corners=False``), as SeReNet's upsampling layers.
+    with the z scale 1, ``align_corners=False``), as SeReNet's upsampling layers; see
+    :func:`lateral_upsample` for the fast channels-last path.
 
     Under CPU bfloat16 autocast it interpolates in float32 and hands float32 to the next
-    layer (which casts back): PyTorch's bfloat16 channels-last trilinear kernel is 2.5x
-    slower than its float32 one (1.13 vs 0.44 ms on a (1, 8, 15, 32, 32) tensor).
+    layer (which casts back): PyTorch's bfloat16 interpolation kernels are about 2x slower
+    than the float32 ones on a CPU.
 
     >>> import torch
     >>> tuple(LateralUpsample()(torch.zeros(1, 2, 3, 4, 5)).shape)
@@ -113,8 +131,7 @@ class LateralUpsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and x.dtype == torch.bfloat16:
             x = x.float()
-        return nn.functional.interpolate(x, scale_factor=(1, self.scale, self.scale), mode="trilinear",
-                                         align_corners=False)
+        return lateral_upsample(x, self.scale)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}"
