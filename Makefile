@@ -55,6 +55,7 @@ bench-learned: install-dev
 	$(BIN)/python benchmarks/bench_flows.py
 	$(BIN)/python benchmarks/bench_unet.py --epochs 30
 	$(BIN)/python benchmarks/bench_serenet.py --json benchmarks/results/serenet-speed-cpu2.json
+	$(BIN)/python benchmarks/bench_serenet_loss.py --seeds 0 1 2 3 4 5 6 7 --json benchmarks/results/serenet-nll-vs-l1-cpu2.json
 
 clean:
 	rm -rf $(VENV) biomip-demo .pytest_cache build src/*.egg-info

@@ -157,6 +157,20 @@ def test_reconstruct_uses_the_current_weights(tiny):
     assert torch.allclose(net.reconstruct(meas[0]), module_volume(), atol=1e-5)
 
 
+def test_reconstruct_without_onednn_runs_the_module(tiny, monkeypatch):
+    """Builds without the fused oneDNN op (or CUDA) take the module path, autocast for bfloat16."""
+    import biomip.reconstruct.serenet as S
+
+    psf, meas = tiny
+    net, _ = train_serenet(meas, psf, offset=100, read_noise=2, steps=2, channels=8, seed=0)
+    fused = net.reconstruct(meas[0]), net.reconstruct(meas[0], precision="bfloat16")
+    monkeypatch.setattr(S, "fusable", lambda module: False)
+    assert net._frozen(torch.float32) is None
+    assert torch.allclose(net.reconstruct(meas[0]), fused[0], atol=1e-5)
+    plain16 = net.reconstruct(meas[0], precision="bfloat16")
+    assert float((plain16 - fused[1]).abs().max()) < 0.02 * float(fused[0].abs().max()) + 1e-6
+
+
 def test_training_bad_input(tiny):
     psf, meas = tiny
     with pytest.raises(ShapeError, match="views"):
