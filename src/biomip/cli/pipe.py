@@ -56,9 +56,10 @@ def serenet_cmd(out: Path = typer.Option(Path("serenet-run"), "--out", help="Fol
         from ..core.config import get_device
 
         if get_device(device).type != "cuda":
-            typer.echo("biomip: note: --full is sized for a GPU (128^2 x 31 depths, 37 views, 3000 steps x 2 "
-                       "trainings); on a 2-core CPU it takes about an hour. --quick runs in about 2 minutes.",
-                       err=True)
+            n = 2 if l1 else 1
+            typer.echo(f"biomip: note: --full is sized for a GPU (128^2 x 31 depths, 37 views, 3000 steps x {n} "
+                       f"training{'s' if n > 1 else ''}); on a 2-core CPU it takes about {30 * n} minutes. "
+                       "--quick runs in about 2 minutes.", err=True)
     kw = {"compare_l1": l1, "seed": seed}
     if steps is not None:
         kw["steps"] = steps
