@@ -58,7 +58,7 @@ def serenet_cmd(out: Path = typer.Option(Path("serenet-run"), "--out", help="Fol
         if get_device(device).type != "cuda":
             n = 2 if l1 else 1
             typer.echo(f"biomip: note: --full is sized for a GPU (128^2 x 31 depths, 37 views, 3000 steps x {n} "
-                       f"training{'s' if n > 1 else ''}); on a 2-core CPU it takes about {30 * n} minutes. "
+                       f"training{'s' if n > 1 else ''}); on a 2-core CPU it takes about {22 * n + 2} minutes. "
                        "--quick runs in about 2 minutes.", err=True)
     kw = {"compare_l1": l1, "seed": seed}
     if steps is not None:
