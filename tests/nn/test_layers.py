@@ -96,15 +96,38 @@ def test_frozen_sequential_equals_module_and_tracks_parameter_updates():
     with torch.no_grad():
         seq[0].weight.mul_(2)                                              # an in-place (optimiser-like) update
     assert not f32.is_current(seq)
+    f32 = FrozenSequential(seq)
+    before = f32(x)
+    seq[2].bias.data.add_(1.0)                                             # .data edits bypass version counters,
+    assert torch.equal(f32(x), before)                                     # but the copy holds its own weights
+    with torch.no_grad():
+        assert not torch.allclose(before, seq(x), atol=1e-3)
+    f32 = FrozenSequential(seq)
+    seq[2 + 4].negative_slope = 0.5                                        # layer settings are part of the key
+    assert not f32.is_current(seq)
+    with torch.inference_mode():                                           # inference tensors have no version counter
+        inf = _stack()
+        assert FrozenSequential(inf).is_current(inf)
 
 
 def test_frozen_sequential_rejects_what_it_cannot_freeze():
     from biomip.core.errors import InputError
-    from biomip.nn import FrozenSequential, fusable
+    from biomip.nn import FrozenSequential, LateralUpsample, fusable
 
     assert not fusable(torch.nn.Sequential(Conv3d(1, 1, 3, padding=1), torch.nn.Sigmoid()))
     assert not fusable(torch.nn.Sequential(Conv3d(1, 1, 3, padding=1, padding_mode="reflect")))
     assert not fusable(Conv3d(1, 1, 3))
+
+    class Standardised(Conv3d):                                           # a subclass may change forward
+        pass
+
+    assert not fusable(torch.nn.Sequential(Standardised(1, 1, 3, padding=1)))
+    hooked = _stack()
+    hooked[0].register_forward_hook(lambda m, i, o: o * 0)
+    assert not fusable(hooked)
+    assert not fusable(_stack().double())
+    with pytest.raises(InputError, match="scale"):
+        LateralUpsample(1.5)
     with pytest.raises(InputError, match="module"):
         FrozenSequential(torch.nn.Sequential(torch.nn.Sigmoid()))
     if fusable(_stack()):

@@ -126,7 +126,7 @@ def reconstruct_cmd(
                                                                 "(views, h, w)."),
         out: Path = typer.Option(..., "--out", help="Output image (any format; geometry kept)."),
         offset: Optional[float] = typer.Option(None, help="serenet: camera offset (default: the training one)."),
-        bf16: bool = typer.Option(False, "--bf16", help="serenet: bfloat16 convolutions (about 4x faster on CPUs with "
+        bf16: bool = typer.Option(False, "--bf16", help="serenet: bfloat16 convolutions (about 1.6x faster on CPUs with "
                                                         "AVX512-BF16 and on GPUs)."),
         iterations: Optional[int] = typer.Option(None, help="Iterations (iterative methods)."),
         lam: Optional[float] = typer.Option(None, help="Regularisation weight (tv, wavelet, dct, tikhonov)."),

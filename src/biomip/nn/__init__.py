@@ -8,7 +8,7 @@ im2col kernel (up to 13x slower; ``benchmarks/bench_conv3d.py``).
 pre-cast and laid out once and the activations fused into the oneDNN convolutions.
 """
 
-from .inference import FrozenSequential, fusable
+from .inference import FrozenSequential, bf16_supported, fusable
 from .layers import Conv3d, LateralUpsample, lateral_upsample
 
-__all__ = ["Conv3d", "FrozenSequential", "LateralUpsample", "fusable", "lateral_upsample"]
+__all__ = ["Conv3d", "FrozenSequential", "LateralUpsample", "bf16_supported", "fusable", "lateral_upsample"]

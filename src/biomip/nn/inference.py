@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..core.errors import InputError
-from .layers import LateralUpsample, lateral_upsample
+from .layers import Conv3d, LateralUpsample, lateral_upsample
 
 _CL = torch.channels_last_3d
 _ONES = [1, 1, 1]
@@ -31,32 +31,71 @@ def _pointwise_op():
 
 
 _FUSED = _pointwise_op()
+_CONVS = (nn.Conv3d, Conv3d)                       # exact types: a subclass may change forward
+_ACTS = (nn.ReLU, nn.LeakyReLU)
+
+
+def bf16_supported(device=None) -> bool:
+    """Whether bfloat16 convolutions run natively (CUDA, or a CPU with AVX512-BF16 / AMX /
+    AVX-NE-CONVERT, where oneDNN has bfloat16 kernels)."""
+    if device is not None and torch.device(device).type == "cuda":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks)
 
 
 def fusable(module: nn.Module) -> bool:
-    """Whether :class:`FrozenSequential` can freeze ``module`` (an ``nn.Sequential`` of
-    zero-padded 3-D convolutions, ReLU / LeakyReLU and lateral upsamplings) on this build."""
-    if _FUSED is None or not torch.backends.mkldnn.is_available() or not isinstance(module, nn.Sequential):
+    """Whether :class:`FrozenSequential` can freeze ``module``: a plain ``nn.Sequential`` of
+    zero-padded :class:`torch.nn.Conv3d` / :class:`biomip.nn.Conv3d`, ReLU, LeakyReLU and
+    :class:`LateralUpsample` layers (exact types, no forward hooks, initialised float32
+    parameters) on a PyTorch build with the fused oneDNN convolution."""
+    if (_FUSED is None or not torch.backends.mkldnn.is_available() or type(module) is not nn.Sequential
+            or _hooked(module)):
+        return False
+    from torch.nn.modules import module as _m
+
+    if getattr(_m, "_global_forward_hooks", None) or getattr(_m, "_global_forward_pre_hooks", None):
         return False
     for m in module:
-        if isinstance(m, nn.Conv3d):
+        if _hooked(m):
+            return False
+        if type(m) in _CONVS:
             if m.padding_mode != "zeros" or isinstance(m.padding, str):
                 return False
-        elif not isinstance(m, (nn.ReLU, nn.LeakyReLU, LateralUpsample)):
+        elif type(m) not in _ACTS + (LateralUpsample,):
             return False
-    return True
+    return all(not nn.parameter.is_lazy(p) and p.dtype == torch.float32 for p in module.parameters())
 
 
-def _version(module: nn.Module) -> tuple:
-    """Changes whenever a parameter is replaced, moved or updated in place (an optimiser step)."""
-    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in module.parameters())
+def _signature(module: nn.Sequential) -> tuple:
+    """What the frozen copy depends on: every layer's type and settings, and every parameter's
+    storage and version counter (an optimiser step, ``load_state_dict``, ``copy_`` under
+    ``no_grad``, ``.to()`` all change it).  Edits through ``.data`` bypass version counters
+    and are not seen."""
+    layers = []
+    for m in module:
+        if type(m) in _CONVS:
+            layers.append((type(m), m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                           m.groups, m.bias is not None))
+        else:
+            layers.append((type(m), getattr(m, "negative_slope", None), getattr(m, "scale", None)))
+    params = tuple((p.data_ptr(), -1 if p.is_inference() else p._version, p.dtype, p.device)
+                   for p in module.parameters())
+    return tuple(layers), params
 
 
 class FrozenSequential:
     """Inference-only copy of ``module`` (see :func:`fusable`) on the CPU, in ``dtype``
     (``torch.float32`` or ``torch.bfloat16``).  Call it on a ``(B, C, Z, Y, X)`` tensor;
-    the result is ``dtype`` and channels-last.  It holds its own weight copies: rebuild it
-    (or check :meth:`is_current`) after the module's parameters change.
+    the result is ``dtype`` and channels-last.  It holds its own copies of the weights:
+    rebuild it after the module changes (:meth:`is_current` tells; see :func:`_signature`
+    for what it notices).  bfloat16 needs :func:`bf16_supported` CPUs.
 
     >>> import torch
     >>> from biomip.nn import Conv3d, LateralUpsample
@@ -73,11 +112,14 @@ class FrozenSequential:
             raise InputError(f"dtype: got {dtype}; expected torch.float32 or torch.bfloat16")
         if not fusable(module):
             raise InputError("module: expected an nn.Sequential of zero-padded Conv3d, ReLU, LeakyReLU and "
-                             "LateralUpsample layers on a PyTorch build with oneDNN")
+                             "LateralUpsample layers (float32, no hooks) on a PyTorch build with oneDNN")
+        if dtype == torch.bfloat16 and not bf16_supported():
+            raise InputError("dtype: bfloat16 convolutions need a CPU with AVX512-BF16, AMX or AVX-NE-CONVERT; "
+                             "this one has none: use torch.float32")
         if any(p.device.type != "cpu" for p in module.parameters()):
             raise InputError("module: FrozenSequential runs on the CPU; the module has parameters on another device")
         self.dtype = dtype
-        self.key = _version(module)
+        self.key = _signature(module)
         self.steps: list = []
         mods = list(module)
         i = 0
@@ -92,8 +134,8 @@ class FrozenSequential:
                         attr, scalars, i = "relu", [], i + 2
                     else:
                         attr, scalars, i = "none", [], i + 1
-                    w = m.weight.detach().to(dtype).contiguous(memory_format=_CL)
-                    b = None if m.bias is None else m.bias.detach().to(dtype).contiguous()
+                    w = m.weight.detach().to(dtype=dtype, memory_format=_CL, copy=True)
+                    b = None if m.bias is None else m.bias.detach().to(dtype=dtype, copy=True)
                     self.steps.append(("conv", w, b, list(m.padding), list(m.stride), list(m.dilation), m.groups,
                                        attr, scalars))
                 elif isinstance(m, LateralUpsample):
@@ -104,8 +146,8 @@ class FrozenSequential:
                     i += 1
 
     def is_current(self, module: nn.Module) -> bool:
-        """Whether ``module``'s parameters are still the ones this copy was made from."""
-        return _version(module) == self.key
+        """Whether ``module`` (its layers and parameters) is still what this copy was made from."""
+        return _signature(module) == self.key
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from ..core.errors import InputError
+
 _HAVE_MKLDNN = hasattr(torch, "mkldnn_convolution") and torch.backends.mkldnn.is_available()
 _ONES = (1, 1, 1)
 
@@ -102,6 +104,9 @@ def lateral_upsample(x: torch.Tensor, scale: int = 2) -> torch.Tensor:
     PyTorch's channels-last trilinear one (0.15 vs 0.43 ms on (1, 8, 15, 32, 32) float32).
     The result is channels-last too.  Other layouts take the trilinear kernel.
     """
+    if isinstance(scale, bool) or int(scale) != scale or scale < 1:
+        raise InputError(f"scale: got {scale!r}; expected a whole upsampling factor >= 1")
+    scale = int(scale)
     b, c, z, h, w = x.shape
     if b == 1 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
         planes = x.permute(0, 2, 1, 3, 4).reshape(z, c, h, w)          # a view: strides (h*w*c, 1, w*c, c)
@@ -126,6 +131,8 @@ class LateralUpsample(nn.Module):
 
     def __init__(self, scale: int = 2):
         super().__init__()
+        if isinstance(scale, bool) or int(scale) != scale or scale < 1:
+            raise InputError(f"scale: got {scale!r}; expected a whole upsampling factor >= 1")
         self.scale = int(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

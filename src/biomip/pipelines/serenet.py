@@ -192,12 +192,9 @@ def _timed(fn, device, repeat: int = 5):
 
 def _bf16_fast(dev) -> bool:
     """bfloat16 convolutions are fast on CUDA and on CPUs with AVX512-BF16 / AMX."""
-    if dev.type == "cuda":
-        return True
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    from ..nn import bf16_supported
+
+    return bf16_supported(dev)
 
 
 def evaluate(cfg: SeReNetConfig, sim: Simulation, models: dict, device=None) -> dict:

@@ -29,7 +29,7 @@ from torch import nn
 from ..core.arrays import check_count, check_number
 from ..core.errors import InputError, ShapeError
 from ..core.progress import track
-from ..nn import Conv3d, FrozenSequential, LateralUpsample, fusable
+from ..nn import Conv3d, FrozenSequential, LateralUpsample, bf16_supported, fusable
 from .lightfield import LightFieldOptics, LightFieldProjector, LightFieldPSF, refocus
 
 __all__ = ["nll_mpg", "SeReNet", "train_serenet", "serenet_loss", "total_variation"]
@@ -179,14 +179,28 @@ class SeReNet(nn.Module):
         return refocus(y / scale, self._psf_for_refocus(), self.binning)[None], scale
 
     def _frozen(self, dtype: torch.dtype) -> FrozenSequential | None:
-        """The cached CPU inference copy of the body in ``dtype`` (rebuilt after training)."""
-        if next(self.parameters()).device.type != "cpu" or not fusable(self.body):
+        """The cached CPU inference copy of the body in ``dtype`` (rebuilt when the body
+        changes), or None where the module itself must run: not on a CPU, a body or dtype
+        the fused path cannot take, hooks on or an override of :meth:`forward`."""
+        if (next(self.parameters()).device.type != "cpu" or not fusable(self.body)
+                or (dtype == torch.bfloat16 and not bf16_supported())
+                or type(self).forward is not SeReNet.forward or self._forward_hooks or self._forward_pre_hooks):
             return None
         cache = self.__dict__.setdefault("_frozen_cache", {})
         f = cache.get(dtype)
         if f is None or not f.is_current(self.body):
             f = cache[dtype] = FrozenSequential(self.body, dtype)
         return f
+
+    def _apply(self, fn, *args, **kwargs):                        # .to(), .cuda(), .float(), ...: drop the copies
+        self.__dict__.pop("_frozen_cache", None)
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):                                       # pickle / deepcopy: the copies are not state
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_frozen_cache", None)
+        return state
 
     @torch.no_grad()
     def reconstruct(self, measurement, offset: float | None = None, precision: str = "float32") -> torch.Tensor:
