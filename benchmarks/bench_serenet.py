@@ -33,17 +33,23 @@ from biomip.pipelines.serenet import (
 from biomip.reconstruct.iterative import richardson_lucy
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse(ap: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, torch.device]:
+    """The options every SeReNet benchmark takes (training steps, device, threads, JSON out);
+    parses, sets the thread count, returns ``(args, device)``."""
     ap.add_argument("--steps", type=int, default=1200)
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--calls", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    dev = torch.device(a.device)
+    return a, torch.device(a.device)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--calls", type=int, default=5)
+    a, dev = parse(ap, argv)
     cfg = SeReNetConfig.quick(steps=a.steps, n_test=1, compare_l1=False)
     sim = simulate(cfg, dev)
     t0 = time.perf_counter()

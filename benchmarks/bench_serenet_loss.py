@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import torch
+from bench_serenet import parse
 
 from biomip.core.atomic import write_json
 from biomip.pipelines.serenet import SeReNetConfig, _fitted_scores, simulate, train
@@ -30,14 +31,8 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--photons", type=float, default=2.0)
     ap.add_argument("--read-noise", type=float, default=0.5)
-    ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--n-test", type=int, default=3)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", default=None)
-    a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    dev = torch.device(a.device)
+    a, dev = parse(ap, argv)
     rows = []
     t_all = time.perf_counter()
     for seed in a.seeds:
