@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from biomip.core.atomic import write_json
+from biomip.nn import bf16_supported
 from biomip.pipelines.serenet import (
     SeReNetConfig,
-    _bf16_fast,
     _fitted_scores,
     _timed,
     simulate,
@@ -59,7 +59,7 @@ def main(argv=None):
     y = (meas - cfg.offset).clamp_min(0)
     methods = {"richardson-lucy (30 it)": lambda: richardson_lucy(y, sim.projector, iterations=30).image,
                "serenet float32": lambda: net.reconstruct(meas)}
-    if _bf16_fast(dev):
+    if bf16_supported(dev):
         methods["serenet bfloat16"] = lambda: net.reconstruct(meas, precision="bfloat16")
     vols = {k: f() for k, f in methods.items()}                      # warm-up, and the volumes scored
     times = {k: [] for k in methods}

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..core.errors import InputError
+from ..nn import bf16_supported
 
 __all__ = ["SeReNetConfig", "simulate", "train", "evaluate", "run", "run_real"]
 
@@ -190,13 +191,6 @@ def _timed(fn, device, repeat: int = 5):
     return out, float(np.median(times))
 
 
-def _bf16_fast(dev) -> bool:
-    """bfloat16 convolutions are fast on CUDA and on CPUs with AVX512-BF16 / AMX."""
-    from ..nn import bf16_supported
-
-    return bf16_supported(dev)
-
-
 def evaluate(cfg: SeReNetConfig, sim: Simulation, models: dict, device=None) -> dict:
     """Scores (PSNR / SSIM after an intensity fit) and inference times of every model in
     ``models`` (name -> SeReNet), Richardson-Lucy (``rl_iterations``) and the refocus
@@ -206,7 +200,7 @@ def evaluate(cfg: SeReNetConfig, sim: Simulation, models: dict, device=None) -> 
     from ..reconstruct.lightfield import refocus_stack
 
     dev = get_device(device)
-    bf16 = _bf16_fast(dev)
+    bf16 = bf16_supported(dev)
     rows: dict[str, list] = {}
     outputs: dict[str, torch.Tensor] = {}
     for i, (gt, meas) in enumerate(zip(sim.test_volumes, sim.test_measurements)):
@@ -382,7 +376,7 @@ def run_real(sample: str = "lf-guv", out=None, n_views: int = 5, binning: int = 
                               binning=b, seed=seed, device=dev, progress=progress)
     train_s = time.perf_counter() - t0
     vol, net_s = _timed(lambda: net.reconstruct(y, offset=0.0), dev)
-    fast = _timed(lambda: net.reconstruct(y, offset=0.0, precision="bfloat16"), dev) if _bf16_fast(dev) else None
+    fast = _timed(lambda: net.reconstruct(y, offset=0.0, precision="bfloat16"), dev) if bf16_supported(dev) else None
     rs = refocus_stack(y, psf, b)
     # bring the refocus stack to the measurement's scale for a comparable residual
     a = float((op.project(rs) * y).sum() / op.project(rs).pow(2).sum().clamp_min(1e-30))
@@ -425,7 +419,7 @@ def run_real(sample: str = "lf-guv", out=None, n_views: int = 5, binning: int = 
                   (f"SeReNet, XY max ({m[snk]['seconds'] * 1000:.0f} ms)\n{fits(snk)}", mip(vol, 0),
                    {"vmin": 0, "vmax": 1}),
                   ("refocus stack, XY max", mip(rs, 0), {"vmin": 0, "vmax": 1}),
-                  (f"raw light field (crop)", raw.numpy()[:140, :140], None),
+                  ("raw light field (crop)", raw.numpy()[:140, :140], None),
                   ("RL, XZ max", mip(rl, 1), {"vmin": 0, "vmax": 1, "aspect": "auto"}),
                   ("SeReNet, XZ max", mip(vol, 1), {"vmin": 0, "vmax": 1, "aspect": "auto"}),
                   ("refocus stack, XZ max", mip(rs, 1), {"vmin": 0, "vmax": 1, "aspect": "auto"})]

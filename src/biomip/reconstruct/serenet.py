@@ -197,8 +197,7 @@ class SeReNet(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def __getstate__(self):                                       # pickle / deepcopy: the copies are not state
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        state = dict(state)
+        state = dict(super().__getstate__())
         state.pop("_frozen_cache", None)
         return state
 
@@ -208,7 +207,7 @@ class SeReNet(nn.Module):
         measurement ``(V, h, w)`` (camera counts; ``offset`` defaults to the training one).
 
         precision : ``"float32"`` or ``"bfloat16"`` -- run the convolutions in bfloat16,
-            about 2x faster on CPUs with AVX512-BF16 / AMX and on GPUs, at a small cost in
+            about 1.6x faster on CPUs with AVX512-BF16 / AMX and on GPUs, at a small cost in
             accuracy (measured in the SeReNet pipeline report).
         On a CPU the network runs as a :class:`~biomip.nn.FrozenSequential` (weights cast
         once, activations fused into oneDNN convolutions, channels-last throughout); on
