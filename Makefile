@@ -19,6 +19,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml $(CONSTRAINTS) $(SAMPLES)
 	$(PIP) install -q --no-deps -r $(SAMPLES)
 	touch $@
 
+# dev extra: pytest, ruff and the reference peers (SimpleITK, MONAI).  The `jpeg` extra
+# (pylibjpeg-libjpeg, GPL-3.0) is left out on purpose: the suite tests what a plain
+# `pip install biomip` decodes; .ci/lowest.sh installs the extra and tests it.
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[dev]"
 	touch $@
@@ -40,6 +43,11 @@ test-all: install-dev
 test-gpu: install-dev
 	$(BIN)/python -m pytest -q -m gpu $(PYTEST_ARGS)
 
+# the minimum versions pyproject.toml declares, installed together in build/venv-lowest
+.PHONY: test-lowest
+test-lowest:
+	bash .ci/lowest.sh
+
 # benchmarks: biomip and the peers (SimpleITK, scikit-image, scikit-learn, elastix, ANTs) in one run, JSON out
 bench: install-dev
 	$(PIP) install -q -c $(CONSTRAINTS) -r requirements/bench.txt
@@ -56,6 +64,19 @@ bench-learned: install-dev
 	$(BIN)/python benchmarks/bench_unet.py --epochs 30
 	$(BIN)/python benchmarks/bench_serenet.py --json benchmarks/results/serenet-speed-cpu2.json
 	$(BIN)/python benchmarks/bench_serenet_loss.py --seeds 0 1 2 3 4 5 6 7 --json benchmarks/results/serenet-nll-vs-l1-cpu2.json
+
+# documentation (docs/, examples/): the docstring examples as doctests (pytest --doctest-modules over
+# src/biomip, 20-50 s), then Sphinx -- API reference, user guide, sphinx-gallery -- with warnings as errors
+.PHONY: docs doctest
+$(VENV)/.installed-docs: $(VENV)/.installed-dev
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[docs]"
+	touch $@
+
+doctest: install-dev
+	$(BIN)/python -m pytest -q --doctest-modules -o addopts="--strict-markers --strict-config" -p no:cacheprovider src/biomip
+
+docs: $(VENV)/.installed-docs doctest
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) biomip-demo .pytest_cache build src/*.egg-info

@@ -29,14 +29,32 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import FormatError, InputError, ShapeError
+from ..core.errors import FormatError, InputError, MissingDependencyError, ShapeError
 from ..core.image import Image
 from ..core.progress import track
 
 
 @dataclass
 class SeriesInfo:
-    """One DICOM series found in a folder."""
+    """One DICOM series found in a folder.
+
+    Parameters
+    ----------
+    index : int
+        Position in :func:`list_series` order, as :func:`biomip.read` takes it (``series=``).
+    uid : str
+        SeriesInstanceUID.
+    description : str
+        SeriesDescription.
+    modality : str
+        Modality (CT, MR, ...).
+    n_files : int
+        Number of files of the series.
+    rows, columns : int
+        Image size of the first file.
+    first_file : str
+        Path of the first file.
+    """
 
     index: int
     uid: str
@@ -48,6 +66,7 @@ class SeriesInfo:
     first_file: str
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict."""
         return asdict(self)
 
 
@@ -78,13 +97,72 @@ def _pixels(ds, path) -> np.ndarray:
     try:
         return ds.pixel_array
     except Exception as exc:
+        missing = _missing_codec(ds, path, exc)
+        if missing is not None:
+            raise missing from exc
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        hint = (" Compressed DICOM may need pylibjpeg, pylibjpeg-openjpeg or python-gdcm installed."
-                if getattr(ts, "is_compressed", False) else "")
         raise FormatError(
             f"path: cannot decode the pixel data of {str(path)!r} (transfer syntax "
-            f"{getattr(ts, 'name', ts)}): {type(exc).__name__}: {exc}.{hint}"
+            f"{getattr(ts, 'name', ts)}): {type(exc).__name__}: {exc}."
         ) from exc
+
+
+# JPEG transfer syntaxes that the optional `jpeg` extra decodes in full (every process,
+# 8 to 16 bits).  The default install has no GPL code: it decodes JPEG baseline and
+# 8-bit extended with Pillow, JPEG-LS with pyjpegls (MIT), JPEG 2000 with
+# pylibjpeg-openjpeg (MIT) or Pillow, and RLE natively; JPEG lossless (process 14) and
+# 12-bit JPEG extended need pylibjpeg-libjpeg (the extra, GPL-3.0) or python-gdcm (BSD).
+_JPEG_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50": "JPEG Baseline",
+    "1.2.840.10008.1.2.4.51": "JPEG Extended",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless",
+    "1.2.840.10008.1.2.4.70": "JPEG Lossless SV1",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS Near-Lossless",
+}
+JPEG_EXTRA = 'pip install "biomip[jpeg]"'
+
+
+class MissingCodecError(MissingDependencyError, FormatError):
+    """Compressed DICOM pixel data that no installed decoder can decode.  Both a
+    :class:`MissingDependencyError` (install a codec) and a :class:`FormatError` (the file
+    cannot be read here), so ``except FormatError`` still catches every unreadable file."""
+
+
+def _missing_codec(ds, path, exc: Exception) -> MissingCodecError | None:
+    """The error to raise when decoding failed for want of a codec; None when a decoder
+    that handles every variant of the transfer syntax was there and failed (a damaged file)."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None or not getattr(ts, "is_compressed", False):
+        return None
+    try:
+        from pydicom.pixels import get_decoder
+
+        decoder = get_decoder(ts)
+    except Exception:  # a transfer syntax that pydicom cannot decode with any plugin
+        return None
+    jpeg = str(ts) in _JPEG_SYNTAXES
+    plugins = set(decoder.available_plugins)
+    # decoders of every variant: libjpeg (the extra) and gdcm for all JPEG, pyjpegls for
+    # JPEG-LS; Pillow alone decodes 8-bit JPEG only
+    if decoder.is_available and not (jpeg and not plugins & {"pylibjpeg", "gdcm", "pyjpegls"}):
+        return None
+    where = f"path: cannot decode the pixel data of {str(path)!r}: transfer syntax {ts.name} ({ts})"
+    if plugins:  # only a partial decoder (Pillow: 8-bit JPEG only) was there, and it failed
+        detail = " ".join(str(exc).split()).replace(
+            "Unable to decode as exceptions were raised by all available plugins: ", "")
+        why = f"the installed decoder ({', '.join(sorted(plugins))}) failed ({detail})"
+    else:
+        why = "no installed decoder handles it"
+        if decoder.missing_dependencies:
+            why += f" (pydicom's plugins: {'; '.join(decoder.missing_dependencies)})"
+    if jpeg:
+        fix = (f"Install the optional JPEG codecs with: {JPEG_EXTRA}  (pylibjpeg-libjpeg, "
+               "GPL-3.0; python-gdcm, BSD-licensed, decodes these files too).")
+    else:
+        fix = ("Reinstall biomip's default DICOM decoders: "
+               "pip install pylibjpeg pylibjpeg-openjpeg pyjpegls pillow")
+    return MissingCodecError(f"{where}: {why}. {fix}")
 
 
 def _floats(value, n=None):
@@ -341,6 +419,20 @@ def _group(headers):
 def list_series(folder, progress=None) -> list[SeriesInfo]:
     """List the DICOM series found below ``folder`` (recursively).
 
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        Folder searched recursively for DICOM files.
+    progress : bool, optional
+        Show a progress bar while scanning (default: on a terminal).
+
+    Returns
+    -------
+    list of SeriesInfo
+        One entry per series, with the index that :func:`biomip.read` takes as ``series=``.
+
+    Examples
+    --------
     >>> for s in biomip.io.list_series("study/"):          # doctest: +SKIP
     ...     print(s.index, s.modality, s.n_files, s.description)
     """
