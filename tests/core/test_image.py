@@ -4,8 +4,17 @@ import SimpleITK as sitk
 import torch
 
 from biomip import Image
-from biomip.core import (BiomipError, GeometryError, InputError, ShapeError, as_numpy, as_tensor,
-                         atomic_path, check_finite, like_input)
+from biomip.core import (
+    BiomipError,
+    GeometryError,
+    InputError,
+    ShapeError,
+    as_numpy,
+    as_tensor,
+    atomic_path,
+    check_finite,
+    like_input,
+)
 
 
 def _oblique():
@@ -149,3 +158,86 @@ def test_arithmetic_keeps_geometry():
         a + Image(np.ones((3, 4)), spacing=(1, 1))
     t = Image(torch.ones(2, 2)) * 3
     assert t.is_torch and float(t.array.sum()) == 12
+
+
+# ------------------------------------------------- geometry validated on assignment too
+@pytest.mark.parametrize("attr, value, match", [
+    ("spacing", (0, 1), r"spacing: got \(0.0, 1.0\); expected finite positive"),
+    ("spacing", (1.0, float("nan")), "spacing: .*expected finite positive"),
+    ("spacing", (1.0, 1.0, 1.0), "spacing: got 3 values"),
+    ("origin", (0.0, float("inf")), "origin: .*expected 2 finite numbers"),
+    ("origin", (1.0,), "origin: .*expected 2 finite numbers"),
+    ("origin", "ab", "origin: .*expected 2 finite numbers"),
+    ("direction", [[1.0, 0.0], [0.0, 2.0]], "direction: .*not orthonormal"),
+    ("direction", [[1.0, 0.1], [0.0, 1.0]], "direction: .*not orthonormal"),
+    ("direction", np.eye(3), "direction: .*expected a finite 2x2"),
+])
+def test_geometry_is_validated_on_construction_and_assignment(attr, value, match):
+    img = Image(np.zeros((4, 5)), spacing=(0.5, 2.0), origin=(1.0, 2.0))
+    with pytest.raises(GeometryError, match=match):
+        setattr(img, attr, value)
+    assert img.spacing == (0.5, 2.0) and img.origin == (1.0, 2.0)          # unchanged after the error
+    np.testing.assert_array_equal(img.direction, np.eye(2))
+    with pytest.raises(GeometryError, match=match):
+        Image(np.zeros((4, 5)), **{attr: value})
+
+
+def test_geometry_assignment_and_tolerance():
+    img = Image(np.zeros((4, 5)))
+    img.spacing = 0.25                                        # a scalar is broadcast
+    img.origin = np.array([3, 4])
+    theta = 0.3
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    img.direction = rot.ravel()                               # row-major numbers are accepted
+    assert img.spacing == (0.25, 0.25) and img.origin == (3.0, 4.0)
+    np.testing.assert_allclose(img.index_to_world([1, 0]), [3 + 0.25 * np.cos(theta), 4 + 0.25 * np.sin(theta)])
+    with pytest.raises(ValueError, match="read-only"):
+        img.direction[0, 0] = 2.0                             # no way around the check in place
+    img.direction = np.round(rot, 5)                          # ~1e-5 off: accepted (DICOM cosines are rounded)
+    with pytest.raises(GeometryError, match="orthonormal"):
+        img.direction = np.round(rot, 2)                      # ~1e-2 off: refused
+    assert np.array(img.direction).flags.writeable            # a copy is an ordinary array
+
+
+def test_check_real_is_the_one_dtype_check():
+    from biomip.core.arrays import check_real
+
+    for bad, word in ((np.zeros(3, complex), "complex"), (np.zeros(3, bool), "boolean"),
+                      (np.array([1, "a"], object), "real numbers"), (torch.zeros(3, dtype=torch.complex64), "complex"),
+                      (torch.zeros(3, dtype=torch.bool), "boolean"), (np.array(["a"]), "real numbers")):
+        with pytest.raises(InputError, match=f"image: .*{word}"):
+            check_real(bad, "image")
+    check_real(np.zeros(3, bool), "mask", allow_bool=True)
+    check_real(Image(np.zeros((2, 2), np.int16)), "image")
+    check_real([1.0, 2.0], "values")
+    with pytest.raises(InputError, match="array: .*numeric"):
+        as_tensor(np.array([object(), object()]))             # was a bare TypeError from torch
+
+
+def test_same_kind_decorator():
+    from biomip.core.kinds import same_kind
+
+    @same_kind("a", "b")
+    def add(a, b=None, spacing=None):
+        assert isinstance(a, Image)
+        out = a.with_array(a.array + (0 if b is None else b.array))
+        return {"sum": out, "spacing": out.spacing, "both": [out, out]}
+
+    x = np.ones((3, 4), np.float32)
+    r = add(x, x)
+    assert isinstance(r["sum"], np.ndarray) and r["sum"].sum() == 24 and r["spacing"] == (1.0, 1.0)
+    assert all(isinstance(v, np.ndarray) for v in r["both"])
+    assert add(x, spacing=(2.0, 3.0))["spacing"] == (2.0, 3.0)
+    t = add(torch.from_numpy(x), x)["sum"]                    # numpy next to torch goes to its device
+    assert isinstance(t, torch.Tensor) and float(t.sum()) == 24
+    img = Image(x, spacing=(0.5, 0.5), origin=(1, 2))
+    out = add(x, img)["sum"]                                  # any Image -> Image; arrays take its geometry
+    assert isinstance(out, Image) and out.spacing == (0.5, 0.5) and out.origin == (1.0, 2.0)
+    with pytest.raises(GeometryError, match="spacing: got .* but b is an Image"):
+        add(x, img, spacing=1.0)
+    with pytest.raises(InputError, match="b: .*NaN"):
+        add(x, np.full_like(x, np.nan))
+    with pytest.raises(InputError, match="a: .*complex"):
+        add(x.astype(np.complex64))
+    with pytest.raises(ShapeError, match="a: .*2-D array on the grid of b"):
+        add(np.ones((2, 3, 4)), img)

@@ -130,3 +130,17 @@ def test_ssim_psnr_cuda_matches_cpu(rng):
     assert x.grad.device.type == "cuda" and torch.isfinite(x.grad).all()
     assert s.item() == pytest.approx(ssim(img.astype(np.float64), ref.astype(np.float64)), abs=1e-4)
     assert psnr(x, y).item() == pytest.approx(psnr(img, ref), rel=1e-4)
+
+
+@pytest.mark.parametrize("fn", [mse, mae, psnr, ssim])
+def test_complex_bool_object_inputs_are_refused(fn):
+    ref = np.random.default_rng(0).random((16, 16))
+    for bad, word in ((ref.astype(np.complex128), "complex"), (ref > 0.5, "boolean"),
+                      (ref.astype(object), "real numbers"), (torch.from_numpy(ref).to(torch.complex64), "complex"),
+                      (torch.from_numpy(ref > 0.5), "boolean")):
+        with pytest.raises(InputError, match=f"image: .*{word}"):
+            fn(bad, ref)
+        with pytest.raises(InputError, match=f"reference: .*{word}"):
+            fn(ref, bad)
+    img = (ref * 200).astype(np.uint8)
+    assert fn(img, img) in (0.0, math.inf, 1.0)                                   # integers are numbers

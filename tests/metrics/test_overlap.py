@@ -7,8 +7,18 @@ from sklearn import metrics as skm
 
 import biomip
 from biomip.core.errors import InputError, ShapeError
-from biomip.metrics import (accuracy, confusion_counts, dice, f1, iou, jaccard, precision, recall, sensitivity,
-                            specificity)
+from biomip.metrics import (
+    accuracy,
+    confusion_counts,
+    dice,
+    f1,
+    iou,
+    jaccard,
+    precision,
+    recall,
+    sensitivity,
+    specificity,
+)
 
 
 def _masks(rng, shape=(20, 24), p=0.4):
@@ -125,3 +135,19 @@ def test_images_on_different_grids_are_rejected():
     with pytest.raises(GeometryError, match="spacing"):
         dice(a, Image(np.ones((4, 4)), spacing=(2, 2)))
     assert dice(a, Image(np.ones((4, 4)), spacing=(1, 1))) == 1.0
+
+
+def test_masks_may_be_boolean_but_not_complex():
+    from biomip.metrics import hausdorff, roc_auc
+
+    a = np.zeros((8, 8), bool)
+    a[2:6, 2:6] = True
+    assert dice(a, a) == 1.0 and dice(torch.from_numpy(a), a) == 1.0      # boolean masks: fine
+    for fn in (dice, iou, hausdorff):
+        with pytest.raises(InputError, match="pred: .*complex"):
+            fn(a.astype(np.complex64), a)
+        with pytest.raises(InputError, match="target: .*real numbers"):
+            fn(a, a.astype(str))
+    with pytest.raises(InputError, match="scores: .*complex"):
+        roc_auc(a.ravel(), a.ravel().astype(complex))
+    assert roc_auc(a.ravel(), a.ravel()) == 1.0                          # boolean scores: hard predictions

@@ -10,8 +10,7 @@ import scipy.ndimage as ndi
 import torch
 
 from biomip.core import GeometryError, Image, InputError, ShapeError
-from biomip.ops.spatial import (compose, identity_grid, integrate_velocity, invert_displacement, resample,
-                                warp)
+from biomip.ops.spatial import compose, identity_grid, integrate_velocity, invert_displacement, resample, warp
 
 sitk = pytest.importorskip("SimpleITK")
 
@@ -25,16 +24,6 @@ def _smooth_field(rng, shape, amplitude, sigma=3.0):
     d = len(shape)
     u = ndi.gaussian_filter(rng.standard_normal((d, *shape)), (0,) + (sigma,) * d)
     return u / np.abs(u).max() * amplitude
-
-
-def _jacobian_det_numpy(u, spacing):
-    d = u.shape[0]
-    J = np.zeros(u.shape[1:] + (d, d))
-    for i in range(d):                                   # component i (x, y, z)
-        grads = np.gradient(u[i], *spacing[::-1])        # array axes (z, y, x)
-        for j in range(d):                               # derivative along world axis j
-            J[..., i, j] = grads[d - 1 - j] + (i == j)
-    return np.linalg.det(J)
 
 
 # ------------------------------------------------------------------------- identity / shifts
@@ -85,9 +74,38 @@ def test_nearest_keeps_label_dtype(rng):
     assert set(np.unique(out)) <= set(np.unique(labels))
     shifted = warp(labels, np.stack([np.ones((10, 12)), np.zeros((10, 12))]), mode="nearest")
     np.testing.assert_array_equal(shifted[:, :-1], labels[:, 1:])
-    assert warp(labels, u).dtype == np.uint16             # integers default to nearest: labels stay labels
-    lin = warp(labels, u, mode="linear")                   # asked for linear on integers -> float32
-    assert lin.dtype == np.float32
+    as_labels = Image(labels, meta={"kind": "labels"})    # a label map says what it is: nearest by default
+    np.testing.assert_array_equal(warp(as_labels, u).array, out)
+
+
+def test_interpolation_follows_what_the_image_is_not_its_dtype():
+    """An int16 CT is an intensity image: warped linearly, pixel type kept (as
+    SimpleITK.Resample), values rounded; a label map (meta kind 'labels') stays nearest."""
+    ramp = (np.arange(12, dtype=np.int16) * 10)[None].repeat(6, 0)           # 0, 10, ..., 110 along x
+    u = np.zeros((2, 6, 12))
+    u[0] = 0.26                                                               # +0.26 mm: sub-voxel
+    ct = Image(ramp, meta={"modality": "CT"})
+    out = warp(ct, Image(u, axes="cyx"))
+    assert out.dtype == np.int16
+    np.testing.assert_array_equal(out.array[:, :-1], ramp[:, :-1] + 3)        # 2.6 -> 3 (SimpleITK truncates to 2)
+    np.testing.assert_array_equal(warp(ramp, u), out.array)                   # plain arrays: linear too
+    assert warp(ramp.astype(np.float32), u)[0, 0] == pytest.approx(2.6)       # float: fractional values
+    t = warp(torch.from_numpy(ramp), torch.from_numpy(u))
+    assert t.dtype == torch.int16 and torch.equal(t, torch.from_numpy(out.array))
+    res = resample(ct, spacing=(0.5, 1.0))                                    # resample: the same rule
+    assert res.dtype == np.int16 and len(np.setdiff1d(res.array, ramp)) > 0   # new (interpolated) values
+    labels = Image(ramp // 10, meta={"kind": "labels"})
+    lab = warp(labels, Image(u * 2, axes="cyx"))                              # 0.52 voxel: nearest rounds up
+    assert lab.dtype == np.int16 and lab.meta["kind"] == "labels"
+    np.testing.assert_array_equal(lab.array[:, :-1], labels.array[:, 1:])
+    assert set(np.unique(resample(labels, spacing=(0.7, 0.7)).array)) <= set(range(12))
+    # extremes are clipped to the dtype's range, booleans thresholded at 0.5
+    sat = np.full((6, 12), 250, np.uint8)
+    assert warp(sat, u, mode="cubic").max() <= 255 and warp(sat, u, mode="cubic").dtype == np.uint8
+    mask = np.zeros((6, 12), bool)
+    mask[:, 6:] = True
+    m = warp(mask, u)
+    assert m.dtype == bool and m[0, 5] == np.False_ and m[0, 6] == np.True_
 
 
 def test_zeros_padding_outside():
@@ -176,16 +194,16 @@ def test_invert_translation():
     np.testing.assert_allclose(w[1], -0.7, atol=1e-12)
 
 
-def test_integrate_velocity_positive_jacobian_and_inverse(rng):
+def test_integrate_velocity_positive_jacobian_and_inverse(rng, jacobian_det_numpy):
     shape = (32, 36)
     spacing = (1.0, 0.8)
     v = _smooth_field(rng, shape, 3.0, sigma=4.0)
     u = integrate_velocity(v, spacing=spacing)
     assert np.abs(u).max() > 2.0
-    det = _jacobian_det_numpy(u, spacing)
+    det = jacobian_det_numpy(u, spacing)
     assert det.min() > 0
     # a field as strong, used directly as a displacement, folds: the test can fail
-    assert _jacobian_det_numpy(3.0 * v, spacing).min() < 0
+    assert jacobian_det_numpy(3.0 * v, spacing).min() < 0
     inv = integrate_velocity(-v, spacing=spacing)
     c = compose(u, inv, spacing=spacing)
     assert np.abs(c[:, 4:-4, 4:-4]).max() < 0.1

@@ -423,10 +423,10 @@ def test_numba_box_mean_matches_avg_pool_and_its_adjoint():
 
     torch.manual_seed(0)
     x = torch.rand(2, 9, 12, 15, requires_grad=True)
-    fast = L._box_mean(x, (5, 3, 7))                                  # float32 CPU: numba path
+    fast = L.box_mean(x, (5, 3, 7))                                  # float32 CPU: numba path
     g = torch.rand_like(fast)
     (gx,) = torch.autograd.grad((fast * g).sum(), x)
     x64 = x.detach().double().requires_grad_(True)
-    ref = L._box_mean(x64, (5, 3, 7))                                  # float64: avg_pool path
+    ref = L.box_mean(x64, (5, 3, 7))                                  # float64: avg_pool path
     (gr,) = torch.autograd.grad((ref * g.double()).sum(), x64)
     assert torch.allclose(fast.double(), ref, atol=1e-6) and torch.allclose(gx.double(), gr, atol=1e-6)

@@ -7,31 +7,21 @@ from biomip.metrics import jacobian_stats
 from biomip.register.svf import svf
 
 
-def _pair(shape):
-    fixed = biomip.ops.gaussian_smooth(biomip.data.shepp_logan(shape), 1.0)
-    d = biomip.data.random_deformation(fixed, max_displacement=3.0, seed=0)
-    return fixed, biomip.ops.warp(fixed, d.inverse), d.displacement.numpy(), fixed.numpy() > 0.05
-
-
-def _epe(u, gt, mask):
-    return float(np.linalg.norm(u - gt, axis=0)[mask].mean())
-
-
 @pytest.mark.parametrize("metric, gain", [("lncc", 0.6), ("mse", 0.7), ("ncc", 0.6)])
-def test_svf_2d_reduces_error_without_folding(metric, gain):
-    fixed, moving, gt, mask = _pair((96, 96))
+def test_svf_2d_reduces_error_without_folding(metric, gain, epe, deformed_pair):
+    fixed, moving, gt, mask = deformed_pair((96, 96))
     res = svf(fixed, moving, metric=metric)
-    assert _epe(res.displacement.numpy(), gt, mask) < gain * _epe(np.zeros_like(gt), gt, mask)
+    assert epe(res.displacement.numpy(), gt, mask) < gain * epe(np.zeros_like(gt), gt, mask)
     js = jacobian_stats(res.displacement)
     assert js["folding_fraction"] == 0.0 and js["min"] > 0
     assert res.params["velocity"].shape == res.displacement.shape
 
 
 @pytest.mark.slow
-def test_svf_3d_lncc():
-    fixed, moving, gt, mask = _pair((48, 48, 48))
+def test_svf_3d_lncc(epe, deformed_pair):
+    fixed, moving, gt, mask = deformed_pair((48, 48, 48))
     res = svf(fixed, moving, metric="lncc")
-    assert _epe(res.displacement.numpy(), gt, mask) < 0.65 * _epe(np.zeros_like(gt), gt, mask)
+    assert epe(res.displacement.numpy(), gt, mask) < 0.65 * epe(np.zeros_like(gt), gt, mask)
     assert jacobian_stats(res.displacement)["folding_fraction"] == 0.0
 
 
@@ -41,13 +31,13 @@ def test_svf_bad_input():
         svf(a, a, metric="mi")
 
 
-def test_svf_identity_and_torch_path_agree(monkeypatch):
-    fixed, moving, gt, mask = _pair((64, 64))
+def test_svf_identity_and_torch_path_agree(monkeypatch, deformed_pair):
+    fixed, moving, gt, mask = deformed_pair((64, 64))
     res = svf(fixed, fixed, iterations=5)
     assert np.abs(res.displacement.numpy()).max() < 1e-4
     fast = svf(fixed, moving, iterations=(20, 10, 5))
-    from biomip.ops import _fieldkernels
+    from biomip.ops import fieldkernels
 
-    monkeypatch.setattr(_fieldkernels, "AVAILABLE", False)           # the CUDA / no-numba code path
+    monkeypatch.setattr(fieldkernels, "AVAILABLE", False)           # the CUDA / no-numba code path
     slow = svf(fixed, moving, iterations=(20, 10, 5))
     assert np.abs(fast.displacement.numpy() - slow.displacement.numpy())[:, mask].mean() < 0.05

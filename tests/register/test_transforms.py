@@ -5,8 +5,14 @@ import SimpleITK as sitk
 import biomip
 from biomip import Image
 from biomip.core import FormatError, GeometryError, ShapeError
-from biomip.register import (AffineTransform, DisplacementTransform, RigidTransform, read_transform,
-                             rotation_matrix, rotation_vector)
+from biomip.register import (
+    AffineTransform,
+    DisplacementTransform,
+    RigidTransform,
+    read_transform,
+    rotation_matrix,
+    rotation_vector,
+)
 
 PTS = np.random.default_rng(0).normal(size=(7, 3)) * 20
 

@@ -20,9 +20,10 @@ def is_tensor(x) -> bool:
 
 
 def _unwrap(x):
-    from .image import Image
+    """The array of an :class:`~biomip.core.image.Image` (marked ``__biomip_image__``), else ``x``.
 
-    return x.array if isinstance(x, Image) else x
+    Duck-typed so that this module, which ``core.image`` builds on, never imports it."""
+    return x.array if getattr(type(x), "__biomip_image__", False) else x
 
 
 def as_numpy(x, dtype=None, name: str = "array") -> np.ndarray:
@@ -53,6 +54,8 @@ def as_tensor(x, device=None, dtype=None, name: str = "array"):
             x = x.to(get_device(device))
         return x if dtype is None else x.to(dtype)
     arr = as_numpy(x, name=name)
+    if arr.dtype.kind in "OSUVMm":       # torch.from_numpy would raise a bare TypeError
+        raise InputError(f"{name}: got {describe(arr)}; expected a numeric array")
     if arr.dtype == np.uint16:
         arr = arr.astype(np.int32)
     elif arr.dtype == np.uint32:
@@ -128,7 +131,8 @@ def check_spacing(spacing, ndim: int, name: str = "spacing") -> tuple[float, ...
     if sp.size != ndim:
         raise GeometryError_(f"{name}: got {sp.size} values {tuple(sp.tolist())}; expected {ndim} (x, y{', z' if ndim == 3 else ''})")
     if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise GeometryError_(f"{name}: got {tuple(sp.tolist())}; expected finite positive values")
+        raise GeometryError_(f"{name}: got {tuple(sp.tolist())}; expected finite positive voxel sizes in mm "
+                             f"(x, y{', z' if ndim == 3 else ''} order)")
     return tuple(float(s) for s in sp)
 
 
@@ -152,10 +156,10 @@ def check_shape(shape, ndims=(2, 3), min_size: int = 1, name: str = "shape") -> 
 
 
 def as_float_tensor(x, name: str = "array", device=None):
-    """``x`` as a real floating torch tensor (integers -> float32), checked finite."""
+    """``x`` as a real floating torch tensor (integers and booleans -> float32), checked
+    finite; complex / object / string arrays raise :class:`InputError`."""
+    check_real(x, name, allow_bool=True)
     t = as_tensor(x, device=device, name=name)
-    if t.is_complex():
-        raise InputError(f"{name}: got a complex array; expected real values")
     if not t.is_floating_point():
         import torch
 
@@ -164,17 +168,116 @@ def as_float_tensor(x, name: str = "array", device=None):
     return t
 
 
-def check_number(value, name: str, positive: bool = False, nonneg: bool = False) -> float:
-    """A finite real number (optionally > 0 or >= 0) as float, else an InputError naming
-    ``name``.  Booleans are refused."""
+def check_real(x, name: str = "array", allow_bool: bool = False):
+    """Raise :class:`InputError` unless ``x`` holds real numbers (integers or floats).
+
+    The one check for "numbers are meant here": complex, object, string and datetime
+    arrays are refused, and booleans too unless ``allow_bool`` (masks and label maps
+    may be boolean; intensities, fields and registration inputs may not).  ``x`` is a
+    numpy array, torch tensor, :class:`Image` or array-like; it is returned unchanged.
+
+    >>> check_real(np.zeros(3, complex), "image")
+    Traceback (most recent call last):
+    ...
+    biomip.core.errors.InputError: image: got ndarray of shape (3,) and dtype complex128; expected real numbers (integers or floats); take .real or abs() first
+    """
+    a = _unwrap(x)
+    if is_tensor(a):
+        import torch
+
+        complex_, bool_, other = a.is_complex(), a.dtype == torch.bool, False
+    else:
+        dt = getattr(a, "dtype", None)
+        if dt is None:
+            try:
+                dt = np.asarray(a).dtype
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"{name}: got {describe(a)}; expected an array of real numbers") from exc
+        kind = np.dtype(dt).kind
+        complex_, bool_, other = kind == "c", kind == "b", kind not in "biufc"
+    if complex_:
+        raise InputError(f"{name}: got {describe(a)}; expected real numbers (integers or floats); "
+                         "take .real or abs() first")
+    if other:
+        raise InputError(f"{name}: got {describe(a)}; expected real numbers (integers or floats)")
+    if bool_ and not allow_bool:
+        raise InputError(f"{name}: got {describe(a)}; expected real numbers (integers or floats), not a boolean "
+                         "mask; cast it (e.g. mask.astype(np.float32)) if you mean 0/1 intensities")
+    return x
+
+
+def check_number(value, name: str, positive: bool = False, nonneg: bool = False, *, low: float | None = None,
+                 high: float | None = None, low_open: bool = False, integer: bool = False) -> float:
+    """A finite real number as float (int when ``integer``), else an InputError naming
+    ``name``, what came and what was expected.  Booleans are refused.
+
+    Parameters
+    ----------
+    value : object
+        The value to check.
+    name : str
+        The argument's name, used in the error message.
+    positive, nonneg : bool
+        Require ``value > 0`` / ``value >= 0``.
+    low, high : float, optional
+        Bounds: ``value >= low`` (``> low`` when ``low_open``) and ``value <= high``.
+    low_open : bool
+        Make the lower bound strict.
+    integer : bool
+        Require an integer (returned as ``int``).
+
+    Examples
+    --------
+    >>> check_number(0.5, "overlap", low=0, high=1)
+    0.5
+    >>> check_number(3, "levels", integer=True, low=1)
+    3
+    """
     import math
     import numbers
 
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) \
-            or (positive and value <= 0) or (nonneg and value < 0):
-        want = "a positive number" if positive else ("a number >= 0" if nonneg else "a finite number")
+    if positive:
+        low, low_open = 0.0, True
+    elif nonneg and low is None:
+        low = 0.0
+    ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
+    if ok and integer and not isinstance(value, numbers.Integral):
+        ok = False
+    if ok:
+        v = float(value)
+        ok = math.isfinite(v) and (low is None or (v > low if low_open else v >= low)) \
+            and (high is None or v <= high)
+    if not ok:
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if low_open else '>='} {low:g}")
+        if high is not None:
+            bounds.append(f"<= {high:g}")
+        if positive and not integer and high is None:
+            want = "a positive number"
+        elif integer:
+            want = "an integer" + (" " + " and ".join(bounds) if bounds else "")
+        else:
+            want = "a number " + " and ".join(bounds) if bounds else "a finite number"
         raise InputError(f"{name}: got {value!r}; expected {want}")
-    return float(value)
+    return int(value) if integer else float(value)
+
+
+def check_size(value, d: int, name: str) -> tuple[int, ...]:
+    """``d`` positive integers (array order) from one integer or a sequence of ``d``;
+    else an InputError naming ``name``.
+
+    >>> check_size(64, 2, "patch_size")
+    (64, 64)
+    """
+    vals = np.atleast_1d(np.asarray(value, dtype=object)).ravel().tolist() if value is not None else []
+    if len(vals) == 1:
+        vals = vals * d
+    if len(vals) != d or any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1
+                             for v in vals):
+        raise InputError(f"{name}: got {value!r}; expected {d} positive integers (array order, "
+                         f"{'z, y, x' if d == 3 else 'y, x'}) or one for all axes")
+    return tuple(int(v) for v in vals)
 
 
 def check_count(value, name: str, minimum: int = 1) -> int:

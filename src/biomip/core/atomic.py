@@ -19,8 +19,37 @@ from .errors import FormatError
 def atomic_path(path, is_dir: bool = False, overwrite: bool = True):
     """Yield a temporary path next to ``path``; on success move it into place.
 
-    ``is_dir``: the writer creates a folder (DICOM series, OME-Zarr) instead of a file.
     The temporary name keeps the final suffix so format libraries pick the same format.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The final file or folder.
+    is_dir : bool, optional
+        The writer creates a folder (DICOM series, OME-Zarr) instead of a file.
+    overwrite : bool, optional
+        Replace an existing ``path``.
+
+    Yields
+    ------
+    pathlib.Path
+        The temporary path to write.
+
+    Raises
+    ------
+    FormatError
+        When the parent folder does not exist, ``path`` exists and ``overwrite`` is false,
+        ``path`` is a file where a folder is written (or the reverse), or the writer
+        produced nothing.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+    >>> with atomic_path(out) as tmp:
+    ...     _ = tmp.write_text("hello")
+    >>> out.read_text()
+    'hello'
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
@@ -50,8 +79,27 @@ def atomic_path(path, is_dir: bool = False, overwrite: bool = True):
 
 
 def json_default(o):
-    """``json.dumps(default=...)`` for biomip objects: numpy scalars / arrays, paths,
-    anything with ``to_dict()``; other objects as ``str``."""
+    """``json.dumps(default=...)`` for biomip objects.
+
+    Converts numpy scalars / arrays, paths, anything with ``to_dict()``; other objects
+    as ``str``.
+
+    Parameters
+    ----------
+    o : object
+        The object ``json`` cannot serialise by itself.
+
+    Returns
+    -------
+    object
+        A JSON-serialisable value.
+
+    Examples
+    --------
+    >>> import json, numpy as np
+    >>> json.dumps({"a": np.float32(0.5), "b": np.arange(2)}, default=json_default)
+    '{"a": 0.5, "b": [0, 1]}'
+    """
     import numpy as np
 
     if isinstance(o, np.generic):
@@ -66,7 +114,15 @@ def json_default(o):
 
 
 def write_json(obj, path) -> None:
-    """Write JSON atomically (numpy scalars / arrays, paths, ``to_dict()`` objects converted)."""
+    """Write JSON atomically (numpy scalars / arrays, paths, ``to_dict()`` objects converted).
+
+    Parameters
+    ----------
+    obj : object
+        The value to write (see :func:`json_default` for the conversions).
+    path : str or pathlib.Path
+        The file to write.
+    """
     import json
 
     with atomic_path(path) as tmp:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
 from typing import TYPE_CHECKING
-
 
 if TYPE_CHECKING:
     from torch import nn
@@ -25,9 +23,40 @@ _CONFIG = "config.json"
 
 def save_module(module: nn.Module, path, fmt: str, version: int, config: dict, meta: dict | None = None,
                 overwrite: bool = True) -> Path:
-    """Write ``module`` as a folder ``path`` holding ``model.safetensors`` (its state
+    """Write a torch module as a checkpoint folder, atomically.
+
+    Write ``module`` as a folder ``path`` holding ``model.safetensors`` (its state
     dict, on CPU) and ``config.json`` (``{"format": fmt, "version": version, "config":
-    config, "meta": meta, "n_parameters": ...}``), atomically."""
+    config, "meta": meta, "n_parameters": ...}``), atomically.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model to save.
+    path : str or pathlib.Path
+        The folder to write (its parent must exist).
+    fmt : str
+        Format name stored in ``config.json`` and checked by :func:`load_module`.
+    version : int
+        Format version stored in ``config.json``.
+    config : dict
+        Keyword arguments that rebuild the module: ``type(module)(**config)``.
+    meta : dict or None, optional
+        Extra metadata (training plan, class ids, ...); ``None`` stores ``{}``.
+    overwrite : bool, optional
+        Replace an existing folder at ``path``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    FormatError
+        When the parent folder does not exist, or ``path`` exists and ``overwrite`` is
+        false.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -43,9 +72,34 @@ def save_module(module: nn.Module, path, fmt: str, version: int, config: dict, m
 
 
 def load_module(cls, path, fmt: str, version: int, device=None):
-    """Read a folder written by :func:`save_module`: ``cls(**config)`` with the weights
-    loaded strictly (safetensors: no code is unpickled), ``meta`` restored, eval mode,
-    on ``device`` (``None``: ``biomip.config.device``)."""
+    """Read a folder written by :func:`save_module`.
+
+    Returns ``cls(**config)`` with the weights loaded strictly (safetensors: no code is
+    unpickled), ``meta`` restored, eval mode, on ``device`` (``None``:
+    ``biomip.config.device``).  The first argument ``cls`` is the module class to build.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The checkpoint folder.
+    fmt : str
+        Expected format name (``config.json`` must carry it).
+    version : int
+        Newest format version this code reads; a newer file raises.
+    device : str or torch.device or None, optional
+        Where the model is put (``None``: ``biomip.config.device``).
+
+    Returns
+    -------
+    torch.nn.Module
+        The model, in eval mode, with ``model.meta`` set.
+
+    Raises
+    ------
+    FormatError
+        When ``path`` is not such a folder, its config is unreadable, of another format or
+        of a newer version, or the weights do not fit the model.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

@@ -11,10 +11,14 @@ from .errors import InputError
 class Config:
     """Process-wide defaults.
 
-    ``device``: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``,
-    ``"cuda:1"`` ...  Used only where a function gets numpy input and has no
-    ``device=`` argument; torch input always stays where it lives.
-    ``progress``: show progress bars on long work (``None``: only on a terminal).
+    Parameters
+    ----------
+    device : str, optional
+        ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``,
+        ``"cuda:1"`` ...  Used only where a function gets numpy input and has no
+        ``device=`` argument; torch input always stays where it lives.
+    progress : bool or None, optional
+        Show progress bars on long work (``None``: only on a terminal).
     """
 
     device: str = "auto"
@@ -27,7 +31,26 @@ config = Config()
 def get_device(device=None):
     """Resolve a device request to a ``torch.device``.
 
-    ``None`` means ``biomip.config.device``; ``"auto"`` picks CUDA when available.
+    Parameters
+    ----------
+    device : str or torch.device or None, optional
+        ``None`` means ``biomip.config.device``; ``"auto"`` picks CUDA when available;
+        else ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``.
+
+    Returns
+    -------
+    torch.device
+        The device.
+
+    Raises
+    ------
+    InputError
+        When ``device`` is not a device name, or names CUDA on a machine without it.
+
+    Examples
+    --------
+    >>> get_device("cpu")
+    device(type='cpu')
     """
     import torch
 

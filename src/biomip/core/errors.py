@@ -43,7 +43,27 @@ class SampleNotFoundError(BiomipError, KeyError):
 
 
 def describe(value) -> str:
-    """Short description of a value for error messages: type, shape, dtype."""
+    """Short description of a value for error messages: type, shape, dtype.
+
+    Parameters
+    ----------
+    value : object
+        The value received.
+
+    Returns
+    -------
+    str
+        E.g. ``"ndarray of shape (2, 3) and dtype float32"``; at most 200 characters for
+        values without a shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> describe(np.zeros((2, 3), np.float32))
+    'ndarray of shape (2, 3) and dtype float32'
+    >>> describe([1, 2])
+    'list of length 2'
+    """
     shape = getattr(value, "shape", None)
     dtype = getattr(value, "dtype", None)
     if shape is not None:

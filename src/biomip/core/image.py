@@ -33,7 +33,7 @@ SPATIAL = "zyx"
 NON_SPATIAL = "tc"
 
 
-def _default_axes(ndim: int) -> str:
+def default_axes(ndim: int) -> str:
     return {1: "x", 2: "yx", 3: "zyx", 4: "czyx", 5: "tczyx"}.get(ndim, "")
 
 
@@ -50,6 +50,40 @@ def _check_axes(axes: str, ndim: int) -> str:
             "(e.g. 'yx', 'zyx', 'cyx', 'czyx', 'tzyx')"
         )
     return axes
+
+
+def _xyz(d: int) -> str:
+    return ", ".join("xyz"[:d])
+
+
+DIRECTION_TOLERANCE = 1e-4
+"""Largest deviation of ``direction.T @ direction`` from the identity that an Image
+accepts (ITK / SimpleITK check direction cosines to about this precision)."""
+
+
+def check_direction(direction, d: int, name: str = "direction") -> np.ndarray:
+    """Validate a direction matrix: ``d x d`` (or ``d*d`` numbers, row-major), finite and
+    orthonormal within :data:`DIRECTION_TOLERANCE`.  Returns a float64 copy; raises
+    :class:`GeometryError` naming ``name``, what came and what is expected.  ``None``
+    gives the identity."""
+    if direction is None:
+        return np.eye(d)
+    try:
+        dirm = np.array(as_numpy(direction), dtype=float)
+    except (TypeError, ValueError, InputError) as exc:
+        raise GeometryError(f"{name}: got {describe(direction)}; expected a {d}x{d} orthonormal matrix") from exc
+    if dirm.size == d * d:
+        dirm = dirm.reshape(d, d)
+    if dirm.shape != (d, d) or not np.all(np.isfinite(dirm)):
+        raise GeometryError(f"{name}: got {describe(dirm)}; expected a finite {d}x{d} matrix "
+                            f"(or {d * d} numbers, row-major)")
+    err = float(np.abs(dirm.T @ dirm - np.eye(d)).max())
+    if err > DIRECTION_TOLERANCE:
+        raise GeometryError(
+            f"{name}: got {np.round(dirm, 5).tolist()}, which is not orthonormal (|D^T D - I| = {err:.2g}); expected "
+            f"unit, perpendicular columns within {DIRECTION_TOLERANCE:g} (a rotation or reflection). Put scaling in "
+            "spacing; shear cannot be stored in NIfTI / DICOM")
+    return dirm
 
 
 class Image:
@@ -78,6 +112,8 @@ class Image:
     (0.5, 0.5, 2.0)
     """
 
+    __biomip_image__ = True          # how core.arrays recognises an Image without importing this module
+
     __array_priority__ = 10
 
     def __init__(self, array, spacing=None, origin=None, direction=None, axes: str | None = None,
@@ -90,34 +126,56 @@ class Image:
                 raise InputError(f"array: got {describe(array)}; expected a numeric array")
         if array.ndim == 0:
             raise ShapeError("array: got a 0-D scalar; expected an array with at least one spatial axis")
-        axes = _check_axes(axes if axes is not None else _default_axes(array.ndim), array.ndim)
+        axes = _check_axes(axes if axes is not None else default_axes(array.ndim), array.ndim)
         self.array = array
         self.axes = axes
+        self.spacing = spacing
+        self.origin = origin
+        self.direction = direction
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    # ---------------------------------------------------------------- geometry
+    # validated on construction and on every assignment: ``img.spacing = (0, 1)`` raises
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Voxel size per spatial axis, world order ``(x, y, z)``, mm (finite, > 0)."""
+        return self._spacing
+
+    @spacing.setter
+    def spacing(self, value) -> None:
+        self._spacing = check_spacing(value, self.sdim)
+
+    @property
+    def origin(self) -> tuple[float, ...]:
+        """World position ``(x, y, z)`` of the centre of the first voxel, mm (finite)."""
+        return self._origin
+
+    @origin.setter
+    def origin(self, value) -> None:
         d = self.sdim
-        self.spacing = check_spacing(spacing, d)
-        if origin is None:
+        if value is None:
             org = np.zeros(d)
         else:
-            org = np.atleast_1d(as_numpy(origin, dtype=float, name="origin")).ravel()
+            try:
+                org = np.atleast_1d(np.asarray(as_numpy(value), dtype=float)).ravel()
+            except (TypeError, ValueError, InputError) as exc:
+                raise GeometryError(f"origin: got {describe(value)}; expected {d} finite numbers "
+                                    f"(mm, {_xyz(d)} order)") from exc
         if org.size != d or not np.all(np.isfinite(org)):
-            raise GeometryError(f"origin: got {tuple(org)}; expected {d} finite numbers (x, y, z order)")
-        self.origin = tuple(float(v) for v in org)
-        if direction is None:
-            dirm = np.eye(d)
-        else:
-            dirm = np.asarray(as_numpy(direction, dtype=float, name="direction"), dtype=float)
-            if dirm.size == d * d:
-                dirm = dirm.reshape(d, d)
-        if dirm.shape != (d, d) or not np.all(np.isfinite(dirm)) or abs(np.linalg.det(dirm)) < 1e-6:
-            raise GeometryError(
-                f"direction: got {describe(dirm)}; expected a non-singular {d}x{d} matrix (or {d * d} numbers, row-major)"
-            )
-        if not np.allclose(dirm.T @ dirm, np.eye(d), atol=1e-4):
-            raise GeometryError(
-                f"direction: got {np.round(dirm, 5).tolist()}; expected an orthonormal matrix (unit, perpendicular "
-                "columns: a rotation or reflection). Put scaling in spacing; shear cannot be stored in NIfTI / DICOM")
-        self.direction = dirm
-        self.meta: dict[str, Any] = dict(meta or {})
+            raise GeometryError(f"origin: got {tuple(org.tolist())}; expected {d} finite numbers (mm, {_xyz(d)} order)")
+        self._origin = tuple(float(v) for v in org)
+
+    @property
+    def direction(self) -> np.ndarray:
+        """``(d, d)`` orthonormal matrix, column ``k`` the world direction of index axis
+        ``k`` (a read-only view: assign a new matrix to change it)."""
+        view = self._direction.view()
+        view.flags.writeable = False
+        return view
+
+    @direction.setter
+    def direction(self, value) -> None:
+        self._direction = check_direction(value, self.sdim)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -187,7 +245,7 @@ class Image:
         return as_tensor(self.array, device=device, dtype=dtype)
 
     # ------------------------------------------------------------- derivation
-    def with_array(self, array, axes: str | None = None, **overrides) -> "Image":
+    def with_array(self, array, axes: str | None = None, **overrides) -> Image:
         """New image with another array but this image's geometry and metadata.
 
         The spatial shape may differ only if ``spacing``/``origin`` are overridden
@@ -204,16 +262,16 @@ class Image:
         kw.update(overrides)
         return Image(array, **kw)
 
-    def copy(self) -> "Image":
+    def copy(self) -> Image:
         arr = self.array.clone() if self.is_torch else np.array(self.array, copy=True)
         return self.with_array(arr)
 
-    def astype(self, dtype) -> "Image":
+    def astype(self, dtype) -> Image:
         if self.is_torch:
             return self.with_array(self.array.to(dtype))
         return self.with_array(self.numpy().astype(dtype))
 
-    def to(self, device) -> "Image":
+    def to(self, device) -> Image:
         """Move the array to a torch device (returns a torch-backed image)."""
         return self.with_array(self.torch(device))
 
@@ -240,14 +298,14 @@ class Image:
         w = self.index_to_world(corners)
         return np.stack([w.min(0), w.max(0)])
 
-    def same_geometry(self, other: "Image", atol: float = 1e-4) -> bool:
+    def same_geometry(self, other: Image, atol: float = 1e-4) -> bool:
         """True when both images sample the same physical grid."""
         return (self.spatial_shape == other.spatial_shape
                 and np.allclose(self.spacing, other.spacing, atol=atol, rtol=1e-5)
                 and np.allclose(self.origin, other.origin, atol=atol, rtol=1e-5)
                 and np.allclose(self.direction, other.direction, atol=atol))
 
-    def check_same_geometry(self, other: "Image", name: str = "image", other_name: str = "other",
+    def check_same_geometry(self, other: Image, name: str = "image", other_name: str = "other",
                             atol: float = 1e-4) -> None:
         """Raise :class:`GeometryError` naming the first difference."""
         if self.spatial_shape != other.spatial_shape:
@@ -303,7 +361,7 @@ class Image:
         return self.with_array(-self.array)
 
     # ----------------------------------------------------------------- indexing
-    def __getitem__(self, key) -> "Image":
+    def __getitem__(self, key) -> Image:
         """Numpy-style indexing over array axes that keeps the geometry right.
 
         Slices move the origin and scale the spacing by the step; an integer on a
@@ -396,7 +454,7 @@ class Image:
         return img
 
     @classmethod
-    def from_sitk(cls, img, meta: dict | None = None) -> "Image":
+    def from_sitk(cls, img, meta: dict | None = None) -> Image:
         """Build an :class:`Image` from a ``SimpleITK.Image`` (geometry copied exactly)."""
         import SimpleITK as sitk
 

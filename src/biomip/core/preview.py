@@ -13,17 +13,29 @@ from .atomic import atomic_path
 from .image import Image
 
 
-def _mpl():
-    import matplotlib
+def _figure(figsize):
+    """A matplotlib Figure drawn by the Agg canvas, outside pyplot: the caller's backend
+    (``matplotlib.use``) and pyplot's figure list are left as they were."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize)
 
 
 def label_colormap(n: int = 256, seed: int = 3):
-    """A colormap for instance labels: 0 transparent black, then distinct random hues."""
+    """A colormap for instance labels: 0 transparent black, then distinct random hues.
+
+    Parameters
+    ----------
+    n : int, optional
+        Number of colours (label 0 included).
+    seed : int, optional
+        Seed of the random hues.
+
+    Returns
+    -------
+    matplotlib.colors.ListedColormap
+        The colormap.
+    """
     from matplotlib.colors import ListedColormap, hsv_to_rgb
 
     rng = np.random.default_rng(seed)
@@ -86,15 +98,41 @@ def render(image: Image, path, title: str | None = None, labels: Image | None = 
            is_labels: bool | None = None, dpi: int = 110) -> str:
     """Write a preview PNG of ``image`` (optionally with a label overlay) to ``path``.
 
+    2-D images are drawn as they are, 3-D volumes as three orthogonal mid-slices with
+    their physical aspect ratio (axes in mm; in pixels when the spacing is unknown).
+
+    Parameters
+    ----------
+    image : Image
+        The image to draw.
+    path : str or pathlib.Path
+        The PNG file to write (atomically).
+    title : str or None, optional
+        Figure title (``None``: the image's sample or name from ``meta``).
+    labels : Image or None, optional
+        A label image drawn over ``image`` with distinct colours.
+    is_labels : bool or None, optional
+        Draw ``image`` itself as labels (``None``: when ``image.meta["kind"] ==
+        "labels"``).
+    dpi : int, optional
+        Resolution of the PNG.
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Examples
+    --------
     >>> render(biomip.data.load("ct-small"), "ct.png", title="CT")   # doctest: +SKIP
     """
-    plt = _mpl()
     arr, mode = _display_array(image)
     if is_labels is None:
         is_labels = image.meta.get("kind") == "labels"
     views = _views(image, arr)
     lab_views = _views(labels, _display_array(labels)[0]) if labels is not None else [None] * len(views)
-    fig, axs = plt.subplots(1, len(views), figsize=(max(5.0, 4.2 * len(views)), 4.8), squeeze=False)
+    fig = _figure((max(5.0, 4.2 * len(views)), 4.8))
+    axs = fig.subplots(1, len(views), squeeze=False)
     lo, hi = _window(arr) if mode == "grey" and not is_labels else (0, 1)
     n_labels = int(np.unique(arr[arr > 0]).size) if is_labels else 0
     for ax, (name, a, ext), lv in zip(axs[0], views, lab_views):
@@ -129,17 +167,36 @@ def render(image: Image, path, title: str | None = None, labels: Image | None = 
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
     return str(path)
 
 
 def render_panels(panels, path, title: str | None = None, dpi: int = 110, cols: int = 4) -> str:
-    """Write a grid of 2-D arrays: ``panels`` is a list of ``(title, array, kwargs)``."""
-    plt = _mpl()
+    """Write a grid of 2-D arrays: ``panels`` is a list of ``(title, array, kwargs)``.
+
+    Parameters
+    ----------
+    panels : list of tuple
+        ``(title, array, kwargs)`` per panel; ``kwargs`` (or ``None``) go to ``imshow``
+        (default colormap ``"gray"``).
+    path : str or pathlib.Path
+        The PNG file to write (atomically).
+    title : str or None, optional
+        Figure title.
+    dpi : int, optional
+        Resolution of the PNG.
+    cols : int, optional
+        Number of columns of the grid.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
     n = len(panels)
     cols = min(cols, n)
     rows = int(np.ceil(n / cols))
-    fig, axs = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.6 * rows), squeeze=False)
+    fig = _figure((3.6 * cols, 3.6 * rows))
+    axs = fig.subplots(rows, cols, squeeze=False)
     for ax in axs.ravel():
         ax.axis("off")
     for ax, (name, a, kw) in zip(axs.ravel(), panels):
@@ -150,5 +207,4 @@ def render_panels(panels, path, title: str | None = None, dpi: int = 110, cols: 
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
     return str(path)

@@ -1,4 +1,8 @@
-"""Progress reporting for long work (rich progress bars on stderr)."""
+"""Progress reporting for long work: rich progress bars on stderr, closed in ``finally``.
+
+:func:`track` wraps an iterable; :func:`progress_bar` is a context manager for loops
+that advance by hand.  Every long-running function of biomip uses one of the two.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,27 @@ T = TypeVar("T")
 
 
 def progress_enabled(progress: bool | None) -> bool:
-    """Resolve a ``progress=`` argument: explicit value, else config, else "is a TTY"."""
+    """Resolve a ``progress=`` argument: explicit value, else config, else "is a TTY".
+
+    Parameters
+    ----------
+    progress : bool or None
+        An explicit ``True`` / ``False`` wins; ``None`` falls back to
+        ``biomip.config.progress``, and when that is ``None`` too, to whether stderr is a
+        terminal.
+
+    Returns
+    -------
+    bool
+        Whether progress bars are shown.
+
+    Examples
+    --------
+    >>> progress_enabled(False)
+    False
+    >>> progress_enabled(True)
+    True
+    """
     if progress is not None:
         return bool(progress)
     if config.progress is not None:
@@ -24,25 +48,118 @@ def track(iterable: Iterable[T], description: str = "working", total: int | None
           progress: bool | None = None) -> Iterator[T]:
     """Iterate with a progress bar when enabled (see :func:`progress_enabled`).
 
+    Parameters
+    ----------
+    iterable : iterable
+        The items to iterate over.
+    description : str, optional
+        Text shown left of the bar.
+    total : int or None, optional
+        Number of items; ``None`` takes ``len(iterable)`` when it has one (else the bar
+        shows no total).
+    progress : bool or None, optional
+        Show the bar (``None``: see :func:`progress_enabled`).
+
+    Yields
+    ------
+    object
+        The items of ``iterable``, in order.
+
+    Examples
+    --------
     >>> for i in track(range(3), "reading", progress=False):
     ...     pass
     """
-    if not progress_enabled(progress):
-        yield from iterable
-        return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-    from rich.console import Console
-
     if total is None:
         try:
             total = len(iterable)  # type: ignore[arg-type]
         except TypeError:
             total = None
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task(description, total=total)
+    with progress_bar(description, total, progress, transient=False) as bar:
         for item in iterable:
             yield item
-            bar.advance(task)
+            bar.advance()
+
+
+class _NoBar:
+    """What :func:`progress_bar` returns when bars are off: every call does nothing."""
+
+    def advance(self, n: float = 1) -> None:
+        pass
+
+    def update(self, **fields) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Bar(_NoBar):
+    def __init__(self, description: str, total: float | None, transient: bool):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn())
+        self._progress = Progress(*columns, console=Console(stderr=True), transient=transient)
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total)
+
+    def advance(self, n: float = 1) -> None:
+        self._progress.advance(self._task, n)
+
+    def update(self, **fields) -> None:
+        """``update(description=..., total=..., completed=...)`` as rich's ``Progress.update``."""
+        self._progress.update(self._task, **fields)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def progress_bar(description: str, total: float | None = None, progress: bool | None = None,
+                 transient: bool = True):
+    """A progress bar on stderr for a loop that advances by hand.
+
+    Returns an object with ``advance(n=1)``, ``update(description=..., total=...)`` and
+    ``close()``; use it as a context manager (closed on exit, also on an exception or a
+    ``KeyboardInterrupt``) or call ``close()`` in a ``finally`` block.  When bars are off
+    (see :func:`progress_enabled`) every call does nothing, so the loop is written once.
+
+    Parameters
+    ----------
+    description : str
+        Text shown left of the bar.
+    total : float or None, optional
+        Value at which the bar is full (``None``: no total).
+    progress : bool or None, optional
+        Show the bar (``None``: see :func:`progress_enabled`).
+    transient : bool, optional
+        Remove the bar from the terminal when it is closed.
+
+    Returns
+    -------
+    object
+        The bar: ``advance``, ``update``, ``close``, usable in a ``with`` statement.
+
+    Examples
+    --------
+    >>> with progress_bar("fitting", total=3, progress=False) as bar:
+    ...     for _ in range(3):
+    ...         bar.advance()
+    """
+    if not progress_enabled(progress):
+        return _NoBar()
+    return _Bar(description, total, transient)

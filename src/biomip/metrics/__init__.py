@@ -1,8 +1,10 @@
 """Evaluation metrics: segmentation overlap, surface distances, ROC, clustering
 agreement, intensity similarity and registration quality.
 
-Conventions shared by all pairwise metrics
-------------------------------------------
+Notes
+-----
+Conventions shared by all pairwise metrics:
+
 * Argument order ``(pred, target)`` / ``(image, reference)``: the result being
   evaluated first, the reference second (ROC functions follow scikit-learn:
   ``(y_true, scores)``; TRE takes ``(fixed_points, moved_points)``).
@@ -15,34 +17,14 @@ Conventions shared by all pairwise metrics
   1.0 on perfect agreement, else 0.0); surface distances of two empty masks = 0.0, one
   empty = inf.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np, biomip
 >>> a = np.zeros((8, 8), bool); a[2:6, 2:6] = True
 >>> biomip.metrics.dice(a, a), biomip.metrics.hausdorff(a, a)
 (1.0, 0.0)
 """
 
-from .classification import auc, roc_auc, roc_curve
-from .clustering import adjusted_rand_index, ari, nmi, normalized_mutual_info
-from .distance import assd, hausdorff, hd95, surface_distances
-from .intensity import mae, mse, psnr, ssim
-from .overlap import (accuracy, confusion_counts, dice, f1, iou, jaccard, precision, recall, sensitivity,
-                      specificity)
-from .registration import TREResult, jacobian_stats, target_registration_error
+import lazy_loader as _lazy
 
-__all__ = [
-    # overlap
-    "confusion_counts", "dice", "iou", "jaccard", "precision", "recall", "sensitivity", "f1", "accuracy",
-    "specificity",
-    # distance
-    "surface_distances", "hausdorff", "hd95", "assd",
-    # classification
-    "roc_curve", "roc_auc", "auc",
-    # clustering
-    "adjusted_rand_index", "ari", "normalized_mutual_info", "nmi",
-    # intensity
-    "mse", "mae", "psnr", "ssim",
-    # registration
-    "TREResult", "target_registration_error", "jacobian_stats",
-]
+__getattr__, __dir__, __all__ = _lazy.attach_stub(__name__, __file__)

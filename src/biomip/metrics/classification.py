@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.arrays import as_numpy, check_finite, check_same_shape, like_input
-from ..core.errors import InputError, describe
+from ..core.arrays import (
+    as_numpy,
+    check_finite,
+    check_real,
+    check_same_shape,
+    like_input,
+)
+from ..core.errors import InputError
 from ..core.image import Image
 
 __all__ = ["roc_curve", "roc_auc", "auc"]
@@ -21,13 +27,12 @@ __all__ = ["roc_curve", "roc_auc", "auc"]
 def _prepare(y_true, scores):
     y_in = y_true.array if isinstance(y_true, Image) else y_true
     s_in = scores.array if isinstance(scores, Image) else scores
+    check_real(s_in, "scores", allow_bool=True)
     y = as_numpy(y_in, name="y_true")
     s = as_numpy(s_in, name="scores")
     check_same_shape(y, s, "y_true", "scores")
     if y.size == 0:
         raise InputError("y_true and scores: arrays are empty; expected at least one sample of each class")
-    if s.dtype.kind not in "biuf":
-        raise InputError(f"scores: got {describe(s)}; expected real numbers")
     check_finite(y, "y_true")
     check_finite(s, "scores")
     return y.ravel(), s.ravel().astype(np.float64, copy=False)
@@ -58,8 +63,24 @@ def roc_curve(y_true, scores, pos_label=None, drop_intermediate: bool = True):
     predicted positive).  Arrays come back as numpy, or as torch tensors when
     ``scores`` is a tensor.
 
-    Example
+    Parameters
+    ----------
+    y_true : array_like or torch.Tensor
+        True classes, exactly two distinct values (any shape; flattened).
+    scores : array_like or torch.Tensor
+        Scores or probabilities of the positive class, same shape as `y_true`.
+    pos_label : int, float or bool, optional
+        The positive class (default: the larger of the two values).
+    drop_intermediate : bool, optional
+        Drop thresholds that do not change the curve's shape (default True, as scikit-learn).
+
+    Returns
     -------
+    fpr, tpr, thresholds : numpy.ndarray or torch.Tensor
+        False- and true-positive rates per decreasing threshold; torch when `scores` is.
+
+    Examples
+    --------
     >>> fpr, tpr, thr = roc_curve([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
     >>> fpr.tolist(), tpr.tolist()
     ([0.0, 0.0, 0.5, 0.5, 1.0], [0.0, 0.5, 0.5, 1.0, 1.0])
@@ -77,8 +98,22 @@ def roc_auc(y_true, scores, pos_label=None) -> float:
     """Area under the ROC curve (equals the Mann-Whitney probability
     ``P(score_pos > score_neg) + 0.5 P(tie)``).  Wraps :func:`sklearn.metrics.roc_auc_score`.
 
-    Example
+    Parameters
+    ----------
+    y_true : array_like or torch.Tensor
+        True classes, exactly two distinct values (any shape; flattened).
+    scores : array_like or torch.Tensor
+        Scores or probabilities of the positive class, same shape as `y_true`.
+    pos_label : int, float or bool, optional
+        The positive class (default: the larger of the two values).
+
+    Returns
     -------
+    float
+        Area under the ROC curve, in [0, 1].
+
+    Examples
+    --------
     >>> roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
     0.75
     """
@@ -94,8 +129,20 @@ def auc(x, y) -> float:
 
     Wraps :func:`sklearn.metrics.auc`.
 
-    Example
+    Parameters
+    ----------
+    x : array_like
+        Monotonic abscissae (e.g. false-positive rates).
+    y : array_like
+        Ordinates at `x` (e.g. true-positive rates).
+
+    Returns
     -------
+    float
+        The trapezoidal area.
+
+    Examples
+    --------
     >>> auc([0.0, 0.5, 1.0], [0.0, 1.0, 1.0])
     0.75
     """

@@ -19,13 +19,13 @@ import numbers
 import numpy as np
 
 from ..core.errors import InputError, describe
-from .overlap import _prepare_pair
+from .overlap import prepare_pair
 
 __all__ = ["adjusted_rand_index", "ari", "normalized_mutual_info", "nmi"]
 
 
 def _prepare(pred, target, ignore):
-    a, b = _prepare_pair(pred, target)
+    a, b = prepare_pair(pred, target)
     a, b = a.ravel(), b.ravel()
     if ignore is not None:
         if isinstance(ignore, (numbers.Number, np.generic)):
@@ -50,8 +50,22 @@ def adjusted_rand_index(pred, target, ignore=None) -> float:
 
     Wraps :func:`sklearn.metrics.adjusted_rand_score`.  ``ari`` is the same function.
 
-    Example
+    Parameters
+    ----------
+    pred : array_like, torch.Tensor or Image
+        The labelling being evaluated (label values are arbitrary).
+    target : array_like, torch.Tensor or Image
+        The reference labelling, same shape as `pred`.
+    ignore : int or sequence of int, optional
+        Target label(s) whose voxels are removed before scoring (e.g. ``0``, unannotated).
+
+    Returns
     -------
+    float
+        The adjusted Rand index (1.0 for identical partitions).
+
+    Examples
+    --------
     >>> import numpy as np
     >>> t = np.array([[0, 0, 1], [1, 2, 2]])
     >>> adjusted_rand_index(t * 7 + 3, t)     # relabelled: same partition
@@ -73,8 +87,24 @@ def normalized_mutual_info(pred, target, ignore=None, average_method: str = "ari
     Wraps :func:`sklearn.metrics.normalized_mutual_info_score`.  ``nmi`` is the same
     function.
 
-    Example
+    Parameters
+    ----------
+    pred : array_like, torch.Tensor or Image
+        The labelling being evaluated (label values are arbitrary).
+    target : array_like, torch.Tensor or Image
+        The reference labelling, same shape as `pred`.
+    ignore : int or sequence of int, optional
+        Target label(s) whose voxels are removed before scoring (e.g. ``0``, unannotated).
+    average_method : {"arithmetic", "min", "geometric", "max"}, optional
+        Normalisation of the mutual information (default ``"arithmetic"``).
+
+    Returns
     -------
+    float
+        The normalized mutual information in [0, 1].
+
+    Examples
+    --------
     >>> import numpy as np
     >>> normalized_mutual_info(np.array([1, 1, 2, 2]), np.array([5, 5, 0, 0]))
     1.0

@@ -32,7 +32,7 @@ import numpy as np
 from ..core.arrays import check_spacing
 from ..core.errors import GeometryError, InputError
 from ..core.image import Image
-from .overlap import _prepare_pair, _resolve_labels
+from .overlap import prepare_pair, resolve_labels
 
 __all__ = ["surface_distances", "hausdorff", "hd95", "assd"]
 
@@ -95,9 +95,9 @@ def _directed(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]):
 
 
 def _apply(pred, target, spacing, labels, reduce):
-    a, b = _prepare_pair(pred, target)
+    a, b = prepare_pair(pred, target)
     sp = _resolve_spacing(spacing, pred, target, a.ndim)
-    mode = _resolve_labels(a, b, labels)
+    mode = resolve_labels(a, b, labels)
     if mode is None:
         return reduce(*_directed(a != 0, b != 0, sp))
     kind, ids = mode
@@ -127,21 +127,33 @@ def _empty_case(d_ab, d_ba):
 def surface_distances(pred, target, spacing=None):
     """Directed surface distances ``(pred -> target, target -> pred)`` in mm.
 
-    Returns two 1-D float64 numpy arrays: one entry per surface voxel of ``pred``
-    (distance to the nearest surface voxel of ``target``) and one per surface voxel of
-    ``target``.  Binary masks (nonzero = foreground).  Both empty: two empty arrays;
-    one empty: the other mask's distances are ``inf`` and the empty mask's array is
-    empty.
+    Parameters
+    ----------
+    pred : array_like, torch.Tensor or Image
+        The segmentation being evaluated (nonzero = foreground).
+    target : array_like, torch.Tensor or Image
+        The reference segmentation, same shape as `pred`.
+    spacing : sequence of float, optional
+        Voxel size in mm, world order (x, y[, z]).  Default: an Image's spacing, else 1 mm.
 
-    Example
+    Returns
     -------
+    d_pred : numpy.ndarray
+        Distance (mm) of every surface voxel of `pred` to the surface of `target`.
+    d_target : numpy.ndarray
+        Distance (mm) of every surface voxel of `target` to the surface of `pred`.
+        Both masks empty: two empty arrays; one empty: the other mask's distances are
+        ``inf`` and the empty mask's array is empty.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> a = np.zeros((5, 5), bool); a[2, 1] = True
     >>> b = np.zeros((5, 5), bool); b[2, 4] = True
     >>> surface_distances(a, b, spacing=(0.5, 2.0))     # 3 columns apart, dx = 0.5 mm
     (array([1.5]), array([1.5]))
     """
-    a, b = _prepare_pair(pred, target)
+    a, b = prepare_pair(pred, target)
     sp = _resolve_spacing(spacing, pred, target, a.ndim)
     return _directed(a != 0, b != 0, sp)
 
@@ -153,8 +165,27 @@ def hausdorff(pred, target, spacing=None, percentile=None, labels=None):
     Hausdorff distance ``max(P_q(pred -> target), P_q(target -> pred))`` (see
     :func:`hd95`).  Both masks empty: 0.0; one empty: ``inf``.
 
-    Example
+    Parameters
+    ----------
+    pred : array_like, torch.Tensor or Image
+        The segmentation being evaluated (nonzero = foreground).
+    target : array_like, torch.Tensor or Image
+        The reference segmentation, same shape as `pred`.
+    spacing : sequence of float, optional
+        Voxel size in mm, world order (x, y[, z]).  Default: an Image's spacing, else 1 mm.
+    percentile : float or None, optional
+        None (default): the maximum distance (classic Hausdorff); a percentile ``q`` in
+        [0, 100]: the robust Hausdorff distance.
+    labels : int, sequence of int, "all" or None, optional
+        None (default): binary masks; one id: a float; a list or ``"all"``: a dict per label.
+
+    Returns
     -------
+    float or dict
+        Distance in mm (a dict per label for a list of labels or ``"all"``).
+
+    Examples
+    --------
     >>> import numpy as np
     >>> a = np.zeros((10, 10), bool); a[2:6, 2:6] = True
     >>> b = np.roll(a, 3, axis=1)                   # shifted 3 columns (x)
@@ -179,8 +210,26 @@ def hd95(pred, target, spacing=None, percentile=95.0, labels=None):
 
     Both masks empty: 0.0; one empty: ``inf``.
 
-    Example
+    Parameters
+    ----------
+    pred : array_like, torch.Tensor or Image
+        The segmentation being evaluated (nonzero = foreground).
+    target : array_like, torch.Tensor or Image
+        The reference segmentation, same shape as `pred`.
+    spacing : sequence of float, optional
+        Voxel size in mm, world order (x, y[, z]).  Default: an Image's spacing, else 1 mm.
+    percentile : float, optional
+        Percentile of each directed distance set, in [0, 100] (default 95).
+    labels : int, sequence of int, "all" or None, optional
+        None (default): binary masks; one id: a float; a list or ``"all"``: a dict per label.
+
+    Returns
     -------
+    float or dict
+        Distance in mm (a dict per label for a list of labels or ``"all"``).
+
+    Examples
+    --------
     >>> import numpy as np
     >>> a = np.zeros((10, 10), bool); a[2:6, 2:6] = True
     >>> hd95(a, np.roll(a, 2, axis=0), spacing=(1.0, 0.8))   # 2 rows (y) * 0.8 mm
@@ -195,8 +244,24 @@ def assd(pred, target, spacing=None, labels=None):
     ``(sum(d_pt) + sum(d_tp)) / (n_pred_surface + n_target_surface)``.  Both masks
     empty: 0.0; one empty: ``inf``.
 
-    Example
+    Parameters
+    ----------
+    pred : array_like, torch.Tensor or Image
+        The segmentation being evaluated (nonzero = foreground).
+    target : array_like, torch.Tensor or Image
+        The reference segmentation, same shape as `pred`.
+    spacing : sequence of float, optional
+        Voxel size in mm, world order (x, y[, z]).  Default: an Image's spacing, else 1 mm.
+    labels : int, sequence of int, "all" or None, optional
+        None (default): binary masks; one id: a float; a list or ``"all"``: a dict per label.
+
+    Returns
     -------
+    float or dict
+        Distance in mm (a dict per label for a list of labels or ``"all"``).
+
+    Examples
+    --------
     >>> import numpy as np
     >>> a = np.zeros((6, 6), bool); a[1:5, 1:5] = True
     >>> assd(a, a)

@@ -31,8 +31,8 @@ empty masks) the result is **1.0 if prediction and target agree exactly
   foreground too, else 0.0.
 
 Inputs may be numpy arrays, torch tensors (converted, no gradient) or
-:class:`biomip.Image`; results are Python floats.  Empty arrays (size 0), NaN / Inf and
-shape mismatches raise :class:`~biomip.core.errors.InputError` /
+:class:`biomip.Image` of booleans, integers or floats; results are Python floats.
+Complex or object arrays, empty arrays (size 0), NaN / Inf and shape mismatches raise :class:`~biomip.core.errors.InputError` /
 :class:`~biomip.core.errors.ShapeError`.
 """
 
@@ -42,7 +42,7 @@ import numbers
 
 import numpy as np
 
-from ..core.arrays import as_numpy, check_finite, check_same_shape
+from ..core.arrays import as_numpy, check_finite, check_real, check_same_shape
 from ..core.errors import InputError, describe
 from ..core.image import Image
 
@@ -57,16 +57,16 @@ def _unwrap(x):
     return x.array if isinstance(x, Image) else x
 
 
-def _prepare_pair(pred, target, name_a: str = "pred", name_b: str = "target"):
+def prepare_pair(pred, target, name_a: str = "pred", name_b: str = "target"):
     """Validate two same-shape, finite, non-empty arrays; return them as numpy.
 
     Two :class:`Image` inputs must also lie on the same physical grid."""
     if isinstance(pred, Image) and isinstance(target, Image):
         pred.check_same_geometry(target, name_a, name_b)
+    check_real(pred, name_a, allow_bool=True)          # masks may be boolean; complex / object may not
+    check_real(target, name_b, allow_bool=True)
     a = as_numpy(_unwrap(pred), name=name_a)
     b = as_numpy(_unwrap(target), name=name_b)
-    if a.dtype == object or b.dtype == object:
-        raise InputError(f"{name_a}, {name_b}: got {describe(a)} and {describe(b)}; expected numeric arrays")
     check_same_shape(a, b, name_a, name_b)
     check_finite(a, name_a)
     check_finite(b, name_b)
@@ -82,7 +82,7 @@ def _label_key(v):
     return v
 
 
-def _resolve_labels(a: np.ndarray, b: np.ndarray, labels):
+def resolve_labels(a: np.ndarray, b: np.ndarray, labels):
     """Return ``None`` (binary), ``("one", id)`` or ``("many", [ids])``."""
     if labels is None:
         return None
@@ -105,8 +105,8 @@ def _resolve_labels(a: np.ndarray, b: np.ndarray, labels):
 
 def _apply(pred, target, labels, fn, names=("pred", "target")):
     """Run ``fn(mask_a, mask_b)`` on binary masks or per label."""
-    a, b = _prepare_pair(pred, target, *names)
-    mode = _resolve_labels(a, b, labels)
+    a, b = prepare_pair(pred, target, *names)
+    mode = resolve_labels(a, b, labels)
     if mode is None:
         return fn(a != 0, b != 0)
     kind, ids = mode
@@ -147,8 +147,25 @@ def confusion_counts(pred, target, labels=None):
     Binary masks by default (nonzero = foreground); with ``labels`` see the module
     docstring (a dict of count dicts for a list of labels or ``"all"``).
 
-    Example
+    Parameters
+    ----------
+    pred : array_like, torch.Tensor or Image
+        The segmentation being evaluated; any nonzero value is foreground.
+    target : array_like, torch.Tensor or Image
+        The reference segmentation, same shape as `pred`.
+    labels : int, sequence of int, "all" or None, optional
+        None (default): binary masks.  One label id: the metric of the masks
+        ``pred == id`` and ``target == id``.  A list of ids, or ``"all"`` (every nonzero
+        label present in either image): one value per label.
+
+    Returns
     -------
+    dict
+        ``{"tp", "fp", "fn", "tn"}`` voxel counts (Python ints); a dict of such dicts, one per
+        label, for a list of labels or ``"all"``.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> confusion_counts(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0]))
     {'tp': 1, 'fp': 1, 'fn': 1, 'tn': 1}
@@ -160,8 +177,24 @@ def dice(pred, target, labels=None):
     """Dice coefficient ``2 TP / (2 TP + FP + FN)``; two empty masks give 1.0.  Any nonzero
     value is foreground: threshold probability maps first (``dice(prob > 0.5, truth)``).
 
-    Example
+    Parameters
+    ----------
+    pred : array_like, torch.Tensor or Image
+        The segmentation being evaluated; any nonzero value is foreground.
+    target : array_like, torch.Tensor or Image
+        The reference segmentation, same shape as `pred`.
+    labels : int, sequence of int, "all" or None, optional
+        None (default): binary masks.  One label id: the metric of the masks
+        ``pred == id`` and ``target == id``.  A list of ids, or ``"all"`` (every nonzero
+        label present in either image): one value per label.
+
+    Returns
     -------
+    float or dict
+        The score in [0, 1]; a dict ``{label: score}`` for a list of labels or ``"all"``.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> a = np.zeros((4, 4), bool); a[:2] = True       # 8 voxels
     >>> b = np.zeros((4, 4), bool); b[:1] = True       # 4 voxels, inside a
@@ -178,8 +211,24 @@ def iou(pred, target, labels=None):
 
     ``jaccard`` is the same function.
 
-    Example
+    Parameters
+    ----------
+    pred : array_like, torch.Tensor or Image
+        The segmentation being evaluated; any nonzero value is foreground.
+    target : array_like, torch.Tensor or Image
+        The reference segmentation, same shape as `pred`.
+    labels : int, sequence of int, "all" or None, optional
+        None (default): binary masks.  One label id: the metric of the masks
+        ``pred == id`` and ``target == id``.  A list of ids, or ``"all"`` (every nonzero
+        label present in either image): one value per label.
+
+    Returns
     -------
+    float or dict
+        The score in [0, 1]; a dict ``{label: score}`` for a list of labels or ``"all"``.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> iou(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0]))    # 1 / 3
     0.3333333333333333
@@ -195,8 +244,24 @@ def precision(pred, target, labels=None):
 
     No predicted positives: 1.0 if the target is empty too, else 0.0.
 
-    Example
+    Parameters
+    ----------
+    pred : array_like, torch.Tensor or Image
+        The segmentation being evaluated; any nonzero value is foreground.
+    target : array_like, torch.Tensor or Image
+        The reference segmentation, same shape as `pred`.
+    labels : int, sequence of int, "all" or None, optional
+        None (default): binary masks.  One label id: the metric of the masks
+        ``pred == id`` and ``target == id``.  A list of ids, or ``"all"`` (every nonzero
+        label present in either image): one value per label.
+
+    Returns
     -------
+    float or dict
+        The score in [0, 1]; a dict ``{label: score}`` for a list of labels or ``"all"``.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> precision(np.array([1, 1, 1, 0]), np.array([1, 0, 0, 0]))   # 1 / 3
     0.3333333333333333
@@ -210,8 +275,24 @@ def recall(pred, target, labels=None):
     Empty target: 1.0 if the prediction is empty too, else 0.0.  ``sensitivity`` is the
     same function.
 
-    Example
+    Parameters
+    ----------
+    pred : array_like, torch.Tensor or Image
+        The segmentation being evaluated; any nonzero value is foreground.
+    target : array_like, torch.Tensor or Image
+        The reference segmentation, same shape as `pred`.
+    labels : int, sequence of int, "all" or None, optional
+        None (default): binary masks.  One label id: the metric of the masks
+        ``pred == id`` and ``target == id``.  A list of ids, or ``"all"`` (every nonzero
+        label present in either image): one value per label.
+
+    Returns
     -------
+    float or dict
+        The score in [0, 1]; a dict ``{label: score}`` for a list of labels or ``"all"``.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> recall(np.array([1, 0, 0, 0]), np.array([1, 1, 0, 0]))
     0.5
@@ -225,8 +306,24 @@ sensitivity = recall
 def f1(pred, target, labels=None):
     """F1 score, the harmonic mean of precision and recall (equal to Dice for masks).
 
-    Example
+    Parameters
+    ----------
+    pred : array_like, torch.Tensor or Image
+        The segmentation being evaluated; any nonzero value is foreground.
+    target : array_like, torch.Tensor or Image
+        The reference segmentation, same shape as `pred`.
+    labels : int, sequence of int, "all" or None, optional
+        None (default): binary masks.  One label id: the metric of the masks
+        ``pred == id`` and ``target == id``.  A list of ids, or ``"all"`` (every nonzero
+        label present in either image): one value per label.
+
+    Returns
     -------
+    float or dict
+        The score in [0, 1]; a dict ``{label: score}`` for a list of labels or ``"all"``.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> f1(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0]))
     0.6666666666666666
@@ -237,8 +334,24 @@ def f1(pred, target, labels=None):
 def accuracy(pred, target, labels=None):
     """Voxel accuracy ``(TP + TN) / N`` (for ``labels``: of each one-vs-rest mask).
 
-    Example
+    Parameters
+    ----------
+    pred : array_like, torch.Tensor or Image
+        The segmentation being evaluated; any nonzero value is foreground.
+    target : array_like, torch.Tensor or Image
+        The reference segmentation, same shape as `pred`.
+    labels : int, sequence of int, "all" or None, optional
+        None (default): binary masks.  One label id: the metric of the masks
+        ``pred == id`` and ``target == id``.  A list of ids, or ``"all"`` (every nonzero
+        label present in either image): one value per label.
+
+    Returns
     -------
+    float or dict
+        The score in [0, 1]; a dict ``{label: score}`` for a list of labels or ``"all"``.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> accuracy(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0]))
     0.75
@@ -252,8 +365,24 @@ def specificity(pred, target, labels=None):
 
     All-foreground target: 1.0 if the prediction is all foreground too, else 0.0.
 
-    Example
+    Parameters
+    ----------
+    pred : array_like, torch.Tensor or Image
+        The segmentation being evaluated; any nonzero value is foreground.
+    target : array_like, torch.Tensor or Image
+        The reference segmentation, same shape as `pred`.
+    labels : int, sequence of int, "all" or None, optional
+        None (default): binary masks.  One label id: the metric of the masks
+        ``pred == id`` and ``target == id``.  A list of ids, or ``"all"`` (every nonzero
+        label present in either image): one value per label.
+
+    Returns
     -------
+    float or dict
+        The score in [0, 1]; a dict ``{label: score}`` for a list of labels or ``"all"``.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> specificity(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0]))   # 2 / 3
     0.6666666666666666

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..core.arrays import as_numpy, check_finite, check_same_shape
-from ..core.errors import InputError, ShapeError, describe
+from ..core.arrays import as_numpy, check_finite, check_real, check_same_shape
+from ..core.errors import InputError, ShapeError
 from ..core.image import Image
 
 __all__ = ["TREResult", "target_registration_error", "jacobian_stats"]
@@ -18,8 +18,14 @@ __all__ = ["TREResult", "target_registration_error", "jacobian_stats"]
 class TREResult:
     """Target registration error of ``n`` landmark pairs, in mm.
 
-    ``errors``: per-point Euclidean distances (numpy, shape ``(n,)``); ``mean``,
-    ``std`` (population, ``ddof=0``), ``median``, ``max``: Python floats.
+    Parameters
+    ----------
+    errors : numpy.ndarray
+        Per-point Euclidean distances in mm, shape ``(n,)``.
+    mean, std, median, max : float
+        Statistics of `errors` in mm (``std`` with ``ddof=0``).
+    n : int
+        Number of landmark pairs.
     """
 
     errors: np.ndarray
@@ -38,8 +44,7 @@ class TREResult:
 
 def _points(p, name: str) -> np.ndarray:
     arr = as_numpy(p.array if isinstance(p, Image) else p, name=name)
-    if arr.dtype.kind not in "biuf":
-        raise InputError(f"{name}: got {describe(arr)}; expected numeric point coordinates")
+    check_real(arr, name)                                   # coordinates: no complex / boolean / object
     arr = arr.astype(np.float64, copy=False)
     if arr.ndim == 1:
         arr = arr[None, :]
@@ -57,8 +62,21 @@ def target_registration_error(fixed_points, moved_points) -> TREResult:
     landmarks and the moving landmarks mapped by the registration).  Unequal ``N`` or
     ``d`` raises :class:`~biomip.core.errors.ShapeError`.
 
-    Example
+    Parameters
+    ----------
+    fixed_points : array_like
+        ``(N, d)`` world coordinates in mm, order (x, y[, z]).
+    moved_points : array_like
+        ``(N, d)`` corresponding points (e.g. the moving landmarks mapped by the
+        registration); row ``i`` corresponds to row ``i`` of `fixed_points`.
+
+    Returns
     -------
+    TREResult
+        Per-point errors and their statistics, in mm.
+
+    Examples
+    --------
     >>> tre = target_registration_error([[0, 0, 0], [1, 1, 1]], [[3, 4, 0], [1, 1, 2]])
     >>> tre.errors.tolist(), tre.mean, tre.max
     ([5.0, 1.0], 3.0, 5.0)
@@ -76,12 +94,27 @@ def jacobian_stats(displacement, spacing=None, direction=None, mask=None) -> dic
 
     The determinant comes from :func:`biomip.ops.jacobian_determinant` (same field
     convention and arguments).  ``mask`` (spatial shape, nonzero = inside) restricts
-    the statistics to a region.  Returns a dict of Python numbers: ``min``, ``max``,
-    ``mean``, ``std`` (ddof=0), ``folding_fraction`` (fraction of voxels with
-    ``det <= 0``), ``n_folded`` and ``n_voxels``.
+    the statistics to a region.
 
-    Example
+    Parameters
+    ----------
+    displacement : array_like, torch.Tensor or Image
+        Displacement field ``(d, [z,] y, x)`` in mm, world (x, y, z) components.
+    spacing : sequence of float, optional
+        Voxel size in mm, world order (x, y[, z]); default the Image's, else 1 mm.
+    direction : array_like, optional
+        ``d x d`` direction matrix of the grid; default the Image's, else identity.
+    mask : array_like, optional
+        Spatial-shape mask (nonzero = inside) restricting the statistics to a region.
+
+    Returns
     -------
+    dict
+        ``min``, ``max``, ``mean``, ``std`` (ddof=0), ``folding_fraction`` (fraction of voxels
+        with ``det <= 0``), ``n_folded`` and ``n_voxels``.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> s = jacobian_stats(np.zeros((2, 8, 8)))
     >>> s["mean"], s["folding_fraction"]

@@ -9,9 +9,6 @@ component 0 is the x displacement, 1 the y, 2 the z, in millimetres in the world
 ``warped(p) = moving(p + u(p))``.
 """
 
-from .filters import gaussian_smooth, spatial_gradient
-from .jacobian import jacobian_determinant
-from .spatial import compose, identity_grid, integrate_velocity, invert_displacement, resample, warp
+import lazy_loader as _lazy
 
-__all__ = ["gaussian_smooth", "spatial_gradient", "jacobian_determinant", "compose", "identity_grid",
-           "integrate_velocity", "invert_displacement", "resample", "warp"]
+__getattr__, __dir__, __all__ = _lazy.attach_stub(__name__, __file__)

@@ -19,10 +19,15 @@ import math
 
 import numpy as np
 
+from ..core.threads import start_numba
+
 try:  # numba is optional: without it the torch code runs everywhere
     from numba import njit, prange
 
     AVAILABLE = True
+    # the first parallel kernel would start numba's OpenMP pool, which resets the thread
+    # count torch shares with it: start it now, keeping torch's count
+    start_numba()
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     AVAILABLE = False
 
@@ -224,10 +229,13 @@ def box_filter(a: np.ndarray, radii, adjoint: bool = False) -> np.ndarray:
 
 
 def gaussian_weights(sigma_vox: float, truncate: float = 3.0) -> np.ndarray:
-    r = max(1, int(truncate * sigma_vox + 0.5))
-    t = np.arange(-r, r + 1, dtype=np.float64)
-    w = np.exp(-0.5 * (t / sigma_vox) ** 2)
-    return (w / w.sum()).astype(np.float32)
+    """:func:`biomip.ops.filters.gaussian_kernel1d` as float32 numpy, at least 3 taps."""
+    from .filters import gaussian_kernel1d
+
+    w = gaussian_kernel1d(sigma_vox, truncate).numpy()
+    if w.size == 1:
+        w = np.array([0.0, 1.0, 0.0])
+    return w.astype(np.float32)
 
 
 def smooth_field(a: np.ndarray, sigma_vox, tmp: np.ndarray | None = None, truncate: float = 3.0) -> np.ndarray:

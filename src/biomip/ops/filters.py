@@ -21,7 +21,7 @@ from ..core.arrays import as_float_tensor, check_spacing, is_tensor, like_input
 from ..core.errors import InputError, ShapeError, describe
 from ..core.image import Image
 
-__all__ = ["gaussian_smooth", "spatial_gradient"]
+__all__ = ["gaussian_kernel1d", "gaussian_smooth", "spatial_gradient"]
 
 _PADDINGS = ("reflect", "nearest", "mirror", "wrap", "constant")
 _PADDING_ALIASES = {"replicate": "nearest", "border": "nearest", "symmetric": "reflect",
@@ -177,30 +177,37 @@ def gaussian_smooth(x, sigma, spacing=None, truncate: float = 4.0, padding: str 
 
     Parameters
     ----------
-    x : numpy array, torch tensor or Image, shape ``(..., [z,] y, x)``.  Leading axes
+    x : array_like, torch.Tensor or Image
+        Numpy array, torch tensor or Image, shape ``(..., [z,] y, x)``.  Leading axes
         (batch, channels, time) are smoothed independently.  Integer input is
         smoothed in float32; float64 stays float64.
-    sigma : standard deviation, a number or one value per spatial axis in **world order
+    sigma : float or sequence of float
+        Standard deviation, a number or one value per spatial axis in **world order
         (x, y, z)**.  In millimetres when a spacing is known (``spacing`` given or ``x``
         an Image), otherwise in voxels.  ``0`` leaves that axis unsmoothed.
-    spacing : voxel size (x, y, z) in mm; default: ``x.spacing`` for an Image, else none
+    spacing : sequence of float, optional
+        Voxel size (x, y, z) in mm; default: ``x.spacing`` for an Image, else none
         (``sigma`` in voxels).
-    truncate : the kernel is cut at ``truncate`` standard deviations (radius
+    truncate : float, optional
+        The kernel is cut at ``truncate`` standard deviations (radius
         ``int(truncate * sigma_voxels + 0.5)``), as in :func:`scipy.ndimage.gaussian_filter`.
-    padding : border handling, named as in scipy.ndimage:
+    padding : {"reflect", "nearest", "mirror", "wrap", "constant"}, optional
+        Border handling, named as in scipy.ndimage:
         ``"reflect"`` (default, half-sample symmetric ``d c b a | a b c d``, scipy's
         default), ``"nearest"`` (replicate the edge voxel; alias ``"replicate"``),
         ``"mirror"`` (whole-sample ``d c b | a b c d``), ``"wrap"`` or ``"constant"``
         (zeros).  The result equals ``scipy.ndimage.gaussian_filter(x, sigma_zyx,
         mode=padding, truncate=truncate)`` on the spatial axes.
-    sdim : number of trailing spatial axes.  Default: ``x.sdim`` for an Image, else the
+    sdim : int, optional
+        Number of trailing spatial axes.  Default: ``x.sdim`` for an Image, else the
         length of ``spacing`` or ``sigma`` when given per axis, else ``min(x.ndim, 3)``
         -- pass ``sdim=2`` to smooth a stack ``(n, y, x)`` slice by slice.
 
     Returns
     -------
-    The smoothed array, same shape, same kind as ``x`` (Image -> Image with the same
-    geometry).  Differentiable with respect to ``x``.
+    Image, numpy.ndarray or torch.Tensor
+        The smoothed array, same shape, same kind as ``x`` (Image -> Image with the same
+        geometry).  Differentiable with respect to ``x``.
 
     Examples
     --------
@@ -243,20 +250,24 @@ def spatial_gradient(x, spacing=None, sdim: int | None = None):
 
     Parameters
     ----------
-    x : numpy array, torch tensor or Image, shape ``(..., [z,] y, x)``; every spatial
+    x : array_like, torch.Tensor or Image
+        Numpy array, torch tensor or Image, shape ``(..., [z,] y, x)``; every spatial
         axis needs at least 2 samples.
-    spacing : voxel size (x, y, z) in mm; default ``x.spacing`` for an Image, else 1
+    spacing : sequence of float, optional
+        Voxel size (x, y, z) in mm; default ``x.spacing`` for an Image, else 1
         (derivatives per voxel).
-    sdim : number of trailing spatial axes (see :func:`gaussian_smooth`).
+    sdim : int, optional
+        Number of trailing spatial axes (see :func:`gaussian_smooth`).
 
     Returns
     -------
-    Array of shape ``(d, ..., [z,] y, x)``: component 0 is ``d/dx``, 1 ``d/dy``, 2
-    ``d/dz`` -- **world order**, the same order as displacement-field components.  For
-    an Image with only spatial axes the result is an Image with axes ``'c' + axes``
-    and ``meta["kind"] == "gradient"``.  Note the derivatives are along the index
-    axes (scaled by the spacing); for an oblique ``direction`` rotate them with
-    ``direction`` to get world-frame derivatives.
+    Image, numpy.ndarray or torch.Tensor
+        Array of shape ``(d, ..., [z,] y, x)``: component 0 is ``d/dx``, 1 ``d/dy``, 2
+        ``d/dz`` -- **world order**, the same order as displacement-field components.  For
+        an Image with only spatial axes the result is an Image with axes ``'c' + axes``
+        and ``meta["kind"] == "gradient"``.  Note the derivatives are along the index
+        axes (scaled by the spacing); for an oblique ``direction`` rotate them with
+        ``direction`` to get world-frame derivatives.
 
     Examples
     --------

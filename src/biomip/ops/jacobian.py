@@ -43,14 +43,19 @@ def jacobian_determinant(displacement, spacing=None, direction=None):
 
     Parameters
     ----------
-    displacement : array ``(d, [Z,] Y, X)`` with ``d`` = 2 or 3 spatial axes
+    displacement : array_like, torch.Tensor or Image
+        Array ``(d, [Z,] Y, X)`` with ``d`` = 2 or 3 spatial axes
         (component 0 = x displacement in mm, 1 = y, 2 = z, world frame), a torch
         tensor of that shape, or a :class:`biomip.Image` with axes ``"cyx"`` /
         ``"czyx"`` (spacing and direction are then read from it unless given).
-    spacing : voxel size in ITK order ``(x, y[, z])``, mm.  Default 1 (or the image's).
-    direction : ``(d, d)`` direction matrix (column k = world direction of index axis
+    spacing : sequence of float, optional
+        Voxel size in ITK order ``(x, y[, z])``, mm.  Default 1 (or the image's).
+    direction : array_like, optional
+        ``(d, d)`` direction matrix (column k = world direction of index axis
         k).  Default identity (or the image's).
 
+    Notes
+    -----
     Derivatives are taken along the array axes with central differences inside and
     one-sided differences on the border (exactly like ``numpy.gradient`` with
     ``edge_order=1``), divided by the spacing, then rotated to world coordinates:
@@ -63,11 +68,12 @@ def jacobian_determinant(displacement, spacing=None, direction=None):
 
     Returns
     -------
-    ``([Z,] Y, X)`` determinants: numpy for numpy input, torch for torch input, and a
-    spatial :class:`biomip.Image` with the field's geometry for Image input.
+    Image, numpy.ndarray or torch.Tensor
+        ``([Z,] Y, X)`` determinants: numpy for numpy input, torch for torch input, and a
+        spatial :class:`biomip.Image` with the field's geometry for Image input.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import numpy as np
     >>> u = np.zeros((3, 4, 5, 6))
     >>> u[0] = 0.1 * np.arange(6) * 2.0      # u_x = 0.1 * x_world, spacing x = 2 mm

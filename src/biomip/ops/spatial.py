@@ -31,7 +31,8 @@ from ..core.arrays import as_tensor, check_finite, check_spacing, is_tensor, lik
 from ..core.errors import GeometryError, InputError, ShapeError, describe
 from ..core.image import Image
 
-__all__ = ["warp", "compose", "integrate_velocity", "invert_displacement", "resample", "identity_grid"]
+__all__ = ["warp", "compose", "integrate_velocity", "interpolation_for", "invert_displacement", "resample",
+           "identity_grid", "sample_field"]
 
 _MODES = {"linear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}
 _PADDINGS = ("border", "zeros", "reflection")
@@ -49,7 +50,7 @@ class _Grid:
         self.direction = np.eye(d) if direction is None else np.asarray(direction, dtype=float).reshape(d, d)
 
     @classmethod
-    def of(cls, img: Image, shape=None) -> "_Grid":
+    def of(cls, img: Image, shape=None) -> _Grid:
         return cls(img.spatial_shape if shape is None else shape, img.spacing, img.origin, img.direction)
 
     @property
@@ -188,17 +189,53 @@ def _sample(inp: torch.Tensor, idx: torch.Tensor, mode: str, padding: str, defau
 
 
 # ============================================================================ parsing
-def _auto_mode(mode, x):
-    """``None``: nearest for integer / boolean images (labels keep their ids), else linear."""
+LABELS = "labels"
+"""``image.meta["kind"]`` of label maps (segmentations): they are interpolated nearest."""
+
+
+def interpolation_for(x, mode=None) -> str:
+    """The interpolation for ``x``: ``mode`` when given, else what the image *is*.
+
+    ``"nearest"`` for an :class:`Image` whose ``meta["kind"]`` is ``"labels"`` (label
+    maps keep their ids), ``"linear"`` for everything else -- never chosen from the
+    dtype: an int16 CT or a uint8 micrograph is an intensity image.  Plain arrays carry
+    no ``meta``, so label arrays need ``mode="nearest"``.
+
+    >>> import numpy as np, biomip
+    >>> interpolation_for(np.zeros((4, 4), np.uint8))
+    'linear'
+    >>> interpolation_for(biomip.Image(np.zeros((4, 4), np.uint8), meta={"kind": "labels"}))
+    'nearest'
+    """
     if mode is not None:
         return mode
-    arr = x.array if isinstance(x, Image) else x
-    dt = getattr(arr, "dtype", None)
-    if dt is None:
-        return "linear"
-    if is_tensor(arr):
-        return "linear" if (arr.is_floating_point() or arr.is_complex()) else "nearest"
-    return "nearest" if np.dtype(dt).kind in "biu" else "linear"
+    if isinstance(x, Image) and x.meta.get("kind") == LABELS:
+        return "nearest"
+    return "linear"
+
+
+def _work_dtype(x: torch.Tensor, mode: str) -> torch.dtype:
+    """Floating dtype to interpolate an integer / boolean tensor in: float64 where
+    float32 could not hold every value exactly (label ids, 32/64-bit integers), float32
+    otherwise (and on MPS, which has no float64)."""
+    if x.device.type != "mps" and (mode == "nearest" or x.element_size() >= 4):
+        return torch.float64
+    return torch.float32
+
+
+def _cast_back(out: torch.Tensor, dtype: torch.dtype, mode: str) -> torch.Tensor:
+    """Interpolated values of an integer / boolean image in its own dtype, as SimpleITK's
+    Resample keeps the pixel type: nearest is exact; linear / cubic values are rounded
+    to the nearest integer (SimpleITK truncates) and clipped to the dtype's range;
+    booleans are thresholded at 0.5."""
+    if dtype == torch.bool:
+        return out >= 0.5
+    if mode != "nearest":
+        info = torch.iinfo(dtype)
+        out = out.round().clamp(info.min, info.max)
+    else:
+        out = out.round()
+    return out.to(dtype)
 
 
 def _check_mode(mode, sdim: int):
@@ -326,27 +363,34 @@ def warp(moving, displacement, spacing=None, mode: str | None = None, padding: s
 
     Parameters
     ----------
-    moving : Image, numpy array or torch tensor ``(..., [z,] y, x)``; leading axes
+    moving : Image, numpy.ndarray or torch.Tensor
+        Image, numpy array or torch tensor ``(..., [z,] y, x)``; leading axes
         (channels, ...) are warped alike.  With a batched field ``(n, d, ...)`` the
         first axis of ``moving`` must be that batch.
-    displacement : field ``(d, [z,] y, x)`` / ``(n, d, [z,] y, x)`` in mm (component 0 =
+    displacement : array_like, torch.Tensor or Image
+        Field ``(d, [z,] y, x)`` / ``(n, d, [z,] y, x)`` in mm (component 0 =
         x), or an Image with axes ``'cyx'`` / ``'czyx'``.  The output is sampled on the
         **field's grid**.
-    spacing : voxel size (x, y, z) in mm of the grids when neither input is an Image
+    spacing : sequence of float, optional
+        Voxel size (x, y, z) in mm of the grids when neither input is an Image
         (default 1 mm: a field in voxels).  Must be None (or equal) when Images give
         the geometry.
-    mode : ``None`` (default: ``"nearest"`` for integer / boolean images, i.e. labels,
-        ``"linear"`` otherwise), ``"linear"``, ``"nearest"`` (labels: the result keeps the integer
-        dtype of ``moving``) or ``"cubic"`` (2-D only).
-    padding : what ``moving`` is outside its grid: ``"border"`` (default, edge values),
+    mode : {None, "linear", "nearest", "cubic"}, optional
+        ``None`` (default: by what the image is, :func:`interpolation_for`:
+        ``"nearest"`` for an Image with ``meta["kind"] == "labels"``, ``"linear"`` for
+        everything else, whatever the dtype), ``"linear"``, ``"nearest"`` (label
+        arrays) or ``"cubic"`` (2-D only).
+    padding : {"border", "zeros", "reflection"}, optional
+        What ``moving`` is outside its grid: ``"border"`` (default, edge values),
         ``"zeros"`` (0 beyond half a voxel outside, as ``SimpleITK.Warp``'s edge
         padding; interpolation is clamped to the edge within that band) or
         ``"reflection"``.
-    sdim : number of spatial axes, to disambiguate array input (default: inferred from
+    sdim : int, optional
+        Number of spatial axes, to disambiguate array input (default: inferred from
         ``displacement``: ``(2, y, x)`` or ``(3, z, y, x)``, else ``(n, d, ...)``).
 
-    Geometry
-    --------
+    Notes
+    -----
     With Images the full ITK geometry is used: for every voxel ``p`` (world point) of
     the output grid, the moving image is interpolated at the continuous index
     ``moving.world_to_index(p + u(p))``, so ``moving`` may have any grid (origin,
@@ -356,10 +400,14 @@ def warp(moving, displacement, spacing=None, mode: str | None = None, padding: s
 
     Returns
     -------
-    An Image on the field's grid with ``moving``'s axes and metadata when ``moving``
-    is an Image; otherwise an array ``(..., *field_spatial_shape)``: torch (on the
-    input's device) if either input is torch, else numpy.  Float input keeps its
-    dtype; integer input gives float32 except with ``mode="nearest"``.
+    Image, numpy.ndarray or torch.Tensor
+        An Image on the field's grid with ``moving``'s axes and metadata when ``moving``
+        is an Image; otherwise an array ``(..., *field_spatial_shape)``: torch (on the
+        input's device) if either input is torch, else numpy.  The dtype is kept, as
+        ``SimpleITK.Resample`` keeps the pixel type: float stays float; integer images are
+        interpolated in floating point and rounded to the nearest integer (clipped to the
+        dtype's range); boolean ones are thresholded at 0.5.  Cast first
+        (``img.astype(np.float32)``) for fractional values.
 
     Examples
     --------
@@ -371,7 +419,7 @@ def warp(moving, displacement, spacing=None, mode: str | None = None, padding: s
     array([11., 12., 13., 14.])
     """
     _check_padding(padding)
-    mode = _auto_mode(mode, moving)
+    mode = interpolation_for(moving, mode)
     d_hint = sdim if sdim is not None else (moving.sdim if isinstance(moving, Image) else None)
     fld, batched, d, fimg = _field(displacement, "displacement", d_hint)
     _check_mode(mode, d)
@@ -411,8 +459,7 @@ def warp(moving, displacement, spacing=None, mode: str | None = None, padding: s
         raise InputError("moving: got complex values; expected a real image")
     integer = not mov.is_floating_point()
     if integer:
-        work = torch.float64 if (mode == "nearest" and mov.device.type != "mps") else torch.float32
-        mov = mov.to(work)
+        mov = mov.to(_work_dtype(mov, mode))
     check_finite(mov, "moving")
     fld = fld.to(device=mov.device, dtype=mov.dtype)
     lead = tuple(mov.shape[:-d])
@@ -427,11 +474,11 @@ def warp(moving, displacement, spacing=None, mode: str | None = None, padding: s
     out = _warp_tensors(x, fld, A, b, Bm, mode, padding)
     out = out.reshape(*lead, *field_shape)
     if integer:
-        out = out.round().to(orig_dtype) if mode == "nearest" else out
+        out = _cast_back(out, orig_dtype, mode)
     torch_out = _output_is_torch(moving, displacement)
     res = _to_kind(out, torch_out)
-    if not torch_out and integer and mode == "nearest" and np_dtype is not None:
-        res = res.astype(np_dtype)
+    if not torch_out and integer and np_dtype is not None:
+        res = res.astype(np_dtype, copy=False)      # uint16 / uint32 / big-endian as given
     if isinstance(moving, Image):
         return Image(res, axes=moving.axes, meta=_copy.deepcopy(moving.meta), **out_grid.geometry())
     return res
@@ -455,16 +502,20 @@ def compose(u, v, spacing=None, sdim: int | None = None):
 
     Parameters
     ----------
-    u, v : displacement fields ``(d, [z,] y, x)`` or ``(n, d, ...)`` in mm, or Images
+    u, v : array_like, torch.Tensor or Image
+        Displacement fields ``(d, [z,] y, x)`` or ``(n, d, ...)`` in mm, or Images
         (axes ``'cyx'`` / ``'czyx'``); ``u`` may live on another grid than ``v`` when
         both are Images.  The result lies on ``v``'s grid.
-    spacing : voxel size (x, y, z) in mm for array fields (default 1: voxel units).
-    sdim : number of spatial axes (see :func:`warp`).
+    spacing : sequence of float, optional
+        Voxel size (x, y, z) in mm for array fields (default 1: voxel units).
+    sdim : int, optional
+        Number of spatial axes (see :func:`warp`).
 
     Returns
     -------
-    ``w`` of ``v``'s shape: an Image (``v``'s geometry, or ``u``'s when only ``u`` is an
-    Image) if either input is one, else an array (torch if either input is torch).
+    Image, numpy.ndarray or torch.Tensor
+        ``w`` of ``v``'s shape: an Image (``v``'s geometry, or ``u``'s when only ``u`` is an
+        Image) if either input is one, else an array (torch if either input is torch).
 
     Examples
     --------
@@ -517,16 +568,21 @@ def integrate_velocity(v, spacing=None, steps: int = 7, sdim: int | None = None)
 
     Parameters
     ----------
-    v : velocity field ``(d, [z,] y, x)`` / ``(n, d, ...)`` in mm, or an Image
+    v : array_like, torch.Tensor or Image
+        Velocity field ``(d, [z,] y, x)`` / ``(n, d, ...)`` in mm, or an Image
         (axes ``'cyx'`` / ``'czyx'``).
-    spacing : voxel size (x, y, z) in mm for array input (default 1).
-    steps : number of squarings (>= 0; 0 returns ``v`` itself as a displacement).
-    sdim : number of spatial axes (see :func:`warp`).
+    spacing : sequence of float, optional
+        Voxel size (x, y, z) in mm for array input (default 1).
+    steps : int, optional
+        Number of squarings (>= 0; 0 returns ``v`` itself as a displacement).
+    sdim : int, optional
+        Number of spatial axes (see :func:`warp`).
 
     Returns
     -------
-    The displacement field, same shape and kind as ``v`` (Image -> Image with the same
-    geometry, ``meta["kind"] = "displacement"``).
+    Image, numpy.ndarray or torch.Tensor
+        The displacement field, same shape and kind as ``v`` (Image -> Image with the same
+        geometry, ``meta["kind"] = "displacement"``).
 
     Examples
     --------
@@ -558,17 +614,24 @@ def invert_displacement(u, spacing=None, iterations: int = 50, tol: float | None
 
     Parameters
     ----------
-    u : displacement ``(d, [z,] y, x)`` / ``(n, d, ...)`` in mm, or an Image.
-    spacing : voxel size (x, y, z) in mm for array input (default 1).
-    iterations : maximum number of iterations (>= 1).
-    tol : stop when the largest change ``max |w_new - w|`` (mm) falls below ``tol``;
+    u : array_like, torch.Tensor or Image
+        Displacement ``(d, [z,] y, x)`` / ``(n, d, ...)`` in mm, or an Image.
+    spacing : sequence of float, optional
+        Voxel size (x, y, z) in mm for array input (default 1).
+    iterations : int, optional
+        Maximum number of iterations (>= 1).
+    tol : float, optional
+        Stop when the largest change ``max |w_new - w|`` (mm) falls below ``tol``;
         default ``1e-4 * min(spacing)``.
-    return_residual : also return ``max_p |w(p) + u(p + w(p))|`` in mm for the result.
-    sdim : number of spatial axes (see :func:`warp`).
+    return_residual : bool, optional
+        Also return ``max_p |w(p) + u(p + w(p))|`` in mm for the result.
+    sdim : int, optional
+        Number of spatial axes (see :func:`warp`).
 
     Returns
     -------
-    ``w`` (same shape and kind as ``u``), or ``(w, residual)`` with ``residual`` a float.
+    Image, numpy.ndarray or torch.Tensor, or tuple
+        ``w`` (same shape and kind as ``u``), or ``(w, residual)`` with ``residual`` a float.
 
     Examples
     --------
@@ -612,23 +675,31 @@ def resample(image: Image, reference: Image | None = None, spacing=None, size=No
 
     Parameters
     ----------
-    image : the Image to resample (2-D or 3-D spatial, any leading axes).
-    reference : target grid (an Image; only its geometry and spatial shape are used).
-    spacing : new voxel size (x, y, z) in mm, keeping the physical extent (the box
+    image : Image
+        The Image to resample (2-D or 3-D spatial, any leading axes).
+    reference : Image, optional
+        Target grid (an Image; only its geometry and spatial shape are used).
+    spacing : sequence of float, optional
+        New voxel size (x, y, z) in mm, keeping the physical extent (the box
         covered by the voxels, ``size * spacing``): the new size is
         ``round(size * spacing / new_spacing)`` and the origin moves so the first
         voxel's outer edge stays in place.  Direction unchanged.
-    size : new number of voxels ``(nx, ny, [nz])``; alone, the spacing is chosen so the
+    size : sequence of int, optional
+        New number of voxels ``(nx, ny, [nz])``; alone, the spacing is chosen so the
         extent is kept; with ``spacing``, both are used (edge-aligned origin).
-    mode : ``None`` (default: nearest for integer / boolean images, linear otherwise),
-        ``"linear"``, ``"nearest"`` (keeps integer dtypes: labels) or ``"cubic"`` (2-D).
-    default : value for output voxels that fall outside ``image`` (beyond half a voxel
+    mode : {None, "linear", "nearest", "cubic"}, optional
+        ``None`` (default: ``"nearest"`` for an Image with ``meta["kind"] ==
+        "labels"``, ``"linear"`` otherwise, whatever the dtype; see
+        :func:`interpolation_for`), ``"linear"``, ``"nearest"`` or ``"cubic"`` (2-D).
+    default : float, optional
+        Value for output voxels that fall outside ``image`` (beyond half a voxel
         from its edge voxel centres, as ITK).
 
     Returns
     -------
-    Image on the new grid, with ``image``'s axes and metadata; array kind (numpy /
-    torch) as ``image.array``.
+    Image
+        Image on the new grid, with ``image``'s axes and metadata; array kind (numpy /
+        torch) and dtype as ``image.array`` (integers rounded, as :func:`warp`).
 
     Examples
     --------
@@ -644,7 +715,7 @@ def resample(image: Image, reference: Image | None = None, spacing=None, size=No
     d = image.sdim
     if d not in (2, 3):
         raise ShapeError(f"image: got a {d}-D Image; expected 2-D or 3-D")
-    mode = _auto_mode(mode, image)
+    mode = interpolation_for(image, mode)
     _check_mode(mode, d)
     if not isinstance(default, (int, float, np.integer, np.floating)) or isinstance(default, bool):
         raise InputError(f"default: got {default!r}; expected a number")
@@ -682,18 +753,18 @@ def resample(image: Image, reference: Image | None = None, spacing=None, size=No
     if x.is_complex():
         raise InputError("image: got complex values; expected a real image")
     if integer:
-        x = x.to(torch.float64 if mode == "nearest" and x.device.type != "mps" else torch.float32)
+        x = x.to(_work_dtype(x, mode))
     check_finite(x, "image")
     lead = tuple(x.shape[:-d])
     xin = x.reshape(1, -1, *x.shape[-d:])
     A, b, _ = _index_map(out, src)
     idx = _moving_index(out.shape, A, b, None, None, x.dtype, x.device)
     res = _sample(xin, idx, mode, "value", float(default)).reshape(*lead, *out.shape)
-    if integer and mode == "nearest":
-        res = res.round().to(orig_dtype)
+    if integer:
+        res = _cast_back(res, orig_dtype, mode)
     res = like_input(res, arr)
-    if isinstance(arr, np.ndarray) and integer and mode == "nearest":
-        res = res.astype(arr.dtype)
+    if isinstance(arr, np.ndarray) and integer:
+        res = res.astype(arr.dtype, copy=False)
     return Image(res, axes=image.axes, meta=_copy.deepcopy(image.meta), **out.geometry())
 
 
@@ -706,10 +777,13 @@ def identity_grid(shape, spacing=None, origin=None, direction=None, device=None,
 
     Parameters
     ----------
-    shape : spatial shape in array order ``([z,] y, x)``, or an Image (its grid and
+    shape : sequence of int or Image
+        Spatial shape in array order ``([z,] y, x)``, or an Image (its grid and
         geometry are used; the other geometry arguments must then be None).
-    spacing, origin, direction : ITK geometry in world order (defaults 1, 0, identity).
-    device, dtype : of the returned torch tensor (device default: ``biomip.config``).
+    spacing, origin, direction : array_like, optional
+        ITK geometry in world order (defaults 1, 0, identity).
+    device, dtype : torch.device and torch.dtype, optional
+        Of the returned torch tensor (device default: ``biomip.config``).
 
     Examples
     --------
@@ -741,3 +815,28 @@ def identity_grid(shape, spacing=None, origin=None, direction=None, device=None,
     world = idx @ _t(grid.matrix.T, dtype=torch.float64, device=dev) \
         + _t(grid.origin, dtype=torch.float64, device=dev)
     return world.movedim(-1, 0).to(dtype)
+
+
+def sample_field(u: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Values of a field ``u (d, *S)`` at continuous voxel indices ``index (k, d)``
+    (x, y[, z] order, like :meth:`Image.world_to_index`) -> ``(k, d)``; linear
+    interpolation, border values outside, differentiable in ``u`` and ``index``.
+
+    Parameters
+    ----------
+    u : torch.Tensor
+        Field ``(d, *S)``.
+    index : torch.Tensor
+        ``(k, d)`` continuous voxel indices in (x, y[, z]) order.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(k, d)`` interpolated values.
+    """
+    d = u.shape[0]
+    sizes = torch.as_tensor(list(u.shape[1:])[::-1], dtype=u.dtype, device=u.device)      # (nx, ny[, nz])
+    grid = 2.0 * index.to(u.dtype) / (sizes - 1).clamp_min(1) - 1.0
+    grid = grid.reshape(1, *([1] * (d - 1)), -1, d)
+    out = F.grid_sample(u[None], grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return out.reshape(d, -1).T

@@ -13,6 +13,9 @@ parameterisation ``T(p) = A (p - c) + c + t`` with a centre of rotation ``c``.
   ``warp(moving, reference)``;
 * ITK transform files (``.tfm`` / ``.txt``) are written and read without SimpleITK, and
   read by SimpleITK / ITK / 3D Slicer; dense fields are written as NIfTI vector images.
+
+The rigid / affine maths sit in ``ops`` so that both the simulators (:mod:`biomip.data`)
+and registration (:mod:`biomip.register`, which re-exports these names) build on them.
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ from ..core.atomic import atomic_path
 from ..core.errors import FormatError, GeometryError, InputError, ShapeError, describe
 from ..core.image import Image
 
+__all__ = ["AffineTransform", "DisplacementTransform", "RigidTransform", "Transform", "read_transform",
+           "rotation_matrix", "rotation_vector"]
 
-def _points(points, d: int, name: str = "points") -> np.ndarray:
+
+def as_points(points, d: int, name: str = "points") -> np.ndarray:
     p = as_numpy(points, dtype=np.float64, name=name)
     if p.ndim == 1:
         p = p[None]
@@ -97,7 +103,7 @@ class Transform:
     def warp(self, moving: Image, reference: Image | None = None, mode: str | None = None,
              padding: str = "zeros", default: float = 0.0) -> Image:
         """Resample ``moving`` onto ``reference``'s grid (default: its own): ``out(p) = moving(T(p))``."""
-        from ..ops.spatial import warp as _warp
+        from .spatial import warp as _warp
 
         reference = moving if reference is None else reference
         field = self.to_displacement(reference)
@@ -125,8 +131,8 @@ class AffineTransform(Transform):
             raise GeometryError("matrix: singular or non-finite; an affine transform must be invertible")
         d = A.shape[0]
         self.matrix = A
-        self.translation = np.zeros(d) if self.translation is None else _points(self.translation, d, "translation")[0]
-        self.center = np.zeros(d) if self.center is None else _points(self.center, d, "center")[0]
+        self.translation = np.zeros(d) if self.translation is None else as_points(self.translation, d, "translation")[0]
+        self.center = np.zeros(d) if self.center is None else as_points(self.center, d, "center")[0]
         self.ndim = d
 
     @property
@@ -142,7 +148,7 @@ class AffineTransform(Transform):
         return H
 
     def apply(self, points) -> np.ndarray:
-        p = _points(points, self.ndim)
+        p = as_points(points, self.ndim)
         return p @ self.matrix.T + self.offset
 
     def inverse(self) -> AffineTransform:
@@ -224,14 +230,14 @@ class DisplacementTransform(Transform):
     def apply(self, points) -> np.ndarray:
         from scipy.ndimage import map_coordinates
 
-        p = _points(points, self.ndim)
+        p = as_points(points, self.ndim)
         idx = self.field.world_to_index(p)[:, ::-1].T              # array-order continuous indices
         u = self.field.numpy()
         comps = [map_coordinates(u[c], idx, order=1, mode="constant", cval=0.0) for c in range(self.ndim)]
         return p + np.stack(comps, axis=1)
 
     def inverse(self, iterations: int = 50) -> DisplacementTransform:
-        from ..ops.spatial import invert_displacement
+        from .spatial import invert_displacement
 
         return DisplacementTransform(invert_displacement(self.field, iterations=iterations))
 

@@ -3,7 +3,7 @@
 :class:`DenseOps` warps images, composes and exponentiates displacement fields and
 smooths them on one axis-aligned grid.  Fields are torch tensors ``(d, *shape)`` in mm
 (component 0 along x), as everywhere in biomip.  On the CPU with numba the work runs
-in the fused kernels of :mod:`biomip.ops._fieldkernels` (zero-copy views of the
+in the fused kernels of :mod:`biomip.ops.fieldkernels` (zero-copy views of the
 tensors); elsewhere (CUDA, or no numba) in :mod:`biomip.ops.spatial` / ``filters``.
 """
 
@@ -12,6 +12,49 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+def widths_mm(value, spacing, name: str, default_voxels: float, positive: bool = False) -> tuple[float, ...]:
+    """A spatial width or step of a dense method, in mm per axis (x, y, z order).
+
+    ``value``: one number (mm, all axes) or one per axis; ``None`` gives the method's
+    default, ``default_voxels`` voxels of the grid (i.e. ``default_voxels * spacing``
+    mm, the same numbers on a 1-mm grid).  Raises an InputError naming ``name``."""
+    from ..core.errors import InputError
+
+    d = len(spacing)
+    if value is None:
+        return tuple(float(default_voxels) * float(s) for s in spacing)
+    try:
+        arr = np.atleast_1d(np.asarray(value, dtype=float)).ravel()
+    except (TypeError, ValueError):
+        arr = np.array([np.nan])
+    if arr.size == 1:
+        arr = np.repeat(arr, d)
+    bad = arr.size != d or not np.all(np.isfinite(arr)) or np.any(arr <= 0 if positive else arr < 0) \
+        or isinstance(value, (bool, np.bool_))
+    if bad:
+        want = "a positive" if positive else "a non-negative"
+        raise InputError(f"{name}: got {value!r}; expected {want} width in mm (one number, or {d} in x, y"
+                         f"{', z' if d == 3 else ''} order)")
+    return tuple(float(v) for v in arr)
+
+
+def as_param(mm) -> float | list:
+    """A per-axis width for ``params``: one float when all axes agree, else a list."""
+    mm = [float(v) for v in mm]
+    return mm[0] if all(v == mm[0] for v in mm) else mm
+
+
+def voxels(width_mm, spacing) -> tuple[float, ...]:
+    """A width in mm (one number or one per axis) as voxels per axis (x, y, z order)."""
+    w = np.broadcast_to(np.asarray(width_mm, dtype=float), (len(spacing),))
+    return tuple(float(v) / float(s) for v, s in zip(w, spacing))
+
+
+def odd_voxels(width_mm, spacing) -> tuple[int, ...]:
+    """A window width in mm as the nearest odd number of voxels per axis (x, y, z), >= 1."""
+    return tuple(max(1, 2 * int(np.floor(v / 2.0)) + 1) for v in voxels(width_mm, spacing))
 
 
 def pyramid_level(x: torch.Tensor, fct: int, spacing) -> torch.Tensor:
@@ -38,7 +81,7 @@ def upsample_field(u: torch.Tensor, shape, d: int) -> torch.Tensor:
 
 class DenseOps:
     def __init__(self, shape, spacing, device):
-        from ..ops import _fieldkernels as fk
+        from ..ops import fieldkernels as fk
 
         self.shape = tuple(int(n) for n in shape)
         self.d = len(self.shape)
@@ -114,17 +157,19 @@ class DenseOps:
             a, b = b, a
         return self._t(a)
 
-    def smooth(self, u: torch.Tensor, sigma_vox: float) -> torch.Tensor:
-        """Gaussian smoothing of each component, ``sigma_vox`` voxels, edge-replicate."""
-        if sigma_vox <= 0:
+    def smooth(self, u: torch.Tensor, sigma_vox) -> torch.Tensor:
+        """Gaussian smoothing of each component, edge-replicate; ``sigma_vox`` in voxels
+        of this grid, one number or one per axis (x, y, z order)."""
+        sig = tuple(float(s) for s in np.broadcast_to(np.asarray(sigma_vox, dtype=float), (self.d,)))
+        if max(sig) <= 0:
             return u
         if self.fast:
             a = self._f3(u)
-            self._fk.smooth_field(a, (float(sigma_vox),) * self.d + (0.0,) * (3 - self.d), None, 3.0)
+            self._fk.smooth_field(a, sig + (0.0,) * (3 - self.d), None, 3.0)
             return self._t(a)
         from ..ops.filters import gaussian_smooth
 
-        return gaussian_smooth(u, tuple(sigma_vox * s for s in self.spacing), spacing=self.spacing, sdim=self.d,
+        return gaussian_smooth(u, tuple(v * s for v, s in zip(sig, self.spacing)), spacing=self.spacing, sdim=self.d,
                                truncate=3.0, padding="nearest")
 
     def gradient(self, img: torch.Tensor) -> torch.Tensor:
@@ -152,7 +197,7 @@ def grid_frame(method):
         if not (isinstance(fixed, Image) and isinstance(moving, Image)) or fixed.axes not in ("yx", "zyx"):
             return method(fixed, moving, *args, **kwargs)            # the method reports the error
         fixed.check_same_geometry(moving, "fixed", "moving")
-        D = np.asarray(fixed.direction, dtype=np.float64)
+        D = np.array(fixed.direction, dtype=np.float64)            # a writable copy (torch shares it below)
         if np.allclose(D, np.eye(fixed.sdim), atol=1e-6):
             return method(fixed, moving, *args, **kwargs)
         if not np.allclose(D @ D.T, np.eye(fixed.sdim), atol=1e-5):

@@ -1,7 +1,8 @@
 """Free-form deformation with cubic B-splines (textbook 7.2, lines 2879-2935).
 
 The displacement is a tensor product of cubic B-splines over a control grid with an
-integer number of voxels between control points:
+integer number of voxels between control points (``control_spacing`` in mm, rounded to
+whole voxels, or ``control_spacing_voxels``):
 ``u(x) = sum_k c_k beta3((x - x_k) / s)``, evaluated as one small matrix product per
 axis (BLAS), with its **analytic** spatial derivatives (``beta3'``) for the Jacobian.
 :func:`bspline` fits the coefficients by L-BFGS on a similarity plus the bending energy
@@ -17,9 +18,10 @@ import torch
 
 from ..core.errors import InputError
 from ..core.image import Image
-from ..core.progress import progress_enabled
+from ..core.kinds import same_kind
+from ..core.progress import progress_bar
 from ._dense import grid_frame
-from .demons import DeformableResult
+from .demons import DeformableResult, warp_result
 
 
 def _beta3(t: np.ndarray) -> np.ndarray:
@@ -43,17 +45,47 @@ def _axis_matrices(n: int, step: int):
     return _beta3(t), _dbeta3(t) / step, n_ctrl
 
 
-class BSplineField:
-    """Cubic B-spline displacement on an image grid (control spacing in voxels per axis)."""
+def control_steps(control_spacing, control_spacing_voxels, spacing) -> tuple[int, ...]:
+    """Voxels between control points per axis (x, y, z order) from a control spacing in
+    mm (rounded to whole voxels, >= 1) or directly in voxels (exactly one of the two)."""
+    d = len(spacing)
+    if (control_spacing is None) == (control_spacing_voxels is None):
+        raise InputError(f"control_spacing, control_spacing_voxels: got {control_spacing!r} and "
+                         f"{control_spacing_voxels!r}; expected exactly one (mm, or voxels)")
+    if control_spacing_voxels is not None:
+        vals = np.atleast_1d(np.asarray(control_spacing_voxels, dtype=object)).ravel()
+        vals = np.repeat(vals, d) if vals.size == 1 else vals
+        if vals.size != d or any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1
+                                 for v in vals):
+            raise InputError(f"control_spacing_voxels: got {control_spacing_voxels!r}; expected a positive integer "
+                             f"or {d} of them (x, y{', z' if d == 3 else ''} order)")
+        return tuple(int(v) for v in vals)
+    try:
+        mm = np.atleast_1d(np.asarray(control_spacing, dtype=float)).ravel()
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"control_spacing: got {control_spacing!r}; expected a positive number of mm") from exc
+    mm = np.repeat(mm, d) if mm.size == 1 else mm
+    if mm.size != d or not np.all(np.isfinite(mm)) or np.any(mm <= 0):
+        raise InputError(f"control_spacing: got {control_spacing!r}; expected a positive number of mm or {d} of them "
+                         f"(x, y{', z' if d == 3 else ''} order)")
+    return tuple(max(1, int(np.floor(m / float(s) + 0.5))) for m, s in zip(mm, spacing))
 
-    def __init__(self, reference: Image, control_spacing, coefficients=None, dtype=torch.float64):
+
+class BSplineField:
+    """Cubic B-spline displacement on an image grid.
+
+    ``control_spacing``: distance between control points, **mm** (one number or one per
+    axis, x, y, z order), rounded to a whole number of voxels of ``reference`` (at least
+    1); or ``control_spacing_voxels``: that number of voxels directly.  ``step`` holds
+    the voxels per axis (x, y, z)."""
+
+    def __init__(self, reference: Image, control_spacing=None, coefficients=None, dtype=torch.float64, *,
+                 control_spacing_voxels=None):
         if not isinstance(reference, Image) or reference.sdim not in (2, 3):
             raise InputError("reference: expected a 2-D or 3-D biomip Image")
         d = reference.sdim
-        step = np.broadcast_to(np.asarray(control_spacing, dtype=int), (d,))   # voxels, x y z order
-        if np.any(step < 1):
-            raise InputError(f"control_spacing: got {control_spacing}; expected >= 1 voxel")
-        self.reference, self.ndim, self.step = reference, d, tuple(int(s) for s in step)
+        step = control_steps(control_spacing, control_spacing_voxels, reference.spacing)
+        self.reference, self.ndim, self.step = reference, d, step
         shape = reference.spatial_shape                                      # array order
         mats = [_axis_matrices(n, s) for n, s in zip(shape, self.step[::-1])]
         self.B = [torch.as_tensor(m[0], dtype=dtype) for m in mats]         # array-axis order
@@ -88,20 +120,34 @@ class BSplineField:
         Jm = torch.movedim(torch.movedim(J, 0, -1), 0, -1)                  # (..., d, d)
         return torch.linalg.det(Jm)
 
+    @property
+    def control_spacing(self) -> tuple[float, ...]:
+        """Distance between control points per axis (x, y, z), mm."""
+        return tuple(st * sp for st, sp in zip(self.step, self.reference.spacing))
+
     def to_image(self) -> Image:
         return self.reference.with_array(self.field().detach().numpy().astype(np.float32),
                                          axes="c" + "zyx"[-self.ndim:], meta={"kind": "displacement",
                                                                               "method": "bspline"})
 
 
+@same_kind("fixed", "moving")
 @grid_frame
-def bspline(fixed: Image, moving: Image, control_spacing: int = 16, levels: int = 3, metric: str = "lncc",
-            bending: float = 1e-2, iterations=25, callback=None, progress=None) -> DeformableResult:
+def bspline(fixed: Image, moving: Image, control_spacing: float | None = None, levels: int = 3, metric: str = "lncc",
+            bending: float = 1e-2, iterations=25, callback=None, progress=None, spacing=None, *,
+            control_spacing_voxels=None) -> DeformableResult:
     """B-spline FFD registration of ``moving`` onto ``fixed`` (same axis-aligned grid).
 
+    ``fixed`` and ``moving`` are Images, numpy arrays or torch tensors (arrays on a grid
+    of ``spacing`` mm, default 1); the result is the same kind.
+
+    ``control_spacing`` is the distance between control points on the full-resolution
+    grid, **mm** (one number or one per axis, x, y, z), rounded to whole voxels; or give
+    ``control_spacing_voxels`` instead (as elastix's ``FinalGridSpacingInVoxels``).
+    Default: 16 voxels (16 mm on a 1-mm grid).
     Coarse to fine over an image pyramid: level ``l`` (``levels - 1`` .. 0) registers
-    the images shrunk by ``2**l`` with a control grid of ``control_spacing`` voxels *of
-    that level* (so ``control_spacing * 2**l`` full-resolution voxels); the field of a
+    the images shrunk by ``2**l`` with a control grid of that many voxels *of that
+    level* (so ``2**l`` times as many mm); the field of a
     level, sampled at the next level's control points, starts it.  Each level runs
     L-BFGS (strong-Wolfe line search, ``iterations`` per level: one number or one per
     level, coarse to fine) on
@@ -124,8 +170,6 @@ def bspline(fixed: Image, moving: Image, control_spacing: int = 16, levels: int 
     from . import losses
     from ._dense import DenseOps, pyramid_level, upsample_field
 
-    if not isinstance(fixed, Image) or not isinstance(moving, Image):
-        raise InputError("fixed, moving: expected biomip Images on the same grid")
     fixed.check_same_geometry(moving, "fixed", "moving")
     if fixed.axes not in ("yx", "zyx"):
         raise InputError(f"fixed: got axes {fixed.axes!r}; expected a grey 2-D or 3-D image")
@@ -133,22 +177,21 @@ def bspline(fixed: Image, moving: Image, control_spacing: int = 16, levels: int 
         raise InputError(f"metric: got {metric!r}; expected 'mse', 'ncc' or 'lncc'")
     if not np.allclose(fixed.direction, np.eye(fixed.sdim), atol=1e-6):
         raise InputError("fixed: B-spline registration works in the grid's axes; resample onto an axis-aligned grid")
-    for name, val in (("levels", levels), ("control_spacing", control_spacing)):
-        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
-            raise InputError(f"{name}: got {val!r}; expected a positive integer")
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
+        raise InputError(f"levels: got {levels!r}; expected a positive integer")
+    if control_spacing is None and control_spacing_voxels is None:
+        control_spacing_voxels = 16                      # the default: 16 voxels per axis
+    steps = control_steps(control_spacing, control_spacing_voxels, fixed.spacing)    # voxels per level, x y z
     its = [iterations] * levels if np.ndim(iterations) == 0 else list(iterations)
     if len(its) != levels or any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 1 for i in its):
         raise InputError(f"iterations: got {iterations!r}; expected a positive integer or {levels} of them (coarse to fine)")
     if not np.isfinite(bending) or bending < 0:
         raise InputError(f"bending: got {bending!r}; expected a non-negative number")
-    for name, im in (("fixed", fixed), ("moving", moving)):
-        if not np.all(np.isfinite(im.numpy())):
-            raise InputError(f"{name}: contains NaN/Inf")
     t0 = time.perf_counter()
     d = fixed.sdim
     sp = tuple(float(s) for s in fixed.spacing)
-    f_full = torch.as_tensor(np.asarray(fixed.numpy(), np.float32))
-    m_full = torch.as_tensor(np.asarray(moving.numpy(), np.float32))
+    f_full = fixed.torch("cpu").to(torch.float32)                      # B-spline fitting runs on the CPU
+    m_full = moving.torch("cpu").to(torch.float32)
     scale = float(f_full.std()) or 1.0
     f_full, m_full = (f_full - f_full.mean()) / scale, (m_full - m_full.mean()) / scale
 
@@ -162,82 +205,73 @@ def bspline(fixed: Image, moving: Image, control_spacing: int = 16, levels: int 
     history: list[float] = []
     prev_u = None
     bs = None
-    bar = None
-    if progress_enabled(progress):
-        from rich.progress import Progress
+    with progress_bar("B-spline registration", levels, progress) as bar:
+        for lv in range(levels - 1, -1, -1):
+            fct = 2 ** lv
+            if fct > 1 and min(fixed.spatial_shape) // fct >= 8:
+                fl, ml = pyramid_level(f_full, fct, sp), pyramid_level(m_full, fct, sp)
+            else:
+                fct, fl, ml = 1, f_full, m_full
+            spl = tuple(s * fct for s in sp)
+            ref = Image(np.zeros(tuple(fl.shape), np.float32), spacing=spl,
+                        origin=fixed.index_to_world([0.5 * (fct - 1)] * d))
+            bs = BSplineField(ref, control_spacing_voxels=steps, dtype=torch.float32)
+            if prev_u is not None:      # the previous field on this grid, sampled at the control points
+                u_lv = upsample_field(prev_u, fl.shape, d)
+                idx = [torch.clamp((torch.arange(n) - 1) * s, 0, N - 1).long()
+                       for n, s, N in zip(bs.ctrl_shape, bs.step[::-1], fl.shape)]
+                bs.coefficients = u_lv[(slice(None), *torch.meshgrid(*idx, indexing="ij"))].clone()
+            ops = DenseOps(fl.shape, spl, torch.device("cpu"))
+            h_ctrl = tuple(s * st for s, st in zip(spl, bs.step))               # control spacing, mm
+            grad_ml = ops.gradient(ml)
+            c = bs.coefficients.clone().requires_grad_(True)
+            scale = [1.0]
 
-        bar = Progress(transient=True)
-        bar.start()
-        task = bar.add_task("B-spline registration", total=levels)
-    for lv in range(levels - 1, -1, -1):
-        fct = 2 ** lv
-        if fct > 1 and min(fixed.spatial_shape) // fct >= 8:
-            fl, ml = pyramid_level(f_full, fct, sp), pyramid_level(m_full, fct, sp)
-        else:
-            fct, fl, ml = 1, f_full, m_full
-        spl = tuple(s * fct for s in sp)
-        ref = Image(np.zeros(tuple(fl.shape), np.float32), spacing=spl,
-                    origin=fixed.index_to_world([0.5 * (fct - 1)] * d))
-        bs = BSplineField(ref, control_spacing, dtype=torch.float32)
-        if prev_u is not None:      # the previous field on this grid, sampled at the control points
-            u_lv = upsample_field(prev_u, fl.shape, d)
-            idx = [torch.clamp((torch.arange(n) - 1) * s, 0, N - 1).long()
-                   for n, s, N in zip(bs.ctrl_shape, bs.step[::-1], fl.shape)]
-            bs.coefficients = u_lv[(slice(None), *torch.meshgrid(*idx, indexing="ij"))].clone()
-        ops = DenseOps(fl.shape, spl, torch.device("cpu"))
-        h_ctrl = tuple(s * st for s, st in zip(spl, bs.step))               # control spacing, mm
-        grad_ml = ops.gradient(ml)
-        c = bs.coefficients.clone().requires_grad_(True)
-        scale = [1.0]
+            def evaluate(record=True):
+                u = bs.field(c)
+                mw = ops.warp(ml, u.detach()).requires_grad_(True)
+                s_ = sim(fl, mw)
+                (g_mw,) = torch.autograd.grad(s_, mw)
+                u.backward(scale[0] * g_mw * ops.warp_vector(grad_ml, u.detach()))   # dS/du = dS/dm * (grad m)(p+u)
+                reg = scale[0] * bending * losses.bending_energy(c, spacing=h_ctrl)
+                reg.backward()
+                if record:
+                    history.append(float(s_.detach()))
+                return scale[0] * s_.detach() + reg.detach()
 
-        def evaluate(record=True):
-            u = bs.field(c)
-            mw = ops.warp(ml, u.detach()).requires_grad_(True)
-            s_ = sim(fl, mw)
-            (g_mw,) = torch.autograd.grad(s_, mw)
-            u.backward(scale[0] * g_mw * ops.warp_vector(grad_ml, u.detach()))   # dS/du = dS/dm * (grad m)(p+u)
-            reg = scale[0] * bending * losses.bending_energy(c, spacing=h_ctrl)
-            reg.backward()
-            if record:
-                history.append(float(s_.detach()))
-            return scale[0] * s_.detach() + reg.detach()
+            # scale the objective so the first full step moves the coefficients by at most half
+            # a voxel: L-BFGS's first step and line search then start at a sensible length
+            evaluate(record=False)
+            gmax, gsum = float(c.grad.abs().max()), float(c.grad.abs().sum())
+            c.grad = None
+            if gmax < 1e-12:                                    # nothing to gain (e.g. identical images)
+                prev_u = bs.field().detach()
+                continue
+            scale[0] = 0.5 * min(spl) / gmax
+            # torch's first L-BFGS step is lr * min(1, 1/|g|_1) * g: undo the 1/|g|_1
+            opt = torch.optim.LBFGS([c], lr=max(1.0, scale[0] * gsum), max_iter=int(its[levels - 1 - lv]), line_search_fn="strong_wolfe",
+                                    tolerance_grad=0.0, tolerance_change=0.0)
 
-        # scale the objective so the first full step moves the coefficients by at most half
-        # a voxel: L-BFGS's first step and line search then start at a sensible length
-        evaluate(record=False)
-        gmax, gsum = float(c.grad.abs().max()), float(c.grad.abs().sum())
-        c.grad = None
-        if gmax < 1e-12:                                    # nothing to gain (e.g. identical images)
+            def closure():
+                opt.zero_grad()
+                return evaluate()
+
+            opt.step(closure)
+            bs.coefficients = c.detach()
             prev_u = bs.field().detach()
-            continue
-        scale[0] = 0.5 * min(spl) / gmax
-        # torch's first L-BFGS step is lr * min(1, 1/|g|_1) * g: undo the 1/|g|_1
-        opt = torch.optim.LBFGS([c], lr=max(1.0, scale[0] * gsum), max_iter=int(its[levels - 1 - lv]), line_search_fn="strong_wolfe",
-                                tolerance_grad=0.0, tolerance_change=0.0)
-
-        def closure():
-            opt.zero_grad()
-            return evaluate()
-
-        opt.step(closure)
-        bs.coefficients = c.detach()
-        prev_u = bs.field().detach()
-        if bar is not None:
-            bar.advance(task)
-        if callback is not None and callback(levels - 1 - lv, prev_u) is True:
-            break
-    if bar is not None:
-        bar.stop()
+            bar.advance()
+            if callback is not None and callback(levels - 1 - lv, prev_u) is True:
+                break
     if prev_u.shape[1:] != tuple(fixed.spatial_shape):          # stopped early on a coarse level
         prev_u = upsample_field(prev_u, fixed.spatial_shape, d)
         bs = None
     u = prev_u
-    field_img = fixed.with_array(u.numpy(), axes="c" + fixed.axes, meta={"kind": "displacement", "method": "bspline"})
-    ops = DenseOps(fixed.spatial_shape, sp, torch.device("cpu"))
-    warped = moving.with_array(ops.warp(torch.as_tensor(np.asarray(moving.numpy(), np.float32)), u).numpy())
+    field_img, warped = warp_result(moving, u.to(fixed.device) if fixed.is_torch else u, fixed,
+                                    {"kind": "displacement", "method": "bspline"})
     js = jacobian_stats(u.numpy(), spacing=sp)
     res = DeformableResult(field_img, warped, history, time.perf_counter() - t0,
-                           {"method": "bspline", "control_spacing": control_spacing, "levels": levels,
+                           {"method": "bspline", "control_spacing": [s * v for s, v in zip(sp, steps)],
+                            "control_spacing_voxels": list(steps), "levels": levels,
                             "metric": metric, "bending": bending, "iterations": iterations,
                             "folding_fraction": js["folding_fraction"]})
     res.params["bspline"] = bs

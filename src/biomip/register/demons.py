@@ -11,7 +11,8 @@ the whole field with ``sigma_diffusion`` (diffusion-like).  Variants:
   the update field (Vercauteren et al. 2009) -- no folding for moderate steps.
 
 Displacements are in mm, world frame, mapping fixed points to moving points
-(``warped(p) = moving(p + u(p))``), like every field in biomip.
+(``warped(p) = moving(p + u(p))``), like every field in biomip; the smoothing widths
+and the step cap are in mm too (biomip's units rule; ITK's demons take voxels).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..core.errors import InputError
+from ..core.arrays import as_tensor, check_finite, check_number, check_real
+from ..core.errors import InputError, describe
 from ..core.image import Image
-from ..core.progress import progress_enabled
-from ._dense import grid_frame
+from ..core.kinds import same_kind
+from ..core.progress import progress_bar
+from ._dense import as_param, grid_frame, voxels, widths_mm
 
 VARIANTS = ("thirion", "symmetric", "diffeomorphic")
 _TRUNCATE = 3.0      # Gaussian kernels cut at 3 sigma (ITK demons: maximum error 0.1)
@@ -33,8 +36,14 @@ _TRUNCATE = 3.0      # Gaussian kernels cut at 3 sigma (ITK demons: maximum erro
 
 @dataclass
 class DeformableResult:
-    """A deformable registration: the displacement field (Image, mm), the warped moving
-    image on the fixed grid, the mean squared intensity difference per iteration."""
+    """A deformable registration: the displacement field (mm, world frame, fixed ->
+    moving points), the warped moving image on the fixed grid, the similarity per
+    iteration.
+
+    ``displacement`` and ``warped`` are the kind of the inputs (*arrays in, same kind
+    out*): :class:`Image` s (axes ``'c' + axes`` for the field) for Image inputs, numpy
+    arrays ``(d, [z,] y, x)`` / ``([z,] y, x)`` for numpy, torch tensors on the input's
+    device for torch; so are the Images in ``params`` (e.g. the SVF velocity)."""
 
     displacement: Image
     warped: Image
@@ -44,97 +53,116 @@ class DeformableResult:
 
     def to_dict(self) -> dict:
         return {"seconds": self.seconds, "iterations": len(self.history),
-                "mse": [float(h) for h in self.history], "params": self.params}
+                "mse": [float(h) for h in self.history], "params": _plain(self.params)}
 
 
+def _plain(params: dict) -> dict:
+    """``params`` without arrays / Images / objects (JSON-able)."""
+    return {k: v for k, v in params.items() if isinstance(v, (str, int, float, bool, list, tuple, dict, type(None)))}
+
+
+def warp_result(moving: Image, u, fixed: Image, meta: dict, padding: str = "border"):
+    """``(field Image, warped Image)`` of a dense method: ``u`` (tensor (d, *S), mm) on
+    ``fixed``'s grid as an Image, and ``moving`` warped by it with the library's rule
+    (:func:`biomip.ops.warp`: linear for intensities, nearest for label maps, moving's
+    dtype kept)."""
+    from ..ops.spatial import warp
+
+    arr = u if fixed.is_torch else u.detach().cpu().numpy()
+    field_img = fixed.with_array(arr, axes="c" + fixed.axes, meta=meta)
+    return field_img, warp(moving, field_img, padding=padding)
+
+
+@same_kind("fixed", "moving")
 @grid_frame
 def demons(fixed: Image, moving: Image, iterations: int = 50, variant: str = "diffeomorphic",
-           sigma_diffusion: float = 1.0, sigma_fluid: float = 0.0, max_step: float = 2.0, initial: Image | None = None,
-           callback=None, progress=None) -> DeformableResult:
+           sigma_diffusion: float | None = None, sigma_fluid: float = 0.0, max_step: float | None = None,
+           initial: Image | None = None,
+           callback=None, progress=None, spacing=None) -> DeformableResult:
     """Demons registration of ``moving`` onto ``fixed`` (same grid; resample first otherwise).
 
-    ``sigma_diffusion`` / ``sigma_fluid`` are Gaussian widths in voxels (the ITK
-    convention); ``max_step`` caps the update length per iteration, in voxels.
+    ``fixed`` and ``moving`` are Images, numpy arrays or torch tensors (arrays on a grid
+    of ``spacing`` mm, default 1); the result is the same kind (:class:`DeformableResult`).
+
+    ``sigma_diffusion`` / ``sigma_fluid`` are the Gaussian widths (standard deviations,
+    **mm**, one number or one per axis x, y, z) of the field and of the update;
+    ``max_step`` caps the update length per iteration, **mm**.  Defaults: one voxel
+    (``sigma_diffusion`` = the spacing), no fluid smoothing, two voxels (``max_step`` =
+    2 x the smallest spacing) -- ITK's defaults, which are in voxels; on a 1-mm grid
+    1 mm and 2 mm.
+    ``initial``: a starting displacement (mm), an Image or an array ``(d, [z,] y, x)``.
 
     >>> res = demons(fixed, moving, iterations=50)                     # doctest: +SKIP
     >>> res.displacement, res.warped, res.history[-1]                  # doctest: +SKIP
     """
-    from ..ops.spatial import warp
-
-    if not isinstance(fixed, Image) or not isinstance(moving, Image):
-        raise InputError("fixed, moving: expected biomip Images on the same grid")
     if fixed.axes not in ("yx", "zyx") or moving.axes != fixed.axes:
         raise InputError(f"fixed, moving: got axes {fixed.axes!r} and {moving.axes!r}; expected grey 2-D or 3-D images")
     fixed.check_same_geometry(moving, "fixed", "moving")
     if variant not in VARIANTS:
         raise InputError(f"variant: got {variant!r}; expected one of {', '.join(VARIANTS)}")
-    if not isinstance(iterations, (int, np.integer)) or iterations < 1:
+    if not isinstance(iterations, (int, np.integer)) or isinstance(iterations, bool) or iterations < 1:
         raise InputError(f"iterations: got {iterations!r}; expected a positive integer")
-    for name, im in (("fixed", fixed), ("moving", moving)):
-        if not np.all(np.isfinite(im.numpy())):
-            raise InputError(f"{name}: contains NaN/Inf")
     d = fixed.sdim
     sp = np.asarray(fixed.spacing)
+    sig_diff_mm = widths_mm(sigma_diffusion, fixed.spacing, "sigma_diffusion", 1.0)
+    sig_fluid_mm = widths_mm(sigma_fluid, fixed.spacing, "sigma_fluid", 0.0)
+    max_step = 2.0 * float(sp.min()) if max_step is None else check_number(max_step, "max_step", positive=True)
     if not np.allclose(fixed.direction, np.eye(d), atol=1e-6):
         raise InputError("fixed: demons works in the grid's axes; resample onto an axis-aligned grid first")
     dev = fixed.device if fixed.is_torch else torch.device("cpu")
     f = fixed.torch(dev).to(torch.float32)
     m = moving.torch(dev).to(torch.float32)
     if initial is not None:
-        if not isinstance(initial, Image) or initial.shape != (d, *fixed.spatial_shape):
-            raise InputError(f"initial: expected a displacement Image of shape {(d, *fixed.spatial_shape)}")
-        u = initial.torch(dev).to(torch.float32).clone()
+        init = initial.array if isinstance(initial, Image) else initial
+        check_real(init, "initial")
+        if tuple(init.shape) != (d, *fixed.spatial_shape):
+            raise InputError(f"initial: got {describe(init)}; expected a displacement of shape {(d, *fixed.spatial_shape)}"
+                             " (mm, component 0 = x)")
+        u = as_tensor(init, device=dev, name="initial").to(torch.float32).clone()
+        check_finite(u, "initial")
     else:
         u = torch.zeros((d, *fixed.spatial_shape), device=dev, dtype=torch.float32)
     spacing = tuple(float(s) for s in sp)
     K = float(np.mean(sp ** 2))
-    step_cap = float(max_step) * float(sp.min())
+    step_cap = max_step                                               # mm
     history: list[float] = []
     t0 = time.perf_counter()
-    bar = None
-    if progress_enabled(progress):
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        bar.start()
-        task = bar.add_task(f"demons ({variant})", total=iterations)
+    bar = progress_bar(f"demons ({variant})", iterations, progress)
 
     def tick(k, field):
-        if bar is not None:
-            bar.advance(task)
+        bar.advance()
         return callback is not None and callback(k, field) is True
 
-    from ..ops import _fieldkernels as fk
+    from ..ops import fieldkernels as fk
 
     # squarings of the update's exponential: enough that each step moves < 0.5 voxel
-    # (the update is capped at max_step voxels), as ITK's automatic exponentiator
-    exp_steps = max(0, int(np.ceil(np.log2(max(float(max_step), 1e-6) / 0.5))))
-    if dev.type == "cpu" and fk.AVAILABLE:
-        u = _demons_cpu(f, m, u, sp, variant, exp_steps, K, step_cap, sigma_diffusion, sigma_fluid, iterations, history, tick)
-    else:
-        u = _demons_torch(f, m, u, spacing, variant, exp_steps, K, step_cap, sigma_diffusion, sigma_fluid, iterations,
-                          history, tick)
-    if bar is not None:
-        bar.stop()
-    field_img = fixed.with_array(u.cpu().numpy() if not fixed.is_torch else u, axes="c" + fixed.axes,
-                                 meta={"kind": "displacement", "method": f"demons ({variant})"})
-    warped = moving.with_array(warp(m, u, spacing=spacing, padding="border").to(m.dtype))
-    if not moving.is_torch:
-        warped = warped.with_array(warped.numpy())
+    # (the update is capped at max_step mm), as ITK's automatic exponentiator
+    exp_steps = max(0, int(np.ceil(np.log2(max(max_step / float(sp.min()), 1e-6) / 0.5))))
+    sig_diff, sig_fluid = voxels(sig_diff_mm, sp), voxels(sig_fluid_mm, sp)     # mm -> voxels per axis (x, y, z)
+    try:
+        if dev.type == "cpu" and fk.AVAILABLE:
+            u = _demons_cpu(f, m, u, sp, variant, exp_steps, K, step_cap, sig_diff, sig_fluid, iterations, history, tick)
+        else:
+            u = _demons_torch(f, m, u, spacing, variant, exp_steps, K, step_cap, sig_diff, sig_fluid, iterations,
+                              history, tick)
+    finally:
+        bar.close()
+    field_img, warped = warp_result(moving, u, fixed, {"kind": "displacement", "method": f"demons ({variant})"})
     return DeformableResult(field_img, warped, history, time.perf_counter() - t0,
-                            {"variant": variant, "iterations": iterations, "sigma_diffusion": sigma_diffusion,
-                             "sigma_fluid": sigma_fluid, "max_step": max_step})
+                            {"variant": variant, "iterations": iterations, "sigma_diffusion": as_param(sig_diff_mm),
+                             "sigma_fluid": as_param(sig_fluid_mm), "max_step": max_step, "units": "mm"})
 
 
-def _demons_torch(f, m, u, spacing, variant, exp_steps, K, step_cap, sigma_diffusion, sigma_fluid, iterations, history, tick):
-    """The device-agnostic loop (CUDA, or CPU without numba)."""
+def _demons_torch(f, m, u, spacing, variant, exp_steps, K, step_cap, sig_diff, sig_fluid, iterations, history, tick):
+    """The device-agnostic loop (CUDA, or CPU without numba); ``sig_*`` in voxels (x, y, z)."""
     from ..ops.filters import gaussian_smooth, spatial_gradient
     from ..ops.spatial import compose, integrate_velocity, warp
 
     d = len(spacing)
     grad_f = spatial_gradient(f, spacing=spacing)                     # (d, ...) 1/mm, x first
-    sig_diff = tuple(sigma_diffusion * s for s in spacing)            # voxels -> mm
-    sig_fluid = tuple(sigma_fluid * s for s in spacing)
+    sigma_diffusion, sigma_fluid = max(sig_diff), max(sig_fluid)
+    sig_diff = tuple(v * s for v, s in zip(sig_diff, spacing))        # voxels -> mm for gaussian_smooth
+    sig_fluid = tuple(v * s for v, s in zip(sig_fluid, spacing))
     smooth = dict(spacing=spacing, sdim=d, truncate=_TRUNCATE, padding="nearest")
     for k in range(iterations):
         mw = warp(m, u, spacing=spacing, padding="border")
@@ -158,9 +186,9 @@ def _demons_torch(f, m, u, spacing, variant, exp_steps, K, step_cap, sigma_diffu
     return u
 
 
-def _demons_cpu(f, m, u, sp, variant, exp_steps, K, step_cap, sigma_diffusion, sigma_fluid, iterations, history, tick):
+def _demons_cpu(f, m, u, sp, variant, exp_steps, K, step_cap, sig_diff, sig_fluid, iterations, history, tick):
     """The same loop with fused numba kernels (one pass per step, no temporaries)."""
-    from ..ops import _fieldkernels as fk
+    from ..ops import fieldkernels as fk
     from ..ops.filters import spatial_gradient
 
     d = len(sp)
@@ -176,8 +204,9 @@ def _demons_cpu(f, m, u, sp, variant, exp_steps, K, step_cap, sigma_diffusion, s
     mw, upd = np.empty_like(f3), np.empty_like(u3)
     tmp, tmp2 = np.empty_like(u3), np.empty_like(u3)
     n = f3.size
-    sig_diff = (sigma_diffusion,) * d + (0.0,) * (3 - d)
-    sig_fluid = (sigma_fluid,) * d + (0.0,) * (3 - d)
+    sigma_diffusion, sigma_fluid = max(sig_diff), max(sig_fluid)
+    sig_diff = tuple(sig_diff) + (0.0,) * (3 - d)                     # voxels, x y z
+    sig_fluid = tuple(sig_fluid) + (0.0,) * (3 - d)
     for k in range(iterations):
         fk.warp_scalar(m3, u3, *s3, mw)
         sse = fk.demons_force(f3, mw, gf, *s3, 1.0 / K, step_cap, variant != "thirion", upd)

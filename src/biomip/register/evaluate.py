@@ -42,7 +42,7 @@ def evaluate(displacement: Image, truth: Image | None = None, mask=None, fixed_l
     """
     from .. import metrics
     from ..ops.spatial import compose, warp
-    from .transforms import DisplacementTransform
+    from ..ops.transforms import DisplacementTransform
 
     if not isinstance(displacement, Image) or not displacement.axes.startswith("c"):
         raise InputError(f"displacement: got {type(displacement).__name__}; expected a displacement Image ('cyx'/'czyx')")

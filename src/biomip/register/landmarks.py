@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from ..core.errors import InputError, ShapeError
-from .transforms import Transform, _points
+from ..ops.transforms import Transform, as_points
 
 KERNELS = ("tps", "gaussian", "ebs")
 
@@ -43,8 +43,8 @@ class LandmarkTransform(Transform):
         if p.ndim != 2 or p.shape[1] not in (2, 3):
             raise ShapeError(f"fixed_points: got shape {p.shape}; expected (N, 2) or (N, 3) world points in mm")
         d = p.shape[1]
-        p = _points(p, d, "fixed_points")
-        q = _points(q, d, "moving_points")
+        p = as_points(p, d, "fixed_points")
+        q = as_points(q, d, "moving_points")
         if p.shape != q.shape:
             raise ShapeError(f"fixed_points and moving_points: got {p.shape[0]} and {q.shape[0]} landmarks; "
                              "expected the same number (corresponding pairs)")
@@ -105,7 +105,7 @@ class LandmarkTransform(Transform):
         return G.transpose(0, 2, 1, 3).reshape(x.shape[0] * d, p.shape[0] * d)
 
     def apply(self, points) -> np.ndarray:
-        x = _points(points, self.ndim)
+        x = as_points(points, self.ndim)
         out = np.empty_like(x)
         for s in range(0, len(x), 20000):                             # bounded memory
             xs = x[s: s + 20000]

@@ -59,23 +59,23 @@ import time
 import numpy as np
 import torch
 
+from ..core.arrays import check_count, check_number
 from ..core.errors import InputError
 from ..core.image import Image
-from ..core.progress import progress_enabled
-from .demons import DeformableResult
-from ._dense import grid_frame
+from ..core.kinds import same_kind
+from ..core.progress import progress_bar
+from ._dense import as_param, grid_frame, odd_voxels, widths_mm
+from .demons import DeformableResult, warp_result
 from .variational import (
     BOUNDARIES,
-    _check_pair,
-    _count,
-    _crop,
-    _device,
-    _extend,
-    _normalised,
-    _number,
-    _pyramid_level,
-    _symbols,
-    _upsample,
+    check_pair,
+    crop,
+    extend,
+    fourier_symbols,
+    image_device,
+    normalised_pair,
+    pyramid_level,
+    upsample,
 )
 
 __all__ = ["METRICS", "OPTIMIZERS", "lddmm", "sobolev_smooth", "vnorm_squared"]
@@ -92,7 +92,7 @@ def _spatial_shape(v: torch.Tensor, spacing) -> tuple:
 
 
 def _l_symbol(ext_shape, spacing, alpha, gamma, power, device):
-    s, _ = _symbols(ext_shape, spacing, len(spacing), device)
+    s, _ = fourier_symbols(ext_shape, spacing, len(spacing), device)
     return (alpha * s + gamma) ** power
 
 
@@ -115,7 +115,7 @@ def vnorm_squared(v: torch.Tensor, spacing, alpha: float = 1.0, gamma: float = 1
     """
     d = len(spacing)
     _spatial_shape(v, spacing)
-    x = _extend(v.to(torch.float64), boundary, d)
+    x = extend(v.to(torch.float64), boundary, d)
     ext = tuple(x.shape[-d:])
     dims = tuple(range(x.ndim - d, x.ndim))
     V = torch.fft.rfftn(x, dim=dims)
@@ -144,12 +144,12 @@ def sobolev_smooth(g: torch.Tensor, spacing, alpha: float = 1.0, gamma: float = 
     """
     d = len(spacing)
     shape = _spatial_shape(g, spacing)
-    x = _extend(g.to(torch.float64), boundary, d)
+    x = extend(g.to(torch.float64), boundary, d)
     ext = tuple(x.shape[-d:])
     dims = tuple(range(x.ndim - d, x.ndim))
     lk = _l_symbol(ext, spacing, alpha, gamma, power, x.device)
     out = torch.fft.irfftn(torch.fft.rfftn(x, dim=dims) / lk ** 2, s=ext, dim=dims)
-    return _crop(out, shape, d).to(g.dtype)
+    return crop(out, shape, d).to(g.dtype)
 
 
 def _map(v: torch.Tensor, spacing, d: int) -> torch.Tensor:
@@ -164,12 +164,17 @@ def _map(v: torch.Tensor, spacing, d: int) -> torch.Tensor:
     return u
 
 
+@same_kind("fixed", "moving")
 @grid_frame
 def lddmm(fixed: Image, moving: Image, steps: int = 6, iterations: int = 100, alpha: float = 16.0,
           gamma: float = 1.0, sigma: float = 1e-2, power: float = 2.0, metric: str = "mse",
-          window: int = 9, levels: int = 2, lr: float | None = None, optimizer: str = "gd",
-          sobolev: bool = True, boundary: str = "neumann", callback=None, progress=None) -> DeformableResult:
+          window: float | None = None, levels: int = 2, lr: float | None = None, optimizer: str = "gd",
+          sobolev: bool = True, boundary: str = "neumann", callback=None, progress=None,
+          spacing=None) -> DeformableResult:
     """LDDMM registration of ``moving`` onto ``fixed`` (same axis-aligned grid).
+
+    ``fixed`` and ``moving`` are Images, numpy arrays or torch tensors (arrays on a grid
+    of ``spacing`` mm, default 1); the result is the same kind.
 
     Parameters
     ----------
@@ -182,7 +187,10 @@ def lddmm(fixed: Image, moving: Image, steps: int = 6, iterations: int = 100, al
     sigma : weight of the kinetic energy ``sum_t dt ||v_t||_V^2`` (mm^-2 when
         ``gamma = 1``) relative to the similarity (MSE of images normalised to unit
         std, or ``1 - LNCC``).
-    metric : ``"mse"`` or ``"lncc"`` (``window`` voxels).
+    metric : ``"mse"`` or ``"lncc"``.
+    window : width of the LNCC box, **mm** on the full-resolution grid (one number or
+        one per axis; the nearest odd number of voxels per axis; coarser pyramid levels
+        use the same number of their own voxels).  Default 9 voxels (9 x the spacing).
     levels : pyramid levels (1 = full resolution only).
     lr : ``"gd"``: largest velocity change (mm) of the first step of each level;
         ``"adam"``: the Adam step (mm).  Default: the level's smallest spacing.
@@ -217,31 +225,31 @@ def lddmm(fixed: Image, moving: Image, steps: int = 6, iterations: int = 100, al
     from ..ops.spatial import warp
     from . import losses
 
-    _check_pair(fixed, moving, "LDDMM")
-    steps = _count(steps, "steps")
-    iterations = _count(iterations, "iterations")
-    levels = _count(levels, "levels")
-    alpha = _number(alpha, "alpha", nonneg=True)
-    gamma = _number(gamma, "gamma", positive=True)
-    power = _number(power, "power", positive=True)
+    check_pair(fixed, moving, "LDDMM")
+    steps = check_count(steps, "steps")
+    iterations = check_count(iterations, "iterations")
+    levels = check_count(levels, "levels")
+    alpha = check_number(alpha, "alpha", nonneg=True)
+    gamma = check_number(gamma, "gamma", positive=True)
+    power = check_number(power, "power", positive=True)
     if metric not in METRICS:
         raise InputError(f"metric: got {metric!r}; expected one of {', '.join(METRICS)}")
-    sigma = _number(sigma, "sigma", nonneg=True)
+    sigma = check_number(sigma, "sigma", nonneg=True)
     if optimizer not in OPTIMIZERS:
         raise InputError(f"optimizer: got {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
     if boundary not in BOUNDARIES:
         raise InputError(f"boundary: got {boundary!r}; expected one of {', '.join(BOUNDARIES)}")
-    lr = None if lr is None else _number(lr, "lr", positive=True)
-    if metric == "lncc":
-        losses._window(window, fixed.sdim)          # validates (raises InputError naming window)
+    lr = None if lr is None else check_number(lr, "lr", positive=True)
+    window = widths_mm(window, fixed.spacing, "window", 9.0, positive=True)
+    win = odd_voxels(window, fixed.spacing)          # mm -> odd voxels per axis (x, y, z)
     if callback is not None and not callable(callback):
         raise InputError(f"callback: got {type(callback).__name__}; expected a callable or None")
 
     t0 = time.perf_counter()
     d = fixed.sdim
-    dev = _device(fixed)
+    dev = image_device(fixed)
     sp = tuple(float(s) for s in fixed.spacing)
-    f_full, m_full = _normalised(fixed, moving, dev)
+    f_full, m_full = normalised_pair(fixed, moving, dev)
     n_lv = max(1, min(levels, 1 + int(math.log2(max(1, min(fixed.spatial_shape) // 8)))))
     kw = {"alpha": alpha, "gamma": gamma, "power": power, "boundary": boundary}
 
@@ -250,7 +258,7 @@ def lddmm(fixed: Image, moving: Image, steps: int = 6, iterations: int = 100, al
         vel = vel.detach().requires_grad_(True)
         u = _map(vel, spl, d)
         mw = warp(ml, u, spacing=spl, padding="border")
-        sim = 1.0 - losses.lncc(fl, mw, window=window) if metric == "lncc" else losses.mse(fl, mw)
+        sim = 1.0 - losses.lncc(fl, mw, window=win) if metric == "lncc" else losses.mse(fl, mw)
         kin = vnorm_squared(vel, spl, **kw).sum() / steps
         total = sim + sigma * kin
         (grad,) = torch.autograd.grad(total, vel)
@@ -262,21 +270,15 @@ def lddmm(fixed: Image, moving: Image, steps: int = 6, iterations: int = 100, al
     energy_history: list[float] = []
     v = None
     energy = kinetic = float("nan")
-    bar = None
-    if progress_enabled(progress):
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        bar.start()
-        task = bar.add_task("LDDMM", total=n_lv * iterations)
+    bar = progress_bar("LDDMM", n_lv * iterations, progress)
     try:
         for lv in range(n_lv - 1, -1, -1):
             fct = 2 ** lv
-            fl, ml = _pyramid_level(f_full, fct, sp), _pyramid_level(m_full, fct, sp)
+            fl, ml = pyramid_level(f_full, fct, sp), pyramid_level(m_full, fct, sp)
             spl = tuple(s * fct for s in sp)
             shape = tuple(fl.shape)
             v = torch.zeros((steps, d, *shape), dtype=torch.float32, device=dev) if v is None \
-                else _upsample(v, shape, d)
+                else upsample(v, shape, d)
             step_lr = lr * fct if lr is not None else min(spl)
 
             E, S, Kn, g = evaluate(v, fl, ml, spl)
@@ -308,29 +310,22 @@ def lddmm(fixed: Image, moving: Image, steps: int = 6, iterations: int = 100, al
                         break
                 history.append(S)
                 energy_history.append(E)
-                if bar is not None:
-                    bar.advance(task)
+                bar.advance()
                 if callback is not None and callback(k, v.detach()) is True:
                     break
             v = v.detach()
             energy, kinetic = E, Kn
     finally:
-        if bar is not None:
-            bar.stop()
+        bar.close()
     with torch.no_grad():
         u = _map(v, sp, d)
-    arr = u if fixed.is_torch else u.cpu().numpy()
-    field_img = fixed.with_array(arr, axes="c" + fixed.axes,
-                                 meta={"kind": "displacement", "method": f"lddmm ({metric})"})
-    m_raw = moving.torch(dev)
-    m_float = m_raw.to(torch.float32) if not torch.is_floating_point(m_raw) else m_raw
     with torch.no_grad():
-        wm = warp(m_float, u.to(m_float.dtype), spacing=sp, padding="border")
-    warped = moving.with_array(wm if moving.is_torch else wm.cpu().numpy())
+        field_img, warped = warp_result(moving, u, fixed, {"kind": "displacement", "method": f"lddmm ({metric})"})
     js = jacobian_stats(field_img)
     params = {"method": "lddmm", "metric": metric, "steps": steps, "iterations": iterations, "levels": n_lv,
               "alpha": alpha, "gamma": gamma, "sigma": sigma, "power": power, "optimizer": optimizer,
-              "sobolev": bool(sobolev), "boundary": boundary, "velocities": v.cpu().numpy(),
+              "sobolev": bool(sobolev), "boundary": boundary, "window": as_param(window), "window_voxels": list(win),
+              "units": "mm", "velocities": v.cpu().numpy(),
               "energy": energy, "kinetic": kinetic, "energy_history": energy_history,
               "folding_fraction": js["folding_fraction"],
               "jacobian": {"min": js["min"], "max": js["max"], "mean": js["mean"]}}

@@ -27,6 +27,10 @@ Models save as a folder holding ``model.safetensors`` (weights) and ``config.jso
 (:meth:`RegistrationNet.save` / :meth:`RegistrationNet.load`), written atomically;
 nothing is unpickled on load.
 
+The network (:class:`biomip.nn.RegistrationNet`) and the simulated pairs
+(:func:`biomip.data.synthetic_pairs`) live in the layers below; they are re-exported
+here.
+
 >>> data = synthetic_pairs(24, (32, 32), max_displacement=3.0, seed=0)   # doctest: +SKIP
 >>> model, history = train_registration(data, epochs=30)                  # doctest: +SKIP
 >>> fixed, moving = data.images(0)                                        # doctest: +SKIP
@@ -35,22 +39,20 @@ nothing is unpickled on load.
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from ..core.arrays import check_number
 from ..core.config import get_device
 from ..core.errors import InputError, ShapeError, describe
 from ..core.image import Image
-from ..core.progress import progress_enabled
-from ..nn import Conv3d
+from ..core.progress import progress_bar
+from ..data.pairs import RegistrationPairs, synthetic_pairs
+from ..nn.losses import soft_dice_loss
+from ..nn.registration import RegistrationNet, diffusion_batch, spacing_tuple, warp_batch
+from ..ops.spatial import sample_field
 from .demons import DeformableResult
 
 __all__ = [
@@ -63,341 +65,6 @@ __all__ = [
     "train_registration",
     "warp_batch",
 ]
-
-_FORMAT = "biomip.register.RegistrationNet"
-_VERSION = 1
-
-
-# ============================================================================ helpers
-def _number(value, name: str, low: float | None = None, low_open: bool = False, integer: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-    if ok and integer and not isinstance(value, (int, np.integer)):
-        ok = False
-    if ok:
-        ok = math.isfinite(float(value)) and (low is None or (value > low if low_open else value >= low))
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
-        raise InputError(f"{name}: got {value!r}; expected {kind}{bound}")
-    return int(value) if integer else float(value)
-
-
-def _spacing_tuple(spacing, d: int, name: str = "spacing") -> tuple[float, ...]:
-    from ..core.arrays import check_spacing
-
-    return tuple(float(s) for s in check_spacing(spacing, d, name=name))
-
-
-def _standardise(x: torch.Tensor, d: int) -> torch.Tensor:
-    """Per-sample, per-channel zero mean / unit std over the spatial axes."""
-    dims = tuple(range(x.ndim - d, x.ndim))
-    mean = x.mean(dim=dims, keepdim=True)
-    std = x.std(dim=dims, keepdim=True, unbiased=False)
-    return (x - mean) / (std + 1e-6)
-
-
-def warp_batch(moving: torch.Tensor, u: torch.Tensor, spacing, padding: str = "border") -> torch.Tensor:
-    """Warp a batch ``moving (n, C, *S)`` with fields ``u (n, d, *S)`` (mm, x first):
-    ``out[i](p) = moving[i](p + u[i](p))``, linear, differentiable -- the batched form
-    of :func:`biomip.ops.warp` on arrays with the same ``spacing``."""
-    from ..ops.spatial import warp
-
-    return warp(moving, u, spacing=spacing, mode="linear", padding=padding, sdim=u.shape[1])
-
-
-def sample_field(u: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Values of a field ``u (d, *S)`` at continuous voxel indices ``index (k, d)``
-    (x, y[, z] order, like :meth:`Image.world_to_index`) -> ``(k, d)``; linear
-    interpolation, border values outside, differentiable in ``u`` and ``index``."""
-    d = u.shape[0]
-    sizes = torch.as_tensor(list(u.shape[1:])[::-1], dtype=u.dtype, device=u.device)      # (nx, ny[, nz])
-    grid = 2.0 * index.to(u.dtype) / (sizes - 1).clamp_min(1) - 1.0
-    grid = grid.reshape(1, *([1] * (d - 1)), -1, d)
-    out = F.grid_sample(u[None], grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return out.reshape(d, -1).T
-
-
-def diffusion_batch(v: torch.Tensor, spacing) -> torch.Tensor:
-    """Mean over a batch ``(n, d, *S)`` of :func:`biomip.register.losses.diffusion_energy`
-    (``||grad v||_F^2`` per voxel, derivatives in mm, averaged over voxels)."""
-    from ..ops.filters import spatial_gradient
-
-    d = v.shape[1]
-    g = spatial_gradient(v, spacing=spacing, sdim=d)              # (d_k, n, d_c, *S)
-    return (g ** 2).sum(dim=(0, 2)).mean()
-
-
-def _soft_dice_loss(warped: torch.Tensor, target: torch.Tensor, d: int) -> torch.Tensor:
-    """1 - mean soft Dice over the foreground channels of one-hot volumes ``(n, K, *S)``;
-    labels absent from both images are skipped."""
-    dims = tuple(range(2, 2 + d))
-    inter = (warped * target).sum(dims)
-    denom = warped.sum(dims) + target.sum(dims)
-    present = denom > 1e-6
-    dice = 2 * inter / denom.clamp_min(1e-6)
-    if not bool(present.any()):
-        return warped.sum() * 0.0
-    return 1.0 - dice[present].mean()
-
-
-# ============================================================================ network
-class _ConvAct(nn.Sequential):
-    def __init__(self, conv, c_in: int, c_out: int, stride: int, slope: float):
-        super().__init__(conv(c_in, c_out, kernel_size=3, stride=stride, padding=1), nn.LeakyReLU(slope))
-
-
-class RegistrationNet(nn.Module):
-    """VoxelMorph-style U-Net predicting a deformation from a ``(fixed, moving)`` pair.
-
-    Parameters
-    ----------
-    sdim : 2 or 3 spatial dimensions.
-    features : channels per U-Net level (finest first); level ``i > 0`` is reached by a
-        stride-2 convolution, the decoder upsamples, concatenates the skip and convolves
-        back to the level's channels.  3x3(x3) convolutions, LeakyReLU(0.2).
-    int_steps : scaling-and-squaring steps integrating the predicted stationary velocity
-        (``0``: the output is the displacement itself, not diffeomorphic).
-    seed : initialisation seed (the global torch RNG is left untouched).
-
-    ``forward(fixed, moving, spacing)`` takes tensors ``(n, [1,] *S)`` and returns
-    ``(u, v)``, both ``(n, d, *S)`` in mm (component 0 = x): the displacement mapping
-    fixed points to moving points, and the velocity (``v is u`` when ``int_steps=0``).
-    Intensities are standardised per image inside the network.
-    """
-
-    def __init__(self, sdim: int = 2, features=(8, 16, 16, 16), int_steps: int = 7, seed: int = 0,
-                 slope: float = 0.2):
-        super().__init__()
-        if sdim not in (2, 3) or isinstance(sdim, bool):
-            raise InputError(f"sdim: got {sdim!r}; expected 2 or 3")
-        try:
-            feats = tuple(int(f) for f in features)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"features: got {features!r}; expected a sequence of positive channel counts") from exc
-        if not feats or any(f < 1 for f in feats) or any(float(f) != float(g) for f, g in zip(feats, features)):
-            raise InputError(f"features: got {features!r}; expected a non-empty sequence of positive integers")
-        int_steps = _number(int_steps, "int_steps", low=0, integer=True)
-        seed = _number(seed, "seed", integer=True)
-        slope = _number(slope, "slope", low=0)
-        self.sdim, self.features, self.int_steps, self.seed, self.slope = int(sdim), feats, int_steps, seed, slope
-        self.meta: dict = {}
-        conv = Conv3d if sdim == 3 else nn.Conv2d
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.encoder = nn.ModuleList(
-                [_ConvAct(conv, 2, feats[0], 1, slope)]
-                + [_ConvAct(conv, feats[i - 1], feats[i], 2, slope) for i in range(1, len(feats))])
-            self.decoder = nn.ModuleList(
-                [_ConvAct(conv, feats[i] + feats[i - 1], feats[i - 1], 1, slope) for i in range(len(feats) - 1, 0, -1)])
-            self.head = _ConvAct(conv, feats[0], feats[0], 1, slope)
-            self.flow = conv(feats[0], sdim, kernel_size=3, padding=1)
-            nn.init.normal_(self.flow.weight, mean=0.0, std=1e-5)      # start near the identity
-            nn.init.zeros_(self.flow.bias)
-
-    # ------------------------------------------------------------------ forward
-    def config(self) -> dict:
-        """The constructor arguments (JSON-able)."""
-        return {"sdim": self.sdim, "features": list(self.features), "int_steps": self.int_steps, "seed": self.seed,
-                "slope": self.slope}
-
-    @property
-    def n_parameters(self) -> int:
-        return int(sum(p.numel() for p in self.parameters()))
-
-    def _inputs(self, x, name: str) -> torch.Tensor:
-        if not torch.is_tensor(x):
-            raise InputError(f"{name}: got {describe(x)}; expected a torch tensor (n, [1,] *spatial)")
-        d = self.sdim
-        if x.ndim == d + 1:
-            x = x.unsqueeze(1)
-        if x.ndim != d + 2 or x.shape[1] != 1:
-            raise ShapeError(f"{name}: got shape {tuple(x.shape)}; expected (n, [1,] *spatial) with {d} spatial axes")
-        return x.float()
-
-    def predict_velocity(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        """The raw network output ``(n, d, *S)`` in voxels (component 0 = x)."""
-        f, m = self._inputs(fixed, "fixed"), self._inputs(moving, "moving")
-        if f.shape != m.shape:
-            raise ShapeError(f"fixed and moving: shapes {tuple(f.shape)} and {tuple(m.shape)} differ")
-        x = torch.cat([_standardise(f, self.sdim), _standardise(m, self.sdim)], dim=1)
-        skips = []
-        for block in self.encoder:
-            x = block(x)
-            skips.append(x)
-        x = skips.pop()
-        mode = "trilinear" if self.sdim == 3 else "bilinear"
-        for block in self.decoder:
-            skip = skips.pop()
-            x = F.interpolate(x, size=skip.shape[2:], mode=mode, align_corners=False)
-            x = block(torch.cat([x, skip], dim=1))
-        return self.flow(self.head(x))
-
-    def integrate(self, v: torch.Tensor, spacing) -> torch.Tensor:
-        """Displacement ``exp(v)`` (mm) of a velocity batch ``(n, d, *S)`` in mm."""
-        if self.int_steps == 0:
-            return v
-        from ..ops.spatial import integrate_velocity
-
-        return integrate_velocity(v, spacing=spacing, steps=self.int_steps, sdim=self.sdim)
-
-    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, spacing=None):
-        sp = _spacing_tuple(spacing, self.sdim)
-        v_vox = self.predict_velocity(fixed, moving)
-        scale = torch.as_tensor(sp, dtype=v_vox.dtype, device=v_vox.device).reshape(1, -1, *([1] * self.sdim))
-        v = v_vox * scale
-        return self.integrate(v, sp), v
-
-    # --------------------------------------------------------------- save / load
-    def save(self, path, overwrite: bool = True) -> Path:
-        """Write the model as a folder ``path`` with ``model.safetensors`` and
-        ``config.json`` (atomically: a reader never sees a half-written model)."""
-        from ..core.checkpoint import save_module
-
-        return save_module(self, path, _FORMAT, _VERSION, self.config(), self.meta, overwrite=overwrite)
-
-    @classmethod
-    def load(cls, path, device=None) -> RegistrationNet:
-        """Read a model written by :meth:`save` (safetensors: no code is unpickled)."""
-        from ..core.checkpoint import load_module
-
-        return load_module(cls, path, _FORMAT, _VERSION, device=device)
-
-
-# ============================================================================ data
-@dataclass(eq=False)
-class RegistrationPairs(Sequence):
-    """Stacked training / test pairs (a sequence of dicts for :func:`train_registration`).
-
-    ``fixed``, ``moving`` ``(n, *S)`` float32; ``displacement`` ``(n, d, *S)`` the true
-    field (mm, fixed -> moving: ``moving(p + u(p)) ~ fixed(p)``); ``fixed_labels``,
-    ``moving_labels`` ``(n, *S)`` integer label maps; ``fixed_landmarks``,
-    ``moving_landmarks`` ``(n, k, d)`` corresponding world points (mm, x first, origin
-    0); ``spacing`` (x, y[, z]) mm.  Item ``i`` is a dict with these keys (arrays).
-    """
-
-    fixed: np.ndarray
-    moving: np.ndarray
-    displacement: np.ndarray | None = None
-    fixed_labels: np.ndarray | None = None
-    moving_labels: np.ndarray | None = None
-    fixed_landmarks: np.ndarray | None = None
-    moving_landmarks: np.ndarray | None = None
-    spacing: tuple = ()
-    label_names: dict = field(default_factory=dict)
-
-    _KEYS = ("fixed", "moving", "displacement", "fixed_labels", "moving_labels", "fixed_landmarks",
-             "moving_landmarks")
-
-    def __len__(self) -> int:
-        return int(self.fixed.shape[0])
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return RegistrationPairs(*[None if getattr(self, k) is None else getattr(self, k)[i] for k in self._KEYS],
-                                     spacing=self.spacing, label_names=dict(self.label_names))
-        return {k: getattr(self, k)[i] for k in self._KEYS if getattr(self, k) is not None}
-
-    def images(self, i: int) -> tuple[Image, Image]:
-        """Pair ``i`` as ``(fixed, moving)`` Images (origin 0, identity direction)."""
-        return Image(self.fixed[i], spacing=self.spacing), Image(self.moving[i], spacing=self.spacing)
-
-    def mask(self, i: int) -> np.ndarray:
-        """Foreground of the fixed image of pair ``i`` (labels > 0), for EPE statistics."""
-        if self.fixed_labels is None:
-            return np.ones(self.fixed.shape[1:], dtype=bool)
-        return self.fixed_labels[i] > 0
-
-
-_LABEL_NAMES = {1: "skull", 2: "brain", 3: "ventricles", 4: "bright structures"}
-
-
-def _phantom_labels(shape, spacing) -> np.ndarray:
-    """Tissue classes of the (modified) Shepp-Logan phantom: 1 skull, 2 brain,
-    3 ventricles / dark, 4 bright structures, 0 background."""
-    from scipy.ndimage import binary_fill_holes
-
-    from ..data.phantoms import shepp_logan
-
-    v = shepp_logan(shape, spacing=spacing).numpy()
-    head = binary_fill_holes(v > 0.5) | (v > 0.1)
-    lab = np.zeros(v.shape, dtype=np.uint8)
-    lab[head & (v < 0.15)] = 3
-    lab[head & (v >= 0.15) & (v < 0.25)] = 2
-    lab[head & (v >= 0.25) & (v < 0.5)] = 4
-    lab[v >= 0.5] = 1
-    return lab
-
-
-def synthetic_pairs(n: int, shape=(32, 32), max_displacement: float = 3.0, seed: int = 0, spacing=None,
-                    anatomy: float | None = None, n_landmarks: int = 8, noise: float = 0.02,
-                    smoothness: float | None = None) -> RegistrationPairs:
-    """Simulated mono-modal pairs with known fields, labels and landmarks.
-
-    Each pair: a "subject" made from the Shepp-Logan tissue classes deformed by
-    :func:`biomip.data.random_deformation` (``anatomy`` mm, default ``max_displacement
-    / 2``) with random tissue intensities (fixed), and the same subject warped by an
-    independent random diffeomorphism of ``max_displacement`` mm (moving:
-    ``moving = fixed o phi^-1``, so the true fixed -> moving field is ``phi``'s
-    displacement).  Labels are warped with nearest neighbour; ``n_landmarks`` random
-    foreground points of the fixed image and their true images in the moving one.
-    Independent Gaussian noise (``noise`` times the brightest tissue) on each image.
-    2-D or 3-D by ``shape``; deterministic in ``seed``.
-    """
-    from ..core.arrays import check_shape
-    from ..data.deformation import random_deformation
-    from ..ops.filters import gaussian_smooth
-    from ..ops.spatial import warp
-
-    n = _number(n, "n", low=1, integer=True)
-    shp = check_shape(shape, min_size=8)
-    d = len(shp)
-    sp = _spacing_tuple(spacing, d)
-    max_displacement = _number(max_displacement, "max_displacement", low=0)
-    anatomy = max_displacement / 2 if anatomy is None else _number(anatomy, "anatomy", low=0)
-    n_landmarks = _number(n_landmarks, "n_landmarks", low=0, integer=True)
-    noise = _number(noise, "noise", low=0)
-    seed = _number(seed, "seed", integer=True)
-    template = _phantom_labels(shp, sp)
-    rng = np.random.default_rng(seed)
-    lo = np.array([0.0, 0.8, 0.15, 0.0, 0.35])
-    hi = np.array([0.0, 1.2, 0.30, 0.08, 0.6])
-    fixed, moving, disp, flab, mlab, fpts, mpts = [], [], [], [], [], [], []
-    for i in range(n):
-        s_anat, s_pair = (int(s) for s in rng.integers(0, 2 ** 31 - 1, size=2))
-        lut = rng.uniform(lo, hi)
-        clean = gaussian_smooth(lut[template], 0.6, spacing=(1.0,) * d, sdim=d)      # partial-volume edges
-        subj = random_deformation(shp, max_displacement=anatomy, spacing=sp, seed=s_anat, smoothness=smoothness)
-        f_clean = warp(np.asarray(clean, np.float64), subj.displacement.numpy(), spacing=sp, padding="border")
-        f_lab = warp(template, subj.displacement.numpy(), spacing=sp, mode="nearest", padding="border")
-        pair = random_deformation(shp, max_displacement=max_displacement, spacing=sp, seed=s_pair,
-                                  smoothness=smoothness)
-        inv = pair.inverse.numpy()
-        m_clean = warp(f_clean, inv, spacing=sp, padding="border")
-        m_lab = warp(f_lab, inv, spacing=sp, mode="nearest", padding="border")
-        sigma = noise * float(lut.max())
-        fixed.append(f_clean + sigma * rng.standard_normal(shp))
-        moving.append(m_clean + sigma * rng.standard_normal(shp))
-        u = pair.displacement.numpy()
-        disp.append(u)
-        flab.append(f_lab)
-        mlab.append(m_lab)
-        fg = np.argwhere(f_lab > 0)                                   # array order
-        if len(fg) == 0:
-            fg = np.argwhere(np.ones(shp, dtype=bool))
-        pick = fg[rng.choice(len(fg), size=n_landmarks, replace=len(fg) < n_landmarks)]
-        idx = pick[:, ::-1].astype(np.float64) + rng.uniform(-0.4, 0.4, size=pick.shape)   # (k, d) x first
-        p = idx * np.asarray(sp)
-        ut = torch.as_tensor(u, dtype=torch.float64)
-        q = p + sample_field(ut, torch.as_tensor(idx)).numpy()
-        fpts.append(p)
-        mpts.append(q)
-    return RegistrationPairs(
-        fixed=np.stack(fixed).astype(np.float32), moving=np.stack(moving).astype(np.float32),
-        displacement=np.stack(disp).astype(np.float32), fixed_labels=np.stack(flab).astype(np.uint8),
-        moving_labels=np.stack(mlab).astype(np.uint8),
-        fixed_landmarks=np.stack(fpts) if n_landmarks else None,
-        moving_landmarks=np.stack(mpts) if n_landmarks else None,
-        spacing=sp, label_names=dict(_LABEL_NAMES))
 
 
 # ============================================================================ training
@@ -497,11 +164,11 @@ def _prepare(pairs, spacing):
                              f"{mpts[-1].shape} do not correspond")
     d = len(ref)
     if geo is not None:
-        if spacing is not None and not np.allclose(_spacing_tuple(spacing, d), geo.spacing, rtol=1e-5):
+        if spacing is not None and not np.allclose(spacing_tuple(spacing, d), geo.spacing, rtol=1e-5):
             raise InputError(f"spacing: got {spacing!r} but the Images have spacing {geo.spacing}")
         sp, origin = tuple(geo.spacing), np.asarray(geo.origin, dtype=np.float64)
     else:
-        sp, origin = _spacing_tuple(spacing, d), np.zeros(d)
+        sp, origin = spacing_tuple(spacing, d), np.zeros(d)
     ids = sorted({int(v) for lab in flabs + mlabs if lab is not None for v in np.unique(lab)} - {0})
     # landmarks -> continuous voxel indices (x first)
     fidx = [None if p is None else (p - origin) / np.asarray(sp) for p in fpts]
@@ -561,14 +228,14 @@ def train_registration(pairs, spacing=None, epochs: int = 50, lr: float = 1e-3, 
     mean ``loss``, ``similarity`` (1 - LNCC), ``smoothness``, ``label`` (1 - Dice) and
     ``landmark`` (mm^2) terms (``None`` where unused) and the elapsed ``seconds``.
     """
-    epochs = _number(epochs, "epochs", low=1, integer=True)
-    lr = _number(lr, "lr", low=0, low_open=True)
-    smoothness = _number(smoothness, "smoothness", low=0)
-    label_weight = _number(label_weight, "label_weight", low=0)
-    landmark_weight = _number(landmark_weight, "landmark_weight", low=0)
-    batch_size = _number(batch_size, "batch_size", low=1, integer=True)
-    window = _number(window, "window", low=1, integer=True)
-    seed = _number(seed, "seed", integer=True)
+    epochs = check_number(epochs, "epochs", low=1, integer=True)
+    lr = check_number(lr, "lr", low=0, low_open=True)
+    smoothness = check_number(smoothness, "smoothness", low=0)
+    label_weight = check_number(label_weight, "label_weight", low=0)
+    landmark_weight = check_number(landmark_weight, "landmark_weight", low=0)
+    batch_size = check_number(batch_size, "batch_size", low=1, integer=True)
+    window = check_number(window, "window", low=1, integer=True)
+    seed = check_number(seed, "seed", integer=True)
     if window % 2 == 0:
         raise InputError(f"window: got {window}; expected an odd number of voxels")
     from . import losses
@@ -597,13 +264,7 @@ def train_registration(pairs, spacing=None, epochs: int = 50, lr: float = 1e-3, 
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     history: list[dict] = []
     t0 = time.perf_counter()
-    bar = None
-    if progress_enabled(progress):
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        bar.start()
-        task = bar.add_task("training RegistrationNet", total=epochs)
+    bar = progress_bar("training RegistrationNet", epochs, progress)
     model.train()
     try:
         for epoch in range(epochs):
@@ -640,7 +301,7 @@ def train_registration(pairs, spacing=None, epochs: int = 50, lr: float = 1e-3, 
                     tf = torch.as_tensor(np.stack([lf[j] for j in lab_idx]), device=dev)
                     tm = torch.as_tensor(np.stack([lm[j] for j in lab_idx]), device=dev)
                     wl = warp_batch(tm, u[lab_idx], sp)
-                    lab_loss = _soft_dice_loss(wl, tf, d)
+                    lab_loss = soft_dice_loss(wl, tf, d)
                     loss = loss + label_weight * lab_loss
                     sums["label"] += float(lab_loss.detach())
                     counts["label"] += 1
@@ -670,13 +331,11 @@ def train_registration(pairs, spacing=None, epochs: int = 50, lr: float = 1e-3, 
                       "landmark": sums["landmark"] / counts["landmark"] if counts["landmark"] else None,
                       "seconds": time.perf_counter() - t0}
             history.append(record)
-            if bar is not None:
-                bar.advance(task)
+            bar.advance()
             if callback is not None and callback(epoch, model, record) is True:
                 break
     finally:
-        if bar is not None:
-            bar.stop()
+        bar.close()
     model.eval()
     model.meta.update({"trained_on": {"n_pairs": int(n), "shape": list(shape), "spacing": list(sp),
                                       "epochs": len(history), "lr": lr, "smoothness": smoothness,
@@ -725,13 +384,13 @@ def learned_register(model: RegistrationNet, fixed: Image, moving: Image, refine
     from . import losses
 
     _check_images(model, fixed, moving)
-    refine = _number(refine, "refine", low=0, integer=True)
-    smoothness = _number(smoothness, "smoothness", low=0)
-    window = _number(window, "window", low=1, integer=True)
+    refine = check_number(refine, "refine", low=0, integer=True)
+    smoothness = check_number(smoothness, "smoothness", low=0)
+    window = check_number(window, "window", low=1, integer=True)
     if window % 2 == 0:
         raise InputError(f"window: got {window}; expected an odd number of voxels")
     sp = tuple(fixed.spacing)
-    lr = 0.1 * min(sp) if lr is None else _number(lr, "lr", low=0, low_open=True)
+    lr = 0.1 * min(sp) if lr is None else check_number(lr, "lr", low=0, low_open=True)
     d = model.sdim
     t0 = time.perf_counter()
     dev = next(model.parameters()).device
@@ -745,13 +404,7 @@ def learned_register(model: RegistrationNet, fixed: Image, moving: Image, refine
     if was_training:
         model.train()
     if refine:
-        bar = None
-        if progress_enabled(progress):
-            from rich.progress import Progress
-
-            bar = Progress(transient=True)
-            bar.start()
-            task = bar.add_task("test-time refinement", total=refine)
+        bar = progress_bar("test-time refinement", refine, progress)
         v = v.detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([v], lr=lr)
         try:
@@ -764,13 +417,11 @@ def learned_register(model: RegistrationNet, fixed: Image, moving: Image, refine
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                if bar is not None:
-                    bar.advance(task)
+                bar.advance()
                 if callback is not None and callback(k, v.detach()) is True:
                     break
         finally:
-            if bar is not None:
-                bar.stop()
+            bar.close()
         with torch.no_grad():
             v = v.detach()
             u = model.integrate(v, sp)

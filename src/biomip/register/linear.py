@@ -20,16 +20,18 @@ import torch.nn.functional as F
 from ..core.config import get_device
 from ..core.errors import InputError
 from ..core.image import Image
+from ..core.kinds import same_kind
 from ..core.progress import track
-from .transforms import AffineTransform, RigidTransform, rotation_vector
+from ..ops.transforms import AffineTransform, RigidTransform, rotation_vector
 
 METRICS = ("mse", "ncc", "mi", "nmi")
 
 
 @dataclass
 class LinearResult:
-    """Result of :func:`linear`: the transform (fixed -> moving points), the moving
-    image resampled onto the fixed grid, and the loss after every optimiser step."""
+    """Result of :func:`linear`: the transform (fixed -> moving points, mm), the moving
+    image resampled onto the fixed grid (the kind of the inputs: Image, numpy or torch)
+    and the loss after every optimiser step."""
 
     transform: AffineTransform
     warped: Image
@@ -63,7 +65,8 @@ def _pyramid(img: Image, levels: int):
         f = 2 ** lv
         if min(img.spatial_shape) // f < 8:
             break
-        sm = gaussian_smooth(img.astype(np.float32), sigma=[0.5 * f * s for s in img.spacing])
+        sm = gaussian_smooth(img.astype(torch.float32 if img.is_torch else np.float32),
+                             sigma=[0.5 * f * s for s in img.spacing])
         out.append(resample(sm, spacing=[s * f for s in img.spacing], mode="linear"))
     return out[::-1]
 
@@ -79,10 +82,16 @@ def _loss_fn(metric: str, bins: int):
     return lambda f, m, w: -losses.mutual_information(f, m, bins=bins, normalized=norm, mask=w)
 
 
+@same_kind("fixed", "moving")
 def linear(fixed: Image, moving: Image, transform: str = "rigid", metric: str = "mse", levels: int = 3,
            iterations: int = 50, initial: AffineTransform | None = None, bins: int = 32, device=None,
-           callback=None, progress=None) -> LinearResult:
+           callback=None, progress=None, spacing=None) -> LinearResult:
     """Rigid or affine registration of ``moving`` onto ``fixed`` (any grids, any orientation).
+
+    ``fixed`` and ``moving`` are Images, numpy arrays or torch tensors (arrays on a grid
+    of ``spacing`` mm, default 1, origin 0; an array next to an Image takes its
+    geometry).  ``result.warped`` is the same kind; ``result.transform`` maps physical
+    points (mm) whatever the input kind.
 
     ``metric``: ``"mse"`` (same modality), ``"ncc"`` (linear intensity relation), ``"mi"``
     / ``"nmi"`` (mutual information: multimodal).  ``levels`` pyramid levels (coarse to
@@ -92,8 +101,6 @@ def linear(fixed: Image, moving: Image, transform: str = "rigid", metric: str = 
     >>> res = linear(fixed, moving, transform="rigid", metric="mi")        # doctest: +SKIP
     >>> res.transform.apply(fixed_landmarks)                               # doctest: +SKIP
     """
-    if not isinstance(fixed, Image) or not isinstance(moving, Image):
-        raise InputError("fixed, moving: expected biomip Images (their geometry defines the physical space)")
     if fixed.sdim != moving.sdim or fixed.sdim not in (2, 3) or fixed.axes not in ("yx", "zyx") \
             or moving.axes not in ("yx", "zyx"):
         raise InputError(f"fixed, moving: got axes {fixed.axes!r} and {moving.axes!r}; expected two grey images "
@@ -102,11 +109,8 @@ def linear(fixed: Image, moving: Image, transform: str = "rigid", metric: str = 
         raise InputError(f"transform: got {transform!r}; expected 'rigid' or 'affine'")
     if metric not in METRICS:
         raise InputError(f"metric: got {metric!r}; expected one of {', '.join(METRICS)}")
-    for name, im in (("fixed", fixed), ("moving", moving)):
-        a = im.numpy()
-        if not np.all(np.isfinite(a)):
-            raise InputError(f"{name}: contains NaN/Inf")
-        if np.ptp(a) == 0:
+    for name, im in (("fixed", fixed), ("moving", moving)):           # finite: checked at entry
+        if float(im.array.max()) == float(im.array.min()):
             raise InputError(f"{name}: is constant; there is nothing to register")
     d = fixed.sdim
     dev = get_device(device) if device is not None else (fixed.device if fixed.is_torch else get_device("cpu"))
@@ -138,8 +142,8 @@ def linear(fixed: Image, moving: Image, transform: str = "rigid", metric: str = 
 
     for lv, (fl, ml) in enumerate(track(list(zip(fixed_levels, moving_levels)), "registration levels",
                                         progress=progress)):
-        fv = torch.as_tensor(np.asarray(fl.numpy(), np.float32), device=dev)
-        mv = torch.as_tensor(np.asarray(ml.numpy(), np.float32), device=dev)
+        fv = fl.torch(dev).to(torch.float32)
+        mv = ml.torch(dev).to(torch.float32)
         shape = fl.spatial_shape
         idx = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=dt, device=dev) for n in shape], indexing="ij")[::-1], -1)
         Mf = torch.as_tensor(fl.direction * np.asarray(fl.spacing)[None], dtype=dt, device=dev)

@@ -46,9 +46,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.arrays import as_float_tensor, as_numpy, check_spacing, is_tensor
+from ..core.arrays import (
+    as_float_tensor,
+    as_numpy,
+    check_real,
+    check_spacing,
+    is_tensor,
+)
 from ..core.arrays import check_number as _check_number
-from ..core.errors import InputError, ShapeError, describe
+from ..core.errors import InputError, ShapeError
 from ..core.image import Image
 from ..ops.filters import resolve_sdim, spatial_gradient
 from ..ops.jacobian import jacobian_determinant
@@ -87,11 +93,9 @@ def _to_float_tensor(x, name: str, device):
     raw = _raw(x)
     if raw is None:
         raise InputError(f"{name}: got None; expected an array")
+    check_real(raw, name, allow_bool=True)                 # complex / object: InputError (masks may be bool)
     if not is_tensor(raw):
-        arr = as_numpy(raw, name=name)
-        if arr.dtype.kind not in "biuf":
-            raise InputError(f"{name}: got {describe(arr)}; expected a real-valued array")
-        raw = arr.astype(np.float64, copy=False)
+        raw = as_numpy(raw, name=name).astype(np.float64, copy=False)
     return as_float_tensor(raw, name=name, device=device)
 
 
@@ -208,26 +212,26 @@ class _BoxMeanCPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, t, radii):
-        from ..ops._fieldkernels import box_filter
+        from ..ops.fieldkernels import box_filter
 
         ctx.radii = radii
         return torch.from_numpy(box_filter(t.detach().numpy(), radii))
 
     @staticmethod
     def backward(ctx, g):
-        from ..ops._fieldkernels import box_filter
+        from ..ops.fieldkernels import box_filter
 
         return torch.from_numpy(box_filter(g.detach().contiguous().numpy(), ctx.radii, adjoint=True)), None
 
 
-def _box_mean(t: torch.Tensor, k: tuple[int, ...]) -> torch.Tensor:
+def box_mean(t: torch.Tensor, k: tuple[int, ...]) -> torch.Tensor:
     """Mean over a box window clipped to the image, per voxel; ``t`` is (B, *S).
 
     Separable: a clipped box is a product of clipped intervals, so its mean is three
     1-D means.  Float32 on the CPU: numba running sums (O(1) per voxel and axis, with
     an exact adjoint for autograd); otherwise ``avg_pool1d`` along each axis.
     """
-    from ..ops import _fieldkernels as fk
+    from ..ops import fieldkernels as fk
 
     d = len(k)
     if t.device.type == "cpu" and t.dtype == torch.float32 and fk.AVAILABLE:
@@ -284,17 +288,17 @@ def lncc(fixed, moving, window=9, mask=None, sdim: int | None = None, eps: float
     a = ((f2 - mf[:, None]) / sf[:, None]).reshape(-1, *spatial)
     b = ((m2 - mm[:, None]) / sm[:, None]).reshape(-1, *spatial)
     if w2 is None:
-        mean_a, mean_b = _box_mean(a, k), _box_mean(b, k)
-        var_a = _box_mean(a * a, k) - mean_a ** 2
-        var_b = _box_mean(b * b, k) - mean_b ** 2
-        cov = _box_mean(a * b, k) - mean_a * mean_b
+        mean_a, mean_b = box_mean(a, k), box_mean(b, k)
+        var_a = box_mean(a * a, k) - mean_a ** 2
+        var_b = box_mean(b * b, k) - mean_b ** 2
+        cov = box_mean(a * b, k) - mean_a * mean_b
     else:
         ww = w2.reshape(-1, *spatial)
-        W = _box_mean(ww, k).clamp_min(_TINY)
-        mean_a, mean_b = _box_mean(ww * a, k) / W, _box_mean(ww * b, k) / W
-        var_a = _box_mean(ww * a * a, k) / W - mean_a ** 2
-        var_b = _box_mean(ww * b * b, k) / W - mean_b ** 2
-        cov = _box_mean(ww * a * b, k) / W - mean_a * mean_b
+        W = box_mean(ww, k).clamp_min(_TINY)
+        mean_a, mean_b = box_mean(ww * a, k) / W, box_mean(ww * b, k) / W
+        var_a = box_mean(ww * a * a, k) / W - mean_a ** 2
+        var_b = box_mean(ww * b * b, k) / W - mean_b ** 2
+        cov = box_mean(ww * a * b, k) / W - mean_a * mean_b
     cc = cov ** 2 / (var_a.clamp_min(0) * var_b.clamp_min(0) + eps)
     cc = cc.clamp(0.0, 1.0).reshape(cc.shape[0], -1)
     val = cc.mean() if w2 is None else (w2 * cc).sum() / w2.sum()

@@ -15,6 +15,7 @@ import torch
 
 from ..core.errors import InputError, ShapeError
 from ..core.image import Image
+from ..core.kinds import same_kind
 from .demons import DeformableResult
 
 
@@ -96,17 +97,27 @@ class DeformationModel:
         return cls(z["mean"], z["components"], z["variances"], grid)
 
 
+def _model_grid(arguments):
+    model = arguments["model"]
+    if not isinstance(model, DeformationModel):
+        raise InputError(f"model: got {type(model).__name__}; expected a DeformationModel (DeformationModel.fit)")
+    grid = model.grid
+    return Image(np.zeros(grid.spatial_shape, np.float32), spacing=grid.spacing, origin=grid.origin,
+                 direction=grid.direction)
+
+
+@same_kind("fixed", "moving", reference=_model_grid)
 def subspace_register(fixed: Image, moving: Image, model: DeformationModel, metric: str = "mse",
-                      prior: float = 1e-3, iterations: int = 50) -> DeformableResult:
+                      prior: float = 1e-3, iterations: int = 50, spacing=None) -> DeformableResult:
     """Registration restricted to the model's subspace: minimise
     ``metric(fixed, moving(p + u(c)(p))) + prior * |c|^2`` over the ``k`` coefficients by
-    L-BFGS.  ``fixed`` and ``moving`` lie on the model's grid."""
+    L-BFGS.  ``fixed`` and ``moving`` lie on the model's grid: Images, or numpy arrays /
+    torch tensors (which take the model grid's geometry); the result is the same kind."""
     from ..ops.spatial import warp
     from . import losses
 
-    if not isinstance(fixed, Image) or not isinstance(moving, Image):
-        raise InputError("fixed, moving: expected biomip Images on the model's grid")
     fixed.check_same_geometry(moving, "fixed", "moving")
+    _model_grid({"model": model})                       # a DeformationModel, else an InputError naming model
     fixed.check_same_geometry(model.grid, "fixed", "model grid")
     if metric not in ("mse", "ncc"):
         raise InputError(f"metric: got {metric!r}; expected 'mse' or 'ncc'")
@@ -133,8 +144,7 @@ def subspace_register(fixed: Image, moving: Image, model: DeformationModel, metr
     opt.step(closure)
     coeffs = c.detach().numpy()
     field = model.field(coeffs)
-    warped = moving.with_array(np.asarray(warp(moving.numpy().astype(np.float32), field.numpy(), spacing=sp,
-                                               padding="border")))
+    warped = warp(moving, field, padding="border")
     res = DeformableResult(field, warped, history, time.perf_counter() - t0,
                            {"method": "pca subspace", "k": model.k, "metric": metric, "prior": prior})
     res.params["coefficients"] = coeffs.tolist()

@@ -7,8 +7,8 @@ Lorenzi 2013; the update rule of ANTs SyN): every iteration warps the moving ima
 ``exp(v)``, takes the similarity's gradient with respect to the displacement (the
 voxel-wise force ``dS/dm * grad m``; for LNCC the ANTs closed form over the local
 window), smooths it with ``sigma_fluid`` (viscous-fluid-like), scales it to a step of
-``step`` voxels, adds it to ``v`` (first-order BCH) and smooths ``v`` with
-``sigma_diffusion`` (elastic-like).  Coarse to fine: the velocity of a coarse level,
+``step`` mm, adds it to ``v`` (first-order BCH) and smooths ``v`` with
+``sigma_diffusion`` (elastic-like); widths and steps are mm (at full resolution).  Coarse to fine: the velocity of a coarse level,
 upsampled, starts the next; the default pyramid spends its iterations on the coarse
 levels, as ANTs does.
 """
@@ -20,17 +20,29 @@ import time
 import numpy as np
 import torch
 
+from ..core.arrays import check_number
 from ..core.errors import InputError
 from ..core.image import Image
-from ..core.progress import progress_enabled
-from ._dense import DenseOps, grid_frame, pyramid_level, upsample_field
-from .demons import DeformableResult
+from ..core.kinds import same_kind
+from ..core.progress import progress_bar
+from ._dense import (
+    DenseOps,
+    as_param,
+    grid_frame,
+    odd_voxels,
+    pyramid_level,
+    upsample_field,
+    voxels,
+    widths_mm,
+)
+from .demons import DeformableResult, warp_result
 
 SIMILARITIES = ("lncc", "ncc", "mse")
 
 
 def _force(metric, f, mw, grad_m, window, ops):
-    """Ascent direction of the similarity w.r.t. the displacement: ``dS/dm * grad m``."""
+    """Ascent direction of the similarity w.r.t. the displacement: ``dS/dm * grad m``
+    (``window``: odd box sizes in voxels, x, y, z order)."""
     if metric == "mse":
         dm = f - mw
     elif metric == "ncc":
@@ -38,11 +50,11 @@ def _force(metric, f, mw, grad_m, window, ops):
         a, b, c = (fh * mh).mean(), (fh * fh).mean(), (mh * mh).mean().clamp_min(1e-12)
         dm = (fh - (a / c) * mh) * (a / (b * c).clamp_min(1e-12))
     else:                                             # local NCC, ANTs' closed form
-        from .losses import _box_mean
+        from .losses import box_mean
 
-        k = (int(window),) * ops.d
+        k = tuple(int(w) for w in reversed(window))      # window: odd voxels (x, y, z) -> array order
         st = torch.stack([f, mw, f * f, mw * mw, f * mw])
-        mean = _box_mean(st, k)
+        mean = box_mean(st, k)
         fb, mb = mean[0], mean[1]
         b, c = mean[2] - fb * fb, mean[3] - mb * mb
         a = mean[4] - fb * mb
@@ -62,36 +74,48 @@ def _similarity(metric, f, mw, window):
     return -float(losses.mse(f, mw))
 
 
+@same_kind("fixed", "moving")
 @grid_frame
-def svf(fixed: Image, moving: Image, metric: str = "lncc", window: int = 5, levels: int = 3,
-        iterations=None, step: float = 0.25, sigma_fluid: float = 3.0, sigma_diffusion: float = 1.0,
-        callback=None, progress=None) -> DeformableResult:
+def svf(fixed: Image, moving: Image, metric: str = "lncc", window: float | None = None, levels: int = 3,
+        iterations=None, step: float | None = None, sigma_fluid: float | None = None,
+        sigma_diffusion: float | None = None, callback=None, progress=None, spacing=None) -> DeformableResult:
     """SVF registration of ``moving`` onto ``fixed`` (same axis-aligned grid).
+
+    ``fixed`` and ``moving`` are Images, numpy arrays or torch tensors (arrays on a grid
+    of ``spacing`` mm, default 1); the result is the same kind.
 
     Parameters
     ----------
-    metric : ``"lncc"`` (local NCC over a ``window``-voxel box, default), ``"ncc"`` or
+    metric : ``"lncc"`` (local NCC over a box of ``window`` mm, default), ``"ncc"`` or
         ``"mse"``; history records the similarity (higher is better; ``-MSE`` for mse).
+    window : width of the LNCC box, **mm** (one number or one per axis x, y, z; the
+        nearest odd number of voxels per axis).  Default 5 voxels (5 x the spacing).
     levels : pyramid levels (each halves the grid); ``iterations`` one number or one
         per level, coarse to fine.  Default: 100 on the coarsest level, 60 on the
         others, and on the full grid none for grids above 64^3 voxels (it only receives
         the upsampled velocity, as in ANTs SyN's default schedule), 20 for smaller ones
         (whose coarse levels are too coarse alone); a single level gets 50.
-    step : largest update per iteration, in voxels of the current level.
-    sigma_fluid, sigma_diffusion : Gaussian widths (voxels) for the update and for the
-        velocity itself.
+    step : largest update per iteration, **mm**.  Default a quarter voxel (0.25 x the
+        smallest spacing).
+    sigma_fluid, sigma_diffusion : Gaussian widths (standard deviations, **mm**, one
+        number or one per axis) for the update and for the velocity itself.  Defaults
+        3 and 1 voxels (3 and 1 x the spacing).
 
-    Returns a :class:`DeformableResult` whose ``params["velocity"]`` is ``v`` (Image, mm)
-    and ``params["folding_fraction"]`` the folded fraction of ``exp(v)`` (0 for a smooth
-    ``v``).
+    ``window``, ``step`` and the sigmas are given for the full-resolution grid; a
+    pyramid level that shrinks the grid by ``2**l`` uses the same number of *its own*
+    voxels (i.e. ``2**l`` times the width in mm), so the regularisation keeps its shape
+    coarse to fine, as in ANTs.  The defaults are whole voxels of the grid (ANTs'
+    defaults are in voxels too): on a 1-mm grid 5, 0.25, 3 and 1 mm.
+
+    Returns a :class:`DeformableResult` whose ``params["velocity"]`` is ``v`` (mm, the
+    kind of the inputs) and ``params["folding_fraction"]`` the folded fraction of
+    ``exp(v)`` (0 for a smooth ``v``).
 
     >>> res = svf(fixed, moving, metric="lncc")                        # doctest: +SKIP
     >>> res.displacement, res.params["velocity"], res.history[-1]     # doctest: +SKIP
     """
     from ..metrics import jacobian_stats
 
-    if not isinstance(fixed, Image) or not isinstance(moving, Image):
-        raise InputError("fixed, moving: expected biomip Images on the same grid")
     fixed.check_same_geometry(moving, "fixed", "moving")
     if fixed.axes not in ("yx", "zyx"):
         raise InputError(f"fixed: got axes {fixed.axes!r}; expected a grey 2-D or 3-D image")
@@ -108,16 +132,18 @@ def svf(fixed: Image, moving: Image, metric: str = "lncc", window: int = 5, leve
         if np.ndim(iterations) == 0 or len(iterations) == levels else None
     if its is None or any(i < 0 for i in its):
         raise InputError(f"iterations: got {iterations!r}; expected a number or {levels} non-negative numbers")
-    for name, val in (("step", step), ("sigma_fluid", sigma_fluid), ("sigma_diffusion", sigma_diffusion)):
-        if not np.isfinite(val) or val < 0 or (name == "step" and val == 0):
-            raise InputError(f"{name}: got {val!r}; expected a {'positive' if name == 'step' else 'non-negative'} number")
-    for name, im in (("fixed", fixed), ("moving", moving)):
-        if not np.all(np.isfinite(im.numpy())):
-            raise InputError(f"{name}: contains NaN/Inf")
     d = fixed.sdim
     t0 = time.perf_counter()
     dev = fixed.device if fixed.is_torch else torch.device("cpu")
     sp = np.asarray(fixed.spacing, dtype=np.float64)
+    window = widths_mm(window, fixed.spacing, "window", 5.0, positive=True)
+    sigma_fluid = widths_mm(sigma_fluid, fixed.spacing, "sigma_fluid", 3.0)
+    sigma_diffusion = widths_mm(sigma_diffusion, fixed.spacing, "sigma_diffusion", 1.0)
+    step = 0.25 * float(sp.min()) if step is None else check_number(step, "step", positive=True)
+    # mm -> voxels of the full grid, used as voxels of every level (see the docstring)
+    win = odd_voxels(window, sp)                                       # x, y, z
+    sig_fluid, sig_diff = voxels(sigma_fluid, sp), voxels(sigma_diffusion, sp)
+    step_vox = step / float(sp.min())
     f_full = fixed.torch(dev).to(torch.float32)
     m_full = moving.torch(dev).to(torch.float32)
     scale = float(f_full.std()) or 1.0
@@ -125,52 +151,42 @@ def svf(fixed: Image, moving: Image, metric: str = "lncc", window: int = 5, leve
 
     history: list[float] = []
     v = None
-    bar = None
-    if progress_enabled(progress):
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        bar.start()
-        task = bar.add_task("SVF registration", total=sum(its))
-    stop = False
-    for lv, n_it in zip(range(levels - 1, -1, -1), its):
-        fct = 2 ** lv
-        fl, ml = pyramid_level(f_full, fct, sp), pyramid_level(m_full, fct, sp)
-        spl = tuple(float(s) * fl_n / n for s, fl_n, n in
-                    zip(sp, reversed(fixed.spatial_shape), reversed(tuple(fl.shape))))
-        ops = DenseOps(fl.shape, spl, dev)
-        if v is None:
-            v = torch.zeros((d, *fl.shape), dtype=torch.float32, device=dev)
-        else:
-            v = upsample_field(v, fl.shape, d)
-        spt = torch.as_tensor(spl, dtype=torch.float32, device=dev).view(d, *([1] * d))
-        for k in range(n_it if not stop else 0):
-            u = ops.exp(v)
-            mw = ops.warp(ml, u)
-            history.append(_similarity(metric, fl, mw, window))
-            upd = ops.smooth(_force(metric, fl, mw, ops.gradient(mw), window, ops), sigma_fluid)
-            norm = float(torch.sqrt(((upd / spt) ** 2).sum(0)).max())
-            if norm > 1e-4:            # below: converged (identical images give float noise only)
-                v = v + upd * (step / norm)
-            v = ops.smooth(v, sigma_diffusion)
-            if bar is not None:
-                bar.advance(task)
-            if callback is not None and callback(k, v) is True:
-                stop = True
-                break
-    if bar is not None:
-        bar.stop()
+    with progress_bar("SVF registration", sum(its), progress) as bar:
+        stop = False
+        for lv, n_it in zip(range(levels - 1, -1, -1), its):
+            fct = 2 ** lv
+            fl, ml = pyramid_level(f_full, fct, sp), pyramid_level(m_full, fct, sp)
+            spl = tuple(float(s) * fl_n / n for s, fl_n, n in
+                        zip(sp, reversed(fixed.spatial_shape), reversed(tuple(fl.shape))))
+            ops = DenseOps(fl.shape, spl, dev)
+            if v is None:
+                v = torch.zeros((d, *fl.shape), dtype=torch.float32, device=dev)
+            else:
+                v = upsample_field(v, fl.shape, d)
+            spt = torch.as_tensor(spl, dtype=torch.float32, device=dev).view(d, *([1] * d))
+            for k in range(n_it if not stop else 0):
+                u = ops.exp(v)
+                mw = ops.warp(ml, u)
+                history.append(_similarity(metric, fl, mw, win))
+                upd = ops.smooth(_force(metric, fl, mw, ops.gradient(mw), win, ops), sig_fluid)
+                norm = float(torch.sqrt(((upd / spt) ** 2).sum(0)).max())          # level voxels
+                if norm > 1e-4:            # below: converged (identical images give float noise only)
+                    v = v + upd * (step_vox / norm)
+                v = ops.smooth(v, sig_diff)
+                bar.advance()
+                if callback is not None and callback(k, v) is True:
+                    stop = True
+                    break
     ops = DenseOps(fixed.spatial_shape, tuple(sp), dev)
     u = ops.exp(v)
-    mw = ops.warp(moving.torch(dev).to(torch.float32), u)
-    out = (lambda t: t) if fixed.is_torch else (lambda t: t.cpu().numpy())
-    field_img = fixed.with_array(out(u), axes="c" + fixed.axes, meta={"kind": "displacement", "method": f"svf ({metric})"})
-    velocity = fixed.with_array(out(v), axes="c" + fixed.axes, meta={"kind": "velocity"})
-    warped = moving.with_array(out(mw))
+    field_img, warped = warp_result(moving, u, fixed, {"kind": "displacement", "method": f"svf ({metric})"})
+    velocity = fixed.with_array(v if fixed.is_torch else v.cpu().numpy(), axes="c" + fixed.axes,
+                                meta={"kind": "velocity"})
     js = jacobian_stats(u.cpu().numpy(), spacing=tuple(sp))
     res = DeformableResult(field_img, warped, history, time.perf_counter() - t0,
-                           {"method": "svf", "metric": metric, "window": window, "levels": levels,
-                            "iterations": its, "step": step, "sigma_fluid": sigma_fluid,
-                            "sigma_diffusion": sigma_diffusion, "folding_fraction": js["folding_fraction"]})
+                           {"method": "svf", "metric": metric, "window": as_param(window), "window_voxels": list(win),
+                            "levels": levels, "iterations": its, "step": step, "sigma_fluid": as_param(sigma_fluid),
+                            "sigma_diffusion": as_param(sigma_diffusion), "units": "mm",
+                            "folding_fraction": js["folding_fraction"]})
     res.params["velocity"] = velocity
     return res

@@ -67,13 +67,13 @@ import time
 import numpy as np
 import torch
 
-from ..core.arrays import check_count as _count
-from ..core.arrays import check_number as _number
+from ..core.arrays import check_count, check_number
 from ..core.errors import InputError
 from ..core.image import Image
-from ..core.progress import progress_enabled
+from ..core.kinds import same_kind
+from ..core.progress import progress_bar
 from ._dense import grid_frame, pyramid_level, upsample_field
-from .demons import DeformableResult
+from .demons import DeformableResult, warp_result
 
 __all__ = ["BOUNDARIES", "REGULARIZERS", "fourier_solve", "variational"]
 
@@ -83,11 +83,9 @@ FORCES = ("moving", "symmetric")
 
 
 # ----------------------------------------------------------------------------- checks
-def _check_pair(fixed, moving, what: str) -> None:
-    """Validation shared with :mod:`biomip.register.lddmm`."""
-    for name, im in (("fixed", fixed), ("moving", moving)):
-        if not isinstance(im, Image):
-            raise InputError(f"{name}: got {type(im).__name__}; expected a biomip Image (grey 2-D 'yx' or 3-D 'zyx')")
+def check_pair(fixed, moving, what: str) -> None:
+    """Validation shared with :mod:`biomip.register.lddmm` (Images, real and finite
+    already: :func:`~biomip.core.arrays.same_kind` checked them at entry)."""
     for name, im in (("fixed", fixed), ("moving", moving)):
         if im.axes not in ("yx", "zyx"):
             raise InputError(f"{name}: got axes {im.axes!r}; expected a grey 2-D ('yx') or 3-D ('zyx') image")
@@ -96,18 +94,13 @@ def _check_pair(fixed, moving, what: str) -> None:
         raise InputError(f"fixed: got spatial shape {fixed.spatial_shape}; expected at least 4 voxels per axis")
     if not np.allclose(fixed.direction, np.eye(fixed.sdim), atol=1e-6):
         raise InputError(f"fixed: {what} works in the grid's axes; resample onto an axis-aligned grid first")
-    for name, im in (("fixed", fixed), ("moving", moving)):
-        arr = im.array
-        finite = bool(torch.isfinite(arr).all()) if im.is_torch else bool(np.all(np.isfinite(im.numpy())))
-        if not finite:
-            raise InputError(f"{name}: contains NaN/Inf; expected finite intensities")
 
 
-def _device(fixed: Image) -> torch.device:
+def image_device(fixed: Image) -> torch.device:
     return fixed.array.device if fixed.is_torch else torch.device("cpu")
 
 
-def _normalised(fixed: Image, moving: Image, dev):
+def normalised_pair(fixed: Image, moving: Image, dev):
     """Float32 tensors on ``dev``, each minus its mean, both divided by the fixed std."""
     f = fixed.torch(dev).to(torch.float32)
     m = moving.torch(dev).to(torch.float32)
@@ -115,11 +108,11 @@ def _normalised(fixed: Image, moving: Image, dev):
     return (f - f.mean()) / scale, (m - m.mean()) / scale
 
 
-_pyramid_level, _upsample = pyramid_level, upsample_field     # shared with lddmm (imported from here)
+pyramid_level, upsample = pyramid_level, upsample_field     # shared with lddmm (imported from here)
 
 
 # ------------------------------------------------------------------ Fourier machinery
-def _extend(x: torch.Tensor, boundary: str, d: int, vector: bool = True) -> torch.Tensor:
+def extend(x: torch.Tensor, boundary: str, d: int, vector: bool = True) -> torch.Tensor:
     """Mirror ``x`` (..., d, *S) about the half-voxel beyond the far face of each axis.
 
     ``"sliding"``: the component normal to the face changes sign (odd), the others
@@ -140,12 +133,12 @@ def _extend(x: torch.Tensor, boundary: str, d: int, vector: bool = True) -> torc
     return x
 
 
-def _crop(x: torch.Tensor, shape, d: int) -> torch.Tensor:
+def crop(x: torch.Tensor, shape, d: int) -> torch.Tensor:
     sl = (Ellipsis,) + tuple(slice(0, n) for n in shape)
     return x[sl]
 
 
-def _symbols(shape, spacing, d: int, device, dtype=torch.float64):
+def fourier_symbols(shape, spacing, d: int, device, dtype=torch.float64):
     """(s, b) on the rfftn grid of a (periodic) spatial ``shape`` (array order).
 
     ``s = sum_i (2 - 2 cos w_i) / h_i^2`` (the negative Laplacian symbol, mm^-2), shape
@@ -186,11 +179,11 @@ def fourier_solve(rhs: torch.Tensor, spacing, c: float, operator: str = "elastic
     """
     d = len(spacing)
     shape = tuple(rhs.shape[-d:])
-    r = _extend(rhs.to(torch.float64), boundary, d)
+    r = extend(rhs.to(torch.float64), boundary, d)
     ext_shape = tuple(r.shape[-d:])
     dims = tuple(range(r.ndim - d, r.ndim))
     R = torch.fft.rfftn(r, dim=dims)
-    s, b = _symbols(ext_shape, spacing, d, r.device)
+    s, b = fourier_symbols(ext_shape, spacing, d, r.device)
     if operator == "curvature":
         X = R / (1.0 + c * s * s)
     elif operator == "elastic":
@@ -201,19 +194,22 @@ def fourier_solve(rhs: torch.Tensor, spacing, c: float, operator: str = "elastic
     else:
         raise InputError(f"operator: got {operator!r}; expected 'elastic' or 'curvature'")
     x = torch.fft.irfftn(X, s=ext_shape, dim=dims)
-    return _crop(x, shape, d).to(rhs.dtype)
+    return crop(x, shape, d).to(rhs.dtype)
 
 
 # ----------------------------------------------------------------------- registration
+@same_kind("fixed", "moving")
 @grid_frame
 def variational(fixed: Image, moving: Image, regularizer: str = "elastic", iterations: int = 100,
                 alpha: float | None = None, mu: float = 1.0, lam: float = 1.0, tau: float | None = None,
                 levels: int = 2, boundary: str | None = None, force: str = "symmetric", callback=None,
-                progress=None) -> DeformableResult:
+                progress=None, spacing=None) -> DeformableResult:
     """Elastic, viscous-fluid or curvature registration of ``moving`` onto ``fixed``.
 
     Both images must share one axis-aligned grid (resample first otherwise); the
     schemes, boundary conditions and units are described in the module docstring.
+    ``fixed`` and ``moving`` are Images, numpy arrays or torch tensors (arrays on a grid
+    of ``spacing`` mm, default 1); the result is the same kind.
 
     Parameters
     ----------
@@ -259,19 +255,19 @@ def variational(fixed: Image, moving: Image, regularizer: str = "elastic", itera
     from ..ops.filters import spatial_gradient
     from ..ops.spatial import warp
 
-    _check_pair(fixed, moving, "variational registration")
+    check_pair(fixed, moving, "variational registration")
     if regularizer not in REGULARIZERS:
         raise InputError(f"regularizer: got {regularizer!r}; expected one of {', '.join(REGULARIZERS)}")
-    iterations = _count(iterations, "iterations")
-    levels = _count(levels, "levels")
+    iterations = check_count(iterations, "iterations")
+    levels = check_count(levels, "levels")
     if alpha is None:
         alpha = {"elastic": 0.5, "fluid": 32.0, "curvature": 20.0}[regularizer]
-    alpha = _number(alpha, "alpha", positive=True)
-    mu = _number(mu, "mu", positive=True)
-    lam = _number(lam, "lam")
+    alpha = check_number(alpha, "alpha", positive=True)
+    mu = check_number(mu, "mu", positive=True)
+    lam = check_number(lam, "lam")
     if lam <= -2 * mu:
         raise InputError(f"lam: got {lam!r}; expected lam > -2 mu = {-2 * mu} (a positive definite operator)")
-    tau = None if tau is None else _number(tau, "tau", positive=True)
+    tau = None if tau is None else check_number(tau, "tau", positive=True)
     if boundary is None:
         boundary = "neumann" if regularizer == "curvature" else "sliding"
     if boundary not in BOUNDARIES:
@@ -286,29 +282,23 @@ def variational(fixed: Image, moving: Image, regularizer: str = "elastic", itera
 
     t0 = time.perf_counter()
     d = fixed.sdim
-    dev = _device(fixed)
+    dev = image_device(fixed)
     sp = tuple(float(s) for s in fixed.spacing)
-    f_full, m_full = _normalised(fixed, moving, dev)
+    f_full, m_full = normalised_pair(fixed, moving, dev)
     # the coarsest level keeps at least 8 voxels per axis
     n_lv = max(1, min(levels, 1 + int(math.log2(max(1, min(fixed.spatial_shape) // 8)))))
     operator = "curvature" if regularizer == "curvature" else "elastic"
     history: list[float] = []
     taus: list[float] = []
     u = None
-    bar = None
-    if progress_enabled(progress):
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        bar.start()
-        task = bar.add_task(f"variational ({regularizer})", total=n_lv * iterations)
+    bar = progress_bar(f"variational ({regularizer})", n_lv * iterations, progress)
     try:
         for lv in range(n_lv - 1, -1, -1):
             fct = 2 ** lv
-            fl, ml = _pyramid_level(f_full, fct, sp), _pyramid_level(m_full, fct, sp)
+            fl, ml = pyramid_level(f_full, fct, sp), pyramid_level(m_full, fct, sp)
             spl = tuple(s * fct for s in sp)
             shape = tuple(fl.shape)
-            u = torch.zeros((d, *shape), dtype=torch.float32, device=dev) if u is None else _upsample(u, shape, d)
+            u = torch.zeros((d, *shape), dtype=torch.float32, device=dev) if u is None else upsample(u, shape, d)
             grad_m = spatial_gradient(ml, spacing=spl, sdim=d)              # (d, *S), 1/mm
             grad_f = spatial_gradient(fl, spacing=spl, sdim=d)
             step_cap = 0.5 * min(spl)
@@ -334,20 +324,13 @@ def variational(fixed: Image, moving: Image, regularizer: str = "elastic", itera
                     u = u + dt * (v + torch.einsum("kc...,k...->c...", ju, v))
                 else:
                     u = fourier_solve(u + tau_l * f, spl, tau_l * alpha, operator, mu, lam, boundary)
-                if bar is not None:
-                    bar.advance(task)
+                bar.advance()
                 if callback is not None and callback(k, u) is True:
                     break
     finally:
-        if bar is not None:
-            bar.stop()
-    arr = u if fixed.is_torch else u.cpu().numpy()
-    field_img = fixed.with_array(arr, axes="c" + fixed.axes,
-                                 meta={"kind": "displacement", "method": f"variational ({regularizer})"})
-    m_raw = moving.torch(dev)
-    m_float = m_raw.to(torch.float32) if not torch.is_floating_point(m_raw) else m_raw
-    wm = warp(m_float, u.to(m_float.dtype), spacing=sp, padding="border")
-    warped = moving.with_array(wm if moving.is_torch else wm.cpu().numpy())
+        bar.close()
+    field_img, warped = warp_result(moving, u, fixed,
+                                    {"kind": "displacement", "method": f"variational ({regularizer})"})
     js = jacobian_stats(field_img)
     params = {"method": "variational", "regularizer": regularizer, "iterations": iterations, "levels": n_lv,
               "alpha": alpha, "mu": mu, "lam": lam, "tau": tau, "tau_per_level": taus,

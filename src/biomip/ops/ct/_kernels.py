@@ -24,11 +24,13 @@ import math
 
 import numpy as np
 
+from ...core.threads import numba_threads, start_numba
+
 try:  # numba is optional: without it the torch kernels run on the CPU too
-    import numba
     from numba import float32, njit, prange
 
     HAVE_NUMBA = True
+    start_numba()           # numba's OpenMP pool would reset torch's thread count when it starts
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     HAVE_NUMBA = False
 
@@ -268,5 +270,6 @@ def back(sino: np.ndarray, al, be, ga, ny: int, nx: int) -> np.ndarray:
 
 
 def set_threads(n: int) -> None:
+    """Let the kernels use ``n`` threads (starting numba's pool keeps torch's thread count)."""
     if HAVE_NUMBA:
-        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+        numba_threads(n)

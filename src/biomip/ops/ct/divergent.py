@@ -48,7 +48,28 @@ def _vecs(name, a, d, n=None):
 
 @dataclass(frozen=True)
 class DivergentBeam:
-    """Point source + flat detector per view (d = 2: fan beam, d = 3: cone beam)."""
+    """Point source + flat detector per view (d = 2: fan beam, d = 3: cone beam).
+
+    Parameters
+    ----------
+    source : numpy.ndarray
+        ``(n_views, d)`` world positions of the source, mm.
+    det_center : numpy.ndarray
+        ``(n_views, d)`` world positions of the detector centre, mm.
+    det_u : numpy.ndarray
+        ``(n_views, d)`` world vector from one detector column to the next (its length
+        is the column pitch, mm).
+    det_v : numpy.ndarray or None
+        ``(n_views, 3)`` world vector from one detector row to the next (3-D), or None
+        (fan beam).
+    det_shape : tuple of int
+        ``(n_cols,)`` (fan beam) or ``(n_rows, n_cols)`` (cone beam).
+    sod, sdd : float, optional
+        Source-to-rotation-axis and source-to-detector distances in mm of a circular
+        orbit (informational).
+    angles : numpy.ndarray, optional
+        View angles in radians of a circular orbit (informational).
+    """
 
     source: np.ndarray       # (A, d)
     det_center: np.ndarray   # (A, d)
@@ -80,10 +101,12 @@ class DivergentBeam:
 
     @property
     def ndim(self) -> int:
+        """2 for a fan beam, 3 for a cone beam."""
         return len(self.det_shape) + 1
 
     @property
     def n_views(self) -> int:
+        """Number of views."""
         return int(self.source.shape[0])
 
     def _normal(self) -> np.ndarray:
@@ -107,20 +130,45 @@ class DivergentBeam:
             pos = pos[:, None, :, :] + m[None, :, None, None] * self.det_v[:, None, None, :]
         return pos
 
-    def subset(self, views) -> "DivergentBeam":
+    def subset(self, views) -> DivergentBeam:
+        """The geometry of some views.
+
+        Parameters
+        ----------
+        views : array_like of int
+            Indices of the views to keep.
+
+        Returns
+        -------
+        DivergentBeam
+            The geometry of those views.
+        """
         views = np.asarray(views, dtype=np.int64).ravel()
         return DivergentBeam(self.source[views], self.det_center[views], self.det_u[views],
                              None if self.det_v is None else self.det_v[views], self.det_shape,
                              self.sod, self.sdd, None if self.angles is None else self.angles[views])
 
     def to_dict(self) -> dict:
+        """The geometry as a JSON-ready dict (:meth:`from_dict` reads it back)."""
         return {"kind": "fan" if self.ndim == 2 else "cone", "source": self.source.tolist(),
                 "det_center": self.det_center.tolist(), "det_u": self.det_u.tolist(),
                 "det_v": None if self.det_v is None else self.det_v.tolist(), "det_shape": list(self.det_shape),
                 "sod": self.sod, "sdd": self.sdd, "angles": None if self.angles is None else self.angles.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DivergentBeam":
+    def from_dict(cls, d: dict) -> DivergentBeam:
+        """The geometry written by :meth:`to_dict`.
+
+        Parameters
+        ----------
+        d : dict
+            The dict.
+
+        Returns
+        -------
+        DivergentBeam
+            The geometry.
+        """
         g = {k: (np.asarray(v) if isinstance(v, list) and k != "det_shape" else v) for k, v in d.items() if k != "kind"}
         return cls(**g)
 
@@ -129,6 +177,34 @@ def fan_beam(n_views: int, sod: float, sdd: float, n_det: int, det_spacing: floa
              arc: float = 2 * np.pi, det_offset: float = 0.0, center=(0.0, 0.0), angles=None) -> DivergentBeam:
     """Circular fan-beam orbit with a flat detector (2-D).
 
+    Parameters
+    ----------
+    n_views : int
+        Number of views.
+    sod : float
+        Source-to-rotation-axis distance in mm.
+    sdd : float
+        Source-to-detector distance in mm.
+    n_det : int
+        Number of detector bins.
+    det_spacing : float, optional
+        Detector bin pitch in mm (default 1).
+    arc : float, optional
+        Angular range of the orbit in radians (default 2 pi).
+    det_offset : float, optional
+        Shift of the detector centre along the detector in mm.
+    center : tuple of float, optional
+        World position of the rotation axis in mm.
+    angles : array_like, optional
+        Explicit view angles in radians (instead of `n_views` equally spaced over `arc`).
+
+    Returns
+    -------
+    DivergentBeam
+        The geometry.
+
+    Examples
+    --------
     >>> geo = fan_beam(360, sod=500.0, sdd=1000.0, n_det=256, det_spacing=1.0)
     >>> geo.n_views, geo.ndim
     (360, 2)
@@ -141,9 +217,34 @@ def cone_beam(n_views: int, sod: float, sdd: float, det_shape, det_spacing=1.0, 
               det_offset=(0.0, 0.0), center=(0.0, 0.0, 0.0), angles=None) -> DivergentBeam:
     """Circular cone-beam orbit around the z axis with a flat detector (3-D).
 
-    ``det_shape = (n_rows, n_cols)``, ``det_spacing = (row pitch, column pitch)`` or one
-    number, ``det_offset = (rows, columns)`` shift of the detector centre in mm.
+    Parameters
+    ----------
+    n_views : int
+        Number of views.
+    sod : float
+        Source-to-rotation-axis distance in mm.
+    sdd : float
+        Source-to-detector distance in mm.
+    det_shape : tuple of int
+        ``(n_rows, n_cols)``.
+    det_spacing : float or tuple of float, optional
+        ``(row pitch, column pitch)`` in mm, or one number (default 1).
+    arc : float, optional
+        Angular range of the orbit in radians (default 2 pi).
+    det_offset : tuple of float, optional
+        Shift of the detector centre ``(rows, columns)`` in mm.
+    center : tuple of float, optional
+        World position of the rotation axis in mm.
+    angles : array_like, optional
+        Explicit view angles in radians (instead of `n_views` equally spaced over `arc`).
 
+    Returns
+    -------
+    DivergentBeam
+        The geometry.
+
+    Examples
+    --------
     >>> geo = cone_beam(120, sod=400.0, sdd=800.0, det_shape=(96, 128), det_spacing=1.2)
     >>> geo.det_shape
     (96, 128)
@@ -187,9 +288,19 @@ class DivergentProjector(LinearOperator):
     """Fan-beam (2-D image) or cone-beam (3-D volume) X-ray transform: line integrals
     from the source to every detector pixel, in (image units) x mm.
 
-    ``image`` is an :class:`Image` (its geometry places it in the world) or a shape
-    (1 mm voxels centred on the world origin).  ``samples_per_voxel`` sets the ray
-    sampling density (default 2).  ``forward(image) -> (n_views, [n_rows,] n_cols)``.
+    ``forward(image) -> (n_views, [n_rows,] n_cols)``.
+
+    Parameters
+    ----------
+    geometry : DivergentBeam
+        The views (from :func:`fan_beam`, :func:`cone_beam` or any poses).
+    image : Image or tuple of int
+        An :class:`Image` (its geometry places it in the world) or a shape (1 mm voxels
+        centred on the world origin).
+    samples_per_voxel : float, optional
+        Ray sampling density, samples per voxel crossed (default 2).
+    chunk_points : int, optional
+        Sample points processed at once (bounds the memory of a projection).
     """
 
     def __init__(self, geometry: DivergentBeam, image, samples_per_voxel: float = 2.0,
@@ -300,7 +411,19 @@ class DivergentProjector(LinearOperator):
             out += g
         return out
 
-    def subset(self, views) -> "DivergentProjector":
+    def subset(self, views) -> DivergentProjector:
+        """The same projector restricted to some views (ordered subsets, SART).
+
+        Parameters
+        ----------
+        views : array_like of int
+            Indices of the views to keep.
+
+        Returns
+        -------
+        DivergentProjector
+            A projector over those views only.
+        """
         grid = Image(np.zeros((1,) * self.geometry.ndim), spacing=self.spacing, origin=self.origin,
                      direction=self.direction)
         sub = DivergentProjector.__new__(DivergentProjector)

@@ -32,7 +32,15 @@ class _Apply(torch.autograd.Function):
 class LinearOperator:
     """Base class: subclasses set ``in_shape`` / ``out_shape`` (trailing dims) and
     implement ``_apply(tensor, adjoint: bool) -> tensor`` for float tensors whose
-    leading dims are a batch."""
+    leading dims are a batch.
+
+    Attributes
+    ----------
+    in_shape : tuple of int
+        Trailing shape of the operator's input (e.g. the image ``(ny, nx)``).
+    out_shape : tuple of int
+        Trailing shape of its output (e.g. the sinogram ``(n_views, n_det)``).
+    """
 
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
@@ -40,21 +48,59 @@ class LinearOperator:
 
     # -------------------------------------------------------------- public API
     def forward(self, x):
-        """Apply the operator (e.g. project an image into a sinogram)."""
+        """Apply the operator (e.g. project an image into a sinogram).
+
+        Parameters
+        ----------
+        x : numpy.ndarray or torch.Tensor
+            Input ``(..., *in_shape)``; leading axes are a batch.
+
+        Returns
+        -------
+        numpy.ndarray or torch.Tensor
+            ``A x``, ``(..., *out_shape)``, of the kind of `x` (autograd flows through).
+        """
         return self._call(x, adjoint=False)
 
     __call__ = forward
 
     def adjoint(self, y):
-        """Apply the adjoint (e.g. back-project a sinogram)."""
+        """Apply the adjoint (e.g. back-project a sinogram).
+
+        Parameters
+        ----------
+        y : numpy.ndarray or torch.Tensor
+            Input ``(..., *out_shape)``; leading axes are a batch.
+
+        Returns
+        -------
+        numpy.ndarray or torch.Tensor
+            ``A^T y``, ``(..., *in_shape)``, of the kind of `y`.
+        """
         return self._call(y, adjoint=True)
 
     @property
-    def T(self) -> "_Adjoint":
+    def T(self) -> _Adjoint:
+        """The adjoint operator (``op.T(y) == op.adjoint(y)``)."""
         return _Adjoint(self)
 
     def norm(self, iterations: int = 30, seed: int = 0, device=None) -> float:
-        """Operator 2-norm ``||A||`` by power iteration on ``A^T A`` (cached)."""
+        """Operator 2-norm ``||A||`` by power iteration on ``A^T A`` (cached).
+
+        Parameters
+        ----------
+        iterations : int, optional
+            Power iterations (default 30).
+        seed : int, optional
+            Seed of the random start vector.
+        device : str or torch.device, optional
+            Where to iterate (default ``biomip.config.device``).
+
+        Returns
+        -------
+        float
+            The estimated 2-norm (cached for the same arguments).
+        """
         key = ("norm", iterations, str(device))
         cache = self.__dict__.setdefault("_cache", {})
         if key not in cache:
@@ -110,7 +156,22 @@ class _Adjoint(LinearOperator):
 
 
 def dot_test(op: LinearOperator, seed: int = 0, dtype=torch.float64) -> float:
-    """Relative mismatch ``|<Ax, y> - <x, A^T y>| / |<Ax, y>|`` for random ``x, y``."""
+    """Relative mismatch ``|<Ax, y> - <x, A^T y>| / |<Ax, y>|`` for random ``x, y``.
+
+    Parameters
+    ----------
+    op : LinearOperator
+        The operator to test.
+    seed : int, optional
+        Seed of the random vectors.
+    dtype : torch.dtype, optional
+        Precision of the test (default float64).
+
+    Returns
+    -------
+    float
+        The relative mismatch (rounding-level for an exact adjoint).
+    """
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(op.in_shape, generator=g, dtype=dtype)
     y = torch.rand(op.out_shape, generator=g, dtype=dtype)

@@ -52,6 +52,22 @@ def _angles(angles) -> np.ndarray:
 class ParallelBeam:
     """Parallel-beam acquisition: angles (radians) and a 1-D detector.
 
+    Parameters
+    ----------
+    angles : array_like
+        View angles in radians.
+    n_det : int
+        Number of detector bins.
+    det_spacing : float, optional
+        Detector bin pitch in mm (default 1).
+    det_offset : float, optional
+        Shift of the detector centre along the detector, in mm (default 0).
+    center : tuple of float, optional
+        World position (x, y) of the rotation axis in mm (default: the centre of the
+        image grid).
+
+    Examples
+    --------
     >>> geo = ParallelBeam.full(180, n_det=367, det_spacing=1.0)   # 180 views over [0, pi)
     >>> geo.angles.shape
     (180,)
@@ -79,27 +95,80 @@ class ParallelBeam:
             object.__setattr__(self, "center", c)
 
     @classmethod
-    def full(cls, n_views: int, n_det: int, det_spacing: float = 1.0, arc: float = np.pi, **kw) -> "ParallelBeam":
-        """``n_views`` equally spaced angles over ``[0, arc)`` (default a half turn)."""
+    def full(cls, n_views: int, n_det: int, det_spacing: float = 1.0, arc: float = np.pi, **kw) -> ParallelBeam:
+        """``n_views`` equally spaced angles over ``[0, arc)`` (default a half turn).
+
+        Parameters
+        ----------
+        n_views : int
+            Number of views.
+        n_det : int
+            Number of detector bins.
+        det_spacing : float, optional
+            Detector bin pitch in mm.
+        arc : float, optional
+            Angular range in radians (default pi).
+        **kw
+            Other fields (`det_offset`, `center`).
+
+        Returns
+        -------
+        ParallelBeam
+            The geometry.
+        """
         if isinstance(n_views, bool) or not isinstance(n_views, (int, np.integer)) or n_views < 1:
             raise InputError(f"n_views: got {n_views!r}; expected a positive integer")
         return cls(np.linspace(0.0, arc, int(n_views), endpoint=False), n_det, det_spacing, **kw)
 
     @classmethod
-    def for_image(cls, image, n_views: int = 180, arc: float = np.pi, det_spacing: float | None = None) -> "ParallelBeam":
-        """A detector wide enough for the whole image diagonal (like ``radon(circle=False)``)."""
+    def for_image(cls, image, n_views: int = 180, arc: float = np.pi, det_spacing: float | None = None) -> ParallelBeam:
+        """A detector wide enough for the whole image diagonal (like ``radon(circle=False)``).
+
+        Parameters
+        ----------
+        image : Image or tuple of int
+            The image (its grid and spacing) or its shape (1 mm pixels).
+        n_views : int, optional
+            Number of views (default 180).
+        arc : float, optional
+            Angular range in radians (default pi).
+        det_spacing : float, optional
+            Detector bin pitch in mm (default the image's in-plane spacing).
+
+        Returns
+        -------
+        ParallelBeam
+            The geometry.
+        """
         shape, spacing = _grid(image)[:2]
         ds = float(det_spacing or min(spacing))
         diag = float(np.hypot(shape[-1] * spacing[0], shape[-2] * spacing[1]))
         return cls.full(n_views, int(np.ceil(diag / ds)) + 1, ds, arc)
 
     @classmethod
-    def like_skimage(cls, theta_degrees, image_shape, circle: bool = True) -> "ParallelBeam":
+    def like_skimage(cls, theta_degrees, image_shape, circle: bool = True) -> ParallelBeam:
         """The geometry of :func:`skimage.transform.radon` (``theta`` in degrees) for a
         square image of 1 mm pixels centred on the world origin: rotation centre at
         pixel ``N // 2``, detector centre at bin ``n_det // 2``.  Sinograms are the
         transpose of scikit-image's ``(n_det, n_views)``.
 
+        Parameters
+        ----------
+        theta_degrees : array_like
+            View angles in degrees, as ``radon(theta=...)``.
+        image_shape : tuple of int
+            Shape ``(N, N)`` of the square image.
+        circle : bool, optional
+            As ``radon(circle=...)``: the detector covers the inscribed circle (True) or
+            the whole diagonal (False).
+
+        Returns
+        -------
+        ParallelBeam
+            The geometry.
+
+        Examples
+        --------
         >>> geo = ParallelBeam.like_skimage(np.arange(0, 180, 1.0), (128, 128), circle=False)
         >>> geo.n_det
         182
@@ -112,20 +181,34 @@ class ParallelBeam:
 
     @property
     def n_views(self) -> int:
+        """Number of views."""
         return int(self.angles.size)
 
     def to_dict(self) -> dict:
+        """The geometry as a JSON-ready dict (:meth:`from_dict` reads it back)."""
         return {"kind": "parallel", "angles": self.angles.tolist(), "n_det": self.n_det,
                 "det_spacing": self.det_spacing, "det_offset": self.det_offset,
                 "center": None if self.center is None else list(self.center)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ParallelBeam":
+    def from_dict(cls, d: dict) -> ParallelBeam:
+        """The geometry written by :meth:`to_dict`.
+
+        Parameters
+        ----------
+        d : dict
+            The dict.
+
+        Returns
+        -------
+        ParallelBeam
+            The geometry.
+        """
         return cls(np.asarray(d["angles"]), int(d["n_det"]), float(d.get("det_spacing", 1.0)),
                    float(d.get("det_offset", 0.0)), d.get("center"))
 
 
-class _Grid2D(NamedTuple):
+class Grid2D(NamedTuple):
     shape: tuple
     spacing: tuple
     origin: tuple
@@ -134,7 +217,7 @@ class _Grid2D(NamedTuple):
 
 def _grid(image):
     """(shape, spacing, origin, direction) of an Image or a (..., ny, nx) shape."""
-    if isinstance(image, _Grid2D):
+    if isinstance(image, Grid2D):
         return tuple(image)
     if isinstance(image, Image):
         if image.sdim not in (2, 3):
@@ -157,17 +240,25 @@ class ParallelProjector(LinearOperator):
 
     Parameters
     ----------
-    geometry : :class:`ParallelBeam`.
-    image : an :class:`Image` (its grid: shape, spacing, origin, direction) or an image
+    geometry : ParallelBeam
+        The acquisition geometry.
+    image : Image or tuple of int
+        An :class:`Image` (its grid: shape, spacing, origin, direction) or an image
         shape ``(ny, nx)`` / ``(nz, ny, nx)`` with 1 mm pixels centred on the axis.
-    model : ``"joseph"`` (default: ray-driven, one linear interpolation per row or
-        column crossed; accurate forward projections) or ``"pixel"`` (pixel-driven;
-        its adjoint is the classic FBP back-projection).
-    backend : ``"auto"`` (numba on CPU when installed, torch otherwise), ``"numba"``
-        or ``"torch"``.
+    model : {"joseph", "pixel"}, optional
+        ``"joseph"`` (default: ray-driven, one linear interpolation per row or column
+        crossed; accurate forward projections) or ``"pixel"`` (pixel-driven; its
+        adjoint is the classic FBP back-projection).
+    backend : {"auto", "numba", "torch"}, optional
+        ``"auto"`` (numba on CPU when installed, torch otherwise), ``"numba"`` or
+        ``"torch"``.
 
+    Notes
+    -----
     ``forward(image) -> sinogram (..., n_views, n_det)``; ``adjoint(sinogram) -> image``.
 
+    Examples
+    --------
     >>> import numpy as np
     >>> op = ParallelProjector(ParallelBeam.full(90, 91), (64, 64))
     >>> sino = op(np.ones((64, 64), np.float32))
@@ -235,12 +326,23 @@ class ParallelProjector(LinearOperator):
         self._W = 1.0 / np.abs(r_idx[ar, b_])                      # mm of ray per row / column
         self._major = np.where(row_major, 0, 1).astype(np.int64)
 
-    def subset(self, views) -> "ParallelProjector":
-        """The same projector restricted to some views (ordered subsets, SART)."""
+    def subset(self, views) -> ParallelProjector:
+        """The same projector restricted to some views (ordered subsets, SART).
+
+        Parameters
+        ----------
+        views : array_like of int or slice
+            The views to keep.
+
+        Returns
+        -------
+        ParallelProjector
+            A projector over those views only.
+        """
         views = np.asarray(views, dtype=np.int64).ravel()
         g = self.geometry
         geo = ParallelBeam(g.angles[views], g.n_det, g.det_spacing, g.det_offset, self.center)
-        grid = _Grid2D(self.image_shape, self.spacing, self.origin, self.direction)
+        grid = Grid2D(self.image_shape, self.spacing, self.origin, self.direction)
         return ParallelProjector(geo, grid, model=self.model, backend=self.backend)
 
     def _check_field_of_view(self):
@@ -293,7 +395,18 @@ class ParallelProjector(LinearOperator):
     def backproject(self, sino):
         """Classic FBP back-projection (pixel-driven, unscaled): each pixel gets the sum
         over views of the detector value linearly interpolated at its position, zero
-        outside the first..last bin centres (as :func:`skimage.transform.iradon`)."""
+        outside the first..last bin centres (as :func:`skimage.transform.iradon`).
+
+        Parameters
+        ----------
+        sino : numpy.ndarray or torch.Tensor
+            Sinogram ``(..., n_views, n_det)``.
+
+        Returns
+        -------
+        numpy.ndarray or torch.Tensor
+            The back-projected image, of the kind of `sino`.
+        """
         t = sino if isinstance(sino, torch.Tensor) else torch.as_tensor(np.asarray(sino))
         if not t.is_floating_point():
             t = t.to(torch.float32)

@@ -1,0 +1,22 @@
+from .classification import auc, roc_auc, roc_curve
+from .clustering import adjusted_rand_index, ari, nmi, normalized_mutual_info
+from .distance import assd, hausdorff, hd95, surface_distances
+from .intensity import mae, mse, psnr, ssim
+from .overlap import accuracy, confusion_counts, dice, f1, iou, jaccard, precision, recall, sensitivity, specificity
+from .registration import TREResult, jacobian_stats, target_registration_error
+
+__all__ = [
+    # overlap
+    "confusion_counts", "dice", "iou", "jaccard", "precision", "recall", "sensitivity", "f1", "accuracy",
+    "specificity",
+    # distance
+    "surface_distances", "hausdorff", "hd95", "assd",
+    # classification
+    "roc_curve", "roc_auc", "auc",
+    # clustering
+    "adjusted_rand_index", "ari", "normalized_mutual_info", "nmi",
+    # intensity
+    "mse", "mae", "psnr", "ssim",
+    # registration
+    "TREResult", "target_registration_error", "jacobian_stats",
+]

@@ -1,0 +1,29 @@
+from . import transforms
+from .filters import gaussian_kernel1d, gaussian_smooth, spatial_gradient
+from .jacobian import jacobian_determinant
+from .spatial import (
+                      compose,
+                      identity_grid,
+                      integrate_velocity,
+                      interpolation_for,
+                      invert_displacement,
+                      resample,
+                      sample_field,
+                      warp,
+)
+
+__all__ = [
+    "compose",
+    "gaussian_kernel1d",
+    "gaussian_smooth",
+    "identity_grid",
+    "integrate_velocity",
+    "interpolation_for",
+    "invert_displacement",
+    "jacobian_determinant",
+    "resample",
+    "sample_field",
+    "spatial_gradient",
+    "transforms",
+    "warp",
+]
