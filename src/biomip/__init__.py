@@ -8,27 +8,25 @@ Quick start::
     print(img)                                  # shape, spacing (mm), origin
     biomip.write(img, "ct.nii.gz")              # geometry kept (LPS <-> RAS handled)
     print(biomip.metrics.dice(mask_a, mask_b))
+
+Every sub-package (``io``, ``ops``, ``data``, ``metrics``, ``nn``, ``learn``,
+``segment``, ``register``, ``reconstruct``, ``pipelines``) loads on first use, so
+``import biomip`` is fast and torch is imported only when a method needs it.
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
-from .core import BiomipError, Image, config
+import lazy_loader as _lazy
 
 try:
     __version__ = _version("biomip")
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+unknown"
 
-
-def __getattr__(name):
-    # Sub-packages load lazily so `import biomip` stays fast (torch is imported on use).
-    import importlib
-
-    if name in {"io", "ops", "data", "metrics", "cli"}:
-        return importlib.import_module(f"biomip.{name}")
-    if name in {"read", "write"}:
-        return getattr(importlib.import_module("biomip.io"), name)
-    raise AttributeError(f"module 'biomip' has no attribute {name!r}")
+__getattr__, _dir, _names = _lazy.attach_stub(__name__, __file__)
+__all__ = [*_names, "__version__"]
 
 
-__all__ = ["Image", "BiomipError", "config", "read", "write", "io", "ops", "data", "metrics", "__version__"]
+def __dir__():
+    return __all__

@@ -32,9 +32,9 @@ def test_dicom_files_match_sitk(sample_file, name):
 
 
 def test_nibabel_two_slice_series_matches_sitk():
-    import nibabel
-
     from pathlib import Path
+
+    import nibabel
 
     d = Path(nibabel.__file__).parent / "tests" / "data"
     files = [str(d / "1.dcm"), str(d / "0.dcm")]  # given out of order on purpose

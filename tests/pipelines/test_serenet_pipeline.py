@@ -62,13 +62,8 @@ def test_bad_input(tmp_path, capsys):
                  str(tmp_path / "v.tif")]) == 2
 
 
-def test_real_light_field_runs_end_to_end(tmp_path):
-    from biomip.data import get
-
-    try:
-        get("lf-guv").path()
-    except Exception as exc:                                  # napari-LF not installed
-        pytest.skip(str(exc))
+def test_real_light_field_runs_end_to_end(tmp_path, sample_file):
+    sample_file("lf-guv")                                     # skips only when napari-LF is not installed
     rep = serenet.run_real("lf-guv", out=tmp_path / "real", n_views=3, binning=1, depth_range=8.0, n_depths=3,
                            steps=2, rl_iterations=3, channels=4, progress=False)
     assert rep["views"][0] == 9 and rep["views"][1] >= 25

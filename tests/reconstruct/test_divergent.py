@@ -6,8 +6,17 @@ from skimage.metrics import peak_signal_noise_ratio as psnr
 from biomip import Image
 from biomip.core import GeometryError, InputError, ShapeError
 from biomip.data import shepp_logan
-from biomip.reconstruct import (DivergentBeam, DivergentProjector, ParallelBeam, ParallelProjector, cone_beam,
-                                dot_test, fan_beam, fdk, sart)
+from biomip.reconstruct import (
+    DivergentBeam,
+    DivergentProjector,
+    ParallelBeam,
+    ParallelProjector,
+    cone_beam,
+    dot_test,
+    fan_beam,
+    fdk,
+    sart,
+)
 
 
 def test_fan_and_cone_adjoint():

@@ -5,8 +5,16 @@ import pytest
 import torch
 
 from biomip.data import shepp_logan
-from biomip.reconstruct import (DivergentProjector, ParallelBeam, ParallelProjector, cone_beam, dot_test, fbp,
-                                fista_tv, sart)
+from biomip.reconstruct import (
+    DivergentProjector,
+    ParallelBeam,
+    ParallelProjector,
+    cone_beam,
+    dot_test,
+    fbp,
+    fista_tv,
+    sart,
+)
 
 pytestmark = pytest.mark.gpu
 

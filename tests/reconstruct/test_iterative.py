@@ -6,8 +6,18 @@ from skimage.metrics import peak_signal_noise_ratio as psnr
 from skimage.transform import rescale
 
 from biomip.core import InputError, ShapeError
-from biomip.reconstruct import (ParallelBeam, ParallelProjector, fbp, fista_l1, fista_tv, landweber,
-                                least_squares, map_gaussian, sart, sirt)
+from biomip.reconstruct import (
+    ParallelBeam,
+    ParallelProjector,
+    fbp,
+    fista_l1,
+    fista_tv,
+    landweber,
+    least_squares,
+    map_gaussian,
+    sart,
+    sirt,
+)
 from biomip.reconstruct.iterative import gradient_adjoint, gradient_op
 
 

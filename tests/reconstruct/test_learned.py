@@ -5,9 +5,19 @@ from skimage.metrics import peak_signal_noise_ratio as psnr
 
 from biomip.core import InputError
 from biomip.data import shepp_logan
-from biomip.reconstruct import (HashGrid, NeuralField, ParallelBeam, ParallelProjector, cone_beam,
-                                DivergentProjector, dictionary_reconstruction, fbp, fdk, inr_reconstruction,
-                                learn_dictionary)
+from biomip.reconstruct import (
+    DivergentProjector,
+    HashGrid,
+    NeuralField,
+    ParallelBeam,
+    ParallelProjector,
+    cone_beam,
+    dictionary_reconstruction,
+    fbp,
+    fdk,
+    inr_reconstruction,
+    learn_dictionary,
+)
 from biomip.reconstruct.learned import _fold, _patches
 
 

@@ -6,8 +6,15 @@ import torch
 from scipy.signal import fftconvolve
 
 from biomip.core.errors import InputError, ShapeError
-from biomip.reconstruct import (LightFieldOptics, LightFieldProjector, dot_test, lightfield_psf, refocus,
-                                refocus_stack, richardson_lucy)
+from biomip.reconstruct import (
+    LightFieldOptics,
+    LightFieldProjector,
+    dot_test,
+    lightfield_psf,
+    refocus,
+    refocus_stack,
+    richardson_lucy,
+)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from skimage.transform import iradon, radon, rescale
 
 from biomip import Image
 from biomip.core import GeometryError, InputError, ShapeError
-from biomip.reconstruct import ParallelBeam, ParallelProjector, dot_test, fbp
 from biomip.ops.ct import _kernels
+from biomip.reconstruct import ParallelBeam, ParallelProjector, dot_test, fbp
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,17 @@ import biomip
 from biomip.core import InputError
 from biomip.data import shepp_logan, synthetic_nuclei
 from biomip.metrics import dice
-from biomip.segment.classic import (THRESHOLD_METHODS, chan_vese, edge_segment, geodesic_active_contour, gvf,
-                                    region_grow, snake, threshold, threshold_value)
+from biomip.segment.classic import (
+    THRESHOLD_METHODS,
+    chan_vese,
+    edge_segment,
+    geodesic_active_contour,
+    gvf,
+    region_grow,
+    snake,
+    threshold,
+    threshold_value,
+)
 
 skf = pytest.importorskip("skimage.filters")
 

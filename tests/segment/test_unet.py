@@ -24,7 +24,6 @@ from biomip.segment.train import (
 )
 from biomip.segment.unet import UNet
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

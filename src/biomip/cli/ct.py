@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
 
 from ..core.errors import FormatError, InputError
+from ._common import sibling
 
 simulate_app = typer.Typer(no_args_is_help=True, help="Simulate acquisitions from an image.")
 
@@ -39,11 +39,11 @@ def simulate_ct_cmd(
         out: Path = typer.Option(..., "--out", help="Output sinogram (.npz keeps the geometry)."),
         views: int = typer.Option(180, help="Number of views."),
         geometry: str = typer.Option("parallel", help="parallel, fan or cone."),
-        arc: Optional[float] = typer.Option(None, help="Angular range in degrees (default 180 parallel, 360 fan/cone)."),
+        arc: float | None = typer.Option(None, help="Angular range in degrees (default 180 parallel, 360 fan/cone)."),
         sod: float = typer.Option(500.0, help="Fan/cone: source to rotation axis, mm."),
         sdd: float = typer.Option(1000.0, help="Fan/cone: source to detector, mm."),
-        photons: Optional[float] = typer.Option(None, help="Incident photons per detector pixel (Poisson noise)."),
-        noise: Optional[float] = typer.Option(None, help="Gaussian noise sigma (counts with --photons, else line integrals)."),
+        photons: float | None = typer.Option(None, help="Incident photons per detector pixel (Poisson noise)."),
+        noise: float | None = typer.Option(None, help="Gaussian noise sigma (counts with --photons, else line integrals)."),
         hu: bool = typer.Option(False, help="The image is in Hounsfield units: convert to 1/mm."),
         scale: float = typer.Option(1.0, help="Multiply the image by this first (e.g. 0.02 for a [0, 1] phantom)."),
         seed: int = typer.Option(0, help="Random seed of the noise.")):
@@ -85,9 +85,9 @@ def simulate_ct_cmd(
     axes = "yx" if np.ndim(scan.measurement) == 2 else "zyx"
     sino = Image(np.asarray(scan.measurement, dtype=np.float32), axes=axes, meta=meta)
     write(sino, out, format="npz" if out.suffix.lower() != ".npz" else None)
-    _sino_preview(sino, _sibling(out, ".preview.png"))
+    _sino_preview(sino, sibling(out, ".preview.png"))
     write_json({"command": "simulate ct", "seconds": time.perf_counter() - t0, **scan.to_dict(),
-                "output": str(out)}, _sibling(out, ".report.json"))
+                "output": str(out)}, sibling(out, ".report.json"))
     typer.echo(f"wrote {out}  sinogram {np.shape(scan.measurement)} ({geometry}, {views} views)")
 
 
@@ -122,18 +122,18 @@ def reconstruct_cmd(
         method: str = typer.Argument(..., help=f"One of: {', '.join(METHODS)}."),
         sino: Path = typer.Argument(..., help="Sinogram written by `biomip simulate ct` (for serenet: the MODEL "
                                               "folder)."),
-        measurement: Optional[Path] = typer.Argument(None, help="serenet only: the raw light-field measurement "
+        measurement: Path | None = typer.Argument(None, help="serenet only: the raw light-field measurement "
                                                                 "(views, h, w)."),
         out: Path = typer.Option(..., "--out", help="Output image (any format; geometry kept)."),
-        offset: Optional[float] = typer.Option(None, help="serenet: camera offset (default: the training one)."),
+        offset: float | None = typer.Option(None, help="serenet: camera offset (default: the training one)."),
         bf16: bool = typer.Option(False, "--bf16", help="serenet: bfloat16 convolutions (about 1.6x faster on CPUs with "
                                                         "AVX512-BF16 and on GPUs)."),
-        iterations: Optional[int] = typer.Option(None, help="Iterations (iterative methods)."),
-        lam: Optional[float] = typer.Option(None, help="Regularisation weight (tv, wavelet, dct, tikhonov)."),
+        iterations: int | None = typer.Option(None, help="Iterations (iterative methods)."),
+        lam: float | None = typer.Option(None, help="Regularisation weight (tv, wavelet, dct, tikhonov)."),
         filter: str = typer.Option("ramp", help="FBP/FDK filter: ramp, shepp-logan, cosine, hamming, hann."),
-        subsets: Optional[int] = typer.Option(None, help="SART subsets (default: one per view)."),
-        reference: Optional[Path] = typer.Option(None, help="Ground-truth image: report PSNR / SSIM."),
-        progress: Optional[bool] = typer.Option(None, "--progress/--no-progress")):
+        subsets: int | None = typer.Option(None, help="SART subsets (default: one per view)."),
+        reference: Path | None = typer.Option(None, help="Ground-truth image: report PSNR / SSIM."),
+        progress: bool | None = typer.Option(None, "--progress/--no-progress")):
     """Reconstruct a sinogram; writes the image, <out>.report.json and <out>.preview.png.
 
     `biomip reconstruct serenet MODEL MEASUREMENT --out VOLUME` reconstructs a light-field
@@ -204,18 +204,10 @@ def reconstruct_cmd(
         win = {"vmin": float(ref.min()), "vmax": float(ref.max())}    # same grey scale for both
         panels.insert(1, ("reference", mid(ref), win))
         panels[-1] = (f"{method}: PSNR {report['psnr']:.2f} dB", panels[-1][1], win)
-    write_json(report, _sibling(out, ".report.json"))
-    render_panels(panels, _sibling(out, ".preview.png"), title=f"biomip reconstruct {method}")
+    write_json(report, sibling(out, ".report.json"))
+    render_panels(panels, sibling(out, ".preview.png"), title=f"biomip reconstruct {method}")
     typer.echo(f"wrote {out}  ({method}, {seconds:.2f} s" + (f", PSNR {report['psnr']:.2f} dB" if "psnr" in report else "")
                + ")")
-
-
-def _sibling(out: Path, suffix: str) -> Path:
-    name = out.name
-    for ext in (".nii.gz", ".ome.tif", ".ome.zarr"):
-        if name.endswith(ext):
-            return out.with_name(name[: -len(ext)] + suffix)
-    return out.with_name(out.stem + suffix)
 
 
 def _auto_lam(y, op) -> float:

@@ -321,9 +321,9 @@ def _metrics_example(root: Path) -> dict:
 
 def run_demo(out="biomip-demo", quick: bool = False, progress=None) -> dict:
     """Run the demo into ``out`` and return the summary written to ``out/report.json``."""
-    from ..data import SAMPLES
-
     import shutil
+
+    from ..data import SAMPLES
 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)

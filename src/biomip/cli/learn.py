@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
 
 from ..core.errors import InputError
-from .ct import _sibling
+from ._common import sibling
 
 train_app = typer.Typer(no_args_is_help=True, help="Train a segmentation network on images and their label images.")
 
@@ -59,7 +58,7 @@ def train_unet_cmd(image: list[Path] = typer.Option(..., "--image", help="Traini
 def train_flows_cmd(image: list[Path] = typer.Option(..., "--image", help="Training image (repeat)."),
                     labels: list[Path] = typer.Option(..., "--labels", help="Its instance labels (repeat)."),
                     out: Path = typer.Option(..., "--out", help="Model folder to write."),
-                    epochs: int = typer.Option(30), model: Optional[Path] = typer.Option(
+                    epochs: int = typer.Option(30), model: Path | None = typer.Option(
                         None, help="Continue from this flows model (human-in-the-loop fine-tuning)."),
                     seed: int = typer.Option(0)):
     """Cellpose-style flow network (flows + cell probability); with --model, fine-tune."""
@@ -79,7 +78,7 @@ def train_flows_cmd(image: list[Path] = typer.Option(..., "--image", help="Train
 def predict_cmd(model: Path = typer.Argument(..., help="Model folder from `biomip train`."),
                 image: Path = typer.Argument(..., help="Image to segment."),
                 out: Path = typer.Option(..., "--out", help="Label image to write."),
-                truth: Optional[Path] = typer.Option(None, help="Reference labels: Dice (U-Net) or AP@0.5 (flows).")):
+                truth: Path | None = typer.Option(None, help="Reference labels: Dice (U-Net) or AP@0.5 (flows).")):
     """Segment IMAGE with a trained network; writes LABELS, <out>.report.json, <out>.preview.png."""
     from ..core.atomic import write_json
     from ..core.preview import render
@@ -108,7 +107,7 @@ def predict_cmd(model: Path = typer.Argument(..., help="Model folder from `biomi
         report["metrics"] = ({k: v for k, v in match_instances(arr, ref).items() if k != "pairs"} if kind == "flows"
                              else segmentation_report(arr, ref.numpy() if net.classes > 2 else ref.numpy() > 0))
     write(lab, out)
-    render(img, _sibling(out, ".preview.png"), title=f"biomip predict ({kind}): {report['n_labels']} labels",
+    render(img, sibling(out, ".preview.png"), title=f"biomip predict ({kind}): {report['n_labels']} labels",
            labels=lab.with_array(arr.astype(np.int32)))
-    write_json(report, _sibling(out, ".report.json"))
+    write_json(report, sibling(out, ".report.json"))
     typer.echo(f"wrote {out}  ({kind}, {report['n_labels']} labels, {seconds:.2f} s)")

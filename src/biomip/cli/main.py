@@ -10,7 +10,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -147,7 +146,7 @@ def _fmt_vec(v, nd=6):
 
 @app.command()
 def info(path: Path = typer.Argument(..., help="Image file, DICOM series folder or OME-Zarr."),
-         series: Optional[str] = typer.Option(None, help="DICOM series (index or UID) in a folder with several."),
+         series: str | None = typer.Option(None, help="DICOM series (index or UID) in a folder with several."),
          level: int = typer.Option(0, help="Pyramid level (OME-Zarr, pyramidal TIFF)."),
          allow_irregular: bool = typer.Option(False, help="Read a DICOM series with uneven slice spacing."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
@@ -229,11 +228,11 @@ def _take_slice(img, k: int):
 @app.command()
 def convert(src: Path = typer.Argument(..., help="Input image / DICOM folder / OME-Zarr."),
             dst: Path = typer.Argument(..., help="Output path; format from the suffix or --format."),
-            series: Optional[str] = typer.Option(None, help="DICOM series (index or UID)."),
+            series: str | None = typer.Option(None, help="DICOM series (index or UID)."),
             level: int = typer.Option(0, help="Input pyramid level."),
-            fmt: Optional[str] = typer.Option(None, "--format", help="nifti, dicom, tiff, ome-zarr, png, jpeg, npy, npz."),
+            fmt: str | None = typer.Option(None, "--format", help="nifti, dicom, tiff, ome-zarr, png, jpeg, npy, npz."),
             rescale: bool = typer.Option(False, help="PNG/JPEG: map the intensity range to 8/16 bit."),
-            slice_: Optional[int] = typer.Option(None, "--slice", help="Take slice k (first array axis) of a volume first, e.g. for PNG; negative counts from the end."),
+            slice_: int | None = typer.Option(None, "--slice", help="Take slice k (first array axis) of a volume first, e.g. for PNG; negative counts from the end."),
             allow_irregular: bool = typer.Option(False, help="Read a DICOM series with uneven slice spacing."),
             overwrite: bool = typer.Option(True, help="Replace an existing output.")):
     """Convert between formats, keeping spacing, origin and direction."""
@@ -250,7 +249,7 @@ def convert(src: Path = typer.Argument(..., help="Input image / DICOM folder / O
 # ---------------------------------------------------------------- data
 @data_app.command("list")
 def data_list(available: bool = typer.Option(False, "--available", help="Only installed samples."),
-              modality: Optional[str] = typer.Option(None, help="Filter by modality text, e.g. CT, MR, microscopy."),
+              modality: str | None = typer.Option(None, help="Filter by modality text, e.g. CT, MR, microscopy."),
               long: bool = typer.Option(False, "--long", help="Also show description and licence."),
               as_json: bool = typer.Option(False, "--json")):
     """List shipped samples with modality, shape, spacing, licence and availability."""
@@ -286,8 +285,8 @@ def data_list(available: bool = typer.Option(False, "--available", help="Only in
 @data_app.command("get")
 def data_get(name: str = typer.Argument(..., help="Sample name (see `biomip data list`)."),
              out: Path = typer.Argument(..., help="Output file; any supported format."),
-             fmt: Optional[str] = typer.Option(None, "--format", help="Output format if not from the suffix."),
-             slice_: Optional[int] = typer.Option(None, "--slice", help="Take slice k of a volume first (e.g. for PNG)."),
+             fmt: str | None = typer.Option(None, "--format", help="Output format if not from the suffix."),
+             slice_: int | None = typer.Option(None, "--slice", help="Take slice k of a volume first (e.g. for PNG)."),
              rescale: bool = typer.Option(False, help="PNG/JPEG: map the intensity range to 8/16 bit.")):
     """Export a sample to a file (e.g. `biomip data get mni152-t1 t1.nii.gz`,
     `biomip data get ct-small ct.png --slice 0 --rescale`)."""
@@ -305,7 +304,7 @@ def data_get(name: str = typer.Argument(..., help="Sample name (see `biomip data
 @app.command()
 def demo(out: Path = typer.Option(Path("biomip-demo"), help="Output folder."),
          quick: bool = typer.Option(False, help="Only a few samples (for tests)."),
-         progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal).")):
+         progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal).")):
     """Load every shipped sample and run the simulators; write report.json + preview.png each."""
     from .demo import run_demo
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
@@ -21,17 +20,17 @@ def serenet_cmd(out: Path = typer.Option(Path("serenet-run"), "--out", help="Fol
                 quick: bool = typer.Option(False, "--quick", help="CPU quick mode (64^2 x 15 depths, 37 views; about 2 min)."),
                 tiny: bool = typer.Option(False, "--tiny", help="Seconds-long smoke run (32^2 x 5 depths, 9 views)."),
                 full: bool = typer.Option(False, "--full", help="Full size (128^2 x 31 depths, 37 views, 3000 steps): GPU."),
-                device: Optional[str] = typer.Option(None, help="cpu, cuda, auto (default: biomip.config.device)."),
-                steps: Optional[int] = typer.Option(None, help="Training steps (override the mode's)."),
-                photons: Optional[float] = typer.Option(None, help="Peak photons per view pixel (override)."),
-                read_noise: Optional[float] = typer.Option(None, "--read-noise",
+                device: str | None = typer.Option(None, help="cpu, cuda, auto (default: biomip.config.device)."),
+                steps: int | None = typer.Option(None, help="Training steps (override the mode's)."),
+                photons: float | None = typer.Option(None, help="Peak photons per view pixel (override)."),
+                read_noise: float | None = typer.Option(None, "--read-noise",
                                                            help="Camera read-noise sigma in photo-electrons "
                                                                 "(override; default 2)."),
                 l1: bool = typer.Option(True, "--l1/--no-l1", help="Also train the L1-loss variant for comparison."),
-                real: Optional[str] = typer.Option(None, "--real", help="Reconstruct a shipped raw light field "
+                real: str | None = typer.Option(None, "--real", help="Reconstruct a shipped raw light field "
                                                                           "instead (lf-guv, lf-antleg, lf-seaurchin)."),
                 seed: int = typer.Option(0),
-                progress: Optional[bool] = typer.Option(None, "--progress/--no-progress")):
+                progress: bool | None = typer.Option(None, "--progress/--no-progress")):
     """SeReNet (case study 7): self-supervised light-field reconstruction vs Richardson-Lucy.
 
     Simulated specimens with ground truth by default; --real SAMPLE rectifies a raw napari-LF
@@ -79,7 +78,7 @@ def serenet_cmd(out: Path = typer.Option(Path("serenet-run"), "--out", help="Fol
                + (f"; NLL-MPG - L1: {s['nll_minus_l1_psnr_db']:+.2f} dB" if "nll_minus_l1_psnr_db" in s else ""))
 
 
-def reconstruct_serenet(model: Path, measurement: Path, out: Path, offset: Optional[float],
+def reconstruct_serenet(model: Path, measurement: Path, out: Path, offset: float | None,
                         precision: str = "float32"):
     """``biomip reconstruct serenet MODEL MEASUREMENT --out VOLUME``."""
     from ..core.atomic import write_json
@@ -87,7 +86,7 @@ def reconstruct_serenet(model: Path, measurement: Path, out: Path, offset: Optio
     from ..core.preview import render_panels
     from ..io import read, write
     from ..reconstruct.serenet import SeReNet
-    from .ct import _sibling
+    from ._common import sibling
 
     net = SeReNet.load(model)
     meas = read(measurement).numpy().astype(np.float32)
@@ -103,10 +102,10 @@ def reconstruct_serenet(model: Path, measurement: Path, out: Path, offset: Optio
     write(Image(vol, spacing=(px, px, dz), meta={"reconstruction": "serenet", "source": str(measurement)}), out)
     write_json({"method": "serenet", "model": str(model), "measurement": str(measurement), "output": str(out),
                 "seconds": seconds, "precision": precision, "shape": list(vol.shape), "depths_um": d.tolist()},
-               _sibling(out, ".report.json"))
+               sibling(out, ".report.json"))
     v = vol / max(float(np.percentile(vol, 99.9)), 1e-12)
     render_panels([("measurement, centre view", meas[meas.shape[0] // 2], None),
                    ("SeReNet max projection XY", v.max(0), {"vmin": 0, "vmax": 1}),
                    ("SeReNet max projection XZ", v.max(1), {"vmin": 0, "vmax": 1, "aspect": "auto"})],
-                  _sibling(out, ".preview.png"), title="biomip reconstruct serenet", cols=3)
+                  sibling(out, ".preview.png"), title="biomip reconstruct serenet", cols=3)
     typer.echo(f"wrote {out}  (serenet, {seconds * 1000:.0f} ms, volume {tuple(vol.shape)})")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
 
 from ..core.errors import InputError
-from .ct import _sibling
+from ._common import read_points_file, sibling
 
 METHODS = ("rigid", "affine", "demons", "svf", "bspline", "elastic", "fluid", "curvature", "lddmm")
 
@@ -20,23 +19,23 @@ def register_cmd(
         fixed: Path = typer.Argument(..., help="Fixed image (the output grid)."),
         moving: Path = typer.Argument(..., help="Moving image."),
         out_warped: Path = typer.Option(..., "--out-warped", help="Moving image resampled onto the fixed grid."),
-        out_field: Optional[Path] = typer.Option(None, "--out-field",
+        out_field: Path | None = typer.Option(None, "--out-field",
                                                  help="Displacement field (NIfTI vector image, mm, LPS) or, for "
                                                       "rigid/affine, an ITK .tfm transform."),
-        metric: Optional[str] = typer.Option(None, help="rigid/affine: mse, ncc, mi, nmi; svf/bspline: lncc, ncc, mse; lddmm: mse, lncc."),
-        iterations: Optional[int] = typer.Option(None, help="Iterations (per level)."),
-        labels: Optional[list[str]] = typer.Option(None, "--labels",
+        metric: str | None = typer.Option(None, help="rigid/affine: mse, ncc, mi, nmi; svf/bspline: lncc, ncc, mse; lddmm: mse, lncc."),
+        iterations: int | None = typer.Option(None, help="Iterations (per level)."),
+        labels: list[str] | None = typer.Option(None, "--labels",
                                                    help="FIXED_LABELS MOVING_LABELS: report Dice before/after."),
-        landmarks: Optional[list[str]] = typer.Option(None, "--landmarks",
+        landmarks: list[str] | None = typer.Option(None, "--landmarks",
                                                       help="FIXED_POINTS MOVING_POINTS (CSV / text, one x,y[,z] "
                                                            "point in mm per row, same order): report TRE before/after.")):
     """Register MOVING onto FIXED; writes the warped image, the field/transform,
     <out>.report.json and <out>.preview.png (difference before/after, checkerboard, Jacobian)."""
     from .. import metrics, ops
+    from .. import register as R
     from ..core.atomic import write_json
     from ..core.preview import render_panels
     from ..io import read, write
-    from .. import register as R
 
     if method not in METHODS:
         raise InputError(f"METHOD: got {method!r}; expected one of {', '.join(METHODS)}")
@@ -44,7 +43,7 @@ def register_cmd(
     if landmarks:                                      # checked before any work, so nothing is half-written
         if len(landmarks) != 2:
             raise InputError("--landmarks: give two files, FIXED_POINTS and MOVING_POINTS")
-        fp, mp = (_read_points(p, f.sdim, "--landmarks") for p in landmarks)
+        fp, mp = (read_points_file(p, f.sdim, "--landmarks") for p in landmarks)
         if fp.shape != mp.shape:
             raise InputError(f"--landmarks: got {len(fp)} fixed and {len(mp)} moving points; expected the same number "
                              "(corresponding rows)")
@@ -110,39 +109,19 @@ def register_cmd(
                     {"cmap": "magma", "vmin": 0, "vmax": dmax}),
                    ("checkerboard", np.where(tiles, fa, wa), None),
                    (f"Jacobian (min {jac['min']:.2f})", mid(ops.jacobian_determinant(field).numpy()),
-                    {"cmap": "coolwarm"})], _sibling(out_warped, ".preview.png"),
+                    {"cmap": "coolwarm"})], sibling(out_warped, ".preview.png"),
                   title=f"biomip register {method}", cols=5)
-    write_json(report, _sibling(out_warped, ".report.json"))
+    write_json(report, sibling(out_warped, ".report.json"))
     typer.echo(f"wrote {out_warped}" + (f" and {out_field}" if out_field else "") + f"  ({method}, {seconds:.2f} s, "
                f"folded voxels {jac['n_folded']})")
-
-
-def _read_points(path: str, sdim: int, arg: str) -> np.ndarray:
-    """Points (n, sdim) in mm from a CSV / whitespace text file (a header row is skipped)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{arg}: {path} does not exist")
-    rows = []
-    for line in p.read_text().splitlines():
-        parts = [t for t in line.replace(",", " ").replace(";", " ").split() if t]
-        if not parts:
-            continue
-        try:
-            rows.append([float(t) for t in parts])
-        except ValueError:
-            if rows:
-                raise InputError(f"{arg}: {path}: non-numeric row {line!r}") from None
-    pts = np.asarray(rows, dtype=float)
-    if pts.ndim != 2 or pts.shape[0] == 0 or pts.shape[1] != sdim or not np.all(np.isfinite(pts)):
-        raise InputError(f"{arg}: {path}: expected rows of {sdim} finite coordinates (mm), got shape {pts.shape}")
-    return pts
 
 
 def warp_cmd(image: Path = typer.Argument(..., help="Image to deform."),
              field: Path = typer.Argument(..., help="Displacement field image (mm) or ITK .tfm transform."),
              out: Path = typer.Option(..., "--out", help="Output image."),
-             reference: Optional[Path] = typer.Option(None, help="Output grid (default: the field's grid / the image)."),
-             nearest: bool = typer.Option(False, help="Nearest-neighbour (labels); default: by dtype.")):
+             reference: Path | None = typer.Option(None, help="Output grid (default: the field's grid / the image)."),
+             nearest: bool = typer.Option(False, help="Nearest-neighbour, for label maps (default: linear; images "
+                                                      "marked as labels are always nearest).")):
     """Apply a displacement field or transform: out(p) = image(T(p))."""
     from ..io import read, write
     from ..register import read_transform

@@ -4,45 +4,31 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
 
 from ..core.errors import InputError
-from .ct import _sibling
+from ._common import parse_points, sibling
 
 THRESHOLDS = ("otsu", "multiotsu", "valley", "kapur", "isodata", "li", "yen", "triangle")
 METHODS = THRESHOLDS + ("region-grow", "edge", "chan-vese", "geodesic", "kmeans", "gmm", "spectral", "watershed")
-
-
-def _points(values, sdim: int) -> np.ndarray:
-    pts = []
-    for v in values:
-        try:
-            p = [float(t) for t in v.replace(";", ",").split(",")]
-        except ValueError:
-            raise InputError(f"--seed: got {v!r}; expected comma-separated numbers, e.g. 120,80") from None
-        if len(p) != sdim:
-            raise InputError(f"--seed: got {v!r} ({len(p)} numbers); expected {sdim} (x,y[,z])")
-        pts.append(p)
-    return np.asarray(pts)
 
 
 def segment_cmd(
         method: str = typer.Argument(..., help=f"One of: {', '.join(METHODS)}."),
         image: Path = typer.Argument(..., help="Grey 2-D or 3-D image."),
         out: Path = typer.Option(..., "--out", help="Label image to write (0 = background)."),
-        k: Optional[int] = typer.Option(None, "--k", help="Classes / clusters (multiotsu, kmeans, gmm, spectral)."),
-        seed: Optional[list[str]] = typer.Option(None, "--seed",
+        k: int | None = typer.Option(None, "--k", help="Classes / clusters (multiotsu, kmeans, gmm, spectral)."),
+        seed: list[str] | None = typer.Option(None, "--seed",
                                                  help="region-grow seed x,y[,z] in voxels (repeatable); "
                                                       "with --world in mm."),
         world: bool = typer.Option(False, help="Seeds are world coordinates (mm, LPS)."),
-        tolerance: Optional[float] = typer.Option(None, help="region-grow: intensity tolerance (default: confidence "
+        tolerance: float | None = typer.Option(None, help="region-grow: intensity tolerance (default: confidence "
                                                              "connected, 2.5 std, 4 iterations)."),
-        superpixels: Optional[int] = typer.Option(None, help="kmeans/gmm/spectral: cluster SLIC superpixels."),
-        min_distance: Optional[float] = typer.Option(None, help="watershed: smallest distance between centres (mm; default from the object size)."),
-        truth: Optional[Path] = typer.Option(None, help="Reference labels: report Dice/IoU/HD95 (and instance AP "
+        superpixels: int | None = typer.Option(None, help="kmeans/gmm/spectral: cluster SLIC superpixels."),
+        min_distance: float | None = typer.Option(None, help="watershed: smallest distance between centres (mm; default from the object size)."),
+        truth: Path | None = typer.Option(None, help="Reference labels: report Dice/IoU/HD95 (and instance AP "
                                                          "for watershed).")):
     """Segment IMAGE; writes LABELS, <out>.report.json (label sizes in mm, metrics with
     --truth) and <out>.preview.png (overlay)."""
@@ -68,7 +54,7 @@ def segment_cmd(
     elif method == "region-grow":
         if not seed:
             raise InputError("--seed: region-grow needs at least one seed (x,y[,z])")
-        pts = _points(seed, img.sdim)
+        pts = parse_points(seed, img.sdim)
         if not world:
             pts = pts[:, ::-1]                                   # x,y,z -> array order z,y,x
         rule = {"tolerance": tolerance} if tolerance is not None else {"confidence": (2.5, 4)}
@@ -103,7 +89,7 @@ def segment_cmd(
         else:
             report["metrics"] = S.segmentation_report(lab.numpy() > 0, ref.numpy() > 0, spacing=img.spacing)
     write(lab, out)
-    render(img, _sibling(out, ".preview.png"), title=f"biomip segment {method}: {ids.size} labels",
+    render(img, sibling(out, ".preview.png"), title=f"biomip segment {method}: {ids.size} labels",
            labels=lab.with_array(arr.astype(np.int32)))
-    write_json(report, _sibling(out, ".report.json"))
+    write_json(report, sibling(out, ".report.json"))
     typer.echo(f"wrote {out}  ({method}, {ids.size} labels, {seconds:.2f} s)")

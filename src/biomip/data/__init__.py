@@ -13,54 +13,44 @@ Simulators (same seed, same result)::
     biomip.data.simulate_ct(mu_image, n_views=90, photons=1e4, seed=0)   # CT sinograms
     biomip.data.phantom_pair((128,) * 3)  # registration pairs with a known field
     biomip.data.mni152_pair("deformable" | "multimodal")                # real T1, known field / pose
+    biomip.data.synthetic_pairs(24, (32, 32), seed=0)   # training pairs for learned registration
     biomip.data.lightfield_specimen((21, 96, 96), seed=0)   # tubes, bubbles, beads (um units)
     biomip.data.poisson_gaussian(clean, photons=20, offset=100, read_noise=2)  # camera noise
 """
 
-from __future__ import annotations
+import lazy_loader as _lazy
 
-import importlib
-
-from .catalogue import (
-    SAMPLES,
-    SAMPLES_HINT,
-    Sample,
-    get,
-    list_samples,
-    load,
-    sample_path,
-)
-
-_SIMULATORS = {
-    "shepp_logan": "phantoms",
-    "random_deformation": "deformation",
-    "RandomDeformation": "deformation",
-    "synthetic_nuclei": "nuclei",
-    "NucleiSample": "nuclei",
-    "simulate_ct": "ct",
-    "CTScan": "ct",
-    "hu_to_mu": "ct",
-    "phantom_pair": "pairs",
-    "mni152_pair": "pairs",
-    "RegistrationPair": "pairs",
-    "lightfield_specimen": "lightfield",
-    "LightFieldSpecimen": "lightfield",
-    "poisson_gaussian": "lightfield",
-    "photon_scale": "lightfield",
-}
+# simulators import torch: they load on first use
+__getattr__, _dir, _names = _lazy.attach_stub(__name__, __file__)
 
 
 def list(available_only: bool = False, modality: str | None = None):
-    """Catalogue entries (see :class:`Sample`); ``available_only`` drops uninstalled ones."""
+    """Catalogue entries (see :class:`Sample`); ``available_only`` drops uninstalled ones.
+
+    Parameters
+    ----------
+    available_only : bool
+        Keep only the samples whose carrier package is installed.
+    modality : str, optional
+        Keep only one modality (``"CT"``, ``"MR"``, ``"microscopy"``, ...).
+
+    Returns
+    -------
+    list of Sample
+
+    Examples
+    --------
+    >>> import biomip
+    >>> "ct-small" in [s.name for s in biomip.data.list()]
+    True
+    """
+    from .catalogue import list_samples
+
     return list_samples(available_only=available_only, modality=modality)
 
 
-def __getattr__(name):
-    # simulators import torch; load them on first use
-    if name in _SIMULATORS:
-        mod = importlib.import_module(f"biomip.data.{_SIMULATORS[name]}")
-        return getattr(mod, name)
-    raise AttributeError(f"module 'biomip.data' has no attribute {name!r}")
+__all__ = ["list", *_names]
 
 
-__all__ = ["list", "load", "get", "sample_path", "Sample", "SAMPLES", "SAMPLES_HINT", *_SIMULATORS]
+def __dir__():
+    return __all__

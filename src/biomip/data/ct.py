@@ -16,7 +16,20 @@ MU_WATER = 0.0192  # linear attenuation of water at ~70 keV, 1/mm
 
 
 def hu_to_mu(hu, mu_water: float = MU_WATER):
-    """Hounsfield units -> linear attenuation in 1/mm (``mu = mu_water (1 + HU / 1000)``, >= 0)."""
+    """Hounsfield units -> linear attenuation in 1/mm (``mu = mu_water (1 + HU / 1000)``, >= 0).
+
+    Parameters
+    ----------
+    hu : array_like, torch.Tensor or Image
+        CT values in Hounsfield units.
+    mu_water : float, optional
+        Attenuation of water in 1/mm (default the module's ``MU_WATER``).
+
+    Returns
+    -------
+    array_like, torch.Tensor or Image
+        Attenuation in 1/mm, of the kind of `hu`.
+    """
     arr = hu.numpy() if isinstance(hu, Image) else hu
     mu = np.clip(mu_water * (1.0 + np.asarray(arr, dtype=np.float64) / 1000.0), 0, None)
     return hu.with_array(mu.astype(np.float32)) if isinstance(hu, Image) else mu
@@ -25,7 +38,25 @@ def hu_to_mu(hu, mu_water: float = MU_WATER):
 @dataclass
 class CTScan:
     """A simulated scan: ``measurement`` (noisy line integrals), ``clean`` line
-    integrals, the ``projector`` that made them, and the noise settings."""
+    integrals, the ``projector`` that made them, and the noise settings.
+
+    Parameters
+    ----------
+    measurement : numpy.ndarray or torch.Tensor
+        Noisy line integrals (sinogram ``(views, detector)``, or projections).
+    clean : numpy.ndarray or torch.Tensor
+        Noise-free line integrals.
+    projector : LinearOperator
+        The projector that made them (its ``geometry`` is the scan geometry).
+    photons : float, optional
+        Incident photons per detector pixel ``I0`` (None: no photon noise).
+    gaussian_sigma : float, optional
+        Standard deviation of the electronic noise (counts, or line integrals without
+        photon noise).
+    seed : int, optional
+        Seed of the noise.
+    counts : numpy.ndarray, optional
+        The simulated detector counts (with photon noise)."""
 
     measurement: object
     clean: object
@@ -37,9 +68,11 @@ class CTScan:
 
     @property
     def geometry(self):
+        """The scan geometry (``projector.geometry``)."""
         return self.projector.geometry
 
     def to_dict(self) -> dict:
+        """Geometry, noise settings and shapes as a JSON-ready dict."""
         return {"geometry": self.geometry.to_dict(), "photons": self.photons, "gaussian_sigma": self.gaussian_sigma,
                 "seed": self.seed, "shape": list(np.shape(self.measurement)),
                 "image_shape": list(self.projector.in_shape)}
@@ -51,17 +84,35 @@ def simulate_ct(image, geometry=None, photons: float | None = None, gaussian_sig
 
     Parameters
     ----------
-    image : :class:`~biomip.Image` (2-D, or 3-D: slice-wise parallel beam / cone beam)
-        or array; its geometry places it in the scanner.
-    geometry : :class:`~biomip.ops.ct.ParallelBeam`, or a fan / cone beam from
+    image : Image or array_like
+        Attenuation in 1/mm, 2-D, or 3-D (slice-wise parallel beam / cone beam); an
+        Image's geometry places it in the scanner.
+    geometry : ParallelBeam or DivergentBeam, optional
+        A :class:`~biomip.ops.ct.ParallelBeam`, or a fan / cone beam from
         :func:`~biomip.ops.ct.fan_beam` / :func:`~biomip.ops.ct.cone_beam`; default a
-        parallel beam with ``n_views`` views over a half turn covering the image.
-    photons : incident photons per detector pixel ``I0``: counts are
-        ``Poisson(I0 exp(-p))`` (+ Gaussian electronic noise of ``gaussian_sigma``
-        counts), and the measurement is ``-log(counts / I0)``.  ``None``: no photon noise,
-        and ``gaussian_sigma`` (if given) is added to the line integrals directly.
-    seed : random seed; same seed, same noise.
+        parallel beam with `n_views` views over a half turn covering the image.
+    photons : float, optional
+        Incident photons per detector pixel ``I0``: counts are ``Poisson(I0 exp(-p))``
+        (+ Gaussian electronic noise of `gaussian_sigma` counts), and the measurement
+        is ``-log(counts / I0)``.  None: no photon noise, and `gaussian_sigma` (if
+        given) is added to the line integrals directly.
+    gaussian_sigma : float, optional
+        Standard deviation of the electronic noise (see `photons`).
+    seed : int, optional
+        Random seed; same seed, same noise.
+    n_views : int, optional
+        Number of views of the default parallel beam (default 180).
+    model : {"joseph", "pixel"}, optional
+        Projector model of the default parallel beam (see
+        :class:`~biomip.ops.ct.ParallelProjector`).
 
+    Returns
+    -------
+    CTScan
+        The measurement, the clean line integrals and the projector.
+
+    Examples
+    --------
     >>> from biomip.data import shepp_logan, simulate_ct
     >>> scan = simulate_ct(shepp_logan((128, 128)) * 0.02, photons=1e4, n_views=90, seed=0)
     >>> scan.measurement.shape

@@ -23,7 +23,20 @@ __all__ = ["RandomDeformation", "jacobian_min", "random_deformation"]
 
 
 def jacobian_min(u: np.ndarray, spacing) -> float:
-    """Smallest ``det(I + grad u)`` of a field ``(d, ...)`` in mm (numpy.gradient stencils)."""
+    """Smallest ``det(I + grad u)`` of a field ``(d, ...)`` in mm (numpy.gradient stencils).
+
+    Parameters
+    ----------
+    u : numpy.ndarray
+        Displacement ``(d, [z,] y, x)`` in mm.
+    spacing : sequence of float
+        Voxel size (x, y[, z]) in mm.
+
+    Returns
+    -------
+    float
+        The smallest Jacobian determinant.
+    """
     d = u.shape[0]
     g = np.asarray(spatial_gradient(np.asarray(u, dtype=np.float64), spacing=spacing, sdim=d))
     # g[j, i] = d u_i / d x_j  ->  J[i, j] = delta_ij + g[j, i]
@@ -39,14 +52,22 @@ def _max_norm(u: np.ndarray) -> float:
 class RandomDeformation:
     """A random deformation and its inverse, on a grid of ``shape`` voxels.
 
-    Attributes
+    Parameters
     ----------
-    displacement : Image ``'cyx'`` / ``'czyx'`` (mm, component 0 = x): ``phi(p) = p + u(p)``.
-    inverse : Image, the displacement of ``phi^-1`` (``compose(displacement, inverse) ~ 0``).
-    velocity : Image, the stationary velocity field (``None`` when not diffeomorphic).
-    max_displacement : measured ``max |u(p)|`` in mm.
-    min_jacobian : measured ``min det(I + grad u)`` (> 0 means no folding).
-    seed, smoothness, diffeomorphic : the generation parameters (smoothness in mm).
+    displacement : Image
+        ``'cyx'`` / ``'czyx'`` field in mm (component 0 = x): ``phi(p) = p + u(p)``.
+    inverse : Image
+        The displacement of ``phi^-1`` (``compose(displacement, inverse) ~ 0``).
+    velocity : Image or None
+        The stationary velocity field (None when not diffeomorphic).
+    max_displacement : float
+        Measured ``max |u(p)|`` in mm.
+    min_jacobian : float
+        Measured ``min det(I + grad u)`` (> 0 means no folding).
+    seed, smoothness, diffeomorphic : int, float, bool
+        The generation parameters (smoothness in mm).
+    requested_max_displacement : float
+        The `max_displacement` that was asked for, in mm.
     """
 
     displacement: Image
@@ -66,6 +87,7 @@ class RandomDeformation:
 
     @property
     def spacing(self) -> tuple[float, ...]:
+        """Voxel size (x, y[, z]) of the grid in mm."""
         return self.displacement.spacing
 
     def warp(self, image, mode: str = "linear", padding: str = "border", inverse: bool = False):
@@ -76,8 +98,24 @@ class RandomDeformation:
         field is placed on the image's grid (its origin and direction), so the result
         keeps the image's geometry.  ``mode="nearest"`` keeps label dtypes.
 
-        Example
+        Parameters
+        ----------
+        image : Image or array_like
+            The image to deform, on this grid.
+        mode : {"linear", "nearest", "cubic"}, optional
+            Interpolation (``"nearest"`` keeps label dtypes).
+        padding : {"border", "zeros", "reflection"}, optional
+            Values outside the grid (see :func:`biomip.ops.warp`).
+        inverse : bool, optional
+            Warp with the inverse field instead.
+
+        Returns
         -------
+        Image or array_like
+            The deformed image, of the kind of `image`, with its geometry.
+
+        Examples
+        --------
         >>> from biomip.data.deformation import random_deformation
         >>> from biomip.data.phantoms import shepp_logan
         >>> img = shepp_logan((64, 64))
@@ -101,7 +139,18 @@ class RandomDeformation:
         return warp(image, fld.array, spacing=fld.spacing, mode=mode, padding=padding, sdim=fld.sdim)
 
     def to_dict(self, arrays: bool = False) -> dict:
-        """Parameters and measurements as JSON-able values (``arrays=True`` adds the fields)."""
+        """Parameters and measurements as JSON-able values (``arrays=True`` adds the fields).
+
+        Parameters
+        ----------
+        arrays : bool, optional
+            Also include the arrays (default False).
+
+        Returns
+        -------
+        dict
+            JSON-ready values.
+        """
         out = {
             "shape": list(self.shape), "spacing": list(self.spacing), "seed": self.seed,
             "smoothness_mm": self.smoothness, "diffeomorphic": self.diffeomorphic,
@@ -128,24 +177,32 @@ def random_deformation(shape, max_displacement: float = 4.0, smoothness: float |
 
     Parameters
     ----------
-    shape : spatial shape ``(ny, nx)`` or ``(nz, ny, nx)``, or a reference
+    shape : sequence of int or Image
+        Spatial shape ``(ny, nx)`` or ``(nz, ny, nx)``, or a reference
         :class:`~biomip.Image` whose grid (shape, spacing, origin, direction) the fields
         then live on, so ``biomip.ops.warp(image, deformation.displacement)`` works directly.
-    max_displacement : largest displacement length in mm (>= 0).
-    smoothness : standard deviation (mm) of the Gaussian that smooths the noise: the
+    max_displacement : float, optional
+        Largest displacement length in mm (>= 0).
+    smoothness : float, optional
+        Standard deviation (mm) of the Gaussian that smooths the noise: the
         length scale of the deformation.  Default: 1/8 of the smallest physical extent
         (at least 2 voxels).  Keep ``max_displacement`` below about ``smoothness`` for
         a mild deformation.
-    spacing : voxel size (x, y, [z]) in mm (default 1).
-    seed : integer seed; the same arguments give the same field on every machine.
-    diffeomorphic : ``False`` uses the smoothed noise directly as the displacement
+    spacing : sequence of float, optional
+        Voxel size (x, y, [z]) in mm (default 1).
+    seed : int, optional
+        Integer seed; the same arguments give the same field on every machine.
+    diffeomorphic : bool, optional
+        ``False`` uses the smoothed noise directly as the displacement
         (no velocity; the inverse by fixed-point iteration); it can fold when strong.
-    steps : scaling-and-squaring steps.
+    steps : int, optional
+        Scaling-and-squaring steps.
 
     Returns
     -------
-    :class:`RandomDeformation` with float32 Image fields on the grid (origin 0 and
-    identity direction unless a reference image is given; ``meta["kind"] == "displacement"``).
+    RandomDeformation
+        :class:`RandomDeformation` with float32 Image fields on the grid (origin 0 and
+        identity direction unless a reference image is given; ``meta["kind"] == "displacement"``).
 
     Examples
     --------

@@ -38,13 +38,18 @@ _SHELL = 0.5      # bubble shell thickness (um)
 class LightFieldSpecimen:
     """A synthetic fluorescent volume for light-field simulation.
 
-    Attributes
+    Parameters
     ----------
-    volume : float32 array (Z, Y, X), values in [0, 1], max exactly 1 unless empty.
-    spacing : voxel size (x, y, z) in micrometres.
-    kind : "mixed", "tubes", "bubbles" or "beads".
-    counts : number of structures drawn, ``{"tubes": n, "bubbles": n, "beads": n}``.
-    params : the generation parameters (seed, blur).
+    volume : numpy.ndarray
+        float32 ``(Z, Y, X)``, values in [0, 1], max exactly 1 unless empty.
+    spacing : tuple of float
+        Voxel size (x, y, z) in micrometres.
+    kind : {"mixed", "tubes", "bubbles", "beads"}
+        Which structures were drawn.
+    counts : dict
+        Number of structures drawn, ``{"tubes": n, "bubbles": n, "beads": n}``.
+    params : dict, optional
+        The generation parameters (seed, blur).
     """
 
     volume: np.ndarray
@@ -54,7 +59,18 @@ class LightFieldSpecimen:
     params: dict = field(default_factory=dict)
 
     def to_dict(self, arrays: bool = False) -> dict:
-        """Summary as JSON-able values (``arrays=True`` adds ``volume``)."""
+        """Summary as JSON-able values (``arrays=True`` adds ``volume``).
+
+        Parameters
+        ----------
+        arrays : bool, optional
+            Also include the arrays (default False).
+
+        Returns
+        -------
+        dict
+            JSON-ready values.
+        """
         out = {"shape": list(self.volume.shape), "spacing": [float(s) for s in self.spacing], "kind": self.kind,
                "counts": {k: int(v) for k, v in self.counts.items()},
                "foreground_fraction": float((self.volume > 0.05).mean()), **self.params}
@@ -155,18 +171,25 @@ def lightfield_specimen(shape=(21, 96, 96), spacing=(0.4, 0.4, 1.0), kind: str =
 
     Parameters
     ----------
-    shape : ``(nz, ny, nx)``, each >= 4.
-    spacing : voxel size ``(x, y, z)`` in um (lateral 0.4, axial 1.0 by default).
-    kind : "mixed", "tubes", "bubbles" or "beads" (which structures to draw).
-    n_tubes, n_bubbles, n_beads : counts (>= 0); ``None`` scales with the physical
+    shape : tuple of int, optional
+        ``(nz, ny, nx)``, each >= 4.
+    spacing : tuple of float, optional
+        Voxel size ``(x, y, z)`` in um (lateral 0.4, axial 1.0 by default).
+    kind : {"mixed", "tubes", "bubbles", "beads"}, optional
+        "mixed", "tubes", "bubbles" or "beads" (which structures to draw).
+    n_tubes, n_bubbles, n_beads : int, optional
+        Counts (>= 0); ``None`` scales with the physical
         volume (~6 tubes, 5 bubbles, 15 beads in 38.4 x 38.4 x 21 um, at least 1 each
         of the drawn kinds).  A count > 0 for a structure outside ``kind`` is an error.
-    blur : sigma of the final Gaussian blur in voxels (0: none).
-    seed : integer seed (``numpy.random.default_rng``).
+    blur : float, optional
+        Sigma of the final Gaussian blur in voxels (0: none).
+    seed : int, optional
+        Integer seed (``numpy.random.default_rng``).
 
     Returns
     -------
-    :class:`LightFieldSpecimen` with ``volume`` float32 (Z, Y, X) in [0, 1].
+    LightFieldSpecimen
+        :class:`LightFieldSpecimen` with ``volume`` float32 (Z, Y, X) in [0, 1].
 
     Examples
     --------
@@ -237,16 +260,22 @@ def poisson_gaussian(clean, photons: float, offset: float = 100.0, read_noise: f
 
     Parameters
     ----------
-    clean : ideal non-negative measurement, numpy array or torch tensor.
-    photons : expected photon count for a value of 1.0 in ``clean`` (> 0).
-    offset : camera baseline (mean of the Gaussian part).
-    read_noise : standard deviation of the Gaussian part (>= 0).
-    seed : integer seed (numpy ``default_rng``, or a ``torch.Generator`` on the
+    clean : numpy.ndarray or torch.Tensor
+        Ideal non-negative measurement, numpy array or torch tensor.
+    photons : float
+        Expected photon count for a value of 1.0 in ``clean`` (> 0).
+    offset : float, optional
+        Camera baseline (mean of the Gaussian part).
+    read_noise : float, optional
+        Standard deviation of the Gaussian part (>= 0).
+    seed : int or torch.Generator, optional
+        Integer seed (numpy ``default_rng``, or a ``torch.Generator`` on the
         tensor's device).
 
     Returns
     -------
-    float32 array of the same kind (torch: same device), in camera counts.
+    numpy.ndarray or torch.Tensor
+        float32 array of the same kind (torch: same device), in camera counts.
 
     Examples
     --------
@@ -280,7 +309,19 @@ def poisson_gaussian(clean, photons: float, offset: float = 100.0, read_noise: f
 def photon_scale(measurement, photons: float, offset: float = 100.0):
     """Camera counts back to the clean scale: ``(measurement - offset) / photons``.
 
-    Same array kind as ``measurement`` (torch: same device), float32.
+    Parameters
+    ----------
+    measurement : numpy.ndarray or torch.Tensor
+        Camera counts.
+    photons : float
+        Expected photon count for a clean value of 1.0.
+    offset : float, optional
+        Camera baseline (default 100).
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+        float32 values on the clean scale.
 
     Examples
     --------

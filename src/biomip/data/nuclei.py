@@ -23,12 +23,16 @@ __all__ = ["NucleiSample", "synthetic_nuclei"]
 class NucleiSample:
     """A synthetic nuclei image and its instance labels.
 
-    Attributes
+    Parameters
     ----------
-    image : Image float32, roughly in [0, 1] (clipped), fluorescence-like.
-    labels : Image uint16, 0 = background, nuclei numbered 1..n without gaps.
-    n : number of nuclei in ``labels``.
-    params : the generation parameters (seed, radius, ...).
+    image : Image
+        float32, roughly in [0, 1] (clipped), fluorescence-like.
+    labels : Image
+        uint16, 0 = background, nuclei numbered 1..n without gaps.
+    n : int
+        Number of nuclei in `labels`.
+    params : dict
+        The generation parameters (seed, radius, ...).
     """
 
     image: Image
@@ -37,7 +41,18 @@ class NucleiSample:
     params: dict
 
     def to_dict(self, arrays: bool = False) -> dict:
-        """Summary as JSON-able values (``arrays=True`` adds ``image`` and ``labels``)."""
+        """Summary as JSON-able values (``arrays=True`` adds ``image`` and ``labels``).
+
+        Parameters
+        ----------
+        arrays : bool, optional
+            Also include the arrays (default False).
+
+        Returns
+        -------
+        dict
+            JSON-ready values.
+        """
         sizes = np.bincount(self.labels.numpy().ravel().astype(np.int64), minlength=self.n + 1)[1:]
         out = {
             "shape": list(self.image.shape), "spacing": list(self.image.spacing), "n": int(self.n),
@@ -85,24 +100,32 @@ def synthetic_nuclei(shape=(256, 256), n_nuclei: int = 40, radius=(6, 12), touch
 
     Parameters
     ----------
-    shape : ``(ny, nx)`` or ``(nz, ny, nx)``.
-    n_nuclei : requested number of nuclei (>= 0).  Placement is by rejection sampling,
+    shape : tuple of int, optional
+        ``(ny, nx)`` or ``(nz, ny, nx)``.
+    n_nuclei : int, optional
+        Requested number of nuclei (>= 0).  Placement is by rejection sampling,
         so a crowded image may hold fewer; ``NucleiSample.n`` tells.
-    radius : ``(min, max)`` nucleus radius in voxels along x (a number: fixed radius).
+    radius : float or (float, float), optional
+        ``(min, max)`` nucleus radius in voxels along x (a number: fixed radius).
         With anisotropic ``spacing`` nuclei stay round in physical space (fewer
         voxels along the coarser axes).
-    touching : fraction (0..1) of nuclei placed touching / slightly overlapping
+    touching : float, optional
+        Fraction (0..1) of nuclei placed touching / slightly overlapping
         another one.
-    spacing : voxel size (x, y, [z]) in mm (default 1).
-    noise : noise level (0: clean image).  Shot noise with ``1 / noise**2`` photons at
+    spacing : sequence of float, optional
+        Voxel size (x, y, [z]) in mm (default 1).
+    noise : float, optional
+        Noise level (0: clean image).  Shot noise with ``1 / noise**2`` photons at
         intensity 1 plus Gaussian read noise of standard deviation ``noise / 2``.
-    seed : integer seed.
+    seed : int, optional
+        Integer seed.
 
     Returns
     -------
-    :class:`NucleiSample` with ``image`` (float32) and ``labels`` (uint16, ids 1..n).
-    Both Images have the given spacing, origin 0 and ``meta = {"modality":
-    "fluorescence", "name": "synthetic-nuclei", ...}``.
+    NucleiSample
+        :class:`NucleiSample` with ``image`` (float32) and ``labels`` (uint16, ids 1..n).
+        Both Images have the given spacing, origin 0 and ``meta = {"modality":
+        "fluorescence", "name": "synthetic-nuclei", ...}``.
 
     Examples
     --------

@@ -68,26 +68,32 @@ def shepp_logan(shape=(256, 256), modified: bool = True, spacing=None, dtype=np.
 
     Parameters
     ----------
-    shape : ``(ny, nx)`` for the 2-D phantom (Toft's ellipses, identical to MATLAB's
+    shape : tuple of int, optional
+        ``(ny, nx)`` for the 2-D phantom (Toft's ellipses, identical to MATLAB's
         ``phantom`` and, at 400 x 400, to ``skimage.data.shepp_logan_phantom()`` up to
         its 8-bit quantisation) or ``(nz, ny, nx)`` for the 3-D phantom (Kak & Slaney
         ellipsoids as in ``phantom3d.m``; its ``z = 0`` slice shows the 2-D layout; the
         in-plane tilts are the 2-D ones, +-18 degrees about each ellipsoid's centre).
-    modified : Toft's higher-contrast intensities (background 0, skull 1, brain 0.2,
+    modified : bool, optional
+        Toft's higher-contrast intensities (background 0, skull 1, brain 0.2,
         ventricles 0, small features 0.3-0.4).  ``False``: the original intensities
         (skull 2, brain 1.02, features around 1.0-1.04).
-    spacing : voxel size (x, y, [z]) in mm; default 1 mm.  The phantom always fills the
+    spacing : sequence of float, optional
+        Voxel size (x, y, [z]) in mm; default 1 mm.  The phantom always fills the
         grid (``[-1, 1]`` on every axis), so a non-cubic grid stretches it.
-    dtype : numpy dtype of the array.
-    oversample : ``k > 1`` averages ``k**d`` point samples per voxel (partial-volume
+    dtype : numpy.dtype, optional
+        Numpy dtype of the array.
+    oversample : int, optional
+        ``k > 1`` averages ``k**d`` point samples per voxel (partial-volume
         edges); 1 (default) samples voxel centres only, so values are exact sums of
         the ellipse intensities.
 
     Returns
     -------
-    Image with the phantom centre at world ``(0, 0[, 0])`` (origin ``-(n - 1) / 2 *
-    spacing``), identity direction and ``meta = {"modality": "phantom", "name":
-    "shepp-logan", "modified": ...}``.
+    Image
+        Image with the phantom centre at world ``(0, 0[, 0])`` (origin ``-(n - 1) / 2 *
+        spacing``), identity direction and ``meta = {"modality": "phantom", "name":
+        "shepp-logan", "modified": ...}``.
 
     Examples
     --------

@@ -1,14 +1,30 @@
-"""Shared neural-network building blocks (design layer ``nn/``).
+"""Every reusable network, layer and loss (design layer ``nn/``).
 
-:class:`Conv3d` is a drop-in :class:`torch.nn.Conv3d` that keeps small 3-D convolutions
-on the oneDNN (mkldnn) path on CPUs, where PyTorch's dispatch falls back to a slow
-im2col kernel (up to 13x slower; ``benchmarks/bench_conv3d.py``).
-:class:`LateralUpsample` is SeReNet's x2 lateral linear upsampling.
-:class:`FrozenSequential` is a CPU inference copy of a convolution stack with the weights
-pre-cast and laid out once and the activations fused into the oneDNN convolutions.
+Task packages and case-study pipelines import these; they hold no private copies.
+
+Networks
+    :class:`UNet` (2-D / 3-D, optional attention gates: Attention U-Net),
+    :class:`AttentionGate`, :class:`RegistrationNet` (VoxelMorph-style).
+Losses
+    :func:`soft_dice`, :func:`dice_ce_loss` / :class:`DiceCELoss` (nnU-Net's Dice + CE),
+    :func:`soft_dice_loss` (one-hot overlap), :func:`diffusion_batch` (field smoothness).
+Data
+    :class:`Augmentation` (seeded spatial + intensity augmentation of images and labels),
+    :class:`PatchSampler` (foreground-oversampled patches), :func:`crop_pad`.
+Inference
+    :func:`sliding_window_inference` (Gaussian-weighted overlapping windows),
+    :func:`gaussian_importance`, :func:`window_starts`, :func:`warp_batch`;
+    :class:`FrozenSequential`, a CPU inference copy of a convolution stack with the
+    weights cast once and the activations fused into oneDNN convolutions.
+Layers
+    :class:`Conv3d` is a drop-in :class:`torch.nn.Conv3d` that keeps small 3-D
+    convolutions on the oneDNN path on CPUs, where PyTorch's dispatch falls back to a
+    slow im2col kernel (up to 13x slower; ``benchmarks/bench_conv3d.py``);
+    :class:`LateralUpsample` is SeReNet's x2 lateral linear upsampling.
+
+Submodules load on first use.
 """
 
-from .inference import FrozenSequential, bf16_supported, fusable
-from .layers import Conv3d, LateralUpsample, lateral_upsample
+import lazy_loader as _lazy
 
-__all__ = ["Conv3d", "FrozenSequential", "LateralUpsample", "bf16_supported", "fusable", "lateral_upsample"]
+__getattr__, __dir__, __all__ = _lazy.attach_stub(__name__, __file__)

@@ -36,8 +36,21 @@ _ACTS = (nn.ReLU, nn.LeakyReLU)
 
 
 def bf16_supported(device=None) -> bool:
-    """Whether bfloat16 convolutions run natively (CUDA, or a CPU with AVX512-BF16 / AMX /
-    AVX-NE-CONVERT, where oneDNN has bfloat16 kernels)."""
+    """Whether bfloat16 convolutions run natively.
+
+    True on CUDA, or on a CPU with AVX512-BF16 / AMX / AVX-NE-CONVERT, where oneDNN has
+    bfloat16 kernels.
+
+    Parameters
+    ----------
+    device : str or torch.device or None, optional
+        The device asked about (``None``: this machine's CPU).
+
+    Returns
+    -------
+    bool
+        Whether bfloat16 convolutions are native there.
+    """
     if device is not None and torch.device(device).type == "cuda":
         return True
     try:
@@ -51,10 +64,29 @@ def _hooked(m: nn.Module) -> bool:
 
 
 def fusable(module: nn.Module) -> bool:
-    """Whether :class:`FrozenSequential` can freeze ``module``: a plain ``nn.Sequential`` of
-    zero-padded :class:`torch.nn.Conv3d` / :class:`biomip.nn.Conv3d`, ReLU, LeakyReLU and
-    :class:`LateralUpsample` layers (exact types, no forward hooks, initialised float32
-    parameters) on a PyTorch build with the fused oneDNN convolution."""
+    """Whether :class:`FrozenSequential` can freeze ``module``.
+
+    That is a plain ``nn.Sequential`` of zero-padded :class:`torch.nn.Conv3d` /
+    :class:`biomip.nn.Conv3d`, ReLU, LeakyReLU and :class:`LateralUpsample` layers (exact
+    types, no forward hooks, initialised float32 parameters) on a PyTorch build with the
+    fused oneDNN convolution.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The module to test.
+
+    Returns
+    -------
+    bool
+        Whether it can be frozen.
+
+    Examples
+    --------
+    >>> import torch
+    >>> fusable(torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3, padding=1), torch.nn.Sigmoid()))
+    False
+    """
     if (_FUSED is None or not torch.backends.mkldnn.is_available() or type(module) is not nn.Sequential
             or _hooked(module)):
         return False
@@ -91,12 +123,28 @@ def _signature(module: nn.Sequential) -> tuple:
 
 
 class FrozenSequential:
-    """Inference-only copy of ``module`` (see :func:`fusable`) on the CPU, in ``dtype``
-    (``torch.float32`` or ``torch.bfloat16``).  Call it on a ``(B, C, Z, Y, X)`` tensor;
-    the result is ``dtype`` and channels-last.  It holds its own copies of the weights:
-    rebuild it after the module changes (:meth:`is_current` tells; see :func:`_signature`
-    for what it notices).  bfloat16 needs :func:`bf16_supported` CPUs.
+    """Inference-only copy of ``module`` (see :func:`fusable`) on the CPU, in ``dtype``.
 
+    Call it on a ``(B, C, Z, Y, X)`` tensor; the result is ``dtype`` and channels-last.  It
+    holds its own copies of the weights: rebuild it after the module changes
+    (:meth:`is_current` tells; see ``_signature`` for what it notices).  bfloat16 needs
+    :func:`bf16_supported` CPUs.
+
+    Parameters
+    ----------
+    module : torch.nn.Sequential
+        The network, :func:`fusable`, with its parameters on the CPU.
+    dtype : torch.dtype, optional
+        ``torch.float32`` or ``torch.bfloat16``.
+
+    Raises
+    ------
+    InputError
+        When ``module`` is not fusable or not on the CPU, or ``dtype`` is neither float32
+        nor a bfloat16 that this CPU supports.
+
+    Examples
+    --------
     >>> import torch
     >>> from biomip.nn import Conv3d, LateralUpsample
     >>> seq = torch.nn.Sequential(Conv3d(2, 4, 3, padding=1), torch.nn.LeakyReLU(0.1), LateralUpsample(2),
@@ -146,7 +194,18 @@ class FrozenSequential:
                     i += 1
 
     def is_current(self, module: nn.Module) -> bool:
-        """Whether ``module`` (its layers and parameters) is still what this copy was made from."""
+        """Whether ``module`` (its layers and parameters) is still what this copy was made from.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            The module the copy was made from.
+
+        Returns
+        -------
+        bool
+            ``False`` after an optimiser step, ``load_state_dict``, ``.to()`` or a changed layer.
+        """
         return _signature(module) == self.key
 
     @torch.no_grad()

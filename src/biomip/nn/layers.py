@@ -80,6 +80,34 @@ class Conv3d(nn.Conv3d):
     modes, unbatched input) is the stock layer.
     Parameter names equal the stock layer's, so saved weights load in either.
 
+    Parameters
+    ----------
+    in_channels : int
+        Channels of the input.
+    out_channels : int
+        Channels of the output.
+    kernel_size : int or tuple of int
+        Kernel size in voxels, array order (z, y, x).
+    stride : int or tuple of int, optional
+        Stride in voxels.
+    padding : int or tuple of int or str, optional
+        Zero padding in voxels per side, or ``"valid"`` / ``"same"`` (string padding
+        takes the stock layer).
+    dilation : int or tuple of int, optional
+        Spacing between kernel taps, in voxels.
+    groups : int, optional
+        Blocked connections from input to output channels.
+    bias : bool, optional
+        Add a learnable bias.
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}, optional
+        Padding mode (only ``"zeros"`` takes the oneDNN path).
+    device : str or torch.device or None, optional
+        Where the parameters are created.
+    dtype : torch.dtype or None, optional
+        dtype of the parameters.
+
+    Examples
+    --------
     >>> import torch
     >>> conv = Conv3d(4, 8, 3, padding=1)
     >>> tuple(conv(torch.zeros(1, 4, 5, 16, 16)).shape)
@@ -87,6 +115,18 @@ class Conv3d(nn.Conv3d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolve a batch ``x`` ``(N, C_in, Z, Y, X)``, on oneDNN where the stock dispatch would not.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Input ``(N, C_in, Z, Y, X)`` (or unbatched ``(C_in, Z, Y, X)``, stock layer).
+
+        Returns
+        -------
+        torch.Tensor
+            The convolution ``(N, C_out, Z', Y', X')``.
+        """
         if not (_mkldnn_ok(x, self) and _stock_takes_im2col(x, self)):
             return super().forward(x)
         if _same_padded(self) and torch.is_grad_enabled():
@@ -96,13 +136,36 @@ class Conv3d(nn.Conv3d):
 
 
 def lateral_upsample(x: torch.Tensor, scale: int = 2) -> torch.Tensor:
-    """Linear x``scale`` upsampling of the last two axes of ``(B, C, Z, Y, X)``: trilinear
-    with the z scale 1 and ``align_corners=False``, which is bilinear in every z plane.
+    """Linear x``scale`` upsampling of the last two axes of ``(B, C, Z, Y, X)``.
 
-    A batch-1 channels-last input is viewed, without a copy, as ``Z`` channels-last 2-D
-    images of ``C`` channels and goes through the 2-D bilinear kernel, 2.5-3x faster than
-    PyTorch's channels-last trilinear one (0.15 vs 0.43 ms on (1, 8, 15, 32, 32) float32).
-    The result is channels-last too.  Other layouts take the trilinear kernel.
+    Trilinear with the z scale 1 and ``align_corners=False``, which is bilinear in every z
+    plane.  A batch-1 channels-last input is viewed, without a copy, as ``Z`` channels-last
+    2-D images of ``C`` channels and goes through the 2-D bilinear kernel, 2.5-3x faster
+    than PyTorch's channels-last trilinear one (0.15 vs 0.43 ms on (1, 8, 15, 32, 32)
+    float32).  The result is channels-last too.  Other layouts take the trilinear kernel.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Input ``(B, C, Z, Y, X)``.
+    scale : int, optional
+        Whole upsampling factor (>= 1) of the y and x axes.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, C, Z, scale * Y, scale * X)``.
+
+    Raises
+    ------
+    InputError
+        When ``scale`` is not a whole number >= 1.
+
+    Examples
+    --------
+    >>> import torch
+    >>> tuple(lateral_upsample(torch.zeros(1, 2, 3, 4, 5)).shape)
+    (1, 2, 3, 8, 10)
     """
     if isinstance(scale, bool) or int(scale) != scale or scale < 1:
         raise InputError(f"scale: got {scale!r}; expected a whole upsampling factor >= 1")
@@ -116,14 +179,27 @@ def lateral_upsample(x: torch.Tensor, scale: int = 2) -> torch.Tensor:
 
 
 class LateralUpsample(nn.Module):
-    """Linear x``scale`` upsampling of the last two axes of ``(B, C, Z, Y, X)`` (trilinear
-    with the z scale 1, ``align_corners=False``), as SeReNet's upsampling layers; see
-    :func:`lateral_upsample` for the fast channels-last path.
+    """Linear x``scale`` upsampling of the last two axes of ``(B, C, Z, Y, X)``, as a layer.
+
+    Trilinear with the z scale 1, ``align_corners=False``, as SeReNet's upsampling layers;
+    see :func:`lateral_upsample` for the fast channels-last path.
 
     Under CPU bfloat16 autocast it interpolates in float32 and hands float32 to the next
     layer (which casts back): PyTorch's bfloat16 interpolation kernels are about 2x slower
     than the float32 ones on a CPU.
 
+    Parameters
+    ----------
+    scale : int, optional
+        Whole upsampling factor (>= 1) of the y and x axes.
+
+    Raises
+    ------
+    InputError
+        When ``scale`` is not a whole number >= 1.
+
+    Examples
+    --------
     >>> import torch
     >>> tuple(LateralUpsample()(torch.zeros(1, 2, 3, 4, 5)).shape)
     (1, 2, 3, 8, 10)
@@ -136,9 +212,28 @@ class LateralUpsample(nn.Module):
         self.scale = int(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Upsample ``x`` (see :func:`lateral_upsample`); CPU bfloat16 input is computed in float32.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Input ``(B, C, Z, Y, X)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, C, Z, scale * Y, scale * X)``.
+        """
         if x.device.type == "cpu" and x.dtype == torch.bfloat16:
             x = x.float()
         return lateral_upsample(x, self.scale)
 
     def extra_repr(self) -> str:
+        """The layer's setting in its ``repr``: ``"scale=2"``.
+
+        Returns
+        -------
+        str
+            ``"scale=<scale>"``.
+        """
         return f"scale={self.scale}"

@@ -39,13 +39,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.arrays import check_number
 from ..core.checkpoint import load_module, save_module
 from ..core.errors import InputError, ShapeError, describe
-from ..nn import Conv3d
+from ..core.rng import seeded
+from .layers import Conv3d
 
-__all__ = ["UNet", "AttentionGate", "save_module", "load_module"]
+__all__ = ["UNet", "AttentionGate"]
 
-_FORMAT = "biomip.segment.UNet"
+_FORMAT = "biomip.segment.UNet"      # the saved-model format id (kept since v0.1: old models load)
 _VERSION = 1
 _NORMS = ("instance", "batch", "none")
 
@@ -77,9 +79,30 @@ class _ConvBlock(nn.Sequential):
 class AttentionGate(nn.Module):
     """Additive attention gate (Oktay et al. 2018): ``x * sigmoid(psi(relu(W_x x + W_g g)))``.
 
-    ``x``: skip features ``(n, c_x, *S)``; ``g``: gating features ``(n, c_g, *S')``
-    (resampled to ``S`` when the sizes differ).  Returns the gated skip and the
-    attention map ``(n, 1, *S)``.
+    Called as ``gate(x, g)`` with skip features ``x`` ``(n, c_x, *S)`` and gating features
+    ``g`` ``(n, c_g, *S')`` (resampled to ``S`` when the sizes differ); returns the gated
+    skip and the attention map ``(n, 1, *S)``.
+
+    Parameters
+    ----------
+    sdim : {2, 3}
+        Number of spatial dimensions.
+    c_x : int
+        Channels of the skip features ``x``.
+    c_g : int
+        Channels of the gating features ``g``.
+    c_int : int
+        Channels of the intermediate 1x1(x1) projections ``W_x``, ``W_g``.
+    norm : {"instance", "batch", "none"}, optional
+        Normalisation after the projections.
+
+    Examples
+    --------
+    >>> import torch
+    >>> gate = AttentionGate(2, 4, 8, 2)
+    >>> y, alpha = gate(torch.rand(1, 4, 8, 8), torch.rand(1, 8, 4, 4))
+    >>> tuple(y.shape), tuple(alpha.shape)
+    ((1, 4, 8, 8), (1, 1, 8, 8))
     """
 
     def __init__(self, sdim: int, c_x: int, c_g: int, c_int: int, norm: str = "instance"):
@@ -91,6 +114,22 @@ class AttentionGate(nn.Module):
         self.psi = conv(c_int, 1, kernel_size=1, bias=True)
 
     def forward(self, x: torch.Tensor, g: torch.Tensor):
+        """Gate the skip features ``x`` by the gating signal ``g``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Skip features ``(n, c_x, *S)``.
+        g : torch.Tensor
+            Gating features ``(n, c_g, *S')``, resampled (bi/trilinear) to ``S`` when needed.
+
+        Returns
+        -------
+        gated : torch.Tensor
+            ``x * alpha``, ``(n, c_x, *S)``.
+        alpha : torch.Tensor
+            The attention coefficients ``(n, 1, *S)``, in ``(0, 1)``.
+        """
         if g.shape[2:] != x.shape[2:]:
             g = F.interpolate(g, size=x.shape[2:], mode="trilinear" if self.sdim == 3 else "bilinear",
                               align_corners=False)
@@ -100,32 +139,51 @@ class AttentionGate(nn.Module):
 
 # ============================================================================ network
 def _int(value, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise InputError(f"{name}: got {value!r}; expected an integer >= {low}")
-    return int(value)
+    return check_number(value, name, integer=True, low=low)
 
 
 class UNet(nn.Module):
     """U-Net (2-D / 3-D) or Attention U-Net giving per-class logits.
 
+    ``forward(x)`` takes ``(n, in_channels, *S)`` (any ``S``: the input is padded with edge
+    values up to a multiple of :attr:`divisor`, and at least twice that with instance
+    normalisation, and the output cropped back) and returns logits ``(n, classes, *S)``; a
+    wrong channel count raises :class:`InputError`.  ``meta`` (a dict, saved with the model)
+    carries the training plan and class ids.
+
     Parameters
     ----------
-    sdim : 2 or 3 spatial dimensions.
-    in_channels : image channels (1 for grey images).
-    classes : output classes including background (2 for foreground / background).
-    features : channels per level, finest first; ``len(features)`` levels, so the
-        coarsest map is ``2 ** (len(features) - 1)`` times smaller.
-    attention : additive attention gates on the skip connections (Attention U-Net).
-    norm : ``"instance"`` (default, nnU-Net), ``"batch"`` or ``"none"``.
-    dropout : channel dropout probability after every convolution (0: none).
-    seed : initialisation seed (the global torch RNG is left untouched).
+    sdim : {2, 3}, optional
+        Number of spatial dimensions.
+    in_channels : int, optional
+        Image channels (1 for grey images).
+    classes : int, optional
+        Output classes including background (2 for foreground / background).
+    features : sequence of int, optional
+        Channels per level, finest first; ``len(features)`` levels, so the coarsest map
+        is ``2 ** (len(features) - 1)`` times smaller.
+    attention : bool, optional
+        Additive attention gates on the skip connections (Attention U-Net).
+    norm : {"instance", "batch", "none"}, optional
+        ``"instance"`` (default, nnU-Net), ``"batch"`` or ``"none"``.
+    dropout : float, optional
+        Channel dropout probability after every convolution (0: none), in ``[0, 1)``.
+    seed : int, optional
+        Initialisation seed (the global torch RNG is left untouched).
 
-    ``forward(x)`` takes ``(n, in_channels, *S)`` (any ``S``) and returns logits
-    ``(n, classes, *S)``; a wrong channel count raises :class:`InputError`.
-    ``meta`` (a dict, saved with the model) carries the training plan and class ids.
+    Raises
+    ------
+    InputError
+        For an ``sdim`` other than 2 or 3 or any other invalid argument.
 
+    Examples
+    --------
     >>> UNet(2, 1, 2).n_parameters
     482466
+    >>> import torch
+    >>> net = UNet(sdim=2, in_channels=1, classes=2, features=(8, 16))
+    >>> net(torch.zeros(1, 1, 30, 27)).shape
+    torch.Size([1, 2, 30, 27])
     """
 
     def __init__(self, sdim: int = 2, in_channels: int = 1, classes: int = 2,
@@ -157,8 +215,7 @@ class UNet(nn.Module):
         self.meta: dict = {}
         conv = Conv3d if sdim == 3 else nn.Conv2d
         up = nn.ConvTranspose3d if sdim == 3 else nn.ConvTranspose2d
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.encoder = nn.ModuleList(
                 [_ConvBlock(sdim, in_channels if i == 0 else feats[i - 1], feats[i], norm, self.dropout)
                  for i in range(len(feats))])
@@ -176,7 +233,14 @@ class UNet(nn.Module):
 
     # ------------------------------------------------------------------ info
     def config(self) -> dict:
-        """The constructor arguments (JSON-able)."""
+        """The constructor arguments (JSON-able).
+
+        Returns
+        -------
+        dict
+            ``sdim``, ``in_channels``, ``classes``, ``features``, ``attention``, ``norm``,
+            ``dropout`` and ``seed``.
+        """
         return {"sdim": self.sdim, "in_channels": self.in_channels, "classes": self.classes,
                 "features": list(self.features), "attention": self.attention, "norm": self.norm,
                 "dropout": self.dropout, "seed": self.seed}
@@ -199,7 +263,27 @@ class UNet(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def check_input(self, x, name: str = "x") -> torch.Tensor:
-        """Validate a batch ``(n, in_channels, *S)``; raises :class:`InputError`."""
+        """Validate a batch ``(n, in_channels, *S)``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The batch.
+        name : str, optional
+            The argument's name, for error messages.
+
+        Returns
+        -------
+        torch.Tensor
+            ``x``.
+
+        Raises
+        ------
+        InputError
+            When ``x`` is not a tensor or has the wrong number of channels.
+        ShapeError
+            When ``x`` does not have ``sdim + 2`` axes.
+        """
         if not torch.is_tensor(x):
             raise InputError(f"{name}: got {describe(x)}; expected a torch tensor (n, channels, *spatial)")
         if x.ndim != self.sdim + 2:
@@ -211,6 +295,23 @@ class UNet(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-class logits of a batch.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Images ``(n, in_channels, *S)``, any ``S`` (integer input is cast to float32).
+
+        Returns
+        -------
+        torch.Tensor
+            Logits ``(n, classes, *S)``.
+
+        Raises
+        ------
+        InputError
+            When ``x`` has the wrong number of channels (see :meth:`check_input`).
+        """
         x = self.check_input(x)
         if not x.is_floating_point():
             x = x.float()
@@ -244,17 +345,59 @@ class UNet(nn.Module):
         return out
 
     def attention_maps(self) -> list[torch.Tensor] | None:
-        """Attention coefficients ``(n, 1, *S_level)`` of the last forward pass, coarse
-        to fine (``None`` without attention gates)."""
+        """Attention coefficients of the last forward pass.
+
+        Returns
+        -------
+        list of torch.Tensor or None
+            ``(n, 1, *S_level)`` per level, coarse to fine (``None`` without attention gates).
+        """
         return self._last_attention
 
     # --------------------------------------------------------------- save / load
     def save(self, path, overwrite: bool = True) -> Path:
-        """Write the model as a folder ``path`` with ``model.safetensors`` and
-        ``config.json`` (atomically; ``meta``, e.g. the plan, goes in the JSON)."""
+        """Write the model as a folder ``path`` with ``model.safetensors`` and ``config.json``.
+
+        Written atomically; ``meta``, e.g. the plan, goes in the JSON.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The folder to write.
+        overwrite : bool, optional
+            Replace an existing folder.
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
+
+        Raises
+        ------
+        FormatError
+            When ``path`` exists and ``overwrite`` is false, or its parent does not exist.
+        """
         return save_module(self, path, _FORMAT, _VERSION, self.config(), self.meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path, device=None) -> UNet:
-        """Read a model written by :meth:`save` (eval mode, on ``device``)."""
+        """Read a model written by :meth:`save` (eval mode, on ``device``).
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The model folder.
+        device : str or torch.device or None, optional
+            Where the model is put (``None``: ``biomip.config.device``).
+
+        Returns
+        -------
+        UNet
+            The model, with ``meta`` restored.
+
+        Raises
+        ------
+        FormatError
+            When ``path`` is not a saved UNet readable by this version.
+        """
         return load_module(cls, path, _FORMAT, _VERSION, device=device)

@@ -37,17 +37,63 @@ _BF16 = "serenet (nll-mpg), bfloat16 inference"
 class SeReNetConfig:
     """Everything a run depends on (physical units: um, photons, camera counts).
 
-    shape : simulated volume (Z, Y, X); ``depth_range`` the axial extent (um) of the Z
-        planes, centred on the focal plane.  Views are ``Y / binning`` x ``X / binning``:
-        as in the paper (and in any light-field microscope) the views are sampled more
-        coarsely than the volume is reconstructed; ``binning=4`` gives the network its
-        two x2 upsamplings.  ``n_views`` x ``n_views`` sub-apertures (7: 37 inside the pupil).
-    photons : expected photon count of the brightest view pixel of each specimen.
-    offset, read_noise : camera offset and read-noise sigma (counts).
-    n_train, n_test : simulated training measurements (raw only: no ground truth is
-        used in training) and held-out specimens.
-    steps, lr, channels, views_per_step, tv : SeReNet training.
-    compare_l1 : also train the L1-loss variant on the same data and report it.
+    Views are ``Y / binning`` x ``X / binning``: as in the paper (and in any light-field
+    microscope) the views are sampled more coarsely than the volume is reconstructed;
+    ``binning=4`` gives the network its two x2 upsamplings.  The presets :meth:`quick`,
+    :meth:`tiny` and :meth:`full` set the sizes of the documented modes.
+
+    Parameters
+    ----------
+    shape : tuple of int, optional
+        Simulated volume (Z, Y, X), voxels.
+    depth_range : float, optional
+        Axial extent (um) of the Z planes, centred on the focal plane.
+    na : float, optional
+        Numerical aperture of the objective.
+    wavelength : float, optional
+        Emission wavelength (um).
+    n_medium : float, optional
+        Refractive index of the medium.
+    pixel : float, optional
+        Lateral voxel size of the volume at the sample (um).
+    n_views : int, optional
+        ``n_views`` x ``n_views`` sub-apertures (7: 37 inside the pupil).
+    binning : int, optional
+        Volume pixels per view pixel along Y and X.
+    photons : float, optional
+        Expected photon count of the brightest view pixel of each specimen.
+    offset : float, optional
+        Camera offset (counts).
+    read_noise : float, optional
+        Read-noise sigma (counts).
+    n_train : int, optional
+        Simulated training measurements (raw only: no ground truth is used in training).
+    n_test : int, optional
+        Held-out specimens.
+    steps : int, optional
+        SeReNet training steps.
+    lr : float, optional
+        SeReNet learning rate.
+    channels : int, optional
+        SeReNet network width.
+    views_per_step : int or None, optional
+        Views projected per training step (``None``: the trainer's default).
+    tv : float, optional
+        Weight of SeReNet's total-variation term.
+    rl_iterations : int, optional
+        Richardson-Lucy iterations of the baseline.
+    compare_l1 : bool, optional
+        Also train the L1-loss variant on the same data and report it.
+    seed : int, optional
+        Seed of the specimens, noise and training.
+    mode : str, optional
+        Name of the preset (``"quick"``, ``"tiny"``, ``"full"``; ``"custom"`` otherwise).
+
+    Examples
+    --------
+    >>> cfg = SeReNetConfig.tiny(steps=5)
+    >>> cfg.shape, cfg.steps, cfg.mode
+    ((5, 32, 32), 5, 'tiny')
     """
 
     shape: tuple = (21, 96, 96)
@@ -75,32 +121,91 @@ class SeReNetConfig:
 
     @classmethod
     def quick(cls, **kw) -> SeReNetConfig:
-        """The CPU quick mode (about 2 minutes on 2 cores): 64^2 x 15 depths, 7 x 7 views of 16^2."""
+        """The CPU quick mode (about 2 minutes on 2 cores): 64^2 x 15 depths, 7 x 7 views of 16^2.
+
+        Parameters
+        ----------
+        **kw : dict
+            Fields to override.
+
+        Returns
+        -------
+        SeReNetConfig
+            The configuration.
+        """
         return replace(cls(shape=(15, 64, 64), depth_range=14.0, n_train=8, n_test=3, steps=1200, mode="quick"), **kw)
 
     @classmethod
     def tiny(cls, **kw) -> SeReNetConfig:
-        """The CI configuration (seconds): 32^2 x 5 depths, 3 x 3 views of 16^2."""
+        """The CI configuration (seconds): 32^2 x 5 depths, 3 x 3 views of 16^2.
+
+        Parameters
+        ----------
+        **kw : dict
+            Fields to override.
+
+        Returns
+        -------
+        SeReNetConfig
+            The configuration.
+        """
         return replace(cls(shape=(5, 32, 32), depth_range=6.0, n_views=3, binning=2, n_train=3, n_test=1, steps=20,
                            channels=8, rl_iterations=10, photons=50.0, mode="tiny"), **kw)
 
     @classmethod
     def full(cls, **kw) -> SeReNetConfig:
-        """The full-size configuration (GPU): 128^2 x 31 depths, 7 x 7 views of 32^2, 3000 steps."""
+        """The full-size configuration (GPU): 128^2 x 31 depths, 7 x 7 views of 32^2, 3000 steps.
+
+        Parameters
+        ----------
+        **kw : dict
+            Fields to override.
+
+        Returns
+        -------
+        SeReNetConfig
+            The configuration.
+        """
         return replace(cls(shape=(31, 128, 128), depth_range=30.0, n_train=32, n_test=4, steps=3000, mode="full"),
                        **kw)
 
     def optics(self):
+        """The optical parameters as a :class:`~biomip.reconstruct.lightfield.LightFieldOptics`.
+
+        Returns
+        -------
+        LightFieldOptics
+            ``na``, ``wavelength`` (um), ``n_medium``, ``pixel`` (um) and ``n_views``.
+        """
         from ..reconstruct.lightfield import LightFieldOptics
 
         return LightFieldOptics(na=self.na, wavelength=self.wavelength, n_medium=self.n_medium, pixel=self.pixel,
                                 n_views=self.n_views)
 
     def depths(self) -> np.ndarray:
+        """Axial positions (um) of the Z planes, centred on the focal plane.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``shape[0]`` depths evenly spread over ``depth_range`` (``[0.0]`` for one plane).
+
+        Examples
+        --------
+        >>> SeReNetConfig.tiny().depths().tolist()
+        [-3.0, -1.5, 0.0, 1.5, 3.0]
+        """
         z = int(self.shape[0])
         return np.linspace(-self.depth_range / 2, self.depth_range / 2, z) if z > 1 else np.zeros(1)
 
     def to_dict(self) -> dict:
+        """The configuration as a dict (``dataclasses.asdict``).
+
+        Returns
+        -------
+        dict
+            Field name -> value.
+        """
         return asdict(self)
 
 
@@ -126,9 +231,35 @@ def _check(cfg):
 
 
 def simulate(cfg: SeReNetConfig, device=None) -> Simulation:
-    """PSF, projector, ``n_train`` raw training measurements and ``n_test`` held-out
+    """Simulate the data of a run.
+
+    PSF, projector, ``n_train`` raw training measurements and ``n_test`` held-out
     (volume, measurement) pairs: seeded specimens (tubes, bubbles, beads), projected by
-    eq. 8.1, scaled to ``photons`` at the brightest pixel, mixed Poisson-Gaussian noise."""
+    eq. 8.1, scaled to ``photons`` at the brightest pixel, mixed Poisson-Gaussian noise.
+
+    Parameters
+    ----------
+    cfg : SeReNetConfig
+        The configuration.
+    device : str or torch.device or None, optional
+        Where the projections run (``None``: ``biomip.config.device``).
+
+    Returns
+    -------
+    Simulation
+        ``psf``, ``projector``, ``train_measurements`` ``(N, V, h, w)`` counts,
+        ``test_volumes`` (Z, Y, X), ``test_measurements`` ``(V, h, w)`` counts and
+        ``seconds``.
+
+    Raises
+    ------
+    InputError
+        For a ``cfg`` that is not a SeReNetConfig or holds invalid values.
+
+    Examples
+    --------
+    >>> sim = simulate(SeReNetConfig.tiny())                        # doctest: +SKIP
+    """
     from ..core.config import get_device
     from ..data.lightfield import lightfield_specimen, poisson_gaussian
     from ..reconstruct.lightfield import LightFieldProjector, lightfield_psf
@@ -154,7 +285,28 @@ def simulate(cfg: SeReNetConfig, device=None) -> Simulation:
 
 
 def train(cfg: SeReNetConfig, sim: Simulation, loss: str = "nll-mpg", device=None, progress=None):
-    """Self-supervised training on ``sim.train_measurements`` only -> ``(model, history)``."""
+    """Self-supervised training on ``sim.train_measurements`` only -> ``(model, history)``.
+
+    Parameters
+    ----------
+    cfg : SeReNetConfig
+        The configuration (training settings, camera offset and read noise).
+    sim : Simulation
+        The output of :func:`simulate`.
+    loss : {"nll-mpg", "l1"}, optional
+        Data term of the training.
+    device : str or torch.device or None, optional
+        Where to train.
+    progress : bool or None, optional
+        Show a progress bar.
+
+    Returns
+    -------
+    model : SeReNet
+        The trained network.
+    history : list of dict
+        One record per step.
+    """
     from ..reconstruct.serenet import train_serenet
 
     return train_serenet(sim.train_measurements, sim.psf, offset=cfg.offset, read_noise=cfg.read_noise,
@@ -192,9 +344,30 @@ def _timed(fn, device, repeat: int = 5):
 
 
 def evaluate(cfg: SeReNetConfig, sim: Simulation, models: dict, device=None) -> dict:
-    """Scores (PSNR / SSIM after an intensity fit) and inference times of every model in
-    ``models`` (name -> SeReNet), Richardson-Lucy (``rl_iterations``) and the refocus
-    stack, on every held-out specimen; means and per-specimen values."""
+    """Scores and inference times of every method on every held-out specimen.
+
+    PSNR / SSIM after an intensity fit and inference times of every model in ``models``
+    (name -> SeReNet), Richardson-Lucy (``rl_iterations``) and the refocus stack, on every
+    held-out specimen; means and per-specimen values.
+
+    Parameters
+    ----------
+    cfg : SeReNetConfig
+        The configuration.
+    sim : Simulation
+        The output of :func:`simulate`.
+    models : dict
+        Name -> trained SeReNet.
+    device : str or torch.device or None, optional
+        Where inference runs (``None``: ``biomip.config.device``).
+
+    Returns
+    -------
+    dict
+        ``methods`` (name -> mean ``psnr``, ``ssim``, ``seconds`` and
+        ``per_specimen_psnr``) and ``outputs`` (name -> the reconstruction of the first
+        specimen).
+    """
     from ..core.config import get_device
     from ..reconstruct.iterative import richardson_lucy
     from ..reconstruct.lightfield import refocus_stack
@@ -249,7 +422,32 @@ def run(cfg: SeReNetConfig | None = None, out=None, device=None, progress=None) 
 
     Writes into ``out`` (when given): ``report.json``, ``preview.png`` (max projections
     of one held-out specimen), ``model/`` (the NLL-MPG SeReNet) and ``measurement.tif``
-    (that specimen's raw measurement).  Returns the report dict.
+    (that specimen's raw measurement).
+
+    Parameters
+    ----------
+    cfg : SeReNetConfig or None, optional
+        The configuration (default :meth:`SeReNetConfig.quick`).
+    out : str or pathlib.Path or None, optional
+        Output folder (created).
+    device : str or torch.device or None, optional
+        Where to compute (``None``: ``biomip.config.device``).
+    progress : bool or None, optional
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        The report.
+
+    Raises
+    ------
+    InputError
+        For an invalid configuration.
+
+    Examples
+    --------
+    >>> report = run(SeReNetConfig.tiny(), out="serenet-run")       # doctest: +SKIP
     """
     from .. import __version__
     from ..core.atomic import write_json
@@ -306,18 +504,63 @@ def run(cfg: SeReNetConfig | None = None, out=None, device=None, progress=None) 
 def run_real(sample: str = "lf-guv", out=None, n_views: int = 5, binning: int = 2, depth_range: float = 40.0,
              n_depths: int = 21, steps: int = 1000, rl_iterations: int = 30, channels: int = 64, gain: float = 1.0,
              seed: int = 0, device=None, progress=None) -> dict:
-    """SeReNet on a real raw light field shipped by napari-LF (``"lf-guv"``, ``"lf-antleg"``,
-    ``"lf-seaurchin"``): lenslet grid from the radiometry frame, dark subtraction and
-    flat-field, rectification into ``n_views x n_views`` sub-aperture views
-    (:mod:`biomip.reconstruct.lfm_raw`), the wave-optics PSF from the sample's optical
-    parameters (NA, medium index, wavelength, view pixel / ``binning``), then
-    Richardson-Lucy (``rl_iterations``) and SeReNet trained self-supervised on this one
-    measurement.  There is no ground truth: the report gives the relative
-    forward-projection residual ``||A x - y|| / ||y||`` of each volume and the times.
+    """SeReNet on a real raw light field shipped by napari-LF.
 
-    ``gain`` converts camera counts to photons (counts / gain; 1 when unknown); the read
-    noise is the standard deviation of the dark frame.  The sign of the view axes (the
-    lenslets invert the pupil) cannot be told from the data: the volume may be mirrored in z.
+    Lenslet grid from the radiometry frame, dark subtraction and flat-field, rectification
+    into ``n_views x n_views`` sub-aperture views (:mod:`biomip.reconstruct.lfm_raw`), the
+    wave-optics PSF from the sample's optical parameters (NA, medium index, wavelength,
+    view pixel / ``binning``), then Richardson-Lucy (``rl_iterations``) and SeReNet trained
+    self-supervised on this one measurement.  There is no ground truth: the report gives
+    the relative forward-projection residual ``||A x - y|| / ||y||`` of each volume and the
+    times.  The read noise is the standard deviation of the dark frame.  The sign of the
+    view axes (the lenslets invert the pupil) cannot be told from the data: the volume may
+    be mirrored in z.
+
+    Parameters
+    ----------
+    sample : str, optional
+        ``"lf-guv"``, ``"lf-antleg"`` or ``"lf-seaurchin"`` (a sample with its dark and
+        radiometry frames).
+    out : str or pathlib.Path or None, optional
+        Output folder (created): ``report.json``, ``preview.png``, ``model/``.
+    n_views : int, optional
+        ``n_views`` x ``n_views`` rectified views.
+    binning : int, optional
+        Volume pixels per view pixel.
+    depth_range : float, optional
+        Axial extent (um) of the reconstructed planes, centred on the focal plane.
+    n_depths : int, optional
+        Number of planes.
+    steps : int, optional
+        SeReNet training steps.
+    rl_iterations : int, optional
+        Richardson-Lucy iterations.
+    channels : int, optional
+        SeReNet network width.
+    gain : float, optional
+        Converts camera counts to photons (counts / gain; 1 when unknown).
+    seed : int, optional
+        Training seed.
+    device : str or torch.device or None, optional
+        Where to compute.
+    progress : bool or None, optional
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        The report: per method the relative residual, the mean NLL-MPG per view pixel and
+        the times.
+
+    Raises
+    ------
+    InputError
+        When ``sample`` is not a raw light field shipped with its dark and radiometry
+        frames.
+
+    Examples
+    --------
+    >>> report = run_real("lf-guv", out="lf-guv-run", steps=200)    # doctest: +SKIP
     """
     from dataclasses import replace as dc_replace
 

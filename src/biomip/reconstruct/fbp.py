@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..core.arrays import as_tensor, check_finite, is_tensor
 from ..core.errors import InputError, ShapeError, describe
 from ..ops.ct import DivergentProjector, ParallelBeam, ParallelProjector
-from ..ops.ct.parallel import _Grid2D
+from ..ops.ct.parallel import Grid2D
 
 FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann", "none")
 
@@ -31,8 +31,26 @@ def _pow2(n: int) -> int:
 def ramp_filter(n: int, filter: str = "ramp", device=None, dtype=torch.float64) -> torch.Tensor:
     """Frequency response (length ``n``, FFT order) of the discrete ramp times a window.
 
+    Parameters
+    ----------
+    n : int
+        Length of the response (the FFT length).
+    filter : {"ramp", "shepp-logan", "cosine", "hamming", "hann", "none"}, optional
+        Window applied to the ramp (default ``"ramp"``: none).
+    device : str or torch.device, optional
+        Device of the result.
+    dtype : torch.dtype, optional
+        Precision of the result (default float64).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n,)`` response in cycles per sample, zero frequency first.
+
+    Examples
+    --------
     >>> ramp_filter(8)[:3]
-    tensor([0.2500, 0.3517, 0.6013], dtype=torch.float64)
+    tensor([0.0497, 0.2453, 0.5000], dtype=torch.float64)
     """
     name = str(filter).lower().replace("_", "-")
     if name not in FILTERS:
@@ -63,7 +81,24 @@ def ramp_filter(n: int, filter: str = "ramp", device=None, dtype=torch.float64) 
 
 def filter_sinogram(sino: torch.Tensor, filter: str = "ramp", det_spacing: float = 1.0,
                     padding: int | None = None) -> torch.Tensor:
-    """Ramp-filter the last axis of ``sino`` (..., n_det); result in 1/mm units."""
+    """Ramp-filter the last axis of ``sino`` (..., n_det); result in 1/mm units.
+
+    Parameters
+    ----------
+    sino : torch.Tensor
+        Sinogram ``(..., n_det)``.
+    filter : {"ramp", "shepp-logan", "cosine", "hamming", "hann", "none"}, optional
+        Window of the ramp (see :func:`ramp_filter`).
+    det_spacing : float, optional
+        Detector bin pitch in mm (default 1).
+    padding : int, optional
+        FFT length (default: the next power of two >= 2 x n_det).
+
+    Returns
+    -------
+    torch.Tensor
+        The filtered sinogram, same shape and dtype.
+    """
     n = sino.shape[-1]
     size = _pow2(2 * n) if padding is None else int(padding)
     if size < n:
@@ -80,7 +115,21 @@ def filter_sinogram(sino: torch.Tensor, filter: str = "ramp", det_spacing: float
 
 @dataclass
 class Reconstruction:
-    """Result of a reconstruction: the image plus what it took to get there."""
+    """Result of a reconstruction: the image plus what it took to get there.
+
+    Parameters
+    ----------
+    image : numpy.ndarray, torch.Tensor or Image
+        The reconstruction, of the kind of the input.
+    method : str
+        Name of the algorithm.
+    history : list of float, optional
+        Per-iteration data residual (or the algorithm's objective).
+    seconds : float, optional
+        Wall time of the reconstruction.
+    params : dict, optional
+        The parameters used.
+    """
 
     image: object
     method: str
@@ -89,6 +138,7 @@ class Reconstruction:
     params: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """Method, time, history and parameters as a JSON-ready dict (no image)."""
         return {"method": self.method, "seconds": self.seconds, "iterations": len(self.history),
                 "history": [float(h) for h in self.history], "params": self.params}
 
@@ -108,17 +158,27 @@ def fbp(sinogram, projector, filter: str = "ramp", padding: int | None = None, a
 
     Parameters
     ----------
-    sinogram : (..., n_views, n_det) numpy / torch (line integrals in image units x mm).
-    projector : the :class:`~biomip.reconstruct.ParallelProjector` describing the scan
-        and the output grid.
-    filter : ``"ramp"``, ``"shepp-logan"``, ``"cosine"``, ``"hamming"``, ``"hann"``.
-    padding : FFT length (default: the next power of two >= 2 x n_det).
-    arc : angular range covered by the (equally spaced) views, default ``pi``; a full
-        turn ``2 pi`` measures every line twice and is weighted so.
-    circle : set pixels outside the inscribed circle to 0 (like ``iradon(circle=True)``).
+    sinogram : numpy.ndarray or torch.Tensor
+        ``(..., n_views, n_det)`` line integrals (image units x mm).
+    projector : ParallelProjector
+        The projector describing the scan and the output grid.
+    filter : {"ramp", "shepp-logan", "cosine", "hamming", "hann"}, optional
+        Window of the ramp filter (default ``"ramp"``).
+    padding : int, optional
+        FFT length (default: the next power of two >= 2 x n_det).
+    arc : float, optional
+        Angular range covered by the (equally spaced) views in radians, default pi; a
+        full turn ``2 pi`` measures every line twice and is weighted so.
+    circle : bool, optional
+        Set pixels outside the inscribed circle to 0 (like ``iradon(circle=True)``).
 
-    Returns the image (same kind as the input) on the projector's grid.
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+        The image (same kind as the input) on the projector's grid.
 
+    Examples
+    --------
     >>> import numpy as np
     >>> from biomip.reconstruct import ParallelBeam, ParallelProjector, fbp
     >>> op = ParallelProjector(ParallelBeam.full(180, 91), (64, 64))
@@ -151,7 +211,7 @@ def fbp(sinogram, projector, filter: str = "ramp", padding: int | None = None, a
         t = torch.nn.functional.pad(t, (before, Dp - D - before))
         off = geo.det_offset + ((Dp - 1) / 2 - before - (D - 1) / 2) * geo.det_spacing
         wide = ParallelBeam(geo.angles, Dp, geo.det_spacing, off, projector.center)
-        projector = ParallelProjector(wide, _Grid2D(projector.image_shape, projector.spacing, projector.origin,
+        projector = ParallelProjector(wide, Grid2D(projector.image_shape, projector.spacing, projector.origin,
                                                     projector.direction), backend=projector.backend)
     q = filter_sinogram(t, filter, geo.det_spacing, padding)
     arc = float(np.pi if arc is None else arc)
@@ -171,6 +231,22 @@ def fdk(projections, projector: DivergentProjector, filter: str = "ramp", paddin
     detector rows in isocentre units, and voxel-driven back-projection with the
     distance weight ``(sod / (sod + s))^2`` (``s``: depth beyond the axis).  Views are
     assumed equally spaced over a full turn.
+
+    Parameters
+    ----------
+    projections : numpy.ndarray or torch.Tensor
+        ``(n_views, [n_rows,] n_cols)`` line integrals.
+    projector : DivergentProjector
+        The fan- or cone-beam projector of the scan (its grid is the output grid).
+    filter : {"ramp", "shepp-logan", "cosine", "hamming", "hann"}, optional
+        Window of the ramp filter.
+    padding : int, optional
+        FFT length of the row filtering (default: the next power of two >= 2 x n_cols).
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+        The image (same kind as the input) on the projector's grid.
     """
     if not isinstance(projector, DivergentProjector):
         raise InputError(f"projector: got {type(projector).__name__}; expected a fan- or cone-beam projector")

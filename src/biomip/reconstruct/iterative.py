@@ -18,15 +18,15 @@ import time
 import numpy as np
 import torch
 
-from ..core.arrays import as_tensor, check_finite, is_tensor
+from ..core.arrays import as_tensor, check_finite, check_number, is_tensor
 from ..core.errors import InputError, ShapeError, describe
-from ..core.progress import progress_enabled
-from .fbp import Reconstruction
+from ..core.progress import progress_bar
 from ..ops.ct import LinearOperator
+from .fbp import Reconstruction
 
 
 # ------------------------------------------------------------------ plumbing
-def _measurement(y, op: LinearOperator) -> torch.Tensor:
+def check_measurement(y, op: LinearOperator) -> torch.Tensor:
     if not isinstance(op, LinearOperator):
         raise InputError(f"projector: got {type(op).__name__}; expected a biomip.reconstruct projector")
     t = as_tensor(y, name="sinogram")
@@ -48,50 +48,39 @@ def _start(x0, op, like: torch.Tensor) -> torch.Tensor:
     return x.clone()
 
 
-def _positive(name, value, allow_zero=False):
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise InputError(f"{name}: got {value!r}; expected a {'non-negative' if allow_zero else 'positive'} number")
-    return float(value)
+def check_positive(name, value, allow_zero=False):
+    """A finite number > 0 (>= 0 with ``allow_zero``) as float, else an InputError."""
+    return check_number(value, name, positive=not allow_zero, nonneg=allow_zero)
 
 
-def _iterations(n):
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise InputError(f"iterations: got {n!r}; expected a positive integer")
-    return int(n)
+def check_iterations(n):
+    """An iteration count >= 1 as int, else an InputError."""
+    return check_number(n, "iterations", integer=True, low=1)
 
 
-class _Loop:
+class IterationLoop:
     """Iteration driver: progress bar, callback, residual history, timing."""
 
     def __init__(self, name, iterations, progress, callback):
         self.name, self.n, self.callback = name, iterations, callback
         self.history: list[float] = []
         self.t0 = time.perf_counter()
-        self.bar = None
-        if progress_enabled(progress):
-            from rich.progress import Progress
-
-            self.bar = Progress(transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task(name, total=iterations)
+        self.bar = progress_bar(name, iterations, progress)
 
     def step(self, k, x, residual) -> bool:
         self.history.append(float(residual))
-        if self.bar is not None:
-            self.bar.advance(self.task)
+        self.bar.advance()
         if self.callback is not None and self.callback(k, x) is True:
             return True
         return False
 
     def done(self, x, like, params) -> Reconstruction:
-        if self.bar is not None:
-            self.bar.stop()
+        self.bar.close()
         img = x if is_tensor(like) else x.detach().cpu().numpy()
         return Reconstruction(img, self.name, self.history, time.perf_counter() - self.t0, params)
 
 
-def _norm(t: torch.Tensor) -> float:
+def norm2(t: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(t))
 
 
@@ -123,7 +112,7 @@ def _sdim(op) -> int:
 
 
 # --------------------------------------------------------- conjugate gradients
-def _cg(apply_normal, rhs, x, iterations, loop, residual_fn, tol):
+def conjugate_gradient(apply_normal, rhs, x, iterations, loop, residual_fn, tol):
     r = rhs - apply_normal(x)
     p = r.clone()
     rr = float((r * r).sum())
@@ -153,13 +142,42 @@ def least_squares(sinogram, projector: LinearOperator, iterations: int = 30, reg
     differences: smoothness).  ``reg = 0`` is plain least squares (CGLS-like; stop
     early, the iteration count regularises).
 
+    Parameters
+    ----------
+    sinogram : numpy.ndarray, torch.Tensor or Image
+        Measured line integrals ``(..., n_views, n_det)`` (or projections).
+    projector : LinearOperator
+        The forward model (a CT projector); its grid is the output grid.
+    iterations : int, optional
+        Number of iterations (default 30).
+    reg : float, optional
+        Tikhonov weight (0: plain least squares).
+    operator : {"identity", "gradient"}, optional
+        Regularisation operator L: ridge or finite differences (smoothness).
+    x0 : numpy.ndarray or torch.Tensor, optional
+        Starting image (default zeros).
+    tol : float, optional
+        Stop when the relative residual of the normal equations falls below `tol`.
+    callback : callable, optional
+        ``callback(k, x)`` after every iteration; returning True stops.
+    progress : bool, optional
+        Show a progress bar.
+
+    Returns
+    -------
+    Reconstruction
+        ``.image`` (the kind of `sinogram`), ``.history`` of the data residual,
+        ``.seconds``, ``.params``.
+
+    Examples
+    --------
     >>> rec = least_squares(sino, op, iterations=20, reg=0.1, operator="gradient")   # doctest: +SKIP
     """
-    y = _measurement(sinogram, projector)
-    reg = _positive("reg", reg, allow_zero=True)
+    y = check_measurement(sinogram, projector)
+    reg = check_positive("reg", reg, allow_zero=True)
     if operator not in ("identity", "gradient"):
         raise InputError(f"operator: got {operator!r}; expected 'identity' or 'gradient'")
-    its = _iterations(iterations)
+    its = check_iterations(iterations)
     sd = _sdim(projector)
     x = _start(x0, projector, y)
 
@@ -170,8 +188,8 @@ def least_squares(sinogram, projector: LinearOperator, iterations: int = 30, reg
         return out
 
     rhs = projector._apply(y[None], True)[0]
-    loop = _Loop("least squares (CG)", its, progress, callback)
-    x = _cg(normal, rhs, x, its, loop, lambda v: _norm(projector._apply(v[None], False)[0] - y), tol)
+    loop = IterationLoop("least squares (CG)", its, progress, callback)
+    x = conjugate_gradient(normal, rhs, x, its, loop, lambda v: norm2(projector._apply(v[None], False)[0] - y), tol)
     return loop.done(x, sinogram, {"iterations": its, "reg": reg, "operator": operator})
 
 
@@ -185,12 +203,41 @@ def map_gaussian(sinogram, projector: LinearOperator, noise_sigma: float, prior_
     The prior precision is ``C^-1 = (I + correlation^2 G^T G) / prior_sigma^2`` (G:
     finite differences): ``correlation = 0`` is independent pixels (ridge), larger
     values a smoother prior (correlation length in pixels).
+
+    Parameters
+    ----------
+    sinogram : numpy.ndarray, torch.Tensor or Image
+        Measured line integrals ``(..., n_views, n_det)`` (or projections).
+    projector : LinearOperator
+        The forward model (a CT projector); its grid is the output grid.
+    noise_sigma : float
+        Standard deviation ``sigma`` of the Gaussian measurement noise.
+    prior_sigma : float
+        Standard deviation of the Gaussian prior per pixel.
+    correlation : float, optional
+        Correlation length of the prior in pixels (0: independent pixels).
+    prior_mean : numpy.ndarray or torch.Tensor, optional
+        Prior mean ``m`` (default zeros).
+    iterations : int, optional
+        Number of iterations (default 50).
+    tol : float, optional
+        Stop when the relative CG residual falls below `tol`.
+    callback : callable, optional
+        ``callback(k, x)`` after every iteration; returning True stops.
+    progress : bool, optional
+        Show a progress bar.
+
+    Returns
+    -------
+    Reconstruction
+        ``.image`` (the kind of `sinogram`), ``.history`` of the data residual,
+        ``.seconds``, ``.params``.
     """
-    y = _measurement(sinogram, projector)
-    s2 = _positive("noise_sigma", noise_sigma) ** 2
-    p2 = _positive("prior_sigma", prior_sigma) ** 2
-    ell2 = _positive("correlation", correlation, allow_zero=True) ** 2
-    its = _iterations(iterations)
+    y = check_measurement(sinogram, projector)
+    s2 = check_positive("noise_sigma", noise_sigma) ** 2
+    p2 = check_positive("prior_sigma", prior_sigma) ** 2
+    ell2 = check_positive("correlation", correlation, allow_zero=True) ** 2
+    its = check_iterations(iterations)
     sd = _sdim(projector)
     m = torch.zeros(projector.in_shape, dtype=y.dtype, device=y.device) if prior_mean is None else _start(prior_mean, projector, y)
 
@@ -204,8 +251,8 @@ def map_gaussian(sinogram, projector: LinearOperator, noise_sigma: float, prior_
         return projector._apply(projector._apply(v[None], False), True)[0] + s2 * cinv(v)
 
     rhs = projector._apply(y[None], True)[0] + s2 * cinv(m)
-    loop = _Loop("MAP (Gaussian prior, CG)", its, progress, callback)
-    x = _cg(normal, rhs, m.clone(), its, loop, lambda v: _norm(projector._apply(v[None], False)[0] - y), tol)
+    loop = IterationLoop("MAP (Gaussian prior, CG)", its, progress, callback)
+    x = conjugate_gradient(normal, rhs, m.clone(), its, loop, lambda v: norm2(projector._apply(v[None], False)[0] - y), tol)
     return loop.done(x, sinogram, {"noise_sigma": noise_sigma, "prior_sigma": prior_sigma,
                                    "correlation": correlation, "iterations": its})
 
@@ -261,10 +308,39 @@ def sart(sinogram, projector: LinearOperator, iterations: int = 5, subsets: int 
     set-up instead of one per subset, slightly slower convergence per iteration).
     ``history`` holds the residual met during each sweep (every subset's residual just
     before its update), which costs no extra projection.
+
+    Parameters
+    ----------
+    sinogram : numpy.ndarray, torch.Tensor or Image
+        Measured line integrals ``(..., n_views, n_det)`` (or projections).
+    projector : LinearOperator
+        The forward model (a CT projector); its grid is the output grid.
+    iterations : int, optional
+        Number of iterations (default 5).
+    subsets : int, optional
+        Number of ordered subsets (default: one view per subset, classic SART; 1: SIRT).
+    relaxation : float, optional
+        Step scale (default 1).
+    nonnegative : bool, optional
+        Clip negative values after every update.
+    weights : {"subset", "global"}, optional
+        Column-sum weights per subset (default) or from all views.
+    x0 : numpy.ndarray or torch.Tensor, optional
+        Starting image (default zeros).
+    callback : callable, optional
+        ``callback(k, x)`` after every iteration; returning True stops.
+    progress : bool, optional
+        Show a progress bar.
+
+    Returns
+    -------
+    Reconstruction
+        ``.image`` (the kind of `sinogram`), ``.history`` of the data residual,
+        ``.seconds``, ``.params``.
     """
-    y = _measurement(sinogram, projector)
-    its = _iterations(iterations)
-    lam = _positive("relaxation", relaxation)
+    y = check_measurement(sinogram, projector)
+    its = check_iterations(iterations)
+    lam = check_positive("relaxation", relaxation)
     if lam >= 2:
         raise InputError(f"relaxation: got {relaxation}; expected a value in (0, 2) for convergence")
     geo = getattr(projector, "geometry", None)
@@ -296,7 +372,7 @@ def sart(sinogram, projector: LinearOperator, iterations: int = 5, subsets: int 
         norms.append((rinv, cinv))
     weights_ = norms
     x = _start(x0, projector, y)
-    loop = _Loop("SART" if subsets > 1 else "SIRT", its, progress, callback)
+    loop = IterationLoop("SART" if subsets > 1 else "SIRT", its, progress, callback)
     for k in range(its):
         seen = 0.0   # residual met during the sweep (each subset's, before its update): no extra projection
         for o, ys_, (rinv, cinv) in zip(ops, ys, weights_):
@@ -313,7 +389,33 @@ def sart(sinogram, projector: LinearOperator, iterations: int = 5, subsets: int 
 
 def sirt(sinogram, projector: LinearOperator, iterations: int = 50, relaxation: float = 1.0,
          nonnegative: bool = True, x0=None, callback=None, progress=None):
-    """SIRT: :func:`sart` with a single subset (all views at once)."""
+    """SIRT: :func:`sart` with a single subset (all views at once).
+
+    Parameters
+    ----------
+    sinogram : numpy.ndarray, torch.Tensor or Image
+        Measured line integrals ``(..., n_views, n_det)`` (or projections).
+    projector : LinearOperator
+        The forward model (a CT projector); its grid is the output grid.
+    iterations : int, optional
+        Number of iterations (default 50).
+    relaxation : float, optional
+        Step scale (default 1).
+    nonnegative : bool, optional
+        Clip negative values after every update.
+    x0 : numpy.ndarray or torch.Tensor, optional
+        Starting image (default zeros).
+    callback : callable, optional
+        ``callback(k, x)`` after every iteration; returning True stops.
+    progress : bool, optional
+        Show a progress bar.
+
+    Returns
+    -------
+    Reconstruction
+        ``.image`` (the kind of `sinogram`), ``.history`` of the data residual,
+        ``.seconds``, ``.params``.
+    """
     rec = sart(sinogram, projector, iterations, subsets=1, relaxation=relaxation, nonnegative=nonnegative,
                x0=x0, callback=callback, progress=progress)
     rec.method = "SIRT"
@@ -323,19 +425,45 @@ def sirt(sinogram, projector: LinearOperator, iterations: int = 50, relaxation: 
 def landweber(sinogram, projector: LinearOperator, iterations: int = 50, relaxation: float = 1.0,
               nonnegative: bool = False, x0=None, callback=None, progress=None):
     """Landweber iteration ``x += relaxation / ||A||^2 A^T (y - A x)`` (gradient descent
-    on the least-squares data term with the largest safe fixed step)."""
-    y = _measurement(sinogram, projector)
-    its = _iterations(iterations)
-    lam = _positive("relaxation", relaxation)
+    on the least-squares data term with the largest safe fixed step).
+
+    Parameters
+    ----------
+    sinogram : numpy.ndarray, torch.Tensor or Image
+        Measured line integrals ``(..., n_views, n_det)`` (or projections).
+    projector : LinearOperator
+        The forward model (a CT projector); its grid is the output grid.
+    iterations : int, optional
+        Number of iterations (default 50).
+    relaxation : float, optional
+        Step scale (default 1).
+    nonnegative : bool, optional
+        Clip negative values after every update (default False).
+    x0 : numpy.ndarray or torch.Tensor, optional
+        Starting image (default zeros).
+    callback : callable, optional
+        ``callback(k, x)`` after every iteration; returning True stops.
+    progress : bool, optional
+        Show a progress bar.
+
+    Returns
+    -------
+    Reconstruction
+        ``.image`` (the kind of `sinogram`), ``.history`` of the data residual,
+        ``.seconds``, ``.params``.
+    """
+    y = check_measurement(sinogram, projector)
+    its = check_iterations(iterations)
+    lam = check_positive("relaxation", relaxation)
     step = lam / projector.norm(device=y.device) ** 2
     x = _start(x0, projector, y)
-    loop = _Loop("Landweber", its, progress, callback)
+    loop = IterationLoop("Landweber", its, progress, callback)
     for k in range(its):
         r = y - projector._apply(x[None], False)[0]
         x = x + step * projector._apply(r[None], True)[0]
         if nonnegative:
             x = x.clamp_min(0)
-        if loop.step(k, x, _norm(r)):
+        if loop.step(k, x, norm2(r)):
             break
     return loop.done(x, sinogram, {"iterations": its, "relaxation": lam})
 
@@ -349,12 +477,39 @@ def richardson_lucy(measurement, projector: LinearOperator, iterations: int = 30
     known additive term.  Starts from a flat image of the right mean unless ``x0``.
     The history holds ``||A x - y||`` (before each update).
 
+    Parameters
+    ----------
+    measurement : numpy.ndarray or torch.Tensor
+        Non-negative photon-like data.
+    projector : LinearOperator
+        Non-negative forward model (a CT or light-field projector).
+    iterations : int, optional
+        Number of iterations (default 30).
+    background : float, optional
+        Known additive background ``b``.
+    x0 : numpy.ndarray or torch.Tensor, optional
+        Positive starting image (default flat, of the right mean).
+    eps : float, optional
+        Floor of the denominators.
+    callback : callable, optional
+        ``callback(k, x)`` after every iteration; returning True stops.
+    progress : bool, optional
+        Show a progress bar.
+
+    Returns
+    -------
+    Reconstruction
+        ``.image`` (the kind of `measurement`), ``.history`` of ``||A x - y||``,
+        ``.seconds``, ``.params``.
+
+    Examples
+    --------
     >>> rec = richardson_lucy(counts, projector, iterations=30)          # doctest: +SKIP
     """
-    y = _measurement(measurement, projector)
-    its = _iterations(iterations)
-    b = _positive("background", background, allow_zero=True)
-    e = _positive("eps", eps)
+    y = check_measurement(measurement, projector)
+    its = check_iterations(iterations)
+    b = check_positive("background", background, allow_zero=True)
+    e = check_positive("eps", eps)
     y = y.clamp_min(0)
     ones = torch.ones(projector.out_shape, dtype=y.dtype, device=y.device)
     sens = projector._apply(ones[None], True)[0].clamp_min(e)
@@ -364,10 +519,10 @@ def richardson_lucy(measurement, projector: LinearOperator, iterations: int = 30
         x = torch.full(projector.in_shape, max(total, e) / max(mass, e), dtype=y.dtype, device=y.device)
     else:
         x = _start(x0, projector, y).clamp_min(0)
-    loop = _Loop("Richardson-Lucy", its, progress, callback)
+    loop = IterationLoop("Richardson-Lucy", its, progress, callback)
     for k in range(its):
         ax = projector._apply(x[None], False)[0]
-        r = _norm(ax - y)
+        r = norm2(ax - y)
         x = x * projector._apply((y / (ax + b).clamp_min(e))[None], True)[0] / sens
         if loop.step(k, x, r):
             break
@@ -402,7 +557,7 @@ def _fista(y, projector, prox, its, x0, nonnegative, loop, step_scale=1.0):
         t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
         z = x_new + ((t - 1) / t_new) * (x_new - x)
         x, t = x_new, t_new
-        if loop.step(k, x, _norm(projector._apply(x[None], False)[0] - y)):
+        if loop.step(k, x, norm2(projector._apply(x[None], False)[0] - y)):
             break
     return x
 
@@ -414,13 +569,42 @@ def fista_tv(sinogram, projector: LinearOperator, lam: float, iterations: int = 
     Chambolle's dual projection.  The strength of choice for sparse views and limited
     angles.
 
+    Parameters
+    ----------
+    sinogram : numpy.ndarray, torch.Tensor or Image
+        Measured line integrals ``(..., n_views, n_det)`` (or projections).
+    projector : LinearOperator
+        The forward model (a CT projector); its grid is the output grid.
+    lam : float
+        Weight of the total variation.
+    iterations : int, optional
+        Number of iterations (default 100).
+    nonnegative : bool, optional
+        Clip negative values after every update.
+    tv_iterations : int, optional
+        Iterations of the TV proximal step (Chambolle) per FISTA step (default 20).
+    x0 : numpy.ndarray or torch.Tensor, optional
+        Starting image (default zeros).
+    callback : callable, optional
+        ``callback(k, x)`` after every iteration; returning True stops.
+    progress : bool, optional
+        Show a progress bar.
+
+    Returns
+    -------
+    Reconstruction
+        ``.image`` (the kind of `sinogram`), ``.history`` of the data residual,
+        ``.seconds``, ``.params``.
+
+    Examples
+    --------
     >>> rec = fista_tv(sino, op, lam=0.002, iterations=100)          # doctest: +SKIP
     """
-    y = _measurement(sinogram, projector)
-    lam = _positive("lam", lam, allow_zero=True)
-    its = _iterations(iterations)
+    y = check_measurement(sinogram, projector)
+    lam = check_positive("lam", lam, allow_zero=True)
+    its = check_iterations(iterations)
     sd = _sdim(projector)
-    loop = _Loop("FISTA-TV", its, progress, callback)
+    loop = IterationLoop("FISTA-TV", its, progress, callback)
     x = _fista(y, projector, lambda v, s: _prox_tv(v, lam * s, sd, tv_iterations), its, x0, nonnegative, loop)
     return loop.done(x, sinogram, {"lam": lam, "iterations": its, "tv_iterations": tv_iterations})
 
@@ -430,12 +614,44 @@ def fista_l1(sinogram, projector: LinearOperator, lam: float, basis: str = "wave
              callback=None, progress=None):
     """Compressed-sensing reconstruction: ``1/2 ||A x - y||^2 + lam ||W x||_1`` with W an
     orthonormal wavelet (PyWavelets names, e.g. ``"haar"``, ``"db4"``) or DCT basis,
-    solved by FISTA with soft thresholding of the coefficients (book 8.1.4)."""
+    solved by FISTA with soft thresholding of the coefficients (book 8.1.4).
+
+    Parameters
+    ----------
+    sinogram : numpy.ndarray, torch.Tensor or Image
+        Measured line integrals ``(..., n_views, n_det)`` (or projections).
+    projector : LinearOperator
+        The forward model (a CT projector); its grid is the output grid.
+    lam : float
+        Weight of the L1 norm of the coefficients.
+    basis : {"wavelet", "dct"}, optional
+        Sparsifying orthonormal basis.
+    wavelet : str, optional
+        PyWavelets name of the wavelet (default ``"db4"``).
+    levels : int, optional
+        Wavelet levels (default: PyWavelets' maximum).
+    iterations : int, optional
+        Number of iterations (default 100).
+    nonnegative : bool, optional
+        Clip negative values after every update.
+    x0 : numpy.ndarray or torch.Tensor, optional
+        Starting image (default zeros).
+    callback : callable, optional
+        ``callback(k, x)`` after every iteration; returning True stops.
+    progress : bool, optional
+        Show a progress bar.
+
+    Returns
+    -------
+    Reconstruction
+        ``.image`` (the kind of `sinogram`), ``.history`` of the data residual,
+        ``.seconds``, ``.params``.
+    """
     from .transforms import soft_threshold, wavelet_pair
 
-    y = _measurement(sinogram, projector)
-    lam = _positive("lam", lam, allow_zero=True)
-    its = _iterations(iterations)
+    y = check_measurement(sinogram, projector)
+    lam = check_positive("lam", lam, allow_zero=True)
+    its = check_iterations(iterations)
     sd = _sdim(projector)
     if basis == "dct":
         from .transforms import dct_nd, idct_nd
@@ -445,7 +661,7 @@ def fista_l1(sinogram, projector: LinearOperator, lam: float, basis: str = "wave
         fwd, inv = wavelet_pair(projector.in_shape, wavelet, levels, sd)
     else:
         raise InputError(f"basis: got {basis!r}; expected 'wavelet' or 'dct'")
-    loop = _Loop(f"FISTA-L1 ({basis})", its, progress, callback)
+    loop = IterationLoop(f"FISTA-L1 ({basis})", its, progress, callback)
     x = _fista(y, projector, lambda v, s: inv(soft_threshold(fwd(v), lam * s)), its, x0, nonnegative, loop)
     return loop.done(x, sinogram, {"lam": lam, "basis": basis, "wavelet": wavelet if basis == "wavelet" else None,
                                    "iterations": its})

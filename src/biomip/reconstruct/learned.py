@@ -22,8 +22,17 @@ from torch import nn
 
 from ..core.config import get_device
 from ..core.errors import InputError
+from ..core.rng import seeded
 from ..ops.ct import LinearOperator
-from .iterative import _Loop, _cg, _iterations, _measurement, _norm, _positive, sart
+from .iterative import (
+    IterationLoop,
+    check_iterations,
+    check_measurement,
+    check_positive,
+    conjugate_gradient,
+    norm2,
+    sart,
+)
 
 
 # ----------------------------------------------------------- dictionary learning
@@ -49,7 +58,28 @@ def _fold(patches: torch.Tensor, meta, p: int, stride: int) -> torch.Tensor:
 def learn_dictionary(images, patch_size: int = 8, n_atoms: int = 128, alpha: float = 0.5, max_patches: int = 20000,
                      seed: int = 0) -> np.ndarray:
     """Learn a patch dictionary (``n_atoms x patch_size^2``, unit-norm atoms) from 2-D
-    image(s) with scikit-learn's MiniBatchDictionaryLearning on mean-removed patches."""
+    image(s) with scikit-learn's MiniBatchDictionaryLearning on mean-removed patches.
+
+    Parameters
+    ----------
+    images : array_like or sequence of array_like
+        One or several 2-D training images.
+    patch_size : int, optional
+        Patch side in pixels (default 8).
+    n_atoms : int, optional
+        Number of atoms (default 128).
+    alpha : float, optional
+        Sparsity weight of the dictionary learning.
+    max_patches : int, optional
+        Patches drawn at most (randomly) for training.
+    seed : int, optional
+        Seed of the patch draw and of the learning.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_atoms, patch_size**2)`` unit-norm atoms.
+    """
     from sklearn.decomposition import MiniBatchDictionaryLearning
 
     t = torch.as_tensor(np.asarray(images, dtype=np.float64))
@@ -81,12 +111,50 @@ def dictionary_reconstruction(sinogram, projector: LinearOperator, dictionary=No
     ``(A^T A + mu ||A||^2 I) x = A^T y + mu ||A||^2 z`` by ``inner`` CG steps (``mu`` is
     relative, so the same value suits any scanner).  2-D images (or stacks of slices,
     coded slice by slice).
+
+    Parameters
+    ----------
+    sinogram : numpy.ndarray, torch.Tensor or Image
+        Measured line integrals ``(..., n_views, n_det)``.
+    projector : LinearOperator
+        The forward model; its grid is the output grid.
+    dictionary : numpy.ndarray, optional
+        ``(n_atoms, patch_size**2)`` atoms (default: learned, see :func:`learn_dictionary`).
+    training_image : array_like, optional
+        Image to learn the dictionary from (default: the SART start).
+    patch_size : int, optional
+        Patch side in pixels.
+    n_atoms : int, optional
+        Atoms of a learned dictionary.
+    sparsity : int, optional
+        Atoms per patch in the sparse coding (OMP).
+    mu : float, optional
+        Relative weight of the patch prior.
+    outer : int, optional
+        Sparse-coding / CG rounds.
+    inner : int, optional
+        CG steps per round.
+    stride : int, optional
+        Step between overlapping patches, in pixels.
+    seed : int, optional
+        Seed of the dictionary learning.
+    x0 : numpy.ndarray or torch.Tensor, optional
+        Starting image (default a SART reconstruction).
+    callback : callable, optional
+        ``callback(k, x)`` after every outer round; returning True stops.
+    progress : bool, optional
+        Show a progress bar.
+
+    Returns
+    -------
+    Reconstruction
+        ``.image``, ``.history``, ``.seconds``, ``.params``.
     """
     from sklearn.linear_model import orthogonal_mp_gram
 
-    y = _measurement(sinogram, projector)
-    mu = _positive("mu", mu)
-    outer = _iterations(outer)
+    y = check_measurement(sinogram, projector)
+    mu = check_positive("mu", mu)
+    outer = check_iterations(outer)
     if len(projector.in_shape) not in (2, 3) or getattr(projector, "volume_3d", False):
         raise InputError("projector: dictionary reconstruction codes 2-D patches; use a 2-D (or slice-stack) projector")
     x = sart(y, projector, iterations=3).image if x0 is None else torch.as_tensor(np.asarray(x0), dtype=y.dtype)
@@ -100,7 +168,7 @@ def dictionary_reconstruction(sinogram, projector: LinearOperator, dictionary=No
     D = D / np.maximum(np.linalg.norm(D, axis=1, keepdims=True), 1e-12)
     gram = D @ D.T
     Dt = torch.as_tensor(D, dtype=y.dtype, device=y.device)
-    loop = _Loop("dictionary learning", outer, progress, callback)
+    loop = IterationLoop("dictionary learning", outer, progress, callback)
     rhs0 = projector._apply(y[None], True)[0]
 
     mu_abs = mu * projector.norm(device=y.device) ** 2     # mu is relative to ||A||^2
@@ -123,9 +191,9 @@ def dictionary_reconstruction(sinogram, projector: LinearOperator, dictionary=No
             codes[busy] = np.asarray(c).reshape(D.shape[0], -1).T
         approx = torch.as_tensor(codes, dtype=y.dtype, device=y.device) @ Dt + means
         z = _fold(approx, meta, patch_size, stride).reshape(x.shape)
-        sub = _Loop("cg", inner, False, None)
-        x = _cg(normal, rhs0 + mu_abs * z, z.clone(), inner, sub, lambda v: 0.0, 1e-8)
-        if loop.step(k, x, _norm(projector._apply(x[None], False)[0] - y)):
+        sub = IterationLoop("cg", inner, False, None)
+        x = conjugate_gradient(normal, rhs0 + mu_abs * z, z.clone(), inner, sub, lambda v: 0.0, 1e-8)
+        if loop.step(k, x, norm2(projector._apply(x[None], False)[0] - y)):
             break
     return loop.done(x, sinogram, {"patch_size": patch_size, "n_atoms": int(D.shape[0]), "sparsity": sparsity,
                                    "mu": mu, "outer": outer, "inner": inner})
@@ -133,7 +201,19 @@ def dictionary_reconstruction(sinogram, projector: LinearOperator, dictionary=No
 
 # -------------------------------------------------------- implicit neural fields
 class FourierFeatures(nn.Module):
-    """Random Fourier features ``[sin(2 pi B x), cos(2 pi B x)]`` (Tancik et al. 2020)."""
+    """Random Fourier features ``[sin(2 pi B x), cos(2 pi B x)]`` (Tancik et al. 2020).
+
+    Parameters
+    ----------
+    d : int
+        Input dimension (2 or 3 coordinates).
+    n_features : int, optional
+        Number of random frequencies (the output has ``2 n_features`` channels).
+    scale : float, optional
+        Standard deviation of the frequencies ``B``.
+    seed : int, optional
+        Seed of ``B``.
+    """
 
     def __init__(self, d: int, n_features: int = 128, scale: float = 10.0, seed: int = 0):
         super().__init__()
@@ -142,6 +222,18 @@ class FourierFeatures(nn.Module):
         self.out_dim = 2 * n_features
 
     def forward(self, x):
+        """Encode coordinates.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(N, d)`` coordinates in ``[-1, 1]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N, 2 n_features)`` features.
+        """
         proj = 2 * math.pi * x @ self.B
         return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
 
@@ -149,7 +241,25 @@ class FourierFeatures(nn.Module):
 class HashGrid(nn.Module):
     """Multiresolution hash encoding (Mueller et al. 2022, Instant-NGP) in plain torch:
     ``levels`` grids from ``base`` to ``finest`` cells per axis, ``2^log2_size`` entries
-    per level (dense when the grid fits), ``features`` per entry, (bi/tri)linear lookup."""
+    per level (dense when the grid fits), ``features`` per entry, (bi/tri)linear lookup.
+
+    Parameters
+    ----------
+    d : int
+        Input dimension (2 or 3 coordinates).
+    levels : int, optional
+        Number of resolution levels.
+    features : int, optional
+        Features per table entry.
+    log2_size : int, optional
+        Log2 of the table size per level.
+    base : int, optional
+        Cells per axis of the coarsest level.
+    finest : int, optional
+        Cells per axis of the finest level.
+    seed : int, optional
+        Seed of the table initialisation.
+    """
 
     PRIMES = (1, 2654435761, 805459861)
 
@@ -165,6 +275,18 @@ class HashGrid(nn.Module):
         self.out_dim = levels * features
 
     def forward(self, x):                      # x in [-1, 1]^d, shape (N, d)
+        """Encode coordinates.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(N, d)`` coordinates in ``[-1, 1]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N, levels * features)`` features.
+        """
         u = (x + 1) / 2
         outs = []
         offsets = torch.tensor(list(np.ndindex(*([2] * self.d))), device=x.device)   # (2^d, d)
@@ -189,25 +311,53 @@ class HashGrid(nn.Module):
 
 
 class NeuralField(nn.Module):
-    """Coordinate network: encoding -> MLP -> softplus (non-negative attenuation)."""
+    """Coordinate network: encoding -> MLP -> softplus (non-negative attenuation).
+
+    Parameters
+    ----------
+    d : int
+        Input dimension (2 or 3 coordinates).
+    encoding : {"fourier", "hashgrid"}, optional
+        Coordinate encoding (:class:`FourierFeatures` or :class:`HashGrid`).
+    width : int, optional
+        Hidden width of the MLP.
+    depth : int, optional
+        Hidden layers of the MLP.
+    seed : int, optional
+        Seed of the initialisation.
+    **enc_kw
+        Arguments of the encoding.
+    """
 
     def __init__(self, d: int, encoding: str = "fourier", width: int = 128, depth: int = 3, seed: int = 0, **enc_kw):
         super().__init__()
-        torch.manual_seed(seed)
-        if encoding == "fourier":
-            self.encoding = FourierFeatures(d, seed=seed, **enc_kw)
-        elif encoding == "hashgrid":
-            self.encoding = HashGrid(d, seed=seed, **enc_kw)
-        else:
-            raise InputError(f"encoding: got {encoding!r}; expected 'fourier' or 'hashgrid'")
-        layers, n_in = [], self.encoding.out_dim
-        for _ in range(depth):
-            layers += [nn.Linear(n_in, width), nn.ReLU()]
-            n_in = width
-        layers.append(nn.Linear(n_in, 1))
-        self.mlp = nn.Sequential(*layers)
+        with seeded(seed):
+            if encoding == "fourier":
+                self.encoding = FourierFeatures(d, seed=seed, **enc_kw)
+            elif encoding == "hashgrid":
+                self.encoding = HashGrid(d, seed=seed, **enc_kw)
+            else:
+                raise InputError(f"encoding: got {encoding!r}; expected 'fourier' or 'hashgrid'")
+            layers, n_in = [], self.encoding.out_dim
+            for _ in range(depth):
+                layers += [nn.Linear(n_in, width), nn.ReLU()]
+                n_in = width
+            layers.append(nn.Linear(n_in, 1))
+            self.mlp = nn.Sequential(*layers)
 
     def forward(self, coords):
+        """Evaluate the field.
+
+        Parameters
+        ----------
+        coords : torch.Tensor
+            ``(N, d)`` coordinates in ``[-1, 1]``, x first.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N,)`` non-negative values.
+        """
         return F.softplus(self.mlp(self.encoding(coords)))[..., 0]
 
 
@@ -227,15 +377,51 @@ def inr_reconstruction(sinogram, projector: LinearOperator, encoding: str = "fou
     ``f_theta`` is a :class:`NeuralField` evaluated on the projector's image grid;
     ``views_per_step`` uses a random subset of views per step (projectors with
     ``subset``).  The field is warm-started on ``warm_start`` SART sweeps
-    (``pre_steps`` Adam steps), which also fixes its intensity scale ``amp``.  Returns a
-    :class:`Reconstruction` whose ``params["model"]`` is the trained field and
-    ``params["amp"]`` its scale (query ``amp * model(coords)`` at any resolution with
-    coordinates in ``[-1, 1]``, x first).
+    (``pre_steps`` Adam steps), which also fixes its intensity scale ``amp``.
+
+    Parameters
+    ----------
+    sinogram : numpy.ndarray, torch.Tensor or Image
+        Measured line integrals (or cone-beam projections).
+    projector : LinearOperator
+        The forward model; its grid is where the field is evaluated.
+    encoding : {"fourier", "hashgrid"}, optional
+        Coordinate encoding of the :class:`NeuralField`.
+    iterations : int, optional
+        Adam steps.
+    lr : float, optional
+        Learning rate (default by encoding).
+    views_per_step : int, optional
+        Random subset of views per step (default all).
+    tv : float, optional
+        Weight of a total-variation term.
+    width, depth : int, optional
+        MLP width and hidden layers.
+    seed : int, optional
+        Seed of the initialisation and of the view draws.
+    warm_start : int, optional
+        SART sweeps of the warm start (0: none).
+    pre_steps : int, optional
+        Adam steps fitting the warm start.
+    device : str or torch.device, optional
+        Where to train (default: the projector's input device / ``biomip.config``).
+    callback : callable, optional
+        ``callback(k, x)`` every iteration; returning True stops.
+    progress : bool, optional
+        Show a progress bar.
+    **encoding_kw
+        Arguments of the encoding.
+
+    Returns
+    -------
+    Reconstruction
+        ``.image`` on the projector's grid; ``params["model"]`` the trained field and
+        ``params["amp"]`` its scale.
     """
     from .iterative import gradient_op
 
-    y = _measurement(sinogram, projector)
-    its = _iterations(iterations)
+    y = check_measurement(sinogram, projector)
+    its = check_iterations(iterations)
     dev = get_device(device) if device is not None else y.device
     y = y.to(dev, torch.float32)
     d = len(projector.in_shape) if getattr(projector, "volume_3d", False) or len(projector.in_shape) == 2 else None
@@ -263,7 +449,7 @@ def inr_reconstruction(sinogram, projector: LinearOperator, encoding: str = "fou
     n_views = y.shape[0]
     gen = torch.Generator().manual_seed(seed)
     subsets = views_per_step is not None and views_per_step < n_views and hasattr(projector, "subset")
-    loop = _Loop(f"INR ({encoding})", its, progress, callback)
+    loop = IterationLoop(f"INR ({encoding})", its, progress, callback)
     for k in range(its):
         img = amp * model(coords).reshape(projector.in_shape)
         if subsets:

@@ -68,17 +68,27 @@ MIN_PERIOD = 3.0   # px; below this a lenslet holds too few pixels to split into
 class LensletGrid:
     """Lenslet lattice on the camera, in pixels.
 
-    period_y, period_x : distance between neighbouring lenslet centres along the
+    Parameters
+    ----------
+    period_y, period_x : float
+        Distance between neighbouring lenslet centres along the
         lattice's y and x axes (px).
-    rotation_deg : angle of the lattice's x axis from the camera's x axis (degrees,
-        positive towards +y); the y axis is measured the same way (``shear_deg`` is the
-        departure of the two axes from perpendicular, ~0 for a real array).
-    centre : ``(y, x)`` of the lenslet centre closest to the image centre (px).
-    shape : ``(H, W)`` of the frame the grid was measured on (informational).
-    contrast : strength of the lattice in that frame (fundamental Fourier amplitude over
+    rotation_deg : float
+        Angle of the lattice's x axis from the camera's x axis (degrees,
+        positive towards +y); the y axis is measured the same way.
+    shear_deg : float, optional
+        Departure of the two axes from perpendicular (degrees, ~0 for a real array).
+    centre : tuple of float
+        ``(y, x)`` of the lenslet centre closest to the image centre (px).
+    shape : tuple of int, optional
+        ``(H, W)`` of the frame the grid was measured on (informational).
+    contrast : float, optional
+        Strength of the lattice in that frame (fundamental Fourier amplitude over
         the total high-passed signal): ~0.5 on a radiometry frame, lower when the sample
         dominates (informational).
 
+    Examples
+    --------
     >>> g = LensletGrid(period_y=15.4, period_x=15.4, rotation_deg=0.0, centre=(210.0, 224.6))
     >>> g.centre_of(1, 2).round(1).tolist()
     [225.4, 255.4]
@@ -126,7 +136,18 @@ class LensletGrid:
 
     def centre_of(self, i, j) -> np.ndarray:
         """``(..., 2)`` centres (y, x) of lenslets ``(i, j)`` counted from :attr:`centre`
-        (``i`` along the lattice's y axis, ``j`` along x)."""
+        (``i`` along the lattice's y axis, ``j`` along x).
+
+        Parameters
+        ----------
+        i, j : array_like of int
+            Lenslet indices along the lattice's y and x axes (broadcast together).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(..., 2)`` centres (y, x) in px.
+        """
         i = np.asarray(i, dtype=float)[..., None]
         j = np.asarray(j, dtype=float)[..., None]
         return np.asarray(self.centre) + i * self.period_y * self.axis_y + j * self.period_x * self.axis_x
@@ -134,7 +155,20 @@ class LensletGrid:
     def lenslets(self, shape, radius: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Index ranges ``(i, j)`` of the largest block of lenslets whose discs of
         ``radius`` px (default half the mean period) lie fully inside a frame of
-        ``shape``; ``centre_of(i[:, None], j[None, :])`` are their centres."""
+        ``shape``; ``centre_of(i[:, None], j[None, :])`` are their centres.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            ``(H, W)`` of the frame.
+        radius : float, optional
+            Disc radius in px (default half the mean period).
+
+        Returns
+        -------
+        i, j : numpy.ndarray
+            Index ranges along the lattice's y and x axes.
+        """
         h, w = (int(s) for s in shape)
         r = 0.5 * self.period if radius is None else float(radius)
         m = r + 0.5   # centre within [r, size - 1 - r] along both camera axes
@@ -165,6 +199,7 @@ class LensletGrid:
         return ii[r0:r1 + 1, 0], jj[0, c0:c1 + 1]
 
     def to_dict(self) -> dict:
+        """The lattice as a JSON-ready dict."""
         d = asdict(self)
         d["centre"] = [float(v) for v in self.centre]
         d["shape"] = list(self.shape) if self.shape is not None else None
@@ -259,15 +294,27 @@ def _peaks(power: np.ndarray, fy: np.ndarray, fx: np.ndarray, kmin: float, kmax:
 def lenslet_grid(image, period_hint: float | None = None, *, refine: bool = True) -> LensletGrid:
     """Measure the lenslet lattice of a raw light-field frame.
 
-    image : 2-D raw frame (a radiometry / flat-field frame is best; a light field works
+    Parameters
+    ----------
+    image : numpy.ndarray, torch.Tensor or Image
+        2-D raw frame (a radiometry / flat-field frame is best; a light field works
         when the lenslet discs are visible).  numpy, torch or :class:`~biomip.Image`.
-    period_hint : expected period in px (e.g. lenslet pitch / camera pixel); restricts
+    period_hint : float, optional
+        Expected period in px (e.g. lenslet pitch / camera pixel); restricts
         the search to periods within 25 % of it.  Default: search 2 px (Nyquist) .. 1/4
         of the frame; a grid finer than 3 px is reported as an error.
-    refine : refine the lattice on its higher Fourier harmonics (more precise period).
+    refine : bool, optional
+        Refine the lattice on its higher Fourier harmonics (more precise period).
 
+    Returns
+    -------
+    LensletGrid
+        The measured lattice.
+
+    Notes
+    -----
     The frame is high-passed (minus a local mean) and Hann-windowed; in its whitened
-    power spectrum (x |k|^2, so that the sample's own low frequencies do not compete),
+    power spectrum (``x |k|^2``, so that the sample's own low frequencies do not compete),
     after non-maximum suppression of the side lobes a sample puts next to each lattice
     peak, the two shortest non-parallel strong peaks are the reciprocal lattice vectors.
     Each is refined to sub-bin precision by maximising the windowed Fourier amplitude at
@@ -278,6 +325,8 @@ def lenslet_grid(image, period_hint: float | None = None, *, refine: bool = True
     ~0.3 px on the GUV sample, ~1 px on the ant leg): measure the grid on the radiometry
     frame when there is one.
 
+    Examples
+    --------
     >>> rad = biomip.data.load("lf-guv-radiometry").numpy()      # doctest: +SKIP
     >>> g = lenslet_grid(rad)                                     # doctest: +SKIP
     >>> round(g.period_x, 2), round(g.rotation_deg, 2)           # doctest: +SKIP
@@ -390,33 +439,54 @@ def rectify(raw, grid: LensletGrid | None = None, n_views: int = 5, dark=None, r
             flat_floor: float = 0.05):
     """Split a raw light-field frame into sub-aperture views.
 
-    raw : 2-D raw frame (H, W) in camera counts.
-    grid : the lenslet lattice (:func:`lenslet_grid`); default: measured on
+    Parameters
+    ----------
+    raw : numpy.ndarray or torch.Tensor
+        2-D raw frame (H, W) in camera counts.
+    grid : LensletGrid, optional
+        The lenslet lattice (:func:`lenslet_grid`); default: measured on
         ``radiometry`` when given, else on ``raw``.
-    n_views : sub-apertures across the pupil (odd); the views kept and their order are
+    n_views : int, optional
+        Sub-apertures across the pupil (odd); the views kept and their order are
         those of ``LightFieldOptics(n_views=n_views, min_coverage=min_coverage)
         .view_centres()`` (row-major, u_y then u_x).
-    dark : dark frame (H, W), subtracted from ``raw`` (and from ``radiometry``).
-    radiometry : flat-field frame (H, W).  The flat is ``radiometry - dark`` divided by
+    dark : numpy.ndarray, optional
+        Dark frame (H, W), subtracted from ``raw`` (and from ``radiometry``).
+    radiometry : numpy.ndarray, optional
+        Flat-field frame (H, W).  The flat is ``radiometry - dark`` divided by
         its mean over the bright pixels (> half the 99.5th percentile); each cell's value
         is then ``sum(raw - dark) / sum(flat)`` over the cell's samples -- the flat-field
         corrected mean that does not blow up on single dark pixels -- and a cell whose
         mean flat is below ``flat_floor`` is divided by ``flat_floor`` instead.
-    lenslet_diameter_px : diameter of a lenslet's pupil image in px; default the mean
+    lenslet_diameter_px : float, optional
+        Diameter of a lenslet's pupil image in px; default the mean
         period (an f-number-matched array: the discs fill the pitch).
-    samples : bilinear samples per cell side (``samples x samples`` per cell).
+    samples : int, optional
+        Bilinear samples per cell side (``samples x samples`` per cell).
+    min_coverage : float, optional
+        A pupil cell is a view when at least this fraction of it lies in the
+        pupil (see :class:`~biomip.reconstruct.LightFieldOptics`).
+    flat_floor : float, optional
+        Smallest mean flat of a cell (see ``radiometry``).
 
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+        ``(V, ny, nx)`` float32 views in camera counts (mean over the cell, after dark
+        subtraction and flat-field correction), one pixel per lenslet of the largest
+        block of lenslets whose discs lie fully inside the frame
+        (:meth:`LensletGrid.lenslets`).  numpy in, numpy out (torch in, torch out).
+
+    Notes
+    -----
     A view ``(u_y, u_x)`` is read at offset ``+(u_y, u_x) * R`` from each lenslet centre,
     along the lattice axes.  Whether that is pupil position ``+u`` or ``-u`` (the lenslet
     images the pupil inverted, the microscope may flip the image) is not decided here;
     a reconstruction that needs the absolute sign should check it (e.g. on a bead above
     focus) and flip ``views`` with the view order of ``-u``.
 
-    Returns ``(V, ny, nx)`` float32 views in camera counts (mean over the cell, after
-    dark subtraction and flat-field correction), one pixel per lenslet of the largest
-    block of lenslets whose discs lie fully inside the frame
-    (:meth:`LensletGrid.lenslets`).  numpy in, numpy out (torch in, torch out).
-
+    Examples
+    --------
     >>> views = rectify(lf, lenslet_grid(rad), n_views=5, dark=dark, radiometry=rad)  # doctest: +SKIP
     >>> views.shape                                                                   # doctest: +SKIP
     (21, 28, 28)
@@ -482,12 +552,24 @@ _KEYS = {  # normalised key -> napari-LF metadata key (fallback)
 class RectifiedGeometry:
     """Sample-plane geometry of rectified views.
 
-    pixel_um : ``(y, x)`` view pixel at the sample (um) = lenslet period (camera px) x
-        camera pixel / (magnification x relay).
-    camera_pixel_um : camera pixel (um); magnification : objective magnification;
-    relay : relay-lens magnification between the lenslet array and the camera.
-    pitch_um : ``(y, x)`` lenslet pitch implied by the measured period (um, at the
-        lenslet array); compare with the nominal pitch.
+    Parameters
+    ----------
+    pixel_um : tuple of float
+        ``(y, x)`` view pixel at the sample (um) = lenslet period (camera px) x camera
+        pixel / (magnification x relay).
+    camera_pixel_um : float
+        Camera pixel (um).
+    magnification : float
+        Objective magnification.
+    relay : float
+        Relay-lens magnification between the lenslet array and the camera.
+    pitch_um : tuple of float
+        ``(y, x)`` lenslet pitch implied by the measured period (um, at the lenslet
+        array); compare with the nominal pitch.
+    nominal_pitch_um : float, optional
+        The lenslet pitch of the specification (um).
+    na, n_medium, wavelength_um : float, optional
+        Numerical aperture, medium index and wavelength (um) for :meth:`optics`.
     """
 
     pixel_um: tuple[float, float]
@@ -506,7 +588,22 @@ class RectifiedGeometry:
         return (self.pixel_um[1] * 1e-3, self.pixel_um[0] * 1e-3)
 
     def optics(self, n_views: int = 5, min_coverage: float = 0.5, **kw) -> LightFieldOptics:
-        """:class:`LightFieldOptics` of the views (needs ``na``, ``n_medium``, ``wavelength_um``)."""
+        """:class:`LightFieldOptics` of the views (needs ``na``, ``n_medium``, ``wavelength_um``).
+
+        Parameters
+        ----------
+        n_views : int, optional
+            Sub-apertures across the pupil (odd).
+        min_coverage : float, optional
+            A pupil cell is a view when at least this fraction of it lies in the pupil.
+        **kw
+            Other :class:`LightFieldOptics` fields (e.g. ``oversample``).
+
+        Returns
+        -------
+        LightFieldOptics
+            The optics of the views.
+        """
         missing = [k for k in ("na", "n_medium", "wavelength_um") if getattr(self, k) is None]
         if missing:
             raise InputError(f"optics: missing {', '.join(missing)}; expected them in the optics mapping "
@@ -516,6 +613,7 @@ class RectifiedGeometry:
                                 magnification=self.magnification, **kw)
 
     def to_dict(self) -> dict:
+        """The geometry as a JSON-ready dict."""
         d = asdict(self)
         d["pixel_um"], d["pitch_um"] = list(self.pixel_um), list(self.pitch_um)
         return d
@@ -525,12 +623,30 @@ def rectified_geometry(grid: LensletGrid, optics: Mapping | None = None, *, came
                        magnification: float | None = None, relay: float | None = None) -> RectifiedGeometry:
     """Sample-plane pixel of the views of :func:`rectify`, and the optics to model them.
 
-    optics : a mapping such as a light-field sample's ``Image.meta["optics"]``; read keys
+    Parameters
+    ----------
+    grid : LensletGrid
+        The lattice of :func:`lenslet_grid`.
+    optics : mapping, optional
+        A mapping such as a light-field sample's ``Image.meta["optics"]``; read keys
         ``camera_pixel_um``, ``magnification``, ``relay``, ``lenslet_pitch_um``, ``na``,
         ``n_medium``, ``wavelength_um`` (or napari-LF's ``pixel_size``,
         ``objective_magnification``, ``ulens_pitch``, ``objective_na``, ``medium_index``,
         ``center_wavelength`` in nm).  Keyword arguments override it.
+    camera_pixel_um : float, optional
+        Camera pixel (um).
+    magnification : float, optional
+        Objective magnification.
+    relay : float, optional
+        Relay-lens magnification (default 1).
 
+    Returns
+    -------
+    RectifiedGeometry
+        The sample-plane geometry.
+
+    Examples
+    --------
     >>> g = LensletGrid(15.39, 15.39, 0.0, (225.5, 224.7))
     >>> geo = rectified_geometry(g, camera_pixel_um=6.5, magnification=60)
     >>> round(geo.pixel_um[1], 4)

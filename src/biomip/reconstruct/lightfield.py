@@ -52,15 +52,25 @@ __all__ = ["LightFieldOptics", "LightFieldPSF", "lightfield_psf", "LightFieldPro
 class LightFieldOptics:
     """Optical parameters of a (scanning) light-field microscope, in physical units.
 
-    na : numerical aperture of the objective.
-    wavelength : emission wavelength (um).
-    n_medium : refractive index of the immersion / sample medium (``na < n_medium``).
-    pixel : lateral pixel size at the sample (um): camera pixel / magnification for the
+    Parameters
+    ----------
+    na : float, optional
+        Numerical aperture of the objective.
+    wavelength : float, optional
+        Emission wavelength (um).
+    n_medium : float, optional
+        Refractive index of the immersion / sample medium (``na < n_medium``).
+    pixel : float, optional
+        Lateral pixel size at the sample (um): camera pixel / magnification for the
         realigned views of a scanning LFM.
-    n_views : sub-apertures across the pupil (5 -> a 5 x 5 grid; odd).
-    min_coverage : a cell is a view when at least this fraction of it lies in the pupil.
-    oversample : the PSF is computed on a grid this many times finer, then binned.
-    magnification : objective magnification (informational, for real data).
+    n_views : int, optional
+        Sub-apertures across the pupil (5 -> a 5 x 5 grid; odd).
+    min_coverage : float, optional
+        A cell is a view when at least this fraction of it lies in the pupil.
+    oversample : int, optional
+        The PSF is computed on a grid this many times finer, then binned.
+    magnification : float, optional
+        Objective magnification (informational, for real data).
     """
 
     na: float = 0.8
@@ -102,9 +112,11 @@ class LightFieldOptics:
 
     @property
     def n_kept(self) -> int:
+        """Number of views kept inside the pupil."""
         return int(self.view_centres().shape[0])
 
     def to_dict(self) -> dict:
+        """The parameters as a JSON-ready dict."""
         return asdict(self)
 
 
@@ -113,7 +125,24 @@ class LightFieldPSF:
     """Phase-space PSF: ``psf`` (V, Z, s, s) float32 (sum over views and pixels = 1 per
     depth), ``shifts`` (V, Z, 2) the "psf shift" -- centre of mass (dy, dx) in pixels of
     each view's PSF at each depth, ``z <k / k_z>`` over the sub-aperture -- ``views``
-    (V, 2) pupil coordinates, ``depths`` (Z,) um."""
+    (V, 2) pupil coordinates, ``depths`` (Z,) um.
+
+    Parameters
+    ----------
+    psf : torch.Tensor
+        ``(V, Z, s, s)`` float32, summing to 1 per depth over views and pixels.
+    shifts : numpy.ndarray
+        ``(V, Z, 2)`` psf shift (dy, dx) in pixels of each view at each depth.
+    views : numpy.ndarray
+        ``(V, 2)`` pupil coordinates of the views.
+    depths : numpy.ndarray
+        ``(Z,)`` depths in um (0 = focal plane).
+    optics : LightFieldOptics
+        The optics it was computed for.
+    seconds : float, optional
+        Computation time.
+    meta : dict, optional
+        Grid details (fine grid size and pixel)."""
 
     psf: torch.Tensor
     shifts: np.ndarray
@@ -125,14 +154,17 @@ class LightFieldPSF:
 
     @property
     def n_views(self) -> int:
+        """Number of views ``V``."""
         return int(self.shifts.shape[0])
 
     @property
     def n_depths(self) -> int:
+        """Number of depths ``Z``."""
         return int(self.shifts.shape[1])
 
     @property
     def size(self) -> int:
+        """Lateral PSF size ``s`` in pixels."""
         return int(self.psf.shape[-1])
 
     def slopes(self) -> np.ndarray:
@@ -143,6 +175,7 @@ class LightFieldPSF:
         return ((self.shifts - self.shifts.mean(1, keepdims=True)) * z[None, :, None]).sum(1) / (z ** 2).sum()
 
     def to_dict(self) -> dict:
+        """Optics, depths, size and views as a JSON-ready dict (no PSF array)."""
         return {"optics": self.optics.to_dict(), "n_views": self.n_views, "depths_um": self.depths.tolist(),
                 "size_px": self.size, "views": self.views.tolist(), "seconds": round(self.seconds, 3)}
 
@@ -164,12 +197,28 @@ def lightfield_psf(optics: LightFieldOptics | None = None, depths=None, size: in
                    trim: float = 1e-3, device=None) -> LightFieldPSF:
     """Wave-optics phase-space PSF of a light-field microscope (see the module docstring).
 
-    depths : axial positions (um, 0 = focal plane); default 21 depths from -10 to 10 um.
-    size : lateral PSF size in pixels (odd); default covers the largest parallax shift
-        and blur at the deepest plane.
-    trim : then crop to the smallest centred square that loses at most this fraction of
-        the light of any (view, depth) (0: keep ``size``); the PSF is renormalised.
+    Parameters
+    ----------
+    optics : LightFieldOptics, optional
+        The microscope (default ``LightFieldOptics()``).
+    depths : array_like, optional
+        Axial positions (um, 0 = focal plane); default 21 depths from -10 to 10 um.
+    size : int, optional
+        Lateral PSF size in pixels (odd); default covers the largest parallax shift and
+        blur at the deepest plane.
+    trim : float, optional
+        Then crop to the smallest centred square that loses at most this fraction of the
+        light of any (view, depth) (0: keep `size`); the PSF is renormalised.
+    device : str or torch.device, optional
+        Where to compute.
 
+    Returns
+    -------
+    LightFieldPSF
+        The PSF, its psf shifts and the view coordinates.
+
+    Examples
+    --------
     >>> psf = lightfield_psf(LightFieldOptics(n_views=5), depths=np.linspace(-5, 5, 11))
     >>> psf.psf.shape[:2]
     torch.Size([21, 11])
@@ -283,6 +332,15 @@ class LightFieldProjector(LinearOperator):
 
     ``project(x, views=idx)`` projects through a subset of views only (the self-supervised
     loss of SeReNet draws a random subset each step).
+
+    Parameters
+    ----------
+    psf : LightFieldPSF
+        The light-field PSF.
+    shape : tuple of int
+        Lateral volume size ``(H, W)``, divisible by `binning`.
+    binning : int, optional
+        Views sampled ``binning`` times coarser than the volume (default 1).
     """
 
     name = "light-field projector"
@@ -311,7 +369,20 @@ class LightFieldProjector(LinearOperator):
         self._otf = {}
 
     def otf(self, device, dtype=torch.float32) -> torch.Tensor:
-        """(V, Z, Ly, Lx // 2 + 1) transfer functions on ``device`` (cached)."""
+        """(V, Z, Ly, Lx // 2 + 1) transfer functions on ``device`` (cached).
+
+        Parameters
+        ----------
+        device : str or torch.device
+            Device of the transfer functions.
+        dtype : torch.dtype, optional
+            Real precision (default float32).
+
+        Returns
+        -------
+        torch.Tensor
+            Complex ``(V, Z, Ly, Lx // 2 + 1)`` transfer functions.
+        """
         key = (str(device), dtype)
         if key not in self._otf:
             h = self.psf.psf.to(device=device, dtype=dtype)
@@ -319,7 +390,20 @@ class LightFieldProjector(LinearOperator):
         return self._otf[key]
 
     def project(self, x: torch.Tensor, views=None) -> torch.Tensor:
-        """``x`` (..., Z, H, W) tensor -> (..., V', H/b, W/b), autograd-friendly."""
+        """``x`` (..., Z, H, W) tensor -> (..., V', H/b, W/b), autograd-friendly.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Volume ``(..., Z, H, W)``.
+        views : array_like of int, optional
+            Project through these views only (default all).
+
+        Returns
+        -------
+        torch.Tensor
+            Views ``(..., V', H/b, W/b)``.
+        """
         if x.shape[-3:] != self.in_shape:
             raise ShapeError(f"x: got shape {tuple(x.shape)}; expected (..., {', '.join(map(str, self.in_shape))})")
         otf = self.otf(x.device, x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32)
@@ -337,7 +421,20 @@ class LightFieldProjector(LinearOperator):
         return y.reshape(*lead, V, *y.shape[-2:])
 
     def backproject(self, y: torch.Tensor, views=None) -> torch.Tensor:
-        """Adjoint of :meth:`project`: (..., V', H/b, W/b) -> (..., Z, H, W)."""
+        """Adjoint of :meth:`project`: (..., V', H/b, W/b) -> (..., Z, H, W).
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            Views ``(..., V', H/b, W/b)``.
+        views : array_like of int, optional
+            Project through these views only (default all).
+
+        Returns
+        -------
+        torch.Tensor
+            Volume ``(..., Z, H, W)``.
+        """
         otf = self.otf(y.device, y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32)
         if views is not None:
             otf = otf[torch.as_tensor(views, device=y.device, dtype=torch.long)]
@@ -370,7 +467,22 @@ def refocus(measurement, psf: LightFieldPSF, binning: int = 1) -> torch.Tensor:
     """Depth decomposition by digital refocusing (eq. 8.2): every view shifted back by its
     psf shift at every depth, ``g_a(x, u, z) = M(x + s(u, z), u)``, so that structures
     at depth ``z`` line up across views.  ``measurement`` (..., V, h, w) -> (..., V, Z, h,
-    w); bilinear shifts, zeros outside.  Differentiable, on the input's device."""
+    w); bilinear shifts, zeros outside.  Differentiable, on the input's device.
+
+    Parameters
+    ----------
+    measurement : numpy.ndarray or torch.Tensor
+        Views ``(..., V, h, w)``.
+    psf : LightFieldPSF
+        The PSF whose psf shifts align the views.
+    binning : int, optional
+        Views sampled ``binning`` times coarser than the volume (default 1).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., V, Z, h, w)`` shifted views.
+    """
     m = torch.as_tensor(measurement)
     if not m.is_floating_point():
         m = m.float()
@@ -390,7 +502,22 @@ def refocus(measurement, psf: LightFieldPSF, binning: int = 1) -> torch.Tensor:
 
 def refocus_stack(measurement, psf: LightFieldPSF, binning: int = 1) -> torch.Tensor:
     """Shift-and-add focal stack (the naive baseline): the mean over views of
-    :func:`refocus`, upsampled to the volume grid when ``binning > 1``: (..., Z, H, W)."""
+    :func:`refocus`, upsampled to the volume grid when ``binning > 1``: (..., Z, H, W).
+
+    Parameters
+    ----------
+    measurement : numpy.ndarray or torch.Tensor
+        Views ``(..., V, h, w)``.
+    psf : LightFieldPSF
+        The PSF whose psf shifts align the views.
+    binning : int, optional
+        Views sampled ``binning`` times coarser than the volume (default 1).
+
+    Returns
+    -------
+    torch.Tensor
+        Focal stack ``(..., Z, H, W)``.
+    """
     g = refocus(measurement, psf, binning).mean(-4)
     if binning > 1:
         lead = g.shape[:-3]

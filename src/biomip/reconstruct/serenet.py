@@ -29,6 +29,7 @@ from torch import nn
 from ..core.arrays import check_count, check_number
 from ..core.errors import InputError, ShapeError
 from ..core.progress import track
+from ..core.rng import seeded
 from ..nn import Conv3d, FrozenSequential, LateralUpsample, bf16_supported, fusable
 from .lightfield import LightFieldOptics, LightFieldProjector, LightFieldPSF, refocus
 
@@ -67,6 +68,33 @@ def nll_mpg(expected, measurement, offset: float = 0.0, read_noise: float = 1.0,
     Gaussian factor is below ``e^-18`` -- and the sum is taken by log-sum-exp, so the
     loss is exact up to that truncation and differentiable in ``P``.
 
+    Parameters
+    ----------
+    expected : torch.Tensor
+        Expected photon counts ``P`` (>= 0; clamped at `eps`).
+    measurement : torch.Tensor
+        Camera values ``M``, same shape (gain 1: photons + offset + read noise).
+    offset : float, optional
+        Camera baseline (counts).
+    read_noise : float, optional
+        Standard deviation of the Gaussian read noise (counts).
+    window : int, optional
+        Photon counts summed on each side of ``M - offset`` (default
+        ``ceil(6 read_noise) + 2``).
+    stirling : bool, optional
+        Use the paper's Stirling approximation of ``log t!`` instead of the exact one.
+    reduction : {"mean", "sum", "none"}, optional
+        How the per-pixel losses are combined.
+    eps : float, optional
+        Floor of `expected`.
+
+    Returns
+    -------
+    torch.Tensor
+        The loss (0-dim, or per pixel with ``reduction="none"``), differentiable in `expected`.
+
+    Examples
+    --------
     >>> P = torch.tensor([5.0, 20.0]); M = torch.tensor([104.0, 121.0])
     >>> float(nll_mpg(P, M, offset=100, read_noise=2)) > 0
     True
@@ -97,7 +125,18 @@ def nll_mpg(expected, measurement, offset: float = 0.0, read_noise: float = 1.0,
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Mean anisotropic total variation ``|d_z| + |d_y| + |d_x|`` of ``(..., Z, Y, X)``."""
+    """Mean anisotropic total variation ``|d_z| + |d_y| + |d_x|`` of ``(..., Z, Y, X)``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(..., Z, Y, X)`` volume.
+
+    Returns
+    -------
+    torch.Tensor
+        0-dim mean total variation.
+    """
     return sum((x.diff(dim=d).abs().mean() for d in (-1, -2, -3) if x.shape[d] > 1), torch.zeros((), device=x.device))
 
 
@@ -115,6 +154,19 @@ class SeReNet(nn.Module):
     the volume grid.  ``binning`` (1, 2, 4 or 8: volume pixels per view pixel) sets how
     many x2 upsamplings there are: none at 1, the paper's two at 4.
 
+    Parameters
+    ----------
+    n_views : int
+        Number of views (input channels).
+    channels : int, optional
+        Width of the first layer (default 64, the paper's).
+    binning : {1, 2, 4, 8}, optional
+        Volume pixels per view pixel (number of x2 upsamplings: log2).
+    negative_slope : float, optional
+        Slope of the LeakyReLU.
+
+    Examples
+    --------
     >>> net = SeReNet(n_views=49, channels=64, binning=4)
     >>> 190_000 < net.n_parameters < 200_000
     True
@@ -148,14 +200,28 @@ class SeReNet(nn.Module):
 
     @property
     def n_parameters(self) -> int:
+        """Number of trainable parameters."""
         return int(sum(p.numel() for p in self.parameters()))
 
     def forward(self, stack: torch.Tensor) -> torch.Tensor:
+        """Run the network.
+
+        Parameters
+        ----------
+        stack : torch.Tensor
+            Refocused stack ``(B, V, Z, h, w)`` (see :meth:`prepare`).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, Z, h * binning, w * binning)`` volume in normalised units (not clamped).
+        """
         if stack.ndim != 5 or stack.shape[1] != self.n_views:
             raise ShapeError(f"stack: got shape {tuple(stack.shape)}; expected (B, {self.n_views} views, Z, h, w)")
         return self.body(stack)[:, 0]
 
     def config(self) -> dict:
+        """The constructor arguments (saved with the weights)."""
         return {"n_views": self.n_views, "channels": self.channels, "binning": self.binning,
                 "negative_slope": self.negative_slope}
 
@@ -168,7 +234,22 @@ class SeReNet(nn.Module):
                              np.asarray(m["depths"], dtype=float), LightFieldOptics(**m["optics"]))
 
     def prepare(self, measurement, offset: float | None = None) -> tuple[torch.Tensor, float]:
-        """Offset-subtracted, scale-normalised, refocused input ``(1, V, Z, h, w)`` and the scale."""
+        """Offset-subtracted, scale-normalised, refocused input ``(1, V, Z, h, w)`` and the scale.
+
+        Parameters
+        ----------
+        measurement : numpy.ndarray or torch.Tensor
+            Raw measurement ``(V, h, w)`` in camera counts.
+        offset : float, optional
+            Camera offset (default the training one).
+
+        Returns
+        -------
+        stack : torch.Tensor
+            ``(1, V, Z, h, w)`` network input.
+        scale : torch.Tensor
+            The normalisation (photons per normalised unit).
+        """
         dev = next(self.parameters()).device
         m = torch.as_tensor(np.asarray(measurement) if not torch.is_tensor(measurement) else measurement)
         m = m.to(device=dev, dtype=torch.float32)
@@ -206,9 +287,24 @@ class SeReNet(nn.Module):
         """Volume ``(Z, H, W)`` (photon units per voxel, >= 0, float32) from one raw
         measurement ``(V, h, w)`` (camera counts; ``offset`` defaults to the training one).
 
-        precision : ``"float32"`` or ``"bfloat16"`` -- run the convolutions in bfloat16,
-            about 1.6x faster on CPUs with AVX512-BF16 / AMX and on GPUs, at a small cost in
-            accuracy (measured in the SeReNet pipeline report).
+        Parameters
+        ----------
+        measurement : numpy.ndarray or torch.Tensor
+            Raw measurement ``(V, h, w)`` in camera counts.
+        offset : float, optional
+            Camera offset (default the training one).
+        precision : {"float32", "bfloat16"}, optional
+            Run the convolutions in bfloat16, about 1.6x faster on CPUs with AVX512-BF16 /
+            AMX and on GPUs, at a small cost in accuracy (measured in the SeReNet pipeline
+            report).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(Z, H, W)`` float32 volume, photon units per voxel, >= 0.
+
+        Notes
+        -----
         On a CPU the network runs as a :class:`~biomip.nn.FrozenSequential` (weights cast
         once, activations fused into oneDNN convolutions, channels-last throughout); on
         other devices as the module, under autocast for bfloat16.
@@ -232,12 +328,40 @@ class SeReNet(nn.Module):
         return y[0].float().clamp_min(0) * scale
 
     def save(self, path, overwrite: bool = True):
+        """Write the model as a folder: ``model.safetensors`` + ``config.json`` (optics included).
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            Output folder.
+        overwrite : bool, optional
+            Replace an existing folder (default True).
+
+        Returns
+        -------
+        pathlib.Path
+            The folder written.
+        """
         from ..core.checkpoint import save_module
 
         return save_module(self, path, _FORMAT, _VERSION, self.config(), self.meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path, device=None) -> SeReNet:
+        """Read a model written by :meth:`save` (safetensors: nothing is unpickled).
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The model folder.
+        device : str or torch.device, optional
+            Where to put the weights.
+
+        Returns
+        -------
+        SeReNet
+            The model, ready for :meth:`reconstruct`.
+        """
         from ..core.checkpoint import load_module
 
         return load_module(cls, path, _FORMAT, _VERSION, device=device)
@@ -258,6 +382,36 @@ def serenet_loss(volume: torch.Tensor, measurement: torch.Tensor, projector: Lig
     """The self-supervised objective for a batch: ``volume`` (B, Z, H, W) in normalised
     units, ``measurement`` (B, V, h, w) raw counts, ``scale`` (B,) the normalisation
     (expected counts = ``scale * A max(volume, 0) + offset``), ``views`` the view subset.
+
+    Parameters
+    ----------
+    volume : torch.Tensor
+        Network output ``(B, Z, H, W)`` in normalised units.
+    measurement : torch.Tensor
+        Raw counts ``(B, V, h, w)``.
+    projector : LightFieldProjector
+        The forward model.
+    views : torch.Tensor
+        Indices of the views projected this step.
+    scale : torch.Tensor
+        ``(B,)`` normalisation of each measurement.
+    offset : float
+        Camera offset (counts).
+    read_noise : float
+        Read-noise standard deviation (counts).
+    loss : {"nll-mpg", "l1"}, optional
+        Data term.
+    tv : float, optional
+        Weight of the total variation.
+    nonneg : float, optional
+        Weight of the non-negativity term.
+
+    Returns
+    -------
+    total : torch.Tensor
+        0-dim loss.
+    terms : dict
+        The value of each term (floats).
 
     The data term projects the clamped volume -- what :meth:`SeReNet.reconstruct` returns --
     so training scores the output it will give; the non-negativity term keeps negative
@@ -291,20 +445,51 @@ def train_serenet(measurements, psf: LightFieldPSF, offset: float = 0.0, read_no
                   progress=None):
     """Train :class:`SeReNet` self-supervised on raw light-field measurements only.
 
-    measurements : (N, V, h, w) or (V, h, w) camera counts (numpy or torch).
-    psf : the :class:`LightFieldPSF` of the microscope (views and depths of the model).
-    offset, read_noise : camera offset and read-noise standard deviation (counts; from
-        dark frames), used by the NLL-MPG loss.
-    steps : optimiser steps (Adam, cosine decay of ``lr``).
-    views_per_step : size of the random view subset projected every step (default: all
-        views up to 21, as the paper draws 21 of its 169).
-    loss : ``"nll-mpg"`` or ``"l1"`` (for comparison).
-    tv, nonneg : weights of the total-variation and non-negativity terms.
-    clip : clip the gradient norm at this value (``None``: no clipping; clipping at 1
-        gave 24.2 dB where no clipping gave 23.8 dB on the quick benchmark).
+    Parameters
+    ----------
+    measurements : numpy.ndarray or torch.Tensor
+        ``(N, V, h, w)`` or ``(V, h, w)`` camera counts.
+    psf : LightFieldPSF
+        The PSF of the microscope (views and depths of the model).
+    offset, read_noise : float, optional
+        Camera offset and read-noise standard deviation (counts; from dark frames), used
+        by the NLL-MPG loss.
+    steps : int, optional
+        Optimiser steps (Adam, cosine decay of `lr`).
+    lr : float, optional
+        Initial learning rate.
+    channels : int, optional
+        Width of the network (:class:`SeReNet`).
+    binning : int, optional
+        Volume pixels per view pixel.
+    loss : {"nll-mpg", "l1"}, optional
+        Data term (L1 for comparison).
+    views_per_step : int, optional
+        Size of the random view subset projected every step (default: all views up to
+        21, as the paper draws 21 of its 169).
+    batch_size : int, optional
+        Measurements per step.
+    tv, nonneg : float, optional
+        Weights of the total-variation and non-negativity terms.
+    clip : float or None, optional
+        Clip the gradient norm at this value (None: no clipping; clipping at 1 gave
+        24.2 dB where no clipping gave 23.8 dB on the quick benchmark).
+    seed : int, optional
+        Seed of the initialisation and of the view draws.
+    device : str or torch.device, optional
+        Where to train.
+    callback : callable, optional
+        ``callback(step, net, record)`` after every step; returning True stops.
+    progress : bool, optional
+        Show a progress bar.
 
-    Returns ``(model, history)``; ``model.meta`` keeps the optics, depths, psf shifts,
-    offset and read noise, so ``SeReNet.load(path).reconstruct(raw)`` needs nothing else.
+    Returns
+    -------
+    model : SeReNet
+        The trained network; ``model.meta`` keeps the optics, depths, psf shifts, offset
+        and read noise, so ``SeReNet.load(path).reconstruct(raw)`` needs nothing else.
+    history : list of dict
+        One record per step (loss terms, time).
     """
     if not isinstance(psf, LightFieldPSF):
         raise InputError(f"psf: got {type(psf).__name__}; expected a LightFieldPSF")
@@ -333,8 +518,9 @@ def train_serenet(measurements, psf: LightFieldPSF, offset: float = 0.0, read_no
         raise InputError("measurements: contain NaN/Inf; expected finite camera values")
     N, _, h, w = m.shape
     projector = LightFieldProjector(psf, (h * binning, w * binning), binning=binning)
-    torch.manual_seed(seed)
-    net = SeReNet(V, channels=channels, binning=binning).to(dev)
+    with seeded(seed):
+        net = SeReNet(V, channels=channels, binning=binning)
+    net = net.to(dev)
     net.meta = {"optics": psf.optics.to_dict(), "depths": psf.depths.tolist(), "views": psf.views.tolist(),
                 "shifts": psf.shifts.tolist(), "offset": offset, "read_noise": read_noise, "loss": loss,
                 "psf_size": psf.size}

@@ -39,9 +39,39 @@ def _grey(image, spatial_shape):
 
 
 def bilateral_filter(values: torch.Tensor, guide: torch.Tensor, sigma_spatial, sigma_intensity: float) -> torch.Tensor:
-    """Bilateral filter of ``values`` (C, *S) guided by the grey ``guide`` (*S), by a
-    bilateral grid with cells of one sigma (``sigma_spatial`` in voxels per array axis).
-    Unnormalised (the sum of kernel-weighted values), as the CRF message needs."""
+    """Bilateral filter of ``values`` ``(C, *S)`` guided by the grey ``guide`` ``(*S)``.
+
+    By a bilateral grid with cells of one sigma.  Unnormalised (the sum of kernel-weighted
+    values), as the CRF message needs.
+
+    Parameters
+    ----------
+    values : torch.Tensor
+        ``(C, *S)`` values to filter, ``S`` 2-D or 3-D in array order.
+    guide : torch.Tensor
+        Grey guide image ``(*S)``.
+    sigma_spatial : sequence of float
+        Spatial sigma in voxels per array axis ([z,] y, x).
+    sigma_intensity : float
+        Intensity sigma, in the guide's units.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(C, *S)``, the unnormalised filtered values.
+
+    Raises
+    ------
+    InputError
+        When ``guide`` is not 2-D or 3-D.
+
+    Examples
+    --------
+    >>> import torch
+    >>> out = bilateral_filter(torch.ones(1, 8, 8), torch.zeros(8, 8), (2.0, 2.0), 1.0)
+    >>> tuple(out.shape), bool((out > 1).all())       # unnormalised: sums of weights
+    ((1, 8, 8), True)
+    """
     d = guide.ndim
     if d not in (2, 3):
         raise InputError(f"guide: got {d}-D; expected 2-D or 3-D")
@@ -101,13 +131,54 @@ def _conv4d(x, ker, groups):
 def dense_crf(prob, image, iterations: int = 5, w_gaussian: float = 3.0, sigma_gaussian: float = 3.0,
               w_bilateral: float = 5.0, sigma_spatial: float = 20.0, sigma_intensity: float | None = None,
               spacing=None, return_prob: bool = False):
-    """Mean-field dense CRF on a probability map ``prob`` (K, *S), guided by ``image``.
+    """Mean-field dense CRF on a probability map ``prob`` ``(K, *S)``, guided by ``image``.
 
-    ``sigma_gaussian`` / ``sigma_spatial`` in mm (voxels when no spacing is known),
-    ``sigma_intensity`` in image units (default: 10 % of the image's intensity range).
-    Returns the label map (argmax, 0..K-1; an Image with the geometry of ``image`` or
-    ``prob`` when either is one), and the refined probabilities with ``return_prob``.
+    Krähenbühl & Koltun's mean-field inference with a Potts compatibility, a Gaussian
+    (smoothness) kernel and a bilateral (edge-aware) kernel computed by a bilateral grid
+    (see the module description).
 
+    Parameters
+    ----------
+    prob : numpy.ndarray or torch.Tensor or Image
+        ``(K, [z,] y, x)`` non-negative class probabilities, ``K >= 2``.
+    image : numpy.ndarray or Image
+        The guide: grey with the spatial shape of ``prob``, or RGB (channels first or
+        last; reduced to luminance).
+    iterations : int, optional
+        Mean-field iterations (>= 0).
+    w_gaussian : float, optional
+        Weight of the Gaussian (smoothness) kernel.
+    sigma_gaussian : float, optional
+        Width of the Gaussian kernel in mm (voxels when no spacing is known).
+    w_bilateral : float, optional
+        Weight of the bilateral kernel.
+    sigma_spatial : float, optional
+        Spatial width of the bilateral kernel in mm (voxels when no spacing is known).
+    sigma_intensity : float or None, optional
+        Intensity width of the bilateral kernel, in image units (default: 10 % of the
+        image's intensity range).
+    spacing : sequence of float or None, optional
+        Voxel size in mm, world order (x, y[, z]); default the spacing of ``image`` or
+        ``prob`` when either is an Image, else 1.
+    return_prob : bool, optional
+        Also return the refined probabilities.
+
+    Returns
+    -------
+    labels : numpy.ndarray or Image
+        The label map (argmax, 0..K-1; an Image with the geometry of ``image`` or
+        ``prob`` when either is one).
+    prob : numpy.ndarray
+        The refined ``(K, *S)`` probabilities; only with ``return_prob``.
+
+    Raises
+    ------
+    InputError
+        For probabilities of a wrong shape or with negative / non-finite values, a guide of
+        another shape, or invalid weights and widths.
+
+    Examples
+    --------
     >>> lab = dense_crf(prob, image, iterations=5)                   # doctest: +SKIP
     """
     ref = image if isinstance(image, Image) else (prob if isinstance(prob, Image) else None)

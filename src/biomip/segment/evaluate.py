@@ -39,6 +39,32 @@ def _pair(pred, target):
 def segmentation_report(pred, target, labels=None, spacing=None) -> dict:
     """Dice, IoU and HD95 (mm when a spacing is known) per label, and their means.
 
+    Parameters
+    ----------
+    pred : Image or array_like
+        Predicted label image (integers, 0 = background).
+    target : Image or array_like
+        Reference label image, same shape.
+    labels : sequence of int or None, optional
+        Labels to evaluate (default: every non-zero label in either image).
+    spacing : sequence of float or None, optional
+        Voxel size in mm, world order (x, y[, z]); default the spacing of ``pred`` or
+        ``target`` when either is an Image (else HD95 is in voxels).
+
+    Returns
+    -------
+    dict
+        ``per_label`` (``{label: {"dice", "iou", "hd95"}}``), ``mean`` (the means; HD95
+        over the finite values) and ``spacing``.
+
+    Raises
+    ------
+    InputError
+        For non-integer or negative labels, shapes that differ, or two all-background
+        images.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> t = np.zeros((32, 32), int); t[8:24, 8:24] = 1
     >>> r = segmentation_report(t, t)
@@ -85,9 +111,32 @@ def _iou_matrix(p: np.ndarray, t: np.ndarray):
 
 
 def match_instances(pred, target, threshold: float = 0.5) -> InstanceMatch:
-    """One-to-one matching of predicted and true instances (Hungarian on IoU); a pair
-    counts as a true positive when its IoU is at least ``threshold``.
+    """One-to-one matching of predicted and true instances (Hungarian on IoU).
 
+    A pair counts as a true positive when its IoU is at least ``threshold``.
+
+    Parameters
+    ----------
+    pred : Image or array_like
+        Predicted instance labels (0 = background).
+    target : Image or array_like
+        Reference instance labels, same shape.
+    threshold : float, optional
+        IoU in ``(0, 1]`` from which a matched pair is a true positive.
+
+    Returns
+    -------
+    InstanceMatch
+        ``tp``, ``fp``, ``fn``, ``precision``, ``recall``, ``f1``, ``ap``,
+        ``mean_matched_iou``, ``pairs`` and ``threshold``.
+
+    Raises
+    ------
+    InputError
+        For a threshold outside ``(0, 1]``, invalid labels or shapes that differ.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> t = np.zeros((20, 20), int); t[2:8, 2:8] = 1; t[10:18, 10:18] = 2
     >>> m = match_instances(t, t)
@@ -115,19 +164,56 @@ def match_instances(pred, target, threshold: float = 0.5) -> InstanceMatch:
 
 
 def average_precision(pred, target, thresholds=0.5):
-    """Instance average precision ``tp / (tp + fp + fn)`` (the Cellpose / StarDist
-    definition) at one IoU threshold (a float back) or several (a dict back)."""
+    """Instance average precision ``tp / (tp + fp + fn)`` (the Cellpose / StarDist definition).
+
+    At one IoU threshold (a float back) or several (a dict back).
+
+    Parameters
+    ----------
+    pred : Image or array_like
+        Predicted instance labels (0 = background).
+    target : Image or array_like
+        Reference instance labels, same shape.
+    thresholds : float or sequence of float, optional
+        IoU threshold(s) in ``(0, 1]``.
+
+    Returns
+    -------
+    float or dict
+        The AP, or ``{threshold: AP}``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t = np.zeros((20, 20), int); t[2:8, 2:8] = 1
+    >>> average_precision(t, t, [0.5, 0.9])
+    {0.5: 1.0, 0.9: 1.0}
+    """
     if np.ndim(thresholds) == 0:
         return match_instances(pred, target, float(thresholds))["ap"]
     return {float(th): match_instances(pred, target, float(th))["ap"] for th in thresholds}
 
 
 def matched_dice(pred, target) -> dict:
-    """Dice of a clustering against reference classes after matching cluster ids to
-    classes by the Hungarian algorithm on their overlap (cluster ids are arbitrary).
-    Background (0) is matched like any class when present in both.  Returns
-    ``{"mapping": {cluster: class}, "per_label": {class: dice}, "mean": ...}``.
+    """Dice of a clustering against reference classes after Hungarian matching of ids.
 
+    Cluster ids are arbitrary, so they are matched to classes by the Hungarian algorithm on
+    their overlap.  Background (0) is matched like any class when present in both.
+
+    Parameters
+    ----------
+    pred : Image or array_like
+        Cluster labels.
+    target : Image or array_like
+        Reference class labels, same shape.
+
+    Returns
+    -------
+    dict
+        ``{"mapping": {cluster: class}, "per_label": {class: dice}, "mean": ...}``.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> t = np.repeat([[0, 1, 2]], 4, axis=0)
     >>> matched_dice((t + 1) % 3, t)["mean"]

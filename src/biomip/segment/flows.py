@@ -58,9 +58,37 @@ def _centres(lab: np.ndarray) -> np.ndarray:
 
 
 def masks_to_flows(labels, iterations: int | None = None, device=None) -> np.ndarray:
-    """Unit flows (d, *S) of an instance label image, component 0 along the first array
-    axis (y in 2-D, z in 3-D) -- the array order of Cellpose; zero on the background.
+    """Unit flows ``(d, *S)`` of an instance label image (Cellpose's representation).
 
+    For every instance, heat diffuses from its centre (the member pixel closest to its
+    median) with the other pixels of the instance as the only conductors; the normalised
+    spatial gradient of that heat is a unit flow pointing to the centre.  All instances
+    diffuse together (a masked Jacobi iteration on torch), 2-D or 3-D.  Component 0 is
+    along the first array axis (y in 2-D, z in 3-D) -- the array order of Cellpose; zero on
+    the background.
+
+    Parameters
+    ----------
+    labels : Image or array_like
+        2-D / 3-D integer instance labels (0 = background).
+    iterations : int or None, optional
+        Jacobi iterations of the heat diffusion (default: twice the largest instance
+        extent in voxels, plus 10).
+    device : str or torch.device or None, optional
+        Where the diffusion runs (default CPU).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 flows ``(d, *S)``, components in array order.
+
+    Raises
+    ------
+    InputError
+        For labels that are not 2-D / 3-D non-negative integers.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> lab = np.zeros((32, 32), int); lab[8:24, 8:24] = 1
     >>> fl = masks_to_flows(lab)
@@ -133,12 +161,51 @@ def _follow(flows: torch.Tensor, pts: torch.Tensor, niter: int) -> torch.Tensor:
 
 def flows_to_masks(flows, probability, threshold: float = 0.5, niter: int | None = None, min_size: int = 15,
                    flow_threshold: float | None = 0.4, device=None):
-    """Instances from flows (d, *S) and a cell-probability map (*S).
+    """Instances from flows ``(d, *S)`` and a cell-probability map ``(*S)``.
 
-    Returns ``(labels, info)``: an int32 label image (0 = background) and a dict with
-    the number of seeds, masks dropped for size or flow error, and the flow error of
-    each kept mask (mean squared difference between the flows recomputed from the
-    masks and the given ones; masks above ``flow_threshold`` are dropped, as Cellpose).
+    Every foreground pixel follows the flow (Euler steps with linear interpolation of the
+    field), the end points pile up at the centres; local maxima of the end-point histogram
+    seed the instances and every pixel joins the seed its trajectory ends next to.  Masks
+    whose flows disagree with the given ones are dropped, as Cellpose.
+
+    Parameters
+    ----------
+    flows : array_like
+        ``(d, *S)`` flows, components in array order (as :func:`masks_to_flows`).
+    probability : array_like or Image
+        ``(*S)`` cell probability.
+    threshold : float, optional
+        Foreground is ``probability > threshold``.
+    niter : int or None, optional
+        Euler steps (default 200); each moves a point by the flow, in voxels.
+    min_size : int, optional
+        Masks with fewer voxels are dropped.
+    flow_threshold : float or None, optional
+        Masks whose flow error (mean squared difference between the flows recomputed
+        from the masks and the given ones) exceeds it are dropped; ``None`` keeps all.
+    device : str or torch.device or None, optional
+        Where the integration runs (default CPU).
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        int32 label image (0 = background).
+    info : dict
+        The number of ``seeds``, masks dropped for size (``dropped_small``) or flow error
+        (``dropped_flow``), and the ``flow_error`` of each kept mask.
+
+    Raises
+    ------
+    InputError
+        For shapes that do not fit together or NaN / Inf.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lab = np.zeros((32, 32), int); lab[4:14, 4:14] = 1; lab[18:30, 16:28] = 2
+    >>> out, info = flows_to_masks(masks_to_flows(lab), (lab > 0).astype(float))
+    >>> int(out.max()), info["seeds"]
+    (2, 2)
     """
     fl = np.asarray(flows, dtype=np.float32)
     pr = np.asarray(probability.numpy() if isinstance(probability, Image) else probability, dtype=np.float32)
@@ -197,7 +264,34 @@ FLOW_SCALE = 5.0          # Cellpose regresses 5 x the unit flows
 
 
 def normalize_percentile(image, low: float = 1.0, high: float = 99.0) -> np.ndarray:
-    """(x - p_low) / (p_high - p_low) per image (Cellpose's normalisation)."""
+    """``(x - p_low) / (p_high - p_low)`` per image (Cellpose's normalisation).
+
+    Parameters
+    ----------
+    image : Image or array_like
+        The image.
+    low : float, optional
+        Lower percentile, mapped to 0.
+    high : float, optional
+        Upper percentile, mapped to 1.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 normalised image.
+
+    Raises
+    ------
+    InputError
+        For NaN / Inf or no contrast between the two percentiles.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = normalize_percentile(np.arange(101.0), 0, 100)
+    >>> float(x.min()), float(x.max())
+    (0.0, 1.0)
+    """
     a = np.asarray(image.numpy() if isinstance(image, Image) else image, dtype=np.float32)
     if not np.all(np.isfinite(a)):
         raise InputError("image: contains NaN/Inf")
@@ -233,18 +327,66 @@ def train_flows(images, labels, epochs: int = 30, patch_size=None, batch_size: i
                 seed: int = 0, device=None, callback=None, progress=None):
     """Train (or, with ``model``, continue training) a flow network on instance masks.
 
-    ``images`` / ``labels``: one image and its instance label image, or lists of them
-    (2-D or 3-D).  Returns ``(model, history)``; history has the loss, flow MSE and
-    probability BCE per epoch.
+    The network is a :class:`~biomip.nn.UNet` with ``d + 1`` outputs: ``5 x`` flows
+    regressed by MSE and the cell probability by binary cross-entropy (Cellpose's losses),
+    trained on patches whose flows are recomputed after each augmentation.
 
+    Parameters
+    ----------
+    images : Image or array_like or list
+        One image, or a list of them (2-D or 3-D, grey).
+    labels : Image or array_like or list
+        The instance label image(s), one per image.
+    epochs : int, optional
+        Number of epochs.
+    patch_size : int or sequence of int or None, optional
+        Patch size in voxels, array order (default 128 x 128 in 2-D, 48 x 64 x 64 in 3-D).
+    batch_size : int, optional
+        Patches per batch.
+    lr : float, optional
+        AdamW learning rate.
+    iterations_per_epoch : int, optional
+        Batches per epoch.
+    features : sequence of int, optional
+        Channels per U-Net level of a new model.
+    model : UNet or None, optional
+        A flows model (from :func:`train_flows`) to continue training.
+    augment : bool, optional
+        Use the default :class:`~biomip.nn.Augmentation` (else none).
+    seed : int, optional
+        Initialisation, patch sampling, augmentation and dropout seed.
+    device : str or torch.device or None, optional
+        Where to train (default CPU).
+    callback : callable or None, optional
+        ``callback(epoch, model, record)`` after every epoch; return True to stop.
+    progress : bool or None, optional
+        Show a progress bar (``None``: only on a terminal).
+
+    Returns
+    -------
+    model : UNet
+        The network, in eval mode, ``meta["kind"] == "flows"``.
+    history : list of dict
+        Per epoch: ``epoch``, ``loss``, ``flow_mse``, ``prob_bce``, ``seconds``.
+
+    Raises
+    ------
+    InputError
+        For mismatched images and labels, non-positive counts, or a ``model`` that is not
+        a flows model.
+
+    Examples
+    --------
     >>> s = biomip.data.synthetic_nuclei((128, 128), seed=0)             # doctest: +SKIP
     >>> net, hist = train_flows([s.image], [s.labels], epochs=20)        # doctest: +SKIP
     """
     import time
 
-    from ..core.progress import progress_enabled
-    from .train import Augmentation, PatchSampler
-    from .unet import UNet
+    from ..core.progress import progress_bar
+    from ..core.rng import seeded
+    from ..nn.augment import Augmentation
+    from ..nn.patches import PatchSampler
+    from ..nn.unet import UNet
 
     xs, ys = _cases(images, labels)
     d = xs[0].ndim - 1
@@ -254,7 +396,6 @@ def train_flows(images, labels, epochs: int = 30, patch_size=None, batch_size: i
     if patch_size is None:
         patch_size = (128, 128) if d == 2 else (48, 64, 64)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    torch.manual_seed(int(seed))
     if model is None:
         model = UNet(sdim=d, in_channels=1, classes=d + 1, features=tuple(features), seed=int(seed))
         model.meta["kind"] = "flows"
@@ -266,48 +407,71 @@ def train_flows(images, labels, epochs: int = 30, patch_size=None, batch_size: i
     g = torch.Generator().manual_seed(int(seed))
     opt = torch.optim.AdamW(model.parameters(), lr=float(lr), weight_decay=1e-5)
     history = []
-    bar = None
-    if progress_enabled(progress):
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        bar.start()
-        task = bar.add_task("flows training", total=int(epochs))
-    for ep in range(int(epochs)):
-        t0 = time.perf_counter()
-        model.train()
-        acc = np.zeros(3)
-        for _ in range(int(iterations_per_epoch)):
-            x, y = sampler.sample(int(batch_size), g)
-            x, y = aug(x, y, g)
-            flows = torch.stack([torch.as_tensor(masks_to_flows(lab.numpy().astype(np.int64))) for lab in y])
-            x, flows, prob = x.to(dev), flows.to(dev), (y > 0).to(dev, torch.float32)
-            out = model(x)
-            l_flow = F.mse_loss(out[:, :d], FLOW_SCALE * flows) / 2
-            l_prob = F.binary_cross_entropy_with_logits(out[:, d], prob)
-            loss = l_flow + l_prob
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            acc += [float(loss.detach()), float(l_flow.detach()), float(l_prob.detach())]
-        acc /= int(iterations_per_epoch)
-        rec = {"epoch": ep, "loss": acc[0], "flow_mse": acc[1], "prob_bce": acc[2], "seconds": time.perf_counter() - t0}
-        history.append(rec)
-        if bar is not None:
-            bar.advance(task)
-        if callback is not None and callback(ep, model, rec) is True:
-            break
-    if bar is not None:
-        bar.stop()
+    with progress_bar("flows training", int(epochs), progress) as bar, seeded(int(seed), dev):   # dropout: seeded, restored
+        for ep in range(int(epochs)):
+            t0 = time.perf_counter()
+            model.train()
+            acc = np.zeros(3)
+            for _ in range(int(iterations_per_epoch)):
+                x, y = sampler.sample(int(batch_size), g)
+                x, y = aug(x, y, g)
+                flows = torch.stack([torch.as_tensor(masks_to_flows(lab.numpy().astype(np.int64))) for lab in y])
+                x, flows, prob = x.to(dev), flows.to(dev), (y > 0).to(dev, torch.float32)
+                out = model(x)
+                l_flow = F.mse_loss(out[:, :d], FLOW_SCALE * flows) / 2
+                l_prob = F.binary_cross_entropy_with_logits(out[:, d], prob)
+                loss = l_flow + l_prob
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                acc += [float(loss.detach()), float(l_flow.detach()), float(l_prob.detach())]
+            acc /= int(iterations_per_epoch)
+            rec = {"epoch": ep, "loss": acc[0], "flow_mse": acc[1], "prob_bce": acc[2], "seconds": time.perf_counter() - t0}
+            history.append(rec)
+            bar.advance()
+            if callback is not None and callback(ep, model, rec) is True:
+                break
     model.eval()
     return model, history
 
 
 def predict_instances(model, image, patch_size=None, prob_threshold: float = 0.5, flow_threshold: float | None = 0.4,
                       min_size: int = 15, device=None):
-    """Instances of ``image`` by a flow network: ``(labels, info)``; labels is an Image
-    with the input's geometry when the input is one."""
-    from .train import sliding_window_inference
+    """Instances of ``image`` by a flow network.
+
+    The network runs by sliding windows, then :func:`flows_to_masks` recovers instances.
+
+    Parameters
+    ----------
+    model : UNet
+        A flows model (from :func:`train_flows`).
+    image : Image or array_like
+        Grey image of the model's dimensionality.
+    patch_size : int or sequence of int or None, optional
+        Window size in voxels, array order (default up to 256 per axis in 2-D, 64 in
+        3-D).
+    prob_threshold : float, optional
+        Foreground threshold of the cell probability.
+    flow_threshold : float or None, optional
+        See :func:`flows_to_masks`.
+    min_size : int, optional
+        Masks with fewer voxels are dropped.
+    device : str or torch.device or None, optional
+        Where the network runs.
+
+    Returns
+    -------
+    labels : Image or numpy.ndarray
+        int32 instances; an Image with the input's geometry when the input is one.
+    info : dict
+        As :func:`flows_to_masks`, plus the cell ``probability`` map.
+
+    Raises
+    ------
+    InputError
+        For a model that is not a flows model or does not fit the image.
+    """
+    from ..nn.patches import sliding_window_inference
 
     if getattr(model, "meta", {}).get("kind") != "flows":
         raise InputError("model: expected a flows model (from train_flows)")
@@ -329,6 +493,35 @@ def predict_instances(model, image, patch_size=None, prob_threshold: float = 0.5
 
 
 def fine_tune(model, images, labels, epochs: int = 5, lr: float = 5e-4, **kwargs):
-    """Human-in-the-loop step: continue training ``model`` on corrected masks for a few
-    epochs (lower learning rate); returns ``(model, history)``."""
+    """Human-in-the-loop step: continue training ``model`` on corrected masks.
+
+    A few epochs at a lower learning rate; add corrected masks, train from the current
+    weights, see the metric move.
+
+    Parameters
+    ----------
+    model : UNet
+        A flows model (from :func:`train_flows`).
+    images : Image or array_like or list
+        Image(s) with corrected masks.
+    labels : Image or array_like or list
+        The corrected instance labels.
+    epochs : int, optional
+        Number of epochs.
+    lr : float, optional
+        Learning rate.
+    **kwargs : dict
+        Passed to :func:`train_flows`.
+
+    Returns
+    -------
+    model : UNet
+        The network, in eval mode.
+    history : list of dict
+        Per epoch, as :func:`train_flows`.
+
+    Examples
+    --------
+    >>> net, hist = fine_tune(net, [image], [corrected])             # doctest: +SKIP
+    """
     return train_flows(images, labels, epochs=epochs, lr=lr, model=model, **kwargs)

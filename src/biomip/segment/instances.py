@@ -36,8 +36,34 @@ def _spacing(x, spacing, ndim):
 
 
 def check_labels(labels, name: str = "labels", consecutive: bool = False) -> np.ndarray:
-    """Validate a label image (integers >= 0); with ``consecutive=True`` its ids must be
-    ``1..n`` without gaps (use :func:`relabel` first otherwise)."""
+    """Validate a label image (integers >= 0).
+
+    Parameters
+    ----------
+    labels : Image or array_like
+        2-D / 3-D label image (integers or bool).
+    name : str, optional
+        The argument's name, for error messages.
+    consecutive : bool, optional
+        Require ids ``1..n`` without gaps (use :func:`relabel` first otherwise).
+
+    Returns
+    -------
+    numpy.ndarray
+        The labels.
+
+    Raises
+    ------
+    InputError
+        For a non-integer dtype, negative ids, gaps (with ``consecutive``), or a wrong
+        number of axes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_labels(np.array([[0, 1], [2, 2]])).shape
+    (2, 2)
+    """
     a = _array(labels, name)
     if not np.issubdtype(a.dtype, np.integer) and a.dtype != bool:
         raise InputError(f"{name}: got dtype {a.dtype}; expected an integer label image")
@@ -54,7 +80,24 @@ def check_labels(labels, name: str = "labels", consecutive: bool = False) -> np.
 
 
 def relabel(labels):
-    """Ids renumbered ``1..n`` in order of first appearance of their value (0 kept)."""
+    """Ids renumbered ``1..n`` in order of first appearance of their value (0 kept).
+
+    Parameters
+    ----------
+    labels : Image or array_like
+        2-D / 3-D label image.
+
+    Returns
+    -------
+    Image or numpy.ndarray
+        int32 labels, an Image with the input's geometry when the input is one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> relabel(np.array([[0, 5], [9, 5]])).tolist()
+    [[0, 1], [2, 1]]
+    """
     from skimage.segmentation import relabel_sequential
 
     a = check_labels(labels)
@@ -62,7 +105,29 @@ def relabel(labels):
 
 
 def remove_small(labels, min_size: float, spacing=None):
-    """Objects smaller than ``min_size`` (mm^2 / mm^3 with a spacing, else voxels) set to 0."""
+    """Objects smaller than ``min_size`` set to 0.
+
+    Parameters
+    ----------
+    labels : Image or array_like
+        2-D / 3-D label image.
+    min_size : float
+        Smallest kept object, in mm^2 / mm^3 (with unit spacing: voxels).
+    spacing : float or sequence of float or None, optional
+        Voxel size in mm, world order (x, y[, z]); default the Image's, else 1.
+
+    Returns
+    -------
+    Image or numpy.ndarray
+        The labels without the small objects.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lab = np.zeros((8, 8), int); lab[0, 0] = 1; lab[4:8, 4:8] = 2
+    >>> np.unique(remove_small(lab, 2)).tolist()
+    [0, 2]
+    """
     a = check_labels(labels)
     sp = _spacing(labels, spacing, a.ndim)
     vox = float(np.prod(sp))
@@ -74,7 +139,25 @@ def remove_small(labels, min_size: float, spacing=None):
 
 
 def fill_holes(labels):
-    """Holes inside every object filled with its id (per object, 2-D or 3-D)."""
+    """Holes inside every object filled with its id (per object, 2-D or 3-D).
+
+    Parameters
+    ----------
+    labels : Image or array_like
+        2-D / 3-D label image.
+
+    Returns
+    -------
+    Image or numpy.ndarray
+        The filled labels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lab = np.zeros((5, 5), int); lab[1:4, 1:4] = 1; lab[2, 2] = 0
+    >>> int(fill_holes(lab)[2, 2])
+    1
+    """
     from scipy import ndimage as ndi
 
     a = check_labels(labels)
@@ -88,11 +171,35 @@ def fill_holes(labels):
 
 
 def split_instances(mask, min_distance: float | None = None, spacing=None, compactness: float = 0.0):
-    """Split a foreground mask into touching objects: Euclidean distance transform (mm),
-    one marker per local maximum at least ``min_distance`` mm apart (default: 0.7 x the
-    median equivalent radius of the mask's connected components, at least 2 voxels),
-    then watershed on the negated distance inside the mask.
+    """Split a foreground mask into touching objects.
 
+    Euclidean distance transform (mm), one marker per local maximum at least
+    ``min_distance`` mm apart, then watershed on the negated distance inside the mask.
+
+    Parameters
+    ----------
+    mask : Image or array_like
+        2-D / 3-D binary foreground (nonzero = foreground).
+    min_distance : float or None, optional
+        Smallest distance between markers, in mm (default: 0.7 x the median equivalent
+        radius of the mask's connected components, at least 2 voxels).
+    spacing : float or sequence of float or None, optional
+        Voxel size in mm, world order (x, y[, z]); default the Image's, else 1.
+    compactness : float, optional
+        Compactness of the watershed (0: the classic watershed).
+
+    Returns
+    -------
+    Image or numpy.ndarray
+        int32 instance labels, an Image with the input's geometry when the input is one.
+
+    Raises
+    ------
+    InputError
+        For NaN / Inf or a non-positive ``min_distance``.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> yy, xx = np.mgrid[:40, :60]
     >>> m = ((yy - 20) ** 2 + (xx - 20) ** 2 < 144) | ((yy - 20) ** 2 + (xx - 40) ** 2 < 144)
@@ -135,11 +242,37 @@ def split_instances(mask, min_distance: float | None = None, spacing=None, compa
 
 def foreground_instances(mask, min_distance: float | None = None, min_size: float | None = None,
                          opening: int = 1, spacing=None):
-    """Instances from any binary foreground (a threshold, a cluster, a level set, a
-    network's mask): a binary opening of ``opening`` voxels, hole filling, removal of
-    objects smaller than ``min_size`` (mm^2 / mm^3; default 5 % of the median object),
-    then :func:`split_instances` (distance-transform watershed).
+    """Instances from any binary foreground.
 
+    For a threshold, a cluster, a level set, a network's mask: a binary opening of
+    ``opening`` voxels, hole filling, removal of small objects, then
+    :func:`split_instances` (distance-transform watershed).
+
+    Parameters
+    ----------
+    mask : Image or array_like
+        2-D / 3-D binary foreground.
+    min_distance : float or None, optional
+        Smallest distance between markers, in mm (see :func:`split_instances`).
+    min_size : float or None, optional
+        Smallest kept object, in mm^2 / mm^3 (default 5 % of the median object).
+    opening : int, optional
+        Iterations of the binary opening, in voxels (0: none).
+    spacing : float or sequence of float or None, optional
+        Voxel size in mm, world order (x, y[, z]); default the Image's, else 1.
+
+    Returns
+    -------
+    Image or numpy.ndarray
+        int32 instance labels, an Image with the input's geometry when the input is one.
+
+    Raises
+    ------
+    InputError
+        For NaN / Inf or a negative ``opening``.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> yy, xx = np.mgrid[:40, :60]
     >>> m = ((yy - 20) ** 2 + (xx - 20) ** 2 < 144) | ((yy - 20) ** 2 + (xx - 40) ** 2 < 144)
@@ -168,13 +301,34 @@ def foreground_instances(mask, min_distance: float | None = None, min_size: floa
 
 def threshold_watershed(image, method: str = "otsu", min_distance: float | None = None,
                         min_size: float | None = None, opening: int = 1):
-    """The classic instance baseline: threshold (:func:`biomip.segment.threshold`), then
-    :func:`foreground_instances` (opening, hole filling, small-object removal,
-    distance-transform watershed).
+    """The classic instance baseline: threshold, then :func:`foreground_instances`.
 
+    Threshold (:func:`biomip.segment.threshold`), then opening, hole filling, small-object
+    removal and distance-transform watershed.
+
+    Parameters
+    ----------
+    image : Image or array_like
+        Grey 2-D / 3-D image (bright objects).
+    method : str, optional
+        Threshold method (see :func:`biomip.segment.threshold_value`).
+    min_distance : float or None, optional
+        Smallest distance between markers, in mm.
+    min_size : float or None, optional
+        Smallest kept object, in mm^2 / mm^3.
+    opening : int, optional
+        Iterations of the binary opening, in voxels.
+
+    Returns
+    -------
+    Image or numpy.ndarray
+        int32 instance labels, an Image with the input's geometry when the input is one.
+
+    Examples
+    --------
     >>> labels = threshold_watershed(biomip.data.load("nuclei2d"))       # doctest: +SKIP
     """
-    from .classic import threshold
+    from .thresholds import threshold
 
     fg = threshold(image, method=method)
     m = (fg.numpy() if isinstance(fg, Image) else np.asarray(fg)) > 0

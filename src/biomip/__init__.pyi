@@ -1,0 +1,23 @@
+from . import cli, core, data, io, learn, metrics, nn, ops, pipelines, reconstruct, register, segment
+from .core import BiomipError, Image, config
+from .io import read, write
+
+__all__ = [
+    "BiomipError",
+    "Image",
+    "cli",
+    "config",
+    "core",
+    "data",
+    "io",
+    "learn",
+    "metrics",
+    "nn",
+    "ops",
+    "pipelines",
+    "read",
+    "reconstruct",
+    "register",
+    "segment",
+    "write",
+]

@@ -1,0 +1,34 @@
+from .catalogue import SAMPLES, SAMPLES_HINT, Sample, get, list_samples, load, sample_path
+from .ct import CTScan, hu_to_mu, simulate_ct
+from .deformation import RandomDeformation, random_deformation
+from .lightfield import LightFieldSpecimen, lightfield_specimen, photon_scale, poisson_gaussian
+from .nuclei import NucleiSample, synthetic_nuclei
+from .pairs import RegistrationPair, RegistrationPairs, mni152_pair, phantom_pair, synthetic_pairs
+from .phantoms import shepp_logan
+
+__all__ = [
+    "CTScan",
+    "LightFieldSpecimen",
+    "NucleiSample",
+    "RandomDeformation",
+    "RegistrationPair",
+    "RegistrationPairs",
+    "SAMPLES",
+    "SAMPLES_HINT",
+    "Sample",
+    "get",
+    "hu_to_mu",
+    "lightfield_specimen",
+    "list_samples",
+    "load",
+    "mni152_pair",
+    "phantom_pair",
+    "photon_scale",
+    "poisson_gaussian",
+    "random_deformation",
+    "sample_path",
+    "shepp_logan",
+    "simulate_ct",
+    "synthetic_nuclei",
+    "synthetic_pairs",
+]

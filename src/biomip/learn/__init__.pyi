@@ -1,0 +1,27 @@
+from .graph import knn_affinity, normalized_laplacian, rbf_affinity
+from .lloyd import KMeansResult, kmeans
+from .mixture import GMMResult, gmm
+from .spectral import (
+    SOLVERS,
+    FiedlerResult,
+    SpectralResult,
+    fiedler_bipartition,
+    spectral_clustering,
+    spectral_embedding,
+)
+
+__all__ = [
+    "SOLVERS",
+    "FiedlerResult",
+    "GMMResult",
+    "KMeansResult",
+    "SpectralResult",
+    "fiedler_bipartition",
+    "gmm",
+    "kmeans",
+    "knn_affinity",
+    "normalized_laplacian",
+    "rbf_affinity",
+    "spectral_clustering",
+    "spectral_embedding",
+]

@@ -1,0 +1,31 @@
+from .augment import Augmentation
+from .inference import FrozenSequential, bf16_supported, fusable
+from .layers import Conv3d, LateralUpsample, lateral_upsample
+from .losses import DiceCELoss, dice_ce_loss, soft_dice, soft_dice_loss
+from .patches import PatchSampler, crop_pad, gaussian_importance, sliding_window_inference, window_starts
+from .registration import RegistrationNet, diffusion_batch, warp_batch
+from .unet import AttentionGate, UNet
+
+__all__ = [
+    "Augmentation",
+    "AttentionGate",
+    "Conv3d",
+    "DiceCELoss",
+    "FrozenSequential",
+    "LateralUpsample",
+    "PatchSampler",
+    "RegistrationNet",
+    "UNet",
+    "bf16_supported",
+    "crop_pad",
+    "dice_ce_loss",
+    "diffusion_batch",
+    "fusable",
+    "gaussian_importance",
+    "lateral_upsample",
+    "sliding_window_inference",
+    "soft_dice",
+    "soft_dice_loss",
+    "warp_batch",
+    "window_starts",
+]
