@@ -29,17 +29,30 @@ def read(path, *, series=None, level: int = 0, key: str | None = None, progress=
 
     Parameters
     ----------
-    path : file, folder (DICOM series / OME-Zarr) or list of DICOM files.
-    series : for a DICOM folder with several series, the index or SeriesInstanceUID
-        (see :func:`list_series`); for a TIFF, the TIFF series index.
-    level : pyramid level for OME-Zarr and pyramidal TIFF / SVS (0 = full resolution).
-    key : array name inside an NPZ file.
-    progress : show a progress bar while reading a DICOM series (default: on a terminal).
-    allow_irregular : read a DICOM series whose slices are not evenly spaced (a missing
-        slice) on its median spacing instead of raising; the gaps go to ``meta``.
+    path : str, pathlib.Path or list of str
+        A file, a folder (DICOM series, OME-Zarr) or a list of DICOM slice files.  The
+        format is sniffed from the content, not only the suffix.
+    series : int or str, optional
+        For a DICOM folder holding several series, the index or SeriesInstanceUID (see
+        :func:`list_series`); for a TIFF file, the TIFF series index.
+    level : int, optional
+        Pyramid level of an OME-Zarr or pyramidal TIFF / SVS file (default 0, full
+        resolution).
+    key : str, optional
+        Array name inside an NPZ file.
+    progress : bool, optional
+        Show a progress bar while reading a DICOM series (default: on a terminal).
+    allow_irregular : bool, optional
+        Read a DICOM series whose slices are not evenly spaced (a missing slice) on its
+        median spacing instead of raising; the gaps go to ``meta``.
 
-    Returns an :class:`~biomip.Image` with spacing / origin / direction in mm (LPS).
+    Returns
+    -------
+    Image
+        The image with spacing / origin / direction in mm (LPS).
 
+    Examples
+    --------
     >>> img = biomip.io.read("ct_series/")                         # doctest: +SKIP
     >>> img.spacing, img.origin                                    # doctest: +SKIP
     """
@@ -88,9 +101,27 @@ def write(image: Image, path, *, format: str | None = None, overwrite: bool = Tr
     never modified.  ``.dcm`` writes one file (2-D) and a folder name without suffix
     with ``format="dicom"`` writes a series (one file per slice).
 
-    Options: PNG/JPEG ``rescale=True``; OME-Zarr ``levels=``, ``min_size=``, ``chunks=``;
-    TIFF ``compression=``; DICOM ``description=``.
+    Parameters
+    ----------
+    image : Image
+        The image to write; its geometry goes to the file wherever the format can hold it.
+    path : str or pathlib.Path
+        Output file or folder (OME-Zarr, DICOM series).
+    format : {"nifti", "dicom", "tiff", "ome-zarr", "png", "jpeg", "npy", "npz"}, optional
+        The format; default from the suffix of `path`.
+    overwrite : bool, optional
+        Replace an existing `path` (default True); False raises if it exists.
+    **options
+        Format options: PNG/JPEG ``rescale=True``; OME-Zarr ``levels=``, ``min_size=``,
+        ``chunks=``; TIFF ``compression=``; DICOM ``description=``.
 
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Examples
+    --------
     >>> biomip.io.write(img, "out.nii.gz")                         # doctest: +SKIP
     """
     if not isinstance(image, Image):

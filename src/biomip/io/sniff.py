@@ -19,6 +19,18 @@ _SUFFIX = {
 
 
 def format_from_suffix(path) -> str | None:
+    """The format name that the suffix of ``path`` implies, or None.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A file or folder name (``.nii.gz``, ``.ome.zarr``, ``.dcm``, ``.tif``, ...).
+
+    Returns
+    -------
+    str or None
+        A name of :data:`FORMATS`, or None for an unknown suffix.
+    """
     name = str(path).lower().rstrip("/")
     for suf in sorted(_SUFFIX, key=len, reverse=True):
         if name.endswith(suf):
@@ -39,8 +51,22 @@ def _nifti_header(head: bytes) -> bool:
 def sniff(path) -> str:
     """Return the format name of ``path`` (see :data:`FORMATS`) from its content.
 
-    Raises :class:`FormatError` for missing / empty paths and
-    :class:`UnsupportedFormatError` when nothing matches.
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A file or folder.
+
+    Returns
+    -------
+    str
+        The format name.
+
+    Raises
+    ------
+    FormatError
+        For a missing or empty path.
+    UnsupportedFormatError
+        When no format matches.
     """
     p = Path(path)
     if not p.exists():
