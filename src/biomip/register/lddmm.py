@@ -53,7 +53,6 @@ with a sign flip) or ``"periodic"`` (plain FFT), as in
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -72,9 +71,8 @@ from .variational import (
     crop,
     extend,
     fourier_symbols,
-    image_device,
-    normalised_pair,
     pyramid_level,
+    pyramid_setup,
     upsample,
 )
 
@@ -246,11 +244,7 @@ def lddmm(fixed: Image, moving: Image, steps: int = 6, iterations: int = 100, al
         raise InputError(f"callback: got {type(callback).__name__}; expected a callable or None")
 
     t0 = time.perf_counter()
-    d = fixed.sdim
-    dev = image_device(fixed)
-    sp = tuple(float(s) for s in fixed.spacing)
-    f_full, m_full = normalised_pair(fixed, moving, dev)
-    n_lv = max(1, min(levels, 1 + int(math.log2(max(1, min(fixed.spatial_shape) // 8)))))
+    d, dev, sp, f_full, m_full, n_lv = pyramid_setup(fixed, moving, levels)
     kw = {"alpha": alpha, "gamma": gamma, "power": power, "boundary": boundary}
 
     def evaluate(vel, fl, ml, spl):

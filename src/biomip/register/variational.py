@@ -133,6 +133,16 @@ def extend(x: torch.Tensor, boundary: str, d: int, vector: bool = True) -> torch
     return x
 
 
+def pyramid_setup(fixed: Image, moving: Image, levels: int):
+    """What a pyramid registration starts from: ``(d, device, spacing (x, y[, z]) mm,
+    normalised fixed, normalised moving, number of levels)``; the coarsest level keeps at
+    least 8 voxels per axis."""
+    dev = image_device(fixed)
+    f_full, m_full = normalised_pair(fixed, moving, dev)
+    n_lv = max(1, min(levels, 1 + int(math.log2(max(1, min(fixed.spatial_shape) // 8)))))
+    return fixed.sdim, dev, tuple(float(s) for s in fixed.spacing), f_full, m_full, n_lv
+
+
 def crop(x: torch.Tensor, shape, d: int) -> torch.Tensor:
     sl = (Ellipsis,) + tuple(slice(0, n) for n in shape)
     return x[sl]
@@ -281,12 +291,7 @@ def variational(fixed: Image, moving: Image, regularizer: str = "elastic", itera
         raise InputError(f"callback: got {type(callback).__name__}; expected a callable or None")
 
     t0 = time.perf_counter()
-    d = fixed.sdim
-    dev = image_device(fixed)
-    sp = tuple(float(s) for s in fixed.spacing)
-    f_full, m_full = normalised_pair(fixed, moving, dev)
-    # the coarsest level keeps at least 8 voxels per axis
-    n_lv = max(1, min(levels, 1 + int(math.log2(max(1, min(fixed.spatial_shape) // 8)))))
+    d, dev, sp, f_full, m_full, n_lv = pyramid_setup(fixed, moving, levels)
     operator = "curvature" if regularizer == "curvature" else "elastic"
     history: list[float] = []
     taus: list[float] = []
