@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..core.arrays import check_shape, check_spacing
+from ..core.arrays import check_number, check_shape, check_spacing
 from ..core.errors import InputError
 from ..core.image import Image
 
@@ -78,15 +78,6 @@ def _random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:
     return q
 
 
-def _check_number(value, name, low=None, low_open=False, integer=False):
-    ok_types = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(value, bool) or not isinstance(value, ok_types) or not np.isfinite(value):
-        raise InputError(f"{name}: got {value!r}; expected {'an integer' if integer else 'a finite number'}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise InputError(f"{name}: got {value!r}; expected a value {'>' if low_open else '>='} {low}")
-    return value
-
-
 def synthetic_nuclei(shape=(256, 256), n_nuclei: int = 40, radius=(6, 12), touching: float = 0.3,
                      spacing=None, noise: float = 0.05, seed: int = 0) -> NucleiSample:
     """Synthetic fluorescent nuclei (ellipses / ellipsoids) with instance labels.
@@ -137,17 +128,17 @@ def synthetic_nuclei(shape=(256, 256), n_nuclei: int = 40, radius=(6, 12), touch
     shp = check_shape(shape, min_size=4)
     d = len(shp)
     sp = np.asarray(check_spacing(spacing, d))
-    _check_number(n_nuclei, "n_nuclei", 0, integer=True)
+    check_number(n_nuclei, "n_nuclei", low=0, integer=True)
     r = np.atleast_1d(np.asarray(radius, dtype=float)).ravel() if not isinstance(radius, bool) else np.array([np.nan])
     if r.size == 1:
         r = np.repeat(r, 2)
     if r.size != 2 or not np.all(np.isfinite(r)) or r[0] <= 0 or r[1] < r[0]:
         raise InputError(f"radius: got {radius!r}; expected a positive number or (min, max) with 0 < min <= max (voxels)")
-    _check_number(touching, "touching", 0)
+    check_number(touching, "touching", low=0)
     if touching > 1:
         raise InputError(f"touching: got {touching!r}; expected a fraction between 0 and 1")
-    _check_number(noise, "noise", 0)
-    _check_number(seed, "seed", integer=True)
+    check_number(noise, "noise", low=0)
+    check_number(seed, "seed", integer=True)
     if r[0] < 1.0:
         raise InputError(f"radius: got {radius!r}; expected at least 1 voxel")
 
