@@ -167,7 +167,13 @@ def package_page(pkgname: str, packages, excluded=(), home=None) -> str:
             continue
         if sec.title:
             out.append(_underline(f"``{sec.title}``", "-"))
-            out.append(f".. automodule:: {sec.source}\n   :no-members:\n")
+            # a submodule shadowed by a function of the same name in the package
+            # (biomip.register.lddmm, .variational) is one object path for Sphinx: the
+            # function owns it, the module section only shows the module docstring
+            attr = getattr(importlib.import_module(pkgname), sec.source.rpartition(".")[2], None)
+            shadowed = attr is not None and not inspect.ismodule(attr)
+            out.append(f".. automodule:: {sec.source}\n   :no-members:\n"
+                       + ("   :no-index:\n" if shadowed else ""))
         by_module = {}
         for module, name in sec.entries:
             by_module.setdefault(module, []).append(name)

@@ -37,11 +37,7 @@ API_PACKAGES = [
 # (every failure is listed in docs/DOCSTRING-TODO.md; `python docs/apigen.py --check`
 # regenerates the list): a package name drops its page, an object path ("biomip.Image")
 # drops that entry.  Empty this list as they are fixed: `make docs` then checks them too.
-API_EXCLUDED_UNTIL_DOCSTRINGS_FIXED: list[str] = [
-    # biomip/core/image.py
-    "biomip.Image",
-    "biomip.register",
-]
+API_EXCLUDED_UNTIL_DOCSTRINGS_FIXED: list[str] = []
 
 # numpydoc validation, reported as build warnings (errors under `make docs`): every public
 # function, class and method has a docstring (GL08), documents each of its parameters

@@ -12,7 +12,23 @@ from .errors import InputError, ShapeError, describe
 
 
 def is_tensor(x) -> bool:
-    """True for a ``torch.Tensor`` (without importing torch when it is not loaded)."""
+    """True for a ``torch.Tensor`` (without importing torch when it is not loaded).
+
+    Parameters
+    ----------
+    x : object
+        Any value.
+
+    Returns
+    -------
+    bool
+        Whether ``x`` is a torch tensor.
+
+    Examples
+    --------
+    >>> is_tensor(np.zeros(3))
+    False
+    """
     import sys
 
     torch = sys.modules.get("torch")
@@ -27,7 +43,32 @@ def _unwrap(x):
 
 
 def as_numpy(x, dtype=None, name: str = "array") -> np.ndarray:
-    """Return ``x`` (numpy, torch, Image, list) as a numpy array (no copy when possible)."""
+    """Return ``x`` (numpy, torch, Image, list) as a numpy array (no copy when possible).
+
+    Parameters
+    ----------
+    x : array_like, torch.Tensor or Image
+        The data; a tensor is detached and moved to the CPU, an Image gives its array.
+    dtype : numpy.dtype, optional
+        Target dtype (default: unchanged).
+    name : str, optional
+        The argument's name, used in error messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        The array.
+
+    Raises
+    ------
+    InputError
+        When ``x`` cannot be converted to an array (of ``dtype``).
+
+    Examples
+    --------
+    >>> as_numpy([1, 2], dtype=float)
+    array([1., 2.])
+    """
     x = _unwrap(x)
     if is_tensor(x):
         x = x.detach().cpu().numpy()
@@ -42,7 +83,35 @@ def as_tensor(x, device=None, dtype=None, name: str = "array"):
     """Return ``x`` as a ``torch.Tensor``.
 
     ``device=None`` keeps a tensor where it lives and puts numpy on
-    ``biomip.config.device``.
+    ``biomip.config.device``.  numpy data are converted without a copy where torch
+    allows: uint16 / uint32 become int32 / int64 (torch lacks them), big-endian data
+    and read-only arrays are copied.
+
+    Parameters
+    ----------
+    x : array_like, torch.Tensor or Image
+        The data.
+    device : torch.device or str, optional
+        Target device (see above).
+    dtype : torch.dtype, optional
+        Target dtype (default: unchanged).
+    name : str, optional
+        The argument's name, used in error messages.
+
+    Returns
+    -------
+    torch.Tensor
+        The tensor.
+
+    Raises
+    ------
+    InputError
+        For data that are not numeric (object, string, datetime arrays).
+
+    Examples
+    --------
+    >>> as_tensor(np.arange(3, dtype=np.uint16), device="cpu").dtype
+    torch.int32
     """
     import torch
 
@@ -71,7 +140,27 @@ def as_tensor(x, device=None, dtype=None, name: str = "array"):
 
 
 def like_input(result, reference):
-    """Convert ``result`` to the kind of ``reference`` (numpy or torch on its device)."""
+    """Convert ``result`` to the kind of ``reference`` (numpy or torch on its device).
+
+    Parameters
+    ----------
+    result : array_like or torch.Tensor
+        The data to convert.
+    reference : array_like, torch.Tensor or Image
+        The input whose kind the result takes (an Image's array counts).
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+        ``result`` as a tensor on ``reference``'s device when ``reference`` is torch,
+        else as numpy.
+
+    Examples
+    --------
+    >>> import torch
+    >>> like_input(torch.ones(2), np.zeros(2))
+    array([1., 1.], dtype=float32)
+    """
     reference = _unwrap(reference)
     if is_tensor(reference):
         return as_tensor(result, device=reference.device)
@@ -79,7 +168,32 @@ def like_input(result, reference):
 
 
 def check_finite(x, name: str = "array"):
-    """Raise :class:`InputError` if ``x`` holds NaN or infinity."""
+    """Raise :class:`InputError` if ``x`` holds NaN or infinity.
+
+    Parameters
+    ----------
+    x : array_like, torch.Tensor or Image
+        The data (only floating / complex data are inspected).
+    name : str, optional
+        The argument's name, used in error messages.
+
+    Returns
+    -------
+    array_like, torch.Tensor or Image
+        ``x`` unchanged.
+
+    Raises
+    ------
+    InputError
+        When ``x`` holds NaN or infinity (the message counts them).
+
+    Examples
+    --------
+    >>> check_finite(np.array([1.0, np.nan]), "image")
+    Traceback (most recent call last):
+    ...
+    biomip.core.errors.InputError: image: contains 1 NaN/Inf value(s) of 2; expected finite values
+    """
     x = _unwrap(x)
     if is_tensor(x):
         import torch
@@ -101,14 +215,56 @@ def check_finite(x, name: str = "array"):
 
 
 def check_same_shape(a, b, name_a: str = "a", name_b: str = "b"):
-    """Raise :class:`ShapeError` when two arrays differ in shape."""
+    """Raise :class:`ShapeError` when two arrays differ in shape.
+
+    Parameters
+    ----------
+    a : array_like, torch.Tensor or Image
+        The first array (anything with a ``shape``).
+    b : array_like, torch.Tensor or Image
+        The second array.
+    name_a : str, optional
+        ``a``'s name in the error message.
+    name_b : str, optional
+        ``b``'s name in the error message.
+
+    Raises
+    ------
+    ShapeError
+        When the shapes differ.
+    """
     sa, sb = tuple(_unwrap(a).shape), tuple(_unwrap(b).shape)
     if sa != sb:
         raise ShapeError(f"{name_a} and {name_b}: shapes {sa} and {sb} differ; expected equal shapes")
 
 
 def check_ndim(x, ndims, name: str = "array"):
-    """Raise :class:`ShapeError` unless ``x.ndim`` is in ``ndims``."""
+    """Raise :class:`ShapeError` unless ``x.ndim`` is in ``ndims``.
+
+    Parameters
+    ----------
+    x : array_like, torch.Tensor or Image
+        The array (anything with an ``ndim``).
+    ndims : int or sequence of int
+        The accepted numbers of dimensions.
+    name : str, optional
+        The argument's name, used in error messages.
+
+    Returns
+    -------
+    array_like, torch.Tensor or Image
+        ``x`` unchanged.
+
+    Raises
+    ------
+    ShapeError
+        When ``x.ndim`` is not in ``ndims``.
+
+    Examples
+    --------
+    >>> check_ndim(np.zeros((2, 3)), (2, 3)).shape
+    (2, 3)
+    """
     nd = _unwrap(x).ndim
     ndims = (ndims,) if isinstance(ndims, int) else tuple(ndims)
     if nd not in ndims:
@@ -122,6 +278,34 @@ def check_spacing(spacing, ndim: int, name: str = "spacing") -> tuple[float, ...
 
     A scalar is broadcast.  ``None`` gives unit spacing.  Spacing order is the
     ITK / world order (x, y, z), i.e. the *reverse* of the array axes.
+
+    Parameters
+    ----------
+    spacing : float, sequence of float or None
+        Voxel size in mm, world order x, y[, z]; one number for all axes.
+    ndim : int
+        Number of spatial axes.
+    name : str, optional
+        The argument's name, used in error messages.
+
+    Returns
+    -------
+    tuple of float
+        ``ndim`` positive voxel sizes in mm, world order.
+
+    Raises
+    ------
+    GeometryError
+        For the wrong number of values, or values that are not finite and positive.
+    InputError
+        When ``spacing`` is not numeric.
+
+    Examples
+    --------
+    >>> check_spacing(0.5, 3)
+    (0.5, 0.5, 0.5)
+    >>> check_spacing(None, 2)
+    (1.0, 1.0)
     """
     if spacing is None:
         return (1.0,) * ndim
@@ -137,13 +321,54 @@ def check_spacing(spacing, ndim: int, name: str = "spacing") -> tuple[float, ...
 
 
 def GeometryError_(msg):  # late import to keep the module graph flat
+    """A :class:`~biomip.core.errors.GeometryError` with ``msg`` (imported late).
+
+    Parameters
+    ----------
+    msg : str
+        The error message.
+
+    Returns
+    -------
+    GeometryError
+        The exception, to be raised by the caller.
+    """
     from .errors import GeometryError
 
     return GeometryError(msg)
 
 
 def check_shape(shape, ndims=(2, 3), min_size: int = 1, name: str = "shape") -> tuple[int, ...]:
-    """Validate a spatial shape ``(ny, nx)`` / ``(nz, ny, nx)``: integers >= ``min_size``."""
+    """Validate a spatial shape ``(ny, nx)`` / ``(nz, ny, nx)``: integers >= ``min_size``.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Spatial shape in array order ``([z,] y, x)``, voxels.
+    ndims : sequence of int, optional
+        The accepted lengths of ``shape``.
+    min_size : int, optional
+        Smallest accepted size per axis.
+    name : str, optional
+        The argument's name, used in error messages.
+
+    Returns
+    -------
+    tuple of int
+        The shape.
+
+    Raises
+    ------
+    InputError
+        When ``shape`` is not a sequence of numbers.
+    ShapeError
+        For the wrong length, non-integers or sizes below ``min_size``.
+
+    Examples
+    --------
+    >>> check_shape((64, 64.0))
+    (64, 64)
+    """
     try:
         shp = tuple(int(s) for s in shape)
         ok = all(int(s) == s for s in shape)
@@ -157,7 +382,32 @@ def check_shape(shape, ndims=(2, 3), min_size: int = 1, name: str = "shape") -> 
 
 def as_float_tensor(x, name: str = "array", device=None):
     """``x`` as a real floating torch tensor (integers and booleans -> float32), checked
-    finite; complex / object / string arrays raise :class:`InputError`."""
+    finite; complex / object / string arrays raise :class:`InputError`.
+
+    Parameters
+    ----------
+    x : array_like, torch.Tensor or Image
+        The data.
+    name : str, optional
+        The argument's name, used in error messages.
+    device : torch.device or str, optional
+        Target device (see :func:`as_tensor`).
+
+    Returns
+    -------
+    torch.Tensor
+        A floating tensor (floating inputs keep their dtype).
+
+    Raises
+    ------
+    InputError
+        For complex, non-numeric or non-finite data.
+
+    Examples
+    --------
+    >>> as_float_tensor(np.array([1, 2]), device="cpu")
+    tensor([1., 2.])
+    """
     check_real(x, name, allow_bool=True)
     t = as_tensor(x, device=device, name=name)
     if not t.is_floating_point():
@@ -176,6 +426,27 @@ def check_real(x, name: str = "array", allow_bool: bool = False):
     may be boolean; intensities, fields and registration inputs may not).  ``x`` is a
     numpy array, torch tensor, :class:`Image` or array-like; it is returned unchanged.
 
+    Parameters
+    ----------
+    x : array_like, torch.Tensor or Image
+        The data.
+    name : str, optional
+        The argument's name, used in error messages.
+    allow_bool : bool, optional
+        Accept boolean data.
+
+    Returns
+    -------
+    array_like, torch.Tensor or Image
+        ``x`` unchanged.
+
+    Raises
+    ------
+    InputError
+        For complex, object, string, datetime (or, unless ``allow_bool``, boolean) data.
+
+    Examples
+    --------
     >>> check_real(np.zeros(3, complex), "image")
     Traceback (most recent call last):
     ...
@@ -267,6 +538,27 @@ def check_size(value, d: int, name: str) -> tuple[int, ...]:
     """``d`` positive integers (array order) from one integer or a sequence of ``d``;
     else an InputError naming ``name``.
 
+    Parameters
+    ----------
+    value : int or sequence of int
+        One size for all axes or ``d`` sizes in array order ``([z,] y, x)``, voxels.
+    d : int
+        Number of axes.
+    name : str
+        The argument's name, used in the error message.
+
+    Returns
+    -------
+    tuple of int
+        ``d`` sizes, array order.
+
+    Raises
+    ------
+    InputError
+        When ``value`` is not one or ``d`` positive integers (booleans refused).
+
+    Examples
+    --------
     >>> check_size(64, 2, "patch_size")
     (64, 64)
     """
@@ -281,7 +573,32 @@ def check_size(value, d: int, name: str) -> tuple[int, ...]:
 
 
 def check_count(value, name: str, minimum: int = 1) -> int:
-    """An integer >= ``minimum`` as int, else an InputError naming ``name``."""
+    """An integer >= ``minimum`` as int, else an InputError naming ``name``.
+
+    Parameters
+    ----------
+    value : int
+        The count to check (booleans and floats refused).
+    name : str
+        The argument's name, used in the error message.
+    minimum : int, optional
+        Smallest accepted value.
+
+    Returns
+    -------
+    int
+        ``value``.
+
+    Raises
+    ------
+    InputError
+        When ``value`` is not an integer >= ``minimum``.
+
+    Examples
+    --------
+    >>> check_count(5, "iterations")
+    5
+    """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InputError(f"{name}: got {value!r}; expected an integer >= {minimum}")
     return int(value)

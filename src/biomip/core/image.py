@@ -34,6 +34,24 @@ NON_SPATIAL = "tc"
 
 
 def default_axes(ndim: int) -> str:
+    """Axis letters of an array of ``ndim`` dimensions when none are given.
+
+    Parameters
+    ----------
+    ndim : int
+        Number of array dimensions.
+
+    Returns
+    -------
+    str
+        ``"x"``, ``"yx"``, ``"zyx"``, ``"czyx"`` or ``"tczyx"`` for 1 to 5 dimensions;
+        ``""`` otherwise (which :class:`Image` then refuses).
+
+    Examples
+    --------
+    >>> default_axes(2), default_axes(4)
+    ('yx', 'czyx')
+    """
     return {1: "x", 2: "yx", 3: "zyx", 4: "czyx", 5: "tczyx"}.get(ndim, "")
 
 
@@ -65,7 +83,34 @@ def check_direction(direction, d: int, name: str = "direction") -> np.ndarray:
     """Validate a direction matrix: ``d x d`` (or ``d*d`` numbers, row-major), finite and
     orthonormal within :data:`DIRECTION_TOLERANCE`.  Returns a float64 copy; raises
     :class:`GeometryError` naming ``name``, what came and what is expected.  ``None``
-    gives the identity."""
+    gives the identity.
+
+    Parameters
+    ----------
+    direction : array_like or None
+        The matrix, column ``k`` the world direction of index axis ``k`` (x, y[, z]).
+    d : int
+        Number of spatial dimensions.
+    name : str, optional
+        The argument's name, used in the error message.
+
+    Returns
+    -------
+    numpy.ndarray
+        The ``(d, d)`` float64 matrix.
+
+    Raises
+    ------
+    GeometryError
+        When ``direction`` is not numeric, not ``d x d`` (or ``d*d`` numbers), not
+        finite, or not orthonormal within :data:`DIRECTION_TOLERANCE`.
+
+    Examples
+    --------
+    >>> check_direction([0, 1, 1, 0], 2)
+    array([[0., 1.],
+           [1., 0.]])
+    """
     if direction is None:
         return np.eye(d)
     try:
@@ -89,14 +134,47 @@ def check_direction(direction, d: int, name: str = "direction") -> np.ndarray:
 class Image:
     """An n-D array with spacing, origin, direction (ITK/LPS, mm), axis names and metadata.
 
+    Geometry is validated on construction and on every assignment
+    (``img.spacing = (0, 1)`` raises).  Slicing (``img[...]``) and arithmetic with
+    numbers or Images on the same grid keep the geometry.
+
     Parameters
     ----------
-    array : numpy array or torch tensor, spatial axes last ``[..., z, y, x]``.
-    spacing : voxel size per spatial axis in **world order (x, y, z)**, mm. Default 1.
-    origin : world position (x, y, z) of the centre of the first voxel, mm. Default 0.
-    direction : (d, d) matrix, column k = world direction of index axis k. Default identity.
-    axes : axis letters, e.g. ``"zyx"``, ``"cyx"``, ``"tzyx"``. Default from ``array.ndim``.
-    meta : free-form metadata (modality, source path, units, ...).
+    array : array_like or torch.Tensor
+        Numpy array (array-likes are converted) or torch tensor, spatial axes last
+        ``[..., z, y, x]``; not an Image (use :meth:`with_array` or :meth:`copy`).
+    spacing : float or sequence of float, optional
+        Voxel size per spatial axis in **world order (x, y, z)**, mm (finite, > 0; one
+        number for all axes). Default 1.
+    origin : sequence of float, optional
+        World position (x, y, z) of the centre of the first voxel, mm. Default 0.
+    direction : array_like, optional
+        (d, d) orthonormal matrix (or ``d*d`` numbers, row-major), column k = world
+        direction of index axis k. Default identity.
+    axes : str, optional
+        Axis letters, e.g. ``"zyx"``, ``"cyx"``, ``"tzyx"``: distinct letters from
+        ``t``, ``c``, ``z``, ``y``, ``x`` with the spatial ones last in ``zyx`` order.
+        Default from ``array.ndim`` (:func:`default_axes`).
+    meta : dict, optional
+        Free-form metadata (modality, source path, units, ...); copied.
+
+    Attributes
+    ----------
+    array : numpy.ndarray or torch.Tensor
+        The pixel data.
+    axes : str
+        The axis letters.
+    meta : dict
+        The metadata.
+
+    Raises
+    ------
+    InputError
+        For an Image or object-dtype ``array``, or invalid ``axes`` letters.
+    ShapeError
+        For a 0-D ``array`` or ``axes`` of the wrong length.
+    GeometryError
+        For an invalid ``spacing``, ``origin`` or ``direction``.
 
     Examples
     --------
@@ -180,14 +258,17 @@ class Image:
     # ------------------------------------------------------------------ basics
     @property
     def shape(self) -> tuple[int, ...]:
+        """Shape of the array, array order (all axes, e.g. ``(c, z, y, x)``)."""
         return tuple(self.array.shape)
 
     @property
     def ndim(self) -> int:
+        """Number of array dimensions (spatial and non-spatial)."""
         return self.array.ndim
 
     @property
     def dtype(self):
+        """dtype of the array (a numpy dtype, or a torch dtype for a torch-backed image)."""
         return self.array.dtype
 
     @property
@@ -217,10 +298,12 @@ class Image:
 
     @property
     def is_torch(self) -> bool:
+        """True when the array is a torch tensor."""
         return is_tensor(self.array)
 
     @property
     def device(self):
+        """The tensor's ``torch.device``, or ``"cpu"`` for a numpy-backed image."""
         return self.array.device if self.is_torch else "cpu"
 
     @property
@@ -241,7 +324,28 @@ class Image:
         return arr.astype(dtype) if dtype is not None else arr
 
     def torch(self, device=None, dtype=None):
-        """The array as a torch tensor (``device=None``: where it lives / config default)."""
+        """The array as a torch tensor (``device=None``: where it lives / config default).
+
+        Parameters
+        ----------
+        device : torch.device or str, optional
+            Target device; ``None`` keeps a tensor where it lives and puts numpy data on
+            ``biomip.config.device``.
+        dtype : torch.dtype, optional
+            Target dtype (default: unchanged; uint16 / uint32 numpy data become int32 /
+            int64).
+
+        Returns
+        -------
+        torch.Tensor
+            The array (no copy when it already is a tensor of that device and dtype).
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> Image(np.zeros((2, 3))).torch("cpu", torch.float32).dtype
+        torch.float32
+        """
         return as_tensor(self.array, device=device, dtype=dtype)
 
     # ------------------------------------------------------------- derivation
@@ -250,6 +354,35 @@ class Image:
 
         The spatial shape may differ only if ``spacing``/``origin`` are overridden
         explicitly by the caller; the number of spatial axes must match.
+
+        Parameters
+        ----------
+        array : array_like or torch.Tensor
+            The new data, spatial axes last, with this image's number of spatial axes.
+        axes : str, optional
+            Axis letters of ``array``; default this image's axes when the number of
+            dimensions is the same, else ``"c"`` / ``"tc"`` before the spatial axes.
+        **overrides
+            Any other :class:`Image` argument (``spacing``, ``origin``, ``direction``,
+            ``meta``) replacing this image's.
+
+        Returns
+        -------
+        Image
+            The new image (``meta`` deep-copied unless overridden).
+
+        Raises
+        ------
+        ShapeError
+            When ``array`` has fewer dimensions than this image has spatial axes.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> img = Image(np.zeros((4, 5)), spacing=(0.5, 2.0))
+        >>> rgb = img.with_array(np.zeros((3, 4, 5)))
+        >>> rgb.axes, rgb.spacing
+        ('cyx', (0.5, 2.0))
         """
         axes = axes if axes is not None else (self.axes if np.ndim(array) == self.ndim else None)
         if axes is None:
@@ -263,28 +396,109 @@ class Image:
         return Image(array, **kw)
 
     def copy(self) -> Image:
+        """A copy with its own array (cloned tensor or copied numpy array) and metadata.
+
+        Returns
+        -------
+        Image
+            The copy, same geometry, axes and (deep-copied) metadata.
+        """
         arr = self.array.clone() if self.is_torch else np.array(self.array, copy=True)
         return self.with_array(arr)
 
     def astype(self, dtype) -> Image:
+        """The image with its array cast to ``dtype`` (same geometry and metadata).
+
+        Parameters
+        ----------
+        dtype : numpy.dtype or torch.dtype
+            A numpy dtype for a numpy-backed image, a torch dtype for a torch-backed one.
+
+        Returns
+        -------
+        Image
+            The cast image, same kind of array.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> Image(np.zeros((2, 2), np.uint8)).astype(np.float32).dtype
+        dtype('float32')
+        """
         if self.is_torch:
             return self.with_array(self.array.to(dtype))
         return self.with_array(self.numpy().astype(dtype))
 
     def to(self, device) -> Image:
-        """Move the array to a torch device (returns a torch-backed image)."""
+        """Move the array to a torch device (returns a torch-backed image).
+
+        Parameters
+        ----------
+        device : torch.device or str
+            Target device, e.g. ``"cpu"`` or ``"cuda"``.
+
+        Returns
+        -------
+        Image
+            A torch-backed image with the same geometry and metadata.
+        """
         return self.with_array(self.torch(device))
 
     # ----------------------------------------------------------------- geometry
     def index_to_world(self, index) -> np.ndarray:
-        """Map continuous ITK indices ``(..., d)`` (order x, y, z) to world mm (LPS)."""
+        """Map continuous ITK indices ``(..., d)`` (order x, y, z) to world mm (LPS).
+
+        ``origin + direction @ (spacing * index)``; index 0 is the centre of the first
+        voxel.
+
+        Parameters
+        ----------
+        index : array_like
+            Continuous voxel indices ``(..., d)``, x first (the reverse of the array
+            axes).
+
+        Returns
+        -------
+        numpy.ndarray
+            World points ``(..., d)``, mm, x first.
+
+        Raises
+        ------
+        ShapeError
+            When the last axis of ``index`` is not ``d`` long.
+        """
         idx = np.asarray(index, dtype=float)
         if idx.shape[-1:] != (self.sdim,):
             raise ShapeError(f"index: got shape {idx.shape}; expected (..., {self.sdim}) in (x, y, z) order")
         return np.asarray(self.origin) + (idx * np.asarray(self.spacing)) @ self.direction.T
 
     def world_to_index(self, points) -> np.ndarray:
-        """Map world points ``(..., d)`` (mm, LPS, x, y, z) to continuous ITK indices."""
+        """Map world points ``(..., d)`` (mm, LPS, x, y, z) to continuous ITK indices.
+
+        The inverse of :meth:`index_to_world`.
+
+        Parameters
+        ----------
+        points : array_like
+            World points ``(..., d)``, mm, x first.
+
+        Returns
+        -------
+        numpy.ndarray
+            Continuous voxel indices ``(..., d)``, x first (not rounded).
+
+        Raises
+        ------
+        ShapeError
+            When the last axis of ``points`` is not ``d`` long.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> img = Image(np.zeros((10, 20, 30)), spacing=(0.5, 0.5, 2.0))
+        >>> img.world_to_index([1.0, 0.0, 2.0])
+        array([2., 0., 1.])
+        """
         p = np.asarray(points, dtype=float)
         if p.shape[-1:] != (self.sdim,):
             raise ShapeError(f"points: got shape {p.shape}; expected (..., {self.sdim}) in (x, y, z) order")
@@ -299,7 +513,30 @@ class Image:
         return np.stack([w.min(0), w.max(0)])
 
     def same_geometry(self, other: Image, atol: float = 1e-4) -> bool:
-        """True when both images sample the same physical grid."""
+        """True when both images sample the same physical grid.
+
+        Same spatial shape, and spacing, origin and direction equal within ``atol``
+        (and a relative tolerance of 1e-5 for spacing and origin).
+
+        Parameters
+        ----------
+        other : Image
+            The image to compare with.
+        atol : float, optional
+            Absolute tolerance, mm for spacing and origin.
+
+        Returns
+        -------
+        bool
+            Whether the grids match.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> a = Image(np.zeros((4, 4)), spacing=(1.0, 1.0))
+        >>> a.same_geometry(a.with_array(np.ones((4, 4)))), a.same_geometry(Image(np.zeros((4, 4)), spacing=2.0))
+        (True, False)
+        """
         return (self.spatial_shape == other.spatial_shape
                 and np.allclose(self.spacing, other.spacing, atol=atol, rtol=1e-5)
                 and np.allclose(self.origin, other.origin, atol=atol, rtol=1e-5)
@@ -307,7 +544,27 @@ class Image:
 
     def check_same_geometry(self, other: Image, name: str = "image", other_name: str = "other",
                             atol: float = 1e-4) -> None:
-        """Raise :class:`GeometryError` naming the first difference."""
+        """Raise :class:`GeometryError` naming the first difference.
+
+        The same comparison as :meth:`same_geometry`, checked in the order spatial shape,
+        spacing, origin, direction.
+
+        Parameters
+        ----------
+        other : Image
+            The image to compare with.
+        name : str, optional
+            This image's name in the error message.
+        other_name : str, optional
+            ``other``'s name in the error message.
+        atol : float, optional
+            Absolute tolerance, mm for spacing and origin.
+
+        Raises
+        ------
+        GeometryError
+            When the spatial shapes, spacings, origins or directions differ.
+        """
         if self.spatial_shape != other.spatial_shape:
             raise GeometryError(f"{name} and {other_name}: spatial shapes {self.spatial_shape} and {other.spatial_shape} differ")
         for attr in ("spacing", "origin"):
@@ -455,7 +712,29 @@ class Image:
 
     @classmethod
     def from_sitk(cls, img, meta: dict | None = None) -> Image:
-        """Build an :class:`Image` from a ``SimpleITK.Image`` (geometry copied exactly)."""
+        """Build an :class:`Image` from a ``SimpleITK.Image`` (geometry copied exactly).
+
+        Parameters
+        ----------
+        img : SimpleITK.Image
+            A scalar or vector image; vector components become a leading ``c`` axis.
+        meta : dict, optional
+            Metadata of the new image.
+
+        Returns
+        -------
+        Image
+            The image with SimpleITK's array (``GetArrayFromImage``: array order
+            ``[z,] y, x``), spacing, origin and direction.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> img = Image(np.zeros((3, 4)), spacing=(0.5, 2.0), origin=(1.0, -1.0))
+        >>> back = Image.from_sitk(img.to_sitk())            # doctest: +SKIP
+        >>> back.spacing, back.origin                        # doctest: +SKIP
+        ((0.5, 2.0), (1.0, -1.0))
+        """
         import SimpleITK as sitk
 
         arr = sitk.GetArrayFromImage(img)

@@ -37,6 +37,39 @@ def same_kind(*names: str, spacing: str | None = "spacing", reference=None, fini
     device if any input was torch; else a numpy array.  Objects nested deeper (e.g. a
     transform held by the result) are left alone.
 
+    Parameters
+    ----------
+    *names : str
+        The names of the image arguments of the decorated function.
+    spacing : str or None, optional
+        The name of the function's spacing argument (used when it has one; None: no
+        spacing argument).
+    reference : callable, optional
+        ``reference(arguments)`` -> Image or None: the grid of array arguments when no
+        Image is given (``arguments`` the bound arguments, a dict).
+    finite : bool, optional
+        Check the image arguments for NaN / Inf.
+    real : bool, optional
+        Check that the image arguments hold real numbers (:func:`check_real`).
+
+    Returns
+    -------
+    callable
+        The decorator; it raises TypeError at decoration time when the function has
+        no argument named in ``names``.
+
+    Raises
+    ------
+    InputError
+        (from the decorated function) for non-real or non-finite image arguments.
+    GeometryError
+        (from the decorated function) for a ``spacing`` that disagrees with an Image.
+    ShapeError
+        (from the decorated function) for an array that does not fit the reference
+        grid.
+
+    Examples
+    --------
     >>> from biomip import Image
     >>> @same_kind("image")
     ... def double(image, spacing=None):

@@ -213,7 +213,33 @@ if AVAILABLE:
 def box_filter(a: np.ndarray, radii, adjoint: bool = False) -> np.ndarray:
     """Box mean over windows clipped to the array (``radii`` per trailing axis, array
     order), or with ``adjoint=True`` its transpose; leading axes are batch.  Running sums:
-    O(1) work per voxel and axis whatever the window."""
+    O(1) work per voxel and axis whatever the window.
+
+    Each voxel's window holds the voxels within ``radii`` of it that lie inside the
+    array, and the mean divides by that count (no zero padding).  Needs numba
+    (``AVAILABLE``).
+
+    Parameters
+    ----------
+    a : numpy.ndarray
+        Array ``(..., *S)``; computed in float32.
+    radii : sequence of int
+        Half-widths in **voxels** for the ``len(radii)`` trailing axes, array order
+        (a window of ``2 r + 1`` voxels; 0 leaves that axis alone).
+    adjoint : bool, optional
+        Apply the transpose of the box-mean operator (each voxel's value spread over
+        the windows that contain it, divided by their counts), for gradients.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of ``a``'s shape.
+
+    Examples
+    --------
+    >>> box_filter(np.arange(5.0), [1])
+    array([0.5, 1. , 2. , 3. , 3.5], dtype=float32)
+    """
     out = np.ascontiguousarray(a, dtype=np.float32)
     d = len(radii)
     for k, r in enumerate(radii):
@@ -229,7 +255,27 @@ def box_filter(a: np.ndarray, radii, adjoint: bool = False) -> np.ndarray:
 
 
 def gaussian_weights(sigma_vox: float, truncate: float = 3.0) -> np.ndarray:
-    """:func:`biomip.ops.filters.gaussian_kernel1d` as float32 numpy, at least 3 taps."""
+    """:func:`biomip.ops.filters.gaussian_kernel1d` as float32 numpy, at least 3 taps.
+
+    Parameters
+    ----------
+    sigma_vox : float
+        Standard deviation in **voxels** (> 0).
+    truncate : float, optional
+        Cut the kernel at this many standard deviations (default 3, ITK demons'
+        setting).
+
+    Returns
+    -------
+    numpy.ndarray
+        Odd-length float32 weights summing to 1 (``[0, 1, 0]`` when the kernel would
+        have a single tap).
+
+    Examples
+    --------
+    >>> gaussian_weights(0.1)
+    array([0., 1., 0.], dtype=float32)
+    """
     from .filters import gaussian_kernel1d
 
     w = gaussian_kernel1d(sigma_vox, truncate).numpy()
@@ -240,7 +286,27 @@ def gaussian_weights(sigma_vox: float, truncate: float = 3.0) -> np.ndarray:
 
 def smooth_field(a: np.ndarray, sigma_vox, tmp: np.ndarray | None = None, truncate: float = 3.0) -> np.ndarray:
     """Separable Gaussian smoothing of ``a`` (c, nz, ny, nx) in place, edge-replicate
-    borders; ``sigma_vox`` per axis in (x, y, z) order, voxels (0 skips the axis)."""
+    borders; ``sigma_vox`` per axis in (x, y, z) order, voxels (0 skips the axis).
+
+    Needs numba (``AVAILABLE``); axes of length 1 are skipped.
+
+    Parameters
+    ----------
+    a : numpy.ndarray
+        C-contiguous field ``(c, nz, ny, nx)`` (2-D data with ``nz = 1``), overwritten
+        with the result.
+    sigma_vox : sequence of float
+        Three standard deviations in **voxels**, world order (x, y, z).
+    tmp : numpy.ndarray, optional
+        Work array of ``a``'s shape and dtype (default: allocated).
+    truncate : float, optional
+        Cut the kernels at this many standard deviations.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``a`` itself, smoothed.
+    """
     if tmp is None:
         tmp = np.empty_like(a)
     for axis, s in enumerate(sigma_vox):

@@ -44,6 +44,36 @@ def resolve_sdim(x, sdim=None, *hints, name: str = "x") -> int:
 
     ``sdim`` when given, else ``Image.sdim``, else the length of the first per-axis
     argument among ``hints`` given as a sequence, else ``min(x.ndim, 3)``.
+
+    Parameters
+    ----------
+    x : array_like, torch.Tensor or Image
+        The data ``(..., [z,] y, x)``.
+    sdim : int, optional
+        An explicit number of spatial axes (1, 2 or 3).
+    *hints : object
+        Per-axis arguments (``spacing``, ``sigma``, ...): the first given as a sequence
+        sets the number of spatial axes.
+    name : str, optional
+        ``x``'s name in error messages.
+
+    Returns
+    -------
+    int
+        The number of trailing spatial axes (1, 2 or 3).
+
+    Raises
+    ------
+    InputError
+        When ``sdim`` is not 1, 2 or 3.
+    ShapeError
+        When ``x`` has fewer dimensions than ``sdim``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> resolve_sdim(np.zeros((5, 8, 8))), resolve_sdim(np.zeros((5, 8, 8)), None, (1.0, 1.0))
+    (3, 2)
     """
     arr = x.array if isinstance(x, Image) else x
     ndim = arr.ndim
@@ -163,7 +193,37 @@ def _conv_axis(t: torch.Tensor, weights: torch.Tensor, axis: int, padding: str) 
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = 4.0, dtype=torch.float64, device=None) -> torch.Tensor:
-    """Normalised 1-D Gaussian weights, radius ``int(truncate * sigma + 0.5)`` (as scipy)."""
+    """Normalised 1-D Gaussian weights, radius ``int(truncate * sigma + 0.5)`` (as scipy).
+
+    The building block of :func:`gaussian_smooth`: ``exp(-x**2 / (2 sigma**2))`` at the
+    integer offsets ``x = -radius .. radius``, divided by its sum (computed in float64).
+    A 1-D kernel has no grid, so ``sigma`` is in samples; :func:`gaussian_smooth`
+    converts its mm widths with the spacing before calling this.
+
+    Parameters
+    ----------
+    sigma : float
+        Standard deviation in **samples (voxels)**, > 0.
+    truncate : float, optional
+        Cut the kernel at this many standard deviations (default 4, as
+        :func:`scipy.ndimage.gaussian_filter`).
+    dtype : torch.dtype, optional
+        dtype of the returned weights (default float64).
+    device : torch.device or str, optional
+        Device of the returned weights (default: torch's default device, the CPU).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(2 * radius + 1,)`` weights summing to 1.
+
+    Examples
+    --------
+    >>> from biomip.ops.filters import gaussian_kernel1d
+    >>> w = gaussian_kernel1d(1.0)
+    >>> w.shape, round(float(w.sum()), 12), round(float(w[4]), 6)
+    (torch.Size([9]), 1.0, 0.398943)
+    """
     radius = int(truncate * float(sigma) + 0.5)
     xs = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
     w = torch.exp(-0.5 * (xs / float(sigma)) ** 2)

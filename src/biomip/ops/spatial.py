@@ -201,6 +201,21 @@ def interpolation_for(x, mode=None) -> str:
     dtype: an int16 CT or a uint8 micrograph is an intensity image.  Plain arrays carry
     no ``meta``, so label arrays need ``mode="nearest"``.
 
+    Parameters
+    ----------
+    x : Image, numpy.ndarray or torch.Tensor
+        The image to be interpolated.
+    mode : str, optional
+        An explicit interpolation (``"linear"``, ``"nearest"`` or ``"cubic"``),
+        returned unchanged (it is validated by the caller, e.g. :func:`warp`).
+
+    Returns
+    -------
+    str
+        ``mode`` when given, else ``"nearest"`` or ``"linear"``.
+
+    Examples
+    --------
     >>> import numpy as np, biomip
     >>> interpolation_for(np.zeros((4, 4), np.uint8))
     'linear'
@@ -781,9 +796,25 @@ def identity_grid(shape, spacing=None, origin=None, direction=None, device=None,
         Spatial shape in array order ``([z,] y, x)``, or an Image (its grid and
         geometry are used; the other geometry arguments must then be None).
     spacing, origin, direction : array_like, optional
-        ITK geometry in world order (defaults 1, 0, identity).
+        ITK geometry in world order (x, y[, z]): voxel size in mm, world position of
+        the first voxel centre in mm, direction matrix (defaults 1, 0, identity).
     device, dtype : torch.device and torch.dtype, optional
         Of the returned torch tensor (device default: ``biomip.config``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(d, [z,] y, x)`` world coordinates in mm, component 0 = x.
+
+    Raises
+    ------
+    InputError
+        When ``shape`` is not a tuple of ints, or an Image comes with geometry
+        arguments.
+    ShapeError
+        For 0 or more than 3 axes, or sizes < 1.
+    GeometryError
+        When ``origin`` / ``direction`` do not fit the grid.
 
     Examples
     --------
@@ -822,17 +853,32 @@ def sample_field(u: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     (x, y[, z] order, like :meth:`Image.world_to_index`) -> ``(k, d)``; linear
     interpolation, border values outside, differentiable in ``u`` and ``index``.
 
+    Index 0 and ``n - 1`` are the first and last voxel centres along an axis (the
+    ``align_corners=True`` convention of ``grid_sample``); the values are returned as
+    they are stored, so a displacement field gives mm vectors (component 0 = x).  Runs
+    where ``u`` lives; ``index`` is cast to ``u``'s dtype.
+
     Parameters
     ----------
     u : torch.Tensor
-        Field ``(d, *S)``.
+        Field ``(d, [z,] y, x)``: ``d`` = 2 or 3 components over ``d`` spatial axes in
+        array order, e.g. a displacement in mm with component 0 = x.
     index : torch.Tensor
-        ``(k, d)`` continuous voxel indices in (x, y[, z]) order.
+        ``(k, d)`` continuous voxel indices in (x, y[, z]) order (voxels, not mm).
 
     Returns
     -------
     torch.Tensor
-        ``(k, d)`` interpolated values.
+        ``(k, d)`` interpolated values, one row per index, components in ``u``'s order.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from biomip.ops.spatial import sample_field
+    >>> u = torch.zeros(2, 4, 5); u[0] = torch.arange(5.0)     # u_x = x index
+    >>> sample_field(u, torch.tensor([[1.5, 2.0], [9.0, 0.0]]))  # the 2nd is clamped
+    tensor([[1.5000, 0.0000],
+            [4.0000, 0.0000]])
     """
     d = u.shape[0]
     sizes = torch.as_tensor(list(u.shape[1:])[::-1], dtype=u.dtype, device=u.device)      # (nx, ny[, nz])

@@ -19,7 +19,38 @@ def widths_mm(value, spacing, name: str, default_voxels: float, positive: bool =
 
     ``value``: one number (mm, all axes) or one per axis; ``None`` gives the method's
     default, ``default_voxels`` voxels of the grid (i.e. ``default_voxels * spacing``
-    mm, the same numbers on a 1-mm grid).  Raises an InputError naming ``name``."""
+    mm, the same numbers on a 1-mm grid).  Raises an InputError naming ``name``.
+
+    Parameters
+    ----------
+    value : float, sequence of float or None
+        The width in **mm**: one number for all axes or one per axis (x, y[, z]).
+    spacing : sequence of float
+        Voxel size (x, y[, z]) in mm of the grid.
+    name : str
+        The argument's name, used in the error message.
+    default_voxels : float
+        The default width in voxels of the grid, used when ``value`` is None.
+    positive : bool, optional
+        Require widths > 0 (default: >= 0).
+
+    Returns
+    -------
+    tuple of float
+        The width per axis in mm, world order x, y[, z].
+
+    Raises
+    ------
+    InputError
+        When ``value`` is not one or ``d`` finite numbers in range (booleans refused).
+
+    Examples
+    --------
+    >>> widths_mm(None, (0.5, 2.0), "sigma", 3.0)
+    (1.5, 6.0)
+    >>> widths_mm(2.0, (0.5, 2.0), "sigma", 3.0)
+    (2.0, 2.0)
+    """
     from ..core.errors import InputError
 
     d = len(spacing)
@@ -41,25 +72,100 @@ def widths_mm(value, spacing, name: str, default_voxels: float, positive: bool =
 
 
 def as_param(mm) -> float | list:
-    """A per-axis width for ``params``: one float when all axes agree, else a list."""
+    """A per-axis width for ``params``: one float when all axes agree, else a list.
+
+    Parameters
+    ----------
+    mm : sequence of float
+        Per-axis widths in mm (x, y[, z]).
+
+    Returns
+    -------
+    float or list of float
+        The common value, or the widths as a list.
+
+    Examples
+    --------
+    >>> as_param((2.0, 2.0)), as_param((1.0, 2.0))
+    (2.0, [1.0, 2.0])
+    """
     mm = [float(v) for v in mm]
     return mm[0] if all(v == mm[0] for v in mm) else mm
 
 
 def voxels(width_mm, spacing) -> tuple[float, ...]:
-    """A width in mm (one number or one per axis) as voxels per axis (x, y, z order)."""
+    """A width in mm (one number or one per axis) as voxels per axis (x, y, z order).
+
+    Parameters
+    ----------
+    width_mm : float or sequence of float
+        The width in mm: one number or one per axis (x, y[, z]).
+    spacing : sequence of float
+        Voxel size (x, y[, z]) in mm.
+
+    Returns
+    -------
+    tuple of float
+        ``width_mm / spacing`` per axis (x, y[, z]), in voxels (not rounded).
+
+    Examples
+    --------
+    >>> voxels(3.0, (0.5, 1.5))
+    (6.0, 2.0)
+    """
     w = np.broadcast_to(np.asarray(width_mm, dtype=float), (len(spacing),))
     return tuple(float(v) / float(s) for v, s in zip(w, spacing))
 
 
 def odd_voxels(width_mm, spacing) -> tuple[int, ...]:
-    """A window width in mm as the nearest odd number of voxels per axis (x, y, z), >= 1."""
+    """A window width in mm as the nearest odd number of voxels per axis (x, y, z), >= 1.
+
+    Parameters
+    ----------
+    width_mm : float or sequence of float
+        The window width in mm: one number or one per axis (x, y[, z]).
+    spacing : sequence of float
+        Voxel size (x, y[, z]) in mm.
+
+    Returns
+    -------
+    tuple of int
+        Odd window sizes in voxels per axis (x, y[, z]): ``2 floor(w / 2) + 1`` of the
+        width in voxels ``w``, at least 1.
+
+    Examples
+    --------
+    >>> odd_voxels(9.0, (1.0, 2.0))
+    (9, 5)
+    """
     return tuple(max(1, 2 * int(np.floor(v / 2.0)) + 1) for v in voxels(width_mm, spacing))
 
 
 def pyramid_level(x: torch.Tensor, fct: int, spacing) -> torch.Tensor:
     """One level of the image pyramid of the dense methods: Gaussian smoothing
-    (sigma = fct/2 voxels) then ``fct`` x average pooling (a partial last block kept)."""
+    (sigma = fct/2 voxels) then ``fct`` x average pooling (a partial last block kept).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Image ``([z,] y, x)`` of the full-resolution grid.
+    fct : int
+        Shrink factor (a power of 2; 1 returns ``x`` itself).
+    spacing : sequence of float
+        Voxel size (x, y[, z]) in mm of ``x``'s grid.
+
+    Returns
+    -------
+    torch.Tensor
+        The image shrunk by ``fct`` per axis (``ceil(n / fct)`` voxels), whose voxels
+        are ``fct`` times as large in mm.
+
+    Examples
+    --------
+    >>> import torch
+    >>> pyramid_level(torch.ones(9, 8), 2, (1.0, 1.0)).shape
+    torch.Size([5, 4])
+    """
     from ..ops.filters import gaussian_smooth
 
     if fct == 1:
@@ -71,8 +177,31 @@ def pyramid_level(x: torch.Tensor, fct: int, spacing) -> torch.Tensor:
 
 
 def upsample_field(u: torch.Tensor, shape, d: int) -> torch.Tensor:
-    """Resize a field (..., d, *S) from a coarser pyramid level to ``shape`` (values are
-    mm: unchanged); voxel centres as the average pooling of :func:`pyramid_level`."""
+    """Resize a field ``(..., d, *S)`` from a coarser pyramid level to ``shape`` (values are
+    mm: unchanged); voxel centres as the average pooling of :func:`pyramid_level`.
+
+    Parameters
+    ----------
+    u : torch.Tensor
+        Field ``(..., d, [z,] y, x)`` of mm vectors (component 0 = x) on the coarse
+        grid.
+    shape : sequence of int
+        The target spatial shape, array order ``([z,] y, x)``.
+    d : int
+        Number of spatial axes (2 or 3).
+
+    Returns
+    -------
+    torch.Tensor
+        The field ``(..., d, *shape)``, linearly interpolated
+        (``align_corners=False``), values unchanged (mm).
+
+    Examples
+    --------
+    >>> import torch
+    >>> upsample_field(torch.ones(2, 4, 5), (8, 10), 2).shape
+    torch.Size([2, 8, 10])
+    """
     lead = u.shape[:-d]
     x = u.reshape(1, -1, *u.shape[-d:])
     x = F.interpolate(x, size=tuple(shape), mode="bilinear" if d == 2 else "trilinear", align_corners=False)
@@ -80,6 +209,37 @@ def upsample_field(u: torch.Tensor, shape, d: int) -> torch.Tensor:
 
 
 class DenseOps:
+    """Warping, composition, exponentiation and smoothing of fields on one axis-aligned grid.
+
+    Fields are torch tensors ``(d, [z,] y, x)`` of mm vectors, component 0 = x, mapping
+    fixed to moving points; images are ``([z,] y, x)`` tensors.  Interpolation is
+    linear with border (edge-replicate) extrapolation.  On the CPU with numba the
+    methods run the fused kernels of :mod:`biomip.ops.fieldkernels` in float32;
+    otherwise :mod:`biomip.ops.spatial` / :mod:`biomip.ops.filters`.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The spatial shape of the grid, array order ``([z,] y, x)``.
+    spacing : sequence of float
+        Voxel size (x, y[, z]) in mm.
+    device : torch.device or str
+        Where the tensors live; ``"cpu"`` with numba selects the fused kernels.
+
+    Attributes
+    ----------
+    fast : bool
+        Whether the numba kernels are used.
+
+    Examples
+    --------
+    >>> import torch
+    >>> ops = DenseOps((8, 8), (1.0, 1.0), "cpu")
+    >>> u = torch.zeros(2, 8, 8); u[0] = 1.0
+    >>> ops.compose(u, u)[0].mean().item()                    # two 1-mm shifts
+    2.0
+    """
+
     def __init__(self, shape, spacing, device):
         from ..ops import fieldkernels as fk
 
@@ -105,7 +265,20 @@ class DenseOps:
         return torch.from_numpy(a3 if self.d == 3 else np.ascontiguousarray(a3[:2].reshape(2, *self.shape)))
 
     def warp(self, img: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """``img(p + u(p))``, linear, border extrapolation."""
+        """``img(p + u(p))``, linear, border extrapolation.
+
+        Parameters
+        ----------
+        img : torch.Tensor
+            Image ``([z,] y, x)`` on the grid.
+        u : torch.Tensor
+            Displacement ``(d, [z,] y, x)``, mm, component 0 = x.
+
+        Returns
+        -------
+        torch.Tensor
+            The warped image, same shape (float32 on the numba path).
+        """
         if self.fast:
             out = np.empty(self._shape3, np.float32)
             self._fk.warp_scalar(np.ascontiguousarray(img.detach().numpy().reshape(self._shape3), dtype=np.float32),
@@ -116,7 +289,20 @@ class DenseOps:
         return warp(img, u, spacing=self.spacing, padding="border")
 
     def warp_vector(self, w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """``w(p + u(p))`` for a vector field ``w`` (d, *shape)."""
+        """``w(p + u(p))`` for a vector field ``w`` (d, *shape).
+
+        Parameters
+        ----------
+        w : torch.Tensor
+            Vector field ``(d, [z,] y, x)`` to sample (any units, component 0 = x).
+        u : torch.Tensor
+            Displacement ``(d, [z,] y, x)``, mm, component 0 = x.
+
+        Returns
+        -------
+        torch.Tensor
+            ``w`` sampled at ``p + u(p)``, shape ``(d, [z,] y, x)``.
+        """
         if self.fast:
             out = np.empty((3, *self._shape3), np.float32)
             u3 = self._f3(u)
@@ -128,7 +314,20 @@ class DenseOps:
         return warp(w, u, spacing=self.spacing, padding="border")
 
     def compose(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``w(p) = v(p) + u(p + v(p))`` (warp with u, then with v)."""
+        """``w(p) = v(p) + u(p + v(p))`` (warp with u, then with v).
+
+        Parameters
+        ----------
+        u : torch.Tensor
+            Displacement ``(d, [z,] y, x)``, mm, applied to the image first.
+        v : torch.Tensor
+            Displacement ``(d, [z,] y, x)``, mm, applied second.
+
+        Returns
+        -------
+        torch.Tensor
+            The composed displacement ``(d, [z,] y, x)``, mm.
+        """
         if self.fast:
             out = np.empty((3, *self._shape3), np.float32)
             self._fk.compose_fields(self._f3(u), self._f3(v), *self._s3, out)
@@ -138,13 +337,46 @@ class DenseOps:
         return compose(u, v, spacing=self.spacing, sdim=self.d)
 
     def exp_steps(self, v: torch.Tensor, max_step_vox: float = 0.5) -> int:
-        """Squarings needed so that ``v / 2**n`` moves less than ``max_step_vox`` voxels."""
+        """Squarings needed so that ``v / 2**n`` moves less than ``max_step_vox`` voxels.
+
+        Parameters
+        ----------
+        v : torch.Tensor
+            Velocity ``(d, [z,] y, x)``, mm, component 0 = x.
+        max_step_vox : float, optional
+            Largest length of ``v / 2**n``, in voxels of this grid (per-axis spacing
+            taken into account).
+
+        Returns
+        -------
+        int
+            The number of squarings ``n >= 0``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> DenseOps((8, 8), (1.0, 1.0), "cpu").exp_steps(torch.full((2, 8, 8), 3.0))
+        4
+        """
         sp = torch.as_tensor(self.spacing, dtype=v.dtype, device=v.device).view(self.d, *([1] * self.d))
         vmax = float(torch.sqrt(((v / sp) ** 2).sum(0)).max())
         return max(0, int(np.ceil(np.log2(max(vmax, 1e-12) / max_step_vox))))
 
     def exp(self, v: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-        """Group exponential of a stationary velocity by scaling and squaring."""
+        """Group exponential of a stationary velocity by scaling and squaring.
+
+        Parameters
+        ----------
+        v : torch.Tensor
+            Stationary velocity ``(d, [z,] y, x)``, mm, component 0 = x.
+        steps : int, optional
+            Number of squarings; default :meth:`exp_steps` of ``v``.
+
+        Returns
+        -------
+        torch.Tensor
+            The displacement ``exp(v)``, ``(d, [z,] y, x)``, mm.
+        """
         n = self.exp_steps(v) if steps is None else int(steps)
         if not self.fast:
             from ..ops.spatial import integrate_velocity
@@ -159,7 +391,23 @@ class DenseOps:
 
     def smooth(self, u: torch.Tensor, sigma_vox) -> torch.Tensor:
         """Gaussian smoothing of each component, edge-replicate; ``sigma_vox`` in voxels
-        of this grid, one number or one per axis (x, y, z order)."""
+        of this grid, one number or one per axis (x, y, z order).
+
+        Kernels are cut at 3 standard deviations.
+
+        Parameters
+        ----------
+        u : torch.Tensor
+            Field ``(d, [z,] y, x)`` (any units).
+        sigma_vox : float or sequence of float
+            Standard deviation in **voxels** of this grid, one number or one per axis
+            (x, y[, z]); 0 leaves that axis unsmoothed (all 0 returns ``u``).
+
+        Returns
+        -------
+        torch.Tensor
+            The smoothed field, same shape.
+        """
         sig = tuple(float(s) for s in np.broadcast_to(np.asarray(sigma_vox, dtype=float), (self.d,)))
         if max(sig) <= 0:
             return u
@@ -173,6 +421,18 @@ class DenseOps:
                                truncate=3.0, padding="nearest")
 
     def gradient(self, img: torch.Tensor) -> torch.Tensor:
+        """Finite-difference gradient of an image, per mm (:func:`biomip.ops.spatial_gradient`).
+
+        Parameters
+        ----------
+        img : torch.Tensor
+            Image ``([z,] y, x)`` on the grid.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(d, [z,] y, x)``: component 0 is ``d/dx`` (1/mm), world order x, y[, z].
+        """
         from ..ops.filters import spatial_gradient
 
         return spatial_gradient(img, spacing=self.spacing)
@@ -186,6 +446,17 @@ def grid_frame(method):
     results (displacement, velocities) are rotated back, ``u_world = D u_grid``, and put
     on the caller's geometry.  Images must share one geometry (checked first, so a
     direction mismatch is still an error).
+
+    Parameters
+    ----------
+    method : callable
+        A registration function ``method(fixed, moving, *args, **kwargs)`` returning a
+        :class:`~biomip.register.DeformableResult`.
+
+    Returns
+    -------
+    callable
+        The wrapped method (same signature).
     """
     import functools
 

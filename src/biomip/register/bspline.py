@@ -47,7 +47,37 @@ def _axis_matrices(n: int, step: int):
 
 def control_steps(control_spacing, control_spacing_voxels, spacing) -> tuple[int, ...]:
     """Voxels between control points per axis (x, y, z order) from a control spacing in
-    mm (rounded to whole voxels, >= 1) or directly in voxels (exactly one of the two)."""
+    mm (rounded to whole voxels, >= 1) or directly in voxels (exactly one of the two).
+
+    Parameters
+    ----------
+    control_spacing : float, sequence of float or None
+        Distance between control points in **mm**, one number or one per axis
+        (x, y[, z]); rounded to the nearest whole number of voxels, at least 1.
+    control_spacing_voxels : int, sequence of int or None
+        The same distance directly in voxels, one positive integer or one per axis
+        (x, y[, z]).
+    spacing : sequence of float
+        Voxel size (x, y[, z]) in mm of the grid.
+
+    Returns
+    -------
+    tuple of int
+        Voxels between control points per axis, world order x, y[, z].
+
+    Raises
+    ------
+    InputError
+        When both or neither of ``control_spacing`` / ``control_spacing_voxels`` are
+        given, or the one given is not positive (one number or ``d`` of them).
+
+    Examples
+    --------
+    >>> control_steps(10.0, None, (0.5, 2.0))
+    (20, 5)
+    >>> control_steps(None, 4, (0.5, 2.0))
+    (4, 4)
+    """
     d = len(spacing)
     if (control_spacing is None) == (control_spacing_voxels is None):
         raise InputError(f"control_spacing, control_spacing_voxels: got {control_spacing!r} and "
@@ -77,7 +107,59 @@ class BSplineField:
     ``control_spacing``: distance between control points, **mm** (one number or one per
     axis, x, y, z order), rounded to a whole number of voxels of ``reference`` (at least
     1); or ``control_spacing_voxels``: that number of voxels directly.  ``step`` holds
-    the voxels per axis (x, y, z)."""
+    the voxels per axis (x, y, z).
+
+    The field is ``u(x) = sum_k c_k beta3((x - x_k) / s)`` per component, a tensor
+    product of cubic B-splines; control point ``k`` of an axis sits at voxel
+    ``(k - 1) * step`` (one control point before the first voxel, as ITK / elastix), so an
+    axis of ``n`` voxels has ``ceil((n - 1) / step) + 3`` control points.  The field and
+    its analytic derivatives are one small matrix product per axis.
+
+    Parameters
+    ----------
+    reference : Image
+        The 2-D or 3-D grid of the field (shape, spacing; only the geometry is used).
+    control_spacing : float or sequence of float, optional
+        Distance between control points in **mm**, one number or one per axis
+        (x, y[, z]), rounded to whole voxels of ``reference``.  Give exactly one of
+        ``control_spacing`` and ``control_spacing_voxels``.
+    coefficients : array_like or torch.Tensor, optional
+        Control-point displacements ``(d, *ctrl_shape)`` in mm (component 0 = x,
+        control grid in array order); default zeros.
+    dtype : torch.dtype, optional
+        dtype of the basis matrices and coefficients (default float64).
+    control_spacing_voxels : int or sequence of int, optional
+        Distance between control points in voxels, one positive integer or one per
+        axis (x, y[, z]); keyword only.
+
+    Attributes
+    ----------
+    step : tuple of int
+        Voxels between control points per axis, x, y[, z].
+    ctrl_shape : tuple of int
+        Number of control points per axis, array order ``([z,] y, x)``.
+    coefficients : torch.Tensor
+        The control-point displacements ``(d, *ctrl_shape)``, mm.
+    ndim : int
+        Number of spatial dimensions (2 or 3).
+
+    Raises
+    ------
+    InputError
+        When ``reference`` is not a 2-D / 3-D Image, or the control spacing is invalid
+        (see :func:`control_steps`).
+
+    Examples
+    --------
+    >>> import numpy as np, torch, biomip
+    >>> ref = biomip.Image(np.zeros((20, 30)), spacing=(1.0, 1.0))
+    >>> bs = BSplineField(ref, control_spacing=10.0)
+    >>> bs.step, bs.ctrl_shape
+    ((10, 10), (5, 6))
+    >>> bs.coefficients[0] = 1.5                  # every control point moves 1.5 mm in x
+    >>> round(float(bs.field()[0].mean()), 6)     # B-splines sum to 1: a translation
+    1.5
+    """
 
     def __init__(self, reference: Image, control_spacing=None, coefficients=None, dtype=torch.float64, *,
                  control_spacing_voxels=None):
@@ -102,12 +184,44 @@ class BSplineField:
         return out
 
     def field(self, c: torch.Tensor | None = None) -> torch.Tensor:
-        """Dense displacement (d, *shape), mm."""
+        """Dense displacement ``(d, *shape)``, mm.
+
+        Parameters
+        ----------
+        c : torch.Tensor, optional
+            Coefficients ``(d, *ctrl_shape)`` in mm to evaluate (e.g. a tensor being
+            optimised, differentiable); default ``self.coefficients``.
+
+        Returns
+        -------
+        torch.Tensor
+            The displacement ``(d, [z,] y, x)`` on the reference grid, mm, component
+            0 = x.
+        """
         return self._expand(self.coefficients if c is None else c, self.B)
 
     def jacobian_determinant(self, c: torch.Tensor | None = None) -> torch.Tensor:
         """Analytic ``det(I + du/dx)`` from the B-spline derivatives (world axes: identity
-        direction and the grid spacing)."""
+        direction and the grid spacing).
+
+        Parameters
+        ----------
+        c : torch.Tensor, optional
+            Coefficients ``(d, *ctrl_shape)`` in mm; default ``self.coefficients``.
+
+        Returns
+        -------
+        torch.Tensor
+            Determinants ``([z,] y, x)`` on the reference grid (1: volume kept, <= 0:
+            folding).
+
+        Examples
+        --------
+        >>> import numpy as np, biomip
+        >>> bs = BSplineField(biomip.Image(np.zeros((16, 16))), control_spacing=4.0)
+        >>> float(bs.jacobian_determinant().min())
+        1.0
+        """
         c = self.coefficients if c is None else c
         d = self.ndim
         sp = self.reference.spacing                                          # x y z
@@ -126,6 +240,15 @@ class BSplineField:
         return tuple(st * sp for st, sp in zip(self.step, self.reference.spacing))
 
     def to_image(self) -> Image:
+        """The dense displacement as an Image on the reference grid.
+
+        Returns
+        -------
+        Image
+            float32 field ``(d, [z,] y, x)``, axes ``'cyx'`` / ``'czyx'``, mm,
+            component 0 = x, with ``reference``'s geometry and
+            ``meta == {"kind": "displacement", "method": "bspline"}``.
+        """
         return self.reference.with_array(self.field().detach().numpy().astype(np.float32),
                                          axes="c" + "zyx"[-self.ndim:], meta={"kind": "displacement",
                                                                               "method": "bspline"})
@@ -141,29 +264,86 @@ def bspline(fixed: Image, moving: Image, control_spacing: float | None = None, l
     ``fixed`` and ``moving`` are Images, numpy arrays or torch tensors (arrays on a grid
     of ``spacing`` mm, default 1); the result is the same kind.
 
-    ``control_spacing`` is the distance between control points on the full-resolution
-    grid, **mm** (one number or one per axis, x, y, z), rounded to whole voxels; or give
-    ``control_spacing_voxels`` instead (as elastix's ``FinalGridSpacingInVoxels``).
-    Default: 16 voxels (16 mm on a 1-mm grid).
     Coarse to fine over an image pyramid: level ``l`` (``levels - 1`` .. 0) registers
     the images shrunk by ``2**l`` with a control grid of that many voxels *of that
     level* (so ``2**l`` times as many mm); the field of a
     level, sampled at the next level's control points, starts it.  Each level runs
-    L-BFGS (strong-Wolfe line search, ``iterations`` per level: one number or one per
-    level, coarse to fine) on
+    L-BFGS (strong-Wolfe line search) on
     ``similarity + bending * bending_energy(coefficients)``: the similarity's gradient
     is exact, ``dS/dc = B^T (dS/dm * grad m(p + u))`` -- the image term by the fused
     warp kernels, ``B^T`` by autograd through the tensor-product matrices -- and the
     bending energy is evaluated on the control grid (second differences of the
     coefficients over the control spacing, the B-spline bending energy up to a
-    constant), so no dense second derivatives are formed.
+    constant), so no dense second derivatives are formed.  Images are normalised
+    (minus their mean, divided by the fixed image's standard deviation) and the fit
+    runs on the CPU in float32.
 
-    Returns a :class:`DeformableResult`; ``params["bspline"]`` is the final
-    :class:`BSplineField` (with its analytic Jacobian), ``params["folding_fraction"]``
-    the folded fraction.
+    Parameters
+    ----------
+    fixed : Image, numpy.ndarray or torch.Tensor
+        The reference image, grey 2-D or 3-D ``([z,] y, x)``, on an axis-aligned grid.
+    moving : Image, numpy.ndarray or torch.Tensor
+        The image to register, on the same grid as ``fixed``.
+    control_spacing : float or sequence of float, optional
+        Distance between control points on the full-resolution grid, **mm** (one
+        number or one per axis, x, y, z), rounded to whole voxels; or give
+        ``control_spacing_voxels`` instead.  Default: 16 voxels (16 mm on a 1-mm
+        grid).
+    levels : int, optional
+        Number of pyramid levels (>= 1; a level whose shrunk grid would have fewer than
+        8 voxels per axis runs on the full grid).
+    metric : {"lncc", "ncc", "mse"}, optional
+        Similarity: ``1 - LNCC`` (default; :func:`biomip.register.losses.lncc` with its
+        default 9-voxel window, voxels of the level's grid), ``1 - NCC`` or MSE.
+    bending : float, optional
+        Weight (>= 0) of the bending energy of the coefficients.
+    iterations : int or sequence of int, optional
+        L-BFGS iterations per level: one number or one per level, coarse to fine.
+    callback : callable, optional
+        ``callback(level, u)`` after each level (``level`` 0 the coarsest, ``u`` the
+        field tensor ``(d, *S)`` in mm on that level's grid); return True to skip the
+        remaining levels.
+    progress : bool, optional
+        Show a progress bar (default: ``biomip.config``).
+    spacing : sequence of float, optional
+        Voxel size (x, y[, z]) in mm for array inputs (default 1); must be None (or
+        equal) when the inputs are Images.
+    control_spacing_voxels : int or sequence of int, optional
+        Distance between control points in voxels of the full-resolution grid, one
+        positive integer or one per axis (x, y[, z]), as elastix's
+        ``FinalGridSpacingInVoxels``; keyword only.
 
-    >>> res = bspline(fixed, moving, control_spacing=16, levels=3)     # doctest: +SKIP
-    >>> res.params["bspline"].jacobian_determinant().min()           # doctest: +SKIP
+    Returns
+    -------
+    DeformableResult
+        ``displacement`` (mm, fixed -> moving points) and ``warped`` of the kind of the
+        inputs, ``history`` (the similarity term at every evaluation: MSE, ``1 - NCC``
+        or ``1 - LNCC`` of the normalised images, all levels), and ``params``:
+        the settings (``control_spacing`` in mm and ``control_spacing_voxels`` of
+        the full grid), ``params["bspline"]`` the final :class:`BSplineField` (with its
+        analytic Jacobian; None when a callback stopped before the full grid) and
+        ``params["folding_fraction"]`` the folded fraction.
+
+    Raises
+    ------
+    InputError
+        For images that are not grey 2-D / 3-D, a non-identity direction, an unknown
+        ``metric``, or invalid ``levels``, ``iterations``, ``bending`` or control
+        spacing.
+    GeometryError
+        When ``fixed`` and ``moving`` lie on different grids.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> yy, xx = np.mgrid[:32, :32]
+    >>> fixed = np.exp(-((xx - 16.0) ** 2 + (yy - 15.0) ** 2) / 50.0)
+    >>> moving = np.exp(-((xx - 17.0) ** 2 + (yy - 15.0) ** 2) / 50.0)  # 1 mm along x
+    >>> res = bspline(fixed, moving, control_spacing=8, levels=1, iterations=10)
+    >>> res.displacement.shape, res.params["control_spacing_voxels"]
+    ((2, 32, 32), [8, 8])
+    >>> bool(float(res.params["bspline"].jacobian_determinant().min()) > 0)
+    True
     """
 
     from ..metrics import jacobian_stats

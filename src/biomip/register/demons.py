@@ -43,7 +43,29 @@ class DeformableResult:
     ``displacement`` and ``warped`` are the kind of the inputs (*arrays in, same kind
     out*): :class:`Image` s (axes ``'c' + axes`` for the field) for Image inputs, numpy
     arrays ``(d, [z,] y, x)`` / ``([z,] y, x)`` for numpy, torch tensors on the input's
-    device for torch; so are the Images in ``params`` (e.g. the SVF velocity)."""
+    device for torch; so are the Images in ``params`` (e.g. the SVF velocity).
+
+    Returned by every dense method (:func:`demons`, :func:`bspline`, :func:`svf`,
+    :func:`variational`, :func:`lddmm`, :func:`subspace_register`,
+    :func:`learned_register`).
+
+    Parameters
+    ----------
+    displacement : Image, numpy.ndarray or torch.Tensor
+        The field ``(d, [z,] y, x)`` on the fixed grid: mm vectors in the world frame,
+        component 0 = x, mapping fixed to moving points
+        (``warped(p) = moving(p + u(p))``).
+    warped : Image, numpy.ndarray or torch.Tensor
+        The moving image pulled back onto the fixed grid, ``([z,] y, x)``.
+    history : list of float, optional
+        The similarity (or cost) per iteration; what it measures is documented per
+        method.
+    seconds : float, optional
+        Wall-clock time of the registration, s.
+    params : dict, optional
+        The settings (widths in mm) and method-specific outputs (velocities, the
+        B-spline, the folding fraction, ...).
+    """
 
     displacement: Image
     warped: Image
@@ -52,6 +74,22 @@ class DeformableResult:
     params: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """A JSON-able summary (no arrays).
+
+        Returns
+        -------
+        dict
+            ``seconds``, ``iterations`` (length of ``history``), ``mse`` (``history`` as
+            floats, whatever the method recorded) and ``params`` without its arrays,
+            Images and other objects.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> res = DeformableResult(np.zeros((2, 4, 4)), np.zeros((4, 4)), [0.5, 0.25], 1.0, {"sigma": 1.0})
+        >>> res.to_dict()
+        {'seconds': 1.0, 'iterations': 2, 'mse': [0.5, 0.25], 'params': {'sigma': 1.0}}
+        """
         return {"seconds": self.seconds, "iterations": len(self.history),
                 "mse": [float(h) for h in self.history], "params": _plain(self.params)}
 
@@ -65,7 +103,28 @@ def warp_result(moving: Image, u, fixed: Image, meta: dict, padding: str = "bord
     """``(field Image, warped Image)`` of a dense method: ``u`` (tensor (d, *S), mm) on
     ``fixed``'s grid as an Image, and ``moving`` warped by it with the library's rule
     (:func:`biomip.ops.warp`: linear for intensities, nearest for label maps, moving's
-    dtype kept)."""
+    dtype kept).
+
+    Parameters
+    ----------
+    moving : Image
+        The moving image.
+    u : torch.Tensor
+        Displacement ``(d, [z,] y, x)`` on ``fixed``'s grid, mm, component 0 = x
+        (kept as torch when ``fixed`` is torch-backed, else converted to numpy).
+    fixed : Image
+        The fixed image, whose grid and axes the field takes.
+    meta : dict
+        Metadata of the field Image (e.g. ``{"kind": "displacement", "method": ...}``).
+    padding : {"border", "zeros", "reflection"}, optional
+        Padding of the warp (see :func:`biomip.ops.warp`).
+
+    Returns
+    -------
+    tuple of Image
+        ``(field, warped)``: the displacement Image (axes ``'c' + fixed.axes``) and the
+        moving image warped onto the fixed grid.
+    """
     from ..ops.spatial import warp
 
     arr = u if fixed.is_torch else u.detach().cpu().numpy()
@@ -89,11 +148,73 @@ def demons(fixed: Image, moving: Image, iterations: int = 50, variant: str = "di
     ``max_step`` caps the update length per iteration, **mm**.  Defaults: one voxel
     (``sigma_diffusion`` = the spacing), no fluid smoothing, two voxels (``max_step`` =
     2 x the smallest spacing) -- ITK's defaults, which are in voxels; on a 1-mm grid
-    1 mm and 2 mm.
-    ``initial``: a starting displacement (mm), an Image or an array ``(d, [z,] y, x)``.
+    1 mm and 2 mm.  Gaussian kernels are cut at 3 standard deviations (ITK's demons:
+    maximum error 0.1); the diffeomorphic update is exponentiated with enough squarings
+    that each step moves less than half a voxel, as ITK's automatic exponentiator.  On
+    the CPU with numba the loop runs in fused float32 kernels; elsewhere in torch (CUDA
+    for CUDA tensors).
 
-    >>> res = demons(fixed, moving, iterations=50)                     # doctest: +SKIP
-    >>> res.displacement, res.warped, res.history[-1]                  # doctest: +SKIP
+    Parameters
+    ----------
+    fixed : Image, numpy.ndarray or torch.Tensor
+        The reference image, grey 2-D or 3-D ``([z,] y, x)``, on an axis-aligned grid.
+    moving : Image, numpy.ndarray or torch.Tensor
+        The image to register, on the same grid as ``fixed``.
+    iterations : int, optional
+        Number of iterations (>= 1).
+    variant : {"diffeomorphic", "symmetric", "thirion"}, optional
+        The force and update rule (see the module docstring); default
+        ``"diffeomorphic"``.
+    sigma_diffusion : float or sequence of float, optional
+        Standard deviation of the Gaussian smoothing of the whole field, **mm**, one
+        number or one per axis (x, y[, z]); default one voxel (the spacing); 0 turns
+        it off.
+    sigma_fluid : float or sequence of float, optional
+        Standard deviation of the Gaussian smoothing of each update, **mm**, one number
+        or one per axis (x, y[, z]); default 0 (none).
+    max_step : float, optional
+        Largest update length per iteration, **mm** (> 0); default 2 x the smallest
+        spacing.
+    initial : Image, numpy.ndarray or torch.Tensor, optional
+        Starting displacement ``(d, [z,] y, x)`` in mm (component 0 = x) on the fixed
+        grid.
+    callback : callable, optional
+        ``callback(iteration, u)`` after every iteration with the current field tensor
+        ``(d, *S)`` in mm; return True to stop.
+    progress : bool, optional
+        Show a progress bar (default: ``biomip.config``).
+    spacing : sequence of float, optional
+        Voxel size (x, y[, z]) in mm for array inputs (default 1); must be None (or
+        equal) when the inputs are Images.
+
+    Returns
+    -------
+    DeformableResult
+        ``displacement`` (mm, fixed -> moving points) and ``warped`` of the kind of the
+        inputs; ``history`` the MSE between the warped moving and the fixed image
+        before every update; ``params`` the settings with the widths in mm
+        (``units == "mm"``).
+
+    Raises
+    ------
+    InputError
+        For images that are not grey 2-D / 3-D, a non-identity direction, an unknown
+        ``variant``, invalid ``iterations`` / widths / ``max_step``, or an ``initial``
+        field of the wrong shape or with NaN / Inf.
+    GeometryError
+        When ``fixed`` and ``moving`` lie on different grids.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> yy, xx = np.mgrid[:32, :32]
+    >>> fixed = np.exp(-((xx - 16.0) ** 2 + (yy - 15.0) ** 2) / 50.0)
+    >>> moving = np.exp(-((xx - 17.0) ** 2 + (yy - 15.0) ** 2) / 50.0)  # 1 mm along x
+    >>> res = demons(fixed, moving, iterations=20)
+    >>> res.displacement.shape, res.warped.shape
+    ((2, 32, 32), (32, 32))
+    >>> bool(abs(res.displacement[0, 15, 16] - 1.0) < 0.2), bool(res.history[-1] < res.history[0])
+    (True, True)
     """
     if fixed.axes not in ("yx", "zyx") or moving.axes != fixed.axes:
         raise InputError(f"fixed, moving: got axes {fixed.axes!r} and {moving.axes!r}; expected grey 2-D or 3-D images")

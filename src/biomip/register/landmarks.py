@@ -29,6 +29,56 @@ KERNELS = ("tps", "gaussian", "ebs")
 class LandmarkTransform(Transform):
     """Spline / RBF transform through landmark pairs (fixed -> moving points).
 
+    ``T(x) = A x + b + sum_i K(x - p_i) w_i`` with ``T(p_i) = q_i`` (or a regularised fit
+    when ``smoothing > 0``); the kernels are described in the module docstring.  The
+    weights and the affine part solve one dense ``(n d + (d + 1) d)`` linear system.
+
+    Parameters
+    ----------
+    fixed_points : array_like
+        Landmarks ``p_i`` in the fixed space, ``(N, d)`` world points in mm (x, y[, z]),
+        ``N >= d + 1`` and not collinear / coplanar.
+    moving_points : array_like
+        The corresponding landmarks ``q_i`` in the moving space, ``(N, d)``, mm.
+    kernel : {"tps", "gaussian", "ebs"}, optional
+        Thin-plate spline (default), Gaussian radial basis function or elastic body
+        spline.
+    sigma : float, optional
+        Width (standard deviation) of the Gaussian kernel, **mm**; default a quarter of
+        the largest extent of ``fixed_points``.  Used by ``"gaussian"`` only.
+    mu : float, optional
+        Lame constant ``mu > 0`` of the elastic body spline.
+    lam : float, optional
+        Lame constant ``lam`` of the elastic body spline (``lam + 2 mu > 0``).
+    eps : float, optional
+        Regularisation length of the elastic body spline at ``r = 0``, **mm**; default
+        5 % of the largest extent of ``fixed_points``.
+    smoothing : float, optional
+        Added to the kernel matrix's diagonal (>= 0): 0 interpolates the landmarks
+        exactly, larger values fit them in the least-squares sense with a smoother
+        transform.
+
+    Attributes
+    ----------
+    ndim : int
+        Number of spatial dimensions (2 or 3).
+    A : numpy.ndarray
+        ``(d, d)`` linear part of the affine term.
+    b : numpy.ndarray
+        ``(d,)`` translation of the affine term, mm.
+    w : numpy.ndarray
+        ``(N, d)`` kernel weights.
+
+    Raises
+    ------
+    ShapeError
+        When the point sets are not ``(N, 2)`` / ``(N, 3)`` or differ in size.
+    InputError
+        For fewer than ``d + 1`` or degenerate (collinear / coplanar) landmarks, an
+        unknown ``kernel``, or invalid ``sigma``, ``mu``, ``lam`` or ``smoothing``.
+
+    Examples
+    --------
     >>> fixed = np.array([[0., 0.], [10., 0.], [0., 10.], [10., 10.], [5., 5.]])
     >>> moving = fixed + [[0., 0.], [0., 0.], [0., 0.], [0., 0.], [1., 0.]]
     >>> T = LandmarkTransform(fixed, moving, kernel="tps")
@@ -105,6 +155,26 @@ class LandmarkTransform(Transform):
         return G.transpose(0, 2, 1, 3).reshape(x.shape[0] * d, p.shape[0] * d)
 
     def apply(self, points) -> np.ndarray:
+        """Map fixed-space points to moving-space points: ``A x + b + sum_i K(x - p_i) w_i``.
+
+        Parameters
+        ----------
+        points : array_like
+            World points ``(N, d)`` or one point ``(d,)``, mm, world order x, y[, z]
+            (evaluated in blocks of 20000 to bound memory).
+
+        Returns
+        -------
+        numpy.ndarray
+            The mapped points ``(N, d)``, mm.
+
+        Raises
+        ------
+        ShapeError
+            When ``points`` is not ``(N, d)`` / ``(d,)``.
+        InputError
+            When ``points`` contains NaN / Inf.
+        """
         x = as_points(points, self.ndim)
         out = np.empty_like(x)
         for s in range(0, len(x), 20000):                             # bounded memory
@@ -114,12 +184,31 @@ class LandmarkTransform(Transform):
         return out
 
     def bending_energy(self) -> float:
-        """TPS bending energy ``trace(W^T K W)`` of the fitted spline (TPS kernel only)."""
+        """TPS bending energy ``trace(W^T K W)`` of the fitted spline (TPS kernel only).
+
+        Returns
+        -------
+        float
+            The bending energy (0 for a purely affine fit).
+
+        Raises
+        ------
+        InputError
+            When the kernel is not ``"tps"``.
+        """
         if self.kernel != "tps":
             raise InputError("bending_energy: defined for the thin-plate spline (kernel='tps')")
         K = self._kernel_matrix(self.p, self.p)
         return float(self.w.ravel() @ K @ self.w.ravel())
 
     def inverse(self) -> LandmarkTransform:
-        """The spline through the swapped pairs (an approximate inverse between landmarks)."""
+        """The spline through the swapped pairs (an approximate inverse between landmarks).
+
+        Returns
+        -------
+        LandmarkTransform
+            The transform from ``moving_points`` to ``fixed_points`` with the same
+            kernel, ``sigma``, ``mu``, ``lam`` and ``eps`` (``smoothing`` 0: it
+            interpolates the swapped pairs).
+        """
         return LandmarkTransform(self.q, self.p, self.kernel, self.sigma, self.mu, self.lam, self.eps)

@@ -106,6 +106,37 @@ def vnorm_squared(v: torch.Tensor, spacing, alpha: float = 1.0, gamma: float = 1
     mirrored (doubled) domain, which equals the mean on the image grid of ``|L v|^2``
     with mirrored ghost voxels.
 
+    Parameters
+    ----------
+    v : torch.Tensor
+        Velocity field(s) ``(..., d, [z,] y, x)`` in mm (per unit time), component 0 =
+        x, components on axis ``-d-1``.
+    spacing : sequence of float
+        Voxel size in mm, world order ``(x, y[, z])``; its length is ``d``.
+    alpha : float, optional
+        Weight of the negative Laplacian in ``L``, mm^2.
+    gamma : float, optional
+        Weight of the identity in ``L`` (dimensionless).
+    power : float, optional
+        Power of the operator ``L``.
+    boundary : {"periodic", "neumann", "sliding"}, optional
+        Boundary condition of the operator (see :mod:`biomip.register.variational`):
+        ``"periodic"`` (default, plain FFT), ``"neumann"`` (even mirror, i.e. the DCT)
+        or ``"sliding"`` (normal component mirrored with a sign flip).
+
+    Returns
+    -------
+    torch.Tensor
+        ``||v||_V^2`` per leading index, shape ``(...)`` (0-dim for one field), in
+        ``v``'s dtype; differentiable.
+
+    Raises
+    ------
+    InputError
+        When ``v`` has no component axis of length ``d`` before its ``d`` spatial axes.
+
+    Examples
+    --------
     >>> import torch
     >>> v = torch.ones(2, 8, 8)                        # constant: L v = gamma v
     >>> float(vnorm_squared(v, (1.0, 1.0), gamma=2.0))
@@ -131,11 +162,40 @@ def vnorm_squared(v: torch.Tensor, spacing, alpha: float = 1.0, gamma: float = 1
 
 def sobolev_smooth(g: torch.Tensor, spacing, alpha: float = 1.0, gamma: float = 1.0, power: float = 1.0,
                    boundary: str = "periodic") -> torch.Tensor:
-    """Apply ``K = (L^T L)^{-1}``, symbol ``(alpha s + gamma)^(-2 power)``, to ``g`` (..., d, *S).
+    """Apply ``K = (L^T L)^{-1}``, symbol ``(alpha s + gamma)^(-2 power)``, to ``g`` ``(..., d, *S)``.
 
     Turns an L2 gradient into the V (Sobolev) gradient; a constant field is divided by
     ``gamma^(2 power)``.
 
+    Parameters
+    ----------
+    g : torch.Tensor
+        Vector field(s) ``(..., d, [z,] y, x)`` (e.g. an L2 gradient), component 0 = x.
+    spacing : sequence of float
+        Voxel size in mm, world order ``(x, y[, z])``; its length is ``d``.
+    alpha : float, optional
+        Weight of the negative Laplacian in ``L``, mm^2.
+    gamma : float, optional
+        Weight of the identity in ``L`` (dimensionless).
+    power : float, optional
+        Power of the operator ``L``.
+    boundary : {"periodic", "neumann", "sliding"}, optional
+        Boundary condition of the operator (see :mod:`biomip.register.variational`):
+        ``"periodic"`` (default, plain FFT), ``"neumann"`` (even mirror, i.e. the DCT)
+        or ``"sliding"`` (normal component mirrored with a sign flip).
+
+    Returns
+    -------
+    torch.Tensor
+        ``K g``, same shape and dtype as ``g`` (computed in float64).
+
+    Raises
+    ------
+    InputError
+        When ``g`` has no component axis of length ``d`` before its ``d`` spatial axes.
+
+    Examples
+    --------
     >>> import torch
     >>> float(sobolev_smooth(torch.ones(2, 8, 8), (1.0, 1.0), gamma=2.0).mean())
     0.25
@@ -174,50 +234,93 @@ def lddmm(fixed: Image, moving: Image, steps: int = 6, iterations: int = 100, al
     ``fixed`` and ``moving`` are Images, numpy arrays or torch tensors (arrays on a grid
     of ``spacing`` mm, default 1); the result is the same kind.
 
+    The model, energy, optimisation and simplifications are described in the module
+    docstring (:mod:`biomip.register.lddmm`).
+
     Parameters
     ----------
-    steps : number ``T`` of velocity fields / Euler steps on ``[0, 1]``.
-    iterations : optimiser iterations per pyramid level.
-    alpha, gamma, power : the operator ``L = (alpha (-Lap) + gamma)^power``
-        (``alpha`` in mm^2): larger ``alpha`` / ``power`` -> smoother velocities.
-        ``power = 2`` (default) makes ``V`` embed in C^1 in 2-D and 3-D (order
-        ``2 power > d/2 + 1``), the condition for diffeomorphic flows.
-    sigma : weight of the kinetic energy ``sum_t dt ||v_t||_V^2`` (mm^-2 when
+    fixed : Image, numpy.ndarray or torch.Tensor
+        The reference image, grey 2-D or 3-D ``([z,] y, x)``, at least 4 voxels per
+        axis, on an axis-aligned grid.
+    moving : Image, numpy.ndarray or torch.Tensor
+        The image to register, on the same grid as ``fixed``.
+    steps : int, optional
+        Number ``T`` of velocity fields / Euler steps on ``[0, 1]``.
+    iterations : int, optional
+        Optimiser iterations per pyramid level.
+    alpha : float, optional
+        Weight of ``-Lap`` in the operator ``L = (alpha (-Lap) + gamma)^power``,
+        mm^2: larger ``alpha`` / ``power`` -> smoother velocities.
+    gamma : float, optional
+        Weight (> 0) of the identity in ``L``.
+    sigma : float, optional
+        Weight of the kinetic energy ``sum_t dt ||v_t||_V^2`` (mm^-2 when
         ``gamma = 1``) relative to the similarity (MSE of images normalised to unit
         std, or ``1 - LNCC``).
-    metric : ``"mse"`` or ``"lncc"``.
-    window : width of the LNCC box, **mm** on the full-resolution grid (one number or
-        one per axis; the nearest odd number of voxels per axis; coarser pyramid levels
+    power : float, optional
+        Power of ``L``.  ``power = 2`` (default) makes ``V`` embed in C^1 in 2-D and
+        3-D (order ``2 power > d/2 + 1``), the condition for diffeomorphic flows.
+    metric : {"mse", "lncc"}, optional
+        The similarity.
+    window : float or sequence of float, optional
+        Width of the LNCC box, **mm** on the full-resolution grid (one number or one
+        per axis; the nearest odd number of voxels per axis; coarser pyramid levels
         use the same number of their own voxels).  Default 9 voxels (9 x the spacing).
-    levels : pyramid levels (1 = full resolution only).
-    lr : ``"gd"``: largest velocity change (mm) of the first step of each level;
+    levels : int, optional
+        Pyramid levels (1 = full resolution only; the coarsest level keeps at least 8
+        voxels per axis).
+    lr : float, optional
+        ``"gd"``: largest velocity change (mm) of the first step of each level;
         ``"adam"``: the Adam step (mm).  Default: the level's smallest spacing.
-    optimizer : ``"gd"`` (adaptive-step gradient descent) or ``"adam"``.
-    sobolev : precondition the gradient with ``K = (L^T L)^{-1}`` (Beg et al.).
-    boundary : ``"neumann"``, ``"sliding"`` or ``"periodic"`` (for ``L`` and ``K``).
-    callback : ``callback(iteration, v)`` after each iteration with the velocities
+    optimizer : {"gd", "adam"}, optional
+        Adaptive-step gradient descent (default) or Adam.
+    sobolev : bool, optional
+        Precondition the gradient with ``K = (L^T L)^{-1}`` (Beg et al.).
+    boundary : {"neumann", "sliding", "periodic"}, optional
+        Boundary condition of ``L`` and ``K``.
+    callback : callable, optional
+        ``callback(iteration, v)`` after each iteration with the velocities
         ``(T, d, *S)`` of the current level; return ``True`` to stop the level.
-    progress : show a progress bar (default: ``biomip.config``).
+    progress : bool, optional
+        Show a progress bar (default: ``biomip.config``).
+    spacing : sequence of float, optional
+        Voxel size (x, y[, z]) in mm for array inputs (default 1); must be None (or
+        equal) when the inputs are Images.
 
     Returns
     -------
-    :class:`~biomip.register.DeformableResult` with the displacement (Image
-    ``'c' + axes``, mm, fixed -> moving), the warped moving image, ``history`` (the
-    similarity term per iteration: MSE of the normalised images, or ``1 - LNCC``) and
-    ``params``: the settings, ``velocities`` (numpy ``(T, d, *S)``, mm per unit time),
-    ``energy`` (final total energy), ``energy_history``, ``kinetic`` (final
-    ``sum_t dt ||v_t||_V^2``), ``folding_fraction`` and ``jacobian`` (min / max / mean).
+    DeformableResult
+        The displacement (Image ``'c' + axes`` for Image inputs, mm, fixed ->
+        moving), the warped moving image, ``history`` (the similarity term per
+        iteration: MSE of the normalised images, or ``1 - LNCC``) and ``params``: the
+        settings, ``velocities`` (numpy ``(T, d, *S)``, mm per unit time), ``energy``
+        (final total energy), ``energy_history``, ``kinetic`` (final
+        ``sum_t dt ||v_t||_V^2``), ``folding_fraction`` and ``jacobian`` (min / max /
+        mean).
 
-    Example
-    -------
+    Raises
+    ------
+    InputError
+        For images that are not grey 2-D / 3-D or smaller than 4 voxels per axis, a
+        non-identity direction, an unknown ``metric`` / ``optimizer`` / ``boundary``,
+        invalid numbers, or a ``callback`` that is not callable.
+    GeometryError
+        When ``fixed`` and ``moving`` lie on different grids.
+
+    Examples
+    --------
     >>> import biomip
     >>> from biomip.register.lddmm import lddmm
     >>> fixed = biomip.ops.gaussian_smooth(biomip.data.shepp_logan((64, 64)), 1.0)
     >>> d = biomip.data.random_deformation(fixed, max_displacement=2.0, seed=0)
     >>> moving = biomip.ops.warp(fixed, d.inverse)
-    >>> res = lddmm(fixed, moving, steps=6, iterations=40)
+    >>> res = lddmm(fixed, moving, steps=6, iterations=5, levels=1)
     >>> res.params["velocities"].shape, res.params["folding_fraction"]
     ((6, 2, 64, 64), 0.0)
+
+    A full run (two levels, 40 iterations each) takes a few seconds:
+
+    >>> res = lddmm(fixed, moving, steps=6, iterations=40)     # doctest: +SKIP
     """
     from ..metrics import jacobian_stats
     from ..ops.spatial import warp

@@ -195,38 +195,85 @@ def train_registration(pairs, spacing=None, epochs: int = 50, lr: float = 1e-3, 
                        progress=None):
     """Train a :class:`RegistrationNet` on image pairs (VoxelMorph; textbook 7.3.4-7.3.5).
 
+    The loss is ``1 - LNCC(fixed, moving o phi) + smoothness * diffusion(v)``, plus the
+    label and landmark terms for the pairs that have them (see the module docstring).
+    The trained network's ``meta["trained_on"]`` records the data shape, spacing and
+    settings.
+
     Parameters
     ----------
-    pairs : sequence of items, each ``(fixed, moving)``, ``(fixed, moving, fixed_labels,
-        moving_labels)``, ``(fixed, moving, fixed_landmarks, moving_landmarks)``, all six,
-        or a dict with those keys (a :class:`RegistrationPairs` works directly).  Images
-        are arrays / tensors / Images of one spatial shape; labels integer maps (any
-        subset of the pairs may have them: semi-supervision); landmarks ``(k, d)``
-        corresponding world points in mm (x first; origin of the Images, else 0).
-    spacing : voxel size (x, y[, z]) mm for array input (default: the Images', the
+    pairs : sequence or RegistrationPairs
+        Items, each ``(fixed, moving)``, ``(fixed, moving, fixed_labels,
+        moving_labels)``, ``(fixed, moving, fixed_landmarks, moving_landmarks)``, all
+        six, or a dict with those keys (a :class:`RegistrationPairs` works directly).
+        Images are arrays / tensors / Images of one spatial shape (grey 2-D or 3-D,
+        axis-aligned); labels integer maps (any subset of the pairs may have them:
+        semi-supervision); landmarks ``(k, d)`` corresponding world points in mm (x
+        first; origin of the Images, else 0).
+    spacing : float or sequence of float, optional
+        Voxel size (x, y[, z]) mm for array input (default: the Images', the
         dataset's ``spacing`` attribute, or 1).
-    epochs, lr, batch_size : Adam training schedule (one epoch = every pair once, in a
-        seeded random order).
-    smoothness : weight of the diffusion energy of the velocity (of the displacement
-        when ``int_steps=0``), derivatives in mm.
-    label_weight : weight of ``1 - soft Dice`` of the warped one-hot moving labels
-        (used for the pairs that have labels).
-    landmark_weight : weight of the mean squared landmark distance ``|p + u(p) - q|^2``
-        in mm^2 (used for the pairs that have landmarks).
-    window : LNCC window (voxels).
-    model : continue training this network (else a new one with ``features``,
+    epochs : int, optional
+        Number of epochs (one epoch = every pair once, in a seeded random order).
+    lr : float, optional
+        Adam learning rate (> 0).
+    smoothness : float, optional
+        Weight of the diffusion energy of the velocity (of the displacement when
+        ``int_steps=0``), derivatives in mm.
+    label_weight : float, optional
+        Weight of ``1 - soft Dice`` of the warped one-hot moving labels (used for the
+        pairs that have labels).
+    landmark_weight : float, optional
+        Weight of the mean squared landmark distance ``|p + u(p) - q|^2`` in mm^2
+        (used for the pairs that have landmarks).
+    batch_size : int, optional
+        Pairs per Adam step.
+    window : int, optional
+        LNCC window, an odd number of **voxels** (not mm).
+    model : RegistrationNet, optional
+        Continue training this network (else a new one with ``features``,
         ``int_steps`` and ``seed``).
-    augment : random flips of whole batches and random fixed / moving swaps.
-    seed : initialisation, batch order and augmentation (same seed, same model on the
+    features : sequence of int, optional
+        Channels per U-Net level of a new network (see :class:`RegistrationNet`).
+    int_steps : int, optional
+        Scaling-and-squaring steps of a new network (0: it predicts the displacement
+        directly).
+    augment : bool, optional
+        Random flips of whole batches and random fixed / moving swaps.
+    seed : int, optional
+        Initialisation, batch order and augmentation (same seed, same model on the
         same machine and torch thread count).
-    device : ``None``: ``biomip.config.device``.
-    callback : ``callback(epoch, model, record)`` after every epoch; return True to stop.
+    device : torch.device or str, optional
+        Where to train; ``None``: ``biomip.config.device``.
+    callback : callable, optional
+        ``callback(epoch, model, record)`` after every epoch; return True to stop.
+    progress : bool, optional
+        Show a progress bar (default: ``biomip.config``).
 
     Returns
     -------
-    ``(model, history)``: the trained network (eval mode) and one dict per epoch with the
-    mean ``loss``, ``similarity`` (1 - LNCC), ``smoothness``, ``label`` (1 - Dice) and
-    ``landmark`` (mm^2) terms (``None`` where unused) and the elapsed ``seconds``.
+    model : RegistrationNet
+        The trained network (eval mode).
+    history : list of dict
+        One dict per epoch with the mean ``loss``, ``similarity`` (1 - LNCC),
+        ``smoothness``, ``label`` (1 - Dice) and ``landmark`` (mm^2) terms (``None``
+        where unused), the ``epoch`` and the elapsed ``seconds``.
+
+    Raises
+    ------
+    InputError
+        For an empty or malformed ``pairs`` (non-real or non-finite images, bad labels
+        or landmarks, spacings that differ), invalid numbers, an even ``window``, or a
+        ``model`` that is not a RegistrationNet of the data's dimension.
+    ShapeError
+        When the pairs differ in shape or are not 2-D / 3-D.
+
+    Examples
+    --------
+    >>> data = synthetic_pairs(4, (16, 16), seed=0)
+    >>> model, history = train_registration(data, epochs=2, features=(4, 8))   # doctest: +SKIP
+    >>> len(history), sorted(history[0])                                       # doctest: +SKIP
+    (2, ['epoch', 'label', 'landmark', 'loss', 'seconds', 'similarity', 'smoothness'])
     """
     epochs = check_number(epochs, "epochs", low=1, integer=True)
     lr = check_number(lr, "lr", low=0, low_open=True)
@@ -379,6 +426,56 @@ def learned_register(model: RegistrationNet, fixed: Image, moving: Image, refine
     (instance optimisation; ``lr`` in mm, default 0.1 x the smallest spacing).  Runs on
     the model's device.  ``history``: ``1 - LNCC`` of the one-shot prediction, then after
     every refinement step.  ``params["velocity"]``: the velocity Image (mm).
+
+    Parameters
+    ----------
+    model : RegistrationNet
+        A trained network of the images' dimension (:func:`train_registration`).
+    fixed : Image
+        The reference image, grey 2-D or 3-D, on an axis-aligned grid.
+    moving : Image
+        The image to register, on the same grid as ``fixed``.
+    refine : int, optional
+        Number of Adam steps of instance optimisation (0: the one-shot prediction).
+    lr : float, optional
+        Adam step of the refinement, mm (> 0); default 0.1 x the smallest spacing.
+    smoothness : float, optional
+        Weight of the diffusion energy of the velocity in the refinement.
+    window : int, optional
+        LNCC window, an odd number of **voxels** (not mm).
+    callback : callable, optional
+        ``callback(step, v)`` after every refinement step with the velocity tensor
+        ``(1, d, *S)`` in mm; return True to stop.
+    progress : bool, optional
+        Show a progress bar for the refinement (default: ``biomip.config``).
+
+    Returns
+    -------
+    DeformableResult
+        ``displacement`` (Image ``'c' + axes``, mm, fixed -> moving points), ``warped``
+        (Image, float32), ``history`` (``1 - LNCC``) and ``params`` (settings,
+        ``params["velocity"]`` the velocity Image in mm).
+
+    Raises
+    ------
+    InputError
+        When ``model`` is not a RegistrationNet, the images are not real, finite, grey
+        Images of the model's dimension on an axis-aligned grid, or ``refine``,
+        ``lr``, ``smoothness`` or ``window`` (odd) are invalid.
+    GeometryError
+        When ``fixed`` and ``moving`` lie on different grids.
+
+    Examples
+    --------
+    >>> import numpy as np, biomip
+    >>> yy, xx = np.mgrid[:16, :16]
+    >>> fixed = biomip.Image(np.exp(-((xx - 8.0) ** 2 + (yy - 8.0) ** 2) / 20.0))
+    >>> moving = biomip.Image(np.exp(-((xx - 9.0) ** 2 + (yy - 8.0) ** 2) / 20.0))
+    >>> net = RegistrationNet(sdim=2, features=(4, 8))          # untrained, for the shapes
+    >>> res = learned_register(net, fixed, moving)              # one forward pass
+    >>> res.displacement.axes, res.displacement.shape, len(res.history)
+    ('cyx', (2, 16, 16), 1)
+    >>> res = learned_register(net, fixed, moving, refine=20)   # doctest: +SKIP
     """
     from ..ops.spatial import warp
     from . import losses

@@ -31,7 +31,25 @@ METRICS = ("mse", "ncc", "mi", "nmi")
 class LinearResult:
     """Result of :func:`linear`: the transform (fixed -> moving points, mm), the moving
     image resampled onto the fixed grid (the kind of the inputs: Image, numpy or torch)
-    and the loss after every optimiser step."""
+    and the loss after every optimiser step.
+
+    Parameters
+    ----------
+    transform : AffineTransform
+        The fitted transform (a :class:`RigidTransform` for ``transform="rigid"``),
+        mapping fixed to moving points in world mm; its centre is the centre of the
+        fixed image.
+    warped : Image, numpy.ndarray or torch.Tensor
+        The moving image resampled onto the fixed grid (zeros outside the moving
+        image).
+    history : list of float, optional
+        The loss at every evaluation of the objective (all levels): MSE, ``1 - NCC``
+        or ``-MI`` / ``-NMI``.
+    seconds : float, optional
+        Wall-clock time of the registration, s.
+    params : dict, optional
+        The settings (``transform``, ``metric``, ``levels`` used, ``iterations``).
+    """
 
     transform: AffineTransform
     warped: Image
@@ -40,6 +58,23 @@ class LinearResult:
     params: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """A JSON-able summary (no arrays).
+
+        Returns
+        -------
+        dict
+            ``transform`` (:meth:`AffineTransform.to_dict`), ``seconds``,
+            ``final_loss`` (last ``history`` entry, or None), ``steps`` (length of
+            ``history``) and ``params``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from biomip.ops.transforms import RigidTransform
+        >>> res = LinearResult(RigidTransform(0.0, (1.0, 0.0)), np.zeros((4, 4)), [0.3, 0.1], 0.5, {})
+        >>> res.to_dict()["final_loss"], res.to_dict()["transform"]["translation"]
+        (0.1, [1.0, 0.0])
+        """
         return {"transform": self.transform.to_dict(), "seconds": self.seconds,
                 "final_loss": self.history[-1] if self.history else None, "steps": len(self.history),
                 "params": self.params}
@@ -93,11 +128,66 @@ def linear(fixed: Image, moving: Image, transform: str = "rigid", metric: str = 
     geometry).  ``result.warped`` is the same kind; ``result.transform`` maps physical
     points (mm) whatever the input kind.
 
-    ``metric``: ``"mse"`` (same modality), ``"ncc"`` (linear intensity relation), ``"mi"``
-    / ``"nmi"`` (mutual information: multimodal).  ``levels`` pyramid levels (coarse to
-    fine), ``iterations`` L-BFGS iterations per level.  ``initial``: a starting transform
-    (default: align the image centres).
+    The transform is centred on the fixed image's centre and parameterised so that one
+    unit of any parameter moves points by about 1 mm (rotations and matrix entries are
+    scaled by the image radius).  At each level the moving image is sampled at the
+    transformed fixed grid (linear interpolation) and only the fixed voxels that map
+    inside the moving image count (overlap mask).
 
+    Parameters
+    ----------
+    fixed : Image, numpy.ndarray or torch.Tensor
+        The reference image, grey 2-D or 3-D ``([z,] y, x)``, any grid and orientation.
+    moving : Image, numpy.ndarray or torch.Tensor
+        The image to register, same number of spatial axes, any grid.
+    transform : {"rigid", "affine"}, optional
+        The transform model: rotation + translation, or a full matrix + translation.
+    metric : {"mse", "ncc", "mi", "nmi"}, optional
+        ``"mse"`` (same modality), ``"ncc"`` (linear intensity relation), ``"mi"`` /
+        ``"nmi"`` (mutual information: multimodal).
+    levels : int, optional
+        Gaussian pyramid levels, coarse to fine (a level whose grid would have fewer
+        than 8 voxels per axis is dropped).
+    iterations : int, optional
+        L-BFGS iterations per level.
+    initial : AffineTransform, optional
+        A starting transform (fixed -> moving points, mm); default: align the image
+        centres (a translation).
+    bins : int, optional
+        Histogram bins of ``"mi"`` / ``"nmi"``.
+    device : torch.device or str, optional
+        Where to optimise; default the device of torch inputs, else the CPU.
+    callback : callable, optional
+        ``callback(level, None)`` after every level (0 the coarsest); return True to
+        stop.
+    progress : bool, optional
+        Show a progress bar over the levels (default: ``biomip.config``).
+    spacing : sequence of float, optional
+        Voxel size (x, y[, z]) in mm for array inputs (default 1, origin 0); must be
+        None (or equal) when an input is an Image.
+
+    Returns
+    -------
+    LinearResult
+        ``transform`` (maps physical points, mm, whatever the input kind), ``warped``
+        (the kind of the inputs), ``history``, ``seconds`` and ``params``.
+
+    Raises
+    ------
+    InputError
+        For images that are not grey 2-D / 3-D with the same number of axes, a
+        constant image, an unknown ``transform`` / ``metric``, or images that barely
+        overlap (< 5 % of the fixed voxels) during the optimisation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> yy, xx = np.mgrid[:32, :32]
+    >>> fixed = np.exp(-((xx - 16.0) ** 2 + (yy - 15.0) ** 2) / 50.0)
+    >>> moving = np.exp(-((xx - 17.0) ** 2 + (yy - 15.0) ** 2) / 50.0)  # 1 mm along x
+    >>> res = linear(fixed, moving, levels=1, iterations=20)
+    >>> np.allclose(res.transform.translation, [1.0, 0.0], atol=0.01), res.warped.shape
+    (True, (32, 32))
     >>> res = linear(fixed, moving, transform="rigid", metric="mi")        # doctest: +SKIP
     >>> res.transform.apply(fixed_landmarks)                               # doctest: +SKIP
     """

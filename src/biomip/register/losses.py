@@ -156,8 +156,36 @@ def mse(fixed, moving, mask=None, sdim: int | None = None):
     A cost: 0 for identical images.  With ``mask`` it is
     ``sum(w * (f - m)**2) / sum(w)`` (weights broadcast over leading axes).
 
-    Example
+    Parameters
+    ----------
+    fixed : array_like, torch.Tensor or Image
+        Image ``(..., [z,] y, x)``; the trailing ``sdim`` axes are spatial, the leading
+        ones batch / channel axes.
+    moving : array_like, torch.Tensor or Image
+        Image of the same shape.
+    mask : array_like, torch.Tensor or Image, optional
+        Weights in ``[0, 1]`` (bool allowed) of the spatial shape or a trailing part of
+        the image shape; the result is the weighted mean.
+    sdim : int, optional
+        Number of trailing spatial axes (default ``min(ndim, 3)``; 2 for a batch of 2-D
+        images ``(n, y, x)``).
+
+    Returns
     -------
+    float or torch.Tensor
+        A Python float for numpy / Image input; a 0-dim tensor carrying the autograd
+        graph for torch input.
+
+    Raises
+    ------
+    ShapeError
+        When ``fixed`` and ``moving`` differ in shape, or ``mask`` does not fit.
+    InputError
+        For complex, non-numeric or non-finite input, or weights outside ``[0, 1]`` /
+        all zero.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> mse(np.zeros((4, 4)), np.full((4, 4), 2.0))
     4.0
@@ -176,8 +204,36 @@ def ncc(fixed, moving, mask=None, sdim: int | None = None):
     changes ``a * m + b`` with ``a > 0``; 1 for ``m = 2 f + 3``, -1 for ``m = -f``; 0
     when either image is constant.  A similarity: minimise ``1 - ncc`` (or ``-ncc``).
 
-    Example
+    Parameters
+    ----------
+    fixed : array_like, torch.Tensor or Image
+        Image ``(..., [z,] y, x)``; the trailing ``sdim`` axes are spatial, the leading
+        ones batch / channel axes.
+    moving : array_like, torch.Tensor or Image
+        Image of the same shape.
+    mask : array_like, torch.Tensor or Image, optional
+        Weights in ``[0, 1]`` (bool allowed) of the spatial shape or a trailing part of
+        the image shape; the result is the weighted mean.
+    sdim : int, optional
+        Number of trailing spatial axes (default ``min(ndim, 3)``; 2 for a batch of 2-D
+        images ``(n, y, x)``).
+
+    Returns
     -------
+    float or torch.Tensor
+        A Python float for numpy / Image input; a 0-dim tensor carrying the autograd
+        graph for torch input.
+
+    Raises
+    ------
+    ShapeError
+        When ``fixed`` and ``moving`` differ in shape, or ``mask`` does not fit.
+    InputError
+        For complex, non-numeric or non-finite input, or weights outside ``[0, 1]`` /
+        all zero.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> x = np.random.default_rng(0).random((8, 8))
     >>> round(ncc(x, 2 * x + 3), 6), round(ncc(x, -x), 6)
@@ -230,6 +286,18 @@ def box_mean(t: torch.Tensor, k: tuple[int, ...]) -> torch.Tensor:
     Separable: a clipped box is a product of clipped intervals, so its mean is three
     1-D means.  Float32 on the CPU: numba running sums (O(1) per voxel and axis, with
     an exact adjoint for autograd); otherwise ``avg_pool1d`` along each axis.
+
+    Parameters
+    ----------
+    t : torch.Tensor
+        Batch of images ``(B, *S)``.
+    k : tuple of int
+        Odd window sizes in **voxels** per spatial axis, array order.
+
+    Returns
+    -------
+    torch.Tensor
+        The local means, same shape; differentiable.
     """
     from ..ops import fieldkernels as fk
 
@@ -263,11 +331,42 @@ def lncc(fixed, moving, window=9, mask=None, sdim: int | None = None, eps: float
     scale.  Flat windows give 0.  A similarity: minimise
     ``1 - lncc`` (or ``-lncc``).
 
-    window : odd window size in voxels, a number or one per spatial axis (world order
-        x, y, z).
+    Parameters
+    ----------
+    fixed : array_like, torch.Tensor or Image
+        Image ``(..., [z,] y, x)``; the trailing ``sdim`` axes are spatial, the leading
+        ones batch / channel axes.
+    moving : array_like, torch.Tensor or Image
+        Image of the same shape.
+    window : int or sequence of int, optional
+        Odd window size in **voxels** (not mm), a number or one per spatial axis (world
+        order x, y, z).
+    mask : array_like, torch.Tensor or Image, optional
+        Weights in ``[0, 1]`` (bool allowed) of the spatial shape or a trailing part of
+        the image shape; the result is the weighted mean.
+    sdim : int, optional
+        Number of trailing spatial axes (default ``min(ndim, 3)``; 2 for a batch of 2-D
+        images ``(n, y, x)``).
+    eps : float, optional
+        Added to the product of the local variances (>= 0), relative to the global
+        variances of the standardised images.
 
-    Example
+    Returns
     -------
+    float or torch.Tensor
+        A Python float for numpy / Image input; a 0-dim tensor carrying the autograd
+        graph for torch input.
+
+    Raises
+    ------
+    ShapeError
+        When ``fixed`` and ``moving`` differ in shape, or ``mask`` does not fit.
+    InputError
+        For complex, non-numeric or non-finite input, or weights outside ``[0, 1]`` /
+        all zero, or a ``window`` that is not odd.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> x = np.random.default_rng(0).random((32, 32))
     >>> round(lncc(x, 3 * x - 1, window=5), 3)
@@ -356,13 +455,45 @@ def mutual_information(fixed, moving, bins: int = 32, sigma: float | None = None
     ``2 - NMI``).  Parzen smoothing makes the value somewhat lower than a hard-binned
     histogram's; it tends to it as ``sigma -> 0``.  Memory is ``O(voxels * bins)``.
 
-    bins : number of bins per image (>= 2).
-    sigma : Parzen width in bins, default 0.5.
-    value_range : ``(lo, hi)`` for both images, ``((f_lo, f_hi), (m_lo, m_hi))``, or
-        None: each image's min and max (per leading index, not differentiated).
+    Parameters
+    ----------
+    fixed : array_like, torch.Tensor or Image
+        Image ``(..., [z,] y, x)``; the trailing ``sdim`` axes are spatial, the leading
+        ones batch / channel axes.
+    moving : array_like, torch.Tensor or Image
+        Image of the same shape.
+    bins : int, optional
+        Number of bins per image (>= 2).
+    sigma : float, optional
+        Parzen width in bins (an intensity width, not spatial), default 0.5.
+    normalized : bool, optional
+        Return Studholme's NMI instead of MI.
+    mask : array_like, torch.Tensor or Image, optional
+        Weights in ``[0, 1]`` (bool allowed) of the spatial shape or a trailing part of
+        the image shape; the result is the weighted mean.
+    value_range : sequence of float or sequence of sequence of float, optional
+        ``(lo, hi)`` for both images, ``((f_lo, f_hi), (m_lo, m_hi))``, or None: each
+        image's min and max (per leading index, not differentiated).
+    sdim : int, optional
+        Number of trailing spatial axes (default ``min(ndim, 3)``; 2 for a batch of 2-D
+        images ``(n, y, x)``).
 
-    Example
+    Returns
     -------
+    float or torch.Tensor
+        A Python float for numpy / Image input; a 0-dim tensor carrying the autograd
+        graph for torch input.
+
+    Raises
+    ------
+    ShapeError
+        When ``fixed`` and ``moving`` differ in shape, or ``mask`` does not fit.
+    InputError
+        For complex, non-numeric or non-finite input, or weights outside ``[0, 1]`` /
+        all zero, ``bins < 2``, or an invalid ``value_range``.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> x = np.random.default_rng(0).random((64, 64))
     >>> mutual_information(x, x, bins=16) > mutual_information(x, np.random.default_rng(1).random((64, 64)), bins=16)
@@ -429,8 +560,33 @@ def diffusion_energy(u, spacing=None, mask=None):
     dimensionless); equals ``||A||_F**2`` for a linear field ``u = A p`` (exactly,
     border included).
 
-    Example
+    Parameters
+    ----------
+    u : array_like, torch.Tensor or Image
+        Displacement field ``(d, [z,] y, x)`` (d = 2 or 3, at least 2 voxels per axis):
+        mm vectors in the world frame, component 0 = x.
+    spacing : sequence of float, optional
+        Voxel size in mm, world order ``(x, y[, z])``; default 1, or the Image's.
+    mask : array_like, torch.Tensor or Image, optional
+        Weights in ``[0, 1]`` of the spatial shape ``([z,] y, x)``: a weighted mean
+        (e.g. an interior mask to exclude the border).
+
+    Returns
     -------
+    float or torch.Tensor
+        A Python float for numpy / Image input; a 0-dim tensor carrying the autograd
+        graph for torch input.
+
+    Raises
+    ------
+    ShapeError
+        When ``u`` is not ``(2, Y, X)`` / ``(3, Z, Y, X)`` with at least 2 voxels per
+        axis, or ``mask`` does not fit.
+    InputError
+        For complex or non-finite values, invalid ``spacing`` or weights.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> yy, xx = np.mgrid[0:8, 0:8].astype(float)
     >>> u = np.stack([0.1 * xx, 0.2 * xx])           # du_x/dx = 0.1, du_y/dx = 0.2
@@ -450,8 +606,33 @@ def bending_energy(u, spacing=None, mask=None):
     derivatives apply :func:`biomip.ops.spatial_gradient` twice (exact for quadratic
     fields 2 voxels away from the border; 0 for affine fields everywhere).
 
-    Example
+    Parameters
+    ----------
+    u : array_like, torch.Tensor or Image
+        Displacement field ``(d, [z,] y, x)`` (d = 2 or 3, at least 2 voxels per axis):
+        mm vectors in the world frame, component 0 = x.
+    spacing : sequence of float, optional
+        Voxel size in mm, world order ``(x, y[, z])``; default 1, or the Image's.
+    mask : array_like, torch.Tensor or Image, optional
+        Weights in ``[0, 1]`` of the spatial shape ``([z,] y, x)``: a weighted mean
+        (e.g. an interior mask to exclude the border).
+
+    Returns
     -------
+    float or torch.Tensor
+        A Python float for numpy / Image input; a 0-dim tensor carrying the autograd
+        graph for torch input.
+
+    Raises
+    ------
+    ShapeError
+        When ``u`` is not ``(2, Y, X)`` / ``(3, Z, Y, X)`` with at least 2 voxels per
+        axis, or ``mask`` does not fit.
+    InputError
+        For complex or non-finite values, invalid ``spacing`` or weights.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> yy, xx = np.mgrid[0:10, 0:10].astype(float)
     >>> u = np.stack([0.5 * xx ** 2, 0 * xx])        # u_x'' = 1
@@ -473,8 +654,37 @@ def elastic_energy(u, spacing=None, mu: float = 1.0, lam: float = 1.0, mask=None
     (``grad u`` antisymmetric) cost nothing; a pure shear ``u = (s y, s x)`` costs
     ``2 mu s**2``, a dilation ``u = a p`` in d dimensions ``(mu + d lam / 2) d a**2``.
 
-    Example
+    Parameters
+    ----------
+    u : array_like, torch.Tensor or Image
+        Displacement field ``(d, [z,] y, x)`` (d = 2 or 3, at least 2 voxels per axis):
+        mm vectors in the world frame, component 0 = x.
+    spacing : sequence of float, optional
+        Voxel size in mm, world order ``(x, y[, z])``; default 1, or the Image's.
+    mu : float, optional
+        Lame constant ``mu`` (shear modulus, >= 0).
+    lam : float, optional
+        Lame constant ``lambda``.
+    mask : array_like, torch.Tensor or Image, optional
+        Weights in ``[0, 1]`` of the spatial shape ``([z,] y, x)``: a weighted mean
+        (e.g. an interior mask to exclude the border).
+
+    Returns
     -------
+    float or torch.Tensor
+        A Python float for numpy / Image input; a 0-dim tensor carrying the autograd
+        graph for torch input.
+
+    Raises
+    ------
+    ShapeError
+        When ``u`` is not ``(2, Y, X)`` / ``(3, Z, Y, X)`` with at least 2 voxels per
+        axis, or ``mask`` does not fit.
+    InputError
+        For complex or non-finite values, invalid ``spacing`` or weights.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> yy, xx = np.mgrid[0:8, 0:8].astype(float)
     >>> round(elastic_energy(np.stack([0.1 * yy, 0.1 * xx]), mu=1.0, lam=1.0), 6)
@@ -501,8 +711,33 @@ def folding_penalty(u, spacing=None, mask=None):
     Zero wherever the transform is locally orientation preserving; grows with the
     amount of folding.  Determinants from :func:`biomip.ops.jacobian_determinant`.
 
-    Example
+    Parameters
+    ----------
+    u : array_like, torch.Tensor or Image
+        Displacement field ``(d, [z,] y, x)`` (d = 2 or 3, at least 2 voxels per axis):
+        mm vectors in the world frame, component 0 = x.
+    spacing : sequence of float, optional
+        Voxel size in mm, world order ``(x, y[, z])``; default 1, or the Image's.
+    mask : array_like, torch.Tensor or Image, optional
+        Weights in ``[0, 1]`` of the spatial shape ``([z,] y, x)``: a weighted mean
+        (e.g. an interior mask to exclude the border).
+
+    Returns
     -------
+    float or torch.Tensor
+        A Python float for numpy / Image input; a 0-dim tensor carrying the autograd
+        graph for torch input.
+
+    Raises
+    ------
+    ShapeError
+        When ``u`` is not ``(2, Y, X)`` / ``(3, Z, Y, X)`` with at least 2 voxels per
+        axis, or ``mask`` does not fit.
+    InputError
+        For complex or non-finite values, invalid ``spacing`` or weights.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> yy, xx = np.mgrid[0:8, 0:8].astype(float)
     >>> folding_penalty(np.stack([-2.0 * xx, 0 * xx]))   # x -> -x: det = -1
@@ -518,8 +753,33 @@ def volume_penalty(u, spacing=None, mask=None):
     Zero for volume-preserving transforms (translations, rotations to first order are
     not exactly zero: ``det`` of ``I + W`` for antisymmetric ``W`` is ``1 + w**2``).
 
-    Example
+    Parameters
+    ----------
+    u : array_like, torch.Tensor or Image
+        Displacement field ``(d, [z,] y, x)`` (d = 2 or 3, at least 2 voxels per axis):
+        mm vectors in the world frame, component 0 = x.
+    spacing : sequence of float, optional
+        Voxel size in mm, world order ``(x, y[, z])``; default 1, or the Image's.
+    mask : array_like, torch.Tensor or Image, optional
+        Weights in ``[0, 1]`` of the spatial shape ``([z,] y, x)``: a weighted mean
+        (e.g. an interior mask to exclude the border).
+
+    Returns
     -------
+    float or torch.Tensor
+        A Python float for numpy / Image input; a 0-dim tensor carrying the autograd
+        graph for torch input.
+
+    Raises
+    ------
+    ShapeError
+        When ``u`` is not ``(2, Y, X)`` / ``(3, Z, Y, X)`` with at least 2 voxels per
+        axis, or ``mask`` does not fit.
+    InputError
+        For complex or non-finite values, invalid ``spacing`` or weights.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> yy, xx = np.mgrid[0:8, 0:8].astype(float)
     >>> round(volume_penalty(np.stack([0.5 * xx, 0 * xx])), 6)   # det = 1.5
@@ -536,8 +796,34 @@ def inverse_consistency(u_forward, u_backward, spacing=None, mask=None):
     :func:`biomip.ops.compose`, linear interpolation with border extrapolation), in
     mm^2; 0 when ``u_backward`` is the exact inverse of ``u_forward``.
 
-    Example
+    Parameters
+    ----------
+    u_forward : array_like, torch.Tensor or Image
+        Displacement ``(d, [z,] y, x)`` fixed -> moving, mm, component 0 = x.
+    u_backward : array_like, torch.Tensor or Image
+        Displacement of the same shape, moving -> fixed (the candidate inverse), mm.
+    spacing : sequence of float, optional
+        Voxel size in mm, world order ``(x, y[, z])``; default 1, or ``u_forward``'s when it is an Image.
+    mask : array_like, torch.Tensor or Image, optional
+        Weights in ``[0, 1]`` of the spatial shape ``([z,] y, x)``: a weighted mean
+        (e.g. an interior mask to exclude the border).
+
+    Returns
     -------
+    float or torch.Tensor
+        A Python float for numpy / Image input; a 0-dim tensor carrying the autograd
+        graph when either input is torch.
+
+    Raises
+    ------
+    ShapeError
+        When a field is not ``(2, Y, X)`` / ``(3, Z, Y, X)`` with at least 2 voxels per
+        axis, the two shapes differ, or ``mask`` does not fit.
+    InputError
+        For complex or non-finite values, invalid ``spacing`` or weights.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> uf = np.zeros((2, 8, 8)); uf[0] = 1.5
     >>> inverse_consistency(uf, -uf)

@@ -21,7 +21,32 @@ from .demons import DeformableResult
 
 @dataclass
 class DeformationModel:
-    """PCA of displacement fields on one grid (``grid``: the geometry of the fields)."""
+    """PCA of displacement fields on one grid (``grid``: the geometry of the fields).
+
+    ``u(c) = mean + sum_k c_k sqrt(var_k) phi_k``; build one with :meth:`fit`.
+
+    Parameters
+    ----------
+    mean : numpy.ndarray
+        Mean field ``(d, [z,] y, x)``: mm vectors, component 0 = x.
+    components : numpy.ndarray
+        Orthonormal modes ``phi_k``, ``(k, d, [z,] y, x)``.
+    variances : numpy.ndarray
+        ``(k,)`` variance of the training fields along each mode, mm^2.
+    grid : Image
+        An Image ``(d, [z,] y, x)`` (axes ``'cyx'`` / ``'czyx'``) carrying the geometry
+        of the fields; its values are not used.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> fields = np.zeros((3, 2, 8, 8)); fields[:, 0] = np.array([-1.0, 0.0, 1.0])[:, None, None]
+    >>> model = DeformationModel.fit(fields, k=1)
+    >>> model.k, np.round(model.variances, 6)
+    (1, array([64.]))
+    >>> np.round(model.project(fields[2]), 6)          # +1 standard deviation
+    array([1.])
+    """
 
     mean: np.ndarray              # (d, *shape)
     components: np.ndarray        # (k, d, *shape), orthonormal
@@ -32,7 +57,33 @@ class DeformationModel:
     def fit(cls, fields, k: int | None = None, explained: float = 0.98) -> DeformationModel:
         """PCA of ``fields`` (list of displacement Images on the same grid, or an array
         ``(n, d, *shape)`` with unit spacing); keep ``k`` modes or enough to explain
-        ``explained`` of the variance."""
+        ``explained`` of the variance.
+
+        Parameters
+        ----------
+        fields : list of Image or numpy.ndarray
+            At least 2 displacement fields ``(d, [z,] y, x)`` in mm (component 0 = x):
+            Images on one grid, or an array ``(n, d, [z,] y, x)`` (1-mm grid, origin 0).
+        k : int, optional
+            Number of modes to keep (at most ``n - 1``); default: enough to explain
+            ``explained``.
+        explained : float, optional
+            Fraction of the total variance the kept modes explain when ``k`` is None.
+
+        Returns
+        -------
+        DeformationModel
+            The model on the fields' grid.
+
+        Raises
+        ------
+        InputError
+            For an empty list, non-Image items, or fewer than 2 fields.
+        ShapeError
+            When the fields are not ``(n, d, [z,] y, x)`` with ``d`` components.
+        GeometryError
+            When the Images lie on different grids.
+        """
         if isinstance(fields, np.ndarray):
             arr = np.asarray(fields, dtype=np.float64)
             grid = Image(np.zeros(arr.shape[1:], np.float32), axes="c" + "zyx"[-(arr.ndim - 2):])
@@ -62,10 +113,28 @@ class DeformationModel:
 
     @property
     def k(self) -> int:
+        """Number of modes."""
         return int(self.components.shape[0])
 
     def field(self, coeffs) -> Image:
-        """The displacement ``mean + sum c_k sqrt(var_k) phi_k`` as an Image."""
+        """The displacement ``mean + sum c_k sqrt(var_k) phi_k`` as an Image.
+
+        Parameters
+        ----------
+        coeffs : array_like
+            ``k`` coefficients, in standard deviations of the training set.
+
+        Returns
+        -------
+        Image
+            float32 field ``(d, [z,] y, x)`` in mm on the model's grid,
+            ``meta["kind"] == "displacement"``.
+
+        Raises
+        ------
+        ShapeError
+            When ``coeffs`` does not hold ``k`` values.
+        """
         c = np.asarray(coeffs, dtype=np.float64).ravel()
         if c.size != self.k:
             raise ShapeError(f"coeffs: got {c.size} values; the model has {self.k} modes")
@@ -73,7 +142,24 @@ class DeformationModel:
         return self.grid.with_array(u.astype(np.float32), meta={"kind": "displacement", "model": "pca"})
 
     def project(self, field) -> np.ndarray:
-        """Subspace coordinates (in standard deviations) of a displacement field."""
+        """Subspace coordinates (in standard deviations) of a displacement field.
+
+        Parameters
+        ----------
+        field : Image or array_like
+            Displacement ``(d, [z,] y, x)`` in mm on the model's grid.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(k,)`` coefficients: the projection of ``field - mean`` on each mode,
+            divided by the mode's standard deviation.
+
+        Raises
+        ------
+        ShapeError
+            When ``field`` does not have the model's shape.
+        """
         u = field.numpy() if isinstance(field, Image) else np.asarray(field)
         if u.shape != self.mean.shape:
             raise ShapeError(f"field: got shape {u.shape}; expected {self.mean.shape}")
@@ -82,6 +168,23 @@ class DeformationModel:
         return coef / np.sqrt(np.maximum(self.variances, 1e-30))
 
     def save(self, path) -> None:
+        """Write the model as a compressed ``.npz`` (atomically; no pickles).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (numpy adds no suffix: name it ``*.npz``).
+
+        Examples
+        --------
+        >>> import tempfile, pathlib
+        >>> model = DeformationModel.fit(np.random.default_rng(0).random((4, 2, 6, 6)), k=2)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     model.save(pathlib.Path(tmp) / "pca.npz")
+        ...     back = DeformationModel.load(pathlib.Path(tmp) / "pca.npz")
+        >>> back.k, np.allclose(back.mean, model.mean)
+        (2, True)
+        """
         from ..core.atomic import atomic_path
 
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -91,6 +194,18 @@ class DeformationModel:
 
     @classmethod
     def load(cls, path) -> DeformationModel:
+        """Read a model written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The ``.npz`` file.
+
+        Returns
+        -------
+        DeformationModel
+            The model with its grid geometry (spacing, origin, direction, axes).
+        """
         z = np.load(str(path), allow_pickle=False)
         grid = Image(np.zeros(z["mean"].shape, np.float32), spacing=z["spacing"], origin=z["origin"],
                      direction=z["direction"], axes=str(z["axes"]))
@@ -112,7 +227,54 @@ def subspace_register(fixed: Image, moving: Image, model: DeformationModel, metr
     """Registration restricted to the model's subspace: minimise
     ``metric(fixed, moving(p + u(c)(p))) + prior * |c|^2`` over the ``k`` coefficients by
     L-BFGS.  ``fixed`` and ``moving`` lie on the model's grid: Images, or numpy arrays /
-    torch tensors (which take the model grid's geometry); the result is the same kind."""
+    torch tensors (which take the model grid's geometry); the result is the same kind.
+
+    The optimisation runs on the CPU in float64, from ``c = 0`` (the mean field).
+
+    Parameters
+    ----------
+    fixed : Image, numpy.ndarray or torch.Tensor
+        The reference image ``([z,] y, x)`` on the model's grid.
+    moving : Image, numpy.ndarray or torch.Tensor
+        The image to register, on the same grid.
+    model : DeformationModel
+        The statistical deformation model (:meth:`DeformationModel.fit`).
+    metric : {"mse", "ncc"}, optional
+        The data term: MSE or ``1 - NCC``.
+    prior : float, optional
+        Weight of the Gaussian prior energy ``|c|^2``.
+    iterations : int, optional
+        Maximum L-BFGS iterations.
+    spacing : sequence of float, optional
+        Voxel size (x, y[, z]) in mm for array inputs; must be None (or equal the
+        model grid's) -- arrays take the model grid's geometry.
+
+    Returns
+    -------
+    DeformableResult
+        ``displacement`` (the model field of the coefficients, mm) and ``warped`` of
+        the kind of the inputs, ``history`` (the data term at every evaluation) and
+        ``params`` (settings, ``k`` and ``params["coefficients"]``, in standard
+        deviations).
+
+    Raises
+    ------
+    InputError
+        When ``model`` is not a DeformationModel or ``metric`` is unknown.
+    GeometryError
+        When the images do not lie on the model's grid.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> yy, xx = np.mgrid[:16, :16]
+    >>> fixed = np.exp(-((xx - 8.0) ** 2 + (yy - 8.0) ** 2) / 10.0)
+    >>> moving = np.exp(-((xx - 9.0) ** 2 + (yy - 8.0) ** 2) / 10.0)  # 1 mm along x
+    >>> fields = np.zeros((3, 2, 16, 16)); fields[:, 0] = np.array([-2.0, 0.0, 2.0])[:, None, None]
+    >>> res = subspace_register(fixed, moving, DeformationModel.fit(fields, k=1), prior=0.0)
+    >>> round(float(res.displacement[0].mean()), 1)               # a 1-mm shift along x
+    1.0
+    """
     from ..ops.spatial import warp
     from . import losses
 

@@ -84,35 +84,80 @@ def svf(fixed: Image, moving: Image, metric: str = "lncc", window: float | None 
     ``fixed`` and ``moving`` are Images, numpy arrays or torch tensors (arrays on a grid
     of ``spacing`` mm, default 1); the result is the same kind.
 
-    Parameters
-    ----------
-    metric : ``"lncc"`` (local NCC over a box of ``window`` mm, default), ``"ncc"`` or
-        ``"mse"``; history records the similarity (higher is better; ``-MSE`` for mse).
-    window : width of the LNCC box, **mm** (one number or one per axis x, y, z; the
-        nearest odd number of voxels per axis).  Default 5 voxels (5 x the spacing).
-    levels : pyramid levels (each halves the grid); ``iterations`` one number or one
-        per level, coarse to fine.  Default: 100 on the coarsest level, 60 on the
-        others, and on the full grid none for grids above 64^3 voxels (it only receives
-        the upsampled velocity, as in ANTs SyN's default schedule), 20 for smaller ones
-        (whose coarse levels are too coarse alone); a single level gets 50.
-    step : largest update per iteration, **mm**.  Default a quarter voxel (0.25 x the
-        smallest spacing).
-    sigma_fluid, sigma_diffusion : Gaussian widths (standard deviations, **mm**, one
-        number or one per axis) for the update and for the velocity itself.  Defaults
-        3 and 1 voxels (3 and 1 x the spacing).
-
     ``window``, ``step`` and the sigmas are given for the full-resolution grid; a
     pyramid level that shrinks the grid by ``2**l`` uses the same number of *its own*
     voxels (i.e. ``2**l`` times the width in mm), so the regularisation keeps its shape
     coarse to fine, as in ANTs.  The defaults are whole voxels of the grid (ANTs'
     defaults are in voxels too): on a 1-mm grid 5, 0.25, 3 and 1 mm.
 
-    Returns a :class:`DeformableResult` whose ``params["velocity"]`` is ``v`` (mm, the
-    kind of the inputs) and ``params["folding_fraction"]`` the folded fraction of
-    ``exp(v)`` (0 for a smooth ``v``).
+    Parameters
+    ----------
+    fixed : Image, numpy.ndarray or torch.Tensor
+        The reference image, grey 2-D or 3-D ``([z,] y, x)``, on an axis-aligned grid.
+    moving : Image, numpy.ndarray or torch.Tensor
+        The image to register, on the same grid as ``fixed``.
+    metric : {"lncc", "ncc", "mse"}, optional
+        ``"lncc"`` (local NCC over a box of ``window`` mm, default), ``"ncc"`` or
+        ``"mse"``; history records the similarity (higher is better; ``-MSE`` for mse).
+    window : float or sequence of float, optional
+        Width of the LNCC box, **mm** (one number or one per axis x, y, z; the
+        nearest odd number of voxels per axis).  Default 5 voxels (5 x the spacing).
+    levels : int, optional
+        Pyramid levels (each halves the grid).
+    iterations : int or sequence of int, optional
+        One number or one per level, coarse to fine (>= 0).  Default: 100 on the
+        coarsest level, 60 on the others, and on the full grid none for grids above
+        64^3 voxels (it only receives the upsampled velocity, as in ANTs SyN's default
+        schedule), 20 for smaller ones (whose coarse levels are too coarse alone); a
+        single level gets 50.
+    step : float, optional
+        Largest update per iteration, **mm**.  Default a quarter voxel (0.25 x the
+        smallest spacing).
+    sigma_fluid : float or sequence of float, optional
+        Gaussian width (standard deviation, **mm**, one number or one per axis) for
+        the update.  Default 3 voxels (3 x the spacing).
+    sigma_diffusion : float or sequence of float, optional
+        Gaussian width (standard deviation, **mm**, one number or one per axis) for
+        the velocity itself.  Default 1 voxel (the spacing).
+    callback : callable, optional
+        ``callback(iteration, v)`` after every iteration with the velocity tensor
+        ``(d, *S)`` in mm on the current level's grid; return True to stop (all
+        levels).
+    progress : bool, optional
+        Show a progress bar (default: ``biomip.config``).
+    spacing : sequence of float, optional
+        Voxel size (x, y[, z]) in mm for array inputs (default 1); must be None (or
+        equal) when the inputs are Images.
 
-    >>> res = svf(fixed, moving, metric="lncc")                        # doctest: +SKIP
-    >>> res.displacement, res.params["velocity"], res.history[-1]     # doctest: +SKIP
+    Returns
+    -------
+    DeformableResult
+        ``displacement`` (``exp(v)``, mm, fixed -> moving points) and ``warped`` of
+        the kind of the inputs, ``history`` (the similarity per iteration), and
+        ``params``: the settings in mm (plus ``window_voxels``),
+        ``params["velocity"]`` ``v`` (mm, the kind of the inputs) and
+        ``params["folding_fraction"]`` the folded fraction of ``exp(v)`` (0 for a
+        smooth ``v``).
+
+    Raises
+    ------
+    InputError
+        For images that are not grey 2-D / 3-D, a non-identity direction, an unknown
+        ``metric``, or invalid ``levels``, ``iterations``, widths or ``step``.
+    GeometryError
+        When ``fixed`` and ``moving`` lie on different grids.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> yy, xx = np.mgrid[:32, :32]
+    >>> fixed = np.exp(-((xx - 16.0) ** 2 + (yy - 15.0) ** 2) / 50.0)
+    >>> moving = np.exp(-((xx - 17.0) ** 2 + (yy - 15.0) ** 2) / 50.0)  # 1 mm along x
+    >>> res = svf(fixed, moving, levels=1, iterations=20)
+    >>> res.displacement.shape, res.params["velocity"].shape, res.params["folding_fraction"]
+    ((2, 32, 32), (2, 32, 32), 0.0)
+    >>> bool(abs(res.displacement[0, 15, 16] - 1.0) < 0.2)
+    True
     """
     from ..metrics import jacobian_stats
 

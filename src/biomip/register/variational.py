@@ -85,7 +85,25 @@ FORCES = ("moving", "symmetric")
 # ----------------------------------------------------------------------------- checks
 def check_pair(fixed, moving, what: str) -> None:
     """Validation shared with :mod:`biomip.register.lddmm` (Images, real and finite
-    already: :func:`~biomip.core.arrays.same_kind` checked them at entry)."""
+    already: :func:`~biomip.core.arrays.same_kind` checked them at entry).
+
+    Parameters
+    ----------
+    fixed : Image
+        The fixed image.
+    moving : Image
+        The moving image.
+    what : str
+        The method's name, used in error messages.
+
+    Raises
+    ------
+    InputError
+        For images that are not grey 2-D / 3-D, smaller than 4 voxels per axis, or on
+        a grid with a non-identity direction.
+    GeometryError
+        When the two images lie on different grids.
+    """
     for name, im in (("fixed", fixed), ("moving", moving)):
         if im.axes not in ("yx", "zyx"):
             raise InputError(f"{name}: got axes {im.axes!r}; expected a grey 2-D ('yx') or 3-D ('zyx') image")
@@ -97,11 +115,39 @@ def check_pair(fixed, moving, what: str) -> None:
 
 
 def image_device(fixed: Image) -> torch.device:
+    """The device of a torch-backed Image, else the CPU.
+
+    Parameters
+    ----------
+    fixed : Image
+        The image.
+
+    Returns
+    -------
+    torch.device
+        Where the computation runs.
+    """
     return fixed.array.device if fixed.is_torch else torch.device("cpu")
 
 
 def normalised_pair(fixed: Image, moving: Image, dev):
-    """Float32 tensors on ``dev``, each minus its mean, both divided by the fixed std."""
+    """Float32 tensors on ``dev``, each minus its mean, both divided by the fixed std.
+
+    Parameters
+    ----------
+    fixed : Image
+        The fixed image.
+    moving : Image
+        The moving image.
+    dev : torch.device
+        Target device.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        ``(fixed, moving)`` normalised (the moving std, then 1, when the fixed image is
+        constant).
+    """
     f = fixed.torch(dev).to(torch.float32)
     m = moving.torch(dev).to(torch.float32)
     scale = float(f.std()) or float(m.std()) or 1.0
@@ -117,6 +163,23 @@ def extend(x: torch.Tensor, boundary: str, d: int, vector: bool = True) -> torch
 
     ``"sliding"``: the component normal to the face changes sign (odd), the others
     not (even); ``"neumann"``: all even; ``"periodic"``: unchanged.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Field(s) ``(..., d, *S)`` (component 0 = x), or scalar data ``(..., *S)`` with
+        ``vector=False``.
+    boundary : {"sliding", "neumann", "periodic"}
+        The boundary condition.
+    d : int
+        Number of spatial axes.
+    vector : bool, optional
+        Whether ``x`` has a component axis (only then does ``"sliding"`` flip a sign).
+
+    Returns
+    -------
+    torch.Tensor
+        ``x`` doubled along every spatial axis (unchanged for ``"periodic"``).
     """
     if boundary == "periodic":
         return x
@@ -136,7 +199,22 @@ def extend(x: torch.Tensor, boundary: str, d: int, vector: bool = True) -> torch
 def pyramid_setup(fixed: Image, moving: Image, levels: int):
     """What a pyramid registration starts from: ``(d, device, spacing (x, y[, z]) mm,
     normalised fixed, normalised moving, number of levels)``; the coarsest level keeps at
-    least 8 voxels per axis."""
+    least 8 voxels per axis.
+
+    Parameters
+    ----------
+    fixed : Image
+        The fixed image.
+    moving : Image
+        The moving image.
+    levels : int
+        The requested number of pyramid levels.
+
+    Returns
+    -------
+    tuple
+        ``(d, device, spacing, fixed, moving, n_levels)`` as described above.
+    """
     dev = image_device(fixed)
     f_full, m_full = normalised_pair(fixed, moving, dev)
     n_lv = max(1, min(levels, 1 + int(math.log2(max(1, min(fixed.spatial_shape) // 8)))))
@@ -144,6 +222,22 @@ def pyramid_setup(fixed: Image, moving: Image, levels: int):
 
 
 def crop(x: torch.Tensor, shape, d: int) -> torch.Tensor:
+    """The leading ``shape`` block of the ``d`` trailing axes (undoes :func:`extend`).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Data ``(..., *S_ext)``.
+    shape : sequence of int
+        The spatial shape to keep, array order.
+    d : int
+        Number of spatial axes.
+
+    Returns
+    -------
+    torch.Tensor
+        ``x[..., :shape[0], ..., :shape[-1]]`` (a view).
+    """
     sl = (Ellipsis,) + tuple(slice(0, n) for n in shape)
     return x[sl]
 
@@ -154,6 +248,26 @@ def fourier_symbols(shape, spacing, d: int, device, dtype=torch.float64):
     ``s = sum_i (2 - 2 cos w_i) / h_i^2`` (the negative Laplacian symbol, mm^-2), shape
     ``rshape``; ``b`` (d, *rshape) world order x, y, z: ``sin(w_i) / h_i`` (central
     differences: ``D0`` has symbol ``i b``).
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The periodic spatial shape, array order.
+    spacing : sequence of float
+        Voxel size in mm, world order ``(x, y[, z])``.
+    d : int
+        Number of spatial axes.
+    device : torch.device
+        Device of the symbols.
+    dtype : torch.dtype, optional
+        dtype of the symbols (default float64).
+
+    Returns
+    -------
+    s : torch.Tensor
+        ``rshape`` symbol of the negative Laplacian, mm^-2.
+    b : torch.Tensor
+        ``(d, *rshape)`` central-difference symbols, mm^-1.
     """
     s = 0.0
     bs = [None] * d
@@ -182,6 +296,36 @@ def fourier_solve(rhs: torch.Tensor, spacing, c: float, operator: str = "elastic
     ``boundary`` as in the module docstring.  Computed in float64, returned in the
     dtype of ``rhs`` on its device.
 
+    Parameters
+    ----------
+    rhs : torch.Tensor
+        Right-hand side ``(..., d, [z,] y, x)``: vector field(s), component 0 = x.
+    spacing : sequence of float
+        Voxel size in mm, world order ``(x, y[, z])``; its length is ``d``.
+    c : float
+        Weight of the operator: mm^2 for ``"elastic"``, mm^4 for ``"curvature"`` (e.g.
+        ``tau * alpha`` of the semi-implicit step).
+    operator : {"elastic", "curvature"}, optional
+        The operator ``A``.
+    mu : float, optional
+        Lame constant ``mu`` (elastic only).
+    lam : float, optional
+        Lame constant ``lambda`` (elastic only).
+    boundary : {"sliding", "neumann", "periodic"}, optional
+        Boundary condition (see the module docstring).
+
+    Returns
+    -------
+    torch.Tensor
+        The solution ``x``, same shape, dtype and device as ``rhs``.
+
+    Raises
+    ------
+    InputError
+        For an unknown ``operator``.
+
+    Examples
+    --------
     >>> import torch
     >>> x = fourier_solve(torch.zeros(2, 8, 8), (1.0, 1.0), c=1.0)
     >>> float(x.abs().max())
@@ -223,43 +367,77 @@ def variational(fixed: Image, moving: Image, regularizer: str = "elastic", itera
 
     Parameters
     ----------
-    regularizer : ``"elastic"``, ``"fluid"`` or ``"curvature"``.
-    iterations : iterations per pyramid level.
-    alpha : regularisation weight; default 0.5 mm^2 (elastic), 32 mm^2 (fluid: the
+    fixed : Image, numpy.ndarray or torch.Tensor
+        The reference image, grey 2-D or 3-D ``([z,] y, x)``, at least 4 voxels per
+        axis, on an axis-aligned grid.
+    moving : Image, numpy.ndarray or torch.Tensor
+        The image to register, on the same grid as ``fixed``.
+    regularizer : {"elastic", "fluid", "curvature"}, optional
+        The regulariser (see the module docstring).
+    iterations : int, optional
+        Iterations per pyramid level.
+    alpha : float, optional
+        Regularisation weight; default 0.5 mm^2 (elastic), 32 mm^2 (fluid: the
         squared width of the velocity smoothing), 20 mm^4 (curvature).
-    mu, lam : Lame constants (elastic, fluid); ``mu > 0`` and ``lam > -2 mu``.
-    tau : time step (mm^2) of the semi-implicit scheme; for fluid the largest time
+    mu : float, optional
+        Lame constant ``mu > 0`` (elastic, fluid).
+    lam : float, optional
+        Lame constant ``lam > -2 mu`` (elastic, fluid).
+    tau : float, optional
+        Time step (mm^2) of the semi-implicit scheme; for fluid the largest time
         step (the half-voxel rule may take a smaller one).  The force is explicit,
         so the step must satisfy ``tau |grad m|^2 < 2`` (normalised intensities); the
         default ``None`` takes ``1 / max |grad|^2`` of the fixed and moving images on
         each pyramid level (``params["tau_per_level"]``, coarse to fine).
-    levels : pyramid levels (1 = full resolution only).
-    boundary : ``"sliding"``, ``"neumann"`` (curvature only) or ``"periodic"``;
-        default ``"neumann"`` for curvature, ``"sliding"`` otherwise.
-    force : ``"symmetric"`` (default) or ``"moving"`` (the textbook gradient of the
+    levels : int, optional
+        Pyramid levels (1 = full resolution only; the coarsest level keeps at least 8
+        voxels per axis).
+    boundary : {"sliding", "neumann", "periodic"}, optional
+        ``"sliding"``, ``"neumann"`` (curvature only) or ``"periodic"``; default
+        ``"neumann"`` for curvature, ``"sliding"`` otherwise.
+    force : {"symmetric", "moving"}, optional
+        ``"symmetric"`` (default) or ``"moving"`` (the textbook gradient of the
         warped moving image only).
-    callback : ``callback(iteration, u)`` after every iteration (``u`` the current
-        field tensor on the current level); return ``True`` to stop the level.
-    progress : show a progress bar (default: ``biomip.config``).
+    callback : callable, optional
+        ``callback(iteration, u)`` after every iteration (``u`` the current field
+        tensor ``(d, *S)``, mm, on the current level); return ``True`` to stop the
+        level.
+    progress : bool, optional
+        Show a progress bar (default: ``biomip.config``).
+    spacing : sequence of float, optional
+        Voxel size (x, y[, z]) in mm for array inputs (default 1); must be None (or
+        equal) when the inputs are Images.
 
     Returns
     -------
-    :class:`~biomip.register.DeformableResult`: ``displacement`` (Image ``'c' + axes``,
-    mm), ``warped`` (the moving image pulled back onto the fixed grid), ``history``
-    (MSE of the normalised images before each iteration), ``params`` with the settings
-    plus ``folding_fraction`` and ``jacobian`` (min / max / mean of the Jacobian
-    determinant, :func:`biomip.metrics.jacobian_stats`).
+    DeformableResult
+        ``displacement`` (Image ``'c' + axes`` for Image inputs, mm), ``warped`` (the
+        moving image pulled back onto the fixed grid), ``history`` (MSE of the
+        normalised images before each iteration), ``params`` with the settings plus
+        ``folding_fraction`` and ``jacobian`` (min / max / mean of the Jacobian
+        determinant, :func:`biomip.metrics.jacobian_stats`).
 
-    Example
-    -------
+    Raises
+    ------
+    InputError
+        For images that are not grey 2-D / 3-D or smaller than 4 voxels per axis, a
+        non-identity direction, an unknown ``regularizer`` / ``boundary`` / ``force``,
+        ``"neumann"`` with elastic / fluid, invalid numbers, or a ``callback`` that is
+        not callable.
+    GeometryError
+        When ``fixed`` and ``moving`` lie on different grids.
+
+    Examples
+    --------
     >>> import biomip
     >>> from biomip.register.variational import variational
     >>> fixed = biomip.ops.gaussian_smooth(biomip.data.shepp_logan((64, 64)), 1.0)
     >>> d = biomip.data.random_deformation(fixed, max_displacement=2.0, seed=0)
     >>> moving = biomip.ops.warp(fixed, d.inverse)
-    >>> res = variational(fixed, moving, regularizer="elastic", iterations=50)
+    >>> res = variational(fixed, moving, regularizer="elastic", iterations=20, levels=1)
     >>> res.displacement.shape, res.history[-1] < res.history[0]
     ((2, 64, 64), True)
+    >>> res = variational(fixed, moving, regularizer="elastic", iterations=50)  # doctest: +SKIP
     """
     from ..metrics import jacobian_stats
     from ..ops.filters import spatial_gradient

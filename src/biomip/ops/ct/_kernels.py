@@ -230,18 +230,95 @@ if HAVE_NUMBA:
 
 def fbp_back(sino, al, be, ga, ny, nx):
     """Back-projection for FBP, zero outside the first..last bin centres; float32 data
-    use float32 arithmetic (positions to ~1e-4 bin)."""
+    use float32 arithmetic (positions to ~1e-4 bin).
+
+    Parameters
+    ----------
+    sino : numpy.ndarray
+        Filtered sinogram ``(nz, n_views, n_det)``.
+    al : numpy.ndarray
+        ``(n_views,)`` detector-index step per image column (pixel-driven model).
+    be : numpy.ndarray
+        ``(n_views,)`` detector-index step per image row.
+    ga : numpy.ndarray
+        ``(n_views,)`` detector index of pixel ``(0, 0)``.
+    ny : int
+        Image rows.
+    nx : int
+        Image columns.
+
+    Returns
+    -------
+    numpy.ndarray
+        Unscaled back-projection ``(nz, ny, nx)``, ``sino``'s dtype.
+    """
     sino = np.ascontiguousarray(sino)
     return _fbp_back32(sino, al.astype(np.float64), be.astype(np.float64), ga.astype(np.float64), int(ny), int(nx))
 
 
 def joseph_forward(img, P, Q, R, W, major, n_det):
+    """Ray-driven (Joseph) forward projection of slices ``(nz, ny, nx)``.
+
+    A row-major view (``major == 0``) samples the ray of detector bin ``k`` once per
+    row ``j`` at the continuous column ``i = P + k Q + j R``; a column-major view once
+    per column ``i`` at the row ``j = P + k Q + i R``; each sample is a linear
+    interpolation along that row (column) and the sum is weighted by ``W``.
+
+    Parameters
+    ----------
+    img : numpy.ndarray
+        Slices ``(nz, ny, nx)`` (float32 or float64).
+    P : numpy.ndarray
+        ``(n_views,)`` index offset of bin 0.
+    Q : numpy.ndarray
+        ``(n_views,)`` index step per detector bin.
+    R : numpy.ndarray
+        ``(n_views,)`` index step per row (column-major views: per column).
+    W : numpy.ndarray
+        ``(n_views,)`` ray length per row / column crossed, mm.
+    major : numpy.ndarray
+        ``(n_views,)`` 0 for row-major, 1 for column-major views.
+    n_det : int
+        Number of detector bins.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sinogram ``(nz, n_views, n_det)`` of line integrals (``img`` times mm),
+        ``img``'s dtype.
+    """
     dt = img.dtype
     return _joseph_forward(np.ascontiguousarray(img), P.astype(dt), Q.astype(dt), R.astype(dt), W.astype(dt),
                            major.astype(np.int64), int(n_det))
 
 
 def joseph_back(sino, P, Q, R, W, major, ny, nx):
+    """The exact adjoint of :func:`joseph_forward`.
+
+    Parameters
+    ----------
+    sino : numpy.ndarray
+        Sinogram ``(nz, n_views, n_det)``.
+    P : numpy.ndarray
+        ``(n_views,)`` index offset of bin 0.
+    Q : numpy.ndarray
+        ``(n_views,)`` index step per detector bin.
+    R : numpy.ndarray
+        ``(n_views,)`` index step per row (column-major views: per column).
+    W : numpy.ndarray
+        ``(n_views,)`` ray length per row / column crossed, mm.
+    major : numpy.ndarray
+        ``(n_views,)`` 0 for row-major, 1 for column-major views.
+    ny : int
+        Image rows.
+    nx : int
+        Image columns.
+
+    Returns
+    -------
+    numpy.ndarray
+        Back-projection ``(nz, ny, nx)``, ``sino``'s dtype.
+    """
     dt = sino.dtype
     sino = np.ascontiguousarray(sino)
     args = (P.astype(dt), Q.astype(dt), R.astype(dt), W.astype(dt))
@@ -258,18 +335,67 @@ def joseph_back(sino, P, Q, R, W, major, ny, nx):
 
 
 def forward(img: np.ndarray, al, be, ga, n_det: int) -> np.ndarray:
-    """(nz, ny, nx) -> (nz, n_views, n_det), unscaled pixel-driven projection."""
+    """(nz, ny, nx) -> (nz, n_views, n_det), unscaled pixel-driven projection.
+
+    Parameters
+    ----------
+    img : numpy.ndarray
+        Slices ``(nz, ny, nx)``.
+    al : numpy.ndarray
+        ``(n_views,)`` detector-index step per image column.
+    be : numpy.ndarray
+        ``(n_views,)`` detector-index step per image row.
+    ga : numpy.ndarray
+        ``(n_views,)`` detector index of pixel ``(0, 0)``.
+    n_det : int
+        Number of detector bins.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sinogram ``(nz, n_views, n_det)``, ``img``'s dtype (the caller scales it by
+        pixel area / bin width).
+    """
     return _forward(np.ascontiguousarray(img), al.astype(img.dtype), be.astype(img.dtype),
                     ga.astype(img.dtype), int(n_det))
 
 
 def back(sino: np.ndarray, al, be, ga, ny: int, nx: int) -> np.ndarray:
-    """(nz, n_views, n_det) -> (nz, ny, nx), unscaled linear-interpolation back-projection."""
+    """(nz, n_views, n_det) -> (nz, ny, nx), unscaled linear-interpolation back-projection.
+
+    The exact adjoint of :func:`forward`.
+
+    Parameters
+    ----------
+    sino : numpy.ndarray
+        Sinogram ``(nz, n_views, n_det)``.
+    al : numpy.ndarray
+        ``(n_views,)`` detector-index step per image column.
+    be : numpy.ndarray
+        ``(n_views,)`` detector-index step per image row.
+    ga : numpy.ndarray
+        ``(n_views,)`` detector index of pixel ``(0, 0)``.
+    ny : int
+        Image rows.
+    nx : int
+        Image columns.
+
+    Returns
+    -------
+    numpy.ndarray
+        Back-projection ``(nz, ny, nx)``, ``sino``'s dtype.
+    """
     return _back(np.ascontiguousarray(sino), al.astype(sino.dtype), be.astype(sino.dtype),
                  ga.astype(sino.dtype), int(ny), int(nx))
 
 
 def set_threads(n: int) -> None:
-    """Let the kernels use ``n`` threads (starting numba's pool keeps torch's thread count)."""
+    """Let the kernels use ``n`` threads (starting numba's pool keeps torch's thread count).
+
+    Parameters
+    ----------
+    n : int
+        Number of threads (no effect without numba).
+    """
     if HAVE_NUMBA:
         numba_threads(n)

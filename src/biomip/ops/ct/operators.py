@@ -183,7 +183,26 @@ def dot_test(op: LinearOperator, seed: int = 0, dtype=torch.float64) -> float:
 
 
 def np_or_torch(result, like):
-    """Return ``result`` as numpy when ``like`` is not a tensor."""
+    """Return ``result`` as numpy when ``like`` is not a tensor.
+
+    Parameters
+    ----------
+    result : array_like or torch.Tensor
+        The data to return.
+    like : object
+        The caller's input: when it is a torch tensor, ``result`` is returned as it is.
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+        ``result`` unchanged for tensor ``like``, else as numpy (detached, on the CPU).
+
+    Examples
+    --------
+    >>> import torch
+    >>> np_or_torch(torch.ones(2), np.zeros(2))
+    array([1., 1.], dtype=float32)
+    """
     if is_tensor(like):
         return result
     return result.detach().cpu().numpy() if is_tensor(result) else np.asarray(result)

@@ -209,6 +209,30 @@ class ParallelBeam:
 
 
 class Grid2D(NamedTuple):
+    """The image grid of a parallel-beam projector, without the pixel data.
+
+    Accepted wherever a projector takes an ``image`` (an :class:`Image` or a shape), to
+    rebuild a projector on the exact grid of another one.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Image shape ``(..., ny, nx)``, array order.
+    spacing : tuple of float
+        Pixel size ``(x, y)`` in mm, world order.
+    origin : tuple of float or None
+        World position ``(x, y)`` in mm of the centre of the first pixel; None centres
+        the grid on the world origin.
+    direction : numpy.ndarray
+        ``(2, 2)`` direction matrix, column k the world direction of index axis k.
+
+    Examples
+    --------
+    >>> g = Grid2D((64, 64), (0.5, 0.5), None, np.eye(2))
+    >>> ParallelProjector(ParallelBeam.full(90, 91), g).spacing
+    (0.5, 0.5)
+    """
+
     shape: tuple
     spacing: tuple
     origin: tuple
