@@ -43,7 +43,8 @@ def train_unet_cmd(image: list[Path] = typer.Option(..., "--image", help="Traini
                    binary: bool = typer.Option(False, help="Foreground / background (instance masks -> 1)."),
                    seed: int = typer.Option(0)):
     """U-Net with an nnU-Net-style plan (printed), Dice + CE, augmentation, early stopping."""
-    from ..segment.train import fingerprint, plan, train_unet
+    from ..segment.planning import fingerprint, plan
+    from ..segment.train import train_unet
 
     ims, labs = _pairs(image, labels)
     pl = plan(fingerprint(ims, labs, binary=binary))
@@ -62,8 +63,8 @@ def train_flows_cmd(image: list[Path] = typer.Option(..., "--image", help="Train
                         None, help="Continue from this flows model (human-in-the-loop fine-tuning)."),
                     seed: int = typer.Option(0)):
     """Cellpose-style flow network (flows + cell probability); with --model, fine-tune."""
+    from ..nn.unet import UNet
     from ..segment.flows import fine_tune, train_flows
-    from ..segment.unet import UNet
 
     ims, labs = _pairs(image, labels)
     t0 = time.perf_counter()
@@ -83,10 +84,10 @@ def predict_cmd(model: Path = typer.Argument(..., help="Model folder from `biomi
     from ..core.atomic import write_json
     from ..core.preview import render
     from ..io import read, write
+    from ..nn.unet import UNet
     from ..segment import match_instances, segmentation_report
     from ..segment.flows import predict_instances
     from ..segment.train import predict
-    from ..segment.unet import UNet
 
     net = UNet.load(model)
     img = read(image)
