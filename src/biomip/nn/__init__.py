@@ -3,7 +3,8 @@
 Task packages and case-study pipelines import these; they hold no private copies.
 
 Networks
-    :class:`UNet` (2-D / 3-D, optional attention gates: Attention U-Net),
+    :class:`SavedModule` (the base class: ``n_parameters``, ``save`` / ``load`` as
+    safetensors + JSON), :class:`UNet` (2-D / 3-D, optional attention gates: Attention U-Net),
     :class:`AttentionGate`, :class:`RegistrationNet` (VoxelMorph-style).
 Losses
     :func:`soft_dice`, :func:`dice_ce_loss` / :class:`DiceCELoss` (nnU-Net's Dice + CE),

@@ -1,4 +1,5 @@
 from .augment import Augmentation
+from .base import SavedModule
 from .inference import FrozenSequential, bf16_supported, fusable
 from .layers import Conv3d, LateralUpsample, lateral_upsample
 from .losses import DiceCELoss, dice_ce_loss, soft_dice, soft_dice_loss
@@ -15,6 +16,7 @@ __all__ = [
     "LateralUpsample",
     "PatchSampler",
     "RegistrationNet",
+    "SavedModule",
     "UNet",
     "bf16_supported",
     "crop_pad",

@@ -19,8 +19,6 @@ millimetres in the world frame, mapping fixed points to moving points.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,12 +26,11 @@ from torch import nn
 from ..core.arrays import check_number, check_spacing
 from ..core.errors import InputError, ShapeError, describe
 from ..core.rng import seeded
+from .base import SavedModule
 from .layers import Conv3d
 
 __all__ = ["RegistrationNet", "diffusion_batch", "warp_batch"]
 
-_FORMAT = "biomip.register.RegistrationNet"      # the saved-model format id (kept since v0.1: old models load)
-_VERSION = 1
 
 
 def spacing_tuple(spacing, d: int, name: str = "spacing") -> tuple[float, ...]:
@@ -119,7 +116,7 @@ class _ConvAct(nn.Sequential):
         super().__init__(conv(c_in, c_out, kernel_size=3, stride=stride, padding=1), nn.LeakyReLU(slope))
 
 
-class RegistrationNet(nn.Module):
+class RegistrationNet(SavedModule):
     """VoxelMorph-style U-Net predicting a deformation from a ``(fixed, moving)`` pair.
 
     The network reads ``concat(fixed, moving)`` and regresses a stationary velocity field;
@@ -161,6 +158,9 @@ class RegistrationNet(nn.Module):
     (1, 2, 16, 16)
     """
 
+    FORMAT = "biomip.register.RegistrationNet"      # the saved-model format id (kept since v0.1)
+    VERSION = 1
+
     def __init__(self, sdim: int = 2, features=(8, 16, 16, 16), int_steps: int = 7, seed: int = 0,
                  slope: float = 0.2):
         super().__init__()
@@ -200,11 +200,6 @@ class RegistrationNet(nn.Module):
         """
         return {"sdim": self.sdim, "features": list(self.features), "int_steps": self.int_steps, "seed": self.seed,
                 "slope": self.slope}
-
-    @property
-    def n_parameters(self) -> int:
-        """Number of parameters of the network."""
-        return int(sum(p.numel() for p in self.parameters()))
 
     def _inputs(self, x, name: str) -> torch.Tensor:
         if not torch.is_tensor(x):
@@ -302,53 +297,3 @@ class RegistrationNet(nn.Module):
         return self.integrate(v, sp), v
 
     # --------------------------------------------------------------- save / load
-    def save(self, path, overwrite: bool = True) -> Path:
-        """Write the model as a folder ``path`` with ``model.safetensors`` and ``config.json``.
-
-        Written atomically: a reader never sees a half-written model.
-
-        Parameters
-        ----------
-        path : str or pathlib.Path
-            The folder to write.
-        overwrite : bool, optional
-            Replace an existing folder.
-
-        Returns
-        -------
-        pathlib.Path
-            ``path``.
-
-        Raises
-        ------
-        FormatError
-            When ``path`` exists and ``overwrite`` is false, or its parent does not exist.
-        """
-        from ..core.checkpoint import save_module
-
-        return save_module(self, path, _FORMAT, _VERSION, self.config(), self.meta, overwrite=overwrite)
-
-    @classmethod
-    def load(cls, path, device=None) -> RegistrationNet:
-        """Read a model written by :meth:`save` (safetensors: no code is unpickled).
-
-        Parameters
-        ----------
-        path : str or pathlib.Path
-            The model folder.
-        device : str or torch.device or None, optional
-            Where the model is put (``None``: ``biomip.config.device``).
-
-        Returns
-        -------
-        RegistrationNet
-            The model, in eval mode.
-
-        Raises
-        ------
-        FormatError
-            When ``path`` is not a saved RegistrationNet readable by this version.
-        """
-        from ..core.checkpoint import load_module
-
-        return load_module(cls, path, _FORMAT, _VERSION, device=device)

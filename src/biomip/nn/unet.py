@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,15 +39,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.arrays import check_number
-from ..core.checkpoint import load_module, save_module
 from ..core.errors import InputError, ShapeError, describe
 from ..core.rng import seeded
+from .base import SavedModule
 from .layers import Conv3d
 
 __all__ = ["UNet", "AttentionGate"]
 
-_FORMAT = "biomip.segment.UNet"      # the saved-model format id (kept since v0.1: old models load)
-_VERSION = 1
 _NORMS = ("instance", "batch", "none")
 
 
@@ -142,7 +139,7 @@ def _int(value, name: str, low: int) -> int:
     return check_number(value, name, integer=True, low=low)
 
 
-class UNet(nn.Module):
+class UNet(SavedModule):
     """U-Net (2-D / 3-D) or Attention U-Net giving per-class logits.
 
     ``forward(x)`` takes ``(n, in_channels, *S)`` (any ``S``: the input is padded with edge
@@ -185,6 +182,9 @@ class UNet(nn.Module):
     >>> net(torch.zeros(1, 1, 30, 27)).shape
     torch.Size([1, 2, 30, 27])
     """
+
+    FORMAT = "biomip.segment.UNet"      # the saved-model format id (kept since v0.1: old models load)
+    VERSION = 1
 
     def __init__(self, sdim: int = 2, in_channels: int = 1, classes: int = 2,
                  features: Sequence[int] = (16, 32, 64, 128),
@@ -244,11 +244,6 @@ class UNet(nn.Module):
         return {"sdim": self.sdim, "in_channels": self.in_channels, "classes": self.classes,
                 "features": list(self.features), "attention": self.attention, "norm": self.norm,
                 "dropout": self.dropout, "seed": self.seed}
-
-    @property
-    def n_parameters(self) -> int:
-        """Number of trainable parameters."""
-        return int(sum(p.numel() for p in self.parameters() if p.requires_grad))
 
     @property
     def divisor(self) -> int:
@@ -355,49 +350,3 @@ class UNet(nn.Module):
         return self._last_attention
 
     # --------------------------------------------------------------- save / load
-    def save(self, path, overwrite: bool = True) -> Path:
-        """Write the model as a folder ``path`` with ``model.safetensors`` and ``config.json``.
-
-        Written atomically; ``meta``, e.g. the plan, goes in the JSON.
-
-        Parameters
-        ----------
-        path : str or pathlib.Path
-            The folder to write.
-        overwrite : bool, optional
-            Replace an existing folder.
-
-        Returns
-        -------
-        pathlib.Path
-            ``path``.
-
-        Raises
-        ------
-        FormatError
-            When ``path`` exists and ``overwrite`` is false, or its parent does not exist.
-        """
-        return save_module(self, path, _FORMAT, _VERSION, self.config(), self.meta, overwrite=overwrite)
-
-    @classmethod
-    def load(cls, path, device=None) -> UNet:
-        """Read a model written by :meth:`save` (eval mode, on ``device``).
-
-        Parameters
-        ----------
-        path : str or pathlib.Path
-            The model folder.
-        device : str or torch.device or None, optional
-            Where the model is put (``None``: ``biomip.config.device``).
-
-        Returns
-        -------
-        UNet
-            The model, with ``meta`` restored.
-
-        Raises
-        ------
-        FormatError
-            When ``path`` is not a saved UNet readable by this version.
-        """
-        return load_module(cls, path, _FORMAT, _VERSION, device=device)

@@ -31,11 +31,11 @@ from ..core.errors import InputError, ShapeError
 from ..core.progress import track
 from ..core.rng import seeded
 from ..nn import Conv3d, FrozenSequential, LateralUpsample, bf16_supported, fusable
+from ..nn.base import SavedModule
 from .lightfield import LightFieldOptics, LightFieldProjector, LightFieldPSF, refocus
 
 __all__ = ["nll_mpg", "SeReNet", "train_serenet", "serenet_loss", "total_variation"]
 
-_FORMAT, _VERSION = "biomip.serenet", 2     # 2: the tapered published architecture
 LOSSES = ("nll-mpg", "l1")
 
 
@@ -141,7 +141,7 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ network
-class SeReNet(nn.Module):
+class SeReNet(SavedModule):
     """Deblur-and-fusion network of SeReNet (Lu et al. 2025, the published model):
     refocused stack ``(B, V, Z, h, w)`` -> volume ``(B, Z, h * binning, w * binning)``.
 
@@ -172,6 +172,8 @@ class SeReNet(nn.Module):
     True
     """
 
+    FORMAT, VERSION = "biomip.serenet", 2     # 2: the tapered published architecture
+
     _TAPER = (1, 2, 2, 4, 4, 8, 8, 16)          # width divisors of the eight hidden layers
     _UPSAMPLE_AFTER = (4, 6, 7)                 # the paper's upsamplings follow conv 4 and conv 6
 
@@ -197,11 +199,6 @@ class SeReNet(nn.Module):
         self.widths = widths
         self.body = nn.Sequential(*mods)
         self.meta: dict = {}
-
-    @property
-    def n_parameters(self) -> int:
-        """Number of trainable parameters."""
-        return int(sum(p.numel() for p in self.parameters()))
 
     def forward(self, stack: torch.Tensor) -> torch.Tensor:
         """Run the network.
@@ -326,46 +323,6 @@ class SeReNet(nn.Module):
                 y = self(x)
             self.train(was)
         return y[0].float().clamp_min(0) * scale
-
-    def save(self, path, overwrite: bool = True):
-        """Write the model as a folder: ``model.safetensors`` + ``config.json`` (optics included).
-
-        Parameters
-        ----------
-        path : str or pathlib.Path
-            Output folder.
-        overwrite : bool, optional
-            Replace an existing folder (default True).
-
-        Returns
-        -------
-        pathlib.Path
-            The folder written.
-        """
-        from ..core.checkpoint import save_module
-
-        return save_module(self, path, _FORMAT, _VERSION, self.config(), self.meta, overwrite=overwrite)
-
-    @classmethod
-    def load(cls, path, device=None) -> SeReNet:
-        """Read a model written by :meth:`save` (safetensors: nothing is unpickled).
-
-        Parameters
-        ----------
-        path : str or pathlib.Path
-            The model folder.
-        device : str or torch.device, optional
-            Where to put the weights.
-
-        Returns
-        -------
-        SeReNet
-            The model, ready for :meth:`reconstruct`.
-        """
-        from ..core.checkpoint import load_module
-
-        return load_module(cls, path, _FORMAT, _VERSION, device=device)
-
 
 def _check_measurement(m: torch.Tensor, n_views: int):
     if m.ndim != 3 or m.shape[0] != n_views:
