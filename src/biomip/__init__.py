@@ -12,12 +12,20 @@ Quick start::
 Every sub-package (``io``, ``ops``, ``data``, ``metrics``, ``nn``, ``learn``,
 ``segment``, ``register``, ``reconstruct``, ``pipelines``) loads on first use, so
 ``import biomip`` is fast and torch is imported only when a method needs it.
+
+Importing biomip sets the OpenMP thread defaults that keep its kernels fast on a busy
+machine (:func:`biomip.core.threads.apply_process_policy`; variables the user has set
+are kept).  Import biomip before torch so they take effect; ``biomip doctor`` shows them.
 """
 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 import lazy_loader as _lazy
+
+from .core.threads import apply_process_policy as _apply_process_policy
+
+_apply_process_policy()
 
 try:
     __version__ = _version("biomip")

@@ -98,13 +98,14 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cb,
 # ---------------------------------------------------------------- doctor
 @app.command()
 def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
-    """Versions of biomip and its dependencies, torch threads, CUDA device, sample packages."""
+    """Versions of biomip and its dependencies, the thread policy, CUDA device, sample packages."""
     import importlib.metadata as md
     import platform
 
     import torch
 
     from .. import __version__
+    from ..core.threads import SPIN_COUNT, thread_policy
     from ..data import SAMPLES
 
     def ver(name):
@@ -118,6 +119,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
         "packages": {p: ver(p) for p in ("numpy", "scipy", "scikit-image", "scikit-learn", "torch", "nibabel",
                                          "pydicom", "tifffile", "imagecodecs", "zarr", "matplotlib", "SimpleITK")},
         "torch_threads": torch.get_num_threads(),
+        "threads": thread_policy(),
         "cuda_available": torch.cuda.is_available(),
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
     }
@@ -132,7 +134,15 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
     c.print(f"biomip {info['biomip']}  python {info['python']}  ({info['platform']})")
     for k, v in info["packages"].items():
         c.print(f"  {k:14s} {v or '-- not installed'}")
-    c.print(f"  torch threads  {info['torch_threads']}")
+    th = info["threads"]
+    c.print(f"  torch threads  {info['torch_threads']}  (cores available {th['available_cores']} of "
+            f"{th['cpu_count']}; runnable now on the machine: {th['runnable']})")
+    env = ", ".join(f"{k}={v}" for k, v in th["environment"].items() if v is not None) or "none"
+    by = ", ".join(th["set_by_biomip"]) or "nothing"
+    c.print(f"  OpenMP         {env}  (set by biomip: {by})")
+    if th["loaded_before_biomip"]:
+        c.print(f"  warning        {', '.join(th['loaded_before_biomip'])} imported before biomip: its OpenMP "
+                f"defaults could not apply (import biomip first, or set GOMP_SPINCOUNT={SPIN_COUNT})")
     c.print(f"  CUDA           {'yes: ' + ', '.join(info['cuda_devices']) if info['cuda_available'] else 'no (CPU only)'}")
     c.print(f"  samples        {info['samples_available']} of {info['samples_total']} available")
     for k, v in info["sample_packages"].items():

@@ -1,40 +1,10 @@
 """Core layer: the :class:`Image` container, array helpers and checks, the *same kind out*
-decorator, errors, config, scoped threads and randomness, progress bars."""
+decorator, errors, config, scoped threads and randomness, progress bars.
 
-from .arrays import (
-                     as_numpy,
-                     as_tensor,
-                     check_finite,
-                     check_ndim,
-                     check_same_shape,
-                     check_shape,
-                     check_spacing,
-                     is_tensor,
-                     like_input,
-)
-from .atomic import atomic_path, write_json
-from .config import config, get_device
-from .errors import (
-                     BiomipError,
-                     FormatError,
-                     GeometryError,
-                     InputError,
-                     MissingDependencyError,
-                     SampleNotFoundError,
-                     ShapeError,
-                     UnsupportedFormatError,
-)
-from .image import Image
-from .kinds import same_kind
-from .progress import progress_bar, progress_enabled, track
-from .rng import seeded
-from .threads import serial_if_small, torch_threads
+Everything here loads on first use: ``import biomip`` runs only :mod:`.threads`, to set
+the OpenMP defaults before torch starts.
+"""
 
-__all__ = [
-    "Image", "BiomipError", "InputError", "ShapeError", "GeometryError", "FormatError",
-    "UnsupportedFormatError", "MissingDependencyError", "SampleNotFoundError",
-    "as_numpy", "as_tensor", "like_input", "is_tensor", "check_finite", "check_ndim",
-    "check_same_shape", "check_shape", "check_spacing", "check_number", "check_count", "check_size", "check_real",
-    "same_kind", "config", "get_device", "track", "progress_bar", "progress_enabled", "seeded", "serial_if_small",
-    "torch_threads", "atomic_path", "write_json",
-]
+import lazy_loader as _lazy
+
+__getattr__, __dir__, __all__ = _lazy.attach_stub(__name__, __file__)

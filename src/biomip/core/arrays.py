@@ -6,6 +6,9 @@ torch in gives torch out on the same device.  :func:`like_input` does the way ba
 
 from __future__ import annotations
 
+import math
+import os
+
 import numpy as np
 
 from .errors import InputError, ShapeError, describe
@@ -338,7 +341,77 @@ def GeometryError_(msg):  # late import to keep the module graph flat
     return GeometryError(msg)
 
 
-def check_shape(shape, ndims=(2, 3), min_size: int = 1, name: str = "shape") -> tuple[int, ...]:
+def memory_limit() -> int:
+    """Bytes of memory this process could ever get: physical RAM, or the cgroup limit if lower.
+
+    Returns
+    -------
+    int
+        The limit in bytes.
+
+    Examples
+    --------
+    >>> memory_limit() > 0
+    True
+    """
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        total = 1 << 40
+    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(f) as fh:
+                text = fh.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+        break
+    return int(total)
+
+
+def check_memory(nbytes: float, name: str, what: str = "the result") -> None:
+    """Refuse work that needs more memory than this machine has, before allocating it.
+
+    Parameters
+    ----------
+    nbytes : float
+        Bytes the work would allocate (an estimate of its largest array).
+    name : str
+        The argument that sets the size, used in the message.
+    what : str, optional
+        What would be allocated, for the message.
+
+    Raises
+    ------
+    InputError
+        When ``nbytes`` exceeds :func:`memory_limit`.
+
+    Examples
+    --------
+    >>> check_memory(1e6, "shape")
+    >>> check_memory(1e15, "shape", "a 100000^3 volume")
+    Traceback (most recent call last):
+    ...
+    biomip.core.errors.InputError: shape: a 100000^3 volume would need 909.5 TiB; this machine has ...
+    """
+    limit = memory_limit()
+    if not math.isfinite(float(nbytes)) or nbytes > limit:
+        raise InputError(f"{name}: {what} would need {_bytes(nbytes)}; this machine has {_bytes(limit)} of memory "
+                         "(ask for a smaller size or a coarser spacing)")
+
+
+def _bytes(n: float) -> str:
+    if not math.isfinite(float(n)):
+        return "an unbounded amount"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024.0
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def check_shape(shape, ndims=(2, 3), min_size: int = 1, name: str = "shape", itemsize: int = 4) -> tuple[int, ...]:
     """Validate a spatial shape ``(ny, nx)`` / ``(nz, ny, nx)``: integers >= ``min_size``.
 
     Parameters
@@ -351,6 +424,9 @@ def check_shape(shape, ndims=(2, 3), min_size: int = 1, name: str = "shape") -> 
         Smallest accepted size per axis.
     name : str, optional
         The argument's name, used in error messages.
+    itemsize : int, optional
+        Bytes per voxel of the array the shape is for; a shape whose array would not fit
+        in this machine's memory is refused (:func:`check_memory`).
 
     Returns
     -------
@@ -360,7 +436,7 @@ def check_shape(shape, ndims=(2, 3), min_size: int = 1, name: str = "shape") -> 
     Raises
     ------
     InputError
-        When ``shape`` is not a sequence of numbers.
+        When ``shape`` is not a sequence of numbers, or its array would not fit in memory.
     ShapeError
         For the wrong length, non-integers or sizes below ``min_size``.
 
@@ -377,6 +453,7 @@ def check_shape(shape, ndims=(2, 3), min_size: int = 1, name: str = "shape") -> 
     if len(shp) not in tuple(ndims) or not ok or any(s < min_size for s in shp):
         raise ShapeError(f"{name}: got {shape!r}; expected {' or '.join(map(str, ndims))} integers >= {min_size}, "
                          "(ny, nx) or (nz, ny, nx)")
+    check_memory(float(math.prod(shp)) * itemsize, name, f"a {' x '.join(map(str, shp))} array")
     return shp
 
 

@@ -1,7 +1,10 @@
 """Progress reporting for long work: rich progress bars on stderr, closed in ``finally``.
 
 :func:`track` wraps an iterable; :func:`progress_bar` is a context manager for loops
-that advance by hand.  Every long-running function of biomip uses one of the two.
+that advance by hand.  Every long-running function of biomip uses one of the two, so
+they also carry the thread policy of long loops: each runs a
+:class:`~biomip.core.threads.ThreadGovernor` (thread pools sized to the cores free now,
+restored when the loop ends), with or without a visible bar.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from .config import config
+from .threads import ThreadGovernor
 
 T = TypeVar("T")
 
@@ -82,16 +86,20 @@ def track(iterable: Iterable[T], description: str = "working", total: int | None
 
 
 class _NoBar:
-    """What :func:`progress_bar` returns when bars are off: every call does nothing."""
+    """What :func:`progress_bar` returns when bars are off: nothing is drawn (the loop's
+    thread governor still runs)."""
+
+    def __init__(self):
+        self._governor = ThreadGovernor()
 
     def advance(self, n: float = 1) -> None:
-        pass
+        self._governor.step()
 
     def update(self, **fields) -> None:
         pass
 
     def close(self) -> None:
-        pass
+        self._governor.restore()
 
     def __enter__(self):
         return self
@@ -117,9 +125,11 @@ class _Bar(_NoBar):
         self._progress = Progress(*columns, console=Console(stderr=True), transient=transient)
         self._progress.start()
         self._task = self._progress.add_task(description, total=total)
+        super().__init__()
 
     def advance(self, n: float = 1) -> None:
         self._progress.advance(self._task, n)
+        self._governor.step()
 
     def update(self, **fields) -> None:
         """``update(description=..., total=..., completed=...)`` as rich's ``Progress.update``."""
@@ -127,6 +137,7 @@ class _Bar(_NoBar):
 
     def close(self) -> None:
         self._progress.stop()
+        super().close()
 
 
 def progress_bar(description: str, total: float | None = None, progress: bool | None = None,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.arrays import as_tensor, check_finite, check_spacing, is_tensor, like_input
+from ..core.arrays import as_tensor, check_finite, check_memory, check_spacing, is_tensor, like_input
 from ..core.errors import GeometryError, InputError, ShapeError, describe
 from ..core.image import Image
 
@@ -761,6 +761,8 @@ def resample(image: Image, reference: Image | None = None, spacing=None, size=No
             new_sp = extent / sz
         origin = src.origin + src.direction @ ((new_sp - src.spacing) / 2.0)
         out = _Grid(tuple(int(n) for n in sz[::-1]), new_sp, origin, src.direction)
+        check_memory(float(np.prod(sz.astype(float))) * 4 * max(1, int(np.prod(image.array.shape[:-d]))),
+                     "spacing" if size is None else "size", f"the resampled {' x '.join(map(str, out.shape))} image")
     arr = image.array
     x = as_tensor(arr, name="image")
     orig_dtype = x.dtype

@@ -777,22 +777,52 @@ def read_transform(path) -> Transform:
 
         img = read(path)
         return DisplacementTransform(img)
+    label = f"transform file {str(path)!r}"
+    if path.stat().st_size > 1 << 20:
+        raise FormatError(f"{label}: {path.stat().st_size:,} bytes; an ITK transform file of one linear transform "
+                          "holds a few hundred")
     text = path.read_text(errors="replace")
     kind = params = fixed = None
+
+    def numbers(line, what):
+        try:
+            v = np.array([float(x) for x in line.split(":", 1)[1].split()])
+        except ValueError as exc:
+            raise FormatError(f"{label}: the {what} line holds a value that is not a number ({exc})") from None
+        if not np.isfinite(v).all():
+            raise FormatError(f"{label}: the {what} line holds NaN or infinity")
+        return v
+
     for line in text.splitlines():
         if line.startswith("Transform:"):
             if kind is not None:
                 raise FormatError(f"path: {str(path)!r} holds a composite transform; read it with SimpleITK")
             kind = line.split(":", 1)[1].strip()
         elif line.startswith("Parameters:"):
-            params = np.array([float(v) for v in line.split(":", 1)[1].split()])
+            params = numbers(line, "Parameters")
         elif line.startswith("FixedParameters:"):
-            fixed = np.array([float(v) for v in line.split(":", 1)[1].split()])
+            fixed = numbers(line, "FixedParameters")
     if kind is None or params is None:
         raise FormatError(f"path: {str(path)!r} is not an ITK transform file (no 'Transform:' / 'Parameters:' lines)")
     d = 3 if kind.endswith("_3_3") or "3D" in kind or kind.endswith("_3") else 2
     fixed = np.zeros(d) if fixed is None or fixed.size < d else fixed[:d]
     base = kind.split("_")[0]
+    need = {"AffineTransform": d * d + d, "MatrixOffsetTransformBase": d * d + d, "TranslationTransform": d,
+            "Euler2DTransform": 3, "Euler3DTransform": 6, "VersorRigid3DTransform": 6, "VersorTransform": 3}
+    if base in need and params.size < need[base]:
+        raise FormatError(f"{label}: a {base} needs {need[base]} parameters; the file holds {params.size}")
+    try:
+        return _linear_from_itk(base, params, fixed, d)
+    except (InputError, ValueError, np.linalg.LinAlgError) as exc:
+        raise FormatError(f"{label}: the {base} parameters do not make a valid transform ({exc})") from None
+    except LookupError:
+        pass
+    raise FormatError(f"path: transform type {kind!r} is not supported; supported: Affine, Translation, Euler2D/3D, "
+                      "VersorRigid3D (read others with SimpleITK)")
+
+
+def _linear_from_itk(base: str, params: np.ndarray, fixed: np.ndarray, d: int) -> Transform:
+    """The transform of an ITK transform file's type name and parameters (LookupError: unknown type)."""
     if base in ("AffineTransform", "MatrixOffsetTransformBase"):
         return AffineTransform(params[: d * d].reshape(d, d), params[d * d: d * d + d], fixed)
     if base == "TranslationTransform":
@@ -812,5 +842,4 @@ def read_transform(path) -> Transform:
         rv = v / s * angle if s > 0 else np.zeros(3)
         t = params[3:6] if params.size >= 6 else np.zeros(3)
         return RigidTransform(rv, t, fixed)
-    raise FormatError(f"path: transform type {kind!r} is not supported; supported: Affine, Translation, Euler2D/3D, "
-                      "VersorRigid3D (read others with SimpleITK)")
+    raise LookupError(base)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.arrays import as_tensor, check_finite, is_tensor
+from ..core.arrays import as_tensor, check_finite, check_memory, check_number, is_tensor
 from ..core.errors import InputError, ShapeError, describe
 from ..ops.ct import DivergentProjector, ParallelBeam, ParallelProjector
 from ..ops.ct.parallel import Grid2D
@@ -55,6 +55,8 @@ def ramp_filter(n: int, filter: str = "ramp", device=None, dtype=torch.float64) 
     name = str(filter).lower().replace("_", "-")
     if name not in FILTERS:
         raise InputError(f"filter: got {filter!r}; expected one of {', '.join(FILTERS)}")
+    n = check_number(n, "n", integer=True, low=1)
+    check_memory(n * 8.0, "n", f"a filter of length {n}")
     k = torch.arange(n, device=device, dtype=torch.float64)
     k = torch.where(k <= n // 2, k, k - n)           # signed sample index
     h = torch.zeros(n, device=device, dtype=torch.float64)
@@ -100,7 +102,8 @@ def filter_sinogram(sino: torch.Tensor, filter: str = "ramp", det_spacing: float
         The filtered sinogram, same shape and dtype.
     """
     n = sino.shape[-1]
-    size = _pow2(2 * n) if padding is None else int(padding)
+    size = _pow2(2 * n) if padding is None else check_number(padding, "padding", integer=True, low=1)
+    check_memory(float(size) * 16 * max(1, sino.numel() // max(n, 1)), "padding", f"the padded ({size}) sinogram")
     if size < n:
         raise InputError(f"padding: got {padding}; expected at least the detector length {n}")
     resp = ramp_filter(size, filter, device=sino.device, dtype=torch.float64)
@@ -201,6 +204,7 @@ def fbp(sinogram, projector, filter: str = "ramp", padding: int | None = None, a
     if tuple(t.shape[:-2]) != tuple(projector.image_shape[:-2]):
         raise ShapeError(f"sinogram: leading shape {tuple(t.shape[:-2])} does not match the projector's "
                          f"volume {tuple(projector.image_shape[:-2])}")
+    arc = np.pi if arc is None else check_number(arc, "arc", positive=True, high=2 * np.pi * (1 + 1e-9))
     if circle:
         # the object lies inside the scanned circle: widen the detector with zero bins to
         # the image diagonal so the filtered tails outside it are back-projected too
@@ -214,7 +218,6 @@ def fbp(sinogram, projector, filter: str = "ramp", padding: int | None = None, a
         projector = ParallelProjector(wide, Grid2D(projector.image_shape, projector.spacing, projector.origin,
                                                     projector.direction), backend=projector.backend)
     q = filter_sinogram(t, filter, geo.det_spacing, padding)
-    arc = float(np.pi if arc is None else arc)
     # the filter carries a factor 2 (skimage's convention): f = (pi / 2A) sum_a q_a for
     # views covering [0, pi) or [0, 2 pi) uniformly; a limited arc weights by arc / 2A
     rec = projector.backproject(q) * (min(arc, np.pi) / (2.0 * geo.n_views))

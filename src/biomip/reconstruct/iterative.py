@@ -347,6 +347,7 @@ def sart(sinogram, projector: LinearOperator, iterations: int = 5, subsets: int 
     n_views = geo.n_views if geo is not None else 1
     if subsets is None:
         subsets = n_views if hasattr(projector, "subset") else 1
+    subsets = check_number(subsets, "subsets", integer=True, low=1, high=n_views)
     if subsets > 1 and not hasattr(projector, "subset"):
         raise InputError(f"subsets: {projector.name} cannot be split into view subsets; use subsets=1 (SIRT)")
     groups = _subsets(n_views, subsets) if subsets > 1 else [np.arange(n_views)]

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...core.arrays import check_number
 from ...core.errors import GeometryError, InputError, ShapeError
 from ...core.image import Image
 from .operators import LinearOperator
@@ -209,7 +210,7 @@ def fan_beam(n_views: int, sod: float, sdd: float, n_det: int, det_spacing: floa
     >>> geo.n_views, geo.ndim
     (360, 2)
     """
-    return _circular(2, n_views, sod, sdd, (int(n_det),), (float(det_spacing),), arc, (float(det_offset),),
+    return _circular(2, n_views, sod, sdd, (n_det,), (det_spacing,), arc, (det_offset,),
                      center, angles)
 
 
@@ -261,9 +262,18 @@ def _circular(d, n_views, sod, sdd, det_shape, spacing, arc, offset, center, ang
             raise GeometryError(f"{name}: got {v!r}; expected a positive distance in mm")
     if sdd <= sod:
         raise GeometryError(f"sdd: got {sdd} <= sod {sod}; the detector must lie beyond the rotation axis")
+    det_shape = tuple(check_number(n, "n_det" if d == 2 else f"det_shape[{k}]", integer=True, low=1)
+                      for k, n in enumerate(det_shape))
+    spacing = tuple(check_number(sp, "det_spacing" if d == 2 else f"det_spacing[{k}]", positive=True)
+                    for k, sp in enumerate(spacing))
+    offset = tuple(check_number(o, "det_offset" if d == 2 else f"det_offset[{k}]") for k, o in enumerate(offset))
     if angles is None:
         if isinstance(n_views, bool) or not isinstance(n_views, (int, np.integer)) or n_views < 1:
             raise InputError(f"n_views: got {n_views!r}; expected a positive integer")
+        arc = check_number(arc, "arc", low=-2 * np.pi * (1 + 1e-9), high=2 * np.pi * (1 + 1e-9))
+        if arc == 0:
+            raise InputError("arc: got 0; expected the angular range of the views in radians (2 pi: a full turn; "
+                             "negative: turning the other way)")
         angles = np.linspace(0.0, arc, int(n_views), endpoint=False)
     th = np.atleast_1d(np.asarray(angles, dtype=np.float64))
     c = np.asarray(center, dtype=np.float64).ravel()
