@@ -413,7 +413,8 @@ def start_numba() -> None:
 
 
 def numba_threads(n: int | None = None) -> None:
-    """Let numba's kernels use ``n`` threads (default: as many as torch uses).
+    """Let numba's kernels use ``n`` threads (default: as many as torch uses), no more than
+    the cores free now (:func:`free_cores`; unless ``BIOMIP_ADAPTIVE_THREADS=0``).
 
     Parameters
     ----------
@@ -430,4 +431,7 @@ def numba_threads(n: int | None = None) -> None:
         import torch
 
         n = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    n = int(n)
+    if os.environ.get("BIOMIP_ADAPTIVE_THREADS", "1") != "0":
+        n = min(n, free_cores())
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
