@@ -341,11 +341,14 @@ def main(argv=None) -> int:
 
     Warnings of the libraries underneath (pydicom, tifffile, zarr ...) are collected and
     shown as single ``biomip: warning:`` lines after a successful command; on an error
-    only the error is shown."""
+    only the error is shown.  An operating-system error (disk full, permission denied)
+    is one message with exit code 1; any other exception is a bug in biomip: one line
+    saying so, exit code 1 (``BIOMIP_DEBUG=1`` shows the traceback)."""
     import logging
+    import os
     import warnings
 
-    for name in ("tifffile", "pydicom", "zarr", "numcodecs"):
+    for name in ("tifffile", "pydicom", "zarr", "numcodecs", "nibabel"):
         logging.getLogger(name).setLevel(logging.ERROR)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -365,7 +368,14 @@ def main(argv=None) -> int:
                 hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else " (see `biomip --help`)"
                 _say("error", exc.format_message() + hint, "bold red")
                 return exc.exit_code
-            raise
+            if os.environ.get("BIOMIP_DEBUG"):
+                raise
+            if isinstance(exc, OSError):
+                _say("error", str(exc), "bold red")
+                return 1
+            _say("internal error", f"{type(exc).__name__}: {exc} -- a bug in biomip, please report it "
+                 "(BIOMIP_DEBUG=1 shows the traceback)", "bold red")
+            return 1
     seen = set()
     for w in caught:
         text = " ".join(str(w.message).split())

@@ -5,6 +5,15 @@ files), TIFF / OME-TIFF / ImageJ / SVS, OME-Zarr (multiscale), PNG, JPEG, NPY, N
 The format is detected from the content, not only from the suffix; geometry (spacing,
 origin, direction, LPS mm) round-trips through every format that can carry it.
 
+Damaged and hostile files: every reader validates the metadata before it uses them and
+checks the array size a header declares before allocating it: uncompressed data must be
+in the file, compressed data must fit what the codec can expand the file to (1032:1 for
+gzip / zlib / zip), and no array may exceed the read limit, the smallest of 16 GiB, the
+physical memory and the process's memory limits (``BIOMIP_MAX_READ_BYTES`` or
+``read(..., max_bytes=)`` replace the 16 GiB).  A ``.nii.gz`` stream is read to its end,
+so its CRC32 is checked.  Every failure is a :class:`~biomip.core.errors.FormatError` (or
+another ``BiomipError``) naming the file and what is wrong; nothing is unpickled.
+
 >>> import biomip
 >>> img = biomip.io.read("scan.nii.gz")              # doctest: +SKIP
 >>> biomip.io.write(img, "scan.ome.zarr")            # doctest: +SKIP
@@ -15,8 +24,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.atomic import atomic_path
-from ..core.errors import FormatError, InputError, UnsupportedFormatError, describe
+from ..core.errors import BiomipError, FormatError, InputError, UnsupportedFormatError, describe
 from ..core.image import Image
+from ._guard import read_limit, unfinished_write_error
 from .dicom import SeriesInfo, list_series, read_dicom_file, read_dicom_series, write_dicom_series
 from .sniff import FORMATS, format_from_suffix, sniff
 
@@ -24,7 +34,7 @@ __all__ = ["read", "write", "sniff", "list_series", "SeriesInfo", "FORMATS", "fo
 
 
 def read(path, *, series=None, level: int = 0, key: str | None = None, progress=None,
-         allow_irregular: bool = False) -> Image:
+         allow_irregular: bool = False, max_bytes=None) -> Image:
     """Read an image file, a DICOM series folder or a list of DICOM slice files.
 
     Parameters
@@ -45,11 +55,22 @@ def read(path, *, series=None, level: int = 0, key: str | None = None, progress=
     allow_irregular : bool, optional
         Read a DICOM series whose slices are not evenly spaced (a missing slice) on its
         median spacing instead of raising; the gaps go to ``meta``.
+    max_bytes : int or str, optional
+        The largest array to allocate, in bytes (``"32G"`` works too); default
+        ``BIOMIP_MAX_READ_BYTES`` or 16 GiB.  Physical memory and the process's memory
+        limits bound it in any case.
 
     Returns
     -------
     Image
         The image with spacing / origin / direction in mm (LPS).
+
+    Raises
+    ------
+    FormatError
+        For a missing, damaged, truncated or unsupported file, a header that declares more
+        data than the file holds or than the read limit, and the temporary folder of an
+        unfinished write; the message names the file and what is wrong.
 
     Examples
     --------
@@ -57,10 +78,37 @@ def read(path, *, series=None, level: int = 0, key: str | None = None, progress=
     >>> img.spacing, img.origin                                    # doctest: +SKIP
     """
     if isinstance(path, (list, tuple)):
-        return read_dicom_series(list(path), progress=progress, allow_irregular=allow_irregular)
+        for p in path:
+            if not isinstance(p, (str, Path)):
+                raise InputError(f"path: got a list holding {describe(p)}; expected DICOM file paths")
+            err = unfinished_write_error(p)
+            if err is not None:
+                raise err
+        with read_limit(max_bytes):
+            return _guarded(f"{len(path)} DICOM files", "DICOM", lambda: read_dicom_series(
+                list(path), progress=progress, allow_irregular=allow_irregular))
     if not isinstance(path, (str, Path)):
         raise InputError(f"path: got {describe(path)}; expected a file or folder path")
-    fmt = sniff(path)
+    with read_limit(max_bytes):
+        fmt = sniff(path)
+        return _guarded(str(path), fmt, lambda: _read(path, fmt, series, level, key, progress, allow_irregular))
+
+
+def _guarded(what: str, fmt: str, fn):
+    """Run a reader; an exception that is not a BiomipError (a decoder's, numpy's ...) becomes
+    a FormatError naming the file, so callers and the CLI see one kind of error."""
+    try:
+        return fn()
+    except BiomipError:
+        raise
+    except MemoryError as exc:
+        raise FormatError(f"path: not enough memory to read the {fmt} data of {what!r}") from exc
+    except Exception as exc:
+        msg = " ".join(str(exc).split())[:400]
+        raise FormatError(f"path: cannot read the {fmt} data of {what!r}: {type(exc).__name__}: {msg}") from exc
+
+
+def _read(path, fmt, series, level, key, progress, allow_irregular) -> Image:
     if series is not None and fmt not in ("dicom-series", "tiff"):
         raise InputError(f"series: a {fmt} file has no series to choose; series= is for DICOM folders and "
                          "multi-series TIFF files")
@@ -77,7 +125,12 @@ def read(path, *, series=None, level: int = 0, key: str | None = None, progress=
     if fmt == "tiff":
         from .tiff import read_tiff
 
-        return read_tiff(path, series=int(series or 0), level=level)
+        if series is not None:
+            try:
+                series = int(series)
+            except (TypeError, ValueError):
+                raise InputError(f"series: got {series!r}; a TIFF file takes a series index (0, 1, ...)") from None
+        return read_tiff(path, series=series, level=level)
     if fmt == "ome-zarr":
         from .omezarr import read_omezarr
 

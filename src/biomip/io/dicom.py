@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import FormatError, InputError, MissingDependencyError, ShapeError
+from ..core.errors import BiomipError, FormatError, InputError, MissingDependencyError, ShapeError
 from ..core.image import Image
 from ..core.progress import track
+from ._guard import check_limit, fmt_bytes, make_image, numeric_dtype
 
 
 @dataclass
@@ -90,14 +91,107 @@ def _dcmread(path, stop_before_pixels=False):
         raise FormatError(f"path: cannot read DICOM file {str(path)!r}: {type(exc).__name__}: {exc}") from exc
 
 
+def _get(ds, key, path, default=None):
+    """``ds.get(key)``; pydicom parses values lazily, so a damaged element raises here."""
+    try:
+        return ds.get(key, default)
+    except Exception as exc:
+        raise FormatError(f"path: DICOM file {str(path)!r}: element {key} cannot be parsed "
+                          f"({type(exc).__name__}: {exc})") from exc
+
+
+def _int(ds, key, path, default=None, lo=None, hi=None) -> int:
+    """An integer element, checked against ``lo`` .. ``hi``; ``default`` when absent or empty."""
+    v = _get(ds, key, path)
+    if v is None or v == "":
+        if default is None:
+            raise FormatError(f"path: DICOM file {str(path)!r} has no {key}")
+        return default
+    try:
+        i = int(v)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise FormatError(f"path: DICOM file {str(path)!r}: {key} is {str(v)[:60]!r}; expected one integer") from exc
+    if (lo is not None and i < lo) or (hi is not None and i > hi):
+        raise FormatError(f"path: DICOM file {str(path)!r}: {key} is {i}; expected {lo} to {hi}")
+    return i
+
+
+def _float(ds, key, path, default: float) -> float:
+    """A finite number element; ``default`` when absent or empty."""
+    v = _get(ds, key, path)
+    if v is None or v == "":
+        return default
+    try:
+        f = float(v)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise FormatError(f"path: DICOM file {str(path)!r}: {key} is {str(v)[:60]!r}; expected one number") from exc
+    if not np.isfinite(f):
+        raise FormatError(f"path: DICOM file {str(path)!r}: {key} is {f}; expected a finite number")
+    return f
+
+
+def _nframes(ds, path) -> int:
+    return max(1, _int(ds, "NumberOfFrames", path, default=1, lo=0))
+
+
+def _nsamples(ds, path) -> int:
+    return max(1, _int(ds, "SamplesPerPixel", path, default=1, lo=0, hi=4))
+
+
+def _transfer_syntax(ds, path):
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None:
+        return None
+    try:
+        ts.is_compressed
+    except Exception as exc:
+        raise FormatError(f"path: DICOM file {str(path)!r}: TransferSyntaxUID {str(ts)[:64]!r} is not a transfer "
+                          f"syntax ({exc})") from exc
+    return ts
+
+
+def _check_pixel_size(ds, path) -> None:
+    """Refuse pixel data whose declared size the file cannot hold or the read limit forbids."""
+    rows = _int(ds, "Rows", path, lo=1, hi=65535)
+    cols = _int(ds, "Columns", path, lo=1, hi=65535)
+    frames = _nframes(ds, path)
+    spp = _nsamples(ds, path)
+    float_data = "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+    bits = 32 if "FloatPixelData" in ds else 64 if "DoubleFloatPixelData" in ds else (
+        _int(ds, "BitsAllocated", path, lo=1, hi=64))
+    out_item = 1 if bits <= 8 else 2 if bits <= 16 else 4 if bits <= 32 else 8
+    shape = (frames, rows, cols, spp)
+    check_limit(path, "DICOM", shape, np.dtype(f"u{out_item}"))
+    ts = _transfer_syntax(ds, path)
+    if ts is not None and ts.is_compressed:
+        return
+    elem = "FloatPixelData" if "FloatPixelData" in ds else "DoubleFloatPixelData" if float_data else "PixelData"
+    try:
+        held = len(ds[elem].value or b"")
+    except Exception as exc:
+        raise FormatError(f"path: DICOM file {str(path)!r}: {elem} cannot be read ({type(exc).__name__}: "
+                          f"{exc})") from exc
+    need = (frames * rows * cols * spp * bits + 7) // 8
+    if spp == 3 and str(_safe_get(ds, "PhotometricInterpretation", "")) == "YBR_FULL_422":
+        need = need * 2 // 3   # chroma stored at half the horizontal resolution
+    if need > held:
+        raise FormatError(
+            f"path: DICOM file {str(path)!r}: Rows {rows} x Columns {cols} x {frames} frame(s) x {spp} sample(s) "
+            f"x {bits} bits declare {fmt_bytes(need)} of pixel data, but {elem} holds {held:,} bytes")
+
+
 def _pixels(ds, path) -> np.ndarray:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        sop = getattr(ds.get("SOPClassUID"), "name", "unknown")
+        sop = getattr(_get(ds, "SOPClassUID", path), "name", "unknown")
         raise FormatError(f"path: DICOM file {str(path)!r} holds no pixel data (SOP class: {sop})")
+    _check_pixel_size(ds, path)
     try:
-        return ds.pixel_array
+        arr = ds.pixel_array
     except Exception as exc:
-        missing = _missing_codec(ds, path, exc)
+        try:
+            missing = _missing_codec(ds, path, exc)
+        except Exception:  # a damaged transfer syntax / file meta: report the decoding error
+            missing = None
         if missing is not None:
             raise missing from exc
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -105,6 +199,14 @@ def _pixels(ds, path) -> np.ndarray:
             f"path: cannot decode the pixel data of {str(path)!r} (transfer syntax "
             f"{getattr(ts, 'name', ts)}): {type(exc).__name__}: {exc}."
         ) from exc
+    frames = _nframes(ds, path)
+    spp = _nsamples(ds, path)
+    want = 2 + (frames > 1) + (spp > 1)
+    if not isinstance(arr, np.ndarray) or arr.ndim != want or arr.size == 0:
+        raise FormatError(f"path: DICOM file {str(path)!r}: decoded pixel data of shape {getattr(arr, 'shape', '?')} "
+                          f"do not match {frames} frame(s) of {spp} sample(s)")
+    numeric_dtype(path, "DICOM", arr.dtype)
+    return arr
 
 
 # JPEG transfer syntaxes that the optional `jpeg` extra decodes in full (every process,
@@ -166,17 +268,24 @@ def _missing_codec(ds, path, exc: Exception) -> MissingCodecError | None:
 
 
 def _floats(value, n=None):
+    """``value`` as a list of ``n`` finite floats, else None."""
     try:
         vals = [float(v) for v in (value if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str) else [value])]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    if n is not None and len(vals) != n:
+    if (n is not None and len(vals) != n) or not all(np.isfinite(v) for v in vals):
         return None
     return vals
 
 
+def _spacing(value):
+    """Two finite positive pixel spacings, else None."""
+    v = _floats(value, 2)
+    return v if v is not None and all(x > 0 for x in v) else None
+
+
 def _rescale(arr: np.ndarray, slope: float, intercept: float) -> np.ndarray:
-    if slope == 1.0 and float(intercept).is_integer():
+    if slope == 1.0 and float(intercept).is_integer() and abs(intercept) < 2**31 and arr.dtype.kind in "biu":
         if intercept == 0:
             return arr
         out = arr.astype(np.int32) + int(intercept)
@@ -188,13 +297,16 @@ def _rescale(arr: np.ndarray, slope: float, intercept: float) -> np.ndarray:
 def _slice_spacing_single(ds) -> float:
     """z spacing of a lone slice: SpacingBetweenSlices, else 1 (as GDCM / SimpleITK;
     SliceThickness is a slab width, not a sampling distance, and goes to meta)."""
-    v = ds.get("SpacingBetweenSlices")
+    v = _floats(_safe_get(ds, "SpacingBetweenSlices"), 1)
+    return v[0] if v and v[0] > 0 else 1.0
+
+
+def _safe_get(ds, key, default=None):
+    """``ds.get(key)`` for descriptive elements: a damaged one counts as absent."""
     try:
-        if v is not None and float(v) > 0:
-            return float(v)
-    except (TypeError, ValueError):
-        pass
-    return 1.0
+        return ds.get(key, default)
+    except Exception:
+        return default
 
 
 def _meta(ds, path) -> dict:
@@ -203,19 +315,19 @@ def _meta(ds, path) -> dict:
                       ("SeriesInstanceUID", "series_uid"), ("StudyInstanceUID", "study_uid"),
                       ("BodyPartExamined", "body_part"), ("Manufacturer", "manufacturer"),
                       ("PhotometricInterpretation", "photometric"), ("RescaleType", "rescale_type")):
-        v = ds.get(key)
+        v = _safe_get(ds, key)
         if v not in (None, ""):
             meta[name] = str(v)
-    sop = ds.get("SOPClassUID")
+    sop = _safe_get(ds, "SOPClassUID")
     if sop is not None:
         meta["sop_class"] = getattr(sop, "name", str(sop))
-    st = ds.get("SliceThickness")
+    st = _safe_get(ds, "SliceThickness")
     try:
-        if st not in (None, ""):
+        if st not in (None, "") and np.isfinite(float(st)):
             meta["slice_thickness"] = float(st)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
-    rtype = str(ds.get("RescaleType", "") or "")
+    rtype = str(_safe_get(ds, "RescaleType", "") or "")
     if meta.get("modality") == "CT" and rtype in ("", "HU") and "SharedFunctionalGroupsSequence" not in ds:
         meta.setdefault("unit", "HU")
     elif rtype and rtype != "US":
@@ -240,13 +352,13 @@ def _frame_groups(ds, i):
             ori = _floats(g.PlaneOrientationSequence[0].get("ImageOrientationPatient"), 6) or ori
         if "PixelMeasuresSequence" in g:
             pm = g.PixelMeasuresSequence[0]
-            psp = _floats(pm.get("PixelSpacing"), 2) or psp
-            st = pm.get("SpacingBetweenSlices") or pm.get("SliceThickness")
-            thick = float(st) if st not in (None, "") else thick
+            psp = _spacing(pm.get("PixelSpacing")) or psp
+            st = _floats(pm.get("SpacingBetweenSlices") or pm.get("SliceThickness"), 1)
+            thick = st[0] if st and st[0] > 0 else thick
         if "PixelValueTransformationSequence" in g:
             pv = g.PixelValueTransformationSequence[0]
-            slope = float(pv.get("RescaleSlope", 1.0) or 1.0)
-            inter = float(pv.get("RescaleIntercept", 0.0) or 0.0)
+            slope = (_floats(pv.get("RescaleSlope", 1.0), 1) or [1.0])[0] or 1.0
+            inter = (_floats(pv.get("RescaleIntercept", 0.0), 1) or [0.0])[0]
     return pos, ori, psp, thick, slope, inter
 
 
@@ -255,7 +367,14 @@ def _assemble(frames, positions, orientation, pixel_spacing, fallback_dz, meta, 
     """Stack 2-D frames with positions along the slice normal into a 3-D image."""
     row = np.asarray(orientation[:3], float)
     col = np.asarray(orientation[3:], float)
+    nr, nc = np.linalg.norm(row), np.linalg.norm(col)
+    if not (0.5 < nr < 1.5 and 0.5 < nc < 1.5 and abs(row @ col) < 0.1 * nr * nc):
+        raise FormatError(f"path: {str(path)!r}: ImageOrientationPatient {list(orientation)} is not two perpendicular "
+                          "unit vectors")
+    row, col = row / nr, col / nc
     normal = np.cross(row, col)
+    if len({np.shape(f) for f in frames}) > 1:
+        raise FormatError(f"path: {str(path)!r}: the frames have different shapes {sorted({np.shape(f) for f in frames})}")
     pos = np.asarray(positions, float)
     proj = pos @ normal
     order = np.argsort(proj, kind="stable")
@@ -293,11 +412,12 @@ def _assemble(frames, positions, orientation, pixel_spacing, fallback_dz, meta, 
     spacing = (float(pixel_spacing[1]), float(pixel_spacing[0]), dz)
     direction = np.stack([row, col, normal], axis=1)
     meta["n_slices"] = int(arr.shape[0])
-    return Image(arr, spacing=spacing, origin=pos[order[0]], direction=direction, axes="zyx", meta=meta)
+    return make_image(path, "DICOM", arr, spacing=spacing, origin=pos[order[0]], direction=direction, axes="zyx",
+                      meta=meta)
 
 
 def _channels_first(arr: np.ndarray, ds, frames: int) -> tuple[np.ndarray, str]:
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    spp = _nsamples(ds, "?")
     if spp > 1:
         arr = np.moveaxis(arr, -1, 0)
         return arr, "c" + ("zyx" if frames > 1 else "yx")
@@ -309,19 +429,29 @@ def read_dicom_file(path) -> Image:
     a projection image (2-D), or a multi-frame object (3-D)."""
     ds = _dcmread(path)
     arr = _pixels(ds, path)
+    try:
+        return _dicom_image(ds, arr, path)
+    except BiomipError:
+        raise
+    except Exception as exc:  # pydicom parses lazily: a damaged element raises when it is used
+        raise FormatError(f"path: DICOM file {str(path)!r} has damaged image attributes: "
+                          f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
+
+
+def _dicom_image(ds, arr, path) -> Image:
     meta = _meta(ds, path)
-    nframes = int(ds.get("NumberOfFrames", 1) or 1)
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    ipp = _floats(ds.get("ImagePositionPatient"), 3)
-    iop = _floats(ds.get("ImageOrientationPatient"), 6)
-    psp = _floats(ds.get("PixelSpacing"), 2) or _floats(ds.get("ImagerPixelSpacing"), 2)
-    if psp is not None and any(p <= 0 for p in psp):
-        psp = None
+    nframes = _nframes(ds, path)
+    spp = _nsamples(ds, path)
+    ipp = _floats(_get(ds, "ImagePositionPatient", path), 3)
+    iop = _floats(_get(ds, "ImageOrientationPatient", path), 6)
+    psp = _spacing(_get(ds, "PixelSpacing", path)) or _spacing(_get(ds, "ImagerPixelSpacing", path))
 
     if "PerFrameFunctionalGroupsSequence" in ds:
         # Enhanced (multi-)frame objects: enhanced CT / MR, SEG, ... (also with one frame)
         if nframes == 1 and arr.ndim == 2 + (spp > 1):
             arr = arr[None]
+        if arr.shape[0] != nframes:
+            raise FormatError(f"path: DICOM file {str(path)!r} declares {nframes} frames but holds {arr.shape[0]}")
         frames, positions = [], []
         ori = pspace = thick = None
         slopes = []
@@ -341,24 +471,29 @@ def read_dicom_file(path) -> Image:
         meta["geometry"] = "missing: frames stacked in file order"
         out, axes = _channels_first(np.stack(frames), ds, nframes)
         sp = (pspace[1], pspace[0], thick or 1.0) if pspace else None
-        return Image(out, spacing=sp, axes=axes, meta=meta)
+        return make_image(path, "DICOM", out, spacing=sp, axes=axes, meta=meta)
 
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1" and arr.dtype.kind == "u":
+    slope = _float(ds, "RescaleSlope", path, 1.0) or 1.0
+    inter = _float(ds, "RescaleIntercept", path, 0.0)
+    if str(_get(ds, "PhotometricInterpretation", path, "")) == "MONOCHROME1" and arr.dtype.kind == "u":
         # white is the minimum: invert to MONOCHROME2 as GDCM / SimpleITK do
-        top = (1 << int(ds.get("BitsStored", arr.dtype.itemsize * 8))) - 1
-        arr = (top - arr.astype(np.int64)).astype(arr.dtype)
+        nbits = arr.dtype.itemsize * 8
+        bits = min(_int(ds, "BitsStored", path, default=nbits, lo=1, hi=64), nbits)
+        top = np.asarray((1 << bits) - 1, dtype=arr.dtype)
+        arr = top - np.minimum(arr, top)
         meta["photometric"] = "MONOCHROME1 (inverted to MONOCHROME2)"
     if spp == 1:
         arr = _rescale(arr, slope, inter)
     if "DoseGridScaling" in ds:
-        arr = arr.astype(np.float32) * np.float32(float(ds.DoseGridScaling))
-        meta["unit"] = str(ds.get("DoseUnits", "GY"))
+        arr = arr.astype(np.float32) * np.float32(_float(ds, "DoseGridScaling", path, 1.0))
+        meta["unit"] = str(_safe_get(ds, "DoseUnits", "GY"))
 
     if nframes > 1 and "GridFrameOffsetVector" in ds and ipp and iop and spp == 1:
         # RT dose: frames at IPP + offset * normal
-        offsets = _floats(ds.GridFrameOffsetVector)
+        offsets = _floats(_get(ds, "GridFrameOffsetVector", path), nframes)
+        if offsets is None:
+            raise FormatError(f"path: DICOM file {str(path)!r}: GridFrameOffsetVector does not hold {nframes} "
+                              "finite offsets, one per frame")
         normal = np.cross(iop[:3], iop[3:])
         positions = [np.asarray(ipp) + o * normal for o in offsets]
         return _assemble(list(arr), positions, iop, psp or (1.0, 1.0), 1.0, meta, path)
@@ -378,11 +513,13 @@ def read_dicom_file(path) -> Image:
     spacing = (psp[1], psp[0]) if psp else None
     if psp is None:
         meta["spacing_known"] = False
-    return Image(out, spacing=spacing, axes=axes, meta=meta)
+    return make_image(path, "DICOM", out, spacing=spacing, axes=axes, meta=meta)
 
 
 def _is_dicom_file(path: Path) -> bool:
     try:
+        if not path.is_file():  # a FIFO or device would block or never end
+            return False
         with open(path, "rb") as fh:
             head = fh.read(132)
         return len(head) == 132 and head[128:132] == b"DICM"
@@ -390,8 +527,16 @@ def _is_dicom_file(path: Path) -> bool:
         return False
 
 
+def _walk(folder: Path):
+    """Files below ``folder``; hidden folders (such as the temporary folder of an unfinished
+    write) are not entered."""
+    for root, dirs, fs in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        yield from (Path(root) / f for f in sorted(fs))
+
+
 def _scan(folder: Path, progress=None):
-    files = [Path(r) / f for r, _, fs in os.walk(folder) for f in sorted(fs)]
+    files = list(_walk(folder))
     files = sorted(p for p in files if not p.name.startswith("."))
     headers = []
     for p in track(files, "scanning DICOM", progress=progress):
@@ -411,7 +556,7 @@ def _scan(folder: Path, progress=None):
 def _group(headers):
     groups: dict[str, list] = {}
     for p, ds in headers:
-        uid = str(ds.get("SeriesInstanceUID", "")) or f"(no SeriesInstanceUID) {p.parent}"
+        uid = str(_get(ds, "SeriesInstanceUID", p, "")) or f"(no SeriesInstanceUID) {p.parent}"
         groups.setdefault(uid, []).append((p, ds))
     return groups
 
@@ -443,29 +588,39 @@ def list_series(folder, progress=None) -> list[SeriesInfo]:
     out = []
     for i, (uid, items) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[1][0][0]))):
         ds = items[0][1]
-        out.append(SeriesInfo(i, uid, str(ds.get("SeriesDescription", "")), str(ds.get("Modality", "")),
-                              len(items), int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0),
-                              str(items[0][0])))
+        p = items[0][0]
+        out.append(SeriesInfo(i, uid, str(_safe_get(ds, "SeriesDescription", "")), str(_safe_get(ds, "Modality", "")),
+                              len(items), _int(ds, "Rows", p, default=0), _int(ds, "Columns", p, default=0), str(p)))
     return out
 
 
 def _read_series_files(files, label, progress=None, allow_irregular: bool = False) -> Image:
     headers = [(Path(p), _dcmread(p)) for p in track(files, "reading DICOM", progress=progress)]
+    try:
+        return _stack_series(headers, label, allow_irregular)
+    except BiomipError:
+        raise
+    except Exception as exc:  # pydicom parses lazily: a damaged element raises when it is used
+        raise FormatError(f"path: {label}: damaged DICOM attributes: {type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:300]}") from exc
+
+
+def _stack_series(headers, label, allow_irregular: bool) -> Image:
     if len(headers) == 1:
         return read_dicom_file(headers[0][0])
-    uids = {str(ds.get("SeriesInstanceUID", "")) for _, ds in headers}
+    uids = {str(_get(ds, "SeriesInstanceUID", p, "")) for p, ds in headers}
     if len(uids) > 1:
         raise FormatError(f"path: {label} mixes {len(uids)} series; pass series= to choose one")
     frames, positions = [], []
     ori = psp = None
     for p, ds in headers:
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        if _nframes(ds, p) > 1:
             raise FormatError(f"path: {str(p)!r} is a multi-frame object inside a series; read it on its own")
-        ipp = _floats(ds.get("ImagePositionPatient"), 3)
-        iop = _floats(ds.get("ImageOrientationPatient"), 6)
+        ipp = _floats(_get(ds, "ImagePositionPatient", p), 3)
+        iop = _floats(_get(ds, "ImageOrientationPatient", p), 6)
         if ipp is None or iop is None:
-            raise FormatError(f"path: {str(p)!r} has no ImagePositionPatient/ImageOrientationPatient; "
-                              "a series without patient geometry cannot be stacked into a volume")
+            raise FormatError(f"path: {str(p)!r} has no valid ImagePositionPatient/ImageOrientationPatient (three and "
+                              "six finite numbers); a series without patient geometry cannot be stacked into a volume")
         if ori is None:
             ori = iop
         elif not np.allclose(ori, iop, atol=1e-4):
@@ -474,11 +629,13 @@ def _read_series_files(files, label, progress=None, allow_irregular: bool = Fals
         arr = _pixels(ds, p)
         if frames and arr.shape != frames[0][0].shape:
             raise FormatError(f"path: {label}: slice {str(p)!r} has shape {arr.shape}, others {frames[0][0].shape}")
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        if arr.ndim != 2:
+            raise FormatError(f"path: {label}: slice {str(p)!r} is not a grey 2-D image (shape {arr.shape})")
+        slope = _float(ds, "RescaleSlope", p, 1.0) or 1.0
+        inter = _float(ds, "RescaleIntercept", p, 0.0)
         frames.append((arr, slope, inter))
         positions.append(ipp)
-        psp = psp or _floats(ds.get("PixelSpacing"), 2)
+        psp = psp or _spacing(_get(ds, "PixelSpacing", p))
     rescales = {(s, i) for _, s, i in frames}
     if len(rescales) == 1:
         arrays = [_rescale(a, s, i) for a, s, i in frames]
@@ -509,8 +666,8 @@ def read_dicom_series(path, series=None, progress=None, allow_irregular: bool = 
     if series is None:
         if len(ordered) > 1:
             lines = "\n".join(
-                f"  [{i}] {len(items)} file(s), {items[0][1].get('Modality', '?')} "
-                f"'{items[0][1].get('SeriesDescription', '')}' uid={uid}"
+                f"  [{i}] {len(items)} file(s), {_safe_get(items[0][1], 'Modality', '?')} "
+                f"'{_safe_get(items[0][1], 'SeriesDescription', '')}' uid={uid}"
                 for i, (uid, items) in enumerate(ordered))
             raise FormatError(
                 f"path: folder {str(folder)!r} holds {len(ordered)} DICOM series; choose one with "

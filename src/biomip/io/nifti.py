@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import gzip
+import io
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import FormatError, ShapeError
+from ..core.errors import BiomipError, FormatError, ShapeError
 from ..core.image import Image
+from ._guard import (
+    DEFLATE_MAX_RATIO,
+    check_fits,
+    check_limit,
+    check_shape,
+    fmt_bytes,
+    label,
+    make_image,
+    nbytes_of,
+    numeric_dtype,
+)
 
 _RAS2LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -26,6 +40,8 @@ def _geometry_from_affine(aff: np.ndarray, ndim: int):
     origin = lps[:3, 3]
     if ndim == 3:
         return spacing, origin, direction
+    if ndim == 1:
+        return spacing[:1], origin[:1], np.eye(1)
     # 2-D NIfTI: keep the in-plane part (x, y), made orthonormal
     sub = direction[:2, :2]
     if abs(np.linalg.det(sub)) < 1e-6:
@@ -49,62 +65,174 @@ def _affine_from_image(image: Image) -> np.ndarray:
     return _RAS2LPS @ lps
 
 
-def read_nifti(path) -> Image:
+def _why(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:500]   # nibabel's messages span lines
+
+
+def _header(path, head: bytes):
+    """The nibabel header class and header of the first bytes of a NIfTI-1/2 file."""
     import nibabel as nib
 
+    if len(head) < 348:
+        raise FormatError(f"path: NIfTI file {label(path)} is truncated: {len(head)} bytes, less than a header")
+    n2 = 540 in (int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big"))
+    klass = nib.Nifti2Image if n2 else nib.Nifti1Image
     try:
-        name = str(path).lower()
-        if name.endswith((".nii", ".nii.gz")):
-            img = nib.load(str(path))
-        else:  # content was sniffed as NIfTI but nibabel wants a known suffix
-            import gzip
+        hdr = klass.header_class.from_fileobj(io.BytesIO(head), check=True)
+    except Exception as exc:
+        raise FormatError(f"path: NIfTI file {label(path)} has a damaged header: {_why(exc)}") from exc
+    return klass, hdr
 
-            raw = Path(path).read_bytes()
-            if raw[:2] == b"\x1f\x8b":
-                raw = gzip.decompress(raw)
-            cls = nib.Nifti2Image if int.from_bytes(raw[:4], "little") == 540 or int.from_bytes(raw[:4], "big") == 540 else nib.Nifti1Image
-            img = cls.from_bytes(raw)
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many kinds
-        why = " ".join(str(exc).split())   # nibabel's messages span lines
-        raise FormatError(f"path: cannot read NIfTI file {str(path)!r}: {why}") from exc
+
+def _declared(path, hdr):
+    """Shape, dtype and data offset the header declares, validated."""
+    try:
+        shape = tuple(int(n) for n in hdr.get_data_shape())
+        dtype = np.dtype(hdr.get_data_dtype())
+        offset = int(hdr.get_data_offset())
+    except Exception as exc:
+        raise FormatError(f"path: NIfTI file {label(path)} has a damaged header: {_why(exc)}") from exc
+    check_shape(path, "NIfTI", shape, max_ndim=7)
+    if dtype.fields is None:
+        numeric_dtype(path, "NIfTI", dtype)
+    if offset < 0:
+        raise FormatError(f"path: NIfTI file {label(path)} declares a negative data offset (vox_offset {offset})")
+    return shape, dtype, offset
+
+
+def _drain_gzip(fh, path, extra_allowed: int) -> None:
+    """Read a gzip stream to its end, so that zlib checks its CRC32 and ISIZE."""
+    extra = 0
+    while True:
+        chunk = fh.read(1 << 20)
+        if not chunk:
+            return
+        extra += len(chunk)
+        if extra > extra_allowed:
+            raise FormatError(f"path: NIfTI file {label(path)} holds more than {fmt_bytes(extra_allowed)} of data "
+                              "after the image; it is damaged or not a single NIfTI image")
+
+
+def read_nifti(path) -> Image:
+    """Read a NIfTI-1/2 file (``.nii``, ``.nii.gz`` or any name with NIfTI content).
+
+    The header is validated and the declared data size checked against the file before
+    anything is allocated; a gzip stream is read to its end so that its CRC32 and length
+    are verified (a damaged ``.nii.gz`` raises instead of returning wrong voxels).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file.
+
+    Returns
+    -------
+    Image
+        The image, geometry in LPS mm.
+    """
+    import nibabel as nib
+
+    p = Path(path)
+    size = p.stat().st_size
+    with open(p, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        fh = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+        try:
+            head = fh.read(544)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise FormatError(f"path: NIfTI file {label(p)} is a damaged gzip stream: {_why(exc)}") from exc
+        klass, hdr = _header(p, head)
+        shape, dtype, offset = _declared(p, hdr)
+        if gz:
+            check_fits(p, "NIfTI", shape, dtype, DEFLATE_MAX_RATIO * size - offset,
+                       f"a {size:,}-byte gzip stream inflates to at most {fmt_bytes(DEFLATE_MAX_RATIO * size)}")
+        else:
+            check_fits(p, "NIfTI", shape, dtype, size - offset,
+                       f"the file holds {size:,} bytes ({max(0, size - offset):,} after the data offset {offset:,})")
+        check_limit(p, "NIfTI", shape, dtype)
+        try:
+            if not gz and p.name.lower().endswith(".nii"):
+                img = nib.load(str(p))            # memory-maps uncompressed data
+            else:
+                fh.seek(0)
+                img = klass.from_stream(fh)
+            data = np.asanyarray(img.dataobj)
+            if gz:
+                _drain_gzip(fh, p, max(64 << 20, nbytes_of(shape, dtype)))
+        except BiomipError:
+            raise
+        except (OSError, EOFError, zlib.error) as exc:
+            if gz:
+                raise FormatError(f"path: NIfTI file {label(p)} is a damaged gzip stream ({_why(exc)}); its voxels "
+                                  "cannot be trusted") from exc
+            raise FormatError(f"path: cannot read NIfTI file {label(p)}: {_why(exc)}") from exc
+        except Exception as exc:  # nibabel raises many kinds
+            raise FormatError(f"path: cannot read NIfTI file {label(p)}: {_why(exc)}") from exc
+    return _to_image(p, img, data)
+
+
+def _to_image(p: Path, img, data) -> Image:
     hdr = img.header
+    if data.dtype.fields is not None:   # RGB24 / RGBA32 voxels: a trailing vector axis
+        from numpy.lib.recfunctions import structured_to_unstructured
+
+        if data.ndim > 3:
+            raise FormatError(f"path: NIfTI file {label(p)} holds RGB voxels with {data.ndim} dimensions; "
+                              "only 2-D and 3-D RGB images are supported")
+        data = structured_to_unstructured(data)
+        data = data.reshape(data.shape[:-1] + (1,) * (3 - (data.ndim - 1)) + (1, data.shape[-1]))
     shape = data.shape
     # nibabel gives (i, j, k, t, ...) with i = x fastest; biomip wants (..., z, y, x).
     nsp = 3 if len(shape) >= 3 else len(shape)
     if len(shape) > 5:
-        raise ShapeError(f"path: NIfTI with {len(shape)} dimensions is not supported (at most 5)")
+        raise FormatError(f"path: NIfTI file {label(p)} has {len(shape)} dimensions; at most 5 are supported")
     arr = np.transpose(data, tuple(range(len(shape) - 1, -1, -1))) if len(shape) <= 3 else None
-    meta = {"format": "nifti", "source": str(path)}
+    meta = {"format": "nifti", "source": str(p)}
     if len(shape) <= 3:
         axes = "zyx"[-nsp:]
     elif len(shape) == 4:
         # (x, y, z, t) -> (t, z, y, x)
         arr = np.transpose(data, (3, 2, 1, 0))
         axes = "tzyx"
-        meta["time_step"] = float(hdr.get_zooms()[3])
-        meta["time_unit"] = hdr.get_xyzt_units()[1]
+        step = float(hdr.get_zooms()[3])
+        if np.isfinite(step):
+            meta["time_step"] = step
+        try:
+            meta["time_unit"] = hdr.get_xyzt_units()[1]
+        except (KeyError, ValueError):  # an unknown unit code
+            pass
+    elif shape[3] == 1:
+        # (x, y, z, 1, c) NIfTI intent vector (e.g. displacement fields) -> (c, z, y, x)
+        arr = np.transpose(data, (4, 3, 2, 1, 0))[:, 0]
+        axes = "czyx"
     else:
-        # (x, y, z, t, c) NIfTI intent vector (e.g. displacement fields: t == 1)
-        arr = np.transpose(data, (4, 3, 2, 1, 0))
-        if shape[3] == 1:
-            arr = arr[:, 0]
-            axes = "czyx"
-        else:
-            axes = "tczyx"
+        # (x, y, z, t, c) -> (t, c, z, y, x)
+        arr = np.transpose(data, (3, 4, 2, 1, 0))
+        axes = "tczyx"
     code = int(hdr["intent_code"]) if "intent_code" in hdr else 0
     if code:
         meta["intent_code"] = code
-    spacing, origin, direction = _geometry_from_affine(np.asarray(img.affine, dtype=float), nsp)
-    if axes == "czyx" and arr.shape[0] == 2 and arr.shape[1] == 1:
-        # a 2-component vector image one slice thick is a 2-D field / 2-channel image
-        arr, axes = arr[:, 0], "cyx"
-        spacing, origin, direction = _geometry_from_affine(np.asarray(img.affine, dtype=float), 2)
+    try:
+        aff = np.asarray(img.affine, dtype=float)
+        if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
+            raise FormatError(f"path: NIfTI file {label(p)} has a non-finite affine (sform / qform / pixdim): "
+                              f"{aff.round(6).tolist()}")
+        spacing, origin, direction = _geometry_from_affine(aff, nsp)
+        if axes == "czyx" and arr.shape[0] == 2 and arr.shape[1] == 1:
+            # a 2-component vector image one slice thick is a 2-D field / 2-channel image
+            arr, axes = arr[:, 0], "cyx"
+            spacing, origin, direction = _geometry_from_affine(aff, 2)
+    except BiomipError:
+        raise
+    except Exception as exc:
+        raise FormatError(f"path: NIfTI file {label(p)} has an unusable affine: {_why(exc)}") from exc
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("="))
     meta["qform_code"] = int(hdr["qform_code"]) if "qform_code" in hdr else 0
     meta["sform_code"] = int(hdr["sform_code"]) if "sform_code" in hdr else 0
-    return Image(np.ascontiguousarray(arr), spacing=spacing, origin=origin, direction=direction, axes=axes, meta=meta)
+    return make_image(p, "NIfTI", np.ascontiguousarray(arr), spacing=spacing, origin=origin, direction=direction,
+                      axes=axes, meta=meta)
 
 
 def write_nifti(image: Image, path) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 from ..core.errors import FormatError, UnsupportedFormatError
+from ._guard import unfinished_write_error
 
 FORMATS = ("nifti", "dicom", "dicom-series", "tiff", "ome-zarr", "png", "jpeg", "npy", "npz")
 
@@ -36,6 +39,21 @@ def format_from_suffix(path) -> str | None:
         if name.endswith(suf):
             return _SUFFIX[suf]
     return None
+
+
+def _first_files(folder: Path, limit: int):
+    """Up to ``limit`` files below ``folder`` in sorted order, hidden files and folders skipped
+    (such as the temporary folder of an unfinished write)."""
+    n = 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(files):
+            if f.startswith(".") or not os.path.isfile(os.path.join(root, f)):
+                continue
+            yield Path(root) / f
+            n += 1
+            if n >= limit:
+                return
 
 
 def _nifti_header(head: bytes) -> bool:
@@ -69,19 +87,25 @@ def sniff(path) -> str:
         When no format matches.
     """
     p = Path(path)
-    if not p.exists():
+    if not os.path.lexists(p):
         raise FormatError(f"path: {str(p)!r} does not exist")
+    unfinished = unfinished_write_error(p)
+    if unfinished is not None:
+        raise unfinished
+    if not p.exists():
+        raise FormatError(f"path: {str(p)!r} is a broken link")
+    if not p.is_dir() and not p.is_file():
+        raise FormatError(f"path: {str(p)!r} is not a regular file or folder (a pipe, socket or device)")
     if p.is_dir():
         if (p / ".zattrs").exists() or (p / ".zgroup").exists() or (p / "zarr.json").exists():
             return "ome-zarr"
-        for f in sorted(p.rglob("*"))[:2000]:
-            if f.is_file():
-                try:
-                    with open(f, "rb") as fh:
-                        if fh.read(132)[128:132] == b"DICM":
-                            return "dicom-series"
-                except OSError:
-                    continue
+        for f in _first_files(p, 2000):
+            try:
+                with open(f, "rb") as fh:
+                    if fh.read(132)[128:132] == b"DICM":
+                        return "dicom-series"
+            except OSError:
+                continue
         raise UnsupportedFormatError(
             f"path: folder {str(p)!r} is neither an OME-Zarr group nor a folder of DICOM files")
     try:
@@ -109,7 +133,7 @@ def sniff(path) -> str:
         try:
             with gzip.open(p, "rb") as g:
                 inner = g.read(540)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise FormatError(f"path: {str(p)!r} is a damaged gzip file: {exc}") from exc
         if _nifti_header(inner):
             return "nifti"
@@ -119,8 +143,8 @@ def sniff(path) -> str:
             with zipfile.ZipFile(p) as z:
                 if any(n.endswith(".npy") for n in z.namelist()):
                     return "npz"
-        except zipfile.BadZipFile as exc:
-            raise FormatError(f"path: {str(p)!r} is a damaged zip / npz file: {exc}") from exc
+        except Exception as exc:  # zipfile raises BadZipFile, but also OSError, ValueError, struct.error ...
+            raise FormatError(f"path: {str(p)!r} is a damaged zip / npz file: {type(exc).__name__}: {exc}") from exc
     guess = format_from_suffix(p)
     if guess == "dicom":
         # DICOM without the 128-byte preamble: let pydicom try

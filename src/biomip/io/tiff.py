@@ -9,13 +9,28 @@ sizes in micrometres plus the exact biomip geometry in the image description.
 from __future__ import annotations
 
 import json
+import os
 import re
 import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from ..core.errors import FormatError, InputError, ShapeError
+from ..core.errors import BiomipError, FormatError, InputError, ShapeError
 from ..core.image import Image
+from ._guard import (
+    DEFLATE_MAX_RATIO,
+    LZW_MAX_RATIO,
+    PACKBITS_MAX_RATIO,
+    check_fits,
+    check_limit,
+    check_shape,
+    finite,
+    finite_positive,
+    fmt_bytes,
+    label,
+    make_image,
+    numeric_dtype,
+)
 
 _UNIT_MM = {
     "m": 1e3, "cm": 10.0, "mm": 1.0, "µm": 1e-3, "um": 1e-3, "micron": 1e-3, "microns": 1e-3,
@@ -32,9 +47,11 @@ def unit_to_mm(unit) -> float | None:
     return _UNIT_MM.get(u)
 
 
-def _axes_to_biomip(axes: str, arr: np.ndarray):
+def _axes_to_biomip(axes: str, arr: np.ndarray, path=None):
     """Map tifffile axes (e.g. 'TZCYX', 'YXS', 'QYX') to biomip order t, c, z, y, x."""
     axes = axes.upper()
+    if len(axes) != arr.ndim:
+        raise FormatError(f"path: TIFF file {label(path)}: axes {axes!r} do not match the data shape {arr.shape}")
     letters = []
     for a in axes:
         if a == "S":
@@ -49,8 +66,8 @@ def _axes_to_biomip(axes: str, arr: np.ndarray):
     keep = [i for i, a in enumerate(letters) if not (a in "?qs" and arr.shape[i] == 1)]
     arr = arr.reshape([arr.shape[i] for i in keep])
     letters = [letters[i] for i in keep]
-    if any(a in "?qs" for a in letters):
-        raise FormatError(f"path: TIFF axes {axes!r} cannot be mapped to t, c, z, y, x")
+    if any(a in "?qs" for a in letters) or len(set(letters)) != len(letters):
+        raise FormatError(f"path: TIFF file {label(path)}: axes {axes!r} cannot be mapped to t, c, z, y, x")
     order = [letters.index(a) for a in "tczyx" if a in letters]
     arr = np.transpose(arr, order)
     return arr, "".join(letters[i] for i in order)
@@ -70,114 +87,290 @@ def _ome_geometry(xml: str):
     desc = img.find(q("Description"), ns)
     if desc is not None and desc.text and desc.text.strip().startswith("{"):
         try:
-            out["biomip"] = json.loads(desc.text).get("biomip")
-        except json.JSONDecodeError:
+            d = json.loads(desc.text)
+            out["biomip"] = d.get("biomip") if isinstance(d, dict) else None
+        except (ValueError, RecursionError):
             pass
     px = img.find(q("Pixels"), ns)
     if px is None:
         return out
     sizes = {}
     for ax in "XYZ":
-        v = px.get(f"PhysicalSize{ax}")
+        v = finite_positive([px.get(f"PhysicalSize{ax}")], 1)
         if v is not None:
             f = unit_to_mm(px.get(f"PhysicalSize{ax}Unit", "µm"))
-            if f is not None:
-                sizes[ax.lower()] = float(v) * f
+            if f is not None and np.isfinite(v[0] * f) and v[0] * f > 0:
+                sizes[ax.lower()] = v[0] * f
     out["sizes"] = sizes
     plane = px.find(q("Plane"), ns)
     if plane is not None and plane.get("PositionX") is not None:
         pos = {}
         for ax in "XYZ":
-            v = plane.get(f"Position{ax}")
+            v = finite([plane.get(f"Position{ax}")], 1)
             if v is not None:
-                pos[ax.lower()] = float(v) * (unit_to_mm(plane.get(f"Position{ax}Unit", "µm")) or 1e-3)
+                pos[ax.lower()] = v[0] * (unit_to_mm(plane.get(f"Position{ax}Unit", "µm")) or 1e-3)
         out["position"] = pos
     return out
 
 
-def read_tiff(path, series: int = 0, level: int = 0) -> Image:
+_MAX_PLANES = 1 << 20
+_OME_BYTES = {"int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4, "float": 4, "double": 8,
+              "complex": 8, "double-complex": 16, "bit": 1}
+# largest expansion of the bytes stored in the file, per TIFF compression code
+_TIFF_RATIO = {1: 1, 5: LZW_MAX_RATIO, 8: DEFLATE_MAX_RATIO, 32946: DEFLATE_MAX_RATIO, 32773: PACKBITS_MAX_RATIO}
+
+
+def _check_declared_metadata(tf, path) -> None:
+    """Sizes that OME-XML / ImageJ descriptions declare, checked before tifffile builds a series
+    from them (it allocates per declared plane and zero-fills missing ones)."""
+    page = tf.pages.first
+    if tf.is_ome:
+        try:
+            root = ET.fromstring(tf.pages.first.description)
+        except ET.ParseError:
+            return  # tifffile ignores unparsable OME-XML as well
+        for px in root.iter():
+            if not px.tag.endswith("Pixels"):
+                continue
+            try:
+                dims = [int(px.get(f"Size{a}", "1")) for a in "XYZCT"]
+            except (TypeError, ValueError):
+                raise FormatError(f"path: OME-TIFF file {label(path)}: OME-XML Pixels sizes "
+                                  f"{[px.get(f'Size{a}') for a in 'XYZCT']} are not integers") from None
+            check_shape(path, "OME-TIFF", dims)
+            check_limit(path, "OME-TIFF", dims, np.dtype(f"u{_OME_BYTES.get(str(px.get('Type')).lower(), 1)}"))
+            planes = dims[2] * dims[3] * dims[4]
+            if planes > _MAX_PLANES and planes > len(tf.pages):
+                # tifffile lists every declared plane (and zero-fills the missing ones)
+                raise FormatError(f"path: OME-TIFF file {label(path)}: the OME-XML declares {planes:,} planes but the "
+                                  f"file holds {len(tf.pages):,} pages")
+    if tf.is_imagej:
+        from tifffile.tifffile import imagej_description_metadata
+
+        try:
+            ij = imagej_description_metadata(page.description)
+        except Exception:
+            return  # tifffile then does not use it either
+        counts = []
+        for k in ("images", "frames", "slices", "channels"):
+            v = ij.get(k, 1)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise FormatError(f"path: ImageJ TIFF file {label(path)}: the ImageJ description gives {k}={v!r}; "
+                                  "expected a positive integer")
+            counts.append(int(v))
+        planes = max(counts[0], counts[1] * counts[2] * counts[3])
+        check_limit(path, "ImageJ TIFF", (planes, *page.shape), page.dtype)
+
+
+def _check_segments(path, level, shape, dtype, size: int) -> None:
+    """The pixel bytes the file holds for ``level`` must be able to decode to ``shape``."""
+    pages = list(level.pages)
+    if any(p is None for p in pages):
+        missing = sum(p is None for p in pages)
+        raise FormatError(f"path: TIFF file {label(path)}: the metadata declare {len(pages)} planes but "
+                          f"{missing} are missing from the file")
+    bound = 0
+    truncated = bool(getattr(level, "is_truncated", False)) and len(pages) == 1
+    for p in pages:
+        key = getattr(p, "keyframe", None) or p
+        ratio = _TIFF_RATIO.get(int(key.compression))
+        if ratio is None:
+            return  # a codec without a ratio bound (JPEG, zstd, ...): the read limit applies
+        bits = max(1, int(key.bitspersample))
+        expand = ratio * max(1.0, np.dtype(key.dtype).itemsize * 8 / bits)
+        held = 0
+        if truncated and int(key.compression) == 1 and len(p.dataoffsets):
+            # an ImageJ hyperstack > 4 GB / truncated series: all planes follow the first one
+            held = max(0, size - int(p.dataoffsets[0]))
+        for off, cnt in ([] if held else zip(p.dataoffsets, p.databytecounts)):
+            if 0 <= off < size:
+                held += max(0, min(int(cnt), size - int(off)))
+        bound += int(expand * held)
+    if int(key.compression) == 1:
+        how = f"the file holds {bound:,} bytes of pixel data for it"
+    else:
+        how = (f"its pixel data in the file ({key.compression.name} compressed) decode to at most "
+               f"{fmt_bytes(bound)}")
+    check_fits(path, "TIFF", shape, dtype, bound, how)
+
+
+def read_tiff(path, series: int | None = None, level: int = 0) -> Image:
+    """Read a TIFF, OME-TIFF, ImageJ hyperstack or SVS file.
+
+    The sizes the file declares (tags, OME-XML, ImageJ description) are checked against the
+    file and the read limit before anything is decoded; tifffile's and the codecs' errors
+    become :class:`FormatError` naming the file.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file.
+    series : int, optional
+        TIFF series index (default 0).
+    level : int, optional
+        Pyramid level (default 0, full resolution).
+
+    Returns
+    -------
+    Image
+        The image; spacing from OME-XML, ImageJ, SVS or resolution tags.
+    """
     import tifffile
 
+    size = os.path.getsize(path)
     try:
         tf = tifffile.TiffFile(str(path))
     except Exception as exc:
-        raise FormatError(f"path: cannot read TIFF file {str(path)!r}: {exc}") from exc
+        raise FormatError(f"path: cannot read TIFF file {str(path)!r}: {_why(exc)}") from exc
     with tf:
-        if not 0 <= series < len(tf.series):
-            raise InputError(f"series: got {series}; {str(path)!r} holds series 0..{len(tf.series) - 1}")
-        s = tf.series[series]
-        levels = getattr(s, "levels", [s])
-        if not 0 <= level < len(levels):
-            raise InputError(f"level: got {level}; {str(path)!r} holds pyramid levels 0..{len(levels) - 1}")
-        lv = levels[level]
+        try:
+            first = tf.pages.first
+            check_shape(path, "TIFF", first.shape, max_ndim=8)
+            numeric_dtype(path, "TIFF", first.dtype)
+            _check_declared_metadata(tf, path)
+            all_series = list(tf.series)
+        except BiomipError:
+            raise
+        except Exception as exc:
+            raise FormatError(f"path: TIFF file {str(path)!r} has a damaged structure or metadata: {_why(exc)}") from exc
+        if not all_series:
+            raise FormatError(f"path: TIFF file {str(path)!r} holds no readable image")
+        if series is None:
+            series = 0
+        elif not 0 <= series < len(all_series):
+            raise InputError(f"series: got {series}; {str(path)!r} holds series 0..{len(all_series) - 1}")
+        try:
+            s = all_series[series]
+            levels = list(getattr(s, "levels", None) or [s])
+            if not 0 <= level < len(levels):
+                raise InputError(f"level: got {level}; {str(path)!r} holds pyramid levels 0..{len(levels) - 1}")
+            lv = levels[level]
+            shape, dtype, lv_axes = tuple(int(n) for n in lv.shape), np.dtype(lv.dtype), str(lv.axes)
+            check_shape(path, "TIFF", shape, max_ndim=12)
+            numeric_dtype(path, "TIFF", dtype)
+            check_limit(path, "TIFF", shape, dtype)
+            _check_segments(path, lv, shape, dtype, size)
+        except BiomipError:
+            raise
+        except Exception as exc:
+            raise FormatError(f"path: TIFF file {str(path)!r} has a damaged structure or metadata: {_why(exc)}") from exc
         try:
             arr = lv.asarray()
         except Exception as exc:
-            raise FormatError(f"path: cannot decode TIFF pixel data of {str(path)!r}: {type(exc).__name__}: {exc}") from exc
-        arr, axes = _axes_to_biomip(lv.axes, arr)
-        meta = {"format": "tiff", "source": str(path)}
-        sp = {}
-        origin = None
-        direction = None
-        downsample = 1.0
-        if level > 0:
-            downsample = levels[0].shape[levels[0].axes.index("X")] / lv.shape[lv.axes.index("X")]
-        if tf.is_ome and tf.ome_metadata:
-            g = _ome_geometry(tf.ome_metadata) or {}
-            meta["format"] = "ome-tiff"
-            bm = g.get("biomip")
-            if bm and level == 0:
-                sp_full = bm.get("spacing")
-                origin, direction = bm.get("origin"), bm.get("direction")
-                if sp_full:
-                    sp = dict(zip("xyz", sp_full))
-                if bm.get("meta"):
-                    meta.update({k: v for k, v in bm["meta"].items() if k not in ("format", "source")})
-            else:
-                sp = {k: v * (downsample if k in "xy" else 1) for k, v in g.get("sizes", {}).items()}
-                if "position" in g:
-                    origin = [g["position"].get(a, 0.0) for a in "xyz"]
-        elif tf.is_imagej and tf.imagej_metadata is not None:
-            ij = tf.imagej_metadata
-            f = unit_to_mm(ij.get("unit"))
-            page = tf.pages[0]
-            if f is not None:
-                xr = page.tags.get("XResolution")
-                yr = page.tags.get("YResolution")
-                if xr is not None and yr is not None:
-                    xv = xr.value[0] / xr.value[1]
-                    yv = yr.value[0] / yr.value[1]
-                    if xv > 0 and yv > 0:
-                        sp["x"], sp["y"] = f / xv, f / yv
-                if ij.get("spacing"):
-                    sp["z"] = float(ij["spacing"]) * f
-            meta["format"] = "imagej-tiff"
-        elif tf.is_svs:
-            m = re.search(r"MPP\s*=\s*([0-9.]+)", tf.pages[0].description or "")
-            if m:
-                mpp = float(m.group(1)) * 1e-3 * downsample
-                sp["x"] = sp["y"] = mpp
-            meta["format"] = "svs"
-            meta["levels"] = len(levels)
-        else:
-            page = tf.pages[0]
-            xr, yr, ru = page.tags.get("XResolution"), page.tags.get("YResolution"), page.tags.get("ResolutionUnit")
-            unit = {2: 25.4, 3: 10.0}.get(int(ru.value) if ru is not None else 2)
-            if xr is not None and yr is not None and unit is not None:
-                xv, yv = xr.value[0] / xr.value[1], yr.value[0] / yr.value[1]
-                if xv > 1 and yv > 1:  # 1 ppi placeholders are "unknown"
-                    sp["x"], sp["y"] = unit / xv, unit / yv
-        if len(levels) > 1:
-            meta["levels"] = len(levels)
-    sdim = sum(a in "zyx" for a in axes)
+            raise FormatError(f"path: cannot decode TIFF pixel data of {str(path)!r}: {_why(exc)}") from exc
+        if tuple(arr.shape) != shape:
+            raise FormatError(f"path: TIFF file {str(path)!r} decoded to shape {arr.shape}, not the declared {shape}")
+        arr, axes = _axes_to_biomip(lv_axes, arr, path)
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        sdim = sum(a in "zyx" for a in axes)
+        try:
+            sp, origin, direction, meta = _geometry(tf, levels, lv, level, path)
+        except BiomipError:
+            raise
+        except Exception as exc:
+            raise FormatError(f"path: TIFF file {str(path)!r} has damaged metadata: {_why(exc)}") from exc
     spacing = tuple(sp.get(a, 1.0) for a in "xyz"[:sdim])
     if not sp:
         meta["spacing_known"] = False
     if origin is not None:
-        origin = list(origin)[:sdim] + [0.0] * max(0, sdim - len(origin))
+        origin = (finite(origin) or [])[:sdim]
+        origin = origin + [0.0] * max(0, sdim - len(origin))
     if direction is not None and np.size(direction) != sdim * sdim:
         direction = None
-    return Image(arr, spacing=spacing, origin=origin, direction=direction, axes=axes, meta=meta)
+    return make_image(path, "TIFF", arr, spacing=spacing, origin=origin, direction=direction, axes=axes, meta=meta)
+
+
+def _why(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
+
+
+def _ratio(tag):
+    """X/YResolution rational as a float (None when missing or not a positive finite number)."""
+    try:
+        num, den = tag.value
+        v = float(num) / float(den)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError, AttributeError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
+
+
+def _biomip_block(bm, path):
+    """biomip's own geometry in the OME Description, validated (damaged: FormatError)."""
+    if not isinstance(bm, dict):
+        raise FormatError(f"path: OME-TIFF file {label(path)}: the biomip geometry block is damaged ({bm!r:.80})")
+    sp = bm.get("spacing")
+    if sp is not None and finite_positive(sp) is None:
+        raise FormatError(f"path: OME-TIFF file {label(path)}: the stored biomip spacing {sp!r:.80} is not finite "
+                          "positive numbers")
+    for k in ("origin", "direction"):
+        if bm.get(k) is not None and finite(bm[k]) is None:
+            raise FormatError(f"path: OME-TIFF file {label(path)}: the stored biomip {k} {bm[k]!r:.80} is not "
+                              "finite numbers")
+    if bm.get("meta") is not None and not isinstance(bm["meta"], dict):
+        raise FormatError(f"path: OME-TIFF file {label(path)}: the stored biomip meta is not an object")
+    return bm
+
+
+def _geometry(tf, levels, lv, level, path):
+    """(spacing per x/y/z, origin, direction, meta) from the OME / ImageJ / SVS / resolution metadata."""
+    meta = {"format": "tiff", "source": str(path)}
+    sp = {}
+    origin = None
+    direction = None
+    downsample = 1.0
+    if level > 0:
+        full, this = levels[0].shape[levels[0].axes.index("X")], lv.shape[lv.axes.index("X")]
+        downsample = full / this if this else 1.0
+    if tf.is_ome and tf.ome_metadata:
+        g = _ome_geometry(tf.ome_metadata) or {}
+        meta["format"] = "ome-tiff"
+        bm = g.get("biomip")
+        if bm is not None and level == 0:
+            bm = _biomip_block(bm, path)
+            sp_full = bm.get("spacing")
+            origin, direction = bm.get("origin"), bm.get("direction")
+            if sp_full:
+                sp = dict(zip("xyz", (float(v) for v in sp_full)))
+            if bm.get("meta"):
+                meta.update({k: v for k, v in bm["meta"].items() if k not in ("format", "source")})
+        else:
+            sp = {k: v * (downsample if k in "xy" else 1) for k, v in g.get("sizes", {}).items()}
+            if "position" in g:
+                origin = [g["position"].get(a, 0.0) for a in "xyz"]
+    elif tf.is_imagej and tf.imagej_metadata is not None:
+        ij = tf.imagej_metadata
+        f = unit_to_mm(ij.get("unit"))
+        page = tf.pages.first
+        if f is not None:
+            xv, yv = _ratio(page.tags.get("XResolution")), _ratio(page.tags.get("YResolution"))
+            if xv is not None and yv is not None:
+                sp["x"], sp["y"] = f / xv, f / yv
+            z = finite_positive([ij.get("spacing")], 1) if ij.get("spacing") else None
+            if z is not None:
+                sp["z"] = z[0] * f
+        meta["format"] = "imagej-tiff"
+    elif tf.is_svs:
+        m = re.search(r"MPP\s*=\s*([0-9.]+)", tf.pages.first.description or "")
+        mpp = finite_positive([m.group(1)], 1) if m else None
+        if mpp is not None:
+            sp["x"] = sp["y"] = mpp[0] * 1e-3 * downsample
+        meta["format"] = "svs"
+        meta["levels"] = len(levels)
+    else:
+        page = tf.pages.first
+        xr, yr, ru = page.tags.get("XResolution"), page.tags.get("YResolution"), page.tags.get("ResolutionUnit")
+        try:
+            unit = {2: 25.4, 3: 10.0}.get(int(ru.value) if ru is not None else 2)
+        except (TypeError, ValueError):
+            unit = None
+        xv, yv = _ratio(xr), _ratio(yr)
+        if xv is not None and yv is not None and unit is not None and xv > 1 and yv > 1:  # 1 ppi: "unknown"
+            sp["x"], sp["y"] = unit / xv, unit / yv
+    sp = {k: v for k, v in sp.items() if np.isfinite(v) and v > 0}
+    if len(levels) > 1:
+        meta["levels"] = len(levels)
+    return sp, origin, direction, meta
 
 
 def _jsonable_meta(meta: dict) -> dict:
