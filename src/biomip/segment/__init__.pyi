@@ -39,9 +39,19 @@ from .cluster import (
 from .crf import bilateral_filter, dense_crf
 from .edges import SnakeResult, edge_segment, gvf, snake
 from .evaluate import InstanceMatch, average_precision, match_instances, matched_dice, segmentation_report
-from .flows import fine_tune, flows_to_masks, masks_to_flows, normalize_percentile, predict_instances, train_flows
+from .flows import (
+    fine_tune,
+    flows_to_masks,
+    masks_to_flows,
+    normalize_percentile,
+    planes_to_flows,
+    predict_instances,
+    stitch_slices,
+    train_flows,
+)
 from .instances import (
     check_labels,
+    estimate_diameter,
     fill_holes,
     foreground_instances,
     relabel,
@@ -94,6 +104,7 @@ __all__ = [
     "dice_ce_loss",
     "edge_segment",
     "edges",
+    "estimate_diameter",
     "estimate_memory_gb",
     "evaluate",
     "fiedler_bipartition",
@@ -122,6 +133,7 @@ __all__ = [
     "normalized_laplacian",
     "pixel_affinity",
     "plan",
+    "planes_to_flows",
     "planning",
     "predict",
     "predict_instances",
@@ -140,6 +152,7 @@ __all__ = [
     "spectral_embedding",
     "spectral_segment",
     "split_instances",
+    "stitch_slices",
     "superpixel_affinity",
     "superpixels",
     "threshold",

@@ -17,6 +17,21 @@ cross-entropy (Cellpose's losses), trained on patches whose flows are recomputed
 each augmentation; :func:`predict_instances` runs it by sliding windows and recovers
 instances; :func:`fine_tune` is the human-in-the-loop entry point: add corrected masks,
 train a few epochs from the current weights, see the metric move.
+
+Volumes (3-D), three routes, as Cellpose:
+
+* a **3-D network** (:func:`train_flows` on volumes): 3-D flows from 3-D labels, a 3-D
+  U-Net, 3-D flow following;
+* a **2-D network run slice by slice** (:func:`train_flows` with ``dimension="2d"`` trains
+  it on the slices of labelled volumes): every slice gets 2-D masks, then
+  :func:`stitch_slices` links the masks of neighbouring slices whose IoU reaches
+  ``stitch_threshold`` (Cellpose's ``stitch_threshold``);
+* a **2-D network on the three orthogonal planes** (``do_3d=True``, Cellpose's
+  ``do_3D``): the 2-D flows of the ZY, ZX and YX slicings are averaged into one 3-D
+  field (:func:`planes_to_flows`) that is followed in 3-D.
+
+A ``diameter`` (mm) rescales the input so that objects have the size the network was
+trained on (``model.meta["diameter_voxels"]``), and makes anisotropic volumes isotropic.
 """
 
 from __future__ import annotations
@@ -28,7 +43,8 @@ import torch.nn.functional as F
 from ..core.errors import InputError
 from ..core.image import Image
 
-__all__ = ["masks_to_flows", "flows_to_masks", "train_flows", "predict_instances", "fine_tune", "normalize_percentile"]
+__all__ = ["masks_to_flows", "flows_to_masks", "train_flows", "predict_instances", "fine_tune", "normalize_percentile",
+           "stitch_slices", "planes_to_flows"]
 
 
 def _labels(x, name="labels"):
@@ -259,6 +275,138 @@ def flows_to_masks(flows, probability, threshold: float = 0.5, niter: int | None
     return lab, info
 
 
+def stitch_slices(labels, threshold: float = 0.25):
+    """3-D instances from a stack of independently labelled 2-D slices (Cellpose's stitching).
+
+    Slice by slice along the first axis, every mask of slice ``z + 1`` takes the id of the
+    mask of slice ``z`` it overlaps most when their IoU reaches ``threshold`` (and that mask
+    is its best match too); otherwise it starts a new object.
+
+    Parameters
+    ----------
+    labels : Image or array_like
+        ``(Z, Y, X)`` integer labels whose ids need not agree between slices (0 =
+        background).
+    threshold : float, optional
+        Smallest IoU that links two masks of neighbouring slices, in ``(0, 1]``.
+
+    Returns
+    -------
+    Image or numpy.ndarray
+        int32 3-D instances ``1..n``; an Image with the input's geometry when the input is
+        one.
+
+    Raises
+    ------
+    InputError
+        For labels that are not 3-D non-negative integers or a threshold outside ``(0, 1]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lab = np.zeros((3, 8, 8), int)
+    >>> lab[0, 1:5, 1:5] = 4; lab[1, 1:5, 2:6] = 1; lab[2, 1:5, 2:6] = 7; lab[2, 6:8, 6:8] = 2
+    >>> out = stitch_slices(lab)
+    >>> int(out.max()), bool(out[0, 2, 2] == out[2, 2, 3])
+    (2, True)
+    """
+    from skimage.segmentation import relabel_sequential
+
+    lab = _labels(labels)
+    if lab.ndim != 3:
+        raise InputError(f"labels: got {lab.ndim}-D; expected a (Z, Y, X) stack of 2-D label slices")
+    if isinstance(threshold, bool) or not (0 < float(threshold) <= 1):
+        raise InputError(f"threshold: got {threshold!r}; expected an IoU in (0, 1]")
+    out = np.zeros(lab.shape, np.int32)
+    nxt = 1
+    prev = None
+    for z in range(lab.shape[0]):
+        cur, _, _ = relabel_sequential(lab[z].astype(np.int64))
+        n = int(cur.max())
+        if n == 0:
+            prev = None
+            continue
+        ids = np.zeros(n + 1, np.int64)
+        if prev is not None and prev.max() > 0:
+            pid, p_inv = np.unique(prev.ravel(), return_inverse=True)
+            cont = np.zeros((n + 1, pid.size), np.int64)
+            np.add.at(cont, (cur.ravel(), p_inv.ravel()), 1)
+            area_c = np.bincount(cur.ravel(), minlength=n + 1)
+            area_p = cont.sum(0)
+            inter = cont[1:, pid != 0].astype(float)
+            union = area_c[1:, None] + area_p[None, pid != 0] - inter
+            iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+            iou[iou < float(threshold)] = 0.0
+            iou[iou < iou.max(axis=0, keepdims=True)] = 0.0          # a previous mask continues in one mask only
+            best = iou.argmax(axis=1)
+            linked = iou.max(axis=1) > 0
+            ids[1:][linked] = pid[pid != 0][best[linked]]
+        new = np.nonzero(ids[1:] == 0)[0] + 1
+        ids[new] = np.arange(nxt, nxt + new.size)
+        nxt += new.size
+        out[z] = ids[cur]
+        prev = out[z]
+    out = relabel_sequential(out)[0].astype(np.int32)
+    return labels.with_array(out) if isinstance(labels, Image) else out
+
+
+def planes_to_flows(planes):
+    """One 3-D flow field and cell probability from 2-D predictions on the three
+    orthogonal slicings of a volume (Cellpose's ``do_3D``).
+
+    ``planes[a]`` holds what a 2-D model gives when the volume is sliced along array axis
+    ``a``: the flow along the first and the second remaining axis and the cell
+    probability.  Every 3-D flow component is seen by two slicings and is their mean; the
+    probability is the mean of the three.
+
+    Parameters
+    ----------
+    planes : sequence of array_like
+        Three ``(3, Z, Y, X)`` arrays, for slicings along axis 0 (YX slices: ``y, x``
+        flows), axis 1 (ZX slices: ``z, x``) and axis 2 (ZY slices: ``z, y``), each
+        followed by the probability.
+
+    Returns
+    -------
+    flows : numpy.ndarray
+        ``(3, Z, Y, X)`` float32 flows, components in array order.
+    probability : numpy.ndarray
+        ``(Z, Y, X)`` float32 mean cell probability.
+
+    Raises
+    ------
+    InputError
+        For anything but three ``(3, Z, Y, X)`` arrays of one shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lab = np.zeros((20, 20, 20), int); lab[4:16, 4:16, 4:16] = 1
+    >>> planes = []
+    >>> for a in range(3):                        # true 2-D flows of every slice, per slicing
+    ...     sl = np.moveaxis(lab, a, 0)
+    ...     f = np.stack([masks_to_flows(s) for s in sl], axis=1)          # (2, n, ...)
+    ...     p = (sl > 0)[None].astype(np.float32)
+    ...     planes.append(np.moveaxis(np.concatenate([f, p]), 1, a + 1))
+    >>> flows, prob = planes_to_flows(planes)
+    >>> out, info = flows_to_masks(flows, prob)
+    >>> int(out.max())
+    1
+    """
+    if len(planes) != 3:
+        raise InputError(f"planes: got {len(planes)} array(s); expected 3 (slicings along axes 0, 1, 2)")
+    ps = [np.asarray(p, dtype=np.float32) for p in planes]
+    if any(p.ndim != 4 or p.shape[0] != 3 or p.shape != ps[0].shape for p in ps):
+        raise InputError(f"planes: got shapes {[p.shape for p in ps]}; expected three (3, Z, Y, X) arrays of one shape")
+    # slicing along a: in-plane components are the two other axes, in order
+    acc = np.zeros((3, *ps[0].shape[1:]), np.float32)
+    for a, p in enumerate(ps):
+        others = [b for b in range(3) if b != a]
+        acc[others[0]] += p[0]
+        acc[others[1]] += p[1]
+    return acc / 2.0, (ps[0][2] + ps[1][2] + ps[2][2]) / 3.0
+
+
 # ============================================================================ network
 FLOW_SCALE = 5.0          # Cellpose regresses 5 x the unit flows
 
@@ -322,9 +470,38 @@ def _cases(images, labels):
     return xs, ys
 
 
+def _typical_width(ys) -> float | None:
+    """Median typical object width (voxels) of training label images."""
+    from .instances import estimate_diameter
+
+    ws = [estimate_diameter(y.numpy() > 0, spacing=1.0) for y in ys if bool((y > 0).any())]
+    return float(np.median(ws)) if ws else None
+
+
+def _slices(xs, ys, axes):
+    """2-D training cases from volumes: every slice along ``axes``, labels split into
+    their connected pieces (a 3-D object can cut a slice more than once)."""
+    from skimage.measure import label as cc
+
+    try:
+        axes = sorted({int(a) for a in (axes if np.ndim(axes) else [axes])})
+    except (TypeError, ValueError):
+        axes = []
+    if not axes or any(a not in (0, 1, 2) for a in axes):
+        raise InputError(f"slice_axes: got {axes!r}; expected array axes among 0, 1, 2")
+    sx, sy = [], []
+    for x, y in zip(xs, ys):
+        for a in axes:
+            for i in range(x.shape[1 + a]):
+                sx.append(x.select(1 + a, i).contiguous())
+                sy.append(torch.as_tensor(cc(y.select(a, i).numpy(), background=0).astype(np.int64)))
+    return sx, sy
+
+
 def train_flows(images, labels, epochs: int = 30, patch_size=None, batch_size: int = 8, lr: float = 2e-3,
                 iterations_per_epoch: int = 25, features=(16, 32, 64, 128), model=None, augment: bool = True,
-                seed: int = 0, device=None, callback=None, progress=None):
+                seed: int = 0, device=None, callback=None, progress=None, dimension: str | None = None,
+                slice_axes=(0,)):
     """Train (or, with ``model``, continue training) a flow network on instance masks.
 
     The network is a :class:`~biomip.nn.UNet` with ``d + 1`` outputs: ``5 x`` flows
@@ -361,11 +538,22 @@ def train_flows(images, labels, epochs: int = 30, patch_size=None, batch_size: i
         ``callback(epoch, model, record)`` after every epoch; return True to stop.
     progress : bool or None, optional
         Show a progress bar (``None``: only on a terminal).
+    dimension : {None, "2d", "3d"}, optional
+        Network dimensionality: ``None`` that of the data; ``"2d"`` with volumes trains a
+        2-D network on their slices (run it on volumes slice-wise with stitching or on
+        the three planes, see :func:`predict_instances`).
+    slice_axes : sequence of int, optional
+        With ``dimension="2d"`` and volumes: the array axes the volumes are sliced along
+        (``(0,)``: YX slices; ``(0, 1, 2)``: all three planes, as Cellpose's 3-D
+        training; the volumes should be isotropic then).
 
     Returns
     -------
     model : UNet
-        The network, in eval mode, ``meta["kind"] == "flows"``.
+        The network, in eval mode, ``meta["kind"] == "flows"`` and
+        ``meta["diameter_voxels"]``, the typical object width of the training labels (see
+        :func:`biomip.segment.estimate_diameter`), used to rescale inputs by a
+        ``diameter`` at prediction.
     history : list of dict
         Per epoch: ``epoch``, ``loss``, ``flow_mse``, ``prob_bce``, ``seconds``.
 
@@ -389,10 +577,17 @@ def train_flows(images, labels, epochs: int = 30, patch_size=None, batch_size: i
     from ..nn.unet import UNet
 
     xs, ys = _cases(images, labels)
-    d = xs[0].ndim - 1
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("iterations_per_epoch", iterations_per_epoch)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise InputError(f"{name}: got {v!r}; expected a positive integer")
+    diam = _typical_width(ys)
+    if dimension not in (None, "2d", "3d"):
+        raise InputError(f"dimension: got {dimension!r}; expected None, '2d' or '3d'")
+    if dimension == "3d" and xs[0].ndim - 1 == 2:
+        raise InputError("dimension: '3d' needs volumes; got 2-D images")
+    if dimension == "2d" and xs[0].ndim - 1 == 3:
+        xs, ys = _slices(xs, ys, slice_axes)
+    d = xs[0].ndim - 1
     if patch_size is None:
         patch_size = (128, 128) if d == 2 else (48, 64, 64)
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -401,6 +596,10 @@ def train_flows(images, labels, epochs: int = 30, patch_size=None, batch_size: i
         model.meta["kind"] = "flows"
     elif getattr(model, "meta", {}).get("kind") != "flows":
         raise InputError("model: expected a flows model (from train_flows), got another network")
+    elif model.sdim != d:
+        raise InputError(f"model: got a {model.sdim}-D flows model for {d}-D training data")
+    if diam is not None and "diameter_voxels" not in model.meta:
+        model.meta["diameter_voxels"] = diam
     model = model.to(dev)
     sampler = PatchSampler(xs, ys, patch_size, foreground_fraction=0.5, seed=int(seed))
     aug = Augmentation() if augment else Augmentation.none()
@@ -435,18 +634,57 @@ def train_flows(images, labels, epochs: int = 30, patch_size=None, batch_size: i
     return model, history
 
 
+def _outputs(model, x: np.ndarray, patch_size, device) -> np.ndarray:
+    """Raw network outputs ``(d + 1, *S)`` of one normalised image by sliding windows."""
+    from ..nn.patches import sliding_window_inference
+
+    d = x.ndim
+    if patch_size is None:
+        patch = tuple(min(n, 256 if d == 2 else 64) for n in x.shape)
+    else:
+        patch = patch_size
+    out = sliding_window_inference(model, torch.as_tensor(np.ascontiguousarray(x))[None], patch, activation=None,
+                                   device=device, progress=False)
+    return out.numpy() if torch.is_tensor(out) else np.asarray(out)
+
+
+def _plane_outputs(model, x: np.ndarray, axis: int, patch_size, device) -> np.ndarray:
+    """A 2-D flows model on every slice of volume ``x`` along ``axis``: ``(3, Z, Y, X)``
+    (flow along the first and second in-plane axis, cell probability)."""
+    patch = None if patch_size is None else tuple(patch_size)[-2:]
+    sl = np.moveaxis(x, axis, 0)
+    outs = np.stack([_outputs(model, s, patch, device) for s in sl], axis=1)       # (3, n, a, b)
+    outs[:2] /= FLOW_SCALE
+    outs[2] = 1.0 / (1.0 + np.exp(-outs[2]))
+    return np.moveaxis(outs, 1, axis + 1)
+
+
+def _resize(a: np.ndarray, shape, order: int) -> np.ndarray:
+    from skimage.transform import resize
+
+    if tuple(a.shape) == tuple(shape):
+        return a
+    return resize(a, shape, order=order, preserve_range=True, anti_aliasing=False, mode="edge").astype(a.dtype)
+
+
 def predict_instances(model, image, patch_size=None, prob_threshold: float = 0.5, flow_threshold: float | None = 0.4,
-                      min_size: int = 15, device=None):
-    """Instances of ``image`` by a flow network.
+                      min_size: int = 15, device=None, do_3d: bool = False, stitch_threshold: float | None = 0.25,
+                      diameter=None, spacing=None, niter: int | None = None):
+    """Instances of ``image`` by a flow network, in 2-D or 3-D.
 
     The network runs by sliding windows, then :func:`flows_to_masks` recovers instances.
+    A 3-D network on a volume follows its 3-D flows.  A 2-D network on a volume runs
+    slice by slice and :func:`stitch_slices` links the slice masks by IoU (Cellpose's
+    ``stitch_threshold``), or, with ``do_3d``, runs on the three orthogonal slicings whose
+    flows are averaged into one 3-D field (:func:`planes_to_flows`, Cellpose's
+    ``do_3D``) and followed in 3-D.
 
     Parameters
     ----------
     model : UNet
         A flows model (from :func:`train_flows`).
     image : Image or array_like
-        Grey image of the model's dimensionality.
+        Grey 2-D or 3-D image (3-D needs a 3-D model or a 2-D one run on slices / planes).
     patch_size : int or sequence of int or None, optional
         Window size in voxels, array order (default up to 256 per axis in 2-D, 64 in
         3-D).
@@ -455,40 +693,129 @@ def predict_instances(model, image, patch_size=None, prob_threshold: float = 0.5
     flow_threshold : float or None, optional
         See :func:`flows_to_masks`.
     min_size : int, optional
-        Masks with fewer voxels are dropped.
+        Masks with fewer voxels (of the network's grid) are dropped.
     device : str or torch.device or None, optional
         Where the network runs.
+    do_3d : bool, optional
+        2-D model on a volume: average the flows of the three orthogonal slicings into a
+        3-D field (the volume is made isotropic first) instead of stitching slices.
+    stitch_threshold : float or None, optional
+        2-D model on a volume without ``do_3d``: smallest IoU that links masks of
+        neighbouring slices into one object (``None`` or 0: no stitching, every slice
+        mask is its own object).
+    diameter : float or "auto" or None, optional
+        Typical object diameter in mm (``"auto"``: estimated from the image by
+        :func:`biomip.segment.estimate_diameter`).  The image is rescaled so that objects
+        have the width the network was trained on (``model.meta["diameter_voxels"]``);
+        ``None``: no rescaling (besides making a volume isotropic for ``do_3d``).
+    spacing : float or sequence of float or None, optional
+        Voxel size in mm, world order (x, y[, z]); default the Image's, else 1.
+    niter : int or None, optional
+        Euler steps of the flow following (see :func:`flows_to_masks`).
 
     Returns
     -------
     labels : Image or numpy.ndarray
-        int32 instances; an Image with the input's geometry when the input is one.
+        int32 instances on the input's grid; an Image with the input's geometry when the
+        input is one.
     info : dict
-        As :func:`flows_to_masks`, plus the cell ``probability`` map.
+        As :func:`flows_to_masks` (summed over the slices for the slice-wise routes,
+        without ``flow_error`` there), plus the cell ``probability`` map (input grid) and
+        the ``route`` taken (``"2d"``, ``"3d"``, ``"stitch"``, ``"planes"`` or
+        ``"slices"``).
 
     Raises
     ------
     InputError
-        For a model that is not a flows model or does not fit the image.
+        For a model that is not a flows model or does not fit the image, or a bad
+        ``diameter`` / ``stitch_threshold``.
+
+    Examples
+    --------
+    >>> net, _ = train_flows(slices, slice_labels, epochs=20)              # doctest: +SKIP
+    >>> lab, info = predict_instances(net, volume, stitch_threshold=0.25)  # doctest: +SKIP
     """
-    from ..nn.patches import sliding_window_inference
+    from .base import spacing_of
+    from .instances import estimate_diameter
 
     if getattr(model, "meta", {}).get("kind") != "flows":
         raise InputError("model: expected a flows model (from train_flows)")
     x = normalize_percentile(image)
     d = x.ndim
-    if model.in_channels != 1 or model.sdim != d:
+    if model.in_channels != 1 or model.sdim > d:
         raise InputError(f"image: got a {d}-D grey image; the model expects {model.sdim}-D with "
                          f"{model.in_channels} channel(s)")
-    if patch_size is None:
-        patch_size = tuple(min(n, 256 if d == 2 else 64) for n in x.shape)
-    out = sliding_window_inference(model, torch.as_tensor(x)[None], patch_size, activation=None, device=device)
-    out = out.numpy() if torch.is_tensor(out) else np.asarray(out)
-    flows = out[:d] / FLOW_SCALE
-    prob = 1.0 / (1.0 + np.exp(-out[d]))
-    lab, info = flows_to_masks(flows, prob, threshold=prob_threshold, flow_threshold=flow_threshold,
-                               min_size=min_size, device=device)
+    sp = np.asarray(spacing_of(image, spacing, d), dtype=float)[::-1]  # array order
+    if model.sdim == d:
+        route = "2d" if d == 2 else "3d"
+    elif do_3d:
+        route = "planes"
+    else:
+        st = 0.0 if stitch_threshold is None else stitch_threshold
+        if isinstance(st, bool) or not (0 <= float(st) <= 1):
+            raise InputError(f"stitch_threshold: got {stitch_threshold!r}; expected an IoU in [0, 1] or None")
+        route = "stitch" if float(st) > 0 else "slices"
+    # the network's grid: objects of the trained width, isotropic for the 3-D routes
+    factor = np.ones(d)
+    if diameter is not None:
+        if isinstance(diameter, str):
+            if diameter != "auto":
+                raise InputError(f"diameter: got {diameter!r}; expected a width in mm, 'auto' or None")
+            diam = estimate_diameter(image, spacing=spacing)
+        else:
+            try:
+                diam = float(diameter)
+            except (TypeError, ValueError):
+                diam = float("nan")
+            if isinstance(diameter, bool) or not np.isfinite(diam) or diam <= 0:
+                raise InputError(f"diameter: got {diameter!r}; expected a positive width in mm, 'auto' or None")
+        trained = model.meta.get("diameter_voxels")
+        if trained is None:
+            raise InputError("diameter: the model has no meta['diameter_voxels'] (train it with train_flows) to "
+                             "rescale to; pass diameter=None")
+        factor = float(trained) * sp / diam
+    elif route == "planes":
+        factor = sp / sp.min()
+    if route in ("stitch", "slices"):
+        factor[0] = 1.0                                                   # slices stay slices
+    shape = tuple(max(2, int(round(n * f))) for n, f in zip(x.shape, factor))
+    xs = _resize(x, shape, 1) if shape != x.shape else x
+    if route in ("2d", "3d"):
+        out = _outputs(model, xs, patch_size, device)
+        flows, prob = out[:d] / FLOW_SCALE, 1.0 / (1.0 + np.exp(-out[d]))
+        lab, info = flows_to_masks(flows, prob, threshold=prob_threshold, flow_threshold=flow_threshold,
+                                   min_size=min_size, niter=niter, device=device)
+    elif route == "planes":
+        planes = [_plane_outputs(model, xs, a, patch_size, device) for a in range(3)]
+        flows, prob = planes_to_flows(planes)
+        lab, info = flows_to_masks(flows, prob, threshold=prob_threshold, flow_threshold=flow_threshold,
+                                   min_size=min_size, niter=niter, device=device)
+    else:
+        outs = _plane_outputs(model, xs, 0, patch_size, device)
+        prob = outs[2]
+        lab = np.zeros(xs.shape, np.int32)
+        info = {"seeds": 0, "dropped_small": 0, "dropped_flow": 0}
+        offset = 0
+        for z in range(xs.shape[0]):
+            lz, iz = flows_to_masks(outs[:2, z], prob[z], threshold=prob_threshold, flow_threshold=flow_threshold,
+                                    min_size=min_size, niter=niter, device=device)
+            for k in ("seeds", "dropped_small", "dropped_flow"):
+                info[k] += iz[k]
+            lab[z] = np.where(lz > 0, lz + offset, 0)
+            offset += int(lz.max())
+        if route == "stitch":
+            lab = stitch_slices(lab, float(stitch_threshold))
+            counts = np.bincount(lab.ravel())
+            small = np.nonzero(counts < min_size)[0]
+            lab[np.isin(lab, small[small > 0])] = 0
+            from skimage.segmentation import relabel_sequential
+
+            lab = relabel_sequential(lab)[0].astype(np.int32)
+    if lab.shape != x.shape:
+        lab = _resize(lab, x.shape, 0).astype(np.int32)
+        prob = _resize(prob.astype(np.float32), x.shape, 1)
     info["probability"] = prob
+    info["route"] = route
     return (image.with_array(lab) if isinstance(image, Image) else lab), info
 
 
