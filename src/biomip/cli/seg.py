@@ -28,6 +28,8 @@ def segment_cmd(
                                                              "connected, 2.5 std, 4 iterations)."),
         superpixels: int | None = typer.Option(None, help="kmeans/gmm/spectral: cluster SLIC superpixels."),
         min_distance: float | None = typer.Option(None, help="watershed: smallest distance between centres (mm; default from the object size)."),
+        diameter: float | None = typer.Option(None, help="watershed: typical object diameter in mm (default: "
+                                                         "estimated from the image; sets every other size)."),
         truth: Path | None = typer.Option(None, help="Reference labels: report Dice/IoU/HD95 (and instance AP "
                                                          "for watershed).")):
     """Segment IMAGE; writes LABELS, <out>.report.json (label sizes in mm, metrics with
@@ -66,7 +68,7 @@ def segment_cmd(
     elif method == "geodesic":
         lab = S.geodesic_active_contour(img)
     elif method == "watershed":
-        lab = S.threshold_watershed(img, "otsu", min_distance=min_distance)
+        lab = S.threshold_watershed(img, "otsu", min_distance=min_distance, diameter=diameter)
     else:
         if k is None:
             raise InputError(f"--k: {method} needs the number of clusters")
@@ -93,3 +95,13 @@ def segment_cmd(
            labels=lab.with_array(arr.astype(np.int32)))
     write_json(report, sibling(out, ".report.json"))
     typer.echo(f"wrote {out}  ({method}, {ids.size} labels, {seconds:.2f} s)")
+    if "instances" in report:
+        m = report["instances"]
+        typer.echo(f"vs truth: AP@{m['threshold']:g} {m['ap']:.3f}, precision {m['precision']:.3f}, recall "
+                   f"{m['recall']:.3f} ({m['tp']} matched, {m['fp']} extra, {m['fn']} missed)")
+    elif "metrics" in report:
+        mean = report["metrics"].get("mean", {})
+        typer.echo("vs truth (foreground): " + ", ".join(f"{k_} {v:.4g}" + (" mm" if k_ == "hd95" else "")
+                                                         for k_, v in mean.items()))
+    elif "matched_dice" in report:
+        typer.echo(f"vs truth (clusters matched to foreground): mean Dice {report['matched_dice']['mean']:.4f}")
