@@ -15,9 +15,19 @@ Peers (installed by ``make bench-peers``; each is skipped with a note if missing
 * ANTs (``antspyx``): ``ants.registration(type_of_transform="SyN")`` with defaults,
   plus the composed dense field.
 
-Ratios are peer time / biomip time (> 1: biomip faster).  Prints JSON.
+``--case mni152``: the real MNI152 T1 template at ``--spacing`` mm (default 2) warped by
+a random smooth diffeomorphism (largest displacement 4 mm, length scale ``--smoothness``
+mm, default 1/8 of the extent; ``biomip.data.random_deformation``, seed 0), the EPE in
+mm inside the brain mask.  With ``--former-defaults`` biomip's B-spline and SVF also run
+with the defaults they had before issue 14 (16-voxel control spacing; no iterations on
+the full-resolution SVF level above 64^3 voxels), for a before / after comparison.
 
-    python benchmarks/bench_register.py [--size 128] [--device cpu|cuda] [--only demons bspline svf]
+Ratios are peer time / biomip time (> 1: biomip faster).  Prints JSON (``--json FILE``
+also writes it).
+
+    python benchmarks/bench_register.py [--case phantom|mni152] [--size 128] [--spacing 2]
+        [--smoothness MM] [--device cpu|cuda] [--only demons bspline svf] [--former-defaults]
+        [--json FILE]
 """
 
 from __future__ import annotations
@@ -43,6 +53,14 @@ def make_case(n: int, max_disp: float = 4.0, seed: int = 0):
     d = biomip.data.random_deformation(fixed, max_displacement=max_disp, seed=seed)
     moving = biomip.ops.warp(fixed, d.inverse)
     return fixed, moving, d.displacement.numpy(), fixed.numpy() > 0.05
+
+
+def make_mni(spacing: float = 2.0, smoothness=None, max_disp: float = 4.0, seed: int = 0):
+    pair = biomip.data.mni152_pair("deformable", spacing=spacing)
+    fixed = pair.fixed
+    d = biomip.data.random_deformation(fixed, max_displacement=max_disp, smoothness=smoothness, seed=seed)
+    moving = biomip.ops.warp(fixed, d.inverse)
+    return fixed, moving, d.displacement.numpy(), np.asarray(pair.mask)
 
 
 def epe(u, gt, mask) -> float:
@@ -117,10 +135,23 @@ def ants_syn(fixed, moving):
 
 
 # ----------------------------------------------------------------------------- runs
-def run(n: int, device: str, only) -> dict:
-    fixed, moving, gt, mask = make_case(n)
+def run(n: int, device: str, only, case: str = "phantom", spacing: float = 2.0, smoothness=None,
+        former: bool = False) -> dict:
+    if case == "mni152":
+        fixed, moving, gt, mask = make_mni(spacing, smoothness)
+    else:
+        fixed, moving, gt, mask = make_case(n)
     sp = tuple(float(s) for s in fixed.spacing)
-    out = {"size": n, "device": device, "identity_epe": round(epe(np.zeros_like(gt), gt, mask), 4),
+    # the peers' wrappers below pass spacing and origin only: give them the images on an
+    # identity-direction grid and turn their fields back to the world frame, u = D u_grid
+    D = np.asarray(fixed.direction, dtype=np.float64)
+    pfixed, pmoving = (biomip.Image(im.numpy(), spacing=im.spacing, origin=im.origin) for im in (fixed, moving))
+
+    def world(u):
+        return np.tensordot(D, np.asarray(u, np.float64), axes=(1, 0))
+
+    out = {"case": case, "shape": list(fixed.shape), "spacing": list(sp), "smoothness": smoothness,
+           "size": n, "device": device, "identity_epe": round(epe(np.zeros_like(gt), gt, mask), 4),
            "max_displacement": round(float(np.linalg.norm(gt, axis=0).max()), 3), "results": [], "ratios": {}}
     fx, mv = (fixed.to(device), moving.to(device)) if device != "cpu" else (fixed, moving)
     res = out["results"]
@@ -147,7 +178,8 @@ def run(n: int, device: str, only) -> dict:
         t, r = best_of(lambda: R.demons(fx, mv, iterations=50, variant="diffeomorphic", sigma_diffusion=1.0), 2)
         add(summary("biomip demons (diffeomorphic, 50 it)", t, r.displacement.numpy(), gt, mask, sp))
         try:
-            t, u = sitk_demons(fixed, moving)
+            t, u = sitk_demons(pfixed, pmoving)
+            u = world(u)
             add(summary("SimpleITK DemonsRegistrationFilter (50 it)", t, u, gt, mask, sp))
             out["ratios"]["demons_vs_simpleitk"] = round(t / res[-3]["seconds"], 2)
         except ImportError as e:
@@ -156,22 +188,36 @@ def run(n: int, device: str, only) -> dict:
         t, r = best_of(lambda: R.bspline(fx, mv, metric="mse"), 1)
         add(summary("biomip B-spline FFD (MSE)", t, r.displacement.numpy(), gt, mask, sp))
         t, r = best_of(lambda: R.bspline(fx, mv, metric="lncc"), 1)                 # the defaults
-        add(summary("biomip B-spline FFD (LNCC)", t, r.displacement.numpy(), gt, mask, sp))
+        add(summary("biomip B-spline FFD (LNCC)", t, r.displacement.numpy(), gt, mask, sp,
+                    control_spacing_mm=r.params["control_spacing"]))
+        if former:
+            t, r = best_of(lambda: R.bspline(fx, mv, metric="lncc", control_spacing_voxels=16), 1)
+            add(summary("biomip B-spline FFD (LNCC, former default: 16 voxels)", t, r.displacement.numpy(), gt,
+                        mask, sp, control_spacing_mm=r.params["control_spacing"]))
         try:
-            t_reg, t_fld, u = elastix_bspline(fixed, moving)
+            t_reg, t_fld, u = elastix_bspline(pfixed, pmoving)
+            u = world(u)
             add(summary("elastix B-spline (3 levels) + transformix field", t_reg + t_fld, u, gt, mask, sp,
                         registration_seconds=round(t_reg, 3), field_seconds=round(t_fld, 3)))
-            out["ratios"]["bspline_vs_elastix"] = round((t_reg + t_fld) / res[-2]["seconds"], 2)
+            b = next(e for e in res if e["method"] == "biomip B-spline FFD (LNCC)")
+            out["ratios"]["bspline_vs_elastix"] = round((t_reg + t_fld) / b["seconds"], 2)
         except ImportError as e:
             out["skipped_elastix"] = str(e)
     if "svf" in only:
         t, r = best_of(lambda: R.svf(fx, mv), 1)
-        add(summary("biomip SVF (LNCC)", t, r.displacement.numpy(), gt, mask, sp))
+        add(summary("biomip SVF (LNCC)", t, r.displacement.numpy(), gt, mask, sp, iterations=r.params["iterations"]))
+        if former:
+            levels_its = (100, 60, 0) if int(np.prod(fixed.shape)) > 64 ** 3 else (100, 60, 20)
+            t, r = best_of(lambda: R.svf(fx, mv, iterations=levels_its), 1)
+            add(summary("biomip SVF (LNCC, former default schedule)", t, r.displacement.numpy(), gt, mask, sp,
+                        iterations=list(levels_its)))
         try:
-            t_reg, t_fld, u = ants_syn(fixed, moving)
+            t_reg, t_fld, u = ants_syn(pfixed, pmoving)
+            u = world(u)
             add(summary("ANTs SyN (defaults) + composed field", t_reg + t_fld, u, gt, mask, sp,
                         registration_seconds=round(t_reg, 3), field_seconds=round(t_fld, 3)))
-            out["ratios"]["svf_vs_ants_syn"] = round((t_reg + t_fld) / res[-2]["seconds"], 2)
+            b = next(e for e in res if e["method"] == "biomip SVF (LNCC)")
+            out["ratios"]["svf_vs_ants_syn"] = round((t_reg + t_fld) / b["seconds"], 2)
         except ImportError as e:
             out["skipped_ants"] = str(e)
     return out
@@ -182,11 +228,24 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--only", nargs="+", default=["demons", "bspline", "svf"])
+    p.add_argument("--case", default="phantom", choices=["phantom", "mni152"])
+    p.add_argument("--spacing", type=float, default=2.0, help="mni152: voxel size, mm")
+    p.add_argument("--smoothness", type=float, default=None, help="mni152: deformation length scale, mm")
+    p.add_argument("--former-defaults", action="store_true", help="also run the pre-issue-14 defaults")
+    p.add_argument("--json", default=None, help="also write the result to this file")
     a = p.parse_args(argv)
     warnings.simplefilter("ignore")
     info = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads()}
-    print(json.dumps({"benchmark": "register", **info, **run(a.size, a.device, a.only)}, indent=1))
+    out = {"benchmark": "register", **info,
+           **run(a.size, a.device, a.only, a.case, a.spacing, a.smoothness, a.former_defaults)}
+    text = json.dumps(out, indent=1)
+    print(text)
+    if a.json:
+        tmp = a.json + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(text + "\n")
+        os.replace(tmp, a.json)
 
 
 if __name__ == "__main__":

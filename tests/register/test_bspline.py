@@ -46,3 +46,15 @@ def test_bspline_identity_and_oriented_grid():
     assert pair.epe(res.displacement) < pair.epe(np.zeros(pair.truth.shape))
     with pytest.raises(InputError, match="iterations"):
         bspline(pair.fixed, pair.moving, iterations=(5, 5))
+
+
+# ----------------------------------------------------- defaults from extent and spacing
+def test_default_control_spacing_from_extent_and_spacing():
+    from biomip.register.bspline import default_control_steps
+
+    assert default_control_steps((128, 128, 128), (1.0, 1.0, 1.0)) == (16, 16, 16)    # 16 mm, as before
+    assert default_control_steps((94, 116, 98), (2.0, 2.0, 2.0)) == (12, 12, 12)      # 24 mm (was 32 mm)
+    assert default_control_steps((47, 58, 49), (4.0, 4.0, 4.0)) == (6, 6, 6)          # 24 mm (was 64 mm)
+    assert default_control_steps((32, 32), (1.0, 1.0)) == (4, 4)                      # at least 4 voxels
+    assert default_control_steps((40, 256, 256), (0.5, 0.5, 5.0)) == (32, 32, 4)      # mm, per axis
+

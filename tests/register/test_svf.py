@@ -41,3 +41,14 @@ def test_svf_identity_and_torch_path_agree(monkeypatch, deformed_pair):
     monkeypatch.setattr(fieldkernels, "AVAILABLE", False)           # the CUDA / no-numba code path
     slow = svf(fixed, moving, iterations=(20, 10, 5))
     assert np.abs(fast.displacement.numpy() - slow.displacement.numpy())[:, mask].mean() < 0.05
+
+
+# ----------------------------------------------------- defaults from extent and spacing
+def test_default_iterations_from_the_grid():
+    from biomip.register.svf import default_iterations
+
+    assert default_iterations((128, 128, 128), (1.0, 1.0, 1.0), 3) == (100, 60, 0)      # fine voxels: skip the full grid
+    assert default_iterations((94, 116, 98), (2.0, 2.0, 2.0), 3) == (100, 60, 10)      # 2 mm: run it
+    assert default_iterations((48, 48, 48), (1.0, 1.0, 1.0), 3) == (100, 60, 20)       # small grid
+    assert default_iterations((48, 48, 48), (1.0, 1.0, 1.0), 1) == 50
+

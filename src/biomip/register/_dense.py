@@ -13,8 +13,75 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+MAX_ITERATIONS = 1_000_000      # an iteration count above this is a typo, not a plan
+MAX_LEVELS = 16                 # a 2^15-fold shrink: more than any image has
+MAX_EXTENT_FACTOR = 10.0        # a width (sigma, window) at most this many image extents
 
-def widths_mm(value, spacing, name: str, default_voxels: float, positive: bool = False) -> tuple[float, ...]:
+
+def check_levels(levels, name: str = "levels") -> int:
+    """A number of pyramid levels: an integer in ``[1, MAX_LEVELS]``.
+
+    Parameters
+    ----------
+    levels : int
+        The value to check (booleans and floats refused).
+    name : str, optional
+        The argument's name, used in the error message.
+
+    Returns
+    -------
+    int
+        ``levels``.
+
+    Raises
+    ------
+    InputError
+        Otherwise, naming ``name``, what came and what is expected.
+
+    Examples
+    --------
+    >>> check_levels(3)
+    3
+    """
+    from ..core.arrays import check_number
+
+    return check_number(levels, name, integer=True, low=1, high=MAX_LEVELS)
+
+
+def check_iterations(value, name: str = "iterations", minimum: int = 1) -> int:
+    """An iteration count: an integer in ``[minimum, MAX_ITERATIONS]``.
+
+    Parameters
+    ----------
+    value : int
+        The value to check (booleans, floats, NaN refused).
+    name : str, optional
+        The argument's name, used in the error message.
+    minimum : int, optional
+        Smallest accepted count (0 for a level that may be skipped).
+
+    Returns
+    -------
+    int
+        ``value``.
+
+    Raises
+    ------
+    InputError
+        Otherwise, naming ``name``, what came and what is expected.
+
+    Examples
+    --------
+    >>> check_iterations(50)
+    50
+    """
+    from ..core.arrays import check_number
+
+    return check_number(value, name, integer=True, low=minimum, high=MAX_ITERATIONS)
+
+
+def widths_mm(value, spacing, name: str, default_voxels: float, positive: bool = False,
+              shape=None) -> tuple[float, ...]:
     """A spatial width or step of a dense method, in mm per axis (x, y, z order).
 
     ``value``: one number (mm, all axes) or one per axis; ``None`` gives the method's
@@ -33,6 +100,10 @@ def widths_mm(value, spacing, name: str, default_voxels: float, positive: bool =
         The default width in voxels of the grid, used when ``value`` is None.
     positive : bool, optional
         Require widths > 0 (default: >= 0).
+    shape : sequence of int, optional
+        The grid's shape (array order ``[z,] y, x``): widths above ``MAX_EXTENT_FACTOR``
+        (10) times the image extent along an axis are refused (their kernels would need
+        memory out of proportion to the image, and smooth it to a constant anyway).
 
     Returns
     -------
@@ -68,6 +139,11 @@ def widths_mm(value, spacing, name: str, default_voxels: float, positive: bool =
         want = "a positive" if positive else "a non-negative"
         raise InputError(f"{name}: got {value!r}; expected {want} width in mm (one number, or {d} in x, y"
                          f"{', z' if d == 3 else ''} order)")
+    if shape is not None:
+        extent = np.asarray([float(n) * float(s) for n, s in zip(tuple(shape)[::-1], spacing)])
+        if np.any(arr > MAX_EXTENT_FACTOR * extent):
+            raise InputError(f"{name}: got {value!r} mm; expected at most {MAX_EXTENT_FACTOR:g} x the image extent "
+                             f"({', '.join(f'{e:g}' for e in extent)} mm in x, y{', z' if d == 3 else ''} order)")
     return tuple(float(v) for v in arr)
 
 

@@ -28,7 +28,7 @@ from ..core.errors import InputError, describe
 from ..core.image import Image
 from ..core.kinds import same_kind
 from ..core.progress import progress_bar
-from ._dense import as_param, grid_frame, voxels, widths_mm
+from ._dense import as_param, check_iterations, grid_frame, voxels, widths_mm
 
 VARIANTS = ("thirion", "symmetric", "diffeomorphic")
 _TRUNCATE = 3.0      # Gaussian kernels cut at 3 sigma (ITK demons: maximum error 0.1)
@@ -161,17 +161,17 @@ def demons(fixed: Image, moving: Image, iterations: int = 50, variant: str = "di
     moving : Image, numpy.ndarray or torch.Tensor
         The image to register, on the same grid as ``fixed``.
     iterations : int, optional
-        Number of iterations (>= 1).
+        Number of iterations (1 to 10^6).
     variant : {"diffeomorphic", "symmetric", "thirion"}, optional
         The force and update rule (see the module docstring); default
         ``"diffeomorphic"``.
     sigma_diffusion : float or sequence of float, optional
         Standard deviation of the Gaussian smoothing of the whole field, **mm**, one
-        number or one per axis (x, y[, z]); default one voxel (the spacing); 0 turns
-        it off.
+        number or one per axis (x, y[, z]), at most 10 x the image extent; default one
+        voxel (the spacing); 0 turns it off.
     sigma_fluid : float or sequence of float, optional
         Standard deviation of the Gaussian smoothing of each update, **mm**, one number
-        or one per axis (x, y[, z]); default 0 (none).
+        or one per axis (x, y[, z]), at most 10 x the image extent; default 0 (none).
     max_step : float, optional
         Largest update length per iteration, **mm** (> 0); default 2 x the smallest
         spacing.
@@ -221,12 +221,11 @@ def demons(fixed: Image, moving: Image, iterations: int = 50, variant: str = "di
     fixed.check_same_geometry(moving, "fixed", "moving")
     if variant not in VARIANTS:
         raise InputError(f"variant: got {variant!r}; expected one of {', '.join(VARIANTS)}")
-    if not isinstance(iterations, (int, np.integer)) or isinstance(iterations, bool) or iterations < 1:
-        raise InputError(f"iterations: got {iterations!r}; expected a positive integer")
+    iterations = check_iterations(iterations)
     d = fixed.sdim
     sp = np.asarray(fixed.spacing)
-    sig_diff_mm = widths_mm(sigma_diffusion, fixed.spacing, "sigma_diffusion", 1.0)
-    sig_fluid_mm = widths_mm(sigma_fluid, fixed.spacing, "sigma_fluid", 0.0)
+    sig_diff_mm = widths_mm(sigma_diffusion, fixed.spacing, "sigma_diffusion", 1.0, shape=fixed.spatial_shape)
+    sig_fluid_mm = widths_mm(sigma_fluid, fixed.spacing, "sigma_fluid", 0.0, shape=fixed.spatial_shape)
     max_step = 2.0 * float(sp.min()) if max_step is None else check_number(max_step, "max_step", positive=True)
     if not np.allclose(fixed.direction, np.eye(d), atol=1e-6):
         raise InputError("fixed: demons works in the grid's axes; resample onto an axis-aligned grid first")

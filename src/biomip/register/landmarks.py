@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from ..core.arrays import check_memory, check_number
 from ..core.errors import InputError, ShapeError
 from ..ops.transforms import Transform, as_points
 
@@ -104,18 +105,19 @@ class LandmarkTransform(Transform):
             raise InputError(f"kernel: got {kernel!r}; expected one of {', '.join(KERNELS)}")
         if np.linalg.matrix_rank(np.hstack([p, np.ones((len(p), 1))])) < d + 1:
             raise InputError("fixed_points: the landmarks are collinear / coplanar; the affine part is undetermined")
-        if smoothing < 0:
-            raise InputError(f"smoothing: got {smoothing}; expected >= 0")
+        smoothing = check_number(smoothing, "smoothing", nonneg=True)
+        n = len(p)
+        # the (n d + (d + 1) d)^2 system, float64, and its factorisation
+        check_memory(3.0 * 8 * (n * d + (d + 1) * d) ** 2, "fixed_points", f"a {n}-landmark spline system")
         self.ndim, self.kernel, self.p, self.q = d, kernel, p, q
         span = float(np.max(np.ptp(p, axis=0))) or 1.0
-        self.sigma = float(sigma) if sigma is not None else span / 4
-        if self.sigma <= 0:
-            raise InputError(f"sigma: got {sigma}; expected a positive width in mm")
-        self.mu, self.lam = float(mu), float(lam)
-        if self.mu <= 0 or self.lam + 2 * self.mu <= 0:
+        self.sigma = check_number(sigma, "sigma", positive=True) if sigma is not None else span / 4
+        mu = check_number(mu, "mu", positive=True)
+        lam = check_number(lam, "lam")
+        self.mu, self.lam = mu, lam
+        if self.lam + 2 * self.mu <= 0:
             raise InputError(f"mu, lam: got {mu}, {lam}; expected mu > 0 and lam + 2 mu > 0 (Lame parameters)")
-        self.eps = float(eps) if eps is not None else 0.05 * span
-        n = len(p)
+        self.eps = check_number(eps, "eps", positive=True) if eps is not None else 0.05 * span
         K = self._kernel_matrix(p, p)                                  # (n*d, n*d) block matrix
         if smoothing:
             K = K + smoothing * np.eye(n * d)

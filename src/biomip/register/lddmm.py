@@ -58,12 +58,12 @@ import time
 import numpy as np
 import torch
 
-from ..core.arrays import check_count, check_number
+from ..core.arrays import check_count, check_memory, check_number
 from ..core.errors import InputError
 from ..core.image import Image
 from ..core.kinds import same_kind
 from ..core.progress import progress_bar
-from ._dense import as_param, grid_frame, odd_voxels, widths_mm
+from ._dense import as_param, check_iterations, check_levels, grid_frame, odd_voxels, widths_mm
 from .demons import DeformableResult, warp_result
 from .variational import (
     BOUNDARIES,
@@ -245,9 +245,10 @@ def lddmm(fixed: Image, moving: Image, steps: int = 6, iterations: int = 100, al
     moving : Image, numpy.ndarray or torch.Tensor
         The image to register, on the same grid as ``fixed``.
     steps : int, optional
-        Number ``T`` of velocity fields / Euler steps on ``[0, 1]``.
+        Number ``T`` of velocity fields / Euler steps on ``[0, 1]`` (their memory,
+        ``8 T d`` float32 fields of the image size, must fit in this machine's).
     iterations : int, optional
-        Optimiser iterations per pyramid level.
+        Optimiser iterations per pyramid level (1 to 10^6).
     alpha : float, optional
         Weight of ``-Lap`` in the operator ``L = (alpha (-Lap) + gamma)^power``,
         mm^2: larger ``alpha`` / ``power`` -> smoother velocities.
@@ -258,20 +259,23 @@ def lddmm(fixed: Image, moving: Image, steps: int = 6, iterations: int = 100, al
         ``gamma = 1``) relative to the similarity (MSE of images normalised to unit
         std, or ``1 - LNCC``).
     power : float, optional
-        Power of ``L``.  ``power = 2`` (default) makes ``V`` embed in C^1 in 2-D and
-        3-D (order ``2 power > d/2 + 1``), the condition for diffeomorphic flows.
+        Power of ``L``, in ``(0, 16]``.  ``power = 2`` (default) makes ``V`` embed in
+        C^1 in 2-D and 3-D (order ``2 power > d/2 + 1``), the condition for
+        diffeomorphic flows.
     metric : {"mse", "lncc"}, optional
         The similarity.
     window : float or sequence of float, optional
         Width of the LNCC box, **mm** on the full-resolution grid (one number or one
         per axis; the nearest odd number of voxels per axis; coarser pyramid levels
-        use the same number of their own voxels).  Default 9 voxels (9 x the spacing).
+        use the same number of their own voxels), at most 10 x the image extent.
+        Default 9 voxels (9 x the spacing).
     levels : int, optional
-        Pyramid levels (1 = full resolution only; the coarsest level keeps at least 8
-        voxels per axis).
+        Pyramid levels, 1 to 16 (1 = full resolution only; the coarsest level keeps at
+        least 8 voxels per axis).
     lr : float, optional
         ``"gd"``: largest velocity change (mm) of the first step of each level;
-        ``"adam"``: the Adam step (mm).  Default: the level's smallest spacing.
+        ``"adam"``: the Adam step (mm); at most the image extent.  Default: the
+        level's smallest spacing.
     optimizer : {"gd", "adam"}, optional
         Adaptive-step gradient descent (default) or Adam.
     sobolev : bool, optional
@@ -328,11 +332,16 @@ def lddmm(fixed: Image, moving: Image, steps: int = 6, iterations: int = 100, al
 
     check_pair(fixed, moving, "LDDMM")
     steps = check_count(steps, "steps")
-    iterations = check_count(iterations, "iterations")
-    levels = check_count(levels, "levels")
+    iterations = check_iterations(iterations)
+    levels = check_levels(levels)
+    # the velocities, their gradient, the optimiser's state and the autograd graph of the
+    # T Euler steps hold ~8 fields of (T, d, *S) float32: refuse what cannot fit
+    check_memory(8.0 * steps * fixed.sdim * float(np.prod(fixed.spatial_shape)) * 4, "steps",
+                 f"{steps} time steps of {fixed.sdim}-D velocity fields on a {' x '.join(map(str, fixed.spatial_shape))} "
+                 "grid")
     alpha = check_number(alpha, "alpha", nonneg=True)
     gamma = check_number(gamma, "gamma", positive=True)
-    power = check_number(power, "power", positive=True)
+    power = check_number(power, "power", positive=True, high=16.0)
     if metric not in METRICS:
         raise InputError(f"metric: got {metric!r}; expected one of {', '.join(METRICS)}")
     sigma = check_number(sigma, "sigma", nonneg=True)
@@ -340,8 +349,9 @@ def lddmm(fixed: Image, moving: Image, steps: int = 6, iterations: int = 100, al
         raise InputError(f"optimizer: got {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
     if boundary not in BOUNDARIES:
         raise InputError(f"boundary: got {boundary!r}; expected one of {', '.join(BOUNDARIES)}")
-    lr = None if lr is None else check_number(lr, "lr", positive=True)
-    window = widths_mm(window, fixed.spacing, "window", 9.0, positive=True)
+    extent = float(max(n * s for n, s in zip(fixed.spatial_shape[::-1], fixed.spacing)))
+    lr = None if lr is None else check_number(lr, "lr", positive=True, high=extent)
+    window = widths_mm(window, fixed.spacing, "window", 9.0, positive=True, shape=fixed.spatial_shape)
     win = odd_voxels(window, fixed.spacing)          # mm -> odd voxels per axis (x, y, z)
     if callback is not None and not callable(callback):
         raise InputError(f"callback: got {type(callback).__name__}; expected a callable or None")

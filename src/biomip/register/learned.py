@@ -234,10 +234,11 @@ def train_registration(pairs, spacing=None, epochs: int = 50, lr: float = 1e-3, 
         Continue training this network (else a new one with ``features``,
         ``int_steps`` and ``seed``).
     features : sequence of int, optional
-        Channels per U-Net level of a new network (see :class:`RegistrationNet`).
+        Channels per U-Net level of a new network, each in ``[1, 4096]`` (see
+        :class:`RegistrationNet`).
     int_steps : int, optional
-        Scaling-and-squaring steps of a new network (0: it predicts the displacement
-        directly).
+        Scaling-and-squaring steps of a new network, 0 to 30 (0: it predicts the
+        displacement directly).
     augment : bool, optional
         Random flips of whole batches and random fixed / moving swaps.
     seed : int, optional
@@ -275,7 +276,17 @@ def train_registration(pairs, spacing=None, epochs: int = 50, lr: float = 1e-3, 
     >>> len(history), sorted(history[0])                                       # doctest: +SKIP
     (2, ['epoch', 'label', 'landmark', 'loss', 'seconds', 'similarity', 'smoothness'])
     """
-    epochs = check_number(epochs, "epochs", low=1, integer=True)
+    epochs = check_number(epochs, "epochs", low=1, high=1_000_000, integer=True)
+    int_steps = check_number(int_steps, "int_steps", low=0, high=30, integer=True)
+    if model is None:
+        try:
+            feats = [int(c) for c in features] if not isinstance(features, (str, bytes)) else []
+            ok = len(feats) >= 1 and all(not isinstance(c, bool) and c == int(c) and 1 <= c <= 4096 for c in features)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InputError(f"features: got {features!r}; expected a sequence of channel counts in [1, 4096] (one per "
+                             "U-Net level)")
     lr = check_number(lr, "lr", low=0, low_open=True)
     smoothness = check_number(smoothness, "smoothness", low=0)
     label_weight = check_number(label_weight, "label_weight", low=0)
@@ -314,6 +325,7 @@ def train_registration(pairs, spacing=None, epochs: int = 50, lr: float = 1e-3, 
     bar = progress_bar("training RegistrationNet", epochs, progress)
     model.train()
     try:
+        n_steps = 0
         for epoch in range(epochs):
             order = rng.permutation(n)
             sums = {"loss": 0.0, "similarity": 0.0, "smoothness": 0.0, "label": 0.0, "landmark": 0.0}
@@ -338,7 +350,14 @@ def train_registration(pairs, spacing=None, epochs: int = 50, lr: float = 1e-3, 
                         pf = [None if p is None else _flip_points(p, flips, sizes) for p in pf]
                         pm = [None if p is None else _flip_points(p, flips, sizes) for p in pm]
                 f, m = f.to(dev), m.to(dev)
-                u, v = model(f, m, sp)
+                try:
+                    u, v = model(f, m, sp)
+                except InputError as exc:                     # NaN / Inf out of weights a step blew up
+                    if epoch == 0 and n_steps == 0:
+                        raise
+                    raise InputError(f"lr: got {lr!r}; the training diverged at epoch {epoch} (the network's output "
+                                     f"is no longer finite: {exc}); expected a smaller learning rate") from exc
+                n_steps += 1
                 warped = warp_batch(m, u, sp)
                 sim = 1.0 - losses.lncc(f, warped, window=window, sdim=d)
                 reg = diffusion_batch(v, sp)
@@ -368,6 +387,10 @@ def train_registration(pairs, spacing=None, epochs: int = 50, lr: float = 1e-3, 
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if not bool(torch.isfinite(loss.detach())) or not all(
+                        bool(torch.isfinite(q).all()) for q in model.parameters()):
+                    raise InputError(f"lr: got {lr!r}; the training diverged at epoch {epoch} (NaN / infinite loss or "
+                                     "weights); expected a smaller learning rate")
                 sums["loss"] += float(loss.detach())
                 sums["similarity"] += float(sim.detach())
                 sums["smoothness"] += float(reg.detach())
@@ -514,6 +537,9 @@ def learned_register(model: RegistrationNet, fixed: Image, moving: Image, refine
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if not bool(torch.isfinite(loss.detach())) or not bool(torch.isfinite(v.detach()).all()):
+                    raise InputError(f"lr: got {lr!r}; the refinement diverged at step {k} (NaN / infinite loss or "
+                                     "field); expected a smaller step")
                 bar.advance()
                 if callback is not None and callback(k, v.detach()) is True:
                     break

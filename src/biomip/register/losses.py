@@ -53,6 +53,7 @@ from ..core.arrays import (
     check_spacing,
     is_tensor,
 )
+from ..core.arrays import check_memory as _check_memory
 from ..core.arrays import check_number as _check_number
 from ..core.errors import InputError, ShapeError
 from ..core.image import Image
@@ -348,8 +349,8 @@ def lncc(fixed, moving, window=9, mask=None, sdim: int | None = None, eps: float
         Number of trailing spatial axes (default ``min(ndim, 3)``; 2 for a batch of 2-D
         images ``(n, y, x)``).
     eps : float, optional
-        Added to the product of the local variances (>= 0), relative to the global
-        variances of the standardised images.
+        Added to the product of the local variances (> 0: 0 would divide by zero in
+        flat windows), relative to the global variances of the standardised images.
 
     Returns
     -------
@@ -372,7 +373,7 @@ def lncc(fixed, moving, window=9, mask=None, sdim: int | None = None, eps: float
     >>> round(lncc(x, 3 * x - 1, window=5), 3)
     1.0
     """
-    eps = _check_number(eps, "eps", nonneg=True)
+    eps = _check_number(eps, "eps", positive=True)
     f, m, w, d, torch_out = _pair(fixed, moving, mask, sdim)
     k = _window(window, d)
     spatial = tuple(f.shape[f.ndim - d:])
@@ -506,6 +507,10 @@ def mutual_information(fixed, moving, bins: int = 32, sigma: float | None = None
     rf, rm = _value_range(value_range)
     f, m, w, d, torch_out = _pair(fixed, moving, mask, sdim)
     f2, m2 = _flat(f, d), _flat(m, d)
+    # the (B, N, bins) Parzen weights of both images and their temporaries, and the joint
+    # histogram: refuse what cannot fit before allocating it
+    _check_memory(4.0 * f2.element_size() * (4 * f2.numel() * bins + f2.shape[0] * bins * bins), "bins",
+                  f"{bins} bins over {f2.numel()} voxels")
     pf_v = _soft_bins(f2, rf, bins, sigma)          # (B, N, K)
     pm_v = _soft_bins(m2, rm, bins, sigma)
     if w is not None:
@@ -664,7 +669,7 @@ def elastic_energy(u, spacing=None, mu: float = 1.0, lam: float = 1.0, mask=None
     mu : float, optional
         Lame constant ``mu`` (shear modulus, >= 0).
     lam : float, optional
-        Lame constant ``lambda``.
+        Lame constant ``lambda`` (``>= -2 mu / d``: a non-negative bulk modulus).
     mask : array_like, torch.Tensor or Image, optional
         Weights in ``[0, 1]`` of the spatial shape ``([z,] y, x)``: a weighted mean
         (e.g. an interior mask to exclude the border).
@@ -693,6 +698,9 @@ def elastic_energy(u, spacing=None, mu: float = 1.0, lam: float = 1.0, mask=None
     mu = _check_number(mu, "mu", nonneg=True)
     lam = _check_number(lam, "lam")
     t, d, sp, torch_out = _field_arg(u, "u", spacing)
+    if lam < -2.0 * mu / d:
+        raise InputError(f"lam: got {lam!r}; expected lam >= -2 mu / d = {-2.0 * mu / d:g} (a non-negative bulk "
+                         "modulus, else the energy is unbounded below)")
     g = _grad(t, sp, d)
     eps = 0.5 * (g + g.transpose(0, 1))
     trace = sum(g[k, k] for k in range(d))

@@ -13,10 +13,83 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core.errors import InputError, ShapeError
+from ..core.arrays import check_count, check_number
+from ..core.errors import BiomipError, FormatError, InputError, ShapeError
 from ..core.image import Image
 from ..core.kinds import same_kind
+from ._dense import check_iterations
 from .demons import DeformableResult
+
+_MODEL_KEYS = ("mean", "components", "variances", "spacing", "origin", "direction", "axes")
+_MAX_MODES = 100_000
+
+
+def _read_model_npz(path) -> dict:
+    """The arrays of a saved :class:`DeformationModel`, checked from the ``.npy``
+    headers (names, dtypes, shapes, total size) before any array is read."""
+    import zipfile
+
+    from numpy.lib import format as npf
+
+    from ..core.arrays import check_memory
+
+    label = f"deformation model {str(path)!r}"
+    try:
+        with zipfile.ZipFile(str(path)) as zf:
+            names = set(zf.namelist())
+            if len(names) > 64:
+                raise FormatError(f"{label}: {len(names)} entries; expected the {len(_MODEL_KEYS)} arrays of a model")
+            missing = [k for k in _MODEL_KEYS if k + ".npy" not in names]
+            if missing:
+                raise FormatError(f"{label}: no {', '.join(missing)} array (a damaged or edited file)")
+            heads = {}
+            for key in _MODEL_KEYS:
+                with zf.open(key + ".npy") as fh:
+                    version = npf.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _, dtype = npf.read_array_header_1_0(fh)
+                    elif version == (2, 0):
+                        shape, _, dtype = npf.read_array_header_2_0(fh)
+                    else:
+                        raise FormatError(f"{label}: {key}: .npy format {version}; expected 1.0 or 2.0")
+                heads[key] = (tuple(int(n) for n in shape), np.dtype(dtype))
+    except FormatError:
+        raise
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zipfile.LargeZipFile, KeyError,
+            NotImplementedError) as exc:
+        raise FormatError(f"{label}: cannot read it as a saved model ({type(exc).__name__}: {exc})") from exc
+    for key, (shape, dtype) in heads.items():
+        want = "U" if key == "axes" else "f"
+        if dtype.kind != want or dtype.hasobject:
+            raise FormatError(f"{label}: {key} has dtype {dtype}; expected {'text' if want == 'U' else 'float'}")
+    mshape = heads["mean"][0]
+    d = len(mshape) - 1
+    if d not in (2, 3) or mshape[0] != d or any(n < 1 for n in mshape):
+        raise FormatError(f"{label}: mean has shape {mshape}; expected (d, [z,] y, x) with d = 2 or 3 components")
+    cshape = heads["components"][0]
+    if len(cshape) != d + 2 or cshape[1:] != mshape or not 1 <= cshape[0] <= _MAX_MODES:
+        raise FormatError(f"{label}: components have shape {cshape}; expected (k, {', '.join(map(str, mshape))}) "
+                          f"with 1 <= k <= {_MAX_MODES}")
+    k = cshape[0]
+    for key, want in (("variances", (k,)), ("spacing", (d,)), ("origin", (d,)), ("direction", (d, d)), ("axes", ())):
+        if heads[key][0] != want:
+            raise FormatError(f"{label}: {key} has shape {heads[key][0]}; expected {want}")
+    nbytes = sum(float(np.prod(s, dtype=np.float64)) * max(t.itemsize, 8) for s, t in heads.values())
+    try:
+        check_memory(2 * nbytes, "path", f"the deformation model {str(path)!r}")
+    except InputError as exc:
+        raise FormatError(str(exc)) from exc
+    try:
+        with np.load(str(path), allow_pickle=False) as z:
+            out = {key: np.asarray(z[key]) for key in _MODEL_KEYS}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as exc:
+        raise FormatError(f"{label}: truncated or damaged data ({type(exc).__name__}: {exc})") from exc
+    for key in _MODEL_KEYS:
+        if out[key].shape != heads[key][0]:
+            raise FormatError(f"{label}: {key}: read shape {out[key].shape}, header says {heads[key][0]}")
+        if key != "axes":
+            out[key] = out[key].astype(np.float64)
+    return out
 
 
 @dataclass
@@ -65,10 +138,11 @@ class DeformationModel:
             At least 2 displacement fields ``(d, [z,] y, x)`` in mm (component 0 = x):
             Images on one grid, or an array ``(n, d, [z,] y, x)`` (1-mm grid, origin 0).
         k : int, optional
-            Number of modes to keep (at most ``n - 1``); default: enough to explain
+            Number of modes to keep (1 to ``n - 1``); default: enough to explain
             ``explained``.
         explained : float, optional
-            Fraction of the total variance the kept modes explain when ``k`` is None.
+            Fraction in ``(0, 1]`` of the total variance the kept modes explain when
+            ``k`` is None.
 
         Returns
         -------
@@ -78,7 +152,8 @@ class DeformationModel:
         Raises
         ------
         InputError
-            For an empty list, non-Image items, or fewer than 2 fields.
+            For an empty list, non-Image items, fewer than 2 fields, NaN / infinity,
+            ``k`` not an integer in ``[1, n - 1]`` or ``explained`` outside ``(0, 1]``.
         ShapeError
             When the fields are not ``(n, d, [z,] y, x)`` with ``d`` components.
         GeometryError
@@ -100,6 +175,13 @@ class DeformationModel:
         n = arr.shape[0]
         if n < 2:
             raise InputError("fields: need at least 2 fields for a PCA")
+        if not np.all(np.isfinite(arr)):
+            raise InputError("fields: contain NaN or infinity; expected finite displacements (mm)")
+        if k is not None:
+            k = check_count(k, "k")
+            if k > n - 1:
+                raise InputError(f"k: got {k}; expected at most n - 1 = {n - 1} modes for {n} fields")
+        explained = check_number(explained, "explained", low=0.0, low_open=True, high=1.0)
         mean = arr.mean(0)
         X = (arr - mean).reshape(n, -1)
         _, s, vt = np.linalg.svd(X, full_matrices=False)
@@ -107,7 +189,7 @@ class DeformationModel:
         if k is None:
             frac = np.cumsum(var) / max(var.sum(), 1e-30)
             k = int(np.searchsorted(frac, explained) + 1)
-        k = int(max(1, min(k, n - 1 if n > 1 else 1)))
+        k = int(max(1, min(k, n - 1)))
         comps = vt[:k].reshape((k, *arr.shape[1:]))
         return cls(mean, comps, var[:k], grid.with_array(np.zeros(arr.shape[1:], np.float32)))
 
@@ -205,11 +287,34 @@ class DeformationModel:
         -------
         DeformationModel
             The model with its grid geometry (spacing, origin, direction, axes).
+
+        Raises
+        ------
+        FormatError
+            For a missing, truncated or damaged file, a missing array, arrays of the
+            wrong dtype or of inconsistent shapes, sizes beyond this machine's memory
+            (checked from the headers before anything is read), NaN / infinity, a
+            non-positive spacing or a singular direction.
         """
-        z = np.load(str(path), allow_pickle=False)
-        grid = Image(np.zeros(z["mean"].shape, np.float32), spacing=z["spacing"], origin=z["origin"],
-                     direction=z["direction"], axes=str(z["axes"]))
-        return cls(z["mean"], z["components"], z["variances"], grid)
+        arrays = _read_model_npz(path)
+        mean, comps, var = arrays["mean"], arrays["components"], arrays["variances"]
+        label = f"deformation model {str(path)!r}"
+        if not all(np.all(np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f"):
+            raise FormatError(f"{label}: NaN or infinity in its arrays (a damaged or edited file)")
+        d = mean.shape[0]
+        if np.any(arrays["spacing"] <= 0) or abs(np.linalg.det(arrays["direction"])) < 1e-6 or np.any(var < 0):
+            raise FormatError(f"{label}: spacing {arrays['spacing'].tolist()}, direction "
+                              f"{arrays['direction'].tolist()} or variances not valid (positive spacing, an invertible "
+                              "direction, non-negative variances expected; a damaged or edited file)")
+        axes = str(arrays["axes"])
+        if axes != "c" + "zyx"[-d:]:
+            raise FormatError(f"{label}: axes {axes!r}; expected {'c' + 'zyx'[-d:]!r} for a {d}-D field")
+        try:
+            grid = Image(np.zeros(mean.shape, np.float32), spacing=arrays["spacing"], origin=arrays["origin"],
+                         direction=arrays["direction"], axes=axes)
+        except BiomipError as exc:
+            raise FormatError(f"{label}: invalid grid geometry ({exc})") from exc
+        return cls(mean, comps, var, grid)
 
 
 def _model_grid(arguments):
@@ -244,7 +349,7 @@ def subspace_register(fixed: Image, moving: Image, model: DeformationModel, metr
     prior : float, optional
         Weight of the Gaussian prior energy ``|c|^2``.
     iterations : int, optional
-        Maximum L-BFGS iterations.
+        Maximum L-BFGS iterations (1 to 10^6).
     spacing : sequence of float, optional
         Voxel size (x, y[, z]) in mm for array inputs; must be None (or equal the
         model grid's) -- arrays take the model grid's geometry.
@@ -260,7 +365,8 @@ def subspace_register(fixed: Image, moving: Image, model: DeformationModel, metr
     Raises
     ------
     InputError
-        When ``model`` is not a DeformationModel or ``metric`` is unknown.
+        When ``model`` is not a DeformationModel, ``metric`` is unknown, ``prior`` is
+        negative / NaN or ``iterations`` is not an integer in ``[1, 10^6]``.
     GeometryError
         When the images do not lie on the model's grid.
 
@@ -283,6 +389,8 @@ def subspace_register(fixed: Image, moving: Image, model: DeformationModel, metr
     fixed.check_same_geometry(model.grid, "fixed", "model grid")
     if metric not in ("mse", "ncc"):
         raise InputError(f"metric: got {metric!r}; expected 'mse' or 'ncc'")
+    prior = check_number(prior, "prior", nonneg=True)
+    iterations = check_iterations(iterations)
     t0 = time.perf_counter()
     f = fixed.torch("cpu").to(torch.float64)
     m = moving.torch("cpu").to(torch.float64)

@@ -67,12 +67,12 @@ import time
 import numpy as np
 import torch
 
-from ..core.arrays import check_count, check_number
+from ..core.arrays import check_number
 from ..core.errors import InputError
 from ..core.image import Image
 from ..core.kinds import same_kind
 from ..core.progress import progress_bar
-from ._dense import grid_frame, pyramid_level, upsample_field
+from ._dense import check_iterations, check_levels, grid_frame, pyramid_level, upsample_field
 from .demons import DeformableResult, warp_result
 
 __all__ = ["BOUNDARIES", "REGULARIZERS", "fourier_solve", "variational"]
@@ -375,7 +375,7 @@ def variational(fixed: Image, moving: Image, regularizer: str = "elastic", itera
     regularizer : {"elastic", "fluid", "curvature"}, optional
         The regulariser (see the module docstring).
     iterations : int, optional
-        Iterations per pyramid level.
+        Iterations per pyramid level (1 to 10^6).
     alpha : float, optional
         Regularisation weight; default 0.5 mm^2 (elastic), 32 mm^2 (fluid: the
         squared width of the velocity smoothing), 20 mm^4 (curvature).
@@ -390,8 +390,8 @@ def variational(fixed: Image, moving: Image, regularizer: str = "elastic", itera
         default ``None`` takes ``1 / max |grad|^2`` of the fixed and moving images on
         each pyramid level (``params["tau_per_level"]``, coarse to fine).
     levels : int, optional
-        Pyramid levels (1 = full resolution only; the coarsest level keeps at least 8
-        voxels per axis).
+        Pyramid levels, 1 to 16 (1 = full resolution only; the coarsest level keeps at
+        least 8 voxels per axis).
     boundary : {"sliding", "neumann", "periodic"}, optional
         ``"sliding"``, ``"neumann"`` (curvature only) or ``"periodic"``; default
         ``"neumann"`` for curvature, ``"sliding"`` otherwise.
@@ -446,8 +446,8 @@ def variational(fixed: Image, moving: Image, regularizer: str = "elastic", itera
     check_pair(fixed, moving, "variational registration")
     if regularizer not in REGULARIZERS:
         raise InputError(f"regularizer: got {regularizer!r}; expected one of {', '.join(REGULARIZERS)}")
-    iterations = check_count(iterations, "iterations")
-    levels = check_count(levels, "levels")
+    iterations = check_iterations(iterations)
+    levels = check_levels(levels)
     if alpha is None:
         alpha = {"elastic": 0.5, "fluid": 32.0, "curvature": 20.0}[regularizer]
     alpha = check_number(alpha, "alpha", positive=True)
