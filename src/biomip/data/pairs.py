@@ -424,7 +424,7 @@ def synthetic_pairs(n: int, shape=(32, 32), max_displacement: float = 3.0, seed:
     """
     import torch
 
-    from ..core.arrays import check_shape
+    from ..core.arrays import check_memory, check_shape
     from ..ops.filters import gaussian_smooth
     from ..ops.spatial import sample_field, warp
     from .deformation import random_deformation
@@ -438,6 +438,12 @@ def synthetic_pairs(n: int, shape=(32, 32), max_displacement: float = 3.0, seed:
     n_landmarks = check_number(n_landmarks, "n_landmarks", low=0, integer=True)
     noise = check_number(noise, "noise", low=0)
     seed = check_number(seed, "seed", integer=True)
+    # fixed, moving (float32), labels x 2 (int64), displacement (d float32) per pair; landmarks
+    check_memory(float(n) * np.prod(shp) * (4 * (2 + d) + 16) + float(n) * n_landmarks * d * 16, "n",
+                 f"{n} pairs of shape {shp}")
+    if smoothness is not None:
+        extent = max(s * k for s, k in zip(sp, shp))
+        smoothness = check_number(smoothness, "smoothness", positive=True, high=10 * extent)
     template = _phantom_labels(shp, sp)
     rng = np.random.default_rng(seed)
     lo = np.array([0.0, 0.8, 0.15, 0.0, 0.35])

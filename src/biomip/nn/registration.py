@@ -172,7 +172,7 @@ class RegistrationNet(SavedModule):
             raise InputError(f"features: got {features!r}; expected a sequence of positive channel counts") from exc
         if not feats or any(f < 1 for f in feats) or any(float(f) != float(g) for f, g in zip(feats, features)):
             raise InputError(f"features: got {features!r}; expected a non-empty sequence of positive integers")
-        int_steps = check_number(int_steps, "int_steps", low=0, integer=True)
+        int_steps = check_number(int_steps, "int_steps", low=0, high=64, integer=True)   # 2^64 scaling: far beyond use
         seed = check_number(seed, "seed", integer=True)
         slope = check_number(slope, "slope", low=0)
         self.sdim, self.features, self.int_steps, self.seed, self.slope = int(sdim), feats, int_steps, seed, slope
