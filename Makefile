@@ -7,7 +7,7 @@ CONSTRAINTS := requirements/constraints.txt
 SAMPLES := requirements/samples.txt
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev samples demo test test-all test-gpu bench bench-learned clean
+.PHONY: install install-dev samples demo test test-all test-gpu bench bench-learned clean serenet-model
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench: install-dev
 	$(BIN)/python benchmarks/bench_register.py
 	$(BIN)/python benchmarks/bench_segment.py
 	$(BIN)/python benchmarks/bench_conv3d.py --json benchmarks/results/conv3d-cpu2.json
+	$(BIN)/python benchmarks/bench_rigid.py --json benchmarks/results/rigid-cpu2.json
+	$(BIN)/python benchmarks/bench_under_load.py --json benchmarks/results/under-load-cpu2.json
+	$(BIN)/python benchmarks/bench_fuzz_io.py --n 10000 --json benchmarks/results/fuzz-io-cpu2.json
+	$(BIN)/python benchmarks/bench_instances3d.py --json benchmarks/results/instances3d-cpu2.json
 
 # learned methods (train networks on the CPU: minutes): segmentation, SeReNet vs Richardson-Lucy
 bench-learned: install-dev
@@ -64,6 +68,12 @@ bench-learned: install-dev
 	$(BIN)/python benchmarks/bench_unet.py --epochs 30
 	$(BIN)/python benchmarks/bench_serenet.py --json benchmarks/results/serenet-speed-cpu2.json
 	$(BIN)/python benchmarks/bench_serenet_loss.py --seeds 0 1 2 3 4 5 6 7 --json benchmarks/results/serenet-nll-vs-l1-cpu2.json
+	$(BIN)/python benchmarks/bench_serenet_real.py --sample lf-antleg --json benchmarks/results/serenet-real-antleg-cpu2.json
+	$(BIN)/python benchmarks/bench_serenet_real.py --sample lf-seaurchin --json benchmarks/results/serenet-real-seaurchin-cpu2.json
+
+# the SeReNet model `make demo` shows (package data): retrain it with biomip's own code (~2-5 min on 2 cores)
+serenet-model: install
+	$(BIN)/biomip run serenet --quick --no-l1 --export-model src/biomip/pipelines/models/serenet-quick
 
 # documentation (docs/, examples/): the docstring examples as doctests (pytest --doctest-modules over
 # src/biomip, 20-50 s), then Sphinx -- API reference, user guide, sphinx-gallery -- with warnings as errors

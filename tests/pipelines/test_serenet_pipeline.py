@@ -10,7 +10,7 @@ from biomip.pipelines import serenet
 
 def test_tiny_end_to_end_run_writes_a_usable_report(tmp_path):
     cfg = serenet.SeReNetConfig.tiny()
-    rep = serenet.run(cfg, out=tmp_path / "run", device="cpu", progress=False)
+    rep = serenet.run(cfg, out=tmp_path / "run", device="cpu", progress=False, export_model=tmp_path / "exp" / "m")
     names = set(rep["methods"])
     assert {"serenet (nll-mpg)", "serenet (l1)", "richardson-lucy (10 it)", "refocus stack"} <= names
     for r in rep["methods"].values():
@@ -32,6 +32,15 @@ def test_tiny_end_to_end_run_writes_a_usable_report(tmp_path):
     assert main(["reconstruct", "serenet", str(tmp_path / "run" / "model"), str(tmp_path / "run" / "measurement.tif"),
                  "--out", str(tmp_path / "vol16.tif"), "--bf16"]) == 0
     assert json.loads((tmp_path / "vol16.report.json").read_text())["precision"] == "bfloat16"
+    # the exported model carries its configuration and quality; inference alone reproduces it
+    again = serenet.run_pretrained(out=tmp_path / "again", model=tmp_path / "exp" / "m", repeat=1, device="cpu")
+    assert again["training"] is None and again["config"]["n_train"] == 0
+    assert again["methods"]["serenet (nll-mpg)"]["per_specimen_psnr"] == \
+        rep["methods"]["serenet (nll-mpg)"]["per_specimen_psnr"]
+    assert again["psnr_minus_recorded_db"] < 1e-3
+    assert again["model"]["regenerate"] is None                       # not the shipped configuration
+    with pytest.raises(InputError, match="pipeline"):
+        serenet.run_pretrained(model=tmp_path / "run" / "model", device="cpu")   # saved without its recipe
 
 
 def test_simulation_is_seeded_and_physical():
@@ -53,6 +62,12 @@ def test_bad_input(tmp_path, capsys):
     assert not (tmp_path / "y").exists()
     with pytest.raises(InputError, match="lf-guv"):
         serenet.run_real("ct-small")
+    assert main(["run", "serenet", "--tiny", "--patch", "8", "--out", str(tmp_path / "x")]) == 2
+    assert "--real" in capsys.readouterr().err
+    with pytest.raises(InputError, match="patch"):
+        serenet.run_real("lf-guv", patch=0)
+    with pytest.raises(InputError, match="n_train"):
+        serenet.run(serenet.SeReNetConfig.tiny(n_train=0))
     assert main(["run", "serenet", "--quick", "--tiny", "--out", str(tmp_path / "x")]) == 2
     assert "--quick" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
@@ -64,9 +79,19 @@ def test_bad_input(tmp_path, capsys):
 
 def test_real_light_field_runs_end_to_end(tmp_path, sample_file):
     sample_file("lf-guv")                                     # skips only when napari-LF is not installed
+    lines = []
     rep = serenet.run_real("lf-guv", out=tmp_path / "real", n_views=3, binning=1, depth_range=8.0, n_depths=3,
-                           steps=2, rl_iterations=3, channels=4, progress=False)
+                           steps=2, rl_iterations=3, channels=4, patch=4, tile=24, progress=False, log=lines.append)
     assert rep["views"][0] == 9 and rep["views"][1] >= 25
+    # the run-time estimate comes before the long work, from timed probes
+    est = [line for line in lines if line.startswith("estimated run time")]
+    assert len(est) == 1 and "2 steps" in est[0] and "4-px patches" in est[0]
+    assert rep["estimate"]["step_seconds"] > 0 and rep["estimate"]["total_seconds"] > 0
+    # trained on patches, inferred tile by tile (the tiles agree with the whole field)
+    t = rep["training"]
+    assert t["patch"] == 4 and t["network_input_shape"][-2:] == [4 + 2 * t["margin"]] * 2
+    assert 4 + 2 * t["margin"] < min(rep["views"][1:])                 # a patch, not the whole field
+    assert rep["inference"]["n_tiles"] > 1 and rep["inference"]["tiled_vs_whole_max_rel_diff"] < 1e-4
     res = {k: v["relative_residual"] for k, v in rep["methods"].items()}
     assert all(0 < r < 1.5 for r in res.values())
     assert res["richardson-lucy (3 it)"] < 0.6                # RL explains most of the measurement

@@ -3,6 +3,9 @@ train -> infer -> evaluate -> report, each step callable from Python and the who
 from ``biomip run NAME``.
 
 * :mod:`.serenet` -- case study 7, self-supervised light-field reconstruction (SeReNet).
+
+``models/`` holds the trained models that ship as package data (safetensors + JSON, each
+with the command that regenerates it): ``serenet-quick``, used by ``biomip demo``.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..core.arrays import check_count, check_number
 from ..core.errors import InputError, ShapeError
-from ..core.progress import track
+from ..core.progress import progress_bar, track
 from ..core.rng import seeded
 from ..nn import Conv3d, FrozenSequential, LateralUpsample, bf16_supported, fusable
 from ..nn.base import SavedModule
@@ -174,6 +174,7 @@ class SeReNet(SavedModule):
 
     FORMAT, VERSION = "biomip.serenet", 2     # 2: the tapered published architecture
 
+    AUTO_TILE = 256                             # view pixels per side inferred at once by default
     _TAPER = (1, 2, 2, 4, 4, 8, 8, 16)          # width divisors of the eight hidden layers
     _UPSAMPLE_AFTER = (4, 6, 7)                 # the paper's upsamplings follow conv 4 and conv 6
 
@@ -279,8 +280,119 @@ class SeReNet(SavedModule):
         state.pop("_frozen_cache", None)
         return state
 
+    @property
+    def halo(self) -> int:
+        """Receptive-field radius of the network, in view pixels (rounded up, plus one).
+
+        A tile of the refocused stack that reaches at least this far beyond a voxel gives
+        that voxel exactly its whole-field value (:meth:`reconstruct` with ``tile``).
+
+        Examples
+        --------
+        >>> SeReNet(5, channels=8, binning=2).halo
+        9
+        """
+        r, s = 0.0, 1
+        for m in self.body:
+            if isinstance(m, nn.Conv3d):
+                r += (m.kernel_size[-1] // 2) * m.dilation[-1] / s
+            elif isinstance(m, LateralUpsample):
+                r += 1.0 / s                                  # linear interpolation reads one source neighbour
+                s *= m.scale
+        return int(math.ceil(r)) + 1
+
+    def _run(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The network on a ``(1, V, Z, h, w)`` stack -> ``(Z, h * b, w * b)`` (not clamped)."""
+        frozen = self._frozen(dtype)
+        if frozen is not None:
+            return frozen(x)[0, 0]
+        was = self.training
+        self.eval()
+        try:
+            if dtype == torch.bfloat16:
+                with torch.autocast(x.device.type, dtype=dtype):
+                    y = self(x.contiguous(memory_format=torch.channels_last_3d))
+            else:
+                y = self(x)
+        finally:
+            self.train(was)
+        return y[0]
+
+    def tile_starts(self, shape, tile: int) -> tuple[list[int], list[int]]:
+        """Start positions (view pixels) of the tiles :meth:`reconstruct` runs on a field.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            ``(h, w)`` of the views.
+        tile : int
+            Tile size in view pixels (more than ``2 * halo + max(2, tile // 8)``).
+
+        Returns
+        -------
+        starts_y, starts_x : list of int
+            Tile origins along y and x; neighbouring tiles overlap by at least ``2 * halo``
+            plus the blend band.
+
+        Examples
+        --------
+        >>> SeReNet(5, channels=8, binning=2).tile_starts((100, 40), 64)
+        ([0, 36], [0])
+        """
+        tile = check_count(tile, "tile")
+        blend = max(2, tile // 8)
+        need = 2 * self.halo + blend                              # overlap (view px) of neighbouring tiles
+        if tile <= need:
+            raise InputError(f"tile: got {tile}; expected more than {need} view pixels (2 x the network's "
+                             f"receptive-field halo {self.halo} + a blend band of {blend})")
+        from ..nn.patches import window_starts
+
+        return tuple(window_starts(int(n), tile, min(need / tile, 0.99)) if n > tile else [0] for n in shape)
+
+    def _run_tiled(self, x: torch.Tensor, dtype: torch.dtype, tile: int, progress=None) -> torch.Tensor:
+        """:meth:`_run` over overlapping lateral tiles of ``tile`` view pixels, blended.
+
+        Each tile reaches :attr:`halo` view pixels beyond the voxels it contributes (where
+        it was cut out of the field), so that every voxel is computed with its whole
+        receptive field; the contributions of neighbouring tiles are cross-faded over a
+        band of ``max(2, tile // 8)`` view pixels (linear ramps), and every weight is 0
+        within the halo of a cut edge.
+        """
+        _, _, Z, h, w = x.shape
+        b, halo, blend = self.binning, self.halo, max(2, tile // 8)
+        starts = self.tile_starts((h, w), tile)
+
+        def ramps(n, st):
+            t = min(tile, n)
+            out = []
+            for s0 in st:
+                i = torch.arange(t * b, dtype=torch.float32) + 0.5
+                wgt = torch.ones(t * b)
+                if s0 > 0:                                        # cut on the low side
+                    wgt = wgt * ((i - halo * b) / (blend * b)).clamp(0, 1)
+                if s0 + t < n:                                    # cut on the high side
+                    wgt = wgt * ((t * b - i - halo * b) / (blend * b)).clamp(0, 1)
+                out.append(wgt)
+            return t, out
+
+        ty, ry = ramps(h, starts[0])
+        tx, rx = ramps(w, starts[1])
+        out = torch.zeros((Z, h * b, w * b), dtype=torch.float32, device=x.device)
+        norm = torch.zeros((h * b, w * b), dtype=torch.float32, device=x.device)
+        n = len(ry) * len(rx)
+        with progress_bar("SeReNet tiles", n, progress if n > 1 else False) as bar:
+            for y0, wy in zip(starts[0], ry):
+                for x0, wx in zip(starts[1], rx):
+                    yt = self._run(x[..., y0:y0 + ty, x0:x0 + tx].contiguous(), dtype).float()
+                    wt = (wy[:, None] * wx[None, :]).to(x.device)
+                    out[:, y0 * b:(y0 + ty) * b, x0 * b:(x0 + tx) * b] += yt * wt
+                    norm[y0 * b:(y0 + ty) * b, x0 * b:(x0 + tx) * b] += wt
+                    bar.advance()
+        return out / norm.clamp_min(1e-12)
+
     @torch.no_grad()
-    def reconstruct(self, measurement, offset: float | None = None, precision: str = "float32") -> torch.Tensor:
+    def reconstruct(self, measurement, offset: float | None = None, precision: str = "float32", tile="auto",
+                    progress=None) -> torch.Tensor:
         """Volume ``(Z, H, W)`` (photon units per voxel, >= 0, float32) from one raw
         measurement ``(V, h, w)`` (camera counts; ``offset`` defaults to the training one).
 
@@ -294,6 +406,16 @@ class SeReNet(SavedModule):
             Run the convolutions in bfloat16, about 1.6x faster on CPUs with AVX512-BF16 /
             AMX and on GPUs, at a small cost in accuracy (measured in the SeReNet pipeline
             report).
+        tile : int, "auto" or None, optional
+            Run the network on overlapping lateral tiles of ``tile`` x ``tile`` view
+            pixels and blend them (the memory then does not grow with the field); ``None``:
+            the whole field at once; ``"auto"`` (default): whole field up to
+            ``AUTO_TILE`` view pixels per side, else tiles of ``AUTO_TILE // 2``.  The
+            depth decomposition is always done on the whole field and each tile reaches
+            :attr:`halo` view pixels beyond the voxels it gives, so tiles and the whole
+            field agree up to rounding.
+        progress : bool or None, optional
+            Show a progress bar over the tiles.
 
         Returns
         -------
@@ -310,19 +432,18 @@ class SeReNet(SavedModule):
             raise InputError(f"precision: got {precision!r}; expected 'float32' or 'bfloat16'")
         dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         x, scale = self.prepare(measurement, offset)
-        frozen = self._frozen(dtype)
-        if frozen is not None:
-            y = frozen(x)[:, 0]
+        h, w = x.shape[-2:]
+        if isinstance(tile, str):
+            if tile != "auto":
+                raise InputError(f"tile: got {tile!r}; expected an int, 'auto' or None")
+            tile = None if max(h, w) <= self.AUTO_TILE else self.AUTO_TILE // 2
+        elif tile is not None:
+            tile = check_count(tile, "tile")
+        if tile is None or (tile >= h and tile >= w):
+            y = self._run(x, dtype)
         else:
-            was = self.training
-            self.eval()
-            if dtype == torch.bfloat16:
-                with torch.autocast(x.device.type, dtype=dtype):
-                    y = self(x.contiguous(memory_format=torch.channels_last_3d))
-            else:
-                y = self(x)
-            self.train(was)
-        return y[0].float().clamp_min(0) * scale
+            y = self._run_tiled(x, dtype, tile, progress)
+        return y.float().clamp_min(0) * scale
 
 def _check_measurement(m: torch.Tensor, n_views: int):
     if m.ndim != 3 or m.shape[0] != n_views:
@@ -335,7 +456,7 @@ def _check_measurement(m: torch.Tensor, n_views: int):
 # ------------------------------------------------------------------ training
 def serenet_loss(volume: torch.Tensor, measurement: torch.Tensor, projector: LightFieldProjector, views,
                  scale: torch.Tensor, offset: float, read_noise: float, loss: str = "nll-mpg", tv: float = 0.0,
-                 nonneg: float = 1.0) -> tuple[torch.Tensor, dict]:
+                 nonneg: float = 1.0, region=None) -> tuple[torch.Tensor, dict]:
     """The self-supervised objective for a batch: ``volume`` (B, Z, H, W) in normalised
     units, ``measurement`` (B, V, h, w) raw counts, ``scale`` (B,) the normalisation
     (expected counts = ``scale * A max(volume, 0) + offset``), ``views`` the view subset.
@@ -362,6 +483,10 @@ def serenet_loss(volume: torch.Tensor, measurement: torch.Tensor, projector: Lig
         Weight of the total variation.
     nonneg : float, optional
         Weight of the non-negativity term.
+    region : tuple of int, optional
+        ``(y0, y1, x0, x1)``: compute the data term on these view pixels only (a patch
+        minus its margin, where the projection of the patch's volume is complete;
+        default all).
 
     Returns
     -------
@@ -378,6 +503,9 @@ def serenet_loss(volume: torch.Tensor, measurement: torch.Tensor, projector: Lig
     steps while the training loss fell; with the clamp it falls to 0.18.)"""
     pred = projector.project(volume.clamp_min(0), views=views) * scale[:, None, None, None]   # photons, as output
     meas = measurement[:, views]
+    if region is not None:
+        y0, y1, x0, x1 = (int(v) for v in region)
+        pred, meas = pred[..., y0:y1, x0:x1], meas[..., y0:y1, x0:x1]
     if loss == "nll-mpg":
         data = nll_mpg(pred, meas, offset=offset, read_noise=read_noise)
     else:
@@ -395,11 +523,24 @@ def serenet_loss(volume: torch.Tensor, measurement: torch.Tensor, projector: Lig
     return total, terms
 
 
+def _patch_window(n: int, win: int, patch: int, margin: int, g: torch.Generator):
+    """Origin of a training window along an axis of ``n`` view pixels and the scored range
+    inside it: a ``patch``-long range drawn anywhere on the axis (the field's border pixels
+    are scored as often as the others, as in whole-field training), the window around it
+    with ``margin`` where the field has it, shifted inwards at the field's edges.  A window
+    that holds the whole axis scores all of it."""
+    if win >= n:
+        return 0, (0, n)
+    r = int(torch.randint(n - patch + 1, (1,), generator=g))
+    w0 = min(max(r - margin, 0), n - win)
+    return w0, (r - w0, r - w0 + patch)
+
+
 def train_serenet(measurements, psf: LightFieldPSF, offset: float = 0.0, read_noise: float = 1.0,
                   steps: int = 400, lr: float = 1e-3, channels: int = 64, binning: int = 1,
                   loss: str = "nll-mpg", views_per_step: int | None = None, batch_size: int = 1, tv: float = 0.01,
-                  nonneg: float = 1.0, clip: float | None = 1.0, seed: int = 0, device=None, callback=None,
-                  progress=None):
+                  nonneg: float = 1.0, clip: float | None = 1.0, patch: int | None = None, margin: int | None = None,
+                  seed: int = 0, device=None, callback=None, progress=None):
     """Train :class:`SeReNet` self-supervised on raw light-field measurements only.
 
     Parameters
@@ -431,6 +572,17 @@ def train_serenet(measurements, psf: LightFieldPSF, offset: float = 0.0, read_no
     clip : float or None, optional
         Clip the gradient norm at this value (None: no clipping; clipping at 1 gave
         24.2 dB where no clipping gave 23.8 dB on the quick benchmark).
+    patch : int or None, optional
+        Train on random lateral patches, as the paper does (99 view pixels there): each
+        step scores ``patch`` x ``patch`` view pixels drawn anywhere in the field and
+        feeds the network the window of ``patch + 2 * margin`` view pixels around them
+        (shifted inwards at the field's edges, where the whole-field projection has no
+        more light either), so that the projection of the window's volume is complete on
+        the scored pixels -- and a step costs the same on any field.  An axis shorter than
+        the window is taken whole.  ``None`` (default): the whole field every step.
+    margin : int or None, optional
+        View pixels around a patch (default: the PSF's half support, ``ceil((psf.size //
+        2) / binning)``).
     seed : int, optional
         Seed of the initialisation and of the view draws.
     device : str or torch.device, optional
@@ -446,7 +598,7 @@ def train_serenet(measurements, psf: LightFieldPSF, offset: float = 0.0, read_no
         The trained network; ``model.meta`` keeps the optics, depths, psf shifts, offset
         and read noise, so ``SeReNet.load(path).reconstruct(raw)`` needs nothing else.
     history : list of dict
-        One record per step (loss terms, time).
+        One record per step (loss terms, time, ``input_shape`` of the network input).
     """
     if not isinstance(psf, LightFieldPSF):
         raise InputError(f"psf: got {type(psf).__name__}; expected a LightFieldPSF")
@@ -474,13 +626,22 @@ def train_serenet(measurements, psf: LightFieldPSF, offset: float = 0.0, read_no
     if not torch.isfinite(m).all():
         raise InputError("measurements: contain NaN/Inf; expected finite camera values")
     N, _, h, w = m.shape
-    projector = LightFieldProjector(psf, (h * binning, w * binning), binning=binning)
+    binning = check_count(binning, "binning")
+    if patch is None:
+        win = (h, w)
+    else:
+        patch = check_count(patch, "patch")
+        mg = math.ceil((psf.size // 2) / binning) if margin is None else check_count(margin, "margin", minimum=0)
+        win = (min(patch + 2 * mg, h), min(patch + 2 * mg, w))
+    projector = LightFieldProjector(psf, (win[0] * binning, win[1] * binning), binning=binning)
     with seeded(seed):
         net = SeReNet(V, channels=channels, binning=binning)
     net = net.to(dev)
     net.meta = {"optics": psf.optics.to_dict(), "depths": psf.depths.tolist(), "views": psf.views.tolist(),
                 "shifts": psf.shifts.tolist(), "offset": offset, "read_noise": read_noise, "loss": loss,
                 "psf_size": psf.size}
+    if patch is not None:
+        net.meta["patch"] = {"patch": patch, "margin": mg, "window": list(win)}
     # precompute the refocused inputs (the depth decomposition is fixed)
     y = (m - offset).clamp_min(0)
     scales = y.mean(dim=(1, 2, 3)).clamp_min(1e-6)
@@ -493,16 +654,23 @@ def train_serenet(measurements, psf: LightFieldPSF, offset: float = 0.0, read_no
     for step in track(range(steps), f"SeReNet ({loss})", progress=progress):
         idx = torch.randint(N, (batch_size,), generator=g)
         views = torch.randperm(V, generator=g)[:k].sort().values
-        vol = net(stacks[idx].to(dev))
-        total, terms = serenet_loss(vol, m[idx].to(dev), projector, views.to(dev), scales[idx].to(dev), offset,
-                                    read_noise, loss=loss, tv=tv, nonneg=nonneg)
+        x, meas, region = stacks[idx], m[idx], None
+        if patch is not None:
+            (y0, ry), (x0, rx) = (_patch_window(n, wn, patch, mg, g) for n, wn in ((h, win[0]), (w, win[1])))
+            x = x[..., y0:y0 + win[0], x0:x0 + win[1]]
+            meas = meas[..., y0:y0 + win[0], x0:x0 + win[1]]
+            region = (*ry, *rx)
+        vol = net(x.to(dev).contiguous())
+        total, terms = serenet_loss(vol, meas.to(dev), projector, views.to(dev), scales[idx].to(dev), offset,
+                                    read_noise, loss=loss, tv=tv, nonneg=nonneg, region=region)
         opt.zero_grad(set_to_none=True)
         total.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
         opt.step()
         sched.step()
-        rec = {"step": step, "loss": float(total.detach()), **terms, "seconds": round(time.perf_counter() - t0, 2)}
+        rec = {"step": step, "loss": float(total.detach()), **terms, "seconds": round(time.perf_counter() - t0, 2),
+               "input_shape": list(x.shape)}
         history.append(rec)
         if callback is not None and callback(step, net, rec) is True:
             break
