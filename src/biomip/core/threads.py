@@ -230,6 +230,30 @@ class ThreadGovernor:
             self._set(self._start)
 
 
+@contextmanager
+def governed():
+    """Run one short kernel (no loop) within the cores free now; thread counts restored after.
+
+    The single-call counterpart of the :class:`ThreadGovernor` that every progress loop
+    runs: it looks at the load once when the block starts.
+
+    Yields
+    ------
+    ThreadGovernor
+        The governor (``step()`` re-checks the load).
+
+    Examples
+    --------
+    >>> with governed():
+    ...     pass
+    """
+    gov = ThreadGovernor()
+    try:
+        yield gov
+    finally:
+        gov.restore()
+
+
 def apply_process_policy(environ=None) -> dict:
     """Set the process-wide thread defaults before an OpenMP runtime starts.
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..core.arrays import as_tensor, check_finite, check_memory, check_number, is_tensor
 from ..core.errors import InputError, ShapeError, describe
+from ..core.threads import governed
 from ..ops.ct import DivergentProjector, ParallelBeam, ParallelProjector
 from ..ops.ct.parallel import Grid2D
 
@@ -190,6 +191,11 @@ def fbp(sinogram, projector, filter: str = "ramp", padding: int | None = None, a
     >>> bool(abs(rec[32, 32] - 1) < 0.05)
     True
     """
+    with governed():
+        return _fbp(sinogram, projector, filter, padding, arc, circle)
+
+
+def _fbp(sinogram, projector, filter, padding, arc, circle):
     if not isinstance(projector, ParallelProjector):
         raise InputError(f"projector: got {type(projector).__name__}; expected a ParallelProjector "
                          "(fan and cone beam: use fdk)")
