@@ -342,7 +342,8 @@ def GeometryError_(msg):  # late import to keep the module graph flat
 
 
 def memory_limit() -> int:
-    """Bytes of memory this process could ever get: physical RAM, or the cgroup limit if lower.
+    """Bytes of memory this process can get: the least of physical RAM, the cgroup memory
+    limit and what the address-space limits (``RLIMIT_AS`` / ``RLIMIT_DATA``) leave free.
 
     Returns
     -------
@@ -354,24 +355,42 @@ def memory_limit() -> int:
     >>> memory_limit() > 0
     True
     """
+    bounds = []
     try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        bounds.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
-        total = 1 << 40
+        pass
     for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
             with open(f) as fh:
                 text = fh.read().strip()
         except OSError:
             continue
-        if text.isdigit():
-            total = min(total, int(text))
+        if text.isdigit() and int(text) < 1 << 60:
+            bounds.append(int(text))
         break
-    return int(total)
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        resource = None
+    if resource is not None:
+        used = 0
+        try:
+            with open("/proc/self/statm") as fh:
+                used = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            pass
+        for lim in (resource.RLIMIT_AS, getattr(resource, "RLIMIT_DATA", None)):
+            if lim is None:
+                continue
+            soft = resource.getrlimit(lim)[0]
+            if soft != resource.RLIM_INFINITY and soft > 0:
+                bounds.append(max(0, soft - used))
+    return int(min(bounds)) if bounds else 1 << 40
 
 
 def check_memory(nbytes: float, name: str, what: str = "the result") -> None:
-    """Refuse work that needs more memory than this machine has, before allocating it.
+    """Refuse work that needs more memory than this process can get, before allocating it.
 
     Parameters
     ----------
@@ -393,22 +412,41 @@ def check_memory(nbytes: float, name: str, what: str = "the result") -> None:
     >>> check_memory(1e15, "shape", "a 100000^3 volume")
     Traceback (most recent call last):
     ...
-    biomip.core.errors.InputError: shape: a 100000^3 volume would need 909.5 TiB; this machine has ...
+    biomip.core.errors.InputError: shape: a 100000^3 volume would need 909.5 TiB; this process can get ...
     """
     limit = memory_limit()
     if not math.isfinite(float(nbytes)) or nbytes > limit:
-        raise InputError(f"{name}: {what} would need {_bytes(nbytes)}; this machine has {_bytes(limit)} of memory "
+        raise InputError(f"{name}: {what} would need {format_bytes(nbytes)}; this process can get "
+                         f"{format_bytes(limit)} of memory "
                          "(ask for a smaller size or a coarser spacing)")
 
 
-def _bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
+    """A byte count for messages: ``864 bytes``, ``12.3 MiB``, ``4.0 GiB``.
+
+    Parameters
+    ----------
+    n : float
+        The number of bytes.
+
+    Returns
+    -------
+    str
+        The count with a binary unit.
+
+    Examples
+    --------
+    >>> format_bytes(864), format_bytes(3 << 30)
+    ('864 bytes', '3.0 GiB')
+    """
     if not math.isfinite(float(n)):
         return "an unbounded amount"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024.0
-    return f"{n:.1f} PiB"  # pragma: no cover
+    if n < 1024:
+        return f"{int(n):,} bytes"
+    for unit, k in (("KiB", 1), ("MiB", 2), ("GiB", 3), ("TiB", 4), ("PiB", 5), ("EiB", 6)):
+        if n < 1024 ** (k + 1) or unit == "EiB":
+            return f"{n / 1024 ** k:.1f} {unit}"
+    return f"{n:,.0f} bytes"  # pragma: no cover
 
 
 def check_shape(shape, ndims=(2, 3), min_size: int = 1, name: str = "shape", itemsize: int = 4) -> tuple[int, ...]:

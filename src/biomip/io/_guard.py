@@ -23,10 +23,10 @@ import contextlib
 import contextvars
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 
+from ..core.arrays import format_bytes, memory_limit
 from ..core.errors import BiomipError, FormatError, InputError
 
 DEFAULT_MAX_READ_BYTES = 16 << 30
@@ -54,38 +54,9 @@ def parse_bytes(value, name: str = "BIOMIP_MAX_READ_BYTES") -> int:
     return n
 
 
-def _memory_bound() -> int | None:
-    """The most memory this process can get: physical memory, cgroup limit, address space."""
-    bounds = []
-    try:
-        bounds.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        pass
-    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            txt = Path(f).read_text().strip()
-            if txt.isdigit() and int(txt) < 1 << 60:
-                bounds.append(int(txt))
-                break
-        except OSError:
-            continue
-    try:
-        import resource
-
-        used = 0
-        try:
-            used = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            pass
-        for lim in (resource.RLIMIT_AS, getattr(resource, "RLIMIT_DATA", None)):
-            if lim is None:
-                continue
-            soft = resource.getrlimit(lim)[0]
-            if soft != resource.RLIM_INFINITY and soft > 0:
-                bounds.append(max(0, soft - used))
-    except ImportError:  # pragma: no cover - not on Windows
-        pass
-    return min(bounds) if bounds else None
+def _memory_bound() -> int:
+    """The most memory this process can get (:func:`biomip.core.arrays.memory_limit`)."""
+    return memory_limit()
 
 
 def max_read_bytes() -> int:
@@ -116,15 +87,7 @@ def read_limit(max_bytes=None):
         _limit_var.reset(token)
 
 
-def fmt_bytes(n: int) -> str:
-    """``864 bytes``, ``12.3 MiB``, ``4.0 GiB``."""
-    n = int(n)
-    if n < 1024:
-        return f"{n:,} bytes"
-    for unit, k in (("KiB", 1), ("MiB", 2), ("GiB", 3), ("TiB", 4), ("PiB", 5), ("EiB", 6)):
-        if n < 1024 ** (k + 1) or unit == "EiB":
-            return f"{n / 1024 ** k:.1f} {unit}"
-    return f"{n:,} bytes"  # pragma: no cover
+fmt_bytes = format_bytes          # one formatter for byte counts in every message
 
 
 def label(path) -> str:
