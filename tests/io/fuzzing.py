@@ -944,9 +944,25 @@ def _digest(arr) -> str:
     return h.hexdigest()
 
 
+def _peak_rss_kib() -> int:
+    """This process's own peak RSS (KiB): ``VmHWM`` of its address space.
+
+    Not ``ru_maxrss``: Linux carries that across ``fork`` + ``exec``, so a worker started by a
+    large process (pytest after a long suite) would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def read_one(path: str) -> dict:
     """Read ``path`` with :func:`biomip.io.read` and classify the outcome (worker side)."""
-    import resource
     import traceback
     import warnings
 
@@ -955,7 +971,7 @@ def read_one(path: str) -> dict:
     from biomip.io import read
 
     t0 = time.perf_counter()
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss0 = _peak_rss_kib()
     res: dict = {}
     try:
         with warnings.catch_warnings():
@@ -977,7 +993,7 @@ def read_one(path: str) -> dict:
         where = [f"{Path(f.filename).name}:{f.lineno}" for f in tb[-3:]]
         res = {"outcome": "other", "type": type(exc).__name__, "msg": str(exc)[:400], "where": where}
     res["seconds"] = round(time.perf_counter() - t0, 4)
-    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss1 = _peak_rss_kib()
     res["maxrss_mb"] = round(rss1 / 1024, 1)
     res["rss_growth_mb"] = round((rss1 - rss0) / 1024, 1)  # > 0: this read raised the peak
     return res
