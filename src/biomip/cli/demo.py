@@ -333,17 +333,70 @@ def _metrics_example(root: Path) -> dict:
     return rep
 
 
-def run_demo(out="biomip-demo", quick: bool = False, progress=None) -> dict:
-    """Run the demo into ``out`` and return the summary written to ``out/report.json``."""
-    import shutil
+MANIFEST = ".biomip-demo-manifest.json"   # the files a demo run wrote (relative to its folder)
+
+
+def _files(root: Path) -> dict[str, float]:
+    return {str(f.relative_to(root)): f.stat().st_mtime for f in root.rglob("*") if f.is_file()}
+
+
+def _older_demo(root: Path) -> bool:
+    """A folder written by a demo from before the manifest: written into, nothing removed."""
+    import json
+
+    try:
+        rep = json.loads((root / "report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(rep, dict) and {"n_ok", "items"} <= set(rep)
+
+
+def _prepare(root: Path, force: bool) -> dict[str, float]:
+    """Make ``root`` ready for a demo run without losing anything the demo did not write.
+
+    A folder from an earlier demo (it holds the manifest): exactly the files listed there are
+    removed, anything else stays.  A non-empty folder without a manifest: refused unless
+    ``force`` or it holds an older demo's ``report.json`` (then nothing is removed; files of
+    the same name are replaced).  Returns the
+    files present before the run (name -> mtime)."""
+    import json
+
+    if root.exists() and not root.is_dir():
+        raise BiomipError(f"--out: {str(root)!r} is a file; expected a folder for the demo's output")
+    root.mkdir(parents=True, exist_ok=True)
+    man = root / MANIFEST
+    if man.is_file():
+        try:
+            listed = json.loads(man.read_text()).get("files", [])
+        except (OSError, ValueError, AttributeError):
+            listed = []
+        base = root.resolve()
+        for rel in listed:
+            f = (root / str(rel)).resolve()
+            if f.is_file() and base in f.parents:          # never outside the folder
+                f.unlink()
+        for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            if not any(d.iterdir()):
+                d.rmdir()
+        man.unlink()
+    elif any(root.iterdir()) and not force and not _older_demo(root):
+        raise BiomipError(f"--out: {str(root)!r} is not empty and was not written by `biomip demo`; choose a new "
+                          "folder, or pass --force to write into it (files the demo writes are replaced, nothing "
+                          "else is touched)")
+    return _files(root)
+
+
+def run_demo(out="biomip-demo", quick: bool = False, progress=None, force: bool = False) -> dict:
+    """Run the demo into ``out`` and return the summary written to ``out/report.json``.
+
+    Only what an earlier demo run wrote into ``out`` is removed (listed in its manifest); a
+    non-empty folder the demo did not write is refused unless ``force``."""
+    import json
 
     from ..data import SAMPLES
 
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
-    for sub in ("samples", "simulators", "metrics", "reconstruction", "registration", "segmentation",
-                "serenet"):  # demo's own
-        shutil.rmtree(root / sub, ignore_errors=True)
+    before = _prepare(root, force)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -371,4 +424,7 @@ def run_demo(out="biomip-demo", quick: bool = False, progress=None) -> dict:
         "items": records,
     }
     write_json(summary, root / "report.json")
+    after = _files(root)
+    written = sorted(f for f, t in after.items() if f not in before or t != before[f])
+    (root / MANIFEST).write_text(json.dumps({"written_by": "biomip demo", "files": written}, indent=1) + "\n")
     return summary

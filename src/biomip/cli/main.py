@@ -314,11 +314,15 @@ def data_get(name: str = typer.Argument(..., help="Sample name (see `biomip data
 @app.command()
 def demo(out: Path = typer.Option(Path("biomip-demo"), help="Output folder."),
          quick: bool = typer.Option(False, help="Only a few samples (for tests)."),
-         progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal).")):
-    """Load every shipped sample and run the simulators; write report.json + preview.png each."""
+         progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."),
+         force: bool = typer.Option(False, "--force", help="Write into a non-empty folder the demo did not make "
+                                                           "(nothing of yours is deleted).")):
+    """Load every shipped sample and run the simulators; write report.json + preview.png each.
+
+    Re-running into the same folder removes only what the previous demo wrote (its manifest)."""
     from .demo import run_demo
 
-    summary = run_demo(out, quick=quick, progress=progress)
+    summary = run_demo(out, quick=quick, progress=progress, force=force)
     c = _console()
     c.print(f"demo written to {out}/  ({summary['n_ok']} ok, {summary['n_missing']} missing packages, "
             f"{summary['n_failed']} failed, {summary['seconds']:.1f} s)")
