@@ -84,6 +84,7 @@ def test_loops_shrink_their_pools_on_a_busy_machine_and_restore_them(monkeypatch
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     load = {"n": 1}
     monkeypatch.setattr(threads, "runnable", lambda: load["n"])
+    monkeypatch.setattr(threads, "own_running", lambda: 1)
     torch.set_num_threads(4)
     try:
         seen = []
@@ -111,6 +112,7 @@ def test_governor_takes_the_busiest_recent_look(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     looks = iter([5, 1, 1, 1, 1])
     monkeypatch.setattr(threads, "runnable", lambda: next(looks))
+    monkeypatch.setattr(threads, "own_running", lambda: 1)
     torch.set_num_threads(4)
     try:
         gov = threads.ThreadGovernor(interval=0.0, memory=3)
@@ -124,3 +126,13 @@ def test_governor_takes_the_busiest_recent_look(monkeypatch):
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(start)
+
+
+def test_own_running_threads_are_not_counted_as_other_work(monkeypatch):
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "runnable", lambda: 3)
+    monkeypatch.setattr(threads, "own_running", lambda: 3)   # our own pool workers, still running
+    assert threads.free_cores() == 2
+    monkeypatch.setattr(threads, "own_running", lambda: 1)   # two other processes
+    assert threads.free_cores() == 1

@@ -3,6 +3,7 @@ from .arrays import (
                      as_tensor,
                      check_count,
                      check_finite,
+                     check_iterations,
                      check_memory,
                      check_ndim,
                      check_number,
@@ -38,7 +39,7 @@ __all__ = [
     "Image", "BiomipError", "InputError", "ShapeError", "GeometryError", "FormatError",
     "UnsupportedFormatError", "MissingDependencyError", "SampleNotFoundError",
     "as_numpy", "as_tensor", "like_input", "is_tensor", "check_finite", "check_ndim",
-    "check_same_shape", "check_shape", "check_spacing", "check_number", "check_count", "check_memory", "memory_limit", "format_bytes", "check_size", "check_real",
+    "check_same_shape", "check_shape", "check_spacing", "check_number", "check_count", "check_memory", "check_iterations", "memory_limit", "format_bytes", "check_size", "check_real",
     "same_kind", "config", "get_device", "track", "progress_bar", "progress_enabled", "seeded", "serial_if_small",
     "torch_threads", "available_cores", "thread_policy", "atomic_path", "write_json",
 ]

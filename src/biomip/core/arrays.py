@@ -13,6 +13,8 @@ import numpy as np
 
 from .errors import InputError, ShapeError, describe
 
+MAX_ITERATIONS = 1_000_000      # an iteration count above this is a typo, not a plan
+
 
 def is_tensor(x) -> bool:
     """True for a ``torch.Tensor`` (without importing torch when it is not loaded).
@@ -717,3 +719,28 @@ def check_count(value, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InputError(f"{name}: got {value!r}; expected an integer >= {minimum}")
     return int(value)
+
+
+def check_iterations(value, name: str = "iterations", minimum: int = 1) -> int:
+    """An iteration count: an integer in ``[minimum, MAX_ITERATIONS]``, else an InputError.
+
+    Parameters
+    ----------
+    value : int
+        The value to check (booleans, floats, NaN refused).
+    name : str, optional
+        The argument's name, used in the error message.
+    minimum : int, optional
+        Smallest accepted count (0 for a stage that may be skipped).
+
+    Returns
+    -------
+    int
+        ``value``.
+
+    Examples
+    --------
+    >>> check_iterations(50)
+    50
+    """
+    return check_number(value, name, integer=True, low=minimum, high=MAX_ITERATIONS)

@@ -130,14 +130,46 @@ def runnable() -> int | None:
         return None
 
 
+def own_running() -> int:
+    """Threads of this process that are running now (state ``R`` in ``/proc/self/task``), at least 1.
+
+    Returns
+    -------
+    int
+        The count, the calling thread included (1 where Linux's task list is not available).
+
+    Examples
+    --------
+    >>> own_running() >= 1
+    True
+    """
+    n = 0
+    try:
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/stat") as f:
+                    n += f.read().rsplit(")", 1)[1].split()[0] == "R"
+            except (OSError, IndexError):
+                continue
+    except OSError:  # pragma: no cover - not Linux
+        return 1
+    return max(1, n)
+
+
+def _others() -> int | None:
+    """Runnable threads of other processes now (machine total less this process's own)."""
+    n = runnable()
+    return None if n is None else max(0, n - own_running())
+
+
 def free_cores(others: int | None = None) -> int:
     """Cores free for this process now: available cores less the other runnable threads.
 
     Parameters
     ----------
     others : int or None, optional
-        Runnable threads of other work; ``None`` reads :func:`runnable` (less the
-        calling thread).
+        Runnable threads of other work; ``None`` reads :func:`runnable` less this
+        process's own running threads (:func:`own_running`).
 
     Returns
     -------
@@ -153,10 +185,9 @@ def free_cores(others: int | None = None) -> int:
     """
     avail = available_cores()
     if others is None:
-        n = runnable()
-        if n is None:
+        others = _others()
+        if others is None:
             return avail
-        others = max(0, n - 1)
     host = max(os.cpu_count() or avail, avail)
     return max(1, min(avail, host - int(others)))
 
@@ -169,7 +200,9 @@ class ThreadGovernor:
     taking the busiest of the last ``memory`` looks so that one quiet instant does not
     bring back threads that would wait; ``restore()`` puts back the counts found at the
     start.  Only libraries already imported are touched (it never imports torch).
-    Off when the environment sets ``BIOMIP_ADAPTIVE_THREADS=0``.
+    Off when the environment sets ``BIOMIP_ADAPTIVE_THREADS=0``: floating-point results
+    depend on the thread count in the last bits, so set it (and a fixed thread count)
+    where two runs must agree bit for bit on a machine whose load changes.
 
     Parameters
     ----------
@@ -207,10 +240,10 @@ class ThreadGovernor:
         if now < self._next:
             return
         self._next = now + self.interval
-        n = runnable()
+        n = _others()
         if n is None:
             return
-        self._recent = [*self._recent[-(self._memory - 1):], max(0, n - 1)]
+        self._recent = [*self._recent[-(self._memory - 1):], n]
         free = free_cores(max(self._recent))
         want = tuple(None if s is None else max(1, min(s, free)) for s in self._start)
         if want != self._current:

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from ..core.arrays import as_tensor, check_finite, check_number, is_tensor
+from ..core.arrays import as_tensor, check_finite, check_iterations, check_number, is_tensor
 from ..core.errors import InputError, ShapeError, describe
 from ..core.progress import progress_bar
 from ..ops.ct import LinearOperator
@@ -51,11 +51,6 @@ def _start(x0, op, like: torch.Tensor) -> torch.Tensor:
 def check_positive(name, value, allow_zero=False):
     """A finite number > 0 (>= 0 with ``allow_zero``) as float, else an InputError."""
     return check_number(value, name, positive=not allow_zero, nonneg=allow_zero)
-
-
-def check_iterations(n):
-    """An iteration count >= 1 as int, else an InputError."""
-    return check_number(n, "iterations", integer=True, low=1)
 
 
 class IterationLoop:

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.arrays import check_iterations
 from ..core.config import get_device
 from ..core.errors import InputError
 from ..core.rng import seeded
 from ..ops.ct import LinearOperator
 from .iterative import (
     IterationLoop,
-    check_iterations,
     check_measurement,
     check_positive,
     conjugate_gradient,
@@ -154,7 +154,7 @@ def dictionary_reconstruction(sinogram, projector: LinearOperator, dictionary=No
 
     y = check_measurement(sinogram, projector)
     mu = check_positive("mu", mu)
-    outer = check_iterations(outer)
+    outer = check_iterations(outer, "outer")
     if len(projector.in_shape) not in (2, 3) or getattr(projector, "volume_3d", False):
         raise InputError("projector: dictionary reconstruction codes 2-D patches; use a 2-D (or slice-stack) projector")
     x = sart(y, projector, iterations=3).image if x0 is None else torch.as_tensor(np.asarray(x0), dtype=y.dtype)

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-MAX_ITERATIONS = 1_000_000      # an iteration count above this is a typo, not a plan
+from ..core.arrays import MAX_ITERATIONS, check_iterations  # noqa: F401  (shared with the register modules)
+
 MAX_LEVELS = 16                 # a 2^15-fold shrink: more than any image has
 MAX_EXTENT_FACTOR = 10.0        # a width (sigma, window) at most this many image extents
 
@@ -46,38 +47,6 @@ def check_levels(levels, name: str = "levels") -> int:
     from ..core.arrays import check_number
 
     return check_number(levels, name, integer=True, low=1, high=MAX_LEVELS)
-
-
-def check_iterations(value, name: str = "iterations", minimum: int = 1) -> int:
-    """An iteration count: an integer in ``[minimum, MAX_ITERATIONS]``.
-
-    Parameters
-    ----------
-    value : int
-        The value to check (booleans, floats, NaN refused).
-    name : str, optional
-        The argument's name, used in the error message.
-    minimum : int, optional
-        Smallest accepted count (0 for a level that may be skipped).
-
-    Returns
-    -------
-    int
-        ``value``.
-
-    Raises
-    ------
-    InputError
-        Otherwise, naming ``name``, what came and what is expected.
-
-    Examples
-    --------
-    >>> check_iterations(50)
-    50
-    """
-    from ..core.arrays import check_number
-
-    return check_number(value, name, integer=True, low=minimum, high=MAX_ITERATIONS)
 
 
 def widths_mm(value, spacing, name: str, default_voxels: float, positive: bool = False,
