@@ -180,7 +180,7 @@ def make_seeds(folder) -> dict[str, list[Path]]:
     seeds["png"] = [folder / "g8.png", folder / "g16.png", folder / "rgb.png"]
     seeds["jpeg"] = [folder / "g.jpg", folder / "rgb.jpg"]
     # NPY / NPZ
-    write(vol, folder / "vol.npy")
+    write(Image(vol.array), folder / "vol.npy")   # NPY holds the array only (no geometry warning)
     write(vol, folder / "vol.npz")
     with open(folder / "plain.npz", "wb") as fh:
         np.savez(fh, a=np.arange(20, dtype=np.float64).reshape(4, 5), b=np.ones((2, 3), np.uint8))

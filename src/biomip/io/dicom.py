@@ -327,6 +327,15 @@ def _meta(ds, path) -> dict:
             meta["slice_thickness"] = float(st)
     except (TypeError, ValueError, OverflowError):
         pass
+    # the display window the scanner or reader chose (first of several), in the rescaled units
+    for key, name in (("WindowCenter", "window_center"), ("WindowWidth", "window_width")):
+        v = _safe_get(ds, key)
+        try:
+            v = float(v[0]) if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else float(v)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            continue
+        if np.isfinite(v) and (name == "window_center" or v > 0):
+            meta[name] = v
     rtype = str(_safe_get(ds, "RescaleType", "") or "")
     if meta.get("modality") == "CT" and rtype in ("", "HU") and "SharedFunctionalGroupsSequence" not in ds:
         meta.setdefault("unit", "HU")
@@ -691,9 +700,14 @@ _SC = "1.2.840.10008.5.1.4.1.1.7"
 
 
 def _encode(arr: np.ndarray):
-    """Pick a 16-bit storage and rescale for ``arr``: exact for integers that fit."""
+    """Pick the storage and rescale for ``arr``: ``(stored, PixelRepresentation, slope,
+    intercept)``.  8-bit images (uint8, int8, bool) are stored in 8 bits and 16-bit integers
+    in 16 bits, so they read back with their own dtype; other integers that fit 16 bits
+    are exact; the rest is quantised to 16 bits."""
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8)
+    if arr.dtype in (np.uint8, np.int8):
+        return arr, int(arr.dtype == np.int8), 1.0, 0.0
     if arr.dtype.kind in "iu":
         lo, hi = int(arr.min(initial=0)), int(arr.max(initial=0))
         if arr.dtype.kind == "i" and lo >= -32768 and hi <= 32767:   # signed stays signed
@@ -703,6 +717,10 @@ def _encode(arr: np.ndarray):
     if arr.dtype.kind not in "iuf":
         raise InputError(f"image: DICOM cannot store dtype {arr.dtype}; expected integer or float")
     a = arr.astype(np.float64)
+    if not np.all(np.isfinite(a)):
+        n = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        raise InputError(f"image: {n} NaN / Inf values; DICOM stores finite numbers (replace them first, e.g. "
+                         "np.nan_to_num, or write NIfTI / TIFF / NPZ, which keep them)")
     lo, hi = float(a.min()), float(a.max())
     if np.all(a == np.round(a)) and hi - lo <= 65535:
         inter = lo
@@ -714,8 +732,11 @@ def _encode(arr: np.ndarray):
 def write_dicom_series(image: Image, folder, description: str | None = None) -> None:
     """Write a 2-D or 3-D grey image as a DICOM series folder (one file per slice).
 
-    Integer data that fits 16 bits is stored exactly; other data is quantised to
-    16 bits with RescaleSlope / RescaleIntercept (error <= slope / 2).
+    8-bit images (uint8, int8, bool as 0 / 1) are stored in 8 bits and read back as uint8 /
+    int8; integer data that fits 16 bits is stored exactly (read back as int16 / uint16, or
+    int32 when an intercept shifts it); other data is quantised to 16 bits with
+    RescaleSlope / RescaleIntercept (error <= slope / 2, read back as float32).  NaN / Inf
+    raise :class:`InputError`.
     """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -771,11 +792,13 @@ def write_dicom_series(image: Image, folder, description: str | None = None) -> 
         ds.Rows, ds.Columns = int(vol.shape[1]), int(vol.shape[2])
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
+        bits = stored.dtype.itemsize * 8
+        ds.BitsAllocated = bits
+        ds.BitsStored = bits
+        ds.HighBit = bits - 1
         ds.PixelRepresentation = pixrep
         ds.RescaleSlope = pydicom.valuerep.DSfloat(slope, auto_format=True)
         ds.RescaleIntercept = pydicom.valuerep.DSfloat(inter, auto_format=True)
-        ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
+        data = np.ascontiguousarray(stored[k]).tobytes()
+        ds.PixelData = data + b"\0" * (len(data) % 2)   # DICOM values have even lengths
         ds.save_as(str(folder / f"IM{k + 1:05d}.dcm"), enforce_file_format=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zipfile
 
 import numpy as np
@@ -15,6 +16,9 @@ from ._guard import DEFLATE_MAX_RATIO, check_fits, check_limit, check_shape, fmt
 _PIL_BYTES = {"1": 1, "L": 1, "P": 4, "RGB": 3, "RGBA": 4, "CMYK": 4, "YCbCr": 3, "LAB": 3, "HSV": 3, "I": 4,
               "F": 4, "LA": 2, "PA": 4, "RGBX": 4, "RGBa": 4, "La": 2, "I;16": 2, "I;16B": 2, "I;16L": 2,
               "I;16N": 2}
+
+
+_JPEG_TAG = "biomip:"   # a JPEG COM segment that starts with this holds biomip's geometry (JSON)
 
 
 def read_raster(path) -> Image:
@@ -31,9 +35,9 @@ def read_raster(path) -> Image:
     Returns
     -------
     Image
-        ``yx`` or ``cyx``; spacing only from biomip's own ``biomip`` PNG text chunk.
+        ``yx`` or ``cyx``; spacing, origin and direction only from biomip's own ``biomip`` PNG
+        text chunk or JPEG comment (DPI is a print setting, not a pixel size).
     """
-    import warnings
 
     from PIL import Image as PILImage
 
@@ -71,9 +75,14 @@ def read_raster(path) -> Image:
     # DPI / pHYs are print or screen settings (72, 90, 96 ...), not pixel sizes, so they are
     # ignored; biomip's own PNGs carry their geometry in a 'biomip' text chunk.
     geo = {}
-    if "biomip" in info:
+    raw = info.get("biomip")
+    comment = info.get("comment")   # JPEG: biomip's geometry in a COM segment
+    if raw is None and isinstance(comment, (bytes, str)):
+        comment = comment.decode("utf-8", "replace") if isinstance(comment, bytes) else comment
+        raw = comment[len(_JPEG_TAG):] if comment.startswith(_JPEG_TAG) else None
+    if raw is not None:
         try:
-            geo = json.loads(info["biomip"])
+            geo = json.loads(raw)
         except (TypeError, ValueError, RecursionError):
             geo = {}
         if not isinstance(geo, dict):
@@ -92,7 +101,15 @@ def read_raster(path) -> Image:
 
 def write_raster(image: Image, path, fmt: str, rescale: bool = False, quality: int = 95) -> None:
     """PNG (uint8 / uint16 grey, uint8 RGB/RGBA) or JPEG (uint8).  ``rescale=True``
-    maps the intensity range linearly to the full 8-bit (16-bit for PNG grey) range."""
+    maps the intensity range linearly to the full 8-bit (16-bit for PNG grey) range.
+
+    NaN / Inf raise :class:`InputError` (with or without ``rescale``): a single Inf
+    would otherwise make the whole rescaled image blank.  A constant image with
+    ``rescale=True`` has no range to map: it is written uniformly 0 with a
+    ``UserWarning`` saying so (an empty mask is a legitimate image, so this is not an
+    error).  Spacing, origin and direction go to a ``biomip`` text chunk (PNG) or a
+    ``biomip:`` comment segment (JPEG); other readers ignore them.
+    """
     from PIL import Image as PILImage
 
     if image.sdim != 2 or image.axes not in ("yx", "cyx"):
@@ -106,12 +123,27 @@ def write_raster(image: Image, path, fmt: str, rescale: bool = False, quality: i
         arr = np.moveaxis(arr, 0, -1)
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
+    if arr.dtype.kind in "fc":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            n_nan = int(np.isnan(arr).sum())
+            n_inf = int(bad.sum()) - n_nan
+            what = " and ".join(f"{n:,} {k}" for n, k in ((n_nan, "NaN"), (n_inf, "Inf")) if n)
+            raise InputError(
+                f"image: {what} values (of {arr.size:,}); {fmt.upper()} needs finite values. Replace them first "
+                "(e.g. np.nan_to_num(image.array)), or write NIfTI / TIFF / NPZ, which keep them")
     allowed = (np.uint8, np.uint16) if (fmt == "png" and image.axes == "yx") else (np.uint8,)
     if rescale:
         a = arr.astype(np.float64)
-        lo, hi = np.nanmin(a), np.nanmax(a)
+        lo, hi = float(a.min()), float(a.max())
         target = allowed[-1] if arr.dtype != np.uint8 else np.uint8
         top = np.iinfo(target).max
+        if hi <= lo:
+            # nothing to map: the file is uniformly 0; say so rather than write a silent blank
+            warnings.warn(
+                f"image: every pixel is {lo:g}; rescale=True has no intensity range to map, so the {fmt.upper()} "
+                "is uniformly 0 (black). Write without rescale (uint8 / uint16 data) or to NIfTI / TIFF / NPZ "
+                "to keep the value", UserWarning, stacklevel=3)
         arr = (np.clip((a - lo) / (hi - lo if hi > lo else 1.0), 0, 1) * top + 0.5).astype(target)
     if arr.dtype.type not in allowed:
         names = " or ".join(np.dtype(t).name for t in allowed)
@@ -119,13 +151,17 @@ def write_raster(image: Image, path, fmt: str, rescale: bool = False, quality: i
             f"image: {fmt.upper()} stores {names}; got {arr.dtype}. Pass rescale=True (CLI: --rescale) "
             "to map the intensity range, or use NIfTI / TIFF / NPZ to keep the values")
     kw = {}
-    if fmt == "png" and image.meta.get("spacing_known", True) is not False:
-        from PIL.PngImagePlugin import PngInfo
+    if image.meta.get("spacing_known", True) is not False:
+        geo = json.dumps({"spacing": list(image.spacing), "origin": list(image.origin),
+                          "direction": image.direction.ravel().tolist()})
+        if fmt == "png":
+            from PIL.PngImagePlugin import PngInfo
 
-        info = PngInfo()
-        info.add_text("biomip", json.dumps({"spacing": list(image.spacing), "origin": list(image.origin),
-                                            "direction": image.direction.ravel().tolist()}))
-        kw["pnginfo"] = info
+            info = PngInfo()
+            info.add_text("biomip", geo)
+            kw["pnginfo"] = info
+        else:
+            kw["comment"] = (_JPEG_TAG + geo).encode()
     if fmt == "jpeg":
         kw["quality"] = quality
     try:
@@ -298,7 +334,17 @@ def _read_biomip_npz(z, infos, path) -> Image:
 
 
 def write_numpy(image: Image, path, fmt: str) -> None:
+    """NPZ keeps the array, spacing, origin, direction, axes and the JSON-able meta; NPY
+    keeps only the array (a ``UserWarning`` says so when the geometry is not the default)."""
     arr = image.numpy()
+    if fmt == "npy" and image.meta.get("spacing_known", True) is not False:
+        lost = [k for k, v, d in (("spacing", image.spacing, 1.0), ("origin", image.origin, 0.0))
+                if not np.allclose(v, d, rtol=0, atol=0)]
+        if not np.array_equal(image.direction, np.eye(image.sdim)):
+            lost.append("direction")
+        if lost:
+            warnings.warn(f"image: NPY stores only the array; its {', '.join(lost)} are not kept. Write .npz (or "
+                          "NIfTI / OME-TIFF / OME-Zarr) to keep the geometry", UserWarning, stacklevel=3)
     with open(str(path), "wb") as fh:
         if fmt == "npy":
             np.save(fh, arr, allow_pickle=False)

@@ -263,13 +263,14 @@ def read_tiff(path, series: int | None = None, level: int = 0) -> Image:
         arr, axes = _axes_to_biomip(lv_axes, arr, path)
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("="))
-        sdim = sum(a in "zyx" for a in axes)
         try:
             sp, origin, direction, meta = _geometry(tf, levels, lv, level, path)
         except BiomipError:
             raise
         except Exception as exc:
             raise FormatError(f"path: TIFF file {str(path)!r} has damaged metadata: {_why(exc)}") from exc
+        arr, axes = _restore_singletons(arr, axes, meta.pop("_biomip_axes", None))
+        sdim = sum(a in "zyx" for a in axes)
     spacing = tuple(sp.get(a, 1.0) for a in "xyz"[:sdim])
     if not sp:
         meta["spacing_known"] = False
@@ -279,6 +280,22 @@ def read_tiff(path, series: int | None = None, level: int = 0) -> Image:
     if direction is not None and np.size(direction) != sdim * sdim:
         direction = None
     return make_image(path, "TIFF", arr, spacing=spacing, origin=origin, direction=direction, axes=axes, meta=meta)
+
+
+def _restore_singletons(arr: np.ndarray, axes: str, written: str | None):
+    """Put back the length-1 axes that tifffile squeezes away (a one-slice volume would
+    otherwise come back 2-D and lose its z spacing, origin and direction): ``written`` is
+    the axes string biomip stored; it is used only when it differs from ``axes`` by
+    length-1 axes alone."""
+    if not written or written == axes:
+        return arr, axes
+    if [a for a in written if a in axes] != list(axes):
+        return arr, axes
+    shape = []
+    it = iter(arr.shape)
+    for a in written:
+        shape.append(next(it) if a in axes else 1)
+    return arr.reshape(shape), written
 
 
 def _why(exc: BaseException) -> str:
@@ -307,6 +324,11 @@ def _biomip_block(bm, path):
         if bm.get(k) is not None and finite(bm[k]) is None:
             raise FormatError(f"path: OME-TIFF file {label(path)}: the stored biomip {k} {bm[k]!r:.80} is not "
                               "finite numbers")
+    ax = bm.get("axes")
+    if ax is not None and (not isinstance(ax, str) or not ax.endswith(("yx", "zyx")) or len(set(ax)) != len(ax)
+                           or any(a not in "tczyx" for a in ax)):
+        raise FormatError(f"path: OME-TIFF file {label(path)}: the stored biomip axes {ax!r:.80} are not axis letters "
+                          "from 't', 'c', 'z', 'y', 'x' ending in 'yx'")
     if bm.get("meta") is not None and not isinstance(bm["meta"], dict):
         raise FormatError(f"path: OME-TIFF file {label(path)}: the stored biomip meta is not an object")
     return bm
@@ -334,6 +356,11 @@ def _geometry(tf, levels, lv, level, path):
                 sp = dict(zip("xyz", (float(v) for v in sp_full)))
             if bm.get("meta"):
                 meta.update({k: v for k, v in bm["meta"].items() if k not in ("format", "source")})
+            meta.pop("_biomip_axes", None)   # only biomip's own axes entry below
+            if bm.get("axes"):
+                meta["_biomip_axes"] = bm["axes"]
+            elif sp_full and len(sp_full) == 3:
+                meta["_biomip_axes"] = "zyx"   # written before the axes were stored: a 1-slice volume
         else:
             sp = {k: v * (downsample if k in "xy" else 1) for k, v in g.get("sizes", {}).items()}
             if "position" in g:
@@ -412,7 +439,7 @@ def write_tiff(image: Image, path, compression: str | None = "zlib") -> None:
             reps = planes // len(zs)
             md["Plane"]["PositionZ"] = [float(z) * 1e3 for z in np.tile(zs, reps)] if reps else md["Plane"]["PositionZ"]
     md["Description"] = json.dumps({"biomip": {
-        "spacing": list(image.spacing), "origin": list(image.origin),
+        "axes": image.axes, "spacing": list(image.spacing), "origin": list(image.origin),
         "direction": image.direction.ravel().tolist(), "meta": _jsonable_meta(image.meta)}})
     try:
         tifffile.imwrite(str(path), arr, ome=True, metadata=md, compression=compression,
