@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..core.arrays import as_tensor, check_finite, check_memory, check_number, is_tensor
 from ..core.errors import InputError, ShapeError, describe
+from ..core.progress import progress_bar
 from ..core.threads import governed
 from ..ops.ct import DivergentProjector, ParallelBeam, ParallelProjector
 from ..ops.ct.parallel import Grid2D
@@ -162,7 +163,7 @@ def fbp(sinogram, projector, filter: str = "ramp", padding: int | None = None, a
 
     Parameters
     ----------
-    sinogram : numpy.ndarray or torch.Tensor
+    sinogram : numpy.ndarray, torch.Tensor or Image
         ``(..., n_views, n_det)`` line integrals (image units x mm).
     projector : ParallelProjector
         The projector describing the scan and the output grid.
@@ -179,7 +180,11 @@ def fbp(sinogram, projector, filter: str = "ramp", padding: int | None = None, a
     Returns
     -------
     numpy.ndarray or torch.Tensor
-        The image (same kind as the input) on the projector's grid.
+        The image on the projector's grid: a torch tensor on the device of a tensor
+        `sinogram`, else a numpy array (for an Image sinogram too: its geometry is the
+        scan's, the image grid is the projector's).  FBP is direct (one filtering and
+        one back-projection), so it returns the image itself, not a :class:`Reconstruction`
+        like the iterative methods, and takes no ``callback`` or ``progress``.
 
     Examples
     --------
@@ -232,7 +237,8 @@ def _fbp(sinogram, projector, filter, padding, arc, circle):
     return rec if is_tensor(sinogram) else rec.detach().cpu().numpy()
 
 
-def fdk(projections, projector: DivergentProjector, filter: str = "ramp", padding: int | None = None):
+def fdk(projections, projector: DivergentProjector, filter: str = "ramp", padding: int | None = None,
+        progress: bool | None = None):
     """FDK (Feldkamp-Davis-Kress) reconstruction for a circular cone-beam orbit; for a
     fan beam (2-D) it is the exact fan-beam FBP for flat detectors.
 
@@ -243,7 +249,7 @@ def fdk(projections, projector: DivergentProjector, filter: str = "ramp", paddin
 
     Parameters
     ----------
-    projections : numpy.ndarray or torch.Tensor
+    projections : numpy.ndarray, torch.Tensor or Image
         ``(n_views, [n_rows,] n_cols)`` line integrals.
     projector : DivergentProjector
         The fan- or cone-beam projector of the scan (its grid is the output grid).
@@ -251,11 +257,26 @@ def fdk(projections, projector: DivergentProjector, filter: str = "ramp", paddin
         Window of the ramp filter.
     padding : int, optional
         FFT length of the row filtering (default: the next power of two >= 2 x n_cols).
+    progress : bool, optional
+        Show a progress bar over the views of the back-projection (the slow part of a
+        cone-beam FDK; ``None``: ``biomip.config.progress``, else when stderr is a terminal).
 
     Returns
     -------
     numpy.ndarray or torch.Tensor
-        The image (same kind as the input) on the projector's grid.
+        The image on the projector's grid: a torch tensor on the device of a tensor
+        `projections`, else a numpy array.  FDK is direct (one pass over the views), so it
+        returns the image itself, not a :class:`Reconstruction`, and takes no ``callback``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from biomip.reconstruct import DivergentProjector, fan_beam, fdk
+    >>> op = DivergentProjector(fan_beam(120, sod=100.0, sdd=150.0, n_det=96), (48, 48))
+    >>> img = np.zeros((48, 48), np.float32); img[16:32, 16:32] = 1
+    >>> rec = fdk(op(img), op)
+    >>> bool(abs(rec[24, 24] - 1) < 0.1)
+    True
     """
     if not isinstance(projector, DivergentProjector):
         raise InputError(f"projector: got {type(projector).__name__}; expected a fan- or cone-beam projector")
@@ -296,25 +317,27 @@ def fdk(projections, projector: DivergentProjector, filter: str = "ramp", paddin
     rel = (world - torch.as_tensor(center, device=dev, dtype=torch.float64)).reshape(-1, d)
     out = torch.zeros(rel.shape[0], device=dev, dtype=torch.float64)
     n_det_u = geo.det_shape[-1]
-    for a in range(geo.n_views):
-        r = torch.as_tensor((geo.det_center[a] - geo.source[a]) / np.linalg.norm(geo.det_center[a] - geo.source[a]),
-                            device=dev, dtype=torch.float64)
-        e = torch.as_tensor(geo.det_u[a] / du, device=dev, dtype=torch.float64)
-        s = rel @ r
-        mag = sdd / (sod + s)
-        u = mag * (rel @ e) - off_u
-        gx = u / du / ((n_det_u - 1) / 2) if n_det_u > 1 else torch.zeros_like(u)
-        if d == 3:
-            ev = torch.as_tensor(geo.det_v[a] / dv, device=dev, dtype=torch.float64)
-            v = mag * (rel @ ev) - off_v
-            gy = v / dv / ((geo.det_shape[0] - 1) / 2) if geo.det_shape[0] > 1 else torch.zeros_like(v)
-            grid = torch.stack([gx, gy], -1).reshape(1, 1, -1, 2).to(dt)
-            val = F.grid_sample(q[a][None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        else:
-            grid = torch.stack([gx, torch.zeros_like(gx)], -1).reshape(1, 1, -1, 2).to(dt)
-            val = F.grid_sample(q[a][None, None, None, :], grid, mode="bilinear", padding_mode="zeros",
-                                align_corners=True)
-        out += val.reshape(-1).to(torch.float64) * (sod / (sod + s)) ** 2
+    with progress_bar("FDK back-projection", geo.n_views, progress) as bar:
+        for a in range(geo.n_views):
+            r = torch.as_tensor((geo.det_center[a] - geo.source[a]) / np.linalg.norm(geo.det_center[a] - geo.source[a]),
+                                device=dev, dtype=torch.float64)
+            e = torch.as_tensor(geo.det_u[a] / du, device=dev, dtype=torch.float64)
+            s = rel @ r
+            mag = sdd / (sod + s)
+            u = mag * (rel @ e) - off_u
+            gx = u / du / ((n_det_u - 1) / 2) if n_det_u > 1 else torch.zeros_like(u)
+            if d == 3:
+                ev = torch.as_tensor(geo.det_v[a] / dv, device=dev, dtype=torch.float64)
+                v = mag * (rel @ ev) - off_v
+                gy = v / dv / ((geo.det_shape[0] - 1) / 2) if geo.det_shape[0] > 1 else torch.zeros_like(v)
+                grid = torch.stack([gx, gy], -1).reshape(1, 1, -1, 2).to(dt)
+                val = F.grid_sample(q[a][None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+            else:
+                grid = torch.stack([gx, torch.zeros_like(gx)], -1).reshape(1, 1, -1, 2).to(dt)
+                val = F.grid_sample(q[a][None, None, None, :], grid, mode="bilinear", padding_mode="zeros",
+                                    align_corners=True)
+            out += val.reshape(-1).to(torch.float64) * (sod / (sod + s)) ** 2
+            bar.advance()
     # full turn: every line twice -> (2 pi / A) / 2, and the filter's factor 2 -> / 2 again
     rec = (out * (math.pi / geo.n_views) / 2.0).reshape(shape).to(dt)
     return rec if is_tensor(projections) else rec.cpu().numpy()

@@ -4,10 +4,14 @@ reconstruction by FISTA (total variation; L1 in a wavelet or DCT basis).
 
 Every method takes the measurement and a projector (:class:`LinearOperator`), runs on
 the device of the input (numpy -> ``biomip.config.device``, normally the CPU), and
-returns a :class:`~biomip.reconstruct.Reconstruction` whose ``image`` has the kind of
-the input and whose ``history`` holds the data residual ``||A x - y||`` per iteration.
-``callback(k, x)`` is called after every iteration (return ``True`` to stop) and
-``progress=True`` shows a progress bar.
+returns a :class:`~biomip.reconstruct.Reconstruction` whose ``image`` lies on the
+projector's grid -- a torch tensor on the input's device for a tensor input, else a numpy
+array (an :class:`~biomip.Image` sinogram carries the scan's geometry, not the image's) --
+and whose ``history`` holds the data residual ``||A x - y||`` per iteration.
+``callback(k, x)`` is called after every iteration with the 0-based iteration ``k`` and
+the current image ``x`` (a torch tensor); returning ``True`` stops.  ``progress=True``
+shows a progress bar.  The direct methods :func:`~biomip.reconstruct.fbp` and
+:func:`~biomip.reconstruct.fdk` return the image itself.
 """
 
 from __future__ import annotations
@@ -161,12 +165,19 @@ def least_squares(sinogram, projector: LinearOperator, iterations: int = 30, reg
     Returns
     -------
     Reconstruction
-        ``.image`` (the kind of `sinogram`), ``.history`` of the data residual,
+        ``.image`` on the projector's grid (a torch tensor on the device of a tensor
+        `sinogram`, else a numpy array), ``.history`` of the data residual per iteration,
         ``.seconds``, ``.params``.
 
     Examples
     --------
-    >>> rec = least_squares(sino, op, iterations=20, reg=0.1, operator="gradient")   # doctest: +SKIP
+    >>> import numpy as np
+    >>> from biomip.reconstruct import ParallelBeam, ParallelProjector, least_squares
+    >>> op = ParallelProjector(ParallelBeam.full(60, 47), (32, 32))
+    >>> img = np.zeros((32, 32), np.float32); img[8:24, 8:24] = 1
+    >>> rec = least_squares(op(img), op, iterations=20, reg=0.1, operator="gradient")
+    >>> rec.image.shape, rec.history[-1] < rec.history[0]
+    ((32, 32), True)
     """
     y = check_measurement(sinogram, projector)
     reg = check_positive("reg", reg, allow_zero=True)
@@ -225,7 +236,8 @@ def map_gaussian(sinogram, projector: LinearOperator, noise_sigma: float, prior_
     Returns
     -------
     Reconstruction
-        ``.image`` (the kind of `sinogram`), ``.history`` of the data residual,
+        ``.image`` on the projector's grid (a torch tensor on the device of a tensor
+        `sinogram`, else a numpy array), ``.history`` of the data residual per iteration,
         ``.seconds``, ``.params``.
     """
     y = check_measurement(sinogram, projector)
@@ -330,7 +342,8 @@ def sart(sinogram, projector: LinearOperator, iterations: int = 5, subsets: int 
     Returns
     -------
     Reconstruction
-        ``.image`` (the kind of `sinogram`), ``.history`` of the data residual,
+        ``.image`` on the projector's grid (a torch tensor on the device of a tensor
+        `sinogram`, else a numpy array), ``.history`` of the data residual per iteration,
         ``.seconds``, ``.params``.
     """
     y = check_measurement(sinogram, projector)
@@ -409,7 +422,8 @@ def sirt(sinogram, projector: LinearOperator, iterations: int = 50, relaxation: 
     Returns
     -------
     Reconstruction
-        ``.image`` (the kind of `sinogram`), ``.history`` of the data residual,
+        ``.image`` on the projector's grid (a torch tensor on the device of a tensor
+        `sinogram`, else a numpy array), ``.history`` of the data residual per iteration,
         ``.seconds``, ``.params``.
     """
     rec = sart(sinogram, projector, iterations, subsets=1, relaxation=relaxation, nonnegative=nonnegative,
@@ -445,7 +459,8 @@ def landweber(sinogram, projector: LinearOperator, iterations: int = 50, relaxat
     Returns
     -------
     Reconstruction
-        ``.image`` (the kind of `sinogram`), ``.history`` of the data residual,
+        ``.image`` on the projector's grid (a torch tensor on the device of a tensor
+        `sinogram`, else a numpy array), ``.history`` of the data residual per iteration,
         ``.seconds``, ``.params``.
     """
     y = check_measurement(sinogram, projector)
@@ -475,8 +490,8 @@ def richardson_lucy(measurement, projector: LinearOperator, iterations: int = 30
 
     Parameters
     ----------
-    measurement : numpy.ndarray or torch.Tensor
-        Non-negative photon-like data.
+    measurement : numpy.ndarray, torch.Tensor or Image
+        Non-negative photon-like data, the projector's output shape.
     projector : LinearOperator
         Non-negative forward model (a CT or light-field projector).
     iterations : int, optional
@@ -495,12 +510,19 @@ def richardson_lucy(measurement, projector: LinearOperator, iterations: int = 30
     Returns
     -------
     Reconstruction
-        ``.image`` (the kind of `measurement`), ``.history`` of ``||A x - y||``,
+        ``.image`` on the projector's grid (a torch tensor on the device of a tensor
+        `measurement`, else a numpy array), ``.history`` of ``||A x - y||`` per iteration,
         ``.seconds``, ``.params``.
 
     Examples
     --------
-    >>> rec = richardson_lucy(counts, projector, iterations=30)          # doctest: +SKIP
+    >>> import numpy as np
+    >>> from biomip.reconstruct import ParallelBeam, ParallelProjector, richardson_lucy
+    >>> op = ParallelProjector(ParallelBeam.full(60, 47), (32, 32))
+    >>> img = np.zeros((32, 32), np.float32); img[8:24, 8:24] = 1
+    >>> rec = richardson_lucy(op(img), op, iterations=30)
+    >>> rec.image.shape, bool(rec.image.min() >= 0), rec.history[-1] < rec.history[0]
+    ((32, 32), True, True)
     """
     y = check_measurement(measurement, projector)
     its = check_iterations(iterations)
@@ -589,12 +611,20 @@ def fista_tv(sinogram, projector: LinearOperator, lam: float, iterations: int = 
     Returns
     -------
     Reconstruction
-        ``.image`` (the kind of `sinogram`), ``.history`` of the data residual,
+        ``.image`` on the projector's grid (a torch tensor on the device of a tensor
+        `sinogram`, else a numpy array), ``.history`` of the data residual per iteration,
         ``.seconds``, ``.params``.
 
     Examples
     --------
-    >>> rec = fista_tv(sino, op, lam=0.002, iterations=100)          # doctest: +SKIP
+    >>> import numpy as np
+    >>> from biomip.reconstruct import ParallelBeam, ParallelProjector, fista_tv
+    >>> op = ParallelProjector(ParallelBeam.full(20, 47), (32, 32))      # 20 views: sparse
+    >>> img = np.zeros((32, 32), np.float32); img[8:24, 8:24] = 1
+    >>> stop = lambda k, x: k == 9                                      # stop after 10 iterations
+    >>> rec = fista_tv(op(img), op, lam=0.01, iterations=100, callback=stop)
+    >>> len(rec.history), bool(abs(rec.image[16, 16] - 1) < 0.1)
+    (10, True)
     """
     y = check_measurement(sinogram, projector)
     lam = check_positive("lam", lam, allow_zero=True)
@@ -640,7 +670,8 @@ def fista_l1(sinogram, projector: LinearOperator, lam: float, basis: str = "wave
     Returns
     -------
     Reconstruction
-        ``.image`` (the kind of `sinogram`), ``.history`` of the data residual,
+        ``.image`` on the projector's grid (a torch tensor on the device of a tensor
+        `sinogram`, else a numpy array), ``.history`` of the data residual per iteration,
         ``.seconds``, ``.params``.
     """
     from .transforms import soft_threshold, wavelet_pair

@@ -148,7 +148,9 @@ def dictionary_reconstruction(sinogram, projector: LinearOperator, dictionary=No
     Returns
     -------
     Reconstruction
-        ``.image``, ``.history``, ``.seconds``, ``.params``.
+        ``.image`` on the projector's grid (a torch tensor on the device of a tensor
+        `sinogram`, else a numpy array), ``.history`` of the data residual per outer
+        round, ``.seconds``, ``.params``.
     """
     from sklearn.linear_model import orthogonal_mp_gram
 
@@ -415,7 +417,9 @@ def inr_reconstruction(sinogram, projector: LinearOperator, encoding: str = "fou
     Returns
     -------
     Reconstruction
-        ``.image`` on the projector's grid; ``params["model"]`` the trained field and
+        ``.image`` on the projector's grid (a torch tensor on the device of a tensor
+        `sinogram`, else a numpy array), ``.history`` of the data residual per step,
+        ``.seconds``; ``params["model"]`` the trained field and
         ``params["amp"]`` its scale.
     """
     from .iterative import gradient_op

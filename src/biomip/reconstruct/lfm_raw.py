@@ -458,14 +458,14 @@ def rectify(raw, grid: LensletGrid | None = None, n_views: int = 5, dark=None, r
         is then ``sum(raw - dark) / sum(flat)`` over the cell's samples -- the flat-field
         corrected mean that does not blow up on single dark pixels -- and a cell whose
         mean flat is below ``flat_floor`` is divided by ``flat_floor`` instead.
+    min_coverage : float, optional
+        A pupil cell is a view when at least this fraction of it lies in the
+        pupil (see :class:`~biomip.reconstruct.LightFieldOptics`).
     lenslet_diameter_px : float, optional
         Diameter of a lenslet's pupil image in px; default the mean
         period (an f-number-matched array: the discs fill the pitch).
     samples : int, optional
         Bilinear samples per cell side (``samples x samples`` per cell).
-    min_coverage : float, optional
-        A pupil cell is a view when at least this fraction of it lies in the
-        pupil (see :class:`~biomip.reconstruct.LightFieldOptics`).
     flat_floor : float, optional
         Smallest mean flat of a cell (see ``radiometry``).
 
