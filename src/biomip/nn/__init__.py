@@ -17,6 +17,9 @@ Inference
     :func:`gaussian_importance`, :func:`window_starts`, :func:`warp_batch`;
     :class:`FrozenSequential`, a CPU inference copy of a convolution stack with the
     weights cast once and the activations fused into oneDNN convolutions.
+Training
+    :func:`training_health` (did a training learn: loss trend, empty or constant output;
+    :class:`TrainingHealth`, :class:`TrainingWarning`).
 Layers
     :class:`Conv3d` is a drop-in :class:`torch.nn.Conv3d` that keeps small 3-D
     convolutions on the oneDNN path on CPUs, where PyTorch's dispatch falls back to a

@@ -1,5 +1,6 @@
 from .augment import Augmentation
 from .base import SavedModule
+from .health import TrainingHealth, TrainingWarning, training_health
 from .inference import FrozenSequential, bf16_supported, fusable
 from .layers import Conv3d, LateralUpsample, lateral_upsample
 from .losses import DiceCELoss, dice_ce_loss, soft_dice, soft_dice_loss
@@ -17,6 +18,8 @@ __all__ = [
     "PatchSampler",
     "RegistrationNet",
     "SavedModule",
+    "TrainingHealth",
+    "TrainingWarning",
     "UNet",
     "bf16_supported",
     "crop_pad",
@@ -28,6 +31,7 @@ __all__ = [
     "sliding_window_inference",
     "soft_dice",
     "soft_dice_loss",
+    "training_health",
     "warp_batch",
     "window_starts",
 ]
