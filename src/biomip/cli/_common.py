@@ -3,11 +3,14 @@ output go, and how points are read from the command line or a file."""
 
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
 
 import numpy as np
+from typer.core import TyperGroup
 
-from ..core.errors import InputError
+from ..core.errors import BiomipError, InputError
 
 MULTI_SUFFIXES = (".nii.gz", ".ome.tif", ".ome.tiff", ".ome.zarr")
 
@@ -43,7 +46,7 @@ def read_points_file(path, sdim: int, option: str) -> np.ndarray:
     if not p.is_file():
         raise InputError(f"{option}: {path} does not exist")
     rows = []
-    for line in p.read_text().splitlines():
+    for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
         parts = [t for t in line.replace(",", " ").replace(";", " ").split() if t]
         if not parts:
             continue
@@ -56,3 +59,219 @@ def read_points_file(path, sdim: int, option: str) -> np.ndarray:
     if pts.ndim != 2 or pts.shape[0] == 0 or pts.shape[1] != sdim or not np.all(np.isfinite(pts)):
         raise InputError(f"{option}: {path}: expected rows of {sdim} finite coordinates (mm), got shape {pts.shape}")
     return pts
+
+
+class Outputs:
+    """The files one command writes, checked before the work starts and removed again if
+    the command fails after writing some of them.
+
+    :meth:`add` checks, for each output: the format is one biomip writes (and holds the
+    image: PNG / JPEG take one 2-D integer image), its folder exists and is writable, it is
+    not one of the command's inputs, and it does not exist yet unless ``--overwrite`` was
+    given.  Used as a context manager, a failure inside the ``with`` block deletes every
+    output that did not exist before the command (nothing is left half-done); outputs that
+    existed and were replaced with ``--overwrite`` cannot be restored.
+
+    Parameters
+    ----------
+    overwrite : bool, optional
+        Whether existing outputs may be replaced (the CLI's ``--overwrite``).
+    inputs : iterable of path, optional
+        The command's input files / folders: an output may not be one of them.
+
+    Examples
+    --------
+    >>> with Outputs(overwrite=False, inputs=["in.nii.gz"]) as outs:  # doctest: +SKIP
+    ...     out = outs.add("out.nii.gz", "--out")
+    ...     write(image, out)
+    """
+
+    def __init__(self, overwrite: bool = False, inputs=()):
+        self.overwrite = bool(overwrite)
+        self.inputs = [Path(p) for p in inputs if p is not None]
+        self._created: list[Path] = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.remove_created()
+        return False
+
+    def remove_created(self) -> list[Path]:
+        """Delete the outputs that did not exist before the command; returns them."""
+        import shutil
+
+        gone = []
+        for p in self._created:
+            try:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                elif p.exists() or p.is_symlink():
+                    p.unlink()
+                else:
+                    continue
+                gone.append(p)
+            except OSError:
+                pass
+        return gone
+
+    def add(self, path, option: str, *, format: str | None = None, format_option: str = "--format",
+            sdim: int | None = None, dtype_kind: str | None = None, siblings=(), image: bool = True) -> Path:
+        """Check one output (and its sibling files such as ``.report.json``) before the work.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The output file or folder.
+        option : str
+            Its name on the command line (``"--out"``, ``"DST"``), for messages.
+        format : str or None, optional
+            An explicit format (``--format``); default from the suffix.
+        format_option : str, optional
+            The CLI name of the format option, for messages.
+        sdim : int or None, optional
+            Spatial dimensions of the image that will be written (2 or 3), when known.
+        dtype_kind : str or None, optional
+            ``"f"`` when floating-point values will be written (PNG / JPEG refuse them).
+        siblings : iterable of str, optional
+            Suffixes of files written next to ``path`` (``".report.json"``, ``".preview.png"``).
+        image : bool, optional
+            ``False`` for an output that is not an image (a transform, a model folder): its
+            format is not checked.
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
+        """
+        import os
+        import tempfile
+
+        from ..io import output_format
+
+        path = Path(path)
+        fmt = output_format(path, format, format_name=format_option, path_name=option) if image else None
+        if fmt in ("png", "jpeg"):
+            if sdim == 3:
+                raise InputError(f"{option}: {fmt.upper()} holds one 2-D image; this command writes a 3-D volume "
+                                 f"to {str(path)!r}: use .nii.gz, .ome.tif, .ome.zarr or .npz")
+            if dtype_kind == "f":
+                raise InputError(f"{option}: {fmt.upper()} holds 8 / 16-bit integers; this command writes "
+                                 f"floating-point values to {str(path)!r}: use .nii.gz, .tif or .npz")
+        for p in self.inputs:
+            if _same_path(p, path):
+                raise InputError(f"{option}: {str(path)!r} is also an input of this command; write to another "
+                                 "file (the input would be replaced while it is read)")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.exists():
+            raise InputError(f"{option}: the folder {str(parent)!r} of {str(path)!r} does not exist; create it first")
+        if not parent.is_dir():
+            raise InputError(f"{option}: {str(parent)!r} is not a folder")
+        try:
+            fd, probe = tempfile.mkstemp(dir=parent, prefix=".biomip-write-check-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise InputError(f"{option}: cannot write in the folder {str(parent)!r} "
+                             f"({exc.strerror or exc}); choose another output") from None
+        targets = [path] + [sibling(path, s) for s in siblings]
+        for t in targets:
+            if (t.exists() or t.is_symlink()) and not self.overwrite:
+                raise InputError(f"{option}: {str(t)!r} exists; pass --overwrite to replace it (or choose another name)")
+        for t in targets:
+            if not (t.exists() or t.is_symlink()) and t not in self._created:
+                self._created.append(t)
+        return path
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file or folder (also through links, or when ``b``
+    does not exist yet but resolves to ``a``)."""
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def cli_words(**names: str):
+    """Decorator: messages of the errors a command raises name its CLI options, not the
+    Python arguments of the functions underneath.
+
+    ``@cli_words(image="IMAGE", classes="--k")`` rewrites ``classes: got 70 ...`` to
+    ``--k: got 70 ...`` and ``pass format=`` to ``pass --format``; the error keeps its type
+    (so its exit status).
+
+    Parameters
+    ----------
+    **names : str
+        Python argument name -> the CLI option or argument that sets it.
+
+    Returns
+    -------
+    callable
+        The decorator (the command's signature is kept, for typer).
+
+    Examples
+    --------
+    >>> @cli_words(classes="--k")
+    ... def cmd():
+    ...     raise InputError("classes: got 0; expected >= 2")
+    >>> try:
+    ...     cmd()
+    ... except InputError as e:
+    ...     print(e)
+    --k: got 0; expected >= 2
+    """
+    def deco(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except BiomipError as exc:
+                msg = str(exc)
+                new = translate_message(msg, names)
+                if new != msg:
+                    exc.args = (new,) + tuple(exc.args[1:])
+                raise
+        return inner
+    return deco
+
+
+def translate_message(msg: str, names: dict) -> str:
+    """``msg`` with the argument names at its head (``a, b: ...``) and ``name=`` in its text
+    replaced by the CLI names of ``names`` (see :func:`cli_words`)."""
+    m = re.match(r"^([A-Za-z_][\w]*(?:, [A-Za-z_][\w]*)*): ", msg)
+    if m:
+        head = [names.get(a, a) for a in m.group(1).split(", ")]
+        msg = ", ".join(head) + ": " + msg[m.end():]
+    for py, cli in names.items():
+        if cli.startswith("--"):
+            msg = re.sub(rf"(?<![\w.-]){re.escape(py)}=True\b", cli, msg)
+            msg = re.sub(rf"(?<![\w.-]){re.escape(py)}=(?=[\s,;.)]|$)", cli, msg)
+            msg = re.sub(rf"(?<![\w.-]){re.escape(py)}=", cli + " ", msg)
+    msg = re.sub(r"\(Python: [^;()]*; CLI: ([^()]*)\)", r"(\1)", msg)        # keep the CLI half of a hint
+
+    def _cli_hint(mt):
+        return "" if mt.group(1) in msg[:mt.start()] else f" ({mt.group(1)})"
+    return re.sub(r" \(CLI: ([^()]*)\)", _cli_hint, msg)
+
+
+class FullHelpGroup(TyperGroup):
+    """A command group whose command list shows each command's whole first paragraph,
+    wrapped, instead of click's one line cut off with "..."."""
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            text = cmd.short_help or (cmd.help or "").split("\n\n")[0]
+            rows.append((name, " ".join(text.split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)

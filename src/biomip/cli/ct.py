@@ -11,9 +11,9 @@ import numpy as np
 import typer
 
 from ..core.errors import FormatError, InputError
-from ._common import sibling
+from ._common import FullHelpGroup, Outputs, cli_words, sibling
 
-simulate_app = typer.Typer(no_args_is_help=True, help="Simulate acquisitions from an image.")
+simulate_app = typer.Typer(cls=FullHelpGroup, no_args_is_help=True, help="Simulate acquisitions from an image.")
 
 METHODS = ("fbp", "fdk", "sart", "sirt", "landweber", "cg", "tikhonov", "map", "tv", "wavelet", "dct",
            "dictionary", "inr")
@@ -34,8 +34,10 @@ def _grid_image(meta: dict):
 
 
 @simulate_app.command("ct")
+@cli_words(image="IMAGE", n_views="--views", views="--views", photons="--photons", gaussian_sigma="--noise",
+           arc="--arc", sod="--sod", sdd="--sdd", seed="--seed")
 def simulate_ct_cmd(
-        image: Path = typer.Argument(..., help="Image (attenuation in 1/mm, or HU with --hu)."),
+        image: Path = typer.Argument(..., metavar="IMAGE", help="Image (attenuation in 1/mm, or HU with --hu)."),
         out: Path = typer.Option(..., "--out", help="Output sinogram (.npz keeps the geometry)."),
         views: int = typer.Option(180, help="Number of views."),
         geometry: str = typer.Option("parallel", help="parallel, fan or cone."),
@@ -46,14 +48,30 @@ def simulate_ct_cmd(
         noise: float | None = typer.Option(None, help="Gaussian noise sigma (counts with --photons, else line integrals)."),
         hu: bool = typer.Option(False, help="The image is in Hounsfield units: convert to 1/mm."),
         scale: float = typer.Option(1.0, help="Multiply the image by this first (e.g. 0.02 for a [0, 1] phantom)."),
-        seed: int = typer.Option(0, help="Random seed of the noise.")):
-    """Project an image into a sinogram (parallel, fan or cone beam) with optional noise."""
+        seed: int = typer.Option(0, help="Random seed of the noise."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output files if they exist "
+                                                                   "(default: refuse).")):
+    """Project an image into a sinogram (parallel, fan or cone beam) with optional noise.
+
+    The sinogram NPZ records the geometry, the image grid and how the image was turned into
+    attenuation (--hu, --scale), so `biomip reconstruct --reference IMAGE` scores the
+    reconstruction against IMAGE in the same units."""
     from ..core.atomic import write_json
     from ..core.image import Image
     from ..data.ct import hu_to_mu, simulate_ct
     from ..io import read, write
     from ..ops.ct import ParallelBeam, cone_beam, fan_beam
 
+    if not (np.isfinite(scale) and scale > 0):
+        raise InputError(f"--scale: got {scale!r}; expected a finite number > 0 (it multiplies the image "
+                         "into attenuation in 1/mm)")
+    if views < 1:
+        raise InputError(f"--views: got {views}; expected an integer >= 1")
+    if geometry not in ("parallel", "fan", "cone"):
+        raise InputError(f"--geometry: got {geometry!r}; expected parallel, fan or cone")
+    outs = Outputs(overwrite, inputs=[image])
+    outs.add(out, "--out", format=None if out.suffix.lower() == ".npz" else "npz",
+             siblings=(".preview.png", ".report.json"))
     img = read(image)
     if img.axes not in ("yx", "zyx"):
         raise InputError(f"image: got axes {img.axes!r}; expected a grey 2-D image or 3-D volume")
@@ -76,27 +94,30 @@ def simulate_ct_cmd(
             if img.sdim != 3:
                 raise InputError("--geometry cone: needs a 3-D volume; use fan or parallel for 2-D images")
             geo = cone_beam(views, sod, sdd, (n, n), px, arc=a, center=tuple(img.bounds().mean(0)))
-    else:
-        raise InputError(f"--geometry: got {geometry!r}; expected parallel, fan or cone")
+    if not float(np.max(np.abs(img.numpy()))) > 0:
+        raise InputError(f"IMAGE: {str(image)!r} is zero everywhere" + (f" after --scale {scale:g}" if scale != 1 else "")
+                         + "; its sinogram would be empty")
     t0 = time.perf_counter()
     scan = simulate_ct(img, geo, photons=photons, gaussian_sigma=noise, seed=seed)
     meta = {"kind": "sinogram", "ct_geometry": geo.to_dict(), "image_grid": _grid_meta(img),
-            "photons": photons, "noise": noise, "seed": seed, "source": str(image)}
+            "photons": photons, "noise": noise, "seed": seed, "source": str(image),
+            "image_units": {"hu": bool(hu), "scale": float(scale), "unit": "1/mm"}}
     axes = "yx" if np.ndim(scan.measurement) == 2 else "zyx"
     sino = Image(np.asarray(scan.measurement, dtype=np.float32), axes=axes, meta=meta)
-    write(sino, out, format="npz" if out.suffix.lower() != ".npz" else None)
-    _sino_preview(sino, sibling(out, ".preview.png"))
-    write_json({"command": "simulate ct", "seconds": time.perf_counter() - t0, **scan.to_dict(),
-                "output": str(out)}, sibling(out, ".report.json"))
+    with outs:
+        write(sino, out, format="npz" if out.suffix.lower() != ".npz" else None)
+        _sino_preview(sino, sibling(out, ".preview.png"))
+        write_json({"command": "simulate ct", "seconds": time.perf_counter() - t0, **scan.to_dict(),
+                    "image_units": meta["image_units"], "output": str(out)}, sibling(out, ".report.json"))
     typer.echo(f"wrote {out}  sinogram {np.shape(scan.measurement)} ({geometry}, {views} views)")
 
 
 def _sino_preview(sino, path):
-    from ..core.preview import render_panels
+    from ..core.preview import render_panels, sinogram_panel
 
     a = sino.numpy()
-    panels = [("sinogram (views x detector)", a if a.ndim == 2 else a[a.shape[0] // 2], {"aspect": "auto"})]
-    render_panels(panels, path, title=f"{sino.meta['ct_geometry']['kind']} beam, shape {a.shape}")
+    panels = [sinogram_panel(a, sino.meta["ct_geometry"], "sinogram (view angle x detector)")]
+    render_panels(panels, path, title=f"{sino.meta['ct_geometry']['kind']} beam, shape {a.shape}", panel_size=4.2)
 
 
 def load_sinogram(path: Path):
@@ -118,12 +139,14 @@ def load_sinogram(path: Path):
     return sino.numpy().astype(np.float32), op, meta
 
 
+@cli_words(iterations="--iterations", lam="--lam", filter="--filter", subsets="--subsets", n_subsets="--subsets",
+           reference="--reference", offset="--offset")
 def reconstruct_cmd(
-        method: str = typer.Argument(..., help=f"One of: {', '.join(METHODS)}."),
-        sino: Path = typer.Argument(..., help="Sinogram written by `biomip simulate ct` (for serenet: the MODEL "
-                                              "folder)."),
-        measurement: Path | None = typer.Argument(None, help="serenet only: the raw light-field measurement "
-                                                                "(views, h, w)."),
+        method: str = typer.Argument(..., metavar="METHOD", help=f"One of: {', '.join(METHODS)}, serenet."),
+        sino: Path = typer.Argument(..., metavar="SINO", help="Sinogram written by `biomip simulate ct` (for serenet: "
+                                                              "the MODEL folder)."),
+        measurement: Path | None = typer.Argument(None, metavar="[MEASUREMENT]",
+                                                  help="serenet only: the raw light-field measurement (views, h, w)."),
         out: Path = typer.Option(..., "--out", help="Output image (any format; geometry kept)."),
         offset: float | None = typer.Option(None, help="serenet: camera offset (default: the training one)."),
         bf16: bool = typer.Option(False, "--bf16", help="serenet: bfloat16 convolutions (about 1.6x faster on CPUs with "
@@ -132,29 +155,64 @@ def reconstruct_cmd(
         lam: float | None = typer.Option(None, help="Regularisation weight (tv, wavelet, dct, tikhonov)."),
         filter: str = typer.Option("ramp", help="FBP/FDK filter: ramp, shepp-logan, cosine, hamming, hann."),
         subsets: int | None = typer.Option(None, help="SART subsets (default: one per view)."),
-        reference: Path | None = typer.Option(None, help="Ground-truth image: report PSNR / SSIM."),
-        progress: bool | None = typer.Option(None, "--progress/--no-progress")):
+        reference: Path | None = typer.Option(None, help="Ground-truth image, in the units `simulate ct` read it "
+                                                           "in (its --hu / --scale are applied): report PSNR / SSIM."),
+        progress: bool | None = typer.Option(None, "--progress/--no-progress",
+                                             help="Progress bar (default: on a terminal; one line per stage in logs)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output files if they exist "
+                                                                   "(default: refuse).")):
     """Reconstruct a sinogram; writes the image, <out>.report.json and <out>.preview.png.
 
     `biomip reconstruct serenet MODEL MEASUREMENT --out VOLUME` reconstructs a light-field
     measurement with a SeReNet trained by `biomip run serenet`."""
-    from .. import reconstruct as R
-    from ..core.atomic import write_json
-    from ..core.image import Image
-    from ..core.preview import render_panels
-    from ..io import read, write
-
     if method == "serenet":
         from .pipe import reconstruct_serenet
 
         if measurement is None:
             raise InputError("MEASUREMENT: missing; usage: biomip reconstruct serenet MODEL MEASUREMENT --out VOLUME")
-        return reconstruct_serenet(sino, measurement, out, offset, precision="bfloat16" if bf16 else "float32")
+        outs = Outputs(overwrite, inputs=[sino, measurement])
+        outs.add(out, "--out", sdim=3, dtype_kind="f", siblings=(".report.json", ".preview.png"))
+        with outs:
+            return reconstruct_serenet(sino, measurement, out, offset, precision="bfloat16" if bf16 else "float32")
     if method not in METHODS:
         raise InputError(f"METHOD: got {method!r}; expected one of {', '.join(METHODS)}, serenet")
     if measurement is not None:
         raise InputError(f"MEASUREMENT: got {str(measurement)!r}; only `reconstruct serenet` takes a third argument")
+    if iterations is not None and iterations < 1:
+        raise InputError(f"--iterations: got {iterations}; expected an integer >= 1")
+    outs = Outputs(overwrite, inputs=[sino, reference])
+    outs.add(out, "--out", dtype_kind="f", siblings=(".report.json", ".preview.png"))
     y, op, meta = load_sinogram(sino)
+    ref_img = _reference_in_sinogram_units(reference, meta) if reference is not None else None
+    with outs:
+        _reconstruct(method, sino, y, op, meta, out, iterations, lam, filter, subsets, ref_img, progress)
+
+
+def _reference_in_sinogram_units(reference: Path, meta: dict):
+    """The --reference image turned into attenuation as `simulate ct` turned its input
+    (--hu, --scale), checked against the sinogram's image grid before any work."""
+    from ..data.ct import hu_to_mu
+    from ..io import read
+
+    ref = read(reference)
+    grid = tuple(meta["image_grid"]["shape"])
+    if ref.spatial_shape != grid:
+        raise InputError(f"--reference: shape {ref.spatial_shape} differs from the sinogram's image grid {grid}")
+    units = meta.get("image_units")
+    if units is None:                      # sinograms of biomip < 0.2 do not say: the values are taken as they are
+        return ref.astype(np.float32)
+    if units.get("hu"):
+        ref = hu_to_mu(ref)
+    return ref.astype(np.float32) * float(units.get("scale", 1.0))
+
+
+def _reconstruct(method, sino, y, op, meta, out, iterations, lam, filter, subsets, ref_img, progress):
+    from .. import reconstruct as R
+    from ..core.atomic import write_json
+    from ..core.image import Image
+    from ..core.preview import render_panels
+    from ..io import write
+
     t0 = time.perf_counter()
     its = iterations
     if method in ("fbp", "fdk"):
@@ -188,22 +246,37 @@ def reconstruct_cmd(
     report = {"method": method, "seconds": seconds, "iterations": len(history),
               "history": [float(h) for h in history], "sinogram": str(sino), "output": str(out),
               "geometry": meta["ct_geometry"]["kind"], "shape": list(out_img.shape)}
-    panels = [("sinogram", y if y.ndim == 2 else y[y.shape[0] // 2], {"aspect": "auto"})]
-    mid = (lambda a: a if a.ndim == 2 else a[a.shape[0] // 2])
-    panels.append((f"{method} ({seconds:.2f} s)", mid(out_img.numpy()), None))
-    if reference is not None:
+    from ..core.preview import difference_style, image_views, sinogram_panel
+
+    panels = [sinogram_panel(y, meta["ct_geometry"])]
+    view = image_views(out_img)[0]            # 2-D image, or the axial plane of a volume (radiological)
+    mid = view.take
+    mu = {"extent": view.extent, "letters": view.letters, "unit": view.unit, "colorbar": "μ (1/mm)",
+          "colorbar_group": "mu"}              # attenuation, one colour bar for reference and reconstruction
+    panels.append((f"{method} ({seconds:.2f} s)", mid(out_img.numpy()), mu))
+    if ref_img is not None:
         from .. import metrics
 
-        ref = read(reference).numpy().astype(np.float32)
-        if ref.shape != out_img.shape:
-            raise InputError(f"--reference: shape {ref.shape} differs from the reconstruction {out_img.shape}")
+        ref = ref_img.numpy().reshape(out_img.shape)
         rng = float(ref.max() - ref.min()) or 1.0
+        report["reference_units"] = "1/mm" + (f" (x {meta['image_units']['scale']:g}, as simulated)"
+                                             if meta.get("image_units", {}).get("scale", 1.0) != 1.0 else "")
+        ratio = float(np.abs(out_img.numpy()).mean()) / max(float(np.abs(ref).mean()), 1e-30)
+        if not 0.2 < ratio < 5.0:
+            import warnings
+
+            msg = (f"--reference: the reconstruction's mean magnitude is {ratio:.3g} x the reference's; are they "
+                   "in the same units? (the PSNR below compares them as they are)")
+            report.setdefault("warnings", []).append(msg)
+            warnings.warn(msg, stacklevel=2)
         report["psnr"] = metrics.psnr(out_img.numpy(), ref, data_range=rng)
         if min(ref.shape) >= 11:
             report["ssim"] = metrics.ssim(out_img.numpy(), ref, data_range=rng)
         win = {"vmin": float(ref.min()), "vmax": float(ref.max())}    # same grey scale for both
-        panels.insert(1, ("reference", mid(ref), win))
-        panels[-1] = (f"{method}: PSNR {report['psnr']:.2f} dB", panels[-1][1], win)
+        panels.insert(1, ("reference", mid(ref), mu | win))
+        panels[-1] = (f"{method}: PSNR {report['psnr']:.2f} dB", panels[-1][1], mu | win)
+        err = mid(out_img.numpy() - ref)
+        panels.append(("reconstruction - reference", err, mu | difference_style(err, unit="1/mm")))
     write_json(report, sibling(out, ".report.json"))
     render_panels(panels, sibling(out, ".preview.png"), title=f"biomip reconstruct {method}")
     typer.echo(f"wrote {out}  ({method}, {seconds:.2f} s" + (f", PSNR {report['psnr']:.2f} dB" if "psnr" in report else "")

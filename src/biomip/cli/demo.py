@@ -28,7 +28,16 @@ import numpy as np
 
 from ..core.atomic import write_json
 from ..core.errors import BiomipError, SampleNotFoundError
-from ..core.preview import render, render_panels
+from ..core.preview import (
+    checkerboard,
+    difference_style,
+    image_views,
+    jacobian_style,
+    magnitude_style,
+    render,
+    render_panels,
+    sinogram_panel,
+)
 from ..core.progress import track
 
 QUICK_SAMPLES = ("ct-small", "mr-small", "t1-anatomical", "phantom", "nuclei2d", "nuclei2d-labels")
@@ -115,9 +124,12 @@ def _simulators(root: Path, quick: bool) -> list[dict]:
         ("phantom", ref, None), ("warped", warped.numpy(), None),
         (f"warped back with the inverse\n(mean |error| {err:.4f})", back.numpy(), None),
         ("deformed grid", warped_grid, None),
-        ("|u| (mm)", np.linalg.norm(deform.displacement.numpy(), axis=0), {"cmap": "viridis"}),
+        ("displacement magnitude |u|", np.linalg.norm(deform.displacement.numpy(), axis=0),
+         magnitude_style(np.linalg.norm(deform.displacement.numpy(), axis=0), label="|u| (mm)", cmap="viridis",
+                         percentile=100, group=None)),
         (f"Jacobian determinant [{stats['min']:.2f}, {stats['max']:.2f}]",
-         ops.jacobian_determinant(deform.displacement).numpy(), {"cmap": "coolwarm"}),
+         ops.jacobian_determinant(deform.displacement).numpy(),
+         jacobian_style(ops.jacobian_determinant(deform.displacement).numpy())),
     ], d / "random-deformation.png", title="random_deformation(phantom, max_displacement=6 mm, seed=0)", cols=3)
     out.append({"name": "random-deformation", "kind": "simulator", "status": "ok",
                 "max_displacement_mm": float(deform.max_displacement), "jacobian": stats,
@@ -150,7 +162,8 @@ def _reconstruction(root: Path, quick: bool) -> dict:
             "FISTA-TV": lambda: R.fista_tv(y, op, lam=0.05, iterations=100).image}
     rep = {"name": "ct-reconstruction", "kind": "reconstruction", "status": "ok", "size": n, "views": 60,
            "photons": 1e5, "methods": {}}
-    panels = [("phantom", ref, {"vmin": 0, "vmax": 1}), ("sinogram (60 views)", y, {"aspect": "auto"})]
+    mu = {"vmin": 0, "vmax": 1, "colorbar": "μ / μ water", "colorbar_group": "mu"}     # one colour bar for all
+    panels = [("phantom", ref, mu), sinogram_panel(y * 0.0192, op.geometry.to_dict(), "sinogram (60 views)")]
     for name, fn in runs.items():
         t1 = time.perf_counter()
         img = np.asarray(fn())
@@ -158,7 +171,7 @@ def _reconstruction(root: Path, quick: bool) -> dict:
         q = {"psnr": metrics.psnr(np.clip(img, 0, 1), ref, data_range=1.0),
              "ssim": metrics.ssim(np.clip(img, 0, 1), ref, data_range=1.0), "seconds": sec}
         rep["methods"][name] = q
-        panels.append((f"{name}: {q['psnr']:.1f} dB, {sec:.2f} s", img, {"vmin": 0, "vmax": 1}))
+        panels.append((f"{name}: {q['psnr']:.1f} dB, {sec:.2f} s", img, mu))
     d = root / "reconstruction"
     d.mkdir(parents=True, exist_ok=True)
     render_panels(panels, d / "preview.png", title=f"CT: {n}x{n} phantom, 60 views, 1e5 photons", cols=5)
@@ -190,16 +203,16 @@ def _registration(root: Path, quick: bool) -> dict:
     epe_before = float(np.linalg.norm(gt, axis=0)[mask].mean())
     epe_after = float(np.linalg.norm(dem.displacement.numpy() - gt, axis=0)[mask].mean())
     jac = metrics.jacobian_stats(dem.displacement)
-    tiles = (np.indices((n, n)) // (n // 8)).sum(0) % 2 == 0
-    checker = np.where(tiles, fixed.numpy(), dem.warped.numpy())
-    diff_kw = {"cmap": "magma", "vmin": 0, "vmax": float(np.abs(fixed.numpy() - mv.numpy()).max()) or 1.0}
+    checker = checkerboard(fixed.numpy(), dem.warped.numpy(), tiles=8)
+    d_before, d_after = fixed.numpy() - mv.numpy(), fixed.numpy() - dem.warped.numpy()
+    diff_kw = difference_style(d_before, d_after)                    # one diverging scale, one colour bar
+    jd = ops.jacobian_determinant(dem.displacement).numpy()
     panels = [("fixed", fixed.numpy(), None), ("moving (intensities remapped)", moving.numpy(), None),
               (f"rigid MI: {ang_err:.3f} deg, {tr_err:.3f} mm off", rig.warped.numpy(), None),
-              ("|fixed - moving| before demons", np.abs(fixed.numpy() - mv.numpy()), diff_kw),
-              ("|fixed - warped| after demons", np.abs(fixed.numpy() - dem.warped.numpy()), diff_kw),
-              ("checkerboard fixed / warped", checker, None),
-              (f"Jacobian (min {jac['min']:.2f})", ops.jacobian_determinant(dem.displacement).numpy(),
-               {"cmap": "coolwarm"})]
+              ("fixed - moving, before demons", d_before, diff_kw),
+              ("fixed - warped, after demons", d_after, diff_kw),
+              ("checkerboard fixed / warped (8 x 8)", checker, {"grid": 8}),
+              (f"Jacobian determinant (min {jac['min']:.2f})", jd, jacobian_style(jd))]
     out = root / "registration"
     out.mkdir(parents=True, exist_ok=True)
     render_panels(panels, out / "preview.png", title="registration: rigid by mutual information, diffeomorphic demons",
@@ -228,15 +241,17 @@ def _mni152_svf(out: Path) -> dict:
     rep = {"status": "ok", "epe_before_mm": pair.epe(zero), "epe_after_mm": pair.epe(res.displacement),
            "dice_before": pair.label_dice(zero), "dice_after": pair.label_dice(res.displacement),
            "folding_fraction": res.params["folding_fraction"], "seconds": res.seconds}
-    k = pair.fixed.shape[0] // 2
-    f, m, w = (a.numpy()[k] for a in (pair.fixed, pair.moving, res.warped))
-    kw = {"cmap": "magma", "vmin": 0, "vmax": float(np.abs(f - m).max()) or 1.0}
-    err = np.linalg.norm(res.displacement.numpy()[:, k] - pair.truth.numpy()[:, k], axis=0)
-    render_panels([("MNI152 T1 (fixed)", f, None), ("|fixed - moving| before", np.abs(f - m), kw),
-                   ("|fixed - warped| after SVF", np.abs(f - w), kw),
-                   (f"end-point error (mm), mean {rep['epe_after_mm']:.2f}", err, {"cmap": "viridis"}),
-                   ("Jacobian of the SVF field", ops.jacobian_determinant(res.displacement).numpy()[k],
-                    {"cmap": "coolwarm"})], out / "mni152-svf.png",
+    view = image_views(pair.fixed, planes=("axial",))[0]          # radiological axial plane, letters
+    geo = {"extent": view.extent, "letters": view.letters}
+    f, m, w = (view.take(a.numpy()) for a in (pair.fixed, pair.moving, res.warped))
+    kw = geo | difference_style(f - m, f - w)
+    err = np.linalg.norm(view.take(res.displacement.numpy() - pair.truth.numpy()), axis=0)
+    jd = view.take(ops.jacobian_determinant(res.displacement).numpy())
+    render_panels([("MNI152 T1 (fixed), axial", f, geo), ("fixed - moving, before", f - m, kw),
+                   ("fixed - warped, after SVF", f - w, kw),
+                   (f"end-point error, mean {rep['epe_after_mm']:.2f} mm", err,
+                    geo | magnitude_style(err, label="end-point error (mm)", cmap="viridis", group=None)),
+                   ("Jacobian determinant of the SVF field", jd, geo | jacobian_style(jd))], out / "mni152-svf.png",
                   title="SVF registration of the real MNI152 T1 warped by a known field", cols=5)
     rep["preview"] = str(out / "mni152-svf.png")
     return rep
@@ -269,10 +284,10 @@ def _segmentation(root: Path, quick: bool) -> dict:
     shuffle = np.random.default_rng(0).permutation(max(int(ws.max()), int(truth.max())) + 1)
     shuffle[0] = 0
     panels = [("nuclei2d (real, stardist)", a, None),
-              ("shipped masks", np.where(truth > 0, shuffle[truth % shuffle.size], np.nan), {"cmap": "tab20"}),
+              ("shipped masks (instances)", np.where(truth > 0, shuffle[truth % shuffle.size], 0), {"labels": True}),
               (f"Otsu: Dice {rep['otsu_dice']:.3f}", otsu, None),
               (f"Otsu + watershed: AP@0.5 {rep['watershed_ap50']:.2f}",
-               np.where(ws > 0, shuffle[ws % shuffle.size], np.nan), {"cmap": "tab20"}),
+               np.where(ws > 0, shuffle[ws % shuffle.size], 0), {"labels": True}),
               (f"k-means k=2: matched Dice {rep['kmeans_matched_dice']:.3f}", km, None)]
     out = root / "segmentation"
     out.mkdir(parents=True, exist_ok=True)

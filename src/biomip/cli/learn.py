@@ -9,9 +9,9 @@ import numpy as np
 import typer
 
 from ..core.errors import InputError
-from ._common import sibling
+from ._common import FullHelpGroup, Outputs, cli_words, sibling
 
-train_app = typer.Typer(no_args_is_help=True, help="Train a segmentation network on images and their label images.")
+train_app = typer.Typer(cls=FullHelpGroup, no_args_is_help=True, help="Train a segmentation network on images and their label images.")
 
 
 def _pairs(images: list[Path], labels: list[Path]):
@@ -28,6 +28,16 @@ def _pairs(images: list[Path], labels: list[Path]):
     return ims, labs
 
 
+def _check_model_out(out: Path, overwrite: bool, inputs) -> Outputs:
+    """The model folder --out, checked before training: absent, or an empty folder, or
+    replaced with --overwrite."""
+    outs = Outputs(overwrite, inputs=inputs)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()                                            # an empty folder is as good as none
+    outs.add(out, "--out", image=False)
+    return outs
+
+
 def _finish(model, out: Path, history: list, extra: dict):
     from ..core.atomic import write_json
 
@@ -36,51 +46,69 @@ def _finish(model, out: Path, history: list, extra: dict):
 
 
 @train_app.command("unet")
-def train_unet_cmd(image: list[Path] = typer.Option(..., "--image", help="Training image (repeat)."),
-                   labels: list[Path] = typer.Option(..., "--labels", help="Its label image (repeat, same order)."),
+def train_unet_cmd(image: list[Path] = typer.Option(..., "--image", metavar="FILE", help="Training image (repeat)."),
+                   labels: list[Path] = typer.Option(..., "--labels", metavar="FILE", help="Its label image (repeat, same order)."),
                    out: Path = typer.Option(..., "--out", help="Model folder to write (safetensors + JSON)."),
                    epochs: int = typer.Option(50, help="Most epochs (early stopping on a validation split)."),
                    binary: bool = typer.Option(False, help="Foreground / background (instance masks -> 1)."),
-                   seed: int = typer.Option(0)):
+                   seed: int = typer.Option(0, help="Random seed (initial weights, splits, augmentation)."),
+                   overwrite: bool = typer.Option(False, "--overwrite", help="Replace the model folder if it exists "
+                                                                              "(default: refuse).")):
     """U-Net with an nnU-Net-style plan (printed), Dice + CE, augmentation, early stopping."""
     from ..segment.planning import fingerprint, plan
     from ..segment.train import train_unet
 
+    outs = _check_model_out(out, overwrite, [*image, *labels])
     ims, labs = _pairs(image, labels)
     pl = plan(fingerprint(ims, labs, binary=binary))
     typer.echo(pl.summary())
     t0 = time.perf_counter()
-    model, hist = train_unet(ims, labs, epochs=epochs, plan=pl, binary=binary, seed=seed, progress=True)
-    _finish(model, out, hist, {"plan": pl.to_dict(), "seconds": time.perf_counter() - t0})
+    model, hist = train_unet(ims, labs, epochs=epochs, plan=pl, binary=binary, seed=seed, progress=None)
+    with outs:
+        _finish(model, out, hist, {"plan": pl.to_dict(), "seconds": time.perf_counter() - t0})
     typer.echo(f"wrote {out}  ({len(hist)} epochs, {time.perf_counter() - t0:.1f} s)")
 
 
 @train_app.command("flows")
-def train_flows_cmd(image: list[Path] = typer.Option(..., "--image", help="Training image (repeat)."),
-                    labels: list[Path] = typer.Option(..., "--labels", help="Its instance labels (repeat)."),
+def train_flows_cmd(image: list[Path] = typer.Option(..., "--image", metavar="FILE", help="Training image (repeat)."),
+                    labels: list[Path] = typer.Option(..., "--labels", metavar="FILE", help="Its instance labels (repeat)."),
                     out: Path = typer.Option(..., "--out", help="Model folder to write."),
-                    epochs: int = typer.Option(30), model: Path | None = typer.Option(
+                    epochs: int = typer.Option(30, help="Training epochs."), model: Path | None = typer.Option(
                         None, help="Continue from this flows model (human-in-the-loop fine-tuning)."),
-                    seed: int = typer.Option(0)):
+                    seed: int = typer.Option(0, help="Random seed (initial weights, augmentation)."),
+                    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the model folder if it exists "
+                                                                               "(default: refuse).")):
     """Cellpose-style flow network (flows + cell probability); with --model, fine-tune."""
     from ..nn.unet import UNet
     from ..segment.flows import fine_tune, train_flows
 
+    outs = _check_model_out(out, overwrite, [*image, *labels, model])
     ims, labs = _pairs(image, labels)
     t0 = time.perf_counter()
     if model is not None:
-        net, hist = fine_tune(UNet.load(model), ims, labs, epochs=epochs, seed=seed, progress=True)
+        net, hist = fine_tune(UNet.load(model), ims, labs, epochs=epochs, seed=seed, progress=None)
     else:
-        net, hist = train_flows(ims, labs, epochs=epochs, seed=seed, progress=True)
-    _finish(net, out, hist, {"seconds": time.perf_counter() - t0, "fine_tuned_from": str(model) if model else None})
+        net, hist = train_flows(ims, labs, epochs=epochs, seed=seed, progress=None)
+    with outs:
+        _finish(net, out, hist, {"seconds": time.perf_counter() - t0, "fine_tuned_from": str(model) if model else None})
     typer.echo(f"wrote {out}  ({len(hist)} epochs, {time.perf_counter() - t0:.1f} s)")
 
 
-def predict_cmd(model: Path = typer.Argument(..., help="Model folder from `biomip train`."),
-                image: Path = typer.Argument(..., help="Image to segment."),
+@cli_words(image="IMAGE", model="MODEL", path="MODEL", truth="--truth")
+def predict_cmd(model: Path = typer.Argument(..., metavar="MODEL", help="Model folder from `biomip train`."),
+                image: Path = typer.Argument(..., metavar="IMAGE", help="Image to segment."),
                 out: Path = typer.Option(..., "--out", help="Label image to write."),
-                truth: Path | None = typer.Option(None, help="Reference labels: Dice (U-Net) or AP@0.5 (flows).")):
+                truth: Path | None = typer.Option(None, help="Reference labels: Dice (U-Net) or AP@0.5 (flows)."),
+                overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output files if they exist "
+                                                                           "(default: refuse).")):
     """Segment IMAGE with a trained network; writes LABELS, <out>.report.json, <out>.preview.png."""
+    outs = Outputs(overwrite, inputs=[model, image, truth])
+    outs.add(out, "--out", siblings=(".report.json", ".preview.png"))
+    with outs:
+        _predict(model, image, out, truth)
+
+
+def _predict(model, image, out, truth):
     from ..core.atomic import write_json
     from ..core.preview import render
     from ..io import read, write

@@ -14,10 +14,11 @@ from pathlib import Path
 import typer
 
 from ..core.errors import BiomipError, GeometryError
+from ._common import FullHelpGroup, cli_words
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(cls=FullHelpGroup, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="biomip: biomedical image processing (I/O, samples, metrics, and the book's methods).")
-data_app = typer.Typer(no_args_is_help=True, help="Shipped sample images: list them, export one.")
+data_app = typer.Typer(cls=FullHelpGroup, no_args_is_help=True, help="Shipped sample images: list them, export one.")
 app.add_typer(data_app, name="data")
 
 
@@ -25,7 +26,7 @@ def _register_ct():
     from .ct import reconstruct_cmd, simulate_app
 
     app.add_typer(simulate_app, name="simulate")
-    app.command("reconstruct", help="Reconstruct a sinogram (FBP/FDK, SART, SIRT, CG, TV, wavelet, dictionary, INR...) "
+    app.command("reconstruct", help="Reconstruct a sinogram (FBP/FDK, SART, SIRT, CG, Tikhonov, MAP, TV, wavelet, DCT, dictionary, INR) "
                                     "or a light-field measurement (serenet MODEL MEASUREMENT).")(
         reconstruct_cmd)
 
@@ -155,7 +156,8 @@ def _fmt_vec(v, nd=6):
 
 
 @app.command()
-def info(path: Path = typer.Argument(..., help="Image file, DICOM series folder or OME-Zarr."),
+@cli_words(path="PATH", series="--series", level="--level")
+def info(path: Path = typer.Argument(..., metavar="PATH", help="Image file, DICOM series folder or OME-Zarr."),
          series: str | None = typer.Option(None, help="DICOM series (index or UID) in a folder with several."),
          level: int = typer.Option(0, help="Pyramid level (OME-Zarr, pyramidal TIFF)."),
          allow_irregular: bool = typer.Option(False, help="Read a DICOM series with uneven slice spacing."),
@@ -197,8 +199,8 @@ def info(path: Path = typer.Argument(..., help="Image file, DICOM series folder 
 
 
 @app.command()
-def series(folder: Path = typer.Argument(..., help="Folder with DICOM files (searched recursively)."),
-           as_json: bool = typer.Option(False, "--json")):
+def series(folder: Path = typer.Argument(..., metavar="FOLDER", help="Folder with DICOM files (searched recursively)."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """List the DICOM series in a folder (pass one to other commands with --series)."""
     from ..io import list_series
 
@@ -236,23 +238,27 @@ def _take_slice(img, k: int):
 
 
 @app.command()
-def convert(src: Path = typer.Argument(..., help="Input image / DICOM folder / OME-Zarr."),
-            dst: Path = typer.Argument(..., help="Output path; format from the suffix or --format."),
+@cli_words(image="SRC", path="DST", format="--format", rescale="--rescale", series="--series", level="--level")
+def convert(src: Path = typer.Argument(..., metavar="SRC", help="Input image / DICOM folder / OME-Zarr."),
+            dst: Path = typer.Argument(..., metavar="DST", help="Output path; format from the suffix or --format."),
             series: str | None = typer.Option(None, help="DICOM series (index or UID)."),
             level: int = typer.Option(0, help="Input pyramid level."),
             fmt: str | None = typer.Option(None, "--format", help="nifti, dicom, tiff, ome-zarr, png, jpeg, npy, npz."),
             rescale: bool = typer.Option(False, help="PNG/JPEG: map the intensity range to 8/16 bit."),
             slice_: int | None = typer.Option(None, "--slice", help="Take slice k (first array axis) of a volume first, e.g. for PNG; negative counts from the end."),
             allow_irregular: bool = typer.Option(False, help="Read a DICOM series with uneven slice spacing."),
-            overwrite: bool = typer.Option(True, help="Replace an existing output.")):
+            overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists (default: refuse).")):
     """Convert between formats, keeping spacing, origin and direction."""
     from ..io import read, write
+    from ._common import Outputs
 
     t0 = time.perf_counter()
-    img = read(src, series=series, level=level, allow_irregular=allow_irregular)
-    if slice_ is not None:
-        img = _take_slice(img, slice_)
-    out = write(img, dst, format=fmt, overwrite=overwrite, rescale=rescale if rescale else None)
+    with Outputs(overwrite, inputs=[src]) as outs:
+        outs.add(dst, "DST", format=fmt)
+        img = read(src, series=series, level=level, allow_irregular=allow_irregular)
+        if slice_ is not None:
+            img = _take_slice(img, slice_)
+        out = write(img, dst, format=fmt, overwrite=overwrite, rescale=rescale if rescale else None)
     typer.echo(f"wrote {out}  shape {img.shape}  spacing {_fmt_vec(img.spacing)} mm  ({time.perf_counter() - t0:.2f} s)")
 
 
@@ -261,7 +267,7 @@ def convert(src: Path = typer.Argument(..., help="Input image / DICOM folder / O
 def data_list(available: bool = typer.Option(False, "--available", help="Only installed samples."),
               modality: str | None = typer.Option(None, help="Filter by modality text, e.g. CT, MR, microscopy."),
               long: bool = typer.Option(False, "--long", help="Also show description and licence."),
-              as_json: bool = typer.Option(False, "--json")):
+              as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """List shipped samples with modality, shape, spacing, licence and availability."""
     from ..data import SAMPLES_HINT, list_samples
 
@@ -293,20 +299,25 @@ def data_list(available: bool = typer.Option(False, "--available", help="Only in
 
 
 @data_app.command("get")
-def data_get(name: str = typer.Argument(..., help="Sample name (see `biomip data list`)."),
-             out: Path = typer.Argument(..., help="Output file; any supported format."),
+@cli_words(name="NAME", image="OUT", path="OUT", format="--format", rescale="--rescale")
+def data_get(name: str = typer.Argument(..., metavar="NAME", help="Sample name (see `biomip data list`)."),
+             out: Path = typer.Argument(..., metavar="OUT", help="Output file; any supported format."),
              fmt: str | None = typer.Option(None, "--format", help="Output format if not from the suffix."),
              slice_: int | None = typer.Option(None, "--slice", help="Take slice k of a volume first (e.g. for PNG)."),
-             rescale: bool = typer.Option(False, help="PNG/JPEG: map the intensity range to 8/16 bit.")):
+             rescale: bool = typer.Option(False, help="PNG/JPEG: map the intensity range to 8/16 bit."),
+             overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists (default: refuse).")):
     """Export a sample to a file (e.g. `biomip data get mni152-t1 t1.nii.gz`,
     `biomip data get ct-small ct.png --slice 0 --rescale`)."""
     from ..data import load
     from ..io import write
+    from ._common import Outputs
 
-    img = load(name)
-    if slice_ is not None:
-        img = _take_slice(img, slice_)
-    write(img, out, format=fmt, rescale=rescale if rescale else None)
+    with Outputs(overwrite) as outs:
+        outs.add(out, "OUT", format=fmt)
+        img = load(name)
+        if slice_ is not None:
+            img = _take_slice(img, slice_)
+        write(img, out, format=fmt, overwrite=overwrite, rescale=rescale if rescale else None)
     typer.echo(f"wrote {out}  ({name}: shape {img.shape}, spacing {_fmt_vec(img.spacing)} mm)")
 
 
@@ -345,15 +356,30 @@ def main(argv=None) -> int:
 
     Warnings of the libraries underneath (pydicom, tifffile, zarr ...) are collected and
     shown as single ``biomip: warning:`` lines after a successful command; on an error
-    only the error is shown.  An operating-system error (disk full, permission denied)
-    is one message with exit code 1; any other exception is a bug in biomip: one line
-    saying so, exit code 1 (``BIOMIP_DEBUG=1`` shows the traceback)."""
+    only the error is shown.  When stderr is not a terminal, progress bars become one
+    line per finished stage with its time (``biomip.config.progress = "lines"``).  An
+    operating-system error (disk full, permission denied) is one message with exit code
+    1; any other exception is a bug in biomip: one line saying so, exit code 1
+    (``BIOMIP_DEBUG=1`` shows the traceback)."""
     import logging
-    import os
-    import warnings
+
+    from ..core.config import config
 
     for name in ("tifffile", "pydicom", "zarr", "numcodecs", "nibabel"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    saved_progress = config.progress
+    if config.progress is None and not sys.stderr.isatty():
+        config.progress = "lines"          # logs and pipes: one line per finished stage, with its time
+    try:
+        return _run(argv)
+    finally:
+        config.progress = saved_progress
+
+
+def _run(argv) -> int:
+    import os
+    import warnings
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

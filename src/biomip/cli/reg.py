@@ -9,44 +9,84 @@ import numpy as np
 import typer
 
 from ..core.errors import InputError
-from ._common import read_points_file, sibling
+from ._common import Outputs, cli_words, read_points_file, sibling
 
 METHODS = ("rigid", "affine", "demons", "svf", "bspline", "elastic", "fluid", "curvature", "lddmm")
 
 
+@cli_words(fixed="FIXED", moving="MOVING", metric="--metric", iterations="--iterations",
+           fixed_points="--landmarks", moving_points="--landmarks")
 def register_cmd(
-        method: str = typer.Argument(..., help=f"One of: {', '.join(METHODS)}."),
-        fixed: Path = typer.Argument(..., help="Fixed image (the output grid)."),
-        moving: Path = typer.Argument(..., help="Moving image."),
+        method: str = typer.Argument(..., metavar="METHOD", help=f"One of: {', '.join(METHODS)}."),
+        fixed: Path = typer.Argument(..., metavar="FIXED", help="Fixed image (the output grid)."),
+        moving: Path = typer.Argument(..., metavar="MOVING", help="Moving image."),
         out_warped: Path = typer.Option(..., "--out-warped", help="Moving image resampled onto the fixed grid."),
         out_field: Path | None = typer.Option(None, "--out-field",
                                                  help="Displacement field (NIfTI vector image, mm, LPS) or, for "
                                                       "rigid/affine, an ITK .tfm transform."),
         metric: str | None = typer.Option(None, help="rigid/affine: mse, ncc, mi, nmi; svf/bspline: lncc, ncc, mse; lddmm: mse, lncc."),
         iterations: int | None = typer.Option(None, help="Iterations (per level)."),
-        labels: list[str] | None = typer.Option(None, "--labels",
+        labels: list[str] | None = typer.Option(None, "--labels", metavar="FILE",
                                                    help="FIXED_LABELS MOVING_LABELS: report Dice before/after."),
-        landmarks: list[str] | None = typer.Option(None, "--landmarks",
+        landmarks: list[str] | None = typer.Option(None, "--landmarks", metavar="FILE",
                                                       help="FIXED_POINTS MOVING_POINTS (CSV / text, one x,y[,z] "
-                                                           "point in mm per row, same order): report TRE before/after.")):
+                                                           "point in mm per row, same order): report TRE before/after."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output files if they exist "
+                                                                   "(default: refuse).")):
     """Register MOVING onto FIXED; writes the warped image, the field/transform,
     <out>.report.json and <out>.preview.png (difference before/after, checkerboard, Jacobian)."""
-    from .. import metrics, ops
-    from .. import register as R
-    from ..core.atomic import write_json
-    from ..core.preview import render_panels
-    from ..io import read, write
+    from ..io import read
 
     if method not in METHODS:
         raise InputError(f"METHOD: got {method!r}; expected one of {', '.join(METHODS)}")
+    if iterations is not None and iterations < 1:
+        raise InputError(f"--iterations: got {iterations}; expected an integer >= 1")
+    # everything is checked before the work starts, so nothing is half-written
+    if labels and len(labels) != 2:
+        raise InputError(f"--labels: got {len(labels)} file(s); expected two: --labels FIXED_LABELS "
+                         "--labels MOVING_LABELS")
+    if landmarks and len(landmarks) != 2:
+        raise InputError(f"--landmarks: got {len(landmarks)} file(s); expected two: --landmarks FIXED_POINTS "
+                         "--landmarks MOVING_POINTS")
+    outs = Outputs(overwrite, inputs=[fixed, moving, *(labels or []), *(landmarks or [])])
+    outs.add(out_warped, "--out-warped", siblings=(".report.json", ".preview.png"))
+    if out_field is not None:
+        if method in ("rigid", "affine") and out_field.suffix.lower() in (".tfm", ".txt"):
+            outs.add(out_field, "--out-field", image=False)           # an ITK text transform, not an image
+        else:
+            outs.add(out_field, "--out-field", dtype_kind="f")
+        if _same(out_field, out_warped):
+            raise InputError("--out-field: the same path as --out-warped; give two different files")
     f, m = read(fixed), read(moving)
-    if landmarks:                                      # checked before any work, so nothing is half-written
-        if len(landmarks) != 2:
-            raise InputError("--landmarks: give two files, FIXED_POINTS and MOVING_POINTS")
+    if landmarks:
         fp, mp = (read_points_file(p, f.sdim, "--landmarks") for p in landmarks)
         if fp.shape != mp.shape:
             raise InputError(f"--landmarks: got {len(fp)} fixed and {len(mp)} moving points; expected the same number "
                              "(corresponding rows)")
+    fl = ml = None
+    if labels:
+        fl, ml = read(labels[0]), read(labels[1])
+        if not fl.same_geometry(f):
+            raise InputError("--labels: the fixed labels must lie on the fixed image's grid")
+        if ml.spatial_shape != m.spatial_shape and not ml.same_geometry(m):
+            raise InputError(f"--labels: the moving labels (shape {ml.spatial_shape}) must lie on the moving image's "
+                             f"grid (shape {m.spatial_shape})")
+    with outs:
+        _register(method, f, m, fixed, moving, out_warped, out_field, metric, iterations, fl, ml,
+                  (fp, mp) if landmarks else None)
+
+
+def _same(a: Path, b: Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def _register(method, f, m, fixed, moving, out_warped, out_field, metric, iterations, fl, ml, points):
+    from .. import metrics, ops
+    from .. import register as R
+    from ..core.atomic import write_json
+    from ..core.preview import render_panels
+    from ..io import write
+
     t0 = time.perf_counter()
     if method in ("rigid", "affine"):
         res = R.linear(f, m, method, metric or "mi", iterations=iterations or 50)
@@ -79,56 +119,57 @@ def register_cmd(
               "warped": str(out_warped), **extra}
     if jac["folding_fraction"] > 0:
         report["warning"] = f"{jac['n_folded']} folded voxels (det J <= 0)"
-    if labels:
-        if len(labels) != 2:
-            raise InputError("--labels: give two files, FIXED_LABELS and MOVING_LABELS")
-        fl, ml = read(labels[0]), read(labels[1])
-        if not fl.same_geometry(f):
-            raise InputError("--labels: the fixed labels must lie on the fixed image's grid")
+    if fl is not None:
         if not ml.same_geometry(m):
             ml = ops.resample(ml, m, mode="nearest")
         wl = ops.warp(ml, field, mode="nearest", padding="zeros")
         ids = sorted(set(np.unique(fl.numpy()).tolist()) - {0})
         report["dice_after"] = metrics.dice(wl.numpy(), fl.numpy(), labels=ids)
         report["dice_before"] = metrics.dice(ops.resample(ml, f, mode="nearest").numpy(), fl.numpy(), labels=ids)
-    if landmarks:
+    if points is not None:
         from ..register import evaluate
 
-        ev = evaluate(field, fixed_points=fp, moving_points=mp)
+        ev = evaluate(field, fixed_points=points[0], moving_points=points[1])
         report["tre_mm"], report["tre_before_mm"] = ev["tre"], ev["tre_before"]
-    mid = (lambda a: a if a.ndim == 2 else a[a.shape[0] // 2])
+    from ..core.preview import checkerboard, difference_style, image_views, jacobian_style
+
     before = ops.resample(m, f) if not m.same_geometry(f) else m
-    fa, wa, ba = mid(f.numpy().astype(np.float32)), mid(res.warped.numpy()), mid(before.numpy().astype(np.float32))
-    tiles = (np.indices(fa.shape) // max(1, min(fa.shape) // 8)).sum(0) % 2 == 0
-    d_before, d_after = np.abs(fa - ba), np.abs(fa - wa)
-    dmax = float(max(d_before.max(), d_after.max())) or 1.0          # one colour scale for both
-    render_panels([("fixed", fa, None),
-                   (f"|fixed - moving| before (mean {d_before.mean():.3g})", d_before,
-                    {"cmap": "magma", "vmin": 0, "vmax": dmax}),
-                   (f"|fixed - warped| after (mean {d_after.mean():.3g})", d_after,
-                    {"cmap": "magma", "vmin": 0, "vmax": dmax}),
-                   ("checkerboard", np.where(tiles, fa, wa), None),
-                   (f"Jacobian (min {jac['min']:.2f})", mid(ops.jacobian_determinant(field).numpy()),
-                    {"cmap": "coolwarm"})], sibling(out_warped, ".preview.png"),
-                  title=f"biomip register {method}", cols=5)
+    view = image_views(f)[0]                  # 2-D image, or axial (radiological) / XY plane of a volume
+    geo = {"extent": view.extent, "letters": view.letters}
+    fa, wa, ba = (view.take(x.numpy()).astype(np.float32) for x in (f, res.warped, before))
+    d_before, d_after = fa - ba, fa - wa
+    diff = geo | difference_style(d_before, d_after, unit=str(f.meta.get("unit", "")))   # one shared colour bar
+    jd = view.take(ops.jacobian_determinant(field).numpy())
+    render_panels([(f"fixed ({view.plane})" if view.plane else "fixed", fa, geo),
+                   (f"fixed - moving, before (mean |d| {np.abs(d_before).mean():.3g})", d_before, diff),
+                   (f"fixed - warped, after (mean |d| {np.abs(d_after).mean():.3g})", d_after, diff),
+                   ("checkerboard fixed / warped (8 x 8)", checkerboard(fa, wa, tiles=8), geo | {"grid": 8}),
+                   (f"Jacobian determinant (min {jac['min']:.2f})", jd, geo | jacobian_style(jd))],
+                  sibling(out_warped, ".preview.png"), title=f"biomip register {method}", cols=5)
     write_json(report, sibling(out_warped, ".report.json"))
     typer.echo(f"wrote {out_warped}" + (f" and {out_field}" if out_field else "") + f"  ({method}, {seconds:.2f} s, "
                f"folded voxels {jac['n_folded']})")
 
 
-def warp_cmd(image: Path = typer.Argument(..., help="Image to deform."),
-             field: Path = typer.Argument(..., help="Displacement field image (mm) or ITK .tfm transform."),
+@cli_words(image="IMAGE", field="FIELD", path="FIELD", reference="--reference")
+def warp_cmd(image: Path = typer.Argument(..., metavar="IMAGE", help="Image to deform."),
+             field: Path = typer.Argument(..., metavar="FIELD", help="Displacement field image (mm) or ITK .tfm "
+                                                                    "transform."),
              out: Path = typer.Option(..., "--out", help="Output image."),
              reference: Path | None = typer.Option(None, help="Output grid (default: the field's grid / the image)."),
              nearest: bool = typer.Option(False, help="Nearest-neighbour, for label maps (default: linear; images "
-                                                      "marked as labels are always nearest).")):
+                                                      "marked as labels are always nearest)."),
+             overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists (default: refuse).")):
     """Apply a displacement field or transform: out(p) = image(T(p))."""
     from ..io import read, write
     from ..register import read_transform
 
+    outs = Outputs(overwrite, inputs=[image, field, reference])
+    outs.add(out, "--out")
     img = read(image)
     T = read_transform(field)
     ref = read(reference) if reference is not None else (T.field if hasattr(T, "field") else img)
     res = T.warp(img, ref, mode="nearest" if nearest else None)
-    write(res, out)
+    with outs:
+        write(res, out, overwrite=overwrite)
     typer.echo(f"wrote {out}  shape {res.shape}")

@@ -9,18 +9,20 @@ import numpy as np
 import typer
 
 from ..core.errors import InputError
-from ._common import parse_points, sibling
+from ._common import Outputs, cli_words, parse_points, sibling
 
 THRESHOLDS = ("otsu", "multiotsu", "valley", "kapur", "isodata", "li", "yen", "triangle")
 METHODS = THRESHOLDS + ("region-grow", "edge", "chan-vese", "geodesic", "kmeans", "gmm", "spectral", "watershed")
 
 
+@cli_words(image="IMAGE", k="--k", classes="--k", seeds="--seed", tolerance="--tolerance",
+           superpixels="--superpixels", min_distance="--min-distance", diameter="--diameter", truth="--truth")
 def segment_cmd(
-        method: str = typer.Argument(..., help=f"One of: {', '.join(METHODS)}."),
-        image: Path = typer.Argument(..., help="Grey 2-D or 3-D image."),
+        method: str = typer.Argument(..., metavar="METHOD", help=f"One of: {', '.join(METHODS)}."),
+        image: Path = typer.Argument(..., metavar="IMAGE", help="Grey 2-D or 3-D image."),
         out: Path = typer.Option(..., "--out", help="Label image to write (0 = background)."),
         k: int | None = typer.Option(None, "--k", help="Classes / clusters (multiotsu, kmeans, gmm, spectral)."),
-        seed: list[str] | None = typer.Option(None, "--seed",
+        seed: list[str] | None = typer.Option(None, "--seed", metavar="X,Y[,Z]",
                                                  help="region-grow seed x,y[,z] in voxels (repeatable); "
                                                       "with --world in mm."),
         world: bool = typer.Option(False, help="Seeds are world coordinates (mm, LPS)."),
@@ -31,16 +33,29 @@ def segment_cmd(
         diameter: float | None = typer.Option(None, help="watershed: typical object diameter in mm (default: "
                                                          "estimated from the image; sets every other size)."),
         truth: Path | None = typer.Option(None, help="Reference labels: report Dice/IoU/HD95 (and instance AP "
-                                                         "for watershed).")):
+                                                         "for watershed)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output files if they exist "
+                                                                   "(default: refuse).")):
     """Segment IMAGE; writes LABELS, <out>.report.json (label sizes in mm, metrics with
     --truth) and <out>.preview.png (overlay)."""
+    if method not in METHODS:
+        raise InputError(f"METHOD: got {method!r}; expected one of {', '.join(METHODS)}")
+    if method in ("kmeans", "gmm", "spectral") and k is None:
+        raise InputError(f"--k: {method} needs the number of classes (background included), e.g. --k 2")
+    if method == "region-grow" and not seed:
+        raise InputError("--seed: region-grow needs at least one seed (x,y[,z])")
+    outs = Outputs(overwrite, inputs=[image, truth])
+    outs.add(out, "--out", siblings=(".report.json", ".preview.png"))
+    with outs:
+        _segment(method, image, out, k, seed, world, tolerance, superpixels, min_distance, diameter, truth)
+
+
+def _segment(method, image, out, k, seed, world, tolerance, superpixels, min_distance, diameter, truth):
     from .. import segment as S
     from ..core.atomic import write_json
     from ..core.preview import render
     from ..io import read, write
 
-    if method not in METHODS:
-        raise InputError(f"METHOD: got {method!r}; expected one of {', '.join(METHODS)}")
     img = read(image)
     if img.axes not in ("yx", "zyx"):
         raise InputError(f"IMAGE: got axes {img.axes!r}; expected a grey 2-D or 3-D image (convert colour first)")
@@ -54,8 +69,6 @@ def segment_cmd(
         lab = S.threshold(img, method=method, classes=classes)
         extra["thresholds"] = np.atleast_1d(S.threshold_value(img, method=method, classes=classes)).tolist()
     elif method == "region-grow":
-        if not seed:
-            raise InputError("--seed: region-grow needs at least one seed (x,y[,z])")
         pts = parse_points(seed, img.sdim)
         if not world:
             pts = pts[:, ::-1]                                   # x,y,z -> array order z,y,x
@@ -70,8 +83,6 @@ def segment_cmd(
     elif method == "watershed":
         lab = S.threshold_watershed(img, "otsu", min_distance=min_distance, diameter=diameter)
     else:
-        if k is None:
-            raise InputError(f"--k: {method} needs the number of clusters")
         fn = {"kmeans": S.kmeans_segment, "gmm": S.gmm_segment, "spectral": S.spectral_segment}[method]
         kw = {} if superpixels is None else ({"superpixels": superpixels} if method != "spectral"
                                               else {"graph": "superpixels", "superpixels": superpixels})

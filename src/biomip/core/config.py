@@ -17,12 +17,15 @@ class Config:
         ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``,
         ``"cuda:1"`` ...  Used only where a function gets numpy input and has no
         ``device=`` argument; torch input always stays where it lives.
-    progress : bool or None, optional
-        Show progress bars on long work (``None``: only on a terminal).
+    progress : bool, "lines" or None, optional
+        Show progress bars on long work (``None``: only on a terminal); ``"lines"``: one
+        plain line per finished stage with its time (and one a minute while a long stage
+        runs), for logs and pipes -- what the ``biomip`` command uses when its output is
+        not a terminal.
     """
 
     device: str = "auto"
-    progress: bool | None = None
+    progress: bool | str | None = None
 
 
 config = Config()

@@ -48,6 +48,11 @@ def progress_enabled(progress: bool | None) -> bool:
     return sys.stderr.isatty()
 
 
+def _line_mode(progress) -> bool:
+    """Whether a bar resolved from ``progress`` is drawn as plain log lines."""
+    return progress is None and config.progress == "lines"
+
+
 def track(iterable: Iterable[T], description: str = "working", total: int | None = None,
           progress: bool | None = None) -> Iterator[T]:
     """Iterate with a progress bar when enabled (see :func:`progress_enabled`).
@@ -140,6 +145,70 @@ class _Bar(_NoBar):
         super().close()
 
 
+class _LineBar(_NoBar):
+    """Bars as log lines (``biomip.config.progress = "lines"``): one line on stderr when the
+    stage ends, with its count and time, and one a minute while it runs; stages shorter
+    than :attr:`MIN_SECONDS` print nothing."""
+
+    MIN_SECONDS = 1.0
+    EVERY_SECONDS = 60.0
+
+    def __init__(self, description: str, total: float | None):
+        import time
+
+        self._clock = time.monotonic
+        self._desc, self._total, self._n = description, total, 0.0
+        self._t0 = self._last = self._clock()
+        self._closed = False
+        super().__init__()
+
+    def _count(self) -> str:
+        n = f"{self._n:g}"
+        if self._total:
+            return f"{n}/{self._total:g} ({100.0 * self._n / self._total:.0f} %)"
+        return n
+
+    def _say(self, text: str) -> None:
+        print(f"biomip: {self._desc}: {text}", file=sys.stderr, flush=True)
+
+    def advance(self, n: float = 1) -> None:
+        self._n += n
+        now = self._clock()
+        if now - self._last >= self.EVERY_SECONDS:
+            self._last = now
+            left = ""
+            if self._total and self._n > 0:
+                rest = (now - self._t0) * (self._total - self._n) / self._n
+                left = f", about {_fmt_seconds(rest)} left"
+            self._say(f"{self._count()} after {_fmt_seconds(now - self._t0)}{left}")
+        super().advance(n)
+
+    def update(self, **fields) -> None:
+        if "description" in fields:
+            self._desc = str(fields["description"])
+        if fields.get("total") is not None:
+            self._total = fields["total"]
+        if fields.get("completed") is not None:
+            self._n = float(fields["completed"])
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            took = self._clock() - self._t0
+            if took >= self.MIN_SECONDS:
+                self._say(f"{self._count()} done in {_fmt_seconds(took)}")
+        super().close()
+
+
+def _fmt_seconds(s: float) -> str:
+    """``12.3 s``, ``4 min 05 s``, ``2 h 03 min``."""
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+
+
 def progress_bar(description: str, total: float | None = None, progress: bool | None = None,
                  transient: bool = True):
     """A progress bar on stderr for a loop that advances by hand.
@@ -156,7 +225,8 @@ def progress_bar(description: str, total: float | None = None, progress: bool | 
     total : float or None, optional
         Value at which the bar is full (``None``: no total).
     progress : bool or None, optional
-        Show the bar (``None``: see :func:`progress_enabled`).
+        Show the bar (``None``: see :func:`progress_enabled`; with
+        ``biomip.config.progress = "lines"`` the bar is a log line per finished stage).
     transient : bool, optional
         Remove the bar from the terminal when it is closed.
 
@@ -173,4 +243,6 @@ def progress_bar(description: str, total: float | None = None, progress: bool | 
     """
     if not progress_enabled(progress):
         return _NoBar()
+    if _line_mode(progress):
+        return _LineBar(description, total)
     return _Bar(description, total, transient)

@@ -30,7 +30,7 @@ from ._guard import read_limit, unfinished_write_error
 from .dicom import SeriesInfo, list_series, read_dicom_file, read_dicom_series, write_dicom_series
 from .sniff import FORMATS, format_from_suffix, sniff
 
-__all__ = ["read", "write", "sniff", "list_series", "SeriesInfo", "FORMATS", "format_from_suffix"]
+__all__ = ["read", "write", "sniff", "list_series", "SeriesInfo", "FORMATS", "format_from_suffix", "output_format", "WRITE_FORMATS"]
 
 
 def read(path, *, series=None, level: int = 0, key: str | None = None, progress=None,
@@ -146,6 +146,56 @@ def _read(path, fmt, series, level, key, progress, allow_irregular) -> Image:
     raise UnsupportedFormatError(f"path: format {fmt!r} of {str(path)!r} has no reader")  # pragma: no cover
 
 
+WRITE_FORMATS = ("nifti", "dicom", "tiff", "ome-zarr", "png", "jpeg", "npy", "npz")
+"""The formats :func:`write` writes."""
+
+
+def output_format(path, format: str | None = None, *, format_name: str = "format", path_name: str = "path") -> str:
+    """The format :func:`write` would write ``path`` in, checked before any work is done.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Output file or folder.
+    format : str or None, optional
+        An explicit format (``None``: from the suffix of `path`).
+    format_name, path_name : str, optional
+        How the two arguments are named in the error message (a CLI passes ``"--format"``).
+
+    Returns
+    -------
+    str
+        One of :data:`WRITE_FORMATS`.
+
+    Raises
+    ------
+    FormatError
+        When `format` is unknown or the suffix names no format biomip writes.
+
+    Examples
+    --------
+    >>> output_format("scan.nii.gz")
+    'nifti'
+    >>> output_format("series", "dcm")
+    'dicom'
+    """
+    aliases = {"dicom-series": "dicom", "dcm": "dicom", "jpg": "jpeg", "tif": "tiff", "zarr": "ome-zarr",
+               "nii": "nifti"}
+    if format is not None:
+        fmt = aliases.get(str(format).lower(), str(format).lower())
+        if fmt not in WRITE_FORMATS:
+            raise FormatError(f"{format_name}: got {format!r}; expected one of {', '.join(WRITE_FORMATS)}")
+        return fmt
+    fmt = (format_from_suffix(path) or "").lower()
+    fmt = aliases.get(fmt, fmt)
+    if fmt not in WRITE_FORMATS:
+        hint = "pass format=" if format_name == "format" else f"give {format_name}"
+        raise FormatError(
+            f"{path_name}: cannot tell the output format of {str(path)!r}; use a suffix (.nii.gz, .dcm, .tif, "
+            f".ome.tif, .ome.zarr, .png, .jpg, .npy, .npz) or {hint}")
+    return fmt
+
+
 def write(image: Image, path, *, format: str | None = None, overwrite: bool = True, **options) -> Path:
     """Write ``image`` to ``path``; the format comes from ``format=`` or the suffix.
 
@@ -173,6 +223,19 @@ def write(image: Image, path, *, format: str | None = None, overwrite: bool = Tr
     pathlib.Path
         The path written.
 
+    Notes
+    -----
+    What each format keeps: NIfTI, OME-TIFF, OME-Zarr and NPZ keep spacing, origin and
+    direction of 2-D and 3-D images (NIfTI to float32 precision); a one-slice volume stays
+    a one-slice volume.  A DICOM series keeps the geometry (DS values to 16 characters); a
+    2-D image reads back as a one-slice volume (as in ITK) and a left-handed volume with its
+    slices reversed (the same voxels in space).  DICOM stores uint8 / int8 / bool in 8 bits
+    and other integers that fit in 16 bits exactly; floats are quantised to 16 bits.  PNG
+    and JPEG keep the 2-D geometry in a ``biomip`` text chunk / comment; NPY keeps only the
+    array (a warning says so).  NaN / Inf cannot be written to PNG, JPEG or DICOM
+    (:class:`InputError`); a constant image written with ``rescale=True`` is uniformly 0
+    and a ``UserWarning`` says so.
+
     Examples
     --------
     >>> biomip.io.write(img, "out.nii.gz")                         # doctest: +SKIP
@@ -180,18 +243,7 @@ def write(image: Image, path, *, format: str | None = None, overwrite: bool = Tr
     if not isinstance(image, Image):
         raise InputError(f"image: got {describe(image)}; expected a biomip.Image (wrap arrays with biomip.Image(array, spacing=...))")
     path = Path(path)
-    known = ("nifti", "dicom", "dicom-series", "dcm", "tiff", "ome-zarr", "png", "jpeg", "jpg", "npy", "npz")
-    if format is not None and str(format).lower() not in known:
-        raise FormatError(f"format: got {format!r}; expected one of nifti, dicom, tiff, ome-zarr, png, jpeg, npy, npz")
-    fmt = (format or format_from_suffix(path) or "").lower()
-    if fmt in ("dicom-series", "dcm"):
-        fmt = "dicom"
-    if fmt == "jpg":
-        fmt = "jpeg"
-    if fmt not in ("nifti", "dicom", "tiff", "ome-zarr", "png", "jpeg", "npy", "npz"):
-        raise FormatError(
-            f"path: cannot tell the output format of {str(path)!r}; use a suffix (.nii.gz, .dcm, .tif, "
-            ".ome.tif, .ome.zarr, .png, .jpg, .npy, .npz) or pass format=")
+    fmt = output_format(path, format)
     options = {k: v for k, v in options.items() if v is not None}
     multi_slice = image.sdim == 3 and image.spatial_shape[0] > 1
     if fmt == "dicom" and multi_slice and path.suffix.lower() in (".dcm", ".ima"):

@@ -3,7 +3,8 @@ pixels or superpixels (textbook ch. 2 "K均值聚类", lines 440-467, and ch. 6
 "无监督分割：谱聚类", lines 2432-2440).
 
 The image wrappers return a label :class:`~biomip.Image` with the input's geometry,
-labels ``1..k`` ordered by mean intensity: :func:`kmeans_segment`, :func:`gmm_segment`,
+labels ``0..k-1`` ordered by mean intensity (0, the darkest class, is the background of a
+fluorescence, CT or MR image, as in every other label image of biomip): :func:`kmeans_segment`, :func:`gmm_segment`,
 :func:`spectral_segment`.  Features are the (standardised) intensities, optionally with
 the physical position, or any callable (:func:`image_features`); with
 ``superpixels=n`` the image is first cut into ``n`` SLIC superpixels
@@ -243,7 +244,7 @@ def _region_means(feat: torch.Tensor, sp: np.ndarray):
 
 
 def _ordered_label_image(img: Image, labels: torch.Tensor, k: int, meta: dict) -> Image:
-    """Labels 1..k ordered by the mean intensity of each cluster (mean over channels); a
+    """Labels 0..k-1 ordered by the mean intensity of each cluster (mean over channels); a
     label Image with the input's geometry (torch on the input's device for a torch image,
     numpy otherwise)."""
     lab = labels.reshape(-1).long()
@@ -253,7 +254,7 @@ def _ordered_label_image(img: Image, labels: torch.Tensor, k: int, meta: dict) -
     means = torch.where(cnt > 0, sums / cnt.clamp_min(1), torch.full_like(sums, math.inf))
     order = torch.argsort(means, stable=True)
     rank = torch.empty_like(order)
-    rank[order] = torch.arange(1, k + 1, device=lab.device)
+    rank[order] = torch.arange(k, device=lab.device)
     out = rank[lab].reshape(img.spatial_shape)
     dt = torch.uint8 if k < 256 else torch.int32
     out = out.to(dt)
@@ -318,7 +319,7 @@ def kmeans_segment(image, k: int, features="intensity", superpixels=None, positi
     Returns
     -------
     Image
-        Label Image (uint8, ``1..k`` from the darkest class to the brightest) with the
+        Label Image (uint8, ``0..k-1`` from the darkest class, 0, to the brightest) with the
         input's geometry; ``meta["segmentation"]`` records the method and class means.
 
     Raises
@@ -374,7 +375,7 @@ def gmm_segment(image, k: int, covariance: str = "full", features="intensity", s
     Returns
     -------
     Image
-        Label Image (``1..k`` ordered by mean intensity) with the input's geometry;
+        Label Image (``0..k-1`` ordered by mean intensity, 0 the darkest) with the input's geometry;
         ``meta["segmentation"]`` records the method, log-likelihood and class means.
 
     Raises
@@ -613,7 +614,7 @@ def spectral_segment(image, k: int, graph: str = "pixels", connectivity: int | N
     Returns
     -------
     Image
-        Label Image (``1..k`` ordered by mean intensity) with the input's geometry.
+        Label Image (``0..k-1`` ordered by mean intensity, 0 the darkest) with the input's geometry.
 
     Raises
     ------
@@ -675,7 +676,7 @@ def fiedler_bipartition(graph, threshold="ncut", solver: str = "auto", seed: int
     Returns
     -------
     FiedlerResult
-        For an Image, ``labels`` is a label Image (1 / 2 ordered by mean intensity) with
+        For an Image, ``labels`` is a label Image (0 / 1 ordered by mean intensity) with
         the input's geometry; otherwise 0 / 1 per node.
 
     Raises
@@ -690,7 +691,7 @@ def fiedler_bipartition(graph, threshold="ncut", solver: str = "auto", seed: int
     >>> img = np.zeros((8, 8)); img[:, 4:] = 1.0
     >>> r = fiedler_bipartition(Image(img + 0.01 * np.random.default_rng(0).random((8, 8))))
     >>> r.labels.numpy()[0].tolist()
-    [1, 1, 1, 1, 2, 2, 2, 2]
+    [0, 0, 0, 0, 1, 1, 1, 1]
     """
     if not isinstance(graph, Image):
         if graph_kwargs:

@@ -26,6 +26,10 @@ _THRESHOLD_ALIASES = {
 }
 
 
+MULTIOTSU_MAX_CLASSES = 5
+"""Most classes ``method="multiotsu"`` accepts (scikit-image's search is exhaustive)."""
+
+
 def _method(method: str) -> str:
     if not isinstance(method, str):
         raise InputError(f"method: got {method!r}; expected one of {', '.join(THRESHOLD_METHODS)}")
@@ -142,6 +146,11 @@ def threshold_value(image, method: str = "otsu", classes: int | None = None, nbi
     if classes != 2 and m not in _MULTICLASS:
         raise InputError(f"classes: got {classes} with method {m!r}; only 'multiotsu' and 'kapur' "
                          "give more than 2 classes")
+    if m == "multiotsu" and classes > MULTIOTSU_MAX_CLASSES:
+        # scikit-image searches every combination of thresholds: 5 classes take ~7 s, 6 about 10 min
+        raise InputError(f"classes: got {classes} with method 'multiotsu'; expected at most "
+                         f"{MULTIOTSU_MAX_CLASSES} (its exhaustive search grows exponentially with the classes); "
+                         "'kapur' finds any number of classes by dynamic programming")
     msk = mask_arg(mask, arr.shape)
     values = arr[msk] if msk is not None else arr.reshape(-1)
     if values.dtype.kind in "iu" and (values.dtype.itemsize > 4 or float(values.max()) - float(values.min()) > 2 ** 20):

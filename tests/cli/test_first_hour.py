@@ -1,0 +1,229 @@
+"""What a new user meets in the first hour (issue 15): outputs are never replaced silently,
+every argument is checked before the work and nothing is left half-written, results are
+scored in the right units, messages and help speak CLI words, logs get one line per stage.
+
+Each test here failed on the code before issue 15."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+import biomip
+from biomip.cli._common import Outputs
+from biomip.cli.main import main
+from biomip.core.errors import InputError
+
+
+def _img(tmp_path, name="a.nii.gz", shape=(32, 32), seed=0):
+    rng = np.random.default_rng(seed)
+    arr = np.zeros(shape, np.float32)
+    arr[8:24, 8:24] = 1.0
+    arr += 0.05 * rng.standard_normal(shape).astype(np.float32)
+    p = tmp_path / name
+    biomip.io.write(biomip.Image(arr, spacing=(0.5,) * len(shape)), p)
+    return p
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("biomip: error: "), err
+    return lines[0]
+
+
+# ------------------------------------------------------------------ 1. never lose data
+def test_convert_does_not_overwrite_without_the_option(tmp_path, capsys):
+    src = _img(tmp_path)
+    dst = tmp_path / "b.nii.gz"
+    dst.write_bytes(b"precious")
+    assert main(["convert", str(src), str(dst)]) == 2
+    assert "--overwrite" in _one_error_line(capsys)
+    assert dst.read_bytes() == b"precious"
+    assert main(["convert", str(src), str(dst), "--overwrite"]) == 0
+    assert biomip.io.read(dst).shape == (32, 32)
+
+
+def test_convert_onto_its_input_is_refused(tmp_path, capsys):
+    src = _img(tmp_path)
+    before = src.read_bytes()
+    for dst in (src, tmp_path / "." / "a.nii.gz"):
+        assert main(["convert", str(src), str(dst), "--overwrite"]) == 2
+        assert "also an input" in _one_error_line(capsys)
+    assert src.read_bytes() == before
+
+
+def test_data_get_and_segment_do_not_overwrite(tmp_path, capsys):
+    out = tmp_path / "t.tif"
+    out.write_bytes(b"mine")
+    assert main(["data", "get", "nuclei2d", str(out)]) == 2
+    assert "OUT:" in _one_error_line(capsys) and out.read_bytes() == b"mine"
+    src = _img(tmp_path)
+    lab = tmp_path / "lab.nii.gz"
+    assert main(["segment", "otsu", str(src), "--out", str(lab)]) == 0
+    capsys.readouterr()
+    stamp = lab.read_bytes()
+    (tmp_path / "lab.report.json").write_text("{}")
+    assert main(["segment", "otsu", str(src), "--out", str(lab)]) == 2
+    assert "--overwrite" in _one_error_line(capsys) and lab.read_bytes() == stamp
+
+
+# ------------------------------------------------------------------ 2. checked before, nothing half-written
+@pytest.mark.parametrize("where", ["missing-folder", "unwritable", "bad-suffix"])
+def test_bad_output_is_one_line_exit_2(tmp_path, capsys, where):
+    src = _img(tmp_path)
+    if where == "missing-folder":
+        dst = tmp_path / "nope" / "out.nii.gz"
+    elif where == "unwritable":
+        if os.geteuid() == 0:
+            dst = "/proc/out.nii.gz"                # not writable even for root
+        else:
+            ro = tmp_path / "ro"
+            ro.mkdir()
+            ro.chmod(0o500)
+            dst = ro / "out.nii.gz"
+    else:
+        dst = tmp_path / "out.xyz"
+    assert main(["convert", str(src), str(dst)]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("biomip: error: DST:")
+    assert not os.path.exists(dst)
+
+
+def test_register_checks_labels_count_before_the_work(tmp_path, capsys, monkeypatch):
+    f, m = _img(tmp_path, "f.nii.gz"), _img(tmp_path, "m.nii.gz", seed=1)
+    import biomip.register
+
+    def boom(*a, **k):
+        raise AssertionError("the registration started")
+    monkeypatch.setattr(biomip.register, "demons", boom)
+    out = tmp_path / "w.nii.gz"
+    assert main(["register", "demons", str(f), str(m), "--out-warped", str(out),
+                 "--labels", str(f), "--labels", str(m), "--labels", str(m)]) == 2
+    assert "--labels: got 3" in _one_error_line(capsys)
+    assert main(["register", "demons", str(f), str(m), "--out-warped", str(tmp_path / "no" / "w.nii.gz")]) == 2
+    assert "--out-warped" in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == sorted([f, m]) or set(tmp_path.iterdir()) == {f, m}
+
+
+def test_a_failure_after_partial_writes_removes_them(tmp_path, capsys, monkeypatch):
+    f, m = _img(tmp_path, "f.nii.gz"), _img(tmp_path, "m.nii.gz", seed=1)
+    import biomip.metrics
+
+    def boom(*a, **k):                      # fails after the warped image was written
+        raise InputError("field: simulated failure after the first output")
+    monkeypatch.setattr(biomip.metrics, "jacobian_stats", boom)
+    warped, field = tmp_path / "w.nii.gz", tmp_path / "u.nii.gz"
+    assert main(["register", "demons", str(f), str(m), "--out-warped", str(warped), "--out-field", str(field),
+                 "--iterations", "2"]) == 2
+    capsys.readouterr()
+    assert set(tmp_path.iterdir()) == {f, m}
+
+
+def test_outputs_keep_what_existed_and_remove_what_was_new(tmp_path):
+    old = tmp_path / "old.nii.gz"
+    old.write_bytes(b"x")
+    new = tmp_path / "new.nii.gz"
+    with pytest.raises(RuntimeError), Outputs(overwrite=True) as outs:
+        outs.add(old, "--a")
+        outs.add(new, "--b", siblings=(".report.json",))
+        new.write_bytes(b"y")
+        (tmp_path / "new.report.json").write_text("{}")
+        raise RuntimeError("late failure")
+    assert old.exists() and not new.exists() and not (tmp_path / "new.report.json").exists()
+
+
+# ------------------------------------------------------------------ 3. honest results
+def test_reference_scores_in_the_units_of_the_simulation(tmp_path, capsys):
+    ph = tmp_path / "ph.nii.gz"
+    img = biomip.Image(np.asarray(biomip.data.shepp_logan((64, 64)), np.float32), spacing=(1.0, 1.0))
+    biomip.io.write(img, ph)
+    psnr = {}
+    for scale in ("1", "1e-4"):
+        sino, rec = tmp_path / f"s{scale}.npz", tmp_path / f"r{scale}.nii.gz"
+        assert main(["simulate", "ct", str(ph), "--out", str(sino), "--views", "60", "--scale", scale]) == 0
+        assert main(["reconstruct", "fbp", str(sino), "--out", str(rec), "--reference", str(ph)]) == 0
+        psnr[scale] = json.loads((tmp_path / f"r{scale}.report.json").read_text())["psnr"]
+    out = capsys.readouterr().out
+    assert "PSNR" in out
+    assert abs(psnr["1"] - psnr["1e-4"]) < 0.05 and psnr["1"] > 18
+
+
+@pytest.mark.parametrize("scale", ["0", "-1", "nan", "inf"])
+def test_simulate_scale_must_be_positive(tmp_path, capsys, scale):
+    ph = _img(tmp_path)
+    out = tmp_path / "s.npz"
+    assert main(["simulate", "ct", str(ph), "--out", str(out), "--scale", scale]) == 2
+    assert _one_error_line(capsys).startswith("biomip: error: --scale:")
+    assert not out.exists()
+
+
+def test_kmeans_keeps_zero_for_the_background(tmp_path, capsys):
+    src = _img(tmp_path)
+    lab = tmp_path / "k.nii.gz"
+    assert main(["segment", "kmeans", str(src), "--k", "2", "--out", str(lab)]) == 0
+    a = biomip.io.read(lab).numpy()
+    assert set(np.unique(a).tolist()) == {0, 1}
+    assert a[0, 0] == 0 and a[16, 16] == 1             # the dark surround is background
+
+
+# ------------------------------------------------------------------ 5. CLI words and complete help
+def test_messages_name_the_cli_option(tmp_path, capsys):
+    src = _img(tmp_path)
+    assert main(["segment", "multiotsu", str(src), "--k", "70", "--out", str(tmp_path / "m.nii.gz")]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("biomip: error: --k:") and "classes" not in line.split(":")[2]
+    assert main(["convert", str(src), str(tmp_path / "x.png")]) == 2
+    line = _one_error_line(capsys)
+    assert "SRC:" in line and "image:" not in line
+    assert main(["convert", str(src), str(tmp_path / "x.bin"), "--format", "foo"]) == 2
+    assert _one_error_line(capsys).startswith("biomip: error: --format:")
+    assert main(["convert", str(src), str(tmp_path / "x.bin")]) == 2
+    line = _one_error_line(capsys)
+    assert "format=" not in line and "--format" in line
+
+
+def _help(capsys, *cmd) -> str:
+    assert main([*cmd, "--help"]) == 0
+    return capsys.readouterr().out
+
+
+def test_help_is_not_cut_off_and_every_option_is_described(capsys):
+    top = _help(capsys)
+    assert not any(x.rstrip().endswith("...") for x in top.split("Commands:")[1].splitlines())
+    assert "lddmm" in top and "watershed" in top
+    assert "serenet" in _help(capsys, "reconstruct").split("Arguments:")[1].split("SINO")[0]
+    for cmd in (["info"], ["series"], ["convert"], ["data", "get"], ["data", "list"], ["segment"], ["register"],
+                ["warp"], ["reconstruct"], ["simulate", "ct"], ["predict"], ["train", "unet"], ["train", "flows"],
+                ["run", "serenet"], ["demo"], ["doctor"]):
+        text = _help(capsys, *cmd)
+        opts = text.split("Options:")[1].splitlines()
+        for i, line in enumerate(opts):
+            m = re.match(r"^  (--[\w-]+)(?: / --[\w-]+)?(?: \S+)?(\s+)?(.*)$", line)
+            if not m or m.group(1) == "--help":
+                continue
+            desc = m.group(3).strip()
+            follow = opts[i + 1].strip() if i + 1 < len(opts) else ""
+            if not desc and follow and not follow.startswith("-"):
+                desc = follow
+            assert desc and not desc.startswith("["), f"biomip {' '.join(cmd)} {m.group(1)} has no description"
+
+
+def test_logs_get_one_line_per_stage_with_its_time(tmp_path, capsys, monkeypatch):
+    from biomip.core import progress as P
+
+    monkeypatch.setattr(P._LineBar, "MIN_SECONDS", 0.0)
+    ph = _img(tmp_path, shape=(48, 48))
+    sino = tmp_path / "s.npz"
+    assert main(["simulate", "ct", str(ph), "--out", str(sino), "--views", "30"]) == 0
+    capsys.readouterr()
+    assert main(["reconstruct", "sirt", str(sino), "--out", str(tmp_path / "r.nii.gz"), "--iterations", "5"]) == 0
+    err = capsys.readouterr().err
+    stage = [x for x in err.splitlines() if x.startswith("biomip: ") and "done in" in x]
+    assert len(stage) == 1 and re.search(r"5/5 \(100 %\) done in \d+\.\d s", stage[0]), err
+    assert biomip.config.progress is None                 # the CLI restores the setting
