@@ -241,3 +241,14 @@ def test_same_kind_decorator():
         add(x.astype(np.complex64))
     with pytest.raises(ShapeError, match="a: .*2-D array on the grid of b"):
         add(np.ones((2, 3, 4)), img)
+
+
+def test_slice_of_an_in_plane_rotated_volume_keeps_world_x_and_y():
+    """A z slice lists the kept world axes in world order: its world coordinates are the
+    volume's without z (before issue 15 a 90-degree in-plane rotation swapped x and y)."""
+    D = np.array([[0, 1, 0], [1, 0, 0], [0, 0, -1.0]])      # index x -> world y, index y -> world x
+    im = Image(np.zeros((4, 5, 6), np.float32), spacing=(0.5, 0.3, 2.0), origin=(10, -20, 30), direction=D)
+    s = im[2]
+    assert s.origin == (10.0, -20.0)
+    for x, y in [(0, 0), (2, 1), (5, 4)]:
+        assert np.allclose(im.index_to_world((x, y, 2))[:2], s.index_to_world((x, y)))

@@ -674,8 +674,10 @@ class Image:
         spacing = np.asarray(self.spacing) * step
         if len(kept) < d:
             # the remaining index axes keep the world axes they point along (sagittal and
-            # coronal stacks included); an oblique slice has no 2-D frame of its own
-            rows = [int(np.argmax(np.abs(self.direction[:, c]))) for c in kept]
+            # coronal stacks included), listed in world order so that the slice's world
+            # coordinates are the volume's minus the dropped axis (a volume rotated in-plane
+            # keeps its x and y); an oblique slice has no 2-D frame of its own
+            rows = sorted(int(np.argmax(np.abs(self.direction[:, c]))) for c in kept)
             sub = self.direction[np.ix_(rows, kept)] if len(set(rows)) == len(rows) else np.zeros((1, 1))
             if sub.shape != (len(kept), len(kept)) or not np.allclose(sub.T @ sub, np.eye(len(kept)), atol=1e-3):
                 raise GeometryError("index: this slice is oblique to the world axes, so it has no 2-D frame; "
