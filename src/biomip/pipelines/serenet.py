@@ -441,7 +441,11 @@ def evaluate(cfg: SeReNetConfig, sim: Simulation, models: dict, device=None, rep
     return {"methods": summary, "outputs": outputs}
 
 
-def _preview(path: Path, gt: torch.Tensor, outputs: dict, methods: dict, title: str):
+def _preview(path: Path, gt: torch.Tensor, outputs: dict, methods: dict, title: str,
+             cfg: SeReNetConfig | None = None):
+    """Max projections XY and XZ of the truth and every method, axes in um (physical aspect:
+    lateral voxel ``cfg.pixel``, planes ``depth_range / (Z - 1)`` apart), one intensity colour
+    bar per row (each volume scaled to its 99.9th percentile)."""
     from ..core.preview import render_panels
 
     def mips(v):
@@ -449,14 +453,23 @@ def _preview(path: Path, gt: torch.Tensor, outputs: dict, methods: dict, title: 
         v = v / max(float(np.percentile(v, 99.9)), 1e-12)
         return v.max(0), v.max(1)
 
+    Z, Y, X = gt.shape[-3:]
+    px = float(cfg.pixel) if cfg is not None else 1.0
+    dz = float(cfg.depth_range / max(Z - 1, 1)) if cfg is not None else 1.0
+    unit = "µm" if cfg is not None else "voxels"
+    xy_kw = {"vmin": 0, "vmax": 1, "extent": (0, X * px, Y * px, 0), "xlabel": f"x ({unit})",
+             "ylabel": f"y ({unit})", "colorbar": "intensity (/ 99.9th pct)", "colorbar_group": "xy"}
+    xz_kw = {"vmin": 0, "vmax": 1, "extent": (0, X * px, Z * dz / 2, -Z * dz / 2), "aspect": "equal",
+             "xlabel": f"x ({unit})", "ylabel": f"z ({unit})", "colorbar": "intensity (/ 99.9th pct)",
+             "colorbar_group": "xz"}
     panels = []
     for name, vol in [("ground truth", gt.float())] + list(outputs.items()):
         xy, xz = mips(vol)
         label = name if name == "ground truth" else f"{name}\nPSNR {methods[name]['psnr']:.2f} dB" + \
             (" -- DID NOT LEARN" if methods[name].get("learned") is False else "")
-        panels.append((f"{label}\nmax projection XY", xy, {"vmin": 0, "vmax": 1}))
+        panels.append((f"{label}\nmax projection XY", xy, dict(xy_kw)))
     for name, vol in [("ground truth", gt.float())] + list(outputs.items()):
-        panels.append((f"{name}: XZ", mips(vol)[1], {"vmin": 0, "vmax": 1, "aspect": "auto"}))
+        panels.append((f"{name}: max projection XZ", mips(vol)[1], dict(xz_kw)))
     render_panels(panels, path, title=title, cols=len(outputs) + 1, dpi=80)
 
 
@@ -497,7 +510,7 @@ def _write_run(out: Path, cfg: SeReNetConfig, sim: Simulation, ev: dict, title: 
     out.mkdir(parents=True, exist_ok=True)
     write(Image(sim.test_measurements[0].numpy(), spacing=(cfg.pixel * cfg.binning / 1000.0,) * 2 + (1.0,),
                 meta={"kind": "light-field measurement", "offset": cfg.offset}), out / "measurement.tif")
-    _preview(out / "preview.png", sim.test_volumes[0], ev["outputs"], ev["methods"], title)
+    _preview(out / "preview.png", sim.test_volumes[0], ev["outputs"], ev["methods"], title, cfg)
     return {"report": str(out / "report.json"), "preview": str(out / "preview.png"),
             "measurement": str(out / "measurement.tif")}
 
