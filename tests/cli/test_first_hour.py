@@ -227,3 +227,94 @@ def test_logs_get_one_line_per_stage_with_its_time(tmp_path, capsys, monkeypatch
     stage = [x for x in err.splitlines() if x.startswith("biomip: ") and "done in" in x]
     assert len(stage) == 1 and re.search(r"5/5 \(100 %\) done in \d+\.\d s", stage[0]), err
     assert biomip.config.progress is None                 # the CLI restores the setting
+
+
+# ------------------------------------------------------------------ second new-user pass (issue 15 target)
+def test_overwrite_never_deletes_an_input_or_foreign_files(tmp_path, capsys):
+    src = _img(tmp_path, shape=(3, 16, 16))
+    series = tmp_path / "d1"
+    assert main(["convert", str(src), str(series), "--format", "dicom"]) == 0
+    one = sorted(series.iterdir())[0]
+    n = len(list(series.iterdir()))
+    assert main(["convert", str(one), str(series), "--format", "dicom", "--overwrite"]) == 2
+    assert "holds the input" in _one_error_line(capsys) and len(list(series.iterdir())) == n
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    (outer / "notes.txt").write_text("precious")
+    for fmt in ("dicom", "ome-zarr"):
+        assert main(["convert", str(src), str(outer), "--format", fmt, "--overwrite"]) == 2
+        assert "not part of an image" in _one_error_line(capsys)
+    assert (outer / "notes.txt").read_text() == "precious"
+    assert main(["convert", str(src), str(series), "--format", "dicom", "--overwrite"]) == 0   # a series: replaced
+
+
+def test_run_serenet_checks_its_folder_before_training(tmp_path, capsys, monkeypatch):
+    import biomip.pipelines.serenet as S
+
+    def boom(*a, **k):
+        raise AssertionError("training started")
+    monkeypatch.setattr(S, "run", boom)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.json").write_text("mine")
+    assert main(["run", "serenet", "--tiny", "--out", str(mine)]) == 2
+    assert "--overwrite" in _one_error_line(capsys) and (mine / "report.json").read_text() == "mine"
+    assert main(["run", "serenet", "--tiny", "--out", str(tmp_path / "no" / "run")]) == 2
+    assert _one_error_line(capsys).startswith("biomip: error: --out:")
+    monkeypatch.undo()
+    assert main(["run", "serenet", "--tiny", "--steps", "0", "--out", str(tmp_path / "r")]) == 2
+    assert _one_error_line(capsys).startswith("biomip: error: --steps:")
+
+
+def test_spectral_superpixels_and_pixel_units(tmp_path, capsys):
+    src = tmp_path / "n.tif"
+    assert main(["data", "get", "nuclei2d", str(src)]) == 0
+    assert "spacing unknown (pixel units)" in capsys.readouterr().out
+    out = tmp_path / "sp.nii.gz"
+    assert main(["segment", "spectral", str(src), "--out", str(out), "--k", "2", "--superpixels", "100"]) == 0
+    o = tmp_path / "o.nii.gz"
+    assert main(["segment", "otsu", str(src), "--out", str(o)]) == 0
+    assert main(["segment", "otsu", str(src), "--out", str(tmp_path / "o2.nii.gz"), "--truth", str(o)]) == 0
+    text = capsys.readouterr().out
+    assert "hd95 0 px" in text and " mm" not in text.split("vs truth")[1]
+    rep = json.loads((tmp_path / "o2.report.json").read_text())
+    assert "size_px2" in rep and rep["distance_unit"].startswith("px")
+
+
+def test_register_prints_dice_and_tre(tmp_path, capsys):
+    f, m = _img(tmp_path, "f.nii.gz"), _img(tmp_path, "m.nii.gz", seed=1)
+    lab = tmp_path / "l.nii.gz"
+    a = biomip.io.read(f)
+    biomip.io.write(a.with_array((a.numpy() > 0.5).astype(np.uint8)), lab)
+    pts = tmp_path / "p.csv"
+    pts.write_text("5,5\n8,8\n")
+    assert main(["register", "demons", str(f), str(m), "--out-warped", str(tmp_path / "w.nii.gz"), "--iterations", "2",
+                 "--labels", str(lab), "--labels", str(lab), "--landmarks", str(pts), "--landmarks", str(pts)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"Dice before -> after: label 1 1\.000 -> \d\.\d{3}", out), out
+    assert re.search(r"TRE before -> after: mean 0\.000 -> \d+\.\d{3} mm", out), out
+
+
+def test_an_explicit_progress_bar_in_a_pipe_is_a_log_line(tmp_path, capsys, monkeypatch):
+    from biomip.core import progress as P
+
+    monkeypatch.setattr(P._LineBar, "MIN_SECONDS", 0.0)
+    ph = _img(tmp_path, shape=(48, 48))
+    sino = tmp_path / "s.npz"
+    assert main(["simulate", "ct", str(ph), "--out", str(sino), "--views", "30"]) == 0
+    capsys.readouterr()
+    assert main(["reconstruct", "sirt", str(sino), "--out", str(tmp_path / "r.nii.gz"), "--iterations", "3",
+                 "--progress"]) == 0
+    assert re.search(r"biomip: SIRT: 3/3 \(100 %\) done in", capsys.readouterr().err)
+
+
+def test_reads_are_blamed_on_the_argument_that_named_them(tmp_path, capsys):
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_text("not an image")
+    good = _img(tmp_path)
+    assert main(["convert", str(bad), str(tmp_path / "x.nii.gz")]) == 2
+    assert _one_error_line(capsys).startswith("biomip: error: SRC:")
+    assert main(["register", "rigid", str(good), str(bad), "--out-warped", str(tmp_path / "w.nii.gz")]) == 2
+    assert _one_error_line(capsys).startswith("biomip: error: MOVING:")
+    assert main(["segment", "otsu", str(bad), "--out", str(tmp_path / "o.nii.gz")]) == 2
+    assert _one_error_line(capsys).startswith("biomip: error: IMAGE:")

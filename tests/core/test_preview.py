@@ -17,6 +17,7 @@ from biomip.core.preview import (
     image_figure,
     image_views,
     jacobian_style,
+    label_colormap,
     orientation_code,
     orientation_letters,
     panels_figure,
@@ -129,8 +130,10 @@ def test_render_panels_colorbars_with_units_and_png(tmp_path):
     spikes = np.r_[np.ones(999), 40.0]                                  # one extreme voxel does not set the range
     assert jacobian_style(spikes)["vmax"] < 2 and jacobian_style(np.r_[spikes, -0.5])["vmin"] == -0.5
     fig = panels_figure([("before", a, diff), ("after", -2 * a, diff), ("J", a + 1, jac)], cols=3)
-    bars = [ax for ax in fig.axes if ax.get_ylabel() in ("difference (HU)", "det J")]
+    bars = [ax for ax in fig.axes if hasattr(ax, "_colorbar")]
     assert len(bars) == 2                                              # the two differences share one bar
+    assert {b.get_ylabel() or b.get_xlabel() for b in bars} == {"det J",
+                                                                "difference (HU) (shared by the 2 panels above)"}
     p = render_panels([("EPE", np.abs(a), {"colorbar": "mm", "cmap": "viridis"})], tmp_path / "p.png", title="t")
     assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     t, s, kw = sinogram_panel(np.zeros((90, 64)), {"kind": "parallel", "angles": list(np.linspace(0, np.pi, 90)),
@@ -160,7 +163,7 @@ def test_labels_on_black_and_overlays_labelled():
     fig = image_figure(img, labels=Image(lab))
     axes = [ax for ax in fig.axes if ax.get_images()]
     assert len(axes) == 2 and "overlay" in axes[1].get_title()          # the image alone, then with the overlay
-    legend = axes[1].get_legend()
+    legend = fig.legends[0]
     assert legend is not None and "overlay" in legend.get_texts()[0].get_text()
 
 
@@ -192,6 +195,94 @@ def test_render_keeps_its_signature_and_writes_volumes(tmp_path):
     p = render_panels([("a", vol.numpy()[0], {"aspect": "auto", "cmap": "magma"})], tmp_path / "a.png", "t", 60, 2)
     assert Path(p).read_bytes()[:4] == b"\x89PNG"
     fig = image_figure(vol, window=(0.5, 1.0), colorbar="a.u.")
-    assert fig.axes[0].get_images()[0].get_clim() == (0.0, 1.0) and any(ax.get_ylabel() == "a.u." for ax in fig.axes)
+    assert fig.axes[0].get_images()[0].get_clim() == (0.0, 1.0)
+    assert [cb.ax.get_xlabel() for cb in _bars(fig)] == ["a.u. (shared by the 3 panels above)"]    # the 3 views
     titles = [ax.get_title() for ax in fig.axes if ax.get_images()]
     assert titles[0].startswith("axial") and [t.get_text() for t in fig.axes[0].texts] == ["R", "L", "A", "P"]
+
+
+def _bars(fig):
+    return [ax._colorbar for ax in fig.axes if hasattr(ax, "_colorbar")]
+
+
+def test_overlay_legend_swatch_is_the_colour_drawn():
+    from matplotlib.colors import to_rgb
+    from matplotlib.patches import Rectangle
+
+    img = Image(np.random.default_rng(0).random((32, 32)).astype(np.float32))
+    one = np.zeros((32, 32), np.uint8)
+    one[4:20, 6:25] = 1                                                   # otsu: one label
+    legend = image_figure(img, labels=Image(one)).legends[0]
+    swatch = [r for r in legend.findobj(Rectangle) if r is not legend.legendPatch]
+    drawn = to_rgb(label_colormap()(1))
+    assert swatch and all(to_rgb(r.get_edgecolor()) == drawn for r in swatch)
+    assert all(to_rgb(r.get_facecolor()) == drawn for r in swatch)
+    many = np.zeros((32, 32), np.uint16)
+    many[2:8, 2:8], many[10:20, 10:30], many[22:30, 3:9] = 3, 9, 40       # several: their own colours
+    legend = image_figure(img, labels=Image(many)).legends[0]
+    swatch = {to_rgb(r.get_edgecolor()) for r in legend.findobj(Rectangle) if r is not legend.legendPatch}
+    assert swatch == {to_rgb(label_colormap()(i)) for i in (3, 9, 40)}
+    assert "3 in view" in legend.get_texts()[0].get_text()
+
+
+def test_overlay_legend_outside_the_image_and_its_letters():
+    vol = Image(np.random.default_rng(0).random((30, 40, 36)).astype(np.float32), spacing=(1.0, 1.0, 1.0))
+    lab = vol.with_array(np.digitize(vol.numpy(), [0.5, 0.8]).astype(np.uint8))        # gmm --k 3
+    fig = image_figure(vol, labels=lab)
+    fig.draw_without_rendering()
+    r = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert len(panels) == 3
+    assert len(fig.legends) == 1 and "3 views" in fig.legends[0].get_texts()[0].get_text()
+    box = fig.legends[0].get_window_extent(r)
+    assert box.y0 >= -1 and box.x0 >= -1 and box.x1 <= fig.bbox.width + 1
+    for ax in panels:
+        assert not box.overlaps(ax.get_window_extent(r)), ax.get_title()              # not over the image
+        assert all(not box.overlaps(t.get_window_extent(r)) for t in ax.texts)         # nor the letters
+        assert not box.overlaps(ax.xaxis.label.get_window_extent(r))
+
+
+def test_colour_bars_show_clipping_and_jacobian_covers_true_extremes():
+    jd = np.ones((64, 64))
+    jd[10, 10], jd[50, 40] = 0.62, 2.85
+    kw = jacobian_style(jd)
+    assert kw["vmin"] <= 0.62 and kw["vmax"] >= 2.85 and kw["vmin"] + kw["vmax"] == pytest.approx(2.0)
+    wild = np.r_[np.ones(999), 40.0]                                    # beyond [0, 3]: robust, arrow on the bar
+    assert jacobian_style(wild)["vmax"] < 2
+    d = np.random.default_rng(0).normal(size=(64, 64))
+    d[0, 0] = 50.0
+    diff = difference_style(d)                                          # robust: clips the outlier
+    fig = panels_figure([("d", d, diff), ("J", wild.reshape(10, 100), jacobian_style(wild)),
+                         ("m", np.abs(d), {"colorbar": "mm", "vmin": 0, "vmax": 100})], cols=3)
+    assert {cb.ax.get_ylabel(): cb.extend for cb in _bars(fig)} == {"difference": "both", "det J": "max",
+                                                                    "mm": "neither"}
+    assert [cb.extend for cb in _bars(panels_figure([("J", jd, kw)]))] == ["neither"]
+
+
+def test_label_maps_named_by_their_number_of_labels():
+    seg = np.zeros((20, 20), np.uint8)
+    seg[5:15, 5:15] = 1                                                 # a liver SEG: one label
+    title = image_figure(Image(seg, meta={"kind": "labels"})).axes[0].get_title()
+    assert "1 label (label map)" in title and "instance" not in title
+    inst = (np.arange(400).reshape(20, 20) % 40 + 1).astype(np.uint16)  # 40 nuclei
+    assert "40 labels (instance map)" in image_figure(Image(inst, meta={"kind": "labels"})).axes[0].get_title()
+
+
+def test_colorbar_group_shows_one_bar_under_all_its_panels():
+    rng = np.random.default_rng(0)
+    ref, rec = rng.random((32, 32)), rng.random((32, 32)) * 1.2
+    mu = {"colorbar": "μ (1/mm)", "colorbar_group": "mu", "vmin": 0.0, "vmax": 1.0}
+    fig = panels_figure([("sinogram", rng.random((40, 32)), {"colorbar": "line integral"}),
+                         ("reference", ref, mu), ("reconstruction", rec, mu),
+                         ("error", rec - ref, mu | difference_style(rec - ref, unit="1/mm"))], cols=4)
+    fig.draw_without_rendering()
+    r = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.get_images() and not hasattr(ax, "_colorbar")]
+    bar = next(cb for cb in _bars(fig) if "μ" in (cb.ax.get_xlabel() + cb.ax.get_ylabel()))
+    assert bar.orientation == "horizontal" and "shared by the 2 panels" in bar.ax.get_xlabel()
+    b = bar.ax.get_window_extent(r)
+    ref_box, rec_box = panels[1].get_window_extent(r), panels[2].get_window_extent(r)
+    assert b.x0 < ref_box.x1 and b.x1 > rec_box.x0 and b.y1 < min(ref_box.y0, rec_box.y0)   # under both
+    assert not b.overlaps(panels[0].get_window_extent(r)) and not b.overlaps(panels[3].get_window_extent(r))
+    assert bar.extend == "max"                                          # the reconstruction exceeds the scale
+    assert panels[1].get_images()[0].get_clim() == panels[2].get_images()[0].get_clim() == (0.0, 1.0)

@@ -117,7 +117,7 @@ class Outputs:
                 pass
         return gone
 
-    def add(self, path, option: str, *, format: str | None = None, format_option: str = "--format",
+    def add(self, path, option: str, *, format: str | None = None, format_option: str | None = None,
             sdim: int | None = None, dtype_kind: str | None = None, siblings=(), image: bool = True) -> Path:
         """Check one output (and its sibling files such as ``.report.json``) before the work.
 
@@ -129,8 +129,8 @@ class Outputs:
             Its name on the command line (``"--out"``, ``"DST"``), for messages.
         format : str or None, optional
             An explicit format (``--format``); default from the suffix.
-        format_option : str, optional
-            The CLI name of the format option, for messages.
+        format_option : str or None, optional
+            The CLI name of the format option, for messages (None: the command has none).
         sdim : int or None, optional
             Spatial dimensions of the image that will be written (2 or 3), when known.
         dtype_kind : str or None, optional
@@ -152,7 +152,7 @@ class Outputs:
         from ..io import output_format
 
         path = Path(path)
-        fmt = output_format(path, format, format_name=format_option, path_name=option) if image else None
+        fmt = output_format(path, format, format_name=format_option or "", path_name=option) if image else None
         if fmt in ("png", "jpeg"):
             if sdim == 3:
                 raise InputError(f"{option}: {fmt.upper()} holds one 2-D image; this command writes a 3-D volume "
@@ -164,6 +164,9 @@ class Outputs:
             if _same_path(p, path):
                 raise InputError(f"{option}: {str(path)!r} is also an input of this command; write to another "
                                  "file (the input would be replaced while it is read)")
+            if _inside(p, path):
+                raise InputError(f"{option}: the folder {str(path)!r} holds the input {str(p)!r}; write to another "
+                                 "folder (replacing it would delete the input)")
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.exists():
             raise InputError(f"{option}: the folder {str(parent)!r} of {str(path)!r} does not exist; create it first")
@@ -180,10 +183,51 @@ class Outputs:
         for t in targets:
             if (t.exists() or t.is_symlink()) and not self.overwrite:
                 raise InputError(f"{option}: {str(t)!r} exists; pass --overwrite to replace it (or choose another name)")
+            if t.is_dir() and not t.is_symlink() and image:
+                foreign = _not_image_files(t)
+                if foreign:
+                    raise InputError(f"{option}: the folder {str(t)!r} holds files that are not part of an image "
+                                     f"(e.g. {foreign!r}); --overwrite replaces only a DICOM series or OME-Zarr "
+                                     "folder, so choose another name")
         for t in targets:
             if not (t.exists() or t.is_symlink()) and t not in self._created:
                 self._created.append(t)
         return path
+
+
+def _inside(a: Path, folder: Path) -> bool:
+    """Whether ``a`` lies inside the existing folder ``folder``."""
+    try:
+        return folder.is_dir() and Path(a).resolve().is_relative_to(folder.resolve()) and \
+            Path(a).resolve() != folder.resolve()
+    except OSError:
+        return False
+
+
+def _not_image_files(folder: Path, limit: int = 100000) -> str | None:
+    """The first file under ``folder`` that is neither DICOM (``DICM`` marker) nor part of
+    an OME-Zarr store (``.zarray`` / ``.zattrs`` / ``.zgroup`` / ``zarr.json`` / chunks of a
+    folder that has them), relative to ``folder``; None when every file is."""
+    import os
+
+    zarr_root = any((folder / n).exists() for n in (".zattrs", ".zgroup", "zarr.json"))
+    n = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            n += 1
+            if n > limit:
+                return None
+            f = Path(root) / name
+            if zarr_root:
+                continue                              # chunks are arbitrary names inside a store
+            try:
+                with open(f, "rb") as fh:
+                    head = fh.read(132)
+            except OSError:
+                return str(f.relative_to(folder))
+            if head[128:132] != b"DICM":
+                return str(f.relative_to(folder))
+    return None
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -239,6 +283,40 @@ def cli_words(**names: str):
                 raise
         return inner
     return deco
+
+
+class named:
+    """Context manager: errors raised inside name ``names``' CLI words (see :func:`cli_words`),
+    e.g. ``with named(path="FIXED"): f = read(fixed)`` so a damaged file is blamed on the
+    argument that named it.
+
+    Parameters
+    ----------
+    **names : str
+        Python argument name -> CLI option or argument.
+    """
+
+    def __init__(self, **names: str):
+        self.names = names
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is not None and isinstance(exc, BiomipError):
+            msg = str(exc)
+            new = translate_message(msg, self.names)
+            if new != msg:
+                exc.args = (new,) + tuple(exc.args[1:])
+        return False
+
+
+def read_input(path, option: str, **kwargs):
+    """:func:`biomip.io.read` with errors naming the CLI argument ``option`` (``"FIXED"``)."""
+    from ..io import read
+
+    with named(path=option, series="--series", level="--level"):
+        return read(path, **kwargs)
 
 
 def translate_message(msg: str, names: dict) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import typer
 
 from ..core.errors import FormatError, InputError
-from ._common import FullHelpGroup, Outputs, cli_words, sibling
+from ._common import FullHelpGroup, Outputs, cli_words, read_input, sibling
 
 simulate_app = typer.Typer(cls=FullHelpGroup, no_args_is_help=True, help="Simulate acquisitions from an image.")
 
@@ -59,7 +59,7 @@ def simulate_ct_cmd(
     from ..core.atomic import write_json
     from ..core.image import Image
     from ..data.ct import hu_to_mu, simulate_ct
-    from ..io import read, write
+    from ..io import write
     from ..ops.ct import ParallelBeam, cone_beam, fan_beam
 
     if not (np.isfinite(scale) and scale > 0):
@@ -72,7 +72,7 @@ def simulate_ct_cmd(
     outs = Outputs(overwrite, inputs=[image])
     outs.add(out, "--out", format=None if out.suffix.lower() == ".npz" else "npz",
              siblings=(".preview.png", ".report.json"))
-    img = read(image)
+    img = read_input(image, "IMAGE")
     if img.axes not in ("yx", "zyx"):
         raise InputError(f"image: got axes {img.axes!r}; expected a grey 2-D image or 3-D volume")
     if hu:
@@ -122,10 +122,9 @@ def _sino_preview(sino, path):
 
 def load_sinogram(path: Path):
     """(measurement array, projector, meta) from a sinogram NPZ written by ``simulate ct``."""
-    from ..io import read
     from ..ops.ct import DivergentBeam, DivergentProjector, ParallelBeam, ParallelProjector
 
-    sino = read(path)
+    sino = read_input(path, "SINO")
     meta = sino.meta
     if meta.get("kind") != "sinogram" or "ct_geometry" not in meta or "image_grid" not in meta:
         raise FormatError(f"SINO: {str(path)!r} carries no scan geometry; write sinograms with "
@@ -153,7 +152,8 @@ def reconstruct_cmd(
                                                         "AVX512-BF16 and on GPUs)."),
         iterations: int | None = typer.Option(None, help="Iterations (iterative methods)."),
         lam: float | None = typer.Option(None, help="Regularisation weight (tv, wavelet, dct, tikhonov)."),
-        filter: str = typer.Option("ramp", help="FBP/FDK filter: ramp, shepp-logan, cosine, hamming, hann."),
+        filter: str = typer.Option("ramp", help="FBP/FDK filter: ramp, shepp-logan, cosine, hamming, hann, none "
+                                                "(plain back-projection)."),
         subsets: int | None = typer.Option(None, help="SART subsets (default: one per view)."),
         reference: Path | None = typer.Option(None, help="Ground-truth image, in the units `simulate ct` read it "
                                                            "in (its --hu / --scale are applied): report PSNR / SSIM."),
@@ -192,9 +192,8 @@ def _reference_in_sinogram_units(reference: Path, meta: dict):
     """The --reference image turned into attenuation as `simulate ct` turned its input
     (--hu, --scale), checked against the sinogram's image grid before any work."""
     from ..data.ct import hu_to_mu
-    from ..io import read
 
-    ref = read(reference)
+    ref = read_input(reference, "--reference")
     grid = tuple(meta["image_grid"]["shape"])
     if ref.spatial_shape != grid:
         raise InputError(f"--reference: shape {ref.spatial_shape} differs from the sinogram's image grid {grid}")
@@ -216,7 +215,15 @@ def _reconstruct(method, sino, y, op, meta, out, iterations, lam, filter, subset
     t0 = time.perf_counter()
     its = iterations
     if method in ("fbp", "fdk"):
-        img = R.fbp(y, op, filter=filter) if isinstance(op, R.ParallelProjector) else R.fdk(y, op, filter=filter)
+        parallel = isinstance(op, R.ParallelProjector)
+        if method != ("fbp" if parallel else "fdk"):
+            import warnings
+
+            actual = "fbp" if parallel else "fdk"
+            warnings.warn(f"METHOD: {method} asked for a {meta['ct_geometry']['kind']}-beam sinogram; "
+                          f"reconstructed with {actual}, its filtered back-projection", stacklevel=2)
+            method = actual
+        img = R.fbp(y, op, filter=filter) if parallel else R.fdk(y, op, filter=filter, progress=progress)
         history = []
     else:
         calls = {
@@ -280,7 +287,7 @@ def _reconstruct(method, sino, y, op, meta, out, iterations, lam, filter, subset
     write_json(report, sibling(out, ".report.json"))
     render_panels(panels, sibling(out, ".preview.png"), title=f"biomip reconstruct {method}")
     typer.echo(f"wrote {out}  ({method}, {seconds:.2f} s" + (f", PSNR {report['psnr']:.2f} dB" if "psnr" in report else "")
-               + ")")
+               + (f", SSIM {report['ssim']:.4f}" if "ssim" in report else "") + ")")
 
 
 def _auto_lam(y, op) -> float:

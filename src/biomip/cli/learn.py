@@ -9,18 +9,18 @@ import numpy as np
 import typer
 
 from ..core.errors import InputError
-from ._common import FullHelpGroup, Outputs, cli_words, sibling
+from ._common import FullHelpGroup, Outputs, cli_words, read_input, sibling
 
 train_app = typer.Typer(cls=FullHelpGroup, no_args_is_help=True, help="Train a segmentation network on images and their label images.")
 
 
 def _pairs(images: list[Path], labels: list[Path]):
-    from ..io import read
 
     if not images or len(images) != len(labels):
         raise InputError(f"--image, --labels: got {len(images or [])} images and {len(labels or [])} label images; "
                          "expected the same number (>= 1), in the same order")
-    ims, labs = [read(p) for p in images], [read(p) for p in labels]
+    ims = [read_input(p, "--image") for p in images]
+    labs = [read_input(p, "--labels") for p in labels]
     for i, (a, b) in enumerate(zip(ims, labs)):
         if a.spatial_shape != b.spatial_shape:
             raise InputError(f"--labels: {labels[i]} has shape {b.spatial_shape}; expected {images[i]}'s "
@@ -46,6 +46,7 @@ def _finish(model, out: Path, history: list, extra: dict):
 
 
 @train_app.command("unet")
+@cli_words(labels="--labels", binary="--binary", epochs="--epochs", seed="--seed", model="--model")
 def train_unet_cmd(image: list[Path] = typer.Option(..., "--image", metavar="FILE", help="Training image (repeat)."),
                    labels: list[Path] = typer.Option(..., "--labels", metavar="FILE", help="Its label image (repeat, same order)."),
                    out: Path = typer.Option(..., "--out", help="Model folder to write (safetensors + JSON)."),
@@ -58,6 +59,8 @@ def train_unet_cmd(image: list[Path] = typer.Option(..., "--image", metavar="FIL
     from ..segment.planning import fingerprint, plan
     from ..segment.train import train_unet
 
+    if epochs < 1:
+        raise InputError(f"--epochs: got {epochs}; expected an integer >= 1")
     outs = _check_model_out(out, overwrite, [*image, *labels])
     ims, labs = _pairs(image, labels)
     pl = plan(fingerprint(ims, labs, binary=binary))
@@ -70,6 +73,7 @@ def train_unet_cmd(image: list[Path] = typer.Option(..., "--image", metavar="FIL
 
 
 @train_app.command("flows")
+@cli_words(labels="--labels", epochs="--epochs", seed="--seed", model="--model", path="--model")
 def train_flows_cmd(image: list[Path] = typer.Option(..., "--image", metavar="FILE", help="Training image (repeat)."),
                     labels: list[Path] = typer.Option(..., "--labels", metavar="FILE", help="Its instance labels (repeat)."),
                     out: Path = typer.Option(..., "--out", help="Model folder to write."),
@@ -82,6 +86,8 @@ def train_flows_cmd(image: list[Path] = typer.Option(..., "--image", metavar="FI
     from ..nn.unet import UNet
     from ..segment.flows import fine_tune, train_flows
 
+    if epochs < 1:
+        raise InputError(f"--epochs: got {epochs}; expected an integer >= 1")
     outs = _check_model_out(out, overwrite, [*image, *labels, model])
     ims, labs = _pairs(image, labels)
     t0 = time.perf_counter()
@@ -111,14 +117,14 @@ def predict_cmd(model: Path = typer.Argument(..., metavar="MODEL", help="Model f
 def _predict(model, image, out, truth):
     from ..core.atomic import write_json
     from ..core.preview import render
-    from ..io import read, write
+    from ..io import write
     from ..nn.unet import UNet
     from ..segment import match_instances, segmentation_report
     from ..segment.flows import predict_instances
     from ..segment.train import predict
 
     net = UNet.load(model)
-    img = read(image)
+    img = read_input(image, "IMAGE")
     t0 = time.perf_counter()
     kind = net.meta.get("kind", "unet")
     if kind == "flows":
@@ -130,7 +136,7 @@ def _predict(model, image, out, truth):
     report = {"model": str(model), "kind": kind, "image": str(image), "labels": str(out), "seconds": seconds,
               "n_labels": int(np.unique(arr[arr > 0]).size)}
     if truth is not None:
-        ref = read(truth)
+        ref = read_input(truth, "--truth")
         if ref.spatial_shape != img.spatial_shape:
             raise InputError(f"--truth: got shape {ref.spatial_shape}; expected the image's {img.spatial_shape}")
         report["metrics"] = ({k: v for k, v in match_instances(arr, ref).items() if k != "pairs"} if kind == "flows"
@@ -140,3 +146,10 @@ def _predict(model, image, out, truth):
            labels=lab.with_array(arr.astype(np.int32)))
     write_json(report, sibling(out, ".report.json"))
     typer.echo(f"wrote {out}  ({kind}, {report['n_labels']} labels, {seconds:.2f} s)")
+    if "metrics" in report:
+        m = report["metrics"]
+        if kind == "flows":
+            typer.echo(f"vs truth: AP@{m['threshold']:g} {m['ap']:.3f}, precision {m['precision']:.3f}, recall "
+                       f"{m['recall']:.3f} ({m['tp']} matched, {m['fp']} extra, {m['fn']} missed)")
+        else:
+            typer.echo("vs truth: " + ", ".join(f"{k} {v:.4g}" for k, v in m.get("mean", {}).items()))

@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from ..core.errors import BiomipError, GeometryError
-from ._common import FullHelpGroup, cli_words
+from ._common import FullHelpGroup, cli_words, named, read_input
 
 app = typer.Typer(cls=FullHelpGroup, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="biomip: biomedical image processing (I/O, samples, metrics, and the book's methods).")
@@ -155,6 +155,13 @@ def _fmt_vec(v, nd=6):
     return "(" + ", ".join(f"{(0.0 if abs(x) < 1e-12 else x) + 0.0:.{nd}g}" for x in v) + ")"
 
 
+def _spacing_text(img) -> str:
+    """``spacing (0.5, 0.5, 2) mm``, or that the file stores none (pixel units)."""
+    if img.meta.get("spacing_known") is False:
+        return "spacing unknown (pixel units)"
+    return f"spacing {_fmt_vec(img.spacing)} mm"
+
+
 @app.command()
 @cli_words(path="PATH", series="--series", level="--level")
 def info(path: Path = typer.Argument(..., metavar="PATH", help="Image file, DICOM series folder or OME-Zarr."),
@@ -199,6 +206,7 @@ def info(path: Path = typer.Argument(..., metavar="PATH", help="Image file, DICO
 
 
 @app.command()
+@cli_words(folder="FOLDER")
 def series(folder: Path = typer.Argument(..., metavar="FOLDER", help="Folder with DICOM files (searched recursively)."),
            as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """List the DICOM series in a folder (pass one to other commands with --series)."""
@@ -249,17 +257,17 @@ def convert(src: Path = typer.Argument(..., metavar="SRC", help="Input image / D
             allow_irregular: bool = typer.Option(False, help="Read a DICOM series with uneven slice spacing."),
             overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists (default: refuse).")):
     """Convert between formats, keeping spacing, origin and direction."""
-    from ..io import read, write
+    from ..io import write
     from ._common import Outputs
 
     t0 = time.perf_counter()
     with Outputs(overwrite, inputs=[src]) as outs:
-        outs.add(dst, "DST", format=fmt)
-        img = read(src, series=series, level=level, allow_irregular=allow_irregular)
+        outs.add(dst, "DST", format=fmt, format_option="--format")
+        img = read_input(src, "SRC", series=series, level=level, allow_irregular=allow_irregular)
         if slice_ is not None:
             img = _take_slice(img, slice_)
         out = write(img, dst, format=fmt, overwrite=overwrite, rescale=rescale if rescale else None)
-    typer.echo(f"wrote {out}  shape {img.shape}  spacing {_fmt_vec(img.spacing)} mm  ({time.perf_counter() - t0:.2f} s)")
+    typer.echo(f"wrote {out}  shape {img.shape}  {_spacing_text(img)}  ({time.perf_counter() - t0:.2f} s)")
 
 
 # ---------------------------------------------------------------- data
@@ -313,12 +321,13 @@ def data_get(name: str = typer.Argument(..., metavar="NAME", help="Sample name (
     from ._common import Outputs
 
     with Outputs(overwrite) as outs:
-        outs.add(out, "OUT", format=fmt)
-        img = load(name)
+        outs.add(out, "OUT", format=fmt, format_option="--format")
+        with named(path="NAME"):
+            img = load(name)
         if slice_ is not None:
             img = _take_slice(img, slice_)
         write(img, out, format=fmt, overwrite=overwrite, rescale=rescale if rescale else None)
-    typer.echo(f"wrote {out}  ({name}: shape {img.shape}, spacing {_fmt_vec(img.spacing)} mm)")
+    typer.echo(f"wrote {out}  ({name}: shape {img.shape}, {_spacing_text(img)})")
 
 
 # ---------------------------------------------------------------- demo
@@ -331,8 +340,11 @@ def demo(out: Path = typer.Option(Path("biomip-demo"), help="Output folder."),
     """Load every shipped sample and run the simulators; write report.json + preview.png each.
 
     Re-running into the same folder removes only what the previous demo wrote (its manifest)."""
+    from ._common import Outputs
     from .demo import run_demo
 
+    if not out.exists():
+        Outputs().add(out, "--out", image=False)          # its folder exists and is writable
     summary = run_demo(out, quick=quick, progress=progress, force=force)
     c = _console()
     c.print(f"demo written to {out}/  ({summary['n_ok']} ok, {summary['n_missing']} missing packages, "

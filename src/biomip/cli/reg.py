@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from ..core.errors import InputError
-from ._common import Outputs, cli_words, read_points_file, sibling
+from ._common import Outputs, cli_words, read_input, read_points_file, sibling
 
 METHODS = ("rigid", "affine", "demons", "svf", "bspline", "elastic", "fluid", "curvature", "lddmm")
 
@@ -35,7 +35,6 @@ def register_cmd(
                                                                    "(default: refuse).")):
     """Register MOVING onto FIXED; writes the warped image, the field/transform,
     <out>.report.json and <out>.preview.png (difference before/after, checkerboard, Jacobian)."""
-    from ..io import read
 
     if method not in METHODS:
         raise InputError(f"METHOD: got {method!r}; expected one of {', '.join(METHODS)}")
@@ -57,7 +56,7 @@ def register_cmd(
             outs.add(out_field, "--out-field", dtype_kind="f")
         if _same(out_field, out_warped):
             raise InputError("--out-field: the same path as --out-warped; give two different files")
-    f, m = read(fixed), read(moving)
+    f, m = read_input(fixed, "FIXED"), read_input(moving, "MOVING")
     if landmarks:
         fp, mp = (read_points_file(p, f.sdim, "--landmarks") for p in landmarks)
         if fp.shape != mp.shape:
@@ -65,7 +64,7 @@ def register_cmd(
                              "(corresponding rows)")
     fl = ml = None
     if labels:
-        fl, ml = read(labels[0]), read(labels[1])
+        fl, ml = read_input(labels[0], "--labels"), read_input(labels[1], "--labels")
         if not fl.same_geometry(f):
             raise InputError("--labels: the fixed labels must lie on the fixed image's grid")
         if ml.spatial_shape != m.spatial_shape and not ml.same_geometry(m):
@@ -149,6 +148,15 @@ def _register(method, f, m, fixed, moving, out_warped, out_field, metric, iterat
     write_json(report, sibling(out_warped, ".report.json"))
     typer.echo(f"wrote {out_warped}" + (f" and {out_field}" if out_field else "") + f"  ({method}, {seconds:.2f} s, "
                f"folded voxels {jac['n_folded']})")
+    if "dice_after" in report:
+        b, a = report["dice_before"], report["dice_after"]
+        typer.echo("Dice before -> after: " + ", ".join(f"label {k} {b[k]:.3f} -> {a[k]:.3f}" for k in a)
+                   + (f"  (mean {np.mean(list(b.values())):.3f} -> {np.mean(list(a.values())):.3f})" if len(a) > 1
+                      else ""))
+    if "tre_mm" in report:
+        tb, ta = report["tre_before_mm"], report["tre_mm"]
+        typer.echo(f"TRE before -> after: mean {tb['mean']:.3f} -> {ta['mean']:.3f} mm, max {tb['max']:.3f} -> "
+                   f"{ta['max']:.3f} mm ({len(points[0])} landmarks)")
 
 
 @cli_words(image="IMAGE", field="FIELD", path="FIELD", reference="--reference")
@@ -161,14 +169,14 @@ def warp_cmd(image: Path = typer.Argument(..., metavar="IMAGE", help="Image to d
                                                       "marked as labels are always nearest)."),
              overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists (default: refuse).")):
     """Apply a displacement field or transform: out(p) = image(T(p))."""
-    from ..io import read, write
+    from ..io import write
     from ..register import read_transform
 
     outs = Outputs(overwrite, inputs=[image, field, reference])
     outs.add(out, "--out")
-    img = read(image)
+    img = read_input(image, "IMAGE")
     T = read_transform(field)
-    ref = read(reference) if reference is not None else (T.field if hasattr(T, "field") else img)
+    ref = read_input(reference, "--reference") if reference is not None else (T.field if hasattr(T, "field") else img)
     res = T.warp(img, ref, mode="nearest" if nearest else None)
     with outs:
         write(res, out, overwrite=overwrite)

@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from ..core.errors import InputError
-from ._common import Outputs, cli_words, parse_points, sibling
+from ._common import Outputs, cli_words, parse_points, read_input, sibling
 
 THRESHOLDS = ("otsu", "multiotsu", "valley", "kapur", "isodata", "li", "yen", "triangle")
 METHODS = THRESHOLDS + ("region-grow", "edge", "chan-vese", "geodesic", "kmeans", "gmm", "spectral", "watershed")
@@ -50,18 +50,29 @@ def segment_cmd(
         _segment(method, image, out, k, seed, world, tolerance, superpixels, min_distance, diameter, truth)
 
 
+def _same_grid(a, b) -> bool:
+    return bool(np.allclose(a.spacing, b.spacing, rtol=1e-4, atol=1e-6) and
+                np.allclose(a.origin, b.origin, atol=1e-3) and np.allclose(a.direction, b.direction, atol=1e-4))
+
+
 def _segment(method, image, out, k, seed, world, tolerance, superpixels, min_distance, diameter, truth):
     from .. import segment as S
     from ..core.atomic import write_json
     from ..core.preview import render
-    from ..io import read, write
+    from ..io import write
 
-    img = read(image)
+    img = read_input(image, "IMAGE")
     if img.axes not in ("yx", "zyx"):
         raise InputError(f"IMAGE: got axes {img.axes!r}; expected a grey 2-D or 3-D image (convert colour first)")
-    ref = read(truth) if truth is not None else None
+    ref = read_input(truth, "--truth") if truth is not None else None
     if ref is not None and ref.spatial_shape != img.spatial_shape:
         raise InputError(f"--truth: got shape {ref.spatial_shape}; expected the image's {img.spatial_shape}")
+    if ref is not None and not _same_grid(ref, img):
+        import warnings
+
+        warnings.warn(f"--truth: its grid (spacing {ref.spacing}, origin {ref.origin}) differs from IMAGE's "
+                      f"(spacing {img.spacing}, origin {img.origin}); it is scored voxel by voxel, distances in "
+                      "IMAGE's spacing", stacklevel=2)
     t0 = time.perf_counter()
     extra = {}
     if method in THRESHOLDS:
@@ -85,14 +96,16 @@ def _segment(method, image, out, k, seed, world, tolerance, superpixels, min_dis
     else:
         fn = {"kmeans": S.kmeans_segment, "gmm": S.gmm_segment, "spectral": S.spectral_segment}[method]
         kw = {} if superpixels is None else ({"superpixels": superpixels} if method != "spectral"
-                                              else {"graph": "superpixels", "superpixels": superpixels})
+                                              else {"graph": "superpixels", "n_segments": superpixels})
         lab = fn(img, k, **kw)
     seconds = time.perf_counter() - t0
     arr = lab.numpy()
     ids, counts = np.unique(arr[arr > 0], return_counts=True)
+    known = img.meta.get("spacing_known", True) is not False
     vox = float(np.prod(img.spacing))
-    unit = "mm2" if img.sdim == 2 else "mm3"
+    unit = ("mm" if known else "px") + ("2" if img.sdim == 2 else "3")
     report = {"method": method, "image": str(image), "labels": str(out), "seconds": seconds, "n_labels": int(ids.size),
+              "distance_unit": "mm" if known else "px (spacing unknown)",
               f"size_{unit}": {int(i): float(c * vox) for i, c in zip(ids[:1000], counts[:1000])}, **extra}
     if ref is not None:
         if method == "watershed":
@@ -112,7 +125,8 @@ def _segment(method, image, out, k, seed, world, tolerance, superpixels, min_dis
                    f"{m['recall']:.3f} ({m['tp']} matched, {m['fp']} extra, {m['fn']} missed)")
     elif "metrics" in report:
         mean = report["metrics"].get("mean", {})
-        typer.echo("vs truth (foreground): " + ", ".join(f"{k_} {v:.4g}" + (" mm" if k_ == "hd95" else "")
-                                                         for k_, v in mean.items()))
+        dist = " mm" if known else " px (spacing unknown)"
+        typer.echo("vs truth (foreground): " + ", ".join(f"{k_} {v:.4g}" + (dist if k_ in ("hd95", "assd", "hd")
+                                                                            else "") for k_, v in mean.items()))
     elif "matched_dice" in report:
         typer.echo(f"vs truth (clusters matched to foreground): mean Dice {report['matched_dice']['mean']:.4f}")

@@ -688,9 +688,16 @@ def magnitude_style(*arrays, unit: str = "", label: str | None = None, percentil
     return out
 
 
-def jacobian_style(*jacobians, label: str = "det J", percentile: float = 99.5) -> dict:
+def jacobian_style(*jacobians, label: str = "det J", percentile: float = 99.5,
+                   sane: tuple[float, float] = (0.0, 3.0)) -> dict:
     """Panel keywords for Jacobian-determinant maps: diverging about 1 (blue: volume
     shrinks, red: grows), symmetric range, colour bar labelled ``det J``.
+
+    The range covers the true smallest and largest determinant when they lie within
+    ``sane`` (so a panel titled "min 0.62" never gets a 0.8 - 1.2 colour bar), and it
+    always reaches down to the smallest determinant when that is <= 0 (folding stays
+    visible).  Only a maximum beyond ``sane`` falls back to the robust ``percentile``;
+    :func:`panels_figure` then marks the clipped end of the colour bar with an arrow.
 
     Parameters
     ----------
@@ -699,9 +706,10 @@ def jacobian_style(*jacobians, label: str = "det J", percentile: float = 99.5) -
     label : str, optional
         Colour-bar label.
     percentile : float, optional
-        The range is 1 +- this percentile of ``|det J - 1|`` (at least 0.05), so that a
-        few extreme voxels do not wash out the map; the range always reaches down to the
-        smallest determinant when that is <= 0 (folding stays visible).
+        At least 1 +- this percentile of ``|det J - 1|`` (and at least 1 +- 0.05).
+    sane : tuple of float, optional
+        ``(low, high)``: extremes within this interval are always inside the range;
+        a maximum above ``high`` (a few extreme voxels) does not wash out the map.
 
     Returns
     -------
@@ -713,15 +721,23 @@ def jacobian_style(*jacobians, label: str = "det J", percentile: float = 99.5) -
     >>> kw = jacobian_style(np.array([0.8, 1.1]), percentile=100)
     >>> round(kw["vmin"], 3), round(kw["vmax"], 3), kw["colorbar"]
     (0.8, 1.2, 'det J')
+    >>> kw = jacobian_style(np.r_[np.ones(999), 0.62, 2.85])    # true extremes in [0, 3]: both shown
+    >>> round(kw["vmin"], 2), round(kw["vmax"], 2)
+    (-0.85, 2.85)
     """
     half = 0.05
+    lo, hi = np.inf, -np.inf
     for j in jacobians:
-        j = _sample(np.asarray(j))
-        j = j[np.isfinite(j)] if j.dtype.kind in "fc" else j
+        j = np.asarray(j)
+        j = j[np.isfinite(j)] if j.dtype.kind in "fc" else j.ravel()
         if j.size:
-            half = max(half, float(np.percentile(np.abs(j - 1.0), percentile)))
-            if j.min() <= 0:
-                half = max(half, 1.0 - float(j.min()))
+            half = max(half, float(np.percentile(np.abs(_sample(j) - 1.0), percentile)))
+            lo, hi = min(lo, float(j.min())), max(hi, float(j.max()))
+    if lo < 1.0:                                   # in [sane low, 1): shown; <= 0 (folding): always shown
+        if lo >= sane[0] or lo <= 0:
+            half = max(half, 1.0 - lo)
+    if 1.0 < hi <= sane[1]:
+        half = max(half, hi - 1.0)
     return {"cmap": "RdBu_r", "vmin": 1.0 - half, "vmax": 1.0 + half, "colorbar": label,
             "colorbar_group": "jacobian"}
 
@@ -899,10 +915,41 @@ def _draw_grid(ax, shape, extent, tiles: int):
         ax.axhline(y1 + (y0 - y1) * t / ny, **kw)
 
 
-def _draw_panel(fig, ax, name, a, kw, width_in):
-    """Draw one panel; returns the image artist (or None)."""
+def _overlay_handle(ids: np.ndarray, counts: np.ndarray, cm):
+    """The legend swatch of an overlay in the colours actually drawn: one label -> its
+    colour (light fill, solid outline, as on the panel); several -> a strip of the
+    colours of the (up to 4) largest labels in view; none -> an empty grey box."""
+    from matplotlib.colors import to_rgba
     from matplotlib.patches import Patch
 
+    if ids.size == 0:
+        return Patch(facecolor="none", edgecolor="0.6")
+    top = ids[np.argsort(-counts, kind="stable")[:4]]
+    patches = tuple(Patch(facecolor=to_rgba(cm(int(i)), 0.45), edgecolor=cm(int(i)), linewidth=1.2) for i in top)
+    return patches[0] if len(patches) == 1 else patches
+
+
+def _overlay_legend(fig, overlays: dict):
+    """One figure legend under all panels (outside every image and its orientation
+    letters) naming each overlay with a swatch of the colours drawn."""
+    from matplotlib.legend_handler import HandlerTuple
+
+    cm = label_colormap()
+    handles, texts = [], []
+    for name, (per_panel, k) in overlays.items():
+        ids = np.array(sorted(per_panel), dtype=np.int64)
+        counts = np.array([per_panel[i] for i in ids], dtype=np.int64)
+        handles.append(_overlay_handle(ids, counts, cm))
+        texts.append(f"overlay: {name} ({ids.size} in view)" if k == 1 else
+                     f"overlay: {name} ({ids.size} in the {k} views)")
+    wide = any(isinstance(h, tuple) for h in handles)
+    fig.legend(handles=handles, labels=texts, handler_map={tuple: HandlerTuple(ndivide=None, pad=0.0)},
+               loc="outside lower center", ncols=len(handles), fontsize=8, framealpha=0.9,
+               handlelength=2.4 if wide else 1.2, borderpad=0.3)
+
+
+def _draw_panel(fig, ax, name, a, kw, width_in):
+    """Draw one panel; returns the image artist (or None)."""
     kw = dict(kw or {})
     extra = {k: kw.pop(k) for k in _PANEL_KEYS if k in kw}
     a = np.asarray(a)
@@ -930,10 +977,8 @@ def _draw_panel(fig, ax, name, a, kw, width_in):
         okw = {k: v for k, v in kw.items() if k in ("extent", "aspect", "origin")}
         ax.imshow(idx, cmap=cm, vmin=0, vmax=255, alpha=0.28, interpolation="nearest", **okw)
         ax.imshow(np.where(_boundaries(idx), idx, 0), cmap=cm, vmin=0, vmax=255, interpolation="nearest", **okw)
-        n = int(np.unique(idx[idx > 0]).size)
-        ax.legend(handles=[Patch(facecolor=cm(37), edgecolor=cm(101), alpha=0.8,
-                                 label=f"overlay: {extra.get('overlay_label', 'labels')} ({n} in view)")],
-                  loc="lower right", fontsize=7, framealpha=0.75, handlelength=1.2, borderpad=0.3)
+        ids, counts = np.unique(idx[idx > 0], return_counts=True)
+        extra["_overlay_ids"] = dict(zip(ids.tolist(), counts.tolist()))
     if extra.get("grid"):
         ext = kw.get("extent", (-0.5, shape[1] - 0.5, shape[0] - 0.5, -0.5))
         _draw_grid(ax, shape, ext, int(extra["grid"]))
@@ -953,6 +998,32 @@ def _draw_panel(fig, ax, name, a, kw, width_in):
     if name:
         ax.set_title(_wrap(name, width_in, 9), fontsize=9)
     return im, extra
+
+
+def _shared_bars(kws, cols: int) -> dict:
+    """Colour-bar groups drawn as one bar under the group: two or more panels with a
+    colour bar that are neighbours in one row of the grid."""
+    idx: dict = {}
+    for i, kw in enumerate(kws):
+        if kw.get("colorbar") and kw.get("colorbar_group") is not None and not kw.get("labels"):
+            idx.setdefault(kw["colorbar_group"], []).append(i)
+    return {g: v for g, v in idx.items()
+            if len(v) > 1 and len({i // cols for i in v}) == 1 and v == list(range(v[0], v[0] + len(v)))}
+
+
+def _extend(arrays, lo: float, hi: float) -> str:
+    """``"neither"``, ``"min"``, ``"max"`` or ``"both"``: which ends of the colour range
+    clip data (values below ``lo`` / above ``hi``), for the colour bar's arrows."""
+    below = above = False
+    tol = 1e-6 * max(abs(hi - lo), 1e-30)
+    for a in arrays:
+        a = np.ma.asarray(a)
+        a = np.asarray(a.compressed() if np.ma.is_masked(a) else a.data, dtype=np.float64).ravel()
+        a = a[np.isfinite(a)]
+        if a.size:
+            below |= bool(a.min() < lo - tol)
+            above |= bool(a.max() > hi + tol)
+    return {(False, False): "neither", (True, False): "min", (False, True): "max"}.get((below, above), "both")
 
 
 def panels_figure(panels, title: str | None = None, cols: int = 4, panel_size: float = 3.6):
@@ -988,45 +1059,66 @@ def panels_figure(panels, title: str | None = None, cols: int = 4, panel_size: f
         raise InputError("panels: got an empty list; expected at least one (title, array, kwargs)")
     cols = max(1, min(int(cols), n))
     rows = int(np.ceil(n / cols))
-    has_cb = any(isinstance(kw, dict) and kw.get("colorbar") for _, _, kw in panels)
-    has_ax = any(isinstance(kw, dict) and (kw.get("unit") or kw.get("xlabel")) for _, _, kw in panels)
+    kws = [kw if isinstance(kw, dict) else {} for _, _, kw in panels]
+    shared = _shared_bars(kws, cols)
+    in_shared = {i for idx in shared.values() for i in idx}
+    has_cb = any(kw.get("colorbar") and i not in in_shared for i, kw in enumerate(kws))    # a bar on the right
+    has_ax = any(kw.get("unit") or kw.get("xlabel") for kw in kws)
+    has_ov = any(kw.get("overlay") is not None for kw in kws)
+    below = 0.55 if shared else 0.0                                     # shared colour bars under the panels
     panel_w = panel_size + (0.75 if has_cb else 0.0) + (0.35 if has_ax else 0.0)
     lines = max((len(_wrap(p[0] or "", panel_w, 9).split("\n")) for p in panels), default=1)
     top = 0.0
     if title:
         top = 0.22 * len(_wrap(title, cols * panel_w, 11).split("\n")) + 0.1
-    fig = _figure((panel_w * cols, (panel_size + 0.17 * lines + (0.3 if has_ax else 0)) * rows + top))
+    fig = _figure((panel_w * cols, (panel_size + 0.17 * lines + (0.3 if has_ax else 0) + below) * rows + top
+                   + (0.35 if has_ov else 0.0)))                          # the overlay legend under all
     axs = fig.subplots(rows, cols, squeeze=False)
     for ax in axs.ravel()[n:]:
         ax.set_visible(False)
-    def bar(im, ax, label):
-        c = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02, fraction=0.06 / (len(ax) if isinstance(ax, list) else 1))
+
+    def bar(ims, ax, label, shared_by: int = 1):
+        lo, hi = ims[0].get_clim()
+        kw = {"extend": _extend([im.get_array() for im in ims], lo, hi)}
+        if shared_by > 1:                      # one horizontal bar under the whole group: visibly shared
+            kw.update(location="bottom", shrink=0.6, pad=0.03, fraction=0.05, aspect=30 * shared_by)
+        else:
+            kw.update(shrink=0.85, pad=0.02, fraction=0.06)
+        c = fig.colorbar(ims[-1], ax=ax, **kw)
         if isinstance(label, str):
-            c.set_label(label, fontsize=8)
+            c.set_label(label + (f" (shared by the {shared_by} panels above)" if shared_by > 1 else ""), fontsize=8)
+        elif shared_by > 1:
+            c.set_label(f"shared by the {shared_by} panels above", fontsize=8)
         c.ax.tick_params(labelsize=7)
 
     groups: dict = {}
+    overlays: dict = {}
     for i, (ax, (name, a, kw)) in enumerate(zip(axs.ravel(), panels)):
         im, extra = _draw_panel(fig, ax, name, a, kw, panel_w)
+        if "_overlay_ids" in extra:
+            ids, k = overlays.setdefault(str(extra.get("overlay_label", "labels")), ({}, 0))
+            for j, c in extra["_overlay_ids"].items():
+                ids[j] = ids.get(j, 0) + c
+            overlays[str(extra.get("overlay_label", "labels"))] = (ids, k + 1)
         cb = extra.get("colorbar")
         if cb and im is not None:
             g = extra.get("colorbar_group")
             if g is None:
-                bar(im, ax, cb)
+                bar([im], ax, cb)
             else:
                 groups.setdefault(g, []).append((i, ax, im, cb))
-    for members in groups.values():
+    for g, members in groups.items():
         lo = min(im.get_clim()[0] for _, _, im, _ in members)
         hi = max(im.get_clim()[1] for _, _, im, _ in members)
         for _, _, im, _ in members:
             im.set_clim(lo, hi)                                       # one scale for the group
-        idx = [m[0] for m in members]
-        one_row = len({i // cols for i in idx}) == 1 and idx == list(range(idx[0], idx[0] + len(idx)))
-        if one_row:                                                   # neighbours: one colour bar after them
-            bar(members[-1][2], [m[1] for m in members] if len(members) > 1 else members[0][1], members[0][3])
-        else:                                                         # spread over the grid: same bar on each
+        if g in shared and len(members) > 1:                          # neighbours in a row: one bar under them
+            bar([m[2] for m in members], [m[1] for m in members], members[0][3], shared_by=len(members))
+        else:                                                         # alone or spread over the grid: each its bar
             for _, ax, im, cb in members:
-                bar(im, ax, cb)
+                bar([m[2] for m in members], ax, cb)
+    if overlays:
+        _overlay_legend(fig, overlays)
     if title:
         fig.suptitle(_wrap(title, cols * panel_w, 11), fontsize=11)
     return fig
@@ -1052,13 +1144,19 @@ def render_panels(panels, path, title: str | None = None, dpi: int = 110, cols: 
             ``str`` (the label, with its unit: ``"mm"``, ``"Gy"``, ``"det J"``,
             ``"HU"``, ``"1/mm"``) or ``True``: draw a colour bar.
         ``"colorbar_group"``
-            Panels with the same value share one scale and one colour bar.
+            Panels with the same value share one scale.  Neighbours in one row get
+            one horizontal colour bar under all of them, labelled "shared by the n
+            panels above"; members spread over the grid each get the same bar.
+            A colour bar whose range clips the data (a robust window) shows it with
+            end arrows (``extend="min"`` / ``"max"`` / ``"both"``).
         ``"labels"``
             ``True``: the array is an instance / label map, drawn in distinct colours on
             black.
         ``"overlay"``, ``"overlay_label"``
-            A label array drawn over the panel (outlines on a light fill) and a legend
-            naming it as an overlay.
+            A label array drawn over the panel (outlines on a light fill) and one
+            legend under all panels naming it as an overlay, with a swatch in the
+            colours drawn (the label's colour; for several labels those of the
+            largest ones in view).
         ``"grid"``
             ``n``: outline an ``n`` x ``n`` tile grid (see :func:`checkerboard`).
         ``"letters"``
@@ -1095,6 +1193,17 @@ def render_panels(panels, path, title: str | None = None, dpi: int = 110, cols: 
     'reg.png'
     """
     return _save(panels_figure(panels, title=title, cols=cols, panel_size=panel_size), path, dpi)
+
+
+INSTANCE_MAP_MIN_LABELS = 21
+"""Label images with at least this many labels are titled "instance map" (many
+objects, e.g. nuclei); fewer (organs, tissue classes, a one-label mask) "label map"."""
+
+
+def _labels_title(n: int) -> str:
+    """``"1 label (label map)"``, ``"3 labels (label map)"``, ``"40 labels (instance map)"``."""
+    kind = "instance map" if n >= INSTANCE_MAP_MIN_LABELS else "label map"
+    return f"{n} label{'' if n == 1 else 's'} ({kind})"
 
 
 def _display_array(image: Image) -> tuple[np.ndarray, str]:
@@ -1173,7 +1282,8 @@ def image_figure(image: Image, title: str | None = None, labels: Image | None = 
         name = v.title
         if is_labels:
             kw["labels"] = True
-            name = f"{name}: {n_labels} labels (instance map)".strip(": ") if name else f"{n_labels} labels (instance map)"
+            what = _labels_title(n_labels)
+            name = f"{name}: {what}" if name else what
         elif mode == "grey":
             kw.update(cmap=cmap, vmin=vmin, vmax=vmax)
             if cb_label:

@@ -49,8 +49,10 @@ def progress_enabled(progress: bool | None) -> bool:
 
 
 def _line_mode(progress) -> bool:
-    """Whether a bar resolved from ``progress`` is drawn as plain log lines."""
-    return progress is None and config.progress == "lines"
+    """Whether a bar resolved from ``progress`` is drawn as plain log lines: in "lines" mode
+    (the CLI writing to a file or pipe), also when a bar was asked for explicitly, since a
+    live bar cannot be drawn there."""
+    return progress in (None, True) and config.progress == "lines"
 
 
 def track(iterable: Iterable[T], description: str = "working", total: int | None = None,

@@ -126,8 +126,8 @@ def _with(spacing=None, axes=None, meta=None, dtype=None, channel0=False):
         arr = img.array if dtype is None else img.numpy().astype(dtype)
         m = dict(img.meta)
         m.update(meta or {})
-        if spacing is not None:
-            m.pop("spacing_known", None)
+        if spacing is not None and "spacing_known" not in (meta or {}):
+            m.pop("spacing_known", None)          # a spacing the catalogue knows (unless it says it does not)
         axes_ = axes or img.axes
         sdim = sum(a in "zyx" for a in axes_)
         if channel0 and axes_.startswith("c"):

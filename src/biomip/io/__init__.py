@@ -189,10 +189,11 @@ def output_format(path, format: str | None = None, *, format_name: str = "format
     fmt = (format_from_suffix(path) or "").lower()
     fmt = aliases.get(fmt, fmt)
     if fmt not in WRITE_FORMATS:
-        hint = "pass format=" if format_name == "format" else f"give {format_name}"
+        hint = ("pass format=" if format_name == "format" else f"give {format_name}" if format_name else "")
+        hint = f" or {hint}" if hint else ""
         raise FormatError(
             f"{path_name}: cannot tell the output format of {str(path)!r}; use a suffix (.nii.gz, .dcm, .tif, "
-            f".ome.tif, .ome.zarr, .png, .jpg, .npy, .npz) or {hint}")
+            f".ome.tif, .ome.zarr, .png, .jpg, .npy, .npz){hint}")
     return fmt
 
 

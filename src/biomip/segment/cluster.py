@@ -332,8 +332,8 @@ def kmeans_segment(image, k: int, features="intensity", superpixels=None, positi
     >>> import numpy as np
     >>> img = np.zeros((16, 16)); img[:, 8:] = 1.0
     >>> lab = kmeans_segment(img, 2)
-    >>> int(lab.numpy()[0, 0]), int(lab.numpy()[0, -1])      # dark class 1, bright class 2
-    (1, 2)
+    >>> int(lab.numpy()[0, 0]), int(lab.numpy()[0, -1])      # dark class 0, bright class 1
+    (0, 1)
     """
     def fit(feat, kk, weight):
         r = kmeans(feat, kk, n_init=n_init, seed=seed, sample_weight=weight, **kwargs)
@@ -628,7 +628,7 @@ def spectral_segment(image, k: int, graph: str = "pixels", connectivity: int | N
     >>> img += np.random.default_rng(0).normal(0, 0.05, img.shape)
     >>> lab = spectral_segment(img, 2)
     >>> sorted(np.unique(lab.numpy()[:, :6]).tolist()), sorted(np.unique(lab.numpy()[:, 6:]).tolist())
-    ([1], [2])
+    ([0], [1])
     """
     img = _as_image(image)
     graph = check_choice(graph, "graph", ("pixels", "superpixels"))
