@@ -36,7 +36,7 @@ class TrainingWarning(UserWarning):
 class TrainingHealth:
     """The verdict of :func:`training_health`.
 
-    Attributes
+    Parameters
     ----------
     learned : bool
         False when any check failed (then ``warnings`` says which).
@@ -143,9 +143,9 @@ def training_health(history=None, output=None, reference=None, *, key: str = "lo
     window : float, optional
         Fraction of the steps averaged at each end (0 < window <= 0.5).
     min_ratio : float, optional
-        Smallest accepted mean |output| / mean |reference|.
+        Smallest accepted mean absolute output / mean absolute reference.
     min_contrast : float, optional
-        Smallest accepted (std / mean |output|) / (std / mean |reference|).
+        Smallest accepted (std / mean absolute value of the output) / (the same of the reference).
     name : str, optional
         What the messages call the training (e.g. ``"serenet (nll-mpg)"``).
 
