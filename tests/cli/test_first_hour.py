@@ -318,3 +318,37 @@ def test_reads_are_blamed_on_the_argument_that_named_them(tmp_path, capsys):
     assert _one_error_line(capsys).startswith("biomip: error: MOVING:")
     assert main(["segment", "otsu", str(bad), "--out", str(tmp_path / "o.nii.gz")]) == 2
     assert _one_error_line(capsys).startswith("biomip: error: IMAGE:")
+
+
+# ------------------------------------------------------------------ third new-user pass
+def test_a_report_or_preview_never_replaces_an_input(tmp_path, capsys):
+    src = _img(tmp_path)
+    disguised = tmp_path / "a.preview.png"                  # an input named like the output's preview
+    assert main(["convert", str(src), str(disguised), "--rescale"]) == 0
+    before = disguised.read_bytes()
+    assert main(["segment", "otsu", str(disguised), "--out", str(tmp_path / "a.tif"), "--overwrite"]) == 2
+    assert "also an input" in _one_error_line(capsys) and disguised.read_bytes() == before
+
+
+def test_clustering_classes_are_bounded(tmp_path, capsys):
+    src = _img(tmp_path)
+    assert main(["segment", "kmeans", str(src), "--k", "100000", "--out", str(tmp_path / "k.tif")]) == 2
+    assert _one_error_line(capsys).startswith("biomip: error: --k: got 100000")
+    assert main(["segment", "spectral", str(src), "--k", "2", "--superpixels", "-5", "--out", str(tmp_path / "k.tif")]) == 2
+    assert _one_error_line(capsys).startswith("biomip: error: --superpixels:")
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".ome.tif", ".tif"])
+def test_unknown_spacing_survives_conversion(tmp_path, capsys, suffix):
+    src = tmp_path / "n.tif"
+    assert main(["data", "get", "nuclei2d", str(src)]) == 0
+    dst = tmp_path / f"c{suffix}"
+    assert main(["convert", str(src), str(dst)]) == 0
+    assert biomip.io.read(dst).meta.get("spacing_known") is False
+    if suffix != ".nii.gz":
+        import tifffile
+
+        with tifffile.TiffFile(dst) as tf:
+            assert "PhysicalSize" not in (tf.ome_metadata or "")      # other readers see no invented size
+    assert main(["info", str(dst)]) == 0
+    assert "not stored in the file" in capsys.readouterr().out

@@ -180,6 +180,11 @@ class Outputs:
             raise InputError(f"{option}: cannot write in the folder {str(parent)!r} "
                              f"({exc.strerror or exc}); choose another output") from None
         targets = [path] + [sibling(path, s) for s in siblings]
+        for t in targets[1:]:
+            for p in self.inputs:
+                if _same_path(p, t):
+                    raise InputError(f"{option}: the command would write {str(t)!r} next to {str(path)!r}, and it "
+                                     "is also an input of this command; choose another output name")
         for t in targets:
             if (t.exists() or t.is_symlink()) and not self.overwrite:
                 raise InputError(f"{option}: {str(t)!r} exists; pass --overwrite to replace it (or choose another name)")
@@ -353,3 +358,19 @@ class FullHelpGroup(TyperGroup):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+
+
+def same_grid(a, b) -> bool:
+    """Whether two images lie on the same voxel grid (spacing, origin, direction)."""
+    return bool(np.allclose(a.spacing, b.spacing, rtol=1e-4, atol=1e-6) and
+                np.allclose(a.origin, b.origin, atol=1e-3) and np.allclose(a.direction, b.direction, atol=1e-4))
+
+
+def warn_other_grid(ref, img, option: str = "--truth", name: str = "IMAGE") -> None:
+    """Warn (one CLI line) when a reference of the right shape lies on another grid."""
+    if not same_grid(ref, img):
+        import warnings
+
+        warnings.warn(f"{option}: its grid (spacing {ref.spacing}, origin {ref.origin}) differs from {name}'s "
+                      f"(spacing {img.spacing}, origin {img.origin}); it is scored voxel by voxel, distances in "
+                      f"{name}'s spacing", stacklevel=3)

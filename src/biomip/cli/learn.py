@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from ..core.errors import InputError
-from ._common import FullHelpGroup, Outputs, cli_words, read_input, sibling
+from ._common import FullHelpGroup, Outputs, cli_words, read_input, sibling, warn_other_grid
 
 train_app = typer.Typer(cls=FullHelpGroup, no_args_is_help=True, help="Train a segmentation network on images and their label images.")
 
@@ -139,6 +139,8 @@ def _predict(model, image, out, truth):
         ref = read_input(truth, "--truth")
         if ref.spatial_shape != img.spatial_shape:
             raise InputError(f"--truth: got shape {ref.spatial_shape}; expected the image's {img.spatial_shape}")
+        warn_other_grid(ref, img)
+        report["distance_unit"] = "mm" if img.meta.get("spacing_known", True) is not False else "px (spacing unknown)"
         report["metrics"] = ({k: v for k, v in match_instances(arr, ref).items() if k != "pairs"} if kind == "flows"
                              else segmentation_report(arr, ref.numpy() if net.classes > 2 else ref.numpy() > 0))
     write(lab, out)
@@ -152,4 +154,6 @@ def _predict(model, image, out, truth):
             typer.echo(f"vs truth: AP@{m['threshold']:g} {m['ap']:.3f}, precision {m['precision']:.3f}, recall "
                        f"{m['recall']:.3f} ({m['tp']} matched, {m['fp']} extra, {m['fn']} missed)")
         else:
-            typer.echo("vs truth: " + ", ".join(f"{k} {v:.4g}" for k, v in m.get("mean", {}).items()))
+            unit = " " + report["distance_unit"]
+            typer.echo("vs truth: " + ", ".join(f"{k} {v:.4g}" + (unit if k in ("hd95", "assd", "hd") else "")
+                                               for k, v in m.get("mean", {}).items()))

@@ -188,11 +188,12 @@ def info(path: Path = typer.Argument(..., metavar="PATH", help="Image file, DICO
     c.print(f"  format     {d['format']}" + (f"  ({d['modality']})" if "modality" in d else ""))
     c.print(f"  shape      {tuple(d['shape'])}  axes {d['axes']}  dtype {d['dtype']}")
     c.print(f"  size       {tuple(d['size'])}  ({', '.join('xyz'[:len(d['size'])])})")
-    sp = _fmt_vec(img.spacing) + " mm"
-    if max(img.spacing) < 0.01:
-        sp += " = " + _fmt_vec([s * 1000 for s in img.spacing]) + " um"
     if img.meta.get("spacing_known") is False:
-        sp += "  (not stored in the file: pixel units)"
+        sp = _fmt_vec(img.spacing) + " pixel units (not stored in the file: the voxel size is unknown)"
+    else:
+        sp = _fmt_vec(img.spacing) + " mm"
+        if max(img.spacing) < 0.01:
+            sp += " = " + _fmt_vec([s * 1000 for s in img.spacing]) + " um"
     c.print(f"  spacing    {sp}")
     c.print(f"  origin     {_fmt_vec(img.origin)} mm")
     c.print(f"  direction  {_fmt_vec(img.direction.ravel())}")

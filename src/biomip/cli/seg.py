@@ -9,14 +9,16 @@ import numpy as np
 import typer
 
 from ..core.errors import InputError
-from ._common import Outputs, cli_words, parse_points, read_input, sibling
+from ._common import Outputs, cli_words, parse_points, read_input, sibling, warn_other_grid
 
 THRESHOLDS = ("otsu", "multiotsu", "valley", "kapur", "isodata", "li", "yen", "triangle")
+MAX_CLASSES = 255
+"""Most classes the clustering methods accept from the command line (a uint8 label image)."""
 METHODS = THRESHOLDS + ("region-grow", "edge", "chan-vese", "geodesic", "kmeans", "gmm", "spectral", "watershed")
 
 
 @cli_words(image="IMAGE", k="--k", classes="--k", seeds="--seed", tolerance="--tolerance",
-           superpixels="--superpixels", min_distance="--min-distance", diameter="--diameter", truth="--truth")
+           superpixels="--superpixels", n_segments="--superpixels", min_distance="--min-distance", diameter="--diameter", truth="--truth")
 def segment_cmd(
         method: str = typer.Argument(..., metavar="METHOD", help=f"One of: {', '.join(METHODS)}."),
         image: Path = typer.Argument(..., metavar="IMAGE", help="Grey 2-D or 3-D image."),
@@ -42,17 +44,14 @@ def segment_cmd(
         raise InputError(f"METHOD: got {method!r}; expected one of {', '.join(METHODS)}")
     if method in ("kmeans", "gmm", "spectral") and k is None:
         raise InputError(f"--k: {method} needs the number of classes (background included), e.g. --k 2")
+    if method in ("kmeans", "gmm", "spectral") and not 1 <= k <= MAX_CLASSES:
+        raise InputError(f"--k: got {k}; expected 1..{MAX_CLASSES} classes (background included)")
     if method == "region-grow" and not seed:
         raise InputError("--seed: region-grow needs at least one seed (x,y[,z])")
     outs = Outputs(overwrite, inputs=[image, truth])
     outs.add(out, "--out", siblings=(".report.json", ".preview.png"))
     with outs:
         _segment(method, image, out, k, seed, world, tolerance, superpixels, min_distance, diameter, truth)
-
-
-def _same_grid(a, b) -> bool:
-    return bool(np.allclose(a.spacing, b.spacing, rtol=1e-4, atol=1e-6) and
-                np.allclose(a.origin, b.origin, atol=1e-3) and np.allclose(a.direction, b.direction, atol=1e-4))
 
 
 def _segment(method, image, out, k, seed, world, tolerance, superpixels, min_distance, diameter, truth):
@@ -67,12 +66,8 @@ def _segment(method, image, out, k, seed, world, tolerance, superpixels, min_dis
     ref = read_input(truth, "--truth") if truth is not None else None
     if ref is not None and ref.spatial_shape != img.spatial_shape:
         raise InputError(f"--truth: got shape {ref.spatial_shape}; expected the image's {img.spatial_shape}")
-    if ref is not None and not _same_grid(ref, img):
-        import warnings
-
-        warnings.warn(f"--truth: its grid (spacing {ref.spacing}, origin {ref.origin}) differs from IMAGE's "
-                      f"(spacing {img.spacing}, origin {img.origin}); it is scored voxel by voxel, distances in "
-                      "IMAGE's spacing", stacklevel=2)
+    if ref is not None:
+        warn_other_grid(ref, img)
     t0 = time.perf_counter()
     extra = {}
     if method in THRESHOLDS:

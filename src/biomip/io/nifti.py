@@ -113,6 +113,11 @@ def _drain_gzip(fh, path, extra_allowed: int) -> None:
                               "after the image; it is damaged or not a single NIfTI image")
 
 
+SPACING_UNKNOWN_MARK = "biomip: spacing unknown (pixel units)"
+"""NIfTI ``descrip`` of an image whose voxel size is not known (written with spatial unit
+"unknown"); read back with ``meta["spacing_known"] = False``."""
+
+
 def read_nifti(path) -> Image:
     """Read a NIfTI-1/2 file (``.nii``, ``.nii.gz`` or any name with NIfTI content).
 
@@ -231,6 +236,11 @@ def _to_image(p: Path, img, data) -> Image:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     meta["qform_code"] = int(hdr["qform_code"]) if "qform_code" in hdr else 0
     meta["sform_code"] = int(hdr["sform_code"]) if "sform_code" in hdr else 0
+    try:
+        if bytes(hdr["descrip"]).rstrip(b"\0").decode("latin-1") == SPACING_UNKNOWN_MARK:
+            meta["spacing_known"] = False
+    except (KeyError, ValueError, TypeError):
+        pass
     return make_image(p, "NIfTI", np.ascontiguousarray(arr), spacing=spacing, origin=origin, direction=direction,
                       axes=axes, meta=meta)
 
@@ -261,7 +271,13 @@ def write_nifti(image: Image, path) -> None:
     nii = nib.Nifti1Image(np.ascontiguousarray(data), aff)
     nii.set_qform(aff, code=1)
     nii.set_sform(aff, code=1)
-    nii.header.set_xyzt_units("mm", "sec")
+    if image.meta.get("spacing_known") is False:
+        # the voxel size is not known: say so (NIfTI's "unknown" spatial unit) and mark it,
+        # so biomip reads it back as pixel units instead of inventing millimetres
+        nii.header.set_xyzt_units("unknown", "sec")
+        nii.header["descrip"] = SPACING_UNKNOWN_MARK
+    else:
+        nii.header.set_xyzt_units("mm", "sec")
     if axes == "tzyx" and "time_step" in image.meta:
         zooms = list(nii.header.get_zooms())
         zooms[3] = float(image.meta["time_step"])

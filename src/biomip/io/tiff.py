@@ -425,9 +425,10 @@ def write_tiff(image: Image, path, compression: str | None = "zlib") -> None:
     if image.sdim == 1:
         raise ShapeError("image: TIFF needs at least 2 spatial axes")
     md = {"axes": axes}
-    for a, s in zip("XYZ", image.spacing):
-        md[f"PhysicalSize{a}"] = s * 1e3
-        md[f"PhysicalSize{a}Unit"] = "µm"
+    if image.meta.get("spacing_known") is not False:      # an unknown voxel size is not written as a real one
+        for a, s in zip("XYZ", image.spacing):
+            md[f"PhysicalSize{a}"] = s * 1e3
+            md[f"PhysicalSize{a}Unit"] = "µm"
     planes = int(np.prod([n for a, n in zip(image.axes, arr.shape) if a in "tcz"]) or 1)
     if np.allclose(image.direction, np.eye(image.sdim)):
         for a, o in zip("XYZ", image.origin):
