@@ -352,3 +352,47 @@ def test_unknown_spacing_survives_conversion(tmp_path, capsys, suffix):
             assert "PhysicalSize" not in (tf.ome_metadata or "")      # other readers see no invented size
     assert main(["info", str(dst)]) == 0
     assert "not stored in the file" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ fourth new-user pass
+def test_overwrite_keeps_foreign_files_in_zarr_and_other_dicom_series(tmp_path, capsys):
+    src = _img(tmp_path, shape=(3, 16, 16))
+    z = tmp_path / "z.ome.zarr"
+    assert main(["convert", str(src), str(z)]) == 0
+    (z / "labels_notes.txt").write_text("mine")
+    assert main(["convert", str(src), str(z), "--overwrite"]) == 2
+    assert "not part of an image" in _one_error_line(capsys) and (z / "labels_notes.txt").read_text() == "mine"
+    two = tmp_path / "two"
+    assert main(["convert", str(src), str(two), "--format", "dicom"]) == 0
+    other = _img(tmp_path, "b.nii.gz", shape=(2, 16, 16), seed=3)
+    assert main(["convert", str(other), str(tmp_path / "s2"), "--format", "dicom"]) == 0
+    for f in (tmp_path / "s2").iterdir():
+        f.rename(two / ("s2-" + f.name))
+    n = len(list(two.iterdir()))
+    assert main(["convert", str(src), str(two), "--format", "dicom", "--overwrite"]) == 2
+    assert "2 DICOM series" in _one_error_line(capsys) and len(list(two.iterdir())) == n
+
+
+def test_train_overwrite_replaces_only_a_model_folder(tmp_path, capsys):
+    src = _img(tmp_path)
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "important.csv").write_text("mine")
+    assert main(["train", "unet", "--image", str(src), "--labels", str(src), "--out", str(proj), "--epochs", "1",
+                 "--binary", "--overwrite"]) == 2
+    assert "not a biomip model" in _one_error_line(capsys) and (proj / "important.csv").read_text() == "mine"
+
+
+@pytest.mark.parametrize("args", [["--geometry", "fan", "--sod", "0"], ["--geometry", "fan", "--sdd", "nan"],
+                                  ["--seed", "99999999999999999999"], ["--scale", "1e300"], ["--arc", "0"]])
+def test_simulate_ct_options_are_checked(tmp_path, capsys, args):
+    ph = _img(tmp_path)
+    assert main(["simulate", "ct", str(ph), "--out", str(tmp_path / "s.npz"), *args]) == 2
+    assert _one_error_line(capsys).startswith(f"biomip: error: {args[-2] if args[-2] != '--geometry' else args[2]}:")
+
+
+def test_watershed_sizes_are_bounded_by_the_image(tmp_path, capsys):
+    src = _img(tmp_path)
+    for opt in ("--diameter", "--min-distance"):
+        assert main(["segment", "watershed", str(src), "--out", str(tmp_path / "w.tif"), opt, "1e9"]) == 2
+        assert _one_error_line(capsys).startswith(f"biomip: error: {opt}:")

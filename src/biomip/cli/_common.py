@@ -190,6 +190,8 @@ class Outputs:
                 raise InputError(f"{option}: {str(t)!r} exists; pass --overwrite to replace it (or choose another name)")
             if t.is_dir() and not t.is_symlink() and image:
                 foreign = _not_image_files(t)
+                if not foreign:
+                    foreign = _other_series(t)
                 if foreign:
                     raise InputError(f"{option}: the folder {str(t)!r} holds files that are not part of an image "
                                      f"(e.g. {foreign!r}); --overwrite replaces only a DICOM series or OME-Zarr "
@@ -209,6 +211,9 @@ def _inside(a: Path, folder: Path) -> bool:
         return False
 
 
+_ZARR_FILE = re.compile(r"^(\.z(array|attrs|group|metadata)|zarr\.json|\d+([._]\d+)*|c)$")
+
+
 def _not_image_files(folder: Path, limit: int = 100000) -> str | None:
     """The first file under ``folder`` that is neither DICOM (``DICM`` marker) nor part of
     an OME-Zarr store (``.zarray`` / ``.zattrs`` / ``.zgroup`` / ``zarr.json`` / chunks of a
@@ -224,7 +229,9 @@ def _not_image_files(folder: Path, limit: int = 100000) -> str | None:
                 return None
             f = Path(root) / name
             if zarr_root:
-                continue                              # chunks are arbitrary names inside a store
+                if not _ZARR_FILE.match(name):       # metadata or chunk keys only (v2 "0.1.2", v3 c/0/1/2)
+                    return str(f.relative_to(folder))
+                continue
             try:
                 with open(f, "rb") as fh:
                     head = fh.read(132)
@@ -232,6 +239,22 @@ def _not_image_files(folder: Path, limit: int = 100000) -> str | None:
                 return str(f.relative_to(folder))
             if head[128:132] != b"DICM":
                 return str(f.relative_to(folder))
+    return None
+
+
+def _other_series(folder: Path) -> str | None:
+    """A description of the second DICOM series in ``folder`` (replacing the folder would
+    delete it too), or None when it holds one series or none."""
+    if any((folder / n).exists() for n in (".zattrs", ".zgroup", "zarr.json")):
+        return None
+    try:
+        from ..io import list_series
+
+        items = list_series(folder)
+    except BiomipError:
+        return None
+    if len(items) > 1:
+        return f"{len(items)} DICOM series, e.g. [{items[1].index}] {items[1].modality} '{items[1].description}'"
     return None
 
 

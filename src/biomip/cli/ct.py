@@ -67,6 +67,17 @@ def simulate_ct_cmd(
                          "into attenuation in 1/mm)")
     if views < 1:
         raise InputError(f"--views: got {views}; expected an integer >= 1")
+    if geometry in ("fan", "cone"):
+        for name, v in (("--sod", sod), ("--sdd", sdd)):
+            if not (np.isfinite(v) and v > 0):
+                raise InputError(f"{name}: got {v!r}; expected a finite distance > 0 in mm")
+        if sdd <= sod:
+            raise InputError(f"--sdd: got {sdd:g} mm; expected more than --sod ({sod:g} mm): the detector lies "
+                             "beyond the rotation axis")
+    if arc is not None and not (np.isfinite(arc) and 0 < arc <= 720):
+        raise InputError(f"--arc: got {arc!r}; expected an angular range in degrees, > 0 and <= 720")
+    if not 0 <= seed < 2 ** 63:
+        raise InputError(f"--seed: got {seed}; expected an integer 0 <= seed < 2**63")
     if geometry not in ("parallel", "fan", "cone"):
         raise InputError(f"--geometry: got {geometry!r}; expected parallel, fan or cone")
     outs = Outputs(overwrite, inputs=[image])
@@ -94,6 +105,9 @@ def simulate_ct_cmd(
             if img.sdim != 3:
                 raise InputError("--geometry cone: needs a 3-D volume; use fan or parallel for 2-D images")
             geo = cone_beam(views, sod, sdd, (n, n), px, arc=a, center=tuple(img.bounds().mean(0)))
+    if not np.all(np.isfinite(img.numpy())):
+        raise InputError(f"--scale: {scale:g} makes the image overflow to infinity; expected a factor that keeps it "
+                         "finite (attenuation in 1/mm is of order 0.02)")
     if not float(np.max(np.abs(img.numpy()))) > 0:
         raise InputError(f"IMAGE: {str(image)!r} is zero everywhere" + (f" after --scale {scale:g}" if scale != 1 else "")
                          + "; its sinogram would be empty")

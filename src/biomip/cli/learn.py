@@ -28,6 +28,10 @@ def _pairs(images: list[Path], labels: list[Path]):
     return ims, labs
 
 
+MODEL_FILES = ("config.json", "model.safetensors", "training.json")
+"""What a model folder of `biomip train` holds (the only files --overwrite replaces)."""
+
+
 def _check_model_out(out: Path, overwrite: bool, inputs) -> Outputs:
     """The model folder --out, checked before training: absent, or an empty folder, or
     replaced with --overwrite."""
@@ -35,6 +39,11 @@ def _check_model_out(out: Path, overwrite: bool, inputs) -> Outputs:
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()                                            # an empty folder is as good as none
     outs.add(out, "--out", image=False)
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in MODEL_FILES)
+        if foreign:
+            raise InputError(f"--out: the folder {str(out)!r} holds files that are not a biomip model (e.g. "
+                             f"{foreign[0]!r}); --overwrite replaces only a model folder, so choose another name")
     return outs
 
 

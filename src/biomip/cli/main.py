@@ -336,8 +336,10 @@ def data_get(name: str = typer.Argument(..., metavar="NAME", help="Sample name (
 def demo(out: Path = typer.Option(Path("biomip-demo"), help="Output folder."),
          quick: bool = typer.Option(False, help="Only a few samples (for tests)."),
          progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."),
-         force: bool = typer.Option(False, "--force", help="Write into a non-empty folder the demo did not make "
-                                                           "(nothing of yours is deleted).")):
+         force: bool = typer.Option(False, "--force", help="Write into a non-empty folder the demo did not make: "
+                                                           "the files the demo writes there (report.json, "
+                                                           "samples/..., preview.png) are replaced, nothing else is "
+                                                           "touched.")):
     """Load every shipped sample and run the simulators; write report.json + preview.png each.
 
     Re-running into the same folder removes only what the previous demo wrote (its manifest)."""

@@ -87,6 +87,11 @@ def _segment(method, image, out, k, seed, world, tolerance, superpixels, min_dis
     elif method == "geodesic":
         lab = S.geodesic_active_contour(img)
     elif method == "watershed":
+        extent = float(np.max(np.asarray(img.spatial_shape[::-1]) * np.asarray(img.spacing)))
+        for name, v in (("--min-distance", min_distance), ("--diameter", diameter)):
+            if v is not None and not (np.isfinite(v) and 0 < v <= extent):
+                raise InputError(f"{name}: got {v!r}; expected a size in mm, > 0 and at most the image's extent "
+                                 f"({extent:g} mm)")
         lab = S.threshold_watershed(img, "otsu", min_distance=min_distance, diameter=diameter)
     else:
         fn = {"kmeans": S.kmeans_segment, "gmm": S.gmm_segment, "spectral": S.spectral_segment}[method]
