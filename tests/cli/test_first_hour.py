@@ -396,3 +396,12 @@ def test_watershed_sizes_are_bounded_by_the_image(tmp_path, capsys):
     for opt in ("--diameter", "--min-distance"):
         assert main(["segment", "watershed", str(src), "--out", str(tmp_path / "w.tif"), opt, "1e9"]) == 2
         assert _one_error_line(capsys).startswith(f"biomip: error: {opt}:")
+
+
+def test_run_serenet_overwrite_keeps_user_files_in_model(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "mymodel.pt").write_text("mine")
+    assert main(["run", "serenet", "--tiny", "--no-l1", "--out", str(run), "--overwrite"]) == 2
+    assert "not a SeReNet model" in _one_error_line(capsys)
+    assert (run / "model" / "mymodel.pt").read_text() == "mine"

@@ -144,6 +144,12 @@ def _check_run_folder(out: Path, overwrite: bool) -> None:
         if any(out.iterdir()) and not overwrite:
             raise InputError(f"--out: the folder {str(out)!r} is not empty; pass --overwrite to replace the files "
                              "a run writes there (report.json, preview.png, model/, ...), or choose a new folder")
+        model = out / "model"
+        if model.is_dir():
+            foreign = sorted(p.name for p in model.iterdir() if p.name not in ("config.json", "model.safetensors"))
+            if foreign:
+                raise InputError(f"--out: {str(model)!r} holds files that are not a SeReNet model (e.g. "
+                                 f"{foreign[0]!r}); a run replaces that folder, so choose another --out")
         Outputs(overwrite=True).add(out / "report.json", "--out", image=False)     # writable?
     else:
         Outputs().add(out, "--out", image=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from ..core.arrays import MAX_ITERATIONS
 from ..core.errors import InputError
 from ._common import Outputs, cli_words, read_input, read_points_file, sibling
 
@@ -27,10 +28,12 @@ def register_cmd(
         metric: str | None = typer.Option(None, help="rigid/affine: mse, ncc, mi, nmi; svf/bspline: lncc, ncc, mse; lddmm: mse, lncc."),
         iterations: int | None = typer.Option(None, help="Iterations (per level)."),
         labels: list[str] | None = typer.Option(None, "--labels", metavar="FILE",
-                                                   help="FIXED_LABELS MOVING_LABELS: report Dice before/after."),
+                                                   help="Label images, given twice: --labels FIXED_LABELS --labels "
+                                                        "MOVING_LABELS; report Dice before/after."),
         landmarks: list[str] | None = typer.Option(None, "--landmarks", metavar="FILE",
-                                                      help="FIXED_POINTS MOVING_POINTS (CSV / text, one x,y[,z] "
-                                                           "point in mm per row, same order): report TRE before/after."),
+                                                      help="Landmark files, given twice: --landmarks FIXED_POINTS "
+                                                           "--landmarks MOVING_POINTS (CSV / text, one x,y[,z] point "
+                                                           "in mm per row, same order); report TRE before/after."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output files if they exist "
                                                                    "(default: refuse).")):
     """Register MOVING onto FIXED; writes the warped image, the field/transform,
@@ -38,8 +41,8 @@ def register_cmd(
 
     if method not in METHODS:
         raise InputError(f"METHOD: got {method!r}; expected one of {', '.join(METHODS)}")
-    if iterations is not None and iterations < 1:
-        raise InputError(f"--iterations: got {iterations}; expected an integer >= 1")
+    if iterations is not None and not 1 <= iterations <= MAX_ITERATIONS:
+        raise InputError(f"--iterations: got {iterations}; expected an integer 1..{MAX_ITERATIONS}")
     # everything is checked before the work starts, so nothing is half-written
     if labels and len(labels) != 2:
         raise InputError(f"--labels: got {len(labels)} file(s); expected two: --labels FIXED_LABELS "
