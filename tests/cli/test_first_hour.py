@@ -405,3 +405,14 @@ def test_run_serenet_overwrite_keeps_user_files_in_model(tmp_path, capsys):
     assert main(["run", "serenet", "--tiny", "--no-l1", "--out", str(run), "--overwrite"]) == 2
     assert "not a SeReNet model" in _one_error_line(capsys)
     assert (run / "model" / "mymodel.pt").read_text() == "mine"
+
+
+def test_sixth_pass_small_things(tmp_path, capsys):
+    src = _img(tmp_path)
+    assert main(["convert", str(src), str(tmp_path / ("b" * 300 + ".tif"))]) == 2
+    assert "255" in _one_error_line(capsys)
+    sino = tmp_path / "s.npz"
+    assert main(["simulate", "ct", str(src), "--out", str(sino), "--views", "20"]) == 0
+    capsys.readouterr()
+    assert main(["reconstruct", "fbp", str(sino), "--out", str(tmp_path / "r.nii.gz"), "--offset", "3"]) == 2
+    assert _one_error_line(capsys).startswith("biomip: error: --offset:")

@@ -167,6 +167,9 @@ class Outputs:
             if _inside(p, path):
                 raise InputError(f"{option}: the folder {str(path)!r} holds the input {str(p)!r}; write to another "
                                  "folder (replacing it would delete the input)")
+        if len(path.name.encode("utf-8", "surrogateescape")) > 255:
+            raise InputError(f"{option}: the file name is {len(path.name.encode('utf-8', 'surrogateescape'))} bytes "
+                             "long; expected at most 255 (the file system's limit)")
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.exists():
             raise InputError(f"{option}: the folder {str(parent)!r} of {str(path)!r} does not exist; create it first")

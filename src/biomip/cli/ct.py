@@ -190,6 +190,9 @@ def reconstruct_cmd(
             return reconstruct_serenet(sino, measurement, out, offset, precision="bfloat16" if bf16 else "float32")
     if method not in METHODS:
         raise InputError(f"METHOD: got {method!r}; expected one of {', '.join(METHODS)}, serenet")
+    for name, given in (("--offset", offset is not None), ("--bf16", bf16)):
+        if given:
+            raise InputError(f"{name}: only `reconstruct serenet` takes it; got it with {method}")
     if measurement is not None:
         raise InputError(f"MEASUREMENT: got {str(measurement)!r}; only `reconstruct serenet` takes a third argument")
     if iterations is not None and iterations < 1:
