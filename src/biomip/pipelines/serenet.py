@@ -1017,16 +1017,26 @@ def run_real(sample: str = "lf-guv", out=None, n_views: int = 5, binning: int = 
         def fits(k):
             return f"residual {m[k]['relative_residual']:.3f}, NLL {m[k]['nll_mpg']:.3f}"
 
-        panels = [(f"{sample}: centre view (rectified)", views[V // 2], None),
-                  (f"RL {rl_iterations} it, XY max ({m[rlk]['seconds']:.2f} s)\n{fits(rlk)}", mip(rl, 0),
-                   {"vmin": 0, "vmax": 1}),
-                  (f"SeReNet, XY max ({m[snk]['seconds'] * 1000:.0f} ms)\n{fits(snk)}", mip(vol, 0),
-                   {"vmin": 0, "vmax": 1}),
-                  ("refocus stack, XY max", mip(rs, 0), {"vmin": 0, "vmax": 1}),
-                  ("raw light field (crop)", raw.numpy()[:140, :140], None),
-                  ("RL, XZ max", mip(rl, 1), {"vmin": 0, "vmax": 1, "aspect": "auto"}),
-                  ("SeReNet, XZ max", mip(vol, 1), {"vmin": 0, "vmax": 1, "aspect": "auto"}),
-                  ("refocus stack, XZ max", mip(rs, 1), {"vmin": 0, "vmax": 1, "aspect": "auto"})]
+        vp = float(optics.pixel)                              # volume voxel at the sample, um
+        lat = (0, w * b * vp, h * b * vp, 0)
+        dz = float(np.diff(depths).mean()) if len(depths) > 1 else vp
+        axi = (0, w * b * vp, float(depths[-1]) + dz / 2, float(depths[0]) - dz / 2)
+        um = {"xlabel": "x (µm)", "ylabel": "y (µm)"}
+        xy = {"vmin": 0, "vmax": 1, "extent": lat, **um, "colorbar": "intensity (/ 99.9th pct)",
+              "colorbar_group": "xy"}
+        xz = {"vmin": 0, "vmax": 1, "extent": axi, "aspect": "auto", "xlabel": "x (µm)",
+              "ylabel": "z (µm, not to scale)", "colorbar": "intensity (/ 99.9th pct)", "colorbar_group": "xz"}
+        vpx = float(np.mean(geo.pixel_um))                    # a view pixel at the sample, um
+        panels = [(f"{sample}: centre view (rectified)", views[V // 2],
+                   {"extent": (0, w * vpx, h * vpx, 0), **um, "colorbar": "counts"}),
+                  (f"RL {rl_iterations} it, XY max ({m[rlk]['seconds']:.2f} s)\n{fits(rlk)}", mip(rl, 0), dict(xy)),
+                  (f"SeReNet, XY max ({m[snk]['seconds'] * 1000:.0f} ms)\n{fits(snk)}", mip(vol, 0), dict(xy)),
+                  ("refocus stack, XY max", mip(rs, 0), dict(xy)),
+                  ("raw light field (crop, camera px)", raw.numpy()[:140, :140],
+                   {"xlabel": "x (px)", "ylabel": "y (px)", "colorbar": "counts"}),
+                  ("RL, XZ max", mip(rl, 1), dict(xz)),
+                  ("SeReNet, XZ max", mip(vol, 1), dict(xz)),
+                  ("refocus stack, XZ max", mip(rs, 1), dict(xz))]
         render_panels(panels, out / "preview.png", cols=4, dpi=80,
                       title=f"real light field {sample}: {V} views of {h}x{w}, volume {n_depths}x{h * b}x{w * b}")
         net.save(out / "model")
