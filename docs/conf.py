@@ -30,6 +30,7 @@ API_PACKAGES = [
     "biomip.segment",
     "biomip.nn",
     "biomip.learn",
+    "biomip.generate",
     "biomip.pipelines",
 ]
 

@@ -10,7 +10,7 @@ Quick start::
     print(biomip.metrics.dice(mask_a, mask_b))
 
 Every sub-package (``io``, ``ops``, ``data``, ``metrics``, ``nn``, ``learn``,
-``segment``, ``register``, ``reconstruct``, ``pipelines``) loads on first use, so
+``segment``, ``register``, ``reconstruct``, ``generate``, ``pipelines``) loads on first use, so
 ``import biomip`` is fast and torch is imported only when a method needs it.
 
 Importing biomip sets the OpenMP thread defaults that keep its kernels fast on a busy

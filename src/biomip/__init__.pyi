@@ -1,4 +1,4 @@
-from . import cli, core, data, io, learn, metrics, nn, ops, pipelines, reconstruct, register, segment
+from . import cli, core, data, generate, io, learn, metrics, nn, ops, pipelines, reconstruct, register, segment
 from .core import BiomipError, Image, config
 from .io import read, write
 
@@ -9,6 +9,7 @@ __all__ = [
     "config",
     "core",
     "data",
+    "generate",
     "io",
     "learn",
     "metrics",

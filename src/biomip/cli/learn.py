@@ -11,7 +11,7 @@ import typer
 from ..core.errors import InputError
 from ._common import FullHelpGroup, Outputs, cli_words, read_input, sibling, warn_other_grid
 
-train_app = typer.Typer(cls=FullHelpGroup, no_args_is_help=True, help="Train a segmentation network on images and their label images.")
+train_app = typer.Typer(cls=FullHelpGroup, no_args_is_help=True, help="Train a network: segmentation (unet, flows: images + label images) or generative (vae, vqvae, mae, gan, diffusion: images only).")
 
 
 def _pairs(images: list[Path], labels: list[Path]):
@@ -32,7 +32,7 @@ MODEL_FILES = ("config.json", "model.safetensors", "training.json")
 """What a model folder of `biomip train` holds (the only files --overwrite replaces)."""
 
 
-def _check_model_out(out: Path, overwrite: bool, inputs) -> Outputs:
+def check_model_out(out: Path, overwrite: bool, inputs) -> Outputs:
     """The model folder --out, checked before training: absent, or an empty folder, or
     replaced with --overwrite."""
     outs = Outputs(overwrite, inputs=inputs)
@@ -70,7 +70,7 @@ def train_unet_cmd(image: list[Path] = typer.Option(..., "--image", metavar="FIL
 
     if epochs < 1:
         raise InputError(f"--epochs: got {epochs}; expected an integer >= 1")
-    outs = _check_model_out(out, overwrite, [*image, *labels])
+    outs = check_model_out(out, overwrite, [*image, *labels])
     ims, labs = _pairs(image, labels)
     pl = plan(fingerprint(ims, labs, binary=binary))
     typer.echo(pl.summary())
@@ -97,7 +97,7 @@ def train_flows_cmd(image: list[Path] = typer.Option(..., "--image", metavar="FI
 
     if epochs < 1:
         raise InputError(f"--epochs: got {epochs}; expected an integer >= 1")
-    outs = _check_model_out(out, overwrite, [*image, *labels, model])
+    outs = check_model_out(out, overwrite, [*image, *labels, model])
     ims, labs = _pairs(image, labels)
     t0 = time.perf_counter()
     if model is not None:

@@ -56,10 +56,13 @@ _register_segmentation()
 
 
 def _register_learning():
+    from .gen import generate_app, register_train
     from .learn import predict_cmd, train_app
 
+    register_train(train_app)
     app.add_typer(train_app, name="train")
     app.command("predict", help="Segment an image with a network from `biomip train`.")(predict_cmd)
+    app.add_typer(generate_app, name="generate")
 
 
 _register_learning()

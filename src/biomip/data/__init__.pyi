@@ -1,12 +1,22 @@
 from .catalogue import SAMPLES, SAMPLES_HINT, Sample, get, list_samples, load, sample_path
 from .ct import CTScan, hu_to_mu, simulate_ct
 from .deformation import RandomDeformation, random_deformation
+from .heads import head_phantom, head_phantoms
+from .lesions import insert_lesions, synthetic_defects
 from .lightfield import LightFieldSpecimen, lightfield_specimen, photon_scale, poisson_gaussian
+from .mni import SliceSet, mni152_slices, slab_split
 from .nuclei import NucleiSample, synthetic_nuclei
 from .pairs import RegistrationPair, RegistrationPairs, mni152_pair, phantom_pair, synthetic_pairs
 from .phantoms import shepp_logan
 
 __all__ = [
+    "head_phantom",
+    "head_phantoms",
+    "synthetic_defects",
+    "slab_split",
+    "mni152_slices",
+    "insert_lesions",
+    "SliceSet",
     "CTScan",
     "LightFieldSpecimen",
     "NucleiSample",

@@ -1,6 +1,15 @@
 from .classification import auc, roc_auc, roc_curve
 from .clustering import adjusted_rand_index, ari, nmi, normalized_mutual_info
 from .distance import assd, hausdorff, hd95, surface_distances
+from .generative import (
+    AnomalyScores,
+    C2STResult,
+    MMDResult,
+    anomaly_scores,
+    classifier_two_sample_test,
+    image_features,
+    kernel_mmd,
+)
 from .intensity import mae, mse, psnr, ssim
 from .overlap import accuracy, confusion_counts, dice, f1, iou, jaccard, precision, recall, sensitivity, specificity
 from .registration import TREResult, jacobian_stats, target_registration_error
@@ -15,6 +24,9 @@ __all__ = [
     "roc_curve", "roc_auc", "auc",
     # clustering
     "adjusted_rand_index", "ari", "normalized_mutual_info", "nmi",
+    # generative models (sample quality, anomaly maps)
+    "C2STResult", "MMDResult", "AnomalyScores", "classifier_two_sample_test", "kernel_mmd", "anomaly_scores",
+    "image_features",
     # intensity
     "mse", "mae", "psnr", "ssim",
     # registration

@@ -1,5 +1,16 @@
 from .augment import Augmentation
+from .autoencoders import Quantized, VAENet, VectorQuantizer, VQVAENet, code_statistics, kl_divergence
 from .base import SavedModule
+from .diffusion import (
+    DiffusionUNet,
+    NoiseSchedule,
+    ddim_sample,
+    ddim_timesteps,
+    ddpm_sample,
+    diffusion_loss,
+    timestep_embedding,
+)
+from .gan import DCCritic, DCGenerator, PatchDiscriminator, gan_loss, gradient_penalty, wasserstein_losses
 from .health import TrainingHealth, TrainingWarning, training_health
 from .inference import FrozenSequential, bf16_supported, fusable
 from .layers import Conv3d, LateralUpsample, lateral_upsample
@@ -7,8 +18,35 @@ from .losses import DiceCELoss, dice_ce_loss, soft_dice, soft_dice_loss
 from .patches import PatchSampler, crop_pad, gaussian_importance, sliding_window_inference, window_starts
 from .registration import RegistrationNet, diffusion_batch, warp_batch
 from .unet import AttentionGate, UNet
+from .vit import Attention, Block, MAENet, PatchEmbed, patchify, sincos_pos_embed, unpatchify
 
 __all__ = [
+    "DiffusionUNet",
+    "NoiseSchedule",
+    "ddim_sample",
+    "ddim_timesteps",
+    "ddpm_sample",
+    "diffusion_loss",
+    "timestep_embedding",
+    "Quantized",
+    "VAENet",
+    "VectorQuantizer",
+    "VQVAENet",
+    "code_statistics",
+    "kl_divergence",
+    "DCCritic",
+    "DCGenerator",
+    "PatchDiscriminator",
+    "gan_loss",
+    "gradient_penalty",
+    "wasserstein_losses",
+    "Attention",
+    "Block",
+    "MAENet",
+    "PatchEmbed",
+    "patchify",
+    "sincos_pos_embed",
+    "unpatchify",
     "Augmentation",
     "AttentionGate",
     "Conv3d",

@@ -1,0 +1,501 @@
+"""``biomip generate TASK`` (the book's uses of generative models) and
+``biomip train vae|vqvae|mae|gan|diffusion``.
+
+Without an input image, ``biomip generate anomaly|superres|inpaint|project3d`` runs the
+study of :mod:`biomip.generate.studies` on the shipped MNI152 template (train, evaluate on
+held-out slices, write ``report.json``, ``preview.png`` and ``models/``).  With an input
+image it applies a trained model (``--model``, e.g. one of those ``models/`` folders or a
+``biomip train`` output) to it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from ..core.errors import InputError
+from ._common import FullHelpGroup, Outputs, cli_words, read_input, sibling
+
+generate_app = typer.Typer(cls=FullHelpGroup, no_args_is_help=True,
+                           help="Generative models at work: anomaly detection, super-resolution, inpainting, "
+                                "2-D -> 3-D; without an image, the measured study on the MNI152 template.")
+
+_MODE_HELP = {"tiny": "CI-sized run (seconds to a minute).", "quick": "CPU quick mode (the default; minutes on 2 "
+              "cores).", "full": "The benchmark configuration (long on a CPU; a GPU helps)."}
+_PROGRESS = typer.Option(None, "--progress/--no-progress", help="Show progress bars (default: when stderr is a "
+                                                                "terminal; one line per stage otherwise).")
+_OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing outputs (default: refuse).")
+_MODEL_FILES = ("config.json", "model.safetensors")
+
+
+def _mode(tiny: bool, quick: bool, full: bool) -> str:
+    if sum([tiny, quick, full]) > 1:
+        raise InputError("--tiny, --quick, --full: got more than one; expected at most one mode")
+    return "tiny" if tiny else "full" if full else "quick"
+
+
+def _check_study_folder(out: Path, overwrite: bool) -> None:
+    """--out of a study: new, empty, or (with --overwrite) a folder of a study run."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out: {str(out)!r} is a file; expected a folder for report.json, preview.png and models/")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError(f"--out: the folder {str(out)!r} is not empty; pass --overwrite to replace the files a "
+                             "study writes there (report.json, preview.png, models/), or choose a new folder")
+        models = out / "models"
+        if models.is_dir():
+            for sub in models.iterdir():
+                foreign = sorted(p.name for p in sub.iterdir()) if sub.is_dir() else [sub.name]
+                foreign = [f for f in foreign if f not in _MODEL_FILES]
+                if foreign:
+                    raise InputError(f"--out: {str(sub)!r} holds files that are not a biomip model (e.g. "
+                                     f"{foreign[0]!r}); a study replaces that folder, so choose another --out")
+        Outputs(overwrite=True).add(out / "report.json", "--out", image=False)
+    elif not out.exists():
+        Outputs().add(out, "--out", image=False)
+
+
+def _print_methods(rep: dict) -> None:
+    typer.echo(f"wrote {rep.get('_out')}/report.json, preview.png and models/  ({rep['seconds']:.0f} s on "
+               f"{rep['device']})")
+    for name, r in rep["methods"].items():
+        figs = "  ".join(f"{k} {v:.4g}" for k, v in r.items() if isinstance(v, float) and "seconds" not in k)
+        sec = r.get("seconds_per_slice", r.get("seconds"))
+        typer.echo(f"  {name:16s} {figs}" + (f"  ({sec:.2f} s per slice)" if sec is not None else ""))
+    for name, ok in rep.get("targets", {}).items():
+        typer.echo(f"  target {name}: {'met' if ok else 'NOT met'}")
+
+
+def _run_study(task: str, out: Path, mode: str, seed: int, steps: int | None, device, progress, overwrite):
+    from ..generate import studies
+
+    _check_study_folder(out, overwrite)
+    kw = {"seed": seed}
+    if steps is not None:
+        kw["steps"] = steps
+    if mode == "full":
+        from ..core.config import get_device
+
+        if get_device(device).type != "cuda":
+            typer.echo("biomip: note: --full is the benchmark configuration, sized for a GPU; on a 2-core CPU it "
+                       "takes an hour or more. --quick runs in minutes.", err=True)
+    if task == "project3d":
+        from ..generate.project3d import project3d_study
+
+        rep = project3d_study(mode=mode, out=out, device=device, progress=progress, **kw)
+    else:
+        rep = studies.STUDIES[task](mode, out=out, device=device, progress=progress, **kw)
+    rep["_out"] = str(out)
+    _print_methods(rep)
+
+
+def _load(model: Path | None, expect, option: str = "--model"):
+    from ..generate.registry import load
+    from ._common import named
+
+    if model is None:
+        raise InputError(f"{option}: missing; expected a model folder (from `biomip train ...` or the models/ of a "
+                         f"study run) holding a {' or '.join([expect] if isinstance(expect, str) else expect)} model")
+    with named(model=option):
+        return load(model, expect=expect)
+
+
+def _write_result(image, arr, out: Path, outs: Outputs, report: dict, panels: list, title: str):
+    from ..core.atomic import write_json
+    from ..core.image import Image
+    from ..core.preview import render_panels
+    from ..io import write
+
+    img = arr if isinstance(arr, Image) else Image(np.asarray(arr, np.float32), spacing=image.spacing,
+                                                   origin=image.origin, direction=image.direction, axes=image.axes,
+                                                   meta={k: v for k, v in image.meta.items() if k != "format"})
+    write(img, out)
+    write_json(report, sibling(out, ".report.json"))
+    render_panels(panels, sibling(out, ".preview.png"), title=title, cols=len(panels))
+
+
+def _mid(a: np.ndarray) -> np.ndarray:
+    """A 2-D view of an image for the preview: the middle slice of a volume."""
+    a = np.asarray(a)
+    while a.ndim > 2:
+        a = a[a.shape[0] // 2]
+    return a
+
+
+def _per_slice(fn, arr: np.ndarray, model_sdim: int, *rest):
+    """Apply a 2-D ``fn`` slice by slice to a 3-D ``arr`` (and the matching ``rest`` arrays)."""
+    if model_sdim == 2 and arr.ndim == 3:
+        return np.stack([fn(arr[k], *[r[k] for r in rest]) for k in range(arr.shape[0])])
+    return fn(arr, *rest)
+
+
+# ---------------------------------------------------------------- anomaly
+@generate_app.command("anomaly")
+@cli_words(image="IMAGE", model="--model", mask="--roi", strength="--strength", steps="--steps", seed="--seed")
+def anomaly_cmd(image: Path | None = typer.Argument(None, metavar="[IMAGE]", help="Image to score (omit: run the "
+                                                                                     "study on MNI152)."),
+                model: Path | None = typer.Option(None, "--model", metavar="FOLDER",
+                                                  help="A diffusion or VAE model trained on healthy images."),
+                roi: Path | None = typer.Option(None, "--roi", metavar="FILE", help="Region to score (e.g. brain mask)."),
+                out: Path = typer.Option(Path("generate-anomaly"), "--out", metavar="PATH",
+                                         help="Score map file (with IMAGE) or study folder."),
+                strength: float = typer.Option(0.3, "--strength", help="Diffusion: noise level (fraction of the "
+                                                                      "schedule) the image is taken to."),
+                steps: int | None = typer.Option(None, "--steps", help="Study: diffusion training steps; with "
+                                                                      "IMAGE: DDIM steps (default 50)."),
+                tiny: bool = typer.Option(False, "--tiny", help=_MODE_HELP["tiny"]),
+                quick: bool = typer.Option(False, "--quick", help=_MODE_HELP["quick"]),
+                full: bool = typer.Option(False, "--full", help=_MODE_HELP["full"]),
+                seed: int = typer.Option(0, "--seed", help="Seed of data, training and sampling."),
+                device: str | None = typer.Option(None, "--device", help="cpu, cuda, auto."),
+                progress: bool | None = _PROGRESS, overwrite: bool = _OVERWRITE):
+    """Unsupervised anomaly detection: residual between an image and its "healthy version".
+
+    Without IMAGE: train a diffusion model and a VAE on healthy MNI152 slices, insert
+    synthetic lesions into held-out slices, report pixel AUROC, best Dice and image AUROC.
+    With IMAGE and --model: write the anomaly score map to --out (and the healthy version
+    next to it, NAME.healthy.nii.gz / .tif)."""
+    mode = _mode(tiny, quick, full)
+    if image is None:
+        return _run_study("anomaly", out, mode, seed, steps, device, progress, overwrite)
+    from ..core.image import Image
+    from ..generate.uses import detect_anomalies
+
+    img = read_input(image, "IMAGE")
+    net = _load(model, ("diffusion", "vae", "vqvae"))
+    m = None if roi is None else read_input(roi, "--roi").numpy() > 0
+    healthy_path = sibling(out, ".healthy" + "".join(out.suffixes))
+    with Outputs(overwrite, inputs=[image, roi, model]) as outs:
+        outs.add(out, "--out", siblings=(".report.json", ".preview.png"))
+        outs.add(healthy_path, "--out (healthy version)")
+        t0 = time.perf_counter()
+        arr = img.numpy().astype(np.float32)
+        kw = {"strength": strength, "steps": steps or 50, "seed": seed}
+        res = _per_slice(lambda a, r=None: detect_anomalies(a, net, mask=r, **kw), arr, net.sdim,
+                         *([m] if m is not None else []))
+        if isinstance(res, np.ndarray):
+            score = np.stack([r.score for r in res])
+            healthy = np.stack([r.healthy for r in res])
+        else:
+            score, healthy = res.score, res.healthy
+        seconds = time.perf_counter() - t0
+        from ..io import write
+
+        write(Image(np.asarray(healthy, np.float32), spacing=img.spacing, origin=img.origin, direction=img.direction,
+                    axes=img.axes), healthy_path)
+        rep = {"task": "anomaly", "image": str(image), "model": str(model), "output": str(out),
+               "healthy": str(healthy_path), "strength": strength, "seconds": seconds,
+               "image_score": float(np.percentile(score, 99))}
+        _write_result(img, score, out, outs, rep,
+                      [("input", _mid(arr), {"colorbar": "intensity"}), ("healthy version", _mid(healthy),
+                                                                         {"colorbar": "intensity"}),
+                       ("anomaly score", _mid(score), {"cmap": "magma", "colorbar": "|residual|"})],
+                      f"biomip generate anomaly ({type(net).__name__})")
+    typer.echo(f"wrote {out} (score map) and {healthy_path}  ({seconds:.1f} s; image score {rep['image_score']:.4g})")
+
+
+# ---------------------------------------------------------------- super-resolution
+@generate_app.command("superres")
+@cli_words(image="IMAGE", model="--model", method="--method", scale="--scale", steps="--steps", seed="--seed")
+def superres_cmd(image: Path | None = typer.Argument(None, metavar="[IMAGE]", help="Low-resolution image (omit: "
+                                                                                      "run the study on MNI152)."),
+                 method: str = typer.Option("cubic", "--method", help="cubic, unet or diffusion."),
+                 model: Path | None = typer.Option(None, "--model", metavar="FOLDER",
+                                                   help="A U-Net or conditional diffusion model (models/unet or "
+                                                        "models/diffusion of a study run)."),
+                 out: Path = typer.Option(Path("generate-superres"), "--out", metavar="PATH",
+                                          help="High-resolution output (with IMAGE) or study folder."),
+                 scale: int = typer.Option(2, "--scale", help="Integer up-sampling factor per axis."),
+                 steps: int | None = typer.Option(None, "--steps", help="Study: diffusion training steps; with "
+                                                                       "IMAGE: diffusion sampling steps (50)."),
+                 tiny: bool = typer.Option(False, "--tiny", help=_MODE_HELP["tiny"]),
+                 quick: bool = typer.Option(False, "--quick", help=_MODE_HELP["quick"]),
+                 full: bool = typer.Option(False, "--full", help=_MODE_HELP["full"]),
+                 seed: int = typer.Option(0, "--seed", help="Seed of data, training and sampling."),
+                 device: str | None = typer.Option(None, "--device", help="cpu, cuda, auto."),
+                 progress: bool | None = _PROGRESS, overwrite: bool = _OVERWRITE):
+    """Super-resolution: a finer image from a coarse one (cubic spline, U-Net, conditional diffusion).
+
+    Without IMAGE: the 2 mm -> 1 mm study on held-out MNI152 slices (PSNR / SSIM, DDIM vs
+    DDPM, time per slice).  With IMAGE: write the --scale times finer image to --out with
+    the spacing divided by --scale."""
+    mode = _mode(tiny, quick, full)
+    if image is None:
+        return _run_study("superres", out, mode, seed, steps, device, progress, overwrite)
+    from ..generate.uses import SR_METHODS, super_resolve
+
+    if method not in SR_METHODS:
+        raise InputError(f"--method: got {method!r}; expected one of {', '.join(SR_METHODS)}")
+    img = read_input(image, "IMAGE")
+    net = None if method == "cubic" else _load(model, "unet" if method == "unet" else "diffusion")
+    with Outputs(overwrite, inputs=[image, model]) as outs:
+        outs.add(out, "--out", siblings=(".report.json", ".preview.png"))
+        t0 = time.perf_counter()
+        hr = super_resolve(img, method, net, scale=scale, steps=steps or 50, seed=seed)
+        seconds = time.perf_counter() - t0
+        rep = {"task": "superres", "image": str(image), "method": method, "model": None if model is None else str(model),
+               "scale": scale, "output": str(out), "shape": list(hr.shape), "spacing_mm": list(hr.spacing),
+               "seconds": seconds}
+        _write_result(img, hr, out, outs, rep, [("input", _mid(img.numpy()), {"colorbar": "intensity"}),
+                                                (f"{method} x{scale}", _mid(hr.numpy()), {"colorbar": "intensity"})],
+                      "biomip generate superres")
+    typer.echo(f"wrote {out}  ({method}, x{scale}, {tuple(hr.shape)}, {seconds:.1f} s)")
+
+
+# ---------------------------------------------------------------- inpainting
+@generate_app.command("inpaint")
+@cli_words(image="IMAGE", mask="--mask", model="--model", method="--method", steps="--steps", seed="--seed")
+def inpaint_cmd(image: Path | None = typer.Argument(None, metavar="[IMAGE]", help="Damaged image (omit: run the "
+                                                                                     "study on MNI152)."),
+                mask: Path | None = typer.Option(None, "--mask", metavar="FILE",
+                                                 help="Binary mask of the region to fill (same grid as IMAGE)."),
+                method: str = typer.Option("biharmonic", "--method", help="biharmonic, gan, diffusion or mae."),
+                model: Path | None = typer.Option(None, "--model", metavar="FOLDER",
+                                                  help="A trained Pix2Pix (gan), Diffusion or MAE model."),
+                out: Path = typer.Option(Path("generate-inpaint"), "--out", metavar="PATH",
+                                         help="Repaired image (with IMAGE) or study folder."),
+                steps: int | None = typer.Option(None, "--steps", help="Study: diffusion training steps; with "
+                                                                      "IMAGE: RePaint sampling steps (50)."),
+                tiny: bool = typer.Option(False, "--tiny", help=_MODE_HELP["tiny"]),
+                quick: bool = typer.Option(False, "--quick", help=_MODE_HELP["quick"]),
+                full: bool = typer.Option(False, "--full", help=_MODE_HELP["full"]),
+                seed: int = typer.Option(0, "--seed", help="Seed of data, training and sampling."),
+                device: str | None = typer.Option(None, "--device", help="cpu, cuda, auto."),
+                progress: bool | None = _PROGRESS, overwrite: bool = _OVERWRITE):
+    """Inpainting / defect repair: fill a masked region.
+
+    Without IMAGE: the defect-repair study (biharmonic vs WGAN-GP pix2pix trained on
+    synthetic defects vs RePaint diffusion, PSNR inside the defects of held-out MNI152
+    slices).  With IMAGE and --mask: write the repaired image to --out."""
+    mode = _mode(tiny, quick, full)
+    if image is None:
+        if mask is not None:
+            raise InputError("--mask: got it without IMAGE; expected IMAGE --mask MASK (or neither, for the study)")
+        return _run_study("inpaint", out, mode, seed, steps, device, progress, overwrite)
+    from ..generate.uses import INPAINT_METHODS, inpaint
+
+    if method not in INPAINT_METHODS:
+        raise InputError(f"--method: got {method!r}; expected one of {', '.join(INPAINT_METHODS)}")
+    if mask is None:
+        raise InputError("--mask: missing; expected a binary mask of the region to fill, on IMAGE's grid")
+    img = read_input(image, "IMAGE")
+    m = read_input(mask, "--mask")
+    if m.spatial_shape != img.spatial_shape:
+        raise InputError(f"--mask: has shape {m.spatial_shape}; expected IMAGE's {img.spatial_shape}")
+    mk = m.numpy() > 0
+    net = None if method == "biharmonic" else _load(model, {"gan": "pix2pix", "diffusion": "diffusion",
+                                                            "mae": "mae"}[method])
+    with Outputs(overwrite, inputs=[image, mask, model]) as outs:
+        outs.add(out, "--out", siblings=(".report.json", ".preview.png"))
+        t0 = time.perf_counter()
+        arr = img.numpy().astype(np.float32)
+        kw = {} if net is None else {"model": net, "steps": steps or 50, "seed": seed}
+        sd = net.sdim if net is not None else arr.ndim
+        fixed = _per_slice(lambda a, b: inpaint(a, b, method, **kw), arr, sd, mk)
+        seconds = time.perf_counter() - t0
+        rep = {"task": "inpaint", "image": str(image), "mask": str(mask), "method": method,
+               "model": None if model is None else str(model), "output": str(out), "filled_voxels": int(mk.sum()),
+               "seconds": seconds}
+        _write_result(img, fixed, out, outs, rep,
+                      [("input", _mid(arr), {"colorbar": "intensity", "overlay": _mid(mk).astype(np.uint8),
+                                             "overlay_label": "region to fill"}),
+                       (f"{method} inpainting", _mid(fixed), {"colorbar": "intensity"})], "biomip generate inpaint")
+    typer.echo(f"wrote {out}  ({method}, {int(mk.sum())} voxels filled, {seconds:.1f} s)")
+
+
+# ---------------------------------------------------------------- 2-D -> 3-D
+@generate_app.command("project3d")
+@cli_words(image="PROJECTION", model="--model", steps="--steps", seed="--seed")
+def project3d_cmd(image: Path | None = typer.Argument(None, metavar="[PROJECTION]",
+                                                      help="A 2-D projection (omit: run the study)."),
+                  model: Path | None = typer.Option(None, "--model", metavar="FOLDER",
+                                                    help="A ProjectionToVolume model (models/ of a study run)."),
+                  out: Path = typer.Option(Path("generate-project3d"), "--out", metavar="PATH",
+                                           help="Volume (with PROJECTION) or study folder."),
+                  steps: int | None = typer.Option(None, "--steps", help="Study: training steps per network."),
+                  tiny: bool = typer.Option(False, "--tiny", help=_MODE_HELP["tiny"]),
+                  quick: bool = typer.Option(False, "--quick", help=_MODE_HELP["quick"]),
+                  full: bool = typer.Option(False, "--full", help=_MODE_HELP["full"]),
+                  seed: int = typer.Option(0, "--seed", help="Seed of data and training."),
+                  device: str | None = typer.Option(None, "--device", help="cpu, cuda, auto."),
+                  progress: bool | None = _PROGRESS, overwrite: bool = _OVERWRITE):
+    """2-D projection -> 3-D volume through discrete VQ-VAE codes (textbook 4.4.3).
+
+    Without PROJECTION: train the projection VQ-VAE, the volume VQ-VAE and the code
+    translator on random head phantoms (DRRs from biomip's cone-beam projector), report
+    volume PSNR / SSIM on held-out phantoms and the MNI152 head.  With PROJECTION and
+    --model: write the predicted volume to --out."""
+    mode = _mode(tiny, quick, full)
+    if image is None:
+        return _run_study("project3d", out, mode, seed, steps, device, progress, overwrite)
+    from ..core.image import Image
+
+    img = read_input(image, "PROJECTION")
+    net = _load(model, "project3d")
+    with Outputs(overwrite, inputs=[image, model]) as outs:
+        outs.add(out, "--out", siblings=(".report.json", ".preview.png"))
+        t0 = time.perf_counter()
+        vol = np.asarray(net(img.numpy().astype(np.float32)), np.float32)
+        while vol.ndim > 3:
+            vol = vol[0]
+        seconds = time.perf_counter() - t0
+        sp = net.meta.get("volume_spacing", [1.0, 1.0, 1.0])
+        vimg = Image(vol, spacing=tuple(sp), meta={"generated_by": "ProjectionToVolume", "source": str(image)})
+        rep = {"task": "project3d", "projection": str(image), "model": str(model), "output": str(out),
+               "shape": list(vol.shape), "seconds": seconds}
+        _write_result(img, vimg, out, outs, rep, [("projection", _mid(img.numpy()), {"colorbar": "intensity"}),
+                                                  ("volume, middle slice", vol[vol.shape[0] // 2],
+                                                   {"colorbar": "intensity"})], "biomip generate project3d")
+    typer.echo(f"wrote {out}  (volume {tuple(vol.shape)}, {seconds:.1f} s)")
+
+
+# ---------------------------------------------------------------- sampling
+@generate_app.command("sample")
+@cli_words(model="--model", n="--n", steps="--steps", seed="--seed")
+def sample_cmd(model: Path = typer.Option(..., "--model", metavar="FOLDER",
+                                          help="A diffusion, VAE, VQ-VAE or GAN model."),
+               out: Path = typer.Option(..., "--out", metavar="FILE", help="The samples, stacked on the first axis "
+                                                                          "(.tif, .nii.gz, .npy)."),
+               n: int = typer.Option(8, "--n", help="Number of samples."),
+               steps: int = typer.Option(50, "--steps", help="Diffusion: DDIM steps."),
+               seed: int = typer.Option(0, "--seed", help="Seed of the samples."),
+               overwrite: bool = _OVERWRITE):
+    """Draw new images from a trained generative model, with a grid preview."""
+    from ..core.arrays import check_number
+    from ..core.image import Image
+
+    n = check_number(n, "n", low=1, high=1024, integer=True)
+    net = _load(model, ("diffusion", "vae", "vqvae", "gan"))
+    with Outputs(overwrite, inputs=[model]) as outs:
+        outs.add(out, "--out", siblings=(".report.json", ".preview.png"))
+        t0 = time.perf_counter()
+        kw = {"steps": steps} if type(net).__name__ == "Diffusion" else {}
+        x = np.asarray(net.sample(n, seed=seed, **kw), np.float32)
+        seconds = time.perf_counter() - t0
+        arr = x[:, 0] if x.shape[1] == 1 else x.reshape((-1,) + x.shape[2:])
+        rep = {"task": "sample", "model": str(model), "n": n, "seconds": seconds, "shape": list(x.shape),
+               "seed": seed}
+        img = Image(arr, meta={"generated_by": type(net).__name__})
+        _write_result(img, img, out, outs, rep, [(f"sample {i}", _mid(x[i, 0]), {"colorbar": "intensity",
+                                                                                  "colorbar_group": "s"})
+                                                 for i in range(min(n, 8))], f"biomip generate sample "
+                                                                             f"({type(net).__name__})")
+    typer.echo(f"wrote {out}  ({n} samples of shape {tuple(x.shape[1:])}, {seconds:.1f} s)")
+
+
+# ---------------------------------------------------------------- training
+def _training_stack(images: list[Path], sdim: int, option: str = "--image") -> np.ndarray:
+    """Training images as one array (N, C, *S): volumes give their slices to a 2-D model;
+    different sizes are centre-cropped to the smallest."""
+    arrs = []
+    for p in images:
+        img = read_input(p, option)
+        a = img.numpy().astype(np.float32)
+        chan = img.channels if hasattr(img, "channels") else 1
+        a = a if (chan or 1) > 1 else a[None]
+        if a.ndim - 1 == sdim:
+            arrs.append(a)
+        elif a.ndim - 1 == 3 and sdim == 2:
+            arrs += [a[:, k] for k in range(a.shape[1]) if float(a[:, k].std()) > 0]
+        else:
+            raise InputError(f"{option}: {p} is {a.ndim - 1}-D; expected {sdim}-D images (or volumes for a 2-D "
+                             "model, which trains on their slices)")
+    if not arrs:
+        raise InputError(f"{option}: no non-constant image or slice to train on")
+    shape = np.min([a.shape for a in arrs], axis=0)
+    out = []
+    for a in arrs:
+        sl = tuple(slice((s - t) // 2, (s - t) // 2 + t) for s, t in zip(a.shape, shape))
+        out.append(a[sl])
+    return np.stack(out)
+
+
+def _train(kind: str, image: list[Path], out: Path, sdim: int, steps: int, batch_size: int, patch: int | None,
+           seed: int, device, progress, overwrite: bool, cond: list[Path] | None = None):
+    from ..core.atomic import write_json
+    from ..generate.registry import model_class
+    from .learn import check_model_out
+
+    if sdim not in (2, 3):
+        raise InputError(f"--sdim: got {sdim}; expected 2 or 3")
+    outs = check_model_out(out, overwrite, [*image, *(cond or [])])
+    data = _training_stack(image, sdim)
+    kw = {"sdim": sdim, "channels": int(data.shape[1]), "seed": seed}
+    fit_kw = {"steps": steps, "batch_size": batch_size, "seed": seed, "device": device, "progress": progress}
+    if patch:
+        fit_kw["patch" if kind != "mae" else "patch_size"] = (patch,) * sdim
+    if kind == "diffusion" and cond:
+        c = _training_stack(cond, sdim, "--cond")
+        if c.shape[0] != data.shape[0] or c.shape[2:] != data.shape[2:]:
+            raise InputError(f"--cond: gives {c.shape[0]} image(s) of size {c.shape[2:]}; expected one per training "
+                             f"image ({data.shape[0]}) of its size {data.shape[2:]}")
+        kw["cond_channels"] = int(c.shape[1])
+        fit_kw["cond"] = c
+    if kind == "gan":
+        side = int(min(data.shape[2:]))
+        side = 1 << (side.bit_length() - 1)
+        kw["image_size"] = max(16, min(side, 64))
+        sl = tuple(slice(0, kw["image_size"]) for _ in range(sdim))
+        data = data[(slice(None), slice(None), *sl)]
+        fit_kw.pop("patch", None)
+    cls = model_class(kind)
+    t0 = time.perf_counter()
+    with outs:
+        model = cls(**kw)
+        model.fit(data, **fit_kw)
+        model.save(out, overwrite=True)
+        write_json({"history": model.history, "images": [str(p) for p in image], "n_training_images": len(data),
+                    "seconds": time.perf_counter() - t0}, out / "training.json")
+    h = model.history
+    trend = f"loss {h[0]['loss']:.4g} -> {h[-1]['loss']:.4g}" if h else ""
+    typer.echo(f"wrote {out}  ({kind}, {model.n_parameters:,} parameters, {len(data)} training images, {steps} steps, "
+               f"{time.perf_counter() - t0:.0f} s; {trend})")
+
+
+def _train_command(kind: str, help_text: str, conditional: bool = False):
+    @cli_words(images="--image", steps="--steps", batch_size="--batch-size", patch="--patch", seed="--seed",
+               sdim="--sdim", cond="--cond")
+    def cmd(image: list[Path] = typer.Option(..., "--image", metavar="FILE", help="Training image (repeat); a "
+                                                                                  "volume gives its slices to a 2-D "
+                                                                                  "model."),
+            out: Path = typer.Option(..., "--out", metavar="FOLDER", help="Model folder to write."),
+            sdim: int = typer.Option(2, "--sdim", help="2-D or 3-D model."),
+            steps: int = typer.Option(2000, "--steps", help="Training steps."),
+            batch_size: int = typer.Option(16, "--batch-size", help="Images per step."),
+            patch: int | None = typer.Option(None, "--patch", help="Train on random crops of this side (pixels)."),
+            cond: list[Path] | None = (typer.Option(None, "--cond", metavar="FILE",
+                                                    help="Condition image per --image (repeat, same order): "
+                                                         "image-to-image diffusion.") if conditional else None),
+            seed: int = typer.Option(0, "--seed", help="Seed of initialisation and batches."),
+            device: str | None = typer.Option(None, "--device", help="cpu, cuda, auto."),
+            progress: bool | None = _PROGRESS,
+            overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model folder.")):
+        _train(kind, image, out, sdim, steps, batch_size, patch, seed, device, progress, overwrite,
+               cond if conditional else None)
+
+    cmd.__doc__ = help_text
+    if not conditional:                                          # no --cond option for the other models
+        import inspect
+
+        sig = inspect.signature(cmd)
+        cmd.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "cond"])
+    return cmd
+
+
+TRAIN_COMMANDS = {
+    "vae": ("Train a VAE (reconstruction + beta-KL) on images; sampling, interpolation, anomaly baseline.", False),
+    "vqvae": ("Train a VQ-VAE (EMA codebook, dead-code restarts; perplexity in training.json).", False),
+    "mae": ("Train a masked autoencoder (ViT); its encoder is a feature extractor, it also inpaints.", False),
+    "gan": ("Train an unconditional WGAN-GP (square crops, power-of-two side up to 64).", False),
+    "diffusion": ("Train a denoising diffusion model (DDPM loss; DDIM / DDPM sampling); --cond makes it "
+                  "image-to-image.", True),
+}
+
+
+def register_train(train_app) -> None:
+    """Add ``biomip train vae|vqvae|mae|gan|diffusion`` to the ``train`` group."""
+    for kind, (text, conditional) in TRAIN_COMMANDS.items():
+        train_app.command(kind, help=text)(_train_command(kind, text, conditional))

@@ -1,0 +1,50 @@
+from . import base, diffusion, gan, mae, project3d, registry, studies, uses, vae
+from .base import GenerativeModel, TrainingDivergedError, as_stack, fit_loop, random_batch
+from .diffusion import Diffusion, LatentDiffusion
+from .gan import GAN, Pix2Pix, image_and_mask
+from .mae import MAE
+from .project3d import CodeMapper, DirectRegressor, ProjectionToVolume, drr, mni_pseudo_ct, project3d_study
+from .registry import load
+from .studies import anomaly_study, inpaint_study, superres_study
+from .uses import AnomalyResult, detect_anomalies, inpaint, super_resolve, upsample
+from .vae import VAE, VQVAE
+
+__all__ = [
+    "diffusion",
+    "Diffusion",
+    "LatentDiffusion",
+    "project3d",
+    "vae",
+    "CodeMapper",
+    "DirectRegressor",
+    "ProjectionToVolume",
+    "drr",
+    "mni_pseudo_ct",
+    "project3d_study",
+    "VAE",
+    "VQVAE",
+    "gan",
+    "mae",
+    "registry",
+    "studies",
+    "uses",
+    "GAN",
+    "Pix2Pix",
+    "image_and_mask",
+    "MAE",
+    "load",
+    "anomaly_study",
+    "inpaint_study",
+    "superres_study",
+    "AnomalyResult",
+    "detect_anomalies",
+    "inpaint",
+    "super_resolve",
+    "upsample",
+    "base",
+    "GenerativeModel",
+    "TrainingDivergedError",
+    "as_stack",
+    "fit_loop",
+    "random_batch",
+]
