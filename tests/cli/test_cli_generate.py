@@ -70,6 +70,14 @@ def test_superres_cubic_halves_the_spacing(tmp_path, capsys):
     (["generate", "anomaly", "--tiny", "--quick"], "--tiny, --quick, --full"),
     (["generate", "sample", "--model", "NOMODEL", "--out", "s.tif"], "--model"),
     (["train", "vae", "--image", "IMG", "--out", "M", "--sdim", "4"], "--sdim"),
+    # a forgotten IMAGE must not start the study; study modes and a missing --out with IMAGE
+    (["generate", "anomaly", "--model", "NOMODEL", "--out", "o"], "--model: given without IMAGE"),
+    (["generate", "inpaint", "--mask", "MASK"], "--mask: given without IMAGE"),
+    (["generate", "superres", "IMG", "--tiny", "--out", "o.nii.gz"], "--tiny: given with IMAGE"),
+    (["generate", "inpaint", "IMG", "--mask", "MASK"], "--out: missing"),
+    (["generate", "inpaint", "IMG", "--mask", "HALF", "--out", "o.nii.gz"], "--mask: holds values"),
+    (["generate", "superres", "IMG", "--model", "NOMODEL", "--out", "o.nii.gz"], "--model: given with --method cubic"),
+    (["generate", "inpaint", "IMG", "--mask", "MASK", "--out", "o.png"], "--out"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch, args, word):
     monkeypatch.chdir(tmp_path)
@@ -77,10 +85,14 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch, args, word):
     small = tmp_path / "small.nii.gz"
     biomip.io.write(biomip.Image(np.zeros((8, 8), np.uint8)), small)
     (tmp_path / "nomodel").mkdir()
-    sub = {"IMG": str(src), "MASK": str(m), "SMALL": str(small), "NOMODEL": str(tmp_path / "nomodel")}
+    half = tmp_path / "half.nii.gz"
+    biomip.io.write(biomip.Image(np.full((32, 32), 0.5, np.float32), spacing=(0.5, 0.5), origin=(3.0, -2.0)), half)
+    sub = {"IMG": str(src), "MASK": str(m), "SMALL": str(small), "NOMODEL": str(tmp_path / "nomodel"),
+           "HALF": str(half)}
     assert main([sub.get(a, a) for a in args]) == 2
     assert word in _error(capsys)
     assert not (tmp_path / "o.nii.gz").exists() and not (tmp_path / "M").exists()
+    assert not (tmp_path / "o").exists() and not (tmp_path / "generate-inpaint").exists()
 
 
 def test_study_folder_not_empty_needs_overwrite(tmp_path, capsys):

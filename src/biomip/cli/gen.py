@@ -37,6 +37,58 @@ def _mode(tiny: bool, quick: bool, full: bool) -> str:
     return "tiny" if tiny else "full" if full else "quick"
 
 
+def _study_only(mode_flags: dict, **apply_options) -> None:
+    """Without IMAGE a command runs the study: options that only make sense with IMAGE are refused
+    (a forgotten IMAGE must not start a minutes-long study silently)."""
+    given = [opt for opt, value in apply_options.items() if value]
+    if given:
+        raise InputError(f"{', '.join(given)}: given without IMAGE; expected IMAGE {given[0]} ... to apply a model to "
+                         "an image (without IMAGE the command runs the study on the MNI152 template)")
+
+
+def _apply_only(out: Path, default: Path, tiny: bool, quick: bool, full: bool) -> None:
+    """With IMAGE: no study mode flags, and --out names the output file."""
+    flags = [f for f, v in (("--tiny", tiny), ("--quick", quick), ("--full", full)) if v]
+    if flags:
+        raise InputError(f"{', '.join(flags)}: given with IMAGE; the modes size the study, which runs without IMAGE")
+    if out == default:
+        raise InputError("--out: missing; expected the output file when IMAGE is given (e.g. --out result.nii.gz)")
+
+
+def _fits_model(img, net, option: str = "IMAGE") -> None:
+    """The image must be of the kind the model was trained on: channels, dimensions and intensity range."""
+    chans = img.channels
+    if chans != net.channels:
+        raise InputError(f"{option}: has {chans} channel(s) (axes {img.axes!r}); the model was trained on "
+                         f"{net.channels}")
+    if img.sdim < net.sdim:
+        raise InputError(f"{option}: is {img.sdim}-D; the model is {net.sdim}-D")
+    _range_warning(img, net.norm, option)
+
+
+def _range_warning(img, norm, option: str = "IMAGE") -> None:
+    """One warning line when the image's intensities are far from a model's training range ``norm``."""
+    import warnings
+
+    lo, hi = (float(v) for v in norm)
+    a = img.numpy().astype(np.float32)
+    q_lo, q_hi = (float(v) for v in np.percentile(a, [0.5, 99.5]))
+    span = max(hi - lo, 1e-12)
+    if q_hi > hi + 2 * span or q_lo < lo - 2 * span or (q_hi - q_lo) < 0.05 * span or (q_hi - q_lo) > 20 * span:
+        warnings.warn(f"{option}: intensities {q_lo:.4g}..{q_hi:.4g} (0.5-99.5 %) are far from the model's training "
+                      f"range {lo:.4g}..{hi:.4g}; rescale the image to the training data's units first, or the "
+                      "result is meaningless", stacklevel=3)
+
+
+def _binary_mask(m, option: str):
+    a = m.numpy()
+    vals = np.unique(a)
+    if not np.isin(vals, (0, 1)).all():
+        raise InputError(f"{option}: holds values {vals[:5].tolist()}{' ...' if vals.size > 5 else ''}; expected a "
+                         "binary mask (0 / 1)")
+    return a.astype(bool)
+
+
 def _check_study_folder(out: Path, overwrite: bool) -> None:
     """--out of a study: new, empty, or (with --overwrite) a folder of a study run."""
     if out.exists() and not out.is_dir():
@@ -59,7 +111,8 @@ def _check_study_folder(out: Path, overwrite: bool) -> None:
 
 
 def _print_methods(rep: dict) -> None:
-    typer.echo(f"wrote {rep.get('_out')}/report.json, preview.png and models/  ({rep['seconds']:.0f} s on "
+    models = ", ".join(f"models/{k}" for k in rep.get("files", {}).get("models", {})) or "models/"
+    typer.echo(f"wrote {rep.get('_out')}/report.json, preview.png and {models}  ({rep['seconds']:.0f} s on "
                f"{rep['device']})")
     for name, r in rep["methods"].items():
         figs = "  ".join(f"{k} {v:.4g}" for k, v in r.items() if isinstance(v, float) and "seconds" not in k)
@@ -113,6 +166,7 @@ def _write_result(image, arr, out: Path, outs: Outputs, report: dict, panels: li
                                                    origin=image.origin, direction=image.direction, axes=image.axes,
                                                    meta={k: v for k, v in image.meta.items() if k != "format"})
     write(img, out)
+    report["files"] = {"report": str(sibling(out, ".report.json")), "preview": str(sibling(out, ".preview.png"))}
     write_json(report, sibling(out, ".report.json"))
     render_panels(panels, sibling(out, ".preview.png"), title=title, cols=len(panels))
 
@@ -135,14 +189,14 @@ def _per_slice(fn, arr: np.ndarray, model_sdim: int, *rest):
 # ---------------------------------------------------------------- anomaly
 @generate_app.command("anomaly")
 @cli_words(image="IMAGE", model="--model", mask="--roi", strength="--strength", steps="--steps", seed="--seed")
-def anomaly_cmd(image: Path | None = typer.Argument(None, metavar="[IMAGE]", help="Image to score (omit: run the "
+def anomaly_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help="Image to score (omit: run the "
                                                                                      "study on MNI152)."),
                 model: Path | None = typer.Option(None, "--model", metavar="FOLDER",
                                                   help="A diffusion or VAE model trained on healthy images."),
                 roi: Path | None = typer.Option(None, "--roi", metavar="FILE", help="Region to score (e.g. brain mask)."),
                 out: Path = typer.Option(Path("generate-anomaly"), "--out", metavar="PATH",
                                          help="Score map file (with IMAGE) or study folder."),
-                strength: float = typer.Option(0.3, "--strength", help="Diffusion: noise level (fraction of the "
+                strength: float = typer.Option(0.15, "--strength", help="Diffusion: noise level (fraction of the "
                                                                       "schedule) the image is taken to."),
                 steps: int | None = typer.Option(None, "--steps", help="Study: diffusion training steps; with "
                                                                       "IMAGE: DDIM steps (default 50)."),
@@ -160,17 +214,30 @@ def anomaly_cmd(image: Path | None = typer.Argument(None, metavar="[IMAGE]", hel
     next to it, NAME.healthy.nii.gz / .tif)."""
     mode = _mode(tiny, quick, full)
     if image is None:
+        _study_only({}, **{"--model": model, "--roi": roi})
         return _run_study("anomaly", out, mode, seed, steps, device, progress, overwrite)
+    from ..core.arrays import check_number
     from ..core.image import Image
     from ..generate.uses import detect_anomalies
+    from ._common import warn_other_grid
 
+    _apply_only(out, Path("generate-anomaly"), tiny, quick, full)
+    if steps is not None:
+        check_number(steps, "steps", low=1, integer=True)
     img = read_input(image, "IMAGE")
     net = _load(model, ("diffusion", "vae", "vqvae"))
-    m = None if roi is None else read_input(roi, "--roi").numpy() > 0
+    _fits_model(img, net)
+    m = None
+    if roi is not None:
+        r = read_input(roi, "--roi")
+        if r.spatial_shape != img.spatial_shape:
+            raise InputError(f"--roi: has shape {r.spatial_shape}; expected IMAGE's {img.spatial_shape}")
+        warn_other_grid(r, img, "--roi")
+        m = _binary_mask(r, "--roi")
     healthy_path = sibling(out, ".healthy" + "".join(out.suffixes))
     with Outputs(overwrite, inputs=[image, roi, model]) as outs:
-        outs.add(out, "--out", siblings=(".report.json", ".preview.png"))
-        outs.add(healthy_path, "--out (healthy version)")
+        outs.add(out, "--out", siblings=(".report.json", ".preview.png"), sdim=img.sdim, dtype_kind="f")
+        outs.add(healthy_path, "--out (healthy version)", sdim=img.sdim, dtype_kind="f")
         t0 = time.perf_counter()
         arr = img.numpy().astype(np.float32)
         kw = {"strength": strength, "steps": steps or 50, "seed": seed}
@@ -194,13 +261,14 @@ def anomaly_cmd(image: Path | None = typer.Argument(None, metavar="[IMAGE]", hel
                                                                          {"colorbar": "intensity"}),
                        ("anomaly score", _mid(score), {"cmap": "magma", "colorbar": "|residual|"})],
                       f"biomip generate anomaly ({type(net).__name__})")
-    typer.echo(f"wrote {out} (score map) and {healthy_path}  ({seconds:.1f} s; image score {rep['image_score']:.4g})")
+    typer.echo(f"wrote {out} (score map), {healthy_path} and {sibling(out, '.report.json').name} / "
+               f"{sibling(out, '.preview.png').name}  ({seconds:.1f} s; image score {rep['image_score']:.4g})")
 
 
 # ---------------------------------------------------------------- super-resolution
 @generate_app.command("superres")
 @cli_words(image="IMAGE", model="--model", method="--method", scale="--scale", steps="--steps", seed="--seed")
-def superres_cmd(image: Path | None = typer.Argument(None, metavar="[IMAGE]", help="Low-resolution image (omit: "
+def superres_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help="Low-resolution image (omit: "
                                                                                       "run the study on MNI152)."),
                  method: str = typer.Option("cubic", "--method", help="cubic, unet or diffusion."),
                  model: Path | None = typer.Option(None, "--model", metavar="FOLDER",
@@ -224,15 +292,33 @@ def superres_cmd(image: Path | None = typer.Argument(None, metavar="[IMAGE]", he
     the spacing divided by --scale."""
     mode = _mode(tiny, quick, full)
     if image is None:
+        _study_only({}, **{"--model": model})
         return _run_study("superres", out, mode, seed, steps, device, progress, overwrite)
+    from ..core.arrays import check_number
     from ..generate.uses import SR_METHODS, super_resolve
 
+    _apply_only(out, Path("generate-superres"), tiny, quick, full)
     if method not in SR_METHODS:
         raise InputError(f"--method: got {method!r}; expected one of {', '.join(SR_METHODS)}")
+    if method == "cubic" and model is not None:
+        raise InputError("--model: given with --method cubic, which uses no model; expected --method unet or diffusion")
+    if steps is not None:
+        check_number(steps, "steps", low=1, integer=True)
     img = read_input(image, "IMAGE")
     net = None if method == "cubic" else _load(model, "unet" if method == "unet" else "diffusion")
+    if net is not None:
+        sd = net.sdim
+        if sd != img.sdim:
+            raise InputError(f"IMAGE: is {img.sdim}-D; the model is {sd}-D (super-resolution works in the model's "
+                             "dimension: give a 2-D slice to a 2-D model)")
+        if method == "diffusion" and not getattr(net, "cond_channels", 0):
+            raise InputError("--model: is an unconditional diffusion model; super-resolution needs one conditioned on "
+                             "the up-sampled image (models/diffusion of a superres study)")
+        norm = net.meta.get("cond_norm" if method == "diffusion" else "norm")
+        if norm is not None:
+            _range_warning(img, norm)
     with Outputs(overwrite, inputs=[image, model]) as outs:
-        outs.add(out, "--out", siblings=(".report.json", ".preview.png"))
+        outs.add(out, "--out", siblings=(".report.json", ".preview.png"), sdim=img.sdim, dtype_kind="f")
         t0 = time.perf_counter()
         hr = super_resolve(img, method, net, scale=scale, steps=steps or 50, seed=seed)
         seconds = time.perf_counter() - t0
@@ -248,7 +334,7 @@ def superres_cmd(image: Path | None = typer.Argument(None, metavar="[IMAGE]", he
 # ---------------------------------------------------------------- inpainting
 @generate_app.command("inpaint")
 @cli_words(image="IMAGE", mask="--mask", model="--model", method="--method", steps="--steps", seed="--seed")
-def inpaint_cmd(image: Path | None = typer.Argument(None, metavar="[IMAGE]", help="Damaged image (omit: run the "
+def inpaint_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help="Damaged image (omit: run the "
                                                                                      "study on MNI152)."),
                 mask: Path | None = typer.Option(None, "--mask", metavar="FILE",
                                                  help="Binary mask of the region to fill (same grid as IMAGE)."),
@@ -272,24 +358,41 @@ def inpaint_cmd(image: Path | None = typer.Argument(None, metavar="[IMAGE]", hel
     slices).  With IMAGE and --mask: write the repaired image to --out."""
     mode = _mode(tiny, quick, full)
     if image is None:
-        if mask is not None:
-            raise InputError("--mask: got it without IMAGE; expected IMAGE --mask MASK (or neither, for the study)")
+        _study_only({}, **{"--mask": mask, "--model": model})
         return _run_study("inpaint", out, mode, seed, steps, device, progress, overwrite)
-    from ..generate.uses import INPAINT_METHODS, inpaint
+    import warnings
 
+    from ..core.arrays import check_number
+    from ..generate.uses import INPAINT_METHODS, inpaint
+    from ._common import warn_other_grid
+
+    _apply_only(out, Path("generate-inpaint"), tiny, quick, full)
     if method not in INPAINT_METHODS:
         raise InputError(f"--method: got {method!r}; expected one of {', '.join(INPAINT_METHODS)}")
+    if method == "biharmonic" and model is not None:
+        raise InputError("--model: given with --method biharmonic, which uses no model; expected --method gan, "
+                         "diffusion or mae")
     if mask is None:
         raise InputError("--mask: missing; expected a binary mask of the region to fill, on IMAGE's grid")
+    if steps is not None:
+        check_number(steps, "steps", low=1, integer=True)
     img = read_input(image, "IMAGE")
     m = read_input(mask, "--mask")
     if m.spatial_shape != img.spatial_shape:
         raise InputError(f"--mask: has shape {m.spatial_shape}; expected IMAGE's {img.spatial_shape}")
-    mk = m.numpy() > 0
+    warn_other_grid(m, img, "--mask")
+    mk = _binary_mask(m, "--mask")
+    if not mk.any():
+        warnings.warn("--mask: is empty; nothing to fill, the output is the input", stacklevel=2)
     net = None if method == "biharmonic" else _load(model, {"gan": "pix2pix", "diffusion": "diffusion",
                                                             "mae": "mae"}[method])
+    if net is not None and method != "gan":
+        _fits_model(img, net)
+    if method == "diffusion" and getattr(net, "cond_channels", 0):
+        raise InputError("--model: is a conditional diffusion model (e.g. super-resolution's); inpainting needs an "
+                         "unconditional one (models/diffusion of an anomaly or inpaint study)")
     with Outputs(overwrite, inputs=[image, mask, model]) as outs:
-        outs.add(out, "--out", siblings=(".report.json", ".preview.png"))
+        outs.add(out, "--out", siblings=(".report.json", ".preview.png"), sdim=img.sdim, dtype_kind="f")
         t0 = time.perf_counter()
         arr = img.numpy().astype(np.float32)
         kw = {} if net is None else {"model": net, "steps": steps or 50, "seed": seed}
@@ -309,10 +412,10 @@ def inpaint_cmd(image: Path | None = typer.Argument(None, metavar="[IMAGE]", hel
 # ---------------------------------------------------------------- 2-D -> 3-D
 @generate_app.command("project3d")
 @cli_words(image="PROJECTION", model="--model", steps="--steps", seed="--seed")
-def project3d_cmd(image: Path | None = typer.Argument(None, metavar="[PROJECTION]",
+def project3d_cmd(image: Path | None = typer.Argument(None, metavar="PROJECTION",
                                                       help="A 2-D projection (omit: run the study)."),
                   model: Path | None = typer.Option(None, "--model", metavar="FOLDER",
-                                                    help="A ProjectionToVolume model (models/ of a study run)."),
+                                                    help="A ProjectionToVolume model (models/project3d of a study run)."),
                   out: Path = typer.Option(Path("generate-project3d"), "--out", metavar="PATH",
                                            help="Volume (with PROJECTION) or study folder."),
                   steps: int | None = typer.Option(None, "--steps", help="Study: training steps per network."),
@@ -330,13 +433,15 @@ def project3d_cmd(image: Path | None = typer.Argument(None, metavar="[PROJECTION
     --model: write the predicted volume to --out."""
     mode = _mode(tiny, quick, full)
     if image is None:
+        _study_only({}, **{"--model": model})
         return _run_study("project3d", out, mode, seed, steps, device, progress, overwrite)
     from ..core.image import Image
 
+    _apply_only(out, Path("generate-project3d"), tiny, quick, full)
     img = read_input(image, "PROJECTION")
     net = _load(model, "project3d")
     with Outputs(overwrite, inputs=[image, model]) as outs:
-        outs.add(out, "--out", siblings=(".report.json", ".preview.png"))
+        outs.add(out, "--out", siblings=(".report.json", ".preview.png"), sdim=3, dtype_kind="f")
         t0 = time.perf_counter()
         vol = np.asarray(net(img.numpy().astype(np.float32)), np.float32)
         while vol.ndim > 3:
@@ -370,7 +475,7 @@ def sample_cmd(model: Path = typer.Option(..., "--model", metavar="FOLDER",
     n = check_number(n, "n", low=1, high=1024, integer=True)
     net = _load(model, ("diffusion", "vae", "vqvae", "gan"))
     with Outputs(overwrite, inputs=[model]) as outs:
-        outs.add(out, "--out", siblings=(".report.json", ".preview.png"))
+        outs.add(out, "--out", siblings=(".report.json", ".preview.png"), dtype_kind="f")
         t0 = time.perf_counter()
         kw = {"steps": steps} if type(net).__name__ == "Diffusion" else {}
         x = np.asarray(net.sample(n, seed=seed, **kw), np.float32)

@@ -68,10 +68,9 @@ class StudyConfig:
         Channels per level of the diffusion U-Net.
     ddim_steps : int
         DDIM sampling steps.
-    ddpm_steps : int
-        DDPM sampling steps (super-resolution only; 0: skip), on ``ddpm_slices`` slices.
     ddpm_slices : int
-        Held-out slices also sampled with DDPM.
+        Held-out slices also sampled with DDPM over every timestep of the schedule (super-
+        resolution only; 0: none).
     seed : int
         Seed of data, networks and samplers.
     """
@@ -86,7 +85,6 @@ class StudyConfig:
     patch: int = 48
     features: tuple = (32, 64, 128)
     ddim_steps: int = 50
-    ddpm_steps: int = 1000
     ddpm_slices: int = 2
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -108,16 +106,16 @@ _PRESETS = {
     },
     "superres": {
         "tiny": dict(size=32, resolution=1.0, n_test=6, steps=60, baseline_steps=300, batch_size=8, patch=32,
-                     features=(8, 16), ddim_steps=5, ddpm_steps=20, ddpm_slices=1),
+                     features=(8, 16), ddim_steps=5, ddpm_slices=1),
         "quick": dict(size=None, resolution=1.0, n_test=6, steps=1200, baseline_steps=1200, batch_size=8, patch=48,
-                      features=(32, 64, 128), ddim_steps=50, ddpm_steps=1000, ddpm_slices=1),
+                      features=(32, 64, 128), ddim_steps=50, ddpm_slices=1),
         "full": dict(size=None, resolution=1.0, n_test=16, steps=12000, baseline_steps=6000, batch_size=16, patch=96,
-                     features=(64, 128, 256), ddim_steps=50, ddpm_steps=1000, ddpm_slices=6),
+                     features=(64, 128, 256), ddim_steps=50, ddpm_slices=6),
     },
     "inpaint": {
         "tiny": dict(size=48, resolution=4.0, n_test=3, steps=60, baseline_steps=60, batch_size=4, patch=48,
                      features=(8, 16), ddim_steps=10),
-        "quick": dict(size=96, resolution=2.0, n_test=10, steps=1500, baseline_steps=1500, batch_size=12, patch=64,
+        "quick": dict(size=96, resolution=2.0, n_test=10, steps=1200, baseline_steps=800, batch_size=12, patch=64,
                       features=(32, 64, 128), ddim_steps=100),
         "full": dict(size=96, resolution=2.0, n_test=24, steps=12000, baseline_steps=8000, batch_size=16, patch=96,
                      features=(64, 128, 256), ddim_steps=250),
@@ -380,7 +378,7 @@ def anomaly_study(mode: str = "quick", out=None, *, device=None, progress=None, 
         m["smooth_px"] = smooth
     targets = {"diffusion_pixel_auroc>=0.90": methods["diffusion"]["pixel_auroc"] >= 0.90,
                "diffusion_beats_vae": methods["diffusion"]["pixel_auroc"] > methods["vae"]["pixel_auroc"]}
-    data = {**s.summary, "test_slices": [int(s.test_index[i]) for i in pick],
+    data = {**s.summary, "test_slice_indices": [int(s.test_index[i]) for i in pick],
             "lesions": "biomip.data.insert_lesions: 1-2 per slice, radius "
             f"{list(cfg.extra.get('radius', (4.0, 9.0)))} mm, contrast +0.25..+0.6 and -0.5..-0.25 alternately, "
             "textured, with mass effect; seeds 1000 + k"}
@@ -391,8 +389,8 @@ def anomaly_study(mode: str = "quick", out=None, *, device=None, progress=None, 
         win = {"vmin": float(lo), "vmax": float(hi), "colorbar": "intensity", "colorbar_group": "img"}
         smax = float(max(np.percentile(maps[m][j].score, 99.9) for m in maps)) or 1.0
         sc = {"cmap": "magma", "vmin": 0.0, "vmax": smax, "colorbar": "|residual|", "colorbar_group": "score"}
-        panels = [("held-out slice with synthetic lesion", sick[j], {**win, "overlay": truth[j].astype(np.uint8),
-                                                                     "overlay_label": "true lesion"}),
+        panels = [("held-out slice with synthetic lesion", sick[j], win),
+                  ("true lesion", truth[j].astype(np.float32), {"cmap": "gray", "vmin": 0, "vmax": 1}),
                   (f"diffusion healthy version (t = {strength:.2f} T)", maps["diffusion"][j].healthy, win),
                   ("VAE reconstruction", maps["vae"][j].healthy, win),
                   ("lesion-free truth", test[pick[j]], win),
@@ -412,7 +410,7 @@ def superres_study(mode: str = "quick", out=None, *, device=None, progress=None,
     way nilearn makes its 2 mm template; :func:`biomip.data.mni.mni152_slices`).  Methods:
     cubic-spline interpolation with the grids' true alignment (the baseline), a U-Net
     regressing the missing detail, and a conditional diffusion model sampling it (DDIM
-    with ``ddim_steps`` and DDPM with ``ddpm_steps`` on ``ddpm_slices`` slices, to measure
+    with ``ddim_steps`` and DDPM over all timesteps on ``ddpm_slices`` slices, to measure
     what the fast sampler loses).  PSNR / SSIM inside the head (the brain mask dilated),
     data range = the high-resolution slice's range.
 
@@ -505,8 +503,8 @@ def superres_study(mode: str = "quick", out=None, *, device=None, progress=None,
         dr = float(hr.max() - hr.min())
         runs = [("cubic", {}), ("unet", {"model": unet}),
                 ("diffusion-ddim", {"model": diff, "steps": cfg.ddim_steps, "sampler": "ddim"})]
-        if cfg.ddpm_steps and k < cfg.ddpm_slices:
-            runs.append(("diffusion-ddpm", {"model": diff, "steps": cfg.ddpm_steps, "sampler": "ddpm"}))
+        if k < cfg.ddpm_slices:
+            runs.append(("diffusion-ddpm", {"model": diff, "steps": diff.timesteps, "sampler": "ddpm"}))
         for name, kw in runs:
             method = name.split("-")[0]
             ts = time.perf_counter()
@@ -531,12 +529,12 @@ def superres_study(mode: str = "quick", out=None, *, device=None, progress=None,
         n = methods["diffusion-ddpm"]["slices"]
         ddim_same = [v[0] for v in res["diffusion-ddim"][:n]]
         ddpm = [v[0] for v in res["diffusion-ddpm"]]
-        methods["diffusion-ddpm"]["steps"] = cfg.ddpm_steps
+        methods["diffusion-ddpm"]["steps"] = diff.timesteps           # DDPM runs every timestep
         gap = float(np.mean(ddpm) - np.mean(ddim_same))
         speed = methods["diffusion-ddpm"]["seconds_per_slice"] / methods["diffusion-ddim"]["seconds_per_slice"]
         methods["diffusion-ddim"].update(ddpm_minus_ddim_db_same_slices=gap, speedup_over_ddpm=speed)
         targets.update({"ddim_within_0.5dB_of_ddpm": gap <= 0.5, "ddim_>=15x_faster": speed >= 15})
-    data = {**s.summary, "test_slices": [int(s.test_index[i]) for i in pick], "lr_offset_hr_pixels": list(off)}
+    data = {**s.summary, "test_slice_indices": [int(s.test_index[i]) for i in pick], "lr_offset_hr_pixels": list(off)}
     report = _report("superres", cfg, data, methods, targets, t0)
     if out is not None:
         hr = s.test[pick[0]]
@@ -549,7 +547,7 @@ def superres_study(mode: str = "quick", out=None, *, device=None, progress=None,
                    outs["diffusion-ddim"][0], win),
                   ("1 mm truth", hr, win)]
         if outs["diffusion-ddpm"]:
-            panels.append((f"diffusion, DDPM {cfg.ddpm_steps}", outs["diffusion-ddpm"][0], win))
+            panels.append((f"diffusion, DDPM {diff.timesteps}", outs["diffusion-ddpm"][0], win))
         from ..core.preview import difference_style
 
         for name in ("cubic", "unet", "diffusion-ddim"):
@@ -661,7 +659,7 @@ def inpaint_study(mode: str = "quick", out=None, *, device=None, progress=None, 
     methods["wgan-gp"].update(train_seconds=t_gan, parameters=gan.n_parameters)
     methods["diffusion"].update(train_seconds=t_diff, parameters=diff.n_parameters, steps=cfg.ddim_steps)
     targets = {"best_learned_gain>=3dB": max(methods["wgan-gp"]["gain_db"], methods["diffusion"]["gain_db"]) >= 3.0}
-    data = {**s.summary, "test_slices": [int(s.test_index[i]) for i in pick],
+    data = {**s.summary, "test_slice_indices": [int(s.test_index[i]) for i in pick],
             "defects": f"biomip.data.lesions.synthetic_defects, size {list(size)} mm, fill {fill:.4g}",
             "training_pairs": len(damaged), "damaged_psnr_in_defect": float(np.mean(damaged_psnr))}
     report = _report("inpaint", cfg, data, methods, targets, t0)
@@ -669,7 +667,8 @@ def inpaint_study(mode: str = "quick", out=None, *, device=None, progress=None, 
         x, d, m = cases[0]
         lo_, hi_ = np.percentile(x, [0.5, 99.5])
         win = {"vmin": float(lo_), "vmax": float(hi_), "colorbar": "intensity", "colorbar_group": "img"}
-        panels = [("damaged held-out slice", d, {**win, "overlay": m.astype(np.uint8), "overlay_label": "defect"}),
+        panels = [("damaged held-out slice", d, win),
+                  ("defect mask", m.astype(np.float32), {"cmap": "gray", "vmin": 0, "vmax": 1}),
                   (f"biharmonic ({methods['biharmonic']['psnr_in_defect']:.2f} dB in defects)", outs["biharmonic"][0],
                    win),
                   (f"WGAN-GP pix2pix ({methods['wgan-gp']['psnr_in_defect']:.2f} dB)", outs["wgan-gp"][0], win),

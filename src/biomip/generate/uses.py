@@ -114,7 +114,8 @@ def inpaint(image, mask, method: str = "biharmonic", model=None, *, steps: int =
     model : GenerativeModel or None, optional
         The trained model (required except for ``"biharmonic"``).
     steps : int, optional
-        Sampling steps of ``"diffusion"`` (DDPM with ``steps`` evenly spaced steps).
+        Sampling steps of ``"diffusion"`` (DDIM with eta = 1, i.e. DDPM-like stochastic steps,
+        ``steps`` evenly spaced over the schedule).
     resample : int, optional
         RePaint jump-back resamplings per step (``"diffusion"``).
     seed : int, optional
@@ -162,7 +163,7 @@ def inpaint(image, mask, method: str = "biharmonic", model=None, *, steps: int =
         elif method == "diffusion":
             _model_kind(model, {"diffusion": "Diffusion"})
             steps = check_number(steps, "steps", low=1, integer=True)
-            filled = as_numpy(model.inpaint(arr[None], m, method="ddpm", steps=steps, resample=resample,
+            filled = as_numpy(model.inpaint(arr[None], m, method="ddim", steps=steps, resample=resample, eta=1.0,
                                             seed=seed))[0]
         else:
             _model_kind(model, {"mae": "MAE"})

@@ -1,6 +1,6 @@
 from .augment import Augmentation
 from .autoencoders import Quantized, VAENet, VectorQuantizer, VQVAENet, code_statistics, kl_divergence
-from .base import SavedModule
+from .base import SavedModule, check_batch
 from .diffusion import (
     DiffusionUNet,
     NoiseSchedule,
@@ -21,6 +21,7 @@ from .unet import AttentionGate, UNet
 from .vit import Attention, Block, MAENet, PatchEmbed, patchify, sincos_pos_embed, unpatchify
 
 __all__ = [
+    "check_batch",
     "DiffusionUNet",
     "NoiseSchedule",
     "ddim_sample",

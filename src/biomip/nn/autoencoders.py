@@ -38,7 +38,7 @@ from torch import nn
 from ..core.arrays import check_number
 from ..core.errors import InputError, ShapeError, describe
 from ..core.rng import seeded
-from .base import SavedModule
+from .base import SavedModule, check_batch
 from .layers import Conv3d
 
 __all__ = ["kl_divergence", "VAENet", "VectorQuantizer", "Quantized", "VQVAENet"]
@@ -184,15 +184,7 @@ class _AutoencoderBase(SavedModule):
         return tuple(math.ceil(int(s) / self.divisor) for s in shape)
 
     def _check(self, x, name: str = "x") -> torch.Tensor:
-        if not torch.is_tensor(x):
-            raise InputError(f"{name}: got {describe(x)}; expected a torch tensor (n, {self.in_channels}, *spatial)")
-        if x.ndim != self.sdim + 2:
-            raise ShapeError(f"{name}: got shape {tuple(x.shape)}; expected (n, {self.in_channels}, *spatial) with "
-                             f"{self.sdim} spatial axes")
-        if x.shape[1] != self.in_channels:
-            raise InputError(f"{name}: got {x.shape[1]} channel(s) (shape {tuple(x.shape)}); this network was built "
-                             f"for {self.in_channels}")
-        return x if x.is_floating_point() else x.float()
+        return check_batch(x, self.sdim, self.in_channels, name)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[2:]

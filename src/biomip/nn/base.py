@@ -9,8 +9,54 @@ from pathlib import Path
 from torch import nn
 
 from ..core.checkpoint import load_module, save_module
+from ..core.errors import InputError, ShapeError, describe
 
-__all__ = ["SavedModule"]
+__all__ = ["SavedModule", "check_batch"]
+
+
+def check_batch(x, sdim: int, channels: int, name: str = "x"):
+    """Validate a network input batch ``(N, channels, *S)``: a tensor with ``sdim`` spatial axes.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        The batch.
+    sdim : int
+        Spatial axes the network takes.
+    channels : int
+        Channels the network takes.
+    name : str, optional
+        The argument's name, for error messages.
+
+    Returns
+    -------
+    torch.Tensor
+        ``x`` (integer tensors cast to float32).
+
+    Raises
+    ------
+    InputError
+        Not a tensor, or the wrong channel count.
+    ShapeError
+        Not ``sdim + 2`` axes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> check_batch(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), 2, 1).dtype
+    torch.float32
+    """
+    import torch
+
+    if not torch.is_tensor(x):
+        raise InputError(f"{name}: got {describe(x)}; expected a torch tensor (N, {channels}, *spatial)")
+    if x.ndim != sdim + 2:
+        raise ShapeError(f"{name}: got shape {tuple(x.shape)}; expected (N, {channels}, *spatial) with {sdim} "
+                         "spatial axes")
+    if x.shape[1] != channels:
+        raise InputError(f"{name}: got {x.shape[1]} channel(s) (shape {tuple(x.shape)}); this network was built "
+                         f"for {channels}")
+    return x if x.is_floating_point() else x.float()
 
 
 class SavedModule(nn.Module):

@@ -45,7 +45,7 @@ from ..core.arrays import check_number
 from ..core.errors import InputError, ShapeError, describe
 from ..core.progress import progress_bar
 from ..core.rng import seeded
-from .base import SavedModule
+from .base import SavedModule, check_batch
 from .layers import Conv3d
 
 __all__ = ["NoiseSchedule", "DiffusionUNet", "ddpm_sample", "ddim_sample", "ddim_timesteps", "diffusion_loss",
@@ -572,14 +572,7 @@ class DiffusionUNet(SavedModule):
 
     # ------------------------------------------------------------------ forward
     def _check(self, x, t, cond, y):
-        if not torch.is_tensor(x):
-            raise InputError(f"x: got {describe(x)}; expected a torch tensor (n, channels, *spatial)")
-        if x.ndim != self.sdim + 2:
-            raise ShapeError(f"x: got shape {tuple(x.shape)}; expected (n, {self.in_channels}, *spatial) with "
-                             f"{self.sdim} spatial axes")
-        if x.shape[1] != self.in_channels:
-            raise InputError(f"x: got {x.shape[1]} channel(s) (shape {tuple(x.shape)}); this network was built for "
-                             f"{self.in_channels}")
+        x = check_batch(x, self.sdim, self.in_channels, "x")
         n = x.shape[0]
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:

@@ -39,7 +39,7 @@ from torch import nn
 from ..core.arrays import check_number
 from ..core.errors import InputError, ShapeError, describe
 from ..core.rng import seeded
-from .base import SavedModule
+from .base import SavedModule, check_batch
 
 __all__ = ["DCCritic", "DCGenerator", "PatchDiscriminator", "gan_loss", "gradient_penalty", "wasserstein_losses"]
 
@@ -70,18 +70,6 @@ def _check_norm(norm, allowed: tuple[str, ...]) -> str:
     if norm not in allowed:
         raise InputError(f"norm: got {norm!r}; expected one of {', '.join(map(repr, allowed))}")
     return norm
-
-
-def _check_batch(x, sdim: int, channels: int, name: str) -> torch.Tensor:
-    if not torch.is_tensor(x):
-        raise InputError(f"{name}: got {describe(x)}; expected a torch tensor (N, {channels}, *spatial)")
-    if x.ndim != sdim + 2:
-        raise ShapeError(f"{name}: got shape {tuple(x.shape)}; expected (N, {channels}, *spatial) with {sdim} "
-                         "spatial axes")
-    if x.shape[1] != channels:
-        raise InputError(f"{name}: got {x.shape[1]} channel(s) (shape {tuple(x.shape)}); the network expects "
-                         f"{channels}")
-    return x if x.is_floating_point() else x.float()
 
 
 # ============================================================================ PatchGAN
@@ -221,7 +209,7 @@ class PatchDiscriminator(SavedModule):
         ShapeError
             Wrong number of axes, or a spatial size below :attr:`min_size`.
         """
-        x = _check_batch(x, self.sdim, self.in_channels, "x")
+        x = check_batch(x, self.sdim, self.in_channels, "x")
         if min(x.shape[2:]) < self.min_size:
             raise ShapeError(f"x: got spatial shape {tuple(x.shape[2:])}; this discriminator ({self.layers} "
                              f"stride-2 layers) needs at least {self.min_size} voxels per axis")
@@ -412,7 +400,7 @@ class DCCritic(SavedModule):
         torch.Tensor
             Scores ``(N,)``.
         """
-        x = _check_batch(x, self.sdim, self.channels, "x")
+        x = check_batch(x, self.sdim, self.channels, "x")
         if tuple(x.shape[2:]) != (self.image_size,) * self.sdim:
             raise ShapeError(f"x: got spatial shape {tuple(x.shape[2:])}; expected "
                              f"{(self.image_size,) * self.sdim}")

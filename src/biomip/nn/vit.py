@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.arrays import check_number
-from ..core.errors import InputError, ShapeError, describe
+from ..core.errors import InputError, ShapeError
 from ..core.rng import seeded
-from .base import SavedModule
+from .base import SavedModule, check_batch
 
 __all__ = ["Attention", "Block", "MAENet", "PatchEmbed", "patchify", "sincos_pos_embed", "unpatchify"]
 
@@ -447,15 +447,7 @@ class MAENet(SavedModule):
         ShapeError
             Not ``sdim + 2`` axes.
         """
-        if not torch.is_tensor(x):
-            raise InputError(f"{name}: got {describe(x)}; expected a torch tensor (N, {self.in_channels}, *spatial)")
-        if x.ndim != self.sdim + 2:
-            raise ShapeError(f"{name}: got shape {tuple(x.shape)}; expected (N, {self.in_channels}, *spatial) with "
-                             f"{self.sdim} spatial axes")
-        if x.shape[1] != self.in_channels:
-            raise InputError(f"{name}: got {x.shape[1]} channel(s) (shape {tuple(x.shape)}); this network was built "
-                             f"for {self.in_channels}")
-        return x if x.is_floating_point() else x.float()
+        return check_batch(x, self.sdim, self.in_channels, name)
 
     # ------------------------------------------------------------------ masking
     def n_masked(self, n_patches: int, mask_ratio: float) -> int:
