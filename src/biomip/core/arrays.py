@@ -647,7 +647,10 @@ def check_number(value, name: str, positive: bool = False, nonneg: bool = False,
             want = "an integer" + (" " + " and ".join(bounds) if bounds else "")
         else:
             want = "a number " + " and ".join(bounds) if bounds else "a finite number"
-        raise InputError(f"{name}: got {value!r}; expected {want}")
+        text = repr(value)
+        if "\n" in text or len(text) > 80:          # a module or a long array: its first line, shortened
+            text = text.splitlines()[0][:77] + " ..."
+        raise InputError(f"{name}: got {text}; expected {want}")
     return int(value) if integer else float(value)
 
 

@@ -70,4 +70,7 @@ def describe(value) -> str:
         return f"{type(value).__name__} of shape {tuple(shape)} and dtype {dtype}"
     if isinstance(value, (list, tuple)):
         return f"{type(value).__name__} of length {len(value)}"
-    return f"{type(value).__name__} {value!r}"[:200]
+    text = repr(value)
+    if "\n" in text:                       # a torch module, a table...: its first line only
+        text = text.splitlines()[0] + " ..."
+    return f"{type(value).__name__} {text}"[:200]
