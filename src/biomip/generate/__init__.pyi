@@ -3,7 +3,7 @@ from .base import GenerativeModel, TrainingDivergedError, as_stack, fit_loop, ra
 from .diffusion import Diffusion, LatentDiffusion
 from .gan import GAN, Pix2Pix, image_and_mask
 from .mae import MAE
-from .project3d import CodeMapper, DirectRegressor, ProjectionToVolume, drr, mni_pseudo_ct, project3d_study
+from .project3d import ProjectionToVolume, drr, mni_pseudo_ct, project3d_study
 from .registry import load
 from .studies import anomaly_study, inpaint_study, superres_study
 from .uses import AnomalyResult, detect_anomalies, inpaint, super_resolve, upsample
@@ -15,8 +15,6 @@ __all__ = [
     "LatentDiffusion",
     "project3d",
     "vae",
-    "CodeMapper",
-    "DirectRegressor",
     "ProjectionToVolume",
     "drr",
     "mni_pseudo_ct",

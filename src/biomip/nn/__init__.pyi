@@ -14,6 +14,7 @@ from .gan import DCCritic, DCGenerator, PatchDiscriminator, gan_loss, gradient_p
 from .health import TrainingHealth, TrainingWarning, training_health
 from .inference import FrozenSequential, bf16_supported, fusable
 from .layers import Conv3d, LateralUpsample, lateral_upsample
+from .lifting import CodeMapper, DirectRegressor
 from .losses import DiceCELoss, dice_ce_loss, soft_dice, soft_dice_loss
 from .patches import PatchSampler, crop_pad, gaussian_importance, sliding_window_inference, window_starts
 from .registration import RegistrationNet, diffusion_batch, warp_batch
@@ -21,6 +22,8 @@ from .unet import AttentionGate, UNet
 from .vit import Attention, Block, MAENet, PatchEmbed, patchify, sincos_pos_embed, unpatchify
 
 __all__ = [
+    "CodeMapper",
+    "DirectRegressor",
     "check_batch",
     "DiffusionUNet",
     "NoiseSchedule",
