@@ -313,7 +313,7 @@ def random_batch(data: torch.Tensor, batch_size: int, generator: torch.Generator
 
 def fit_loop(step: Callable[[int], dict], steps: int, description: str, progress: bool | None = None,
              callback: Callable[[int, dict], bool | None] | None = None, log_every: int | None = None) -> list[dict]:
-    """Run ``step(i)`` for ``i = 0 .. steps-1`` with a progress bar and a loss history.
+    """Run ``step(i)`` for every ``i`` in ``range(steps)`` with a progress bar and a loss history.
 
     Parameters
     ----------
@@ -391,6 +391,13 @@ class GenerativeModel(SavedModule):
     * :meth:`check_input` -- any input -> ``(N, C, *S)`` tensor on the model's device,
       with the channel count and finiteness checked (errors name the argument).
 
+    Parameters
+    ----------
+    sdim : {2, 3}, optional
+        Number of spatial axes of the model.
+    channels : int, optional
+        Image channels the model takes and makes.
+
     Examples
     --------
     >>> import numpy as np
@@ -424,12 +431,30 @@ class GenerativeModel(SavedModule):
         return p.device if p is not None else torch.device("cpu")
 
     def place(self, device=None):
-        """Move the model to ``device`` (``None``: ``biomip.config.device``) and return it."""
+        """Move the model to ``device`` and return it.
+
+        Parameters
+        ----------
+        device : str or torch.device or None, optional
+            Target device (``None``: ``biomip.config.device``).
+
+        Returns
+        -------
+        GenerativeModel
+            ``self``, moved.
+        """
         return self.to(get_device(device))
 
     # ------------------------------------------------------------------ units
     def set_norm(self, data, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
         """Remember the intensity range of ``data`` (percentiles ``low`` / ``high``).
+
+        Parameters
+        ----------
+        data : array_like or torch.Tensor
+            The training data (any shape).
+        low, high : float, optional
+            Percentiles mapped to -1 and 1.
 
         Returns
         -------
@@ -450,17 +475,53 @@ class GenerativeModel(SavedModule):
         return float(lo), float(hi)
 
     def to_net(self, x: torch.Tensor) -> torch.Tensor:
-        """Data units -> network range ([lo, hi] -> [-1, 1])."""
+        """Data units -> network range ([lo, hi] -> [-1, 1]).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Values in data units.
+
+        Returns
+        -------
+        torch.Tensor
+            The same values in the network range.
+        """
         lo, hi = self.norm
         return (x - lo) * (2.0 / (hi - lo)) - 1.0
 
     def from_net(self, y: torch.Tensor) -> torch.Tensor:
-        """Network range -> data units (inverse of :meth:`to_net`)."""
+        """Network range -> data units (inverse of :meth:`to_net`).
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            Values in the network range.
+
+        Returns
+        -------
+        torch.Tensor
+            The same values in data units.
+        """
         lo, hi = self.norm
         return (y + 1.0) * ((hi - lo) / 2.0) + lo
 
     def check_input(self, x, name: str = "image", channels: int | None = None) -> torch.Tensor:
         """``x`` as ``(N, C, *S)`` float32 on the model's device (see :func:`as_stack`).
+
+        Parameters
+        ----------
+        x : array_like, torch.Tensor, Image or list
+            One image or a stack.
+        name : str, optional
+            Argument name for error messages.
+        channels : int or None, optional
+            Expected channels (default ``self.channels``).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N, C, *S)`` on the model's device.
 
         Raises
         ------
@@ -470,4 +531,5 @@ class GenerativeModel(SavedModule):
         return as_stack(x, self.sdim, name, self.channels if channels is None else channels).to(self.device)
 
     def extra_repr(self) -> str:
+        """One line of the module's repr: dimensions, channels, parameters."""
         return f"sdim={self.sdim}, channels={self.channels}, parameters={self.n_parameters:,}"

@@ -241,9 +241,12 @@ class Diffusion(_DiffusionCore):
         upsampled to the target grid by the caller.
     num_classes : int, optional
         Class labels for class-conditional generation and classifier-free guidance (0: none).
-    features, attention, res_blocks
-        The :class:`~biomip.nn.diffusion.DiffusionUNet` (channels per level, attention per
-        level, residual blocks per level).
+    features : sequence of int, optional
+        Channels per level of the :class:`~biomip.nn.diffusion.DiffusionUNet`.
+    attention : sequence of bool, optional
+        Self-attention per level.
+    res_blocks : int, optional
+        Residual blocks per level.
     timesteps : int, optional
         Diffusion steps ``T``.
     schedule : {"cosine", "linear"}, optional

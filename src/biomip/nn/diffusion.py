@@ -826,7 +826,7 @@ def ddpm_sample(model: Model, schedule: NoiseSchedule, shape=None, cond=None, y=
                 prediction: str = "eps", generator: torch.Generator | None = None, x_T=None,
                 t_start: int | None = None, known=None, mask=None, resample: int = 1, clip: bool = True,
                 progress: bool | None = None) -> torch.Tensor:
-    """Ancestral DDPM sampling: ``x_{t-1} ~ q(x_{t-1} | x_t, x0_hat)`` for ``t = t_start .. 0``.
+    """Ancestral DDPM sampling: ``x_{t-1} ~ q(x_{t-1} | x_t, x0_hat)`` from ``t_start`` down to 0.
 
     Parameters
     ----------
