@@ -44,7 +44,6 @@ API_EXCLUDED_UNTIL_DOCSTRINGS_FIXED: list[str] = [
     "biomip.nn.VectorQuantizer.extra_repr",
     "biomip.nn.ddim_sample",
     "biomip.generate.AnomalyResult",
-    "biomip.generate.Diffusion.cond_to_net",
     "biomip.generate.LatentDiffusion",
     "biomip.generate.LatentDiffusion.to_net",
     "biomip.generate.LatentDiffusion.from_net",

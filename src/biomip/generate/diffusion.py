@@ -298,7 +298,18 @@ class Diffusion(_DiffusionCore):
 
     # ------------------------------------------------------------------ condition units
     def cond_to_net(self, cond: torch.Tensor) -> torch.Tensor:
-        """Condition images, data units -> network range (``meta["cond_norm"]`` -> [-1, 1])."""
+        """Condition images, data units -> network range (``meta["cond_norm"]`` -> [-1, 1]).
+
+        Parameters
+        ----------
+        cond : torch.Tensor
+            Condition images in their data units.
+
+        Returns
+        -------
+        torch.Tensor
+            The same images in the network range.
+        """
         return _scale(cond, self.meta.get("cond_norm", (-1.0, 1.0)))
 
     def _cond_batch(self, cond, n_images: int, size, name: str = "cond") -> torch.Tensor | None:
