@@ -487,6 +487,7 @@ class VectorQuantizer(nn.Module):
         return self.decay > 0
 
     def extra_repr(self) -> str:
+        """One line of the module's repr: its sizes."""
         return (f"codebook_size={self.codebook_size}, code_dim={self.code_dim}, beta={self.beta:g}, "
                 f"decay={self.decay:g}, restart_after={self.restart_after}")
 

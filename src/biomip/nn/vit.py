@@ -694,6 +694,7 @@ class MAENet(SavedModule):
         return t.transpose(1, 2).reshape(x.shape[0], self.dim, *grid)
 
     def extra_repr(self) -> str:
+        """One line of the module's repr: its sizes."""
         return (f"sdim={self.sdim}, in_channels={self.in_channels}, patch={self.patch}, dim={self.dim}, "
                 f"depth={self.depth}, heads={self.heads}, decoder_dim={self.decoder_dim}, "
                 f"decoder_depth={self.decoder_depth}")
