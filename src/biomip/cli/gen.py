@@ -37,7 +37,7 @@ def _mode(tiny: bool, quick: bool, full: bool) -> str:
     return "tiny" if tiny else "full" if full else "quick"
 
 
-def _study_only(mode_flags: dict, **apply_options) -> None:
+def _study_only(**apply_options) -> None:
     """Without IMAGE a command runs the study: options that only make sense with IMAGE are refused
     (a forgotten IMAGE must not start a minutes-long study silently)."""
     given = [opt for opt, value in apply_options.items() if value]
@@ -214,7 +214,7 @@ def anomaly_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help=
     next to it, NAME.healthy.nii.gz / .tif)."""
     mode = _mode(tiny, quick, full)
     if image is None:
-        _study_only({}, **{"--model": model, "--roi": roi})
+        _study_only(**{"--model": model, "--roi": roi})
         return _run_study("anomaly", out, mode, seed, steps, device, progress, overwrite)
     from ..core.arrays import check_number
     from ..core.image import Image
@@ -292,7 +292,7 @@ def superres_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help
     the spacing divided by --scale."""
     mode = _mode(tiny, quick, full)
     if image is None:
-        _study_only({}, **{"--model": model})
+        _study_only(**{"--model": model})
         return _run_study("superres", out, mode, seed, steps, device, progress, overwrite)
     from ..core.arrays import check_number
     from ..generate.uses import SR_METHODS, super_resolve
@@ -358,7 +358,7 @@ def inpaint_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help=
     slices).  With IMAGE and --mask: write the repaired image to --out."""
     mode = _mode(tiny, quick, full)
     if image is None:
-        _study_only({}, **{"--mask": mask, "--model": model})
+        _study_only(**{"--mask": mask, "--model": model})
         return _run_study("inpaint", out, mode, seed, steps, device, progress, overwrite)
     import warnings
 
@@ -433,7 +433,7 @@ def project3d_cmd(image: Path | None = typer.Argument(None, metavar="PROJECTION"
     --model: write the predicted volume to --out."""
     mode = _mode(tiny, quick, full)
     if image is None:
-        _study_only({}, **{"--model": model})
+        _study_only(**{"--model": model})
         return _run_study("project3d", out, mode, seed, steps, device, progress, overwrite)
     from ..core.image import Image
 
