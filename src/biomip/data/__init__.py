@@ -16,6 +16,7 @@ Simulators (same seed, same result)::
     biomip.data.synthetic_pairs(24, (32, 32), seed=0)   # training pairs for learned registration
     biomip.data.lightfield_specimen((21, 96, 96), seed=0)   # tubes, bubbles, beads (um units)
     biomip.data.poisson_gaussian(clean, photons=20, offset=100, read_noise=2)  # camera noise
+    biomip.data.skull_population(100, (64, 64, 64), seed=0)  # skull / jaw phantoms, true fields, landmarks
 """
 
 import lazy_loader as _lazy

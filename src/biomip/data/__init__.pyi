@@ -8,6 +8,7 @@ from .mni import SliceSet, mni152_slices, slab_split
 from .nuclei import NucleiSample, synthetic_nuclei
 from .pairs import RegistrationPair, RegistrationPairs, mni152_pair, phantom_pair, synthetic_pairs
 from .phantoms import shepp_logan
+from .skull import LANDMARKS, SKULL_LABELS, SkullSubject, skull_population, skull_subject, skull_template
 
 __all__ = [
     "head_phantom",
@@ -41,4 +42,10 @@ __all__ = [
     "simulate_ct",
     "synthetic_nuclei",
     "synthetic_pairs",
+    "LANDMARKS",
+    "SKULL_LABELS",
+    "SkullSubject",
+    "skull_population",
+    "skull_subject",
+    "skull_template",
 ]
