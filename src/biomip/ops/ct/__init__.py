@@ -8,12 +8,15 @@ radiographs) all use them.
   for volumes (ray-driven Joseph or pixel-driven model);
 * :func:`fan_beam` / :func:`cone_beam` (or :class:`DivergentBeam` with arbitrary
   per-view poses) + :class:`DivergentProjector`: 2-D fan beam and 3-D cone beam;
-* :class:`LinearOperator` and :func:`dot_test` (adjoint check).
+* :class:`LinearOperator` and :func:`dot_test` (adjoint check);
+* :class:`DRR`: one-view cone-beam DRRs (line integrals, tissue-class rendering, mask and
+  point projection) through a precomputed sparse system matrix, differentiable.
 """
 
 from .divergent import DivergentBeam, DivergentProjector, cone_beam, fan_beam
+from .drr import DRR
 from .operators import LinearOperator, dot_test
 from .parallel import ParallelBeam, ParallelProjector
 
 __all__ = ["LinearOperator", "dot_test", "ParallelBeam", "ParallelProjector", "DivergentBeam",
-           "DivergentProjector", "fan_beam", "cone_beam"]
+           "DivergentProjector", "fan_beam", "cone_beam", "DRR"]
