@@ -5,10 +5,15 @@ Task packages and case-study pipelines import these; they hold no private copies
 Networks
     :class:`SavedModule` (the base class: ``n_parameters``, ``save`` / ``load`` as
     safetensors + JSON), :class:`UNet` (2-D / 3-D, optional attention gates: Attention U-Net),
-    :class:`AttentionGate`, :class:`RegistrationNet` (VoxelMorph-style).
+    :class:`AttentionGate`, :class:`RegistrationNet` (VoxelMorph-style);
+    2-D/3-D registration from one X-ray: :class:`XrayEncoder` (2-D ResNet: SRM coefficients +
+    multi-scale features), :func:`sample_projected` (back-projection of the features),
+    :class:`FieldRefiner` (3-D encoder-decoder refining the coarse field).
 Losses
     :func:`soft_dice`, :func:`dice_ce_loss` / :class:`DiceCELoss` (nnU-Net's Dice + CE),
-    :func:`soft_dice_loss` (one-hot overlap), :func:`diffusion_batch` (field smoothness).
+    :func:`soft_dice_loss` (one-hot overlap), :func:`diffusion_batch` (field smoothness);
+    field losses of learned 2-D/3-D registration: :func:`laplacian_loss`, :func:`symmetry_loss`,
+    :func:`consistency_loss`, :func:`coefficient_prior`.
 Data
     :class:`Augmentation` (seeded spatial + intensity augmentation of images and labels),
     :class:`PatchSampler` (foreground-oversampled patches), :func:`crop_pad`.

@@ -15,11 +15,21 @@ from .health import TrainingHealth, TrainingWarning, training_health
 from .inference import FrozenSequential, bf16_supported, fusable
 from .layers import Conv3d, LateralUpsample, lateral_upsample
 from .lifting import CodeMapper, DirectRegressor
-from .losses import DiceCELoss, dice_ce_loss, soft_dice, soft_dice_loss
+from .losses import (
+    DiceCELoss,
+    coefficient_prior,
+    consistency_loss,
+    dice_ce_loss,
+    laplacian_loss,
+    soft_dice,
+    soft_dice_loss,
+    symmetry_loss,
+)
 from .patches import PatchSampler, crop_pad, gaussian_importance, sliding_window_inference, window_starts
 from .registration import RegistrationNet, diffusion_batch, warp_batch
 from .unet import AttentionGate, UNet
 from .vit import Attention, Block, MAENet, PatchEmbed, patchify, sincos_pos_embed, unpatchify
+from .xray import FieldRefiner, XrayEncoder, sample_projected
 
 __all__ = [
     "CodeMapper",
@@ -76,4 +86,11 @@ __all__ = [
     "training_health",
     "warp_batch",
     "window_starts",
+    "coefficient_prior",
+    "consistency_loss",
+    "laplacian_loss",
+    "symmetry_loss",
+    "FieldRefiner",
+    "XrayEncoder",
+    "sample_projected",
 ]

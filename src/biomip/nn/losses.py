@@ -4,6 +4,11 @@
 * :func:`dice_ce_loss` / :class:`DiceCELoss` -- cross-entropy plus ``1 - soft Dice``;
   ``tests/nn/test_monai_parity.py`` checks them against MONAI's ``DiceCELoss``.
 
+Field losses of learned 2-D/3-D registration (SC-DREG), on batches of displacement fields
+``(N, d, [Z,] Y, X)`` in mm (component 0 = x): :func:`laplacian_loss` (smoothness),
+:func:`symmetry_loss` (left-right mirror symmetry), :func:`consistency_loss` (two fields
+agree) and :func:`coefficient_prior` (statistical-model coefficients stay likely).
+
 >>> import torch
 >>> logits = torch.zeros(1, 2, 4, 4); target = torch.zeros(1, 4, 4, dtype=torch.long)
 >>> float(dice_ce_loss(logits, target, include_background=True)) > 0
@@ -15,9 +20,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..core.arrays import check_spacing
 from ..core.errors import InputError, ShapeError, describe
 
-__all__ = ["DiceCELoss", "dice_ce_loss", "soft_dice", "soft_dice_loss"]
+__all__ = ["DiceCELoss", "coefficient_prior", "consistency_loss", "dice_ce_loss", "laplacian_loss", "soft_dice",
+           "soft_dice_loss", "symmetry_loss"]
 
 
 def soft_dice(probs: torch.Tensor, onehot: torch.Tensor, include_background: bool = False,
@@ -223,3 +230,192 @@ def soft_dice_loss(warped: torch.Tensor, target: torch.Tensor, d: int) -> torch.
     if not bool(present.any()):
         return warped.sum() * 0.0
     return 1.0 - dice[present].mean()
+
+
+# ------------------------------------------------------------------------ field losses
+def _field_batch(u, name: str) -> torch.Tensor:
+    """A batch of fields ``(N, d, *S)`` with ``d == len(S)`` in {2, 3}, as a float tensor."""
+    if not torch.is_tensor(u):
+        raise InputError(f"{name}: got {describe(u)}; expected a torch tensor (N, 3, Z, Y, X) or (N, 2, Y, X)")
+    if u.ndim not in (4, 5) or u.shape[1] != u.ndim - 2:
+        raise ShapeError(f"{name}: got shape {tuple(u.shape)}; expected (N, 3, Z, Y, X) or (N, 2, Y, X) "
+                         "(component axis second, component 0 = x)")
+    return u if u.is_floating_point() else u.float()
+
+
+def laplacian_loss(u: torch.Tensor, spacing=None) -> torch.Tensor:
+    """Smoothness: mean squared discrete Laplacian of each component of a field batch.
+
+    ``lap u_c = sum_k (u_c[i+1] - 2 u_c[i] + u_c[i-1]) / h_k**2`` along every spatial axis
+    ``k`` (second-order central differences, mm^-1 for fields in mm); the mean of
+    ``(lap u_c)**2`` over the batch, the components and the **interior voxels** (one voxel
+    off every face: the border, where the stencil would need padding, is left out).  Zero
+    for any affine field; exact for quadratic ones.
+
+    Parameters
+    ----------
+    u : torch.Tensor
+        Fields ``(N, 3, Z, Y, X)`` (or ``(N, 2, Y, X)``) in mm, at least 3 voxels per axis.
+    spacing : sequence of float or None, optional
+        Voxel size in mm, world order ``(x, y[, z])`` (``None``: 1 mm).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar loss (differentiable).
+
+    Raises
+    ------
+    InputError
+        ``u`` not a tensor, or a non-numeric ``spacing``.
+    GeometryError
+        ``spacing`` of the wrong length or not positive.
+    ShapeError
+        ``u`` not a field batch, or fewer than 3 voxels along an axis.
+
+    Examples
+    --------
+    >>> import torch
+    >>> z, y, x = torch.meshgrid(*[torch.arange(6.0)] * 3, indexing="ij")
+    >>> u = torch.stack([x * x, 2 * y, z])[None]           # lap u_x = 2, others 0
+    >>> round(float(laplacian_loss(u)), 4)                  # (2**2 + 0 + 0) / 3 components
+    1.3333
+    """
+    u = _field_batch(u, "u")
+    d = u.ndim - 2
+    if min(u.shape[2:]) < 3:
+        raise ShapeError(f"u: got spatial shape {tuple(u.shape[2:])}; expected at least 3 voxels per axis")
+    sp = tuple(float(s) for s in check_spacing(spacing, d))
+    inner = (slice(None), slice(None)) + (slice(1, -1),) * d
+    lap = None
+    for k in range(d):                      # world axis k (x, y, z) = tensor axis ndim - 1 - k
+        ax = u.ndim - 1 - k
+        n = u.shape[ax]
+        second = (u.narrow(ax, 2, n - 2) - 2 * u.narrow(ax, 1, n - 2) + u.narrow(ax, 0, n - 2)) / sp[k] ** 2
+        idx = list(inner)
+        idx[ax] = slice(None)
+        term = second[tuple(idx)]
+        lap = term if lap is None else lap + term
+    return (lap ** 2).mean()
+
+
+def symmetry_loss(u: torch.Tensor, axis: int = -1) -> torch.Tensor:
+    """Mirror symmetry: mean ``|u - mirror(u)|`` of a field batch.
+
+    ``mirror(u)(p) = M u(M p)`` with ``M`` the reflection about the grid's mid-plane normal
+    to ``axis``: the array flipped along ``axis`` and the component along it negated
+    (component 0 for the x axis, -1; 1 for y, -2; 2 for z, -3).  For a head with
+    axes ``(z, y, x) = (inferior -> superior, posterior -> anterior, right -> left)`` the
+    default ``axis=-1`` is left-right symmetry about the mid-sagittal plane.
+
+    Parameters
+    ----------
+    u : torch.Tensor
+        Fields ``(N, 3, Z, Y, X)`` (or ``(N, 2, Y, X)``) in mm, component 0 = x.
+    axis : int, optional
+        The spatial axis mirrored: ``-1`` (x), ``-2`` (y), ``-3`` (z), or the same axis as a
+        non-negative tensor axis (``2 .. ndim - 1``).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar loss in mm (differentiable).
+
+    Raises
+    ------
+    InputError
+        ``u`` not a tensor, or ``axis`` not a spatial axis.
+    ShapeError
+        ``u`` not a field batch.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.linspace(-1, 1, 4)
+    >>> u = torch.zeros(1, 3, 2, 2, 4); u[:, 0] = x; u[:, 1] = x ** 2     # odd u_x, even u_y
+    >>> float(symmetry_loss(u))
+    0.0
+    >>> u[:, 0] += 0.5                          # a shift along x: |u_x - mirror(u)_x| = 1 everywhere
+    >>> round(float(symmetry_loss(u)), 4)       # averaged over the 3 components
+    0.3333
+    """
+    u = _field_batch(u, "u")
+    d = u.ndim - 2
+    if isinstance(axis, bool) or not isinstance(axis, int) or not (-d <= axis < 0 or 2 <= axis < u.ndim):
+        raise InputError(f"axis: got {axis!r}; expected a spatial axis, -1..-{d} or 2..{u.ndim - 1}")
+    ax = axis % u.ndim
+    comp = u.ndim - 1 - ax
+    sign = torch.ones(d, dtype=u.dtype, device=u.device)
+    sign[comp] = -1.0
+    mirrored = u.flip(ax) * sign.reshape(1, d, *([1] * d))
+    return (u - mirrored).abs().mean()
+
+
+def consistency_loss(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of two field batches (e.g. the coarse and the refined field).
+
+    Parameters
+    ----------
+    u : torch.Tensor
+        Fields ``(N, d, *S)`` in mm.
+    v : torch.Tensor
+        Fields of the same shape.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar ``mean((u - v)**2)`` in mm^2 (differentiable).
+
+    Raises
+    ------
+    InputError
+        An argument is not a tensor.
+    ShapeError
+        The shapes differ.
+
+    Examples
+    --------
+    >>> import torch
+    >>> float(consistency_loss(torch.zeros(1, 3, 2, 2, 2), torch.full((1, 3, 2, 2, 2), 2.0)))
+    4.0
+    """
+    for name, t in (("u", u), ("v", v)):
+        if not torch.is_tensor(t):
+            raise InputError(f"{name}: got {describe(t)}; expected a torch tensor (N, d, *spatial)")
+    if u.shape != v.shape:
+        raise ShapeError(f"v: got shape {tuple(v.shape)}; expected the shape of u {tuple(u.shape)}")
+    return ((u - v) ** 2).mean()
+
+
+def coefficient_prior(c: torch.Tensor) -> torch.Tensor:
+    """Gaussian prior on statistical-model coefficients: ``mean(c**2)``.
+
+    For coefficients in standard-deviation units (``u = mean + sum_k c_k sqrt(var_k)
+    phi_k``) this is the negative log-likelihood of the model's Gaussian up to a constant
+    and a factor, averaged over the batch and the modes.
+
+    Parameters
+    ----------
+    c : torch.Tensor
+        Coefficients ``(N, k)`` (any shape is accepted).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar loss (differentiable).
+
+    Raises
+    ------
+    InputError
+        ``c`` not a non-empty tensor.
+
+    Examples
+    --------
+    >>> import torch
+    >>> float(coefficient_prior(torch.tensor([[1.0, -3.0]])))
+    5.0
+    """
+    if not torch.is_tensor(c) or c.numel() == 0:
+        raise InputError(f"c: got {describe(c)}; expected a non-empty torch tensor (N, k)")
+    c = c if c.is_floating_point() else c.float()
+    return (c ** 2).mean()

@@ -1,0 +1,251 @@
+"""2-D/3-D registration from one X-ray (SC-DREG): the X-ray encoder, the back-projection
+sampler, the field refiner and the field losses -- shapes, exact initial behaviour, save /
+load, hand-computed sample values, analytic Laplacians, explicit mirror symmetry, and a
+small overfit of coefficient regression."""
+
+import numpy as np
+import pytest
+import torch
+
+from biomip.core.errors import InputError, ShapeError
+from biomip.nn import (
+    FieldRefiner,
+    XrayEncoder,
+    coefficient_prior,
+    consistency_loss,
+    laplacian_loss,
+    sample_projected,
+    symmetry_loss,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# ------------------------------------------------------------------ XrayEncoder
+def test_encoder_shapes_small_start_and_channels():
+    enc = XrayEncoder(k=5, widths=(4, 8, 16), blocks=(1, 2, 1))
+    x = torch.rand(3, 1, 32, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        c, feats = enc(x)
+    assert tuple(c.shape) == (3, 5)
+    assert [tuple(f.shape) for f in feats] == [(3, 4, 16, 24), (3, 8, 8, 12), (3, 16, 4, 6)]
+    assert enc.feature_channels == 28
+    assert float(c.abs().max()) < 0.05                       # ~0: the SRM mean field
+    with pytest.raises(InputError, match="multiples of 8"):
+        enc(torch.rand(1, 1, 36, 32))
+    with pytest.raises(InputError, match="channel"):
+        enc(torch.rand(1, 2, 32, 32))
+    with pytest.raises(InputError, match="blocks"):
+        XrayEncoder(k=2, widths=(4, 8), blocks=(1,))
+
+
+def test_encoder_save_load_round_trip(tmp_path):
+    enc = XrayEncoder(k=3, in_channels=2, widths=(4, 8), blocks=(1, 1), seed=3, pool=1)
+    with torch.no_grad():
+        enc.fc.weight.normal_(0, 0.5)                         # non-trivial outputs to compare
+    enc.eval()
+    x = torch.rand(2, 2, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        c0, f0 = enc(x)
+    loaded = XrayEncoder.load(enc.save(tmp_path / "enc"), device="cpu")
+    assert loaded.config() == enc.config()
+    with torch.no_grad():
+        c1, f1 = loaded(x)
+    assert torch.equal(c0, c1) and all(torch.equal(a, b) for a, b in zip(f0, f1))
+    assert float(c0.abs().max()) > 1e-3
+
+
+# ------------------------------------------------------------------ sample_projected
+def _centre(j: int, n: int) -> float:
+    """Normalised (align_corners=False) coordinate of pixel centre j of n."""
+    return (2 * j + 1) / n - 1
+
+
+def test_sample_projected_hot_pixel_outside_and_order():
+    h, w, r, c = 6, 10, 2, 7
+    a = torch.zeros(1, 1, h, w)
+    a[0, 0, r, c] = 3.0
+    b = torch.zeros(1, 2, 3, 5)
+    b[0, 0] = 1.0                                              # constant channel 0
+    b[0, 1, 1, 3] = 4.0                                        # hot pixel of the coarse map
+    grid = torch.zeros(1, 1, 1, 3, 2)
+    grid[0, 0, 0, 0] = torch.tensor([_centre(c, w), _centre(r, h)])     # (column, row)
+    grid[0, 0, 0, 1] = torch.tensor([1.5, 0.0])                          # off the detector
+    grid[0, 0, 0, 2] = torch.tensor([_centre(3, 5), _centre(1, 3)])     # centre of b's hot pixel
+    out = sample_projected([a, b], grid)
+    assert tuple(out.shape) == (1, 3, 1, 1, 3)                  # channels: a's, then b's
+    assert float(out[0, 0, 0, 0, 0]) == pytest.approx(3.0, abs=1e-6)
+    assert torch.all(out[0, :, 0, 0, 1] == 0)                   # zeros outside
+    # b's hot-pixel centre is a's pixel (column 6.5, row 2.5): a quarter of the hot pixel
+    assert float(out[0, 0, 0, 0, 2]) == pytest.approx(0.75, abs=1e-6)
+    assert float(out[0, 1, 0, 0, 0]) == pytest.approx(1.0, abs=1e-6)
+    assert float(out[0, 2, 0, 0, 2]) == pytest.approx(4.0, abs=1e-6)
+    # a's hot-pixel centre is b's pixel (column 3.25, row 0.75): 0.75 * 0.75 of b's hot pixel
+    assert float(out[0, 2, 0, 0, 0]) == pytest.approx(0.5625 * 4.0, abs=1e-6)
+    # halfway between two pixel centres along the columns: the mean (bilinear)
+    mid = torch.tensor([(_centre(c, w) + _centre(c - 1, w)) / 2, _centre(r, h)]).reshape(1, 1, 1, 1, 2)
+    assert float(sample_projected([a], mid)[0, 0, 0, 0, 0]) == pytest.approx(1.5, abs=1e-6)
+
+
+def test_sample_projected_errors():
+    with pytest.raises(ShapeError, match="grid"):
+        sample_projected([torch.zeros(1, 1, 4, 4)], torch.zeros(1, 4, 4, 2))
+    with pytest.raises(InputError, match="features"):
+        sample_projected([], torch.zeros(1, 2, 2, 2, 2))
+    with pytest.raises(ShapeError, match=r"features\[0\]"):
+        sample_projected([torch.zeros(2, 1, 4, 4)], torch.zeros(1, 2, 2, 2, 2))
+
+
+# ------------------------------------------------------------------ FieldRefiner
+def test_refiner_starts_as_identity_and_shapes():
+    g = torch.Generator().manual_seed(0)
+    ref = FieldRefiner(6, hidden=8, levels=2, residual_blocks=2)
+    coarse = torch.randn(2, 3, 8, 12, 16, generator=g) * 5
+    for res in ((8, 12, 16), (4, 6, 8)):                       # full- and half-resolution features
+        out = ref(coarse, torch.randn(2, 6, *res, generator=g))
+        assert out.shape == coarse.shape
+        assert torch.equal(out, coarse)
+    with pytest.raises(InputError, match="multiples of 4"):
+        ref(torch.zeros(1, 3, 8, 8, 6), torch.zeros(1, 6, 8, 8, 6))
+    with pytest.raises(InputError, match="channel"):
+        ref(coarse, torch.zeros(2, 5, 8, 12, 16))
+    with pytest.raises(InputError, match="channel"):
+        ref(torch.zeros(2, 2, 8, 12, 16), torch.zeros(2, 6, 8, 12, 16))
+    with pytest.raises(ShapeError, match="features"):
+        ref(coarse, torch.zeros(2, 6, 8, 12, 8))
+
+
+def test_refiner_gradients_reach_parameters_and_inputs(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    ref = FieldRefiner(4, hidden=4, levels=3, residual_blocks=1, field_scale=2.0)
+    with torch.no_grad():
+        ref.head.weight.normal_(0, 0.1, generator=g)           # leave the exact-identity start
+    coarse = torch.randn(1, 3, 16, 16, 16, generator=g, requires_grad=True)
+    feats = torch.randn(1, 4, 16, 16, 16, generator=g, requires_grad=True)
+    out = ref(coarse, feats)
+    assert not torch.equal(out.detach(), coarse.detach())
+    (out * torch.randn(out.shape, generator=g)).sum().backward()
+    for name, p in ref.named_parameters():
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+    assert float(feats.grad.abs().sum()) > 0 and float(coarse.grad.abs().sum()) > 0
+    with torch.no_grad():                                      # full-res features = their 2x2x2 means
+        torch.testing.assert_close(ref(coarse, feats), ref(coarse, torch.nn.functional.avg_pool3d(feats, 2)))
+    ref.eval()
+    loaded = FieldRefiner.load(ref.save(tmp_path / "ref"), device="cpu")
+    with torch.no_grad():
+        assert torch.equal(loaded(coarse, feats), ref(coarse, feats))
+    assert loaded.config() == ref.config()
+
+
+# ------------------------------------------------------------------ losses
+def _mesh(shape=(7, 8, 9)):
+    return torch.meshgrid(*[torch.arange(float(n)) for n in shape], indexing="ij")   # z, y, x (voxels)
+
+
+def test_laplacian_linear_zero_and_quadratic_analytic():
+    z, y, x = _mesh()
+    sx, sy, sz = 0.5, 2.0, 1.5
+    X, Y, Z = x * sx, y * sy, z * sz                            # mm
+    lin = torch.stack([2 * X - Y + 3, 0.5 * Z + X, Y - Z])[None]
+    assert float(laplacian_loss(lin, spacing=(sx, sy, sz))) == pytest.approx(0.0, abs=1e-9)
+    # u_x = X^2 + 3 Y^2 (lap 2 + 6 = 8), u_y = Z^2 / 2 (lap 1), u_z = X Y (lap 0); exact for quadratics
+    quad = torch.stack([X ** 2 + 3 * Y ** 2, Z ** 2 / 2, X * Y])[None].double()
+    expected = (8.0 ** 2 + 1.0 ** 2 + 0.0) / 3
+    assert float(laplacian_loss(quad, spacing=(sx, sy, sz))) == pytest.approx(expected, rel=1e-9)
+    # interior only: a border-only change does not count
+    bumped = quad.clone()
+    bumped[..., 0, :, :] += 100.0
+    assert float(laplacian_loss(bumped[..., 1:, :, :], spacing=(sx, sy, sz))) == pytest.approx(expected, rel=1e-9)
+    # compare with scipy's Laplace stencil on the interior (unit spacing)
+    from scipy import ndimage as ndi
+
+    u = torch.randn(2, 3, 6, 7, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = np.stack([[ndi.laplace(u[n, c].numpy())[1:-1, 1:-1, 1:-1] for c in range(3)] for n in range(2)])
+    assert float(laplacian_loss(u)) == pytest.approx(float((ref ** 2).mean()), rel=1e-10)
+    with pytest.raises(ShapeError, match="u"):
+        laplacian_loss(torch.zeros(1, 2, 4, 4, 4))
+    with pytest.raises(ShapeError, match="3 voxels"):
+        laplacian_loss(torch.zeros(1, 3, 2, 4, 4))
+
+
+def test_symmetry_loss_explicit_mirror_field_and_bump():
+    z, y, x = _mesh((5, 6, 8))
+    xc = x - 3.5                                                # x = 0 on the mid-sagittal plane
+    # mirror-symmetric: u_x odd in x, u_y and u_z even in x (any dependence on y, z)
+    u = torch.stack([xc * (1 + 0.1 * y), xc ** 2 + z, torch.cos(xc) * y])[None]
+    assert float(symmetry_loss(u)) == pytest.approx(0.0, abs=1e-6)
+    # explicit mirror by indexing: mirror(u)(i) = M u(n - 1 - i)
+    mirrored = u[..., torch.arange(7, -1, -1)].clone()
+    mirrored[:, 0] *= -1
+    torch.testing.assert_close(mirrored, u)
+    bumped = u.clone()
+    bumped[0, 1, 2, 3, 1] += 2.0                                # one voxel left of centre, u_y
+    assert float(symmetry_loss(bumped)) == pytest.approx(2 * 2.0 / u.numel(), rel=1e-5)   # |d| at p and M p
+    # along y (axis -2): flip y and negate component 1
+    v = torch.zeros(1, 3, 2, 4, 3)
+    v[:, 1] = (torch.arange(4.0) - 1.5).reshape(1, 4, 1)
+    v[:, 0] = 1.0                                               # a uniform x shift: symmetric in y, not in x
+    assert float(symmetry_loss(v, axis=-2)) == 0.0 and float(symmetry_loss(v, axis=3)) == 0.0
+    assert float(symmetry_loss(v, axis=-1)) > 0
+    with pytest.raises(InputError, match="axis"):
+        symmetry_loss(v, axis=1)
+
+
+def test_consistency_and_prior_by_hand():
+    u = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).reshape(1, 3, 1, 1, 2)
+    v = torch.tensor([1.0, 0.0, 3.0, 1.0, 5.0, 6.0]).reshape(1, 3, 1, 1, 2)
+    assert float(consistency_loss(u, v)) == pytest.approx((4 + 9) / 6)
+    assert float(coefficient_prior(torch.tensor([[1.0, -2.0], [0.5, 0.0]]))) == pytest.approx(5.25 / 4)
+    with pytest.raises(ShapeError, match="v"):
+        consistency_loss(u, v[..., :1])
+    with pytest.raises(InputError, match="c"):
+        coefficient_prior([1.0])
+
+
+# ------------------------------------------------------------------ overfit
+def test_encoder_learns_to_regress_blob_positions():
+    g = torch.Generator().manual_seed(0)
+    coeffs = torch.rand(8, 2, generator=g) * 2 - 1             # targets in [-1, 1]
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    cx, cy = 32 + 18 * coeffs[:, 0], 32 + 18 * coeffs[:, 1]
+    images = torch.exp(-((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2) / (2 * 4.0 ** 2))
+    images = images[:, None]
+    enc = XrayEncoder(k=2, widths=(8, 16, 32, 32), seed=0)
+    opt = torch.optim.Adam(enc.parameters(), lr=3e-3)
+    enc.train()
+    losses = []
+    for _ in range(150):
+        c, _ = enc(images)
+        loss = ((c - coeffs) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[0] > 0.2                                      # starts at the mean (~ E[c^2] = 1/3)
+    assert np.mean(losses[-10:]) < 0.01 * losses[0], (losses[0], losses[-10:])
+
+
+def test_project_maps_equals_sampling_then_the_first_feature_layer():
+    """The fast route (project each 2-D map to ``hidden`` channels, then sample) is exactly
+    the first 1x1x1 feature layer applied to the sampled features, and forward(projected=True)
+    gives the same refined field."""
+    import torch
+
+    from biomip.nn import FieldRefiner, sample_projected
+
+    torch.manual_seed(0)
+    ref = FieldRefiner(feature_channels=12, hidden=8, levels=2, residual_blocks=1, seed=1)
+    torch.nn.init.normal_(ref.head.weight, std=0.1)
+    maps = [torch.rand(2, 4, 16, 16), torch.rand(2, 8, 8, 8)]
+    grid = torch.rand(2, 8, 8, 8, 2) * 2.2 - 1.1                  # some points off the detector
+    coarse = torch.randn(2, 3, 16, 16, 16)
+    a = ref.project_maps(maps, grid)
+    torch.testing.assert_close(a, ref.stem_features(sample_projected(maps, grid)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ref(coarse, a, projected=True), ref(coarse, sample_projected(maps, grid)),
+                               atol=1e-5, rtol=1e-5)
+    import pytest
+
+    from biomip.core.errors import InputError
+
+    with pytest.raises(InputError, match="maps"):
+        ref.project_maps(maps[:1], grid)
