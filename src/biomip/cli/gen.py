@@ -338,9 +338,11 @@ def inpaint_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help=
                                                                                      "study on MNI152)."),
                 mask: Path | None = typer.Option(None, "--mask", metavar="FILE",
                                                  help="Binary mask of the region to fill (same grid as IMAGE)."),
-                method: str = typer.Option("biharmonic", "--method", help="biharmonic, gan, diffusion or mae."),
+                method: str = typer.Option("biharmonic", "--method", help="biharmonic, repair, gan, diffusion or "
+                                                                              "mae."),
                 model: Path | None = typer.Option(None, "--model", metavar="FOLDER",
-                                                  help="A trained Pix2Pix (gan), Diffusion or MAE model."),
+                                                  help="A trained RepairNet (repair), Pix2Pix (gan), Diffusion or "
+                                                       "MAE model."),
                 out: Path = typer.Option(Path("generate-inpaint"), "--out", metavar="PATH",
                                          help="Repaired image (with IMAGE) or study folder."),
                 steps: int | None = typer.Option(None, "--steps", help="Study: diffusion training steps; with "
@@ -353,9 +355,9 @@ def inpaint_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help=
                 progress: bool | None = _PROGRESS, overwrite: bool = _OVERWRITE):
     """Inpainting / defect repair: fill a masked region.
 
-    Without IMAGE: the defect-repair study (biharmonic vs WGAN-GP pix2pix trained on
-    synthetic defects vs RePaint diffusion, PSNR inside the defects of held-out MNI152
-    slices).  With IMAGE and --mask: write the repaired image to --out."""
+    Without IMAGE: the defect-repair study (biharmonic vs the repair U-Net over the
+    biharmonic fill with mirrored context vs WGAN-GP pix2pix trained on synthetic defects vs
+    RePaint diffusion, PSNR inside the defects of held-out MNI152 slices).  With IMAGE and --mask: write the repaired image to --out."""
     mode = _mode(tiny, quick, full)
     if image is None:
         _study_only(**{"--mask": mask, "--model": model})
@@ -370,8 +372,8 @@ def inpaint_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help=
     if method not in INPAINT_METHODS:
         raise InputError(f"--method: got {method!r}; expected one of {', '.join(INPAINT_METHODS)}")
     if method == "biharmonic" and model is not None:
-        raise InputError("--model: given with --method biharmonic, which uses no model; expected --method gan, "
-                         "diffusion or mae")
+        raise InputError("--model: given with --method biharmonic, which uses no model; expected --method repair, "
+                         "gan, diffusion or mae")
     if mask is None:
         raise InputError("--mask: missing; expected a binary mask of the region to fill, on IMAGE's grid")
     if steps is not None:
@@ -385,7 +387,7 @@ def inpaint_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help=
     if not mk.any():
         warnings.warn("--mask: is empty; nothing to fill, the output is the input", stacklevel=2)
     net = None if method == "biharmonic" else _load(model, {"gan": "pix2pix", "diffusion": "diffusion",
-                                                            "mae": "mae"}[method])
+                                                            "mae": "mae", "repair": "repair"}[method])
     if net is not None and method != "gan":
         _fits_model(img, net)
     if method == "diffusion" and getattr(net, "cond_channels", 0):
@@ -396,6 +398,8 @@ def inpaint_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help=
         t0 = time.perf_counter()
         arr = img.numpy().astype(np.float32)
         kw = {} if net is None else {"model": net, "steps": steps or 50, "seed": seed}
+        if method == "repair":
+            kw = {"model": net}
         sd = net.sdim if net is not None else arr.ndim
         fixed = _per_slice(lambda a, b: inpaint(a, b, method, **kw), arr, sd, mk)
         seconds = time.perf_counter() - t0
@@ -546,6 +550,12 @@ def _train(kind: str, image: list[Path], out: Path, sdim: int, steps: int, batch
         sl = tuple(slice(0, kw["image_size"]) for _ in range(sdim))
         data = data[(slice(None), slice(None), *sl)]
         fit_kw.pop("patch", None)
+    if kind == "repair":
+        kw.pop("channels")
+        if data.shape[1] != 1:
+            raise InputError(f"--image: got {data.shape[1]}-channel images; the repair network takes grey images")
+        if fit_kw.pop("patch", None) is not None:
+            raise InputError("--patch: the repair network trains on whole images (defects are cut into them)")
     cls = model_class(kind)
     t0 = time.perf_counter()
     with outs:
@@ -595,12 +605,14 @@ TRAIN_COMMANDS = {
     "vqvae": ("Train a VQ-VAE (EMA codebook, dead-code restarts; perplexity in training.json).", False),
     "mae": ("Train a masked autoencoder (ViT); its encoder is a feature extractor, it also inpaints.", False),
     "gan": ("Train an unconditional WGAN-GP (square crops, power-of-two side up to 64).", False),
+    "repair": ("Train a defect-repair network on healthy images: synthetic defects (6-16 pixels) are cut into them; "
+               "it learns a correction of the biharmonic fill, seeing the mirrored image too.", False),
     "diffusion": ("Train a denoising diffusion model (DDPM loss; DDIM / DDPM sampling); --cond makes it "
                   "image-to-image.", True),
 }
 
 
 def register_train(train_app) -> None:
-    """Add ``biomip train vae|vqvae|mae|gan|diffusion`` to the ``train`` group."""
+    """Add ``biomip train vae|vqvae|mae|gan|repair|diffusion`` to the ``train`` group."""
     for kind, (text, conditional) in TRAIN_COMMANDS.items():
         train_app.command(kind, help=text)(_train_command(kind, text, conditional))

@@ -1,10 +1,11 @@
-from . import base, diffusion, gan, mae, project3d, registry, studies, uses, vae
+from . import base, diffusion, gan, mae, project3d, registry, repair, studies, uses, vae
 from .base import GenerativeModel, TrainingDivergedError, as_stack, fit_loop, random_batch
 from .diffusion import Diffusion, LatentDiffusion
 from .gan import GAN, Pix2Pix, image_and_mask
 from .mae import MAE
 from .project3d import ProjectionToVolume, drr, mni_pseudo_ct, project3d_study
 from .registry import load
+from .repair import RepairNet, biharmonic_fill
 from .studies import anomaly_study, inpaint_study, superres_study
 from .uses import AnomalyResult, detect_anomalies, inpaint, super_resolve, upsample
 from .vae import VAE, VQVAE
@@ -24,6 +25,9 @@ __all__ = [
     "gan",
     "mae",
     "registry",
+    "repair",
+    "RepairNet",
+    "biharmonic_fill",
     "studies",
     "uses",
     "GAN",

@@ -18,6 +18,7 @@ MODEL_CLASSES = {
     "mae": ("biomip.generate.mae", "MAE"),
     "gan": ("biomip.generate.gan", "GAN"),
     "pix2pix": ("biomip.generate.gan", "Pix2Pix"),
+    "repair": ("biomip.generate.repair", "RepairNet"),
     "project3d": ("biomip.generate.project3d", "ProjectionToVolume"),
     "unet": ("biomip.nn.unet", "UNet"),
 }

@@ -31,7 +31,7 @@ from ..core.image import Image
 __all__ = ["AnomalyResult", "INPAINT_METHODS", "SR_METHODS", "detect_anomalies", "inpaint", "super_resolve",
            "upsample"]
 
-INPAINT_METHODS = ("biharmonic", "gan", "diffusion", "mae")
+INPAINT_METHODS = ("biharmonic", "repair", "gan", "diffusion", "mae")
 SR_METHODS = ("cubic", "unet", "diffusion")
 
 
@@ -105,8 +105,10 @@ def inpaint(image, mask, method: str = "biharmonic", model=None, *, steps: int =
         an Image (its channel axis, if any, is kept apart).
     mask : array_like
         Boolean ``(*S)``: True where the image is missing or damaged.
-    method : {"biharmonic", "gan", "diffusion", "mae"}, optional
+    method : {"biharmonic", "repair", "gan", "diffusion", "mae"}, optional
         ``"biharmonic"``: :func:`skimage.restoration.inpaint_biharmonic` (no model);
+        ``"repair"``: a :class:`~biomip.generate.repair.RepairNet` (biharmonic fill + a
+        learned correction, with the mirrored anatomy as context);
         ``"gan"``: a :class:`~biomip.generate.gan.Pix2Pix` trained on (damaged image +
         mask, healthy image) pairs; ``"diffusion"``: RePaint sampling of an
         unconditional :class:`~biomip.generate.diffusion.Diffusion`; ``"mae"``: an
@@ -155,7 +157,10 @@ def inpaint(image, mask, method: str = "biharmonic", model=None, *, steps: int =
     else:
         if model is None:
             raise InputError(f"model: got None; method={method!r} needs a trained model")
-        if method == "gan":
+        if method == "repair":
+            _model_kind(model, {"repair": "RepairNet"})
+            filled = np.stack([as_numpy(model(c, m)) for c in arr]).astype(np.float32)
+        elif method == "gan":
             _model_kind(model, {"gan": "Pix2Pix"})
             fill = float(model.meta.get("defect_fill", np.percentile(arr[:, ~m], 0.5) if (~m).any() else 0.0))
             x = np.concatenate([np.where(m, fill, arr), m[None].astype(np.float32)])
