@@ -23,7 +23,8 @@ def fast_demo(monkeypatch):
     monkeypatch.setattr(D, "SAMPLES", [], raising=False)
     for fn, name in (("_simulators", "simulators"), ("_metrics_example", "metrics"),
                      ("_reconstruction", "reconstruction"), ("_registration", "registration"),
-                     ("_segmentation", "segmentation"), ("_serenet", "serenet")):
+                     ("_segmentation", "segmentation"), ("_serenet", "serenet"), ("_generation", "generation"),
+                     ("_dreg2d3d", "dreg2d3d")):
         f = item(name)
         monkeypatch.setattr(D, fn, (lambda f: (lambda *a, **k: [f(*a, **k)]))(f) if fn == "_simulators" else f)
     import biomip.data

@@ -69,9 +69,11 @@ _register_learning()
 
 
 def _register_pipelines():
-    from .pipe import run_app
+    from .pipe import register2d3d_cmd, run_app
 
     app.add_typer(run_app, name="run")
+    app.command("register2d3d", help="Register a trained template head (biomip run dreg2d3d) to one lateral "
+                                     "X-ray: 3-D volume, labels, field.")(register2d3d_cmd)
 
 
 _register_pipelines()

@@ -131,7 +131,8 @@ def serenet_cmd(out: Path = typer.Option(Path("serenet-run"), "--out", help="Fol
                + (f"; NLL-MPG - L1: {s['nll_minus_l1_psnr_db']:+.2f} dB" if "nll_minus_l1_psnr_db" in s else ""))
 
 
-def _check_run_folder(out: Path, overwrite: bool) -> None:
+def _check_run_folder(out: Path, overwrite: bool, model_files=("config.json", "model.safetensors"),
+                      model_name: str = "SeReNet") -> None:
     """--out of a pipeline run, checked before any work: a new folder in an existing,
     writable one, or an existing empty folder, or (with --overwrite) a folder of a run."""
     from ._common import Outputs
@@ -146,13 +147,113 @@ def _check_run_folder(out: Path, overwrite: bool) -> None:
                              "a run writes there (report.json, preview.png, model/, ...), or choose a new folder")
         model = out / "model"
         if model.is_dir():
-            foreign = sorted(p.name for p in model.iterdir() if p.name not in ("config.json", "model.safetensors"))
+            foreign = sorted(p.name for p in model.iterdir() if p.name not in model_files)
             if foreign:
-                raise InputError(f"--out: {str(model)!r} holds files that are not a SeReNet model (e.g. "
+                raise InputError(f"--out: {str(model)!r} holds files that are not a {model_name} model (e.g. "
                                  f"{foreign[0]!r}); a run replaces that folder, so choose another --out")
         Outputs(overwrite=True).add(out / "report.json", "--out", image=False)     # writable?
     else:
         Outputs().add(out, "--out", image=False)
+
+
+_DREG_MODEL_FILES = ("dreg2d3d.json", "template.nii.gz", "labels.nii.gz", "srm.npz", "encoder", "refiner")
+
+
+@run_app.command("dreg2d3d")
+@cli_words(device="--device", seed="--seed", coarse_steps="--coarse-steps", refine_steps="--refine-steps",
+           n_test="--n-test")
+def dreg2d3d_cmd(out: Path = typer.Option(Path("dreg-run"), "--out", help="Folder for report.json, preview.png, "
+                                                                         "model/ and xray.tif."),
+                 quick: bool = typer.Option(False, "--quick", help="CPU quick mode, the default (64^3 heads, 64^2 "
+                                                                   "X-rays; minutes on 2 cores)."),
+                 tiny: bool = typer.Option(False, "--tiny", help="CI-sized run (32^3, a few training steps; seconds; "
+                                                                 "it runs end to end, it does not reach the quick "
+                                                                 "mode's figures)."),
+                 full: bool = typer.Option(False, "--full", help="Full size (128^3 heads, 128^2 X-rays): GPU."),
+                 device: str | None = typer.Option(None, help="cpu, cuda, auto (default: biomip.config.device)."),
+                 coarse_steps: int | None = typer.Option(None, "--coarse-steps",
+                                                         help="Training steps of the SRM regressor (override)."),
+                 refine_steps: int | None = typer.Option(None, "--refine-steps",
+                                                         help="Training steps of the field refiner (override)."),
+                 n_test: int | None = typer.Option(None, "--n-test", help="Held-out subjects (override)."),
+                 ablations: bool | None = typer.Option(None, "--ablations/--no-ablations",
+                                                       help="Also train the refiners without the mandible term and "
+                                                            "without the X-ray features (default: on in --tiny and "
+                                                            "--full, off in --quick)."),
+                 seed: int = typer.Option(0, help="Seed of the subjects, the noise and the training."),
+                 progress: bool | None = typer.Option(None, "--progress/--no-progress",
+                                                      help="Show progress bars (default: when stderr is a "
+                                                           "terminal; one line per stage otherwise)."),
+                 overwrite: bool = typer.Option(False, "--overwrite",
+                                                help="Write into an --out folder that is not empty, replacing "
+                                                     "the files of a run there (default: refuse).")):
+    """SC-DREG (case study 6): deformable 2-D/3-D registration of a template head CT to one
+    lateral X-ray.
+
+    Simulates a skull population, builds the statistical registration-field model (PCA of
+    the fields of an SRM cohort), trains a 2-D mandible U-Net, the SRM regressor (coarse
+    field) and the field refiner on X-rays only, and compares atlas, iterative L-BFGS on the
+    SRM, coarse and refined on held-out subjects (mandible / maxilla / skull Dice, landmark
+    TRE, volume PSNR, DRR NCC, time).  model/ is what `biomip register2d3d` applies."""
+    from ..pipelines.dreg2d3d import DregConfig, run
+
+    _check_run_folder(out, overwrite, _DREG_MODEL_FILES, "dreg2d3d")
+    if sum([quick, tiny, full]) > 1:
+        raise InputError("--quick, --tiny, --full: got more than one; expected at most one mode")
+    make = DregConfig.tiny if tiny else DregConfig.full if full else DregConfig.quick
+    if full:
+        from ..core.config import get_device
+
+        if get_device(device).type != "cuda":
+            typer.echo("biomip: note: --full is sized for a GPU (128^3 volumes, thousands of steps); on a CPU it "
+                       "takes hours. --quick runs in minutes.", err=True)
+    kw = {"seed": seed} if ablations is None else {"seed": seed, "ablations": ablations}
+    for name, v in (("coarse_steps", coarse_steps), ("refine_steps", refine_steps), ("n_test", n_test)):
+        if v is not None:
+            kw[name] = v
+    rep = run(make(**kw), out=out, device=device, progress=progress)
+    typer.echo(f"wrote {out}/report.json, preview.png and model/  ({rep['seconds']:.0f} s on {rep['device']})")
+    typer.echo(f"  SRM: {rep['srm']['modes']} modes explaining {100 * rep['srm']['explained_variance']:.1f} % of "
+               "the cohort's field variance")
+    for name, r in rep["methods"].items():
+        typer.echo(f"  {name:20s} mandible Dice {r['dice_mandible']:.3f}  maxilla {r['dice_maxilla']:.3f}  skull "
+                   f"{r['dice_skull']:.3f}  TRE {r['tre_mm']:5.2f} mm ({r['tre_voxels']:.2f} vox)  PSNR "
+                   f"{r['psnr']:5.2f} dB  {r['seconds'] * 1000:9.1f} ms")
+    missed = [k for k, v in rep["targets"].items() if not v]
+    typer.echo("  targets: " + ("all met" if not missed else "not met: " + ", ".join(missed)))
+
+
+def register2d3d_cmd(model: Path = typer.Argument(..., help="A model folder (the model/ of `biomip run dreg2d3d`)."),
+                     xray: Path = typer.Argument(..., help="A lateral X-ray on the model's detector (TIFF, PNG, NPY; "
+                                                            "rows superior -> inferior, face to the right)."),
+                     out: Path = typer.Option(..., "--out", help="The registered volume (NIfTI, e.g. "
+                                                                 "volume.nii.gz); labels and field are written "
+                                                                 "next to it (.labels.nii.gz, .field.nii.gz)."),
+                     method: str = typer.Option("refined", help="refined or coarse."),
+                     device: str | None = typer.Option(None, help="cpu, cuda, auto."),
+                     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files.")):
+    """Register a trained template head to one lateral X-ray: the subject's 3-D volume, its
+    mandible / maxilla / skull labels and the displacement field."""
+    from ..io import write
+    from ..pipelines.dreg2d3d import load_model, register_xray
+    from ._common import Outputs, sibling
+
+    outs = Outputs(overwrite=overwrite, inputs=[model, xray])
+    outs.add(out, "--out", sdim=3, dtype_kind="f", siblings=(".labels.nii.gz", ".field.nii.gz"))
+    lab_path, field_path = sibling(out, ".labels.nii.gz"), sibling(out, ".field.nii.gz")
+    models = load_model(model, device=device)
+    if Path(xray).suffix.lower() == ".npy":
+        img = np.load(xray, allow_pickle=False)
+    else:
+        img = read_input(xray, "XRAY").numpy()
+    t = time.perf_counter()
+    vol, lab, u = register_xray(models, img, method=method, device=device)
+    secs = time.perf_counter() - t
+    with outs:
+        write(vol, out)
+        write(lab, lab_path)
+        write(u, field_path)
+    typer.echo(f"wrote {out}, {lab_path.name}, {field_path.name}  ({method}, {secs:.2f} s)")
 
 
 def reconstruct_serenet(model: Path, measurement: Path, out: Path, offset: float | None,

@@ -2,6 +2,8 @@
 train -> infer -> evaluate -> report, each step callable from Python and the whole run
 from ``biomip run NAME``.
 
+* :mod:`.dreg2d3d` -- case study 6, deformable 2-D/3-D registration of a template head CT
+  to one lateral X-ray (SC-DREG).
 * :mod:`.serenet` -- case study 7, self-supervised light-field reconstruction (SeReNet).
 
 ``models/`` holds the trained models that ship as package data (safetensors + JSON, each
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 
-PIPELINES = ("serenet",)
+PIPELINES = ("dreg2d3d", "serenet")
 
 
 def __getattr__(name):

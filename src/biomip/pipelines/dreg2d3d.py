@@ -1,0 +1,1223 @@
+"""Case study 6 (textbook 7.8): SC-DREG, deformable 2-D/3-D registration of a template head
+volume to one lateral X-ray -- simulate -> train -> infer -> evaluate -> report.
+
+The system (Jiang et al., the book's lines 3098-3127): a statistical registration-field
+model (SRM: PCA of displacement fields, :class:`biomip.register.DeformationModel`) gives a
+coarse field from the X-ray (a 2-D ResNet regresses its coefficients,
+:class:`biomip.nn.XrayEncoder`); a 3-D field refiner (:class:`biomip.nn.FieldRefiner`) adds
+voxel-level detail from the coarse field and the X-ray features sampled where the warped
+voxels project, ``X(p)``, ``p = pi(v + phi_c(v))`` (:func:`biomip.nn.sample_projected`); a
+differentiable DRR renderer (:class:`biomip.ops.ct.DRR`) makes training self-supervised
+(NCC between the DRR of the warped template and the X-ray), and a mandible atlas gives
+weak supervision (the projected warped atlas mandible against a 2-D mandible mask from a
+small 2-D U-Net).  Training sees X-rays (and the 2-D masks) only -- never a 3-D field of a
+training subject.
+
+Data (:func:`biomip.data.skull_population`): a template skull phantom in HU and subjects
+made from it by smooth random anatomical deformations plus a mandible opening about the
+condylar hinge, each with its true field, labels and landmarks.  Three disjoint cohorts:
+
+* the **SRM cohort** -- the "CBCT" subjects whose 3-D fields to the template build the SRM
+  (as 3-D/3-D registrations of CBCTs would in the clinic), and whose DRR mandible masks
+  train the 2-D mask U-Net;
+* the **training cohort** -- X-rays only;
+* the **held-out subjects** -- X-rays to register; their true volumes, labels and
+  landmarks are used for evaluation only.
+
+An X-ray is the tissue-class DRR of the subject (the renderer of the published code),
+blurred by a detector PSF of ``xray_blur`` pixels and with Gaussian noise ``noise``.
+
+Methods compared (``report["methods"]``): ``"atlas"`` (the template, unregistered),
+``"iterative"`` (the book's traditional route: the SRM coefficients optimised by L-BFGS to
+maximise the DRR / X-ray NCC, per X-ray), ``"coarse"`` (the SRM regressor),
+``"refined"`` (coarse + refiner), and the ablations ``"refined-no-mandible"`` (refiner
+trained without the weak mandible term) and ``"refined-no-features"`` (refiner without the
+back-projected X-ray features); ``"srm-oracle"`` (the true field projected on the SRM: the
+best a coarse field can do) is a reference that uses the truth.  Figures: 3-D Dice of
+mandible / maxilla / skull, landmark TRE (mm and voxels), volume PSNR against the true
+subject, DRR NCC against the X-ray, inference seconds per X-ray.
+
+Python::
+
+    from biomip.pipelines import dreg2d3d
+    report = dreg2d3d.run(dreg2d3d.DregConfig.quick(), out="dreg-run")
+
+Command line::
+
+    biomip run dreg2d3d --quick --out dreg-run
+    biomip register2d3d dreg-run/model dreg-run/xray.png --out volume.nii.gz
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.arrays import check_count, check_number
+from ..core.errors import FormatError, InputError, ShapeError
+from ..core.image import Image
+from ..core.progress import progress_bar
+
+__all__ = ["DregConfig", "Simulation", "Models", "simulate", "train", "infer", "evaluate", "run", "save_model",
+           "load_model", "register_xray", "xray_image"]
+
+_LABELS = {1: "skull", 2: "maxilla", 3: "mandible"}
+_MANDIBLE = 3
+_MODEL_FORMAT = "biomip.pipelines.dreg2d3d"
+
+
+@dataclass(frozen=True)
+class DregConfig:
+    """Everything a run depends on (physical units: mm, HU, degrees).
+
+    The presets :meth:`quick`, :meth:`tiny` and :meth:`full` set the sizes of the
+    documented modes; any field can be overridden (``DregConfig.quick(coarse_steps=100)``).
+
+    Parameters
+    ----------
+    shape : tuple of int, optional
+        Volume grid ``(Z, Y, X)`` (each a multiple of 8; the head fills ~85 % of it).
+    det_shape : tuple of int, optional
+        X-ray / DRR pixels ``(rows, cols)`` (multiples of 16).
+    n_srm : int, optional
+        Subjects of the SRM cohort (3-D fields, "CBCTs").
+    n_train : int, optional
+        Training X-rays (X-rays only).
+    n_test : int, optional
+        Held-out subjects.
+    explained : float, optional
+        Fraction of the SRM cohort's field variance the kept modes explain.
+    max_k : int, optional
+        At most this many SRM modes.
+    max_displacement, smoothness, asymmetry : float, optional
+        Anatomical variation of the population (mm, mm, fraction; see
+        :func:`biomip.data.skull_subject`).
+    opening : tuple of float, optional
+        Range of the mandible opening angle, degrees.
+    noise : float, optional
+        Gaussian noise sigma of the X-rays (the DRR's 0-1 units).
+    xray_blur : float, optional
+        Detector blur sigma of the X-rays, pixels.
+    mask_steps, coarse_steps, refine_steps : int, optional
+        Training steps of the 2-D mandible U-Net, the SRM regressor and the refiner.
+    batch_size : int, optional
+        X-rays per training step.
+    lr : float, optional
+        Adam learning rate (halved at 40 % and 80 % of each training, as the published code).
+    ncc_window : int, optional
+        Window of the local NCC between DRR and X-ray, pixels (odd).
+    w_prior, w_consistency, w_laplacian, w_symmetry, w_mandible : float, optional
+        Loss weights, the published code's (0.2, 0.2, 200, 2, 2): SRM coefficient L2 prior
+        (coefficients in standard deviations), coarse / refined field consistency (mean
+        square), Laplacian of the refined field (mean square, per voxel), left-right
+        symmetry (L1), weak mandible term (L1 of the projected masks).  The field terms see
+        the fields in the code's normalised units: mm divided by half the field of view.
+    widths : tuple of int, optional
+        Channels of the 2-D ResNet stages.
+    hidden : int, optional
+        Channels of the 3-D refiner.
+    iterative_iterations : int, optional
+        L-BFGS iterations of the iterative baseline.
+    ablations : bool, optional
+        Also train the two ablated refiners (off in the quick preset to keep it within
+        minutes: ``DregConfig.quick(ablations=True)`` / ``--ablations``).
+    seed : int, optional
+        Seed of the subjects, the noise and the networks.
+    mode : str, optional
+        Name of the preset.
+
+    Examples
+    --------
+    >>> cfg = DregConfig.tiny()
+    >>> cfg.shape, cfg.mode
+    ((32, 32, 32), 'tiny')
+    """
+
+    shape: tuple = (64, 64, 64)
+    det_shape: tuple = (64, 64)
+    n_srm: int = 120
+    n_train: int = 120
+    n_test: int = 8
+    explained: float = 0.95
+    max_k: int = 32
+    max_displacement: float = 6.0
+    smoothness: float = 30.0
+    opening: tuple = (0.0, 12.0)
+    asymmetry: float = 0.15
+    noise: float = 0.01
+    xray_blur: float = 0.5
+    mask_steps: int = 300
+    coarse_steps: int = 600
+    refine_steps: int = 400
+    batch_size: int = 4
+    lr: float = 1e-3
+    ncc_window: int = 9
+    w_prior: float = 0.2
+    w_consistency: float = 0.2
+    w_laplacian: float = 200.0
+    w_symmetry: float = 2.0
+    w_mandible: float = 2.0
+    widths: tuple = (16, 32, 64, 128)
+    hidden: int = 16
+    iterative_iterations: int = 40
+    ablations: bool = False
+    seed: int = 0
+    mode: str = "custom"
+
+    @classmethod
+    def quick(cls, **kw) -> DregConfig:
+        """CPU quick mode: 64^3 volumes, 64^2 X-rays, minutes on 2 cores.
+
+        Parameters
+        ----------
+        **kw
+            Fields to override.
+
+        Returns
+        -------
+        DregConfig
+            The preset.
+
+        Examples
+        --------
+        >>> DregConfig.quick().shape
+        (64, 64, 64)
+        """
+        return replace(cls(mode="quick"), **kw)
+
+    @classmethod
+    def tiny(cls, **kw) -> DregConfig:
+        """CI size: 32^3 volumes, 32^2 X-rays, few steps (it runs end to end, it does not
+        reach the quick mode's figures).
+
+        Parameters
+        ----------
+        **kw
+            Fields to override.
+
+        Returns
+        -------
+        DregConfig
+            The preset.
+
+        Examples
+        --------
+        >>> DregConfig.tiny().n_test
+        3
+        """
+        base = dict(shape=(32, 32, 32), det_shape=(32, 32), n_srm=24, n_train=16, n_test=3, max_k=8,
+                    mask_steps=40, coarse_steps=40, refine_steps=20, batch_size=2, ncc_window=7, widths=(8, 16, 32, 32),
+                    hidden=8, iterative_iterations=5, ablations=True, mode="tiny")
+        return replace(cls(**base), **kw)
+
+    @classmethod
+    def full(cls, **kw) -> DregConfig:
+        """GPU size: 128^3 volumes, 128^2 X-rays, the paper's 60 SRM modes at most.
+
+        Parameters
+        ----------
+        **kw
+            Fields to override.
+
+        Returns
+        -------
+        DregConfig
+            The preset.
+
+        Examples
+        --------
+        >>> DregConfig.full().shape
+        (128, 128, 128)
+        """
+        base = dict(shape=(128, 128, 128), det_shape=(128, 128), n_srm=300, n_train=600, n_test=24, max_k=60,
+                    mask_steps=2000, coarse_steps=6000, refine_steps=4000, batch_size=4, ncc_window=11,
+                    widths=(32, 64, 128, 256), hidden=32, iterative_iterations=100, ablations=True, mode="full")
+        return replace(cls(**base), **kw)
+
+    def to_dict(self) -> dict:
+        """The configuration as a JSON-able dict.
+
+        Returns
+        -------
+        dict
+            Every field.
+
+        Examples
+        --------
+        >>> DregConfig.tiny().to_dict()["mode"]
+        'tiny'
+        """
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+def _check(cfg: DregConfig) -> DregConfig:
+    if not isinstance(cfg, DregConfig):
+        raise InputError(f"cfg: got {type(cfg).__name__}; expected a DregConfig (DregConfig.quick() / .tiny() / .full())")
+    shp = tuple(cfg.shape)
+    if len(shp) != 3 or any(not isinstance(s, (int, np.integer)) or s < 32 or s % 8 for s in shp):
+        raise InputError(f"shape: got {cfg.shape!r}; expected 3 sizes >= 32, each a multiple of 8")
+    det = tuple(cfg.det_shape)
+    if len(det) != 2 or any(not isinstance(s, (int, np.integer)) or s < 16 or s % 16 for s in det):
+        raise InputError(f"det_shape: got {cfg.det_shape!r}; expected 2 sizes >= 16, multiples of 16")
+    for name in ("n_srm", "n_train", "n_test", "batch_size", "max_k"):
+        check_count(getattr(cfg, name), name)
+    if cfg.n_srm < 3:
+        raise InputError(f"n_srm: got {cfg.n_srm}; expected at least 3 fields for the SRM")
+    for name in ("mask_steps", "coarse_steps", "refine_steps", "iterative_iterations"):
+        check_number(getattr(cfg, name), name, integer=True, low=0)
+    check_number(cfg.explained, "explained", low=0.0, low_open=True, high=1.0)
+    for name in ("noise", "xray_blur", "w_prior", "w_consistency", "w_laplacian", "w_symmetry", "w_mandible"):
+        check_number(getattr(cfg, name), name, nonneg=True)
+    check_number(cfg.lr, "lr", low=0.0, low_open=True)
+    if cfg.ncc_window < 3 or cfg.ncc_window % 2 == 0:
+        raise InputError(f"ncc_window: got {cfg.ncc_window}; expected an odd window >= 3 pixels")
+    return cfg
+
+
+# ============================================================================ simulation
+@dataclass
+class Simulation:
+    """The simulated cohorts of a run (see the module docstring).
+
+    Parameters
+    ----------
+    template : SkullSubject
+        The template (atlas) volume, labels and landmarks.
+    drr : DRR
+        The lateral renderer (the X-ray geometry).
+    srm : DeformationModel
+        PCA of the SRM cohort's fields, on the half-resolution grid.
+    srm_explained : float
+        Fraction of the cohort's field variance the kept modes explain.
+    mask_xrays, mask_targets : torch.Tensor
+        ``(n_srm, H, W)`` X-rays of the SRM cohort and their projected mandible masks (the
+        training data of the 2-D mask U-Net).
+    train_xrays : torch.Tensor
+        ``(n_train, H, W)`` training X-rays.
+    test : list of SkullSubject
+        Held-out subjects (truth for evaluation only).
+    test_xrays : torch.Tensor
+        ``(n_test, H, W)`` their X-rays.
+    seconds : float
+        Simulation time.
+    """
+
+    template: object
+    drr: object
+    srm: object
+    srm_explained: float
+    mask_xrays: torch.Tensor
+    mask_targets: torch.Tensor
+    train_xrays: torch.Tensor
+    test: list
+    test_xrays: torch.Tensor
+    seconds: float = 0.0
+
+
+def _half(u: torch.Tensor) -> torch.Tensor:
+    """Block mean 2x2x2 of fields ``(n, 3, Z, Y, X)`` (the SRM grid: voxel centres at full index 2i + 0.5)."""
+    return F.avg_pool3d(u, 2)
+
+
+def _full(u: torch.Tensor) -> torch.Tensor:
+    """Trilinear upsampling x2 of half-grid fields back to the volume grid (exact inverse geometry of :func:`_half`)."""
+    return F.interpolate(u, scale_factor=2, mode="trilinear", align_corners=False)
+
+
+def xray_image(drr, volume_hu, blur: float = 0.5, noise: float = 0.01, seed: int = 0) -> torch.Tensor:
+    """A simulated lateral X-ray of a head volume: the tissue-class DRR, blurred and noisy.
+
+    Parameters
+    ----------
+    drr : biomip.ops.ct.DRR
+        The X-ray geometry.
+    volume_hu : numpy.ndarray, torch.Tensor or Image
+        ``(Z, Y, X)`` in HU on the DRR's grid.
+    blur : float, optional
+        Detector PSF sigma in pixels (0: none).
+    noise : float, optional
+        Gaussian noise sigma (the DRR is normalised to 0-1).
+    seed : int, optional
+        Seed of the noise.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(H, W)`` float32 image.
+
+    Examples
+    --------
+    >>> from biomip.data import skull_template
+    >>> from biomip.ops.ct import DRR
+    >>> t = skull_template((32, 32, 32))
+    >>> drr = DRR(t.volume, det_shape=(32, 32))
+    >>> xray_image(drr, t.volume, seed=1).shape
+    torch.Size([32, 32])
+    """
+    from ..ops.filters import gaussian_smooth
+
+    v = volume_hu.numpy() if isinstance(volume_hu, Image) else volume_hu
+    img = torch.as_tensor(np.asarray(drr.render(torch.as_tensor(np.asarray(v, np.float32)))), dtype=torch.float32)
+    if blur > 0:
+        img = gaussian_smooth(img, blur).to(torch.float32)
+    if noise > 0:
+        g = torch.Generator().manual_seed(int(seed))
+        img = img + noise * torch.randn(img.shape, generator=g)
+    return img
+
+
+def _drr_for(template, cfg: DregConfig):
+    from ..ops.ct import DRR
+
+    return DRR(template.volume, det_shape=tuple(cfg.det_shape))
+
+
+def simulate(cfg: DregConfig, progress=None) -> Simulation:
+    """Simulate the template, the three cohorts, their X-rays, and fit the SRM.
+
+    Parameters
+    ----------
+    cfg : DregConfig
+        The run's configuration.
+    progress : bool or None, optional
+        Progress bar on stderr.
+
+    Returns
+    -------
+    Simulation
+        Template, renderer, SRM, X-rays and held-out subjects.
+
+    Examples
+    --------
+    >>> sim = simulate(DregConfig.tiny(n_srm=4, n_train=2, n_test=1))   # doctest: +SKIP
+    """
+    from ..data import skull_subject, skull_template
+    from ..register import DeformationModel
+
+    cfg = _check(cfg)
+    t0 = time.perf_counter()
+    template = skull_template(tuple(cfg.shape))
+    drr = _drr_for(template, cfg)
+    kw = dict(max_displacement=cfg.max_displacement, smoothness=cfg.smoothness, opening=tuple(cfg.opening),
+              asymmetry=cfg.asymmetry)
+    mand = []
+    srm_fields, mask_x, mask_t, train_x, test, test_x = [], [], [], [], [], []
+    total = cfg.n_srm + cfg.n_train + cfg.n_test
+    with progress_bar("simulating subjects", total, progress) as bar:
+        for i in range(cfg.n_srm):
+            s = skull_subject(template, seed=cfg.seed * 100_000 + 1000 + i, **kw)
+            u = torch.as_tensor(s.field.numpy())[None]
+            srm_fields.append(_half(u)[0].numpy())
+            mask_x.append(xray_image(drr, s.volume, cfg.xray_blur, cfg.noise, seed=cfg.seed * 100_000 + 1000 + i))
+            m = torch.as_tensor(s.labels.numpy() == _MANDIBLE, dtype=torch.float32)
+            mask_t.append((torch.as_tensor(np.asarray(drr.project_mask(m))) > 0.5).float())
+            mand.append(float(m.sum()))
+            bar.advance()
+        for i in range(cfg.n_train):
+            sd = cfg.seed * 100_000 + 20_000 + i
+            s = skull_subject(template, seed=sd, **kw)
+            train_x.append(xray_image(drr, s.volume, cfg.xray_blur, cfg.noise, seed=sd))
+            bar.advance()
+        for i in range(cfg.n_test):
+            sd = cfg.seed * 100_000 + 50_000 + i
+            s = skull_subject(template, seed=sd, **kw)
+            test.append(s)
+            test_x.append(xray_image(drr, s.volume, cfg.xray_blur, cfg.noise, seed=sd))
+            bar.advance()
+    fields = np.stack(srm_fields).astype(np.float64)
+    full = DeformationModel.fit(fields, explained=cfg.explained)
+    k = int(min(full.k, cfg.max_k, cfg.n_srm - 1))
+    srm = DeformationModel.fit(fields, k=k)
+    tot = float(((fields - fields.mean(0)) ** 2).sum() / max(cfg.n_srm - 1, 1))
+    explained = float(srm.variances.sum() / max(tot, 1e-30))
+    return Simulation(template=template, drr=drr, srm=srm, srm_explained=explained, mask_xrays=torch.stack(mask_x),
+                      mask_targets=torch.stack(mask_t), train_xrays=torch.stack(train_x), test=test,
+                      test_xrays=torch.stack(test_x), seconds=time.perf_counter() - t0)
+
+
+# ============================================================================ the model
+class _SRM(torch.nn.Module):
+    """The SRM as a torch decoder: coefficients (N, k) -> full-grid field (N, 3, Z, Y, X) mm."""
+
+    def __init__(self, srm):
+        super().__init__()
+        k = srm.k
+        self.register_buffer("mean", torch.as_tensor(srm.mean, dtype=torch.float32)[None])
+        basis = srm.components.reshape(k, -1) * np.sqrt(srm.variances)[:, None]
+        self.register_buffer("basis", torch.as_tensor(basis, dtype=torch.float32))
+        self.k = k
+
+    def half(self, c: torch.Tensor) -> torch.Tensor:
+        return self.mean + (c @ self.basis).reshape(c.shape[0], *self.mean.shape[1:])
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return _full(self.half(c))
+
+
+@dataclass
+class Models:
+    """The trained networks of a run plus what applying them needs.
+
+    Parameters
+    ----------
+    encoder : XrayEncoder
+        X-ray -> SRM coefficients and feature maps.
+    refiner : FieldRefiner or None
+        Coarse field + back-projected features -> refined field.
+    mask_net : UNet or None
+        X-ray -> 2-D mandible mask (the weak supervision).
+    srm : DeformationModel
+        The SRM (half-resolution grid).
+    template : SkullSubject
+        The template.
+    drr : DRR
+        The X-ray geometry.
+    ablations : dict
+        ``{"refined-no-mandible": FieldRefiner, "refined-no-features": FieldRefiner}`` when trained.
+    history : dict
+        Loss history per network.
+    train_seconds : dict
+        Training time per network.
+    cache : dict
+        Per-device tensors of inference (filled on first use).
+    """
+
+    encoder: object
+    refiner: object
+    mask_net: object
+    srm: object
+    template: object
+    drr: object
+    ablations: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+    train_seconds: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict, repr=False)
+
+    def geometry(self, device) -> _Geometry:
+        """The tensors inference needs on ``device`` (built once per device)."""
+        key = str(device)
+        if key not in self.cache:
+            self.cache[key] = _Geometry(self.template, self.drr, self.srm, torch.device(device))
+        return self.cache[key]
+
+
+class _Geometry:
+    """Tensors shared by training and inference: template, mandible atlas, half-grid world points."""
+
+    def __init__(self, template, drr, srm, device):
+        v = template.volume
+        self.spacing = tuple(float(s) for s in v.spacing)
+        self.volume = torch.as_tensor(v.numpy(), dtype=torch.float32, device=device)[None, None]
+        lab = template.labels.numpy()
+        self.labels = torch.as_tensor(lab.astype(np.int64), device=device)
+        self.mandible = torch.as_tensor((lab == _MANDIBLE).astype(np.float32), device=device)[None, None]
+        self.drr = drr
+        self.srm = _SRM(srm).to(device)
+        z, y, x = v.spatial_shape
+        half = Image(np.zeros((z // 2, y // 2, x // 2), np.float32), spacing=tuple(2 * s for s in self.spacing),
+                     origin=tuple(np.asarray(v.origin) + np.asarray(v.direction) @ (0.5 * np.asarray(self.spacing))),
+                     direction=v.direction)
+        from ..ops.spatial import identity_grid
+
+        self.points = identity_grid(half, device=device)[None]            # (1, 3, z, y, x) world mm of half voxels
+        self.device = device
+
+    def warp(self, img: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        from ..nn.registration import warp_batch
+
+        return warp_batch(img.expand(u.shape[0], *img.shape[1:]), u, self.spacing)
+
+    def render(self, u: torch.Tensor) -> torch.Tensor:
+        """DRRs ``(N, H, W)`` of the template warped by ``u``."""
+        return self.drr.render(self.warp(self.volume, u)[:, 0])
+
+    def mandible_projection(self, u: torch.Tensor) -> torch.Tensor:
+        return self.drr.project_mask(self.warp(self.mandible, u)[:, 0])
+
+    def grid_at(self, u_half: torch.Tensor) -> torch.Tensor:
+        """Normalised detector coordinates ``pi(v + phi_c(v))`` of the warped half-grid voxels."""
+        pts = (self.points + u_half).movedim(1, -1)                      # (N, z, y, x, 3) world (x, y, z)
+        return self.drr.grid_coords(pts).to(u_half.dtype)
+
+    def features_at(self, feats: list, u_half: torch.Tensor) -> torch.Tensor:
+        """X-ray features ``X(p)`` sampled at the projections of the warped half-grid voxels."""
+        from ..nn import sample_projected
+
+        return sample_projected(feats, self.grid_at(u_half))
+
+    def refine(self, refiner, feats: list, u_half: torch.Tensor) -> torch.Tensor:
+        """The refined field from the coarse half-grid field and the X-ray feature maps."""
+        u_c = _full(u_half)
+        if refiner.feature_channels == 0:                                 # the no-features ablation
+            return refiner(u_c, u_half.new_zeros(u_half.shape[0], 0, *u_half.shape[2:]))
+        return refiner(u_c, refiner.project_maps(feats, self.grid_at(u_half)), projected=True)
+
+    @property
+    def norm(self) -> float:
+        """mm per normalised field unit (half the field of view), the units of the published loss weights."""
+        return float(max(self.spacing) * max(self.volume.shape[2:]) / 2)
+
+
+def _ncc_loss(a: torch.Tensor, b: torch.Tensor, window: int) -> torch.Tensor:
+    from ..register.losses import lncc
+
+    return 1.0 - lncc(a, b, window=window, sdim=2)
+
+
+def _lr_at(step: int, steps: int, lr: float) -> float:
+    """The published schedule: halved at 40 % and at 80 % of the steps."""
+    return lr * (0.5 if step >= 0.4 * steps else 1.0) * (0.5 if step >= 0.8 * steps else 1.0)
+
+
+def _batches(n: int, batch: int, steps: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        yield torch.randint(n, (min(batch, n),), generator=g)
+
+
+def _train_mask_net(cfg, sim, device, progress):
+    from ..nn import UNet
+    from ..nn.losses import dice_ce_loss
+
+    net = UNet(2, 1, 2, features=(8, 16, 32), seed=cfg.seed).to(device)
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    x, y = sim.mask_xrays.to(device)[:, None], sim.mask_targets.to(device).long()
+    hist = []
+    with progress_bar("training the 2-D mandible U-Net", cfg.mask_steps, progress) as bar:
+        for step, idx in enumerate(_batches(len(x), max(cfg.batch_size, 4), cfg.mask_steps, cfg.seed + 1)):
+            flip = torch.rand(()) < 0.0           # lateral X-rays are not mirrored: no flips
+            xb, yb = (x[idx], y[idx]) if not flip else (x[idx].flip(-1), y[idx].flip(-1))
+            loss = dice_ce_loss(net(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            hist.append(float(loss.detach()))
+            bar.advance()
+            del step
+    net.eval()
+    return net, hist
+
+
+def _mask_probability(mask_net, xrays: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.softmax(mask_net(xrays[:, None]), 1)[:, 1]
+
+
+def _train_encoder(cfg, sim, geo, mask_net, device, progress):
+    from ..nn import XrayEncoder, coefficient_prior, symmetry_loss
+
+    enc = XrayEncoder(geo.srm.k, widths=tuple(cfg.widths), seed=cfg.seed).to(device)
+    opt = torch.optim.Adam(enc.parameters(), cfg.lr)
+    x = sim.train_xrays.to(device)
+    masks = _mask_probability(mask_net, x) if mask_net is not None else None
+    hist = []
+    with progress_bar("training the SRM regressor (coarse)", cfg.coarse_steps, progress) as bar:
+        for step, idx in enumerate(_batches(len(x), cfg.batch_size, cfg.coarse_steps, cfg.seed + 2)):
+            for gparam in opt.param_groups:
+                gparam["lr"] = _lr_at(step, cfg.coarse_steps, cfg.lr)
+            xb = x[idx]
+            c, _ = enc(xb[:, None])
+            u = geo.srm(c)
+            loss = _ncc_loss(xb, geo.render(u), cfg.ncc_window) + cfg.w_prior * coefficient_prior(c)
+            if cfg.w_symmetry:
+                loss = loss + cfg.w_symmetry * symmetry_loss(u / geo.norm)
+            if masks is not None and cfg.w_mandible:
+                loss = loss + cfg.w_mandible * (geo.mandible_projection(u) - masks[idx]).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            hist.append(float(loss.detach()))
+            bar.advance()
+    enc.eval()
+    return enc, hist
+
+
+def _refine(geo, enc, refiner, x: torch.Tensor):
+    """Coarse and refined fields for X-rays ``x (N, H, W)`` (encoder frozen)."""
+    with torch.no_grad():
+        c, feats = enc(x[:, None])
+        u_half = geo.srm.half(c)
+    return c, _full(u_half), geo.refine(refiner, feats, u_half)
+
+
+def _train_refiner(cfg, sim, geo, enc, mask_net, device, progress, *, use_mandible=True, use_features=True,
+                   label="refiner"):
+    from ..nn import FieldRefiner, consistency_loss, laplacian_loss, symmetry_loss
+
+    ref = FieldRefiner(sum(cfg.widths) if use_features else 0, hidden=cfg.hidden, levels=2, residual_blocks=3,
+                       seed=cfg.seed).to(device)
+    opt = torch.optim.Adam(ref.parameters(), cfg.lr)
+    x = sim.train_xrays.to(device)
+    masks = _mask_probability(mask_net, x) if (mask_net is not None and use_mandible) else None
+    s = geo.norm
+    hist = []
+    with progress_bar(f"training the field {label}", cfg.refine_steps, progress) as bar:
+        for step, idx in enumerate(_batches(len(x), cfg.batch_size, cfg.refine_steps, cfg.seed + 3)):
+            for gparam in opt.param_groups:
+                gparam["lr"] = _lr_at(step, cfg.refine_steps, cfg.lr)
+            xb = x[idx]
+            _, u_c, u_f = _refine(geo, enc, ref, xb)
+            loss = _ncc_loss(xb, geo.render(u_f), cfg.ncc_window)
+            loss = loss + cfg.w_consistency * consistency_loss(u_f / s, u_c / s)
+            loss = loss + cfg.w_laplacian * laplacian_loss(u_f / s)
+            if cfg.w_symmetry:
+                loss = loss + cfg.w_symmetry * symmetry_loss(u_f / s)
+            if masks is not None and cfg.w_mandible:
+                loss = loss + cfg.w_mandible * (geo.mandible_projection(u_f) - masks[idx]).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            hist.append(float(loss.detach()))
+            bar.advance()
+    ref.eval()
+    return ref, hist
+
+
+def train(cfg: DregConfig, sim: Simulation, device=None, progress=None) -> Models:
+    """Train the 2-D mandible U-Net, the SRM regressor, the refiner (and the ablations).
+
+    Training uses the X-rays of the training cohort and the 2-D masks only.
+
+    Parameters
+    ----------
+    cfg : DregConfig
+        The run's configuration.
+    sim : Simulation
+        From :func:`simulate`.
+    device : str or torch.device or None, optional
+        Training device (default: ``biomip.config``).
+    progress : bool or None, optional
+        Progress bars.
+
+    Returns
+    -------
+    Models
+        The trained networks.
+
+    Examples
+    --------
+    >>> models = train(DregConfig.tiny(), sim)          # doctest: +SKIP
+    """
+    from ..core.config import get_device
+
+    cfg = _check(cfg)
+    dev = get_device(device)
+    torch.manual_seed(cfg.seed)
+    geo = _Geometry(sim.template, sim.drr, sim.srm, dev)
+    times, hist = {}, {}
+    t = time.perf_counter()
+    mask_net, hist["mask_net"] = _train_mask_net(cfg, sim, dev, progress)
+    times["mask_net"] = time.perf_counter() - t
+    t = time.perf_counter()
+    enc, hist["coarse"] = _train_encoder(cfg, sim, geo, mask_net, dev, progress)
+    times["coarse"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ref, hist["refined"] = _train_refiner(cfg, sim, geo, enc, mask_net, dev, progress)
+    times["refined"] = time.perf_counter() - t
+    abl = {}
+    if cfg.ablations:
+        for name, kw in (("refined-no-mandible", dict(use_mandible=False)),
+                         ("refined-no-features", dict(use_features=False))):
+            t = time.perf_counter()
+            abl[name], hist[name] = _train_refiner(cfg, sim, geo, enc, mask_net, dev, progress,
+                                                   label=f"refiner ({name})", **kw)
+            times[name] = time.perf_counter() - t
+    return Models(encoder=enc, refiner=ref, mask_net=mask_net, srm=sim.srm, template=sim.template, drr=sim.drr,
+                  ablations=abl, history=hist, train_seconds=times)
+
+
+# ============================================================================ inference
+def _iterative(geo, x: torch.Tensor, iterations: int, prior: float, window: int) -> torch.Tensor:
+    """The traditional route: SRM coefficients by L-BFGS on 1 - NCC(DRR, X-ray) + prior |c|^2 (one X-ray)."""
+    from ..nn import coefficient_prior
+
+    c = torch.zeros(1, geo.srm.k, device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS([c], lr=1.0, max_iter=max(int(iterations), 1), line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = _ncc_loss(x[None], geo.render(geo.srm(c)), window) + prior * coefficient_prior(c)
+        loss.backward()
+        return loss
+
+    if iterations > 0:
+        opt.step(closure)
+    with torch.no_grad():
+        return geo.srm(c.detach())
+
+
+def infer(models: Models, xrays, method: str = "refined", device=None, iterations: int = 40, prior: float = 0.2,
+          window: int = 9) -> torch.Tensor:
+    """Registration fields template -> subject for X-rays.
+
+    Parameters
+    ----------
+    models : Models
+        Trained networks (:func:`train` or :func:`load_model`).
+    xrays : torch.Tensor or numpy.ndarray
+        ``(N, H, W)`` or ``(H, W)`` X-rays on the model's detector.
+    method : {"refined", "coarse", "iterative", "atlas", "refined-no-mandible", "refined-no-features"}, optional
+        Which estimate.
+    device : str or torch.device or None, optional
+        Where to run.
+    iterations, prior, window : int, float, int, optional
+        L-BFGS iterations, prior weight and NCC window of ``"iterative"``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, 3, Z, Y, X)`` displacement fields in mm (component 0 = x):
+        ``subject(p) = template(p + u(p))``.
+
+    Examples
+    --------
+    >>> u = infer(models, sim.test_xrays[:1])           # doctest: +SKIP
+    """
+    from ..core.config import get_device
+
+    dev = get_device(device)
+    geo = models.geometry(dev)
+    x = torch.as_tensor(np.asarray(xrays) if not torch.is_tensor(xrays) else xrays, dtype=torch.float32).to(dev)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3 or tuple(x.shape[-2:]) != tuple(models.drr.det_shape):
+        raise ShapeError(f"xrays: got shape {tuple(x.shape)}; expected (N, {models.drr.det_shape[0]}, "
+                         f"{models.drr.det_shape[1]}) on the model's detector")
+    if not torch.isfinite(x).all():
+        raise InputError("xrays: contain NaN or infinity; expected finite X-ray images")
+    n = x.shape[0]
+    if method == "atlas":
+        return torch.zeros(n, 3, *models.template.volume.spatial_shape, device=dev)
+    if method == "iterative":
+        return torch.cat([_iterative(geo, x[i], iterations, prior, window) for i in range(n)])
+    with torch.no_grad():
+        c, feats = models.encoder(x[:, None])
+        u_half = geo.srm.half(c)
+        u_c = _full(u_half)
+        if method == "coarse":
+            return u_c
+        ref = models.refiner if method == "refined" else models.ablations.get(method)
+        if ref is None:
+            raise InputError(f"method: got {method!r}; expected one of 'refined', 'coarse', 'iterative', 'atlas'"
+                             + "".join(f", {k!r}" for k in models.ablations))
+        return geo.refine(ref, feats, u_half)
+
+
+# ============================================================================ evaluation
+def _map_landmarks(u: np.ndarray, template_points: np.ndarray, grid: Image, iterations: int = 30) -> np.ndarray:
+    """Subject points q with q + u(q) = L for template landmarks L (fixed point)."""
+    from ..ops.spatial import sample_field
+
+    ut = torch.as_tensor(u, dtype=torch.float64)
+    L = np.asarray(template_points, float)
+    q = L.copy()
+    for _ in range(iterations):
+        idx = torch.as_tensor(np.stack([grid.world_to_index(p) for p in q]), dtype=torch.float64)
+        q = L - sample_field(ut, idx).numpy()
+    return q
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = a.sum() + b.sum()
+    return float(2 * np.logical_and(a, b).sum() / s) if s else 1.0
+
+
+def evaluate(cfg: DregConfig, sim: Simulation, models: Models, device=None, methods=None) -> dict:
+    """Register every held-out X-ray with every method and score it against the truth.
+
+    Parameters
+    ----------
+    cfg : DregConfig
+        The run's configuration.
+    sim : Simulation
+        The held-out subjects and X-rays.
+    models : Models
+        The trained networks.
+    device : str or torch.device or None, optional
+        Inference device.
+    methods : sequence of str or None, optional
+        Methods to run (default: all available).
+
+    Returns
+    -------
+    dict
+        ``{"methods": {name: figures}, "per_subject": ..., "fields": {name: tensor}}``.
+
+    Examples
+    --------
+    >>> ev = evaluate(cfg, sim, models)                 # doctest: +SKIP
+    """
+    from ..core.config import get_device
+    from ..ops.spatial import warp
+    from ..register.losses import ncc
+
+    dev = get_device(device)
+    names = list(methods) if methods is not None else (
+        ["atlas", "iterative", "coarse", "refined", *models.ablations, "srm-oracle"])
+    geo = models.geometry(dev)
+    tmpl_vol = sim.template.volume
+    tmpl_lab = sim.template.labels.numpy()
+    lm_names = list(sim.template.landmarks)
+    L = np.stack([sim.template.landmarks[k] for k in lm_names])
+    vox = float(np.mean(tmpl_vol.spacing))
+    out, fields = {}, {}
+    x = sim.test_xrays.to(dev)
+    kw = dict(device=dev, iterations=cfg.iterative_iterations, prior=cfg.w_prior, window=cfg.ncc_window)
+    for name in names:
+        if name not in ("srm-oracle", "iterative"):
+            infer(models, x[:1], name, **kw)                      # warm-up (lazy per-device copies)
+        us = []
+        t = time.perf_counter()
+        for i, s in enumerate(sim.test):                          # one X-ray at a time, as a user would
+            if name == "srm-oracle":
+                c = sim.srm.project(_half(torch.as_tensor(s.field.numpy())[None])[0].numpy())
+                us.append(geo.srm(torch.as_tensor(c, dtype=torch.float32, device=dev)[None]))
+            else:
+                us.append(infer(models, x[i:i + 1], name, **kw))
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        secs = (time.perf_counter() - t) / len(sim.test)
+        u = torch.cat(us)
+        fields[name] = u.detach().cpu()
+        rows = []
+        with torch.no_grad():
+            drrs = geo.render(u).cpu()
+        for i, s in enumerate(sim.test):
+            ui = u[i].detach().cpu().numpy()
+            lab = warp(tmpl_lab.astype(np.int16), ui, spacing=tmpl_vol.spacing, mode="nearest")
+            vol = warp(tmpl_vol.numpy(), ui, spacing=tmpl_vol.spacing)
+            truth_lab = s.labels.numpy()
+            truth = s.volume.numpy()
+            dr = float(truth.max() - truth.min())
+            mse = float(np.mean((vol - truth) ** 2))
+            q = _map_landmarks(ui, L, tmpl_vol)
+            tre = np.linalg.norm(q - np.stack([s.landmarks[k] for k in lm_names]), axis=1)
+            rows.append({**{f"dice_{n}": _dice(lab == v, truth_lab == v) for v, n in _LABELS.items()},
+                         "tre_mm": float(tre.mean()), "tre_max_mm": float(tre.max()),
+                         "psnr": float(10 * np.log10(dr ** 2 / max(mse, 1e-12))),
+                         "drr_ncc": float(ncc(x[i].cpu(), drrs[i], sdim=2))})
+        agg = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        agg["tre_voxels"] = agg["tre_mm"] / vox
+        agg["seconds"] = secs
+        out[name] = agg
+        out[name]["per_subject"] = rows
+    return {"methods": out, "fields": fields, "landmarks": lm_names}
+
+
+# ============================================================================ report
+def _preview(path: Path, sim: Simulation, models: Models, ev: dict, title: str):
+    from ..core.preview import render_panels
+    from ..ops.spatial import warp
+
+    s = sim.test[0]
+    sp = s.volume.spacing
+    Z, Y, X = s.volume.spatial_shape
+    org = np.asarray(s.volume.origin, float)
+    geo = _Geometry(models.template, models.drr, models.srm, torch.device("cpu"))
+    show = [m for m in ("atlas", "iterative", "coarse", "refined") if m in ev["fields"]]
+    win = {"vmin": -200.0, "vmax": 1600.0, "colorbar": "HU", "colorbar_group": "hu"}
+    xr = {"vmin": 0.0, "vmax": 1.0, "colorbar": "DRR (0-1)", "colorbar_group": "drr"}
+    panels = [("X-ray (held-out subject 0)", sim.test_xrays[0].numpy(), dict(xr))]
+    with torch.no_grad():
+        for m in show:
+            d = geo.render(ev["fields"][m][:1])[0].numpy()
+            r = ev["methods"][m]
+            panels.append((f"DRR, {m}: NCC {r['drr_ncc']:.3f}", d, dict(xr)))
+    lo = org - 0.5 * np.asarray(sp)                                 # world (x, y, z) of the grid's outer faces
+    hi = lo + np.asarray(sp) * np.array([X, Y, Z])
+    mid = X // 2
+    sag = dict(win, extent=(lo[1], hi[1], lo[2], hi[2]), xlabel="y (mm, posterior -> anterior)", ylabel="z (mm)")
+    ax_kw = dict(win, extent=(lo[0], hi[0], lo[1], hi[1]), xlabel="x (mm, right -> left)", ylabel="y (mm)")
+    truth_lab = s.labels.numpy()
+    mand_t = (truth_lab == _MANDIBLE).astype(np.uint8) * 3
+    zc = int(np.round(np.nonzero(mand_t)[0].mean())) if mand_t.any() else Z // 3
+    results = {}
+    for m in show:
+        u = ev["fields"][m][0].numpy()
+        results[m] = (warp(sim.template.volume.numpy(), u, spacing=sp),
+                      warp(sim.template.labels.numpy().astype(np.int16), u, spacing=sp, mode="nearest"))
+    panels.append(("truth, mid-sagittal (mandible outlined)", s.volume.numpy()[::-1, :, mid],
+                   dict(sag, overlay=mand_t[::-1, :, mid], overlay_label="mandible")))
+    for m in show:
+        vol, lab = results[m]
+        r = ev["methods"][m]
+        panels.append((f"{m}: mandible Dice {r['dice_mandible']:.3f}, TRE {r['tre_mm']:.2f} mm",
+                       vol[::-1, :, mid], dict(sag, overlay=((lab == _MANDIBLE) * 3).astype(np.uint8)[::-1, :, mid],
+                                               overlay_label="mandible")))
+    zmm = lo[2] + (zc + 0.5) * sp[2]
+    panels.append((f"truth, axial z = {zmm:.0f} mm", s.volume.numpy()[zc, ::-1],
+                   dict(ax_kw, overlay=mand_t[zc, ::-1], overlay_label="mandible")))
+    for m in show:
+        vol, lab = results[m]
+        panels.append((f"{m}, axial", vol[zc, ::-1], dict(ax_kw, overlay=((lab == _MANDIBLE) * 3).astype(np.uint8)
+                                                          [zc, ::-1], overlay_label="mandible")))
+    if "refined" in results:
+        kw = {"vmin": 0, "vmax": 1, "cmap": "magma", "extent": sag["extent"], "xlabel": sag["xlabel"],
+              "ylabel": "z (mm)"}
+        panels.append(("true mandible, lateral MIP", (mand_t > 0).max(2)[::-1].astype(np.float32), dict(kw)))
+        panels.append(("refined mandible, lateral MIP",
+                       (results["refined"][1] == _MANDIBLE).max(2)[::-1].astype(np.float32), dict(kw)))
+    render_panels(panels, path, title=title, cols=5, dpi=80)
+
+
+def _targets(meth: dict) -> dict:
+    t = {}
+    if all(k in meth for k in ("atlas", "coarse", "refined")):
+        a, c, r = meth["atlas"], meth["coarse"], meth["refined"]
+        t["atlas<coarse<refined_mandible_dice"] = bool(a["dice_mandible"] < c["dice_mandible"] < r["dice_mandible"])
+        t["atlas>coarse>refined_tre"] = bool(a["tre_mm"] > c["tre_mm"] > r["tre_mm"])
+        t["refined_mandible_dice>=0.85"] = bool(r["dice_mandible"] >= 0.85)
+        t["refined_tre<=2_voxels"] = bool(r["tre_voxels"] <= 2.0)
+    for name in ("refined-no-mandible", "refined-no-features"):
+        if name in meth and "refined" in meth:
+            t[f"{name}_lowers_mandible_dice"] = bool(meth[name]["dice_mandible"] < meth["refined"]["dice_mandible"])
+    if "iterative" in meth and "refined" in meth:
+        it, r = meth["iterative"], meth["refined"]
+        t["speedup_vs_iterative>=100x"] = bool(it["seconds"] / max(r["seconds"], 1e-9) >= 100)
+        t["refined_dice>=iterative_dice"] = bool(r["dice_mandible"] >= it["dice_mandible"])
+    return t
+
+
+def save_model(models: Models, path, cfg: DregConfig | None = None) -> Path:
+    """Write a trained model folder that :func:`load_model` and ``biomip register2d3d`` read.
+
+    The folder holds ``dreg2d3d.json`` (format, DRR geometry, configuration),
+    ``template.nii.gz`` / ``labels.nii.gz``, ``srm.npz`` and the networks (safetensors + JSON).
+
+    Parameters
+    ----------
+    models : Models
+        The trained networks.
+    path : str or pathlib.Path
+        The folder (created).
+    cfg : DregConfig or None, optional
+        Stored with the model.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder.
+
+    Examples
+    --------
+    >>> save_model(models, "dreg-model")                # doctest: +SKIP
+    """
+    from ..core.atomic import write_json
+    from ..io import write
+
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    write(models.template.volume, p / "template.nii.gz")
+    write(models.template.labels, p / "labels.nii.gz")
+    models.srm.save(p / "srm.npz")
+    models.encoder.save(p / "encoder")
+    if models.refiner is not None:
+        models.refiner.save(p / "refiner")
+    write_json({"format": _MODEL_FORMAT, "version": 1, "drr": models.drr.to_dict(),
+                "landmarks": {k: [float(c) for c in v] for k, v in models.template.landmarks.items()},
+                "config": cfg.to_dict() if cfg is not None else None}, p / "dreg2d3d.json")
+    return p
+
+
+def load_model(path, device=None) -> Models:
+    """Read a model folder written by :func:`save_model` (or ``biomip run dreg2d3d``).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The folder.
+    device : str or torch.device or None, optional
+        Where the networks go.
+
+    Returns
+    -------
+    Models
+        Encoder, refiner, SRM, template and DRR (no mask U-Net: it is needed for training only).
+
+    Raises
+    ------
+    FormatError
+        When the folder is not a dreg2d3d model.
+
+    Examples
+    --------
+    >>> models = load_model("dreg-run/model")           # doctest: +SKIP
+    """
+    from ..core.config import get_device
+    from ..data.skull import SkullSubject
+    from ..io import read
+    from ..nn import FieldRefiner, XrayEncoder
+    from ..ops.ct import DRR
+    from ..register import DeformationModel
+
+    p = Path(path)
+    meta_path = p / "dreg2d3d.json"
+    if not meta_path.is_file():
+        raise FormatError(f"model: {str(p)!r} is not a dreg2d3d model folder (no dreg2d3d.json); expected the "
+                          "model/ folder of `biomip run dreg2d3d`")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != _MODEL_FORMAT:
+        raise FormatError(f"model: {str(meta_path)!r} has format {meta.get('format')!r}; expected {_MODEL_FORMAT!r}")
+    dev = get_device(device)
+    vol, lab = read(p / "template.nii.gz"), read(p / "labels.nii.gz")
+    lab = lab.with_array(lab.numpy().astype(np.uint8), meta={**lab.meta, "kind": "labels"})
+    template = SkullSubject(volume=vol, labels=lab, landmarks={k: np.asarray(v) for k, v in meta["landmarks"].items()},
+                            field=None, opening_deg=0.0, seed=None)
+    enc = XrayEncoder.load(p / "encoder", device=dev).eval()
+    ref = FieldRefiner.load(p / "refiner", device=dev).eval() if (p / "refiner").is_dir() else None
+    drr = DRR.from_dict(meta["drr"])
+    return Models(encoder=enc, refiner=ref, mask_net=None, srm=DeformationModel.load(p / "srm.npz"), template=template,
+                  drr=drr)
+
+
+def _check_xray_geometry(models: Models, xray: Image) -> None:
+    """An X-ray Image that carries its acquisition (a DRR's ``meta["geometry"]``) or a pixel
+    spacing must match the model's pose and detector."""
+    geo = xray.meta.get("geometry") if isinstance(xray.meta, dict) else None
+    mine = models.drr.geometry.to_dict()
+    if isinstance(geo, dict) and "source" in geo:
+        for key in ("source", "det_center", "det_u", "det_v"):
+            a, b = np.asarray(geo.get(key, np.nan), float), np.asarray(mine[key], float)
+            if a.shape != b.shape or not np.allclose(a, b, atol=1.0, rtol=0.01):
+                raise InputError(f"xray: its acquisition pose ({key} {np.round(a, 1).tolist()}) is not the model's "
+                                 f"({np.round(b, 1).tolist()}); expected a lateral X-ray taken with the geometry "
+                                 "the model was trained on (train a model for that pose)")
+    sp = tuple(float(v) for v in xray.spacing[-2:])
+    want = (models.drr.pixel_spacing[1], models.drr.pixel_spacing[0])       # (x = column, y = row) pitch
+    if sp != (1.0, 1.0) and not np.allclose(sp, want, rtol=0.01):
+        raise InputError(f"xray: pixel spacing {tuple(round(v, 4) for v in sp)} mm; expected the model's detector "
+                         f"pitch {tuple(round(v, 4) for v in want)} mm (resample the X-ray to it)")
+
+
+def register_xray(models: Models, xray, method: str = "refined", device=None):
+    """Register the template to one X-ray: the subject's 3-D volume, labels and field.
+
+    Parameters
+    ----------
+    models : Models
+        A trained model (:func:`load_model`).
+    xray : numpy.ndarray, torch.Tensor or Image
+        ``(H, W)`` lateral X-ray on the model's detector (rows superior -> inferior,
+        columns posterior -> anterior), intensities as the model's X-rays (0-1).
+    method : {"refined", "coarse"}, optional
+        Which estimate.
+    device : str or torch.device or None, optional
+        Where to run.
+
+    Returns
+    -------
+    tuple of Image
+        ``(volume, labels, field)`` on the template's grid.
+
+    Raises
+    ------
+    ShapeError
+        When the X-ray does not have the model's detector shape.
+    InputError
+        For non-finite X-rays or an unknown method.
+
+    Examples
+    --------
+    >>> vol, lab, u = register_xray(models, xray)       # doctest: +SKIP
+    """
+    from ..ops.spatial import warp
+
+    if method not in ("refined", "coarse"):
+        raise InputError(f"method: got {method!r}; expected 'refined' or 'coarse'")
+    if isinstance(xray, Image):
+        _check_xray_geometry(models, xray)
+    a = xray.numpy() if isinstance(xray, Image) else np.asarray(xray.detach().cpu() if torch.is_tensor(xray) else xray)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        a = a[..., :3].mean(-1)
+    if a.ndim != 2:
+        raise ShapeError(f"xray: got shape {a.shape}; expected one 2-D X-ray {tuple(models.drr.det_shape)}")
+    u = infer(models, a.astype(np.float32), method, device=device)[0].cpu().numpy()
+    t = models.template
+    vol = warp(t.volume, t.volume.with_array(u, axes="czyx", meta={"kind": "displacement"})
+               if hasattr(t.volume, "with_array") else u)
+    lab = warp(t.labels.numpy().astype(np.int16), u, spacing=t.volume.spacing, mode="nearest").astype(np.uint8)
+    uimg = Image(u.astype(np.float32), spacing=t.volume.spacing, origin=t.volume.origin, direction=t.volume.direction,
+                 axes="czyx", meta={"kind": "displacement"})
+    return vol, t.labels.with_array(lab), uimg
+
+
+def run(cfg: DregConfig | None = None, out=None, device=None, progress=None) -> dict:
+    """simulate -> train -> infer -> evaluate -> report.
+
+    Writes (when ``out`` is given) ``report.json``, ``preview.png``, ``model/`` (for
+    ``biomip register2d3d``) and ``xray.png`` / ``xray.npy`` (one held-out X-ray) into ``out``.
+
+    Parameters
+    ----------
+    cfg : DregConfig or None, optional
+        Configuration (default :meth:`DregConfig.quick`).
+    out : str or pathlib.Path or None, optional
+        Output folder.
+    device : str or torch.device or None, optional
+        Training / inference device.
+    progress : bool or None, optional
+        Progress bars.
+
+    Returns
+    -------
+    dict
+        The report: ``methods`` (per method: ``dice_mandible``, ``dice_maxilla``,
+        ``dice_skull``, ``tre_mm``, ``tre_voxels``, ``psnr``, ``drr_ncc``, ``seconds``),
+        ``srm`` (modes, explained variance), ``targets``, ``config``, ``seeds``, timings.
+
+    Examples
+    --------
+    >>> report = run(DregConfig.tiny(), out="dreg-tiny")  # doctest: +SKIP
+    """
+    from ..core.atomic import write_json
+    from ..core.config import get_device
+
+    cfg = _check(cfg if cfg is not None else DregConfig.quick())
+    dev = get_device(device)
+    t0 = time.perf_counter()
+    sim = simulate(cfg, progress=progress)
+    models = train(cfg, sim, device=dev, progress=progress)
+    ev = evaluate(cfg, sim, models, device=dev)
+    meth = {k: {kk: vv for kk, vv in v.items() if kk != "per_subject"} for k, v in ev["methods"].items()}
+    report = {
+        "pipeline": "dreg2d3d", "mode": cfg.mode, "config": cfg.to_dict(),
+        "seeds": {"srm_cohort": [cfg.seed * 100_000 + 1000, cfg.n_srm], "train_cohort":
+                  [cfg.seed * 100_000 + 20_000, cfg.n_train], "test": [cfg.seed * 100_000 + 50_000, cfg.n_test],
+                  "networks": cfg.seed},
+        "data": {"grid": list(cfg.shape), "spacing_mm": list(sim.template.volume.spacing),
+                 "detector": list(cfg.det_shape), "pixel_mm": list(sim.drr.pixel_spacing),
+                 "landmarks": ev["landmarks"], "xray": f"tissue-class DRR, blur {cfg.xray_blur} px, noise {cfg.noise}"},
+        "srm": {"modes": int(sim.srm.k), "explained_variance": sim.srm_explained, "grid": "half resolution"},
+        "methods": meth,
+        "per_subject": {k: v["per_subject"] for k, v in ev["methods"].items()},
+        "train_seconds": models.train_seconds,
+        "loss_first_last": {k: [float(np.mean(h[:10])), float(np.mean(h[-10:]))] for k, h in models.history.items()
+                            if h},
+        "targets": _targets(meth),
+        "simulation_seconds": sim.seconds,
+        "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        "threads": torch.get_num_threads(),
+    }
+    if "iterative" in meth and "refined" in meth:
+        report["speedup_vs_iterative"] = meth["iterative"]["seconds"] / max(meth["refined"]["seconds"], 1e-9)
+    report["seconds"] = time.perf_counter() - t0
+    if out is not None:
+        from ..io import write
+
+        o = Path(out)
+        o.mkdir(parents=True, exist_ok=True)
+        save_model(models, o / "model", cfg)
+        xr = sim.test_xrays[0].numpy()
+        np.save(o / "xray.npy", xr)
+        write(Image(xr.astype(np.float32), spacing=tuple(reversed(sim.drr.pixel_spacing)),
+                    axes="yx"), o / "xray.tif")
+        _preview(o / "preview.png", sim, models, ev, f"SC-DREG 2-D/3-D registration, held-out subject 0 ({cfg.mode})")
+        report["files"] = {"report": "report.json", "preview": "preview.png", "model": "model/", "xray": "xray.tif"}
+        write_json(report, o / "report.json")
+    return report

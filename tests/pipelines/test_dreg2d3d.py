@@ -1,0 +1,161 @@
+"""SC-DREG pipeline (case study 6): SRM decoding, feature back-projection, tiny end-to-end run,
+model round trip, bad input, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from biomip.core.errors import BiomipError, FormatError, InputError, ShapeError
+from biomip.pipelines import dreg2d3d as dreg
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("dreg")
+    cfg = dreg.DregConfig.tiny()
+    report = dreg.run(cfg, out=out, device="cpu", progress=False)
+    return cfg, report, out
+
+
+def test_srm_decoder_recovers_a_field_in_its_span():
+    """A field in the SRM's span: its coefficients are recovered by the model's projection,
+    and the torch decoder used in training gives the model's field."""
+    from biomip.register import DeformationModel
+
+    rng = np.random.default_rng(0)
+    fields = rng.normal(size=(12, 3, 8, 8, 8)).astype(np.float64)
+    srm = DeformationModel.fit(fields, k=5)
+    c = np.array([1.5, -0.7, 0.2, 0.0, 2.0])
+    u = srm.field(c).numpy()
+    np.testing.assert_allclose(srm.project(u), c, atol=1e-4)
+    dec = dreg._SRM(srm)
+    half = dec.half(torch.tensor(c, dtype=torch.float32)[None])[0].numpy()
+    np.testing.assert_allclose(half, u, atol=1e-4)
+    # the half-resolution grid: block means, and upsampling keeps a constant field
+    const = torch.ones(1, 3, 8, 8, 8) * torch.tensor([1.0, -2.0, 3.0]).reshape(1, 3, 1, 1, 1)
+    np.testing.assert_allclose(dreg._full(dreg._half(const)).numpy(), const.numpy(), atol=1e-6)
+
+
+def test_feature_back_projection_samples_where_the_voxel_projects():
+    """X(p), p = pi(v + phi(v)): a feature map with one hot pixel at the projection of a world
+    point is read back at the half-grid voxel that holds that point (and not elsewhere)."""
+    from biomip.data.skull import skull_template
+    from biomip.ops.ct import DRR
+    from biomip.register import DeformationModel
+
+    t = skull_template((32, 32, 32))
+    drr = DRR(t.volume, det_shape=(32, 32))
+    srm = DeformationModel.fit(np.zeros((3, 3, 16, 16, 16)) + np.arange(3)[:, None, None, None, None], k=1)
+    geo = dreg._Geometry(t, drr, srm, torch.device("cpu"))
+    v = (5, 9, 3)                                                 # a half-grid voxel (z, y, x)
+    p = geo.points[0, :, v[0], v[1], v[2]]                        # its world point (x, y, z)
+    shift = torch.tensor([4.0, -6.0, 3.0])                        # a displacement phi(v), mm
+    r, c = (float(a) for a in drr.project_points(p + shift))
+    fmap = torch.zeros(1, 1, 32, 32)
+    fmap[0, 0, int(round(r)), int(round(c))] = 1.0
+    u_half = torch.zeros(1, 3, 16, 16, 16)
+    u_half[0, :, v[0], v[1], v[2]] = shift
+    x = geo.features_at([fmap], u_half)[0, 0]
+    frac_r, frac_c = r - round(r), c - round(c)
+    expect = (1 - abs(frac_r)) * (1 - abs(frac_c))               # bilinear weight of the hot pixel
+    assert x[v].item() == pytest.approx(expect, abs=1e-4)
+    assert x[v].item() > 0.2
+    # without the displacement the voxel projects elsewhere
+    assert geo.features_at([fmap], torch.zeros(1, 3, 16, 16, 16))[0, 0][v].item() < x[v].item()
+
+
+def test_tiny_run_end_to_end(tiny_run):
+    cfg, rep, out = tiny_run
+    meth = rep["methods"]
+    for name in ("atlas", "iterative", "coarse", "refined", "refined-no-mandible", "refined-no-features",
+                 "srm-oracle"):
+        assert name in meth
+        for key in ("dice_mandible", "dice_maxilla", "dice_skull", "tre_mm", "tre_voxels", "psnr", "drr_ncc",
+                    "seconds"):
+            assert np.isfinite(meth[name][key]), (name, key)
+        assert 0.0 <= meth[name]["dice_mandible"] <= 1.0
+    # the atlas is the unregistered template: zero field, the template's volume
+    assert meth["atlas"]["seconds"] < meth["iterative"]["seconds"]
+    # the SRM oracle (true field projected on the model) is closer than the atlas
+    assert meth["srm-oracle"]["tre_mm"] < meth["atlas"]["tre_mm"]
+    assert 0 < rep["srm"]["modes"] <= cfg.max_k and 0 < rep["srm"]["explained_variance"] <= 1.0
+    saved = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert saved["methods"]["refined"]["dice_mandible"] == pytest.approx(meth["refined"]["dice_mandible"])
+    assert saved["config"]["mode"] == "tiny" and "seeds" in saved and "targets" in saved
+    assert (out / "preview.png").stat().st_size > 10_000
+    assert (out / "model" / "dreg2d3d.json").is_file() and (out / "xray.tif").is_file()
+
+
+def test_saved_model_registers_a_new_xray(tiny_run, tmp_path):
+    from biomip.data.skull import skull_subject
+    from biomip.io import read
+
+    cfg, rep, out = tiny_run
+    models = dreg.load_model(out / "model", device="cpu")
+    subject = skull_subject(models.template, seed=999)
+    x = dreg.xray_image(models.drr, subject.volume, seed=1)
+    vol, lab, u = dreg.register_xray(models, x.numpy())
+    assert vol.spatial_shape == models.template.volume.spatial_shape == lab.spatial_shape
+    assert u.axes == "czyx" and np.isfinite(u.numpy()).all()
+    assert set(np.unique(lab.numpy())) <= {0, 1, 2, 3}
+    # the written X-ray (with its detector pitch) is accepted; same result as the array
+    img = read(out / "xray.tif")
+    _, _, u2 = dreg.register_xray(models, img)
+    _, _, u3 = dreg.register_xray(models, np.load(out / "xray.npy"))
+    np.testing.assert_allclose(u2.numpy(), u3.numpy(), atol=1e-3)
+
+
+def test_bad_input(tiny_run, tmp_path):
+    cfg, rep, out = tiny_run
+    models = dreg.load_model(out / "model", device="cpu")
+    with pytest.raises(ShapeError, match="xrays"):
+        dreg.register_xray(models, np.zeros((40, 32), np.float32))
+    with pytest.raises(InputError, match="NaN"):
+        dreg.register_xray(models, np.full((32, 32), np.nan, np.float32))
+    with pytest.raises(InputError, match="method"):
+        dreg.register_xray(models, np.zeros((32, 32), np.float32), method="magic")
+    from biomip.core.image import Image
+
+    with pytest.raises(InputError, match="pixel spacing"):
+        dreg.register_xray(models, Image(np.zeros((32, 32), np.float32), spacing=(0.1, 0.1), axes="yx"))
+    from biomip.ops.ct import DRR
+
+    frontal = DRR(models.template.volume, det_shape=(32, 32), view="frontal")
+    img = frontal.render(models.template.volume)
+    with pytest.raises(InputError, match="pose"):
+        dreg.register_xray(models, img)
+    with pytest.raises(FormatError, match="dreg2d3d"):
+        dreg.load_model(tmp_path)
+    with pytest.raises(InputError, match="shape"):
+        dreg.simulate(dreg.DregConfig.tiny(shape=(30, 32, 32)))
+    with pytest.raises(InputError, match="det_shape"):
+        dreg.simulate(dreg.DregConfig.tiny(det_shape=(20, 32)))
+    with pytest.raises(InputError, match="cfg"):
+        dreg.simulate({"shape": (32, 32, 32)})
+    assert issubclass(FormatError, BiomipError)
+
+
+def test_cli(tiny_run, tmp_path, capsys):
+    from biomip.cli.main import main
+
+    cfg, rep, out = tiny_run
+    vol = tmp_path / "subject.nii.gz"
+    assert main(["register2d3d", str(out / "model"), str(out / "xray.tif"), "--out", str(vol)]) == 0
+    assert vol.is_file() and (tmp_path / "subject.labels.nii.gz").is_file()
+    assert (tmp_path / "subject.field.nii.gz").is_file()
+    capsys.readouterr()
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((48, 48), np.float32))
+    assert main(["register2d3d", str(out / "model"), str(bad), "--out", str(tmp_path / "b.nii.gz")]) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "xray" in err.lower()
+    assert not (tmp_path / "b.nii.gz").exists()
+    assert main(["register2d3d", str(tmp_path), str(bad), "--out", str(tmp_path / "c.nii.gz")]) != 0
+    err = capsys.readouterr().err
+    assert "dreg2d3d" in err and "Traceback" not in err
+    # a run into a non-empty folder is refused before any work
+    assert main(["run", "dreg2d3d", "--tiny", "--out", str(out)]) != 0
+    assert "not empty" in capsys.readouterr().err
