@@ -76,7 +76,9 @@ def test_inpaint_errors_name_the_argument():
     with pytest.raises(InputError, match="mask"):
         inpaint(img, np.full((16, 16), 3))
     with pytest.raises(InputError, match="model: got None"):
-        inpaint(img, np.ones((16, 16), bool), method="gan")
+        inpaint(img, np.eye(16, dtype=bool), method="gan")
+    with pytest.raises(InputError, match="mask: covers the whole image"):
+        inpaint(img, np.ones((16, 16), bool))
     with pytest.raises(InputError, match="method"):
         inpaint(img, np.ones((16, 16), bool), method="magic")
     with pytest.raises(InputError, match="model: got"):

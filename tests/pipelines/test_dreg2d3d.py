@@ -111,16 +111,18 @@ def test_saved_model_registers_a_new_xray(tiny_run, tmp_path):
 def test_bad_input(tiny_run, tmp_path):
     cfg, rep, out = tiny_run
     models = dreg.load_model(out / "model", device="cpu")
-    with pytest.raises(ShapeError, match="xrays"):
+    with pytest.raises(ShapeError, match="xray"):
         dreg.register_xray(models, np.zeros((40, 32), np.float32))
+    with pytest.raises(InputError, match="constant"):
+        dreg.register_xray(models, np.zeros((32, 32), np.float32))
     with pytest.raises(InputError, match="NaN"):
         dreg.register_xray(models, np.full((32, 32), np.nan, np.float32))
     with pytest.raises(InputError, match="method"):
-        dreg.register_xray(models, np.zeros((32, 32), np.float32), method="magic")
+        dreg.register_xray(models, np.eye(32, dtype=np.float32), method="magic")
     from biomip.core.image import Image
 
     with pytest.raises(InputError, match="pixel spacing"):
-        dreg.register_xray(models, Image(np.zeros((32, 32), np.float32), spacing=(0.1, 0.1), axes="yx"))
+        dreg.register_xray(models, Image(np.eye(32, dtype=np.float32), spacing=(0.1, 0.1), axes="yx"))
     from biomip.ops.ct import DRR
 
     frontal = DRR(models.template.volume, det_shape=(32, 32), view="frontal")
@@ -129,6 +131,11 @@ def test_bad_input(tiny_run, tmp_path):
         dreg.register_xray(models, img)
     with pytest.raises(FormatError, match="dreg2d3d"):
         dreg.load_model(tmp_path)
+    (tmp_path / "dreg2d3d.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(FormatError, match="JSON"):
+        dreg.load_model(tmp_path)
+    with pytest.raises(InputError, match="seed"):
+        dreg.simulate(dreg.DregConfig.tiny(seed=-1))
     with pytest.raises(InputError, match="shape"):
         dreg.simulate(dreg.DregConfig.tiny(shape=(30, 32, 32)))
     with pytest.raises(InputError, match="det_shape"):
@@ -153,9 +160,18 @@ def test_cli(tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and "xray" in err.lower()
     assert not (tmp_path / "b.nii.gz").exists()
-    assert main(["register2d3d", str(tmp_path), str(bad), "--out", str(tmp_path / "c.nii.gz")]) != 0
+    (tmp_path / "notamodel").mkdir()
+    assert main(["register2d3d", str(tmp_path / "notamodel"), str(bad), "--out", str(tmp_path / "c.nii.gz")]) != 0
     err = capsys.readouterr().err
     assert "dreg2d3d" in err and "Traceback" not in err
     # a run into a non-empty folder is refused before any work
     assert main(["run", "dreg2d3d", "--tiny", "--out", str(out)]) != 0
     assert "not empty" in capsys.readouterr().err
+    # the model folder is never an output
+    assert main(["register2d3d", str(out / "model"), str(out / "xray.tif"), "--out",
+                 str(out / "model" / "template.nii.gz"), "--overwrite"]) != 0
+    assert "inside the model folder" in capsys.readouterr().err
+    junk = tmp_path / "junk.npy"
+    junk.write_text("not an array", encoding="utf-8")
+    assert main(["register2d3d", str(out / "model"), str(junk), "--out", str(tmp_path / "j.nii.gz")]) == 2
+    assert "NPY" in capsys.readouterr().err

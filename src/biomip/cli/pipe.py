@@ -232,18 +232,27 @@ def register2d3d_cmd(model: Path = typer.Argument(..., help="A model folder (the
                      method: str = typer.Option("refined", help="refined or coarse."),
                      device: str | None = typer.Option(None, help="cpu, cuda, auto."),
                      overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files.")):
-    """Register a trained template head to one lateral X-ray: the subject's 3-D volume, its
-    mandible / maxilla / skull labels and the displacement field."""
+    """Register a trained template head to one lateral X-ray: the subject's 3-D volume (HU),
+    its labels (1 skull, 2 maxilla, 3 mandible) and the displacement field (mm, components
+    x y z, subject(p) = template(p + u(p))), written next to --out as NAME.labels.nii.gz and
+    NAME.field.nii.gz."""
     from ..io import write
     from ..pipelines.dreg2d3d import load_model, register_xray
     from ._common import Outputs, sibling
 
+    mdir = Path(model).resolve()
+    if mdir == Path(out).resolve().parent or mdir in Path(out).resolve().parents:
+        raise InputError(f"--out: {str(out)!r} is inside the model folder {str(model)!r}; expected a path outside it "
+                         "(the model must not be overwritten)")
     outs = Outputs(overwrite=overwrite, inputs=[model, xray])
     outs.add(out, "--out", sdim=3, dtype_kind="f", siblings=(".labels.nii.gz", ".field.nii.gz"))
     lab_path, field_path = sibling(out, ".labels.nii.gz"), sibling(out, ".field.nii.gz")
     models = load_model(model, device=device)
     if Path(xray).suffix.lower() == ".npy":
-        img = np.load(xray, allow_pickle=False)
+        try:
+            img = np.load(xray, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"XRAY: {str(xray)!r} is not a readable NPY array ({exc})") from exc
     else:
         img = read_input(xray, "XRAY").numpy()
     t = time.perf_counter()
@@ -253,7 +262,8 @@ def register2d3d_cmd(model: Path = typer.Argument(..., help="A model folder (the
         write(vol, out)
         write(lab, lab_path)
         write(u, field_path)
-    typer.echo(f"wrote {out}, {lab_path.name}, {field_path.name}  ({method}, {secs:.2f} s)")
+    typer.echo(f"wrote {out}, {lab_path.name} (1 skull, 2 maxilla, 3 mandible), {field_path.name} (displacement "
+               f"in mm, x y z components: subject(p) = template(p + u(p)))  ({method}, {secs:.2f} s)")
 
 
 def reconstruct_serenet(model: Path, measurement: Path, out: Path, offset: float | None,

@@ -256,6 +256,8 @@ class RepairNet(GenerativeModel):
         m = np.asarray(as_numpy(mask), bool)
         if m.shape != a.shape:
             raise ShapeError(f"mask: got shape {m.shape}; expected the image's {a.shape}")
+        if m.all():
+            raise InputError("mask: covers the whole image; nothing is left to fill the region from")
         fill = biharmonic_fill(a, m)
         ft = self.to_net(torch.as_tensor(fill)[None, None].to(self.device))
         mt = torch.as_tensor(m)[None, None].float().to(self.device)

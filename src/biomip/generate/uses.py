@@ -150,6 +150,14 @@ def inpaint(image, mask, method: str = "biharmonic", model=None, *, steps: int =
     m = _mask(mask, arr.shape[1:])
     if not m.any():
         return _out(arr.copy(), image, sdim)
+    if method != "biharmonic":                              # the model is checked before the data
+        if model is None:
+            raise InputError(f"model: got None; method={method!r} needs a trained model")
+        _model_kind(model, {method: {"repair": "RepairNet", "gan": "Pix2Pix", "diffusion": "Diffusion",
+                                     "mae": "MAE"}[method]})
+    if m.all():
+        raise InputError("mask: covers the whole image; nothing is left to fill the region from (expected a mask "
+                         "of the damaged region only)")
     if method == "biharmonic":
         from skimage.restoration import inpaint_biharmonic
 

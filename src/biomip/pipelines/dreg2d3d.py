@@ -45,7 +45,7 @@ Python::
 Command line::
 
     biomip run dreg2d3d --quick --out dreg-run
-    biomip register2d3d dreg-run/model dreg-run/xray.png --out volume.nii.gz
+    biomip register2d3d dreg-run/model dreg-run/xray.tif --out volume.nii.gz
 """
 
 from __future__ import annotations
@@ -267,6 +267,7 @@ def _check(cfg: DregConfig) -> DregConfig:
         raise InputError(f"det_shape: got {cfg.det_shape!r}; expected 2 sizes >= 16, multiples of 16")
     for name in ("n_srm", "n_train", "n_test", "batch_size", "max_k"):
         check_count(getattr(cfg, name), name)
+    check_number(cfg.seed, "seed", integer=True, low=0)
     if cfg.n_srm < 3:
         raise InputError(f"n_srm: got {cfg.n_srm}; expected at least 3 fields for the SRM")
     for name in ("mask_steps", "coarse_steps", "refine_steps", "iterative_iterations"):
@@ -921,19 +922,20 @@ def _preview(path: Path, sim: Simulation, models: Models, ev: dict, title: str):
     org = np.asarray(s.volume.origin, float)
     geo = _Geometry(models.template, models.drr, models.srm, torch.device("cpu"))
     show = [m for m in ("atlas", "iterative", "coarse", "refined") if m in ev["fields"]]
+    one = {m: ev["methods"][m]["per_subject"][0] for m in show}       # this subject's figures, not the means
     win = {"vmin": -200.0, "vmax": 1600.0, "colorbar": "HU", "colorbar_group": "hu"}
     xr = {"vmin": 0.0, "vmax": 1.0, "colorbar": "DRR (0-1)", "colorbar_group": "drr"}
     panels = [("X-ray (held-out subject 0)", sim.test_xrays[0].numpy(), dict(xr))]
     with torch.no_grad():
         for m in show:
             d = geo.render(ev["fields"][m][:1])[0].numpy()
-            r = ev["methods"][m]
-            panels.append((f"DRR, {m}: NCC {r['drr_ncc']:.3f}", d, dict(xr)))
+            panels.append((f"DRR, {m}: NCC {one[m]['drr_ncc']:.3f}", d, dict(xr)))
     lo = org - 0.5 * np.asarray(sp)                                 # world (x, y, z) of the grid's outer faces
     hi = lo + np.asarray(sp) * np.array([X, Y, Z])
     mid = X // 2
     sag = dict(win, extent=(lo[1], hi[1], lo[2], hi[2]), xlabel="y (mm, posterior -> anterior)", ylabel="z (mm)")
-    ax_kw = dict(win, extent=(lo[0], hi[0], lo[1], hi[1]), xlabel="x (mm, right -> left)", ylabel="y (mm)")
+    ax_kw = dict(win, extent=(lo[0], hi[0], lo[1], hi[1]), xlabel="x (mm, right -> left)",
+                 ylabel="y (mm, posterior -> anterior)")
     truth_lab = s.labels.numpy()
     mand_t = (truth_lab == _MANDIBLE).astype(np.uint8) * 3
     zc = int(np.round(np.nonzero(mand_t)[0].mean())) if mand_t.any() else Z // 3
@@ -942,11 +944,11 @@ def _preview(path: Path, sim: Simulation, models: Models, ev: dict, title: str):
         u = ev["fields"][m][0].numpy()
         results[m] = (warp(sim.template.volume.numpy(), u, spacing=sp),
                       warp(sim.template.labels.numpy().astype(np.int16), u, spacing=sp, mode="nearest"))
-    panels.append(("truth, mid-sagittal (mandible outlined)", s.volume.numpy()[::-1, :, mid],
+    panels.append(("truth, mid-sagittal, mandible overlaid", s.volume.numpy()[::-1, :, mid],
                    dict(sag, overlay=mand_t[::-1, :, mid], overlay_label="mandible")))
     for m in show:
         vol, lab = results[m]
-        r = ev["methods"][m]
+        r = one[m]
         panels.append((f"{m}: mandible Dice {r['dice_mandible']:.3f}, TRE {r['tre_mm']:.2f} mm",
                        vol[::-1, :, mid], dict(sag, overlay=((lab == _MANDIBLE) * 3).astype(np.uint8)[::-1, :, mid],
                                                overlay_label="mandible")))
@@ -955,7 +957,7 @@ def _preview(path: Path, sim: Simulation, models: Models, ev: dict, title: str):
                    dict(ax_kw, overlay=mand_t[zc, ::-1], overlay_label="mandible")))
     for m in show:
         vol, lab = results[m]
-        panels.append((f"{m}, axial", vol[zc, ::-1], dict(ax_kw, overlay=((lab == _MANDIBLE) * 3).astype(np.uint8)
+        panels.append((f"{m}, axial z = {zmm:.0f} mm", vol[zc, ::-1], dict(ax_kw, overlay=((lab == _MANDIBLE) * 3).astype(np.uint8)
                                                           [zc, ::-1], overlay_label="mandible")))
     if "refined" in results:
         kw = {"vmin": 0, "vmax": 1, "cmap": "magma", "extent": sag["extent"], "xlabel": sag["xlabel"],
@@ -963,7 +965,7 @@ def _preview(path: Path, sim: Simulation, models: Models, ev: dict, title: str):
         panels.append(("true mandible, lateral MIP", (mand_t > 0).max(2)[::-1].astype(np.float32), dict(kw)))
         panels.append(("refined mandible, lateral MIP",
                        (results["refined"][1] == _MANDIBLE).max(2)[::-1].astype(np.float32), dict(kw)))
-    render_panels(panels, path, title=title, cols=5, dpi=80)
+    render_panels(panels, path, title=title + " -- figures in the panel titles are this subject's", cols=5, dpi=80)
 
 
 def _targets(meth: dict) -> dict:
@@ -1061,9 +1063,14 @@ def load_model(path, device=None) -> Models:
     if not meta_path.is_file():
         raise FormatError(f"model: {str(p)!r} is not a dreg2d3d model folder (no dreg2d3d.json); expected the "
                           "model/ folder of `biomip run dreg2d3d`")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != _MODEL_FORMAT:
-        raise FormatError(f"model: {str(meta_path)!r} has format {meta.get('format')!r}; expected {_MODEL_FORMAT!r}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"model: {str(meta_path)!r} is not valid JSON ({exc}); the model folder is damaged -- "
+                          "re-run `biomip run dreg2d3d` or restore it") from exc
+    if not isinstance(meta, dict) or meta.get("format") != _MODEL_FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise FormatError(f"model: {str(meta_path)!r} has format {got!r}; expected {_MODEL_FORMAT!r}")
     dev = get_device(device)
     vol, lab = read(p / "template.nii.gz"), read(p / "labels.nii.gz")
     lab = lab.with_array(lab.numpy().astype(np.uint8), meta={**lab.meta, "kind": "labels"})
@@ -1104,7 +1111,8 @@ def register_xray(models: Models, xray, method: str = "refined", device=None):
         A trained model (:func:`load_model`).
     xray : numpy.ndarray, torch.Tensor or Image
         ``(H, W)`` lateral X-ray on the model's detector (rows superior -> inferior,
-        columns posterior -> anterior), intensities as the model's X-rays (0-1).
+        columns posterior -> anterior), in any intensity scale (each X-ray is standardised
+        to zero mean and unit variance), brighter where more bone is crossed.
     method : {"refined", "coarse"}, optional
         Which estimate.
     device : str or torch.device or None, optional
@@ -1133,10 +1141,21 @@ def register_xray(models: Models, xray, method: str = "refined", device=None):
     if isinstance(xray, Image):
         _check_xray_geometry(models, xray)
     a = xray.numpy() if isinstance(xray, Image) else np.asarray(xray.detach().cpu() if torch.is_tensor(xray) else xray)
+    if a.dtype.kind not in "biuf":
+        raise InputError(f"xray: got an array of dtype {a.dtype}; expected a real-valued grey X-ray")
     if a.ndim == 3 and a.shape[-1] in (3, 4):
         a = a[..., :3].mean(-1)
+    h, w = models.drr.det_shape
     if a.ndim != 2:
-        raise ShapeError(f"xray: got shape {a.shape}; expected one 2-D X-ray {tuple(models.drr.det_shape)}")
+        raise ShapeError(f"xray: got shape {a.shape}; expected one grey 2-D X-ray of {h} x {w} pixels (a colour "
+                         "image is taken as its mean over red, green, blue)")
+    if a.shape != (h, w):
+        raise ShapeError(f"xray: got {a.shape[0]} x {a.shape[1]} pixels; expected the model's detector, {h} x {w} "
+                         f"pixels of {models.drr.pixel_spacing[0]:.3g} mm (resample the X-ray to it)")
+    if not np.all(np.isfinite(a)):
+        raise InputError("xray: contains NaN or infinity; expected a finite X-ray image")
+    if float(np.ptp(a)) == 0.0:
+        raise InputError(f"xray: is constant ({float(a.flat[0]):.4g} everywhere); expected a lateral X-ray")
     u = infer(models, a.astype(np.float32), method, device=device)[0].cpu().numpy()
     t = models.template
     vol = warp(t.volume, t.volume.with_array(u, axes="czyx", meta={"kind": "displacement"})
@@ -1200,6 +1219,11 @@ def run(cfg: DregConfig | None = None, out=None, device=None, progress=None) -> 
         "loss_first_last": {k: [float(np.mean(h[:10])), float(np.mean(h[-10:]))] for k, h in models.history.items()
                             if h},
         "targets": _targets(meth),
+        "warnings": [f"{k}: the training loss did not fall (mean of the first 10 steps {h0:.4g}, of the last 10 "
+                     f"{h1:.4g}); its figures are those of an untrained network" for k, (h0, h1) in
+                     ((k, (float(np.mean(h[:10])), float(np.mean(h[-10:])))) for k, h in models.history.items() if h)
+                     if h1 >= h0] + ([f"mode {cfg.mode!r}: sized for CI (a few training steps); the targets are "
+                                      "checked on the quick mode"] if cfg.mode == "tiny" else []),
         "simulation_seconds": sim.seconds,
         "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
         "threads": torch.get_num_threads(),
@@ -1218,6 +1242,7 @@ def run(cfg: DregConfig | None = None, out=None, device=None, progress=None) -> 
         write(Image(xr.astype(np.float32), spacing=tuple(reversed(sim.drr.pixel_spacing)),
                     axes="yx"), o / "xray.tif")
         _preview(o / "preview.png", sim, models, ev, f"SC-DREG 2-D/3-D registration, held-out subject 0 ({cfg.mode})")
-        report["files"] = {"report": "report.json", "preview": "preview.png", "model": "model/", "xray": "xray.tif"}
+        report["files"] = {"report": "report.json", "preview": "preview.png", "model": "model/", "xray": "xray.tif",
+                           "xray_array": "xray.npy"}
         write_json(report, o / "report.json")
     return report
