@@ -500,7 +500,7 @@ class Models:
     train_seconds: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict, repr=False)
 
-    def geometry(self, device) -> _Geometry:
+    def _geometry(self, device) -> _Geometry:
         """The tensors inference needs on ``device`` (built once per device)."""
         key = str(device)
         if key not in self.cache:
@@ -783,7 +783,7 @@ def infer(models: Models, xrays, method: str = "refined", device=None, iteration
     from ..core.config import get_device
 
     dev = get_device(device)
-    geo = models.geometry(dev)
+    geo = models._geometry(dev)
     x = torch.as_tensor(np.asarray(xrays) if not torch.is_tensor(xrays) else xrays, dtype=torch.float32).to(dev)
     if x.ndim == 2:
         x = x[None]
@@ -861,7 +861,7 @@ def evaluate(cfg: DregConfig, sim: Simulation, models: Models, device=None, meth
     dev = get_device(device)
     names = list(methods) if methods is not None else (
         ["atlas", "iterative", "coarse", "refined", *models.ablations, "srm-oracle"])
-    geo = models.geometry(dev)
+    geo = models._geometry(dev)
     tmpl_vol = sim.template.volume
     tmpl_lab = sim.template.labels.numpy()
     lm_names = list(sim.template.landmarks)
