@@ -31,8 +31,10 @@ def test_srm_decoder_recovers_a_field_in_its_span():
     c = np.array([1.5, -0.7, 0.2, 0.0, 2.0])
     u = srm.field(c).numpy()
     np.testing.assert_allclose(srm.project(u), c, atol=1e-4)
-    dec = dreg._SRM(srm)
-    half = dec.half(torch.tensor(c, dtype=torch.float32)[None])[0].numpy()
+    from biomip.nn import FieldSubspace
+
+    dec = FieldSubspace(srm.mean, srm.components, srm.variances)
+    half = dec(torch.tensor(c, dtype=torch.float32)[None])[0].numpy()
     np.testing.assert_allclose(half, u, atol=1e-4)
     # the half-resolution grid: block means, and upsampling keeps a constant field
     const = torch.ones(1, 3, 8, 8, 8) * torch.tensor([1.0, -2.0, 3.0]).reshape(1, 3, 1, 1, 1)

@@ -25,6 +25,7 @@ field losses are in :mod:`biomip.nn.losses`.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,7 +37,7 @@ from .autoencoders import ResBlock
 from .base import SavedModule, check_batch
 from .layers import Conv3d
 
-__all__ = ["FieldRefiner", "XrayEncoder", "sample_projected"]
+__all__ = ["FieldRefiner", "FieldSubspace", "XrayEncoder", "sample_projected"]
 
 
 def _groups(c: int, most: int = 8) -> int:
@@ -459,3 +460,65 @@ class FieldRefiner(SavedModule):
             h = fuse(torch.cat([up(h), skips.pop()], dim=1))
         delta = F.interpolate(self.head(h), scale_factor=2, mode="trilinear", align_corners=False)
         return coarse + self.field_scale * delta
+
+
+class FieldSubspace(nn.Module):
+    """A linear (PCA) model of displacement fields as a differentiable decoder.
+
+    ``forward(c)`` maps coefficients ``(N, k)``, in standard deviations of the training
+    fields, to fields ``mean + sum_k c_k sqrt(var_k) phi_k`` of shape ``(N, d, *S)`` -- the
+    statistical registration-field model of 2-D/3-D registration as a network layer (the
+    arrays of :class:`biomip.register.DeformationModel`).
+
+    Parameters
+    ----------
+    mean : array_like
+        Mean field ``(d, *S)``.
+    components : array_like
+        Orthonormal modes ``(k, d, *S)``.
+    variances : array_like
+        ``(k,)`` variance along each mode.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> sub = FieldSubspace(np.zeros((2, 4, 4)), np.ones((1, 2, 4, 4)) / np.sqrt(32), np.array([32.0]))
+    >>> sub(torch.tensor([[1.0]]))[0, 0, 0, 0].item()           # one standard deviation
+    1.0
+    """
+
+    def __init__(self, mean, components, variances):
+        super().__init__()
+        comps = np.asarray(components, np.float64)
+        var = np.asarray(variances, np.float64).ravel()
+        mu = np.asarray(mean, np.float64)
+        if comps.ndim < 2 or comps.shape[1:] != mu.shape or var.size != comps.shape[0]:
+            raise ShapeError(f"components: got shape {comps.shape} with mean {mu.shape} and {var.size} variances; "
+                             "expected (k, *mean.shape) and k variances")
+        if not (np.all(np.isfinite(comps)) and np.all(np.isfinite(mu)) and np.all(var >= 0)):
+            raise InputError("components / mean / variances: expected finite values and variances >= 0")
+        self.register_buffer("mean", torch.as_tensor(mu, dtype=torch.float32)[None])
+        basis = comps.reshape(comps.shape[0], -1) * np.sqrt(var)[:, None]
+        self.register_buffer("basis", torch.as_tensor(basis, dtype=torch.float32))
+
+    @property
+    def k(self) -> int:
+        """Number of modes."""
+        return int(self.basis.shape[0])
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        """Fields ``(N, d, *S)`` of coefficients ``c`` ``(N, k)``.
+
+        Parameters
+        ----------
+        c : torch.Tensor
+            ``(N, k)`` coefficients in standard deviations.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N, d, *S)`` fields (the units of ``mean``).
+        """
+        if c.ndim != 2 or c.shape[1] != self.k:
+            raise ShapeError(f"c: got shape {tuple(c.shape)}; expected (N, {self.k}) coefficients")
+        return self.mean + (c.to(self.basis.dtype) @ self.basis).reshape(c.shape[0], *self.mean.shape[1:])

@@ -443,24 +443,6 @@ def simulate(cfg: DregConfig, progress=None) -> Simulation:
 
 
 # ============================================================================ the model
-class _SRM(torch.nn.Module):
-    """The SRM as a torch decoder: coefficients (N, k) -> full-grid field (N, 3, Z, Y, X) mm."""
-
-    def __init__(self, srm):
-        super().__init__()
-        k = srm.k
-        self.register_buffer("mean", torch.as_tensor(srm.mean, dtype=torch.float32)[None])
-        basis = srm.components.reshape(k, -1) * np.sqrt(srm.variances)[:, None]
-        self.register_buffer("basis", torch.as_tensor(basis, dtype=torch.float32))
-        self.k = k
-
-    def half(self, c: torch.Tensor) -> torch.Tensor:
-        return self.mean + (c @ self.basis).reshape(c.shape[0], *self.mean.shape[1:])
-
-    def forward(self, c: torch.Tensor) -> torch.Tensor:
-        return _full(self.half(c))
-
-
 @dataclass
 class Models:
     """The trained networks of a run plus what applying them needs.
@@ -519,7 +501,9 @@ class _Geometry:
         self.labels = torch.as_tensor(lab.astype(np.int64), device=device)
         self.mandible = torch.as_tensor((lab == _MANDIBLE).astype(np.float32), device=device)[None, None]
         self.drr = drr
-        self.srm = _SRM(srm).to(device)
+        from ..nn import FieldSubspace
+
+        self.srm = FieldSubspace(srm.mean, srm.components, srm.variances).to(device)   # on the half grid
         z, y, x = v.spatial_shape
         half = Image(np.zeros((z // 2, y // 2, x // 2), np.float32), spacing=tuple(2 * s for s in self.spacing),
                      origin=tuple(np.asarray(v.origin) + np.asarray(v.direction) @ (0.5 * np.asarray(self.spacing))),
@@ -528,6 +512,10 @@ class _Geometry:
 
         self.points = identity_grid(half, device=device)[None]            # (1, 3, z, y, x) world mm of half voxels
         self.device = device
+
+    def field(self, c: torch.Tensor) -> torch.Tensor:
+        """Full-grid fields ``(N, 3, Z, Y, X)`` mm of SRM coefficients ``(N, k)``."""
+        return _full(self.srm(c))
 
     def warp(self, img: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         from ..nn.registration import warp_batch
@@ -591,16 +579,14 @@ def _train_mask_net(cfg, sim, device, progress):
     x, y = sim.mask_xrays.to(device)[:, None], sim.mask_targets.to(device).long()
     hist = []
     with progress_bar("training the 2-D mandible U-Net", cfg.mask_steps, progress) as bar:
-        for step, idx in enumerate(_batches(len(x), max(cfg.batch_size, 4), cfg.mask_steps, cfg.seed + 1)):
-            flip = torch.rand(()) < 0.0           # lateral X-rays are not mirrored: no flips
-            xb, yb = (x[idx], y[idx]) if not flip else (x[idx].flip(-1), y[idx].flip(-1))
+        for idx in _batches(len(x), max(cfg.batch_size, 4), cfg.mask_steps, cfg.seed + 1):
+            xb, yb = x[idx], y[idx]              # no flips: a lateral X-ray has a front and a back
             loss = dice_ce_loss(net(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
             hist.append(float(loss.detach()))
             bar.advance()
-            del step
     net.eval()
     return net, hist
 
@@ -624,7 +610,7 @@ def _train_encoder(cfg, sim, geo, mask_net, device, progress):
                 gparam["lr"] = _lr_at(step, cfg.coarse_steps, cfg.lr)
             xb = x[idx]
             c, _ = enc(xb[:, None])
-            u = geo.srm(c)
+            u = geo.field(c)
             loss = _ncc_loss(xb, geo.render(u), cfg.ncc_window) + cfg.w_prior * coefficient_prior(c)
             if cfg.w_symmetry:
                 loss = loss + cfg.w_symmetry * symmetry_loss(u / geo.norm)
@@ -643,7 +629,7 @@ def _refine(geo, enc, refiner, x: torch.Tensor):
     """Coarse and refined fields for X-rays ``x (N, H, W)`` (encoder frozen)."""
     with torch.no_grad():
         c, feats = enc(x[:, None])
-        u_half = geo.srm.half(c)
+        u_half = geo.srm(c)
     return c, _full(u_half), geo.refine(refiner, feats, u_half)
 
 
@@ -709,7 +695,6 @@ def train(cfg: DregConfig, sim: Simulation, device=None, progress=None) -> Model
 
     cfg = _check(cfg)
     dev = get_device(device)
-    torch.manual_seed(cfg.seed)
     geo = _Geometry(sim.template, sim.drr, sim.srm, dev)
     times, hist = {}, {}
     t = time.perf_counter()
@@ -743,14 +728,14 @@ def _iterative(geo, x: torch.Tensor, iterations: int, prior: float, window: int)
 
     def closure():
         opt.zero_grad()
-        loss = _ncc_loss(x[None], geo.render(geo.srm(c)), window) + prior * coefficient_prior(c)
+        loss = _ncc_loss(x[None], geo.render(geo.field(c)), window) + prior * coefficient_prior(c)
         loss.backward()
         return loss
 
     if iterations > 0:
         opt.step(closure)
     with torch.no_grad():
-        return geo.srm(c.detach())
+        return geo.field(c.detach())
 
 
 def infer(models: Models, xrays, method: str = "refined", device=None, iterations: int = 40, prior: float = 0.2,
@@ -799,7 +784,7 @@ def infer(models: Models, xrays, method: str = "refined", device=None, iteration
         return torch.cat([_iterative(geo, x[i], iterations, prior, window) for i in range(n)])
     with torch.no_grad():
         c, feats = models.encoder(x[:, None])
-        u_half = geo.srm.half(c)
+        u_half = geo.srm(c)
         u_c = _full(u_half)
         if method == "coarse":
             return u_c
@@ -878,7 +863,7 @@ def evaluate(cfg: DregConfig, sim: Simulation, models: Models, device=None, meth
         for i, s in enumerate(sim.test):                          # one X-ray at a time, as a user would
             if name == "srm-oracle":
                 c = sim.srm.project(_half(torch.as_tensor(s.field.numpy())[None])[0].numpy())
-                us.append(geo.srm(torch.as_tensor(c, dtype=torch.float32, device=dev)[None]))
+                us.append(geo.field(torch.as_tensor(c, dtype=torch.float32, device=dev)[None]))
             else:
                 us.append(infer(models, x[i:i + 1], name, **kw))
         if dev.type == "cuda":
