@@ -24,7 +24,7 @@ def fast_demo(monkeypatch):
     for fn, name in (("_simulators", "simulators"), ("_metrics_example", "metrics"),
                      ("_reconstruction", "reconstruction"), ("_registration", "registration"),
                      ("_segmentation", "segmentation"), ("_serenet", "serenet"), ("_generation", "generation"),
-                     ("_dreg2d3d", "dreg2d3d")):
+                     ("_dreg2d3d", "dreg2d3d"), ("_cs2c", "cs2c")):
         f = item(name)
         monkeypatch.setattr(D, fn, (lambda f: (lambda *a, **k: [f(*a, **k)]))(f) if fn == "_simulators" else f)
     import biomip.data

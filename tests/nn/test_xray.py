@@ -249,3 +249,24 @@ def test_project_maps_equals_sampling_then_the_first_feature_layer():
 
     with pytest.raises(InputError, match="maps"):
         ref.project_maps(maps[:1], grid)
+
+
+def test_refiner_half_resolution_path_equals_the_full_one():
+    """half=True: the stem as a 3x3x3 convolution of the half-grid field and one upsampling at the end
+    give the full path's result on the trilinearly upsampled field."""
+    ref = FieldRefiner(5, hidden=8, levels=2, residual_blocks=1, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in ref.parameters():                                   # a trained-like refiner (head not zero)
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    half = 5.0 * torch.randn(2, 3, 8, 4, 8, generator=gen)
+    feats = torch.randn(2, 5, 8, 4, 8, generator=gen)
+    full = torch.nn.functional.interpolate(half, scale_factor=2, mode="trilinear", align_corners=False)
+    with torch.no_grad():
+        a = ref(full, feats)
+        b = ref(half, feats, half=True)
+    assert b.shape == a.shape == (2, 3, 16, 8, 16)
+    assert torch.allclose(a, b, atol=1e-4 * float(a.abs().max()))
+    assert float((a - full).abs().max()) > 0.1                     # the refiner does change the field
+    with pytest.raises(ShapeError, match="features"):
+        ref(half, torch.randn(2, 5, 4, 4, 4), half=True)

@@ -72,8 +72,8 @@ def test_feature_back_projection_samples_where_the_voxel_projects():
 def test_tiny_run_end_to_end(tiny_run):
     cfg, rep, out = tiny_run
     meth = rep["methods"]
-    for name in ("atlas", "iterative", "coarse", "refined", "refined-no-mandible", "refined-no-features",
-                 "srm-oracle"):
+    for name in ("atlas", "iterative", "iterative-bspline", "coarse", "refined", "refined-no-mandible",
+                 "refined-no-features", "srm-oracle"):
         assert name in meth
         for key in ("dice_mandible", "dice_maxilla", "dice_skull", "tre_mm", "tre_voxels", "psnr", "drr_ncc",
                     "seconds"):
@@ -81,6 +81,8 @@ def test_tiny_run_end_to_end(tiny_run):
         assert 0.0 <= meth[name]["dice_mandible"] <= 1.0
     # the atlas is the unregistered template: zero field, the template's volume
     assert meth["atlas"]["seconds"] < meth["iterative"]["seconds"]
+    # the B-spline stage starts from the SRM solution and lowers the same NCC it adds to
+    assert meth["iterative-bspline"]["drr_ncc"] >= meth["iterative"]["drr_ncc"] - 1e-3
     # the SRM oracle (true field projected on the model) is closer than the atlas
     assert meth["srm-oracle"]["tre_mm"] < meth["atlas"]["tre_mm"]
     assert 0 < rep["srm"]["modes"] <= cfg.max_k and 0 < rep["srm"]["explained_variance"] <= 1.0

@@ -237,3 +237,16 @@ def test_bad_images():
         spectral_segment(img, 2, graph="voxels")
     with pytest.raises(InputError, match="image: got axes"):
         kmeans_segment(biomip.Image(np.zeros((2, 3, 4, 5, 6)), axes="tczyx"), 2)
+
+
+def test_superpixels_do_not_depend_on_the_unit_of_the_spacing():
+    """SLIC sees the spacing relative to the finest axis: a 10 nm EM grid (1e-5 mm) gives the
+    superpixels of the same grid at 1 mm (absolute mm made the spatial term vanish)."""
+    from biomip.core.image import Image
+    from biomip.segment import superpixels
+
+    arr = np.random.default_rng(0).random((16, 32, 32)).astype(np.float32)
+    a = superpixels(Image(arr, spacing=(1.0, 1.0, 2.0)), n_segments=200)
+    b = superpixels(Image(arr, spacing=(1e-5, 1e-5, 2e-5)), n_segments=200)
+    np.testing.assert_array_equal(a, b)
+    assert a.max() + 1 > 100

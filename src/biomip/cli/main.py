@@ -69,11 +69,13 @@ _register_learning()
 
 
 def _register_pipelines():
-    from .pipe import register2d3d_cmd, run_app
+    from .pipe import cluster_em_cmd, register2d3d_cmd, run_app
 
     app.add_typer(run_app, name="run")
     app.command("register2d3d", help="Register a trained template head (biomip run dreg2d3d) to one lateral "
                                      "X-ray: 3-D volume, labels, field.")(register2d3d_cmd)
+    app.command("cluster-em", help="Cluster an EM volume into organelles with a trained CS²C model "
+                                   "(biomip run cs2c): a label volume with the input's geometry.")(cluster_em_cmd)
 
 
 _register_pipelines()

@@ -17,6 +17,7 @@ Simulators (same seed, same result)::
     biomip.data.lightfield_specimen((21, 96, 96), seed=0)   # tubes, bubbles, beads (um units)
     biomip.data.poisson_gaussian(clean, photons=20, offset=100, read_noise=2)  # camera noise
     biomip.data.skull_population(100, (64, 64, 64), seed=0)  # skull / jaw phantoms, true fields, landmarks
+    biomip.data.em_volume((64, 128, 128), seed=0)  # vEM-like organelles (nm), class labels; em_slice: 2-D
 """
 
 import lazy_loader as _lazy

@@ -1,6 +1,7 @@
 from .catalogue import SAMPLES, SAMPLES_HINT, Sample, get, list_samples, load, sample_path
 from .ct import CTScan, hu_to_mu, simulate_ct
 from .deformation import RandomDeformation, random_deformation
+from .em import EM_CLASSES, EMSample, em_slice, em_volume
 from .heads import head_phantom, head_phantoms
 from .lesions import insert_lesions, synthetic_defects
 from .lightfield import LightFieldSpecimen, lightfield_specimen, photon_scale, poisson_gaussian
@@ -11,6 +12,10 @@ from .phantoms import shepp_logan
 from .skull import LANDMARKS, SKULL_LABELS, SkullSubject, skull_population, skull_subject, skull_template
 
 __all__ = [
+    "EM_CLASSES",
+    "EMSample",
+    "em_slice",
+    "em_volume",
     "head_phantom",
     "head_phantoms",
     "synthetic_defects",

@@ -257,7 +257,7 @@ class MAE(GenerativeModel):
         return self
 
     # ------------------------------------------------------------------ features
-    def features(self, image, batch_size: int = 8):
+    def features(self, image, batch_size: int = 8, tile=None, overlap: float = 0.5):
         """Encoder feature map of images: one ``dim`` vector per patch (the feature extractor).
 
         The image is mapped to the training range, padded (edge values) to a multiple of
@@ -266,12 +266,22 @@ class MAE(GenerativeModel):
         segmentation of structures (case study 5: EM organelles), e.g. upsample them to
         the image grid or pool them over superpixels.
 
+        An encoder trained on crops sees, on a whole large volume, thousands more tokens
+        and positions it never saw in training, and its features drift with position.
+        ``tile`` encodes the image in windows of the training crop size instead
+        (``overlap`` between neighbours, window starts on the patch grid) and averages the
+        vectors of a patch over the windows that hold it (sliding-window inference).
+
         Parameters
         ----------
         image : array_like, torch.Tensor, Image or list of them
             ``(*S)``, ``(C, *S)`` (when ``channels > 1``), ``(N, *S)`` or ``(N, C, *S)``.
         batch_size : int, optional
-            Images encoded at once.
+            Images (or windows) encoded at once.
+        tile : int or sequence of int or None, optional
+            Window size in pixels / voxels (multiples of ``patch``); ``None``: the whole image.
+        overlap : float, optional
+            Fraction of a window shared with its neighbour, ``0 <= overlap < 1``.
 
         Returns
         -------
@@ -283,10 +293,45 @@ class MAE(GenerativeModel):
         x, _ = read_images(image, self.sdim, "image", self.channels, self.device)
         with eval_mode(self):
             x = self.to_net(x)
-            out = torch.cat([self.net.feature_map(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+            if tile is None:
+                out = torch.cat([self.net.feature_map(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+            else:
+                out = torch.cat([self._tiled_features(x[i:i + 1], tile, overlap, batch_size)
+                                 for i in range(x.shape[0])])
         if isinstance(image, torch.Tensor):
             return out.to(image.device)
         return out.cpu().numpy()
+
+    def _tiled_features(self, x: torch.Tensor, tile, overlap: float, batch_size: int) -> torch.Tensor:
+        """Sliding-window feature map of one net-range image ``(1, C, *S)``."""
+        import itertools
+
+        from ..nn.patches import window_starts
+
+        p = self.patch
+        t = check_size(tile, self.sdim, "tile")
+        if any(v % p for v in t):
+            raise InputError(f"tile: got {tuple(t)}; expected multiples of patch={p}")
+        overlap = check_number(overlap, "overlap", low=0.0, high=1.0)
+        if overlap >= 1.0:
+            raise InputError(f"overlap: got {overlap!r}; expected a fraction in [0, 1)")
+        x = _pad_to(x, p)
+        grid = [s // p for s in x.shape[2:]]
+        tg = [min(v // p, g) for v, g in zip(t, grid)]
+        starts = [window_starts(g, w, overlap) for g, w in zip(grid, tg)]
+        acc = torch.zeros((self.net.dim, *grid), dtype=torch.float32, device=x.device)
+        cnt = torch.zeros(grid, dtype=torch.float32, device=x.device)
+        corners = list(itertools.product(*starts))
+        for i in range(0, len(corners), batch_size):
+            group = corners[i:i + batch_size]
+            win = torch.cat([x[(slice(None), slice(None), *(slice(c * p, (c + w) * p) for c, w in zip(cs, tg)))]
+                             for cs in group])
+            fm = self.net.feature_map(win)
+            for j, cs in enumerate(group):
+                sl = tuple(slice(c, c + w) for c, w in zip(cs, tg))
+                acc[(slice(None), *sl)] += fm[j].float()
+                cnt[sl] += 1
+        return (acc / cnt)[None]
 
     # ------------------------------------------------------------------ reconstruction
     def _check_units(self, what: str) -> None:

@@ -1,4 +1,4 @@
-from .graph import knn_affinity, normalized_laplacian, rbf_affinity
+from .graph import knn_affinity, normalized_laplacian, prune_weak_edges, rbf_affinity
 from .lloyd import KMeansResult, kmeans
 from .mixture import GMMResult, gmm
 from .spectral import (
@@ -21,6 +21,7 @@ __all__ = [
     "kmeans",
     "knn_affinity",
     "normalized_laplacian",
+    "prune_weak_edges",
     "rbf_affinity",
     "spectral_clustering",
     "spectral_embedding",

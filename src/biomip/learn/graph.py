@@ -16,7 +16,7 @@ from ..core.arrays import as_tensor, check_count, check_number, is_tensor
 from ..core.errors import InputError, ShapeError, describe
 from .base import BLOCK, check_choice, feature_matrix, like_features
 
-__all__ = ["knn_affinity", "normalized_laplacian", "rbf_affinity"]
+__all__ = ["knn_affinity", "normalized_laplacian", "prune_weak_edges", "rbf_affinity"]
 
 def sparse_sym(rows, cols, vals, n: int):
     """Symmetric csr matrix 0.5 (A + A^T) without self-loops."""
@@ -273,3 +273,59 @@ def normalized_laplacian(W, return_degree: bool = False):
         L = (sps.identity(A.shape[0], format="csr") - sps.diags(dm) @ A @ sps.diags(dm)).tocsr()
         out = (L, deg)
     return out if return_degree else out[0]
+
+
+def prune_weak_edges(W, alpha: float):
+    """Weaken and drop weak links of an affinity: ``A <- max(A - max(A) / alpha, 0)`` (CS²C, textbook 6.5).
+
+    Every off-diagonal entry loses ``max(A) / alpha`` (``max(A)`` over all entries) and is
+    clipped at 0: links weaker than ``max(A) / alpha`` vanish, the rest shrink by the same
+    amount, so a larger ``alpha`` prunes less.  The diagonal is left as given (self-loops
+    are neither pruned nor added), symmetry is kept, and in sparse results the removed links
+    are dropped from storage.
+
+    Parameters
+    ----------
+    W : scipy.sparse matrix or array_like or torch.Tensor
+        Symmetric, finite, non-negative ``(n, n)`` affinity.
+    alpha : float
+        Finite, > 1.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix or numpy.ndarray or torch.Tensor
+        The pruned affinity: scipy csr (float64) for sparse input, else the input's kind
+        (numpy / torch on its device).
+
+    Raises
+    ------
+    InputError
+        When ``alpha <= 1`` or is not finite, or ``W`` is not symmetric, has negative or
+        non-finite entries.
+    ShapeError
+        When ``W`` is not square.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> prune_weak_edges(np.array([[0.0, 1.0, 0.25], [1.0, 0.0, 0.75], [0.25, 0.75, 0.0]]), alpha=2).tolist()
+    [[0.0, 0.5, 0.0], [0.5, 0.0, 0.25], [0.0, 0.25, 0.0]]
+    """
+    a = check_number(alpha, "alpha", low=1.0, low_open=True)
+    A = check_affinity(W, "W")
+    if is_tensor(A):
+        top = A.max()
+        diag = torch.diagonal(A).clone()
+        out = (A - top / a).clamp_(min=0)
+        out.diagonal().copy_(diag)
+        return like_features(out, W)
+    A = A.copy()
+    if A.nnz == 0:
+        return A
+    top = float(A.data.max())
+    coo = A.tocoo()
+    off = coo.row != coo.col
+    coo.data[off] = np.maximum(coo.data[off] - top / a, 0.0)
+    out = coo.tocsr()
+    out.eliminate_zeros()
+    return out

@@ -1,6 +1,18 @@
 from .augment import Augmentation
 from .autoencoders import Quantized, VAENet, VectorQuantizer, VQVAENet, code_statistics, kl_divergence
 from .base import SavedModule, check_batch
+from .clustering import (
+    ClusterHead,
+    DECCentres,
+    GCNEmbedding,
+    cluster_kl,
+    cs2c_loss,
+    gcn_propagation,
+    sparse_laplacian_tensor,
+    spectral_embedding_loss,
+    student_t_assignment,
+    target_distribution,
+)
 from .diffusion import (
     DiffusionUNet,
     NoiseSchedule,
@@ -94,4 +106,14 @@ __all__ = [
     "FieldSubspace",
     "XrayEncoder",
     "sample_projected",
+    "ClusterHead",
+    "DECCentres",
+    "GCNEmbedding",
+    "cluster_kl",
+    "cs2c_loss",
+    "gcn_propagation",
+    "sparse_laplacian_tensor",
+    "spectral_embedding_loss",
+    "student_t_assignment",
+    "target_distribution",
 ]

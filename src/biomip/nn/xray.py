@@ -405,14 +405,16 @@ class FieldRefiner(SavedModule):
             c0 += c
         return out
 
-    def forward(self, coarse: torch.Tensor, features: torch.Tensor, projected: bool = False) -> torch.Tensor:
+    def forward(self, coarse: torch.Tensor, features: torch.Tensor, projected: bool = False,
+                half: bool = False) -> torch.Tensor:
         """The refined field ``coarse + delta``.
 
         Parameters
         ----------
         coarse : torch.Tensor
             Coarse fields ``(N, 3, Z, Y, X)`` in mm (component 0 = x); ``Z, Y, X`` multiples
-            of ``2 ** levels``.
+            of ``2 ** levels``.  With ``half=True``: the half-resolution field
+            ``(N, 3, Z/2, Y/2, X/2)`` whose trilinear x2 upsampling is the coarse field.
         features : torch.Tensor
             Back-projected features ``(N, feature_channels, Z, Y, X)``, or sampled at the
             half-resolution grid ``(N, feature_channels, Z/2, Y/2, X/2)`` (whose voxel
@@ -420,6 +422,14 @@ class FieldRefiner(SavedModule):
         projected : bool, optional
             ``features`` come from :meth:`project_maps` (``hidden`` channels, already
             through the first feature layer).
+        half : bool, optional
+            ``coarse`` is given on the half-resolution grid.  The result is the same as
+            ``forward(upsample(coarse), ...)`` (to rounding), without building the
+            full-resolution coarse field: the stem's 2x2x2 patchify convolution of the
+            trilinearly upsampled field equals a 3x3x3 convolution of the half-resolution
+            field (edge-replicated) whose weights follow from the stem's, and
+            ``upsample(coarse) + upsample(delta) = upsample(coarse + delta)``, so one
+            upsampling is left instead of three (the fast inference path).
 
         Returns
         -------
@@ -436,15 +446,22 @@ class FieldRefiner(SavedModule):
         """
         coarse = check_batch(coarse, 3, 3, "coarse")
         features = check_batch(features, 3, self.hidden if projected else self.feature_channels, "features")
-        m = 2 ** self.levels
+        m = 2 ** (self.levels - 1 if half else self.levels)
         if any(s % m for s in coarse.shape[2:]):
             raise InputError(f"coarse: got spatial size {tuple(coarse.shape[2:])}; expected multiples of {m} "
-                             f"(2 ** levels, levels={self.levels})")
-        full, half = tuple(coarse.shape[2:]), tuple(s // 2 for s in coarse.shape[2:])
-        if features.shape[0] != coarse.shape[0] or tuple(features.shape[2:]) not in (full, half):
+                             f"(2 ** levels{' / 2, half=True' if half else ''}, levels={self.levels})")
+        if half:
+            full, small = tuple(2 * s for s in coarse.shape[2:]), tuple(coarse.shape[2:])
+        else:
+            full, small = tuple(coarse.shape[2:]), tuple(s // 2 for s in coarse.shape[2:])
+        if features.shape[0] != coarse.shape[0] or tuple(features.shape[2:]) not in (full, small):
             raise ShapeError(f"features: got shape {tuple(features.shape)}; expected the batch of coarse "
-                             f"{tuple(coarse.shape)} and its spatial size {full} or half of it {half}")
-        h = self.stem_field(coarse / self.field_scale)
+                             f"{tuple(coarse.shape)} and the spatial size {full} or half of it {small}")
+        if half:
+            h = F.conv3d(F.pad(coarse / self.field_scale, (1,) * 6, mode="replicate"), self._stem_on_half(),
+                         self.stem_field.bias)
+        else:
+            h = self.stem_field(coarse / self.field_scale)
         if self.stem_features is not None:
             f = features.to(coarse.dtype)
             if tuple(f.shape[2:]) == full:
@@ -458,8 +475,19 @@ class FieldRefiner(SavedModule):
         h = self.bottom(h)
         for up, fuse in zip(self.up, self.fuse):
             h = fuse(torch.cat([up(h), skips.pop()], dim=1))
+        if half:
+            return F.interpolate(coarse + self.field_scale * self.head(h), scale_factor=2, mode="trilinear",
+                                 align_corners=False)
         delta = F.interpolate(self.head(h), scale_factor=2, mode="trilinear", align_corners=False)
         return coarse + self.field_scale * delta
+
+    def _stem_on_half(self) -> torch.Tensor:
+        """The stem's 2x2x2 stride-2 kernel acting on the trilinear x2 upsampling of a field, as a
+        3x3x3 kernel on the field itself: full voxel ``2i`` = 0.25 f[i-1] + 0.75 f[i], ``2i+1`` =
+        0.75 f[i] + 0.25 f[i+1] per axis (``align_corners=False``; edges replicate)."""
+        w = self.stem_field.weight                                              # (h, 3, 2, 2, 2)
+        m = w.new_tensor([[0.25, 0.75, 0.0], [0.0, 0.75, 0.25]])               # (stem tap, half tap)
+        return torch.einsum("ocijk,ia,jb,kd->ocabd", w, m, m, m)
 
 
 class FieldSubspace(nn.Module):

@@ -2,6 +2,8 @@
 train -> infer -> evaluate -> report, each step callable from Python and the whole run
 from ``biomip run NAME``.
 
+* :mod:`.cs2c` -- case study 5, unsupervised organelle segmentation of volume EM by
+  collaborative spatial-spectral deep clustering (CS²C).
 * :mod:`.dreg2d3d` -- case study 6, deformable 2-D/3-D registration of a template head CT
   to one lateral X-ray (SC-DREG).
 * :mod:`.serenet` -- case study 7, self-supervised light-field reconstruction (SeReNet).
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 
-PIPELINES = ("dreg2d3d", "serenet")
+PIPELINES = ("cs2c", "dreg2d3d", "serenet")
 
 
 def __getattr__(name):

@@ -29,7 +29,10 @@ blurred by a detector PSF of ``xray_blur`` pixels and with Gaussian noise ``nois
 
 Methods compared (``report["methods"]``): ``"atlas"`` (the template, unregistered),
 ``"iterative"`` (the book's traditional route: the SRM coefficients optimised by L-BFGS to
-maximise the DRR / X-ray NCC, per X-ray), ``"coarse"`` (the SRM regressor),
+maximise the DRR / X-ray NCC, per X-ray), ``"iterative-bspline"`` (then a cubic B-spline
+field on top, optimised by L-BFGS per X-ray on the refiner's own self-supervised objective:
+NCC, consistency with the SRM field, Laplacian, symmetry -- instance optimisation of what
+the refiner learns, without the mandible term), ``"coarse"`` (the SRM regressor),
 ``"refined"`` (coarse + refiner), and the ablations ``"refined-no-mandible"`` (refiner
 trained without the weak mandible term) and ``"refined-no-features"`` (refiner without the
 back-projected X-ray features); ``"srm-oracle"`` (the true field projected on the SRM: the
@@ -123,7 +126,11 @@ class DregConfig:
     hidden : int, optional
         Channels of the 3-D refiner.
     iterative_iterations : int, optional
-        L-BFGS iterations of the iterative baseline.
+        L-BFGS iterations of the iterative baselines (per stage).
+    residual : bool, optional
+        The refiner also reads the back-projected residual between the X-ray and the DRR of
+        the coarse registration (and that DRR): two more feature channels, one DRR more per
+        inference.
     ablations : bool, optional
         Also train the two ablated refiners (off in the quick preset to keep it within
         minutes: ``DregConfig.quick(ablations=True)`` / ``--ablations``).
@@ -166,6 +173,7 @@ class DregConfig:
     widths: tuple = (16, 32, 64, 128)
     hidden: int = 16
     iterative_iterations: int = 40
+    residual: bool = False
     ablations: bool = False
     seed: int = 0
     mode: str = "custom"
@@ -540,12 +548,25 @@ class _Geometry:
 
         return sample_projected(feats, self.grid_at(u_half))
 
-    def refine(self, refiner, feats: list, u_half: torch.Tensor) -> torch.Tensor:
-        """The refined field from the coarse half-grid field and the X-ray feature maps."""
-        u_c = _full(u_half)
+    def refine(self, refiner, feats: list, u_half: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The refined field from the coarse half-grid field and the X-ray feature maps.
+
+        A refiner with two feature channels more than the maps also reads the residual
+        ``x - DRR(coarse)`` and the coarse DRR (X-rays ``x`` ``(N, H, W)``), back-projected like
+        the features: where the coarse field's DRR still misses the X-ray."""
         if refiner.feature_channels == 0:                                 # the no-features ablation
-            return refiner(u_c, u_half.new_zeros(u_half.shape[0], 0, *u_half.shape[2:]))
-        return refiner(u_c, refiner.project_maps(feats, self.grid_at(u_half)), projected=True)
+            return refiner(u_half, u_half.new_zeros(u_half.shape[0], 0, *u_half.shape[2:]), half=True)
+        extra = refiner.feature_channels - sum(int(f.shape[1]) for f in feats)
+        if extra == 2:
+            if x is None:
+                raise InputError("x: got None; expected the X-rays (this refiner reads the DRR residual)")
+            with torch.no_grad():
+                drr = self.render(_full(u_half))
+            feats = [*feats, torch.stack([x - drr, drr], 1)]
+        elif extra != 0:
+            raise InputError(f"refiner: takes {refiner.feature_channels} feature channels; expected the encoder's "
+                             f"{refiner.feature_channels - extra} (+ 2 with the DRR residual)")
+        return refiner(u_half, refiner.project_maps(feats, self.grid_at(u_half)), projected=True, half=True)
 
     @property
     def norm(self) -> float:
@@ -630,15 +651,15 @@ def _refine(geo, enc, refiner, x: torch.Tensor):
     with torch.no_grad():
         c, feats = enc(x[:, None])
         u_half = geo.srm(c)
-    return c, _full(u_half), geo.refine(refiner, feats, u_half)
+    return c, _full(u_half), geo.refine(refiner, feats, u_half, x)
 
 
 def _train_refiner(cfg, sim, geo, enc, mask_net, device, progress, *, use_mandible=True, use_features=True,
                    label="refiner"):
     from ..nn import FieldRefiner, consistency_loss, laplacian_loss, symmetry_loss
 
-    ref = FieldRefiner(sum(cfg.widths) if use_features else 0, hidden=cfg.hidden, levels=2, residual_blocks=3,
-                       seed=cfg.seed).to(device)
+    channels = (sum(cfg.widths) + (2 if cfg.residual else 0)) if use_features else 0
+    ref = FieldRefiner(channels, hidden=cfg.hidden, levels=2, residual_blocks=3, seed=cfg.seed).to(device)
     opt = torch.optim.Adam(ref.parameters(), cfg.lr)
     x = sim.train_xrays.to(device)
     masks = _mask_probability(mask_net, x) if (mask_net is not None and use_mandible) else None
@@ -720,7 +741,7 @@ def train(cfg: DregConfig, sim: Simulation, device=None, progress=None) -> Model
 
 # ============================================================================ inference
 def _iterative(geo, x: torch.Tensor, iterations: int, prior: float, window: int) -> torch.Tensor:
-    """The traditional route: SRM coefficients by L-BFGS on 1 - NCC(DRR, X-ray) + prior |c|^2 (one X-ray)."""
+    """The traditional route: SRM coefficients ``(1, k)`` by L-BFGS on 1 - NCC(DRR, X-ray) + prior |c|^2 (one X-ray)."""
     from ..nn import coefficient_prior
 
     c = torch.zeros(1, geo.srm.k, device=x.device, requires_grad=True)
@@ -734,12 +755,45 @@ def _iterative(geo, x: torch.Tensor, iterations: int, prior: float, window: int)
 
     if iterations > 0:
         opt.step(closure)
+    return c.detach()
+
+
+def _iterative_bspline(geo, x: torch.Tensor, c: torch.Tensor, iterations: int, window: int, weights: dict,
+                       control: int = 4) -> torch.Tensor:
+    """Second stage of the traditional route: a cubic B-spline field on top of the SRM field,
+    optimised per X-ray by L-BFGS on the refiner's own self-supervised objective (NCC +
+    consistency with the SRM field + Laplacian + symmetry, same weights and units) -- instance
+    optimisation of what the refiner learns, without the weak mandible term (it needs the
+    learned 2-D mask).  Control points every ``control`` half-grid voxels; returns the full field."""
+    from ..nn import consistency_loss, laplacian_loss, symmetry_loss
+    from ..register.bspline import BSplineField
+
     with torch.no_grad():
-        return geo.field(c.detach())
+        u0 = geo.srm(c)                                                    # (1, 3, z, y, x) half grid
+    ref = Image(np.zeros(tuple(u0.shape[2:]), np.float32), spacing=tuple(2 * s for s in geo.spacing))
+    bs = BSplineField(ref, control_spacing_voxels=control, dtype=torch.float32)
+    bs.B = [b.to(x.device) for b in bs.B]
+    b = torch.zeros(3, *bs.ctrl_shape, device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS([b], lr=1.0, max_iter=max(int(iterations), 1), line_search_fn="strong_wolfe")
+    s = geo.norm
+
+    def closure():
+        opt.zero_grad()
+        u = _full(u0 + bs.field(b)[None])
+        loss = (_ncc_loss(x[None], geo.render(u), window) + weights["consistency"] * consistency_loss(
+            u / s, _full(u0) / s) + weights["laplacian"] * laplacian_loss(u / s)
+            + weights["symmetry"] * symmetry_loss(u / s))
+        loss.backward()
+        return loss
+
+    if iterations > 0:
+        opt.step(closure)
+    with torch.no_grad():
+        return _full(u0 + bs.field(b.detach())[None])
 
 
 def infer(models: Models, xrays, method: str = "refined", device=None, iterations: int = 40, prior: float = 0.2,
-          window: int = 9) -> torch.Tensor:
+          window: int = 9, weights: dict | None = None) -> torch.Tensor:
     """Registration fields template -> subject for X-rays.
 
     Parameters
@@ -748,12 +802,18 @@ def infer(models: Models, xrays, method: str = "refined", device=None, iteration
         Trained networks (:func:`train` or :func:`load_model`).
     xrays : torch.Tensor or numpy.ndarray
         ``(N, H, W)`` or ``(H, W)`` X-rays on the model's detector.
-    method : {"refined", "coarse", "iterative", "atlas", "refined-no-mandible", "refined-no-features"}, optional
-        Which estimate.
+    method : str, optional
+        Which estimate: ``"refined"`` (default), ``"coarse"``, ``"atlas"``, ``"iterative"``
+        (SRM coefficients by L-BFGS), ``"iterative-bspline"`` (then a B-spline field by
+        L-BFGS on the refiner's objective), or a trained ablation
+        (``"refined-no-mandible"``, ``"refined-no-features"``).
     device : str or torch.device or None, optional
         Where to run.
     iterations, prior, window : int, float, int, optional
-        L-BFGS iterations, prior weight and NCC window of ``"iterative"``.
+        L-BFGS iterations (per stage), SRM prior weight and NCC window of the iterative methods.
+    weights : dict or None, optional
+        ``{"consistency", "laplacian", "symmetry"}`` weights of the B-spline stage (default
+        the published 0.2, 200, 2; :func:`evaluate` passes the run's).
 
     Returns
     -------
@@ -781,18 +841,22 @@ def infer(models: Models, xrays, method: str = "refined", device=None, iteration
     if method == "atlas":
         return torch.zeros(n, 3, *models.template.volume.spatial_shape, device=dev)
     if method == "iterative":
-        return torch.cat([_iterative(geo, x[i], iterations, prior, window) for i in range(n)])
+        return torch.cat([geo.field(_iterative(geo, x[i], iterations, prior, window)) for i in range(n)])
+    if method == "iterative-bspline":
+        w = weights or {"consistency": 0.2, "laplacian": 200.0, "symmetry": 2.0}
+        return torch.cat([_iterative_bspline(geo, x[i], _iterative(geo, x[i], iterations, prior, window),
+                                             iterations, window, w) for i in range(n)])
     with torch.no_grad():
         c, feats = models.encoder(x[:, None])
         u_half = geo.srm(c)
-        u_c = _full(u_half)
         if method == "coarse":
-            return u_c
+            return _full(u_half)
         ref = models.refiner if method == "refined" else models.ablations.get(method)
         if ref is None:
-            raise InputError(f"method: got {method!r}; expected one of 'refined', 'coarse', 'iterative', 'atlas'"
+            raise InputError(f"method: got {method!r}; expected one of 'refined', 'coarse', 'iterative', "
+                         "'iterative-bspline', 'atlas'"
                              + "".join(f", {k!r}" for k in models.ablations))
-        return geo.refine(ref, feats, u_half)
+        return geo.refine(ref, feats, u_half, x)
 
 
 # ============================================================================ evaluation
@@ -845,7 +909,7 @@ def evaluate(cfg: DregConfig, sim: Simulation, models: Models, device=None, meth
 
     dev = get_device(device)
     names = list(methods) if methods is not None else (
-        ["atlas", "iterative", "coarse", "refined", *models.ablations, "srm-oracle"])
+        ["atlas", "iterative", "iterative-bspline", "coarse", "refined", *models.ablations, "srm-oracle"])
     geo = models._geometry(dev)
     tmpl_vol = sim.template.volume
     tmpl_lab = sim.template.labels.numpy()
@@ -854,9 +918,10 @@ def evaluate(cfg: DregConfig, sim: Simulation, models: Models, device=None, meth
     vox = float(np.mean(tmpl_vol.spacing))
     out, fields = {}, {}
     x = sim.test_xrays.to(dev)
-    kw = dict(device=dev, iterations=cfg.iterative_iterations, prior=cfg.w_prior, window=cfg.ncc_window)
+    kw = dict(device=dev, iterations=cfg.iterative_iterations, prior=cfg.w_prior, window=cfg.ncc_window,
+              weights={"consistency": cfg.w_consistency, "laplacian": cfg.w_laplacian, "symmetry": cfg.w_symmetry})
     for name in names:
-        if name not in ("srm-oracle", "iterative"):
+        if name not in ("srm-oracle", "iterative", "iterative-bspline"):
             infer(models, x[:1], name, **kw)                      # warm-up (lazy per-device copies)
         us = []
         t = time.perf_counter()
@@ -906,7 +971,7 @@ def _preview(path: Path, sim: Simulation, models: Models, ev: dict, title: str):
     Z, Y, X = s.volume.spatial_shape
     org = np.asarray(s.volume.origin, float)
     geo = _Geometry(models.template, models.drr, models.srm, torch.device("cpu"))
-    show = [m for m in ("atlas", "iterative", "coarse", "refined") if m in ev["fields"]]
+    show = [m for m in ("atlas", "iterative", "iterative-bspline", "coarse", "refined") if m in ev["fields"]]
     one = {m: ev["methods"][m]["per_subject"][0] for m in show}       # this subject's figures, not the means
     win = {"vmin": -200.0, "vmax": 1600.0, "colorbar": "HU", "colorbar_group": "hu"}
     xr = {"vmin": 0.0, "vmax": 1.0, "colorbar": "DRR (0-1)", "colorbar_group": "drr"}
@@ -950,7 +1015,8 @@ def _preview(path: Path, sim: Simulation, models: Models, ev: dict, title: str):
         panels.append(("true mandible, lateral MIP", (mand_t > 0).max(2)[::-1].astype(np.float32), dict(kw)))
         panels.append(("refined mandible, lateral MIP",
                        (results["refined"][1] == _MANDIBLE).max(2)[::-1].astype(np.float32), dict(kw)))
-    render_panels(panels, path, title=title + " -- figures in the panel titles are this subject's", cols=5, dpi=80)
+    render_panels(panels, path, title=title + " -- figures in the panel titles are this subject's",
+                  cols=len(show) + 1, dpi=80)
 
 
 def _targets(meth: dict) -> dict:
@@ -964,10 +1030,11 @@ def _targets(meth: dict) -> dict:
     for name in ("refined-no-mandible", "refined-no-features"):
         if name in meth and "refined" in meth:
             t[f"{name}_lowers_mandible_dice"] = bool(meth[name]["dice_mandible"] < meth["refined"]["dice_mandible"])
-    if "iterative" in meth and "refined" in meth:
-        it, r = meth["iterative"], meth["refined"]
-        t["speedup_vs_iterative>=100x"] = bool(it["seconds"] / max(r["seconds"], 1e-9) >= 100)
-        t["refined_dice>=iterative_dice"] = bool(r["dice_mandible"] >= it["dice_mandible"])
+    for name in ("iterative", "iterative-bspline"):
+        if name in meth and "refined" in meth:
+            it, r = meth[name], meth["refined"]
+            t[f"speedup_vs_{name}>=100x"] = bool(it["seconds"] / max(r["seconds"], 1e-9) >= 100)
+            t[f"refined_dice>={name}_dice"] = bool(r["dice_mandible"] >= it["dice_mandible"])
     return t
 
 
@@ -1213,8 +1280,9 @@ def run(cfg: DregConfig | None = None, out=None, device=None, progress=None) -> 
         "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
         "threads": torch.get_num_threads(),
     }
-    if "iterative" in meth and "refined" in meth:
-        report["speedup_vs_iterative"] = meth["iterative"]["seconds"] / max(meth["refined"]["seconds"], 1e-9)
+    for name in ("iterative", "iterative-bspline"):
+        if name in meth and "refined" in meth:
+            report[f"speedup_vs_{name}"] = meth[name]["seconds"] / max(meth["refined"]["seconds"], 1e-9)
     report["seconds"] = time.perf_counter() - t0
     if out is not None:
         from ..io import write

@@ -33,6 +33,7 @@ from .cluster import (
     spectral_clustering,
     spectral_embedding,
     spectral_segment,
+    region_features,
     superpixel_affinity,
     superpixels,
 )
@@ -153,6 +154,7 @@ __all__ = [
     "spectral_segment",
     "split_instances",
     "stitch_slices",
+    "region_features",
     "superpixel_affinity",
     "superpixels",
     "threshold",

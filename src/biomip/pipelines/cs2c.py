@@ -1,0 +1,1370 @@
+"""Case study 5 (textbook 6.5, lines 2526-2577): CS²C, unsupervised organelle segmentation
+of volume EM by collaborative spatial-spectral deep clustering -- simulate -> train ->
+infer -> evaluate -> report.
+
+No labels are used in training.  A volume is cut into SLIC superpixels
+(:func:`biomip.segment.superpixels`); each superpixel gets the mean of the features of a
+masked autoencoder trained on the unlabeled volumes (:class:`biomip.generate.MAE`, a 3-D
+ViT on 4-voxel patches; MAESTER's recipe) -- or, as the ablation, classic intensity /
+texture features.  The superpixels form a graph: kNN RBF affinity ``exp(-|F_i - F_j|^2 /
+kappa)`` of their features, weak edges pruned (``A <- max(A - max A / alpha, 0)``).  The
+CS²C model (:mod:`biomip.nn.clustering`) has two branches trained together:
+
+* **spectral**: a GCN maps features and graph to an approximate Laplacian eigenbasis
+  ``Phi`` (eq. 6.1, with the diagonal / norm terms it needs, see
+  :func:`biomip.nn.spectral_embedding_loss`); a cluster head gives ``P = softmax(f(Phi))``;
+* **spatial**: DEC on the features -- Student-t soft assignment ``Q`` to k-means-initialised
+  centres (6.2), sharpened target ``R`` (6.3), ``KL(R||Q)`` (6.4);
+
+tied by the consistency ``KL(P||R)`` (6.5); total (6.6) ``L_emb + gamma1 L_clu + gamma2
+L_reg``.  ``R`` is a constant target in (6.4) (DEC) and carries gradient in (6.5), so the
+spectral branch also moves the centres (the two branches are trained "synchronously").
+Inference on a new volume: superpixels, features, graph, ``argmax P`` -- no retraining, and
+the same network gives the same cluster identities in every volume (the book's point
+against per-image spectral clustering, whose eigenvectors switch and flip).
+
+Methods compared (``report["methods"]``): ``"cs2c"``; ``"cs2c-classic"`` (classic
+features instead of MAE); ``"dec"`` (the spatial branch alone: DEC trained by (6.4));
+``"spectral-branch"`` (the GCN embedding alone, trained by (6.1), clustered by k-means
+centres fitted on the training volumes: no consistency term); ``"kmeans-mae"`` (k-means
+on the superpixel MAE features of each volume, MAESTER-like); ``"spectral"`` (numerical
+spectral clustering of the same superpixel graph, per volume: eigensolver + k-means).
+Figures on held-out simulated volumes (:func:`biomip.data.em_volume`): Dice per organelle
+after Hungarian matching of clusters to classes per volume, their mean, mIoU, ARI and NMI
+over voxels, and for every method the mean Dice under **one fixed** cluster -> class
+mapping for all test volumes (cross-image consistency); mean and s.d. over seeds.
+
+Python::
+
+    from biomip.pipelines import cs2c
+    report = cs2c.run(cs2c.Cs2cConfig.quick(), out="cs2c-run")
+
+Command line::
+
+    biomip run cs2c --quick --out cs2c-run
+    biomip cluster-em cs2c-run/model my_em_volume.tif --out organelles.nii.gz
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.errors import InputError, ShapeError
+from ..core.image import Image
+from ..core.progress import progress_bar
+
+__all__ = ["Cs2cConfig", "Graph", "Cs2cModel", "Volumes", "SavedCs2c", "simulate", "normalise", "check_volume",
+           "train_features", "classic_features", "build_graph", "feature_stats", "train", "infer", "evaluate", "run",
+           "save_model", "load_model", "cluster_volume", "real_check"]
+
+_MODEL_FORMAT = "biomip.pipelines.cs2c"
+
+
+@dataclass(frozen=True)
+class Cs2cConfig:
+    """Everything a run depends on (physical units: nm).
+
+    Parameters
+    ----------
+    shape : tuple of int, optional
+        Simulated volumes ``(Z, Y, X)``, voxels.
+    spacing_nm : float, optional
+        Isotropic voxel size, nm.
+    n_train, n_test : int, optional
+        Unlabeled training volumes and held-out volumes.
+    k : int, optional
+        Clusters (the simulator's 6 classes: cytosol, nucleus, mitochondrion, granule, ER,
+        membrane).
+    superpixels : int, optional
+        SLIC superpixels per training volume (scaled with the volume for others).
+    compactness : float, optional
+        SLIC compactness.
+    mae_patch, mae_dim, mae_depth, mae_heads, mae_mask, mae_steps, mae_batch, mae_crop, mae_lr : optional
+        The MAE (3-D ViT): patch edge (voxels), width, depth, heads, mask ratio, training
+        steps, crops per step, crop edge (voxels), peak learning rate.
+    n_neighbors : int, optional
+        Neighbours of each superpixel in the feature kNN graph.
+    graph : {"union", "features"}, optional
+        Edges of the superpixel graph: ``"features"`` the kNN graph in feature space only;
+        ``"union"`` (default) also links superpixels that touch (the region adjacency
+        graph), both weighted by the same feature RBF kernel -- the spatial edges make the
+        graph's low-frequency eigenvectors spatially coherent (on the quick volumes every
+        spectral method scores higher with them).
+    alpha : float, optional
+        Weak-edge pruning ``A <- max(A - max A / alpha, 0)`` (> 1).
+    u : int, optional
+        Size of the spectral embedding ``Phi``.
+    hidden : int, optional
+        Width of the GCN and the cluster head.
+    steps : int, optional
+        Training steps of the clustering models (full-graph steps, one training volume each).
+    lr : float, optional
+        Adam learning rate of the clustering models.
+    gamma1, gamma2 : float, optional
+        Weights of the clustering (6.4) and consistency (6.5) terms in (6.6).
+    trace_weight : float, optional
+        Weight of ``sum_i phi_i^T L phi_i`` in the embedding loss.
+    tau : float, optional
+        Degrees of freedom of the Student-t kernel (6.2).
+    warmup : int, optional
+        Steps of the embedding loss alone before the clustering terms start.
+    seeds : tuple of int, optional
+        Seeds of the clustering models (and k-means); figures are mean and s.d. over them.
+    real : bool, optional
+        Also run the real-data check on the shipped cryo-ET tomogram.
+    seed : int, optional
+        Seed of the simulated volumes and the MAE.
+    mode : str, optional
+        Name of the preset.
+
+    Examples
+    --------
+    >>> Cs2cConfig.tiny().shape
+    (24, 48, 48)
+    """
+
+    shape: tuple = (64, 128, 128)
+    spacing_nm: float = 10.0
+    n_train: int = 2
+    n_test: int = 3
+    k: int = 6
+    superpixels: int = 4000
+    compactness: float = 0.1
+    mae_patch: int = 4
+    mae_dim: int = 64
+    mae_depth: int = 3
+    mae_heads: int = 4
+    mae_mask: float = 0.6
+    mae_steps: int = 800
+    mae_batch: int = 8
+    mae_crop: int = 32
+    mae_lr: float = 1e-3
+    n_neighbors: int = 10
+    graph: str = "union"
+    alpha: float = 10.0
+    u: int = 16
+    hidden: int = 64
+    steps: int = 400
+    lr: float = 5e-3
+    gamma1: float = 1.0
+    gamma2: float = 1.0
+    trace_weight: float = 1.0
+    tau: float = 1.0
+    warmup: int = 100
+    seeds: tuple = (0, 1, 2)
+    real: bool = True
+    seed: int = 0
+    mode: str = "custom"
+
+    @classmethod
+    def quick(cls, **kw) -> Cs2cConfig:
+        """CPU quick mode: 64 x 128 x 128 volumes at 10 nm, minutes on 2 cores.
+
+        Parameters
+        ----------
+        **kw
+            Fields to override.
+
+        Returns
+        -------
+        Cs2cConfig
+            The preset.
+
+        Examples
+        --------
+        >>> Cs2cConfig.quick().k
+        6
+        """
+        return replace(cls(mode="quick"), **kw)
+
+    @classmethod
+    def tiny(cls, **kw) -> Cs2cConfig:
+        """CI size: small volumes, few steps (runs end to end; the targets are checked on quick).
+
+        Parameters
+        ----------
+        **kw
+            Fields to override.
+
+        Returns
+        -------
+        Cs2cConfig
+            The preset.
+
+        Examples
+        --------
+        >>> Cs2cConfig.tiny().n_test
+        2
+        """
+        base = dict(shape=(24, 48, 48), n_train=1, n_test=2, superpixels=300, mae_dim=16, mae_depth=1,
+                    mae_heads=2, mae_steps=20, mae_batch=4, mae_crop=16, u=8, hidden=16, steps=30, warmup=10,
+                    seeds=(0,), real=False, mode="tiny")
+        return replace(cls(**base), **kw)
+
+    @classmethod
+    def full(cls, **kw) -> Cs2cConfig:
+        """GPU size: 128^3 volumes, a larger MAE trained longer.
+
+        Parameters
+        ----------
+        **kw
+            Fields to override.
+
+        Returns
+        -------
+        Cs2cConfig
+            The preset.
+
+        Examples
+        --------
+        >>> Cs2cConfig.full().shape
+        (128, 128, 128)
+        """
+        base = dict(shape=(128, 128, 128), n_train=4, n_test=3, superpixels=16000, mae_dim=128, mae_depth=6,
+                    mae_heads=4, mae_steps=6000, mae_batch=16, mae_crop=48, steps=1500, warmup=300, mode="full")
+        return replace(cls(**base), **kw)
+
+    def to_dict(self) -> dict:
+        """The configuration as a JSON-able dict.
+
+        Returns
+        -------
+        dict
+            Every field.
+
+        Examples
+        --------
+        >>> Cs2cConfig.tiny().to_dict()["mode"]
+        'tiny'
+        """
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+def _check(cfg) -> Cs2cConfig:
+    from ..core.arrays import check_count, check_number
+
+    if not isinstance(cfg, Cs2cConfig):
+        raise InputError(f"cfg: got {type(cfg).__name__}; expected a Cs2cConfig (Cs2cConfig.quick() / tiny() / full())")
+    if (not isinstance(cfg.shape, (tuple, list)) or len(cfg.shape) != 3
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 16 for v in cfg.shape)):
+        raise InputError(f"shape: got {cfg.shape!r}; expected 3 integer sizes >= 16 voxels")
+    for name in ("n_train", "n_test", "superpixels", "mae_steps", "mae_batch", "mae_patch", "mae_dim", "mae_depth",
+                 "mae_heads", "mae_crop", "n_neighbors", "u", "hidden", "steps"):
+        check_count(getattr(cfg, name), name)
+    check_count(cfg.k, "k", minimum=2)
+    check_count(cfg.warmup, "warmup", minimum=0)
+    check_count(cfg.seed, "seed", minimum=0)
+    for name in ("spacing_nm", "compactness", "lr", "tau", "mae_lr"):
+        check_number(getattr(cfg, name), name, positive=True)
+    for name in ("gamma1", "gamma2", "trace_weight"):
+        check_number(getattr(cfg, name), name, nonneg=True)
+    check_number(cfg.alpha, "alpha", low=1.0)
+    if not cfg.alpha > 1.0 or not np.isfinite(cfg.alpha):
+        raise InputError(f"alpha: got {cfg.alpha!r}; expected a finite number > 1")
+    if not 0.0 < cfg.mae_mask < 1.0:
+        raise InputError(f"mae_mask: got {cfg.mae_mask!r}; expected a fraction in (0, 1)")
+    if cfg.mae_dim % cfg.mae_heads:
+        raise InputError(f"mae_heads: got {cfg.mae_heads}; expected a divisor of mae_dim={cfg.mae_dim}")
+    if cfg.mae_crop % cfg.mae_patch or cfg.mae_crop > min(cfg.shape):
+        raise InputError(f"mae_crop: got {cfg.mae_crop}; expected a multiple of mae_patch={cfg.mae_patch} "
+                         f"no larger than the volume {tuple(cfg.shape)}")
+    if cfg.warmup >= cfg.steps:
+        raise InputError(f"warmup: got {cfg.warmup}; expected fewer than steps={cfg.steps} (the clustering terms "
+                         "start after it)")
+    if cfg.k > cfg.superpixels:
+        raise InputError(f"k: got {cfg.k}; expected at most superpixels={cfg.superpixels}")
+    if (not isinstance(cfg.seeds, (tuple, list)) or not cfg.seeds
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in cfg.seeds)):
+        raise InputError(f"seeds: got {cfg.seeds!r}; expected a non-empty tuple of integers >= 0")
+    if cfg.graph not in ("union", "features"):
+        raise InputError(f"graph: got {cfg.graph!r}; expected 'union' or 'features'")
+    if not isinstance(cfg.real, bool):
+        raise InputError(f"real: got {cfg.real!r}; expected True or False")
+    return cfg
+
+
+def normalise(volume) -> np.ndarray:
+    """EM intensities to about [0, 1]: the 0.5th and 99.5th percentiles map to 0 and 1.
+
+    Applied to every volume before the MAE and the superpixels, so uint8 / uint16 / rescaled
+    data meet the model in the range it was trained in.
+
+    Parameters
+    ----------
+    volume : Image or array_like
+        A grey image.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, same shape.
+
+    Raises
+    ------
+    InputError
+        Non-finite or constant intensities.
+
+    Examples
+    --------
+    >>> v = normalise(np.arange(1000, dtype=np.uint16).reshape(10, 10, 10))
+    >>> round(float(v.min()), 3), round(float(v.max()), 3)
+    (-0.005, 1.005)
+    """
+    a = np.asarray(volume.numpy() if isinstance(volume, Image) else volume)
+    if not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
+        raise InputError(f"volume: got dtype {a.dtype}; expected real grey intensities")
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise InputError("volume: contains NaN or infinity; expected finite intensities")
+    lo, hi = np.percentile(a, [0.5, 99.5])
+    if hi <= lo:
+        lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        raise InputError(f"volume: is constant (every voxel = {float(a.flat[0]):g}); nothing to cluster")
+    return (a - lo) / (hi - lo)
+
+
+# ============================================================================ data
+@dataclass
+class Volumes:
+    """The simulated training (unlabeled) and held-out (labelled) volumes.
+
+    Parameters
+    ----------
+    train : list of EMSample
+        Training volumes (their labels are never used).
+    test : list of EMSample
+        Held-out volumes.
+    seconds : float
+        Simulation time.
+    """
+
+    train: list
+    test: list
+    seconds: float = 0.0
+
+
+def simulate(cfg: Cs2cConfig, progress=None) -> Volumes:
+    """Seeded EM volumes (:func:`biomip.data.em_volume`): ``n_train`` unlabeled ones and ``n_test`` held out.
+
+    Parameters
+    ----------
+    cfg : Cs2cConfig
+        Sizes and seeds.
+    progress : bool or None, optional
+        Progress bar.
+
+    Returns
+    -------
+    Volumes
+        The volumes with their labels.
+
+    Examples
+    --------
+    >>> vols = simulate(Cs2cConfig.tiny(), progress=False)
+    >>> len(vols.train), len(vols.test), vols.test[0].image.shape
+    (1, 2, (24, 48, 48))
+    """
+    from ..data import em_volume
+
+    cfg = _check(cfg)
+    t0 = time.perf_counter()
+    seeds = [cfg.seed * 1000 + i for i in range(cfg.n_train)] + [cfg.seed * 1000 + 500 + i for i in range(cfg.n_test)]
+    out = []
+    with progress_bar("simulating EM volumes", len(seeds), progress) as bar:
+        for s in seeds:
+            out.append(em_volume(tuple(cfg.shape), spacing=cfg.spacing_nm, seed=s))
+            bar.advance()
+    return Volumes(train=out[:cfg.n_train], test=out[cfg.n_train:], seconds=time.perf_counter() - t0)
+
+
+# ============================================================================ features and graphs
+def train_features(cfg: Cs2cConfig, volumes, device=None, progress=None):
+    """The self-supervised feature extractor: an MAE (3-D ViT) trained on random crops of unlabeled volumes.
+
+    Parameters
+    ----------
+    cfg : Cs2cConfig
+        MAE sizes and training schedule.
+    volumes : list of Image or numpy.ndarray
+        Unlabeled volumes.
+    device : str or torch.device or None, optional
+        Training device.
+    progress : bool or None, optional
+        Progress bar.
+
+    Returns
+    -------
+    biomip.generate.MAE
+        The trained MAE (``features`` gives one vector per ``mae_patch`` voxels).
+
+    Examples
+    --------
+    >>> mae = train_features(cfg, [v.image for v in vols.train])   # doctest: +SKIP
+    """
+    from ..generate import MAE
+
+    arrs = [normalise(v) for v in volumes]
+    crop = min(cfg.mae_crop, *(min(a.shape) // cfg.mae_patch * cfg.mae_patch for a in arrs))
+    mae = MAE(sdim=3, patch=cfg.mae_patch, dim=cfg.mae_dim, depth=cfg.mae_depth, heads=cfg.mae_heads,
+              decoder_dim=max(cfg.mae_dim // 2, 8), decoder_depth=1, mask_ratio=cfg.mae_mask, seed=cfg.seed)
+    return mae.fit([a[None] for a in arrs] if len(arrs) > 1 else arrs[0][None], steps=cfg.mae_steps,
+                   batch_size=cfg.mae_batch, lr=cfg.mae_lr, patch_size=crop, seed=cfg.seed, device=device,
+                   progress=progress)
+
+
+def classic_features(volume) -> np.ndarray:
+    """Per-voxel intensity / texture features: Gaussian means, local standard deviations and
+    Laplacians of Gaussian at 1, 2 and 4 voxels (the ablation of the MAE features).
+
+    Parameters
+    ----------
+    volume : Image or numpy.ndarray
+        2-D or 3-D grey image.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(9, *shape)`` float32 feature map.
+
+    Examples
+    --------
+    >>> classic_features(np.random.default_rng(0).random((8, 8, 8))).shape
+    (9, 8, 8, 8)
+    """
+    from scipy import ndimage as ndi
+
+    v = np.asarray(volume.numpy() if isinstance(volume, Image) else volume, np.float32)
+    out = []
+    for s in (1.0, 2.0, 4.0):
+        m = ndi.gaussian_filter(v, s)
+        out += [m, np.sqrt(np.maximum(ndi.gaussian_filter(v * v, s) - m * m, 0.0)),
+                ndi.gaussian_laplace(v, s) * s * s]
+    return np.stack(out).astype(np.float32)
+
+
+@dataclass
+class Graph:
+    """The superpixel graph of one volume.
+
+    Parameters
+    ----------
+    superpixels : numpy.ndarray
+        Superpixel id of every voxel.
+    features : numpy.ndarray
+        ``(n_s, C)`` superpixel features (standardised).
+    affinity : scipy.sparse.csr_matrix
+        Pruned kNN RBF affinity.
+    sizes : numpy.ndarray
+        Voxels per superpixel.
+    seconds : dict
+        Time of each step (superpixels, features, graph).
+    """
+
+    superpixels: np.ndarray
+    features: np.ndarray
+    affinity: object
+    sizes: np.ndarray
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        """Number of superpixels."""
+        return int(self.features.shape[0])
+
+
+def _touching(sp: np.ndarray) -> np.ndarray:
+    """Pairs ``(a, b)``, ``a < b``, of regions that share a face."""
+    pairs = []
+    for ax in range(sp.ndim):
+        a = np.moveaxis(sp, ax, 0)
+        x0, x1 = a[:-1].ravel(), a[1:].ravel()
+        ne = x0 != x1
+        pairs.append(np.stack([np.minimum(x0[ne], x1[ne]), np.maximum(x0[ne], x1[ne])], 1))
+    return np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), np.int64)
+
+
+def _affinity(feat: np.ndarray, sp: np.ndarray, n_neighbors: int, alpha: float, graph: str):
+    """RBF affinity ``exp(-|F_i - F_j|^2 / kappa)`` on the feature kNN edges (and, for ``"union"``, the
+    edges of touching superpixels); kappa: median squared length of the edges; weak edges pruned."""
+    import scipy.sparse as sps
+
+    from ..learn import knn_affinity, prune_weak_edges
+
+    W = knn_affinity(feat, n_neighbors=min(n_neighbors, feat.shape[0] - 1), weights="connectivity").tocoo()
+    rows, cols = W.row, W.col
+    if graph == "union":
+        p = _touching(sp)
+        rows, cols = np.r_[rows, p[:, 0], p[:, 1]], np.r_[cols, p[:, 1], p[:, 0]]
+    S = sps.csr_matrix((np.ones(rows.size), (rows, cols)), shape=W.shape)
+    S = (S + S.T).tocoo()
+    d2 = ((feat[S.row] - feat[S.col]) ** 2).sum(1)
+    kappa = float(np.median(d2)) if d2.size else 1.0
+    A = sps.csr_matrix((np.exp(-d2 / max(kappa, 1e-12)), (S.row, S.col)), shape=W.shape)
+    return prune_weak_edges(A, alpha)
+
+
+def check_volume(volume, cfg: Cs2cConfig) -> tuple:
+    """A grey 3-D EM volume, large enough, with finite, non-constant intensities.
+
+    Parameters
+    ----------
+    volume : Image or array_like
+        The volume.
+    cfg : Cs2cConfig
+        Its ``mae_patch`` sets the smallest size (two patches per axis).
+
+    Returns
+    -------
+    tuple
+        ``(Image, normalised float32 array)``.
+
+    Raises
+    ------
+    ShapeError
+        Not one grey 3-D volume, or too small.
+    InputError
+        Non-finite, constant or non-real intensities.
+
+    Examples
+    --------
+    >>> img, arr = check_volume(np.random.default_rng(0).random((16, 16, 16)), Cs2cConfig.tiny())
+    >>> arr.shape
+    (16, 16, 16)
+    """
+    img = volume if isinstance(volume, Image) else Image(np.asarray(volume))
+    if img.sdim != 3 or "c" in img.axes:
+        raise ShapeError(f"volume: got shape {img.shape} (axes {img.axes!r}); expected one grey 3-D EM volume "
+                         "(z, y, x)")
+    small = 2 * cfg.mae_patch
+    if min(img.spatial_shape) < small:
+        raise ShapeError(f"volume: got shape {img.spatial_shape}; expected at least {small} voxels along every axis")
+    return img, normalise(img)
+
+
+def build_graph(volume, cfg: Cs2cConfig, mae=None, stats=None, features: str = "mae") -> Graph:
+    """Superpixels, superpixel features and the pruned feature graph of a volume.
+
+    Parameters
+    ----------
+    volume : Image or numpy.ndarray
+        Grey 3-D EM volume, at least ``2 * mae_patch`` voxels along every axis (intensities
+        are normalised by :func:`normalise`).
+    cfg : Cs2cConfig
+        Superpixel count (per training-volume size), compactness, kNN, alpha.
+    mae : biomip.generate.MAE or None, optional
+        Feature extractor (required for ``features="mae"``).
+    stats : tuple of numpy.ndarray or None, optional
+        ``(mean, std)`` of the features for standardisation (the training volumes');
+        ``None``: this volume's own.
+    features : {"mae", "classic"}, optional
+        Which superpixel features.
+
+    Returns
+    -------
+    Graph
+        The graph (its ``features`` standardised).
+
+    Examples
+    --------
+    >>> g = build_graph(vols.test[0].image, cfg, mae)   # doctest: +SKIP
+    """
+    from ..segment import region_features, superpixels
+
+    img, arr = check_volume(volume, cfg)
+    img = Image(arr, spacing=img.spacing)
+    sec = {}
+    t = time.perf_counter()
+    n_sp = max(int(round(cfg.superpixels * arr.size / float(np.prod(cfg.shape)))), 1)
+    sp = superpixels(img, n_segments=n_sp, compactness=cfg.compactness)
+    sec["superpixels"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if features == "mae":
+        if mae is None:
+            raise InputError("mae: got None; expected a trained MAE for features='mae'")
+        fmap = mae.features(arr[None], tile=cfg.mae_crop, overlap=0.5)[0]
+        feat, sizes = region_features(fmap, sp, stride=mae.patch)
+    elif features == "classic":
+        feat, sizes = region_features(classic_features(arr), sp)
+    else:
+        raise InputError(f"features: got {features!r}; expected 'mae' or 'classic'")
+    if feat.shape[0] < cfg.k:
+        raise InputError(f"volume: gives {feat.shape[0]} superpixels at shape {img.spatial_shape}; expected at least "
+                         f"k={cfg.k} (a larger volume, or fewer clusters)")
+    mean, std = stats if stats is not None else (feat.mean(0), feat.std(0))
+    feat = ((feat - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+    sec["features"] = time.perf_counter() - t
+    t = time.perf_counter()
+    W = _affinity(feat, sp, cfg.n_neighbors, cfg.alpha, cfg.graph)
+    sec["graph"] = time.perf_counter() - t
+    return Graph(superpixels=sp, features=feat, affinity=W, sizes=sizes, seconds=sec)
+
+
+def feature_stats(graphs_raw: list) -> tuple:
+    """Size-weighted mean and standard deviation of superpixel features over training volumes.
+
+    Parameters
+    ----------
+    graphs_raw : list of tuple
+        ``(features (n_s, C), sizes (n_s,))`` per volume.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(mean, std)``, each ``(C,)``.
+
+    Examples
+    --------
+    >>> m, s = feature_stats([(np.array([[0.0], [2.0]]), np.array([1, 1]))])
+    >>> float(m[0]), float(s[0])
+    (1.0, 1.0)
+    """
+    f = np.concatenate([g[0] for g in graphs_raw])
+    w = np.concatenate([g[1] for g in graphs_raw]).astype(np.float64)
+    w = w / w.sum()
+    mean = (f * w[:, None]).sum(0)
+    std = np.sqrt(((f - mean) ** 2 * w[:, None]).sum(0))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+# ============================================================================ the model
+@dataclass
+class Cs2cModel:
+    """A trained clustering model of one kind.
+
+    Parameters
+    ----------
+    kind : str
+        ``"cs2c"``, ``"dec"`` or ``"spectral-branch"``.
+    k : int
+        Clusters.
+    gcn : GCNEmbedding or None
+        Spectral embedding network.
+    head : ClusterHead or None
+        Cluster head on ``sqrt(n) Phi``.
+    dec : DECCentres or None
+        Spatial-branch centres.
+    centres : numpy.ndarray or None
+        k-means centres on the embedding (``"spectral-branch"``).
+    history : list of dict
+        Loss terms per step.
+    seconds : float
+        Training time.
+    """
+
+    kind: str
+    k: int
+    gcn: object = None
+    head: object = None
+    dec: object = None
+    centres: object = None
+    history: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def predict(self, graph: Graph) -> np.ndarray:
+        """Cluster id of every superpixel of a graph.
+
+        Parameters
+        ----------
+        graph : Graph
+            From :func:`build_graph`, with the training volumes' feature statistics.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_s,)`` ids in ``0..k-1``.
+        """
+        from ..nn import gcn_propagation
+
+        x = torch.as_tensor(graph.features)
+        with torch.no_grad():
+            if self.kind == "dec":
+                return self.dec(x).argmax(1).numpy()
+            phi = self.gcn(x, propagation=gcn_propagation(graph.affinity))           # rows O(1): sqrt(n) Phi
+            if self.kind == "spectral-branch":
+                d = torch.cdist(phi, torch.as_tensor(self.centres, dtype=phi.dtype))
+                return d.argmin(1).numpy()
+            return self.head(phi).argmax(1).numpy()
+
+
+def _kmeans_centres(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    from ..learn import kmeans
+
+    res = kmeans(torch.as_tensor(x), k, n_init=4, seed=seed)
+    return np.asarray(res.centers.cpu().numpy() if torch.is_tensor(res.centers) else res.centers, np.float32)
+
+
+def train(cfg: Cs2cConfig, graphs: list, kind: str = "cs2c", seed: int = 0, progress=None) -> Cs2cModel:
+    """Train one clustering model on the superpixel graphs of the unlabeled training volumes.
+
+    ``"cs2c"``: GCN + cluster head + DEC centres by the total loss (6.6), the embedding
+    loss alone for the first ``warmup`` steps; ``"dec"``: the centres by (6.4) alone;
+    ``"spectral-branch"``: the GCN by (6.1) alone, then k-means centres of ``sqrt(n) Phi``
+    over the training graphs.
+
+    Parameters
+    ----------
+    cfg : Cs2cConfig
+        Sizes, weights and schedule.
+    graphs : list of Graph
+        Training graphs (standardised with common statistics).
+    kind : {"cs2c", "dec", "spectral-branch"}, optional
+        Which model.
+    seed : int, optional
+        Initialisation and k-means seed.
+    progress : bool or None, optional
+        Progress bar.
+
+    Returns
+    -------
+    Cs2cModel
+        The trained model.
+
+    Examples
+    --------
+    >>> model = train(cfg, graphs, "cs2c", seed=0)   # doctest: +SKIP
+    """
+    from ..nn import (
+        ClusterHead,
+        DECCentres,
+        GCNEmbedding,
+        cluster_kl,
+        gcn_propagation,
+        sparse_laplacian_tensor,
+        spectral_embedding_loss,
+        target_distribution,
+    )
+
+    if kind not in ("cs2c", "dec", "spectral-branch"):
+        raise InputError(f"kind: got {kind!r}; expected 'cs2c', 'dec' or 'spectral-branch'")
+    if not graphs:
+        raise InputError("graphs: got an empty list; expected at least one training graph")
+    t0 = time.perf_counter()
+    c = graphs[0].features.shape[1]
+    allf = np.concatenate([g.features for g in graphs])
+    model = Cs2cModel(kind=kind, k=cfg.k)
+    params = []
+    if kind in ("cs2c", "dec"):
+        model.dec = DECCentres(cfg.k, c, centres=_kmeans_centres(allf, cfg.k, seed), tau=cfg.tau)
+        params += list(model.dec.parameters())
+    if kind in ("cs2c", "spectral-branch"):
+        model.gcn = GCNEmbedding(c, out_features=cfg.u, hidden=cfg.hidden, layers=2, seed=seed)
+        params += list(model.gcn.parameters())
+    if kind == "cs2c":
+        model.head = ClusterHead(cfg.u, cfg.k, hidden=cfg.hidden, seed=seed + 1)
+        params += list(model.head.parameters())
+    prep = [(torch.as_tensor(g.features), gcn_propagation(g.affinity), sparse_laplacian_tensor(g.affinity), g.n)
+            for g in graphs]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    with progress_bar(f"training {kind}", cfg.steps, progress) as bar:
+        for step in range(cfg.steps):
+            x, prop, lap, n = prep[step % len(prep)]
+            terms = {}
+            loss = x.new_zeros(())
+            if model.gcn is not None:
+                emb = model.gcn(x, propagation=prop)        # sqrt(n) Phi: O(1) rows for the head, unit columns of Phi
+                terms["embedding"] = spectral_embedding_loss(emb / math.sqrt(n), lap, trace_weight=cfg.trace_weight)
+                loss = loss + terms["embedding"]
+            if model.dec is not None and (kind == "dec" or step >= cfg.warmup):
+                q = model.dec(x)
+                r = target_distribution(q)
+                terms["clustering"] = cluster_kl(r.detach(), q)                   # (6.4), R a constant target
+                loss = loss + (cfg.gamma1 if kind == "cs2c" else 1.0) * terms["clustering"]
+                if model.head is not None:
+                    p = torch.softmax(model.head(emb), 1)
+                    terms["consistency"] = cluster_kl(p, r)                       # (6.5), gradient to P and R
+                    loss = loss + cfg.gamma2 * terms["consistency"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            model.history.append({k2: float(v.detach()) for k2, v in terms.items()})
+            bar.advance()
+    for mod in (model.gcn, model.head, model.dec):
+        if mod is not None:
+            mod.eval()
+    if kind == "spectral-branch":
+        with torch.no_grad():
+            emb = np.concatenate([model.gcn(x, propagation=prop).numpy() for x, prop, _, _ in prep])
+        model.centres = _kmeans_centres(emb, cfg.k, seed)
+    model.seconds = time.perf_counter() - t0
+    return model
+
+
+def _numerical_spectral(graph: Graph, k: int, seed: int) -> np.ndarray:
+    """Per-volume spectral clustering of the graph: k smallest eigenvectors of the normalised
+    Laplacian (:func:`biomip.learn.spectral_embedding`), rows normalised, k-means."""
+    from ..learn import spectral_embedding
+
+    _, vecs = spectral_embedding(graph.affinity, k, seed=seed)
+    v = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    return _kmeans_labels(v.astype(np.float32), k, seed)
+
+
+def _kmeans_labels(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    from ..learn import kmeans
+
+    res = kmeans(torch.as_tensor(x), k, n_init=4, seed=seed)
+    lab = res.labels
+    return np.asarray(lab.cpu().numpy() if torch.is_tensor(lab) else lab)
+
+
+def infer(model: Cs2cModel, graph: Graph) -> np.ndarray:
+    """Voxel cluster labels of a volume from its graph.
+
+    Parameters
+    ----------
+    model : Cs2cModel
+        A trained model.
+    graph : Graph
+        The volume's graph (:func:`build_graph` with the training statistics).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 cluster id per voxel.
+
+    Examples
+    --------
+    >>> labels = infer(model, graph)   # doctest: +SKIP
+    """
+    return model.predict(graph).astype(np.uint8)[graph.superpixels]
+
+
+# ============================================================================ evaluation
+def _dice_mapping(preds: list, truths: list, k: int) -> dict:
+    """One cluster -> class mapping maximising the summed Dice over the pooled volumes (Hungarian)."""
+    from scipy.optimize import linear_sum_assignment
+
+    n_cls = int(max(t.max() for t in truths)) + 1
+    cont = np.zeros((max(k, max(int(p.max()) for p in preds) + 1), n_cls), np.int64)
+    for p, t in zip(preds, truths):
+        np.add.at(cont, (p.ravel().astype(np.int64), t.ravel().astype(np.int64)), 1)
+    present = cont.sum(0) > 0
+    dice = 2 * cont / np.maximum(cont.sum(1)[:, None] + cont.sum(0)[None, :], 1)
+    r, c = linear_sum_assignment(-dice[:, present])
+    cls = np.nonzero(present)[0]
+    return {int(a): int(cls[b]) for a, b in zip(r, c)}
+
+
+def _scores(pred: np.ndarray, truth: np.ndarray, k: int, classes: dict, mapping=None) -> dict:
+    """Dice per class present in ``truth`` after Hungarian matching of clusters to classes on Dice
+    (this volume's own matching, or ``mapping``), their mean, mIoU, ARI, NMI."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    m = mapping if mapping is not None else _dice_mapping([pred], [truth], k)
+    lut = np.full(max(k, int(pred.max()) + 1), -1, np.int64)
+    for a, b in m.items():
+        lut[a] = b
+    mapped = lut[pred]
+    per = {}
+    for c in np.unique(truth):
+        a, b = mapped == c, truth == c
+        per[classes.get(int(c), str(int(c)))] = float(2.0 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1))
+    dice = list(per.values())
+    out = {"dice": float(np.mean(dice)), "per_class": per, "mapping": m}
+    if mapping is None:
+        out.update(miou=float(np.mean([d / (2 - d) for d in dice])),
+                   ari=float(adjusted_rand_score(truth.ravel(), pred.ravel())),
+                   nmi=float(normalized_mutual_info_score(truth.ravel(), pred.ravel())))
+    return out
+
+
+def evaluate(cfg: Cs2cConfig, models: dict, test_graphs: dict, truths: list, classes: dict,
+             baselines_seed: int = 0) -> dict:
+    """Score every method on the held-out volumes.
+
+    Parameters
+    ----------
+    cfg : Cs2cConfig
+        The run's configuration.
+    models : dict
+        ``{name: Cs2cModel}`` trained models (``"cs2c"``, ``"cs2c-classic"``, ``"dec"``,
+        ``"spectral-branch"``).
+    test_graphs : dict
+        ``{"mae": [Graph], "classic": [Graph]}`` of the test volumes.
+    truths : list of numpy.ndarray
+        True class labels of the test volumes.
+    classes : dict
+        Class id -> name.
+    baselines_seed : int, optional
+        Seed of the k-means of the per-volume baselines.
+
+    Returns
+    -------
+    dict
+        ``{name: {"dice", "miou", "ari", "nmi", "per_class", "fixed_dice", "seconds", "per_volume"}}``.
+
+    Examples
+    --------
+    >>> ev = evaluate(cfg, models, graphs, truths, EM_CLASSES)   # doctest: +SKIP
+    """
+    out = {}
+    runs = {name: (lambda g, m=m: m.predict(g), "classic" if name.endswith("classic") else "mae")
+            for name, m in models.items()}
+    runs["kmeans-mae"] = (lambda g: _kmeans_labels(g.features, cfg.k, baselines_seed), "mae")
+    runs["spectral"] = (lambda g: _numerical_spectral(g, cfg.k, baselines_seed), "mae")
+    for name, (fn, feats) in runs.items():
+        preds, rows, secs = [], [], []
+        for g, truth in zip(test_graphs[feats], truths):
+            t = time.perf_counter()
+            lab_sp = fn(g)
+            secs.append(time.perf_counter() - t)
+            pred = np.asarray(lab_sp, np.int64)[g.superpixels]
+            preds.append(pred)
+            rows.append(_scores(pred, truth, cfg.k, classes))
+        mapping = _dice_mapping(preds, truths, cfg.k)
+        fixed = [_scores(p, t, cfg.k, classes, mapping)["dice"] for p, t in zip(preds, truths)]
+        agg = {key: float(np.mean([r[key] for r in rows])) for key in ("dice", "miou", "ari", "nmi")}
+        names = [classes[c] for c in sorted(classes) if any(classes[c] in r["per_class"] for r in rows)]
+        agg["per_class"] = {c: float(np.mean([r["per_class"][c] for r in rows if c in r["per_class"]])) for c in names}
+        agg["fixed_dice"] = float(np.mean(fixed))
+        agg["clustering_seconds"] = float(np.mean(secs))
+        agg["per_volume"] = [{k2: v for k2, v in r.items() if k2 != "mapping"} for r in rows]
+        agg["labels"] = preds
+        agg["fixed_mapping"] = mapping
+        agg["mappings"] = [r["mapping"] for r in rows]
+        out[name] = agg
+    return out
+
+
+# ============================================================================ saved models
+def save_model(path, mae, model: Cs2cModel, stats: tuple, cfg: Cs2cConfig) -> Path:
+    """Write a model folder that :func:`load_model` and ``biomip cluster-em`` read.
+
+    The folder holds ``cs2c.json`` (format, configuration, feature statistics, voxel size
+    of the training volumes), ``mae/``, ``gcn/``, ``head/`` and ``dec/`` (safetensors + JSON).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The folder (created).
+    mae : biomip.generate.MAE
+        The feature extractor.
+    model : Cs2cModel
+        A trained ``"cs2c"`` model.
+    stats : tuple of numpy.ndarray
+        Training feature statistics ``(mean, std)``.
+    cfg : Cs2cConfig
+        The run's configuration.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder.
+
+    Examples
+    --------
+    >>> save_model("cs2c-model", mae, model, stats, cfg)   # doctest: +SKIP
+    """
+    from ..core.atomic import write_json
+
+    if not isinstance(model, Cs2cModel) or model.kind != "cs2c":
+        raise InputError(f"model: got {type(model).__name__}; expected a trained Cs2cModel of kind 'cs2c'")
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    mae.save(p / "mae")
+    model.gcn.save(p / "gcn")
+    model.head.save(p / "head")
+    model.dec.save(p / "dec")
+    write_json({"format": _MODEL_FORMAT, "version": 1, "k": model.k, "features": "mae",
+                "feature_mean": [float(v) for v in stats[0]], "feature_std": [float(v) for v in stats[1]],
+                "spacing_nm": cfg.spacing_nm, "config": cfg.to_dict()}, p / "cs2c.json")
+    return p
+
+
+@dataclass
+class SavedCs2c:
+    """A loaded CS²C model folder.
+
+    Parameters
+    ----------
+    mae : biomip.generate.MAE
+        Feature extractor.
+    model : Cs2cModel
+        The clustering model.
+    stats : tuple of numpy.ndarray
+        Feature statistics of the training volumes.
+    cfg : Cs2cConfig
+        The training run's configuration.
+    """
+
+    mae: object
+    model: Cs2cModel
+    stats: tuple
+    cfg: Cs2cConfig
+
+
+def load_model(path) -> SavedCs2c:
+    """Read a model folder written by :func:`save_model` (or ``biomip run cs2c``).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The folder.
+
+    Returns
+    -------
+    SavedCs2c
+        MAE, clustering model, feature statistics, configuration.
+
+    Raises
+    ------
+    InputError
+        A missing folder or file, or another format.
+
+    Examples
+    --------
+    >>> saved = load_model("cs2c-run/model")   # doctest: +SKIP
+    """
+    import json
+
+    from ..generate import load as load_generative
+    from ..nn import ClusterHead, DECCentres, GCNEmbedding
+
+    p = Path(path)
+    meta_path = p / "cs2c.json"
+    if not meta_path.is_file():
+        raise InputError(f"path: got {str(path)!r}; expected a CS²C model folder with cs2c.json "
+                         "(the model/ folder of `biomip run cs2c`)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise InputError(f"path: {str(meta_path)!r} is not readable JSON ({exc}); expected the cs2c.json of a CS²C "
+                         "model folder") from exc
+    if not isinstance(meta, dict) or meta.get("format") != _MODEL_FORMAT:
+        raise InputError(f"path: {str(meta_path)!r} has format "
+                         f"{meta.get('format') if isinstance(meta, dict) else None!r}; expected {_MODEL_FORMAT!r}")
+    for sub in ("mae", "gcn", "head", "dec"):
+        if not (p / sub).exists():
+            raise InputError(f"path: {str(p)!r} lacks {sub}/; expected a complete CS²C model folder")
+    try:
+        cfg = Cs2cConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["config"].items()})
+        k = int(meta["k"])
+        stats = (np.asarray(meta["feature_mean"], np.float32), np.asarray(meta["feature_std"], np.float32))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"path: {str(meta_path)!r} lacks or garbles a field ({exc}); expected the cs2c.json written "
+                         "by `biomip run cs2c`") from exc
+    model = Cs2cModel(kind="cs2c", k=k, gcn=GCNEmbedding.load(p / "gcn"), head=ClusterHead.load(p / "head"),
+                      dec=DECCentres.load(p / "dec"))
+    return SavedCs2c(mae=load_generative(p / "mae"), model=model, stats=stats, cfg=cfg)
+
+
+def _warn_spacing(img: Image, trained_nm: float) -> None:
+    """Warn when a volume's voxel size is far from the training one (features are scale-specific)."""
+    import warnings
+
+    nm = np.asarray(img.spacing, float) * 1e6
+    ratio = nm / float(trained_nm)
+    if np.any(ratio < 0.67) or np.any(ratio > 1.5):
+        warnings.warn(f"volume: voxel size {', '.join(f'{v:g}' for v in nm)} nm (x, y, z) differs from the model's "
+                      f"training voxel size {trained_nm:g} nm; MAE features are scale-specific, so the clusters may "
+                      "be wrong (resample the volume, or train on data at this size; a file without voxel-size "
+                      "metadata reads as 1 mm)", stacklevel=3)
+
+
+def cluster_volume(saved: SavedCs2c, volume) -> Image:
+    """Organelle clusters of an EM volume with a trained model (no retraining).
+
+    Parameters
+    ----------
+    saved : SavedCs2c
+        From :func:`load_model`.
+    volume : Image or numpy.ndarray
+        A grey 3-D EM volume at about the training voxel size (any intensity range: it is
+        normalised by :func:`normalise`).
+
+    Returns
+    -------
+    Image
+        uint8 cluster ids with the input's geometry (``meta["clusters"]``: voxel fraction of
+        each cluster).
+
+    Raises
+    ------
+    InputError
+        Constant or non-finite volumes, fewer superpixels than clusters.
+    ShapeError
+        Not a grey 2-D / 3-D image.
+
+    Examples
+    --------
+    >>> labels = cluster_volume(load_model("cs2c-run/model"), img)   # doctest: +SKIP
+    """
+    img = volume if isinstance(volume, Image) else Image(np.asarray(volume))
+    if saved.model.gcn.in_features != saved.stats[0].size:
+        raise InputError(f"saved: its networks take {saved.model.gcn.in_features} features but its statistics have "
+                         f"{saved.stats[0].size}; expected a consistent model folder")
+    g = build_graph(img, saved.cfg, saved.mae, stats=saved.stats, features="mae")
+    _warn_spacing(img, saved.cfg.spacing_nm)
+    if g.features.shape[1] != saved.model.gcn.in_features:
+        raise InputError(f"features: the MAE gives {g.features.shape[1]} per superpixel; expected "
+                         f"{saved.model.gcn.in_features} (the clustering networks')")
+    lab = infer(saved.model, g)
+    frac = np.bincount(lab.ravel(), minlength=saved.model.k) / lab.size
+    meta = {"kind": "labels", "clusters": {int(i): float(f) for i, f in enumerate(frac)}, "method": "cs2c"}
+    return Image(lab, spacing=img.spacing, origin=img.origin, direction=img.direction,
+                 axes="".join(a for a in img.axes if a != "c"), meta=meta)
+
+
+# ============================================================================ real data
+def _tomogram_points():
+    """The shipped cryo-ET tomogram and its 5,377 particle positions (voxel z, y, x)."""
+    from ..data import load, sample_path
+
+    img = load("cryoet-tomogram")
+    pts = np.load(Path(sample_path("cryoet-tomogram")).with_name("tomo_point.npy")) / 4.0   # napari's 4x scale
+    return img, pts
+
+
+def real_check(cfg: Cs2cConfig, k: int = 4, device=None, progress=None) -> dict:
+    """CS²C on the shipped cryo-ET tomogram (no labels): are particle positions enriched in one cluster?
+
+    An MAE and a CS²C model are trained on the tomogram itself (nothing else is seen), its
+    voxels clustered into ``k`` clusters, and for each cluster the fraction of the 5,377
+    annotated particle positions inside it is divided by its voxel fraction (enrichment 1 =
+    chance).
+
+    Parameters
+    ----------
+    cfg : Cs2cConfig
+        MAE and clustering settings (``superpixels`` scaled to the tomogram).
+    k : int, optional
+        Clusters.
+    device : str or torch.device or None, optional
+        MAE training device.
+    progress : bool or None, optional
+        Progress bars.
+
+    Returns
+    -------
+    dict
+        ``enrichment`` per cluster, ``best_cluster``, ``best_enrichment``, ``volume_fraction``,
+        ``particle_fraction``, ``labels`` (the cluster volume) and ``image``.
+
+    Examples
+    --------
+    >>> real = real_check(Cs2cConfig.quick())   # doctest: +SKIP
+    """
+    img, pts = _tomogram_points()
+    arr = img.numpy().astype(np.float32)
+    arr = (arr - arr.min()) / max(float(arr.max() - arr.min()), 1e-12)
+    c = replace(cfg, k=k, shape=tuple(arr.shape), superpixels=int(cfg.superpixels * arr.size / np.prod(cfg.shape)))
+    mae = train_features(c, [arr], device=device, progress=progress)
+    g0 = build_graph(arr, c, mae, stats=(np.float32(0.0), np.float32(1.0)))
+    stats = feature_stats([(g0.features, g0.sizes)])
+    g = build_graph(arr, c, mae, stats=stats)
+    model = train(c, [g], "cs2c", seed=cfg.seeds[0], progress=progress)
+    lab = infer(model, g)
+    idx = np.clip(np.round(pts).astype(int), 0, np.array(arr.shape) - 1)
+    at = lab[idx[:, 0], idx[:, 1], idx[:, 2]]
+    vf = np.bincount(lab.ravel(), minlength=k) / lab.size
+    pf = np.bincount(at, minlength=k) / len(at)
+    enr = np.where(vf > 0, pf / np.maximum(vf, 1e-12), 0.0)
+    best = int(np.argmax(enr))
+    return {"k": k, "particles": int(len(pts)), "volume_fraction": vf.tolist(), "particle_fraction": pf.tolist(),
+            "enrichment": enr.tolist(), "best_cluster": best, "best_enrichment": float(enr[best]),
+            "superpixels": g.n, "labels": lab, "image": arr, "points": pts}
+
+
+# ============================================================================ report
+_METHOD_ORDER = ("cs2c", "cs2c-classic", "dec", "spectral-branch", "kmeans-mae", "spectral")
+
+
+def _preview(path: Path, vol, per_method: dict, real: dict | None, title: str) -> None:
+    from ..core.preview import render_panels
+
+    z = vol.image.shape[0] // 2
+    names = ", ".join(f"{c} {n}" for c, n in sorted(vol.classes.items()))
+    title = (f"{title}\nclasses {names}; each method's clusters coloured as the class they match (Hungarian on "
+             "Dice, this volume), unmatched clusters in one extra colour")
+    panels = [("EM volume 1 (held-out), mid slice", vol.image.numpy()[z], None),
+              ("true classes", vol.labels.numpy()[z], {"labels": True})]
+    for name in _METHOD_ORDER:
+        if name in per_method:
+            m = per_method[name]
+            lut = np.zeros(max(int(m["labels0"].max()) + 1, max(m["mapping"], default=0) + 1), np.int64)
+            unmatched = 255
+            lut[:] = unmatched
+            for a, b in m["mapping"].items():
+                lut[a] = b
+            shown = lut[m["labels0"][z]]
+            shown = np.where(shown == unmatched, 7, shown)          # clusters left unmatched: one more colour
+            panels.append((f"{name}: volume 1 Dice {m['dice_volume0']:.2f}", shown, {"labels": True}))
+    if real is not None:
+        zr = int(np.median(real["points"][:, 0]))
+        near = real["points"][np.abs(real["points"][:, 0] - zr) < 2]
+        img = real["image"][zr]
+        mark = np.zeros(img.shape, np.uint8)
+        iy, ix = np.clip(np.round(near[:, 1]).astype(int), 0, img.shape[0] - 1), np.clip(
+            np.round(near[:, 2]).astype(int), 0, img.shape[1] - 1)
+        mark[iy, ix] = 1
+        panels.append(("cryo-ET tomogram (real), particles", img, {"overlay": mark, "overlay_label": "particle"}))
+        panels.append((f"CS²C clusters; cluster {real['best_cluster']}: {real['best_enrichment']:.1f}x particles",
+                       real["labels"][zr], {"labels": True}))
+    render_panels(panels, path, title=title, cols=4, dpi=80)
+
+
+def _targets(meth: dict, speed: dict | None) -> dict:
+    t = {}
+    if "cs2c" in meth:
+        c = meth["cs2c"]
+        t["cs2c_dice>=0.75"] = bool(c["dice"] >= 0.75)
+        if "kmeans-mae" in meth:
+            t["cs2c_dice>=kmeans_mae+0.05"] = bool(c["dice"] >= meth["kmeans-mae"]["dice"] + 0.05)
+        if "dec" in meth:
+            t["spectral_branch_helps(cs2c>dec)"] = bool(c["dice"] > meth["dec"]["dice"])
+        if "spectral-branch" in meth:
+            t["consistency_helps(cs2c>spectral-branch)"] = bool(c["dice"] > meth["spectral-branch"]["dice"])
+        t["cross_volume_consistency(fixed within 0.03)"] = bool(c["dice"] - c["fixed_dice"] <= 0.03)
+    if speed:
+        t["inference_faster_than_numerical_spectral"] = bool(speed["speedup_clustering"] > 1.0)
+    return t
+
+
+def _speed(cfg: Cs2cConfig, mae, model: Cs2cModel, stats, seed: int) -> dict:
+    """Inference on one 128^3 simulated volume: CS²C vs numerical spectral clustering of the same graph."""
+    from ..data import em_volume
+
+    vol = em_volume((128, 128, 128), spacing=cfg.spacing_nm, seed=cfg.seed * 1000 + 900)
+    t = time.perf_counter()
+    g = build_graph(vol.image, cfg, mae, stats=stats)
+    t_graph = time.perf_counter() - t
+    t = time.perf_counter()
+    model.predict(g)
+    t_cs2c = time.perf_counter() - t
+    t = time.perf_counter()
+    _numerical_spectral(g, cfg.k, seed)
+    t_num = time.perf_counter() - t
+    return {"shape": [128, 128, 128], "superpixels": g.n, "shared_seconds": t_graph, "shared_steps": g.seconds,
+            "cs2c_seconds": t_cs2c, "spectral_seconds": t_num, "speedup_clustering": t_num / max(t_cs2c, 1e-9),
+            "speedup_end_to_end": (t_graph + t_num) / max(t_graph + t_cs2c, 1e-9)}
+
+
+def _graphs(cfg, vols, mae, features: str):
+    raw = [build_graph(v.image, cfg, mae, stats=(np.float32(0.0), np.float32(1.0)), features=features)
+           for v in vols.train]
+    stats = feature_stats([(g.features, g.sizes) for g in raw])
+    train_g = [build_graph(v.image, cfg, mae, stats=stats, features=features) for v in vols.train]
+    test_g = [build_graph(v.image, cfg, mae, stats=stats, features=features) for v in vols.test]
+    return train_g, test_g, stats
+
+
+def run(cfg: Cs2cConfig | None = None, out=None, device=None, progress=None) -> dict:
+    """simulate -> MAE features -> graphs -> train (every model, every seed) -> evaluate -> report.
+
+    Writes (when ``out`` is given) ``report.json``, ``preview.png``, ``model/`` (the CS²C
+    model of the first seed, for ``biomip cluster-em``) and ``volume.tif`` (a held-out EM
+    volume) into ``out``.
+
+    Parameters
+    ----------
+    cfg : Cs2cConfig or None, optional
+        Configuration (default :meth:`Cs2cConfig.quick`).
+    out : str or pathlib.Path or None, optional
+        Output folder.
+    device : str or torch.device or None, optional
+        MAE training device (the graph models run on the CPU).
+    progress : bool or None, optional
+        Progress bars.
+
+    Returns
+    -------
+    dict
+        The report: ``methods`` (per method: ``dice`` (mean matched Dice), ``dice_sd`` over
+        seeds, ``miou``, ``ari``, ``nmi``, ``per_class``, ``fixed_dice``, ``seconds``),
+        ``speed``, ``real``, ``targets``, ``config``, ``seeds``, timings.
+
+    Examples
+    --------
+    >>> report = run(Cs2cConfig.tiny(), out="cs2c-tiny")  # doctest: +SKIP
+    """
+    from ..core.atomic import write_json
+    from ..data import EM_CLASSES
+
+    cfg = _check(cfg if cfg is not None else Cs2cConfig.quick())
+    t0 = time.perf_counter()
+    times = {}
+    vols = simulate(cfg, progress=progress)
+    times["simulation"] = vols.seconds
+    t = time.perf_counter()
+    mae = train_features(cfg, [v.image for v in vols.train], device=device, progress=progress)
+    mae = mae.to("cpu") if hasattr(mae, "to") else mae
+    times["mae"] = time.perf_counter() - t
+    t = time.perf_counter()
+    g_mae = _graphs(cfg, vols, mae, "mae")
+    g_cls = _graphs(cfg, vols, mae, "classic")
+    times["graphs"] = time.perf_counter() - t
+    truths = [v.labels.numpy() for v in vols.test]
+    per_seed, first = [], {}
+    t = time.perf_counter()
+    for s in cfg.seeds:
+        models = {"cs2c": train(cfg, g_mae[0], "cs2c", seed=s, progress=progress),
+                  "cs2c-classic": train(cfg, g_cls[0], "cs2c", seed=s, progress=progress),
+                  "dec": train(cfg, g_mae[0], "dec", seed=s, progress=progress),
+                  "spectral-branch": train(cfg, g_mae[0], "spectral-branch", seed=s, progress=progress)}
+        ev = evaluate(cfg, models, {"mae": g_mae[1], "classic": g_cls[1]}, truths, EM_CLASSES, baselines_seed=s)
+        for name, m in models.items():
+            ev[name]["train_seconds"] = m.seconds
+        per_seed.append(ev)
+        if not first:
+            first = {"models": models, "ev": ev}
+    times["clustering"] = time.perf_counter() - t
+    meth = {}
+    for name in per_seed[0]:
+        runs = [e[name] for e in per_seed]
+        agg = {key: float(np.mean([r[key] for r in runs])) for key in ("dice", "miou", "ari", "nmi", "fixed_dice",
+                                                                         "clustering_seconds")}
+        agg["dice_sd"] = float(np.std([r["dice"] for r in runs]))
+        agg["dice_per_seed"] = [float(r["dice"]) for r in runs]
+        agg["per_class"] = {c: float(np.mean([r["per_class"][c] for r in runs])) for c in runs[0]["per_class"]}
+        if "train_seconds" in runs[0]:
+            agg["train_seconds"] = float(np.mean([r["train_seconds"] for r in runs]))
+        meth[name] = agg
+    speed = None
+    if cfg.mode != "tiny":
+        t = time.perf_counter()
+        speed = _speed(cfg, mae, first["models"]["cs2c"], g_mae[2], cfg.seeds[0])
+        times["speed"] = time.perf_counter() - t
+    real = None
+    if cfg.real:
+        t = time.perf_counter()
+        real = real_check(cfg, device=device, progress=progress)
+        times["real"] = time.perf_counter() - t
+    report = {
+        "pipeline": "cs2c", "mode": cfg.mode, "config": cfg.to_dict(),
+        "seeds": {"train_volumes": [cfg.seed * 1000 + i for i in range(cfg.n_train)],
+                  "test_volumes": [cfg.seed * 1000 + 500 + i for i in range(cfg.n_test)], "mae": cfg.seed,
+                  "clustering": list(cfg.seeds)},
+        "data": {"shape": list(cfg.shape), "spacing_nm": cfg.spacing_nm, "classes": EM_CLASSES,
+                 "superpixels_per_test_volume": [g.n for g in g_mae[1]]},
+        "methods": meth,
+        "per_volume_first_seed": {k: v["per_volume"] for k, v in first["ev"].items()},
+        "speed": speed,
+        "real": {k: v for k, v in real.items() if k not in ("labels", "image", "points")} if real else None,
+        "times": times,
+        "targets": _targets(meth, speed),
+        "warnings": ([f"mode {cfg.mode!r}: sized for CI (a few training steps); the targets are checked on the quick "
+                      "mode"] if cfg.mode == "tiny" else []),
+        "threads": torch.get_num_threads(),
+    }
+    report["seconds"] = time.perf_counter() - t0
+    if out is not None:
+        from ..io import write
+
+        o = Path(out)
+        o.mkdir(parents=True, exist_ok=True)
+        save_model(o / "model", mae, first["models"]["cs2c"], g_mae[2], cfg)
+        write(vols.test[0].image, o / "volume.tif")
+        pm = {name: {"dice_volume0": first["ev"][name]["per_volume"][0]["dice"],
+                     "labels0": first["ev"][name]["labels"][0], "mapping": first["ev"][name]["mappings"][0]}
+              for name in first["ev"]}
+        _preview(o / "preview.png", vols.test[0], pm, real, f"CS²C unsupervised EM organelle clustering ({cfg.mode})")
+        report["files"] = {"report": "report.json", "preview": "preview.png", "model": "model/", "volume": "volume.tif"}
+        write_json(report, o / "report.json")
+    return report

@@ -1,0 +1,207 @@
+"""CS²C pipeline (case study 5): region features, tiled MAE features, graphs, tiny end-to-end
+run, model round trip, cross-volume identities, bad input, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from biomip.core.errors import InputError, ShapeError
+from biomip.pipelines import cs2c
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cs2c")
+    cfg = cs2c.Cs2cConfig.tiny()
+    report = cs2c.run(cfg, out=out, progress=False)
+    return cfg, report, out
+
+
+def test_region_features_means_and_upsampled_patch_grid():
+    from biomip.segment import region_features
+
+    rng = np.random.default_rng(0)
+    lab = rng.integers(0, 5, size=(6, 8, 8))
+    feat = rng.normal(size=(3, 6, 8, 8)).astype(np.float32)
+    means, sizes = region_features(feat, lab, chunk=2)
+    for r in range(5):
+        np.testing.assert_allclose(means[r], feat[:, lab == r].mean(1), rtol=1e-5, atol=1e-6)
+    assert sizes.tolist() == np.bincount(lab.ravel(), minlength=5).tolist()
+    # a coarse map (stride 2) whose values are linear in position: the upsampled value at a voxel is its
+    # position mapped to the patch grid (bilinear, patch centres), except where clamped at the edges
+    yy, xx = np.mgrid[:4, :4].astype(np.float32)
+    coarse = np.stack([xx, yy])
+    lab2 = np.arange(64).reshape(8, 8)                           # one region per pixel
+    m, _ = region_features(coarse, lab2, stride=2)
+    x_expect = np.clip((np.arange(8) + 0.5) / 2 - 0.5, 0, 3)
+    np.testing.assert_allclose(m[:, 0].reshape(8, 8)[0], x_expect, atol=1e-6)
+    with pytest.raises(ShapeError, match="features"):
+        region_features(np.zeros((2, 2, 2), np.float32), lab2, stride=2)
+    with pytest.raises(InputError, match="labels"):
+        region_features(coarse, lab2.astype(float), stride=2)
+
+
+def test_mae_tiled_features_average_the_windows():
+    from biomip.generate import MAE
+
+    vol = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32)
+    mae = MAE(sdim=3, patch=4, dim=8, depth=1, heads=2, decoder_dim=8, decoder_depth=1, seed=0)
+    whole = mae.features(vol[None])
+    one = mae.features(vol[None], tile=16)                       # one window = the whole volume
+    np.testing.assert_allclose(one, whole, atol=1e-5)
+    tiled = mae.features(vol[None], tile=8, overlap=0.5)         # windows of 2x2x2 patches, stride 1 patch
+    assert tiled.shape == whole.shape == (1, 8, 4, 4, 4)
+    # the corner patch is seen by one window only: its vector is that window's
+    win = mae.features(vol[None, :8, :8, :8])
+    np.testing.assert_allclose(tiled[0, :, 0, 0, 0], win[0, :, 0, 0, 0], atol=1e-5)
+    with pytest.raises(InputError, match="tile"):
+        mae.features(vol[None], tile=6)
+
+
+def test_graph_is_symmetric_pruned_and_standardised():
+    from biomip.data import em_volume
+
+    cfg = cs2c.Cs2cConfig.tiny()
+    vol = em_volume(tuple(cfg.shape), seed=3)
+    g = cs2c.build_graph(vol.image, cfg, features="classic")
+    W = g.affinity
+    assert abs(W - W.T).max() < 1e-6 and W.min() >= 0
+    # pruning: no edge below max / alpha survives (A <- max(A - max A / alpha, 0))
+    assert W.data.size and W.data.max() <= 1.0
+    np.testing.assert_allclose(g.features.mean(0), 0, atol=1e-4)
+    assert g.superpixels.shape == vol.image.shape and g.superpixels.max() + 1 == g.n
+    with pytest.raises(InputError, match="constant"):
+        cs2c.build_graph(np.ones((16, 32, 32), np.float32), cfg, features="classic")
+    with pytest.raises(InputError, match="mae"):
+        cs2c.build_graph(vol.image, cfg, mae=None, features="mae")
+    with pytest.raises(InputError, match="k"):
+        cs2c.build_graph(vol.image, cs2c.Cs2cConfig.tiny(k=400, superpixels=50), features="classic")
+
+
+def test_cluster_ids_are_the_same_network_in_every_volume():
+    """Trained once, the model's cluster of a superpixel depends only on its features and
+    graph: the same volume's graph, permuted, gives the permuted labels (no per-image
+    eigenvector switching or flips)."""
+    import scipy.sparse as sps
+
+    from biomip.data import em_volume
+
+    cfg = cs2c.Cs2cConfig.tiny(steps=20)
+    vol = em_volume(tuple(cfg.shape), seed=4)
+    g = cs2c.build_graph(vol.image, cfg, features="classic")
+    model = cs2c.train(cfg, [g], "cs2c", seed=0, progress=False)
+    lab = model.predict(g)
+    perm = np.random.default_rng(0).permutation(g.n)
+    P = sps.csr_matrix((np.ones(g.n), (np.arange(g.n), perm)), shape=(g.n, g.n))
+    g2 = cs2c.Graph(superpixels=np.argsort(perm)[g.superpixels], features=g.features[perm],
+                    affinity=(P @ g.affinity @ P.T).tocsr(), sizes=g.sizes[perm])
+    np.testing.assert_array_equal(model.predict(g2), lab[perm])
+    np.testing.assert_array_equal(cs2c.infer(model, g2), cs2c.infer(model, g))
+
+
+def test_tiny_run_end_to_end(tiny_run):
+    cfg, rep, out = tiny_run
+    meth = rep["methods"]
+    for name in ("cs2c", "cs2c-classic", "dec", "spectral-branch", "kmeans-mae", "spectral"):
+        assert name in meth
+        for key in ("dice", "miou", "ari", "nmi", "fixed_dice", "dice_sd"):
+            assert np.isfinite(meth[name][key]), (name, key)
+        assert 0.0 <= meth[name]["dice"] <= 1.0
+        assert meth[name]["fixed_dice"] <= meth[name]["dice"] + 1e-9     # one mapping cannot beat per-volume ones
+        assert set(meth[name]["per_class"]) <= {"cytosol", "nucleus", "mitochondrion", "granule", "er", "membrane"}
+    saved = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert saved["methods"]["cs2c"]["dice"] == pytest.approx(meth["cs2c"]["dice"])
+    assert saved["config"]["mode"] == "tiny" and "seeds" in saved and "targets" in saved
+    assert (out / "preview.png").stat().st_size > 10_000
+    # every training history has finite terms
+    assert (out / "model" / "cs2c.json").is_file()
+
+
+def test_saved_model_clusters_a_new_volume_with_its_geometry(tiny_run):
+    from biomip.core.image import Image
+    from biomip.data import em_volume
+
+    cfg, rep, out = tiny_run
+    saved = cs2c.load_model(out / "model")
+    vol = em_volume(tuple(cfg.shape), seed=77).image
+    img = Image(vol.numpy(), spacing=vol.spacing, origin=(1.0, 2.0, 3.0))
+    lab = cs2c.cluster_volume(saved, img)
+    assert lab.shape == img.shape and lab.numpy().dtype == np.uint8
+    assert lab.spacing == img.spacing and lab.origin == img.origin
+    assert int(lab.numpy().max()) < cfg.k
+    assert sum(lab.meta["clusters"].values()) == pytest.approx(1.0)
+    with pytest.raises(InputError, match="constant"):
+        cs2c.cluster_volume(saved, np.zeros((24, 48, 48), np.float32))
+    with pytest.raises(InputError, match="path"):
+        cs2c.load_model(out)
+    # intensities of any range meet the model normalised: uint16 data give the float data's clusters
+    raw = vol.numpy()
+    u16 = ((raw - raw.min()) / (raw.max() - raw.min()) * 60000).astype(np.uint16)
+    lab16 = cs2c.cluster_volume(saved, Image(u16, spacing=vol.spacing))
+    assert np.mean(lab16.numpy() == lab.numpy()) > 0.95
+    # a voxel size far from the training one is said
+    with pytest.warns(UserWarning, match="voxel size"):
+        cs2c.cluster_volume(saved, Image(vol.numpy(), spacing=tuple(5 * s for s in vol.spacing)))
+    with pytest.raises(ShapeError, match="3-D"):
+        cs2c.cluster_volume(saved, vol.numpy()[0])
+    with pytest.raises(ShapeError, match="at least"):
+        cs2c.cluster_volume(saved, vol.numpy()[:6])
+    bad = out.parent / "badmodel"
+    import shutil
+
+    shutil.copytree(out / "model", bad)
+    (bad / "cs2c.json").write_text("{bad", encoding="utf-8")
+    with pytest.raises(InputError, match="JSON"):
+        cs2c.load_model(bad)
+
+
+def test_bad_config():
+    with pytest.raises(InputError, match="shape"):
+        cs2c.run(cs2c.Cs2cConfig.tiny(shape=(8, 8, 8)))
+    with pytest.raises(InputError, match="alpha"):
+        cs2c.run(cs2c.Cs2cConfig.tiny(alpha=1.0))
+    with pytest.raises(InputError, match="k"):
+        cs2c.run(cs2c.Cs2cConfig.tiny(k=1))
+    with pytest.raises(InputError, match="mae_crop"):
+        cs2c.run(cs2c.Cs2cConfig.tiny(mae_crop=18))
+    with pytest.raises(InputError, match="cfg"):
+        cs2c.run({"mode": "tiny"})
+    with pytest.raises(InputError, match="kind"):
+        cs2c.train(cs2c.Cs2cConfig.tiny(), [], "kmeans")
+    for kw, name in ((dict(seed=-1), "seed"), (dict(spacing_nm=0.0), "spacing_nm"), (dict(mae_mask=1.5), "mae_mask"),
+                     (dict(mae_heads=3), "mae_heads"), (dict(warmup=30), "warmup"), (dict(seeds=()), "seeds"),
+                     (dict(seeds=("a",)), "seeds"), (dict(lr=-1.0), "lr"), (dict(graph="rag"), "graph"),
+                     (dict(shape=(24.5, 48, 48)), "shape"), (dict(k=400), "k")):
+        with pytest.raises(InputError, match=name):
+            cs2c.run(cs2c.Cs2cConfig.tiny(**kw))
+
+
+def test_cli(tiny_run, tmp_path, capsys):
+    from biomip.cli.main import main
+
+    cfg, rep, out = tiny_run
+    lab = tmp_path / "clusters.nii.gz"
+    assert main(["cluster-em", str(out / "model"), str(out / "volume.tif"), "--out", str(lab)]) == 0
+    assert lab.is_file()
+    assert "clusters" in capsys.readouterr().out
+    flat = tmp_path / "flat.npy"
+    np.save(flat, np.zeros((24, 48, 48), np.float32))
+    assert main(["cluster-em", str(out / "model"), str(flat), "--out", str(tmp_path / "b.nii.gz")]) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "constant" in err
+    assert not (tmp_path / "b.nii.gz").exists()
+    (tmp_path / "notamodel").mkdir()
+    assert main(["cluster-em", str(tmp_path / "notamodel"), str(out / "volume.tif"), "--out",
+                 str(tmp_path / "c.nii.gz")]) != 0
+    assert "cs2c.json" in capsys.readouterr().err
+    assert main(["run", "cs2c", "--tiny", "--out", str(out)]) != 0
+    assert "not empty" in capsys.readouterr().err
+    # a bad --volume is refused before the run
+    flat2d = tmp_path / "slice.npy"
+    np.save(flat2d, np.random.default_rng(0).random((48, 48)).astype(np.float32))
+    assert main(["run", "cs2c", "--tiny", "--volume", str(flat2d), "--out", str(tmp_path / "r")]) != 0
+    assert "--volume" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "report.json").exists()
+    torch.set_num_threads(torch.get_num_threads())
