@@ -538,8 +538,9 @@ def _generate(shape, spacing_nm, seed, two_d, *, n_cells=None, nucleus=True, nuc
         shifts = np.cumsum(steps, axis=0)                               # (x, y) nm per section
         for k in range(1, nz):
             sh = (shifts[k, 1] / sp[1], shifts[k, 0] / sp[2])
-            img[k] = ndi.shift(img[k], sh, order=3, mode="nearest")
-            lab[k] = ndi.shift(lab[k], sh, order=0, mode="nearest")
+            # mirrored borders: repeating the edge pixels made streaks that clustering took for a class
+            img[k] = ndi.shift(img[k], sh, order=3, mode="mirror")
+            lab[k] = ndi.shift(lab[k], sh, order=0, mode="mirror")
     clean = np.clip(img, 0.0, 1.0).astype(np.float32)
 
     # ------------------------------------------------ imaging: blur + Poisson-Gaussian noise
@@ -612,6 +613,7 @@ def em_volume(shape=(64, 128, 128), spacing=10.0, seed: int = 0, **kw) -> EMSamp
     seed : int, optional
         Seed (>= 0); everything (layout, texture, drift, noise) derives from it.
     {kw}
+
     Returns
     -------
     EMSample
@@ -651,6 +653,7 @@ def em_slice(shape=(256, 256), spacing=10.0, seed: int = 0, **kw) -> EMSample:
     seed : int, optional
         Seed (>= 0).
     {kw}
+
     Returns
     -------
     EMSample

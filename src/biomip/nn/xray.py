@@ -458,8 +458,15 @@ class FieldRefiner(SavedModule):
             raise ShapeError(f"features: got shape {tuple(features.shape)}; expected the batch of coarse "
                              f"{tuple(coarse.shape)} and the spatial size {full} or half of it {small}")
         if half:
-            h = F.conv3d(F.pad(coarse / self.field_scale, (1,) * 6, mode="replicate"), self._stem_on_half(),
-                         self.stem_field.bias)
+            padded = F.pad(coarse / self.field_scale, (1,) * 6, mode="replicate")
+            w = self._stem_on_half()
+            if (padded.device.type == "cpu" and padded.dtype == torch.float32 and not torch.is_grad_enabled()
+                    and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available()):
+                # 3 input channels: PyTorch's CPU dispatch takes im2col here, oneDNN is ~4x faster
+                h = torch.mkldnn_convolution(padded.contiguous(), w.contiguous(), self.stem_field.bias, (0, 0, 0),
+                                             (1, 1, 1), (1, 1, 1), 1)
+            else:
+                h = F.conv3d(padded, w, self.stem_field.bias)
         else:
             h = self.stem_field(coarse / self.field_scale)
         if self.stem_features is not None:

@@ -127,10 +127,6 @@ class DregConfig:
         Channels of the 3-D refiner.
     iterative_iterations : int, optional
         L-BFGS iterations of the iterative baselines (per stage).
-    residual : bool, optional
-        The refiner also reads the back-projected residual between the X-ray and the DRR of
-        the coarse registration (and that DRR): two more feature channels, one DRR more per
-        inference.
     ablations : bool, optional
         Also train the two ablated refiners (off in the quick preset to keep it within
         minutes: ``DregConfig.quick(ablations=True)`` / ``--ablations``).
@@ -161,7 +157,7 @@ class DregConfig:
     xray_blur: float = 0.5
     mask_steps: int = 300
     coarse_steps: int = 600
-    refine_steps: int = 400
+    refine_steps: int = 800
     batch_size: int = 4
     lr: float = 1e-3
     ncc_window: int = 9
@@ -173,7 +169,6 @@ class DregConfig:
     widths: tuple = (16, 32, 64, 128)
     hidden: int = 16
     iterative_iterations: int = 40
-    residual: bool = False
     ablations: bool = False
     seed: int = 0
     mode: str = "custom"
@@ -548,24 +543,10 @@ class _Geometry:
 
         return sample_projected(feats, self.grid_at(u_half))
 
-    def refine(self, refiner, feats: list, u_half: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """The refined field from the coarse half-grid field and the X-ray feature maps.
-
-        A refiner with two feature channels more than the maps also reads the residual
-        ``x - DRR(coarse)`` and the coarse DRR (X-rays ``x`` ``(N, H, W)``), back-projected like
-        the features: where the coarse field's DRR still misses the X-ray."""
+    def refine(self, refiner, feats: list, u_half: torch.Tensor) -> torch.Tensor:
+        """The refined field from the coarse half-grid field and the X-ray feature maps."""
         if refiner.feature_channels == 0:                                 # the no-features ablation
             return refiner(u_half, u_half.new_zeros(u_half.shape[0], 0, *u_half.shape[2:]), half=True)
-        extra = refiner.feature_channels - sum(int(f.shape[1]) for f in feats)
-        if extra == 2:
-            if x is None:
-                raise InputError("x: got None; expected the X-rays (this refiner reads the DRR residual)")
-            with torch.no_grad():
-                drr = self.render(_full(u_half))
-            feats = [*feats, torch.stack([x - drr, drr], 1)]
-        elif extra != 0:
-            raise InputError(f"refiner: takes {refiner.feature_channels} feature channels; expected the encoder's "
-                             f"{refiner.feature_channels - extra} (+ 2 with the DRR residual)")
         return refiner(u_half, refiner.project_maps(feats, self.grid_at(u_half)), projected=True, half=True)
 
     @property
@@ -651,15 +632,14 @@ def _refine(geo, enc, refiner, x: torch.Tensor):
     with torch.no_grad():
         c, feats = enc(x[:, None])
         u_half = geo.srm(c)
-    return c, _full(u_half), geo.refine(refiner, feats, u_half, x)
+    return c, _full(u_half), geo.refine(refiner, feats, u_half)
 
 
 def _train_refiner(cfg, sim, geo, enc, mask_net, device, progress, *, use_mandible=True, use_features=True,
                    label="refiner"):
     from ..nn import FieldRefiner, consistency_loss, laplacian_loss, symmetry_loss
 
-    channels = (sum(cfg.widths) + (2 if cfg.residual else 0)) if use_features else 0
-    ref = FieldRefiner(channels, hidden=cfg.hidden, levels=2, residual_blocks=3, seed=cfg.seed).to(device)
+    ref = FieldRefiner(sum(cfg.widths) if use_features else 0, hidden=cfg.hidden, levels=2, residual_blocks=3, seed=cfg.seed).to(device)
     opt = torch.optim.Adam(ref.parameters(), cfg.lr)
     x = sim.train_xrays.to(device)
     masks = _mask_probability(mask_net, x) if (mask_net is not None and use_mandible) else None
@@ -856,7 +836,7 @@ def infer(models: Models, xrays, method: str = "refined", device=None, iteration
             raise InputError(f"method: got {method!r}; expected one of 'refined', 'coarse', 'iterative', "
                          "'iterative-bspline', 'atlas'"
                              + "".join(f", {k!r}" for k in models.ablations))
-        return geo.refine(ref, feats, u_half, x)
+        return geo.refine(ref, feats, u_half)
 
 
 # ============================================================================ evaluation

@@ -30,10 +30,10 @@ from .cluster import (
     normalized_laplacian,
     pixel_affinity,
     rbf_affinity,
+    region_features,
     spectral_clustering,
     spectral_embedding,
     spectral_segment,
-    region_features,
     superpixel_affinity,
     superpixels,
 )
