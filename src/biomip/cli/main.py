@@ -75,7 +75,10 @@ def _register_pipelines():
     app.command("register2d3d", help="Register a trained template head (biomip run dreg2d3d) to one lateral "
                                      "X-ray: 3-D volume, labels, field.")(register2d3d_cmd)
     app.command("cluster-em", help="Cluster an EM volume into organelles with a trained CS²C model "
-                                   "(biomip run cs2c): a label volume with the input's geometry.")(cluster_em_cmd)
+                                   "(biomip run cs2c): a uint8 label volume with the input's geometry, the same "
+                                   "cluster ids in every volume (ids, not class names: the run's report says which "
+                                   "class each matched). Grey 3-D input, any intensity range, at about the training "
+                                   "voxel size (a warning says when not).")(cluster_em_cmd)
 
 
 _register_pipelines()

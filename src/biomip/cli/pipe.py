@@ -413,5 +413,7 @@ def cluster_em_cmd(model: Path = typer.Argument(..., help="A model folder (the m
     secs = time.perf_counter() - t
     with outs:
         write(lab, out)
-    frac = ", ".join(f"{k}: {100 * v:.1f} %" for k, v in lab.meta["clusters"].items())
+    names = lab.meta.get("cluster_classes", {})
+    frac = ", ".join(f"{k}{' (' + names[k] + ')' if k in names else ''}: {100 * v:.1f} %"
+                     for k, v in lab.meta["clusters"].items())
     typer.echo(f"wrote {out} ({saved.model.k} clusters; voxel fractions {frac})  ({secs:.1f} s)")

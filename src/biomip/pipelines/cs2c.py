@@ -934,7 +934,7 @@ def evaluate(cfg: Cs2cConfig, models: dict, test_graphs: dict, truths: list, cla
 
 
 # ============================================================================ saved models
-def save_model(path, mae, model: Cs2cModel, stats: tuple, cfg: Cs2cConfig) -> Path:
+def save_model(path, mae, model: Cs2cModel, stats: tuple, cfg: Cs2cConfig, cluster_classes: dict | None = None) -> Path:
     """Write a model folder that :func:`load_model` and ``biomip cluster-em`` read.
 
     The folder holds ``cs2c.json`` (format, configuration, feature statistics, voxel size
@@ -952,6 +952,9 @@ def save_model(path, mae, model: Cs2cModel, stats: tuple, cfg: Cs2cConfig) -> Pa
         Training feature statistics ``(mean, std)``.
     cfg : Cs2cConfig
         The run's configuration.
+    cluster_classes : dict or None, optional
+        ``{cluster id: class name}`` the clusters matched on the held-out volumes (kept for
+        users of the model; ``None``: unknown).
 
     Returns
     -------
@@ -974,7 +977,8 @@ def save_model(path, mae, model: Cs2cModel, stats: tuple, cfg: Cs2cConfig) -> Pa
     model.dec.save(p / "dec")
     write_json({"format": _MODEL_FORMAT, "version": 1, "k": model.k, "features": "mae",
                 "feature_mean": [float(v) for v in stats[0]], "feature_std": [float(v) for v in stats[1]],
-                "spacing_nm": cfg.spacing_nm, "config": cfg.to_dict()}, p / "cs2c.json")
+                "spacing_nm": cfg.spacing_nm, "config": cfg.to_dict(),
+                "cluster_classes": {str(k): v for k, v in (cluster_classes or {}).items()}}, p / "cs2c.json")
     return p
 
 
@@ -992,12 +996,15 @@ class SavedCs2c:
         Feature statistics of the training volumes.
     cfg : Cs2cConfig
         The training run's configuration.
+    cluster_classes : dict
+        ``{cluster id: class name}`` matched on the training run's held-out volumes.
     """
 
     mae: object
     model: Cs2cModel
     stats: tuple
     cfg: Cs2cConfig
+    cluster_classes: dict = field(default_factory=dict)
 
 
 def load_model(path) -> SavedCs2c:
@@ -1052,7 +1059,8 @@ def load_model(path) -> SavedCs2c:
                          "by `biomip run cs2c`") from exc
     model = Cs2cModel(kind="cs2c", k=k, gcn=GCNEmbedding.load(p / "gcn"), head=ClusterHead.load(p / "head"),
                       dec=DECCentres.load(p / "dec"))
-    return SavedCs2c(mae=load_generative(p / "mae"), model=model, stats=stats, cfg=cfg)
+    names = {int(a): str(b) for a, b in (meta.get("cluster_classes") or {}).items() if str(a).isdigit()}
+    return SavedCs2c(mae=load_generative(p / "mae"), model=model, stats=stats, cfg=cfg, cluster_classes=names)
 
 
 def _warn_spacing(img: Image, trained_nm: float) -> None:
@@ -1107,7 +1115,8 @@ def cluster_volume(saved: SavedCs2c, volume) -> Image:
                          f"{saved.model.gcn.in_features} (the clustering networks')")
     lab = infer(saved.model, g)
     frac = np.bincount(lab.ravel(), minlength=saved.model.k) / lab.size
-    meta = {"kind": "labels", "clusters": {int(i): float(f) for i, f in enumerate(frac)}, "method": "cs2c"}
+    meta = {"kind": "labels", "clusters": {int(i): float(f) for i, f in enumerate(frac)}, "method": "cs2c",
+            "cluster_classes": dict(saved.cluster_classes)}
     return Image(lab, spacing=img.spacing, origin=img.origin, direction=img.direction,
                  axes="".join(a for a in img.axes if a != "c"), meta=meta)
 
@@ -1348,6 +1357,8 @@ def run(cfg: Cs2cConfig | None = None, out=None, device=None, progress=None) -> 
         "speed": speed,
         "real": {k: v for k, v in real.items() if k not in ("labels", "image", "points")} if real else None,
         "times": times,
+        "cluster_classes": {int(c): EM_CLASSES.get(int(k), str(k)) for c, k in
+                            first["ev"]["cs2c"]["fixed_mapping"].items()},
         "targets": _targets(meth, speed),
         "warnings": ([f"mode {cfg.mode!r}: sized for CI (a few training steps); the targets are checked on the quick "
                       "mode"] if cfg.mode == "tiny" else []),
@@ -1359,7 +1370,7 @@ def run(cfg: Cs2cConfig | None = None, out=None, device=None, progress=None) -> 
 
         o = Path(out)
         o.mkdir(parents=True, exist_ok=True)
-        save_model(o / "model", mae, first["models"]["cs2c"], g_mae[2], cfg)
+        save_model(o / "model", mae, first["models"]["cs2c"], g_mae[2], cfg, cluster_classes=report["cluster_classes"])
         write(vols.test[0].image, o / "volume.tif")
         pm = {name: {"dice_volume0": first["ev"][name]["per_volume"][0]["dice"],
                      "labels0": first["ev"][name]["labels"][0], "mapping": first["ev"][name]["mappings"][0]}
