@@ -253,6 +253,13 @@ def test_save_load_round_trip(tmp_path):
         torch.testing.assert_close(back(*arg), net(*arg))
     p = ClusterHead(3, k=4).probabilities(x)
     torch.testing.assert_close(p.sum(1), torch.ones(6))
+    # the weights get the permissions of any new file (safetensors alone makes them 0600)
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("model.safetensors", "config.json"):
+        assert os.stat(tmp_path / "ClusterHead" / name).st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_bad_inputs_name_the_argument():

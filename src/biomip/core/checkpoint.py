@@ -166,8 +166,18 @@ def save_module(module: nn.Module, path, fmt: str, version: int, config: dict, m
     with atomic_path(path, is_dir=True, overwrite=overwrite) as tmp:
         tmp.mkdir()
         save_file(state, str(tmp / _WEIGHTS), metadata={"format": "pt", "biomip": fmt})
+        _default_mode(tmp / _WEIGHTS)           # safetensors creates its file 0600; a model is shared like any file
         (tmp / _CONFIG).write_text(text)
     return path
+
+
+def _default_mode(path: Path) -> None:
+    """Give a file the permissions a plain ``open(..., "w")`` would (0666 minus the umask)."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def load_module(cls, path, fmt: str, version: int, device=None):
