@@ -292,3 +292,25 @@ def test_bad_inputs_name_the_argument():
         net(torch.zeros(4, 3), propagation=gcn_propagation(np.zeros((5, 5))))
     with pytest.raises(InputError, match="q"):
         target_distribution(torch.tensor([[-0.1, 1.1]]))
+
+
+def test_cs2c_loss_target_gradient_reaches_the_spatial_branch_only_when_asked():
+    """KL(P || R): with a constant R (DEC's convention) the consistency term sends no gradient to
+    what produced Q; with target_gradient=True it does; KL(R || Q) is the same either way."""
+    from biomip.nn import cs2c_loss
+
+    gen = torch.Generator().manual_seed(0)
+    phi = torch.randn(5, 2, generator=gen)
+    lap = torch.eye(5)
+    p_logits = torch.randn(5, 3, generator=gen)
+    grads = {}
+    for flag in (False, True):
+        p = torch.softmax(p_logits.clone().requires_grad_(True), 1)          # the spectral branch: always trained
+        logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        q = torch.softmax(logits, 1)
+        t = cs2c_loss(phi, lap, p, q, target_gradient=flag)
+        t["consistency"].backward()
+        grads[flag] = logits.grad.abs().sum().item() if logits.grad is not None else 0.0
+        t2 = cs2c_loss(phi, lap, p.detach(), torch.softmax(logits.detach(), 1), target_gradient=flag)
+        assert t2["clustering"].item() == pytest.approx(t["clustering"].item())
+    assert grads[False] == 0.0 and grads[True] > 1e-4

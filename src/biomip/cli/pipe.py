@@ -406,7 +406,11 @@ def cluster_em_cmd(model: Path = typer.Argument(..., help="A model folder (the m
         raise InputError(f"--out: {str(out)!r} is inside the model folder {str(model)!r}; expected a path outside it")
     outs = Outputs(overwrite=overwrite, inputs=[model, volume])
     outs.add(out, "--out", dtype_kind="u")
-    saved = load_model(model)
+    try:
+        saved = load_model(model)
+    except InputError as exc:
+        msg = str(exc)
+        raise InputError(f"MODEL: {msg[len('path: '):] if msg.startswith('path: ') else msg}") from exc
     img = read_input(volume, "VOLUME")
     t = time.perf_counter()
     lab = cluster_volume(saved, img)

@@ -465,7 +465,7 @@ def cluster_kl(p: torch.Tensor, q: torch.Tensor, reduction: str = "mean") -> tor
 
 def cs2c_loss(phi: torch.Tensor, laplacian, p: torch.Tensor, q: torch.Tensor, gamma1: float = 1.0,
               gamma2: float = 1.0, trace_weight: float = 1.0, norm_weight: float = 1.0,
-              reduction: str = "mean") -> dict:
+              reduction: str = "mean", target_gradient: bool = False) -> dict:
     """The total CS²C training loss (eq. 6.6) ``L_emb + gamma1 KL(R || Q) + gamma2 KL(P || R)``.
 
     ``R = target_distribution(Q).detach()`` is a constant target (DEC), so:
@@ -475,7 +475,10 @@ def cs2c_loss(phi: torch.Tensor, laplacian, p: torch.Tensor, q: torch.Tensor, ga
     * ``L_clu = KL(R || Q)`` (eq. 6.4) trains what produced ``Q`` (the centres, and the
       features if they are learned) only;
     * ``L_reg = KL(P || R)`` (eq. 6.5) trains what produced ``P`` (the cluster head, and
-      through it the GCN) only -- the spatial branch does not see it through ``R``.
+      through it the GCN) only -- the spatial branch does not see it through ``R`` --
+      unless ``target_gradient=True``: then ``R`` in (6.5) keeps its graph, so the
+      consistency term also moves what produced ``Q`` (the two branches trained
+      "synchronously", as :mod:`biomip.pipelines.cs2c` does).
 
     Parameters
     ----------
@@ -493,6 +496,9 @@ def cs2c_loss(phi: torch.Tensor, laplacian, p: torch.Tensor, q: torch.Tensor, ga
         Guard weights of ``L_emb``.
     reduction : {"mean", "sum"}, optional
         Of the two KL terms (see :func:`cluster_kl`).
+    target_gradient : bool, optional
+        Let ``KL(P || R)`` reach ``Q`` through ``R`` (``KL(R || Q)`` always uses a constant
+        ``R``).
 
     Returns
     -------
@@ -523,9 +529,10 @@ def cs2c_loss(phi: torch.Tensor, laplacian, p: torch.Tensor, q: torch.Tensor, ga
     p = _matrix(p, "p", rows=phi.shape[0])
     q = _matrix(q, "q", rows=phi.shape[0], cols=p.shape[1])
     emb = spectral_embedding_loss(phi, laplacian, trace_weight, norm_weight)
-    r = target_distribution(q).detach()
+    r_live = target_distribution(q)
+    r = r_live.detach()
     clu = cluster_kl(r, q, reduction)
-    reg = cluster_kl(p, r, reduction)
+    reg = cluster_kl(p, r_live if target_gradient else r, reduction)
     return {"embedding": emb, "clustering": clu, "consistency": reg, "total": emb + g1 * clu + g2 * reg,
             "target": r}
 

@@ -735,6 +735,7 @@ def train(cfg: Cs2cConfig, graphs: list, kind: str = "cs2c", seed: int = 0, prog
         DECCentres,
         GCNEmbedding,
         cluster_kl,
+        cs2c_loss,
         gcn_propagation,
         sparse_laplacian_tensor,
         spectral_embedding_loss,
@@ -771,15 +772,16 @@ def train(cfg: Cs2cConfig, graphs: list, kind: str = "cs2c", seed: int = 0, prog
                 emb = model.gcn(x, propagation=prop)        # sqrt(n) Phi: O(1) rows for the head, unit columns of Phi
                 terms["embedding"] = spectral_embedding_loss(emb / math.sqrt(n), lap, trace_weight=cfg.trace_weight)
                 loss = loss + terms["embedding"]
-            if model.dec is not None and (kind == "dec" or step >= cfg.warmup):
+            if model.dec is not None and kind == "dec":
                 q = model.dec(x)
-                r = target_distribution(q)
-                terms["clustering"] = cluster_kl(r.detach(), q)                   # (6.4), R a constant target
-                loss = loss + (cfg.gamma1 if kind == "cs2c" else 1.0) * terms["clustering"]
-                if model.head is not None:
-                    p = torch.softmax(model.head(emb), 1)
-                    terms["consistency"] = cluster_kl(p, r)                       # (6.5), gradient to P and R
-                    loss = loss + cfg.gamma2 * terms["consistency"]
+                terms["clustering"] = cluster_kl(target_distribution(q).detach(), q)       # (6.4) alone
+                loss = loss + terms["clustering"]
+            elif model.dec is not None and step >= cfg.warmup:                            # (6.6)
+                t = cs2c_loss(emb / math.sqrt(n), lap, torch.softmax(model.head(emb), 1), model.dec(x),
+                              gamma1=cfg.gamma1, gamma2=cfg.gamma2, trace_weight=cfg.trace_weight,
+                              target_gradient=True)       # (6.5) reaches the centres through R too
+                terms = {k2: t[k2] for k2 in ("embedding", "clustering", "consistency")}
+                loss = t["total"]
             opt.zero_grad()
             loss.backward()
             opt.step()
