@@ -94,8 +94,8 @@ class Cs2cConfig:
         Edges of the superpixel graph: ``"features"`` the kNN graph in feature space only;
         ``"union"`` (default) also links superpixels that touch (the region adjacency
         graph), both weighted by the same feature RBF kernel -- the spatial edges make the
-        graph's low-frequency eigenvectors spatially coherent (on the quick volumes every
-        spectral method scores higher with them).
+        graph's low-frequency eigenvectors spatially coherent (on the quick volumes
+        numerical spectral clustering and the spectral branch score higher with them).
     alpha : float, optional
         Weak-edge pruning ``A <- max(A - max A / alpha, 0)`` (> 1).
     u : int, optional
