@@ -33,6 +33,7 @@ from torch import nn
 from ..core.arrays import check_number
 from ..core.errors import InputError, ShapeError, describe
 from ..core.rng import seeded
+from ..ops.spatial import resize_linear
 from .autoencoders import ResBlock
 from .base import SavedModule, check_batch
 from .layers import Conv3d
@@ -308,6 +309,24 @@ class FieldRefiner(SavedModule):
         Initialisation seed (the global torch RNG is left untouched).
     field_scale : float, optional
         Field unit in mm (a typical displacement).
+    fuse_kernel, head_kernel : int, optional
+        Kernel sizes (1 or 3) of the decoder's fusion convolutions and of the head.  At
+        ``1/2`` resolution these two carry most of the cost (a 3x3x3 fusion of ``2 hidden``
+        channels is ~3/4 of the refiner's multiply-adds); ``1`` makes them per-voxel
+        mixes of the upsampled context and the skip (the light decoder: the context comes
+        from the coarser levels, the detail from the back-projected features).
+    merge_maps : bool, optional
+        In :meth:`project_maps`, resize the projected 2-D maps to the finest map's size
+        (bilinear) and sum them before sampling, so one map is sampled at the voxels instead
+        of one per encoder stage (4x fewer samples with four stages).  The coarse maps are
+        then interpolated in two bilinear steps instead of one -- a slightly smoother, but
+        different, back-projection: a refiner is used the way it was trained.
+    decoder_levels : int or None, optional
+        Decoder levels run (0 to ``levels - 1``; default all).  With fewer, the head acts
+        at ``1 / 2 ** (levels - decoder_levels)`` resolution and its output is upsampled
+        (linear, x2 at a time): a smoother correction field for much less compute -- with
+        ``0`` nothing runs at 1/2 resolution after the stem, as a B-spline field of coarse
+        control points.
 
     Raises
     ------
@@ -327,7 +346,8 @@ class FieldRefiner(SavedModule):
     VERSION = 1
 
     def __init__(self, feature_channels: int, hidden: int = 32, levels: int = 2, residual_blocks: int = 3,
-                 seed: int = 0, field_scale: float = 10.0):
+                 seed: int = 0, field_scale: float = 10.0, fuse_kernel: int = 3, head_kernel: int = 3,
+                 merge_maps: bool = False, decoder_levels: int | None = None):
         super().__init__()
         self.feature_channels = check_number(feature_channels, "feature_channels", low=0, integer=True)
         self.hidden = check_number(hidden, "hidden", low=1, integer=True)
@@ -335,6 +355,16 @@ class FieldRefiner(SavedModule):
         self.residual_blocks = check_number(residual_blocks, "residual_blocks", low=0, integer=True)
         self.seed = check_number(seed, "seed", integer=True)
         self.field_scale = check_number(field_scale, "field_scale", positive=True)
+        for name, k in (("fuse_kernel", fuse_kernel), ("head_kernel", head_kernel)):
+            if k not in (1, 3) or isinstance(k, bool):
+                raise InputError(f"{name}: got {k!r}; expected 1 or 3")
+        self.fuse_kernel, self.head_kernel = int(fuse_kernel), int(head_kernel)
+        if decoder_levels is None:
+            decoder_levels = self.levels - 1
+        self.decoder_levels = check_number(decoder_levels, "decoder_levels", low=0, high=self.levels - 1, integer=True)
+        if not isinstance(merge_maps, bool):
+            raise InputError(f"merge_maps: got {merge_maps!r}; expected True or False")
+        self.merge_maps = merge_maps
         self.meta: dict = {}
         h = self.hidden
         with seeded(self.seed):
@@ -343,9 +373,11 @@ class FieldRefiner(SavedModule):
             self.stem_act = nn.Sequential(nn.GroupNorm(_groups(h), h), nn.SiLU())
             self.down = nn.ModuleList([_ConvNormAct(h, h, 3, 2, 1) for _ in range(self.levels - 1)])
             self.bottom = nn.Sequential(*[ResBlock(3, h) for _ in range(self.residual_blocks)])
-            self.up = nn.ModuleList([nn.ConvTranspose3d(h, h, 2, stride=2) for _ in range(self.levels - 1)])
-            self.fuse = nn.ModuleList([_ConvNormAct(2 * h, h, 3, 1, 1) for _ in range(self.levels - 1)])
-            self.head = Conv3d(h, 3, 3, padding=1)
+            dl = self.decoder_levels
+            self.up = nn.ModuleList([nn.ConvTranspose3d(h, h, 2, stride=2) for _ in range(dl)])
+            fk, hk = self.fuse_kernel, self.head_kernel
+            self.fuse = nn.ModuleList([_ConvNormAct(2 * h, h, fk, 1, fk // 2) for _ in range(dl)])
+            self.head = Conv3d(h, 3, hk, padding=hk // 2)
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
@@ -356,16 +388,20 @@ class FieldRefiner(SavedModule):
         -------
         dict
             ``feature_channels``, ``hidden``, ``levels``, ``residual_blocks``, ``seed``,
-            ``field_scale``.
+            ``field_scale``, ``fuse_kernel``, ``head_kernel``, ``merge_maps``, ``decoder_levels``.
         """
         return {"feature_channels": self.feature_channels, "hidden": self.hidden, "levels": self.levels,
-                "residual_blocks": self.residual_blocks, "seed": self.seed, "field_scale": self.field_scale}
+                "residual_blocks": self.residual_blocks, "seed": self.seed, "field_scale": self.field_scale,
+                "fuse_kernel": self.fuse_kernel, "head_kernel": self.head_kernel, "merge_maps": self.merge_maps,
+                "decoder_levels": self.decoder_levels}
 
     def project_maps(self, maps: list[torch.Tensor], grid: torch.Tensor) -> torch.Tensor:
         """Back-project 2-D feature maps already through the refiner's first (1x1x1, linear)
         feature layer: each map is projected to ``hidden`` channels in 2-D, then sampled at
         ``grid`` and summed -- exactly ``stem_features(sample_projected(maps, grid))``, with
         ``hidden`` instead of ``feature_channels`` channels sampled (several times faster).
+        With ``merge_maps=True`` the projected maps are first resized to the finest one
+        and summed, and that one map is sampled.
 
         Parameters
         ----------
@@ -396,14 +432,18 @@ class FieldRefiner(SavedModule):
             raise InputError(f"maps: got {sum(int(m.shape[1]) for m in maps)} channels in all; expected "
                              f"feature_channels={self.feature_channels}")
         w = self.stem_features.weight.flatten(1)                                  # (hidden, feature_channels)
+        size = max((tuple(int(v) for v in m.shape[-2:]) for m in maps), key=lambda hw: hw[0] * hw[1])
         out, c0 = None, 0
         for m in maps:
             c = int(m.shape[1])
             proj = torch.einsum("hc,nc...->nh...", w[:, c0:c0 + c].to(m.dtype), m)
-            s = sample_projected([proj], grid)
+            if self.merge_maps:
+                s = proj if tuple(proj.shape[-2:]) == size else resize_linear(proj, size=size)
+            else:
+                s = sample_projected([proj], grid)
             out = s if out is None else out + s
             c0 += c
-        return out
+        return sample_projected([out], grid) if self.merge_maps else out
 
     def forward(self, coarse: torch.Tensor, features: torch.Tensor, projected: bool = False,
                 half: bool = False) -> torch.Tensor:
@@ -481,12 +521,20 @@ class FieldRefiner(SavedModule):
             h = down(h)
         h = self.bottom(h)
         for up, fuse in zip(self.up, self.fuse):
-            h = fuse(torch.cat([up(h), skips.pop()], dim=1))
+            skip = skips.pop()
+            if self.fuse_kernel == 1:                     # fuse(cat(up(h), skip)) without building either
+                h = fuse[2](fuse[1](_fused_up(up, fuse[0], h, skip)))
+            else:
+                h = fuse(torch.cat([_transpose_up(up, h), skip], dim=1))
+        if self.head_kernel == 1:
+            delta = torch.einsum("oc,nc...->no...", self.head.weight.flatten(1), h) + self.head.bias.view(1, -1, 1, 1, 1)
+        else:
+            delta = self.head(h)
+        for _ in range(self.levels - 1 - self.decoder_levels):   # a coarser head: up to 1/2 resolution
+            delta = resize_linear(delta, scale_factor=2)
         if half:
-            return F.interpolate(coarse + self.field_scale * self.head(h), scale_factor=2, mode="trilinear",
-                                 align_corners=False)
-        delta = F.interpolate(self.head(h), scale_factor=2, mode="trilinear", align_corners=False)
-        return coarse + self.field_scale * delta
+            return resize_linear(coarse + self.field_scale * delta, scale_factor=2)
+        return coarse + self.field_scale * resize_linear(delta, scale_factor=2)
 
     def _stem_on_half(self) -> torch.Tensor:
         """The stem's 2x2x2 stride-2 kernel acting on the trilinear x2 upsampling of a field, as a
@@ -495,6 +543,29 @@ class FieldRefiner(SavedModule):
         w = self.stem_field.weight                                              # (h, 3, 2, 2, 2)
         m = w.new_tensor([[0.25, 0.75, 0.0], [0.0, 0.75, 0.25]])               # (stem tap, half tap)
         return torch.einsum("ocijk,ia,jb,kd->ocabd", w, m, m, m)
+
+
+def _transpose_up(conv: nn.ConvTranspose3d, h: torch.Tensor) -> torch.Tensor:
+    """``conv(h)`` for a 2x2x2 stride-2 transposed convolution, as one matrix product and a
+    pixel shuffle (PyTorch's CPU path for this layer is its slow reference kernel)."""
+    n, _, z, y, x = h.shape
+    w = conv.weight                                                            # (c_in, c_out, 2, 2, 2)
+    out = torch.einsum("nczyx,coabd->nozaybxd", h, w.to(h.dtype)).reshape(n, w.shape[1], 2 * z, 2 * y, 2 * x)
+    return out + conv.bias.to(h.dtype).view(1, -1, 1, 1, 1)
+
+
+def _fused_up(up: nn.ConvTranspose3d, conv: nn.Conv3d, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """``conv(cat([up(h), skip]))`` for a 1x1x1 ``conv``: the linear ``up`` and the first half of
+    ``conv`` fold into one 2x2x2 transposed kernel, so neither the upsampled tensor nor the
+    concatenation is built (the same numbers to rounding)."""
+    c_up = up.weight.shape[1]
+    wf = conv.weight.flatten(1).to(h.dtype)                                   # (c_out, c_up + c_skip)
+    wa, wb = wf[:, :c_up], wf[:, c_up:]
+    n, _, z, y, x = h.shape
+    wc = torch.einsum("cmabd,om->coabd", up.weight.to(h.dtype), wa)
+    out = torch.einsum("nczyx,coabd->nozaybxd", h, wc).reshape(n, wc.shape[1], 2 * z, 2 * y, 2 * x)
+    bias = wa @ up.bias.to(h.dtype) + (conv.bias.to(h.dtype) if conv.bias is not None else 0.0)
+    return out + torch.einsum("oc,nc...->no...", wb, skip.to(h.dtype)) + bias.view(1, -1, 1, 1, 1)
 
 
 class FieldSubspace(nn.Module):

@@ -8,6 +8,7 @@ from .spatial import (
                       interpolation_for,
                       invert_displacement,
                       resample,
+                      resize_linear,
                       sample_field,
                       warp,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "invert_displacement",
     "jacobian_determinant",
     "resample",
+    "resize_linear",
     "sample_field",
     "spatial_gradient",
     "transforms",

@@ -21,6 +21,7 @@ torch, Image -> Image with the geometry documented per function).
 from __future__ import annotations
 
 import copy as _copy
+import functools
 import math
 
 import numpy as np
@@ -32,7 +33,7 @@ from ..core.errors import GeometryError, InputError, ShapeError, describe
 from ..core.image import Image
 
 __all__ = ["warp", "compose", "integrate_velocity", "interpolation_for", "invert_displacement", "resample",
-           "identity_grid", "sample_field"]
+           "identity_grid", "sample_field", "resize_linear"]
 
 _MODES = {"linear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}
 _PADDINGS = ("border", "zeros", "reflection")
@@ -888,3 +889,113 @@ def sample_field(u: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     grid = grid.reshape(1, *([1] * (d - 1)), -1, d)
     out = F.grid_sample(u[None], grid, mode="bilinear", padding_mode="border", align_corners=True)
     return out.reshape(d, -1).T
+
+
+# ======================================================================= linear resizing
+@functools.lru_cache(maxsize=64)
+def _linear_resize_matrix(n_in: int, n_out: int, dtype, device) -> torch.Tensor:
+    """``(n_out, n_in)`` weights of 1-D linear resizing, ``align_corners=False`` (PyTorch's rule:
+    source index ``(i + 0.5) n_in / n_out - 0.5`` clamped at 0, the upper neighbour at ``n_in - 1``)."""
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp_min(0.0)
+    i0 = src.floor().long().clamp_max(n_in - 1)
+    lam = src - i0
+    i1 = (i0 + 1).clamp_max(n_in - 1)
+    rows = torch.arange(n_out)
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    m.index_put_((rows, i0), 1.0 - lam, accumulate=True)
+    m.index_put_((rows, i1), lam, accumulate=True)
+    return m.to(device=device, dtype=dtype)
+
+
+def resize_linear(x: torch.Tensor, size=None, scale_factor=None) -> torch.Tensor:
+    """Linear / bilinear / trilinear resizing of the last 1-3 axes, as separable matrix products.
+
+    The same numbers as ``torch.nn.functional.interpolate(x, size, mode="(bi|tri)linear",
+    align_corners=False)`` (voxel centres at half-integer positions; no antialiasing when
+    shrinking), computed as one small dense matrix product per axis.  On the CPU this is
+    several times faster than ``interpolate`` for 3-D fields (the x2 upsampling of a
+    ``(3, 32, 32, 32)`` field: 0.5 ms against 3.6 ms on one thread, see
+    ``benchmarks/bench_resize.py``), on the GPU it is a few batched matrix products;
+    differentiable, any leading axes, any floating dtype.  One and two axes go to
+    ``interpolate`` itself (as fast or faster there).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(..., [z,] [y,] x)`` values; the resized axes are the last ``len(size)``.
+    size : sequence of int, optional
+        Output size of the last axes (array order).
+    scale_factor : int or sequence of int, optional
+        Integer factor(s) instead of ``size`` (one per resized axis, or one for all; then
+        ``len`` of the sequence, or 3 for a scalar on a >= 5-D input, 2 on 4-D, 1 on 3-D,
+        gives the axes -- the ``interpolate`` convention of ``(N, C, *spatial)``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., *size)`` on ``x``'s device and dtype.
+
+    Raises
+    ------
+    InputError
+        When ``x`` is not a floating tensor, or neither / both of ``size`` and
+        ``scale_factor`` are given, or a size or factor is not a positive integer.
+    ShapeError
+        When ``x`` has fewer axes than are resized.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from biomip.ops.spatial import resize_linear
+    >>> resize_linear(torch.tensor([0.0, 4.0]), size=(4,))
+    tensor([0., 1., 3., 4.])
+    >>> u = torch.rand(1, 3, 4, 4, 4)
+    >>> ref = torch.nn.functional.interpolate(u, scale_factor=2, mode="trilinear", align_corners=False)
+    >>> bool(torch.allclose(resize_linear(u, scale_factor=2), ref, atol=1e-6))
+    True
+    """
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise InputError(f"x: got {describe(x)}; expected a floating-point torch tensor")
+    if (size is None) == (scale_factor is None):
+        raise InputError(f"size / scale_factor: got {size!r} and {scale_factor!r}; expected exactly one of them")
+    if size is not None:
+        try:
+            out = tuple(int(s) for s in (size if isinstance(size, (tuple, list, torch.Size)) else (size,)))
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"size: got {size!r}; expected a sequence of positive integers") from exc
+        if not out or any(s < 1 for s in out):
+            raise InputError(f"size: got {size!r}; expected a sequence of positive integers")
+        k = len(out)
+    else:
+        if isinstance(scale_factor, (tuple, list)):
+            factors = tuple(scale_factor)
+        else:
+            factors = (scale_factor,) * max(1, min(3, x.ndim - 2))
+        if any(isinstance(f, bool) or int(f) != f or f < 1 for f in factors):
+            raise InputError(f"scale_factor: got {scale_factor!r}; expected positive integer factor(s)")
+        k = len(factors)
+        if x.ndim < k:
+            raise ShapeError(f"x: got shape {tuple(x.shape)}; expected at least {k} axes to resize")
+        out = tuple(int(n) * int(f) for n, f in zip(x.shape[-k:], factors))
+    if x.ndim < k:
+        raise ShapeError(f"x: got shape {tuple(x.shape)}; expected at least {k} axes to resize to {out}")
+    lead = x.shape[:-k]
+    shape = list(x.shape[-k:])
+    if tuple(shape) == out:
+        return x.clone()                                 # a new tensor, as interpolate returns
+    if k < 3:                                            # PyTorch's 1-D / 2-D kernels are as fast or faster
+        y = F.interpolate(x.reshape(1, -1, *shape), size=out, mode=("linear", "bilinear")[k - 1], align_corners=False)
+        return y.reshape(*lead, *out)
+    y = x.reshape(-1, *shape)
+    for ax in range(k - 1, -1, -1):                      # the last axis first
+        n_in, n_out = shape[ax], out[ax]
+        if n_in == n_out:
+            continue
+        m = _linear_resize_matrix(n_in, n_out, y.dtype, y.device)
+        if ax == k - 1:
+            y = y @ m.T
+        else:
+            b, trail = y.shape[0] * math.prod(shape[:ax]), math.prod(shape[ax + 1:])
+            y = (m @ y.reshape(b, n_in, trail)).reshape(y.shape[0], *shape[:ax], n_out, *shape[ax + 1:])
+        shape[ax] = n_out
+    return y.reshape(*lead, *out)

