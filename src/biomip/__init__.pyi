@@ -1,10 +1,11 @@
-from . import cli, core, data, generate, io, learn, metrics, nn, ops, pipelines, reconstruct, register, segment
+from . import app, cli, core, data, generate, io, learn, metrics, nn, ops, pipelines, reconstruct, register, segment
 from .core import BiomipError, Image, config
 from .io import read, write
 
 __all__ = [
     "BiomipError",
     "Image",
+    "app",
     "cli",
     "config",
     "core",

@@ -84,6 +84,18 @@ def _register_pipelines():
 _register_pipelines()
 
 
+def _register_serve():
+    from .serve import serve_cmd
+
+    app.command("serve", help="Serve FOLDER in the browser: view any volume with its geometry, segment, correct, "
+                              "save versioned labels, fine-tune a model with live progress, register. Binds "
+                              "127.0.0.1; another --host needs a token (printed). Ctrl-C stops it. Needs the app "
+                              "extra: pip install 'biomip[app]'.")(serve_cmd)
+
+
+_register_serve()
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 
