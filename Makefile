@@ -43,6 +43,17 @@ test-all: install-dev
 test-gpu: install-dev
 	$(BIN)/python -m pytest -q -m gpu $(PYTEST_ARGS)
 
+# end-to-end tests of `biomip serve` in headless Chromium (Debian's /usr/bin/chromium, WebGL2 on
+# SwiftShader) driven by Playwright for Python; `apt-get install chromium` first (.ci/run does it).
+# Screenshots + timings.json go to $(BROWSER_ARTIFACTS) (~2-3 min on 2 cores)
+BROWSER_ARTIFACTS ?= build/browser-artifacts
+.PHONY: test-browser
+test-browser: install-dev
+	$(PIP) install -q -c $(CONSTRAINTS) -r requirements/browser.txt
+	@test -x /usr/bin/chromium || { echo "test-browser: /usr/bin/chromium is missing (apt-get install chromium)"; exit 1; }
+	BIOMIP_BROWSER_ARTIFACTS=$(abspath $(BROWSER_ARTIFACTS)) OMP_NUM_THREADS=1 \
+		$(BIN)/python -m pytest -q -m browser -p no:cacheprovider tests/app/test_browser.py $(PYTEST_ARGS)
+
 # the minimum versions pyproject.toml declares, installed together in build/venv-lowest
 .PHONY: test-lowest
 test-lowest:

@@ -32,6 +32,7 @@ API_PACKAGES = [
     "biomip.learn",
     "biomip.generate",
     "biomip.pipelines",
+    "biomip.app",
 ]
 
 # Left out of the API build because their docstrings still fail the numpydoc checks below

@@ -1,0 +1,1351 @@
+// biomip serve: the page.  Plain ES module, no build step; the viewer is the vendored NiiVue.
+//
+// Voxel orders.  The server sends every image as NIfTI in the file's own voxel order
+// ("native": index = i + nx * (j + ny * k), numpy order of the image is (k, j, i)).  NiiVue
+// reorients volumes to RAS internally: its drawing bitmap (our label layer) is in RAS order.
+// Every label map that goes to or comes from the server is converted here with NiiVue's
+// img2RASstart / img2RASstep, and a saved label map is written with the image's own NIfTI
+// header bytes (same sform / qform), so it lies voxel for voxel on the image grid.
+import {
+  Niivue, NVImage, NVImageFromUrlOptions, SLICE_TYPE, SHOW_RENDER, MULTIPLANAR_TYPE, cmapper,
+} from './vendor/niivue/niivue.js';
+
+const $ = (sel) => document.querySelector(sel);
+const $$ = (sel) => Array.from(document.querySelectorAll(sel));
+
+// ------------------------------------------------------------------ API
+const TOKEN = new URLSearchParams(location.search).get('token');
+
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(`${status}: ${detail}`);
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+function withToken(url) {
+  if (!TOKEN) return url;
+  return url + (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(TOKEN);
+}
+
+async function api(path, { method = 'GET', json, body, headers = {}, raw = false } = {}) {
+  const h = { ...headers };
+  if (TOKEN) h.Authorization = `Bearer ${TOKEN}`;
+  let payload = body;
+  if (json !== undefined) {
+    h['Content-Type'] = 'application/json';
+    payload = JSON.stringify(json);
+  }
+  let res;
+  try {
+    res = await fetch(path, { method, headers: h, body: payload, credentials: 'same-origin' });
+  } catch (err) {
+    throw new ApiError(0, `the server cannot be reached (${err.message})`);
+  }
+  if (!res.ok) {
+    let detail = res.statusText;
+    try {
+      const js = await res.json();
+      detail = typeof js.detail === 'string' ? js.detail : JSON.stringify(js.detail ?? js);
+    } catch (_) { /* not JSON */ }
+    throw new ApiError(res.status, detail);
+  }
+  if (raw) return res;
+  const type = res.headers.get('content-type') || '';
+  return type.includes('json') ? res.json() : res.arrayBuffer();
+}
+
+function showError(err) {
+  let msg = err instanceof ApiError ? `Server said ${err.status}: ${err.detail}` : `Error: ${err.message || err}`;
+  if (err instanceof ApiError && err.status === 401) {
+    msg += ' — open the address `biomip serve` printed, with its ?token=…';
+  }
+  $('#error-text').textContent = msg;
+  $('#error').hidden = false;
+  console.error(err);
+}
+function clearError() { $('#error').hidden = true; $('#error-text').textContent = ''; }
+
+let busyCount = 0;
+async function busy(fn) {
+  busyCount++;
+  $('#busy').hidden = false;
+  try {
+    return await fn();
+  } catch (err) {
+    showError(err);
+    return undefined;
+  } finally {
+    if (--busyCount === 0) $('#busy').hidden = true;
+  }
+}
+
+// ------------------------------------------------------------------ NIfTI
+async function gunzip(buf) {
+  const u8 = new Uint8Array(buf);
+  if (u8[0] !== 0x1f || u8[1] !== 0x8b) return buf;
+  const stream = new Blob([u8]).stream().pipeThrough(new DecompressionStream('gzip'));
+  return new Response(stream).arrayBuffer();
+}
+async function gzip(buf) {
+  const stream = new Blob([buf]).stream().pipeThrough(new CompressionStream('gzip'));
+  return new Response(stream).arrayBuffer();
+}
+
+const DTYPES = {
+  2: Uint8Array, 4: Int16Array, 8: Int32Array, 16: Float32Array, 64: Float64Array,
+  256: Int8Array, 512: Uint16Array, 768: Uint32Array, 1024: BigInt64Array, 1280: BigUint64Array,
+};
+
+/** Parse an uncompressed NIfTI-1 / NIfTI-2 buffer (little endian): header fields + native data. */
+function parseNifti(buf) {
+  const dv = new DataView(buf);
+  const size = dv.getInt32(0, true);
+  let n;
+  if (size === 348) {
+    const dims = [];
+    for (let i = 0; i < 8; i++) dims.push(dv.getInt16(40 + 2 * i, true));
+    n = {
+      version: 1, hsize: 348, dims, datatype: dv.getInt16(70, true),
+      voxOffset: Math.round(dv.getFloat32(108, true)),
+      slope: dv.getFloat32(112, true), inter: dv.getFloat32(116, true),
+    };
+  } else if (size === 540) {
+    const dims = [];
+    for (let i = 0; i < 8; i++) dims.push(Number(dv.getBigInt64(16 + 8 * i, true)));
+    n = {
+      version: 2, hsize: 540, dims, datatype: dv.getInt16(12, true),
+      voxOffset: Number(dv.getBigInt64(168, true)),
+      slope: dv.getFloat64(176, true), inter: dv.getFloat64(184, true),
+    };
+  } else {
+    throw new Error(`not a little-endian NIfTI file (header size ${size})`);
+  }
+  const T = DTYPES[n.datatype];
+  if (!T) throw new Error(`NIfTI datatype ${n.datatype} is not supported by the page`);
+  const nd = Math.max(1, n.dims[0]);
+  let count = 1;
+  for (let i = 1; i <= nd; i++) count *= Math.max(1, n.dims[i]);
+  n.header = buf.slice(0, n.hsize);
+  n.nVox3 = Math.max(1, n.dims[1]) * Math.max(1, nd >= 2 ? n.dims[2] : 1) * Math.max(1, nd >= 3 ? n.dims[3] : 1);
+  let data;
+  if (n.voxOffset % T.BYTES_PER_ELEMENT === 0) data = new T(buf, n.voxOffset, count);
+  else data = new T(buf.slice(n.voxOffset, n.voxOffset + count * T.BYTES_PER_ELEMENT));
+  if (T === BigInt64Array || T === BigUint64Array) data = Float64Array.from(data, Number);
+  n.data = data;
+  if (!Number.isFinite(n.slope) || n.slope === 0) n.slope = 1;
+  if (!Number.isFinite(n.inter)) n.inter = 0;
+  return n;
+}
+
+/** A NIfTI label map (uint8 or uint16, gzip) with the reference image's header bytes. */
+async function makeLabelNifti(ref, data) {
+  const isU16 = data instanceof Uint16Array;
+  const hdr = new Uint8Array(ref.header.slice(0));
+  const dv = new DataView(hdr.buffer);
+  const nd = Math.min(ref.dims[0], 3);
+  let maxv = 0;
+  for (let i = 0; i < data.length; i++) if (data[i] > maxv) maxv = data[i];
+  const offset = ref.version === 1 ? 352 : 544;
+  const descrip = new TextEncoder().encode('biomip serve labels');
+  if (ref.version === 1) {
+    dv.setInt16(40, nd, true);
+    for (let i = 4; i < 8; i++) dv.setInt16(40 + 2 * i, 1, true);
+    dv.setInt16(68, 1002, true);                       // NIFTI_INTENT_LABEL
+    dv.setInt16(70, isU16 ? 512 : 2, true);
+    dv.setInt16(72, isU16 ? 16 : 8, true);
+    dv.setFloat32(108, offset, true);
+    dv.setFloat32(112, 1, true);
+    dv.setFloat32(116, 0, true);
+    dv.setFloat32(124, maxv, true);
+    dv.setFloat32(128, 0, true);
+    hdr.fill(0, 148, 228);
+    hdr.set(descrip, 148);
+  } else {
+    dv.setInt16(12, isU16 ? 512 : 2, true);
+    dv.setInt16(14, isU16 ? 16 : 8, true);
+    dv.setBigInt64(16, BigInt(nd), true);
+    for (let i = 4; i < 8; i++) dv.setBigInt64(16 + 8 * i, 1n, true);
+    dv.setBigInt64(168, BigInt(offset), true);
+    dv.setFloat64(176, 1, true);
+    dv.setFloat64(184, 0, true);
+    dv.setFloat64(192, maxv, true);
+    dv.setFloat64(200, 0, true);
+    dv.setInt32(504, 1002, true);
+    hdr.fill(0, 240, 320);
+    hdr.set(descrip, 240);
+  }
+  const out = new Uint8Array(offset + data.byteLength);
+  out.set(hdr, 0);                                      // bytes hsize..offset stay 0: no extension
+  out.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), offset);
+  return gzip(out.buffer);
+}
+
+// ------------------------------------------------------------------ state
+const S = {
+  info: null,
+  images: [],
+  image: null,          // entry of GET /images
+  nifti: null,          // parsed NIfTI of the open image (header + native data)
+  vol: null,            // NiiVue volume 0
+  labels: [],           // [{value, name, color: '#rrggbb'}]
+  active: 1,
+  tool: 'navigate',
+  seeds: [],            // [{vox: [z,y,x] or [y,x], mm}]
+  thrBase: null,        // drawing before the threshold preview
+  checker: null,        // {fixed, moving, vol}
+  lastLocation: null,
+  timings: {},
+  job: null,
+  events: null,
+  lossPoints: [],
+};
+window.biomip = S;    // for the browser tests and the curious
+
+const PALETTE = ['#000000', '#ff3b30', '#34c759', '#0a84ff', '#ffd60a', '#bf5af2', '#64d2ff', '#ff9f0a',
+  '#ff375f', '#30d158', '#5e5ce6', '#ffcc00', '#ac8e68', '#66d4cf', '#e67e22', '#9b59b6'];
+function defaultColor(v) {
+  if (v < PALETTE.length) return PALETTE[v];
+  const h = (v * 137.508) % 360;                        // golden angle: distinct neighbours
+  return hslToHex(h, 0.75, 0.55);
+}
+function hslToHex(h, s, l) {
+  const f = (n) => {
+    const k = (n + h / 30) % 12;
+    const c = l - s * Math.min(l, 1 - l) * Math.max(-1, Math.min(k - 3, 9 - k, 1));
+    return Math.round(255 * c).toString(16).padStart(2, '0');
+  };
+  return `#${f(0)}${f(8)}${f(4)}`;
+}
+
+// ------------------------------------------------------------------ viewer
+const nv = new Niivue({
+  backColor: [0.06, 0.065, 0.08, 1],
+  crosshairColor: [1, 0.78, 0.2, 0.9],
+  crosshairWidth: 1,
+  show3Dcrosshair: true,
+  isColorbar: false,
+  isOrientCube: true,
+  isOrientationTextVisible: true,
+  showAllOrientationMarkers: true,
+  isForceMouseClickToVoxelCenters: true,
+  multiplanarShowRender: SHOW_RENDER.ALWAYS,
+  multiplanarLayout: MULTIPLANAR_TYPE.GRID,
+  multiplanarEqualSize: false,
+  multiplanarPadPixels: 6,
+  dragAndDropEnabled: false,
+  loadingText: '',
+  logLevel: 'error',
+  penSize: 1,
+  maxDrawUndoBitmaps: 24,
+  isFilledPen: false,
+  isRadiologicalConvention: true,   // as 3D Slicer, ITK-SNAP, OHIF; and a 2-D micrograph shows column 0 on the left
+  textHeight: 0.05,
+  fontMinPx: 14,
+});
+S.nv = nv;
+
+function volData(v) { return v.img; }
+
+/** Iterate RAS voxels: fn(rasIndex, nativeIndex). Same arithmetic as NiiVue's own reorientation. */
+function forRas(fn) {
+  const v = S.vol;
+  const d = v.dimsRAS, st = v.img2RASstep, s0 = v.img2RASstart;
+  let r = 0;
+  for (let z = 0; z < d[3]; z++) {
+    const zi = s0[2] + z * st[2];
+    for (let y = 0; y < d[2]; y++) {
+      const yzi = s0[1] + y * st[1] + zi;
+      let n = s0[0] + yzi;
+      for (let x = 0; x < d[1]; x++, r++, n += st[0]) fn(r, n);
+    }
+  }
+}
+
+/** Native-order label map (from the server) -> RAS drawing bitmap. */
+function nativeToRas(native) {
+  const out = new Uint8Array(S.vol.dimsRAS[1] * S.vol.dimsRAS[2] * S.vol.dimsRAS[3]);
+  let clipped = 0;
+  forRas((r, n) => {
+    let v = native[n];
+    if (v > 255) { v = ((v - 1) % 255) + 1; clipped++; }
+    out[r] = v;
+  });
+  return { ras: out, clipped };
+}
+
+/** RAS drawing bitmap -> native-order label map (for the server). */
+function rasToNative(ras) {
+  const out = new Uint8Array(S.nifti.nVox3);
+  forRas((r, n) => { out[n] = ras[r]; });
+  return out;
+}
+
+function ensureDrawing() {
+  if (!nv.drawBitmap || nv.drawBitmap.length !== S.vol.dimsRAS[1] * S.vol.dimsRAS[2] * S.vol.dimsRAS[3]) {
+    nv.createEmptyDrawing();
+  }
+}
+
+function setDrawing(ras, { undo = true } = {}) {
+  ensureDrawing();
+  nv.drawBitmap.set(ras);
+  if (undo) nv.drawAddUndoBitmap();
+  nv.refreshDrawing(true);
+  updateLabelCounts();
+}
+
+/** Draw now and wait until the GPU has drawn it (a 1-pixel read-back blocks until then). */
+function syncDraw() {
+  nv.drawScene();
+  const gl = nv.gl;
+  gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, new Uint8Array(4));
+  return performance.now();
+}
+
+// ------------------------------------------------------------------ images
+async function loadInfo() {
+  S.info = await api('/info');
+  $('#workspace').textContent = S.info.workspace ? `workspace: ${S.info.workspace}` : '';
+  $('#version').textContent = `biomip ${S.info.version}`;
+  buildMethodMenu();
+  buildModelMenu();
+}
+
+async function loadImages() {
+  S.images = await api('/images');
+  const ul = $('#image-list');
+  ul.replaceChildren();
+  for (const im of S.images) {
+    const li = document.createElement('li');
+    li.dataset.id = im.id;
+    li.tabIndex = 0;
+    const shape = (im.shape || []).join('×');
+    const sp = (im.spacing || []).map((s) => +Number(s).toPrecision(3)).join('×');
+    li.innerHTML = '<span class="name"></span><span class="meta"></span>';
+    li.querySelector('.name').textContent = im.name;
+    if (im.error) {                                   // listed but unreadable: say why, do not open
+      li.classList.add('bad');
+      li.querySelector('.meta').textContent = im.error;
+      ul.append(li);
+      continue;
+    }
+    li.querySelector('.meta').textContent = `${im.ndim}-D ${shape} · ${sp} mm · ${im.dtype}` +
+      (im.channels > 1 ? ` · ${im.channels} ch` : '') + (im.labels?.length ? ` · labels v${Math.max(...im.labels)}` : '') +
+      (im.in_training_set ? ' · training' : '');
+    if (S.image && S.image.id === im.id) li.classList.add('on');
+    li.addEventListener('click', () => openImage(im.id));
+    li.addEventListener('keydown', (e) => { if (e.key === 'Enter') openImage(im.id); });
+    ul.append(li);
+  }
+  for (const sel of [$('#reg-fixed'), $('#reg-moving')]) {
+    const keep = sel.value;
+    sel.replaceChildren(...S.images.filter((im) => !im.error).map((im) => new Option(im.name, im.id)));
+    if (keep) sel.value = keep;
+  }
+  if (S.images.length > 1 && !$('#reg-moving').dataset.touched) $('#reg-moving').selectedIndex = 1;
+}
+
+// Large volumes are shown first at a coarse resolution (every f-th voxel, same field of view and
+// geometry, ~1 M voxels): NiiVue's texture preparation costs ~0.5 µs per voxel in software WebGL,
+// so a 256³ volume is on screen in a fraction of the time; the full-resolution volume replaces it
+// before any tool is enabled (body[data-state] goes 'preview' -> 'ready').
+const PREVIEW_ABOVE = 4 * 1024 * 1024;   // voxels
+const PREVIEW_VOXELS = 1024 * 1024;      // the preview has at most about this many
+
+async function makeVolume(buf, name) {
+  const opts = NVImageFromUrlOptions(name);
+  opts.buffer = buf;
+  opts.name = name;
+  const vol = await NVImage.loadFromUrl(opts);
+  vol.onColormapChange = nv.onColormapChange;
+  return vol;
+}
+
+/** Every f-th voxel of a 3-D NIfTI as a new NIfTI buffer (affine columns scaled by f, same origin). */
+function previewBuffer(n, f) {
+  const nx = n.dims[1], ny = n.dims[2], nz = n.dims[3];
+  const mx = Math.ceil(nx / f), my = Math.ceil(ny / f), mz = Math.ceil(nz / f);
+  const T = n.data.constructor;
+  const out = new T(mx * my * mz);
+  let k = 0;
+  for (let z = 0; z < nz; z += f) {
+    for (let y = 0; y < ny; y += f) {
+      const row = (z * ny + y) * nx;
+      for (let x = 0; x < nx; x += f) out[k++] = n.data[row + x];
+    }
+  }
+  const hdr = new Uint8Array(n.header.slice(0));
+  const dv = new DataView(hdr.buffer);
+  const off = n.version === 1 ? 352 : 544;
+  if (n.version === 1) {
+    dv.setInt16(40, 3, true); dv.setInt16(42, mx, true); dv.setInt16(44, my, true); dv.setInt16(46, mz, true);
+    dv.setFloat32(108, off, true);
+    for (let a = 1; a <= 3; a++) dv.setFloat32(76 + 4 * a, dv.getFloat32(76 + 4 * a, true) * f, true);
+    for (let r = 0; r < 3; r++) {
+      for (let c = 0; c < 3; c++) {
+        const o = 280 + 16 * r + 4 * c;
+        dv.setFloat32(o, dv.getFloat32(o, true) * f, true);
+      }
+    }
+  } else {
+    dv.setBigInt64(16, 3n, true); dv.setBigInt64(24, BigInt(mx), true); dv.setBigInt64(32, BigInt(my), true);
+    dv.setBigInt64(40, BigInt(mz), true); dv.setBigInt64(168, BigInt(off), true);
+    for (let a = 1; a <= 3; a++) dv.setFloat64(104 + 8 * a, dv.getFloat64(104 + 8 * a, true) * f, true);
+    for (let r = 0; r < 3; r++) {
+      for (let c = 0; c < 3; c++) {
+        const o = 400 + 32 * r + 8 * c;
+        dv.setFloat64(o, dv.getFloat64(o, true) * f, true);
+      }
+    }
+  }
+  const buf = new Uint8Array(off + out.byteLength);
+  buf.set(hdr, 0);
+  buf.set(new Uint8Array(out.buffer, out.byteOffset, out.byteLength), off);
+  return buf.buffer;
+}
+
+async function openImage(id) {
+  clearError();
+  const im = S.images.find((x) => x.id === id);
+  if (!im) { showError(new Error(`no image ${id}`)); return; }
+  document.body.dataset.state = 'loading';
+  const t0 = performance.now();
+  await busy(async () => {
+    const raw = await api(`/images/${encodeURIComponent(id)}?compress=false`);   // local: no gzip round trip
+    const t1 = performance.now();
+    const buf = await gunzip(raw);
+    const nifti = parseNifti(buf);
+    const t2 = performance.now();
+    nv.closeDrawing();
+    while (nv.volumes.length) nv.removeVolume(nv.volumes[nv.volumes.length - 1]);
+    Object.assign(S, { checker: null, vol: null, image: im, nifti, savedVersion: null, seeds: [], thrBase: null });
+    showSeeds();
+    const t = { image: id, fetch_ms: t1 - t0, decode_ms: t2 - t1, bytes: raw.byteLength };
+    const d = nifti.dims;
+    const big = nifti.nVox3 > PREVIEW_ABOVE && d[0] === 3 && Math.min(d[1], d[2], d[3]) >= 8;
+    applyLabelColors();          // the drawing layer itself is made on first use: it slows the 3-D render
+    if (big) {
+      const f = Math.ceil(Math.cbrt(nifti.nVox3 / PREVIEW_VOXELS));
+      const pbuf = previewBuffer(nifti, f);
+      const tb = performance.now();
+      const preview = await makeVolume(pbuf, `${id}-preview.nii`);
+      nv.addVolume(preview);
+      setupViewForImage(preview);
+      const tc = performance.now();
+      const tp = syncDraw();
+      Object.assign(t, {
+        preview_build_ms: tb - t2, preview_niivue_ms: tc - tb, preview_gpu_ms: tp - tc, preview_paint_ms: tp - t0,
+        preview_shape: Array.from(preview.hdr.dims.slice(1, 4)), preview_step: f,
+      });
+      document.body.dataset.state = 'preview';
+      $('#timing').textContent = `preview (1/${f} resolution) in ${Math.round(tp - t0)} ms; loading full resolution…`;
+      const full = await makeVolume(buf, `${id}.nii`);
+      full.cal_min = preview.cal_min;              // keep the window the user may already have changed
+      full.cal_max = preview.cal_max;
+      nv.volumes = [full];
+      nv.setVolume(full, 0);                        // replaces the preview: one texture preparation
+    } else {
+      nv.addVolume(await makeVolume(buf, `${id}.nii`));
+    }
+    S.vol = nv.volumes[0];
+    const t3 = performance.now();
+    setupViewForImage(S.vol);
+    const t4 = syncDraw();
+    Object.assign(t, {
+      niivue_load_ms: t3 - t2, full_paint_ms: t4 - t0, since_navigation_ms: t4,
+      first_paint_ms: big ? t.preview_paint_ms : t4 - t0,
+    });
+    S.timings = t;
+    $('#timing').textContent = big
+      ? `preview in ${Math.round(t.preview_paint_ms)} ms, full resolution in ${Math.round(t4 - t0)} ms`
+      : `opened in ${Math.round(t4 - t0)} ms`;
+    $('#image-title').textContent = `${im.name}  (${im.shape.join('×')})`;
+    $$('#image-list li').forEach((li) => li.classList.toggle('on', li.dataset.id === id));
+    setupThreshold();
+    updateWindowInputs();
+    await refreshLabelVersions(true);
+    document.body.dataset.state = 'ready';
+    document.body.dataset.image = id;
+    const u = new URL(location.href);
+    u.searchParams.set('image', id);
+    history.replaceState(null, '', u);
+  });
+  if (document.body.dataset.state !== 'ready') document.body.dataset.state = 'error';
+}
+
+function is2D() {
+  return S.image && (S.image.ndim === 2 || (S.vol && S.vol.dimsRAS[3] === 1 && S.nifti.dims[3] <= 1));
+}
+
+function setupViewForImage(vol) {
+  const two = is2D();
+  $$('#toolbar [data-view]').forEach((b) => { b.disabled = two && b.dataset.view !== 'axial'; });
+  setView(two ? 'axial' : (S.view && S.view !== 'axial' ? S.view : 'mpr'));
+  const nf = vol.nFrame4D || 1;
+  $('#channel-box').hidden = nf <= 1;
+  $('#channel').replaceChildren(...Array.from({ length: nf }, (_, k) => new Option(`${k}`, k)));
+  nv.setInterpolation(two);    // 2-D micrographs: show the pixels
+}
+
+function setView(view) {
+  S.view = view;
+  $$('#toolbar [data-view]').forEach((b) => b.classList.toggle('on', b.dataset.view === view));
+  const t = { mpr: SLICE_TYPE.MULTIPLANAR, axial: SLICE_TYPE.AXIAL, coronal: SLICE_TYPE.CORONAL,
+    sagittal: SLICE_TYPE.SAGITTAL, render: SLICE_TYPE.RENDER }[view];
+  nv.setSliceType(t);
+}
+
+function updateWindowInputs() {
+  if (!S.vol) return;
+  $('#wl-min').value = +Number(S.vol.cal_min).toPrecision(5);
+  $('#wl-max').value = +Number(S.vol.cal_max).toPrecision(5);
+}
+nv.onIntensityChange = () => updateWindowInputs();
+
+function setWindow() {
+  const lo = parseFloat($('#wl-min').value), hi = parseFloat($('#wl-max').value);
+  if (!S.vol || !Number.isFinite(lo) || !Number.isFinite(hi) || hi <= lo) return;
+  for (const v of nv.volumes) { v.cal_min = lo; v.cal_max = hi; }
+  nv.updateGLVolume();
+}
+
+nv.onLocationChange = (loc) => {
+  S.lastLocation = loc;
+  const p = loc.mm ? Array.from(loc.mm).slice(0, 3).map((x) => x.toFixed(1)).join(', ') : '';
+  let text = `${p} mm`;
+  if (S.vol && loc.mm) {
+    const vox = nativeVoxel(loc.mm);
+    if (vox) text += ` · voxel (${vox.join(', ')})`;
+    const val = loc.values?.[0]?.value;
+    if (val !== undefined) text += ` · value ${+Number(val).toPrecision(5)}`;
+  }
+  $('#location').textContent = text;
+};
+
+/** mm (NIfTI world, RAS) -> voxel index of the image in numpy order ([z, y, x] or [y, x]). */
+function nativeVoxel(mm) {
+  const A = S.vol.hdr.affine;
+  const m = [[A[0][0], A[0][1], A[0][2]], [A[1][0], A[1][1], A[1][2]], [A[2][0], A[2][1], A[2][2]]];
+  const b = [mm[0] - A[0][3], mm[1] - A[1][3], mm[2] - A[2][3]];
+  const ijk = solve3(m, b);
+  if (!ijk) return null;
+  const idx = ijk.map((x) => Math.round(x));
+  const d = S.nifti.dims;
+  for (let a = 0; a < 3; a++) if (idx[a] < 0 || idx[a] >= Math.max(1, d[a + 1])) return null;
+  return is2D() ? [idx[1], idx[0]] : [idx[2], idx[1], idx[0]];
+}
+function solve3(m, b) {
+  const det = (a) => a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+    + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]);
+  const D = det(m);
+  if (Math.abs(D) < 1e-12) return null;
+  return [0, 1, 2].map((c) => det(m.map((row, r) => row.map((x, k) => (k === c ? b[r] : x)))) / D);
+}
+
+// ------------------------------------------------------------------ labels
+function ensureLabel(v, name) {
+  let l = S.labels.find((x) => x.value === v);
+  if (!l) {
+    l = { value: v, name: name || `label ${v}`, color: defaultColor(v) };
+    S.labels.push(l);
+    S.labels.sort((a, b) => a.value - b.value);
+  } else if (name) l.name = name;
+  return l;
+}
+ensureLabel(1, 'foreground');
+
+function applyLabelColors() {
+  const R = [], G = [], B = [], A = [], I = [], labels = [];
+  for (let v = 0; v < 256; v++) {
+    const l = S.labels.find((x) => x.value === v);
+    const hex = v === 0 ? '#000000' : (l ? l.color : defaultColor(v));
+    R.push(parseInt(hex.slice(1, 3), 16)); G.push(parseInt(hex.slice(3, 5), 16)); B.push(parseInt(hex.slice(5, 7), 16));
+    A.push(v === 0 ? 0 : 255); I.push(v);
+    labels.push(v === 0 ? '' : (l ? l.name : `${v}`));
+  }
+  // nv.setDrawColormap() would rebuild every volume texture (seconds in software WebGL): swap the LUT only
+  nv.drawLut = cmapper.makeDrawLut({ R, G, B, A, I, labels });
+  if (nv.volumes.length) nv.refreshColormaps();
+  nv.drawOpacity = parseFloat($('#label-opacity').value);
+  nv.drawScene();
+  renderLabelList();
+}
+
+function renderLabelList() {
+  const ul = $('#label-list');
+  ul.replaceChildren();
+  const shown = S.labels.slice(0, 64);
+  for (const l of shown) {
+    const li = document.createElement('li');
+    li.dataset.value = l.value;
+    li.classList.toggle('on', l.value === S.active);
+    const radio = document.createElement('input');
+    radio.type = 'radio'; radio.name = 'active-label'; radio.checked = l.value === S.active;
+    radio.title = 'paint with this label';
+    radio.addEventListener('change', () => setActive(l.value));
+    const col = document.createElement('input');
+    col.type = 'color'; col.value = l.color; col.title = 'colour';
+    col.addEventListener('input', () => { l.color = col.value; applyLabelColors(); });
+    const num = document.createElement('span');
+    num.textContent = l.value;
+    const name = document.createElement('input');
+    name.type = 'text'; name.value = l.name; name.title = 'name';
+    name.addEventListener('change', () => { l.name = name.value.trim() || `label ${l.value}`; applyLabelColors(); });
+    const count = document.createElement('span');
+    count.className = 'count';
+    li.append(radio, col, num, name, count);
+    li.addEventListener('click', (e) => { if (e.target === li || e.target === num) setActive(l.value); });
+    ul.append(li);
+  }
+  if (S.labels.length > shown.length) {
+    const li = document.createElement('li');
+    li.textContent = `… ${S.labels.length - shown.length} more`;
+    ul.append(li);
+  }
+  updateLabelCounts();
+}
+
+function setActive(v) {
+  S.active = v;
+  $$('#label-list li').forEach((li) => li.classList.toggle('on', +li.dataset.value === v));
+  $$('#label-list input[type=radio]').forEach((r) => { r.checked = +r.closest('li').dataset.value === v; });
+  setTool(S.tool);
+}
+
+function updateLabelCounts() {
+  if (!nv.drawBitmap) return;
+  const counts = new Map();
+  const d = nv.drawBitmap;
+  for (let i = 0; i < d.length; i++) if (d[i]) counts.set(d[i], (counts.get(d[i]) || 0) + 1);
+  for (const v of counts.keys()) if (!S.labels.find((l) => l.value === v)) ensureLabel(v);
+  $$('#label-list li[data-value]').forEach((li) => {
+    const c = counts.get(+li.dataset.value) || 0;
+    li.querySelector('.count').textContent = c ? c.toLocaleString('en') : '';
+  });
+  if ($$('#label-list li[data-value]').length !== Math.min(S.labels.length, 64)) renderLabelList();
+}
+
+async function refreshLabelVersions(loadLatest = false) {
+  const sel = $('#label-version');
+  sel.replaceChildren(new Option('(none)', ''));
+  if (!S.image) return;
+  let versions = [];
+  try {
+    versions = await api(`/labels/${encodeURIComponent(S.image.id)}/versions`);
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 404)) throw err;
+  }
+  for (const v of versions) {
+    const t = v.time ? ` · ${String(v.time).replace('T', ' ').slice(0, 19)}` : '';
+    sel.append(new Option(`v${v.version}${t}${v.source ? ` · ${v.source}` : ''}`, v.version));
+  }
+  S.versions = versions;
+  if (versions.length) {
+    sel.value = versions[versions.length - 1].version;
+    if (loadLatest) await loadLabels(versions[versions.length - 1].version);
+  }
+}
+
+async function loadLabels(version) {
+  const q = version ? `?version=${version}` : '';
+  const buf = await gunzip(await api(`/labels/${encodeURIComponent(S.image.id)}${q}`));
+  const lab = parseNifti(buf);
+  checkGrid(lab);
+  const meta = (S.versions || []).find((v) => v.version === Number(version ?? S.versions?.at(-1)?.version));
+  if (meta && meta.names) {
+    for (const [k, entry] of Object.entries(meta.names)) {
+      const l = ensureLabel(Number(k), typeof entry === 'string' ? entry : entry?.name);
+      if (entry && typeof entry === 'object' && /^#[0-9a-f]{6}$/i.test(entry.color || '')) l.color = entry.color;
+    }
+  }
+  const { ras, clipped } = nativeToRas(lab.data);
+  setDrawing(ras);
+  applyLabelColors();
+  if (clipped) $('#save-result').textContent = `note: ${clipped} voxels had labels > 255 (shown and saved modulo 255)`;
+}
+
+function checkGrid(lab) {
+  const a = S.nifti.dims, b = lab.dims;
+  for (let i = 1; i <= 3; i++) {
+    if (Math.max(1, a[i]) !== Math.max(1, b[i])) {
+      throw new Error(`label map of shape ${b.slice(1, 4)} does not match the image ${a.slice(1, 4)}`);
+    }
+  }
+}
+
+/** JSON with every non-ASCII character escaped (HTTP header values must be ASCII). */
+function asciiJson(obj) {
+  return JSON.stringify(obj).replace(/[\u007f-\uffff]/g, (c) => '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0'));
+}
+
+async function saveLabels() {
+  if (!S.image) return;
+  commitThreshold();
+  ensureDrawing();
+  const native = rasToNative(nv.drawBitmap);
+  const body = await makeLabelNifti(S.nifti, native);
+  const names = {};
+  for (const l of S.labels) names[l.value] = { name: l.name, color: l.color };
+  const res = await api(`/labels/${encodeURIComponent(S.image.id)}`, {
+    method: 'PUT', body,
+    headers: { 'Content-Type': 'application/gzip', 'X-Label-Names': asciiJson(names), 'X-Label-Source': 'page' },
+  });
+  S.savedVersion = res.version;
+  $('#save-result').textContent = `saved as v${res.version}`;
+  await refreshLabelVersions(false);
+  $('#label-version').value = res.version;
+  $('#save-result').dataset.version = res.version;
+  await loadImages();
+}
+
+async function addToTraining() {
+  if (!S.image) return;
+  const v = $('#label-version').value || S.savedVersion;
+  if (!v) throw new Error('save the labels first: the training set takes a saved label version');
+  await api(`/training-set/${encodeURIComponent(S.image.id)}?version=${v}`, { method: 'POST' });
+  $('#training-state').textContent = `in training set (labels v${v})`;
+  loadImages();
+}
+
+// ------------------------------------------------------------------ tools
+function setTool(tool) {
+  S.tool = tool;
+  $$('.tools [data-tool]').forEach((b) => b.classList.toggle('on', b.dataset.tool === tool));
+  if (!S.vol) return;
+  if (tool === 'brush' || tool === 'eraser' || tool === 'fill') {
+    commitThreshold();
+    nv.setDrawingEnabled(true);
+    nv.setPenValue(tool === 'eraser' ? 0 : S.active, tool === 'fill');
+  } else {
+    nv.setDrawingEnabled(false);
+  }
+}
+
+function undo() {
+  if (S.thrBase) { cancelThreshold(); return; }
+  nv.drawUndo();
+  updateLabelCounts();
+}
+
+// threshold: computed here, on the loaded volume, in RAS order straight into the drawing
+function setupThreshold() {
+  const v = S.vol;
+  const lo = v.global_min, hi = v.global_max;
+  const s = $('#thr-slider');
+  s.min = lo; s.max = hi;
+  s.step = S.nifti.data instanceof Float32Array || S.nifti.data instanceof Float64Array ? (hi - lo) / 1000 : 1;
+  const t = v.cal_min + 0.5 * (v.cal_max - v.cal_min);
+  s.value = t;
+  $('#thr-value').value = '';
+  $('#thr-info').textContent = '';
+}
+
+function thresholdValueOf(t) {
+  // float32 images compare in float32, as numpy does (value > float32(t))
+  return S.nifti.data instanceof Float32Array ? Math.fround(t) : t;
+}
+
+function previewThreshold(t) {
+  if (!S.vol || !Number.isFinite(t)) return;
+  const ts = performance.now();
+  ensureDrawing();                                  // first preview only: the label layer + its undo copy
+  if (!S.thrBase) S.thrBase = nv.drawBitmap.slice();
+  const t0 = performance.now();
+  S.timings.threshold_setup_ms = t0 - ts;
+  const base = S.thrBase, out = nv.drawBitmap;
+  const img = S.nifti.data, slope = S.nifti.slope, inter = S.nifti.inter;
+  const frame = (parseInt($('#channel').value, 10) || 0) * S.nifti.nVox3;
+  const below = $('#thr-below').checked;
+  const lab = S.active;
+  // compare raw values with the threshold mapped to raw units when the header scales them
+  let tt = thresholdValueOf(t);
+  const scaled = slope !== 1 || inter !== 0;
+  let flip = below;
+  if (scaled) {
+    tt = (tt - inter) / slope;
+    if (slope < 0) flip = !flip;
+  }
+  // the RAS walk of forRas(), written out: this loop is the whole cost of the preview
+  const v = S.vol, d = v.dimsRAS, st = v.img2RASstep, s0 = v.img2RASstart;
+  const nx = d[1], ny = d[2], nz = d[3], sx = st[0];
+  out.set(base);
+  let n = 0, r = 0;
+  for (let z = 0; z < nz; z++) {
+    const zi = s0[2] + z * st[2] + frame;
+    for (let y = 0; y < ny; y++) {
+      let i = s0[0] + s0[1] + y * st[1] + zi;
+      if (flip) {
+        for (let x = 0; x < nx; x++, r++, i += sx) if (!(img[i] > tt)) { out[r] = lab; n++; }
+      } else {
+        for (let x = 0; x < nx; x++, r++, i += sx) if (img[i] > tt) { out[r] = lab; n++; }
+      }
+    }
+  }
+  const t1 = performance.now();
+  nv.refreshDrawing(true);
+  const t2 = syncDraw();
+  S.thrCount = n;
+  S.timings.threshold_compute_ms = t1 - t0;
+  S.timings.threshold_preview_ms = t2 - ts;
+  $('#thr-info').textContent = `${n.toLocaleString('en')} voxels · ${Math.round(t1 - t0)} ms (shown in ${Math.round(t2 - ts)} ms)`;
+  $('#thr-value').value = t;
+  $('#thr-value').dataset.applied = '';
+  S.thrValue = t;
+}
+
+function commitThreshold() {
+  if (!S.thrBase) return;
+  S.thrBase = null;
+  nv.drawAddUndoBitmap();
+  updateLabelCounts();
+}
+
+function cancelThreshold() {
+  if (!S.thrBase) return;
+  nv.drawBitmap.set(S.thrBase);
+  S.thrBase = null;
+  nv.refreshDrawing(true);
+  $('#thr-info').textContent = 'cancelled';
+}
+
+let thrPending = null;
+function scheduleThreshold(t) {
+  if (thrPending === null) {
+    requestAnimationFrame(() => { const v = thrPending; thrPending = null; previewThreshold(v); });
+  }
+  thrPending = t;
+}
+
+async function autoThreshold() {
+  if (!S.image) return;
+  const method = $('#thr-method').value;
+  const res = await api(`/infer/threshold`, { method: 'POST', json: { image: S.image.id, params: { method } }, raw: true });
+  const ts = res.headers.get('X-Thresholds');
+  const buf = await gunzip(await res.arrayBuffer());
+  if (ts) {
+    const t = JSON.parse(ts)[0];
+    $('#thr-slider').value = t;
+    previewThreshold(t);
+    $('#thr-info').textContent += ` · ${method} = ${+Number(t).toPrecision(6)}`;
+  } else {                                            // no value sent: show the server's labels
+    const lab = parseNifti(buf);
+    checkGrid(lab);
+    ensureDrawing();
+    if (!S.thrBase) S.thrBase = nv.drawBitmap.slice();
+    const out = nv.drawBitmap, base = S.thrBase, a = S.active;
+    forRas((r, i) => { out[r] = lab.data[i] > 0 ? a : base[r]; });
+    nv.refreshDrawing(true);
+    $('#thr-info').textContent = `${method} (server)`;
+  }
+}
+
+// seeds + region growing
+function showSeeds() {
+  const el = $('#seeds');
+  el.dataset.seeds = JSON.stringify(S.seeds.map((s) => s.vox));
+  el.textContent = S.seeds.length
+    ? S.seeds.map((s) => `(${s.vox.join(', ')})`).join(' ') + ` — voxel ${is2D() ? '(y, x)' : '(z, y, x)'}`
+    : 'no seeds — choose the Seed tool and click in the image';
+}
+
+function addSeedFromCrosshair() {
+  const mm = nv.frac2mm(nv.scene.crosshairPos, 0, true);
+  const vox = nativeVoxel(mm);
+  if (!vox) { showError(new Error('the seed lies outside the image')); return false; }
+  S.seeds.push({ vox, mm: Array.from(mm).slice(0, 3) });
+  showSeeds();
+  return true;
+}
+
+async function growRegion() {
+  if (!S.image) return;
+  if (!S.seeds.length) throw new Error('no seed: choose the Seed tool and click in the image');
+  commitThreshold();
+  const tol = parseFloat($('#grow-tol').value);
+  const t0 = performance.now();
+  const res = await api('/infer/region_grow', {
+    method: 'POST', raw: true,
+    json: { image: S.image.id, params: { seeds: S.seeds.map((s) => s.vox), tolerance: tol } },
+  });
+  const lab = parseNifti(await gunzip(await res.arrayBuffer()));
+  checkGrid(lab);
+  ensureDrawing();
+  const out = nv.drawBitmap, a = S.active;
+  let n = 0;
+  forRas((r, i) => { if (lab.data[i] > 0) { out[r] = a; n++; } });
+  nv.drawAddUndoBitmap();
+  nv.refreshDrawing(true);
+  updateLabelCounts();
+  $('#grow-run').dataset.count = n;
+  $('#grow-run').title = `${n} voxels in ${Math.round(performance.now() - t0)} ms`;
+  S.timings.region_grow_ms = performance.now() - t0;
+}
+
+// ------------------------------------------------------------------ methods menu
+function paramInput(p, prefix) {
+  const label = document.createElement('label');
+  const span = document.createElement('span');
+  span.textContent = p.name;
+  let input;
+  if (p.type === 'bool') {
+    input = document.createElement('input');
+    input.type = 'checkbox';
+    input.checked = !!p.default;
+  } else if (p.type === 'choice' || (Array.isArray(p.choices) && p.choices.length)) {
+    input = document.createElement('select');
+    if (p.default === undefined || p.default === null) input.append(new Option('(default)', ''));
+    for (const c of p.choices || []) input.append(new Option(String(c), String(c)));
+    if (p.default !== undefined && p.default !== null) input.value = String(p.default);
+  } else if (p.type === 'str') {
+    input = document.createElement('input');
+    input.type = 'text';
+    if (p.default !== undefined && p.default !== null) input.value = p.default;
+  } else if (p.type === 'seeds') {
+    input = document.createElement('span');
+    input.className = 'muted';
+    input.textContent = 'the seeds you clicked';
+  } else {
+    input = document.createElement('input');
+    input.type = 'number';
+    input.step = p.type === 'int' ? '1' : 'any';
+    if (p.min !== undefined && p.min !== null) input.min = p.min;
+    if (p.max !== undefined && p.max !== null) input.max = p.max;
+    if (p.default !== undefined && p.default !== null) input.value = p.default;
+  }
+  input.id = `${prefix}-${p.name}`;
+  input.dataset.param = p.name;
+  input.dataset.type = p.type;
+  label.append(span, input);
+  const frag = document.createDocumentFragment();
+  frag.append(label);
+  if (p.help) {
+    const h = document.createElement('div');
+    h.className = 'help';
+    h.textContent = p.help;
+    frag.append(h);
+  }
+  return frag;
+}
+
+function readParams(form) {
+  const params = {};
+  for (const el of form.querySelectorAll('[data-param]')) {
+    const t = el.dataset.type, name = el.dataset.param;
+    if (t === 'bool') params[name] = el.checked;
+    else if (t === 'seeds') params[name] = S.seeds.map((s) => s.vox);
+    else if (t === 'int' || t === 'float') {
+      if (el.value === '') continue;
+      const v = Number(el.value);
+      if (!Number.isFinite(v)) throw new Error(`${name}: "${el.value}" is not a number`);
+      params[name] = t === 'int' ? Math.round(v) : v;
+    } else if (el.value !== '') {
+      const choice = el.tagName === 'SELECT' && (t === 'int' || t === 'float') ? Number(el.value) : el.value;
+      params[name] = choice;
+    }
+  }
+  return params;
+}
+
+function buildMethodMenu() {
+  const methods = S.info?.methods || {};
+  const sel = $('#method-select');
+  const keep = sel.value;
+  sel.replaceChildren();
+  for (const [name, m] of Object.entries(methods)) if (m.kind !== 'register') sel.append(new Option(name, name));
+  if (keep && methods[keep]) sel.value = keep;
+  buildMethodForm();
+  const reg = Object.entries(methods).find(([, m]) => m.kind === 'register');
+  S.registerMethod = reg ? reg[0] : 'register';
+  const rf = $('#reg-form');
+  rf.replaceChildren();
+  if (reg) for (const p of reg[1].params || []) rf.append(paramInput(p, 'reg'));
+}
+
+function buildMethodForm() {
+  const name = $('#method-select').value;
+  const m = S.info?.methods?.[name];
+  const form = $('#method-form');
+  form.replaceChildren();
+  $('#method-help').textContent = m ? m.description || '' : '';
+  if (!m) return;
+  for (const p of m.params || []) form.append(paramInput(p, 'm'));
+}
+
+async function runMethod(name, params, { replace = true } = {}) {
+  if (!S.image) throw new Error('open an image first');
+  commitThreshold();
+  const t0 = performance.now();
+  const res = await api(`/infer/${encodeURIComponent(name)}`, {
+    method: 'POST', raw: true, json: { image: S.image.id, params },
+  });
+  const lab = parseNifti(await gunzip(await res.arrayBuffer()));
+  checkGrid(lab);
+  const { ras, clipped } = nativeToRas(lab.data);
+  ensureDrawing();
+  if (!replace) {
+    const cur = nv.drawBitmap;
+    for (let i = 0; i < ras.length; i++) if (!ras[i]) ras[i] = cur[i];
+  }
+  setDrawing(ras);
+  applyLabelColors();
+  const secs = res.headers.get('X-Seconds');
+  const n = S.labels.length;
+  $('#method-result').textContent = `${name}: done` + (secs ? ` (server ${(+secs).toFixed(2)} s,` : ' (') +
+    ` page ${Math.round(performance.now() - t0)} ms) · ${n} label(s)`;
+  if (clipped) {
+    $('#method-result').textContent += ` · note: more than 255 labels; ${clipped} voxels show (and save) their ` +
+      'label modulo 255';
+  }
+}
+
+// ------------------------------------------------------------------ registration
+async function register() {
+  const fixed = $('#reg-fixed').value, moving = $('#reg-moving').value;
+  if (!fixed || !moving) throw new Error('choose a fixed and a moving image');
+  if (fixed === moving) throw new Error('fixed and moving are the same image');
+  const t0 = performance.now();
+  const res = await api(`/infer/${encodeURIComponent(S.registerMethod)}`, {
+    method: 'POST', raw: true, json: { fixed, moving, params: readParams($('#reg-form')) },
+  });
+  const movedBuf = await gunzip(await res.arrayBuffer());
+  if (!S.image || S.image.id !== fixed) await openImage(fixed);
+  const moved = parseNifti(movedBuf);
+  checkGrid(moved);
+  const secs = res.headers.get('X-Seconds');
+  S.checker = { moved, vol: null };
+  await showChecker();
+  $('#reg-result').textContent = `done` + (secs ? ` · server ${(+secs).toFixed(1)} s` : '') +
+    ` · ${Math.round(performance.now() - t0)} ms · labels hidden (show: fixed)`;
+}
+
+function robustRange(data, nVox, slope, inter) {
+  const step = Math.max(1, Math.floor(nVox / 200000));
+  const vals = [];
+  for (let i = 0; i < nVox; i += step) vals.push(data[i] * slope + inter);
+  vals.sort((a, b) => a - b);
+  const lo = vals[Math.floor(0.01 * (vals.length - 1))], hi = vals[Math.floor(0.99 * (vals.length - 1))];
+  return [lo, hi > lo ? hi : lo + 1];
+}
+
+async function showChecker() {
+  const c = S.checker;
+  if (!c) return;
+  const mode = $('#reg-show').value;
+  const tile = parseInt($('#reg-tile').value, 10);
+  const f = S.nifti, m = c.moved;
+  const n = f.nVox3;
+  const [flo, fhi] = robustRange(f.data, n, f.slope, f.inter);
+  const [mlo, mhi] = robustRange(m.data, n, m.slope, m.inter);
+  const out = new Float32Array(n);
+  const nx = Math.max(1, f.dims[1]), ny = Math.max(1, f.dims[2]), nz = Math.max(1, f.dims[3]);
+  let i = 0;
+  for (let z = 0; z < nz; z++) {
+    for (let y = 0; y < ny; y++) {
+      for (let x = 0; x < nx; x++, i++) {
+        const useMoving = mode === 'moving' || (mode === 'checker' &&
+          ((Math.floor(x / tile) + Math.floor(y / tile) + (nz > 1 ? Math.floor(z / tile) : 0)) & 1));
+        out[i] = useMoving ? (m.data[i] * m.slope + m.inter - mlo) / (mhi - mlo)
+          : (f.data[i] * f.slope + f.inter - flo) / (fhi - flo);
+      }
+    }
+  }
+  if (mode === 'fixed') {
+    if (c.vol) { nv.removeVolume(c.vol); c.vol = null; }
+    nv.drawOpacity = parseFloat($('#label-opacity').value);
+    nv.drawScene();
+    return;
+  }
+  // NiiVue draws the label layer under opaque overlays: hide it while the checkerboard is up
+  nv.drawOpacity = 0;
+  const hdr = new Uint8Array(f.header.slice(0));
+  const dv = new DataView(hdr.buffer);
+  const off = f.version === 1 ? 352 : 544;
+  if (f.version === 1) {
+    dv.setInt16(40, Math.min(3, f.dims[0]), true); dv.setInt16(70, 16, true); dv.setInt16(72, 32, true);
+    dv.setFloat32(108, off, true); dv.setFloat32(112, 1, true); dv.setFloat32(116, 0, true);
+    dv.setFloat32(124, 1, true); dv.setFloat32(128, 0, true);
+  } else {
+    dv.setBigInt64(16, BigInt(Math.min(3, f.dims[0])), true); dv.setInt16(12, 16, true); dv.setInt16(14, 32, true);
+    dv.setBigInt64(168, BigInt(off), true); dv.setFloat64(176, 1, true); dv.setFloat64(184, 0, true);
+    dv.setFloat64(192, 1, true); dv.setFloat64(200, 0, true);
+  }
+  const buf = new Uint8Array(off + out.byteLength);
+  buf.set(hdr, 0);
+  buf.set(new Uint8Array(out.buffer), off);
+  if (c.vol) nv.removeVolume(c.vol);
+  await nv.loadFromArrayBuffer(buf.buffer, 'checkerboard.nii');
+  c.vol = nv.volumes[nv.volumes.length - 1];
+  c.vol.cal_min = 0; c.vol.cal_max = 1;
+  nv.setOpacity(nv.volumes.indexOf(c.vol), 1);
+  nv.updateGLVolume();
+}
+
+// ------------------------------------------------------------------ training
+function buildModelMenu() {
+  const models = S.info?.models || {};
+  const name = $('#train-model').value.trim();
+  const m = models[name];
+  const sel = $('#train-base');
+  sel.replaceChildren(new Option('new', ''));
+  if (m) {
+    for (const v of m.versions) sel.append(new Option(`v${v}`, v));
+    if (m.versions.length) sel.value = m.versions[m.versions.length - 1];
+    if (m.kind) $('#train-kind').value = m.kind;
+  }
+}
+
+async function startTraining() {
+  const model = $('#train-model').value.trim();
+  if (!model) throw new Error('give the model a name');
+  const epochs = parseInt($('#train-epochs').value, 10);
+  const base = $('#train-base').value;
+  let params = {};
+  const text = $('#train-params').value.trim();
+  if (text) {
+    try { params = JSON.parse(text); } catch (err) { throw new Error(`params: not valid JSON (${err.message})`); }
+    if (typeof params !== 'object' || Array.isArray(params) || params === null) throw new Error('params: expected a JSON object');
+  }
+  const res = await api(`/train/${encodeURIComponent(model)}`, {
+    method: 'POST', json: { kind: $('#train-kind').value, epochs, base: base === '' ? null : Number(base), params },
+  });
+  S.job = { model, id: res.job };
+  S.lossPoints = [];
+  drawLoss();
+  $('#train-metric').textContent = '';
+  setTrainStatus('queued', `job ${res.job} queued`);
+  $('#train-cancel').disabled = false;
+  $('#train-start').disabled = true;
+  listen(model);
+}
+
+function listen(model) {
+  if (S.events) S.events.close();
+  const es = new EventSource(withToken(`/train/${encodeURIComponent(model)}/events`));
+  S.events = es;
+  es.onmessage = (e) => {
+    let ev;
+    try { ev = JSON.parse(e.data); } catch (_) { return; }
+    onTrainEvent(ev);
+    if (['done', 'cancelled', 'failed'].includes(ev.status)) { es.close(); S.events = null; }
+  };
+  es.onerror = () => {
+    if (S.events === es && es.readyState === EventSource.CLOSED) {
+      S.events = null;
+      showError(new Error('the progress stream closed'));
+    }
+  };
+}
+
+function onTrainEvent(ev) {
+  if (ev.loss !== null && ev.loss !== undefined && Number.isFinite(ev.loss)) {
+    S.lossPoints.push({ step: ev.step ?? S.lossPoints.length, epoch: ev.epoch, loss: ev.loss });
+    drawLoss();
+  }
+  if (ev.metric && ev.metric.value !== null && ev.metric.value !== undefined) {
+    S.lastMetric = ev.metric;
+    const el = $('#train-metric');
+    el.textContent = `validation ${ev.metric.name} = ${Number(ev.metric.value).toFixed(4)}` +
+      (ev.epoch !== undefined && ev.epoch !== null ? ` (epoch ${ev.epoch})` : '');
+    el.dataset.value = ev.metric.value;
+  }
+  const parts = [ev.status];
+  if (ev.epoch !== undefined && ev.epoch !== null) parts.push(`epoch ${ev.epoch}`);
+  if (ev.step !== undefined && ev.step !== null) parts.push(`step ${ev.step}`);
+  if (ev.loss !== null && ev.loss !== undefined) parts.push(`loss ${Number(ev.loss).toPrecision(4)}`);
+  if (ev.message) parts.push(ev.message);
+  setTrainStatus(ev.status, parts.join(' · '));
+  if (['done', 'cancelled', 'failed'].includes(ev.status)) {
+    $('#train-cancel').disabled = true;
+    $('#train-start').disabled = false;
+    if (ev.status === 'failed') showError(new Error(`training failed: ${ev.message || 'no message'}`));
+    loadInfo().catch(showError);
+  }
+}
+
+function setTrainStatus(status, text) {
+  const el = $('#train-status');
+  el.className = status;
+  el.dataset.status = status;
+  el.textContent = text;
+}
+
+function drawLoss() {
+  const c = $('#loss-chart');
+  const dpr = window.devicePixelRatio || 1;
+  const w = c.clientWidth || 280, h = c.clientHeight || 140;
+  c.width = w * dpr; c.height = h * dpr;
+  const g = c.getContext('2d');
+  g.scale(dpr, dpr);
+  g.clearRect(0, 0, w, h);
+  const pts = S.lossPoints;
+  c.dataset.points = pts.length;
+  g.fillStyle = '#8b919e';
+  g.font = '11px system-ui, sans-serif';
+  if (!pts.length) { g.fillText('loss (no data yet)', 8, 16); return; }
+  const L = 38, R = 8, T = 14, B = 20;
+  const xs = pts.map((p) => p.step), ys = pts.map((p) => p.loss);
+  const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
+  let y0 = Math.min(...ys), y1 = Math.max(...ys);
+  if (y1 - y0 < 1e-12) { y0 -= 0.5; y1 += 0.5; }
+  const X = (x) => L + (w - L - R) * (x - x0) / (x1 - x0);
+  const Y = (y) => T + (h - T - B) * (1 - (y - y0) / (y1 - y0));
+  g.strokeStyle = '#2d313b';
+  g.beginPath(); g.moveTo(L, T); g.lineTo(L, h - B); g.lineTo(w - R, h - B); g.stroke();
+  g.fillText(y1.toPrecision(3), 2, T + 4);
+  g.fillText(y0.toPrecision(3), 2, h - B);
+  g.fillText(`step ${x0}`, L, h - 5);
+  g.fillText(`${x1}`, w - R - 20, h - 5);
+  g.fillText('loss', L + 4, T - 2);
+  g.strokeStyle = '#4f9dff';
+  g.lineWidth = 1.5;
+  g.beginPath();
+  pts.forEach((p, k) => { if (k) g.lineTo(X(p.step), Y(p.loss)); else g.moveTo(X(p.step), Y(p.loss)); });
+  g.stroke();
+  g.fillStyle = '#4f9dff';
+  for (const p of pts) { g.beginPath(); g.arc(X(p.step), Y(p.loss), 2, 0, 6.3); g.fill(); }
+}
+
+/** After a reload: follow the model's job if one is still running (GET /train/{model}; 404 = never trained). */
+async function resumeTraining() {
+  const model = $('#train-model').value.trim();
+  if (!model) return;
+  let state;
+  try {
+    state = await api(`/train/${encodeURIComponent(model)}`);
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 404) return;
+    throw err;
+  }
+  if (state && ['queued', 'running'].includes(state.status)) {
+    S.job = { model, id: state.job };
+    S.lossPoints = [];
+    $('#train-cancel').disabled = false;
+    $('#train-start').disabled = true;
+    listen(model);                                   // past events are replayed
+  }
+}
+
+async function cancelTraining() {
+  const model = S.job?.model || $('#train-model').value.trim();
+  await api(`/train/${encodeURIComponent(model)}`, { method: 'DELETE' });
+  setTrainStatus('cancelling', 'cancelling…');
+}
+
+async function predict() {
+  const model = $('#train-model').value.trim();
+  const methods = S.info?.methods || {};
+  const kind = S.info?.models?.[model]?.kind || $('#train-kind').value;
+  const name = methods[model] ? model : kind;
+  if (!methods[name]) throw new Error(`the server offers no method "${name}" to predict with`);
+  const params = {};
+  const versions = S.info?.models?.[model]?.versions || [];
+  for (const p of methods[name].params || []) {
+    if (p.name === 'model') params.model = model;
+    if (p.name === 'version' && versions.length) params.version = versions[versions.length - 1];
+  }
+  await runMethod(name, params, { replace: true });
+  $('#method-result').textContent += versions.length ? ` · model ${model} v${versions[versions.length - 1]}` : '';
+}
+
+// ------------------------------------------------------------------ wiring
+function on(sel, ev, fn) { $(sel).addEventListener(ev, (e) => { busy(() => fn(e)); }); }
+
+$('#error-close').addEventListener('click', clearError);
+on('#refresh-images', 'click', loadImages);
+$$('#toolbar [data-view]').forEach((b) => b.addEventListener('click', () => setView(b.dataset.view)));
+$('#wl-min').addEventListener('change', setWindow);
+$('#wl-max').addEventListener('change', setWindow);
+$('#wl-auto').addEventListener('click', () => {
+  if (!S.vol) return;
+  for (const v of nv.volumes) { v.cal_min = v.robust_min; v.cal_max = v.robust_max; }
+  nv.updateGLVolume(); updateWindowInputs();
+});
+$('#radiological').addEventListener('change', () => nv.setRadiologicalConvention($('#radiological').checked));
+$('#colormap').addEventListener('change', () => { if (S.vol) nv.setColormap(S.vol.id, $('#colormap').value); });
+$('#channel').addEventListener('change', () => { if (S.vol) nv.setFrame4D(S.vol.id, parseInt($('#channel').value, 10)); });
+
+$('#label-opacity').addEventListener('input', () => nv.setDrawOpacity(parseFloat($('#label-opacity').value)));
+$('#add-label').addEventListener('click', () => {
+  const v = S.labels.reduce((m, l) => Math.max(m, l.value), 0) + 1;
+  if (v > 255) { showError(new Error('at most 255 labels can be drawn')); return; }
+  ensureLabel(v);
+  applyLabelColors();
+  setActive(v);
+});
+on('#load-labels', 'click', () => loadLabels($('#label-version').value));
+$('#clear-labels').addEventListener('click', () => {
+  if (!S.vol) return;
+  commitThreshold();
+  setDrawing(new Uint8Array(nv.drawBitmap.length));
+});
+on('#save-labels', 'click', saveLabels);
+on('#add-training', 'click', addToTraining);
+
+$$('.tools [data-tool]').forEach((b) => b.addEventListener('click', () => setTool(b.dataset.tool)));
+$('#pen-size').addEventListener('input', () => {
+  nv.opts.penSize = parseInt($('#pen-size').value, 10);
+  $('#pen-size-text').textContent = nv.opts.penSize;
+});
+$('#undo').addEventListener('click', undo);
+document.addEventListener('keydown', (e) => {
+  if ((e.ctrlKey || e.metaKey) && e.key === 'z' && !['INPUT', 'SELECT'].includes(document.activeElement?.tagName)) {
+    e.preventDefault(); undo();
+  }
+});
+nv.onDrawingChanged = () => updateLabelCounts();
+
+$('#thr-slider').addEventListener('input', () => scheduleThreshold(parseFloat($('#thr-slider').value)));
+$('#thr-value').addEventListener('change', () => {
+  const t = parseFloat($('#thr-value').value);
+  if (!Number.isFinite(t)) { showError(new Error(`threshold: "${$('#thr-value').value}" is not a number`)); return; }
+  $('#thr-slider').value = t;
+  previewThreshold(t);
+});
+$('#thr-below').addEventListener('change', () => { if (S.thrBase) previewThreshold(S.thrValue); });
+on('#thr-auto', 'click', autoThreshold);
+$('#thr-apply').addEventListener('click', () => {
+  if (!S.thrBase && Number.isFinite(parseFloat($('#thr-value').value))) previewThreshold(parseFloat($('#thr-value').value));
+  commitThreshold();
+  $('#thr-info').textContent = `applied t = ${S.thrValue} as label ${S.active}`;
+  $('#thr-value').dataset.applied = S.thrValue;
+});
+$('#thr-cancel').addEventListener('click', cancelThreshold);
+
+// a click with the Seed tool: NiiVue has moved the cross-hair to the voxel centre on mousedown
+$('#viewer').addEventListener('click', (e) => {
+  if (S.tool !== 'seed' || !S.vol || e.button !== 0) return;
+  if (!addSeedFromCrosshair()) return;
+  if ($('#grow-auto').checked) busy(growRegion);
+});
+on('#grow-run', 'click', growRegion);
+$('#seeds-clear').addEventListener('click', () => { S.seeds = []; showSeeds(); });
+
+$('#method-select').addEventListener('change', buildMethodForm);
+on('#method-run', 'click', () => runMethod($('#method-select').value, readParams($('#method-form')),
+  { replace: $('#method-replace').checked }));
+
+on('#reg-run', 'click', register);
+$('#reg-moving').addEventListener('change', () => { $('#reg-moving').dataset.touched = '1'; });
+on('#reg-tile', 'change', showChecker);
+on('#reg-show', 'change', showChecker);
+
+$('#train-model').addEventListener('change', () => { buildModelMenu(); busy(resumeTraining); });
+on('#train-start', 'click', startTraining);
+on('#train-cancel', 'click', cancelTraining);
+on('#predict', 'click', predict);
+
+async function main() {
+  await nv.attachToCanvas($('#viewer'));
+  drawLoss();
+  await busy(async () => {
+    await loadInfo();
+    await loadImages();
+    await resumeTraining();
+  });
+  document.body.dataset.state = 'idle';
+  const want = new URLSearchParams(location.search).get('image');
+  if (want && S.images.find((x) => x.id === want)) await openImage(want);
+}
+main();
