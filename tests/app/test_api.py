@@ -4,6 +4,7 @@ labels, uploads, and every inference method against the same biomip call in Pyth
 from __future__ import annotations
 
 import gzip
+import json
 import subprocess
 import sys
 
@@ -179,6 +180,32 @@ def test_infer_labels_carry_the_image_geometry(client, ws):
     nii = _nifti(r.content)
     assert nii.get_data_dtype() == np.uint8
     np.testing.assert_allclose(nii.affine, _ras_affine(vol), atol=1e-4)
+
+
+def test_threshold_sends_the_values_it_used(client, ws):
+    from skimage import filters
+
+    vol = biomip.io.read(ws / "vol.nii.gz")
+    nuc = biomip.io.read(ws / "nuclei.tif")
+    cases = [("vol.nii.gz", {"method": "otsu"}, [filters.threshold_otsu(vol.numpy().ravel(), nbins=256)]),
+             ("vol.nii.gz", {"method": "li", "invert": True}, [filters.threshold_li(vol.numpy().ravel())]),
+             ("vol.nii.gz", {"method": "multiotsu", "classes": 3},
+              list(filters.threshold_multiotsu(vol.numpy().ravel(), classes=3, nbins=256))),
+             ("vol.nii.gz", {"method": "kapur"}, [biomip.segment.threshold_value(vol, "kapur")]),
+             ("vol.nii.gz", {"method": "value", "value": 40.0}, [40.0]),
+             ("nuclei.tif", {"method": "yen"}, [filters.threshold_yen(nuc.numpy().ravel(), nbins=256)])]
+    for image_id, params, want in cases:
+        r = client.post("/infer/threshold", json={"image": image_id, "params": params})
+        assert r.status_code == 200, r.text
+        got = json.loads(r.headers["x-thresholds"])
+        assert isinstance(got, list) and got == [float(t) for t in want], (params, got, want)   # exact: JSON floats
+        if len(got) == 1 and image_id == "vol.nii.gz":          # the labels are image > t (< t inverted)
+            above = vol.numpy() > got[0]
+            want_labels = ~above if params.get("invert") else above
+            np.testing.assert_array_equal(_labels_of(r).astype(bool), want_labels, err_msg=str(params))
+    r = client.post("/infer/kmeans_segment", json={"image": "nuclei.tif", "params": {"k": 2}})
+    assert r.status_code == 200 and "x-thresholds" not in r.headers
+    assert "x-thresholds" not in r.headers.get("access-control-expose-headers", "").lower()
 
 
 def test_register_returns_the_moving_image_on_the_fixed_grid(client, ws):

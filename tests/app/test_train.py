@@ -94,7 +94,8 @@ def test_errors_before_a_job_starts(client, ws):
     assert client.get("/train/nuc").status_code == 404
 
 
-def test_train_flows_events_model_version_and_predict(client, ws):
+def test_train_flows_events_model_version_and_predict(client, ws, monkeypatch):
+    monkeypatch.setattr(biomip.app.jobs, "STEP_EVENTS_PER_SECOND", 1e9)        # every step
     r = client.post("/train/nuc", json={"kind": "flows", "epochs": 2, "params": TINY})
     assert r.status_code == 202, r.text
     job = r.json()["job"]
@@ -103,9 +104,16 @@ def test_train_flows_events_model_version_and_predict(client, ws):
     assert [e["seq"] for e in events] == list(range(len(events))) and {e["job"] for e in events} == {job}
     statuses = [e["status"] for e in events]
     assert statuses[0] == "queued" and statuses[-1] == "done" and set(statuses[1:-1]) == {"running"}
-    epochs = [e for e in events if e["status"] == "running" and e["loss"] is not None]
+    progress = [(e["type"], e["step"]) for e in events if e["type"] in ("step", "epoch")]
+    assert progress == [("step", 1), ("step", 2), ("epoch", 2), ("step", 3), ("step", 4), ("epoch", 4)]
+    assert all(e["status"] == "running" for e in events if e["type"] in ("step", "epoch"))
+    steps = [e for e in events if e["type"] == "step"]
+    epochs = [e for e in events if e["type"] == "epoch"]
+    assert {e["steps_total"] for e in steps + epochs} == {4} and [e["epoch"] for e in steps] == [0, 0, 1, 1]
+    assert all(type(e["loss"]) is float and np.isfinite(e["loss"]) for e in steps)
     assert [e["epoch"] for e in epochs] == [1, 2] and [e["step"] for e in epochs] == [2, 4]
-    for e in epochs:
+    for e, pair in zip(epochs, (steps[:2], steps[2:])):      # an epoch's loss is the mean of its steps' losses
+        assert e["loss"] == pytest.approx(np.mean([s["loss"] for s in pair]), rel=1e-12)
         assert np.isfinite(e["loss"]) and e["metric"]["name"] == "dice" and 0 <= e["metric"]["value"] <= 1
         assert e["metric"]["on"] == "training images"
     assert events[-1]["version"] == 1 and events[-1]["metric"] == epochs[-1]["metric"]
@@ -126,15 +134,18 @@ def test_train_flows_events_model_version_and_predict(client, ws):
     np.testing.assert_array_equal(got, want.numpy())
     assert got.shape == (128, 128)
 
-    # fine-tune on two corrected images: the last one is held out for the metric
+    # fine-tune on two corrected images: the last one is held out for the metric; step events throttled to
+    # (almost) none a second still give the first step and the last one of every epoch
+    monkeypatch.setattr(biomip.app.jobs, "STEP_EVENTS_PER_SECOND", 1e-9)
     _add(client, ws, "b.tif")
     r = client.post("/train/nuc", json={"epochs": 2, "base": "latest",
                                         "params": {k: v for k, v in TINY.items() if k != "features"}})
     assert r.status_code == 202, r.text
     events = _events(client, "nuc")
     assert events[-1]["status"] == "done" and events[-1]["version"] == 2, events[-1]
-    assert [e["metric"]["on"] for e in events if e["status"] == "running" and e["loss"] is not None] == \
-        ["held-out image"] * 2
+    assert [e["metric"]["on"] for e in events if e["type"] == "epoch"] == ["held-out image"] * 2
+    assert [(e["type"], e["step"]) for e in events if e["type"] in ("step", "epoch")] == \
+        [("step", 1), ("step", 2), ("epoch", 2), ("step", 4), ("epoch", 4)]
     meta = client.get("/models").json()["nuc"]["latest"]
     assert meta["base"] == 1 and meta["version"] == 2
     assert meta["data"] == [{"image": "a.tif", "label_version": 1, "role": "training"},
@@ -144,17 +155,25 @@ def test_train_flows_events_model_version_and_predict(client, ws):
     assert [m["name"] for m in client.get("/info").json()["methods"]["flows"]["params"]][:2] == ["model", "version"]
 
 
-def test_cancel_stops_the_job_and_saves_nothing(client):
+def test_cancel_stops_the_job_within_a_step_and_saves_nothing(client, monkeypatch):
+    monkeypatch.setattr(biomip.app.jobs, "STEP_EVENTS_PER_SECOND", 1e9)        # every step
     versions = client.get("/models").json().get("nuc", {}).get("versions", [])
-    r = client.post("/train/nuc", json={"epochs": 500, "base": None, "params": TINY})
+    r = client.post("/train/nuc", json={"epochs": 3, "base": None, "params": {**TINY, "iterations_per_epoch": 1000}})
     assert r.status_code == 202, r.text
     t0 = time.monotonic()
-    while client.get("/train/nuc").json()["epoch"] in (None, 0) and time.monotonic() - t0 < 30:
-        time.sleep(0.05)
+    while (client.get("/train/nuc").json()["step"] or 0) < 3 and time.monotonic() - t0 < 30:
+        time.sleep(0.02)
     assert client.delete("/train/nuc").status_code == 200
+    t_cancel = time.time()                  # the cancel flag is set before DELETE answers
     state = _wait(client, "nuc", ("cancelled", "done", "failed"))
-    assert state["status"] == "cancelled" and state["epoch"] < 500
-    assert _events(client, "nuc")[-1]["status"] == "cancelled"
+    assert state["status"] == "cancelled" and state["epoch"] == 0
+    events = _events(client, "nuc")
+    assert events[-1]["status"] == "cancelled"
+    # mid-epoch: at most the step in progress ends after the cancel, no epoch ends
+    steps = [e["step"] for e in events if e["type"] == "step"]
+    assert steps == list(range(1, len(steps) + 1)) and 3 <= steps[-1] < 1000
+    assert len([e for e in events if e["type"] == "step" and e["time"] > t_cancel]) <= 1
+    assert not [e for e in events if e["type"] == "epoch"]
     assert client.get("/models").json().get("nuc", {}).get("versions", []) == versions
     r = client.post("/train/other", json={"epochs": 500, "kind": "flows", "params": TINY})
     assert r.status_code == 202
@@ -168,6 +187,8 @@ def test_unet_training_and_prediction(client, ws):
     assert r.status_code == 202, r.text
     events = _events(client, "seg")
     assert events[-1]["status"] == "done", events[-1]
+    steps = [e for e in events if e["type"] == "step"]
+    assert steps and steps[-1]["step"] == steps[-1]["steps_total"] == 2 and np.isfinite(steps[-1]["loss"])
     assert 0 <= events[-1]["metric"]["value"] <= 1
     r = client.post("/infer/unet", json={"image": "a.tif", "params": {"model": "seg"}})
     got = _labels(r)

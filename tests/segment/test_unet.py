@@ -449,3 +449,35 @@ def test_train_bad_inputs():
         train_unet(s.image, s.labels, binary=True, epochs=0)
     with pytest.raises(InputError, match="NaN"):
         train_unet(np.full((16, 16), np.nan, np.float32), np.zeros((16, 16), np.uint8))
+
+
+def test_step_callback_every_step_stop_and_what_is_returned(tmp_path):
+    data = _nuclei(range(3), shape=(32, 32))
+    ims, labs = [s.image for s in data], [s.labels for s in data]
+    kw = dict(binary=True, batch_size=2, features=(4, 8), seed=3, device="cpu", iterations_per_epoch=2, progress=False)
+    seen = []
+    _, hist = train_unet(ims, labs, epochs=2, step_callback=lambda step, loss: seen.append((step, loss)), **kw)
+    assert [s for s, _ in seen] == [1, 2, 3, 4]
+    losses = [v for _, v in seen]
+    assert all(type(v) is float and np.isfinite(v) for v in losses)
+    np.testing.assert_allclose([h["loss"] for h in hist], [np.mean(losses[:2]), np.mean(losses[2:])], rtol=1e-12)
+    assert [h["steps"] for h in hist] == [2, 2]
+    ref, href = train_unet(ims, labs, epochs=1, **kw)
+    # stop at step 3 (first step of epoch 2): the partial epoch is recorded, not validated; the best complete
+    # epoch (the first, the only one) is returned
+    seen, epochs_seen = [], []
+    m3, h3 = train_unet(ims, labs, epochs=3, step_callback=lambda step, loss: seen.append(step) or step == 3,
+                        callback=lambda e, m, r: epochs_seen.append(e), checkpoint_dir=tmp_path, **kw)
+    assert seen == [1, 2, 3] and epochs_seen == [0] and [h["steps"] for h in h3] == [2, 1]
+    assert h3[1]["val_dice"] is None and h3[1]["best"] is False and h3[1]["loss"] == losses[2]
+    assert m3.meta["epochs_run"] == 1 and m3.meta["steps_run"] == 3 and not m3.training
+    assert len(json.loads((tmp_path / "history.json").read_text())) == 2
+    sr = ref.state_dict()
+    assert all(torch.equal(m3.state_dict()[k], sr[k]) for k in sr)
+    last = UNet.load(tmp_path / "last", device="cpu").state_dict()      # the weights after step 3 differ
+    assert not all(torch.equal(last[k], sr[k]) for k in sr)
+    # stop at step 1, no epoch complete: the weights after that step
+    m1, h1 = train_unet(ims, labs, epochs=3, step_callback=lambda step, loss: True, **kw)
+    assert [h["steps"] for h in h1] == [1] and m1.meta["epochs_run"] == 0 and m1.meta["best_epoch"] is None
+    with pytest.raises(InputError, match="step_callback"):
+        train_unet(ims, labs, epochs=1, step_callback="stop", **kw)

@@ -2,13 +2,18 @@
 time per model, cancellable, with every progress event kept for late subscribers.
 
 A job runs ``fn(job)`` in a daemon thread.  ``fn`` reports with :meth:`Job.emit` and polls
-:attr:`Job.cancelled` (the trainers' per-epoch callbacks return True to stop).  Events
-are dicts ``{"job", "model", "seq", "time", "status", "epoch", "epochs", "step", "loss",
-"metric", "message", ...}``; the status goes ``queued`` -> ``running`` -> ``done`` |
-``cancelled`` | ``failed``.
+:attr:`Job.cancelled` (the trainers' per-step callbacks return True to stop, so a cancel
+lands after the optimiser step in progress).  Events are dicts ``{"job", "model", "seq",
+"time", "status", "type", "epoch", "epochs", "step", "steps_total", "loss", "metric",
+"message", ...}``; the status goes ``queued`` -> ``running`` -> ``done`` | ``cancelled`` |
+``failed``.
 
 :func:`training_job` builds the ``fn`` that trains a flows or U-Net model on the
-workspace's training set and saves a new model version with what it saw.
+workspace's training set and saves a new model version with what it saw.  While it
+trains it emits ``type: "step"`` events (the loss of one optimiser step; at most
+:data:`STEP_EVENTS_PER_SECOND` a second, the last step of every epoch and the step a
+cancel stopped at always) and ``type: "epoch"`` events (the epoch's mean loss and the
+validation metric).
 """
 
 from __future__ import annotations
@@ -25,9 +30,14 @@ from ..core.errors import BiomipError, InputError
 from .methods import grey
 from .workspace import ConflictError, NotFoundError, check_model_name
 
-__all__ = ["Job", "JobManager", "TRAIN_PARAMS", "check_train_request", "training_job"]
+__all__ = ["Job", "JobManager", "STEP_EVENTS_PER_SECOND", "TRAIN_PARAMS", "check_train_request",
+           "training_job"]
 
 TERMINAL = ("done", "cancelled", "failed")
+
+STEP_EVENTS_PER_SECOND = 10.0
+"""At most this many ``step`` events a second per job (the SSE stream stays light when
+steps are fast); the last step of an epoch and the one a cancel stopped at are always sent."""
 
 
 class Job:
@@ -70,7 +80,8 @@ class Job:
         return self.status in TERMINAL
 
     def cancel(self) -> None:
-        """Ask the job to stop (it stops at its next check, e.g. the end of an epoch)."""
+        """Ask the job to stop (it stops at its next check: a training job after the
+        optimiser step in progress)."""
         self._cancel.set()
 
     def emit(self, status: str | None = None, **fields) -> dict:
@@ -81,7 +92,10 @@ class Job:
         status : str or None, optional
             The new status; ``None`` keeps the current one.
         **fields
-            ``epoch``, ``epochs``, ``step``, ``loss``, ``metric``, ``message``, ...
+            ``type`` (``"status"`` by default; ``"step"``, ``"epoch"``), ``epoch``, ``epochs``,
+            ``step``, ``steps_total``, ``loss``, ``metric``, ``message``, ...  ``epoch``,
+            ``epochs``, ``step``, ``steps_total``, ``loss`` and ``metric`` carry over from the
+            previous event when not given.
 
         Returns
         -------
@@ -94,10 +108,10 @@ class Job:
             if status is not None:
                 self.status = status
             ev = {"job": self.id, "model": self.key, "kind": self.kind, "seq": len(self.events), "time": time.time(),
-                  "status": self.status, "epoch": None, "epochs": None, "step": None, "loss": None, "metric": None,
-                  "message": ""}
+                  "status": self.status, "type": "status", "epoch": None, "epochs": None, "step": None,
+                  "steps_total": None, "loss": None, "metric": None, "message": ""}
             last = self.events[-1] if self.events else {}
-            for k in ("epoch", "epochs", "step", "loss", "metric"):     # the state carries over
+            for k in ("epoch", "epochs", "step", "steps_total", "loss", "metric"):     # the state carries over
                 if last.get(k) is not None:
                     ev[k] = last[k]
             ev.update(fields)
@@ -410,8 +424,16 @@ def _fg_dice(pred, truth) -> float:
 
 
 def training_job(workspace, request: dict) -> Callable:
-    """The work of a training job: load the training set, train epoch by epoch with
-    progress events, save a new model version.
+    """The work of a training job: load the training set, train with progress events,
+    save a new model version.
+
+    Events while it trains (besides the status ones): ``type: "step"`` after optimiser
+    steps (``step`` counted from 1 over the whole training, ``steps_total``, ``loss`` of
+    that step; at most :data:`STEP_EVENTS_PER_SECOND` a second, always the last step of an
+    epoch and the step a cancel stopped at), and ``type: "epoch"`` after every epoch
+    (``epoch`` = epochs complete, ``step``, ``loss`` = the epoch's mean loss, ``metric`` =
+    the validation Dice).  ``epoch`` in a step event is still the number of epochs
+    complete.  A cancel stops the training after the step in progress; nothing is saved.
 
     Parameters
     ----------
@@ -459,9 +481,19 @@ def training_job(workspace, request: dict) -> Callable:
         patch = [min(p["patch_size"], s) for s in images[0].spatial_shape]
         if sdim == 3:
             patch = [min(ps, 64) for ps in patch]
+        ipe = p["iterations_per_epoch"]
         job.emit(message=f"training {kind} on {len(train_idx)} image(s); metric: dice on {on}", epochs=epochs,
-                 epoch=0, step=0)
+                 epoch=0, step=0, steps_total=epochs * ipe)
         history = []
+        last_sent = [-np.inf]            # monotonic time of the last step event
+
+        def on_step(step: int, loss: float) -> bool:
+            stop = job.cancelled
+            now = time.monotonic()
+            if stop or step % ipe == 0 or now - last_sent[0] >= 1.0 / STEP_EVENTS_PER_SECOND:
+                last_sent[0] = now
+                job.emit(type="step", step=step, loss=loss)
+            return stop
 
         def metric(net) -> float:
             vals = []
@@ -480,15 +512,14 @@ def training_job(workspace, request: dict) -> Callable:
             net.train()
             rec = {k: v for k, v in rec.items() if isinstance(v, (int, float, type(None)))}
             history.append({**rec, "metric": value})
-            job.emit(epoch=epoch + 1, epochs=epochs, step=(epoch + 1) * p["iterations_per_epoch"],
-                     loss=float(rec["loss"]), metric={"name": "dice", "value": value, "on": on},
-                     seconds=rec.get("seconds"))
+            job.emit(type="epoch", epoch=epoch + 1, epochs=epochs, step=(epoch + 1) * ipe, loss=float(rec["loss"]),
+                     metric={"name": "dice", "value": value, "on": on}, seconds=rec.get("seconds"))
             return job.cancelled
 
         xs = [images[i] for i in train_idx]
         ys = [labels[i] for i in train_idx]
         common = {"epochs": epochs, "lr": p["lr"], "batch_size": p["batch_size"],
-                  "iterations_per_epoch": p["iterations_per_epoch"], "seed": p["seed"], "callback": callback,
+                  "iterations_per_epoch": ipe, "seed": p["seed"], "callback": callback, "step_callback": on_step,
                   "progress": False, "patch_size": patch}
         if kind == "flows":
             kw = {"augment": p["augment"]}

@@ -181,7 +181,8 @@ def _threshold(img: Image, p: dict, ws) -> Image:
         arr = img.numpy() > p["value"]
         if p["invert"]:
             arr = ~arr
-        return img.with_array(arr.astype(np.uint8))
+        return img.with_array(arr.astype(np.uint8), meta={**img.meta, "kind": "labels", "method": "threshold:value",
+                                                           "thresholds": [float(p["value"])]})
     return threshold(img, p["method"], classes=p.get("classes"), invert=p["invert"])
 
 
@@ -470,8 +471,10 @@ def run_method(method: str, image: Image, params: dict | None = None, *, moving:
     Returns
     -------
     Image
-        Segment methods: the label map with the image's spatial geometry (integer dtype).
-        ``register``: the moving image resampled onto the fixed grid.
+        Segment methods: the label map with the image's spatial geometry (integer dtype);
+        ``threshold`` records the threshold(s) it used in ``meta["thresholds"]`` (a list of
+        floats in image units: those of :func:`biomip.segment.threshold_value`, or
+        ``[value]``).  ``register``: the moving image resampled onto the fixed grid.
 
     Raises
     ------
@@ -483,6 +486,8 @@ def run_method(method: str, image: Image, params: dict | None = None, *, moving:
     >>> img = Image(np.r_[np.zeros(8), np.ones(8)][None].repeat(4, 0))
     >>> run_method("threshold", img, {"method": "otsu"}).numpy()[0].tolist()
     [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1]
+    >>> run_method("threshold", img, {"method": "value", "value": 0.25}).meta["thresholds"]
+    [0.25]
     """
     p = check_params(method, params)
     m = METHODS[method]

@@ -15,7 +15,9 @@ Routes (JSON errors are ``{"detail": message}``):
 ``GET /labels/{id}/versions``              ``[{"version", "time", "names", "source"}]``
 ``PUT /labels/{id}``                       save a new version (body: NIfTI) -> ``{"version"}``
 ``POST /infer/{method}``                   run a method -> ``.nii.gz`` (labels, or the moving
-                                           image on the fixed grid for ``register``)
+                                           image on the fixed grid for ``register``); header
+                                           ``X-Seconds``; ``threshold`` also ``X-Thresholds``
+                                           (JSON list of the threshold values used)
 ``GET /training-set``                      the training set
 ``POST /training-set/{id}``                add an image (``?version=N``, default latest)
 ``DELETE /training-set/{id}``              remove it
@@ -451,6 +453,8 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
                 out = run_method(method, ws.read(image_id), body.get("params"), workspace=ws)
                 labels = out.with_array(_label_dtype(out.numpy()))
                 headers = {}
+                if method == "threshold" and out.meta.get("thresholds") is not None:
+                    headers["X-Thresholds"] = json.dumps([float(t) for t in out.meta["thresholds"]])
                 if body.get("save"):
                     headers["X-Label-Version"] = str(ws.save_labels(image_id, labels, names=body.get("names"),
                                                                     source=f"infer:{method}"))

@@ -501,7 +501,7 @@ def _slices(xs, ys, axes):
 def train_flows(images, labels, epochs: int = 30, patch_size=None, batch_size: int = 8, lr: float = 2e-3,
                 iterations_per_epoch: int = 25, features=(16, 32, 64, 128), model=None, augment: bool = True,
                 seed: int = 0, device=None, callback=None, progress=None, dimension: str | None = None,
-                slice_axes=(0,)):
+                slice_axes=(0,), step_callback=None):
     """Train (or, with ``model``, continue training) a flow network on instance masks.
 
     The network is a :class:`~biomip.nn.UNet` with ``d + 1`` outputs: ``5 x`` flows
@@ -546,6 +546,12 @@ def train_flows(images, labels, epochs: int = 30, patch_size=None, batch_size: i
         With ``dimension="2d"`` and volumes: the array axes the volumes are sliced along
         (``(0,)``: YX slices; ``(0, 1, 2)``: all three planes, as Cellpose's 3-D
         training; the volumes should be isotropic then).
+    step_callback : callable or None, optional
+        ``step_callback(step, loss)`` after every optimiser step: ``step`` counts from 1
+        over the whole training (``epochs * iterations_per_epoch`` steps in all), ``loss``
+        is that step's training loss (a Python float).  Returning True stops the training
+        right after that step: the per-epoch ``callback`` is not called for the epoch
+        in progress, and the model returned is the network as it is after that step.
 
     Returns
     -------
@@ -555,7 +561,11 @@ def train_flows(images, labels, epochs: int = 30, patch_size=None, batch_size: i
         :func:`biomip.segment.estimate_diameter`), used to rescale inputs by a
         ``diameter`` at prediction.
     history : list of dict
-        Per epoch: ``epoch``, ``loss``, ``flow_mse``, ``prob_bce``, ``seconds``.
+        Per epoch: ``epoch``, ``loss``, ``flow_mse``, ``prob_bce`` (means over the epoch's
+        steps), ``steps`` (optimiser steps in the epoch), ``seconds``.  When
+        ``step_callback`` stopped the training, the last record is that of the epoch in
+        progress, averaged over its ``steps`` steps (possibly fewer than
+        ``iterations_per_epoch``).
 
     Raises
     ------
@@ -567,6 +577,17 @@ def train_flows(images, labels, epochs: int = 30, patch_size=None, batch_size: i
     --------
     >>> s = biomip.data.synthetic_nuclei((128, 128), seed=0)             # doctest: +SKIP
     >>> net, hist = train_flows([s.image], [s.labels], epochs=20)        # doctest: +SKIP
+
+    Follow every step, and stop after the fifth:
+
+    >>> import biomip
+    >>> s = biomip.data.synthetic_nuclei((32, 32), n_nuclei=3, seed=0)
+    >>> losses = []
+    >>> net, hist = train_flows([s.image], [s.labels], epochs=3, iterations_per_epoch=2, batch_size=1,
+    ...                         patch_size=(32, 32), features=(4, 8), progress=False,
+    ...                         step_callback=lambda step, loss: losses.append(loss) or step == 5)
+    >>> len(losses), [h["steps"] for h in hist]
+    (5, [2, 2, 1])
     """
     import time
 
@@ -576,6 +597,9 @@ def train_flows(images, labels, epochs: int = 30, patch_size=None, batch_size: i
     from ..nn.patches import PatchSampler
     from ..nn.unet import UNet
 
+    if step_callback is not None and not callable(step_callback):
+        raise InputError(f"step_callback: got {type(step_callback).__name__}; expected a callable "
+                         "step_callback(step, loss) or None")
     xs, ys = _cases(images, labels)
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("iterations_per_epoch", iterations_per_epoch)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -606,11 +630,13 @@ def train_flows(images, labels, epochs: int = 30, patch_size=None, batch_size: i
     g = torch.Generator().manual_seed(int(seed))
     opt = torch.optim.AdamW(model.parameters(), lr=float(lr), weight_decay=1e-5)
     history = []
+    step, stop = 0, False
     with progress_bar("flows training", int(epochs), progress) as bar, seeded(int(seed), dev):   # dropout: seeded, restored
         for ep in range(int(epochs)):
             t0 = time.perf_counter()
             model.train()
             acc = np.zeros(3)
+            n = 0
             for _ in range(int(iterations_per_epoch)):
                 x, y = sampler.sample(int(batch_size), g)
                 x, y = aug(x, y, g)
@@ -623,12 +649,19 @@ def train_flows(images, labels, epochs: int = 30, patch_size=None, batch_size: i
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                acc += [float(loss.detach()), float(l_flow.detach()), float(l_prob.detach())]
-            acc /= int(iterations_per_epoch)
-            rec = {"epoch": ep, "loss": acc[0], "flow_mse": acc[1], "prob_bce": acc[2], "seconds": time.perf_counter() - t0}
+                step_loss = loss.detach().item()
+                acc += [step_loss, l_flow.detach().item(), l_prob.detach().item()]
+                n += 1
+                step += 1
+                if step_callback is not None and step_callback(step, step_loss) is True:
+                    stop = True
+                    break
+            acc /= n
+            rec = {"epoch": ep, "loss": float(acc[0]), "flow_mse": float(acc[1]), "prob_bce": float(acc[2]),
+                   "steps": n, "seconds": time.perf_counter() - t0}
             history.append(rec)
             bar.advance()
-            if callback is not None and callback(ep, model, rec) is True:
+            if stop or (callback is not None and callback(ep, model, rec) is True):
                 break
     model.eval()
     return model, history
@@ -819,7 +852,7 @@ def predict_instances(model, image, patch_size=None, prob_threshold: float = 0.5
     return (image.with_array(lab) if isinstance(image, Image) else lab), info
 
 
-def fine_tune(model, images, labels, epochs: int = 5, lr: float = 5e-4, **kwargs):
+def fine_tune(model, images, labels, epochs: int = 5, lr: float = 5e-4, step_callback=None, **kwargs):
     """Human-in-the-loop step: continue training ``model`` on corrected masks.
 
     A few epochs at a lower learning rate; add corrected masks, train from the current
@@ -837,18 +870,25 @@ def fine_tune(model, images, labels, epochs: int = 5, lr: float = 5e-4, **kwargs
         Number of epochs.
     lr : float, optional
         Learning rate.
+    step_callback : callable or None, optional
+        ``step_callback(step, loss)`` after every optimiser step; return True to stop
+        after that step (see :func:`train_flows`).
     **kwargs : dict
         Passed to :func:`train_flows`.
 
     Returns
     -------
     model : UNet
-        The network, in eval mode.
+        The network, in eval mode (as it is after the last step when ``step_callback``
+        stopped the training).
     history : list of dict
-        Per epoch, as :func:`train_flows`.
+        Per epoch, as :func:`train_flows` (the last record covers the steps of a stopped
+        epoch).
 
     Examples
     --------
     >>> net, hist = fine_tune(net, [image], [corrected])             # doctest: +SKIP
+    >>> net, hist = fine_tune(net, [image], [corrected],
+    ...                       step_callback=lambda step, loss: print(step, loss))  # doctest: +SKIP
     """
-    return train_flows(images, labels, epochs=epochs, lr=lr, model=model, **kwargs)
+    return train_flows(images, labels, epochs=epochs, lr=lr, model=model, step_callback=step_callback, **kwargs)

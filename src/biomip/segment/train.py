@@ -117,7 +117,7 @@ def train_unet(images, labels, epochs: int = 50, patch_size=None, batch_size: in
                norm: str = "instance", dropout: float = 0.0, optimizer: str = "adamw", weight_decay: float = 1e-4,
                schedule: str = "poly", iterations_per_epoch: int | None = None, augment=True,
                foreground_fraction: float = 0.33, include_background: bool = False, overlap: float = 0.5,
-               gpu_memory_gb: float | None = None):
+               gpu_memory_gb: float | None = None, step_callback=None):
     """Train a :class:`UNet` with Dice + CE, augmentation, patches and early stopping.
 
     Adam / AdamW with a poly learning rate, foreground-oversampled patches, a validation
@@ -203,16 +203,31 @@ def train_unet(images, labels, epochs: int = 50, patch_size=None, batch_size: in
     gpu_memory_gb : float or None, optional
         Memory budget of the plan made from the data (``None``: a CPU plan; see
         :func:`plan`).
+    step_callback : callable or None, optional
+        ``step_callback(step, loss)`` after every optimiser step: ``step`` counts from 1
+        over the whole training (``epochs * iterations_per_epoch`` steps at most),
+        ``loss`` is that step's Dice + CE loss (a Python float).  Returning True stops the
+        training right after that step: the epoch in progress (even when that was its
+        last step) is recorded but neither validated nor a candidate for the best model
+        (``val_dice`` None, ``best`` False), the per-epoch ``callback`` is not called
+        for it, and with
+        ``checkpoint_dir`` its ``last/`` and ``history.json`` are written.
 
     Returns
     -------
     model : UNet
         The best network (eval mode, on ``device``; ``model.meta`` holds ``plan``,
-        ``class_values``, ``best_epoch``, ``best_val_dice`` and the training settings).
+        ``class_values``, ``best_epoch``, ``best_val_dice``, ``epochs_run`` (complete
+        epochs), ``steps_run`` (optimiser steps) and the training settings).  When
+        ``step_callback`` stopped the training: the best complete epoch's weights, or
+        the weights after the last step when no epoch was complete.
     history : list of dict
         One dict per epoch: ``epoch``, ``loss``, ``ce``, ``dice`` (soft Dice of the
-        training batches), ``val_dice`` (``None`` without validation),
-        ``val_dice_per_class``, ``lr``, ``best``, ``seconds``.
+        training batches; means over the epoch's steps), ``steps`` (optimiser steps in
+        the epoch), ``val_dice`` (``None`` without validation), ``val_dice_per_class``,
+        ``lr``, ``best``, ``seconds``.  When ``step_callback`` stopped the training, the
+        last record is the epoch in progress over its ``steps`` steps (possibly fewer
+        than ``iterations_per_epoch``).
 
     Raises
     ------
@@ -226,7 +241,20 @@ def train_unet(images, labels, epochs: int = 50, patch_size=None, batch_size: in
     >>> data = [synthetic_nuclei((128, 128), n_nuclei=12, seed=s) for s in range(16)]   # doctest: +SKIP
     >>> model, history = train_unet([d.image for d in data], [d.labels for d in data],
     ...                             binary=True, epochs=30)                  # doctest: +SKIP
+
+    Follow every step and stop after the third:
+
+    >>> s = synthetic_nuclei((32, 32), n_nuclei=3, seed=0)
+    >>> steps = []
+    >>> model, history = train_unet([s.image], [s.labels], binary=True, epochs=2, iterations_per_epoch=2,
+    ...                             batch_size=1, features=(4, 8), device="cpu", progress=False,
+    ...                             step_callback=lambda step, loss: steps.append(step) or step == 3)
+    >>> steps, [h["steps"] for h in history], model.meta["epochs_run"], model.meta["steps_run"]
+    ([1, 2, 3], [2, 1], 1, 3)
     """
+    if step_callback is not None and not callable(step_callback):
+        raise InputError(f"step_callback: got {describe(step_callback)}; expected a callable "
+                         "step_callback(step, loss) or None")
     epochs = check_number(epochs, "epochs", low=1, integer=True)
     lr = check_number(lr, "lr", low=0, low_open=True)
     val_fraction = check_number(val_fraction, "val_fraction", low=0, high=0.9)
@@ -338,11 +366,13 @@ def train_unet(images, labels, epochs: int = 50, patch_size=None, batch_size: in
                 "batch_size": plan.batch_size, "foreground_fraction": foreground_fraction,
                 "augment": None if aug is None else aug.to_dict(), "seed": seed, "binary": bool(binary),
                 "include_background": bool(include_background)}
-    model.meta.update({"plan": plan.to_dict(), "class_values": list(plan.class_values), "trained_on": settings})
+    model.meta.update({"plan": plan.to_dict(), "class_values": list(plan.class_values), "trained_on": settings,
+                       "best_epoch": None, "best_val_dice": None, "epochs_run": 0, "steps_run": 0})
     if fp is not None:
         model.meta["fingerprint"] = fp.to_dict()
     history: list[dict] = []
     best_score, best_epoch, best_state, stale = -math.inf, -1, None, 0
+    step, stop = 0, False
     t0 = time.perf_counter()
     with progress_bar("training U-Net", epochs, progress) as bar, seeded(seed, dev):   # dropout: seeded, restored
         for epoch in range(epochs):
@@ -351,6 +381,7 @@ def train_unet(images, labels, epochs: int = 50, patch_size=None, batch_size: in
                 grp["lr"] = cur_lr
             model.train()
             s_loss = s_ce = s_dice = 0.0
+            m = 0
             for _ in range(iterations_per_epoch):
                 x, y = sampler.sample(plan.batch_size, g)
                 if aug is not None:
@@ -363,12 +394,28 @@ def train_unet(images, labels, epochs: int = 50, patch_size=None, batch_size: in
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
                 opt.step()
-                s_loss += float(loss.detach())
+                step_loss = loss.detach().item()
+                s_loss += step_loss
                 s_ce += ce
                 s_dice += dsc
-            m = iterations_per_epoch
-            record = {"epoch": epoch, "loss": s_loss / m, "ce": s_ce / m, "dice": s_dice / m, "val_dice": None,
-                      "val_dice_per_class": None, "lr": cur_lr}
+                m += 1
+                step += 1
+                if step_callback is not None and step_callback(step, step_loss) is True:
+                    stop = True
+                    break
+            record = {"epoch": epoch, "loss": s_loss / m, "ce": s_ce / m, "dice": s_dice / m, "steps": m,
+                      "val_dice": None, "val_dice_per_class": None, "lr": cur_lr}
+            if stop:                          # stopped mid-epoch: recorded, not validated, not a best candidate
+                record["best"] = False
+                record["seconds"] = time.perf_counter() - t0
+                history.append(record)
+                model.meta["steps_run"] = step
+                if ckpt is not None:
+                    from ..core.atomic import write_json
+
+                    model.save(ckpt / "last")
+                    write_json(history, ckpt / "history.json")
+                break
             if val:
                 model.eval()
                 counts = np.zeros((K, 3), np.int64)
@@ -394,7 +441,8 @@ def train_unet(images, labels, epochs: int = 50, patch_size=None, batch_size: in
             record["seconds"] = time.perf_counter() - t0
             history.append(record)
             model.meta.update({"best_epoch": best_epoch,
-                               "best_val_dice": best_score if val else None, "epochs_run": epoch + 1})
+                               "best_val_dice": best_score if val else None, "epochs_run": epoch + 1,
+                               "steps_run": step})
             if ckpt is not None:
                 from ..core.atomic import write_json
 

@@ -199,7 +199,9 @@ const S = {
   timings: {},
   job: null,
   events: null,
-  lossPoints: [],
+  lossPoints: [],       // [{step, loss}] from the per-step events
+  metricPoints: [],     // [{step, epoch, value}] from the per-epoch events (validation metric)
+  stepsTotal: null,
 };
 window.biomip = S;    // for the browser tests and the curious
 
@@ -821,16 +823,24 @@ function scheduleThreshold(t) {
 async function autoThreshold() {
   if (!S.image) return;
   const method = $('#thr-method').value;
-  const res = await api(`/infer/threshold`, { method: 'POST', json: { image: S.image.id, params: { method } }, raw: true });
-  const ts = res.headers.get('X-Thresholds');
-  const buf = await gunzip(await res.arrayBuffer());
-  if (ts) {
-    const t = JSON.parse(ts)[0];
-    $('#thr-slider').value = t;
+  const params = { method };
+  if ((S.image.channels || 1) > 1) params.channel = parseInt($('#channel').value, 10) || 0;   // the channel shown
+  const res = await api(`/infer/threshold`, { method: 'POST', json: { image: S.image.id, params }, raw: true });
+  let ts = null;
+  try { ts = JSON.parse(res.headers.get('X-Thresholds') || 'null'); } catch (_) { ts = null; }
+  if (Array.isArray(ts) && ts.length && Number.isFinite(ts[0])) {
+    // the server's value (image units): the slider and the number box follow (the slider goes continuous
+    // so that it sits exactly on t), the live preview shows image > t exactly as the server's label map
+    const t = ts[0], s = $('#thr-slider');
+    if (t < +s.min) s.min = t;
+    if (t > +s.max) s.max = t;
+    s.step = 'any';
+    s.value = t;
     previewThreshold(t);
+    $('#thr-value').dataset.auto = method;
     $('#thr-info').textContent += ` · ${method} = ${+Number(t).toPrecision(6)}`;
   } else {                                            // no value sent: show the server's labels
-    const lab = parseNifti(buf);
+    const lab = parseNifti(await gunzip(await res.arrayBuffer()));
     checkGrid(lab);
     ensureDrawing();
     if (!S.thrBase) S.thrBase = nv.drawBitmap.slice();
@@ -1111,8 +1121,7 @@ async function startTraining() {
     method: 'POST', json: { kind: $('#train-kind').value, epochs, base: base === '' ? null : Number(base), params },
   });
   S.job = { model, id: res.job };
-  S.lossPoints = [];
-  drawLoss();
+  resetLoss();
   $('#train-metric').textContent = '';
   setTrainStatus('queued', `job ${res.job} queued`);
   $('#train-cancel').disabled = false;
@@ -1138,12 +1147,30 @@ function listen(model) {
   };
 }
 
+function resetLoss() {
+  S.lossPoints = [];
+  S.metricPoints = [];
+  S.stepsTotal = null;
+  drawLoss();
+}
+
 function onTrainEvent(ev) {
-  if (ev.loss !== null && ev.loss !== undefined && Number.isFinite(ev.loss)) {
-    S.lossPoints.push({ step: ev.step ?? S.lossPoints.length, epoch: ev.epoch, loss: ev.loss });
-    drawLoss();
+  // type "step": the loss of one optimiser step; "epoch": the epoch's mean loss + validation metric;
+  // a server without "type" sends one event per epoch: its running events are the curve
+  const typed = ev.type !== undefined;
+  if (Number.isFinite(ev.steps_total)) S.stepsTotal = ev.steps_total;
+  const last = S.lossPoints[S.lossPoints.length - 1];
+  if ((ev.type === 'step' || (!typed && ev.status === 'running')) && Number.isFinite(ev.loss) &&
+      !(last && Number.isFinite(ev.step) && ev.step <= last.step)) {
+    S.lossPoints.push({ step: ev.step ?? S.lossPoints.length, loss: ev.loss });
+    $('#loss-chart').dataset.points = S.lossPoints.length;        // at once; the drawing waits for a frame
+    scheduleDrawLoss();
   }
-  if (ev.metric && ev.metric.value !== null && ev.metric.value !== undefined) {
+  if (ev.type === 'epoch' && ev.metric && Number.isFinite(ev.metric.value) && Number.isFinite(ev.step)) {
+    S.metricPoints.push({ step: ev.step, epoch: ev.epoch, value: ev.metric.value, name: ev.metric.name });
+    scheduleDrawLoss();
+  }
+  if (ev.type !== 'step' && ev.metric && ev.metric.value !== null && ev.metric.value !== undefined) {
     S.lastMetric = ev.metric;
     const el = $('#train-metric');
     el.textContent = `validation ${ev.metric.name} = ${Number(ev.metric.value).toFixed(4)}` +
@@ -1152,7 +1179,7 @@ function onTrainEvent(ev) {
   }
   const parts = [ev.status];
   if (ev.epoch !== undefined && ev.epoch !== null) parts.push(`epoch ${ev.epoch}`);
-  if (ev.step !== undefined && ev.step !== null) parts.push(`step ${ev.step}`);
+  if (ev.step !== undefined && ev.step !== null) parts.push(`step ${ev.step}${S.stepsTotal ? `/${S.stepsTotal}` : ''}`);
   if (ev.loss !== null && ev.loss !== undefined) parts.push(`loss ${Number(ev.loss).toPrecision(4)}`);
   if (ev.message) parts.push(ev.message);
   setTrainStatus(ev.status, parts.join(' · '));
@@ -1171,6 +1198,13 @@ function setTrainStatus(status, text) {
   el.textContent = text;
 }
 
+let lossDrawPending = false;
+function scheduleDrawLoss() {            // at most one redraw a frame (a replay sends many events at once)
+  if (lossDrawPending) return;
+  lossDrawPending = true;
+  requestAnimationFrame(() => { lossDrawPending = false; drawLoss(); });
+}
+
 function drawLoss() {
   const c = $('#loss-chart');
   const dpr = window.devicePixelRatio || 1;
@@ -1179,15 +1213,22 @@ function drawLoss() {
   const g = c.getContext('2d');
   g.scale(dpr, dpr);
   g.clearRect(0, 0, w, h);
-  const pts = S.lossPoints;
+  const pts = S.lossPoints, mets = S.metricPoints;
   c.dataset.points = pts.length;
+  c.dataset.metricPoints = mets.length;
   g.fillStyle = '#8b919e';
   g.font = '11px system-ui, sans-serif';
   if (!pts.length) { g.fillText('loss (no data yet)', 8, 16); return; }
-  const L = 38, R = 8, T = 14, B = 20;
-  const xs = pts.map((p) => p.step), ys = pts.map((p) => p.loss);
-  const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
-  let y0 = Math.min(...ys), y1 = Math.max(...ys);
+  const L = 38, R = mets.length ? 30 : 8, T = 14, B = 20;
+  let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;    // no spread: thousands of points
+  for (const p of pts) {
+    x0 = Math.min(x0, p.step); x1 = Math.max(x1, p.step);
+    y0 = Math.min(y0, p.loss); y1 = Math.max(y1, p.loss);
+  }
+  for (const m of mets) x1 = Math.max(x1, m.step);
+  if (S.stepsTotal) x1 = Math.max(x1, S.stepsTotal);                  // the x axis spans the whole run
+  x0 = Math.min(x0, 1);
+  x1 = Math.max(x1, x0 + 1);
   if (y1 - y0 < 1e-12) { y0 -= 0.5; y1 += 0.5; }
   const X = (x) => L + (w - L - R) * (x - x0) / (x1 - x0);
   const Y = (y) => T + (h - T - B) * (1 - (y - y0) / (y1 - y0));
@@ -1197,14 +1238,26 @@ function drawLoss() {
   g.fillText(y0.toPrecision(3), 2, h - B);
   g.fillText(`step ${x0}`, L, h - 5);
   g.fillText(`${x1}`, w - R - 20, h - 5);
-  g.fillText('loss', L + 4, T - 2);
+  g.fillText('loss / step', L + 4, T - 2);
   g.strokeStyle = '#4f9dff';
   g.lineWidth = 1.5;
   g.beginPath();
   pts.forEach((p, k) => { if (k) g.lineTo(X(p.step), Y(p.loss)); else g.moveTo(X(p.step), Y(p.loss)); });
   g.stroke();
   g.fillStyle = '#4f9dff';
-  for (const p of pts) { g.beginPath(); g.arc(X(p.step), Y(p.loss), 2, 0, 6.3); g.fill(); }
+  if (pts.length <= 60) for (const p of pts) { g.beginPath(); g.arc(X(p.step), Y(p.loss), 2, 0, 6.3); g.fill(); }
+  if (mets.length) {                       // validation metric per epoch: right axis 0..1
+    const M = (v) => T + (h - T - B) * (1 - Math.min(1, Math.max(0, v)));
+    g.fillStyle = '#ff9f0a';
+    g.strokeStyle = '#ff9f0a';
+    g.fillText('1', w - R + 4, T + 4);
+    g.fillText('0', w - R + 4, h - B);
+    g.fillText(mets[0].name || 'metric', w - R - 34, T - 2);
+    g.beginPath();
+    mets.forEach((m, k) => { if (k) g.lineTo(X(m.step), M(m.value)); else g.moveTo(X(m.step), M(m.value)); });
+    g.stroke();
+    for (const m of mets) { g.beginPath(); g.arc(X(m.step), M(m.value), 3, 0, 6.3); g.fill(); }
+  }
 }
 
 /** After a reload: follow the model's job if one is still running (GET /train/{model}; 404 = never trained). */
@@ -1220,7 +1273,7 @@ async function resumeTraining() {
   }
   if (state && ['queued', 'running'].includes(state.status)) {
     S.job = { model, id: state.job };
-    S.lossPoints = [];
+    resetLoss();
     $('#train-cancel').disabled = false;
     $('#train-start').disabled = true;
     listen(model);                                   // past events are replayed
