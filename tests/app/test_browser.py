@@ -98,6 +98,11 @@ def workspace(tmp_path_factory) -> Path:
     vol = (1000 * np.exp(-((x - .2) ** 2 + y ** 2 + (z + .1) ** 2) * 4) + 300 * np.cos(6 * x) * np.sin(5 * y)
            + 50 * z).astype(np.float32)
     bio.write(Image(vol, spacing=(0.9, 0.9, 1.1), origin=(-115.0, -120.0, -140.0)), ws / "synth256.nii")
+    # a small volume for the label-value tests (labels > 255), anisotropic and off-centre
+    rng = np.random.default_rng(3)
+    bio.write(Image(rng.integers(0, 1000, (10, 36, 44)).astype(np.int16), spacing=(0.7, 0.8, 2.5),
+                    origin=(-20.0, 15.0, 40.0)), ws / "labels300.nii.gz")
+    (ws / "corrupt.nii.gz").write_bytes(b"\x1f\x8b\x08\x00garbage" * 10)      # listed as unreadable
     return ws
 
 
@@ -224,6 +229,32 @@ def _api(server, path: str):
         return json.loads(r.read())
 
 
+def _request(server, path: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None):
+    import urllib.request
+
+    req = urllib.request.Request(server["url"] + path.lstrip("/"), data=body, method=method,
+                                 headers={"Authorization": f"Bearer {TOKEN}", **(headers or {})})
+    with urllib.request.urlopen(req) as r:
+        return r.read()
+
+
+def _put_labels(server, image_id: str, labels: np.ndarray, names: dict | None = None) -> int:
+    """PUT a (z, y, x) label map on the image's own NIfTI grid (header from GET /images/{id}); its version."""
+    import gzip
+
+    import nibabel as nib
+
+    ref = nib.Nifti1Image.from_bytes(_request(server, f"/images/{image_id}?compress=false"))
+    data = np.ascontiguousarray(labels.transpose(2, 1, 0)).astype(np.uint16)       # NIfTI order (x, y, z)
+    img = nib.Nifti1Image(data, ref.affine, ref.header)
+    img.set_data_dtype(np.uint16)
+    img.header.set_slope_inter(1, 0)
+    body = gzip.compress(img.to_bytes(), compresslevel=1)
+    out = _request(server, f"/labels/{image_id}", "PUT", body,
+                   {"Content-Type": "application/gzip", "X-Label-Names": json.dumps(names or {})})
+    return int(json.loads(out)["version"])
+
+
 def _affine(ws: Path, image_id: str) -> np.ndarray:
     import nibabel as nib
     return nib.load(str(ws / image_id)).affine
@@ -252,6 +283,19 @@ def test_threshold_seed_save_voxel_exact(page, server, artifacts):
     page.press('#label-list li[data-value="2"] input[type=text]', "Enter")
     page.fill("#grow-tol", "25")
     page.click('.tools [data-tool="seed"]')
+    # a click on the 3-D render tile places no seed (it would use the old cross-hair): the page says why
+    render = page.evaluate("""() => { const nv = window.biomip.nv, d = nv.uiData.dpr || 1;
+        const t = nv.screenSlices.find((s) => s.axCorSag === 4);
+        return t ? [(t.leftTopWidthHeight[0] + t.leftTopWidthHeight[2] / 2) / d,
+                    (t.leftTopWidthHeight[1] + t.leftTopWidthHeight[3] / 2) / d] : null; }""")
+    assert render, "the Planes + 3D layout shows a render tile"
+    box = page.locator("#viewer").bounding_box()
+    page.mouse.click(box["x"] + render[0], box["y"] + render[1])
+    page.wait_for_selector("#tool-hint:not([hidden])")
+    assert "click a slice view to place a seed" in page.text_content("#tool-hint")
+    assert page.evaluate("window.biomip.seeds.length") == 0
+    assert page.get_attribute("#grow-run", "data-count") is None
+    _shot(page, artifacts / "01b-mni152-seed-on-render-refused.png")
     _click_canvas_centre(page, "axial")
     page.wait_for_selector("#grow-run[data-count]")
     _no_error(page)
@@ -351,8 +395,10 @@ def test_2d_image_and_error_message(page, server, artifacts):
     # shown as any image viewer shows it: column 0 on the left, row 0 at the top
     box = page.locator("#viewer").bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2 - box["height"] * 0.4, box["y"] + box["height"] * 0.1)
-    page.wait_for_function("document.querySelector('#location').textContent.includes('voxel')")
-    y, x = map(int, re.search(r"voxel \((\d+), (\d+)\)", page.text_content("#location")).groups())
+    page.wait_for_function("document.querySelector('#location').textContent.includes('pixel (y, x) =')")
+    loc = page.text_content("#location")
+    y, x = map(int, re.search(r"pixel \(y, x\) = \((\d+), (\d+)\)", loc).groups())
+    assert "mm" not in loc and "LPS" not in loc, loc               # a micrograph without physical units
     assert x < 100 and y < 100, (y, x)
     page.click("#grow-run")                                   # no seed yet: the page says so
     page.wait_for_selector("#error:not([hidden])")
@@ -369,12 +415,26 @@ def test_2d_image_and_error_message(page, server, artifacts):
     page.click("#error-close")
     page.click("#method-panel > summary")
 
+    # window min above max: refused next to the boxes, the window unchanged
+    page.fill("#wl-min", "60")
+    page.press("#wl-min", "Enter")
+    before = page.evaluate("[window.biomip.vol.cal_min, window.biomip.vol.cal_max]")
+    assert before[0] == 60 and before[1] > 60, before
+    page.fill("#wl-max", "20")
+    page.press("#wl-max", "Enter")
+    page.wait_for_selector("#wl-error:not([hidden])")
+    assert page.text_content("#wl-error") == "min must be below max"
+    assert page.get_attribute("#wl-min", "aria-invalid") == "true" and "invalid" in page.get_attribute("#wl-max", "class")
+    assert page.evaluate("[window.biomip.vol.cal_min, window.biomip.vol.cal_max]") == before
+    _shot(page, artifacts / "04a-nuclei2d-window-error.png")
+
     # window / level typed in, label opacity, brush + undo + eraser through mouse drags
     page.fill("#wl-min", "20")
     page.press("#wl-min", "Enter")
     page.fill("#wl-max", "60")
     page.press("#wl-max", "Enter")
     assert page.evaluate("[window.biomip.vol.cal_min, window.biomip.vol.cal_max]") == [20, 60]
+    assert page.locator("#wl-error").is_hidden() and page.get_attribute("#wl-min", "aria-invalid") == "false"
     page.fill("#label-opacity", "0.3")
     page.dispatch_event("#label-opacity", "input")
     assert abs(page.evaluate("window.biomip.nv.drawOpacity") - 0.3) < 1e-6
@@ -555,6 +615,111 @@ def test_registration_checkerboard(page, server, artifacts):
     _no_error(page)
     assert page.evaluate("window.biomip.nv.volumes.length") == 2
     _shot(page, artifacts / "09-registration-checkerboard.png")
+
+
+def test_labels_above_255_kept_exactly(page, server, artifacts):
+    """Label values above 255 (NiiVue draws 8 bits): a map with 33 labels 300..332 is shown through a lookup
+    table and saved with exactly its values; a map with 300 distinct labels is read-only (Save refused, the
+    page says why); loading a version resets the label names of the one before."""
+    ws, image_id = server["ws"], "labels300.nii.gz"
+    shape = (10, 36, 44)
+    rng = np.random.default_rng(7)
+    few = np.zeros(shape, np.uint16)
+    few[:, 4:32, 4:40] = rng.integers(300, 333, (shape[0], 28, 36))
+    v_few = _put_labels(server, image_id, few, {"300": {"name": "first", "color": "#00ff00"}, "332": "last"})
+    many = ((np.arange(np.prod(shape)) % 300) + 1).reshape(shape).astype(np.uint16)      # labels 1..300
+    v_many = _put_labels(server, image_id, many)
+    assert v_many == v_few + 1
+
+    _open_page(page, server)
+    _open_image(page, image_id)                                   # the latest version: 300 labels
+    page.wait_for_selector("#labels-readonly:not([hidden])")
+    msg = page.text_content("#labels-readonly")
+    assert "300 labels" in msg and "max 300" in msg and "255" in msg, msg
+    assert page.is_disabled("#save-labels") and page.is_disabled('.tools [data-tool="brush"]')
+    _shot(page, artifacts / "10-labels-300-read-only.png")
+
+    option = page.locator(f'#label-version option[value="{v_few}"]')
+    assert re.fullmatch(rf"v{v_few} · (\d\d-\d\d )?\d\d:\d\d · manual", option.text_content()), option.text_content()
+    assert "saved" in option.get_attribute("title")
+    page.select_option("#label-version", str(v_few))
+    page.click("#load-labels")
+    page.wait_for_selector("#labels-readonly", state="hidden")
+    assert not page.is_disabled("#save-labels")
+    shown = page.eval_on_selector_all("#label-list li[data-value] .num", "els => els.map(e => +e.textContent)")
+    assert shown == list(range(300, 333)), shown
+    names = page.eval_on_selector_all("#label-list li[data-value] input[type=text]", "els => els.map(e => e.value)")
+    assert names[0] == "first" and names[-1] == "last" and "foreground" not in names, names
+    page.click("#save-labels")
+    page.wait_for_selector("#save-result[data-version]")
+    _no_error(page)
+    version = int(page.get_attribute("#save-result", "data-version"))
+    saved = np.asarray(_saved_labels(ws, image_id, version).array)
+    assert saved.shape == shape
+    np.testing.assert_array_equal(saved, few)                    # every value as it came, none renumbered
+    meta = _api(server, f"/labels/{image_id}/versions")[-1]
+    assert meta["names"]["300"]["name"] == "first" and meta["names"]["332"]["name"] == "last", meta["names"]
+    _shot(page, artifacts / "11-labels-300-332-saved.png")
+
+    page.select_option("#label-version", str(v_many))             # names do not carry over to another version
+    page.click("#load-labels")
+    page.wait_for_selector("#labels-readonly:not([hidden])")
+    names = page.eval_on_selector_all("#label-list li[data-value] input[type=text]", "els => els.map(e => e.value)")
+    assert "first" not in names and "last" not in names, names[:5]
+
+
+def test_image_list_and_lost_server(page, server, artifacts):
+    """The image list (shape and spacing in one order, unreadable files), no console error on load, and a
+    training whose server stops answering: the status line and the banner say so, then the final state."""
+    _open_page(page, server)
+    assert not [e for e in page.errors if e.startswith("console")], page.errors    # e.g. no 404 for GET /train/...
+    ids = page.eval_on_selector_all("#image-list li", "els => els.map(e => e.dataset.id)")
+    dicom_id = next(i for i in ids if i.startswith("ct-series"))
+    meta = page.text_content(f'#image-list li[data-id="{dicom_id}"] .meta')
+    assert "16×80×70 voxels · 1×2×2 mm (z, y, x)" in meta, meta
+    meta = page.text_content('#image-list li[data-id="nuclei2d.tif"] .meta')
+    assert "512×512 pixels" in meta and "mm" not in meta, meta
+    skipped = _api(server, "/images/skipped")                       # [{"path", "reason"}]
+    assert [e["path"] for e in skipped] == ["corrupt.nii.gz"], skipped
+    assert page.is_visible("#unreadable") and page.text_content("#unreadable-summary") == "1 file could not be read"
+    page.click("#unreadable-summary")                              # expand: the reason
+    reason = page.text_content("#unreadable-list")
+    assert reason.startswith("corrupt.nii.gz: ") and skipped[0]["reason"] in reason, reason
+    assert skipped[0]["reason"] in page.get_attribute("#unreadable", "title")        # and on hover
+    _shot(page, artifacts / "13-image-list-unreadable.png")
+    assert "corrupt.nii.gz" not in ids
+
+    # training with a server that stops answering (simulated: the routes of model "ghost" fail)
+    mode = {"state": "idle"}
+
+    def train_route(route):
+        req = route.request
+        if req.method == "POST":
+            return route.fulfill(status=202, content_type="application/json",
+                                 body=json.dumps({"job": "j-ghost", "model": "ghost", "kind": "flows"}))
+        if mode["state"] == "down":
+            return route.abort("connectionrefused")
+        body = {"status": mode["state"], "job": "j-ghost", "message": "killed"} if mode["state"] != "idle" \
+            else {"status": "idle"}
+        return route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    page.route(re.compile(r"/train/ghost$"), train_route)
+    page.route(re.compile(r"/train/ghost/events"), lambda route: route.abort("connectionrefused"))
+    page.fill("#train-model", "ghost")
+    page.dispatch_event("#train-model", "change")
+    page.wait_for_selector("#busy", state="hidden")
+    mode["state"] = "down"
+    page.click("#train-start")
+    page.wait_for_function("['lost', 'unreachable'].includes(document.querySelector('#train-status').dataset.status)")
+    page.wait_for_function("document.querySelector('#train-status').dataset.status === 'unreachable'")
+    assert "cannot be reached" in page.text_content("#train-status")
+    assert page.is_visible("#error") and "cannot be reached" in page.text_content("#error-text")
+    _shot(page, artifacts / "12-training-server-unreachable.png")
+    mode["state"] = "failed"                                       # the server answers again: the job is gone
+    page.wait_for_function("document.querySelector('#train-status').dataset.status === 'failed'", timeout=20_000)
+    assert not page.is_disabled("#train-start")
+    page.unroute(re.compile(r"/train/ghost$"))
+    page.unroute(re.compile(r"/train/ghost/events"))
 
 
 def test_static_files_offline(server):

@@ -225,12 +225,15 @@ function hslToHex(h, s, l) {
 const nv = new Niivue({
   backColor: [0.06, 0.065, 0.08, 1],
   crosshairColor: [1, 0.78, 0.2, 0.9],
-  crosshairWidth: 1,
+  crosshairWidth: 1,                // set per image and layout by fitCrosshair(): ~1 screen pixel, with a gap
+  crosshairWidthUnit: 'mm',
+  crosshairGap: 0,
+  fontColor: [0.9, 0.92, 0.96, 1],
+  isCornerOrientationText: true,    // letters in the tile corner, never under the cross-hair
   show3Dcrosshair: true,
   isColorbar: false,
   isOrientCube: true,
   isOrientationTextVisible: true,
-  showAllOrientationMarkers: true,
   isForceMouseClickToVoxelCenters: true,
   multiplanarShowRender: SHOW_RENDER.ALWAYS,
   multiplanarLayout: MULTIPLANAR_TYPE.GRID,
@@ -265,22 +268,78 @@ function forRas(fn) {
   }
 }
 
-/** Native-order label map (from the server) -> RAS drawing bitmap. */
+// Label values.  NiiVue's drawing bitmap holds 8 bits (0..255).  A label map whose values go above 255
+// is shown through a lookup table S.lut (drawing value 1..255 -> the file's value) when it has at most
+// 255 distinct labels: a save writes the file's values back, unchanged.  With more distinct labels the
+// page cannot hold them: the map is shown read-only (S.readOnly says why) and Save is refused.
+const MAX_DRAW_LABELS = 255;
+function identityLut() { return Int32Array.from({ length: 256 }, (_, i) => i); }
+function origValue(v) { return S.lut ? S.lut[v] : v; }
+
+/** Native-order label map (from the server) -> RAS drawing bitmap + lookup table (lossless when it fits). */
 function nativeToRas(native) {
   const out = new Uint8Array(S.vol.dimsRAS[1] * S.vol.dimsRAS[2] * S.vol.dimsRAS[3]);
-  let clipped = 0;
-  forRas((r, n) => {
-    let v = native[n];
-    if (v > 255) { v = ((v - 1) % 255) + 1; clipped++; }
-    out[r] = v;
-  });
-  return { ras: out, clipped };
+  let max = 0;
+  const seen = new Set();
+  const n3 = S.nifti.nVox3;
+  for (let i = 0; i < n3; i++) {
+    const v = native[i];
+    if (v > max) max = v;
+    if (v > 0 && seen.size <= MAX_DRAW_LABELS) seen.add(v);
+  }
+  if (max <= 255) {
+    forRas((r, n) => { out[r] = native[n]; });
+    return { ras: out, lut: identityLut(), distinct: seen.size, max, readOnly: false };
+  }
+  if (seen.size <= MAX_DRAW_LABELS) {                   // > 255 but few labels: renumber for display only
+    const values = Array.from(seen).sort((a, b) => a - b);
+    const lut = identityLut();
+    const code = new Map();
+    values.forEach((v, k) => { lut[k + 1] = v; code.set(v, k + 1); });
+    for (let k = values.length + 1; k < 256; k++) lut[k] = values[values.length - 1] + (k - values.length);
+    forRas((r, n) => { const v = native[n]; out[r] = v > 0 ? code.get(v) : 0; });
+    return { ras: out, lut, distinct: seen.size, max, readOnly: false };
+  }
+  let distinct = 0;                                     // too many to hold: count them, show modulo 255
+  const all = new Set();
+  for (let i = 0; i < n3; i++) if (native[i] > 0) all.add(native[i]);
+  distinct = all.size;
+  forRas((r, n) => { const v = native[n]; out[r] = v > 255 ? ((v - 1) % 255) + 1 : v; });
+  return { ras: out, lut: identityLut(), distinct, max, readOnly: true };
 }
 
-/** RAS drawing bitmap -> native-order label map (for the server). */
+/** Show a label map (native order, as the server sends it): lossless, or read-only with a visible reason. */
+function showLabelMap(native) {
+  const res = nativeToRas(native);
+  S.lut = res.lut;
+  setReadOnly(res.readOnly
+    ? `this label map has ${res.distinct.toLocaleString('en')} labels (max ${res.max}); the page edits up to ` +
+      `${MAX_DRAW_LABELS} labels — it is shown read-only (colours repeat). Edit it in Python, or relabel.`
+    : null);
+  return res;
+}
+
+function setReadOnly(msg) {
+  S.readOnly = msg;
+  const el = $('#labels-readonly');
+  el.hidden = !msg;
+  el.textContent = msg || '';
+  document.body.classList.toggle('labels-readonly', !!msg);
+  for (const sel of ['#save-labels', '#add-label', '#thr-apply', '#grow-run']) $(sel).disabled = !!msg;
+  $$('.tools [data-tool]').forEach((b) => { b.disabled = !!msg && b.dataset.tool !== 'navigate'; });
+  if (msg && S.tool !== 'navigate') setTool('navigate');
+}
+
+/** RAS drawing bitmap -> native-order label map with the file's label values (uint8, or uint16 above 255). */
 function rasToNative(ras) {
-  const out = new Uint8Array(S.nifti.nVox3);
-  forRas((r, n) => { out[n] = ras[r]; });
+  const lut = S.lut || identityLut();
+  const used = new Uint8Array(256);
+  for (let i = 0; i < ras.length; i++) used[ras[i]] = 1;
+  let maxv = 0;
+  for (let v = 1; v < 256; v++) if (used[v] && lut[v] > maxv) maxv = lut[v];
+  if (maxv > 65535) throw new Error(`label value ${maxv} does not fit the label file (0..65535)`);
+  const out = maxv > 255 ? new Uint16Array(S.nifti.nVox3) : new Uint8Array(S.nifti.nVox3);
+  forRas((r, n) => { out[n] = lut[ras[r]]; });
   return out;
 }
 
@@ -315,25 +374,54 @@ async function loadInfo() {
   buildModelMenu();
 }
 
+/** Physical units of an image: the server's "units" when it says, else a guess (a plain 2-D picture
+ * with spacing 1 carries no physical size). */
+function unitsOf(im) {
+  if (!im) return 'mm';
+  if (im.units) return im.units === 'mm' ? 'mm' : im.units;
+  const sp = im.spacing || [];
+  const picture = /tif|png|jpe?g|bmp|gif/i.test(`${im.format || ''} ${im.name || ''}`) && !/ome/i.test(im.format || '');
+  return im.ndim === 2 && picture && sp.length && sp.every((x) => Number(x) === 1) ? 'px' : 'mm';
+}
+function isPixelImage(im = S.image) { return unitsOf(im) !== 'mm'; }
+
+/** "24×96×96 voxels · 2.5×0.8×0.8 mm (z, y, x)": shape and spacing in the same (numpy) order. */
+function describeGeometry(im) {
+  const nd = im.ndim || Math.min(3, (im.shape || []).length);
+  const shape = (im.shape || []).slice(-nd);
+  let sp = Array.isArray(im.spacing_zyx) ? im.spacing_zyx : (im.spacing || []).slice().reverse();
+  sp = sp.slice(-nd).map((x) => +Number(x).toPrecision(3));
+  const axes = nd === 2 ? '(y, x)' : '(z, y, x)';
+  const unit = unitsOf(im);
+  const size = unit === 'px' ? 'pixel size unknown' : `${sp.join('×')} ${unit}`;
+  return `${shape.join('×')} ${nd === 2 ? 'pixels' : 'voxels'} · ${size} ${axes}`;
+}
+
 async function loadImages() {
-  S.images = await api('/images');
+  const got = await api('/images');
+  const list = Array.isArray(got) ? got : (got.images || []);
+  const extra = Array.isArray(got) ? [] : (got.unreadable || got.errors || []);
+  let skipped = [];                          // files that look like images but cannot be read: [{path, reason}]
+  try {
+    skipped = await api('/images/skipped');
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 404)) throw err;    // an older server: errors in the list only
+  }
+  S.images = list.filter((im) => !im.error);
+  const bad = list.filter((im) => im.error).concat(extra, Array.isArray(skipped) ? skipped : []);
   const ul = $('#image-list');
   ul.replaceChildren();
   for (const im of S.images) {
     const li = document.createElement('li');
     li.dataset.id = im.id;
     li.tabIndex = 0;
-    const shape = (im.shape || []).join('×');
-    const sp = (im.spacing || []).map((s) => +Number(s).toPrecision(3)).join('×');
-    li.innerHTML = '<span class="name"></span><span class="meta"></span>';
-    li.querySelector('.name').textContent = im.name;
-    if (im.error) {                                   // listed but unreadable: say why, do not open
-      li.classList.add('bad');
-      li.querySelector('.meta').textContent = im.error;
-      ul.append(li);
-      continue;
-    }
-    li.querySelector('.meta').textContent = `${im.ndim}-D ${shape} · ${sp} mm · ${im.dtype}` +
+    li.innerHTML = '<span class="name"><span class="dir"></span><span class="file"></span></span><span class="meta"></span>';
+    const path = String(im.path || '');
+    const dir = path.includes('/') ? path.slice(0, path.lastIndexOf('/') + 1) : '';
+    li.querySelector('.dir').textContent = dir;                 // "uploads/", a sub-folder
+    li.querySelector('.file').textContent = im.name;
+    li.title = path || im.name;
+    li.querySelector('.meta').textContent = `${im.ndim}-D ${describeGeometry(im)} · ${im.dtype}` +
       (im.channels > 1 ? ` · ${im.channels} ch` : '') + (im.labels?.length ? ` · labels v${Math.max(...im.labels)}` : '') +
       (im.in_training_set ? ' · training' : '');
     if (S.image && S.image.id === im.id) li.classList.add('on');
@@ -341,6 +429,21 @@ async function loadImages() {
     li.addEventListener('keydown', (e) => { if (e.key === 'Enter') openImage(im.id); });
     ul.append(li);
   }
+  // files the server lists but cannot read: one line under the list, the reasons on expand / hover
+  const box = $('#unreadable');
+  box.hidden = !bad.length;
+  $('#unreadable-summary').textContent = `${bad.length} file${bad.length === 1 ? '' : 's'} could not be read`;
+  const bl = $('#unreadable-list');
+  bl.replaceChildren();
+  for (const b of bad) {
+    const li = document.createElement('li');
+    const name = b.path || b.name || b.id || '?';
+    const why = b.error || b.reason || b.detail || 'unreadable';
+    li.textContent = `${name}: ${why}`;
+    li.title = why;
+    bl.append(li);
+  }
+  box.title = bad.map((b) => `${b.path || b.name || b.id}: ${b.error || b.reason || b.detail}`).join('\n');
   for (const sel of [$('#reg-fixed'), $('#reg-moving')]) {
     const keep = sel.value;
     sel.replaceChildren(...S.images.filter((im) => !im.error).map((im) => new Option(im.name, im.id)));
@@ -422,8 +525,12 @@ async function openImage(id) {
     const t2 = performance.now();
     nv.closeDrawing();
     while (nv.volumes.length) nv.removeVolume(nv.volumes[nv.volumes.length - 1]);
-    Object.assign(S, { checker: null, vol: null, image: im, nifti, savedVersion: null, seeds: [], thrBase: null });
+    Object.assign(S, { checker: null, vol: null, image: im, nifti, savedVersion: null, seeds: [], thrBase: null,
+      lut: null });
     showSeeds();
+    setReadOnly(null);
+    resetLabels();
+    $('#save-result').textContent = '';
     const t = { image: id, fetch_ms: t1 - t0, decode_ms: t2 - t1, bytes: raw.byteLength };
     const d = nifti.dims;
     const big = nifti.nVox3 > PREVIEW_ABOVE && d[0] === 3 && Math.min(d[1], d[2], d[3]) >= 8;
@@ -455,6 +562,7 @@ async function openImage(id) {
     const t3 = performance.now();
     setupViewForImage(S.vol);
     const t4 = syncDraw();
+    fitCrosshair();
     Object.assign(t, {
       niivue_load_ms: t3 - t2, full_paint_ms: t4 - t0, since_navigation_ms: t4,
       first_paint_ms: big ? t.preview_paint_ms : t4 - t0,
@@ -489,7 +597,37 @@ function setupViewForImage(vol) {
   $('#channel-box').hidden = nf <= 1;
   $('#channel').replaceChildren(...Array.from({ length: nf }, (_, k) => new Option(`${k}`, k)));
   nv.setInterpolation(two);    // 2-D micrographs: show the pixels
+  // no patient directions for a picture without physical units (R/L/A/P would be made up)
+  const px = isPixelImage();
+  nv.opts.isOrientationTextVisible = !px;
+  nv.opts.isOrientCube = !px && !two;
 }
+
+/** Cross-hair about 1 screen pixel wide, with a gap of a voxel around its centre (the voxel under it shows).
+ * NiiVue draws it in mm: recomputed from the tiles' scale after each layout change. */
+function fitCrosshair() {
+  if (!S.vol || !nv.screenSlices?.length) return;
+  let mmPerPx = Infinity;
+  for (const t of nv.screenSlices) {
+    if (t.axCorSag === SLICE_TYPE.RENDER || !t.fovMM || !t.leftTopWidthHeight[2]) continue;
+    mmPerPx = Math.min(mmPerPx, Math.abs(t.fovMM[0]) / t.leftTopWidthHeight[2]);
+  }
+  if (!Number.isFinite(mmPerPx) || mmPerPx <= 0) return;
+  const pd = S.vol.pixDims || S.vol.hdr.pixDims;
+  const vox = Math.max(pd[1], pd[2], is2D() ? 0 : pd[3]);
+  const width = 1.25 * mmPerPx;                                  // mm: ~1.25 screen pixels
+  const gapMM = Math.max(0.75 * vox, 5 * mmPerPx);                // half gap: the voxel + a few pixels
+  if (Math.abs(width - nv.opts.crosshairWidth) / width < 0.05) return;
+  nv.opts.crosshairWidth = width;
+  nv.opts.crosshairGap = gapMM / (0.5 * width);                   // NiiVue: gap in units of the radius
+  if (nv.crosshairs3D) {
+    nv.gl.deleteBuffer(nv.crosshairs3D.indexBuffer);
+    nv.gl.deleteBuffer(nv.crosshairs3D.vertexBuffer);
+    nv.crosshairs3D = null;
+  }
+  nv.drawScene();
+}
+window.addEventListener('resize', () => requestAnimationFrame(fitCrosshair));
 
 function setView(view) {
   S.view = view;
@@ -497,29 +635,49 @@ function setView(view) {
   const t = { mpr: SLICE_TYPE.MULTIPLANAR, axial: SLICE_TYPE.AXIAL, coronal: SLICE_TYPE.CORONAL,
     sagittal: SLICE_TYPE.SAGITTAL, render: SLICE_TYPE.RENDER }[view];
   nv.setSliceType(t);
+  fitCrosshair();
 }
 
 function updateWindowInputs() {
   if (!S.vol) return;
+  windowError(null);
   $('#wl-min').value = +Number(S.vol.cal_min).toPrecision(5);
   $('#wl-max').value = +Number(S.vol.cal_max).toPrecision(5);
 }
 nv.onIntensityChange = () => updateWindowInputs();
 
+function windowError(msg) {
+  const el = $('#wl-error');
+  el.hidden = !msg;
+  el.textContent = msg || '';
+  for (const sel of ['#wl-min', '#wl-max']) {
+    $(sel).classList.toggle('invalid', !!msg);
+    $(sel).setAttribute('aria-invalid', msg ? 'true' : 'false');
+  }
+}
+
 function setWindow() {
+  if (!S.vol) return;
   const lo = parseFloat($('#wl-min').value), hi = parseFloat($('#wl-max').value);
-  if (!S.vol || !Number.isFinite(lo) || !Number.isFinite(hi) || hi <= lo) return;
+  if (!Number.isFinite(lo) || !Number.isFinite(hi)) { windowError('min and max must be numbers'); return; }
+  if (hi <= lo) { windowError('min must be below max'); return; }
+  windowError(null);
   for (const v of nv.volumes) { v.cal_min = lo; v.cal_max = hi; }
   nv.updateGLVolume();
 }
 
 nv.onLocationChange = (loc) => {
   S.lastLocation = loc;
-  const p = loc.mm ? Array.from(loc.mm).slice(0, 3).map((x) => x.toFixed(1)).join(', ') : '';
-  let text = `${p} mm`;
+  let text = '';
+  if (loc.mm && !isPixelImage()) {
+    // NiiVue works in RAS; biomip, its API and the README use LPS (DICOM / ITK): x and y change sign
+    const [x, y, z] = Array.from(loc.mm).slice(0, 3);
+    const lps = is2D() ? [-x, -y] : [-x, -y, z];
+    text = `LPS ${lps.map((v) => (v === 0 ? 0 : v).toFixed(1)).join(', ')} mm`;
+  }
   if (S.vol && loc.mm) {
     const vox = nativeVoxel(loc.mm);
-    if (vox) text += ` · voxel (${vox.join(', ')})`;
+    if (vox) text += `${text ? ' · ' : ''}${is2D() ? 'pixel (y, x)' : 'voxel (z, y, x)'} = (${vox.join(', ')})`;
     const val = loc.values?.[0]?.value;
     if (val !== undefined) text += ` · value ${+Number(val).toPrecision(5)}`;
   }
@@ -550,13 +708,19 @@ function solve3(m, b) {
 function ensureLabel(v, name) {
   let l = S.labels.find((x) => x.value === v);
   if (!l) {
-    l = { value: v, name: name || `label ${v}`, color: defaultColor(v) };
+    l = { value: v, name: name || `label ${origValue(v)}`, color: defaultColor(origValue(v)) };
     S.labels.push(l);
     S.labels.sort((a, b) => a.value - b.value);
   } else if (name) l.name = name;
   return l;
 }
-ensureLabel(1, 'foreground');
+/** Forget the label names and colours (a new image or label version brings its own). */
+function resetLabels(foreground = true) {
+  S.labels = [];
+  if (foreground) ensureLabel(1, 'foreground');
+  S.active = 1;
+}
+resetLabels();
 
 function applyLabelColors() {
   const R = [], G = [], B = [], A = [], I = [], labels = [];
@@ -565,7 +729,7 @@ function applyLabelColors() {
     const hex = v === 0 ? '#000000' : (l ? l.color : defaultColor(v));
     R.push(parseInt(hex.slice(1, 3), 16)); G.push(parseInt(hex.slice(3, 5), 16)); B.push(parseInt(hex.slice(5, 7), 16));
     A.push(v === 0 ? 0 : 255); I.push(v);
-    labels.push(v === 0 ? '' : (l ? l.name : `${v}`));
+    labels.push(v === 0 ? '' : (l ? l.name : `${origValue(v)}`));
   }
   // nv.setDrawColormap() would rebuild every volume texture (seconds in software WebGL): swap the LUT only
   nv.drawLut = cmapper.makeDrawLut({ R, G, B, A, I, labels });
@@ -591,9 +755,11 @@ function renderLabelList() {
     col.type = 'color'; col.value = l.color; col.title = 'colour';
     col.addEventListener('input', () => { l.color = col.value; applyLabelColors(); });
     const num = document.createElement('span');
-    num.textContent = l.value;
+    num.className = 'num';
+    num.textContent = origValue(l.value);
+    if (origValue(l.value) !== l.value) num.title = `label value ${origValue(l.value)} (drawn as ${l.value})`;
     const name = document.createElement('input');
-    name.type = 'text'; name.value = l.name; name.title = 'name';
+    name.type = 'text'; name.value = l.name; name.title = l.name;
     name.addEventListener('change', () => { l.name = name.value.trim() || `label ${l.value}`; applyLabelColors(); });
     const count = document.createElement('span');
     count.className = 'count';
@@ -640,8 +806,16 @@ async function refreshLabelVersions(loadLatest = false) {
     if (!(err instanceof ApiError && err.status === 404)) throw err;
   }
   for (const v of versions) {
-    const t = v.time ? ` · ${String(v.time).replace('T', ' ').slice(0, 19)}` : '';
-    sel.append(new Option(`v${v.version}${t}${v.source ? ` · ${v.source}` : ''}`, v.version));
+    const when = v.time ? new Date(v.time) : null;
+    const ok = when && !Number.isNaN(when.getTime());
+    const hhmm = ok ? when.toTimeString().slice(0, 5) : '';
+    const today = ok && when.toDateString() === new Date().toDateString();
+    const short = ok ? (today ? hhmm : `${when.toISOString().slice(5, 10)} ${hhmm}`) : '';
+    const src = v.source ? String(v.source).replace(/^infer:/, '') : '';
+    const opt = new Option(`v${v.version}${short ? ` · ${short}` : ''}${src ? ` · ${src}` : ''}`, v.version);
+    opt.title = `version ${v.version} · saved ${ok ? when.toString() : v.time || '?'}` +
+      (v.source ? ` · source ${v.source}` : '');
+    sel.append(opt);
   }
   S.versions = versions;
   if (versions.length) {
@@ -655,17 +829,23 @@ async function loadLabels(version) {
   const buf = await gunzip(await api(`/labels/${encodeURIComponent(S.image.id)}${q}`));
   const lab = parseNifti(buf);
   checkGrid(lab);
-  const meta = (S.versions || []).find((v) => v.version === Number(version ?? S.versions?.at(-1)?.version));
-  if (meta && meta.names) {
-    for (const [k, entry] of Object.entries(meta.names)) {
-      const l = ensureLabel(Number(k), typeof entry === 'string' ? entry : entry?.name);
-      if (entry && typeof entry === 'object' && /^#[0-9a-f]{6}$/i.test(entry.color || '')) l.color = entry.color;
-    }
+  const meta = (S.versions || []).find((v) => v.version === Number(version || S.versions?.at(-1)?.version));
+  const { ras, lut } = showLabelMap(lab.data);
+  S.labels = [];                                      // this version's names and colours only
+  const code = new Map();
+  for (let v = 1; v < 256; v++) if (!code.has(lut[v])) code.set(lut[v], v);
+  for (const [k, entry] of Object.entries(meta?.names || {})) {
+    const v = code.get(Number(k));
+    if (v === undefined) continue;                    // a name for a value this map does not hold
+    const l = ensureLabel(v, typeof entry === 'string' ? entry : entry?.name);
+    if (entry && typeof entry === 'object' && /^#[0-9a-f]{6}$/i.test(entry.color || '')) l.color = entry.color;
   }
-  const { ras, clipped } = nativeToRas(lab.data);
+  if (!S.labels.length) ensureLabel(1, 'foreground');
+  S.active = S.labels[0].value;
   setDrawing(ras);
   applyLabelColors();
-  if (clipped) $('#save-result').textContent = `note: ${clipped} voxels had labels > 255 (shown and saved modulo 255)`;
+  $('#save-result').textContent = '';
+  $('#save-result').removeAttribute('data-version');
 }
 
 function checkGrid(lab) {
@@ -684,12 +864,13 @@ function asciiJson(obj) {
 
 async function saveLabels() {
   if (!S.image) return;
+  if (S.readOnly) throw new Error(`not saved: ${S.readOnly}`);
   commitThreshold();
   ensureDrawing();
   const native = rasToNative(nv.drawBitmap);
   const body = await makeLabelNifti(S.nifti, native);
   const names = {};
-  for (const l of S.labels) names[l.value] = { name: l.name, color: l.color };
+  for (const l of S.labels) names[origValue(l.value)] = { name: l.name, color: l.color };
   const res = await api(`/labels/${encodeURIComponent(S.image.id)}`, {
     method: 'PUT', body,
     headers: { 'Content-Type': 'application/gzip', 'X-Label-Names': asciiJson(names), 'X-Label-Source': 'page' },
@@ -714,6 +895,7 @@ async function addToTraining() {
 // ------------------------------------------------------------------ tools
 function setTool(tool) {
   S.tool = tool;
+  $('#tool-hint').hidden = true;
   $$('.tools [data-tool]').forEach((b) => b.classList.toggle('on', b.dataset.tool === tool));
   if (!S.vol) return;
   if (tool === 'brush' || tool === 'eraser' || tool === 'fill') {
@@ -751,6 +933,7 @@ function thresholdValueOf(t) {
 
 function previewThreshold(t) {
   if (!S.vol || !Number.isFinite(t)) return;
+  if (S.readOnly) { $('#thr-info').textContent = 'the labels are read-only (too many labels)'; return; }
   const ts = performance.now();
   ensureDrawing();                                  // first preview only: the label layer + its undo copy
   if (!S.thrBase) S.thrBase = nv.drawBitmap.slice();
@@ -871,6 +1054,7 @@ function addSeedFromCrosshair() {
 
 async function growRegion() {
   if (!S.image) return;
+  if (S.readOnly) throw new Error(`the labels are read-only: ${S.readOnly}`);
   if (!S.seeds.length) throw new Error('no seed: choose the Seed tool and click in the image');
   commitThreshold();
   const tol = parseFloat($('#grow-tol').value);
@@ -992,29 +1176,50 @@ async function runMethod(name, params, { replace = true } = {}) {
   });
   const lab = parseNifti(await gunzip(await res.arrayBuffer()));
   checkGrid(lab);
-  const { ras, clipped } = nativeToRas(lab.data);
   ensureDrawing();
-  if (!replace) {
-    const cur = nv.drawBitmap;
-    for (let i = 0; i < ras.length; i++) if (!ras[i]) ras[i] = cur[i];
+  let native = lab.data;
+  if (!replace) {                      // merge with the file values of the current labels, then re-encode
+    if (S.readOnly) throw new Error('the current labels are read-only (too many labels): tick "replace the labels"');
+    const cur = rasToNative(nv.drawBitmap);
+    const T = lab.data.BYTES_PER_ELEMENT >= cur.BYTES_PER_ELEMENT ? lab.data.constructor : cur.constructor;
+    native = new T(S.nifti.nVox3);
+    for (let i = 0; i < native.length; i++) native[i] = lab.data[i] > 0 ? lab.data[i] : cur[i];
   }
+  const oldLut = S.lut;
+  const { ras, lut, distinct } = showLabelMap(native);
+  const remapped = lut.some((v, i) => v !== i);
+  if ((oldLut && oldLut.some((v, i) => v !== i)) || remapped) resetLabels(!remapped);
   setDrawing(ras);
   applyLabelColors();
   const secs = res.headers.get('X-Seconds');
-  const n = S.labels.length;
   $('#method-result').textContent = `${name}: done` + (secs ? ` (server ${(+secs).toFixed(2)} s,` : ' (') +
-    ` page ${Math.round(performance.now() - t0)} ms) · ${n} label(s)`;
-  if (clipped) {
-    $('#method-result').textContent += ` · note: more than 255 labels; ${clipped} voxels show (and save) their ` +
-      'label modulo 255';
-  }
+    ` page ${Math.round(performance.now() - t0)} ms) · ${distinct} label(s)`;
+  if (S.readOnly) $('#method-result').textContent += ` · read-only: more than ${MAX_DRAW_LABELS} labels`;
 }
 
 // ------------------------------------------------------------------ registration
 async function register() {
+  const out = $('#reg-result');
+  out.textContent = '';
+  out.classList.remove('failed');
+  delete out.dataset.state;
   const fixed = $('#reg-fixed').value, moving = $('#reg-moving').value;
-  if (!fixed || !moving) throw new Error('choose a fixed and a moving image');
-  if (fixed === moving) throw new Error('fixed and moving are the same image');
+  try {
+    if (!fixed || !moving) throw new Error('choose a fixed and a moving image');
+    if (fixed === moving) throw new Error('fixed and moving are the same image');
+    out.textContent = 'registering…';
+    out.dataset.state = 'running';
+    await registerRun(fixed, moving);
+    out.dataset.state = 'done';
+  } catch (err) {
+    out.textContent = `failed: ${err instanceof ApiError ? `${err.status} ${err.detail}` : err.message}`;
+    out.classList.add('failed');
+    out.dataset.state = 'failed';
+    throw err;
+  }
+}
+
+async function registerRun(fixed, moving) {
   const t0 = performance.now();
   const res = await api(`/infer/${encodeURIComponent(S.registerMethod)}`, {
     method: 'POST', raw: true, json: { fixed, moving, params: readParams($('#reg-form')) },
@@ -1126,25 +1331,103 @@ async function startTraining() {
   setTrainStatus('queued', `job ${res.job} queued`);
   $('#train-cancel').disabled = false;
   $('#train-start').disabled = true;
+  scrollPanelTo($('#train-metric'));                                // the loss chart + metric in sight
   listen(model);
 }
 
+const TERMINAL = ['done', 'cancelled', 'failed'];
+
 function listen(model) {
   if (S.events) S.events.close();
+  stopPolling();
+  S.lost = null;
   const es = new EventSource(withToken(`/train/${encodeURIComponent(model)}/events`));
   S.events = es;
+  es.onopen = () => { if (S.events === es && S.lost) reconnected(); };
   es.onmessage = (e) => {
+    if (S.events !== es) return;
+    if (S.lost) reconnected();
     let ev;
     try { ev = JSON.parse(e.data); } catch (_) { return; }
     onTrainEvent(ev);
-    if (['done', 'cancelled', 'failed'].includes(ev.status)) { es.close(); S.events = null; }
+    if (TERMINAL.includes(ev.status)) { es.close(); S.events = null; }
   };
   es.onerror = () => {
-    if (S.events === es && es.readyState === EventSource.CLOSED) {
-      S.events = null;
-      showError(new Error('the progress stream closed'));
+    if (S.events !== es) return;
+    // the stream broke (server stopped, network): say so at once, then ask GET /train/{model} what became of
+    // the job; the browser retries the stream by itself unless it gave up (readyState CLOSED)
+    if (!S.lost) {
+      S.lost = { model, since: Date.now(), last: $('#train-status').textContent };
+      setTrainStatus('lost', 'connection to the server lost — retrying…');
+    }
+    startPolling(model);
+  };
+}
+
+function reconnected() {
+  S.lost = null;
+  stopPolling();
+  if ($('#train-status').dataset.status === 'lost' || $('#train-status').dataset.status === 'unreachable') {
+    setTrainStatus('running', 'connection to the server restored');
+  }
+  if (($('#error-text').textContent || '').startsWith('The server cannot be reached')) clearError();
+}
+
+function stopPolling() {
+  if (S.poll) clearTimeout(S.poll);
+  S.poll = null;
+  S.polling = false;
+}
+
+function startPolling(model) {
+  if (S.polling) return;                            // one poll loop at a time
+  S.polling = true;
+  const tick = async () => {
+    S.poll = null;
+    if (!S.polling || !S.lost || S.lost.model !== model) { S.polling = false; return; }
+    let state = null;
+    try {
+      state = await api(`/train/${encodeURIComponent(model)}`);
+    } catch (err) {
+      if (!S.polling) return;
+      if (!(err instanceof ApiError) || err.status === 0) {
+        const secs = Math.round((Date.now() - S.lost.since) / 1000);
+        setTrainStatus('unreachable', `the server cannot be reached (for ${secs} s) — is biomip serve still ` +
+          'running? retrying…');
+        $('#error-text').textContent = 'The server cannot be reached: training progress is unknown until it answers ' +
+          'again (restart `biomip serve` if it stopped; a job that was running when it stopped is lost).';
+        $('#error').hidden = false;
+        S.poll = setTimeout(tick, 2000);
+        return;
+      }
+      if (err.status !== 404) { S.poll = setTimeout(tick, 2000); return; }     // answers, but not yet usefully
+      state = { status: 'failed', message: 'the server has no record of this job (restarted?)' };
+    }
+    if (!state || state.status === 'idle') {
+      state = { status: 'failed', message: 'the server has no record of this job (restarted?)' };
+    }
+    if (!S.polling) return;
+    if (TERMINAL.includes(state.status)) {            // the job ended while the stream was down
+      if (S.events) { S.events.close(); S.events = null; }
+      S.lost = null;
+      S.polling = false;
+      onTrainEvent(state);
+      return;
+    }
+    // still running: the server is back; the browser's own retry (or a new stream) resumes the events
+    if ($('#train-status').dataset.status === 'unreachable') setTrainStatus('lost', 'server is back — reconnecting…');
+    if (!S.events || S.events.readyState === EventSource.CLOSED) { S.polling = false; listen(model); } else {
+      S.poll = setTimeout(tick, 2000);
     }
   };
+  S.poll = setTimeout(tick, 1000);
+}
+
+/** Scroll the right panel (only it, never the page) so that `el` is in sight. */
+function scrollPanelTo(el) {
+  const panel = $('#right');
+  const below = el.getBoundingClientRect().bottom + 8 - panel.getBoundingClientRect().bottom;
+  if (below > 0) panel.scrollTop += below;
 }
 
 function resetLoss() {
@@ -1266,9 +1549,9 @@ async function resumeTraining() {
   if (!model) return;
   let state;
   try {
-    state = await api(`/train/${encodeURIComponent(model)}`);
+    state = await api(`/train/${encodeURIComponent(model)}`);     // 200 {"status": "idle"} when no job ran
   } catch (err) {
-    if (err instanceof ApiError && err.status === 404) return;
+    if (err instanceof ApiError && err.status === 404) return;     // older servers: 404 = never trained
     throw err;
   }
   if (state && ['queued', 'running'].includes(state.status)) {
@@ -1331,6 +1614,8 @@ on('#load-labels', 'click', () => loadLabels($('#label-version').value));
 $('#clear-labels').addEventListener('click', () => {
   if (!S.vol) return;
   commitThreshold();
+  ensureDrawing();
+  if (S.readOnly) { S.lut = null; setReadOnly(null); resetLabels(); applyLabelColors(); }
   setDrawing(new Uint8Array(nv.drawBitmap.length));
 });
 on('#save-labels', 'click', saveLabels);
@@ -1366,9 +1651,39 @@ $('#thr-apply').addEventListener('click', () => {
 });
 $('#thr-cancel').addEventListener('click', cancelThreshold);
 
+/** The kind of view tile under a mouse event: 'slice', 'render', or null (between tiles). */
+function tileKindAt(e) {
+  const c = $('#viewer'), r = c.getBoundingClientRect();
+  const dpr = nv.uiData?.dpr || window.devicePixelRatio || 1;
+  const x = (e.clientX - r.left) * dpr, y = (e.clientY - r.top) * dpr;
+  const i = nv.tileIndex(x, y);
+  if (i < 0) return null;
+  const t = nv.screenSlices[i];
+  return t && t.axCorSag !== SLICE_TYPE.RENDER && t.sliceFrac !== Infinity ? 'slice' : 'render';
+}
+
+// Seed / brush / eraser / fill act on slice views only: a press on the 3-D render (or between tiles) would
+// use the old cross-hair, or paint through the volume.  It still rotates the render; the tool waits.
+S.pressIgnored = false;
+$('#viewer-wrap').addEventListener('mousedown', (e) => {
+  S.pressIgnored = false;
+  if (!S.vol || e.button !== 0 || !['seed', 'brush', 'eraser', 'fill'].includes(S.tool)) return;
+  if (tileKindAt(e) === 'slice') return;
+  S.pressIgnored = true;
+  if (S.tool !== 'seed') nv.opts.drawingEnabled = false;          // this press only
+  const verb = S.tool === 'seed' ? 'place a seed' : (S.tool === 'fill' ? 'draw an outline' : `use the ${S.tool}`);
+  $('#tool-hint').textContent = `click a slice view to ${verb} (the 3-D render only rotates)`;
+  $('#tool-hint').hidden = false;
+}, true);
+window.addEventListener('mouseup', () => {
+  if (S.pressIgnored && ['brush', 'eraser', 'fill'].includes(S.tool)) nv.opts.drawingEnabled = true;
+}, true);
+
 // a click with the Seed tool: NiiVue has moved the cross-hair to the voxel centre on mousedown
 $('#viewer').addEventListener('click', (e) => {
   if (S.tool !== 'seed' || !S.vol || e.button !== 0) return;
+  if (S.pressIgnored) { S.pressIgnored = false; return; }
+  $('#tool-hint').hidden = true;
   if (!addSeedFromCrosshair()) return;
   if ($('#grow-auto').checked) busy(growRegion);
 });
