@@ -377,3 +377,91 @@ def test_workspace_api_in_python(ws):
     assert img is w.read("vol.nii.gz")                  # cached
     out = biomip.app.run_method("threshold", img, {"method": "otsu"})
     np.testing.assert_array_equal(out.numpy(), biomip.segment.threshold(img, "otsu").numpy())
+
+
+def test_unreadable_files_are_listed_apart(tmp_path):
+    biomip.io.write(biomip.Image(_blobs((8, 9))), tmp_path / "ok.nii.gz")
+    (tmp_path / "corrupt.nii.gz").write_bytes(b"\x1f\x8b\x08\x00" + b"garbage" * 10)    # a damaged gzip
+    (tmp_path / "bad.tif").write_bytes(b"no tiff here")
+    (tmp_path / "notes.txt").write_text("not an image, not reported")
+    with TestClient(create_app(tmp_path), base_url=BASE) as c:
+        assert [i["id"] for i in c.get("/images").json()] == ["ok.nii.gz"]          # still a list of images
+        skipped = c.get("/images/skipped").json()
+        assert [s["path"] for s in skipped] == ["bad.tif", "corrupt.nii.gz"]
+        assert all(s["reason"] and str(tmp_path) not in s["reason"] for s in skipped), skipped
+        assert "'corrupt.nii.gz'" in skipped[1]["reason"]
+        assert c.get("/info").json()["skipped"] == skipped
+    lines = []
+    from biomip.app.launch import serve
+
+    class Stop(Exception):
+        pass
+
+    def echo(s):
+        lines.append(s)
+        if "open" in s:
+            raise Stop
+    with pytest.raises(Stop):
+        serve(tmp_path, port=0, echo=echo)
+    assert lines[0].endswith("(1 image, 2 unreadable: bad.tif, corrupt.nii.gz -- see the page)"), lines
+
+
+def test_spacing_in_array_order_too(client):
+    items = {i["id"]: i for i in client.get("/images").json()}
+    vol = items["vol.nii.gz"]
+    assert vol["axes"] == "zyx"
+    np.testing.assert_allclose(vol["spacing_zyx"], [2.5, 0.9, 0.8], rtol=1e-6)      # matches shape [6, 24, 20]
+    np.testing.assert_allclose(items["multi.nii.gz"]["spacing_zyx"], items["multi.nii.gz"]["spacing"][::-1])
+
+
+def test_2d_multichannel_nifti_segments_per_channel(client, ws):
+    """A 2-D multi-channel NIfTI (x, y, 1, 1, c on disk) may come back from the reader as a
+    one-slice volume: the methods run on the slice instead of failing on its single z voxel."""
+    multi = biomip.io.read(ws / "multi.nii.gz")
+    for ch in range(3):
+        r = client.post("/infer/threshold", json={"image": "multi.nii.gz", "params": {"method": "otsu",
+                                                                                       "channel": ch}})
+        assert r.status_code == 200, r.text
+        got = np.asarray(_nifti(r.content).dataobj).squeeze().T
+        plane = multi.numpy().reshape((3,) + multi.numpy().shape[-2:])[ch]
+        t = json.loads(r.headers["X-Thresholds"])[0]
+        np.testing.assert_array_equal(got, (plane > t).astype(got.dtype))
+    flat = biomip.Image(np.stack([_blobs((16, 18), s) for s in range(2)])[:, None], axes="czyx")   # one slice
+    from biomip.app import run_method
+
+    out = run_method("kmeans_segment", flat, {"channel": 1})
+    assert out.shape == (1, 16, 18) and out.axes == "zyx"
+    r = client.post("/infer/region_grow", json={"image": "multi.nii.gz",
+                                                "params": {"seeds": [[0, 8, 9]], "tolerance": 0.5}})
+    assert r.status_code == 200, r.text
+
+
+def test_validation_errors_in_one_sentence(client):
+    r = client.post("/images", content=b"x")
+    assert r.status_code == 422 and r.json()["detail"].startswith("name: missing; expected the query parameter"), r.text
+    r = client.post("/infer/threshold", content=b"image=x", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("body: got 'image=x'; expected a JSON object"), r.text
+    r = client.post("/infer/threshold", content=b"{nope", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("body: not valid JSON"), r.text
+
+
+def test_dicom_series_of_one_folder_are_told_apart(tmp_path):
+    for k, desc in enumerate(("T1 axial", "T2 coronal")):
+        img = biomip.Image((_blobs((3, 8, 8), k) * 100).astype(np.int16), meta={"series_description": desc})
+        biomip.io.write(img, tmp_path / f"s{k}", format="dicom")
+    both = tmp_path / "study"
+    both.mkdir()
+    for k in range(2):
+        for f in (tmp_path / f"s{k}").iterdir():
+            f.rename(both / f"{k}-{f.name}")
+        (tmp_path / f"s{k}").rmdir()
+    infos = biomip.io.list_series(both, progress=False)
+    with TestClient(create_app(tmp_path), base_url=BASE) as c:
+        items = c.get("/images").json()
+    assert [i["id"] for i in items] == ["study@0", "study@1"]
+    names = [i["name"] for i in items]
+    assert len(set(names)) == 2, names
+    assert sorted(i.description for i in infos) == ["T1 axial", "T2 coronal"]
+    for item, info in zip(items, infos):
+        assert item["series"]["description"] == info.description and item["series"]["files"] == 3
+        assert item["name"].startswith(f"study [series {info.index}: {info.description} · ")

@@ -115,7 +115,8 @@ def test_sanitised_names():
 def test_model_names_are_checked(client):
     r = client.post("/train/bad.name", json={"epochs": 1})
     assert r.status_code == 422 and "model" in r.json()["detail"]
-    assert client.post("/train/..%2F..%2Fx", json={}).status_code == 404
+    r = client.post("/train/..%2F..%2Fx", json={})               # the name check, not a bare 404
+    assert r.status_code == 422 and r.json()["detail"].startswith("model: got '../../x'; expected 1-64"), r.text
 
 
 def test_upload_cap_gives_413(client, layout):
@@ -268,3 +269,62 @@ def test_json_bodies_are_capped_too(client):
 
     r = client.post("/infer/region_grow", content=chunks(), headers={"Content-Type": "application/json"})
     assert r.status_code == 413, r.text
+
+
+def _raw(port: int, data: bytes, wait: float = 0.3, read: bool = False) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(data)
+        if read:
+            s.settimeout(5)
+            got = b""
+            while b"}" not in got:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            return got
+        time.sleep(wait)
+    return b""
+
+
+def test_clients_dropping_mid_body_leave_nothing_and_print_no_traceback(tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    biomip.io.write(biomip.Image(np.arange(20, dtype=np.float32).reshape(4, 5)), ws / "a.nii.gz")
+    p, url, lines = _start([str(ws), "--port", "0"], ws)
+    try:
+        assert url is not None, "".join(lines)
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        host = b"Host: 127.0.0.1\r\n"
+        _raw(port, b"PUT /labels/a.nii.gz HTTP/1.1\r\n" + host + b"Content-Length: 100000\r\n\r\n\x1f\x8b" + b"x" * 500)
+        _raw(port, b"POST /images?name=up.nii.gz HTTP/1.1\r\n" + host + b"Transfer-Encoding: chunked\r\n\r\n"
+             b"10\r\n" + b"y" * 16 + b"\r\n")
+        _raw(port, b"POST /infer/threshold HTTP/1.1\r\n" + host + b"Content-Type: application/json\r\n"
+             b"Content-Length: 1000\r\n\r\n{\"image\"")
+        t0 = time.monotonic()               # a huge declared body on a JSON route: 413 before any byte of it
+        reply = _raw(port, b"POST /infer/threshold HTTP/1.1\r\n" + host + b"Content-Type: application/json\r\n"
+                     b"Content-Length: 2147483648\r\n\r\n", read=True)
+        assert reply.startswith(b"HTTP/1.1 413") and b"2,147,483,648 bytes" in reply, reply
+        assert time.monotonic() - t0 < 2
+        time.sleep(0.5)
+        assert _get(url + "labels/a.nii.gz/versions")[2] == b"[]"
+        assert not (ws / "uploads" / "up.nii.gz").exists()
+        tmp = ws / ".biomip" / "tmp"
+        assert not tmp.exists() or not list(tmp.iterdir()), list(tmp.iterdir())
+    finally:
+        rc, rest = _stop(p)
+    out = "".join(lines) + rest
+    assert rc == 0 and "Traceback" not in out and "ERROR" not in out and "ClientDisconnect" not in out, out
+
+
+def test_error_messages_name_the_body_not_a_temporary_path(client, layout):
+    r = client.put("/labels/inside.nii.gz", content=b"just some text")
+    detail = r.json()["detail"]
+    assert r.status_code == 422 and detail.startswith("body: not a NIfTI label map"), detail
+    assert ".biomip" not in detail and ".tmp-" not in detail and str(layout[0]) not in detail and "path:" not in detail
+    r = client.post("/images", params={"name": "junk.nii.gz"}, content=b"just some text")
+    detail = r.json()["detail"]
+    assert r.status_code == 422 and detail.startswith("body: the content of 'junk.nii.gz'"), detail
+    assert ".biomip" not in detail and ".tmp-" not in detail and str(layout[0]) not in detail

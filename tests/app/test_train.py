@@ -6,6 +6,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -89,9 +95,23 @@ def test_errors_before_a_job_starts(client, ws):
                        ({"params": {"features": [8, "x"]}}, "features")]:
         r = client.post("/train/nuc", json=body)
         assert r.status_code == 422 and word in r.json()["detail"], (body, r.text)
-    assert client.post("/train/nuc", json={"base": 3}).status_code == 404
+    r = client.post("/train/nuc", json={"base": 3})
+    assert r.status_code == 404 and r.json()["detail"].startswith("base: got 3;"), r.text
     assert client.get("/train/nuc/events").status_code == 404
-    assert client.get("/train/nuc").status_code == 404
+    r = client.get("/train/nuc")                      # no job yet: not an error (the page asks on every load)
+    assert r.status_code == 200 and r.json() == {"model": "nuc", "status": "idle",
+                                                 "message": "no training job since the server started"}
+    r = client.delete("/train/nuc")
+    assert r.status_code == 404 and "nothing to cancel" in r.json()["detail"]
+    for bad in ("..%2Fevil", "a/b", "a%2Fb"):     # a name with "/" gets the name check, not a bare 404
+        for method in ("post", "get", "delete"):
+            r = getattr(client, method)(f"/train/{bad}")
+            assert r.status_code == 422 and r.json()["detail"].startswith("model: got '"), (bad, method, r.text)
+            assert "expected 1-64 letters" in r.json()["detail"]
+    r = client.post("/infer/flows", json={"image": "a.tif", "params": {}})
+    assert r.status_code == 422 and "no trained flows model yet" in r.json()["detail"], r.text
+    r = client.post("/train/nuc", content=b"not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("body: not valid JSON"), r.text
 
 
 def test_train_flows_events_model_version_and_predict(client, ws, monkeypatch):
@@ -163,9 +183,11 @@ def test_cancel_stops_the_job_within_a_step_and_saves_nothing(client, monkeypatc
     t0 = time.monotonic()
     while (client.get("/train/nuc").json()["step"] or 0) < 3 and time.monotonic() - t0 < 30:
         time.sleep(0.02)
-    assert client.delete("/train/nuc").status_code == 200
+    r = client.delete("/train/nuc")
     t_cancel = time.time()                  # the cancel flag is set before DELETE answers
+    assert r.status_code == 202 and r.json()["status"] == "cancelling", r.text
     state = _wait(client, "nuc", ("cancelled", "done", "failed"))
+    assert time.time() - t_cancel < 5, "cancel took longer than a step"
     assert state["status"] == "cancelled" and state["epoch"] == 0
     events = _events(client, "nuc")
     assert events[-1]["status"] == "cancelled"
@@ -175,6 +197,8 @@ def test_cancel_stops_the_job_within_a_step_and_saves_nothing(client, monkeypatc
     assert len([e for e in events if e["type"] == "step" and e["time"] > t_cancel]) <= 1
     assert not [e for e in events if e["type"] == "epoch"]
     assert client.get("/models").json().get("nuc", {}).get("versions", []) == versions
+    r = client.delete("/train/nuc")                                  # already cancelled: nothing to cancel
+    assert r.status_code == 409 and "already ended (cancelled)" in r.json()["detail"], r.text
     r = client.post("/train/other", json={"epochs": 500, "kind": "flows", "params": TINY})
     assert r.status_code == 202
     assert client.delete("/train").json() == {"cancelled": ["other"]}
@@ -208,3 +232,60 @@ def test_server_shutdown_cancels_running_jobs(ws):
         job = app.state.jobs.get("shut")
     assert job.done and job.status == "cancelled" and not job.thread.is_alive()
     assert "shut" not in biomip.app.Workspace(ws).models()
+
+
+def test_infer_flows_lists_the_trained_models(client):
+    r = client.post("/infer/flows", json={"image": "a.tif", "params": {}})
+    assert r.status_code == 422 and "expected one of the trained flows models: nuc" in r.json()["detail"], r.text
+
+
+def _read_until(sock, marker: bytes, timeout: float = 60) -> bytes:
+    sock.settimeout(timeout)
+    buf, t0 = b"", time.monotonic()
+    while marker not in buf and time.monotonic() - t0 < timeout:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def test_ctrl_c_with_an_event_stream_open_exits_at_once(ws):
+    """Ctrl-C while a client follows a training job's events: exit code 0 within a few
+    seconds, no traceback, no "timeout graceful shutdown exceeded"."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "biomip.cli.main", "serve", str(ws), "--port", "0"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        url = None
+        for _ in range(20):
+            line = p.stdout.readline()
+            m = re.search(r"open http://127\.0\.0\.1:(\d+)/", line)
+            if m or not line:
+                url = m and int(m.group(1))
+                break
+        assert url, "the server printed no URL"
+        body = json.dumps({"kind": "flows", "epochs": 500, "params": TINY}).encode()
+        with socket.create_connection(("127.0.0.1", url)) as s:
+            s.sendall(b"POST /train/sigint HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            assert b" 202 " in _read_until(s, b"\r\n\r\n")
+        stream = socket.create_connection(("127.0.0.1", url))
+        stream.sendall(b"GET /train/sigint/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert b'"type": "step"' in _read_until(stream, b'"type": "step"')      # training is under way
+        t0 = time.monotonic()
+        os.killpg(p.pid, signal.SIGINT)
+        rc = p.wait(20)
+        took = time.monotonic() - t0
+        stream.close()
+        err = p.stderr.read()
+        out = p.stdout.read()
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
+        p.stdout.close()
+        p.stderr.close()
+    assert rc == 0 and "stopped" in out, out + err
+    assert "Traceback" not in err and "ERROR" not in err and "graceful shutdown" not in err, err
+    assert took < 3.0, f"Ctrl-C took {took:.1f} s"

@@ -226,6 +226,27 @@ class JobManager:
             job.emit("failed", message=f"{type(exc).__name__}: {exc}",
                      traceback=traceback.format_exc(limit=5)[-2000:])
 
+    def find(self, key: str) -> Job | None:
+        """The latest job for ``key``, or None when there was none since the server started.
+
+        Parameters
+        ----------
+        key : str
+            The model name.
+
+        Returns
+        -------
+        Job or None
+            The job.
+
+        Examples
+        --------
+        >>> JobManager().find("nuclei") is None
+        True
+        """
+        with self._lock:
+            return self._jobs.get(key)
+
     def get(self, key: str) -> Job:
         """The latest job for ``key``.
 
@@ -401,6 +422,11 @@ def check_train_request(workspace, model: str, body: dict) -> dict:
     if base is not None:
         if isinstance(base, bool) or not isinstance(base, int):
             raise InputError(f"base: got {base!r}; expected a version number, 'latest' or null")
+        versions = (existing or {}).get("versions") or []
+        if base not in versions:
+            raise NotFoundError(f"base: got {base!r}; " + (f"model {model!r} has versions {versions}" if versions
+                                                          else f"model {model!r} has no trained version yet; "
+                                                          "use base null to train a new model"))
         workspace.model_path(model, base)
     params = body.get("params") or {}
     if not isinstance(params, dict):

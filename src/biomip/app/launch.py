@@ -141,25 +141,32 @@ def serve(folder=".", *, host: str = "127.0.0.1", port: int = 8000, token: str |
     except OSError as exc:
         sock.close()
         raise InputError(f"--host/--port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    port = sock.getsockname()[1]
-    url = serve_url(host, port, token)
-    n = len(ws.images())
-    echo(f"biomip serve: {ws.root} ({n} image{'s' if n != 1 else ''})")
-    echo(f"biomip serve: open {url}")
-    if not is_loopback(host):
-        echo(f"biomip serve: or http://127.0.0.1:{port}/?token={token} on this machine")
-    echo("biomip serve: press Ctrl-C to stop")
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3, access_log=False)
-    server = uvicorn.Server(config)
-    if open_browser:
-        import threading
-        import webbrowser
+    try:                             # the socket is closed whatever happens from here
+        port = sock.getsockname()[1]
+        url = serve_url(host, port, token)
+        n = len(ws.images())
+        bad = ws.skipped_list()
+        unreadable = ""
+        if bad:
+            shown = ", ".join(b["path"] for b in bad[:3]) + (", ..." if len(bad) > 3 else "")
+            unreadable = f", {len(bad)} unreadable: {shown} -- see the page"
+        echo(f"biomip serve: {ws.root} ({n} image{'s' if n != 1 else ''}{unreadable})")
+        echo(f"biomip serve: open {url}")
+        if not is_loopback(host):
+            echo(f"biomip serve: or http://127.0.0.1:{port}/?token={token} on this machine")
+        echo("biomip serve: press Ctrl-C to stop")
+        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3, access_log=False)
+        server = uvicorn.Server(config)
+        app.state.should_exit = lambda: server.should_exit    # event streams end at once on Ctrl-C
+        if open_browser:
+            import threading
+            import webbrowser
 
-        threading.Timer(1.0, lambda: webbrowser.open(url.replace("0.0.0.0", "127.0.0.1"))).start()
-    try:
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:        # uvicorn re-raises the Ctrl-C it handled: the normal way to stop
-        pass
+            threading.Timer(1.0, lambda: webbrowser.open(url.replace("0.0.0.0", "127.0.0.1"))).start()
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:    # uvicorn re-raises the Ctrl-C it handled: the normal way to stop
+            pass
     finally:
         sock.close()
     echo("biomip serve: stopped")

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..core.image import Image
+from .workspace import NotFoundError
 
 __all__ = ["Param", "Method", "METHODS", "catalogue", "check_params", "run_method", "grey"]
 
@@ -241,6 +242,14 @@ def _watershed(img: Image, p: dict, ws) -> Image:
 def _load_model(ws, name: str, version, kind: str):
     if ws is None:
         raise InputError("model: running a trained model needs a workspace")
+    if name is None or (isinstance(name, str) and name not in ws.models()):
+        names = sorted(n for n, m in ws.models().items() if m.get("kind") == kind)
+        got = "no model given" if name is None else f"got {name!r}"
+        err = InputError if name is None else NotFoundError
+        if names:
+            raise err(f"params.model: {got}; expected one of the trained {kind} models: {', '.join(names)}")
+        raise err(f"params.model: {got}; the workspace has no trained {kind} model yet: save labels, add "
+                  f"them to the training set and train one (POST /train/NAME with kind {kind!r})")
     return ws.load_model(name, version, kind)
 
 
@@ -496,7 +505,18 @@ def run_method(method: str, image: Image, params: dict | None = None, *, moving:
         if moving is None:
             raise InputError("moving: register needs a moving image")
         return m.fn(src, grey(moving, p.get("channel", 0)), p, workspace)
-    out = m.fn(src, p, workspace)
+    if src.sdim == 3 and src.shape[0] == 1:
+        # a one-slice volume (a 2-D NIfTI is stored as x, y, 1[, 1, c]): segment the slice as a 2-D image
+        flat = Image(src.numpy()[0], spacing=src.spacing[:2], origin=src.origin[:2],
+                     direction=np.asarray(src.direction, dtype=float)[:2, :2])
+        out = m.fn(flat, p, workspace)      # seeds [[0, y, x]] are read as [[y, x]] on a 2-D image
+        if not isinstance(out, Image):      # pragma: no cover
+            out = flat.with_array(np.asarray(out))
+        res = src.with_array(out.numpy()[None])
+        res.meta.update(out.meta)
+        out = res
+    else:
+        out = m.fn(src, p, workspace)
     if not isinstance(out, Image):      # pragma: no cover - every method returns an Image for an Image
         out = src.with_array(np.asarray(out))
     arr = out.numpy()

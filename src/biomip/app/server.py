@@ -38,6 +38,7 @@ capped (413) and written to disk as they arrive.
 
 import asyncio
 import json
+import logging
 import re
 import secrets
 import threading
@@ -53,12 +54,22 @@ from ..core.errors import BiomipError, FormatError, InputError, MissingDependenc
 from ..core.image import Image
 from .jobs import JobManager, check_train_request, training_job
 from .methods import METHODS, catalogue, run_method
-from .workspace import ConflictError, NotFoundError, TooLargeError, Workspace, export_image
+from .workspace import (
+    ConflictError,
+    NotFoundError,
+    TooLargeError,
+    Workspace,
+    check_model_name,
+    export_image,
+    redact_path,
+)
 
 __all__ = ["create_app", "STATIC_DIR", "LOOPBACK_HOSTS"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 """The page's files (HTML, JS, CSS, the vendored viewer)."""
+
+_log = logging.getLogger("biomip.serve")
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 """The ``Host`` names accepted without a token."""
@@ -80,6 +91,31 @@ def _host_name(host_header: str) -> str:
     if h.startswith("["):
         return h[1:h.find("]")] if "]" in h else h
     return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+def _validation_message(errors) -> str:
+    """FastAPI's list of validation errors as one sentence in the project's style."""
+    if not errors:
+        return "request: invalid"
+    e = errors[0]
+    loc = [str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path", "header")]
+    where = e.get("loc", ("",))[0]
+    name = ".".join(loc) or ("body" if where == "body" else str(where or "request"))
+    typ = e.get("type", "")
+    got = e.get("input")
+    if typ == "missing":
+        kind = {"query": "query parameter", "header": "header", "path": "path part"}.get(where, "field")
+        return f"{name}: missing; expected the {kind} {name!r}" + (" (e.g. ?name=scan.nii.gz)" if name == "name"
+                                                                    and where == "query" else "")
+    if typ == "json_invalid":
+        why = (e.get("ctx") or {}).get("error", "")
+        return f"body: not valid JSON ({why}); expected a JSON object and Content-Type: application/json"
+    if typ in ("dict_type", "model_type"):
+        shown = got.decode("utf-8", "replace") if isinstance(got, bytes) else got
+        shown = shown[:60] if isinstance(shown, str) else shown
+        return (f"{name}: got {shown!r}; expected a JSON object (send it with Content-Type: application/json)")
+    msg = e.get("msg", "invalid")
+    return f"{name}: got {str(got)[:60]!r}; expected {msg[0].lower() + msg[1:] if msg else 'a valid value'}"
 
 
 def _label_dtype(arr: np.ndarray) -> np.ndarray:
@@ -109,6 +145,15 @@ class _BodyLimit:
         total, exceeded, started = 0, False, False
         detail = json.dumps({"detail": f"body: more than {limit:,} bytes; the cap for this route is {limit:,} bytes "
                                        "(--max-upload-mb)"}).encode()
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:     # refused at once, before any byte of the body
+            detail = json.dumps({"detail": f"body: {int(declared):,} bytes; the cap for this route is {limit:,} "
+                                           "bytes (--max-upload-mb)"}).encode()
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(detail)).encode()), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": detail})
+            return
 
         async def limited():
             nonlocal total, exceeded
@@ -190,8 +235,10 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
     _import_fastapi()
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
     from fastapi.staticfiles import StaticFiles
+    from starlette.requests import ClientDisconnect
 
     from .. import __version__
 
@@ -205,6 +252,11 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
     infer_slots = threading.BoundedSemaphore(max(1, int(max_infer)))
     nifti_cache: OrderedDict = OrderedDict()
     cache_lock = threading.Lock()
+
+    def stopping() -> bool:
+        """Whether the server is stopping (lifespan end, or uvicorn's Ctrl-C via ``app.state.should_exit``)."""
+        flag = getattr(app.state, "should_exit", None)
+        return bool(app.state.closing or (flag is not None and flag()))
 
     @asynccontextmanager
     async def lifespan(app):
@@ -256,6 +308,17 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
     async def biomip_error(request: Request, exc: BiomipError):
         code = next(c for t, c in _STATUS if isinstance(exc, t))
         return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": _validation_message(exc.errors())}, status_code=422)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect):
+        # the client closed the connection before its body was complete: nothing was kept, nobody to answer
+        _log.info("biomip serve: %s %s: the client disconnected before sending the whole body; nothing saved",
+                  request.method, request.url.path)
+        return Response(status_code=400)
 
     # ------------------------------------------------------------------ helpers
     def nifti(image: Image, name: str, compress: bool = True, key=None) -> Response:
@@ -345,7 +408,7 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
     def info():
         return {"name": "biomip", "version": __version__, "workspace": ws.root.name,
                 "methods": catalogue(ws), "models": models_json(), "max_upload_bytes": cap,
-                "token_required": bool(token)}
+                "token_required": bool(token), "skipped": ws.skipped_list()}
 
     @app.get("/models")
     def models():
@@ -355,6 +418,11 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
     @app.get("/images")
     def images():
         return [ws.describe(e.id) for e in ws.images(refresh=True)]
+
+    @app.get("/images/skipped")
+    def images_skipped():
+        ws.images(refresh=False)
+        return ws.skipped_list()
 
     @app.post("/images", status_code=201)
     async def upload_image(request: Request, name: str):
@@ -419,7 +487,10 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
                 try:
                     lab = bio.read(tmp, max_bytes=limit)
                 except FormatError as exc:
-                    raise FormatError(f"body: not a NIfTI label map on the image grid: {exc}") from None
+                    raise FormatError("body: not a NIfTI label map on the image grid: "
+                                      f"{redact_path(exc, tmp, 'the body')}") from None
+                except BiomipError as exc:
+                    raise redact_path(exc, tmp, "the body") from None
                 return ws.save_labels(image_id, lab, names=names, source=source)
 
             version = await run_in_threadpool(save)
@@ -477,18 +548,10 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
         return {"removed": ws.remove_from_training_set(image_id)}
 
     # ------------------------------------------------------------------ training
-    @app.post("/train/{model}", status_code=202)
-    def train(model: str, body: dict | None = None):
-        req = check_train_request(ws, model, body or {})
-        job = jobs.start(model, req["kind"], training_job(ws, req))
-        return {"job": job.id, "model": model, "kind": req["kind"]}
-
-    @app.get("/train/{model}")
-    def train_state(model: str):
-        return jobs.get(model).state()
-
+    # {model:path}: a name with "/" (or "%2F") gets the name check's message, not a bare 404
     @app.get("/train/{model}/events")
     async def train_events(model: str, request: Request):
+        check_model_name(model)
         job = jobs.get(model)
         last = request.headers.get("last-event-id", "")
         after = int(last) if last.isdigit() else -1
@@ -504,7 +567,7 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
                     quiet = 0.0
                 if job.done and seq >= len(job.events) - 1:
                     return
-                if app.state.closing or await request.is_disconnected():
+                if stopping() or await request.is_disconnected():
                     return
                 await asyncio.sleep(0.1)
                 quiet += 0.1
@@ -515,12 +578,36 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.delete("/train/{model}")
-    def cancel(model: str):
-        return jobs.cancel(model).state()
+    @app.post("/train/{model:path}", status_code=202)
+    def train(model: str, body: dict | None = None):
+        req = check_train_request(ws, model, body or {})
+        job = jobs.start(model, req["kind"], training_job(ws, req))
+        return {"job": job.id, "model": model, "kind": req["kind"]}
+
+    @app.get("/train/{model:path}")
+    def train_state(model: str):
+        check_model_name(model)
+        job = jobs.find(model)
+        if job is None:
+            return {"model": model, "status": "idle", "message": "no training job since the server started"}
+        return job.state()
 
     @app.delete("/train")
     def cancel_all():
         return {"cancelled": [j.key for j in jobs.cancel_all()]}
+
+    @app.delete("/train/{model:path}", status_code=202)
+    def cancel(model: str):
+        check_model_name(model)
+        job = jobs.find(model)
+        if job is None:
+            raise NotFoundError(f"model: no training job for {model!r} since the server started; nothing to cancel")
+        state = job.state()
+        if job.done:
+            raise ConflictError(f"model: the job {job.id} for {model!r} already ended ({state.get('status')}); "
+                                "nothing to cancel")
+        job.cancel()
+        return {**state, "status": "cancelling",
+                "message": "cancel requested; the job stops after the training step in progress"}
 
     return app

@@ -43,7 +43,7 @@ from ..core.atomic import write_json
 from ..core.errors import BiomipError, FormatError, GeometryError, InputError, ShapeError
 from ..core.image import Image
 
-__all__ = ["Workspace", "ImageEntry", "NotFoundError", "ConflictError", "TooLargeError", "safe_name",
+__all__ = ["Workspace", "ImageEntry", "NotFoundError", "ConflictError", "TooLargeError", "safe_name", "redact_path",
            "check_model_name", "export_image", "STATE_DIR"]
 
 STATE_DIR = ".biomip"
@@ -69,6 +69,40 @@ class ConflictError(BiomipError):
 
 class TooLargeError(InputError):
     """An upload over the size cap (HTTP 413)."""
+
+
+def redact_path(exc: BaseException, path, name: str) -> BaseException:
+    """The same error with a server-side file path replaced by what the client knows it as.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The error (its message may name ``path``, e.g. ``"path: the content of '/x/.tmp-1.nii'..."``).
+    path : str or pathlib.Path
+        The server-side path (a temporary file) the client must not see.
+    name : str
+        What to say instead, e.g. ``"the body"`` or ``"'scan.nii.gz'"``.
+
+    Returns
+    -------
+    BaseException
+        An error of the same type (a :class:`FormatError` if that type cannot be rebuilt)
+        whose message no longer holds ``path`` and no longer starts with ``path:``.
+
+    Examples
+    --------
+    >>> str(redact_path(FormatError("path: the content of '/t/.tmp-1.nii' is bad"), "/t/.tmp-1.nii", "the body"))
+    'the content of the body is bad'
+    """
+    msg = str(exc)
+    for form in (repr(str(path)), f'"{path}"', str(path)):
+        msg = msg.replace(form, name)
+    if msg.startswith("path: "):
+        msg = msg[6:]
+    try:
+        return type(exc)(msg)
+    except Exception:   # pragma: no cover - an error type with other arguments
+        return FormatError(msg)
 
 
 def safe_name(name: str, suffixes=_UPLOAD_SUFFIXES) -> str:
@@ -226,6 +260,9 @@ class ImageEntry:
         Series index of a DICOM folder holding several series.
     info : dict, optional
         Shape, spacing, ... once the image was read (see :meth:`Workspace.describe`).
+    series_info : dict or None, optional
+        For a series of a DICOM folder holding several: ``description`` (SeriesDescription),
+        ``modality``, ``files``, ``rows``, ``columns``.
     """
 
     id: str
@@ -234,6 +271,7 @@ class ImageEntry:
     format: str
     series: int | None = None
     info: dict = field(default_factory=dict)
+    series_info: dict | None = None
 
 
 def export_image(image: Image, channel: int | None = None) -> Image:
@@ -422,7 +460,7 @@ class Workspace:
         from ..core.errors import UnsupportedFormatError
         from ..io import list_series, sniff
 
-        found: list[tuple[str, Path, str, int | None]] = []
+        found: list[tuple[str, Path, str, int | None, dict | None]] = []
         skipped: dict[str, str] = {}
         seen_dirs: set = set()
         budget = [_MAX_SCAN]
@@ -492,33 +530,63 @@ class Workspace:
                     if kind == "dicom-series":
                         key = (str(p), self.stamp(p))       # reading every header again on each listing is slow
                         try:
-                            n = self._series.get(key)
-                            if n is None:
-                                n = self._series[key] = len(list_series(p))
+                            series = self._series.get(key)
+                            if series is None:
+                                series = self._series[key] = [
+                                    {"description": s.description, "modality": s.modality, "files": s.n_files,
+                                     "rows": s.rows, "columns": s.columns} for s in list_series(p, progress=False)]
                         except BiomipError as exc:
-                            skipped[rel] = str(exc)
+                            skipped[rel] = str(redact_path(exc, p, repr(rel)))
                             continue
-                        if n > 1:
-                            found.extend((rel, p, kind, k) for k in range(n))
+                        if len(series) > 1:
+                            found.extend((rel, p, kind, k, series[k]) for k in range(len(series)))
                             continue
-                    found.append((rel, p, kind, None))
+                    found.append((rel, p, kind, None, None))
                     continue
                 try:
                     fmt = sniff(p)
-                except (UnsupportedFormatError, FormatError, OSError):
+                except UnsupportedFormatError as exc:   # not an image, unless its name says it is one
+                    if any(e.name.lower().endswith(s) for s in _UPLOAD_SUFFIXES):
+                        skipped[rel] = str(redact_path(exc, p, repr(rel)))
                     continue
-                found.append((rel, p, fmt, None))
+                except FormatError as exc:
+                    skipped[rel] = str(redact_path(exc, p, repr(rel)))
+                    continue
+                except OSError as exc:
+                    skipped[rel] = f"cannot be opened: {exc.strerror or exc}"
+                    continue
+                found.append((rel, p, fmt, None, None))
 
         walk(self.root, 0)
         out: dict[str, ImageEntry] = {}
-        for rel, p, fmt, series in found:
+        for rel, p, fmt, series, sinfo in found:
             base = rel.replace("/", "~") + (f"@{series}" if series is not None else "")
             iid, n = base, 2
             while iid in out:
                 iid, n = f"{base}~{n}", n + 1
-            out[iid] = ImageEntry(iid, rel, p, fmt, series)
+            out[iid] = ImageEntry(iid, rel, p, fmt, series, series_info=sinfo)
         self.skipped = skipped
         return out
+
+    def skipped_list(self) -> list[dict]:
+        """The files of the last listing that look like images but cannot be read.
+
+        Returns
+        -------
+        list of dict
+            ``[{"path": relative path, "reason": str}]``, sorted by path (a file whose
+            name says image, e.g. ``.nii.gz``, but whose content biomip cannot read).
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> ws = Workspace(tempfile.mkdtemp())
+        >>> _ = (ws.root / "bad.nii.gz").write_bytes(b"not an image")
+        >>> _ = ws.images()
+        >>> [s["path"] for s in ws.skipped_list()]
+        ['bad.nii.gz']
+        """
+        return [{"path": k, "reason": v} for k, v in sorted(self.skipped.items())]
 
     def images(self, refresh: bool = True) -> list[ImageEntry]:
         """The images of the workspace, sorted by path.
@@ -633,6 +701,7 @@ class Workspace:
     def _describe(img: Image) -> dict:
         lead = img.axes[: len(img.axes) - img.sdim]
         return {"shape": list(img.shape), "axes": img.axes, "spacing": [float(s) for s in img.spacing],
+                "spacing_zyx": [float(s) for s in img.spacing[::-1]],
                 "origin": [float(o) for o in img.origin],
                 "direction": np.asarray(img.direction, dtype=float).tolist(), "ndim": img.sdim,
                 "channels": int(np.prod([img.shape[i] for i in range(len(lead))])) if lead else 1,
@@ -657,8 +726,15 @@ class Workspace:
         e = self.entry(image_id)
         key = (e.id, self.stamp(e.path))
         info = self._info.get(key)
-        out = {"id": e.id, "name": e.rel.split("/")[-1] + (f" [series {e.series}]" if e.series is not None else ""),
-               "path": e.rel, "format": e.format}
+        name = e.rel.split("/")[-1]
+        if e.series is not None:
+            si = e.series_info or {}
+            what = " · ".join(x for x in (si.get("description") or "", si.get("modality") or "",
+                                          f"{si['files']} files" if si.get("files") else "") if x)
+            name += f" [series {e.series}" + (f": {what}" if what else "") + "]"
+        out = {"id": e.id, "name": name, "path": e.rel, "format": e.format}
+        if e.series is not None:
+            out["series"] = {"index": e.series, **(e.series_info or {})}
         if info is None:
             try:
                 self.read(e.id)
@@ -1215,7 +1291,11 @@ class Workspace:
         probe = self.tmp_path(next(s for s in sorted(_UPLOAD_SUFFIXES, key=len, reverse=True) if low.endswith(s)))
         try:
             os.replace(source, probe)
-            read(probe, max_bytes=max_bytes, progress=False)
+            try:
+                read(probe, max_bytes=max_bytes, progress=False)
+            except BiomipError as exc:
+                err = redact_path(exc, probe, repr(fname))
+                raise type(err)(f"body: {err}") from None
             with self._lock:
                 try:
                     _publish(probe, final)
