@@ -390,3 +390,21 @@ def test_npy_warns_that_it_drops_geometry(tmp_path, recwarn):
         write(img, tmp_path / "a.npy")
     write(Image(np.zeros((3, 4))), tmp_path / "b.npy")     # default geometry: nothing lost, no warning
     assert not recwarn.list
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_nifti_2d_multichannel_round_trip(tmp_path, channels):
+    """A 2-D multi-channel image ('cyx') comes back 2-D whatever its channel count (the vector
+    intent needs a z axis: biomip marks its 2-D files) -- and a one-slice 3-D 'czyx' stays 3-D."""
+    from biomip.core.image import Image
+
+    rng = np.random.default_rng(channels)
+    im = Image(rng.random((channels, 6, 7)).astype(np.float32), axes="cyx", spacing=(1.0, 1.0), origin=(2.0, -3.0))
+    write(im, tmp_path / "c.nii.gz")
+    back = read(tmp_path / "c.nii.gz")
+    assert back.axes == "cyx" and back.shape == im.shape
+    np.testing.assert_array_equal(back.numpy(), im.numpy())
+    np.testing.assert_allclose(back.origin, im.origin)
+    vol = Image(rng.random((3, 1, 6, 7)).astype(np.float32), axes="czyx")
+    write(vol, tmp_path / "v.nii.gz")
+    assert read(tmp_path / "v.nii.gz").axes == "czyx"

@@ -224,8 +224,9 @@ def _to_image(p: Path, img, data) -> Image:
             raise FormatError(f"path: NIfTI file {label(p)} has a non-finite affine (sform / qform / pixdim): "
                               f"{aff.round(6).tolist()}")
         spacing, origin, direction = _geometry_from_affine(aff, nsp)
-        if axes == "czyx" and arr.shape[0] == 2 and arr.shape[1] == 1:
-            # a 2-component vector image one slice thick is a 2-D field / 2-channel image
+        if axes == "czyx" and arr.shape[1] == 1 and (arr.shape[0] == 2 or _intent_name(hdr) == TWO_D_MARK):
+            # a 2-component vector image one slice thick is a 2-D field / 2-channel image; biomip marks
+            # the 2-D multi-channel images it writes (NIfTI's vector intent needs a z axis)
             arr, axes = arr[:, 0], "cyx"
             spacing, origin, direction = _geometry_from_affine(aff, 2)
     except BiomipError:
@@ -243,6 +244,17 @@ def _to_image(p: Path, img, data) -> Image:
         pass
     return make_image(p, "NIfTI", np.ascontiguousarray(arr), spacing=spacing, origin=origin, direction=direction,
                       axes=axes, meta=meta)
+
+
+# intent_name of the 2-D multi-channel images biomip writes ((x, y, 1, 1, c): the vector intent needs a z axis)
+TWO_D_MARK = "biomip 2-D cyx"
+
+
+def _intent_name(hdr) -> str:
+    try:
+        return str(hdr.get_intent()[2])
+    except Exception:   # a header without intent fields (or an unknown code): no mark
+        return ""
 
 
 def write_nifti(image: Image, path) -> None:
@@ -283,5 +295,5 @@ def write_nifti(image: Image, path) -> None:
         zooms[3] = float(image.meta["time_step"])
         nii.header.set_zooms(zooms)
     if axes.startswith("c"):   # channels / vector components: NIfTI vector intent (read as vectors by ITK)
-        nii.header.set_intent("vector")
+        nii.header.set_intent("vector", name=TWO_D_MARK if axes == "cyx" else "")
     nib.save(nii, str(path))
