@@ -70,7 +70,7 @@ def main():
            "machine": platform.machine(), "cases": rows}
     print(json.dumps(out, indent=1))
     if args.json:
-        write_json(args.json, out)
+        write_json(out, args.json)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,12 @@ def test_feature_back_projection_samples_where_the_voxel_projects():
     assert x[v].item() > 0.2
     # without the displacement the voxel projects elsewhere
     assert geo.features_at([fmap], torch.zeros(1, 3, 16, 16, 16))[0, 0][v].item() < x[v].item()
+    # the precomputed projection of the half grid (one 3x3 product per voxel) is the DRR's own, for any field
+    u = 5.0 * torch.randn(2, 3, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(geo.grid_at(u), drr.grid_coords((geo.points + u).movedim(1, -1)).float(),
+                               atol=1e-5, rtol=0)
+    rc = drr.project_points((geo.points + u).movedim(1, -1))      # the step-by-step construction
+    torch.testing.assert_close(geo.grid_at(u)[..., 0], (2 * rc[..., 1] + 1) / 32 - 1, atol=1e-5, rtol=0)
 
 
 def test_tiny_run_end_to_end(tiny_run):
