@@ -75,6 +75,21 @@ def test_feature_back_projection_samples_where_the_voxel_projects():
     torch.testing.assert_close(geo.grid_at(u)[..., 0], (2 * rc[..., 1] + 1) / 32 - 1, atol=1e-5, rtol=0)
 
 
+def test_xray_weights_change_the_appearance_not_the_geometry():
+    """xray_image mixes the tissue classes with its own weights: the published ones give the DRR
+    exactly; others give a different image of the same anatomy (an appearance gap)."""
+    from biomip.data.skull import skull_template
+    from biomip.ops.ct import DRR
+
+    t = skull_template((32, 32, 32))
+    drr = DRR(t.volume, det_shape=(32, 32))
+    same = dreg.xray_image(drr, t.volume, blur=0, noise=0)
+    torch.testing.assert_close(same, torch.as_tensor(np.asarray(drr.render(torch.as_tensor(t.volume.numpy())))).float())
+    gap = dreg.xray_image(drr, t.volume, blur=0, noise=0, weights=(0.0, 0.3, 1.0))
+    assert float((gap - same).abs().max()) > 0.05
+    assert float(np.corrcoef(gap.flatten(), same.flatten())[0, 1]) > 0.9      # the same anatomy
+
+
 def test_tiny_run_end_to_end(tiny_run):
     cfg, rep, out = tiny_run
     meth = rep["methods"]
@@ -146,6 +161,10 @@ def test_bad_input(tiny_run, tmp_path):
         dreg.load_model(tmp_path)
     with pytest.raises(InputError, match="seed"):
         dreg.simulate(dreg.DregConfig.tiny(seed=-1))
+    with pytest.raises(InputError, match="xray_weights"):
+        dreg.simulate(dreg.DregConfig.tiny(xray_weights=(0.1, -0.5, 1.0)))
+    with pytest.raises(InputError, match="decoder"):
+        dreg.simulate(dreg.DregConfig.tiny(decoder="heavy"))
     with pytest.raises(InputError, match="shape"):
         dreg.simulate(dreg.DregConfig.tiny(shape=(30, 32, 32)))
     with pytest.raises(InputError, match="det_shape"):
