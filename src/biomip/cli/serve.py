@@ -11,8 +11,8 @@ from ..core.errors import InputError
 
 def serve_cmd(
         folder: Path = typer.Argument(Path("."), metavar="FOLDER",
-                                      help="Workspace folder: its images (NIfTI, DICOM series folders, TIFF, PNG, "
-                                           "NPY, OME-Zarr) are listed; labels, the training set and models go to "
+                                      help="Workspace folder: its images (NIfTI, DICOM files and series folders, "
+                                           "TIFF, PNG, JPEG, NPY, NPZ, OME-Zarr) are listed; labels, the training set and models go to "
                                            "FOLDER/.biomip/. Default: the current folder."),
         port: int = typer.Option(8000, help="Port (0: any free port; the URL is printed)."),
         host: str = typer.Option("127.0.0.1", help="Address to bind. The default is reachable from this machine "
