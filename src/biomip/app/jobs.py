@@ -265,8 +265,7 @@ class JobManager:
         NotFoundError
             When there was never a job for ``key``.
         """
-        with self._lock:
-            job = self._jobs.get(key)
+        job = self.find(key)
         if job is None:
             raise NotFoundError(f"model: no training job for {key!r} since the server started")
         return job
