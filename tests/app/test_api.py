@@ -136,6 +136,26 @@ def test_multichannel_as_4d_or_one_channel(client, ws):
     assert client.get("/images/multi.nii.gz?channel=x").status_code == 422
 
 
+def test_step_preview_keeps_the_field_of_view(client, ws):
+    """?step=f: every f-th voxel, each voxel where the full volume's voxel f*i lies (the page's first paint)."""
+    ref = biomip.io.read(ws / "vol.nii.gz")
+    full = _nifti(client.get("/images/vol.nii.gz").content)
+    r = client.get("/images/vol.nii.gz", params={"step": "3", "compress": "false"})
+    assert r.status_code == 200
+    small = _nifti(r.content)
+    assert small.shape == (7, 8, 2)                       # ceil((20, 24, 6) / 3), NIfTI x, y, z order
+    np.testing.assert_array_equal(np.asarray(small.dataobj), np.asarray(full.dataobj)[::3, ::3, ::3])
+    for ijk in ([0, 0, 0], [1, 2, 1], [6, 7, 1]):
+        want = full.affine @ np.r_[3 * np.asarray(ijk), 1]
+        np.testing.assert_allclose(small.affine @ np.r_[ijk, 1], want, atol=1e-4)
+    np.testing.assert_allclose(_ras_affine(ref), full.affine, atol=1e-4)
+    two = _nifti(client.get("/images/nuclei.tif", params={"step": "2"}).content)
+    assert two.shape == (48, 48, 1)                        # a 2-D image keeps its one slice
+    for bad in ("0", "17", "x", "-1"):
+        r = client.get("/images/vol.nii.gz", params={"step": bad})
+        assert r.status_code == 422 and "step" in r.json()["detail"], (bad, r.text)
+
+
 def _labels_of(r) -> np.ndarray:
     assert r.status_code == 200, r.text
     return np.asarray(_nifti(r.content).dataobj).transpose(2, 1, 0)

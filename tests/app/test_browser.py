@@ -558,28 +558,36 @@ def test_finetune_progress_cancel_predict(page, server, artifacts):
 
 
 def test_timings_256(page, server, artifacts):
-    """256³ float32: first paint after navigation, and the client-side threshold preview."""
+    """256³ float32: first paint (a server-side preview, then full resolution) and the threshold preview:
+    the planes through the cross-hair at once, the whole volume when the value rests."""
     t0 = time.time()
     _open_page(page, server, image="synth256.nii")
     wall = time.time() - t0
     assert page.evaluate("document.body.dataset.state") == "ready", page.text_content("#error-text")
     t = page.evaluate("window.biomip.timings")
+    assert t["preview_step"] > 1 and t["first_paint_ms"] < t["full_paint_ms"]
     _shot(page, artifacts / "07-synth256.png")
     previews = []
+    page.focus("#thr-value")                              # the panel in use: the page prepares the label layer
     for value in ["500", "200", "800"]:
         page.fill("#thr-value", value)
         page.press("#thr-value", "Enter")
         page.wait_for_function(f"window.biomip.thrValue === {value}")
-        previews.append(page.evaluate("[window.biomip.timings.threshold_compute_ms, "
-                                      "window.biomip.timings.threshold_preview_ms, "
-                                      "window.biomip.timings.threshold_setup_ms]"))
+        shown = page.evaluate("Object.assign({}, window.biomip.timings)")
+        page.wait_for_function(f"window.biomip.thrSettled === {value}")
+        full = page.evaluate("window.biomip.timings")
+        previews.append((shown["threshold_compute_ms"], shown["threshold_preview_ms"], shown["threshold_setup_ms"],
+                         full["threshold_full_ms"], shown["threshold_partial"]))
+    assert all(p[4] for p in previews), "a 256³ volume previews the planes first"
     _shot(page, artifacts / "08-synth256-threshold.png")
     TIMINGS["synth256"] = {
         "navigation_to_ready_wall_s": round(wall, 3),
         "page": {k: (round(v, 1) if isinstance(v, float) else v) for k, v in t.items()},
-        "threshold_compute_ms": [round(a, 1) for a, _, _ in previews],
-        "threshold_preview_drawn_ms": [round(b, 1) for _, b, _ in previews],
-        "threshold_setup_ms": [round(c, 1) for _, _, c in previews],
+        "startup": page.evaluate("window.biomip.startup"),
+        "threshold_compute_ms": [round(p[0], 1) for p in previews],
+        "threshold_preview_drawn_ms": [round(p[1], 1) for p in previews],
+        "threshold_setup_ms": [round(p[2], 1) for p in previews],
+        "threshold_whole_volume_drawn_ms": [round(p[3], 1) for p in previews],
         "device": page.evaluate("""() => { const gl = document.createElement('canvas').getContext('webgl2');
             const d = gl.getExtension('WEBGL_debug_renderer_info');
             return d ? gl.getParameter(d.UNMASKED_RENDERER_WEBGL) : 'unknown'; }"""),
@@ -587,7 +595,46 @@ def test_timings_256(page, server, artifacts):
     }
     print("synth256 timings", TIMINGS["synth256"])
     assert t["first_paint_ms"] < 120_000                      # sanity only: SwiftShader on 2 busy cores
-    assert max(a for a, _, _ in previews) < 10_000
+    assert max(p[0] for p in previews) < 10_000
+    _no_error(page)
+
+
+def test_threshold_planes_preview_is_exact(page, server, artifacts):
+    """The planes-only preview of a large volume: the three planes through the cross-hair hold exactly the
+    labels of the whole-volume threshold, the 3-D tile keeps its picture, and Apply completes the volume."""
+    _open_page(page, server, image="synth256.nii")
+    page.evaluate("window.biomip.thrSettleMs = 1e9")          # hold the preview at the planes
+    page.focus("#thr-value")
+    tile = page.evaluate("""() => { const t = window.biomip.nv.screenSlices.find((s) => s.axCorSag === 4);
+        return t.leftTopWidthHeight; }""")
+    box = page.locator("#viewer").bounding_box()
+    clip = {"x": box["x"] + tile[0] + 2, "y": box["y"] + tile[1] + 2, "width": tile[2] - 4, "height": tile[3] - 4}
+    before = page.screenshot(clip=clip)
+    page.fill("#thr-value", "400")
+    page.press("#thr-value", "Enter")
+    page.wait_for_function("window.biomip.thrValue === 400 && window.biomip.thrPartial")
+    planes_js = """() => { const S = window.biomip, nv = S.nv, d = S.vol.dimsRAS, c = nv.frac2vox(nv.scene.crosshairPos);
+        const b = nv.drawBitmap, nx = d[1], ny = d[2], nz = d[3], out = [];
+        for (let y = 0; y < ny; y++) for (let x = 0; x < nx; x++) out.push(b[(c[2] * ny + y) * nx + x]);
+        for (let z = 0; z < nz; z++) for (let x = 0; x < nx; x++) out.push(b[(z * ny + c[1]) * nx + x]);
+        for (let z = 0; z < nz; z++) for (let y = 0; y < ny; y++) out.push(b[(z * ny + y) * nx + c[0]]);
+        let set = 0; for (let i = 0; i < b.length; i++) set += b[i] ? 1 : 0;
+        return [out, set]; }"""
+    partial, partial_set = page.evaluate(planes_js)
+    during = page.screenshot(clip=clip)                       # the 3-D tile: the copied picture
+    _shot(page, artifacts / "09-synth256-planes-preview.png")
+    page.click("#thr-apply")                                  # reads the labels: the whole volume first
+    page.wait_for_function("!window.biomip.thrPartial && window.biomip.thrSettled === 400")
+    full, full_set = page.evaluate(planes_js)
+    assert partial == full and sum(v == 1 for v in full) > 0 and sum(v == 0 for v in full) > 0
+    assert partial_set < full_set, "the preview should have computed the planes only"
+    assert full_set == page.evaluate("window.biomip.thrCount")
+    from io import BytesIO
+
+    from PIL import Image as PILImage
+    a, b = (np.asarray(PILImage.open(BytesIO(x)).convert("L"), dtype=float) for x in (before, during))
+    assert a.std() > 20, "the 3-D tile should show the rendered volume"
+    assert np.abs(a - b).mean() < 3, f"the 3-D tile changed during the planes preview ({np.abs(a - b).mean():.1f})"
     _no_error(page)
 
 

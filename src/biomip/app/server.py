@@ -10,7 +10,8 @@ Routes (JSON errors are ``{"detail": message}``):
 ``GET /images``                            the images with shape, spacing, labels, ...
 ``POST /images?name=N``                    upload one image file (body: the file) -> ``{"id"}``
 ``GET /images/{id}``                       the image as ``.nii.gz`` with its true geometry
-                                           (``?channel=k``, ``?compress=false`` for ``.nii``)
+                                           (``?channel=k``, ``?compress=false`` for ``.nii``,
+                                           ``?step=f``: every f-th voxel, a quick preview)
 ``GET /labels/{id}``                       a label version as ``.nii.gz`` (``?version=N``)
 ``GET /labels/{id}/versions``              ``[{"version", "time", "names", "source"}]``
 ``PUT /labels/{id}``                       save a new version (body: NIfTI) -> ``{"version"}``
@@ -62,6 +63,7 @@ from .workspace import (
     check_model_name,
     export_image,
     redact_path,
+    subsample,
 )
 
 __all__ = ["create_app", "STATIC_DIR", "LOOPBACK_HOSTS"]
@@ -439,13 +441,18 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
         return {"id": iid}
 
     @app.get("/images/{image_id}")
-    def get_image(image_id: str, channel: str | None = None, compress: str | None = None):
+    def get_image(image_id: str, channel: str | None = None, compress: str | None = None,
+                  step: str | None = None):
         e = ws.entry(image_id)
         ch = int_arg(channel, "channel")
         gz = bool_arg(compress, "compress")
+        f = int_arg(step, "step")
+        f = 1 if f is None else f
+        if not 1 <= f <= 16:
+            raise InputError(f"step: got {f}; expected an integer from 1 to 16 (every step-th voxel)")
         img = ws.read(image_id)
-        key = ("image", e.id, ws.stamp(e.path), ch, gz)
-        return nifti(export_image(img, ch), e.rel.split("/")[-1].split(".")[0], gz, key=key)
+        key = ("image", e.id, ws.stamp(e.path), ch, gz, f)
+        return nifti(subsample(export_image(img, ch), f), e.rel.split("/")[-1].split(".")[0], gz, key=key)
 
     # ------------------------------------------------------------------ labels
     @app.get("/labels/{image_id}/versions")

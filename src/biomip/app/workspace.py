@@ -340,6 +340,54 @@ def export_image(image: Image, channel: int | None = None) -> Image:
                  axes="tzyx" if arr.ndim == 4 else "zyx")
 
 
+def subsample(image: Image, step: int) -> Image:
+    """Every ``step``-th voxel of an exported image: a quick preview with the same field of view.
+
+    The page asks for one first when it opens a large volume (``GET /images/{id}?step=f``),
+    so that something is on screen long before the full volume has arrived.
+
+    Parameters
+    ----------
+    image : Image
+        A ``zyx`` or ``tzyx`` image, as :func:`export_image` gives.
+    step : int
+        Keep voxels ``0, step, 2 step, ...`` along each spatial axis longer than one voxel.
+
+    Returns
+    -------
+    Image
+        Same origin and direction; the spacing of each subsampled axis times ``step``
+        (voxel ``i`` lies where voxel ``step * i`` of the input lies).  ``step == 1``
+        returns ``image`` itself.
+
+    Raises
+    ------
+    InputError
+        For a ``step`` that is not a positive integer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = Image(np.arange(6 * 8 * 10, dtype=np.float32).reshape(6, 8, 10), spacing=(0.5, 1.0, 2.0))
+    >>> small = subsample(img, 3)
+    >>> small.shape, small.spacing
+    ((2, 3, 4), (1.5, 3.0, 6.0))
+    >>> bool(np.allclose(small.index_to_world([1, 1, 1]), img.index_to_world([3, 3, 3])))
+    True
+    """
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise InputError(f"step: got {step!r}; expected a positive integer")
+    step = int(step)
+    if step == 1:
+        return image
+    shape = image.spatial_shape
+    keep = tuple(slice(None, None, step if n > 1 else None) for n in shape)
+    arr = image.numpy()[(Ellipsis, *keep)]
+    spacing = tuple(s * (step if n > 1 else 1) for s, n in zip(image.spacing, shape[::-1], strict=True))
+    return Image(np.ascontiguousarray(arr), spacing=spacing, origin=image.origin, direction=image.direction,
+                 axes=image.axes)
+
+
 class Workspace:
     """A folder of images served by ``biomip serve``: listing, reading, label versions,
     training set and model versions (see the module docstring for the layout).

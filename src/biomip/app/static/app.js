@@ -194,9 +194,12 @@ const S = {
   tool: 'navigate',
   seeds: [],            // [{vox: [z,y,x] or [y,x], mm}]
   thrBase: null,        // drawing before the threshold preview
+  thrPartial: false,    // the preview shows the planes through the cross-hair only (large volumes)
+  thrSettleMs: 400,     // ... and the whole volume follows when the value rests this long
   checker: null,        // {fixed, moving, vol}
   lastLocation: null,
   timings: {},
+  startup: {},          // ms since navigation: viewer_ms (NiiVue ready), listing_ms (info + images listed)
   job: null,
   events: null,
   lossPoints: [],       // [{step, loss}] from the per-step events
@@ -452,12 +455,14 @@ async function loadImages() {
   if (S.images.length > 1 && !$('#reg-moving').dataset.touched) $('#reg-moving').selectedIndex = 1;
 }
 
-// Large volumes are shown first at a coarse resolution (every f-th voxel, same field of view and
-// geometry, ~1 M voxels): NiiVue's texture preparation costs ~0.5 µs per voxel in software WebGL,
-// so a 256³ volume is on screen in a fraction of the time; the full-resolution volume replaces it
-// before any tool is enabled (body[data-state] goes 'preview' -> 'ready').
+// Large volumes are shown first at a coarse resolution: the server sends every f-th voxel (same
+// field of view and geometry, ~0.5 M voxels, GET /images/{id}?step=f) and the page draws it while
+// the full volume is still on its way.  NiiVue's texture preparation costs ~0.5 µs per voxel in
+// software WebGL and a 256³ float32 volume is 64 MB, so the preview is on screen in a fraction of
+// the time; the full-resolution volume replaces it before any tool is enabled (body[data-state]
+// goes 'preview' -> 'ready').
 const PREVIEW_ABOVE = 4 * 1024 * 1024;   // voxels
-const PREVIEW_VOXELS = 1024 * 1024;      // the preview has at most about this many
+const PREVIEW_VOXELS = 512 * 1024;       // the preview has at most about this many
 
 async function makeVolume(buf, name) {
   const opts = NVImageFromUrlOptions(name);
@@ -468,47 +473,18 @@ async function makeVolume(buf, name) {
   return vol;
 }
 
-/** Every f-th voxel of a 3-D NIfTI as a new NIfTI buffer (affine columns scaled by f, same origin). */
-function previewBuffer(n, f) {
-  const nx = n.dims[1], ny = n.dims[2], nz = n.dims[3];
-  const mx = Math.ceil(nx / f), my = Math.ceil(ny / f), mz = Math.ceil(nz / f);
-  const T = n.data.constructor;
-  const out = new T(mx * my * mz);
-  let k = 0;
-  for (let z = 0; z < nz; z += f) {
-    for (let y = 0; y < ny; y += f) {
-      const row = (z * ny + y) * nx;
-      for (let x = 0; x < nx; x += f) out[k++] = n.data[row + x];
-    }
-  }
-  const hdr = new Uint8Array(n.header.slice(0));
-  const dv = new DataView(hdr.buffer);
-  const off = n.version === 1 ? 352 : 544;
-  if (n.version === 1) {
-    dv.setInt16(40, 3, true); dv.setInt16(42, mx, true); dv.setInt16(44, my, true); dv.setInt16(46, mz, true);
-    dv.setFloat32(108, off, true);
-    for (let a = 1; a <= 3; a++) dv.setFloat32(76 + 4 * a, dv.getFloat32(76 + 4 * a, true) * f, true);
-    for (let r = 0; r < 3; r++) {
-      for (let c = 0; c < 3; c++) {
-        const o = 280 + 16 * r + 4 * c;
-        dv.setFloat32(o, dv.getFloat32(o, true) * f, true);
-      }
-    }
-  } else {
-    dv.setBigInt64(16, 3n, true); dv.setBigInt64(24, BigInt(mx), true); dv.setBigInt64(32, BigInt(my), true);
-    dv.setBigInt64(40, BigInt(mz), true); dv.setBigInt64(168, BigInt(off), true);
-    for (let a = 1; a <= 3; a++) dv.setFloat64(104 + 8 * a, dv.getFloat64(104 + 8 * a, true) * f, true);
-    for (let r = 0; r < 3; r++) {
-      for (let c = 0; c < 3; c++) {
-        const o = 400 + 32 * r + 8 * c;
-        dv.setFloat64(o, dv.getFloat64(o, true) * f, true);
-      }
-    }
-  }
-  const buf = new Uint8Array(off + out.byteLength);
-  buf.set(hdr, 0);
-  buf.set(new Uint8Array(out.buffer, out.byteOffset, out.byteLength), off);
-  return buf.buffer;
+/** Run fn with NiiVue's redraws held back (each costs a whole frame in software WebGL); the caller draws. */
+function holdDraws(fn) {
+  S.holdDraw = true;
+  try { return fn(); } finally { S.holdDraw = false; }
+}
+
+/** The preview step of a listed image: 0 when it is shown at full resolution at once. */
+function previewStep(im) {
+  const sh = im.shape || [];
+  if (im.axes !== 'zyx' || sh.length !== 3 || Math.min(...sh) < 8) return 0;
+  const n = sh[0] * sh[1] * sh[2];
+  return n > PREVIEW_ABOVE ? Math.ceil(Math.cbrt(n / PREVIEW_VOXELS)) : 0;
 }
 
 async function openImage(id) {
@@ -518,57 +494,64 @@ async function openImage(id) {
   document.body.dataset.state = 'loading';
   const t0 = performance.now();
   await busy(async () => {
-    const raw = await api(`/images/${encodeURIComponent(id)}?compress=false`);   // local: no gzip round trip
+    const url = `/images/${encodeURIComponent(id)}?compress=false`;      // local: no gzip round trip
+    const f = previewStep(im);
+    // big: the preview first, then the full volume, which downloads while the preview is drawn
+    const first = await api(f ? `${url}&step=${f}` : url);
+    const pending = f ? api(url) : null;
     const t1 = performance.now();
-    const buf = await gunzip(raw);
-    const nifti = parseNifti(buf);
-    const t2 = performance.now();
+    clearTimeout(S.thrTimer);
     nv.closeDrawing();
     while (nv.volumes.length) nv.removeVolume(nv.volumes[nv.volumes.length - 1]);
-    Object.assign(S, { checker: null, vol: null, image: im, nifti, savedVersion: null, seeds: [], thrBase: null,
-      lut: null });
+    Object.assign(S, { checker: null, vol: null, image: im, nifti: null, savedVersion: null, seeds: [],
+      thrBase: null, thrPartial: false, lut: null });
     showSeeds();
     setReadOnly(null);
     resetLabels();
     $('#save-result').textContent = '';
-    const t = { image: id, fetch_ms: t1 - t0, decode_ms: t2 - t1, bytes: raw.byteLength };
-    const d = nifti.dims;
-    const big = nifti.nVox3 > PREVIEW_ABOVE && d[0] === 3 && Math.min(d[1], d[2], d[3]) >= 8;
+    const t = { image: id, fetch_ms: t1 - t0 };
     applyLabelColors();          // the drawing layer itself is made on first use: it slows the 3-D render
-    if (big) {
-      const f = Math.ceil(Math.cbrt(nifti.nVox3 / PREVIEW_VOXELS));
-      const pbuf = previewBuffer(nifti, f);
-      const tb = performance.now();
-      const preview = await makeVolume(pbuf, `${id}-preview.nii`);
-      nv.addVolume(preview);
-      setupViewForImage(preview);
+    let buf = await gunzip(first);
+    if (f) {
+      const preview = await makeVolume(buf, `${id}-preview.nii`);
+      holdDraws(() => { nv.addVolume(preview); setupViewForImage(preview); });
       const tc = performance.now();
       const tp = syncDraw();
+      fitCrosshair();
       Object.assign(t, {
-        preview_build_ms: tb - t2, preview_niivue_ms: tc - tb, preview_gpu_ms: tp - tc, preview_paint_ms: tp - t0,
+        preview_bytes: first.byteLength, preview_niivue_ms: tc - t1, preview_gpu_ms: tp - tc,
+        preview_paint_ms: tp - t0, preview_since_navigation_ms: tp,
         preview_shape: Array.from(preview.hdr.dims.slice(1, 4)), preview_step: f,
       });
       document.body.dataset.state = 'preview';
       $('#timing').textContent = `preview (1/${f} resolution) in ${Math.round(tp - t0)} ms; loading full resolution…`;
+      const raw = await pending;
+      t.full_fetch_ms = performance.now() - t0;
+      buf = await gunzip(raw);
+      t.bytes = raw.byteLength;
       const full = await makeVolume(buf, `${id}.nii`);
       full.cal_min = preview.cal_min;              // keep the window the user may already have changed
       full.cal_max = preview.cal_max;
       nv.volumes = [full];
-      nv.setVolume(full, 0);                        // replaces the preview: one texture preparation
+      holdDraws(() => nv.setVolume(full, 0));       // replaces the preview: one texture preparation
     } else {
-      nv.addVolume(await makeVolume(buf, `${id}.nii`));
+      t.bytes = first.byteLength;
+      const vol = await makeVolume(buf, `${id}.nii`);
+      holdDraws(() => nv.addVolume(vol));
     }
+    S.nifti = parseNifti(buf);
     S.vol = nv.volumes[0];
     const t3 = performance.now();
-    setupViewForImage(S.vol);
+    holdDraws(() => setupViewForImage(S.vol));
     const t4 = syncDraw();
     fitCrosshair();
     Object.assign(t, {
-      niivue_load_ms: t3 - t2, full_paint_ms: t4 - t0, since_navigation_ms: t4,
-      first_paint_ms: big ? t.preview_paint_ms : t4 - t0,
+      niivue_load_ms: t3 - t1, full_paint_ms: t4 - t0, since_navigation_ms: t4,
+      first_paint_ms: f ? t.preview_paint_ms : t4 - t0,
+      first_paint_since_navigation_ms: f ? t.preview_since_navigation_ms : t4,
     });
     S.timings = t;
-    $('#timing').textContent = big
+    $('#timing').textContent = f
       ? `preview in ${Math.round(t.preview_paint_ms)} ms, full resolution in ${Math.round(t4 - t0)} ms`
       : `opened in ${Math.round(t4 - t0)} ms`;
     $('#image-title').textContent = `${im.name}  (${im.shape.join('×')})`;
@@ -668,6 +651,7 @@ function setWindow() {
 
 nv.onLocationChange = (loc) => {
   S.lastLocation = loc;
+  if (S.thrPartial) setTimeout(settleThreshold, 0);   // other planes now show: the whole volume, at once
   let text = '';
   if (loc.mm && !isPixelImage()) {
     // NiiVue works in RAS; biomip, its API and the README use LPS (DICOM / ITK): x and y change sign
@@ -931,6 +915,65 @@ function thresholdValueOf(t) {
   return S.nifti.data instanceof Float32Array ? Math.fround(t) : t;
 }
 
+// The live preview of a large volume (slider drag, typed value) computes and uploads only the three
+// planes through the cross-hair -- what the slice tiles show, exactly -- and the 3-D tile keeps the
+// picture it had (a copy of its pixels): in software WebGL a whole-volume texture upload and the
+// ray-cast of the label layer take 1-2 s a frame, the planes ~0.1 s.  The whole volume follows once
+// the value rests for S.thrSettleMs, and at once when anything reads the labels (commitThreshold).
+const THR_PARTIAL_ABOVE = 2 * 1024 * 1024;    // voxels; smaller images are thresholded whole at once
+
+/** The threshold's arguments, fixed when the preview starts (the settle step reuses them). */
+function thresholdArgs(t) {
+  let tt = thresholdValueOf(t);
+  const { slope, inter } = S.nifti;
+  let flip = $('#thr-below').checked;
+  if (slope !== 1 || inter !== 0) {              // compare raw values with the threshold in raw units
+    tt = (tt - inter) / slope;
+    if (slope < 0) flip = !flip;
+  }
+  return { t, tt, flip, lab: S.active, frame: (parseInt($('#channel').value, 10) || 0) * S.nifti.nVox3 };
+}
+
+/** Threshold the RAS box [x0, x1) x [y0, y1) x [z0, z1) into the drawing (voxels not above t keep the
+ * drawing from before the preview); returns the number of voxels set. */
+function thresholdBox(a, x0, x1, y0, y1, z0, z1) {
+  // the RAS walk of forRas(), written out: this loop is the whole cost of the computation
+  const v = S.vol, st = v.img2RASstep, s0 = v.img2RASstart, nx = v.dimsRAS[1], ny = v.dimsRAS[2];
+  const img = S.nifti.data, base = S.thrBase, out = nv.drawBitmap, { tt, lab, flip } = a, sx = st[0];
+  let n = 0;
+  for (let z = z0; z < z1; z++) {
+    const zi = s0[2] + z * st[2] + a.frame;
+    for (let y = y0; y < y1; y++) {
+      let r = (z * ny + y) * nx + x0;
+      let i = s0[0] + s0[1] + y * st[1] + zi + x0 * sx;
+      for (let x = x0; x < x1; x++, r++, i += sx) {
+        if ((img[i] > tt) !== flip) { out[r] = lab; n++; } else out[r] = base[r];
+      }
+    }
+  }
+  return n;
+}
+
+/** Upload the RAS box of the drawing to NiiVue's label texture (instead of the whole volume). */
+function uploadDrawingBox(x0, x1, y0, y1, z0, z1) {
+  const gl = nv.gl, d = S.vol.dimsRAS, nx = d[1], ny = d[2];
+  const w = x1 - x0, h = y1 - y0, depth = z1 - z0;
+  const box = new Uint8Array(w * h * depth), src = nv.drawBitmap;
+  let k = 0;
+  for (let z = z0; z < z1; z++) {
+    for (let y = y0; y < y1; y++, k += w) {
+      const r = (z * ny + y) * nx + x0;
+      box.set(src.subarray(r, r + w), k);
+    }
+  }
+  const align = gl.getParameter(gl.UNPACK_ALIGNMENT);
+  gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
+  gl.activeTexture(gl.TEXTURE7);                   // NiiVue's drawing texture unit
+  gl.bindTexture(gl.TEXTURE_3D, nv.drawTexture);
+  gl.texSubImage3D(gl.TEXTURE_3D, 0, x0, y0, z0, w, h, depth, gl.RED, gl.UNSIGNED_BYTE, box);
+  gl.pixelStorei(gl.UNPACK_ALIGNMENT, align);
+}
+
 function previewThreshold(t) {
   if (!S.vol || !Number.isFinite(t)) return;
   if (S.readOnly) { $('#thr-info').textContent = 'the labels are read-only (too many labels)'; return; }
@@ -939,49 +982,65 @@ function previewThreshold(t) {
   if (!S.thrBase) S.thrBase = nv.drawBitmap.slice();
   const t0 = performance.now();
   S.timings.threshold_setup_ms = t0 - ts;
-  const base = S.thrBase, out = nv.drawBitmap;
-  const img = S.nifti.data, slope = S.nifti.slope, inter = S.nifti.inter;
-  const frame = (parseInt($('#channel').value, 10) || 0) * S.nifti.nVox3;
-  const below = $('#thr-below').checked;
-  const lab = S.active;
-  // compare raw values with the threshold mapped to raw units when the header scales them
-  let tt = thresholdValueOf(t);
-  const scaled = slope !== 1 || inter !== 0;
-  let flip = below;
-  if (scaled) {
-    tt = (tt - inter) / slope;
-    if (slope < 0) flip = !flip;
+  const a = thresholdArgs(t);
+  const d = S.vol.dimsRAS, nx = d[1], ny = d[2], nz = d[3];
+  clearTimeout(S.thrTimer);
+  if (S.nifti.nVox3 > THR_PARTIAL_ABOVE && nz > 1) {
+    if (!S.thrPartial && !renderSnapshotFresh()) takeRenderSnapshot();   // the 3-D tile as it is now
+    const c = nv.frac2vox(nv.scene.crosshairPos);
+    const [cx, cy, cz] = [Math.min(Math.max(c[0], 0), nx - 1), Math.min(Math.max(c[1], 0), ny - 1),
+      Math.min(Math.max(c[2], 0), nz - 1)];
+    thresholdBox(a, 0, nx, 0, ny, cz, cz + 1);                     // axial plane
+    thresholdBox(a, 0, nx, cy, cy + 1, 0, nz);                     // coronal
+    thresholdBox(a, cx, cx + 1, 0, ny, 0, nz);                     // sagittal
+    S.thrPartial = true;
+    S.thrArgs = a;
+    uploadDrawingBox(0, nx, 0, ny, cz, cz + 1);
+    uploadDrawingBox(0, nx, cy, cy + 1, 0, nz);
+    uploadDrawingBox(cx, cx + 1, 0, ny, 0, nz);
+    const t1 = performance.now();
+    const t2 = syncDraw();
+    Object.assign(S.timings, { threshold_compute_ms: t1 - t0, threshold_preview_ms: t2 - ts, threshold_partial: true });
+    $('#thr-info').textContent = `planes shown in ${Math.round(t2 - ts)} ms · whole volume when the value rests`;
+    S.thrTimer = setTimeout(() => settleThreshold(), S.thrSettleMs);
+  } else {
+    S.thrPartial = false;
+    S.thrArgs = a;
+    const n = thresholdBox(a, 0, nx, 0, ny, 0, nz);
+    const t1 = performance.now();
+    nv.refreshDrawing(true);
+    const t2 = syncDraw();
+    Object.assign(S.timings, { threshold_compute_ms: t1 - t0, threshold_preview_ms: t2 - ts, threshold_partial: false,
+      threshold_full_ms: t2 - ts });
+    S.thrCount = n;
+    S.thrSettled = t;
+    $('#thr-info').textContent = `${n.toLocaleString('en')} voxels · ${Math.round(t1 - t0)} ms (shown in ${Math.round(t2 - ts)} ms)`;
   }
-  // the RAS walk of forRas(), written out: this loop is the whole cost of the preview
-  const v = S.vol, d = v.dimsRAS, st = v.img2RASstep, s0 = v.img2RASstart;
-  const nx = d[1], ny = d[2], nz = d[3], sx = st[0];
-  out.set(base);
-  let n = 0, r = 0;
-  for (let z = 0; z < nz; z++) {
-    const zi = s0[2] + z * st[2] + frame;
-    for (let y = 0; y < ny; y++) {
-      let i = s0[0] + s0[1] + y * st[1] + zi;
-      if (flip) {
-        for (let x = 0; x < nx; x++, r++, i += sx) if (!(img[i] > tt)) { out[r] = lab; n++; }
-      } else {
-        for (let x = 0; x < nx; x++, r++, i += sx) if (img[i] > tt) { out[r] = lab; n++; }
-      }
-    }
-  }
-  const t1 = performance.now();
-  nv.refreshDrawing(true);
-  const t2 = syncDraw();
-  S.thrCount = n;
-  S.timings.threshold_compute_ms = t1 - t0;
-  S.timings.threshold_preview_ms = t2 - ts;
-  $('#thr-info').textContent = `${n.toLocaleString('en')} voxels · ${Math.round(t1 - t0)} ms (shown in ${Math.round(t2 - ts)} ms)`;
   $('#thr-value').value = t;
   $('#thr-value').dataset.applied = '';
   S.thrValue = t;
 }
 
+/** The whole volume for the previewed threshold (after a planes-only preview): computed, uploaded, drawn. */
+function settleThreshold() {
+  clearTimeout(S.thrTimer);
+  if (!S.thrPartial) return;
+  const ts = performance.now();
+  const a = S.thrArgs, d = S.vol.dimsRAS;
+  const n = thresholdBox(a, 0, d[1], 0, d[2], 0, d[3]);
+  S.thrPartial = false;
+  const t1 = performance.now();
+  nv.refreshDrawing(false);
+  const t2 = syncDraw();
+  S.thrCount = n;
+  S.thrSettled = a.t;
+  Object.assign(S.timings, { threshold_full_compute_ms: t1 - ts, threshold_full_ms: t2 - ts });
+  $('#thr-info').textContent = `${n.toLocaleString('en')} voxels · whole volume in ${Math.round(t2 - ts)} ms`;
+}
+
 function commitThreshold() {
   if (!S.thrBase) return;
+  settleThreshold();
   S.thrBase = null;
   nv.drawAddUndoBitmap();
   updateLabelCounts();
@@ -989,11 +1048,105 @@ function commitThreshold() {
 
 function cancelThreshold() {
   if (!S.thrBase) return;
+  clearTimeout(S.thrTimer);
+  S.thrPartial = false;
   nv.drawBitmap.set(S.thrBase);
   S.thrBase = null;
   nv.refreshDrawing(true);
   $('#thr-info').textContent = 'cancelled';
 }
+
+// The 3-D tile during a planes-only preview: the pixels it had, drawn back by a textured quad (a blit
+// cannot write to an anti-aliased canvas).  They are read after a draw while the threshold panel is in
+// use, when the read costs nothing more than the draw; else once when the preview starts.
+const SNAP = { pixels: null, ltwh: null, stale: true, prog: null, tex: null, vao: null };
+
+function renderTile() {
+  const tile = (nv.screenSlices || []).find((x) => x.axCorSag === SLICE_TYPE.RENDER);
+  if (!tile) return null;
+  const [l, t, w, h] = tile.leftTopWidthHeight.map(Math.trunc);     // as gl.viewport() takes them
+  return w > 0 && h > 0 ? [l, t, w, h] : null;
+}
+
+function renderSnapshotFresh() { return !SNAP.stale; }
+
+function takeRenderSnapshot(draw = true) {
+  if (draw) nvDrawScene();
+  const r = renderTile();
+  if (!r) { SNAP.pixels = null; SNAP.stale = false; return; }
+  const gl = nv.gl, [l, t, w, h] = r;
+  if (!SNAP.pixels || SNAP.pixels.length !== w * h * 4) SNAP.pixels = new Uint8Array(w * h * 4);
+  gl.readPixels(l, gl.canvas.height - t - h, w, h, gl.RGBA, gl.UNSIGNED_BYTE, SNAP.pixels);
+  SNAP.ltwh = r;
+  SNAP.stale = false;
+}
+
+function drawRenderSnapshot() {
+  const gl = nv.gl, vp = gl.getParameter(gl.VIEWPORT);
+  if (!SNAP.pixels || !SNAP.ltwh || Math.abs(vp[2] - SNAP.ltwh[2]) > 2 || Math.abs(vp[3] - SNAP.ltwh[3]) > 2) return;
+  if (!SNAP.prog) {
+    const vs = `#version 300 es
+      const vec2 P[4] = vec2[4](vec2(-1.0, -1.0), vec2(1.0, -1.0), vec2(-1.0, 1.0), vec2(1.0, 1.0));
+      out vec2 uv;
+      void main() { uv = P[gl_VertexID] * 0.5 + 0.5; gl_Position = vec4(P[gl_VertexID], 0.0, 1.0); }`;
+    const fs = `#version 300 es
+      precision highp float;
+      uniform sampler2D snap;
+      in vec2 uv;
+      out vec4 color;
+      void main() { color = texture(snap, uv); }`;
+    const prog = gl.createProgram();
+    for (const [type, src] of [[gl.VERTEX_SHADER, vs], [gl.FRAGMENT_SHADER, fs]]) {
+      const sh = gl.createShader(type);
+      gl.shaderSource(sh, src);
+      gl.compileShader(sh);
+      gl.attachShader(prog, sh);
+    }
+    gl.linkProgram(prog);
+    if (!gl.getProgramParameter(prog, gl.LINK_STATUS)) throw new Error(`snapshot shader: ${gl.getProgramInfoLog(prog)}`);
+    SNAP.prog = prog;
+    SNAP.tex = gl.createTexture();
+    SNAP.vao = gl.createVertexArray();
+  }
+  const unit = gl.getParameter(gl.ACTIVE_TEXTURE), prog = gl.getParameter(gl.CURRENT_PROGRAM);
+  gl.activeTexture(gl.TEXTURE15);
+  gl.bindTexture(gl.TEXTURE_2D, SNAP.tex);
+  const align = gl.getParameter(gl.UNPACK_ALIGNMENT);
+  gl.pixelStorei(gl.UNPACK_ALIGNMENT, 4);
+  gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA8, SNAP.ltwh[2], SNAP.ltwh[3], 0, gl.RGBA, gl.UNSIGNED_BYTE, SNAP.pixels);
+  gl.pixelStorei(gl.UNPACK_ALIGNMENT, align);
+  gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.NEAREST);
+  gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.NEAREST);
+  gl.useProgram(SNAP.prog);
+  gl.uniform1i(gl.getUniformLocation(SNAP.prog, 'snap'), 15);
+  gl.disable(gl.BLEND);
+  gl.disable(gl.CULL_FACE);
+  gl.bindVertexArray(SNAP.vao);
+  gl.drawArrays(gl.TRIANGLE_STRIP, 0, 4);
+  gl.bindVertexArray(nv.unusedVAO);
+  gl.enable(gl.BLEND);                             // the state NiiVue's own drawImage3D leaves
+  gl.enable(gl.CULL_FACE);
+  gl.useProgram(prog);
+  gl.activeTexture(unit);
+}
+
+// every draw: a fresh copy of the 3-D tile while the threshold panel is in use; during a planes-only
+// preview the copy stands in for the ray-cast (which would show the half-updated label texture)
+const nvDrawScene = nv.drawScene.bind(nv);
+const nvDrawImage3D = nv.drawImage3D.bind(nv);
+nv.drawScene = function drawScene() {
+  if (S.holdDraw) return undefined;               // openImage: one draw once the view is set up
+  const r = nvDrawScene();
+  if (!S.thrPartial) {
+    SNAP.stale = true;
+    if ($('#threshold-panel').matches(':hover, :focus-within')) takeRenderSnapshot(false);
+  }
+  return r;
+};
+nv.drawImage3D = function drawImage3D(...args) {
+  if (S.thrPartial) drawRenderSnapshot();
+  else nvDrawImage3D(...args);
+};
 
 let thrPending = null;
 function scheduleThreshold(t) {
@@ -1026,6 +1179,8 @@ async function autoThreshold() {
     const lab = parseNifti(await gunzip(await res.arrayBuffer()));
     checkGrid(lab);
     ensureDrawing();
+    clearTimeout(S.thrTimer);
+    S.thrPartial = false;                            // every voxel is written below
     if (!S.thrBase) S.thrBase = nv.drawBitmap.slice();
     const out = nv.drawBitmap, base = S.thrBase, a = S.active;
     forRas((r, i) => { out[r] = lab.data[i] > 0 ? a : base[r]; });
@@ -1650,6 +1805,15 @@ $('#thr-apply').addEventListener('click', () => {
   $('#thr-value').dataset.applied = S.thrValue;
 });
 $('#thr-cancel').addEventListener('click', cancelThreshold);
+// about to use the threshold on a large volume: make the label layer and copy the 3-D tile now, so
+// that the first preview need not
+for (const ev of ['pointerenter', 'focusin']) {
+  $('#threshold-panel').addEventListener(ev, () => {
+    if (!S.vol || !S.nifti || S.thrPartial || S.readOnly || S.nifti.nVox3 <= THR_PARTIAL_ABOVE) return;
+    if (!nv.drawBitmap) { ensureDrawing(); SNAP.stale = true; }
+    if (SNAP.stale) takeRenderSnapshot();
+  });
+}
 
 /** The kind of view tile under a mouse event: 'slice', 'render', or null (between tiles). */
 function tileKindAt(e) {
@@ -1705,11 +1869,14 @@ on('#train-cancel', 'click', cancelTraining);
 on('#predict', 'click', predict);
 
 async function main() {
+  // the listing comes over the network while the viewer starts (compiles its shaders)
+  const listing = (async () => { await loadInfo(); await loadImages(); S.startup.listing_ms = performance.now(); })();
+  listing.catch(() => {});                          // reported by busy() below
   await nv.attachToCanvas($('#viewer'));
+  S.startup.viewer_ms = performance.now();
   drawLoss();
   await busy(async () => {
-    await loadInfo();
-    await loadImages();
+    await listing;
     await resumeTraining();
   });
   document.body.dataset.state = 'idle';
