@@ -33,6 +33,7 @@ API_PACKAGES = [
     "biomip.generate",
     "biomip.pipelines",
     "biomip.app",
+    "biomip.batch",
 ]
 
 # Left out of the API build because their docstrings still fail the numpydoc checks below

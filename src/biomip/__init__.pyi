@@ -1,4 +1,20 @@
-from . import app, cli, core, data, generate, io, learn, metrics, nn, ops, pipelines, reconstruct, register, segment
+from . import (
+    app,
+    batch,
+    cli,
+    core,
+    data,
+    generate,
+    io,
+    learn,
+    metrics,
+    nn,
+    ops,
+    pipelines,
+    reconstruct,
+    register,
+    segment,
+)
 from .core import BiomipError, Image, config
 from .io import read, write
 
@@ -6,6 +22,7 @@ __all__ = [
     "BiomipError",
     "Image",
     "app",
+    "batch",
     "cli",
     "config",
     "core",

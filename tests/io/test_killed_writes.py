@@ -39,10 +39,10 @@ KILL_ZARR = """
     import numpy as np
     from biomip import Image
     from biomip.io import omezarr, write
-    real = omezarr._downsample
+    real = omezarr.downsample_level
     def die(*a, **k):
         os._exit(3)                   # killed after level 0 is on disk
-    omezarr._downsample = die
+    omezarr.downsample_level = die
     write(Image(np.ones((8, 64, 64), np.float32)), sys.argv[1])
 """
 

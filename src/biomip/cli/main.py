@@ -96,6 +96,17 @@ def _register_serve():
 _register_serve()
 
 
+def _register_batch():
+    from .batch import batch_cmd
+
+    app.command("batch", help="Run one method over many files on Dask (LocalCluster, a scheduler address, "
+                              "SLURM via dask-jobqueue): resumable, per-item manifest. Needs the scale extra: "
+                              "pip install 'biomip[scale]'.")(batch_cmd)
+
+
+_register_batch()
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 

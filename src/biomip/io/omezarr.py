@@ -38,7 +38,33 @@ from ._guard import (
 _UNIT_MM = {"millimeter": 1.0, "micrometer": 1e-3, "nanometer": 1e-6, "centimeter": 10.0, "meter": 1e3}
 
 
-def _downsample(arr: np.ndarray, factors: tuple[int, ...], labels: bool) -> np.ndarray:
+def downsample_level(arr: np.ndarray, factors: tuple[int, ...], labels: bool) -> np.ndarray:
+    """The next pyramid level: block means (intensities) or striding (labels keep their ids).
+
+    Trailing voxels that do not fill a block are dropped, as NGFF viewers expect; applied
+    to blocks whose sizes are multiples of ``factors`` it gives the same numbers piece by
+    piece (:mod:`biomip.batch` builds pyramids of volumes larger than memory so).
+
+    Parameters
+    ----------
+    arr : numpy.ndarray
+        The finer level.
+    factors : tuple of int
+        Reduction per axis (1 keeps an axis).
+    labels : bool
+        Stride instead of averaging.
+
+    Returns
+    -------
+    numpy.ndarray
+        Same dtype (integer means rounded).
+
+    Examples
+    --------
+    >>> downsample_level(np.arange(8.0).reshape(2, 4), (1, 2), labels=False)
+    array([[0.5, 2.5],
+           [4.5, 6.5]])
+    """
     if labels:
         return arr[tuple(slice(None, None, f) for f in factors)]
     from skimage.transform import downscale_local_mean
@@ -46,6 +72,59 @@ def _downsample(arr: np.ndarray, factors: tuple[int, ...], labels: bool) -> np.n
     trimmed = arr[tuple(slice(0, (n // f) * f) for n, f in zip(arr.shape, factors))]
     out = downscale_local_mean(trimmed, factors)
     return out.astype(arr.dtype) if arr.dtype.kind == "f" else np.round(out).astype(arr.dtype)
+
+
+def ngff_attrs(image: Image, level_spacings, labels: bool = False) -> dict:
+    """The group attributes of an NGFF 0.4 multiscale image: ``multiscales`` + ``biomip``.
+
+    Shared by :func:`write_omezarr` (in memory) and :mod:`biomip.batch` (chunk by chunk).
+
+    Parameters
+    ----------
+    image : Image
+        Level 0's geometry (spacing, origin, direction, axes, ``meta["name"]``); its
+        array is not read, so a small stand-in with the right ``axes`` will do.
+    level_spacings : sequence of array_like
+        Spacing (x, y[, z], mm) of each level, level 0 first; dataset ``i`` is ``"i"``.
+    labels : bool, optional
+        Levels made by striding (label maps) rather than block means.
+
+    Returns
+    -------
+    dict
+        ``{"multiscales": [...], "biomip": {...}}``; a coarser level's voxel centre lies
+        half a coarse voxel minus half a fine voxel further than level 0's origin.
+
+    Examples
+    --------
+    >>> img = Image(np.zeros((4, 4, 4)), spacing=(0.5, 0.5, 2.0))
+    >>> attrs = ngff_attrs(img, [(0.5, 0.5, 2.0), (1.0, 1.0, 2.0)])
+    >>> [d["coordinateTransformations"][0]["scale"] for d in attrs["multiscales"][0]["datasets"]]
+    [[2.0, 0.5, 0.5], [2.0, 1.0, 1.0]]
+    """
+    axes, sdim = image.axes, image.sdim
+    lead = len(axes) - sdim
+    datasets = []
+    for i, sp in enumerate(level_spacings):
+        sp = np.asarray(sp, dtype=float)
+        scale = [1.0] * lead + [float(v) for v in reversed(sp)]   # array order: spatial reversed (z, y, x)
+        shift = (sp - np.asarray(image.spacing)) / 2.0               # block-mean centre of level i
+        trans = [0.0] * lead + [float(o + d) for o, d in zip(reversed(image.origin), reversed(shift))]
+        datasets.append({"path": str(i), "coordinateTransformations": [
+            {"type": "scale", "scale": scale}, {"type": "translation", "translation": trans}]})
+    ax_meta = []
+    for a in axes:
+        if a in "zyx":
+            ax_meta.append({"name": a, "type": "space", "unit": "millimeter"})
+        elif a == "c":
+            ax_meta.append({"name": "c", "type": "channel"})
+        else:
+            ax_meta.append({"name": "t", "type": "time"})
+    return {"multiscales": [{"version": "0.4", "name": str(image.meta.get("name", "image")), "axes": ax_meta,
+                             "datasets": datasets, "type": "stride" if labels else "mean"}],
+            "biomip": {"spacing": list(image.spacing), "origin": list(image.origin),
+                       "direction": image.direction.ravel().tolist(), "axes": axes,
+                       "meta": {k: v for k, v in image.meta.items() if isinstance(v, (str, int, float, bool))}}}
 
 
 def write_omezarr(image: Image, path, levels: int | None = None, min_size: int = 32,
@@ -67,35 +146,14 @@ def write_omezarr(image: Image, path, levels: int | None = None, min_size: int =
             2 if n // 2 >= min_size else 1 for n in sp_shape)
         if all(f == 1 for f in factors):
             break
-        pyramid.append(_downsample(cur, factors, labels))
+        pyramid.append(downsample_level(cur, factors, labels))
         spacing_levels.append(spacing_levels[-1] * np.asarray(list(reversed(factors[-sdim:]))))
     try:
         root = zarr.open_group(str(path), mode="w", zarr_format=2)
-        datasets = []
-        for i, (lv, sp) in enumerate(zip(pyramid, spacing_levels)):
+        for i, lv in enumerate(pyramid):
             ch = tuple(min(n, chunks) if a in "zyx" else 1 for a, n in zip(axes, lv.shape))
             root.create_array(str(i), data=np.ascontiguousarray(lv), chunks=ch)
-            # array-order scale: non-spatial 1, spatial reversed (z, y, x)
-            scale = [1.0] * (lv.ndim - sdim) + [float(s) for s in reversed(sp)]
-            # voxel centre of level i sits at half a fine voxel further (block mean)
-            shift = (np.asarray(sp) - np.asarray(image.spacing)) / 2.0
-            trans = [0.0] * (lv.ndim - sdim) + [float(o + s) for o, s in zip(reversed(image.origin), reversed(shift))]
-            datasets.append({"path": str(i), "coordinateTransformations": [
-                {"type": "scale", "scale": scale}, {"type": "translation", "translation": trans}]})
-        ax_meta = []
-        for a in axes:
-            if a in "zyx":
-                ax_meta.append({"name": a, "type": "space", "unit": "millimeter"})
-            elif a == "c":
-                ax_meta.append({"name": "c", "type": "channel"})
-            else:
-                ax_meta.append({"name": "t", "type": "time"})
-        root.attrs["multiscales"] = [{"version": "0.4", "name": str(image.meta.get("name", "image")),
-                                      "axes": ax_meta, "datasets": datasets,
-                                      "type": "mean" if not labels else "stride"}]
-        root.attrs["biomip"] = {"spacing": list(image.spacing), "origin": list(image.origin),
-                                "direction": image.direction.ravel().tolist(), "axes": axes,
-                                "meta": {k: v for k, v in image.meta.items() if isinstance(v, (str, int, float, bool))}}
+        root.attrs.update(ngff_attrs(image, spacing_levels, labels))
     except Exception as exc:
         raise FormatError(f"path: cannot write OME-Zarr {str(path)!r}: {exc}") from exc
 
@@ -300,6 +358,59 @@ def read_omezarr(path, level: int = 0) -> Image:
     Image
         The image with spacing / origin (mm) from the coordinate transformations.
     """
+    p, a, attrs, ms, ds, nlevels = _open_level(path, level, whole=True)
+    try:
+        arr = np.asarray(a[...])
+    except Exception as exc:
+        raise FormatError(f"path: cannot read level {level} of {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return _ngff_image(p, arr, attrs, ms, ds, level, nlevels)
+
+
+def open_omezarr(path, level: int = 0):
+    """Open one level of an OME-Zarr without reading its voxels: the array and its geometry.
+
+    For volumes larger than memory (:mod:`biomip.batch` reads them chunk by chunk); the
+    metadata and the chunk layout are validated as by :func:`read_omezarr`, but the read
+    limit applies to one chunk, not to the whole array.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The ``.ome.zarr`` folder.
+    level : int, optional
+        Pyramid level (default 0, full resolution).
+
+    Returns
+    -------
+    array : zarr.Array
+        The stored array, in the file's axis order.
+    order : tuple of int
+        The transposition that puts the file's axes in biomip's order (``t, c, z, y, x``).
+    geometry : Image
+        The geometry (spacing, origin, direction, axes, meta) on a zero-memory stand-in
+        array of the image's shape (a broadcast view: do not write to it).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from biomip.io import write
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "v.ome.zarr"
+    >>> _ = write(Image(np.ones((40, 50, 60), np.float32), spacing=(0.5, 0.5, 2.0)), path)
+    >>> arr, order, geo = open_omezarr(path)
+    >>> arr.shape, order, geo.shape, geo.spacing
+    ((40, 50, 60), (0, 1, 2), (40, 50, 60), (0.5, 0.5, 2.0))
+    """
+    p, a, attrs, ms, ds, nlevels = _open_level(path, level, whole=False)
+    stand_in = np.broadcast_to(np.zeros((), dtype=np.dtype(a.dtype)), tuple(int(n) for n in a.shape))
+    order = _ngff_order(p, stand_in.ndim, ms)
+    return a, tuple(order), _ngff_image(p, stand_in, attrs, ms, ds, level, nlevels)
+
+
+def _open_level(path, level: int, whole: bool):
+    """Validated (path, zarr array, attrs, multiscale, dataset, number of levels) of one level;
+    ``whole``: the array must fit the read limit (else one chunk must)."""
     import zarr
 
     p = Path(path)
@@ -340,7 +451,8 @@ def read_omezarr(path, level: int = 0) -> Image:
         raise _bad(p, f"{where}: unusable array metadata: {type(exc).__name__}: {exc}") from exc
     check_shape(p, "OME-Zarr", shape)
     numeric_dtype(p, "OME-Zarr", dtype)
-    check_limit(p, "OME-Zarr", shape, dtype)
+    if whole:
+        check_limit(p, "OME-Zarr", shape, dtype)
     nchunks = 1
     for n, c in zip(shape, chunks):
         nchunks *= -(-n // max(1, c))
@@ -357,21 +469,15 @@ def read_omezarr(path, level: int = 0) -> Image:
         shards = None
     stored = nbytes_of(shards, dtype) if shards else chunk_bytes
     _check_chunk_files(p, p / dpath, info, stored, where)
-    try:
-        arr = np.asarray(a[...])
-    except Exception as exc:
-        raise FormatError(f"path: cannot read level {level} of {str(path)!r}: {type(exc).__name__}: {exc}") from exc
-    if arr.dtype.byteorder == ">":
-        arr = arr.astype(arr.dtype.newbyteorder("="))
-    return _ngff_image(p, arr, attrs, ms, ds, level, len(datasets))
+    return p, a, attrs, ms, ds, len(datasets)
 
 
-def _ngff_image(p: Path, arr, attrs: dict, ms: dict, ds: dict, level: int, nlevels: int) -> Image:
+def _ngff_axes(p: Path, ndim: int, ms: dict) -> tuple[list, str]:
     axes_meta = ms.get("axes")
     if axes_meta is None:
-        axes_meta = [{"name": a} for a in "tczyx"[-arr.ndim:]]
-    if not isinstance(axes_meta, list) or len(axes_meta) != arr.ndim:
-        raise _bad(p, f"the multiscale axes {axes_meta!r:.80} do not match the {arr.ndim} array dimensions")
+        axes_meta = [{"name": a} for a in "tczyx"[-ndim:]]
+    if not isinstance(axes_meta, list) or len(axes_meta) != ndim:
+        raise _bad(p, f"the multiscale axes {axes_meta!r:.80} do not match the {ndim} array dimensions")
     names_list = []
     for a in axes_meta:
         name = a.get("name") if isinstance(a, dict) else a
@@ -381,6 +487,16 @@ def _ngff_image(p: Path, arr, attrs: dict, ms: dict, ds: dict, level: int, nleve
     names = "".join(names_list)
     if any(n not in "tczyx" for n in names) or len(set(names)) != len(names):
         raise FormatError(f"path: OME-Zarr axes {names!r} of {str(p)!r} are not distinct t/c/z/y/x")
+    return axes_meta, names
+
+
+def _ngff_order(p: Path, ndim: int, ms: dict) -> list:
+    names = _ngff_axes(p, ndim, ms)[1]
+    return [names.index(a) for a in "tczyx" if a in names]
+
+
+def _ngff_image(p: Path, arr, attrs: dict, ms: dict, ds: dict, level: int, nlevels: int) -> Image:
+    axes_meta, names = _ngff_axes(p, arr.ndim, ms)
     order = [names.index(a) for a in "tczyx" if a in names]
     arr = np.transpose(arr, order)
     axes = "".join(names[i] for i in order)

@@ -1,0 +1,198 @@
+"""biomip.batch on a 2-worker LocalCluster (issue 20): chunked filters and labels equal the
+single-process result, a zero halo differs, a batch equals the serial loop, resumes, reports
+failures per item, survives a killed worker, and refuses bad input before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+pytest.importorskip("distributed", reason="the scale extra (dask[distributed], dask-image) is not installed")
+pytest.importorskip("dask_image", reason="the scale extra (dask[distributed], dask-image) is not installed")
+
+from biomip import batch  # noqa: E402
+from biomip import io as bio  # noqa: E402
+from biomip.core.errors import InputError  # noqa: E402
+from biomip.core.image import Image  # noqa: E402
+from biomip.ops import gaussian_smooth  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = batch.make_client("local:2", threads_per_worker=1)
+    yield c
+    cluster = c.cluster
+    c.close()
+    cluster.close()
+
+
+def _volume(seed: int = 0) -> Image:
+    rng = np.random.default_rng(seed)
+    arr = ndimage.gaussian_filter(rng.random((40, 48, 56)), 2.0).astype(np.float32)
+    d = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])          # rotated, anisotropic, off-centre
+    return Image(arr, spacing=(0.8, 0.7, 1.5), origin=(-20.0, 12.5, 30.0), direction=d)
+
+
+def test_chunked_smoothing_equals_the_whole_volume(client, tmp_path):
+    vol = _volume()
+    whole = gaussian_smooth(vol, 1.6).numpy()
+    got = batch.smooth(vol, 1.6, chunks=(16, 16, 16), client=client)       # 3 x 3 x 4 chunks
+    np.testing.assert_allclose(got.numpy(), whole, rtol=0, atol=1e-6)
+    assert got.same_geometry(vol)
+    # negative control: no halo -> the chunk borders show
+    depthless = batch.map_blocks(gaussian_smooth, vol, 0, chunks=(16, 16, 16), client=client,
+                                 sigma=[1.6 / s for s in vol.spacing], sdim=3)
+    assert float(np.abs(depthless.numpy() - whole).max()) > 1e-3
+
+
+def test_ome_zarr_in_and_out_with_geometry_and_pyramid(client, tmp_path):
+    vol = _volume(1)
+    src = tmp_path / "in.ome.zarr"
+    bio.write(vol, src, chunks=16)
+    arr, geo = batch.open_volume(src)
+    assert arr.numblocks == (3, 3, 4) and geo.same_geometry(vol)
+    out = batch.smooth(src, 1.2, out=tmp_path / "out.ome.zarr", client=client)
+    back = bio.read(out)
+    assert back.same_geometry(vol)
+    np.testing.assert_allclose(back.numpy(), gaussian_smooth(vol, 1.2).numpy(), atol=1e-6)
+    # the pyramid, chunk by chunk, as the in-memory writer makes it
+    arr, geo = batch.open_volume(out)
+    pyr = batch.write_zarr(arr, geo, tmp_path / "pyr.ome.zarr", min_size=10, client=client)
+    ref = tmp_path / "ref.ome.zarr"
+    bio.write(back, ref, min_size=10)
+    for level, shape in ((1, (20, 24, 28)), (2, (10, 12, 14))):
+        lv = bio.read(pyr, level=level)
+        assert lv.shape == shape
+        want = bio.read(ref, level=level)
+        assert lv.same_geometry(want)
+        np.testing.assert_allclose(lv.numpy(), want.numpy(), atol=1e-6)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no partial output left"
+
+
+def test_chunked_labels_give_the_same_partition(client):
+    rng = np.random.default_rng(4)
+    vol = ndimage.gaussian_filter(rng.random((36, 44, 40)), 1.5)
+    t = float(np.quantile(vol, 0.8))
+    lab = batch.label(vol, t, chunks=18, client=client)
+    ref, n = ndimage.label(vol > t)
+    got = lab.numpy()
+    assert lab.meta["objects"] == n > 5
+    assert ((got > 0) == (ref > 0)).all()
+    pairs = {(int(a), int(b)) for a, b in zip(got[ref > 0], ref[ref > 0])}
+    assert len(pairs) == n == len({a for a, _ in pairs}), "one id per object, each object one id"
+    # objects that cross chunk borders exist (else the test would not test the merge)
+    crossing = [k for k in range(1, n + 1) if np.ptp(np.nonzero(ref == k)[0] // 18) > 0]
+    assert crossing
+
+
+def _items(tmp_path: Path, n: int) -> list[Path]:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    paths = []
+    for k in range(n):
+        p = folder / f"item{k:03d}.nii.gz"
+        bio.write(Image(rng.random((12, 16, 16)).astype(np.float32), spacing=(0.5, 0.5, 1.0 + k / 10)), p)
+        paths.append(p)
+    return paths
+
+
+def test_batch_equals_the_serial_loop_and_resumes(client, tmp_path):
+    paths = _items(tmp_path, 40)
+    report = batch.run("ops.gaussian_smooth", str(tmp_path / "in" / "*.nii.gz"), tmp_path / "out", {"sigma": 0.8},
+                       client=client, progress=False)
+    assert [it["status"] for it in report.items] == ["done"] * 40
+    want = batch.serial("ops.gaussian_smooth", paths, {"sigma": 0.8})
+    for p, w in zip(paths, want):
+        got = bio.read(tmp_path / "out" / p.name)
+        assert got.same_geometry(w)
+        np.testing.assert_array_equal(got.numpy(), w.numpy())
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["method"] == "ops.gaussian_smooth" and len(manifest["items"]) == 40
+    assert (tmp_path / "out" / "manifest.csv").read_text().count("\n") == 41
+    # resume: everything done is skipped; a lost output runs again
+    (tmp_path / "out" / paths[3].name).unlink()
+    again = batch.run("ops.gaussian_smooth", str(tmp_path / "in" / "*.nii.gz"), tmp_path / "out", {"sigma": 0.8},
+                      client=client, progress=False)
+    status = {Path(it["output"]).name: it["status"] for it in again.items}
+    assert status.pop(paths[3].name) == "done" and set(status.values()) == {"skipped"}
+
+
+def test_a_failed_item_is_reported_and_the_batch_goes_on(tmp_path):
+    paths = _items(tmp_path, 3)
+    bad = tmp_path / "in" / "broken.nii.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00 not a nifti")
+    report = batch.run("ops.gaussian_smooth", [*paths, bad], tmp_path / "out", {"sigma": 0.8}, scheduler="sync",
+                       progress=False)
+    status = {Path(it["inputs"][0]).name: it for it in report.items}
+    assert status["broken.nii.gz"]["status"] == "failed" and "broken.nii.gz" in status["broken.nii.gz"]["error"]
+    assert [status[p.name]["status"] for p in paths] == ["done"] * 3
+    assert not (tmp_path / "out" / "broken.nii.gz").exists()
+    assert len(report.failed) == 1
+
+
+def test_a_killed_worker_leaves_no_partial_output_and_the_batch_completes(client, tmp_path):
+    paths = _items(tmp_path, 6)
+    marker = tmp_path / "killed-once"
+
+    def dies_once(image, marker=str(marker)):
+        import os as _os
+        if not _os.path.exists(marker):
+            Path(marker).write_text("x")
+            _os._exit(1)                          # the worker process dies mid-item
+        return image.with_array(image.numpy() * 2)
+
+    report = batch.run(dies_once, [str(p) for p in paths], tmp_path / "out", client=client, progress=False)
+    assert marker.exists() and [it["status"] for it in report.items] == ["done"] * 6
+    for p in paths:
+        np.testing.assert_array_equal(bio.read(tmp_path / "out" / p.name).numpy(), 2 * bio.read(p).numpy())
+    assert not [x for x in (tmp_path / "out").iterdir() if x.name.startswith(".")]
+
+
+def test_bad_input_is_refused_before_any_work(tmp_path):
+    vol = np.zeros((32, 32, 32), np.float32)
+    with pytest.raises(InputError, match="depth: the halo of 20 voxels"):
+        batch.map_blocks(gaussian_smooth, vol, 20, chunks=16, sigma=1.0)
+    with pytest.raises(InputError, match="depth: got"):
+        batch.map_blocks(gaussian_smooth, vol, (1, 2), chunks=16)
+    with pytest.raises(InputError, match="matches no file"):
+        batch.run("ops.gaussian_smooth", str(tmp_path / "nothing-*.nii.gz"), tmp_path / "o", scheduler="sync")
+    with pytest.raises(InputError, match="not a biomip function"):
+        batch.run("segment.no_such_method", str(tmp_path), tmp_path / "o", scheduler="sync")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    for d in (a, b):
+        bio.write(Image(vol), d / "same.nii.gz")
+    with pytest.raises(InputError, match="would both write 'same.nii.gz'"):
+        batch.run("ops.gaussian_smooth", [a / "same.nii.gz", b / "same.nii.gz"], tmp_path / "o", scheduler="sync")
+    with pytest.raises(InputError, match="scheduler: got 'local:x'"):
+        batch.make_client("local:x")
+    assert not (tmp_path / "o").exists(), "nothing was written"
+    assert os.cpu_count()
+
+
+def test_cli_batch_runs_resumes_and_reports(capsys, tmp_path):
+    from biomip.cli.main import main
+
+    paths = _items(tmp_path, 3)
+    argv = ["batch", "ops.gaussian_smooth", str(tmp_path / "in" / "*.nii.gz"), "--out", str(tmp_path / "out"),
+            "-p", "sigma=0.8", "--scheduler", "sync"]
+    assert main(argv) == 0
+    assert "3 items: 3 done" in capsys.readouterr().out
+    np.testing.assert_array_equal(bio.read(tmp_path / "out" / paths[0].name).numpy(),
+                                  gaussian_smooth(bio.read(paths[0]), 0.8).numpy())
+    assert main(argv) == 0
+    assert "0 done, 3 skipped" in capsys.readouterr().out
+    # a parameter the method refuses: every item fails, each says why, exit status 1
+    assert main([*argv[:4], str(tmp_path / "bad"), "-p", "sigma=-1", "--scheduler", "sync"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("failed:") == 3 and "sigma" in err
+    # bad usage: exit 2, one line, no traceback
+    assert main(["batch", "ops.gaussian_smooth", str(paths[0]), "--out", str(tmp_path / "o"), "-p", "sigma"]) == 2
+    err = capsys.readouterr().err
+    assert "--param: got 'sigma'; expected NAME=VALUE" in err and "Traceback" not in err
