@@ -196,3 +196,32 @@ def test_cli_batch_runs_resumes_and_reports(capsys, tmp_path):
     assert main(["batch", "ops.gaussian_smooth", str(paths[0]), "--out", str(tmp_path / "o"), "-p", "sigma"]) == 2
     err = capsys.readouterr().err
     assert "--param: got 'sigma'; expected NAME=VALUE" in err and "Traceback" not in err
+
+
+def test_chunked_unet_equals_whole_volume_prediction(client):
+    import torch
+
+    from biomip.nn import UNet
+    from biomip.segment import Plan, predict
+
+    torch.manual_seed(0)
+    net = UNet(3, 1, 3, features=(4, 8), seed=3)
+    net.meta["plan"] = Plan(dimension="3d", data_sdim=3, target_spacing=(0.8, 0.7, 1.5), resample=True,
+                            normalization="zscore", patch_size=(16, 16, 16), batch_size=2, features=(4, 8),
+                            in_channels=1, class_values=[0, 2, 5]).to_dict()
+    vol = _volume(2)
+    whole, prob = predict(net, vol, return_probabilities=True)
+    got = batch.predict(net, vol, chunks=(20, 24, 24), client=client)        # 2 x 2 x 3 chunks
+    assert got.same_geometry(vol) and got.numpy().dtype == np.uint8
+    p = np.sort(prob.numpy(), axis=0)
+    clear = (p[-1] - p[-2]) > 1e-4                       # voxels where no two classes tie within rounding
+    assert clear.mean() > 0.95 and len(np.unique(whole.numpy())) >= 2
+    np.testing.assert_array_equal(got.numpy()[clear], whole.numpy()[clear])
+    # negative control: each chunk on its own (its own windows and statistics) differs at the borders
+    alone = batch.map_blocks(lambda b: predict(net, Image(b, spacing=vol.spacing)).numpy(), vol, 0,
+                             chunks=(20, 24, 24), dtype=np.uint8)
+    assert (alone.numpy() != whole.numpy())[clear].sum() > 100
+    with pytest.raises(InputError, match="smaller than the model's window"):
+        batch.predict(net, vol, chunks=(8, 24, 24))
+    with pytest.raises(InputError, match="resample the volume first"):
+        batch.predict(net, Image(vol.numpy(), spacing=(1.0, 1.0, 1.0)))

@@ -5,9 +5,10 @@
   with per-item status and time, resumable, retried, failures reported per item -- on a
   ``LocalCluster``, any Dask scheduler (SLURM / PBS through ``dask-jobqueue``), or in
   process (``scheduler="sync"``); the ``biomip batch`` command.
-* :func:`map_blocks`, :func:`smooth`, :func:`label` (:mod:`.chunked`): a function on every
-  chunk of an OME-Zarr (or in-memory) volume with a halo, connected components merged
-  across chunk borders, results written chunk by chunk as OME-Zarr with a pyramid.
+* :func:`map_blocks`, :func:`smooth`, :func:`label`, :func:`predict` (:mod:`.chunked`): a
+  function on every chunk of an OME-Zarr (or in-memory) volume with a halo, connected
+  components merged across chunk borders, U-Net inference on the whole volume's window
+  grid chunk by chunk; results written chunk by chunk as OME-Zarr with a pyramid.
 * :func:`make_client` (:mod:`.cluster`): the Dask client for ``local:N`` / an address,
   worker thread pools set so that the workers do not oversubscribe the cores.
 

@@ -1,5 +1,5 @@
 from . import chunked, cluster, runner
-from .chunked import gaussian_depth, label, map_blocks, open_volume, smooth, write_zarr
+from .chunked import gaussian_depth, label, map_blocks, open_volume, predict, smooth, write_zarr
 from .cluster import make_client
 from .runner import BatchReport, resolve_method, run, serial
 
@@ -12,6 +12,7 @@ __all__ = [
     "make_client",
     "map_blocks",
     "open_volume",
+    "predict",
     "resolve_method",
     "run",
     "runner",

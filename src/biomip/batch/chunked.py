@@ -25,7 +25,7 @@ import numpy as np
 
 from ..core.errors import InputError
 
-__all__ = ["open_volume", "map_blocks", "smooth", "label", "write_zarr", "gaussian_depth"]
+__all__ = ["open_volume", "map_blocks", "smooth", "label", "predict", "write_zarr", "gaussian_depth"]
 
 
 def _dask():
@@ -123,7 +123,8 @@ def _compute(obj, client, scheduler):
     import dask
 
     if client is not None:
-        return client.compute(obj).result()
+        fut = client.compute(obj)
+        return client.gather(fut) if isinstance(fut, (list, tuple)) else fut.result()
     return dask.compute(obj, scheduler=scheduler or "threads")[0]
 
 
@@ -424,3 +425,165 @@ def _opened(volume, chunks):
         arr, geo = volume
         return (arr.rechunk(chunks) if chunks is not None else arr), geo
     return open_volume(volume, chunks=chunks)
+
+
+def predict(model, volume, *, overlap: float = 0.5, batch_size: int = 2, chunks=None, out=None, client=None,
+            scheduler: str | None = None):
+    """Segment a volume of any size with a trained 3-D U-Net, chunk by chunk; equals
+    :func:`biomip.segment.predict` on the whole volume.
+
+    The whole-volume prediction blends Gaussian-weighted sliding windows laid on one grid
+    over the volume.  Here every chunk computes exactly the windows of that global grid
+    that touch it (its halo is a window less one voxel, so each of them lies inside the
+    chunk and its halo) and blends them as the whole-volume run does: instance
+    normalisation and test-time windows are the same, so the probabilities agree to float
+    rounding and the labels agree except where two classes tie to within that rounding.
+    The image is normalised as the model's plan says, with whole-volume statistics (z-score:
+    the volume's mean and standard deviation, computed chunk by chunk first).
+
+    Parameters
+    ----------
+    model : UNet
+        A 3-D :class:`biomip.nn.UNet` trained by :func:`biomip.segment.train_unet` (its
+        ``meta["plan"]``: patch size, normalisation, class values); the volume must be at
+        the plan's spacing (resample it first otherwise).
+    volume : str, pathlib.Path, Image, numpy.ndarray or dask.array.Array
+        A grey ``zyx`` volume (see :func:`open_volume`).
+    overlap : float, optional
+        Sliding-window overlap, as :func:`biomip.segment.predict`.
+    batch_size : int, optional
+        Windows per forward pass.
+    chunks : int, tuple or None, optional
+        Chunk shape (voxels); each axis at least the patch size.
+    out : str or pathlib.Path, optional
+        Write the label map there as an OME-Zarr (pyramid by striding) and return its path.
+    client : distributed.Client, optional
+        Compute on a Dask cluster (the model is sent to the workers); default: threads here.
+    scheduler : str, optional
+        Local Dask scheduler when there is no client.
+
+    Returns
+    -------
+    Image or pathlib.Path
+        The labels (the plan's class values, uint8), the input's geometry.
+
+    Raises
+    ------
+    InputError
+        Before any work: not a trained 3-D U-Net, a volume off the plan's spacing or
+        smaller than a window, chunks smaller than the patch (the receptive field).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from biomip.nn import UNet
+    >>> from biomip.segment import Plan
+    >>> net = UNet(3, 1, 2, features=(4, 8))
+    >>> net.meta["plan"] = Plan(dimension="3d", data_sdim=3, target_spacing=(1.0, 1.0, 1.0), resample=False,
+    ...     normalization="zscore", patch_size=(16, 16, 16), batch_size=2, features=(4, 8), in_channels=1,
+    ...     class_values=[0, 1]).to_dict()
+    >>> vol = np.random.default_rng(0).random((24, 32, 32)).astype(np.float32)
+    >>> predict(net, vol, chunks=16).shape
+    (24, 32, 32)
+    """
+    from ..nn import UNet, window_starts
+    from ..segment.planning import Plan
+
+    if not isinstance(model, UNet) or model.sdim != 3 or not isinstance(model.meta.get("plan"), dict):
+        raise InputError(f"model: got {type(model).__name__}; expected a 3-D UNet trained by "
+                         "biomip.segment.train_unet (with its plan in meta['plan'])")
+    plan = Plan.from_dict(model.meta["plan"])
+    if plan.dimension != "3d" or model.in_channels != 1:
+        raise InputError(f"model: a {plan.dimension} plan with {model.in_channels} input channel(s); chunked "
+                         "prediction takes 3-D models of grey volumes")
+    arr, geo = _opened(volume, chunks)
+    if arr.ndim != 3:
+        raise InputError(f"volume: got axes {geo.axes!r}; expected a grey zyx volume")
+    if plan.needs_resampling(geo.spacing):
+        raise InputError(f"volume: spacing {tuple(round(s, 4) for s in geo.spacing)} mm; the model works at "
+                         f"{tuple(plan.target_spacing)} mm -- resample the volume first")
+    patch = tuple(int(p) for p in plan.patch_size)
+    size = tuple(int(n) for n in arr.shape)
+    if any(n < p for n, p in zip(size, patch)):
+        raise InputError(f"volume: shape {size} is smaller than the model's window {patch}; use "
+                         "biomip.segment.predict")
+    merged = []
+    for ch, p in zip(arr.chunks, patch):                      # a short last chunk joins its neighbour
+        ch = list(ch)
+        while len(ch) > 1 and ch[-1] < p:
+            last = ch.pop()
+            ch[-1] += last
+        merged.append(tuple(ch))
+    if tuple(merged) != tuple(arr.chunks):
+        arr = arr.rechunk(tuple(merged))
+    for ax, (ch, p) in enumerate(zip(arr.chunks, patch)):
+        if len(ch) > 1 and min(ch) < p:
+            raise InputError(f"chunks: {min(ch)} voxels on axis {ax} is smaller than the model's window of {p} "
+                             f"(its receptive field); use chunks of at least {patch}")
+    norm = _normalisation(plan, arr, client, scheduler)
+    starts = [window_starts(n, p, overlap) for n, p in zip(size, patch)]
+    depth = {ax: p - 1 if len(ch) > 1 else 0 for ax, (p, ch) in enumerate(zip(patch, arr.chunks))}
+    bounds = [np.cumsum((0,) + tuple(ch)) for ch in arr.chunks]
+    values = np.asarray(plan.class_values)
+    model = model.cpu().eval()
+
+    def segment_block(block, block_info=None):
+        loc = block_info[0]["chunk-location"]
+        lo = [int(b[i]) for b, i in zip(bounds, loc)]
+        hi = [int(b[i + 1]) for b, i in zip(bounds, loc)]
+        region_lo = [lo_a - min(depth[a], lo_a) for a, lo_a in enumerate(lo)]
+        return _windows_block(model, block, region_lo, lo, hi, starts, patch, norm, batch_size, values)
+
+    lab = arr.map_overlap(segment_block, depth=depth, boundary="none", dtype=np.uint8, trim=True)
+    if out is not None:
+        return write_zarr(lab, geo, out, labels=True, client=client, scheduler=scheduler)
+    img = _in_memory(lab, geo, client, scheduler)
+    img.meta.update({"kind": "labels", "method": "unet", "class_values": [int(v) for v in values]})
+    return img
+
+
+def _normalisation(plan, arr, client, scheduler):
+    """(clip low, clip high, mean, std) of the plan's normalisation over the whole volume."""
+    if plan.normalization == "none":
+        return None
+    if plan.normalization == "ct":
+        s = plan.intensity[0]
+        return (float(s["clip"][0]), float(s["clip"][1]), float(s["mean"]), max(float(s["std"]), 1e-8))
+    x = arr.astype(np.float64)
+    mean, sq = _compute((x.mean(), (x * x).mean()), client, scheduler)
+    std = float(np.sqrt(max(float(sq) - float(mean) ** 2, 0.0)))
+    return (-np.inf, np.inf, float(mean), max(std, 1e-8))
+
+
+def _windows_block(model, block, region_lo, lo, hi, starts, patch, norm, batch_size, values):
+    """Labels of one chunk: the global windows touching [lo, hi), blended as sliding-window inference."""
+    import itertools
+
+    import torch
+
+    from ..nn import gaussian_importance
+
+    x = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+    if norm is not None:
+        c0, c1, mean, std = norm
+        x = (x.clamp(c0, c1) - mean) / std
+    x = x[None]
+    mine = [[s for s in st if s < h and s + p > lo_] for st, lo_, h, p in zip(starts, lo, hi, patch)]
+    wins = list(itertools.product(*mine))
+    w = gaussian_importance(patch)
+    out = None
+    weight = torch.zeros(block.shape, dtype=torch.float32)
+    with torch.no_grad():
+        for b0 in range(0, len(wins), batch_size):
+            sl = [tuple(slice(s - r, s - r + p) for s, r, p in zip(st, region_lo, patch)) for st in wins[b0:b0 + batch_size]]
+            xb = torch.stack([x[(slice(None), *s)] for s in sl])
+            yb = torch.softmax(model(xb).float(), dim=1)
+            if out is None:
+                out = torch.zeros((yb.shape[1], *block.shape), dtype=torch.float32)
+            for k, s in enumerate(sl):
+                out[(slice(None), *s)] += yb[k] * w
+                weight[s] += w
+    core = tuple(slice(lo_ - r, h - r) for lo_, h, r in zip(lo, hi, region_lo))
+    labels = np.zeros(block.shape, dtype=np.uint8)
+    labels[core] = values[(out[(slice(None), *core)] / weight[core]).argmax(0).numpy()]
+    return labels
