@@ -8,7 +8,9 @@
 * :func:`map_blocks`, :func:`smooth`, :func:`label`, :func:`predict` (:mod:`.chunked`): a
   function on every chunk of an OME-Zarr (or in-memory) volume with a halo, connected
   components merged across chunk borders, U-Net inference on the whole volume's window
-  grid chunk by chunk; results written chunk by chunk as OME-Zarr with a pyramid.
+  grid chunk by chunk; :func:`register` / :func:`warp`: a large pair registered on a coarse
+  pyramid level, warped chunk by chunk at full resolution; results written chunk by chunk
+  as OME-Zarr with a pyramid.
 * :func:`make_client` (:mod:`.cluster`): the Dask client for ``local:N`` / an address,
   worker thread pools set so that the workers do not oversubscribe the cores.
 

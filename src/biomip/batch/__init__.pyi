@@ -1,5 +1,5 @@
 from . import chunked, cluster, runner
-from .chunked import gaussian_depth, label, map_blocks, open_volume, predict, smooth, write_zarr
+from .chunked import gaussian_depth, label, map_blocks, open_volume, predict, register, smooth, warp, write_zarr
 from .cluster import make_client
 from .runner import BatchReport, resolve_method, run, serial
 
@@ -13,10 +13,12 @@ __all__ = [
     "map_blocks",
     "open_volume",
     "predict",
+    "register",
     "resolve_method",
     "run",
     "runner",
     "serial",
     "smooth",
+    "warp",
     "write_zarr",
 ]

@@ -25,7 +25,8 @@ import numpy as np
 
 from ..core.errors import InputError
 
-__all__ = ["open_volume", "map_blocks", "smooth", "label", "predict", "write_zarr", "gaussian_depth"]
+__all__ = ["open_volume", "map_blocks", "smooth", "label", "predict", "warp", "register", "write_zarr",
+           "gaussian_depth"]
 
 
 def _dask():
@@ -587,3 +588,175 @@ def _windows_block(model, block, region_lo, lo, hi, starts, patch, norm, batch_s
     labels = np.zeros(block.shape, dtype=np.uint8)
     labels[core] = values[(out[(slice(None), *core)] / weight[core]).argmax(0).numpy()]
     return labels
+
+
+def _sub_grid(geo, lo_zyx, arr):
+    """An Image of ``arr`` placed at array index ``lo_zyx`` of ``geo``'s grid."""
+    from ..core.image import Image
+
+    origin = geo.index_to_world(np.asarray(lo_zyx[::-1], dtype=float))
+    return Image(arr, spacing=geo.spacing, origin=origin, direction=geo.direction)
+
+
+def _source(volume):
+    """(sliceable array in zyx order, geometry) without reading it: a zarr array or numpy."""
+    from ..core.image import Image
+    from ..io.omezarr import open_omezarr
+
+    if isinstance(volume, (str, Path)):
+        z, order, geo = open_omezarr(volume)
+        if tuple(order) != tuple(range(z.ndim)) or geo.sdim != z.ndim:
+            raise InputError(f"moving: {str(volume)!r} has axes {geo.axes!r}; expected a grey zyx OME-Zarr")
+        return z, geo
+    if isinstance(volume, Image):
+        if volume.ndim != volume.sdim:
+            raise InputError(f"moving: got axes {volume.axes!r}; expected a grey volume")
+        return volume.numpy(), volume
+    raise InputError(f"moving: got {type(volume).__name__}; expected an OME-Zarr path or an Image")
+
+
+def warp(moving, transform, reference, *, chunks=None, out=None, mode: str | None = None, client=None,
+         scheduler: str | None = None):
+    """Resample ``moving`` onto ``reference``'s grid through ``transform``, chunk by chunk.
+
+    Every chunk of the reference grid maps its voxel centres through the transform, reads
+    only the part of ``moving`` they land in (plus two voxels) and resamples it, so the
+    result equals ``transform.warp(moving, reference)`` on whole volumes while neither
+    volume is ever in memory whole.
+
+    Parameters
+    ----------
+    moving : str, pathlib.Path or Image
+        The moving volume: an OME-Zarr folder (read region by region) or an Image.
+    transform : biomip.register.Transform
+        Maps reference (fixed) points to moving points, world mm (any transform of
+        :mod:`biomip.register`: affine, rigid, displacement).
+    reference : str, pathlib.Path or Image
+        The output grid (its voxels are not read).
+    chunks : int, tuple or None, optional
+        Output chunk shape (voxels, z, y, x); default the reference's chunks.
+    out : str or pathlib.Path, optional
+        Write an OME-Zarr there and return its path; default: an in-memory Image.
+    mode : {None, "linear", "nearest"}, optional
+        Interpolation, as :meth:`biomip.register.Transform.warp` (labels: nearest).
+    client : distributed.Client, optional
+        Compute on a Dask cluster; default: threads here.
+    scheduler : str, optional
+        Local Dask scheduler when there is no client.
+
+    Returns
+    -------
+    Image or pathlib.Path
+
+    Examples
+    --------
+    >>> from biomip.core.image import Image
+    >>> from biomip.register import AffineTransform
+    >>> vol = Image(np.random.default_rng(0).random((24, 28, 32)).astype(np.float32), spacing=(1.0, 1.0, 2.0))
+    >>> t = AffineTransform(np.eye(3), translation=(1.5, -2.0, 1.0))
+    >>> got = warp(vol, t, vol, chunks=12)
+    >>> float(np.abs(got.numpy() - t.warp(vol, vol).numpy()).max()) < 1e-5
+    True
+    """
+    src, mgeo = _source(moving)
+    ref_arr, rgeo = _opened(reference, chunks)
+    if rgeo.sdim != mgeo.sdim or ref_arr.ndim != rgeo.sdim:
+        raise InputError(f"reference: axes {rgeo.axes!r} do not match the moving volume's {mgeo.axes!r}")
+    if getattr(transform, "ndim", rgeo.sdim) != rgeo.sdim:
+        raise InputError(f"transform: a {transform.ndim}-D transform for {rgeo.sdim}-D volumes")
+    bounds = [np.cumsum((0,) + tuple(ch)) for ch in ref_arr.chunks]
+    mshape = np.asarray(src.shape)
+    kind = "labels" if mode == "nearest" else None
+
+    def warp_block(block, block_info=None):
+        loc = block_info[0]["chunk-location"]
+        lo = [int(b[i]) for b, i in zip(bounds, loc)]
+        shape = block.shape
+        ref = _sub_grid(rgeo, lo, np.zeros(shape, np.uint8))
+        grid = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in shape[::-1]], indexing="ij"), -1)
+        pts = transform.apply(ref.index_to_world(grid.reshape(-1, len(shape))))
+        idx = mgeo.world_to_index(pts)[:, ::-1]                            # zyx
+        idx = idx[np.isfinite(idx).all(1)]
+        if idx.size == 0:
+            return np.zeros(shape, dtype=src.dtype)
+        m_lo = np.clip(np.floor(idx.min(0)).astype(int) - 2, 0, mshape)
+        m_hi = np.clip(np.ceil(idx.max(0)).astype(int) + 3, 0, mshape)
+        if np.any(m_hi <= m_lo):
+            return np.zeros(shape, dtype=src.dtype)
+        part = np.asarray(src[tuple(slice(a, b) for a, b in zip(m_lo, m_hi))])
+        sub = _sub_grid(mgeo, m_lo, part)
+        if kind:
+            sub.meta["kind"] = kind
+        return transform.warp(sub, ref, mode=mode).numpy().astype(src.dtype, copy=False)
+
+    import dask.array as da
+
+    grid = da.zeros(ref_arr.shape, chunks=ref_arr.chunks, dtype=np.uint8)   # the reference is never read
+    res = grid.map_blocks(warp_block, dtype=np.dtype(src.dtype))
+    if out is not None:
+        return write_zarr(res, rgeo, out, labels=mode == "nearest", client=client, scheduler=scheduler)
+    return _in_memory(res, rgeo, client, scheduler)
+
+
+def register(fixed, moving, *, level: int = 1, transform: str = "affine", out=None, chunks=None, client=None,
+             scheduler: str | None = None, **options):
+    """Register a pair of large OME-Zarr volumes: fit on a coarse pyramid level, warp at full resolution.
+
+    :func:`biomip.register.linear` runs on level ``level`` of both pyramids (in memory:
+    a 2 GB volume is 32 MB at level 2); the transform it finds maps world points, so it
+    holds at every level, and :func:`warp` applies it to the full-resolution moving volume
+    chunk by chunk on the full-resolution fixed grid.
+
+    Parameters
+    ----------
+    fixed, moving : str or pathlib.Path
+        OME-Zarr folders with pyramids (``biomip.io.write`` / :func:`write_zarr` make them).
+    level : int, optional
+        Pyramid level to register on (clamped to the levels both have).
+    transform : {"rigid", "affine"}, optional
+        Passed to :func:`biomip.register.linear`.
+    out : str or pathlib.Path, optional
+        Write the warped moving volume there (OME-Zarr); default: an in-memory Image.
+    chunks : int, tuple or None, optional
+        Output chunks (voxels).
+    client : distributed.Client, optional
+        Compute the warp on a Dask cluster.
+    scheduler : str, optional
+        Local Dask scheduler when there is no client.
+    **options
+        More keyword arguments of :func:`biomip.register.linear` (``metric``, ``levels``, ...).
+
+    Returns
+    -------
+    result : biomip.register.LinearResult
+        The coarse-level result (its ``transform`` maps fixed to moving world points).
+    warped : Image or pathlib.Path
+        The moving volume on the full-resolution fixed grid.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from scipy import ndimage
+    >>> from biomip import io
+    >>> from biomip.core.image import Image
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> vol = ndimage.gaussian_filter(np.random.default_rng(0).random((64, 64, 64)), 3).astype(np.float32)
+    >>> _ = io.write(Image(vol), d / "f.ome.zarr", min_size=16)
+    >>> _ = io.write(Image(np.roll(vol, 2, axis=2)), d / "m.ome.zarr", min_size=16)
+    >>> res, warped = register(d / "f.ome.zarr", d / "m.ome.zarr", level=1, transform="rigid")
+    >>> bool(np.allclose(res.transform.offset, [2.0, 0.0, 0.0], atol=0.5)), warped.shape
+    (True, (64, 64, 64))
+    """
+    from .. import io as bio
+    from ..register import linear
+
+    for name, v in (("fixed", fixed), ("moving", moving)):
+        if not isinstance(v, (str, Path)) or not Path(v).exists():
+            raise InputError(f"{name}: got {v!r}; expected an OME-Zarr folder")
+    from ..io.omezarr import open_omezarr
+
+    lf = min(level, int(open_omezarr(fixed)[2].meta.get("levels", 1)) - 1) if level else 0
+    lm = min(level, int(open_omezarr(moving)[2].meta.get("levels", 1)) - 1) if level else 0
+    result = linear(bio.read(fixed, level=lf), bio.read(moving, level=lm), transform=transform, **options)
+    warped = warp(moving, result.transform, fixed, chunks=chunks, out=out, client=client, scheduler=scheduler)
+    return result, warped
