@@ -170,6 +170,10 @@ def test_bad_input_is_refused_before_any_work(tmp_path):
         bio.write(Image(vol), d / "same.nii.gz")
     with pytest.raises(InputError, match="would both write 'same.nii.gz'"):
         batch.run("ops.gaussian_smooth", [a / "same.nii.gz", b / "same.nii.gz"], tmp_path / "o", scheduler="sync")
+    odd = tmp_path / "odd.nii.gz"
+    bio.write(Image(vol, spacing=(1.0, 1.0, 2.0)), odd)
+    with pytest.raises(InputError, match="odd.nii.gz' is on another grid"):
+        batch.run("ops.gaussian_smooth", [a / "same.nii.gz", odd], tmp_path / "o", scheduler="sync", same_grid=True)
     with pytest.raises(InputError, match="scheduler: got 'local:x'"):
         batch.make_client("local:x")
     assert not (tmp_path / "o").exists(), "nothing was written"

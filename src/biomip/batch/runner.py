@@ -24,7 +24,7 @@ import numpy as np
 
 from ..core.errors import BiomipError, InputError
 
-__all__ = ["run", "serial", "process_item", "resolve_method", "BatchReport"]
+__all__ = ["run", "serial", "process_item", "resolve_method", "grid_of", "BatchReport"]
 
 _SUFFIXES = (".nii.gz", ".nii", ".ome.tif", ".ome.tiff", ".tif", ".tiff", ".ome.zarr", ".npy", ".npz", ".png", ".jpg",
              ".jpeg", ".mha", ".nrrd", ".dcm")
@@ -131,6 +131,73 @@ def _as_output(result, ref):
     raise InputError(f"method: returned {type(result).__name__}; expected an Image or an array")
 
 
+def grid_of(path) -> tuple:
+    """The grid of an image file -- (spatial shape zyx, spacing, origin, direction) -- cheaply.
+
+    NIfTI and OME-Zarr headers are read without the voxels; other formats are read whole.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        An image file biomip reads.
+
+    Returns
+    -------
+    tuple
+        ``(shape, spacing, origin, direction)``, numpy arrays except the shape.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, numpy as np
+    >>> from biomip import io
+    >>> from biomip.core.image import Image
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.nii.gz"
+    >>> _ = io.write(Image(np.zeros((4, 5, 6), np.float32), spacing=(0.5, 0.5, 2.0)), p)
+    >>> grid_of(p)[:2]
+    ((4, 5, 6), array([0.5, 0.5, 2. ]))
+    """
+    from .. import io as bio
+    from ..io.sniff import sniff
+
+    fmt = sniff(path) if Path(path).is_file() else None
+    if str(path).endswith(".ome.zarr"):
+        from ..io.omezarr import open_omezarr
+
+        img = open_omezarr(path)[2]
+    elif fmt == "nifti":
+        import nibabel as nib
+
+        from ..core.image import Image
+
+        hdr = nib.load(str(path))
+        shape = tuple(int(n) for n in hdr.shape[:3])
+        stand_in = Image(np.broadcast_to(np.zeros((), np.uint8), shape[::-1]))
+        ras = np.asarray(hdr.affine, dtype=float)                     # RAS -> LPS: flip x and y
+        lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras
+        sp = np.linalg.norm(lps[:3, :3], axis=0)
+        return (tuple(stand_in.shape), sp, lps[:3, 3], lps[:3, :3] / sp)
+    else:
+        img = bio.read(path, progress=False)
+    return (tuple(img.spatial_shape), np.asarray(img.spacing, float), np.asarray(img.origin, float),
+            np.asarray(img.direction, float))
+
+
+def _check_one_grid(plan: list) -> None:
+    first = None
+    for p in plan:
+        for src in p["inputs"]:
+            g = grid_of(src)
+            if first is None:
+                first = (src, g)
+                continue
+            s0, g0 = first
+            same = g[0] == g0[0] and all(np.allclose(a, b, atol=1e-4) for a, b in zip(g[1:], g0[1:]))
+            if not same:
+                raise InputError(f"inputs: {str(src)!r} is on another grid than {str(s0)!r} (shape {g[0]} vs "
+                                 f"{g0[0]}, spacing {np.round(g[1], 4).tolist()} vs {np.round(g0[1], 4).tolist()}"
+                                 "); same_grid=True needs one grid -- resample first")
+
+
 def process_item(method, inputs: tuple, output: str, params: dict) -> dict:
     """Run one item: read, call, write atomically.  Raises on failure (Dask retries it).
 
@@ -216,7 +283,8 @@ def _write_manifest(path: Path, header: dict, items: list) -> None:
 
 
 def run(method, inputs, out, params: dict | None = None, *, suffix: str = ".nii.gz", client=None,
-        scheduler: str | None = "local", retries: int = 1, resume: bool = True, progress=None) -> BatchReport:
+        scheduler: str | None = "local", retries: int = 1, resume: bool = True, same_grid: bool = False,
+        progress=None) -> BatchReport:
     """Run ``method`` on every input file and write one result per input into ``out``.
 
     Parameters
@@ -245,6 +313,9 @@ def run(method, inputs, out, params: dict | None = None, *, suffix: str = ".nii.
     resume : bool, optional
         Skip items that an earlier run in ``out`` finished (their output exists and the
         manifest says done); failed and missing ones run.
+    same_grid : bool, optional
+        The method needs every input on one grid (shape, spacing, origin, direction):
+        check the headers first and refuse the batch before any work if one differs.
     progress : bool or None, optional
         Progress bar on stderr (default: when stderr is a terminal).
 
@@ -257,7 +328,7 @@ def run(method, inputs, out, params: dict | None = None, *, suffix: str = ".nii.
     ------
     InputError
         Before any work: no inputs, a pattern matching nothing, an unknown method, two
-        inputs with the same output name.
+        inputs with the same output name, inputs on different grids with ``same_grid``.
 
     Examples
     --------
@@ -296,6 +367,8 @@ def run(method, inputs, out, params: dict | None = None, *, suffix: str = ".nii.
                              "rename one or run them in separate batches")
         names[dest] = ins[-1]
         plan.append({"inputs": [str(p) for p in ins], "output": str(dest)})
+    if same_grid:
+        _check_one_grid(plan)
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / "manifest.json"
     done_before: dict = {}
