@@ -60,6 +60,48 @@ def test_mae_tiled_features_average_the_windows():
         mae.features(vol[None], tile=6)
 
 
+def test_classic_features_match_analytic_derivatives():
+    """On a quadratic volume the Gaussian-smoothed Hessian is the exact one (smoothing leaves second
+    derivatives of a quadratic unchanged; sampled kernels: ~1 % off): its scale-normalised eigenvalues, the LoG and, for a ramp,
+    the gradient magnitude are known in closed form (checked away from the borders)."""
+    z, y, x = np.meshgrid(*(np.arange(40.0) - 20.0,) * 3, indexing="ij")
+    a, b, c = 0.01, -0.02, 0.03
+    f = cs2c.classic_features((a * z * z + b * y * y + c * x * x).astype(np.float64), scales=(2.0,))
+    assert f.shape == (7, 40, 40, 40)
+    mid = (slice(16, 24),) * 3
+    s2 = 4.0
+    np.testing.assert_allclose(f[2][mid], 2 * (a + b + c) * s2, rtol=2e-2)                       # s^2 LoG
+    for i, ev in enumerate(sorted([2 * a * s2, 2 * b * s2, 2 * c * s2])):                        # s^2 Hessian
+        np.testing.assert_allclose(f[4 + i][mid], ev, rtol=2e-2, atol=1e-6)
+    ramp = cs2c.classic_features((0.5 * x + 0.0 * y).astype(np.float64), scales=(2.0,))
+    np.testing.assert_allclose(ramp[3][mid], 0.5 * 2.0, rtol=1e-3)                                # s |grad|
+    np.testing.assert_allclose(ramp[1][mid], np.sqrt(0.25 * 4.0), rtol=1e-3)                      # local sd: 0.5 s
+    assert cs2c.classic_features(np.zeros((8, 8), np.float32)).shape == (24, 8, 8)              # 2-D: 6 per scale
+
+
+def test_feature_whitening_matches_pca_and_checks_widths():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(800, 5)) @ rng.normal(size=(5, 5)) + 3.0
+    stats = cs2c.feature_stats([(x[:400], np.ones(400)), (x[400:], np.ones(400))], whiten=3)
+    assert cs2c.feature_width(stats) == 3
+    z = cs2c.transform_features(x, stats)
+    np.testing.assert_allclose(np.cov(z.T, bias=True), np.eye(3), atol=1e-4)
+    xs = (x - x.mean(0)) / x.std(0)
+    ref = PCA(3, whiten=True, svd_solver="full").fit_transform(xs)
+    np.testing.assert_allclose(np.abs((ref * z).mean(0)), 1.0, atol=1e-3)     # the same components, up to sign
+    # size weights: a superpixel of size 3 counts as three of size 1
+    w = cs2c.feature_stats([(np.array([[0.0], [4.0]]), np.array([3, 1]))])
+    assert float(w[0][0]) == pytest.approx(1.0) and float(w[1][0]) == pytest.approx(np.sqrt(3.0))
+    with pytest.raises(InputError, match="features"):
+        cs2c.transform_features(x[:, :4], stats)
+    with pytest.raises(InputError, match="features"):
+        cs2c.volume_features(np.random.default_rng(0).random((16, 24, 24)), cs2c.Cs2cConfig.tiny(), features="hog")
+    with pytest.raises(InputError, match="mae"):
+        cs2c.volume_features(np.random.default_rng(0).random((16, 24, 24)), cs2c.Cs2cConfig.tiny(), features="mae")
+
+
 def test_graph_is_symmetric_pruned_and_standardised():
     from biomip.data import em_volume
 
@@ -104,7 +146,9 @@ def test_cluster_ids_are_the_same_network_in_every_volume():
 def test_tiny_run_end_to_end(tiny_run):
     cfg, rep, out = tiny_run
     meth = rep["methods"]
-    for name in ("cs2c", "cs2c-classic", "dec", "spectral-branch", "kmeans-mae", "spectral"):
+    assert meth["cs2c"]["features"] == cfg.features == "mae+classic"
+    assert meth["cs2c-mae"]["features"] == "mae" and meth["kmeans-mae"]["features"] == "mae"
+    for name in ("cs2c", "cs2c-mae", "cs2c-classic", "dec", "spectral-branch", "kmeans", "kmeans-mae", "spectral"):
         assert name in meth
         for key in ("dice", "miou", "ari", "nmi", "fixed_dice", "dice_sd"):
             assert np.isfinite(meth[name][key]), (name, key)
@@ -173,7 +217,8 @@ def test_bad_config():
     for kw, name in ((dict(seed=-1), "seed"), (dict(spacing_nm=0.0), "spacing_nm"), (dict(mae_mask=1.5), "mae_mask"),
                      (dict(mae_heads=3), "mae_heads"), (dict(warmup=30), "warmup"), (dict(seeds=()), "seeds"),
                      (dict(seeds=("a",)), "seeds"), (dict(lr=-1.0), "lr"), (dict(graph="rag"), "graph"),
-                     (dict(shape=(24.5, 48, 48)), "shape"), (dict(k=400), "k")):
+                     (dict(shape=(24.5, 48, 48)), "shape"), (dict(k=400), "k"), (dict(features="hog"), "features"),
+                     (dict(whiten=-1), "whiten")):
         with pytest.raises(InputError, match=name):
             cs2c.run(cs2c.Cs2cConfig.tiny(**kw))
 
