@@ -168,7 +168,7 @@ def test_python_block_runs(b, tmp_path, monkeypatch):
     _skip_without_samples(b)
     monkeypatch.chdir(tmp_path)
     code = compile(b.code, f"{b.page.name}:{b.line}", "exec")
-    exec(code, {"__name__": "__readme__"})
+    exec(code, {"__name__": "__main__"})              # as `python block.py` runs it
 
 
 @pytest.mark.parametrize("b", BASH)

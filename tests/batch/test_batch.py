@@ -121,6 +121,12 @@ def test_batch_equals_the_serial_loop_and_resumes(client, tmp_path):
                       client=client, progress=False)
     status = {Path(it["output"]).name: it["status"] for it in again.items}
     assert status.pop(paths[3].name) == "done" and set(status.values()) == {"skipped"}
+    # other parameters (or a changed input) are not "done before": everything runs again
+    other = batch.run("ops.gaussian_smooth", str(tmp_path / "in" / "*.nii.gz"), tmp_path / "out", {"sigma": 1.6},
+                      client=client, progress=False)
+    assert {it["status"] for it in other.items} == {"done"}
+    np.testing.assert_array_equal(bio.read(tmp_path / "out" / paths[0].name).numpy(),
+                                  gaussian_smooth(bio.read(paths[0]), 1.6).numpy())
 
 
 def test_a_failed_item_is_reported_and_the_batch_goes_on(tmp_path):
@@ -173,7 +179,18 @@ def test_bad_input_is_refused_before_any_work(tmp_path):
     odd = tmp_path / "odd.nii.gz"
     bio.write(Image(vol, spacing=(1.0, 1.0, 2.0)), odd)
     with pytest.raises(InputError, match="odd.nii.gz' is on another grid"):
-        batch.run("ops.gaussian_smooth", [a / "same.nii.gz", odd], tmp_path / "o", scheduler="sync", same_grid=True)
+        batch.run("ops.gaussian_smooth", [a / "same.nii.gz", odd], tmp_path / "o", {"sigma": 1.0}, scheduler="sync",
+                  same_grid=True)
+    with pytest.raises(InputError, match="params: got an unexpected keyword argument 'sgma'"):
+        batch.run("ops.gaussian_smooth", [odd], tmp_path / "o", {"sigma": 1.0, "sgma": 2}, scheduler="sync")
+    with pytest.raises(InputError, match="would replace the input"):
+        batch.run("ops.gaussian_smooth", [a / "same.nii.gz"], a, {"sigma": 1.0}, scheduler="sync")
+    with pytest.raises(InputError, match="lies in the output folder"):
+        batch.run("ops.gaussian_smooth", str(a / "*.nii.gz"), a, {"sigma": 1.0}, scheduler="sync")
+    with pytest.raises(InputError, match="params: missing a required argument: 'moving'"):
+        batch.run("register.linear", [a / "same.nii.gz"], tmp_path / "o", scheduler="sync")
+    with pytest.raises(InputError, match="suffix"):
+        batch.run("ops.gaussian_smooth", [a / "same.nii.gz"], tmp_path / "o", suffix=".xyz", scheduler="sync")
     with pytest.raises(InputError, match="scheduler: got 'local:x'"):
         batch.make_client("local:x")
     assert not (tmp_path / "o").exists(), "nothing was written"
@@ -192,10 +209,15 @@ def test_cli_batch_runs_resumes_and_reports(capsys, tmp_path):
                                   gaussian_smooth(bio.read(paths[0]), 0.8).numpy())
     assert main(argv) == 0
     assert "0 done, 3 skipped" in capsys.readouterr().out
-    # a parameter the method refuses: every item fails, each says why, exit status 1
-    assert main([*argv[:4], str(tmp_path / "bad"), "-p", "sigma=-1", "--scheduler", "sync"]) == 1
+    # a value the method refuses: every item fails, each says why, exit status 3
+    assert main([*argv[:4], str(tmp_path / "bad"), "-p", "sigma=-1", "--scheduler", "sync"]) == 3
     err = capsys.readouterr().err
     assert err.count("failed:") == 3 and "sigma" in err
+    # a parameter the method does not take: refused before anything is written, exit 2
+    assert main([*argv[:4], str(tmp_path / "typo"), "-p", "sgma=1", "--scheduler", "sync"]) == 2
+    err = capsys.readouterr().err
+    assert "params: missing a required argument: 'sigma'" in err and "gaussian_smooth(x, sigma" in err
+    assert not (tmp_path / "typo").exists()
     # bad usage: exit 2, one line, no traceback
     assert main(["batch", "ops.gaussian_smooth", str(paths[0]), "--out", str(tmp_path / "o"), "-p", "sigma"]) == 2
     err = capsys.readouterr().err
@@ -255,3 +277,33 @@ def test_large_pair_registered_on_a_coarse_level_and_warped_chunk_by_chunk(clien
     np.testing.assert_allclose(back.numpy(), whole.numpy(), atol=1e-5)
     inner = (slice(8, -8),) * 3
     assert np.abs(back.numpy()[inner] - arr[inner]).mean() < 0.1 * arr.std()
+
+
+def test_pairs_of_patterns_and_an_output_folder_under_the_pattern(tmp_path):
+    rng = np.random.default_rng(2)
+    for k in range(3):
+        arr = ndimage.gaussian_filter(rng.random((16, 24, 24)), 2.0).astype(np.float32)
+        bio.write(Image(arr), tmp_path / f"fix{k}.nii.gz")
+        bio.write(Image(np.roll(arr, 1, axis=2)), tmp_path / f"mov{k}.nii.gz")
+    rep = batch.run("register.linear", [(str(tmp_path / "fix*.nii.gz"), str(tmp_path / "mov*.nii.gz"))],
+                    tmp_path / "reg", {"transform": "rigid"}, scheduler="sync", progress=False)
+    assert [Path(it["inputs"][0]).name for it in rep.items] == ["fix0.nii.gz", "fix1.nii.gz", "fix2.nii.gz"]
+    assert [Path(it["output"]).name for it in rep.items] == ["mov0.nii.gz", "mov1.nii.gz", "mov2.nii.gz"]
+    assert {it["status"] for it in rep.items} == {"done"}
+    # a recursive pattern never picks up the batch's own outputs: the re-run skips everything
+    for _ in range(2):
+        again = batch.run("ops.gaussian_smooth", str(tmp_path / "**" / "fix*.nii.gz"), tmp_path / "sm",
+                          {"sigma": 1.0}, scheduler="sync", progress=False)
+    assert [it["status"] for it in again.items] == ["skipped"] * 3
+
+
+def test_label_pyramid_levels_keep_their_position(tmp_path):
+    lab = np.zeros((64, 64, 64), np.uint8)
+    lab[20:30, 10:40, 30:50] = 3
+    img = Image(lab, spacing=(0.5, 0.5, 1.0), origin=(4.0, -2.0, 7.0), meta={"kind": "labels"})
+    arr, geo = batch.open_volume(img, chunks=32)
+    out = batch.write_zarr(arr, geo, tmp_path / "lab.ome.zarr", labels=True, min_size=16)
+    lv1 = bio.read(out, level=1)
+    # a strided level's voxel i is level 0's voxel 2 i: at the same world point
+    np.testing.assert_allclose(lv1.index_to_world([5.0, 5.0, 10.0]), img.index_to_world([10.0, 10.0, 20.0]))
+    np.testing.assert_array_equal(lv1.numpy(), lab[::2, ::2, ::2])

@@ -260,10 +260,19 @@ def map_blocks(fn, volume, depth=0, *, boundary: str = "none", chunks=None, dtyp
     arr, geo = _opened(volume, chunks)
     full = _depths(depth, arr, geo.sdim)
     dt = np.dtype(dtype) if dtype is not None else arr.dtype
+
+    def same_shape(block, **kw):
+        res = np.asarray(fn(block, **kw))
+        if res.shape != block.shape:
+            raise InputError(f"fn: returned shape {res.shape} for a block of shape {block.shape}; map_blocks needs "
+                             "the same shape out")
+        return res
+
     if any(full):
-        res = arr.map_overlap(fn, depth=dict(enumerate(full)), boundary=boundary, dtype=dt, trim=True, **kwargs)
+        res = arr.map_overlap(same_shape, depth=dict(enumerate(full)), boundary=boundary, dtype=dt, trim=True,
+                              **kwargs)
     else:
-        res = arr.map_blocks(fn, dtype=dt, **kwargs)
+        res = arr.map_blocks(same_shape, dtype=dt, **kwargs)
     if out is not None:
         return write_zarr(res, geo, out, labels=labels, client=client, scheduler=scheduler)
     return _in_memory(res, geo, client, scheduler)
@@ -446,8 +455,9 @@ def predict(model, volume, *, overlap: float = 0.5, batch_size: int = 2, chunks=
     ----------
     model : UNet
         A 3-D :class:`biomip.nn.UNet` trained by :func:`biomip.segment.train_unet` (its
-        ``meta["plan"]``: patch size, normalisation, class values); the volume must be at
-        the plan's spacing (resample it first otherwise).
+        ``meta["plan"]``: patch size, normalisation, class values).  A plan that resamples
+        needs the volume at its target spacing (resample it first otherwise); a plan that
+        does not (``resample=False``) takes any spacing, as :func:`biomip.segment.predict`.
     volume : str, pathlib.Path, Image, numpy.ndarray or dask.array.Array
         A grey ``zyx`` volume (see :func:`open_volume`).
     overlap : float, optional
@@ -526,7 +536,9 @@ def predict(model, volume, *, overlap: float = 0.5, batch_size: int = 2, chunks=
     depth = {ax: p - 1 if len(ch) > 1 else 0 for ax, (p, ch) in enumerate(zip(patch, arr.chunks))}
     bounds = [np.cumsum((0,) + tuple(ch)) for ch in arr.chunks]
     values = np.asarray(plan.class_values)
-    model = model.cpu().eval()
+    import copy
+
+    model = copy.deepcopy(model).cpu().eval()                  # the caller's model stays where it is
 
     def segment_block(block, block_info=None):
         loc = block_info[0]["chunk-location"]
@@ -712,7 +724,7 @@ def register(fixed, moving, *, level: int = 1, transform: str = "affine", out=No
     fixed, moving : str or pathlib.Path
         OME-Zarr folders with pyramids (``biomip.io.write`` / :func:`write_zarr` make them).
     level : int, optional
-        Pyramid level to register on (clamped to the levels both have).
+        Pyramid level to register on (both volumes must have it).
     transform : {"rigid", "affine"}, optional
         Passed to :func:`biomip.register.linear`.
     out : str or pathlib.Path, optional
@@ -755,8 +767,14 @@ def register(fixed, moving, *, level: int = 1, transform: str = "affine", out=No
             raise InputError(f"{name}: got {v!r}; expected an OME-Zarr folder")
     from ..io.omezarr import open_omezarr
 
-    lf = min(level, int(open_omezarr(fixed)[2].meta.get("levels", 1)) - 1) if level else 0
-    lm = min(level, int(open_omezarr(moving)[2].meta.get("levels", 1)) - 1) if level else 0
-    result = linear(bio.read(fixed, level=lf), bio.read(moving, level=lm), transform=transform, **options)
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or level < 0:
+        raise InputError(f"level: got {level!r}; expected a pyramid level >= 0")
+    for name, v in (("fixed", fixed), ("moving", moving)):
+        have = int(open_omezarr(v)[2].meta.get("levels", 1))
+        if level >= have:
+            raise InputError(f"level: got {level}; the {name} OME-Zarr {str(v)!r} has levels 0..{have - 1} -- write "
+                             "it with a pyramid (biomip.io.write / biomip.batch.write_zarr) or pass level=0 to fit "
+                             "at full resolution")
+    result = linear(bio.read(fixed, level=level), bio.read(moving, level=level), transform=transform, **options)
     warped = warp(moving, result.transform, fixed, chunks=chunks, out=out, client=client, scheduler=scheduler)
     return result, warped

@@ -9,6 +9,7 @@ address of a running scheduler (``dask scheduler`` / ``dask-jobqueue`` / Kuberne
 
 from __future__ import annotations
 
+import logging
 import os
 
 from ..core.errors import InputError
@@ -71,10 +72,18 @@ def make_client(scheduler: str | None = None, threads_per_worker: int | None = N
                                  "'local', 'sync' or a scheduler address such as tcp://host:8786")
             n = int(tail)
         tpw = int(threads_per_worker or max(1, cores // n))
+        if threads_per_worker is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+            tpw = max(1, min(tpw, int(os.environ["OMP_NUM_THREADS"])))   # the user's own cap holds
         distributed = _require_distributed()
         env = {v: str(tpw) for v in THREAD_VARIABLES}
-        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                           env=env, silence_logs=40)
+        try:
+            # CRITICAL: a failed item is reported once, in the batch's manifest, not as worker tracebacks
+            cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                               dashboard_address=None, env=env, silence_logs=logging.CRITICAL)
+        except RuntimeError as exc:
+            raise InputError("scheduler: the local Dask workers did not start. In a script, put the code that "
+                             "starts a batch under `if __name__ == \"__main__\":` (worker processes import "
+                             f"the script again); or use scheduler='sync'. ({exc})") from exc
         return distributed.Client(cluster, set_as_default=False)
     if "://" not in scheduler and ":" not in scheduler:
         raise InputError(f"scheduler: got {scheduler!r}; expected 'local', 'local:N', 'sync' or a scheduler "

@@ -80,8 +80,35 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _expand(inputs) -> list:
-    """Items: a glob pattern, a folder, a path, or a list of those / of (fixed, moving) pairs."""
+def _is_pattern(x) -> bool:
+    return any(c in str(x) for c in "*?[")
+
+
+def _matches(pattern: str, exclude: Path | None) -> list:
+    """The files a glob pattern matches (absolute, sorted), none of them under ``exclude``."""
+    found = [Path(p).resolve() for p in sorted(glob.glob(str(pattern), recursive=True))]
+    if exclude is not None:
+        kept = [p for p in found if exclude != p and exclude not in p.parents]
+        if found and not kept:
+            raise InputError(f"out: every file the pattern {str(pattern)!r} matches lies in the output folder "
+                             f"{str(exclude)!r}; choose another output folder")
+        found = kept
+    if not found:
+        raise InputError(f"inputs: the pattern {str(pattern)!r} matches no file")
+    return found
+
+
+def _existing(x) -> Path:
+    p = Path(x)
+    if not p.exists():
+        raise InputError(f"inputs: {str(x)!r} does not exist")
+    return p.resolve()
+
+
+def _expand(inputs, exclude: Path | None = None) -> list:
+    """Items (absolute paths): glob patterns, paths, or (fixed, moving) pairs -- a pair of two
+    patterns pairs their matches in sorted order.  Files under ``exclude`` (the output folder)
+    never match a pattern."""
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     items: list = []
@@ -89,22 +116,55 @@ def _expand(inputs) -> list:
         if isinstance(x, (tuple, list)):
             if len(x) != 2:
                 raise InputError(f"inputs: got the item {x!r}; a pair is (fixed, moving)")
-            items.append(tuple(Path(p) for p in x))
+            if _is_pattern(x[0]) or _is_pattern(x[1]):
+                if not (_is_pattern(x[0]) and _is_pattern(x[1])):
+                    raise InputError(f"inputs: the pair {tuple(map(str, x))!r} mixes a pattern and a path; give two "
+                                     "patterns (their matches are paired in sorted order) or two paths")
+                a, b = _matches(x[0], exclude), _matches(x[1], exclude)
+                if len(a) != len(b):
+                    raise InputError(f"inputs: {str(x[0])!r} matches {len(a)} files and {str(x[1])!r} {len(b)}; "
+                                     "paired patterns must match as many files")
+                items.extend(zip(a, b))
+            else:
+                items.append((_existing(x[0]), _existing(x[1])))
             continue
-        s = str(x)
-        if any(c in s for c in "*?["):
-            found = sorted(glob.glob(s, recursive=True))
-            if not found:
-                raise InputError(f"inputs: the pattern {s!r} matches no file")
-            items.extend(Path(p) for p in found)
+        if _is_pattern(x):
+            items.extend(_matches(x, exclude))
         else:
-            p = Path(s)
-            if not p.exists():
-                raise InputError(f"inputs: {s!r} does not exist")
-            items.append(p)
+            items.append(_existing(x))
     if not items:
         raise InputError("inputs: got no item; expected files, a glob pattern or (fixed, moving) pairs")
     return items
+
+
+def _fingerprint(method, params: dict, suffix: str, inputs) -> str:
+    """What an output depends on: the method, its parameters, the format, each input's size and time."""
+    import hashlib
+    import json
+
+    name = method if isinstance(method, str) else f"{getattr(method, '__module__', '')}.{getattr(method, '__qualname__', repr(method))}"
+    stamp = []
+    for p in inputs:
+        st = Path(p).stat()
+        stamp.append([str(p), st.st_size, st.st_mtime_ns])
+    blob = json.dumps([name, {k: repr(v) for k, v in sorted(params.items())}, suffix, stamp], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _check_call(f, params: dict, n_images: int) -> None:
+    """Refuse parameters the method does not take, or a method that needs other images, before any work."""
+    import inspect
+
+    try:
+        sig = inspect.signature(f)
+    except (TypeError, ValueError):
+        return                                                # a builtin without a signature: trust it
+    try:
+        sig.bind(*([object()] * n_images), **params)
+    except TypeError as exc:
+        what = "a (fixed, moving) pair" if n_images == 2 else "one image"
+        raise InputError(f"params: {exc} -- the method is called with {what} and the parameters "
+                         f"{sorted(params)}; its signature is {f.__name__}{sig}") from None
 
 
 def _as_output(result, ref):
@@ -283,7 +343,7 @@ def _write_manifest(path: Path, header: dict, items: list) -> None:
 
 
 def run(method, inputs, out, params: dict | None = None, *, suffix: str = ".nii.gz", client=None,
-        scheduler: str | None = "local", retries: int = 1, resume: bool = True, same_grid: bool = False,
+        scheduler: str | None = "local", retries: int = 0, resume: bool = True, same_grid: bool = False,
         progress=None) -> BatchReport:
     """Run ``method`` on every input file and write one result per input into ``out``.
 
@@ -309,10 +369,13 @@ def run(method, inputs, out, params: dict | None = None, *, suffix: str = ".nii.
         ``"local"`` (default: a LocalCluster, one worker process per core), ``"local:N"``,
         ``"sync"`` (no Dask: in this process, one item after the other) or an address.
     retries : int, optional
-        Times a failed item is retried on Dask before it is reported failed.
+        Times an item that raised is run again on Dask (transient errors, e.g. a network
+        file system; default 0).  An item whose worker died is always run again elsewhere.
     resume : bool, optional
-        Skip items that an earlier run in ``out`` finished (their output exists and the
-        manifest says done); failed and missing ones run.
+        Skip items that an earlier run in ``out`` finished with the same method,
+        parameters, suffix and input files (size and modification time): their output
+        exists and the manifest records them done with the same fingerprint; failed,
+        missing and changed ones run.
     same_grid : bool, optional
         The method needs every input on one grid (shape, spacing, origin, direction):
         check the headers first and refuse the batch before any work if one differs.
@@ -327,8 +390,11 @@ def run(method, inputs, out, params: dict | None = None, *, suffix: str = ".nii.
     Raises
     ------
     InputError
-        Before any work: no inputs, a pattern matching nothing, an unknown method, two
-        inputs with the same output name, inputs on different grids with ``same_grid``.
+        Before any work (nothing is written): no inputs, a pattern matching nothing, a
+        missing file, an unknown method, parameters the method does not take (or a method
+        that needs a pair), an output format biomip does not write, an output that would
+        replace an input, two inputs with the same output name, inputs on different grids
+        with ``same_grid``, a scheduler that cannot be started or reached.
 
     Examples
     --------
@@ -343,32 +409,49 @@ def run(method, inputs, out, params: dict | None = None, *, suffix: str = ".nii.
     >>> [it["status"] for it in report.items], sorted(p.name for p in (d / "out").glob("*.nii.gz"))
     (['done', 'done', 'done'], ['in0.nii.gz', 'in1.nii.gz', 'in2.nii.gz'])
     """
+    from .. import io as bio
     from ..core.atomic import recover
     from ..core.progress import progress_bar
 
     t0 = time.perf_counter()
     params = dict(params or {})
-    resolve_method(method)                                   # fail before any work
+    f = resolve_method(method)                               # fail before any work
     if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
         raise InputError(f"retries: got {retries!r}; expected a non-negative integer")
     if not isinstance(suffix, str) or not suffix.startswith("."):
         raise InputError(f"suffix: got {suffix!r}; expected a file extension such as '.nii.gz'")
-    items = _expand(inputs)
-    out = Path(out)
+    try:
+        bio.output_format(f"x{suffix}", path_name="suffix")  # a format biomip writes
+    except BiomipError:
+        raise InputError(f"suffix: got {suffix!r}; expected an output format biomip writes (.nii.gz, .nii, .tif, "
+                         ".ome.tif, .ome.zarr, .png, .jpg, .npy, .npz, .dcm)") from None
+    out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise InputError(f"out: {str(out)!r} is a file; expected a folder")
+    items = _expand(inputs, exclude=out)
     names: dict = {}
     plan = []
+    all_inputs = {p for it in items for p in (it if isinstance(it, tuple) else (it,))}
     for it in items:
         ins = it if isinstance(it, tuple) else (it,)
         dest = out / f"{_stem(ins[-1])}{suffix}"
+        if dest in all_inputs:
+            raise InputError(f"out: the result of {str(ins[-1])!r} would replace the input {str(dest)!r}; "
+                             "choose another output folder (or suffix)")
         if dest in names:
             raise InputError(f"inputs: {str(names[dest])!r} and {str(ins[-1])!r} would both write {dest.name!r}; "
                              "rename one or run them in separate batches")
         names[dest] = ins[-1]
-        plan.append({"inputs": [str(p) for p in ins], "output": str(dest)})
+        plan.append({"inputs": [str(p) for p in ins], "output": str(dest),
+                     "fingerprint": _fingerprint(method, params, suffix, ins)})
+    _check_call(f, params, len(plan[0]["inputs"]))
     if same_grid:
         _check_one_grid(plan)
+    own = False
+    if client is None and scheduler != "sync":
+        from .cluster import make_client
+
+        client, own = make_client(scheduler), True           # a bad scheduler fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / "manifest.json"
     done_before: dict = {}
@@ -388,8 +471,8 @@ def run(method, inputs, out, params: dict | None = None, *, suffix: str = ".nii.
     todo = []
     for p in plan:
         recover(p["output"])                                  # a partial write of a killed run goes away
-        if p["output"] in done_before and Path(p["output"]).exists():
-            prev = done_before[p["output"]]                   # what the earlier run measured
+        prev = done_before.get(p["output"])
+        if prev is not None and prev.get("fingerprint") == p["fingerprint"] and Path(p["output"]).exists():
             records.append({**p, "status": "skipped", "seconds": prev.get("seconds"), "shape": prev.get("shape"),
                             "dtype": prev.get("dtype"), "error": None})
         else:
@@ -405,11 +488,6 @@ def run(method, inputs, out, params: dict | None = None, *, suffix: str = ".nii.
             msg = str(exc) if isinstance(exc, BiomipError) else f"{type(exc).__name__}: {exc}"
             rec.update(status="failed", error=msg[:2000])
 
-    own = False
-    if client is None and scheduler != "sync" and todo:
-        from .cluster import make_client
-
-        client, own = make_client(scheduler), True
     last = time.perf_counter()
     try:
         with progress_bar(f"batch {header['method']}", total=len(todo), progress=progress) as bar:
@@ -441,10 +519,11 @@ def run(method, inputs, out, params: dict | None = None, *, suffix: str = ".nii.
                         last = time.perf_counter()
     finally:
         _write_manifest(manifest, header, records)
-        if own:
-            cluster = client.cluster
+        if own and client is not None:
+            cluster = getattr(client, "cluster", None)         # None for a client of a scheduler address
             client.close()
-            cluster.close()
+            if cluster is not None:
+                cluster.close()
     return BatchReport(records, time.perf_counter() - t0, manifest)
 
 

@@ -92,8 +92,9 @@ def ngff_attrs(image: Image, level_spacings, labels: bool = False) -> dict:
     Returns
     -------
     dict
-        ``{"multiscales": [...], "biomip": {...}}``; a coarser level's voxel centre lies
-        half a coarse voxel minus half a fine voxel further than level 0's origin.
+        ``{"multiscales": [...], "biomip": {...}}``; a coarser level's first voxel centre
+        lies half a coarse voxel minus half a fine voxel further than level 0's origin
+        (block means), or at level 0's origin (labels: striding).
 
     Examples
     --------
@@ -108,7 +109,8 @@ def ngff_attrs(image: Image, level_spacings, labels: bool = False) -> dict:
     for i, sp in enumerate(level_spacings):
         sp = np.asarray(sp, dtype=float)
         scale = [1.0] * lead + [float(v) for v in reversed(sp)]   # array order: spatial reversed (z, y, x)
-        shift = (sp - np.asarray(image.spacing)) / 2.0               # block-mean centre of level i
+        # a block mean's centre lies half a block minus half a fine voxel further; a stride keeps voxel 0
+        shift = np.zeros_like(sp) if labels else (sp - np.asarray(image.spacing)) / 2.0
         trans = [0.0] * lead + [float(o + d) for o, d in zip(reversed(image.origin), reversed(shift))]
         datasets.append({"path": str(i), "coordinateTransformations": [
             {"type": "scale", "scale": scale}, {"type": "translation", "translation": trans}]})
@@ -541,6 +543,7 @@ def _ngff_image(p: Path, arr, attrs: dict, ms: dict, ds: dict, level: int, nleve
                 spacing, origin = list(fine), list(borigin)
             else:
                 # translation is along the world axes only for identity direction; rebuild
-                shift = (np.asarray(spacing) - fine) / 2.0
+                strided = str(ms.get("type", "")).lower() in ("stride", "nearest")
+                shift = np.zeros_like(fine) if strided else (np.asarray(spacing) - fine) / 2.0
                 origin = list(borigin + direction @ shift)
     return make_image(p, "OME-Zarr", arr, spacing=spacing, origin=origin, direction=direction, axes=axes, meta=meta)
