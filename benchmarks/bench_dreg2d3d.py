@@ -48,7 +48,7 @@ def main():
     cfg = D.DregConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["config"].items()})
     sim = D.simulate(replace(cfg, n_test=max(args.n, 1)), progress=False)
     xs = sim.test_xrays[:args.n]
-    kw = dict(iterations=cfg.iterative_iterations, prior=cfg.w_prior, window=cfg.ncc_window,
+    kw = dict(iterations=cfg.iterative_iterations, prior=cfg.w_prior, window=cfg.ncc_window, similarity=cfg.similarity,
               weights={"consistency": cfg.w_consistency, "laplacian": cfg.w_laplacian, "symmetry": cfg.w_symmetry})
     out = {"threads": args.threads, "n_xrays": int(len(xs)), "grid": list(cfg.shape), "detector": list(cfg.det_shape),
            "methods": {}}

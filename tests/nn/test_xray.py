@@ -345,3 +345,71 @@ def test_refiner_merge_maps_samples_one_resized_sum():
         FieldRefiner(4, fuse_kernel=2)
     with pytest.raises(InputError, match="decoder_levels"):
         FieldRefiner(4, levels=2, decoder_levels=2)
+
+
+# ------------------------------------------------------------------ gradient_ncc
+def _sobel_np(img):
+    """Sobel derivatives (rows, cols) of a 2-D array with replicated edges, by explicit loops."""
+    p = np.pad(img, 1, mode="edge")
+    h, w = img.shape
+    gr, gc = np.zeros((h, w)), np.zeros((h, w))
+    for i in range(h):
+        for j in range(w):
+            win = p[i:i + 3, j:j + 3]
+            gr[i, j] = ((win[2] - win[0]) * [1, 2, 1]).sum() / 8
+            gc[i, j] = ((win[:, 2] - win[:, 0]) * [1, 2, 1]).sum() / 8
+    return gr, gc
+
+
+def test_gradient_ncc_matches_a_numpy_reference_and_its_invariances():
+    from biomip.nn.xray import gradient_ncc
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(12, 10))
+    b = a + 0.7 * rng.normal(size=(12, 10))
+    ref = []
+    for ga, gb in zip(_sobel_np(a), _sobel_np(b)):
+        ga, gb = ga - ga.mean(), gb - gb.mean()
+        ref.append((ga * gb).mean() / np.sqrt((ga ** 2).mean() * (gb ** 2).mean()))
+    ta, tb = torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
+    assert float(gradient_ncc(ta[None], tb[None], eps=1e-9)) == pytest.approx(np.mean(ref), abs=1e-5)
+    # a gain and a linear ramp (a smooth additive term) leave the global value unchanged inside the image
+    y, x = torch.meshgrid(torch.arange(12.0), torch.arange(10.0), indexing="ij")
+    assert float(gradient_ncc(ta[None], (3 * ta + 0.2 * x + 0.1 * y + 5)[None], eps=1e-9)) > 0.99
+    # the sign of an inversion is seen (a signed correlation)
+    assert float(gradient_ncc(ta[None], -ta[None])) < -0.99
+    loc = gradient_ncc(ta[None], tb[None], window=3)
+    assert -1.0 <= float(loc) <= 1.0
+    # batches average; gradients flow
+    tb2 = tb.clone().requires_grad_(True)
+    val = gradient_ncc(torch.stack([ta, ta]), torch.stack([tb2, ta]), eps=1e-9)
+    assert float(val.detach()) == pytest.approx((np.mean(ref) + 1.0) / 2, abs=1e-4)
+    val.backward()
+    assert tb2.grad is not None and torch.isfinite(tb2.grad).all() and tb2.grad.abs().sum() > 0
+
+
+def test_gradient_ncc_local_by_hand_and_errors():
+    from biomip.nn.xray import gradient_ncc
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(7, 7)), rng.normal(size=(7, 7))
+    # window 3 at an interior pixel: the local correlation of the 3 x 3 gradient patches, by hand
+    (ar, ac), (br, bc) = _sobel_np(a), _sobel_np(b)
+    sa = [np.sqrt((g ** 2).mean()) for g in (ar, ac)]
+    sb = [np.sqrt((g ** 2).mean()) for g in (br, bc)]
+    total = 0.0
+    for ga, gb in ((ar / sa[0], br / sb[0]), (ac / sa[1], bc / sb[1])):
+        for i in range(7):
+            for j in range(7):
+                pa = ga[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2]
+                pb = gb[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2]
+                cov = (pa * pb).mean() - pa.mean() * pb.mean()
+                total += cov / np.sqrt(pa.var() * pb.var() + 1e-3)
+    got = gradient_ncc(torch.tensor(a, dtype=torch.float32)[None], torch.tensor(b, dtype=torch.float32)[None], window=3)
+    assert float(got) == pytest.approx(total / (2 * 49), abs=1e-4)
+    with pytest.raises(ShapeError, match="a, b"):
+        gradient_ncc(torch.zeros(4, 4), torch.zeros(4, 5))
+    with pytest.raises(InputError, match="window"):
+        gradient_ncc(torch.zeros(4, 4), torch.zeros(4, 4), window=4)
+    with pytest.raises(InputError, match="a, b"):
+        gradient_ncc(np.zeros((4, 4)), torch.zeros(4, 4))

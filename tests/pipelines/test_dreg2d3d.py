@@ -90,6 +90,41 @@ def test_xray_weights_change_the_appearance_not_the_geometry():
     assert float(np.corrcoef(gap.flatten(), same.flatten())[0, 1]) > 0.9      # the same anatomy
 
 
+def test_radiograph_model_is_the_log_of_the_primary_plus_a_smooth_scatter(monkeypatch):
+    """xray_image(appearance="radiograph"): without scatter and quantum noise it is the
+    min-max normalised line integral of the attenuation built by hand from the HU; with the
+    scatter it is the log of primary + blurred scatter, which lowers the contrast of the dense part."""
+    from biomip.data.skull import skull_template
+    from biomip.ops.ct import DRR
+    from biomip.ops.filters import gaussian_smooth
+
+    t = skull_template((32, 32, 32))
+    drr = DRR(t.volume, det_shape=(32, 32))
+    hu = t.volume.numpy().astype(np.float64)
+    c = dreg.RADIOGRAPH
+    bone = 1.0 / (1.0 + np.exp(-(hu - 300.0) / 100.0))
+    mu = np.clip(c["mu_water"] * (1 + hu / 1000 * (1 + (c["bone_gain"] - 1) * bone)), 0, None)
+    p = np.asarray(drr.line_integrals(mu))
+    monkeypatch.setitem(dreg.RADIOGRAPH, "spr", 0.0)
+    monkeypatch.setitem(dreg.RADIOGRAPH, "photons", 1e30)
+    plain = dreg.xray_image(drr, t.volume, blur=0, noise=0, appearance="radiograph").numpy()
+    np.testing.assert_allclose(plain, (p - p.min()) / (p.max() - p.min()), atol=2e-5)
+    monkeypatch.setitem(dreg.RADIOGRAPH, "spr", 0.5)
+    scat = dreg.xray_image(drr, t.volume, blur=0, noise=0, appearance="radiograph").numpy()
+    # by hand: -log(P + G * (spr (1 - P) P)), G a Gaussian of scatter_mm at the detector, min-max normalised
+    prim = np.exp(-p)
+    sig = c["scatter_mm"] / float(np.mean(drr.pixel_spacing))
+    lo = -np.log(prim + np.asarray(gaussian_smooth(0.5 * (1 - prim) * prim, sig, padding="nearest")))
+    np.testing.assert_allclose(scat, (lo - lo.min()) / (lo.max() - lo.min()), atol=2e-5)
+    assert np.abs(scat - plain).max() > 0.02                           # it changes the appearance
+    inside = p > 0.5 * p.max()
+    assert np.ptp(scat[inside]) < np.ptp(plain[inside])               # scatter compresses the dense part
+    drr_x = dreg.xray_image(drr, t.volume, blur=0, noise=0).numpy()
+    assert float(np.corrcoef(scat.ravel(), drr_x.ravel())[0, 1]) > 0.9   # the same anatomy, another look
+    with pytest.raises(InputError, match="appearance"):
+        dreg.xray_image(drr, t.volume, appearance="film")
+
+
 def test_tiny_run_end_to_end(tiny_run):
     cfg, rep, out = tiny_run
     meth = rep["methods"]
@@ -126,6 +161,16 @@ def test_saved_model_registers_a_new_xray(tiny_run, tmp_path):
     assert vol.spatial_shape == models.template.volume.spatial_shape == lab.spatial_shape
     assert u.axes == "czyx" and np.isfinite(u.numpy()).all()
     assert set(np.unique(lab.numpy())) <= {0, 1, 2, 3}
+    # the iterative route with the gradient correlation raises that similarity above the atlas's
+    from biomip.nn.xray import gradient_ncc
+
+    u_g = dreg.infer(models, x, "iterative", iterations=4, similarity="gncc", window=7)
+    assert torch.isfinite(u_g).all() and float(u_g.abs().max()) > 0
+    geo = models._geometry("cpu")
+    with torch.no_grad():
+        before = float(gradient_ncc(x[None], geo.render(torch.zeros_like(u_g)), window=7))
+        after = float(gradient_ncc(x[None], geo.render(u_g), window=7))
+    assert after > before
     # the written X-ray (with its detector pitch) is accepted; same result as the array
     img = read(out / "xray.tif")
     _, _, u2 = dreg.register_xray(models, img)
@@ -144,6 +189,8 @@ def test_bad_input(tiny_run, tmp_path):
         dreg.register_xray(models, np.full((32, 32), np.nan, np.float32))
     with pytest.raises(InputError, match="method"):
         dreg.register_xray(models, np.eye(32, dtype=np.float32), method="magic")
+    with pytest.raises(InputError, match="similarity"):
+        dreg.infer(models, np.eye(32, dtype=np.float32), "iterative", similarity="mi")
     from biomip.core.image import Image
 
     with pytest.raises(InputError, match="pixel spacing"):
@@ -163,6 +210,10 @@ def test_bad_input(tiny_run, tmp_path):
         dreg.simulate(dreg.DregConfig.tiny(seed=-1))
     with pytest.raises(InputError, match="xray_weights"):
         dreg.simulate(dreg.DregConfig.tiny(xray_weights=(0.1, -0.5, 1.0)))
+    with pytest.raises(InputError, match="xray_model"):
+        dreg.simulate(dreg.DregConfig.tiny(xray_model="film"))
+    with pytest.raises(InputError, match="similarity"):
+        dreg.simulate(dreg.DregConfig.tiny(similarity="mi"))
     with pytest.raises(InputError, match="decoder"):
         dreg.simulate(dreg.DregConfig.tiny(decoder="heavy"))
     with pytest.raises(InputError, match="shape"):

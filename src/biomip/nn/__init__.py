@@ -8,7 +8,8 @@ Networks
     :class:`AttentionGate`, :class:`RegistrationNet` (VoxelMorph-style);
     2-D/3-D registration from one X-ray: :class:`XrayEncoder` (2-D ResNet: SRM coefficients +
     multi-scale features), :func:`sample_projected` (back-projection of the features),
-    :class:`FieldRefiner` (3-D encoder-decoder refining the coarse field).
+    :class:`FieldRefiner` (3-D encoder-decoder refining the coarse field), :func:`gradient_ncc`
+    (the gradient correlation of DRR / radiograph registration, Penney et al. 1998).
 Losses
     :func:`soft_dice`, :func:`dice_ce_loss` / :class:`DiceCELoss` (nnU-Net's Dice + CE),
     :func:`soft_dice_loss` (one-hot overlap), :func:`diffusion_batch` (field smoothness);

@@ -41,7 +41,7 @@ from .patches import PatchSampler, crop_pad, gaussian_importance, sliding_window
 from .registration import RegistrationNet, diffusion_batch, warp_batch
 from .unet import AttentionGate, UNet
 from .vit import Attention, Block, MAENet, PatchEmbed, patchify, sincos_pos_embed, unpatchify
-from .xray import FieldRefiner, FieldSubspace, XrayEncoder, sample_projected
+from .xray import FieldRefiner, FieldSubspace, XrayEncoder, gradient_ncc, sample_projected
 
 __all__ = [
     "CodeMapper",
@@ -91,6 +91,7 @@ __all__ = [
     "diffusion_batch",
     "fusable",
     "gaussian_importance",
+    "gradient_ncc",
     "lateral_upsample",
     "sliding_window_inference",
     "soft_dice",

@@ -7,7 +7,10 @@ subject's 3-D head recovered from one lateral radiograph by deforming a template
 * :func:`sample_projected` -- back-projection of those 2-D feature maps into the volume:
   every map sampled at the detector position ``pi(v + phi_c(v))`` of each warped voxel;
 * :class:`FieldRefiner` -- a 3-D encoder-decoder that reads the coarse SRM field and the
-  back-projected features and returns the refined field ``coarse + delta``.
+  back-projected features and returns the refined field ``coarse + delta``;
+* :func:`gradient_ncc` -- the gradient correlation of classic intensity-based 2-D/3-D
+  registration (Penney et al. 1998), global or in local windows: a DRR / X-ray similarity
+  that does not see the low-frequency part of the image (scatter, soft-tissue haze).
 
 Field convention (as everywhere in biomip): fields ``(N, 3, Z, Y, X)`` in mm, component 0 =
 x.  The projection geometry (``pi``) and the losses on DRRs live in the pipeline; the
@@ -38,7 +41,7 @@ from .autoencoders import ResBlock
 from .base import SavedModule, check_batch
 from .layers import Conv3d
 
-__all__ = ["FieldRefiner", "FieldSubspace", "XrayEncoder", "sample_projected"]
+__all__ = ["FieldRefiner", "FieldSubspace", "XrayEncoder", "gradient_ncc", "sample_projected"]
 
 
 def _groups(c: int, most: int = 8) -> int:
@@ -628,3 +631,89 @@ class FieldSubspace(nn.Module):
         if c.ndim != 2 or c.shape[1] != self.k:
             raise ShapeError(f"c: got shape {tuple(c.shape)}; expected (N, {self.k}) coefficients")
         return self.mean + (c.to(self.basis.dtype) @ self.basis).reshape(c.shape[0], *self.mean.shape[1:])
+
+
+def _box2d(t: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean over a ``k x k`` window clipped to the image, ``t`` (B, H, W)."""
+    return F.avg_pool2d(t[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0]
+
+
+def _sobel(t: torch.Tensor) -> torch.Tensor:
+    """Sobel derivatives ``(B, 2, H, W)`` (rows, columns) of images ``(B, H, W)``, edges replicated."""
+    k = torch.tensor([[1.0, 2.0, 1.0]], dtype=t.dtype, device=t.device)
+    d = torch.tensor([[-1.0, 0.0, 1.0]], dtype=t.dtype, device=t.device)
+    w = torch.stack([(d.t() @ k), (k.t() @ d)])[:, None] / 8.0                 # (2, 1, 3, 3): d/drow, d/dcol
+    return F.conv2d(F.pad(t[:, None], (1, 1, 1, 1), mode="replicate"), w)
+
+
+def gradient_ncc(a: torch.Tensor, b: torch.Tensor, window: int | None = None, eps: float = 1e-3) -> torch.Tensor:
+    """Gradient correlation of two batches of 2-D images (Penney et al. 1998), a similarity in [-1, 1].
+
+    The Sobel derivatives of both images along the rows and along the columns are
+    correlated (normalised cross-correlation, signed), each direction on its own, and the
+    two correlations averaged.  A smooth additive term (scatter, a soft-tissue haze) and a
+    global gain change of either image leave it nearly unchanged, which is why classic
+    2-D/3-D registration of DRRs to radiographs uses it; with ``window`` the correlation is
+    taken in local windows (each window's gradients centred and normalised, a per-window
+    gain), as the local NCC does with intensities.
+
+    Parameters
+    ----------
+    a, b : torch.Tensor
+        ``(..., H, W)`` images of the same shape (leading axes: a batch).
+    window : int or None, optional
+        ``None`` (default): one correlation per image and direction.  An odd window in
+        pixels (>= 3): local correlations averaged over the image.
+    eps : float, optional
+        Added to the product of the (local) variances, relative to the mean square of
+        each image's gradients (> 0; it keeps flat windows from dividing by zero).
+
+    Returns
+    -------
+    torch.Tensor
+        0-dim, the mean over the batch, the two directions (and the windows);
+        differentiable.  ``1 - gradient_ncc(a, b)`` is a loss.
+
+    Raises
+    ------
+    ShapeError
+        When the shapes differ or the images have fewer than 3 x 3 pixels.
+    InputError
+        For a bad ``window`` or ``eps``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> y, x = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    >>> img = torch.exp(-((x - 4) ** 2 + (y - 8) ** 2) / 6)[None]
+    >>> haze = 3.0 * img + 0.05 * x + 1.0                   # a gain and a smooth ramp
+    >>> round(float(gradient_ncc(img, haze)), 2), round(float(gradient_ncc(img, img.flip(-1))), 2)
+    (1.0, -0.07)
+    """
+    if not (torch.is_tensor(a) and torch.is_tensor(b)):
+        raise InputError(f"a, b: got {describe(a)} and {describe(b)}; expected torch tensors (..., H, W)")
+    if a.shape != b.shape or a.ndim < 2 or a.shape[-1] < 3 or a.shape[-2] < 3:
+        raise ShapeError(f"a, b: got shapes {tuple(a.shape)} and {tuple(b.shape)}; expected the same shape "
+                         "(..., H, W) with H, W >= 3")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, (int, np.integer))
+                               or window < 3 or window % 2 == 0):
+        raise InputError(f"window: got {window!r}; expected None or an odd number of pixels >= 3")
+    check_number(eps, "eps", low=0.0, low_open=True)
+    h, w = a.shape[-2:]
+    ga = _sobel(a.reshape(-1, h, w).float()).reshape(-1, h, w)                  # (2B, H, W)
+    gb = _sobel(b.reshape(-1, h, w).float()).reshape(-1, h, w)
+    with torch.no_grad():                     # a global gain per image and direction (the cc ignores it)
+        sa = ga.square().mean((-2, -1), keepdim=True).sqrt().clamp_min(1e-12)
+        sb = gb.square().mean((-2, -1), keepdim=True).sqrt().clamp_min(1e-12)
+    ga, gb = ga / sa, gb / sb
+    if window is None:
+        ga = ga - ga.mean((-2, -1), keepdim=True)
+        gb = gb - gb.mean((-2, -1), keepdim=True)
+        cc = (ga * gb).mean((-2, -1)) / ((ga.square().mean((-2, -1)) * gb.square().mean((-2, -1))) + eps).sqrt()
+        return cc.mean()
+    k = int(window)
+    ma, mb = _box2d(ga, k), _box2d(gb, k)
+    va = (_box2d(ga * ga, k) - ma ** 2).clamp_min(0)
+    vb = (_box2d(gb * gb, k) - mb ** 2).clamp_min(0)
+    cov = _box2d(ga * gb, k) - ma * mb
+    return (cov / (va * vb + eps).sqrt()).mean()
