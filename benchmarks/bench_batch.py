@@ -123,7 +123,7 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def outofcore(tmp: Path, shape) -> dict:
+def outofcore(tmp: Path, shape, with_label: bool = True) -> dict:
     import dask.array as da
 
     src = tmp / "big.ome.zarr"
@@ -139,21 +139,23 @@ def outofcore(tmp: Path, shape) -> dict:
         batch.smooth(src, 1.0, out=tmp / "smooth.ome.zarr", client=client)
         t_smooth = time.perf_counter() - t0
         after_smooth = client.run(_peak_rss_mb)
-        t0 = time.perf_counter()
-        batch.label(tmp / "smooth.ome.zarr", 0.56, out=tmp / "labels.ome.zarr", client=client)
-        t_label = time.perf_counter() - t0
-        after_label = client.run(_peak_rss_mb)
+        t_label, after_label = None, {}
+        if with_label:
+            t0 = time.perf_counter()
+            batch.label(tmp / "smooth.ome.zarr", 0.56, out=tmp / "labels.ome.zarr", client=client)
+            t_label = time.perf_counter() - t0
+            after_label = client.run(_peak_rss_mb)
     finally:
         cluster = client.cluster
         client.close()
         cluster.close()
-    lab = batch.open_volume(tmp / "labels.ome.zarr")[0]
+    objects = int(batch.open_volume(tmp / "labels.ome.zarr")[0].max().compute()) if with_label else None
     return {"shape": list(shape), "gigabytes": float(np.prod(shape)) * 4 / 1e9, "chunks": [128, 128, 128],
             "write_s": t_write, "smooth_s": t_smooth, "label_s": t_label,
             "peak_rss_mb_per_worker_after_write": list(base.values()),
             "peak_rss_mb_per_worker_after_smooth": list(after_smooth.values()),
             "peak_rss_mb_per_worker_after_label": list(after_label.values()),
-            "objects": int(lab.max().compute()), "target_peak_rss_mb": 1024}
+            "peak_rss_mb_driver": _peak_rss_mb(), "objects": objects, "target_peak_rss_mb": 1024}
 
 
 def main():
@@ -163,9 +165,11 @@ def main():
     ap.add_argument("--mid", type=int, default=24)
     ap.add_argument("--shape", default="512,1024,1024", help="z,y,x of the out-of-core volume")
     ap.add_argument("--tmp", default=None)
+    ap.add_argument("--no-label", action="store_true", help="out-of-core: smoothing only")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     tmp = Path(a.tmp or tempfile.mkdtemp(prefix="bench-batch-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     out = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
     try:
         parts = a.parts.split(",")
@@ -174,7 +178,7 @@ def main():
         if "scaling" in parts:
             out["scaling"] = scaling(tmp, a.mid)
         if "outofcore" in parts:
-            out["outofcore"] = outofcore(tmp, tuple(int(x) for x in a.shape.split(",")))
+            out["outofcore"] = outofcore(tmp, tuple(int(x) for x in a.shape.split(",")), not a.no_label)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(out, indent=2))
