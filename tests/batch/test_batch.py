@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-pytest.importorskip("distributed", reason="the scale extra (dask[distributed], dask-image) is not installed")
-pytest.importorskip("dask_image", reason="the scale extra (dask[distributed], dask-image) is not installed")
+pytest.importorskip("distributed", reason="the scale extra (dask[array,distributed]) is not installed")
 
 from biomip import batch  # noqa: E402
 from biomip import io as bio  # noqa: E402
@@ -74,20 +73,26 @@ def test_ome_zarr_in_and_out_with_geometry_and_pyramid(client, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no partial output left"
 
 
-def test_chunked_labels_give_the_same_partition(client):
+@pytest.mark.parametrize("connectivity", [1, 2, 3])
+def test_chunked_labels_give_the_same_partition(client, connectivity, tmp_path):
     rng = np.random.default_rng(4)
-    vol = ndimage.gaussian_filter(rng.random((36, 44, 40)), 1.5)
-    t = float(np.quantile(vol, 0.8))
-    lab = batch.label(vol, t, chunks=18, client=client)
-    ref, n = ndimage.label(vol > t)
+    vol = ndimage.gaussian_filter(rng.random((36, 44, 40)), 1.2)
+    t = float(np.quantile(vol, 0.75))
+    chunks = (12, 11, 10)                                    # 3 x 4 x 4 chunks, the last ones short
+    lab = batch.label(vol, t, chunks=chunks, connectivity=connectivity, client=client)
+    ref, n = ndimage.label(vol > t, structure=ndimage.generate_binary_structure(3, connectivity))
     got = lab.numpy()
     assert lab.meta["objects"] == n > 5
     assert ((got > 0) == (ref > 0)).all()
     pairs = {(int(a), int(b)) for a, b in zip(got[ref > 0], ref[ref > 0])}
     assert len(pairs) == n == len({a for a, _ in pairs}), "one id per object, each object one id"
-    # objects that cross chunk borders exist (else the test would not test the merge)
-    crossing = [k for k in range(1, n + 1) if np.ptp(np.nonzero(ref == k)[0] // 18) > 0]
-    assert crossing
+    # objects that cross chunk borders along every axis exist (else the test would not test the merge)
+    for ax, c in enumerate(chunks):
+        assert any(np.ptp(np.nonzero(ref == k)[ax] // c) > 0 for k in range(1, n + 1))
+    if connectivity == 1:                                     # to an OME-Zarr: the same labels
+        path = batch.label(vol, t, chunks=chunks, out=tmp_path / "lab.ome.zarr", client=client)
+        np.testing.assert_array_equal(bio.read(path).numpy(), got)
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary labels removed"
 
 
 def _items(tmp_path: Path, n: int) -> list[Path]:

@@ -25,7 +25,7 @@ def _require_distributed():
         import distributed
     except ImportError as exc:                       # pragma: no cover - the scale extra is missing
         raise InputError("scheduler: Dask is not installed; pip install 'biomip[scale]' "
-                         "(dask[array,distributed], dask-image)") from exc
+                         "(dask[array,distributed])") from exc
     return distributed
 
 
