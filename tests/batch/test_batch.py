@@ -21,15 +21,6 @@ from biomip.core.image import Image  # noqa: E402
 from biomip.ops import gaussian_smooth  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def client():
-    c = batch.make_client("local:2", threads_per_worker=1)
-    yield c
-    cluster = c.cluster
-    c.close()
-    cluster.close()
-
-
 def _volume(seed: int = 0) -> Image:
     rng = np.random.default_rng(seed)
     arr = ndimage.gaussian_filter(rng.random((40, 48, 56)), 2.0).astype(np.float32)

@@ -671,36 +671,55 @@ def _normalisation(plan, arr, client, scheduler):
 
 def _windows_block(model, block, region_lo, lo, hi, starts, patch, norm, batch_size, values):
     """Labels of one chunk: the global windows touching [lo, hi), blended as sliding-window inference."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+    if norm is not None:
+        c0, c1, mean, std = norm
+        x = (x.clamp(c0, c1) - mean) / std
+    prob = blend_windows(model, x[None], region_lo, lo, hi, starts, patch, batch_size, "softmax")
+    core = tuple(slice(lo_ - r, h - r) for lo_, h, r in zip(lo, hi, region_lo))
+    labels = np.zeros(block.shape, dtype=np.uint8)
+    labels[core] = values[prob.argmax(0).numpy()]
+    return labels
+
+
+def blend_windows(model, x, region_lo, lo, hi, starts, patch, batch_size, activation, device=None):
+    """One chunk's share of a whole-volume sliding-window inference.
+
+    ``x`` ``(C, *R)`` is the (normalised) region that starts at global index ``region_lo``
+    and holds every window of the global grid (``starts`` per axis, windows of ``patch``)
+    that touches the chunk ``[lo, hi)``; those windows are run, weighted by the Gaussian
+    importance map and blended as :func:`biomip.nn.sliding_window_inference` does, and the
+    chunk's part ``(K, *(hi - lo))`` is returned (float32, CPU).
+    """
     import itertools
 
     import torch
 
     from ..nn import gaussian_importance
 
-    x = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
-    if norm is not None:
-        c0, c1, mean, std = norm
-        x = (x.clamp(c0, c1) - mean) / std
-    x = x[None]
     mine = [[s for s in st if s < h and s + p > lo_] for st, lo_, h, p in zip(starts, lo, hi, patch)]
     wins = list(itertools.product(*mine))
     w = gaussian_importance(patch)
+    shape = tuple(x.shape[1:])
     out = None
-    weight = torch.zeros(block.shape, dtype=torch.float32)
+    weight = torch.zeros(shape, dtype=torch.float32)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
     with torch.no_grad():
         for b0 in range(0, len(wins), batch_size):
             sl = [tuple(slice(s - r, s - r + p) for s, r, p in zip(st, region_lo, patch)) for st in wins[b0:b0 + batch_size]]
-            xb = torch.stack([x[(slice(None), *s)] for s in sl])
-            yb = torch.softmax(model(xb).float(), dim=1)
+            yb = model(torch.stack([x[(slice(None), *s)] for s in sl]).to(dev))
+            if activation == "softmax":
+                yb = torch.softmax(yb.float(), dim=1)
+            yb = yb.to("cpu", torch.float32)
             if out is None:
-                out = torch.zeros((yb.shape[1], *block.shape), dtype=torch.float32)
+                out = torch.zeros((yb.shape[1], *shape), dtype=torch.float32)
             for k, s in enumerate(sl):
                 out[(slice(None), *s)] += yb[k] * w
                 weight[s] += w
     core = tuple(slice(lo_ - r, h - r) for lo_, h, r in zip(lo, hi, region_lo))
-    labels = np.zeros(block.shape, dtype=np.uint8)
-    labels[core] = values[(out[(slice(None), *core)] / weight[core]).argmax(0).numpy()]
-    return labels
+    return out[(slice(None), *core)] / weight[core]
 
 
 def _sub_grid(geo, lo_zyx, arr):

@@ -316,3 +316,56 @@ def smooth_field(a: np.ndarray, sigma_vox, tmp: np.ndarray | None = None, trunca
         fn(a, gaussian_weights(float(s), truncate), tmp)
         a[...] = tmp
     return a
+
+
+if AVAILABLE:
+
+    @njit(inline="always", cache=True)
+    def _trilinear(f, c, z0, z1, y0, y1, x0, x1, f0, f1, f2):
+        a = (f[c, z0, y0, x0] * (1 - f2) + f[c, z0, y0, x1] * f2) * (1 - f1) + \
+            (f[c, z0, y1, x0] * (1 - f2) + f[c, z0, y1, x1] * f2) * f1
+        b = (f[c, z1, y0, x0] * (1 - f2) + f[c, z1, y0, x1] * f2) * (1 - f1) + \
+            (f[c, z1, y1, x0] * (1 - f2) + f[c, z1, y1, x1] * f2) * f1
+        return a * (1 - f0) + b * f0
+
+    @njit(parallel=True, cache=True)
+    def follow_flows(flows, pts, niter, origin, top, out):
+        """Euler steps of points along a flow field (Cellpose's flow following), one thread per point.
+
+        ``flows`` is ``(3, nz, ny, nx)`` float32 (components in array order) covering the box
+        that starts at array index ``origin`` (int64, 3) of the whole image; ``pts`` and
+        ``out`` are ``(n, 3)`` float64 positions in the whole image's index coordinates,
+        kept inside ``[0, top]``.  Linear interpolation from the integer part and fraction of
+        the global position (indices clamped to the box), so a box gives bitwise the
+        trajectories of the whole image while they stay inside it.  2-D: ``nz = 1``.
+        """
+        _, nz, ny, nx = flows.shape
+        for i in prange(pts.shape[0]):
+            p0 = pts[i, 0]
+            p1 = pts[i, 1]
+            p2 = pts[i, 2]
+            for _ in range(niter):
+                b0 = math.floor(p0)
+                b1 = math.floor(p1)
+                b2 = math.floor(p2)
+                f0 = p0 - b0
+                f1 = p1 - b1
+                f2 = p2 - b2
+                z0 = int(b0) - origin[0]
+                y0 = int(b1) - origin[1]
+                x0 = int(b2) - origin[2]
+                z1 = min(max(z0 + 1, 0), nz - 1)
+                y1 = min(max(y0 + 1, 0), ny - 1)
+                x1 = min(max(x0 + 1, 0), nx - 1)
+                z0 = min(max(z0, 0), nz - 1)
+                y0 = min(max(y0, 0), ny - 1)
+                x0 = min(max(x0, 0), nx - 1)
+                v0 = _trilinear(flows, 0, z0, z1, y0, y1, x0, x1, f0, f1, f2)
+                v1 = _trilinear(flows, 1, z0, z1, y0, y1, x0, x1, f0, f1, f2)
+                v2 = _trilinear(flows, 2, z0, z1, y0, y1, x0, x1, f0, f1, f2)
+                p0 = min(max(p0 + v0, 0.0), top[0])
+                p1 = min(max(p1 + v1, 0.0), top[1])
+                p2 = min(max(p2 + v2, 0.0), top[2])
+            out[i, 0] = p0
+            out[i, 1] = p1
+            out[i, 2] = p2

@@ -161,18 +161,91 @@ def masks_to_flows(labels, iterations: int | None = None, device=None) -> np.nda
     return flows.float().cpu().numpy()
 
 
-def _follow(flows: torch.Tensor, pts: torch.Tensor, niter: int) -> torch.Tensor:
-    """Euler integration of points (n, d) (array index order) along ``flows`` (d, *S)."""
+def _follow(flows: torch.Tensor, pts: torch.Tensor, niter: int, origin=None, size=None) -> torch.Tensor:
+    """Euler integration of points ``(n, d)`` (array index order) along ``flows`` ``(d, *S)``.
+
+    Points are in the coordinates of the whole image (``size``, default ``S``; they stay
+    inside it), the flows cover the box that starts at ``origin`` (default 0).  Linear
+    interpolation takes the integer part and the fraction of the global position, so a box
+    gives bitwise the trajectories of the whole image as long as they stay inside it
+    (chunked instance recovery relies on that).
+    """
+    from ..ops import fieldkernels
+
     d = flows.shape[0]
-    S = torch.as_tensor(flows.shape[1:], dtype=pts.dtype, device=pts.device)
-    inp = flows[None]
+    shape = list(flows.shape[1:])
+    if pts.device.type == "cpu" and fieldkernels.AVAILABLE:          # one fused numba loop per point
+        fl = flows.detach().cpu().numpy().astype(np.float32, copy=False)
+        p = pts.detach().cpu().numpy().astype(np.float64)
+        org = np.asarray([0] * d if origin is None else list(origin), np.int64)
+        top = np.asarray([n - 1 for n in (shape if size is None else size)], np.float64)
+        if d == 2:
+            fl = np.concatenate([np.zeros((1, 1, *shape), np.float32), fl[:, None]])
+            p = np.concatenate([np.zeros((len(p), 1)), p], axis=1)
+            org, top = np.concatenate([[0], org]), np.concatenate([[0.0], top])
+        out = np.empty_like(p)
+        fieldkernels.follow_flows(np.ascontiguousarray(fl), np.ascontiguousarray(p), int(niter), org, top, out)
+        return torch.from_numpy(out[:, 1:] if d == 2 else out)
+    org = torch.as_tensor([0] * d if origin is None else list(origin), dtype=torch.long, device=pts.device)
+    top = torch.as_tensor([n - 1 for n in (shape if size is None else size)], dtype=pts.dtype, device=pts.device)
+    table = flows.reshape(d, -1).T.contiguous()                       # (voxels, d)
+    strides = [int(np.prod(shape[a + 1:])) for a in range(d)]
+    zero = torch.zeros_like(top)
     for _ in range(niter):
-        norm = pts / (S - 1).clamp_min(1) * 2 - 1                     # grid_sample coords, reversed order
-        grid = norm.flip(-1).reshape(1, *([1] * (d - 1)), -1, d)
-        v = F.grid_sample(inp, grid, mode="bilinear", align_corners=True, padding_mode="border")
-        v = v.reshape(d, -1).T
-        pts = torch.minimum(torch.maximum(pts + v, torch.zeros_like(S)), S - 1)
+        base = torch.floor(pts)
+        frac = pts - base
+        i0 = base.long() - org
+        # corner offsets and weights, built axis by axis (the same order everywhere)
+        idx, w = [torch.zeros_like(i0[:, 0])], [torch.ones_like(pts[:, 0])]
+        for a in range(d):
+            lo = i0[:, a].clamp(0, shape[a] - 1) * strides[a]
+            hi = (i0[:, a] + 1).clamp(0, shape[a] - 1) * strides[a]
+            f = frac[:, a]
+            idx = [j + k for j in idx for k in (lo, hi)]
+            w = [u * g for u in w for g in (1 - f, f)]
+        v = w[0][:, None] * table[idx[0]]
+        for j, u in zip(idx[1:], w[1:]):
+            v = v + u[:, None] * table[j]
+        pts = torch.minimum(torch.maximum(pts + v, zero), top)
     return pts
+
+
+def _histogram(ends: torch.Tensor, shape, origin=None) -> torch.Tensor:
+    """Counts of the rounded end points ``(n, d)`` (global coordinates) on the box ``shape`` at ``origin``."""
+    cells = torch.round(ends).long()
+    if origin is not None:
+        cells = cells - torch.as_tensor(list(origin), dtype=torch.long, device=ends.device)
+    inside = ((cells >= 0) & (cells < torch.as_tensor(list(shape), device=ends.device))).all(1)
+    hist = torch.zeros(tuple(shape), device=ends.device)
+    hist.index_put_(tuple(cells[inside].T), torch.ones(int(inside.sum()), device=ends.device), accumulate=True)
+    return hist
+
+
+def _seeds(hist: torch.Tensor, min_size: int) -> torch.Tensor:
+    """Seeds ``(m, d)`` (box index, C order): local maxima (5-voxel window) of the end-point histogram
+    with enough support."""
+    pool = F.max_pool2d if hist.ndim == 2 else F.max_pool3d
+    hmax = pool(hist[None, None], 5, stride=1, padding=2)[0, 0]
+    return torch.nonzero((hist == hmax) & (hist > max(3.0, 0.1 * min_size)))
+
+
+def _nearest_seed(ends: np.ndarray, seeds: np.ndarray, radius: float = 4.0) -> np.ndarray:
+    """Index of the seed nearest to each end point (float64 distances, ties to the first seed), -1
+    when none is closer than ``radius`` voxels."""
+    from scipy.spatial import cKDTree
+
+    which = np.full(len(ends), -1, np.int64)
+    if len(seeds) == 0 or len(ends) == 0:
+        return which
+    k = min(4, len(seeds))
+    dist, idx = cKDTree(np.asarray(seeds, np.float64)).query(np.asarray(ends, np.float64), k=k,
+                                                             distance_upper_bound=radius)
+    dist, idx = dist.reshape(len(ends), k), idx.reshape(len(ends), k)
+    best = dist.min(1)
+    cand = np.where(dist == best[:, None], idx, np.iinfo(np.int64).max)
+    ok = best < radius
+    which[ok] = cand[ok].min(1)
+    return which
 
 
 def flows_to_masks(flows, probability, threshold: float = 0.5, niter: int | None = None, min_size: int = 15,
@@ -229,30 +302,22 @@ def flows_to_masks(flows, probability, threshold: float = 0.5, niter: int | None
         raise InputError(f"flows, probability: got shapes {fl.shape} and {pr.shape}; expected (d, *S) and S")
     if not (np.all(np.isfinite(fl)) and np.all(np.isfinite(pr))):
         raise InputError("flows, probability: contain NaN/Inf")
-    d = pr.ndim
     dev = torch.device(device) if device is not None else torch.device("cpu")
     fg = pr > threshold
     if not fg.any():
         return np.zeros(pr.shape, np.int32), {"seeds": 0, "dropped_small": 0, "dropped_flow": 0, "flow_error": {}}
     n_it = int(niter) if niter is not None else 200
-    pts0 = torch.as_tensor(np.argwhere(fg), dtype=torch.float32, device=dev)
-    end = _follow(torch.as_tensor(fl * fg, device=dev), pts0, n_it)
-    cells = torch.round(end).long()
+    start = np.argwhere(fg)
+    end = _follow(torch.as_tensor(fl * fg, device=dev), torch.as_tensor(start, dtype=torch.float32, device=dev), n_it)
     # histogram of end points; seeds are its local maxima with enough support
-    hist = torch.zeros(pr.shape, device=dev)
-    hist.index_put_(tuple(cells.T), torch.ones(len(cells), device=dev), accumulate=True)
-    pool = F.max_pool2d if d == 2 else F.max_pool3d
-    hmax = pool(hist[None, None], 5, stride=1, padding=2)[0, 0]
-    seeds = torch.nonzero((hist == hmax) & (hist > max(3.0, 0.1 * min_size)))
+    seeds = _seeds(_histogram(end, pr.shape), min_size)
     if len(seeds) == 0:
         return np.zeros(pr.shape, np.int32), {"seeds": 0, "dropped_small": 0, "dropped_flow": 0, "flow_error": {}}
-    # each pixel joins the nearest seed to its end point (within a few voxels)
-    dist = torch.cdist(end, seeds.float())
-    near, which = dist.min(1)
+    # each pixel joins the seed nearest to its end point (within a few voxels)
+    which = _nearest_seed(end.cpu().numpy(), seeds.cpu().numpy())
     lab = np.zeros(pr.shape, np.int32)
-    ok = (near < 4.0).cpu().numpy()
-    idx = np.argwhere(fg)[ok]
-    lab[tuple(idx.T)] = which.cpu().numpy()[ok] + 1
+    ok = which >= 0
+    lab[tuple(start[ok].T)] = which[ok] + 1
     # drop small masks, then masks whose own flows disagree with the given ones
     counts = np.bincount(lab.ravel())
     small = np.nonzero(counts < min_size)[0]
