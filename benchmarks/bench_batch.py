@@ -8,10 +8,13 @@
   the measured per-item time (``register.linear(..., transform="affine")`` of a 128³ pair) and per-item overhead.
 * ``outofcore``: a 1024 x 1024 x 512 float32 OME-Zarr (2 GB, written chunk by chunk) smoothed
   and thresholded + labelled to OME-Zarr on 2 workers; the peak RSS of each worker process.
+* ``instances``: Cellpose-style flow following on a synthetic nuclei volume (true flows plus
+  noise): the whole-volume ``segment.flows_to_masks`` in this process against the chunked
+  ``batch.flows_to_masks`` on 2 workers -- times, whether the ids agree, peak RSS.
 
 Prints JSON; ``--json FILE`` writes it too.
 
-    python benchmarks/bench_batch.py [--parts overhead,scaling,outofcore] [--json out.json]
+    python benchmarks/bench_batch.py [--parts overhead,scaling,outofcore,instances] [--json out.json]
 """
 
 from __future__ import annotations
@@ -158,6 +161,45 @@ def outofcore(tmp: Path, shape, with_label: bool = True) -> dict:
             "peak_rss_mb_driver": _peak_rss_mb(), "objects": objects, "target_peak_rss_mb": 1024}
 
 
+def instances(shape, chunk: int, reach: int) -> dict:
+    from biomip.data import synthetic_nuclei
+    from biomip.segment import flows_to_masks, masks_to_flows
+
+    n = int(np.prod(shape) / 12000)                      # about one nucleus per 12,000 voxels
+    s = synthetic_nuclei(shape=shape, n_nuclei=n, radius=(4, 7), seed=3)
+    lab = s.labels.numpy().astype(np.int64)
+    fl = masks_to_flows(lab) + 0.1 * np.random.default_rng(0).standard_normal((3, *shape)).astype(np.float32)
+    pr = (lab > 0).astype(np.float32)
+    rss0 = _peak_rss_mb()
+    t0 = time.perf_counter()
+    whole, info = flows_to_masks(fl, pr)
+    t_whole = time.perf_counter() - t0
+    rss_whole = _peak_rss_mb()
+    client = batch.make_client("local:2", threads_per_worker=1)
+    try:
+        t0 = time.perf_counter()                       # cold: the workers import torch / biomip, load numba kernels
+        batch.flows_to_masks(fl[:, :chunk, :chunk, :chunk], pr[:chunk, :chunk, :chunk], reach=reach, chunks=chunk,
+                             client=client)
+        t_warmup = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        got = batch.flows_to_masks(fl, pr, reach=reach, chunks=chunk, client=client)
+        t_chunked = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        batch.flows_to_masks(fl, pr, reach=reach, chunks=chunk, scheduler="sync")
+        t_sync = time.perf_counter() - t0
+        rss = client.run(_peak_rss_mb)
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()
+    return {"shape": list(shape), "objects_true": int(lab.max()), "objects": int(whole.max()),
+            "chunks": chunk, "reach": reach, "numblocks": [-(-n // chunk) for n in shape],
+            "whole_s": t_whole, "chunked_2_workers_s": t_chunked,
+            "chunked_in_process_s": t_sync, "worker_warmup_s": t_warmup, "ids_equal": bool(np.array_equal(whole, got.numpy())),
+            "differing_voxels": int((whole != got.numpy()).sum()), "peak_rss_mb_whole_in_process": rss_whole,
+            "peak_rss_mb_before_whole": rss0, "peak_rss_mb_per_worker": list(rss.values())}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="overhead,scaling")
@@ -166,6 +208,7 @@ def main():
     ap.add_argument("--shape", default="512,1024,1024", help="z,y,x of the out-of-core volume")
     ap.add_argument("--tmp", default=None)
     ap.add_argument("--no-label", action="store_true", help="out-of-core: smoothing only")
+    ap.add_argument("--instances-shape", default="128,256,256", help="z,y,x of the nuclei volume")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     tmp = Path(a.tmp or tempfile.mkdtemp(prefix="bench-batch-"))
@@ -177,6 +220,8 @@ def main():
             out["overhead"] = overhead(tmp, a.tiny)
         if "scaling" in parts:
             out["scaling"] = scaling(tmp, a.mid)
+        if "instances" in parts:
+            out["instances"] = instances(tuple(int(x) for x in a.instances_shape.split(",")), 64, 16)
         if "outofcore" in parts:
             out["outofcore"] = outofcore(tmp, tuple(int(x) for x in a.shape.split(",")), not a.no_label)
     finally:

@@ -275,6 +275,40 @@ def test_large_pair_registered_on_a_coarse_level_and_warped_chunk_by_chunk(clien
     assert np.abs(back.numpy()[inner] - arr[inner]).mean() < 0.1 * arr.std()
 
 
+def test_large_pair_deformable_on_a_coarse_level_and_warped_chunk_by_chunk(client, tmp_path):
+    from biomip.register import AffineTransform, DisplacementTransform
+
+    rng = np.random.default_rng(5)
+    arr = ndimage.gaussian_filter(rng.random((64, 72, 80)), 3.0).astype(np.float32)
+    arr = (arr - arr.mean()) / arr.std()
+    fixed = Image(arr, spacing=(0.9, 0.9, 1.2), origin=(-30.0, -20.0, 10.0))
+    u = np.stack([ndimage.gaussian_filter(rng.standard_normal(arr.shape), 8) for _ in range(3)]).astype(np.float32)
+    u *= 2.5 / np.abs(u).max()                                           # up to 2.5 mm, smooth
+    A = AffineTransform(np.array([[1.03, 0.02, 0], [-0.01, 0.98, 0.01], [0, 0.02, 1.0]]), translation=(1.5, -1.0, 0.5),
+                        center=fixed.index_to_world(np.array([40.0, 36.0, 32.0])))
+    D = DisplacementTransform(Image(u, spacing=fixed.spacing, origin=fixed.origin, axes="czyx"))
+    moving = D.warp(A.warp(fixed, fixed, padding="border"), fixed, padding="border")    # fixed(A(q + u(q)))
+    bio.write(fixed, tmp_path / "f.ome.zarr", min_size=16, chunks=32)
+    bio.write(moving, tmp_path / "m.ome.zarr", min_size=16, chunks=32)
+    inner = (slice(6, -6),) * 3
+    lin, w_lin = batch.register(tmp_path / "f.ome.zarr", tmp_path / "m.ome.zarr", level=1, chunks=24)
+    res, warped = batch.register(tmp_path / "f.ome.zarr", tmp_path / "m.ome.zarr", level=1, transform="deformable",
+                                 out=tmp_path / "w.ome.zarr", chunks=24, client=client)
+    back = bio.read(warped)
+    assert back.same_geometry(fixed) and res.displacement.shape == (3, 34, 38, 42)      # coarse grid grown by 1
+    before = np.abs(moving.numpy()[inner] - arr[inner]).mean()
+    affine = np.abs(w_lin.numpy()[inner] - arr[inner]).mean()
+    deform = np.abs(back.numpy()[inner] - arr[inner]).mean()
+    assert deform < 0.6 * affine < 0.6 * before, (before, affine, deform)
+    # the chunk-wise warp through the coarse field equals the whole-volume warp
+    whole = res.params["transform"].warp(moving, fixed)
+    np.testing.assert_allclose(back.numpy(), whole.numpy(), atol=1e-4)
+    with pytest.raises(InputError, match="transform: got 'bspline'"):
+        batch.register(tmp_path / "f.ome.zarr", tmp_path / "m.ome.zarr", transform="bspline")
+    with pytest.raises(InputError, match="deformable: got"):
+        batch.register(tmp_path / "f.ome.zarr", tmp_path / "m.ome.zarr", deformable={"iterations": 5})
+
+
 def test_pairs_of_patterns_and_an_output_folder_under_the_pattern(tmp_path):
     rng = np.random.default_rng(2)
     for k in range(3):

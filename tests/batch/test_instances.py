@@ -91,3 +91,43 @@ def test_bad_chunked_instance_input_is_refused():
         batch.predict_instances(net3, pr, reach=8, chunks=32, patch_size=16)
     with pytest.raises(InputError, match="reach: the model has no"):
         batch.predict_instances(net3, pr, chunks=32, patch_size=16)
+
+
+def test_gpu_worker_specs_pin_one_device_per_worker():
+    import distributed
+
+    from biomip.batch.cluster import gpu_worker_specs
+
+    specs = gpu_worker_specs(3, 2)
+    assert [s["options"]["env"]["CUDA_VISIBLE_DEVICES"] for s in specs.values()] == ["0", "1", "2"]
+    assert all(s["options"]["resources"] == {"GPU": 1} and s["options"]["env"]["OMP_NUM_THREADS"] == "2"
+               for s in specs.values())
+    # the specification starts real workers that see their device only
+    cluster = distributed.SpecCluster(workers=gpu_worker_specs(1, 1), scheduler={
+        "cls": distributed.Scheduler, "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": ":0"}})
+    with distributed.Client(cluster, set_as_default=False) as c:
+        assert c.submit(lambda: __import__("os").environ["CUDA_VISIBLE_DEVICES"], resources={"GPU": 1}).result() == "0"
+    cluster.close()
+
+
+@pytest.mark.gpu
+def test_chunked_instances_on_gpu_workers_equal_cpu(nuclei):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from biomip.nn import UNet
+
+    net = UNet(sdim=3, in_channels=1, classes=4, features=(8, 16), seed=1)
+    net.meta["kind"] = "flows"
+    vol = nuclei.astype(np.float32) + np.random.default_rng(0).random(nuclei.shape).astype(np.float32)
+    cpu = batch.predict_instances(net, vol, reach=15, chunks=32, patch_size=32, flow_threshold=None)
+    c = batch.make_client("local-gpu:1")
+    try:
+        gpu = batch.predict_instances(net, vol, reach=15, chunks=32, patch_size=32, flow_threshold=None, device="cuda",
+                                      client=c)
+    finally:
+        cluster = c.cluster
+        c.close()
+        cluster.close()
+    assert (cpu.numpy() != gpu.numpy()).mean() < 1e-3

@@ -539,7 +539,7 @@ def _opened(volume, chunks):
 
 
 def predict(model, volume, *, overlap: float = 0.5, batch_size: int = 2, chunks=None, out=None, client=None,
-            scheduler: str | None = None):
+            scheduler: str | None = None, device=None):
     """Segment a volume of any size with a trained 3-D U-Net, chunk by chunk; equals
     :func:`biomip.segment.predict` on the whole volume.
 
@@ -573,6 +573,9 @@ def predict(model, volume, *, overlap: float = 0.5, batch_size: int = 2, chunks=
         Compute on a Dask cluster (the model is sent to the workers); default: threads here.
     scheduler : str, optional
         Local Dask scheduler when there is no client.
+    device : str or torch.device or None, optional
+        Where the network runs on each worker (``"cuda"`` on GPU workers, see
+        :func:`biomip.batch.make_client`); default CPU.
 
     Returns
     -------
@@ -646,7 +649,9 @@ def predict(model, volume, *, overlap: float = 0.5, batch_size: int = 2, chunks=
         lo = [int(b[i]) for b, i in zip(bounds, loc)]
         hi = [int(b[i + 1]) for b, i in zip(bounds, loc)]
         region_lo = [lo_a - min(depth[a], lo_a) for a, lo_a in enumerate(lo)]
-        return _windows_block(model, block, region_lo, lo, hi, starts, patch, norm, batch_size, values)
+        if device is not None:
+            model.to(device)
+        return _windows_block(model, block, region_lo, lo, hi, starts, patch, norm, batch_size, values, device)
 
     lab = arr.map_overlap(segment_block, depth=depth, boundary="none", dtype=np.uint8, trim=True)
     if out is not None:
@@ -669,7 +674,7 @@ def _normalisation(plan, arr, client, scheduler):
     return (-np.inf, np.inf, float(mean), max(std, 1e-8))
 
 
-def _windows_block(model, block, region_lo, lo, hi, starts, patch, norm, batch_size, values):
+def _windows_block(model, block, region_lo, lo, hi, starts, patch, norm, batch_size, values, device=None):
     """Labels of one chunk: the global windows touching [lo, hi), blended as sliding-window inference."""
     import torch
 
@@ -677,7 +682,7 @@ def _windows_block(model, block, region_lo, lo, hi, starts, patch, norm, batch_s
     if norm is not None:
         c0, c1, mean, std = norm
         x = (x.clamp(c0, c1) - mean) / std
-    prob = blend_windows(model, x[None], region_lo, lo, hi, starts, patch, batch_size, "softmax")
+    prob = blend_windows(model, x[None], region_lo, lo, hi, starts, patch, batch_size, "softmax", device=device)
     core = tuple(slice(lo_ - r, h - r) for lo_, h, r in zip(lo, hi, region_lo))
     labels = np.zeros(block.shape, dtype=np.uint8)
     labels[core] = values[prob.argmax(0).numpy()]
@@ -800,7 +805,7 @@ def warp(moving, transform, reference, *, chunks=None, out=None, mode: str | Non
     mshape = np.asarray(src.shape)
     kind = "labels" if mode == "nearest" else None
 
-    def warp_block(block, block_info=None):
+    def warp_block(block, transform, block_info=None):
         loc = block_info[0]["chunk-location"]
         lo = [int(b[i]) for b, i in zip(bounds, loc)]
         shape = block.shape
@@ -824,20 +829,26 @@ def warp(moving, transform, reference, *, chunks=None, out=None, mode: str | Non
     import dask.array as da
 
     grid = da.zeros(ref_arr.shape, chunks=ref_arr.chunks, dtype=np.uint8)   # the reference is never read
-    res = grid.map_blocks(warp_block, dtype=np.dtype(src.dtype))
+    t_arg = client.scatter(transform, broadcast=True) if client is not None else transform    # a field: sent once
+    res = grid.map_blocks(warp_block, t_arg, dtype=np.dtype(src.dtype))
     if out is not None:
         return write_zarr(res, rgeo, out, labels=mode == "nearest", client=client, scheduler=scheduler)
     return _in_memory(res, rgeo, client, scheduler)
 
 
 def register(fixed, moving, *, level: int = 1, transform: str = "affine", out=None, chunks=None, client=None,
-             scheduler: str | None = None, **options):
+             scheduler: str | None = None, deformable: dict | None = None, **options):
     """Register a pair of large OME-Zarr volumes: fit on a coarse pyramid level, warp at full resolution.
 
     :func:`biomip.register.linear` runs on level ``level`` of both pyramids (in memory:
     a 2 GB volume is 32 MB at level 2); the transform it finds maps world points, so it
     holds at every level, and :func:`warp` applies it to the full-resolution moving volume
-    chunk by chunk on the full-resolution fixed grid.
+    chunk by chunk on the full-resolution fixed grid.  With ``transform="deformable"`` an
+    affine fit is followed, on the same level, by :func:`biomip.register.demons` between the
+    fixed volume and the affinely resampled moving one; the two compose into one
+    displacement field on the coarse fixed grid (grown by one voxel on every side, so every
+    full-resolution voxel lies inside it), which the chunk-wise warp interpolates at full
+    resolution.
 
     Parameters
     ----------
@@ -845,25 +856,40 @@ def register(fixed, moving, *, level: int = 1, transform: str = "affine", out=No
         OME-Zarr folders with pyramids (``biomip.io.write`` / :func:`write_zarr` make them).
     level : int, optional
         Pyramid level to register on (both volumes must have it).
-    transform : {"rigid", "affine"}, optional
-        Passed to :func:`biomip.register.linear`.
+    transform : {"rigid", "affine", "deformable"}, optional
+        ``"rigid"`` / ``"affine"``: :func:`biomip.register.linear`; ``"deformable"``: affine,
+        then demons.
     out : str or pathlib.Path, optional
         Write the warped moving volume there (OME-Zarr); default: an in-memory Image.
     chunks : int, tuple or None, optional
         Output chunks (voxels).
     client : distributed.Client, optional
-        Compute the warp on a Dask cluster.
+        Compute the warp on a Dask cluster (a displacement field is sent to the workers
+        once).
     scheduler : str, optional
         Local Dask scheduler when there is no client.
+    deformable : dict, optional
+        Keyword arguments of :func:`biomip.register.demons` for ``"deformable"`` (default
+        ``iterations=50``, ``sigma_diffusion`` 1.5 coarse voxels).
     **options
         More keyword arguments of :func:`biomip.register.linear` (``metric``, ``levels``, ...).
 
     Returns
     -------
-    result : biomip.register.LinearResult
-        The coarse-level result (its ``transform`` maps fixed to moving world points).
+    result : biomip.register.LinearResult or biomip.register.DeformableResult
+        The coarse-level result.  Linear: its ``transform`` maps fixed to moving world
+        points.  Deformable: ``displacement`` is the composed field (mm, fixed -> moving,
+        on the grown coarse grid), ``params["transform"]`` the
+        :class:`~biomip.register.DisplacementTransform` of it and ``params["linear"]`` the
+        affine part.
     warped : Image or pathlib.Path
         The moving volume on the full-resolution fixed grid.
+
+    Raises
+    ------
+    InputError
+        Before any work: paths that are not OME-Zarr folders, a level the pyramids lack, an
+        unknown ``transform``.
 
     Examples
     --------
@@ -887,6 +913,11 @@ def register(fixed, moving, *, level: int = 1, transform: str = "affine", out=No
             raise InputError(f"{name}: got {v!r}; expected an OME-Zarr folder")
     from ..io.omezarr import open_omezarr
 
+    if transform not in ("rigid", "affine", "deformable"):
+        raise InputError(f"transform: got {transform!r}; expected 'rigid', 'affine' or 'deformable'")
+    if deformable is not None and (transform != "deformable" or not isinstance(deformable, dict)):
+        raise InputError(f"deformable: got {deformable!r}; expected a dict of demons options with "
+                         "transform='deformable'")
     if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or level < 0:
         raise InputError(f"level: got {level!r}; expected a pyramid level >= 0")
     for name, v in (("fixed", fixed), ("moving", moving)):
@@ -895,6 +926,40 @@ def register(fixed, moving, *, level: int = 1, transform: str = "affine", out=No
             raise InputError(f"level: got {level}; the {name} OME-Zarr {str(v)!r} has levels 0..{have - 1} -- write "
                              "it with a pyramid (biomip.io.write / biomip.batch.write_zarr) or pass level=0 to fit "
                              "at full resolution")
-    result = linear(bio.read(fixed, level=level), bio.read(moving, level=level), transform=transform, **options)
-    warped = warp(moving, result.transform, fixed, chunks=chunks, out=out, client=client, scheduler=scheduler)
+    f_c, m_c = bio.read(fixed, level=level), bio.read(moving, level=level)
+    if transform != "deformable":
+        result = linear(f_c, m_c, transform=transform, **options)
+        mapping = result.transform
+    else:
+        result = _deformable(f_c, m_c, deformable or {}, options)
+        mapping = result.params["transform"]
+    warped = warp(moving, mapping, fixed, chunks=chunks, out=out, client=client, scheduler=scheduler)
     return result, warped
+
+
+def _deformable(f_c, m_c, demons_options: dict, linear_options: dict):
+    """Affine then demons on one coarse level, composed into one field on the grown coarse grid."""
+    from ..core.image import Image
+    from ..register import DeformableResult, DisplacementTransform, demons, linear
+
+    t0 = time.perf_counter()
+    lin = linear(f_c, m_c, transform="affine", **linear_options)
+    m_aff = lin.transform.warp(m_c, f_c)
+    opts = {"iterations": 50, "sigma_diffusion": 1.5 * min(f_c.spacing), **demons_options}
+    dres = demons(f_c, m_aff, **opts)
+    u = np.asarray(dres.displacement.numpy(), dtype=np.float64)                  # (3, z, y, x), x first
+    d = f_c.sdim
+    grown = np.pad(u, ((0, 0),) + ((1, 1),) * d, mode="edge")
+    shape = grown.shape[1:]
+    origin = f_c.index_to_world(-np.ones(d))
+    grid = np.stack(np.meshgrid(*[np.arange(-1.0, n - 1.0) for n in shape[::-1]], indexing="ij"), -1)
+    q = f_c.index_to_world(grid.reshape(-1, d))                                  # world points, x first
+    # the index grid above runs x, y, z (ij over reversed shape): its C order is x-major; bring u to it
+    u_pts = np.moveaxis(grown, 0, -1).transpose(*range(d)[::-1], d).reshape(-1, d)
+    total = lin.transform.apply(q + u_pts) - q
+    field = np.moveaxis(total.reshape(*shape[::-1], d).transpose(*range(d)[::-1], d), -1, 0).astype(np.float32)
+    img = Image(field, spacing=f_c.spacing, origin=origin, direction=f_c.direction, axes="c" + f_c.axes,
+                meta={"kind": "displacement", "method": "affine+demons"})
+    return DeformableResult(img, dres.warped, list(dres.history), time.perf_counter() - t0,
+                            {"transform": DisplacementTransform(img), "linear": lin.transform, "method": "demons",
+                             **{k: v for k, v in opts.items() if isinstance(v, (int, float, str))}})

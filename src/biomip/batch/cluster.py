@@ -5,6 +5,11 @@ time with ``OMP_NUM_THREADS`` (and torch's thread count) set so that the workers
 use the cores once -- numba, BLAS and torch would otherwise each start a thread per core in
 every worker and oversubscribe the machine.  The same code runs on a cluster: give the
 address of a running scheduler (``dask scheduler`` / ``dask-jobqueue`` / Kubernetes).
+
+GPU workers (``local-gpu``): one worker process per GPU, each seeing only its own device
+(``CUDA_VISIBLE_DEVICES``) and holding a ``GPU`` resource, as dask-cuda's
+``LocalCUDACluster`` does; a task that runs a network with ``device="cuda"`` then uses the
+worker's GPU.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import os
 
 from ..core.errors import InputError
 
-__all__ = ["make_client", "THREAD_VARIABLES"]
+__all__ = ["make_client", "gpu_worker_specs", "THREAD_VARIABLES"]
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 """Environment variables that set the thread pools of numpy's BLAS, numba and torch (OpenMP)."""
@@ -51,7 +56,8 @@ def make_client(scheduler: str | None = None, threads_per_worker: int | None = N
     Raises
     ------
     InputError
-        For a malformed ``local:N`` or a non-positive thread count.
+        For a malformed ``local:N`` / ``local-gpu:N``, a non-positive thread count, or
+        ``local-gpu`` on a machine without (enough) CUDA devices.
 
     Examples
     --------
@@ -63,6 +69,8 @@ def make_client(scheduler: str | None = None, threads_per_worker: int | None = N
     if threads_per_worker is not None and (isinstance(threads_per_worker, bool) or int(threads_per_worker) < 1):
         raise InputError(f"threads_per_worker: got {threads_per_worker!r}; expected a positive integer")
     cores = os.cpu_count() or 1
+    if scheduler is not None and (scheduler == "local-gpu" or scheduler.startswith("local-gpu:")):
+        return _gpu_client(scheduler, threads_per_worker, cores)
     if scheduler is None or scheduler == "local" or scheduler.startswith("local:"):
         n = cores
         if scheduler and scheduler.startswith("local:"):
@@ -93,3 +101,60 @@ def make_client(scheduler: str | None = None, threads_per_worker: int | None = N
         return distributed.Client(scheduler, set_as_default=False, timeout="20s")
     except OSError as exc:
         raise InputError(f"scheduler: cannot reach {scheduler!r} ({exc})") from exc
+
+
+def gpu_worker_specs(n_gpus: int, threads_per_worker: int) -> dict:
+    """Worker specifications of a local GPU cluster: one Nanny per device, pinned to it.
+
+    Parameters
+    ----------
+    n_gpus : int
+        Number of workers (devices 0..n-1).
+    threads_per_worker : int
+        CPU thread pools of each worker (OpenMP, BLAS, numba).
+
+    Returns
+    -------
+    dict
+        ``{i: {"cls": Nanny, "options": {...}}}`` for :class:`distributed.SpecCluster`:
+        ``CUDA_VISIBLE_DEVICES`` set to the worker's device, one task at a time, a ``GPU``
+        resource of 1.
+
+    Examples
+    --------
+    >>> specs = gpu_worker_specs(2, 4)
+    >>> [s["options"]["env"]["CUDA_VISIBLE_DEVICES"] for s in specs.values()]
+    ['0', '1']
+    """
+    distributed = _require_distributed()
+    specs = {}
+    for i in range(int(n_gpus)):
+        env = {v: str(int(threads_per_worker)) for v in THREAD_VARIABLES}
+        env["CUDA_VISIBLE_DEVICES"] = str(i)
+        specs[f"gpu-{i}"] = {"cls": distributed.Nanny,
+                             "options": {"nthreads": 1, "env": env, "resources": {"GPU": 1}, "host": "127.0.0.1",
+                                         "silence_logs": logging.CRITICAL}}
+    return specs
+
+
+def _gpu_client(scheduler: str, threads_per_worker, cores: int):
+    """A client of a local cluster with one worker per CUDA device."""
+    import torch
+
+    have = torch.cuda.device_count()
+    n = have
+    if scheduler.startswith("local-gpu:"):
+        tail = scheduler.split(":", 1)[1]
+        if not tail.isdigit() or int(tail) < 1:
+            raise InputError(f"scheduler: got {scheduler!r}; expected local-gpu:N with N a positive integer")
+        n = int(tail)
+    if have == 0 or n > have:
+        raise InputError(f"scheduler: got {scheduler!r}; this machine has {have} CUDA device(s) -- use 'local:N' for "
+                         "CPU workers")
+    distributed = _require_distributed()
+    tpw = int(threads_per_worker or max(1, cores // n))
+    cluster = distributed.SpecCluster(
+        workers=gpu_worker_specs(n, tpw),
+        scheduler={"cls": distributed.Scheduler, "options": {"host": "127.0.0.1", "port": 0, "dashboard": False, "dashboard_address": ":0"}},
+        silence_logs=logging.CRITICAL)
+    return distributed.Client(cluster, set_as_default=False)

@@ -293,7 +293,9 @@ def _masks(flows_z, shape, chunks, geo, *, reach, threshold, niter, min_size, fl
         boxes = list(_boxes(shape, chunks))
         tasks = [dask.delayed(_seed_task)(flows_z, lo, hi, shape, reach, threshold, niter, min_size)
                  for _, lo, hi in boxes]
+        t = time.perf_counter()
         found = _compute(tasks, client, scheduler)
+        info["seeds_seconds"] = time.perf_counter() - t
         seeds = np.concatenate([np.zeros((0, d), np.int64)] + [np.asarray(s, np.int64) for s in found])
         seeds = seeds[np.lexsort(seeds.T[::-1])] if len(seeds) else seeds           # C order, as the whole run
         info["seeds"] = int(len(seeds))
@@ -302,7 +304,9 @@ def _masks(flows_z, shape, chunks, geo, *, reach, threshold, niter, min_size, fl
         seeds_arg = client.scatter(seeds, broadcast=True) if client is not None else seeds
         tasks = [dask.delayed(_assign_task)(flows_z, seeds_z, lo, hi, shape, reach, threshold, niter, seeds_arg)
                  for _, lo, hi in boxes]
+        t = time.perf_counter()
         stats = _compute(tasks, client, scheduler)
+        info["assign_seconds"] = time.perf_counter() - t
         n = len(seeds)
         counts = np.zeros(n + 1, np.int64)
         bmin = np.full((n + 1, d), np.iinfo(np.int64).max)
@@ -325,7 +329,9 @@ def _masks(flows_z, shape, chunks, geo, *, reach, threshold, niter, min_size, fl
             lut_arg = client.scatter(lut, broadcast=True) if client is not None else lut
             tasks = [dask.delayed(_error_task)(flows_z, seeds_z, lo, hi, shape, reach, lut_arg, 2 * ext + 10)
                      for _, lo, hi in boxes]
+            t = time.perf_counter()
             parts = _compute(tasks, client, scheduler)
+            info["check_seconds"] = time.perf_counter() - t
             esum = np.zeros(m + 1)
             ecnt = np.zeros(m + 1, np.int64)
             for ids, s, c in parts:
@@ -420,7 +426,10 @@ def flows_to_masks(flows, probability, *, reach: int = 30, threshold: float = 0.
                             zarr_format=2)
         both = da.concatenate([da.asarray(fl).astype(np.float32).rechunk((prob.ndim,) + prob.chunks),
                                prob.astype(np.float32)[None]], axis=0)
+        both = both.rechunk((prob.ndim + 1,) + prob.chunks)          # one writer per Zarr chunk (no lost updates)
+        t = time.perf_counter()
         _compute(da.store(both, z, lock=False, compute=False), client, scheduler)
+        info["store_seconds"] = time.perf_counter() - t
         res = _masks(z, tuple(prob.shape), prob.chunks, geo, reach=int(reach), threshold=float(threshold), niter=n_it,
                      min_size=int(min_size), flow_threshold=flow_threshold, out=out, client=client,
                      scheduler=scheduler, info=info)
