@@ -10,6 +10,18 @@ from .nuclei import NucleiSample, synthetic_nuclei
 from .pairs import RegistrationPair, RegistrationPairs, mni152_pair, phantom_pair, synthetic_pairs
 from .phantoms import shepp_logan
 from .skull import LANDMARKS, SKULL_LABELS, SkullSubject, skull_population, skull_subject, skull_template
+from .stain import (
+    FOCAL_OFFSETS_UM,
+    HE_CHANNELS,
+    STAIN_CHANNELS,
+    HEPair,
+    StainBatch,
+    StainSample,
+    cell_field,
+    cell_fields,
+    defocus_brightfield,
+    he_pseudo_pair,
+)
 
 __all__ = [
     "EM_CLASSES",
@@ -53,4 +65,14 @@ __all__ = [
     "skull_population",
     "skull_subject",
     "skull_template",
+    "FOCAL_OFFSETS_UM",
+    "HE_CHANNELS",
+    "STAIN_CHANNELS",
+    "HEPair",
+    "StainBatch",
+    "StainSample",
+    "cell_field",
+    "cell_fields",
+    "defocus_brightfield",
+    "he_pseudo_pair",
 ]
