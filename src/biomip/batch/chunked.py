@@ -122,7 +122,8 @@ def _depths(depth, arr, sdim: int) -> tuple:
     return full
 
 
-def _compute(obj, client, scheduler):
+def compute(obj, client, scheduler):
+    """Compute Dask collections on ``client`` (a Dask cluster) or, without one, with the local ``scheduler``."""
     import dask
 
     if client is not None:
@@ -184,7 +185,7 @@ def write_zarr(arr, geometry, out, *, labels: bool = False, levels: int | None =
         root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         spacings = [np.asarray(geometry.spacing, dtype=float)]
         z0 = root.create_array("0", shape=arr.shape, dtype=arr.dtype, chunks=tuple(c[0] for c in arr.chunks))
-        _compute(da.store(arr, z0, lock=False, compute=False), client, scheduler)
+        compute(da.store(arr, z0, lock=False, compute=False), client, scheduler)
         cur = da.from_zarr(z0)
         while levels is None or len(spacings) < levels:
             factors = tuple(1 for _ in range(cur.ndim - sdim)) + tuple(
@@ -199,7 +200,7 @@ def write_zarr(arr, geometry, out, *, labels: bool = False, levels: int | None =
                                      chunks=tuple(tuple(n // f for n in c) for c, f in zip(trimmed.chunks, factors)))
             zi = root.create_array(str(len(spacings)), shape=nxt.shape, dtype=nxt.dtype,
                                    chunks=tuple(c[0] for c in nxt.chunks))
-            _compute(da.store(nxt, zi, lock=False, compute=False), client, scheduler)
+            compute(da.store(nxt, zi, lock=False, compute=False), client, scheduler)
             spacings.append(spacings[-1] * np.asarray(list(reversed(factors[-sdim:]))))
             cur = da.from_zarr(zi)
         root.attrs.update(ngff_attrs(geometry, spacings, labels))
@@ -259,7 +260,7 @@ def map_blocks(fn, volume, depth=0, *, boundary: str = "none", chunks=None, dtyp
     >>> bool(np.array_equal(got.numpy(), ndimage.uniform_filter(vol, size=3)))
     True
     """
-    arr, geo = _opened(volume, chunks)
+    arr, geo = opened(volume, chunks)
     full = _depths(depth, arr, geo.sdim)
     dt = np.dtype(dtype) if dtype is not None else arr.dtype
 
@@ -277,13 +278,14 @@ def map_blocks(fn, volume, depth=0, *, boundary: str = "none", chunks=None, dtyp
         res = arr.map_blocks(same_shape, dtype=dt, **kwargs)
     if out is not None:
         return write_zarr(res, geo, out, labels=labels, client=client, scheduler=scheduler)
-    return _in_memory(res, geo, client, scheduler)
+    return in_memory(res, geo, client, scheduler)
 
 
-def _in_memory(res, geo, client, scheduler):
+def in_memory(res, geo, client, scheduler):
+    """Compute the Dask array ``res`` into an Image with ``geo``'s geometry."""
     from ..core.image import Image
 
-    data = np.asarray(_compute(res, client, scheduler))
+    data = np.asarray(compute(res, client, scheduler))
     return Image(data, spacing=geo.spacing, origin=geo.origin, direction=geo.direction, axes=geo.axes)
 
 
@@ -357,12 +359,12 @@ def smooth(volume, sigma, *, truncate: float = 4.0, padding: str = "reflect", ch
     arr, geo = open_volume(volume, chunks=chunks)
     depth = gaussian_depth(sigma, geo.spacing, truncate)
     sig_vox = [s / p for s, p in zip([float(sigma)] * geo.sdim if np.ndim(sigma) == 0 else sigma, geo.spacing)]
-    return map_blocks(gaussian_smooth, _Volume(arr, geo), depth, dtype=np.float32 if arr.dtype.kind != "f" else
+    return map_blocks(gaussian_smooth, Volume(arr, geo), depth, dtype=np.float32 if arr.dtype.kind != "f" else
                       arr.dtype, out=out, client=client, scheduler=scheduler, sigma=sig_vox, truncate=truncate,
                       padding=padding, sdim=geo.sdim)
 
 
-class _Volume(tuple):
+class Volume(tuple):
     """(dask array, geometry): a volume already opened."""
 
     def __new__(cls, arr, geo):
@@ -417,7 +419,7 @@ def label(volume, threshold=None, *, connectivity: int = 1, chunks=None, out=Non
     import zarr
     from scipy import ndimage
 
-    arr, geo = _opened(volume, chunks)
+    arr, geo = opened(volume, chunks)
     sdim = geo.sdim
     if arr.ndim != sdim:
         raise InputError(f"volume: got axes {geo.axes!r}; label one channel / time point at a time")
@@ -432,9 +434,9 @@ def label(volume, threshold=None, *, connectivity: int = 1, chunks=None, out=Non
         local = mask.map_blocks(_chunk_labels, structure, dtype=np.int32)
         z = zarr.open_array(str(Path(td) / "local.zarr"), mode="w", shape=arr.shape, dtype=np.int32,
                             chunks=tuple(c[0] for c in arr.chunks), zarr_format=2)
-        _compute(da.store(local, z, lock=False, compute=False), client, scheduler)
+        compute(da.store(local, z, lock=False, compute=False), client, scheduler)
         loc = da.from_zarr(z)
-        counts = np.asarray(_compute(loc.map_blocks(_block_max, dtype=np.int64,
+        counts = np.asarray(compute(loc.map_blocks(_block_max, dtype=np.int64,
                                                    chunks=tuple((1,) * len(c) for c in loc.chunks)),
                                      client, scheduler)).astype(np.int64)
         offsets = (np.cumsum(counts.ravel()) - counts.ravel()).reshape(counts.shape)
@@ -445,7 +447,7 @@ def label(volume, threshold=None, *, connectivity: int = 1, chunks=None, out=Non
         for ax in range(sdim):
             for k in range(1, len(bounds[ax]) - 1):
                 b = int(bounds[ax][k])
-                lo, hi = _compute((loc[(slice(None),) * ax + (b - 1,)], loc[(slice(None),) * ax + (b,)]),
+                lo, hi = compute((loc[(slice(None),) * ax + (b - 1,)], loc[(slice(None),) * ax + (b,)]),
                                   client, scheduler)
                 lo = _global_ids(np.asarray(lo), offsets, bounds, ax, k - 1)
                 hi = _global_ids(np.asarray(hi), offsets, bounds, ax, k)
@@ -456,7 +458,7 @@ def label(volume, threshold=None, *, connectivity: int = 1, chunks=None, out=Non
         lab = loc.map_blocks(_relabel_block, offsets, lut_arg, dtype=np.int32)
         if out is not None:
             return write_zarr(lab, geo, out, labels=True, client=client, scheduler=scheduler)
-        img = _in_memory(lab, geo, client, scheduler)
+        img = in_memory(lab, geo, client, scheduler)
     img.meta["objects"] = int(lut.max()) if lut.size else 0
     img.meta["seconds"] = time.perf_counter() - t0
     return img
@@ -531,8 +533,9 @@ def _relabel_block(block, offsets, lut, block_info=None):
     return out
 
 
-def _opened(volume, chunks):
-    if isinstance(volume, _Volume):
+def opened(volume, chunks):
+    """``(dask array, geometry)`` of a volume, rechunked to ``chunks``; a :class:`Volume` is taken as it is."""
+    if isinstance(volume, Volume):
         arr, geo = volume
         return (arr.rechunk(chunks) if chunks is not None else arr), geo
     return open_volume(volume, chunks=chunks)
@@ -611,7 +614,7 @@ def predict(model, volume, *, overlap: float = 0.5, batch_size: int = 2, chunks=
     if plan.dimension != "3d" or model.in_channels != 1:
         raise InputError(f"model: a {plan.dimension} plan with {model.in_channels} input channel(s); chunked "
                          "prediction takes 3-D models of grey volumes")
-    arr, geo = _opened(volume, chunks)
+    arr, geo = opened(volume, chunks)
     if arr.ndim != 3:
         raise InputError(f"volume: got axes {geo.axes!r}; expected a grey zyx volume")
     if plan.needs_resampling(geo.spacing):
@@ -656,7 +659,7 @@ def predict(model, volume, *, overlap: float = 0.5, batch_size: int = 2, chunks=
     lab = arr.map_overlap(segment_block, depth=depth, boundary="none", dtype=np.uint8, trim=True)
     if out is not None:
         return write_zarr(lab, geo, out, labels=True, client=client, scheduler=scheduler)
-    img = _in_memory(lab, geo, client, scheduler)
+    img = in_memory(lab, geo, client, scheduler)
     img.meta.update({"kind": "labels", "method": "unet", "class_values": [int(v) for v in values]})
     return img
 
@@ -669,7 +672,7 @@ def _normalisation(plan, arr, client, scheduler):
         s = plan.intensity[0]
         return (float(s["clip"][0]), float(s["clip"][1]), float(s["mean"]), max(float(s["std"]), 1e-8))
     x = arr.astype(np.float64)
-    mean, sq = _compute((x.mean(), (x * x).mean()), client, scheduler)
+    mean, sq = compute((x.mean(), (x * x).mean()), client, scheduler)
     std = float(np.sqrt(max(float(sq) - float(mean) ** 2, 0.0)))
     return (-np.inf, np.inf, float(mean), max(std, 1e-8))
 
@@ -796,7 +799,7 @@ def warp(moving, transform, reference, *, chunks=None, out=None, mode: str | Non
     True
     """
     src, mgeo = _source(moving)
-    ref_arr, rgeo = _opened(reference, chunks)
+    ref_arr, rgeo = opened(reference, chunks)
     if rgeo.sdim != mgeo.sdim or ref_arr.ndim != rgeo.sdim:
         raise InputError(f"reference: axes {rgeo.axes!r} do not match the moving volume's {mgeo.axes!r}")
     if getattr(transform, "ndim", rgeo.sdim) != rgeo.sdim:
@@ -833,7 +836,7 @@ def warp(moving, transform, reference, *, chunks=None, out=None, mode: str | Non
     res = grid.map_blocks(warp_block, t_arg, dtype=np.dtype(src.dtype))
     if out is not None:
         return write_zarr(res, rgeo, out, labels=mode == "nearest", client=client, scheduler=scheduler)
-    return _in_memory(res, rgeo, client, scheduler)
+    return in_memory(res, rgeo, client, scheduler)
 
 
 def register(fixed, moving, *, level: int = 1, transform: str = "affine", out=None, chunks=None, client=None,

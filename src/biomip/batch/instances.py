@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import InputError
-from .chunked import _compute, _in_memory, _opened, write_zarr
+from .chunked import Volume, compute, in_memory, opened, write_zarr
 
 __all__ = ["predict_instances", "flows_to_masks", "percentiles"]
 
@@ -78,7 +78,7 @@ def percentiles(volume, q=(1.0, 99.0), *, chunks=None, client=None, scheduler: s
     >>> bool(np.allclose(percentiles(x, (1, 99), chunks=16), np.percentile(x, (1, 99)), rtol=0, atol=1e-7))
     True
     """
-    arr, _ = _opened(volume, chunks)
+    arr, _ = opened(volume, chunks)
     qs = np.atleast_1d(np.asarray(q, dtype=float))
     if qs.ndim != 1 or np.any(~np.isfinite(qs)) or np.any((qs < 0) | (qs > 100)):
         raise InputError(f"q: got {q!r}; expected percentiles in [0, 100]")
@@ -86,7 +86,7 @@ def percentiles(volume, q=(1.0, 99.0), *, chunks=None, client=None, scheduler: s
     if n == 0:
         raise InputError("volume: empty")
     x = arr.astype(np.float64)
-    lo, hi = _compute((x.min(), x.max()), client, scheduler)
+    lo, hi = compute((x.min(), x.max()), client, scheduler)
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise InputError("volume: contains NaN/Inf")
     ranks = sorted({r for v in qs for r in _ranks(v, n)})
@@ -119,7 +119,7 @@ def _order_statistics(x, ranks, lo, hi, client, scheduler, bins: int = 4096, gat
             inside = (x >= a) & ((x <= b) if inc else (x < b))
             tasks[r] = (inside.sum(), da.where(inside, x, np.inf).min(), da.where(inside, x, -np.inf).max(),
                         da.histogram(x, bins=bins, range=(a, b))[0] if b > a else None)
-        res = _compute(tasks, client, scheduler)
+        res = compute(tasks, client, scheduler)
         nxt = {}
         for r, (a, b, inc, below) in open_.items():
             count, vmin, vmax, hist = res[r]
@@ -130,7 +130,7 @@ def _order_statistics(x, ranks, lo, hi, client, scheduler, bins: int = 4096, gat
             edges = np.linspace(a, b, bins + 1)
             hist = np.asarray(hist, np.int64)
             if not inc:
-                hist[-1] -= int(_compute((x == b).sum(), client, scheduler))
+                hist[-1] -= int(compute((x == b).sum(), client, scheduler))
             cum = below + np.cumsum(hist)
             k = int(np.searchsorted(cum, r, side="right"))
             k_below = below + (int(cum[k - 1] - below) if k > 0 else 0)
@@ -142,7 +142,7 @@ def _order_statistics(x, ranks, lo, hi, client, scheduler, bins: int = 4096, gat
                 found[r] = vmin
                 continue
             inside = (x >= a) & ((x <= b) if inc else (x < b))
-            vals = np.sort(np.asarray(_compute(x[inside], client, scheduler)))
+            vals = np.sort(np.asarray(compute(x[inside], client, scheduler)))
             found[r] = float(vals[r - below])
     return found
 
@@ -170,7 +170,7 @@ def _ends(flows_z, lo, hi, margin, shape, threshold, niter, starts_lo, starts_hi
     flows of the box grown by ``margin`` around them."""
     import torch
 
-    from ..segment.flows import _follow
+    from ..segment.flows import trace_flows
 
     rlo, rhi = _grow(starts_lo, starts_hi, margin, shape)
     block = _read(flows_z, rlo, rhi, slice(None))
@@ -182,7 +182,7 @@ def _ends(flows_z, lo, hi, margin, shape, threshold, niter, starts_lo, starts_hi
     start = np.argwhere(sub) + np.asarray(rlo)
     if len(start) == 0:
         return start, np.zeros((0, len(shape)))
-    end = _follow(torch.from_numpy(np.ascontiguousarray(fl * fg)), torch.from_numpy(start.astype(np.float32)),
+    end = trace_flows(torch.from_numpy(np.ascontiguousarray(fl * fg)), torch.from_numpy(start.astype(np.float32)),
                   niter, origin=rlo, size=shape)
     return start, end.numpy().astype(np.float64)
 
@@ -191,20 +191,20 @@ def _seed_task(flows_z, lo, hi, shape, reach, threshold, niter, min_size):
     """Seeds (global index, C order) that lie in the chunk [lo, hi)."""
     import torch
 
-    from ..segment.flows import _histogram, _seeds
+    from ..segment.flows import endpoint_histogram, histogram_seeds
 
     hlo, hhi = _grow(lo, hi, 2, shape)                       # histogram box: the chunk and the pooling window
     slo, shi = _grow(hlo, hhi, reach, shape)                 # voxels whose trajectories can end there
     _, end = _ends(flows_z, lo, hi, reach, shape, threshold, niter, slo, shi)
-    hist = _histogram(torch.from_numpy(end), [b - a for a, b in zip(hlo, hhi)], origin=hlo)
-    seeds = _seeds(hist, min_size).numpy() + np.asarray(hlo)
+    hist = endpoint_histogram(torch.from_numpy(end), [b - a for a, b in zip(hlo, hhi)], origin=hlo)
+    seeds = histogram_seeds(hist, min_size).numpy() + np.asarray(hlo)
     keep = np.all((seeds >= np.asarray(lo)) & (seeds < np.asarray(hi)), axis=1)
     return seeds[keep]
 
 
 def _assign_task(flows_z, seeds_z, lo, hi, shape, reach, threshold, niter, seeds):
     """Seed ids (1-based) of the chunk's foreground voxels, written to ``seeds_z``; per-id counts and boxes."""
-    from ..segment.flows import _nearest_seed
+    from ..segment.flows import nearest_seed
 
     start, end = _ends(flows_z, lo, hi, reach, shape, threshold, niter, lo, hi)
     out = np.zeros([b - a for a, b in zip(lo, hi)], np.int32)
@@ -213,7 +213,7 @@ def _assign_task(flows_z, seeds_z, lo, hi, shape, reach, threshold, niter, seeds
     if len(start):
         near = np.all((seeds >= np.asarray(lo) - reach - 4) & (seeds < np.asarray(hi) + reach + 4), axis=1)
         gidx = np.nonzero(near)[0]
-        which = _nearest_seed(end, seeds[gidx])
+        which = nearest_seed(end, seeds[gidx])
         ok = which >= 0
         ids = gidx[which[ok]] + 1
         pos = start[ok]
@@ -294,7 +294,7 @@ def _masks(flows_z, shape, chunks, geo, *, reach, threshold, niter, min_size, fl
         tasks = [dask.delayed(_seed_task)(flows_z, lo, hi, shape, reach, threshold, niter, min_size)
                  for _, lo, hi in boxes]
         t = time.perf_counter()
-        found = _compute(tasks, client, scheduler)
+        found = compute(tasks, client, scheduler)
         info["seeds_seconds"] = time.perf_counter() - t
         seeds = np.concatenate([np.zeros((0, d), np.int64)] + [np.asarray(s, np.int64) for s in found])
         seeds = seeds[np.lexsort(seeds.T[::-1])] if len(seeds) else seeds           # C order, as the whole run
@@ -305,7 +305,7 @@ def _masks(flows_z, shape, chunks, geo, *, reach, threshold, niter, min_size, fl
         tasks = [dask.delayed(_assign_task)(flows_z, seeds_z, lo, hi, shape, reach, threshold, niter, seeds_arg)
                  for _, lo, hi in boxes]
         t = time.perf_counter()
-        stats = _compute(tasks, client, scheduler)
+        stats = compute(tasks, client, scheduler)
         info["assign_seconds"] = time.perf_counter() - t
         n = len(seeds)
         counts = np.zeros(n + 1, np.int64)
@@ -330,7 +330,7 @@ def _masks(flows_z, shape, chunks, geo, *, reach, threshold, niter, min_size, fl
             tasks = [dask.delayed(_error_task)(flows_z, seeds_z, lo, hi, shape, reach, lut_arg, 2 * ext + 10)
                      for _, lo, hi in boxes]
             t = time.perf_counter()
-            parts = _compute(tasks, client, scheduler)
+            parts = compute(tasks, client, scheduler)
             info["check_seconds"] = time.perf_counter() - t
             esum = np.zeros(m + 1)
             ecnt = np.zeros(m + 1, np.int64)
@@ -349,7 +349,7 @@ def _masks(flows_z, shape, chunks, geo, *, reach, threshold, niter, min_size, fl
         labels = da.from_zarr(seeds_z).map_blocks(_relabel, lut, dtype=np.int32)
         if out is not None:
             return write_zarr(labels, geo, out, labels=True, client=client, scheduler=scheduler)
-        img = _in_memory(labels, geo, client, scheduler)
+        img = in_memory(labels, geo, client, scheduler)
     img.meta.update({"kind": "labels", "method": "flows", "objects": info["objects"]})
     return img
 
@@ -407,7 +407,7 @@ def flows_to_masks(flows, probability, *, reach: int = 30, threshold: float = 0.
     import zarr
 
     t0 = time.perf_counter()
-    prob, geo = _opened(probability, chunks)
+    prob, geo = opened(probability, chunks)
     if prob.ndim not in (2, 3) or geo.sdim != prob.ndim:
         raise InputError(f"probability: got axes {geo.axes!r}; expected a 2-D or 3-D probability map")
     fl = da.from_zarr(str(flows)) if isinstance(flows, (str, Path)) else flows
@@ -428,7 +428,7 @@ def flows_to_masks(flows, probability, *, reach: int = 30, threshold: float = 0.
                                prob.astype(np.float32)[None]], axis=0)
         both = both.rechunk((prob.ndim + 1,) + prob.chunks)          # one writer per Zarr chunk (no lost updates)
         t = time.perf_counter()
-        _compute(da.store(both, z, lock=False, compute=False), client, scheduler)
+        compute(da.store(both, z, lock=False, compute=False), client, scheduler)
         info["store_seconds"] = time.perf_counter() - t
         res = _masks(z, tuple(prob.shape), prob.chunks, geo, reach=int(reach), threshold=float(threshold), niter=n_it,
                      min_size=int(min_size), flow_threshold=flow_threshold, out=out, client=client,
@@ -518,7 +518,7 @@ def predict_instances(model, volume, *, reach: int | None = None, prob_threshold
         raise InputError(f"model: got {type(model).__name__}; expected a 3-D flows model of grey volumes "
                          "(biomip.segment.train_flows on volumes)")
     t0 = time.perf_counter()
-    arr, geo = _opened(volume, chunks)
+    arr, geo = opened(volume, chunks)
     if arr.ndim != 3 or geo.sdim != 3:
         raise InputError(f"volume: got axes {geo.axes!r}; expected a grey zyx volume")
     size = tuple(int(n) for n in arr.shape)
@@ -538,7 +538,7 @@ def predict_instances(model, volume, *, reach: int | None = None, prob_threshold
         if len(ch) > 1 and min(ch) < p:
             raise InputError(f"chunks: {min(ch)} voxels on axis {ax} is smaller than the window of {p} (the network's "
                              f"receptive field); use chunks of at least {patch}")
-    lo_hi = percentiles(_Volume_of(arr, geo), (1.0, 99.0), client=client, scheduler=scheduler)
+    lo_hi = percentiles(Volume(arr, geo), (1.0, 99.0), client=client, scheduler=scheduler)
     if not lo_hi[1] > lo_hi[0]:
         raise InputError("volume: constant (no contrast between the 1st and 99th percentile)")
     starts = [window_starts(n, p, overlap) for n, p in zip(size, patch)]
@@ -570,7 +570,7 @@ def predict_instances(model, volume, *, reach: int | None = None, prob_threshold
     with tempfile.TemporaryDirectory(prefix=".biomip-flows-", dir=parent) as td:
         z = zarr.open_array(str(Path(td) / "flows.zarr"), mode="w", shape=(4, *size), dtype=np.float32,
                             chunks=(4, *[int(c[0]) for c in arr.chunks]), zarr_format=2)
-        _compute(da.store(outputs, z, lock=False, compute=False), client, scheduler)
+        compute(da.store(outputs, z, lock=False, compute=False), client, scheduler)
         info["network_seconds"] = time.perf_counter() - t0
         res = _masks(z, size, arr.chunks, geo, reach=int(reach), threshold=float(prob_threshold),
                      niter=200 if niter is None else int(niter), min_size=int(min_size),
@@ -580,8 +580,3 @@ def predict_instances(model, volume, *, reach: int | None = None, prob_threshold
     res.meta.update({k: v for k, v in info.items() if k != "flow_error"}, seconds=time.perf_counter() - t0)
     return res
 
-
-def _Volume_of(arr, geo):
-    from .chunked import _Volume
-
-    return _Volume(arr, geo)

@@ -6,6 +6,7 @@ from .spectral import (
     FiedlerResult,
     SpectralResult,
     fiedler_bipartition,
+    generalized_eigh,
     spectral_clustering,
     spectral_embedding,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "KMeansResult",
     "SpectralResult",
     "fiedler_bipartition",
+    "generalized_eigh",
     "gmm",
     "kmeans",
     "knn_affinity",

@@ -32,7 +32,8 @@ from .graph import (
 )
 from .lloyd import kmeans
 
-__all__ = ["SOLVERS", "FiedlerResult", "SpectralResult", "fiedler_bipartition", "spectral_clustering", "spectral_embedding"]
+__all__ = ["SOLVERS", "FiedlerResult", "SpectralResult", "fiedler_bipartition", "generalized_eigh", "spectral_clustering",
+           "spectral_embedding"]
 
 SOLVERS = ("auto", "shift-invert", "lanczos", "lobpcg", "torch", "dense")
 _SHIFT = 1e-6               # shift-invert: factorise L + _SHIFT I (L is singular)
@@ -180,6 +181,60 @@ def spectral_embedding(W, k: int, solver: str = "auto", seed: int = 0):
     ([0.0, 1.333333], (4, 2))
     """
     return spectral_vectors(check_affinity(W), k, solver, seed)
+
+
+def generalized_eigh(W, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` smallest eigenpairs of ``(D - W) v = lambda D v`` (``D = diag(W 1)``).
+
+    Solved through the symmetric normalised Laplacian: ``L u = lambda u`` with
+    ``L = I - D^-1/2 W D^-1/2`` (:func:`biomip.learn.spectral_embedding`), then
+    ``v = D^-1/2 u``, so ``v^T D v = 1`` -- the normalisation of
+    ``scipy.linalg.eigh(D - W, D)``.  Nodes of zero degree are not allowed (``D``
+    would be singular).
+
+    Parameters
+    ----------
+    W : array_like
+        ``(n, n)`` symmetric non-negative affinity, every row sum positive.
+    k : int
+        Eigenpairs, ``1 <= k <= n``.
+
+    Returns
+    -------
+    eigenvalues : numpy.ndarray
+        ``(k,)`` ascending (the first is 0 on a connected graph).
+    vectors : numpy.ndarray
+        ``(n, k)`` generalised eigenvectors, ``D``-orthonormal; each vector's
+        largest-magnitude entry is positive.
+
+    Raises
+    ------
+    InputError
+        For a bad affinity, an isolated node, or ``k`` outside ``[1, n]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> W = np.kron(np.eye(2), np.ones((2, 2))) + 0.1
+    >>> vals, vecs = generalized_eigh(W, 2)
+    >>> np.round(vals, 4).tolist(), np.round(np.abs(vecs[:, 1]), 4).tolist()
+    ([0.0, 0.1667], [0.3227, 0.3227, 0.3227, 0.3227])
+    """
+    Wt = np.asarray(W.detach().cpu().numpy() if hasattr(W, "detach") else W, dtype=np.float64)
+    n = Wt.shape[0] if Wt.ndim == 2 else -1
+    if Wt.shape != (n, n) or n < 1:
+        raise InputError(f"W: got shape {Wt.shape}; expected a square (n, n) affinity")
+    if not np.all(np.isfinite(Wt)):
+        raise InputError("W: contains NaN/Inf; expected a finite affinity")
+    deg = Wt.sum(1)
+    if np.any(deg <= 0):
+        raise InputError(f"W: node {int(np.argmin(deg))} has degree 0; expected every row sum > 0")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+        raise InputError(f"k: got {k!r}; expected an integer number of eigenpairs in [1, n={n}]")
+    solver = "dense" if n <= 4096 else "lanczos"
+    vals, u = spectral_embedding(Wt, k, solver=solver, seed=0)
+    v = u / np.sqrt(deg)[:, None]
+    return vals, fix_signs(v)
 
 
 def spectral_vectors(A, k, solver, seed):

@@ -8,6 +8,7 @@ from . import (
     flows,
     instances,
     levelset,
+    nsc,
     planning,
     region,
     thresholds,
@@ -61,6 +62,17 @@ from .instances import (
     threshold_watershed,
 )
 from .levelset import chan_vese, geodesic_active_contour
+from .nsc import (
+    CRF_DEFAULTS,
+    NSCAnchors,
+    nsc_affinity,
+    nsc_anchors,
+    nsc_masks,
+    nsc_segment,
+    patch_intensity,
+    patch_keys,
+    train_nsc_vit,
+)
 from .planning import Fingerprint, Plan, estimate_memory_gb, fingerprint, plan
 from .region import region_grow, region_growing
 from .thresholds import threshold, threshold_value
@@ -166,4 +178,14 @@ __all__ = [
     "train_unet",
     "unet",
     "window_starts",
+    "nsc",
+    "CRF_DEFAULTS",
+    "NSCAnchors",
+    "nsc_affinity",
+    "nsc_anchors",
+    "nsc_masks",
+    "nsc_segment",
+    "patch_intensity",
+    "patch_keys",
+    "train_nsc_vit",
 ]

@@ -161,7 +161,7 @@ def masks_to_flows(labels, iterations: int | None = None, device=None) -> np.nda
     return flows.float().cpu().numpy()
 
 
-def _follow(flows: torch.Tensor, pts: torch.Tensor, niter: int, origin=None, size=None) -> torch.Tensor:
+def trace_flows(flows: torch.Tensor, pts: torch.Tensor, niter: int, origin=None, size=None) -> torch.Tensor:
     """Euler integration of points ``(n, d)`` (array index order) along ``flows`` ``(d, *S)``.
 
     Points are in the coordinates of the whole image (``size``, default ``S``; they stay
@@ -210,7 +210,7 @@ def _follow(flows: torch.Tensor, pts: torch.Tensor, niter: int, origin=None, siz
     return pts
 
 
-def _histogram(ends: torch.Tensor, shape, origin=None) -> torch.Tensor:
+def endpoint_histogram(ends: torch.Tensor, shape, origin=None) -> torch.Tensor:
     """Counts of the rounded end points ``(n, d)`` (global coordinates) on the box ``shape`` at ``origin``."""
     cells = torch.round(ends).long()
     if origin is not None:
@@ -221,7 +221,7 @@ def _histogram(ends: torch.Tensor, shape, origin=None) -> torch.Tensor:
     return hist
 
 
-def _seeds(hist: torch.Tensor, min_size: int) -> torch.Tensor:
+def histogram_seeds(hist: torch.Tensor, min_size: int) -> torch.Tensor:
     """Seeds ``(m, d)`` (box index, C order): local maxima (5-voxel window) of the end-point histogram
     with enough support."""
     pool = F.max_pool2d if hist.ndim == 2 else F.max_pool3d
@@ -229,7 +229,7 @@ def _seeds(hist: torch.Tensor, min_size: int) -> torch.Tensor:
     return torch.nonzero((hist == hmax) & (hist > max(3.0, 0.1 * min_size)))
 
 
-def _nearest_seed(ends: np.ndarray, seeds: np.ndarray, radius: float = 4.0) -> np.ndarray:
+def nearest_seed(ends: np.ndarray, seeds: np.ndarray, radius: float = 4.0) -> np.ndarray:
     """Index of the seed nearest to each end point (float64 distances, ties to the first seed), -1
     when none is closer than ``radius`` voxels."""
     from scipy.spatial import cKDTree
@@ -308,13 +308,13 @@ def flows_to_masks(flows, probability, threshold: float = 0.5, niter: int | None
         return np.zeros(pr.shape, np.int32), {"seeds": 0, "dropped_small": 0, "dropped_flow": 0, "flow_error": {}}
     n_it = int(niter) if niter is not None else 200
     start = np.argwhere(fg)
-    end = _follow(torch.as_tensor(fl * fg, device=dev), torch.as_tensor(start, dtype=torch.float32, device=dev), n_it)
+    end = trace_flows(torch.as_tensor(fl * fg, device=dev), torch.as_tensor(start, dtype=torch.float32, device=dev), n_it)
     # histogram of end points; seeds are its local maxima with enough support
-    seeds = _seeds(_histogram(end, pr.shape), min_size)
+    seeds = histogram_seeds(endpoint_histogram(end, pr.shape), min_size)
     if len(seeds) == 0:
         return np.zeros(pr.shape, np.int32), {"seeds": 0, "dropped_small": 0, "dropped_flow": 0, "flow_error": {}}
     # each pixel joins the seed nearest to its end point (within a few voxels)
-    which = _nearest_seed(end.cpu().numpy(), seeds.cpu().numpy())
+    which = nearest_seed(end.cpu().numpy(), seeds.cpu().numpy())
     lab = np.zeros(pr.shape, np.int32)
     ok = which >= 0
     lab[tuple(start[ok].T)] = which[ok] + 1
