@@ -86,8 +86,11 @@ def make_client(scheduler: str | None = None, threads_per_worker: int | None = N
         env = {v: str(tpw) for v in THREAD_VARIABLES}
         try:
             # CRITICAL: a failed item is reported once, in the batch's manifest, not as worker tracebacks
+            # no dashboard; the scheduler's HTTP server on a free port (its default, 8787, may be taken
+            # by another cluster on this machine)
             cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                               dashboard_address=None, env=env, silence_logs=logging.CRITICAL)
+                                               dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"},
+                                               env=env, silence_logs=logging.CRITICAL)
         except RuntimeError as exc:
             raise InputError("scheduler: the local Dask workers did not start. In a script, put the code that "
                              "starts a batch under `if __name__ == \"__main__\":` (worker processes import "
