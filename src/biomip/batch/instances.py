@@ -371,8 +371,15 @@ def flows_to_masks(flows, probability, *, reach: int = 30, threshold: float = 0.
         The farthest (voxels) a trajectory travels and the widest object: about the largest
         object's width.  The seeds need a halo of ``2 * reach + 2``, so chunks must be at least
         that large.  Larger is safer and slower.
-    threshold, niter, min_size, flow_threshold
-        As :func:`biomip.segment.flows_to_masks`.
+    threshold : float, optional
+        Foreground is ``probability > threshold``.
+    niter : int or None, optional
+        Euler steps of the flow following (default 200).
+    min_size : int, optional
+        Objects with fewer voxels are dropped.
+    flow_threshold : float or None, optional
+        Objects whose mean squared flow error exceeds it are dropped; ``None`` keeps all
+        (as :func:`biomip.segment.flows_to_masks`).
     chunks : int, tuple or None, optional
         Chunk shape (voxels, array order) of the work; default the probability's.
     out : str or pathlib.Path, optional
@@ -464,8 +471,14 @@ def predict_instances(model, volume, *, reach: int | None = None, prob_threshold
     reach : int or None, optional
         The farthest a trajectory travels (voxels): about the largest object's width
         (default: twice the model's ``meta["diameter_voxels"]`` plus 2).
-    prob_threshold, flow_threshold, min_size, niter
-        As :func:`biomip.segment.predict_instances`.
+    prob_threshold : float, optional
+        Foreground threshold of the cell probability.
+    flow_threshold : float or None, optional
+        Objects whose mean squared flow error exceeds it are dropped; ``None`` keeps all.
+    min_size : int, optional
+        Objects with fewer voxels are dropped.
+    niter : int or None, optional
+        Euler steps of the flow following (default 200).
     patch_size : int or sequence of int or None, optional
         Window (voxels, array order); default up to 64 per axis, as the whole-volume run.
     overlap : float, optional
