@@ -70,8 +70,13 @@ _register_learning()
 
 def _register_pipelines():
     from .pipe import cluster_em_cmd, register2d3d_cmd, run_app
+    from .stain import diffstain_cmd, stain_cmd
 
+    run_app.command("diffstain")(diffstain_cmd)
     app.add_typer(run_app, name="run")
+    app.command("stain", help="Virtually stain 3-plane brightfield into fluorescence channels with a trained "
+                              "DiffStain model (biomip run diffstain): a multi-channel OME-TIFF with the "
+                              "input's geometry.")(stain_cmd)
     app.command("register2d3d", help="Register a trained template head (biomip run dreg2d3d) to one lateral "
                                      "X-ray: 3-D volume, labels, field.")(register2d3d_cmd)
     app.command("cluster-em", help="Cluster an EM volume into organelles with a trained CS²C model "

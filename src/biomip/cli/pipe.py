@@ -66,7 +66,7 @@ def serenet_cmd(out: Path = typer.Option(Path("serenet-run"), "--out", help="Fol
     residuals."""
     from ..pipelines.serenet import SeReNetConfig, run, run_real
 
-    _check_run_folder(out, overwrite)
+    check_run_folder(out, overwrite)
     if real is not None:
         if export_model is not None:
             raise InputError("--export-model: got it with --real; expected it with a simulated run (--quick)")
@@ -131,7 +131,7 @@ def serenet_cmd(out: Path = typer.Option(Path("serenet-run"), "--out", help="Fol
                + (f"; NLL-MPG - L1: {s['nll_minus_l1_psnr_db']:+.2f} dB" if "nll_minus_l1_psnr_db" in s else ""))
 
 
-def _check_run_folder(out: Path, overwrite: bool, model_files=("config.json", "model.safetensors"),
+def check_run_folder(out: Path, overwrite: bool, model_files=("config.json", "model.safetensors"),
                       model_name: str = "SeReNet") -> None:
     """--out of a pipeline run, checked before any work: a new folder in an existing,
     writable one, or an existing empty folder, or (with --overwrite) a folder of a run."""
@@ -197,7 +197,7 @@ def dreg2d3d_cmd(out: Path = typer.Option(Path("dreg-run"), "--out", help="Folde
     TRE, volume PSNR, DRR NCC, time).  model/ is what `biomip register2d3d` applies."""
     from ..pipelines.dreg2d3d import DregConfig, run
 
-    _check_run_folder(out, overwrite, _DREG_MODEL_FILES, "dreg2d3d")
+    check_run_folder(out, overwrite, _DREG_MODEL_FILES, "dreg2d3d")
     if sum([quick, tiny, full]) > 1:
         raise InputError("--quick, --tiny, --full: got more than one; expected at most one mode")
     make = DregConfig.tiny if tiny else DregConfig.full if full else DregConfig.quick
@@ -349,7 +349,7 @@ def cs2c_cmd(out: Path = typer.Option(Path("cs2c-run"), "--out", help="Folder fo
     from ..io import write
     from ..pipelines.cs2c import Cs2cConfig, check_volume, cluster_volume, load_model, run
 
-    _check_run_folder(out, overwrite, _CS2C_MODEL_FILES, "CS²C")
+    check_run_folder(out, overwrite, _CS2C_MODEL_FILES, "CS²C")
     if sum([quick, tiny, full]) > 1:
         raise InputError("--quick, --tiny, --full: got more than one; expected at most one mode")
     make = Cs2cConfig.tiny if tiny else Cs2cConfig.full if full else Cs2cConfig.quick

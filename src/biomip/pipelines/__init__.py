@@ -4,6 +4,8 @@ from ``biomip run NAME``.
 
 * :mod:`.cs2c` -- case study 5, unsupervised organelle segmentation of volume EM by
   collaborative spatial-spectral deep clustering (CS²C).
+* :mod:`.diffstain` -- case study 3, virtual staining of brightfield into fluorescence by
+  mask-guided conditional diffusion (DiffStain).
 * :mod:`.dreg2d3d` -- case study 6, deformable 2-D/3-D registration of a template head CT
   to one lateral X-ray (SC-DREG).
 * :mod:`.serenet` -- case study 7, self-supervised light-field reconstruction (SeReNet).
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 
-PIPELINES = ("cs2c", "dreg2d3d", "serenet")
+PIPELINES = ("cs2c", "diffstain", "dreg2d3d", "serenet")
 
 
 def __getattr__(name):

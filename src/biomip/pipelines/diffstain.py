@@ -1,0 +1,1548 @@
+"""Case study 3 (textbook 4.9, lines 1568-1605): DiffStain, virtual staining of brightfield
+into multi-channel fluorescence by a conditional diffusion model guided by subcellular
+masks -- simulate -> train -> infer -> evaluate -> report.
+
+Data.  Seeded synthetic cell fields (:func:`biomip.data.cell_fields`): three brightfield
+planes at focal offsets -2, 0, +2 um (first-order transport-of-intensity defocus contrast
+plus absorption) and four fluorescence channels (:data:`biomip.data.STAIN_CHANNELS`:
+nucleus, ER, mitochondria, membrane) with their true masks.  Mitochondria are nearly
+invisible in brightfield on purpose: the brightfield fixes where the cytoplasm is, not
+where the puncta are, so a regression network can only predict a haze there.  Training,
+validation (used only to choose the guided ``t_start``) and test fields come from disjoint
+seeds.
+
+Brightfield units.  Every plane is divided by its own median (relative transmission, so the
+exposure does not matter), minus 1, and divided by the standard deviation of that plane
+over the training fields (:func:`normalise_brightfield`; stored with the model).  All three
+models see this same input.
+
+Methods (``report["methods"]``):
+
+* ``"unet"`` -- the L1 regression baseline: a :class:`biomip.nn.UNet` (3 planes in, one
+  output per channel) trained with the L1 loss on random crops;
+* ``"pix2pix"`` -- :class:`biomip.generate.Pix2Pix` (U-Net generator, PatchGAN, L1 x 100);
+* ``"diffusion"`` -- Palette-lite: :class:`biomip.generate.Diffusion` with the 3 brightfield
+  planes concatenated to the noisy fluorescence channels (``cond_channels=3``), v-prediction,
+  cosine schedule, ``T`` steps, EMA weights; one DDIM sample (``eta = 0``) per field,
+  started from pure noise (unguided);
+* ``"diffusion-mean4"`` -- the pixel-wise mean of 4 unguided samples (seeds ``seed`` ..
+  ``seed + 3``): an estimate of the posterior mean, which trades the samples' sharpness for
+  PSNR (shown to separate what a single sample loses to the regression by being a sample
+  from what it loses by being a worse model);
+* ``"diffusion-guided-otsu"`` / ``"diffusion-guided-nsc"`` -- mask-guided inference
+  (:func:`guided_sample`): a coarse prediction (the U-Net's) is turned into per-channel
+  binary masks (``"otsu"``: Otsu threshold of the Gaussian-smoothed channel; ``"nsc"``:
+  neural spectral clustering of ViT patch keys, :mod:`biomip.segment.nsc`), the masks are
+  scaled to data units (:func:`guide_image`: background level outside, foreground level
+  inside, the mean training fluorescence outside / inside the true masks of that channel),
+  noised by the forward process to ``t_start`` and denoised by the diffusion model
+  conditioned on the brightfield (SDEdit / Palette's ``restoration_from_noisy_ref_img``).
+  ``t_start = 0`` returns the guide itself.  Only the channels whose guide masks are worth
+  it start from their mask: those whose masks on the validation fields have a higher Dice
+  than the unguided sample's and (``guide_rule="dice+psnr"``, the default) whose guide image
+  is within 1 dB of the sample's PSNR in that channel (``report["guided_channels"]``); the
+  other channels start from the unguided sample (noised and denoised with the rest) and
+  are then put back to the unguided sample's.  The ``t_start`` of these entries is chosen on
+  the validation fields (highest foreground Dice among the sweep values whose PSNR stays
+  within 1 dB of the unguided sample's; the highest Dice when none does); the whole sweep on
+  the test fields is in ``report["sweep"]``, together with the oracle guide (the true masks,
+  ``"truth"``), which bounds what better masks could give.
+
+Figures (per method, on the held-out test fields, against the *measured* -- noisy --
+fluorescence unless said otherwise):
+
+* ``psnr`` / ``ssim`` per channel with a fixed data range per channel (0.1 to 99.9
+  percentile of that channel over the training fields) and their means; ``psnr_clean``
+  against the noise-free fluorescence;
+* ``dice`` per channel: the generated channel smoothed by a Gaussian of sigma 1 pixel and
+  thresholded at ``t_c`` against the true mask, where ``t_c`` is the threshold that gives the
+  *true* (smoothed) training fluorescence its best Dice with its own masks (fixed from the
+  training fields, the same for every method; ``report["thresholds"]``; the truth's own
+  Dice on the test fields is ``report["truth_dice"]``: the ceiling);
+* ``hf_ratio`` per channel: energy of the spatial frequencies above 0.25 cycles / pixel
+  (half the Nyquist band) of the generated channel over that of the true channel, pooled
+  over the test fields (1: as much fine detail and noise as a measurement; a regression
+  gives < 1); ``hf_log_error`` is ``|log hf_ratio|`` averaged over the channels;
+* ``c2st``: the classifier two-sample test (:func:`biomip.metrics.classifier_two_sample_test`)
+  of 32 x 32 crops (all channels) of the generated against the true fluorescence
+  (accuracy 0.5: indistinguishable);
+* ``seconds``: inference time per field.
+
+Real-image check (``report["real_he"]``): a **colour-deconvolution pseudo-pair**, not
+virtual staining -- the grey luminance of the shipped real H&E image ``he-histo`` as input,
+its haematoxylin and eosin optical densities from ``skimage.color.rgb2hed`` as targets
+(:func:`biomip.data.he_pseudo_pair`); a U-Net (L1) and a conditional diffusion model are
+trained on the tiles of the upper part of the image and scored (PSNR / SSIM, data range 1)
+on the tiles of the lower part.
+
+Python::
+
+    from biomip.pipelines import diffstain
+    report = diffstain.run(diffstain.DiffstainConfig.quick(), out="diffstain-run")
+
+Command line::
+
+    biomip run diffstain --quick --out diffstain-run
+    biomip stain diffstain-run/model brightfield.ome.tif --out fluorescence.ome.tif
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.arrays import check_count, check_number
+from ..core.errors import InputError
+from ..core.image import Image
+
+__all__ = ["DiffstainConfig", "StainData", "StainModels", "SavedStain", "GUIDES", "simulate", "normalise_brightfield",
+           "train", "guide_masks", "guide_image", "guided_sample", "infer", "evaluate", "he_check", "run",
+           "save_model", "load_model", "check_brightfield", "stain"]
+
+#: Guide-mask sources of mask-guided inference (``"truth"``: the true masks, an oracle for the report only).
+GUIDES = ("otsu", "nsc", "truth")
+_MODEL_FORMAT = "biomip.pipelines.diffstain"
+_HF_CUTOFF = 0.25            # cycles / pixel: the upper half of the Nyquist band
+_DICE_SIGMA = 1.0            # pixels: smoothing before the Dice threshold
+
+
+@dataclass(frozen=True)
+class DiffstainConfig:
+    """Everything a run depends on (sizes in pixels of ``pixel_um`` micrometres).
+
+    Parameters
+    ----------
+    shape : tuple of int, optional
+        ``(ny, nx)`` of every simulated field (>= 64).
+    pixel_um : float, optional
+        Pixel size (um).
+    n_train, n_val, n_test : int, optional
+        Training, validation (choice of ``t_start``) and test fields.
+    patch : int, optional
+        Training crop edge (pixels) of every network.
+    batch_size : int, optional
+        Crops per training step.
+    features : tuple of int, optional
+        Channels per level of the diffusion U-Net.
+    attention : tuple of bool, optional
+        Self-attention per level of the diffusion U-Net.
+    timesteps : int, optional
+        Diffusion steps ``T``.
+    diffusion_steps : int, optional
+        Diffusion training steps.
+    diffusion_lr : float, optional
+        Diffusion learning rate.
+    ddim_steps : int, optional
+        DDIM steps of an unguided sample (a guided one from ``t_start`` takes the same step
+        size: ``ceil(ddim_steps (t_start + 1) / T)`` steps).
+    unet_features : tuple of int, optional
+        Channels per level of the L1 regression U-Net.
+    unet_steps : int, optional
+        Its training steps.
+    unet_lr : float, optional
+        Its learning rate.
+    pix2pix : bool, optional
+        Train and report the pix2pix baseline.
+    pix2pix_features : tuple of int, optional
+        Generator channels per level.
+    pix2pix_steps : int, optional
+        Generator steps.
+    t_starts : tuple of int, optional
+        The ``t_start`` sweep of mask-guided inference (timesteps in ``[0, T)``).
+    guides : tuple of str, optional
+        Guide-mask sources reported as methods (``"otsu"``, ``"nsc"``); the oracle
+        ``"truth"`` is always in the sweep.
+    guide_rule : {"dice+psnr", "dice"}, optional
+        Which channels start from their guide mask, decided on the validation fields:
+        ``"dice"``: those whose masks have a higher Dice than the unguided sample's;
+        ``"dice+psnr"``: those, if also the guide image itself (``t_start = 0``) is within
+        1 dB of the unguided sample's PSNR in that channel.
+    nsc_steps : int, optional
+        Training steps of the NSC ViT (masked autoencoder).
+    he : bool, optional
+        Run the real-image H&E pseudo-pair check.
+    he_tile : int, optional
+        Its tile size (pixels).
+    he_steps : int, optional
+        Training steps of its U-Net and diffusion model.
+    c2st : bool, optional
+        Run the classifier two-sample test.
+    mean_samples : int, optional
+        Also report ``"diffusion-mean"``: the mean of this many unguided samples (seeds
+        ``seed .. seed + n - 1``), an estimate of the posterior mean (0 or 1: not reported).
+    seed : int, optional
+        Seed of the fields, the networks and the sampling noise.
+    mode : str, optional
+        ``"quick"``, ``"tiny"``, ``"full"`` or ``"custom"``.
+
+    Examples
+    --------
+    >>> cfg = DiffstainConfig.tiny()
+    >>> cfg.mode, cfg.shape, cfg.timesteps
+    ('tiny', (64, 64), 100)
+    """
+
+    shape: tuple = (96, 96)
+    pixel_um: float = 0.5
+    n_train: int = 24
+    n_val: int = 2
+    n_test: int = 4
+    patch: int = 40
+    batch_size: int = 8
+    features: tuple = (32, 64, 96)
+    attention: tuple = (False, False, False)
+    timesteps: int = 1000
+    diffusion_steps: int = 1500
+    diffusion_lr: float = 5e-4
+    ddim_steps: int = 50
+    unet_features: tuple = (32, 64, 128)
+    unet_steps: int = 600
+    unet_lr: float = 1e-3
+    pix2pix: bool = True
+    pix2pix_features: tuple = (32, 64, 128)
+    pix2pix_steps: int = 300
+    t_starts: tuple = (0, 50, 100, 200, 300, 500)
+    guides: tuple = ("otsu", "nsc")
+    guide_rule: str = "dice+psnr"
+    nsc_steps: int = 200
+    he: bool = True
+    he_tile: int = 64
+    he_steps: int = 200
+    c2st: bool = True
+    mean_samples: int = 4
+    seed: int = 0
+    mode: str = "custom"
+
+    @classmethod
+    def quick(cls, **kw) -> DiffstainConfig:
+        """The CPU quick mode (minutes on 2 cores): 24 training fields of 96^2, 40^2 training
+        crops, a 3-level diffusion U-Net (32-64-96) trained 1500 steps, T = 1000, 50 DDIM
+        steps; U-Net 600 steps, pix2pix 300, H&E check 200.
+
+        Parameters
+        ----------
+        **kw : dict
+            Fields to override.
+
+        Returns
+        -------
+        DiffstainConfig
+            The configuration.
+        """
+        return replace(cls(mode="quick"), **kw)
+
+    @classmethod
+    def tiny(cls, **kw) -> DiffstainConfig:
+        """The CI configuration (seconds): 4 fields of 64^2, tiny networks, T = 100, a few
+        training steps; it runs end to end, it does not reach the quick mode's figures.
+
+        Parameters
+        ----------
+        **kw : dict
+            Fields to override.
+
+        Returns
+        -------
+        DiffstainConfig
+            The configuration.
+        """
+        return replace(cls(shape=(64, 64), n_train=4, n_val=1, n_test=2, patch=32, batch_size=4, features=(8, 16),
+                           attention=(False, False), timesteps=100, diffusion_steps=30, ddim_steps=5,
+                           unet_features=(8, 16), unet_steps=30, pix2pix_features=(8, 16), pix2pix_steps=10,
+                           t_starts=(0, 20, 50), guides=("otsu", "nsc"), nsc_steps=5, he_tile=64, he_steps=10, mean_samples=2,
+                           mode="tiny"), **kw)
+
+    @classmethod
+    def full(cls, **kw) -> DiffstainConfig:
+        """The full-size configuration (GPU): 64 fields of 128^2, a 4-level diffusion U-Net
+        with attention at the coarsest level, 20000 steps.
+
+        Parameters
+        ----------
+        **kw : dict
+            Fields to override.
+
+        Returns
+        -------
+        DiffstainConfig
+            The configuration.
+        """
+        return replace(cls(shape=(128, 128), n_train=64, n_val=4, n_test=8, patch=64, batch_size=16,
+                           features=(64, 128, 256, 256), attention=(False, False, True, True),
+                           diffusion_steps=20000, diffusion_lr=2e-4, unet_features=(32, 64, 128, 256),
+                           unet_steps=5000, pix2pix_features=(32, 64, 128, 256), pix2pix_steps=5000,
+                           t_starts=(0, 10, 50, 100, 200, 300, 500), nsc_steps=1000, he_steps=3000,
+                           mode="full"), **kw)
+
+    def to_dict(self) -> dict:
+        """The configuration as a dict (``dataclasses.asdict``).
+
+        Returns
+        -------
+        dict
+            Field name -> value.
+        """
+        return asdict(self)
+
+
+def _check(cfg) -> DiffstainConfig:
+    if not isinstance(cfg, DiffstainConfig):
+        raise InputError(f"cfg: got {type(cfg).__name__}; expected a DiffstainConfig")
+    if len(cfg.shape) != 2 or min(int(s) for s in cfg.shape) < 64:
+        raise InputError(f"shape: got {cfg.shape!r}; expected (ny, nx), each >= 64")
+    for name in ("n_train", "n_test", "batch_size", "diffusion_steps", "unet_steps", "pix2pix_steps", "ddim_steps",
+                 "nsc_steps", "he_steps", "timesteps", "n_val"):
+        check_count(getattr(cfg, name), name, minimum=1)
+    check_count(cfg.patch, "patch", minimum=16)
+    if cfg.patch > min(cfg.shape):
+        raise InputError(f"patch: got {cfg.patch}; expected at most the field size {min(cfg.shape)}")
+    check_count(cfg.seed, "seed", minimum=0)
+    check_count(cfg.mean_samples, "mean_samples", minimum=0)
+    for name in ("diffusion_lr", "unet_lr"):
+        check_number(getattr(cfg, name), name, positive=True)
+    ts = list(cfg.t_starts)
+    if not ts or any(isinstance(t, bool) or int(t) != t or not 0 <= t < cfg.timesteps for t in ts):
+        raise InputError(f"t_starts: got {cfg.t_starts!r}; expected timesteps in [0, {cfg.timesteps})")
+    if cfg.guide_rule not in ("dice+psnr", "dice"):
+        raise InputError(f"guide_rule: got {cfg.guide_rule!r}; expected 'dice+psnr' or 'dice'")
+    bad = [g for g in cfg.guides if g not in ("otsu", "nsc")]
+    if bad:
+        raise InputError(f"guides: got {list(cfg.guides)!r}; expected some of ('otsu', 'nsc')")
+    if len(cfg.features) != len(cfg.attention):
+        raise InputError(f"attention: got {len(cfg.attention)} values for {len(cfg.features)} levels of features")
+    return cfg
+
+
+# ============================================================================ data
+def normalise_brightfield(brightfield, scale=None) -> np.ndarray:
+    """Brightfield planes -> network input: each plane divided by its median, minus 1,
+    divided by ``scale`` (one value per plane).
+
+    Parameters
+    ----------
+    brightfield : array_like
+        ``(P, ny, nx)`` or ``(n, P, ny, nx)`` intensities (any exposure; positive median).
+    scale : sequence of float or None, optional
+        Per-plane divisor (the training fields' standard deviation of the relative
+        transmission; ``None``: 1).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 of the input's shape.
+
+    Raises
+    ------
+    InputError
+        A plane whose median is not positive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.full((3, 4, 4), 200.0); x[:, 0, 0] = 220.0
+    >>> float(normalise_brightfield(x)[0, 0, 0])
+    0.10000000149011612
+    """
+    x = np.asarray(brightfield, dtype=np.float64)
+    one = x.ndim == 3
+    x = x[None] if one else x
+    med = np.median(x.reshape(x.shape[0], x.shape[1], -1), axis=2)[..., None, None]
+    if not np.all(med > 0):
+        raise InputError("brightfield: a plane has a median <= 0; expected transmitted-light intensities "
+                         "(positive, e.g. camera counts or relative transmission)")
+    y = x / med - 1.0
+    if scale is not None:
+        y = y / np.asarray(scale, dtype=np.float64).reshape(1, -1, 1, 1)
+    y = y.astype(np.float32)
+    return y[0] if one else y
+
+
+@dataclass
+class StainData:
+    """The simulated fields of a run (arrays ``(n, C, ny, nx)``).
+
+    Parameters
+    ----------
+    train, val, test : dict
+        ``brightfield`` (raw), ``x`` (normalised network input), ``fluorescence``,
+        ``masks``; ``test`` also ``clean`` (noise-free fluorescence).
+    bf_scale : numpy.ndarray
+        Per-plane scale of :func:`normalise_brightfield`.
+    levels : numpy.ndarray
+        ``(C, 2)`` mean training fluorescence outside / inside the true masks per channel.
+    thresholds : numpy.ndarray
+        ``(C,)`` Dice thresholds (module notes).
+    data_range : numpy.ndarray
+        ``(C,)`` PSNR / SSIM data range per channel.
+    spacing : tuple of float
+        Pixel size ``(x, y)`` in mm.
+    channels, offsets_um : tuple
+        Channel names and focal offsets.
+    seeds : dict
+        Seeds of every set.
+    seconds : float
+        Simulation time.
+    """
+
+    train: dict
+    val: dict
+    test: dict
+    bf_scale: np.ndarray
+    levels: np.ndarray
+    thresholds: np.ndarray
+    data_range: np.ndarray
+    spacing: tuple
+    channels: tuple
+    offsets_um: tuple
+    seeds: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _smooth(x: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    return ndi.gaussian_filter(np.asarray(x, np.float32), sigma=(0,) * (x.ndim - 2) + (_DICE_SIGMA,) * 2)
+
+
+def _best_thresholds(fluo: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per channel, the threshold of the smoothed true fluorescence with the best Dice against its masks."""
+    s = _smooth(fluo)
+    out = []
+    for c in range(fluo.shape[1]):
+        v, m = s[:, c].ravel(), masks[:, c].ravel().astype(bool)
+        cands = np.quantile(v, np.linspace(0.3, 0.999, 120))
+        best, bt = -1.0, float(cands[0])
+        for t in cands:
+            p = v >= t
+            d = 2.0 * np.count_nonzero(p & m) / max(np.count_nonzero(p) + np.count_nonzero(m), 1)
+            if d > best:
+                best, bt = d, float(t)
+        out.append(bt)
+    return np.asarray(out, np.float32)
+
+
+def _fields(cfg: DiffstainConfig, seeds: list, clean: bool = False) -> dict:
+    from ..data.stain import cell_field
+
+    bf, fl, mk, cl = [], [], [], []
+    for s in seeds:
+        f = cell_field(tuple(int(v) for v in cfg.shape), pixel_um=cfg.pixel_um, seed=int(s))
+        bf.append(f.brightfield.numpy())
+        fl.append(f.fluorescence.numpy())
+        mk.append(f.masks.numpy())
+        if clean:
+            cl.append(f.clean["fluorescence"])
+    out = {"brightfield": np.stack(bf).astype(np.float32), "fluorescence": np.stack(fl).astype(np.float32),
+           "masks": np.stack(mk).astype(np.uint8)}
+    if clean:
+        out["clean"] = np.stack(cl).astype(np.float32)
+    return out
+
+
+def simulate(cfg: DiffstainConfig) -> StainData:
+    """Simulate the training, validation and test fields of a run.
+
+    Field ``i`` of the training set has seed ``1000 seed + i``, validation ``1000 seed +
+    400 + i``, test ``1000 seed + 500 + i`` (:func:`biomip.data.cell_field`).
+
+    Parameters
+    ----------
+    cfg : DiffstainConfig
+        The configuration.
+
+    Returns
+    -------
+    StainData
+        The fields, the brightfield scale, the guide levels, the Dice thresholds and the
+        data ranges (all from the training fields).
+
+    Raises
+    ------
+    InputError
+        For a ``cfg`` that is not a DiffstainConfig or holds invalid values.
+
+    Examples
+    --------
+    >>> d = simulate(DiffstainConfig.tiny())
+    >>> d.train["x"].shape, d.test["clean"].shape
+    ((4, 3, 64, 64), (2, 4, 64, 64))
+    """
+    from ..data.stain import FOCAL_OFFSETS_UM, STAIN_CHANNELS
+
+    cfg = _check(cfg)
+    t0 = time.perf_counter()
+    base = 1000 * cfg.seed
+    seeds = {"train": [base + i for i in range(cfg.n_train)], "val": [base + 400 + i for i in range(cfg.n_val)],
+             "test": [base + 500 + i for i in range(cfg.n_test)]}
+    tr, va, te = _fields(cfg, seeds["train"]), _fields(cfg, seeds["val"]), _fields(cfg, seeds["test"], clean=True)
+    rel = normalise_brightfield(tr["brightfield"])
+    scale = rel.transpose(1, 0, 2, 3).reshape(rel.shape[1], -1).std(1).astype(np.float64)
+    scale = np.where(scale > 1e-8, scale, 1.0)
+    for d in (tr, va, te):
+        d["x"] = normalise_brightfield(d["brightfield"], scale)
+    fl, mk = tr["fluorescence"], tr["masks"].astype(bool)
+    levels = np.array([[fl[:, c][~mk[:, c]].mean() if (~mk[:, c]).any() else 0.0,
+                        fl[:, c][mk[:, c]].mean() if mk[:, c].any() else 1.0] for c in range(fl.shape[1])],
+                      np.float32)
+    lo = np.percentile(fl, 0.1, axis=(0, 2, 3))
+    hi = np.percentile(fl, 99.9, axis=(0, 2, 3))
+    rng = np.maximum(hi - lo, 1e-6).astype(np.float32)
+    return StainData(train=tr, val=va, test=te, bf_scale=scale.astype(np.float32), levels=levels,
+                     thresholds=_best_thresholds(fl, tr["masks"]), data_range=rng,
+                     spacing=(cfg.pixel_um / 1000.0,) * 2, channels=tuple(STAIN_CHANNELS),
+                     offsets_um=tuple(FOCAL_OFFSETS_UM), seeds=seeds, seconds=time.perf_counter() - t0)
+
+
+# ============================================================================ training
+@dataclass
+class StainModels:
+    """The trained models of a run.
+
+    Parameters
+    ----------
+    diffusion : biomip.generate.Diffusion
+        The conditional diffusion model (brightfield -> fluorescence).
+    unet : biomip.nn.UNet
+        The L1 regression U-Net (also the coarse prediction of mask guidance).
+    pix2pix : biomip.generate.Pix2Pix or None
+        The GAN baseline.
+    nsc : object or None
+        The NSC feature extractor (a :class:`biomip.generate.MAE`), when ``"nsc"`` guides.
+    seconds : dict
+        Training time of each.
+    history : dict
+        First and last training loss of each.
+    """
+
+    diffusion: object
+    unet: object
+    pix2pix: object = None
+    nsc: object = None
+    seconds: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+
+
+def _train_unet(x: np.ndarray, y: np.ndarray, features, steps: int, lr: float, patch: int, batch_size: int,
+                seed: int, progress=None, description: str = "U-Net (L1)"):
+    """An L1 regression :class:`~biomip.nn.UNet` (``classes`` = output channels, linear outputs)."""
+    from ..generate.base import fit_loop, random_batch
+    from ..nn import UNet
+
+    net = UNet(2, in_channels=x.shape[1], classes=y.shape[1], features=tuple(features), norm="instance", seed=seed)
+    xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
+    crop = (min(patch, x.shape[2]), min(patch, x.shape[3]))
+
+    def step(i):
+        xb, yb = random_batch(xt, batch_size, g, crop, yt)
+        loss = (net(xb) - yb).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return {"loss": float(loss.detach())}
+
+    net.train()
+    try:
+        hist = fit_loop(step, steps, description, progress=progress)
+    finally:
+        net.eval()
+    net.meta["training"] = {"steps": steps, "lr": lr, "patch": patch, "batch_size": batch_size, "seed": seed,
+                            "loss": "l1"}
+    return net, hist
+
+
+def _predict_unet(net, x: np.ndarray, batch: int = 4) -> np.ndarray:
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch):
+            out.append(net(torch.from_numpy(np.ascontiguousarray(x[i:i + batch]))).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def _loss_ends(hist) -> dict:
+    if not hist:
+        return {"loss_start": None, "loss_end": None}
+    return {"loss_start": float(hist[0]["loss"]), "loss_end": float(hist[-1]["loss"])}
+
+
+def _nsc_available() -> bool:
+    try:
+        from ..segment import nsc  # noqa: F401
+    except ImportError:
+        return False
+    return callable(getattr(nsc, "train_nsc_vit", None)) and callable(getattr(nsc, "nsc_segment", None))
+
+
+def train(cfg: DiffstainConfig, data: StainData, progress=None) -> StainModels:
+    """Train the diffusion model, the L1 U-Net, pix2pix and (for the ``"nsc"`` guide) the NSC ViT.
+
+    Parameters
+    ----------
+    cfg : DiffstainConfig
+        The configuration.
+    data : StainData
+        From :func:`simulate`.
+    progress : bool or None, optional
+        Progress bars.
+
+    Returns
+    -------
+    StainModels
+        The models, their training times and first / last losses.
+
+    Examples
+    --------
+    >>> models = train(DiffstainConfig.tiny(), simulate(DiffstainConfig.tiny()), progress=False)  # doctest: +SKIP
+    """
+    from ..generate import Diffusion, Pix2Pix
+
+    cfg = _check(cfg)
+    x, y = data.train["x"], data.train["fluorescence"]
+    secs, hist = {}, {}
+    t = time.perf_counter()
+    diff = Diffusion(channels=y.shape[1], cond_channels=x.shape[1], features=tuple(cfg.features),
+                     attention=tuple(cfg.attention), timesteps=cfg.timesteps, schedule="cosine", prediction="v",
+                     seed=cfg.seed)
+    diff.fit(y, cond=x, steps=cfg.diffusion_steps, batch_size=cfg.batch_size, lr=cfg.diffusion_lr, patch=cfg.patch,
+             ema=0.995 if cfg.diffusion_steps >= 400 else 0.0, seed=cfg.seed, progress=progress)
+    secs["diffusion"], hist["diffusion"] = time.perf_counter() - t, _loss_ends(diff.history)
+    t = time.perf_counter()
+    unet, h = _train_unet(x, y, cfg.unet_features, cfg.unet_steps, cfg.unet_lr, cfg.patch, cfg.batch_size,
+                          cfg.seed, progress)
+    secs["unet"], hist["unet"] = time.perf_counter() - t, _loss_ends(h)
+    p2p = None
+    if cfg.pix2pix:
+        t = time.perf_counter()
+        p2p = Pix2Pix(2, in_channels=x.shape[1], out_channels=y.shape[1], features=tuple(cfg.pix2pix_features),
+                      disc_features=32, seed=cfg.seed)
+        p2p.fit(x, y, steps=cfg.pix2pix_steps, batch_size=cfg.batch_size, patch=max(cfg.patch, 32), seed=cfg.seed,
+                progress=progress)
+        secs["pix2pix"], hist["pix2pix"] = time.perf_counter() - t, _loss_ends(p2p.history)
+    nsc = None
+    if "nsc" in cfg.guides and _nsc_available():
+        from ..segment.nsc import train_nsc_vit
+
+        t = time.perf_counter()
+        imgs = y.reshape(-1, *y.shape[2:])                 # every channel of every field: one-channel images
+        nsc = train_nsc_vit(list(imgs), steps=cfg.nsc_steps, seed=cfg.seed, progress=progress,
+                            **({"dim": 16, "depth": 1, "heads": 2} if cfg.mode == "tiny" else {}))
+        secs["nsc"] = time.perf_counter() - t
+    return StainModels(diffusion=diff, unet=unet, pix2pix=p2p, nsc=nsc, seconds=secs, history=hist)
+
+
+# ============================================================================ mask-guided inference
+def guide_masks(coarse, method: str = "otsu", nsc_model=None, truth=None, seed: int = 0) -> np.ndarray:
+    """Per-channel binary guide masks of a coarse prediction.
+
+    Parameters
+    ----------
+    coarse : array_like
+        ``(n, C, ny, nx)`` coarse fluorescence prediction (e.g. the L1 U-Net's).
+    method : {"otsu", "nsc", "truth"}, optional
+        ``"otsu"``: Otsu threshold of each Gaussian-smoothed (sigma 1 px) channel;
+        ``"nsc"``: :func:`biomip.segment.nsc.nsc_segment` (k = 2, dense CRF) of each channel
+        with ``nsc_model``; ``"truth"``: ``truth`` itself (the oracle).
+    nsc_model : object or None, optional
+        The NSC feature extractor (``"nsc"``).
+    truth : array_like or None, optional
+        The true masks (``"truth"``).
+    seed : int, optional
+        k-means seed of NSC.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool ``(n, C, ny, nx)``.
+
+    Raises
+    ------
+    InputError
+        Unknown ``method``, a missing ``nsc_model`` / ``truth``, or a coarse prediction that
+        is not ``(n, C, ny, nx)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> c = np.zeros((1, 1, 16, 16), np.float32); c[0, 0, 4:12, 4:12] = 1.0
+    >>> m = guide_masks(c)
+    >>> bool(m[0, 0, 4:12, 4:12].all()), bool(m[0, 0, :3].any())
+    (True, False)
+    """
+    from ..segment import threshold_value
+
+    if method not in GUIDES:
+        raise InputError(f"method: got {method!r}; expected one of {GUIDES}")
+    c = np.asarray(coarse, dtype=np.float32)
+    if c.ndim != 4:
+        raise InputError(f"coarse: got shape {c.shape}; expected (n, C, ny, nx)")
+    if method == "truth":
+        if truth is None:
+            raise InputError("truth: got None; the 'truth' guide needs the true masks")
+        t = np.asarray(truth).astype(bool)
+        if t.shape != c.shape:
+            raise InputError(f"truth: got shape {t.shape}; expected the coarse prediction's {c.shape}")
+        return t
+    out = np.zeros(c.shape, bool)
+    if method == "otsu":
+        s = _smooth(c)
+        for i in range(c.shape[0]):
+            for k in range(c.shape[1]):
+                ch = s[i, k]
+                if float(ch.max() - ch.min()) > 1e-12:
+                    out[i, k] = ch > float(threshold_value(ch, "otsu"))
+        return out
+    if nsc_model is None:
+        raise InputError("nsc_model: got None; the 'nsc' guide needs a trained NSC feature extractor")
+    from ..segment.nsc import nsc_segment
+
+    for i in range(c.shape[0]):
+        for k in range(c.shape[1]):
+            ch = c[i, k]
+            if float(ch.max() - ch.min()) > 1e-12:
+                out[i, k] = np.asarray(nsc_segment(ch, nsc_model, k=2, crf=True, seed=seed), bool)
+    return out
+
+
+def guide_image(masks, levels) -> np.ndarray:
+    """Binary guide masks in fluorescence data units: ``background + (foreground - background) * mask``.
+
+    Parameters
+    ----------
+    masks : array_like
+        ``(n, C, ny, nx)`` booleans.
+    levels : array_like
+        ``(C, 2)`` background and foreground level per channel (:attr:`StainData.levels`).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(n, C, ny, nx)``.
+
+    Raises
+    ------
+    InputError
+        Levels that do not fit the channels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> guide_image(np.eye(2, dtype=bool)[None, None], [[0.1, 0.9]])[0, 0].tolist()
+    [[0.8999999761581421, 0.10000000149011612], [0.10000000149011612, 0.8999999761581421]]
+    """
+    m = np.asarray(masks).astype(bool)
+    lv = np.asarray(levels, dtype=np.float32)
+    if m.ndim != 4 or lv.shape != (m.shape[1], 2):
+        raise InputError(f"levels: got shape {lv.shape}; expected ({m.shape[1] if m.ndim == 4 else 'C'}, 2) for "
+                         f"masks of shape {m.shape}")
+    lo, hi = lv[:, 0].reshape(1, -1, 1, 1), lv[:, 1].reshape(1, -1, 1, 1)
+    return (lo + (hi - lo) * m).astype(np.float32)
+
+
+def _guided_steps(ddim_steps: int, t_start: int, timesteps: int) -> int:
+    return max(1, min(t_start + 1, math.ceil(ddim_steps * (t_start + 1) / timesteps)))
+
+
+def guided_sample(model, cond, guide, t_start: int, steps: int = 50, seed: int = 0) -> np.ndarray:
+    """Mask-guided sampling: noise ``guide`` to ``t_start`` by the forward process and denoise
+    it with ``model`` conditioned on ``cond`` (``t_start = 0``: the guide itself).
+
+    Parameters
+    ----------
+    model : biomip.generate.Diffusion
+        A conditional diffusion model.
+    cond : array_like
+        ``(n, P, ny, nx)`` condition (normalised brightfield).
+    guide : array_like
+        ``(n, C, ny, nx)`` guide in the model's data units (:func:`guide_image`).
+    t_start : int
+        Timestep in ``[0, T)`` to noise to.
+    steps : int, optional
+        DDIM steps of a full (``t_start = T - 1``) reverse run; a shorter run takes
+        proportionally fewer (the same step size).
+    seed : int, optional
+        Seed of the forward noise.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(n, C, ny, nx)`` in data units.
+
+    Raises
+    ------
+    InputError
+        ``t_start`` out of range, or a guide whose shape does not fit.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from biomip.generate import Diffusion
+    >>> m = Diffusion(channels=2, cond_channels=1, features=(8,), attention=(False,), timesteps=10)
+    >>> g = np.ones((1, 2, 8, 8), np.float32)
+    >>> bool(np.array_equal(guided_sample(m, np.zeros((1, 1, 8, 8)), g, t_start=0), g))
+    True
+    """
+    T = int(model.timesteps)
+    t_start = check_number(t_start, "t_start", integer=True, low=0, high=T - 1)
+    g = np.asarray(guide, dtype=np.float32)
+    if g.ndim != 4 or g.shape[1] != model.channels:
+        raise InputError(f"guide: got shape {g.shape}; expected (n, {model.channels}, ny, nx)")
+    if t_start == 0:
+        return g.copy()
+    n = _guided_steps(check_count(steps, "steps"), t_start, T)
+    with torch.no_grad():
+        out = model.denoise(g, strength=(t_start + 1) / T, cond=np.asarray(cond, np.float32), steps=n, seed=seed,
+                            progress=False)
+    return np.asarray(out, dtype=np.float32)
+
+
+def _sample(model, cond: np.ndarray, steps: int, seed: int) -> np.ndarray:
+    with torch.no_grad():
+        return np.asarray(model.sample(cond=np.asarray(cond, np.float32), steps=steps, seed=seed, progress=False),
+                          dtype=np.float32)
+
+
+def infer(models: StainModels, x: np.ndarray, method: str = "diffusion", *, t_start: int = 200, guide: str = "otsu",
+          steps: int = 50, levels=None, truth=None, coarse=None, guided_channels=None, seed: int = 0) -> np.ndarray:
+    """Fluorescence of normalised brightfield ``x`` by one method.
+
+    Parameters
+    ----------
+    models : StainModels
+        The trained models.
+    x : numpy.ndarray
+        ``(n, P, ny, nx)`` normalised brightfield (:func:`normalise_brightfield`).
+    method : {"unet", "pix2pix", "diffusion", "guided"}, optional
+        ``"diffusion"``: an unguided DDIM sample; ``"guided"``: :func:`guided_sample` from the
+        ``guide`` masks of the U-Net's prediction.
+    t_start : int, optional
+        Guided: the start timestep.
+    guide : {"otsu", "nsc", "truth"}, optional
+        Guided: the mask source (:func:`guide_masks`).
+    steps : int, optional
+        DDIM steps of a full reverse run.
+    levels : array_like or None, optional
+        Guided: ``(C, 2)`` background / foreground levels (:func:`guide_image`).
+    truth : array_like or None, optional
+        Guided with ``"truth"``: the true masks.
+    coarse : numpy.ndarray or None, optional
+        Guided: a precomputed coarse prediction (default: the U-Net's).
+    guided_channels : sequence of bool or None, optional
+        Guided: which channels start from their guide mask; the others are an unguided
+        sample's (which is also their start in the guided run; default: all channels guided).
+    seed : int, optional
+        Sampling seed.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(n, C, ny, nx)`` fluorescence in the training data's units.
+
+    Raises
+    ------
+    InputError
+        Unknown method, or a missing model / levels.
+
+    Examples
+    --------
+    >>> fluo = infer(models, data.test["x"], "guided", t_start=50, levels=data.levels)  # doctest: +SKIP
+    """
+    if method == "unet":
+        return _predict_unet(models.unet, x)
+    if method == "pix2pix":
+        if models.pix2pix is None:
+            raise InputError("method: got 'pix2pix'; this run trained no pix2pix model")
+        with torch.no_grad():
+            return np.asarray(models.pix2pix(np.asarray(x, np.float32)), np.float32)
+    if method == "diffusion":
+        return _sample(models.diffusion, x, steps, seed)
+    if method == "guided":
+        if levels is None:
+            raise InputError("levels: got None; guided inference needs the background / foreground levels")
+        c = _predict_unet(models.unet, x) if coarse is None else coarse
+        m = guide_masks(c, guide, nsc_model=models.nsc, truth=truth, seed=seed)
+        start = guide_image(m, levels)
+        sel = np.ones((1, start.shape[1], 1, 1), bool)
+        if guided_channels is not None:
+            sel = np.asarray(guided_channels, bool).reshape(1, -1, 1, 1)
+            if sel.size != start.shape[1]:
+                raise InputError(f"guided_channels: got {sel.size} values; expected {start.shape[1]} (one per channel)")
+        if sel.all():
+            return guided_sample(models.diffusion, x, start, t_start, steps, seed)
+        free = _sample(models.diffusion, x, steps, seed)
+        if not sel.any():
+            return free
+        return np.where(sel, guided_sample(models.diffusion, x, np.where(sel, start, free), t_start, steps, seed), free)
+    raise InputError(f"method: got {method!r}; expected 'unet', 'pix2pix', 'diffusion' or 'guided'")
+
+
+# ============================================================================ evaluation
+def _hf_energy(x: np.ndarray) -> np.ndarray:
+    """Energy above ``_HF_CUTOFF`` cycles / pixel per channel, summed over the fields: ``(C,)``."""
+    ny, nx = x.shape[-2:]
+    fy, fx = np.fft.fftfreq(ny)[:, None], np.fft.fftfreq(nx)[None, :]
+    hi = np.hypot(fy, fx) > _HF_CUTOFF
+    f = np.fft.fft2(x - x.mean(axis=(-2, -1), keepdims=True))
+    return (np.abs(f) ** 2 * hi).sum(axis=(0, 2, 3))
+
+
+def _crops(x: np.ndarray, size: int = 32) -> np.ndarray:
+    ny, nx = x.shape[-2:]
+    out = [x[:, :, i:i + size, j:j + size] for i in range(0, ny - size + 1, size) for j in range(0, nx - size + 1, size)]
+    return np.concatenate(out)
+
+
+def _dice_channels(pred: np.ndarray, masks: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Per field and channel Dice of ``smooth(pred) >= t_c`` against the true mask: ``(n, C)``."""
+    s = _smooth(pred) >= np.asarray(thresholds).reshape(1, -1, 1, 1)
+    m = masks.astype(bool)
+    inter = (s & m).sum(axis=(2, 3))
+    tot = s.sum(axis=(2, 3)) + m.sum(axis=(2, 3))
+    return np.where(tot > 0, 2.0 * inter / np.maximum(tot, 1), 1.0)
+
+
+def _mask_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per field and channel Dice of two binary masks (no smoothing): ``(n, C)``."""
+    a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
+    inter, tot = (a & b).sum(axis=(2, 3)), a.sum(axis=(2, 3)) + b.sum(axis=(2, 3))
+    return np.where(tot > 0, 2.0 * inter / np.maximum(tot, 1), 1.0)
+
+
+def _scores(pred: np.ndarray, data: StainData, split: str = "test", c2st: bool = False, seed: int = 0) -> dict:
+    from ..metrics import classifier_two_sample_test, psnr, ssim
+
+    ref = data.__dict__[split]
+    y, m = ref["fluorescence"], ref["masks"]
+    per = {}
+    dice = _dice_channels(pred, m, data.thresholds).mean(0)
+    hf = _hf_energy(pred) / np.maximum(_hf_energy(y), 1e-30)
+    for c, name in enumerate(data.channels):
+        dr = float(data.data_range[c])
+        p = [float(psnr(pred[i, c], y[i, c], data_range=dr)) for i in range(len(y))]
+        s = [float(ssim(pred[i, c], y[i, c], data_range=dr)) for i in range(len(y))]
+        rec = {"psnr": float(np.mean(p)), "ssim": float(np.mean(s)), "dice": float(dice[c]), "hf_ratio": float(hf[c])}
+        if "clean" in ref:
+            rec["psnr_clean"] = float(np.mean([float(psnr(pred[i, c], ref["clean"][i, c], data_range=dr))
+                                               for i in range(len(y))]))
+        per[name] = rec
+    out = {k: float(np.mean([per[c][k] for c in per])) for k in ("psnr", "ssim", "dice")}
+    if "clean" in ref:
+        out["psnr_clean"] = float(np.mean([per[c]["psnr_clean"] for c in per]))
+    out["hf_ratio"] = float(np.exp(np.mean([np.log(max(per[c]["hf_ratio"], 1e-12)) for c in per])))
+    out["hf_log_error"] = float(np.mean([abs(np.log(max(per[c]["hf_ratio"], 1e-12))) for c in per]))
+    out["per_channel"] = per
+    if c2st:
+        real, fake = _crops(y), _crops(pred)
+        folds = min(5, len(real))
+        if folds >= 2:
+            r = classifier_two_sample_test(real, fake, seed=seed, folds=folds)
+            out["c2st"] = {"accuracy": float(r.accuracy), "p_value": float(r.p_value), "crops": int(r.n_real),
+                           "crop": 32}
+    return out
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def _choose_t_start(val_sweep: dict, val_unguided: dict) -> int:
+    """Highest validation Dice among t_start > 0 whose PSNR is within 1 dB of the unguided sample's."""
+    cands = {t: r for t, r in val_sweep.items() if int(t) > 0}
+    if not cands:
+        return int(next(iter(val_sweep)))
+    ok = {t: r for t, r in cands.items() if r["psnr"] >= val_unguided["psnr"] - 1.0}
+    pool = ok or cands
+    return int(max(pool, key=lambda t: (pool[t]["dice"], -int(t))))
+
+
+def evaluate(cfg: DiffstainConfig, data: StainData, models: StainModels) -> dict:
+    """Infer every method on the test fields (and the guided sweep on the validation and
+    test fields) and score them.
+
+    Parameters
+    ----------
+    cfg : DiffstainConfig
+        The configuration.
+    data : StainData
+        From :func:`simulate`.
+    models : StainModels
+        From :func:`train`.
+
+    Returns
+    -------
+    dict
+        ``methods`` (name -> figures, module notes), ``sweep`` (guide -> t_start -> test
+        figures), ``val_sweep``, ``t_start`` (guide -> the chosen value), ``guide_masks``
+        (guide -> per-channel Dice of the masks themselves against the truth on the test
+        fields), ``truth_dice``, ``predictions`` (method -> test arrays, for the preview) and
+        ``guides`` (guide -> test masks), ``guided_channels`` (guide -> the channels that start
+        from their mask, see the module notes; the others are the unguided sample's).
+
+    Examples
+    --------
+    >>> ev = evaluate(cfg, data, models)  # doctest: +SKIP
+    """
+    seed = cfg.seed
+    te, va = data.test, data.val
+    n = len(te["x"])
+    preds, secs = {}, {}
+    preds["unet"], secs["unet"] = _timed(lambda: infer(models, te["x"], "unet"))
+    if models.pix2pix is not None:
+        preds["pix2pix"], secs["pix2pix"] = _timed(lambda: infer(models, te["x"], "pix2pix"))
+    preds["diffusion"], secs["diffusion"] = _timed(lambda: infer(models, te["x"], "diffusion", steps=cfg.ddim_steps,
+                                                                 seed=seed))
+    if cfg.mean_samples > 1:
+        def mean_of_samples():
+            extra = [infer(models, te["x"], "diffusion", steps=cfg.ddim_steps, seed=seed + k)
+                     for k in range(1, cfg.mean_samples)]
+            return np.mean([preds["diffusion"], *extra], axis=0).astype(np.float32)
+
+        name = f"diffusion-mean{cfg.mean_samples}"
+        preds[name], secs[name] = _timed(mean_of_samples)
+        secs[name] += secs["diffusion"]
+    s_va = infer(models, va["x"], "diffusion", steps=cfg.ddim_steps, seed=seed)
+    val_unguided = _scores(s_va, data, "val")
+    val_unguided_dice = np.array([val_unguided["per_channel"][c]["dice"] for c in data.channels])
+    val_unguided_psnr = np.array([val_unguided["per_channel"][c]["psnr"] for c in data.channels])
+    coarse_te, t_coarse = _timed(lambda: _predict_unet(models.unet, te["x"]))
+    coarse_va = _predict_unet(models.unet, va["x"])
+    guides = [g for g in cfg.guides if g != "nsc" or models.nsc is not None] + ["truth"]
+    sweep, val_sweep, chosen, gmask, gscore, gsel = {}, {}, {}, {}, {}, {}
+    for gname in guides:
+        (m_te, t_mask) = _timed(lambda: guide_masks(coarse_te, gname, models.nsc, te["masks"], seed))
+        m_va = guide_masks(coarse_va, gname, models.nsc, va["masks"], seed)
+        gmask[gname] = m_te
+        d = _mask_dice(m_te, te["masks"]).mean(0)
+        gscore[gname] = {c: float(v) for c, v in zip(data.channels, d)}
+        # a channel is guided when its validation masks beat the unguided sample's validation Dice
+        # (and, with "dice+psnr", the guide image itself is within 1 dB of the sample's PSNR there)
+        sel = _mask_dice(m_va, va["masks"]).mean(0) > val_unguided_dice
+        if cfg.guide_rule == "dice+psnr":
+            gp = _scores(guide_image(m_va, data.levels), data, "val")["per_channel"]
+            sel &= np.array([gp[c]["psnr"] for c in data.channels]) >= val_unguided_psnr - 1.0
+        gsel[gname] = [c for c, k in zip(data.channels, sel) if k]
+        sel4 = sel.reshape(1, -1, 1, 1)
+        g_te = np.where(sel4, guide_image(m_te, data.levels), preds["diffusion"])
+        g_va = np.where(sel4, guide_image(m_va, data.levels), s_va)
+        sweep[gname], val_sweep[gname], outs = {}, {}, {}
+        for t in cfg.t_starts:
+            out, s = _timed(lambda: np.where(sel4, guided_sample(models.diffusion, te["x"], g_te, int(t),
+                                                                 cfg.ddim_steps, seed), preds["diffusion"]))
+            outs[int(t)] = (out, s)
+            r = _scores(out, data, "test")
+            r.pop("per_channel")
+            sweep[gname][str(int(t))] = {**r, "ddim_steps": 0 if t == 0 else
+                                         _guided_steps(cfg.ddim_steps, int(t), cfg.timesteps)}
+            rv = _scores(np.where(sel4, guided_sample(models.diffusion, va["x"], g_va, int(t), cfg.ddim_steps, seed),
+                                  s_va), data, "val")
+            val_sweep[gname][str(int(t))] = {k: rv[k] for k in ("psnr", "ssim", "dice")}
+        chosen[gname] = _choose_t_start(val_sweep[gname], val_unguided)
+        if gname != "truth":
+            out, s = outs[chosen[gname]]
+            preds[f"diffusion-guided-{gname}"] = out
+            secs[f"diffusion-guided-{gname}"] = s + t_coarse + t_mask + (secs["diffusion"] if not sel.all() else 0.0)
+    methods = {}
+    for name, p in preds.items():
+        r = _scores(p, data, "test", c2st=cfg.c2st, seed=seed)
+        r["seconds"] = secs[name] / n
+        if name.startswith("diffusion-guided-"):
+            g = name[len("diffusion-guided-"):]
+            r["t_start"] = chosen[g]
+            r["guide"] = g
+            r["guided_channels"] = gsel[g]
+        methods[name] = r
+    truth_dice = _dice_channels(te["fluorescence"], te["masks"], data.thresholds).mean(0)
+    return {"methods": methods, "sweep": sweep, "val_sweep": val_sweep, "val_unguided": {
+        k: val_unguided[k] for k in ("psnr", "ssim", "dice")}, "t_start": chosen, "guide_masks": gscore,
+        "truth_dice": {c: float(v) for c, v in zip(data.channels, truth_dice)}, "predictions": preds,
+        "guides": gmask, "guided_channels": gsel}
+
+
+# ============================================================================ real-image check
+def he_check(cfg: DiffstainConfig, progress=None) -> dict:
+    """The H&E colour-deconvolution pseudo-pair as a small image-to-image task (module notes).
+
+    Parameters
+    ----------
+    cfg : DiffstainConfig
+        The configuration (``he_tile``, ``he_steps``, network sizes, seed).
+    progress : bool or None, optional
+        Progress bars.
+
+    Returns
+    -------
+    dict
+        ``what``, ``source``, ``tiles`` (train / test), ``methods`` (``"unet"``,
+        ``"diffusion"``: ``psnr`` / ``ssim`` per channel and their means, ``seconds``), and
+        ``arrays`` (input, target and outputs of the first test tile, for the preview).
+
+    Examples
+    --------
+    >>> rep = he_check(DiffstainConfig.tiny(), progress=False)  # doctest: +SKIP
+    """
+    from ..data.stain import HE_CHANNELS, he_pseudo_pair
+    from ..generate import Diffusion
+    from ..metrics import psnr, ssim
+
+    t0 = time.perf_counter()
+    pair = he_pseudo_pair("he-histo", tile=cfg.he_tile, input="grey")
+    n = len(pair)
+    n_test = max(1, n // 4)
+    order = np.lexsort((pair.origins[:, 1], pair.origins[:, 0]))      # raster order: the last rows are the test set
+    tr, te = order[:n - n_test], order[n - n_test:]
+    if len(tr) == 0:
+        raise InputError(f"he_tile: got {cfg.he_tile}; the H&E image gives only {n} tile(s), expected at least 2")
+    xi, yt = pair.inputs, pair.targets
+    mu, sd = float(xi[tr].mean()), float(xi[tr].std()) or 1.0
+    x = ((xi - mu) / sd).astype(np.float32)
+    patch = min(cfg.patch, cfg.he_tile)
+    unet, _ = _train_unet(x[tr], yt[tr], cfg.unet_features, cfg.he_steps, cfg.unet_lr, patch, cfg.batch_size,
+                          cfg.seed, progress, "H&E U-Net (L1)")
+    diff = Diffusion(channels=2, cond_channels=1, features=tuple(cfg.features), attention=tuple(cfg.attention),
+                     timesteps=cfg.timesteps, seed=cfg.seed)
+    diff.fit(yt[tr], cond=x[tr], steps=cfg.he_steps, batch_size=cfg.batch_size, lr=cfg.diffusion_lr, patch=patch,
+             ema=0.995 if cfg.he_steps >= 400 else 0.0, seed=cfg.seed, progress=progress)
+    outs = {}
+    outs["unet"], s_u = _timed(lambda: _predict_unet(unet, x[te]))
+    outs["diffusion"], s_d = _timed(lambda: _sample(diff, x[te], cfg.ddim_steps, cfg.seed))
+    secs = {"unet": s_u, "diffusion": s_d}
+    methods = {}
+    for name, p in outs.items():
+        per = {}
+        for c, ch in enumerate(HE_CHANNELS):
+            per[ch] = {"psnr": float(np.mean([psnr(p[i, c], yt[te][i, c], data_range=1.0) for i in range(len(te))])),
+                       "ssim": float(np.mean([ssim(p[i, c], yt[te][i, c], data_range=1.0) for i in range(len(te))]))}
+        methods[name] = {"psnr": float(np.mean([v["psnr"] for v in per.values()])),
+                         "ssim": float(np.mean([v["ssim"] for v in per.values()])), "per_channel": per,
+                         "seconds": secs[name] / len(te)}
+    return {"what": "colour-deconvolution pseudo-pair, NOT virtual staining: input = grey luminance of the real "
+                    "H&E image 'he-histo', targets = its haematoxylin / eosin optical densities from "
+                    "skimage.color.rgb2hed scaled to [0, 1] (1 / 99 percentiles of the whole image); train on the "
+                    "upper tiles, test on the lowest quarter of tiles (raster order)",
+            "source": pair.source, "tile": cfg.he_tile, "channels": list(HE_CHANNELS),
+            "tiles": {"train": int(len(tr)), "test": int(len(te))}, "training_steps": cfg.he_steps,
+            "methods": methods, "seconds": time.perf_counter() - t0,
+            "arrays": {"input": xi[te[0], 0], "target": yt[te[0]], "unet": outs["unet"][0],
+                       "diffusion": outs["diffusion"][0]}}
+
+
+# ============================================================================ model folder
+@dataclass
+class SavedStain:
+    """A loaded DiffStain model folder.
+
+    Parameters
+    ----------
+    diffusion : biomip.generate.Diffusion
+        The conditional diffusion model.
+    unet : biomip.nn.UNet
+        The L1 U-Net (coarse prediction of guided inference).
+    meta : dict
+        ``diffstain.json``: channels, planes, focal offsets, pixel size, brightfield scale,
+        guide levels, the chosen ``t_start``, DDIM steps, the configuration.
+    """
+
+    diffusion: object
+    unet: object
+    meta: dict
+
+    @property
+    def channels(self) -> tuple:
+        """Fluorescence channel names, in output order."""
+        return tuple(self.meta["channels"])
+
+    @property
+    def planes(self) -> int:
+        """Brightfield planes the model takes."""
+        return int(self.meta["planes"])
+
+
+def save_model(path, models: StainModels, data: StainData, cfg: DiffstainConfig, t_start: int | None = None,
+               guided_channels=None) -> Path:
+    """Write the model folder that :func:`load_model` and ``biomip stain`` read.
+
+    ``diffstain.json`` (format, channels, planes, focal offsets, pixel size, brightfield
+    scale, guide levels, default ``t_start``, DDIM steps, configuration), ``diffusion/`` and
+    ``unet/`` (safetensors + JSON).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The folder (created).
+    models : StainModels
+        The trained models.
+    data : StainData
+        The run's data (its scales and levels).
+    cfg : DiffstainConfig
+        The configuration.
+    t_start : int or None, optional
+        Default ``t_start`` of guided inference (``None``: ``T // 5``).
+    guided_channels : sequence of str or None, optional
+        Channels that start from their guide mask in guided inference (``None``: all).
+
+    Returns
+    -------
+    pathlib.Path
+        The folder.
+
+    Examples
+    --------
+    >>> save_model("diffstain-model", models, data, cfg)  # doctest: +SKIP
+    """
+    from ..core.atomic import write_json
+
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    models.diffusion.save(p / "diffusion")
+    models.unet.save(p / "unet")
+    write_json({"format": _MODEL_FORMAT, "version": 1, "channels": list(data.channels),
+                "planes": int(data.train["x"].shape[1]), "offsets_um": list(data.offsets_um),
+                "pixel_um": float(cfg.pixel_um), "bf_scale": [float(v) for v in data.bf_scale],
+                "levels": np.asarray(data.levels, float).tolist(),
+                "t_start": int(cfg.timesteps // 5 if t_start is None else t_start), "ddim_steps": int(cfg.ddim_steps),
+                "guided_channels": list(data.channels if guided_channels is None else guided_channels),
+                "config": cfg.to_dict()}, p / "diffstain.json")
+    return p
+
+
+def load_model(path) -> SavedStain:
+    """Read a model folder written by :func:`save_model` (or ``biomip run diffstain``).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The folder.
+
+    Returns
+    -------
+    SavedStain
+        Diffusion model, U-Net and metadata.
+
+    Raises
+    ------
+    InputError
+        A missing folder or file, or another format.
+
+    Examples
+    --------
+    >>> saved = load_model("diffstain-run/model")  # doctest: +SKIP
+    """
+    from ..generate import Diffusion
+    from ..nn import UNet
+
+    p = Path(path)
+    mp = p / "diffstain.json"
+    if not mp.is_file():
+        raise InputError(f"path: got {str(path)!r}; expected a DiffStain model folder with diffstain.json (the "
+                         "model/ folder of `biomip run diffstain`)")
+    try:
+        meta = json.loads(mp.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise InputError(f"path: {str(mp)!r} is not readable JSON ({exc}); expected the diffstain.json of a "
+                         "DiffStain model folder") from exc
+    if not isinstance(meta, dict) or meta.get("format") != _MODEL_FORMAT:
+        raise InputError(f"path: {str(mp)!r} has format {meta.get('format') if isinstance(meta, dict) else None!r}; "
+                         f"expected {_MODEL_FORMAT!r}")
+    for sub in ("diffusion", "unet"):
+        if not (p / sub).is_dir():
+            raise InputError(f"path: {str(p)!r} lacks {sub}/; expected a complete DiffStain model folder")
+    missing = [k for k in ("channels", "planes", "bf_scale", "levels", "t_start", "ddim_steps") if k not in meta]
+    if missing:
+        raise InputError(f"path: {str(mp)!r} lacks {missing}; expected the diffstain.json written by `biomip run "
+                         "diffstain`")
+    diff, unet = Diffusion.load(p / "diffusion", device="cpu"), UNet.load(p / "unet", device="cpu")
+    if diff.channels != len(meta["channels"]) or diff.cond_channels != int(meta["planes"]):
+        raise InputError(f"path: {str(p)!r}: the diffusion model takes {diff.cond_channels} plane(s) and gives "
+                         f"{diff.channels} channel(s); diffstain.json says {meta['planes']} and {meta['channels']}")
+    return SavedStain(diffusion=diff, unet=unet, meta=meta)
+
+
+def check_brightfield(brightfield, saved: SavedStain):
+    """A user's brightfield as ``(P, ny, nx)`` float32 and its geometry, checked against a model.
+
+    Parameters
+    ----------
+    brightfield : Image or array_like
+        ``(P, ny, nx)`` planes (axes ``"cyx"`` or ``"zyx"`` for an Image), the model's
+        number of planes, in the order of the model's focal offsets.
+    saved : SavedStain
+        The model.
+
+    Returns
+    -------
+    planes : numpy.ndarray
+        float32 ``(P, ny, nx)``.
+    spacing, origin : tuple of float
+        ``(x, y)`` pixel size and origin in mm (``(1e-3 pixel_um,) * 2`` and zeros for an
+        array, or an Image whose spacing is unknown).
+
+    Raises
+    ------
+    InputError
+        The wrong number of planes or axes, NaN / infinite values, too small an image, or a
+        plane whose median is not positive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> saved = SavedStain(None, None, {"planes": 3, "channels": ["a"], "pixel_um": 0.5})
+    >>> check_brightfield(np.ones((3, 16, 16)), saved)[0].shape
+    (3, 16, 16)
+    """
+    planes = saved.planes
+    offs = saved.meta.get("offsets_um")
+    want = f"{planes} brightfield planes (P, ny, nx)" + (f" at focal offsets {offs} um" if offs else "")
+    spacing = (float(saved.meta.get("pixel_um", 1.0)) / 1000.0,) * 2
+    origin = (0.0, 0.0)
+    if isinstance(brightfield, Image):
+        img = brightfield
+        if img.ndim != 3 or img.sdim < 2 or img.axes[-2:] != "yx":
+            raise InputError(f"brightfield: got an image of axes {img.axes!r} and shape {tuple(img.shape)}; expected "
+                             f"{want}")
+        arr = img.numpy()
+        if img.meta.get("spacing_known") is not False:
+            spacing, origin = tuple(float(v) for v in img.spacing[:2]), tuple(float(v) for v in img.origin[:2])
+    else:
+        arr = np.asarray(brightfield)
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"brightfield: got dtype {arr.dtype}; expected real numbers")
+    if arr.ndim != 3 or arr.shape[0] != planes:
+        n = arr.shape[0] if arr.ndim == 3 else (1 if arr.ndim == 2 else None)
+        got = f"{n} plane(s)" if n is not None else f"{arr.ndim} axes"
+        raise InputError(f"brightfield: got {got} (shape {tuple(arr.shape)}); expected {want}")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise InputError(f"brightfield: got {int((~np.isfinite(arr)).sum())} NaN / infinite value(s); expected finite "
+                         "intensities")
+    if min(arr.shape[1:]) < 16:
+        raise InputError(f"brightfield: got planes of {arr.shape[1]} x {arr.shape[2]} pixels; expected at least 16 "
+                         "x 16")
+    return arr, spacing, origin
+
+
+def stain(saved: SavedStain, brightfield, method: str = "guided", t_start: int | None = None,
+          steps: int | None = None, channels=None, seed: int = 0) -> Image:
+    """Virtually stain a brightfield image with a trained model.
+
+    Parameters
+    ----------
+    saved : SavedStain
+        From :func:`load_model`.
+    brightfield : Image or array_like
+        ``(P, ny, nx)`` brightfield planes (:func:`check_brightfield`).
+    method : {"guided", "diffusion", "unet"}, optional
+        Mask-guided diffusion (Otsu masks of the U-Net prediction for the model's
+        ``guided_channels``, an unguided sample as the start of the others; default), an
+        unguided diffusion sample, or the L1 U-Net.
+    t_start : int or None, optional
+        Guided: start timestep (default: the model's, chosen on validation fields).
+    steps : int or None, optional
+        DDIM steps of a full reverse run (default: the model's).
+    channels : sequence of str or None, optional
+        Channels to return, by name (default: all of the model's).
+    seed : int, optional
+        Sampling seed.
+
+    Returns
+    -------
+    Image
+        float32 ``(C, ny, nx)``, axes ``"cyx"``, the input's spacing and origin,
+        ``meta["channels"]`` the channel names.
+
+    Raises
+    ------
+    InputError
+        Bad brightfield (:func:`check_brightfield`), an unknown method, a ``t_start`` out
+        of range, or a channel the model does not have.
+
+    Examples
+    --------
+    >>> img = stain(load_model("diffstain-run/model"), planes)  # doctest: +SKIP
+    """
+    if method not in ("guided", "diffusion", "unet"):
+        raise InputError(f"method: got {method!r}; expected 'guided', 'diffusion' or 'unet'")
+    names = saved.channels
+    if channels is None:
+        idx = list(range(len(names)))
+    else:
+        want = [channels] if isinstance(channels, str) else list(channels)
+        bad = [c for c in want if c not in names]
+        if bad or not want:
+            raise InputError(f"channels: got {want!r}; this model gives {list(names)}")
+        idx = [names.index(c) for c in want]
+    arr, spacing, origin = check_brightfield(brightfield, saved)
+    T = int(saved.diffusion.timesteps)
+    t = int(saved.meta["t_start"]) if t_start is None else check_number(t_start, "t_start", integer=True, low=0,
+                                                                       high=T - 1)
+    steps = int(saved.meta["ddim_steps"]) if steps is None else check_count(steps, "steps")
+    x = normalise_brightfield(arr, saved.meta["bf_scale"])[None]
+    models = StainModels(diffusion=saved.diffusion, unet=saved.unet)
+    levels = np.asarray(saved.meta["levels"], np.float32)
+    if method == "unet":
+        out = infer(models, x, "unet")
+    elif method == "diffusion":
+        out = infer(models, x, "diffusion", steps=steps, seed=seed)
+    else:
+        gch = saved.meta.get("guided_channels", list(names))
+        out = infer(models, x, "guided", t_start=t, guide="otsu", steps=steps, levels=levels,
+                    guided_channels=[c in gch for c in names], seed=seed)
+    out = out[0][idx].astype(np.float32)
+    return Image(out, spacing=spacing, origin=origin, axes="cyx",
+                 meta={"channels": [names[i] for i in idx], "virtual_stain": {
+                     "method": method, "t_start": t if method == "guided" else None, "ddim_steps": steps,
+                     "seed": seed, "units": "relative fluorescence of the training data"}})
+
+
+# ============================================================================ report
+def _targets(meth: dict, ev: dict, seconds: float, mode: str) -> dict:
+    t = {}
+    u, d = meth.get("unet"), meth.get("diffusion")
+    if u and d:
+        t["diffusion_psnr_within_1dB_of_unet"] = bool(d["psnr"] >= u["psnr"] - 1.0)
+        t["diffusion_ssim>=unet"] = bool(d["ssim"] >= u["ssim"])
+        t["diffusion_sharper(hf_ratio_closer_to_1)"] = bool(d["hf_log_error"] < u["hf_log_error"])
+    for g in ("otsu", "nsc"):
+        k = f"diffusion-guided-{g}"
+        if k in meth and d:
+            t[f"guidance_{g}_dice_gain>=0.02"] = bool(meth[k]["dice"] - d["dice"] >= 0.02)
+    if "nsc" in ev["guide_masks"]:
+        t["nsc_nucleus_mask_dice>=0.85"] = bool(ev["guide_masks"]["nsc"].get("nucleus", 0.0) >= 0.85)
+    if mode == "quick":
+        t["quick_under_10_min"] = bool(seconds < 600)
+    return t
+
+
+def _preview(path: Path, data: StainData, ev: dict, he: dict | None, title: str) -> None:
+    from ..core.preview import render_panels
+
+    te = data.test
+    show = [("truth", te["fluorescence"][0])] + [(k, v[0]) for k, v in ev["predictions"].items()]
+    cols = len(show) + len(ev["guides"]) + 1
+    bf = te["brightfield"][0]
+    head = [(f"brightfield dz {dz:+g} um", bf[p], None) for p, dz in enumerate(data.offsets_um)]
+    comp = np.zeros(te["masks"].shape[2:], np.uint8)
+    for c in range(te["masks"].shape[1]):
+        comp[te["masks"][0, c] > 0] = c + 1
+    fill = [("true masks: " + ", ".join(f"{c + 1} {n}" for c, n in enumerate(data.channels)), comp,
+             {"labels": True})]
+    if he is not None:
+        a = he["arrays"]
+        fill.append(("H&E pseudo-pair (real, colour deconvolution): grey input", a["input"], None))
+        for k, ch in enumerate(he["channels"]):
+            for name in ("target", "unet", "diffusion"):
+                fill.append((f"H&E {ch}: {name}", a[name][k], {"vmin": 0, "vmax": 1, "colorbar_group": f"he{k}"}))
+    room = max(cols - len(head), 0)
+    panels = head + fill[:room]
+    for c, ch in enumerate(data.channels):
+        vmax = float(np.percentile(te["fluorescence"][0, c], 99.8))
+        for name, arr in show:
+            extra = "" if name == "truth" else f" (Dice {ev['methods'][name]['per_channel'][ch]['dice']:.2f})"
+            panels.append((f"{ch}: {name}{extra}", arr[c], {"vmin": 0, "vmax": vmax, "colorbar_group": ch}))
+        for g, m in ev["guides"].items():
+            panels.append((f"{ch}: guide mask {g}", m[0, c].astype(np.uint8), {"vmin": 0, "vmax": 1}))
+        panels.append((f"{ch}: true mask", te["masks"][0, c], {"vmin": 0, "vmax": 1}))
+    panels += fill[room:]
+    render_panels(panels, path, title=title, cols=cols, dpi=70, panel_size=2.6)
+
+
+def run(cfg: DiffstainConfig | None = None, out=None, progress=None) -> dict:
+    """simulate -> train -> infer (every method, the guided sweep) -> evaluate -> real check -> report.
+
+    Writes (when ``out`` is given) ``report.json``, ``preview.png``, ``model/`` (for
+    ``biomip stain``) and ``brightfield.ome.tif`` (a held-out field's three planes) into
+    ``out``.
+
+    Parameters
+    ----------
+    cfg : DiffstainConfig or None, optional
+        Configuration (default :meth:`DiffstainConfig.quick`).
+    out : str or pathlib.Path or None, optional
+        Output folder.
+    progress : bool or None, optional
+        Progress bars.
+
+    Returns
+    -------
+    dict
+        The report: ``methods`` (name -> ``psnr``, ``ssim``, ``psnr_clean``, ``dice``,
+        ``hf_ratio``, ``hf_log_error``, ``per_channel``, ``c2st``, ``seconds``), ``sweep``,
+        ``t_start``, ``guide_masks`` (mask Dice per guide, NSC included), ``truth_dice``,
+        ``thresholds``, ``real_he``, ``training``, ``targets``, ``config``, ``seeds``,
+        ``times``, ``seconds`` (wall) and ``cpu_seconds``.
+
+    Examples
+    --------
+    >>> report = run(DiffstainConfig.tiny(), out="diffstain-tiny")  # doctest: +SKIP
+    """
+    from ..core.atomic import write_json
+
+    cfg = _check(cfg if cfg is not None else DiffstainConfig.quick())
+    t0, c0 = time.perf_counter(), time.process_time()
+    times = {}
+    data = simulate(cfg)
+    times["simulation"] = data.seconds
+    models = train(cfg, data, progress=progress)
+    times.update({f"train_{k}": v for k, v in models.seconds.items()})
+    t = time.perf_counter()
+    ev = evaluate(cfg, data, models)
+    times["evaluation"] = time.perf_counter() - t
+    he = None
+    if cfg.he:
+        t = time.perf_counter()
+        he = he_check(cfg, progress=progress)
+        times["real_he"] = time.perf_counter() - t
+    warnings = []
+    if cfg.mode == "tiny":
+        warnings.append("mode 'tiny': sized for CI (a few training steps); the targets are checked on the quick mode")
+    if "nsc" in cfg.guides and models.nsc is None:
+        warnings.append("guide 'nsc': biomip.segment.nsc is not available; only the Otsu guide ran")
+    report = {
+        "pipeline": "diffstain", "mode": cfg.mode, "config": cfg.to_dict(),
+        "seeds": {"train_fields": data.seeds["train"], "val_fields": data.seeds["val"],
+                  "test_fields": data.seeds["test"], "networks": cfg.seed, "sampling": cfg.seed},
+        "data": {"shape": list(cfg.shape), "pixel_um": cfg.pixel_um, "channels": list(data.channels),
+                 "offsets_um": list(data.offsets_um), "bf_scale": [float(v) for v in data.bf_scale],
+                 "guide_levels": {c: [float(a), float(b)] for c, (a, b) in zip(data.channels, data.levels)},
+                 "data_range": {c: float(v) for c, v in zip(data.channels, data.data_range)}},
+        "thresholds": {"rule": f"Gaussian sigma {_DICE_SIGMA:g} px, then >= t_c; t_c maximises the Dice of the "
+                               "smoothed true training fluorescence with its own masks",
+                       **{c: float(v) for c, v in zip(data.channels, data.thresholds)}},
+        "methods": ev["methods"],
+        "sweep": ev["sweep"], "val_sweep": ev["val_sweep"], "val_unguided": ev["val_unguided"],
+        "t_start": ev["t_start"], "guided_channels": ev["guided_channels"],
+        "guide_masks": ev["guide_masks"], "truth_dice": ev["truth_dice"],
+        "training": {k: {"seconds": models.seconds.get(k), **models.history.get(k, {})} for k in models.seconds},
+        "real_he": None if he is None else {k: v for k, v in he.items() if k != "arrays"},
+        "warnings": warnings,
+        "threads": torch.get_num_threads(),
+    }
+    report["times"] = times
+    report["seconds"] = time.perf_counter() - t0
+    report["cpu_seconds"] = time.process_time() - c0
+    report["targets"] = _targets(ev["methods"], ev, report["seconds"], cfg.mode)
+    if out is not None:
+        from ..io import write
+
+        o = Path(out)
+        o.mkdir(parents=True, exist_ok=True)
+        t_def = ev["t_start"].get("otsu", cfg.timesteps // 5)
+        save_model(o / "model", models, data, cfg, t_start=t_def, guided_channels=ev["guided_channels"].get("otsu"))
+        write(Image(data.test["brightfield"][0], spacing=data.spacing, axes="cyx",
+                    meta={"offsets_um": list(data.offsets_um)}), o / "brightfield.ome.tif")
+        _preview(o / "preview.png", data, ev, he, f"DiffStain virtual staining ({cfg.mode}); held-out field 1")
+        report["files"] = {"report": "report.json", "preview": "preview.png", "model": "model/",
+                           "brightfield": "brightfield.ome.tif"}
+        report["seconds"] = time.perf_counter() - t0
+        write_json(report, o / "report.json")
+    return report
