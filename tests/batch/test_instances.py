@@ -131,3 +131,39 @@ def test_chunked_instances_on_gpu_workers_equal_cpu(nuclei):
         c.close()
         cluster.close()
     assert (cpu.numpy() != gpu.numpy()).mean() < 1e-3
+
+
+def test_outputs_are_never_replaced_silently_and_bad_numbers_are_refused(tmp_path):
+    from biomip import io as bio
+
+    lab = np.zeros((40, 40, 40), int)
+    lab[4:14, 4:14, 4:14] = 1
+    lab[18:34, 16:36, 15:30] = 2
+    fl, pr = masks_to_flows(lab), (lab > 0).astype(np.float32)
+    bio.write(Image(pr), tmp_path / "p.ome.zarr", chunks=20)
+    before = bio.read(tmp_path / "p.ome.zarr").numpy()
+    with pytest.raises(InputError, match="one of the inputs"):
+        batch.flows_to_masks(fl, str(tmp_path / "p.ome.zarr"), reach=18, out=tmp_path / "p.ome.zarr", overwrite=True)
+    with pytest.raises(InputError, match="one of the inputs"):
+        batch.smooth(tmp_path / "p.ome.zarr", 1.0, out=tmp_path / "p.ome.zarr")
+    np.testing.assert_array_equal(bio.read(tmp_path / "p.ome.zarr").numpy(), before)
+    with pytest.raises(InputError, match="does not exist"):
+        batch.flows_to_masks(fl, pr, reach=18, out=tmp_path / "nodir" / "x.ome.zarr")
+    batch.flows_to_masks(fl, pr, reach=18, chunks=40, out=tmp_path / "l.ome.zarr")
+    with pytest.raises(InputError, match="exists; pass overwrite=True"):
+        batch.flows_to_masks(fl, pr, reach=18, chunks=40, out=tmp_path / "l.ome.zarr")
+    assert batch.flows_to_masks(fl, pr, reach=18, chunks=40, out=tmp_path / "l.ome.zarr", overwrite=True).exists()
+    for kw, msg in (({"threshold": float("nan")}, "threshold: got nan"), ({"niter": 0}, "niter: got 0"),
+                    ({"flow_threshold": -1.0}, "flow_threshold: got -1"), ({"min_size": -1}, "min_size: got -1"),
+                    ({"chunks": 0}, "chunks: got 0"), ({"chunks": (24, 24)}, r"chunks: got \(24, 24\)")):
+        with pytest.raises(InputError, match=msg):
+            batch.flows_to_masks(fl, pr, reach=18, **kw)
+    with pytest.raises(InputError, match="NaN"):
+        batch.flows_to_masks(fl * np.nan, pr, reach=18)
+    with pytest.raises(InputError, match="scheduler: got int"):
+        batch.make_client(2)
+    with pytest.raises(InputError, match="unknown option"):
+        batch.register(tmp_path / "p.ome.zarr", tmp_path / "p.ome.zarr", transform="deformable",
+                       deformable={"bogus": 1})
+    with pytest.raises(InputError, match="fixed: got ndarray"):
+        batch.register(np.zeros((4, 4, 4)), tmp_path / "p.ome.zarr")

@@ -72,6 +72,9 @@ def open_volume(volume, chunks=None):
     from ..core.image import Image
 
     da = _dask()
+    if chunks is not None:
+        nd = getattr(volume, "ndim", None)
+        chunks = _check_chunks(chunks, nd if isinstance(nd, int) else (1 if np.ndim(chunks) == 0 else len(chunks)))
     if isinstance(volume, (str, Path)):
         from ..io.omezarr import open_omezarr
 
@@ -94,8 +97,18 @@ def open_volume(volume, chunks=None):
         raise InputError(f"volume: got {type(volume).__name__}; expected an OME-Zarr path, an Image, a numpy "
                          "or a Dask array")
     if chunks is not None:
-        arr = arr.rechunk(chunks)
+        arr = arr.rechunk(_check_chunks(chunks, arr.ndim))
     return arr, geo
+
+
+def _check_chunks(chunks, ndim: int):
+    """``chunks`` as positive voxel counts: one number or one per axis."""
+    vals = [chunks] if np.ndim(chunks) == 0 else list(chunks)
+    ok = all(not isinstance(c, bool) and isinstance(c, (int, np.integer)) and c > 0 for c in vals)
+    if not ok or len(vals) not in (1, ndim):
+        raise InputError(f"chunks: got {chunks!r}; expected a positive number of voxels or {ndim} of them (array "
+                         "order)")
+    return int(vals[0]) if len(vals) == 1 else tuple(int(c) for c in vals)
 
 
 def _default_chunks(shape, sdim: int) -> tuple:
@@ -130,6 +143,25 @@ def compute(obj, client, scheduler):
         fut = client.compute(obj)
         return client.gather(fut) if isinstance(fut, (list, tuple)) else fut.result()
     return dask.compute(obj, scheduler=scheduler or "threads")[0]
+
+
+def check_out(out, overwrite, *inputs) -> None:
+    """Refuse an output path before any work: a missing folder, one of the ``inputs``, or an
+    existing store unless ``overwrite``."""
+    if out is None:
+        return
+    if not isinstance(out, (str, Path)):
+        raise InputError(f"out: got {type(out).__name__}; expected a path for the OME-Zarr output")
+    if not isinstance(overwrite, bool):
+        raise InputError(f"overwrite: got {overwrite!r}; expected True or False")
+    path = Path(out).resolve()
+    if not path.parent.is_dir():
+        raise InputError(f"out: folder {str(path.parent)!r} does not exist; create it first")
+    for x in inputs:
+        if isinstance(x, (str, Path)) and Path(x).resolve() == path:
+            raise InputError(f"out: {str(out)!r} is one of the inputs; write the result elsewhere")
+    if path.exists() and not overwrite:
+        raise InputError(f"out: {str(out)!r} exists; pass overwrite=True to replace it")
 
 
 def write_zarr(arr, geometry, out, *, labels: bool = False, levels: int | None = None, min_size: int = 32,
@@ -208,7 +240,8 @@ def write_zarr(arr, geometry, out, *, labels: bool = False, levels: int | None =
 
 
 def map_blocks(fn, volume, depth=0, *, boundary: str = "none", chunks=None, dtype=None, out=None,
-               labels: bool = False, client=None, scheduler: str | None = None, **kwargs):
+               labels: bool = False, client=None, scheduler: str | None = None, overwrite: bool = False,
+               **kwargs):
     """Run ``fn`` on every chunk of a volume with a halo; in memory or to an OME-Zarr.
 
     Parameters
@@ -233,6 +266,9 @@ def map_blocks(fn, volume, depth=0, *, boundary: str = "none", chunks=None, dtyp
     out : str or pathlib.Path, optional
         Write the result there as an OME-Zarr (chunk by chunk, with a pyramid) and return
         the path; default: compute in memory and return an Image.
+    overwrite : bool, optional
+        Replace an existing ``out`` (default: refuse before any work).  ``out`` is never
+        allowed to be one of the inputs.
     labels : bool, optional
         The output is a label map (pyramid by striding).
     client : distributed.Client, optional
@@ -260,6 +296,7 @@ def map_blocks(fn, volume, depth=0, *, boundary: str = "none", chunks=None, dtyp
     >>> bool(np.array_equal(got.numpy(), ndimage.uniform_filter(vol, size=3)))
     True
     """
+    check_out(out, overwrite, volume)
     arr, geo = opened(volume, chunks)
     full = _depths(depth, arr, geo.sdim)
     dt = np.dtype(dtype) if dtype is not None else arr.dtype
@@ -319,7 +356,7 @@ def gaussian_depth(sigma, spacing, truncate: float = 4.0) -> tuple:
 
 
 def smooth(volume, sigma, *, truncate: float = 4.0, padding: str = "reflect", chunks=None, out=None, client=None,
-           scheduler: str | None = None):
+           scheduler: str | None = None, overwrite: bool = False):
     """Gaussian smoothing of a volume of any size, chunk by chunk; equals the whole-volume result.
 
     Parameters
@@ -336,6 +373,9 @@ def smooth(volume, sigma, *, truncate: float = 4.0, padding: str = "reflect", ch
         Rechunk first (voxels, array order).
     out : str or pathlib.Path, optional
         Write an OME-Zarr there (with a pyramid) and return its path; default: in memory.
+    overwrite : bool, optional
+        Replace an existing ``out`` (default: refuse before any work).  ``out`` is never
+        allowed to be one of the inputs.
     client : distributed.Client, optional
         Compute on a Dask cluster; default: threads in this process.
     scheduler : str, optional
@@ -354,13 +394,14 @@ def smooth(volume, sigma, *, truncate: float = 4.0, padding: str = "reflect", ch
     >>> float(np.abs(got.numpy() - gaussian_smooth(vol, 2.0).numpy()).max()) < 1e-6
     True
     """
+    check_out(out, overwrite, volume)
     from ..ops.filters import gaussian_smooth
 
     arr, geo = open_volume(volume, chunks=chunks)
     depth = gaussian_depth(sigma, geo.spacing, truncate)
     sig_vox = [s / p for s, p in zip([float(sigma)] * geo.sdim if np.ndim(sigma) == 0 else sigma, geo.spacing)]
     return map_blocks(gaussian_smooth, Volume(arr, geo), depth, dtype=np.float32 if arr.dtype.kind != "f" else
-                      arr.dtype, out=out, client=client, scheduler=scheduler, sigma=sig_vox, truncate=truncate,
+                      arr.dtype, out=out, overwrite=overwrite, client=client, scheduler=scheduler, sigma=sig_vox, truncate=truncate,
                       padding=padding, sdim=geo.sdim)
 
 
@@ -372,7 +413,7 @@ class Volume(tuple):
 
 
 def label(volume, threshold=None, *, connectivity: int = 1, chunks=None, out=None, client=None,
-          scheduler: str | None = None):
+          scheduler: str | None = None, overwrite: bool = False):
     """Connected components of ``volume > threshold`` (or of its non-zero voxels) across chunks.
 
     Memory-bounded, in three passes over the chunks: each chunk is labelled on its own
@@ -395,6 +436,9 @@ def label(volume, threshold=None, *, connectivity: int = 1, chunks=None, out=Non
         Rechunk first (voxels, array order).
     out : str or pathlib.Path, optional
         Write an OME-Zarr label map there (pyramid by striding) and return its path.
+    overwrite : bool, optional
+        Replace an existing ``out`` (default: refuse before any work).  ``out`` is never
+        allowed to be one of the inputs.
     client : distributed.Client, optional
         Compute on a Dask cluster; default: threads in this process.
     scheduler : str, optional
@@ -413,6 +457,7 @@ def label(volume, threshold=None, *, connectivity: int = 1, chunks=None, out=Non
     >>> lab.meta["objects"], int(lab.numpy().max())
     (1, 1)
     """
+    check_out(out, overwrite, volume)
     import tempfile
 
     import dask.array as da
@@ -537,12 +582,12 @@ def opened(volume, chunks):
     """``(dask array, geometry)`` of a volume, rechunked to ``chunks``; a :class:`Volume` is taken as it is."""
     if isinstance(volume, Volume):
         arr, geo = volume
-        return (arr.rechunk(chunks) if chunks is not None else arr), geo
+        return (arr.rechunk(_check_chunks(chunks, arr.ndim)) if chunks is not None else arr), geo
     return open_volume(volume, chunks=chunks)
 
 
 def predict(model, volume, *, overlap: float = 0.5, batch_size: int = 2, chunks=None, out=None, client=None,
-            scheduler: str | None = None, device=None):
+            scheduler: str | None = None, device=None, overwrite: bool = False):
     """Segment a volume of any size with a trained 3-D U-Net, chunk by chunk; equals
     :func:`biomip.segment.predict` on the whole volume.
 
@@ -572,6 +617,9 @@ def predict(model, volume, *, overlap: float = 0.5, batch_size: int = 2, chunks=
         Chunk shape (voxels); each axis at least the patch size.
     out : str or pathlib.Path, optional
         Write the label map there as an OME-Zarr (pyramid by striding) and return its path.
+    overwrite : bool, optional
+        Replace an existing ``out`` (default: refuse before any work).  ``out`` is never
+        allowed to be one of the inputs.
     client : distributed.Client, optional
         Compute on a Dask cluster (the model is sent to the workers); default: threads here.
     scheduler : str, optional
@@ -604,6 +652,7 @@ def predict(model, volume, *, overlap: float = 0.5, batch_size: int = 2, chunks=
     >>> predict(net, vol, chunks=16).shape
     (24, 32, 32)
     """
+    check_out(out, overwrite, volume)
     from ..nn import UNet, window_starts
     from ..segment.planning import Plan
 
@@ -756,7 +805,7 @@ def _source(volume):
 
 
 def warp(moving, transform, reference, *, chunks=None, out=None, mode: str | None = None, client=None,
-         scheduler: str | None = None):
+         scheduler: str | None = None, overwrite: bool = False):
     """Resample ``moving`` onto ``reference``'s grid through ``transform``, chunk by chunk.
 
     Every chunk of the reference grid maps its voxel centres through the transform, reads
@@ -777,6 +826,9 @@ def warp(moving, transform, reference, *, chunks=None, out=None, mode: str | Non
         Output chunk shape (voxels, z, y, x); default the reference's chunks.
     out : str or pathlib.Path, optional
         Write an OME-Zarr there and return its path; default: an in-memory Image.
+    overwrite : bool, optional
+        Replace an existing ``out`` (default: refuse before any work).  ``out`` is never
+        allowed to be one of the inputs.
     mode : {None, "linear", "nearest"}, optional
         Interpolation, as :meth:`biomip.register.Transform.warp` (labels: nearest).
     client : distributed.Client, optional
@@ -798,6 +850,7 @@ def warp(moving, transform, reference, *, chunks=None, out=None, mode: str | Non
     >>> float(np.abs(got.numpy() - t.warp(vol, vol).numpy()).max()) < 1e-5
     True
     """
+    check_out(out, overwrite, moving, reference)
     src, mgeo = _source(moving)
     ref_arr, rgeo = opened(reference, chunks)
     if rgeo.sdim != mgeo.sdim or ref_arr.ndim != rgeo.sdim:
@@ -840,7 +893,8 @@ def warp(moving, transform, reference, *, chunks=None, out=None, mode: str | Non
 
 
 def register(fixed, moving, *, level: int = 1, transform: str = "affine", out=None, chunks=None, client=None,
-             scheduler: str | None = None, deformable: dict | None = None, **options):
+             scheduler: str | None = None, deformable: dict | None = None, overwrite: bool = False,
+             **options):
     """Register a pair of large OME-Zarr volumes: fit on a coarse pyramid level, warp at full resolution.
 
     :func:`biomip.register.linear` runs on level ``level`` of both pyramids (in memory:
@@ -864,6 +918,9 @@ def register(fixed, moving, *, level: int = 1, transform: str = "affine", out=No
         then demons.
     out : str or pathlib.Path, optional
         Write the warped moving volume there (OME-Zarr); default: an in-memory Image.
+    overwrite : bool, optional
+        Replace an existing ``out`` (default: refuse before any work).  ``out`` is never
+        allowed to be one of the inputs.
     chunks : int, tuple or None, optional
         Output chunks (voxels).
     client : distributed.Client, optional
@@ -908,12 +965,22 @@ def register(fixed, moving, *, level: int = 1, transform: str = "affine", out=No
     >>> bool(np.allclose(res.transform.offset, [2.0, 0.0, 0.0], atol=0.5)), warped.shape
     (True, (64, 64, 64))
     """
+    check_out(out, overwrite, fixed, moving)
+    import inspect
+
     from .. import io as bio
-    from ..register import linear
+    from ..register import demons, linear
 
     for name, v in (("fixed", fixed), ("moving", moving)):
         if not isinstance(v, (str, Path)) or not Path(v).exists():
-            raise InputError(f"{name}: got {v!r}; expected an OME-Zarr folder")
+            got = repr(str(v)) if isinstance(v, (str, Path)) else type(v).__name__
+            raise InputError(f"{name}: got {got}; expected an OME-Zarr folder")
+    for what, fn, given in (("options", linear, options), ("deformable", demons, deformable if isinstance(deformable, dict) else {})):
+        known = set(inspect.signature(fn).parameters) - {"fixed", "moving"}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise InputError(f"{what}: unknown option(s) {unknown} of biomip.register.{fn.__name__}; expected some "
+                             f"of {sorted(known)}")
     from ..io.omezarr import open_omezarr
 
     if transform not in ("rigid", "affine", "deformable"):
@@ -936,7 +1003,8 @@ def register(fixed, moving, *, level: int = 1, transform: str = "affine", out=No
     else:
         result = _deformable(f_c, m_c, deformable or {}, options)
         mapping = result.params["transform"]
-    warped = warp(moving, mapping, fixed, chunks=chunks, out=out, client=client, scheduler=scheduler)
+    warped = warp(moving, mapping, fixed, chunks=chunks, out=out, client=client, scheduler=scheduler,
+                  overwrite=overwrite)
     return result, warped
 
 

@@ -64,6 +64,9 @@ def make_client(scheduler: str | None = None, threads_per_worker: int | None = N
     >>> make_client("sync") is None
     True
     """
+    if scheduler is not None and not isinstance(scheduler, str):
+        raise InputError(f"scheduler: got {type(scheduler).__name__} {scheduler!r}; expected 'local', 'local:N', "
+                         "'local-gpu', 'sync' or a scheduler address such as tcp://host:8786")
     if scheduler == "sync":
         return None
     if threads_per_worker is not None and (isinstance(threads_per_worker, bool) or int(threads_per_worker) < 1):

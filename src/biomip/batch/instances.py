@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import InputError
-from .chunked import Volume, compute, in_memory, opened, write_zarr
+from .chunked import Volume, check_out, compute, in_memory, opened, write_zarr
 
 __all__ = ["predict_instances", "flows_to_masks", "percentiles"]
 
@@ -79,8 +79,11 @@ def percentiles(volume, q=(1.0, 99.0), *, chunks=None, client=None, scheduler: s
     True
     """
     arr, _ = opened(volume, chunks)
-    qs = np.atleast_1d(np.asarray(q, dtype=float))
-    if qs.ndim != 1 or np.any(~np.isfinite(qs)) or np.any((qs < 0) | (qs > 100)):
+    try:
+        qs = np.atleast_1d(np.asarray(q, dtype=float))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"q: got {q!r}; expected percentiles in [0, 100]") from exc
+    if qs.ndim != 1 or qs.size == 0 or np.any(~np.isfinite(qs)) or np.any((qs < 0) | (qs > 100)):
         raise InputError(f"q: got {q!r}; expected percentiles in [0, 100]")
     n = int(np.prod(arr.shape))
     if n == 0:
@@ -174,6 +177,8 @@ def _ends(flows_z, lo, hi, margin, shape, threshold, niter, starts_lo, starts_hi
 
     rlo, rhi = _grow(starts_lo, starts_hi, margin, shape)
     block = _read(flows_z, rlo, rhi, slice(None))
+    if not np.all(np.isfinite(block)):
+        raise InputError("flows, probability: contain NaN/Inf")
     fl, pr = block[:-1], block[-1]
     fg = pr > threshold
     inner = tuple(slice(a - r, b - r) for a, b, r in zip(starts_lo, starts_hi, rlo))
@@ -261,6 +266,21 @@ def _merge_short(arr, need):
             ch[-1] += last
         merged.append(tuple(ch))
     return arr.rechunk(tuple(merged)) if tuple(merged) != tuple(arr.chunks) else arr
+
+
+def _check_numbers(threshold, niter, min_size, flow_threshold, name="threshold"):
+    """Refusals of the flow-following numbers, before any work."""
+    ok = not isinstance(threshold, bool) and isinstance(threshold, (int, float, np.integer, np.floating))
+    if not ok or not math.isfinite(float(threshold)):
+        raise InputError(f"{name}: got {threshold!r}; expected a finite number (foreground is probability > it)")
+    if niter is not None and (isinstance(niter, bool) or not isinstance(niter, (int, np.integer)) or niter < 1):
+        raise InputError(f"niter: got {niter!r}; expected a positive number of Euler steps or None")
+    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
+        raise InputError(f"min_size: got {min_size!r}; expected a voxel count >= 0")
+    if flow_threshold is not None:
+        ok = not isinstance(flow_threshold, bool) and isinstance(flow_threshold, (int, float, np.integer, np.floating))
+        if not ok or not math.isfinite(float(flow_threshold)) or flow_threshold <= 0:
+            raise InputError(f"flow_threshold: got {flow_threshold!r}; expected a positive number or None")
 
 
 def _check_reach(reach, arr, margin_of):
@@ -356,7 +376,7 @@ def _masks(flows_z, shape, chunks, geo, *, reach, threshold, niter, min_size, fl
 
 def flows_to_masks(flows, probability, *, reach: int = 30, threshold: float = 0.5, niter: int | None = None,
                    min_size: int = 15, flow_threshold: float | None = 0.4, chunks=None, out=None, client=None,
-                   scheduler: str | None = None):
+                   scheduler: str | None = None, overwrite: bool = False):
     """Instances from flows and a cell probability of any size, chunk by chunk; equals
     :func:`biomip.segment.flows_to_masks` on the whole volume.
 
@@ -384,6 +404,9 @@ def flows_to_masks(flows, probability, *, reach: int = 30, threshold: float = 0.
         Chunk shape (voxels, array order) of the work; default the probability's.
     out : str or pathlib.Path, optional
         Write an OME-Zarr label map there and return its path.
+    overwrite : bool, optional
+        Replace an existing ``out`` (default: refuse before any work).  ``out`` is never
+        allowed to be one of the inputs.
     client : distributed.Client, optional
         Compute on a Dask cluster (the flows must then be a Zarr every worker can read).
     scheduler : str, optional
@@ -408,6 +431,7 @@ def flows_to_masks(flows, probability, *, reach: int = 30, threshold: float = 0.
     >>> got.meta["objects"]
     2
     """
+    check_out(out, overwrite, flows, probability)
     import tempfile
 
     import dask.array as da
@@ -423,6 +447,9 @@ def flows_to_masks(flows, probability, *, reach: int = 30, threshold: float = 0.
     if tuple(fl.shape) != (prob.ndim, *prob.shape):
         raise InputError(f"flows, probability: got shapes {tuple(fl.shape)} and {tuple(prob.shape)}; expected "
                          "(d, *S) and S")
+    _check_numbers(threshold, niter, min_size, flow_threshold)
+    if prob.dtype.kind not in "biuf":
+        raise InputError(f"probability: got dtype {prob.dtype}; expected real numbers")
     prob = _check_reach(reach, prob, lambda r: 2 * r + 2)
     n_it = 200 if niter is None else int(niter)
     parent = Path(out).resolve().parent if out is not None else None
@@ -449,7 +476,7 @@ def flows_to_masks(flows, probability, *, reach: int = 30, threshold: float = 0.
 def predict_instances(model, volume, *, reach: int | None = None, prob_threshold: float = 0.5,
                       flow_threshold: float | None = 0.4, min_size: int = 15, niter: int | None = None,
                       patch_size=None, overlap: float = 0.5, batch_size: int = 4, device=None, chunks=None,
-                      out=None, client=None, scheduler: str | None = None):
+                      out=None, client=None, scheduler: str | None = None, overwrite: bool = False):
     """Instances of a volume of any size by a 3-D flows network (Cellpose-style), chunk by
     chunk; equals :func:`biomip.segment.predict_instances` on the whole volume.
 
@@ -491,6 +518,9 @@ def predict_instances(model, volume, *, reach: int | None = None, prob_threshold
         Chunk shape (voxels); at least the window and ``2 * reach + 2``.
     out : str or pathlib.Path, optional
         Write an OME-Zarr label map there and return its path.
+    overwrite : bool, optional
+        Replace an existing ``out`` (default: refuse before any work).  ``out`` is never
+        allowed to be one of the inputs.
     client : distributed.Client, optional
         Compute on a Dask cluster (the model is sent to the workers).
     scheduler : str, optional
@@ -516,6 +546,7 @@ def predict_instances(model, volume, *, reach: int | None = None, prob_threshold
     >>> predict_instances(net, vol, reach=8, chunks=32).shape
     (32, 32, 32)
     """
+    check_out(out, overwrite, volume)
     import copy
     import tempfile
 
@@ -530,13 +561,27 @@ def predict_instances(model, volume, *, reach: int | None = None, prob_threshold
             or model.in_channels != 1:
         raise InputError(f"model: got {type(model).__name__}; expected a 3-D flows model of grey volumes "
                          "(biomip.segment.train_flows on volumes)")
+    _check_numbers(prob_threshold, niter, min_size, flow_threshold, "prob_threshold")
+    for name, v in (("batch_size", batch_size),):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise InputError(f"{name}: got {v!r}; expected a positive integer")
+    if device is not None:
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise InputError(f"device: got {device!r}; expected 'cpu', 'cuda' or 'cuda:N'") from exc
     t0 = time.perf_counter()
     arr, geo = opened(volume, chunks)
     if arr.ndim != 3 or geo.sdim != 3:
         raise InputError(f"volume: got axes {geo.axes!r}; expected a grey zyx volume")
     size = tuple(int(n) for n in arr.shape)
-    patch = tuple(min(n, 64) for n in size) if patch_size is None else \
-        tuple(int(p) for p in (np.broadcast_to(patch_size, (3,))))
+    try:
+        patch = tuple(min(n, 64) for n in size) if patch_size is None else \
+            tuple(int(p) for p in (np.broadcast_to(patch_size, (3,))))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"patch_size: got {patch_size!r}; expected a window in voxels, one or three numbers") from exc
+    if any(p < 1 for p in patch):
+        raise InputError(f"patch_size: got {patch_size!r}; expected positive window sizes")
     if any(n < p for n, p in zip(size, patch)):
         raise InputError(f"volume: shape {size} is smaller than the window {patch}; use "
                          "biomip.segment.predict_instances")
