@@ -184,6 +184,8 @@ def test_model_for_other_channels_is_refused(tiny_run, tmp_path):
     shutil.copytree(out / "model", other)
     meta = json.loads((other / "diffstain.json").read_text())
     meta["channels"] = ["haematoxylin", "eosin"]
+    meta["levels"] = meta["levels"][:2]
+    meta["guided_channels"] = []
     (other / "diffstain.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match="gives 4 channel"):
         ds.load_model(other)
@@ -235,3 +237,19 @@ def test_cli_run_and_stain(tiny_run, tmp_path, capsys):
     assert _cli(["stain", str(out / "model"), str(npy), "--out", str(tmp_path / "w.nii.gz")]) == 2
     assert re.search(r"^biomip: error: --out", capsys.readouterr().err, re.M)
     assert not any((tmp_path / f).exists() for f in ("x.ome.tif", "y.ome.tif", "z.ome.tif", "w.ome.tif"))
+
+
+def test_a_tampered_model_file_names_the_field(tiny_run, tmp_path):
+    import shutil
+
+    _, _, out = tiny_run
+    for field, value in (("planes", "x"), ("t_start", None), ("t_start", 10 ** 9), ("ddim_steps", 0),
+                         ("bf_scale", [0, 0, 0]), ("levels", [[0, 1]]), ("guided_channels", ["zzz"]),
+                         ("channels", ["a", "a", "b", "c"])):
+        m = tmp_path / f"m-{field}-{value}"
+        shutil.copytree(out / "model", m)
+        meta = json.loads((m / "diffstain.json").read_text())
+        meta[field] = value
+        (m / "diffstain.json").write_text(json.dumps(meta))
+        with pytest.raises(InputError, match=f"{field} is"):
+            ds.load_model(m)

@@ -1261,11 +1261,47 @@ def load_model(path) -> SavedStain:
     if missing:
         raise InputError(f"path: {str(mp)!r} lacks {missing}; expected the diffstain.json written by `biomip run "
                          "diffstain`")
+    _check_meta(meta, mp)
     diff, unet = Diffusion.load(p / "diffusion", device="cpu"), UNet.load(p / "unet", device="cpu")
+    if meta["t_start"] >= diff.timesteps:
+        raise InputError(f"path: {str(mp)!r}: t_start is {meta['t_start']}; expected a step below the model's "
+                         f"{diff.timesteps} diffusion steps")
     if diff.channels != len(meta["channels"]) or diff.cond_channels != int(meta["planes"]):
         raise InputError(f"path: {str(p)!r}: the diffusion model takes {diff.cond_channels} plane(s) and gives "
                          f"{diff.channels} channel(s); diffstain.json says {meta['planes']} and {meta['channels']}")
     return SavedStain(diffusion=diff, unet=unet, meta=meta)
+
+
+def _check_meta(meta: dict, mp: Path) -> None:
+    """The fields of a diffstain.json: types and ranges, each refusal naming the field."""
+    def bad(field, expected):
+        raise InputError(f"path: {str(mp)!r}: {field} is {meta.get(field)!r}; expected {expected}")
+
+    ch = meta["channels"]
+    if not isinstance(ch, list) or not ch or not all(isinstance(c, str) for c in ch) or len(set(ch)) != len(ch):
+        bad("channels", "a list of distinct channel names")
+    planes = meta["planes"]
+    if isinstance(planes, bool) or not isinstance(planes, int) or planes < 1:
+        bad("planes", "a positive number of brightfield planes")
+    sc = meta["bf_scale"]
+    if not isinstance(sc, list) or len(sc) != planes or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in sc):
+        bad("bf_scale", f"{planes} positive finite numbers (one per plane)")
+    try:
+        lv = np.asarray(meta["levels"], dtype=float)
+    except (TypeError, ValueError):
+        lv = np.zeros(0)
+    if lv.shape != (len(ch), 2) or not np.all(np.isfinite(lv)):
+        bad("levels", f"{len(ch)} pairs of finite numbers (outside / inside level of each channel)")
+    t = meta["t_start"]
+    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        bad("t_start", "an integer diffusion step >= 0")
+    st = meta["ddim_steps"]
+    if isinstance(st, bool) or not isinstance(st, int) or st < 1:
+        bad("ddim_steps", "a positive number of DDIM steps")
+    g = meta.get("guided_channels", ch)
+    if not isinstance(g, list) or not all(c in ch for c in g):
+        bad("guided_channels", f"a list of channels among {ch}")
 
 
 def check_brightfield(brightfield, saved: SavedStain):
@@ -1380,6 +1416,8 @@ def stain(saved: SavedStain, brightfield, method: str = "guided", t_start: int |
         bad = [c for c in want if c not in names]
         if bad or not want:
             raise InputError(f"channels: got {want!r}; this model gives {list(names)}")
+        if len(set(want)) != len(want):
+            raise InputError(f"channels: got {want!r}; expected each channel once")
         idx = [names.index(c) for c in want]
     arr, spacing, origin = check_brightfield(brightfield, saved)
     T = int(saved.diffusion.timesteps)
