@@ -1267,27 +1267,13 @@ def load_model(path) -> SavedCs2c:
     --------
     >>> saved = load_model("cs2c-run/model")   # doctest: +SKIP
     """
-    import json
 
     from ..generate import load as load_generative
     from ..nn import ClusterHead, DECCentres, GCNEmbedding
+    from .common import read_model_meta
 
-    p = Path(path)
+    p, meta = read_model_meta(path, "cs2c.json", _MODEL_FORMAT, ("mae", "gcn", "head", "dec"), "CS²C", "cs2c")
     meta_path = p / "cs2c.json"
-    if not meta_path.is_file():
-        raise InputError(f"path: got {str(path)!r}; expected a CS²C model folder with cs2c.json "
-                         "(the model/ folder of `biomip run cs2c`)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as exc:
-        raise InputError(f"path: {str(meta_path)!r} is not readable JSON ({exc}); expected the cs2c.json of a CS²C "
-                         "model folder") from exc
-    if not isinstance(meta, dict) or meta.get("format") != _MODEL_FORMAT:
-        raise InputError(f"path: {str(meta_path)!r} has format "
-                         f"{meta.get('format') if isinstance(meta, dict) else None!r}; expected {_MODEL_FORMAT!r}")
-    for sub in ("mae", "gcn", "head", "dec"):
-        if not (p / sub).exists():
-            raise InputError(f"path: {str(p)!r} lacks {sub}/; expected a complete CS²C model folder")
     try:
         cfg = Cs2cConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["config"].items()})
         proj = meta.get("feature_projection")

@@ -88,7 +88,6 @@ Command line::
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -1240,23 +1239,10 @@ def load_model(path) -> SavedStain:
     """
     from ..generate import Diffusion
     from ..nn import UNet
+    from .common import read_model_meta
 
-    p = Path(path)
+    p, meta = read_model_meta(path, "diffstain.json", _MODEL_FORMAT, ("diffusion", "unet"), "DiffStain", "diffstain")
     mp = p / "diffstain.json"
-    if not mp.is_file():
-        raise InputError(f"path: got {str(path)!r}; expected a DiffStain model folder with diffstain.json (the "
-                         "model/ folder of `biomip run diffstain`)")
-    try:
-        meta = json.loads(mp.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as exc:
-        raise InputError(f"path: {str(mp)!r} is not readable JSON ({exc}); expected the diffstain.json of a "
-                         "DiffStain model folder") from exc
-    if not isinstance(meta, dict) or meta.get("format") != _MODEL_FORMAT:
-        raise InputError(f"path: {str(mp)!r} has format {meta.get('format') if isinstance(meta, dict) else None!r}; "
-                         f"expected {_MODEL_FORMAT!r}")
-    for sub in ("diffusion", "unet"):
-        if not (p / sub).is_dir():
-            raise InputError(f"path: {str(p)!r} lacks {sub}/; expected a complete DiffStain model folder")
     missing = [k for k in ("channels", "planes", "bf_scale", "levels", "t_start", "ddim_steps") if k not in meta]
     if missing:
         raise InputError(f"path: {str(mp)!r} lacks {missing}; expected the diffstain.json written by `biomip run "
