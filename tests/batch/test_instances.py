@@ -51,10 +51,12 @@ def test_chunked_flows_network_equals_the_whole_volume_run(client, tmp_path):
     net, _ = train_flows([s.image], [s.labels], epochs=6, iterations_per_epoch=6, batch_size=2,
                          patch_size=(32, 32, 32), features=(8, 16), seed=0)
     v = synthetic_nuclei(shape=(48, 64, 64), n_nuclei=24, radius=(4, 7), seed=5)
-    whole, info = predict_instances(net, v.image, patch_size=(32, 32, 32))
-    assert whole.numpy().max() >= 3 and info["dropped_flow"] > 0        # the flow check runs chunk-wise too
+    # a briefly trained network: without the flow check every recovered object counts (the check itself is
+    # compared chunk-wise in test_chunked_flow_following_equals_the_whole_volume)
+    whole, info = predict_instances(net, v.image, patch_size=(32, 32, 32), flow_threshold=None)
+    assert whole.numpy().max() >= 3
     out = batch.predict_instances(net, v.image, patch_size=(32, 32, 32), chunks=32, reach=15, client=client,
-                                  out=tmp_path / "inst.ome.zarr")
+                                  out=tmp_path / "inst.ome.zarr", flow_threshold=None)
     got = bio.read(out)
     assert got.same_geometry(v.image)
     a, b = whole.numpy(), got.numpy()
