@@ -58,6 +58,10 @@ def test_tiny_run_report(tiny_run):
     assert ("diffusion-guided-nsc" in rep["methods"]) == nsc
     if nsc:                                   # the NSC masks are scored against the truth
         assert set(rep["guide_masks"]["nsc"]) == {"nucleus", "er", "mito", "membrane"}
+        for kind in ("plain", "anchored"):       # the anchor ablation on the measured fluorescence
+            assert set(rep["nsc"][kind]) == {"nucleus", "er", "mito", "membrane", "mean"}
+            assert all(0.0 <= v <= 1.0 for v in rep["nsc"][kind].values())
+        assert "nsc_anchored_mean_dice>=plain" in rep["targets"]
     for g, chans in rep["guided_channels"].items():
         assert set(chans) <= {"nucleus", "er", "mito", "membrane"}
     assert set(rep["sweep"]["otsu"]) == {str(t) for t in cfg.t_starts}
@@ -90,7 +94,8 @@ def test_guided_sampling_start_zero_is_the_guide_and_small_start_stays_close(tin
     cfg, _, out = tiny_run
     saved = ds.load_model(out / "model")
     data = ds.simulate(ds.DiffstainConfig.tiny(n_train=1, n_test=1))
-    x = data.test["x"]
+    x = ds.diffusion_cond(saved.models, data.test["x"])          # brightfield + the U-Net's prediction (refine)
+    assert saved.meta["refine"] and x.shape[1] == 3 + 4
     guide = ds.guide_image(data.test["masks"], saved.meta["levels"])        # data units
     assert guide.min() >= 0 and guide.max() > 0.3
     same = ds.guided_sample(saved.diffusion, x, guide, t_start=0)
@@ -189,6 +194,46 @@ def test_model_for_other_channels_is_refused(tiny_run, tmp_path):
     (other / "diffstain.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match="gives 4 channel"):
         ds.load_model(other)
+    meta = json.loads((out / "model" / "diffstain.json").read_text())
+    meta["refine"] = False                   # the diffusion model takes the U-Net's channels too: refused
+    (other / "diffstain.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"7 condition channel\(s\).*3 plane\(s\)"):
+        ds.load_model(other)
+
+
+def test_refine_conditions_on_the_unet_and_samples_average(tiny_run):
+    from biomip.io import read
+
+    _, _, out = tiny_run
+    saved = ds.load_model(out / "model")
+    x = ds.normalise_brightfield(read(out / "brightfield.ome.tif").numpy(), saved.meta["bf_scale"])[None]
+    m = saved.models
+    cond = ds.diffusion_cond(m, x)
+    np.testing.assert_array_equal(cond[:, :3], x.astype(np.float32))
+    np.testing.assert_allclose(cond[:, 3:], ds.infer(m, x, "unet"), rtol=1e-6, atol=1e-6)
+    plain = ds.StainModels(diffusion=None, unet=None, refine=False)
+    assert ds.diffusion_cond(plain, x).shape[1] == 3
+    one = [ds.infer(m, x, "diffusion", steps=3, seed=s) for s in (4, 5)]
+    assert not np.allclose(one[0], one[1])                      # two seeds, two samples
+    np.testing.assert_allclose(ds.infer(m, x, "diffusion", steps=3, samples=2, seed=4), (one[0] + one[1]) / 2,
+                               rtol=1e-5, atol=1e-6)
+    img = ds.stain(saved, read(out / "brightfield.ome.tif").numpy(), "diffusion", steps=3, samples=2, seed=4)
+    np.testing.assert_allclose(img.numpy(), (one[0][0] + one[1][0]) / 2, rtol=1e-5, atol=1e-6)
+    assert img.meta["virtual_stain"]["samples"] == 2
+    with pytest.raises(InputError, match="samples: got 2 with method 'unet'"):
+        ds.stain(saved, read(out / "brightfield.ome.tif").numpy(), "unet", samples=2)
+    with pytest.raises(InputError, match="samples"):
+        ds.infer(m, x, "diffusion", samples=0)
+
+
+def test_plain_palette_without_refine_trains_on_the_brightfield_only():
+    cfg = ds.DiffstainConfig.tiny(refine=False, n_train=2, n_test=1, diffusion_steps=3, unet_steps=3, pix2pix=False,
+                                  guides=("otsu",), nsc_steps=1)
+    data = ds.simulate(cfg)
+    models = ds.train(cfg, data, progress=False)
+    assert not models.refine and models.diffusion.cond_channels == 3
+    y = ds.infer(models, data.test["x"], "diffusion", steps=2)
+    assert y.shape == data.test["fluorescence"].shape and np.isfinite(y).all()
 
 
 def test_cli_run_and_stain(tiny_run, tmp_path, capsys):

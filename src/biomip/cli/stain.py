@@ -48,8 +48,9 @@ def diffstain_cmd(out: Path = typer.Option(Path("diffstain-run"), "--out",
     channels (nucleus, ER, mitochondria, membrane) by a conditional diffusion model guided
     by subcellular masks.
 
-    Simulates cell fields, trains the conditional diffusion model (Palette-lite), an L1 U-Net
-    and pix2pix, samples unguided and mask-guided (Otsu / NSC masks of the U-Net's
+    Simulates cell fields, trains an L1 U-Net, the conditional diffusion model (Palette-lite,
+    conditioned on the brightfield and the U-Net's prediction) and pix2pix, samples unguided
+    (one sample, and the mean of 4) and mask-guided (Otsu / NSC masks of the U-Net's
     prediction noised to t_start and denoised; t_start swept, the reported one chosen on
     validation fields), and scores every method on held-out fields (per-channel PSNR / SSIM,
     foreground Dice, high-frequency energy ratio, classifier two-sample test); the H&E
@@ -102,7 +103,7 @@ def _read_brightfield(path: Path):
 
 
 @cli_words(brightfield="BRIGHTFIELD", saved="MODEL", path="MODEL", t_start="--t-start", steps="--steps",
-           channels="--channels", method="--method", seed="--seed")
+           channels="--channels", method="--method", seed="--seed", samples="--samples")
 def stain_cmd(model: Path = typer.Argument(..., help="A model folder (the model/ of `biomip run diffstain`)."),
               brightfield: Path = typer.Argument(..., help="Brightfield planes (P, y, x) at the model's focal "
                                                             "offsets (default -2, 0, +2 um): TIFF / OME-TIFF or "
@@ -118,6 +119,9 @@ def stain_cmd(model: Path = typer.Argument(..., help="A model folder (the model/
                                                                      "the model's)."),
               channels: str | None = typer.Option(None, "--channels", help="Comma-separated channel names to write "
                                                                            "(default: all of the model's)."),
+              samples: int = typer.Option(1, "--samples", help="diffusion: write the mean of this many samples (an "
+                                                               "estimate of the posterior mean: higher PSNR, less "
+                                                               "fine detail)."),
               seed: int = typer.Option(0, "--seed", help="Sampling seed."),
               overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file.")):
     """Virtually stain a brightfield image with a trained DiffStain model: one fluorescence
@@ -143,7 +147,7 @@ def stain_cmd(model: Path = typer.Argument(..., help="A model folder (the model/
     img = _read_brightfield(brightfield)
     names = None if channels is None else [c.strip() for c in channels.split(",") if c.strip()]
     t = time.perf_counter()
-    res = stain(saved, img, method=method, t_start=t_start, steps=steps, channels=names, seed=seed)
+    res = stain(saved, img, method=method, t_start=t_start, steps=steps, channels=names, samples=samples, seed=seed)
     secs = time.perf_counter() - t
     with outs:
         write(res, out)
