@@ -18,6 +18,11 @@ Simulators (same seed, same result)::
     biomip.data.poisson_gaussian(clean, photons=20, offset=100, read_noise=2)  # camera noise
     biomip.data.skull_population(100, (64, 64, 64), seed=0)  # skull / jaw phantoms, true fields, landmarks
     biomip.data.em_volume((64, 128, 128), seed=0)  # vEM-like organelles (nm), class labels; em_slice: 2-D
+    biomip.data.cell_fields(24, (96, 96), seed=0)   # brightfield planes -> 4 fluorescence channels (DiffStain)
+    biomip.data.tissue_he((256, 256), seed=0)      # H&E tissue patch: components, nuclei labels, classes
+    biomip.data.autofluorescence(patch, seed=0)   # label-free AF (dapi, txred) of a patch, H/E densities or RGB
+    biomip.data.he_af_pairs("he-histo", tile=128)  # real H&E tiles with their simulated AF (AQuA)
+    biomip.data.unmix_he(rgb, "aqua")             # colour deconvolution (Beer-Lambert); compose_he: the inverse
 """
 
 import lazy_loader as _lazy

@@ -3,6 +3,25 @@ from .ct import CTScan, hu_to_mu, simulate_ct
 from .deformation import RandomDeformation, random_deformation
 from .em import EM_CLASSES, EMSample, em_slice, em_volume
 from .heads import head_phantom, head_phantoms
+from .histo import (
+    AF_CHANNELS,
+    AF_EMISSION,
+    AQUA_I0,
+    AQUA_STAIN_VECTORS,
+    HE_UPTAKE,
+    RUIFROK_STAIN_VECTORS,
+    TISSUE_CLASSES,
+    TISSUE_COMPONENTS,
+    HEAFPairs,
+    TissuePatch,
+    autofluorescence,
+    compose_he,
+    he_af_pairs,
+    optical_density,
+    tissue_he,
+    tissue_pairs,
+    unmix_he,
+)
 from .lesions import insert_lesions, synthetic_defects
 from .lightfield import LightFieldSpecimen, lightfield_specimen, photon_scale, poisson_gaussian
 from .mni import SliceSet, mni152_slices, slab_split
@@ -75,4 +94,21 @@ __all__ = [
     "cell_fields",
     "defocus_brightfield",
     "he_pseudo_pair",
+    "AF_CHANNELS",
+    "AF_EMISSION",
+    "AQUA_I0",
+    "AQUA_STAIN_VECTORS",
+    "HE_UPTAKE",
+    "RUIFROK_STAIN_VECTORS",
+    "TISSUE_CLASSES",
+    "TISSUE_COMPONENTS",
+    "HEAFPairs",
+    "TissuePatch",
+    "autofluorescence",
+    "compose_he",
+    "he_af_pairs",
+    "optical_density",
+    "tissue_he",
+    "tissue_pairs",
+    "unmix_he",
 ]
