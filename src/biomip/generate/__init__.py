@@ -2,7 +2,8 @@
 pix2pix and denoising diffusion (DDPM / DDIM, conditional, latent, classifier-free
 guidance), and the book's medical uses -- inpainting / defect repair, unsupervised
 anomaly detection, super-resolution and 2-D projection -> 3-D volume through discrete
-codes.  The networks and losses are :mod:`biomip.nn`; every model here is a class with
+codes, and the stain / un-stain cycle operator of AQuA (:func:`cycle_frames`).  The
+networks and losses are :mod:`biomip.nn`; every model here is a class with
 ``fit``, ``sample`` (or ``__call__``), ``save`` / ``load`` (safetensors + JSON).
 
 Submodules load on first use.

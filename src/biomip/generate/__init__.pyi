@@ -1,5 +1,6 @@
-from . import base, diffusion, gan, mae, project3d, registry, repair, studies, uses, vae
+from . import base, cycles, diffusion, gan, mae, project3d, registry, repair, studies, uses, vae
 from .base import GenerativeModel, TrainingDivergedError, as_stack, fit_loop, random_batch
+from .cycles import CycleFrames, cycle_frames
 from .diffusion import Diffusion, LatentDiffusion
 from .gan import GAN, Pix2Pix, image_and_mask
 from .mae import MAE
@@ -49,4 +50,7 @@ __all__ = [
     "as_stack",
     "fit_loop",
     "random_batch",
+    "cycles",
+    "CycleFrames",
+    "cycle_frames",
 ]

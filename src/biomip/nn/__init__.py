@@ -10,6 +10,9 @@ Networks
     multi-scale features), :func:`sample_projected` (back-projection of the features),
     :class:`FieldRefiner` (3-D encoder-decoder refining the coarse field), :func:`gradient_ncc`
     (the gradient correlation of DRR / radiograph registration, Penney et al. 1998).
+    :class:`ResNetEncoder` (2-D ResNet trunk, :class:`BasicBlock`; ResNet-18 / 34 configs),
+    :class:`AquaNet` (AQuA-Net: per-frame ResNet features of stain / un-stain cycle frames,
+    a temporal 1x1 convolution over the frames, two FC layers -> good-stain logit).
 Losses
     :func:`soft_dice`, :func:`dice_ce_loss` / :class:`DiceCELoss` (nnU-Net's Dice + CE),
     :func:`soft_dice_loss` (one-hot overlap), :func:`diffusion_batch` (field smoothness);

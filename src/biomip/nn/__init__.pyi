@@ -1,3 +1,4 @@
+from .aqua import AquaNet
 from .augment import Augmentation
 from .autoencoders import Quantized, VAENet, VectorQuantizer, VQVAENet, code_statistics, kl_divergence
 from .base import SavedModule, check_batch
@@ -39,6 +40,7 @@ from .losses import (
 )
 from .patches import PatchSampler, crop_pad, gaussian_importance, sliding_window_inference, window_starts
 from .registration import RegistrationNet, diffusion_batch, warp_batch
+from .resnet import BasicBlock, ResNetEncoder
 from .unet import AttentionGate, UNet
 from .vit import Attention, Block, MAENet, PatchEmbed, patchify, sincos_pos_embed, unpatchify
 from .xray import FieldRefiner, FieldSubspace, XrayEncoder, gradient_ncc, sample_projected
@@ -117,4 +119,7 @@ __all__ = [
     "spectral_embedding_loss",
     "student_t_assignment",
     "target_distribution",
+    "AquaNet",
+    "BasicBlock",
+    "ResNetEncoder",
 ]

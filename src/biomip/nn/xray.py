@@ -40,6 +40,7 @@ from ..ops.spatial import resize_linear
 from .autoencoders import ResBlock
 from .base import SavedModule, check_batch
 from .layers import Conv3d
+from .resnet import BasicBlock
 
 __all__ = ["FieldRefiner", "FieldSubspace", "XrayEncoder", "gradient_ncc", "sample_projected"]
 
@@ -61,31 +62,10 @@ def _int_tuple(value, name: str, n: int | None = None) -> tuple[int, ...]:
     return out
 
 
-class _BasicBlock(nn.Module):
-    """ResNet BasicBlock: ``relu(x' + norm(conv3(relu(norm(conv3_s(x))))))``, ``x'`` a strided
-    1x1 projection where the shape changes; the last norm's scale starts at zero (the block
-    starts as the identity: Goyal et al. 2017)."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.norm1 = nn.GroupNorm(_groups(c_out), c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
-        nn.init.zeros_(self.norm2.weight)
-        self.skip = (nn.Identity() if stride == 1 and c_in == c_out else
-                     nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
-                                   nn.GroupNorm(_groups(c_out), c_out)))
-
-    def forward(self, x):
-        h = F.relu(self.norm1(self.conv1(x)))
-        return F.relu(self.skip(x) + self.norm2(self.conv2(h)))
-
-
 class XrayEncoder(SavedModule):
     """2-D ResNet regressing SRM coefficients from an X-ray, with its multi-scale features.
 
-    A stride-2 3x3 stem, then ``len(widths)`` stages of ResNet BasicBlocks (GroupNorm, which
+    A stride-2 3x3 stem, then ``len(widths)`` stages of :class:`~biomip.nn.resnet.BasicBlock` (GroupNorm, which
     trains as well at batch 1-4 as at 64; stage ``i > 0`` starts with a stride-2 block), so
     stage ``i`` works at ``1 / 2**(i+1)`` of the input size.  The head averages the last
     stage over a ``pool x pool`` grid (``pool > 1`` keeps where things are, which the
@@ -152,7 +132,8 @@ class XrayEncoder(SavedModule):
             stages = []
             for i, (c, n) in enumerate(zip(w, self.blocks)):
                 c_in = w[0] if i == 0 else w[i - 1]
-                stages.append(nn.Sequential(*[_BasicBlock(c_in if j == 0 else c, c, 2 if (i > 0 and j == 0) else 1)
+                stages.append(nn.Sequential(*[BasicBlock(c_in if j == 0 else c, c, 2 if (i > 0 and j == 0) else 1,
+                                                         norm="group")
                                               for j in range(n)]))
             self.stages = nn.ModuleList(stages)
             self.fc = nn.Linear(w[-1] * self.pool ** 2, self.k)
