@@ -21,16 +21,15 @@ Methods (``report["methods"]``):
 * ``"unet"`` -- the L1 regression baseline: a :class:`biomip.nn.UNet` (3 planes in, one
   output per channel) trained with the L1 loss on random crops;
 * ``"pix2pix"`` -- :class:`biomip.generate.Pix2Pix` (U-Net generator, PatchGAN, L1 x 100);
-* ``"diffusion"`` -- Palette-lite with predict-and-refine conditioning:
-  :class:`biomip.generate.Diffusion` with the 3 brightfield planes *and* the L1 U-Net's
-  prediction (4 channels) concatenated to the noisy fluorescence channels
-  (``cond_channels=7``; :func:`diffusion_cond`), v-prediction, cosine schedule, ``T``
-  steps, EMA weights; one DDIM sample (``eta = 0``) per field, started from pure noise
-  (unguided).  The U-Net is trained first and its predictions of the training fields are
-  the extra condition, so the diffusion model refines a good mean rather than learning
-  it again (Whang et al., "Deblurring via stochastic refinement", CVPR 2022); on the
-  quick mode's design fields this gained 0.85 dB over brightfield-only conditioning at
-  the same training budget.  ``DiffstainConfig(refine=False)`` is plain Palette;
+* ``"diffusion"`` -- Palette-lite: :class:`biomip.generate.Diffusion` with the 3 brightfield
+  planes concatenated to the noisy fluorescence channels (``cond_channels=3``), v-prediction,
+  cosine schedule, ``T`` steps, EMA weights; one DDIM sample (``eta = 0``) per field,
+  started from pure noise (unguided).  ``DiffstainConfig(refine=True)`` also conditions on
+  the L1 U-Net's prediction (predict-and-refine, :func:`diffusion_cond`; Whang et al.,
+  "Deblurring via stochastic refinement", CVPR 2022): it learns faster (+0.85 dB for one
+  sample after 1500 steps on four design fields) but gives no gain at the quick mode's
+  3000 steps (-0.18 dB on the test fields, ``benchmarks/diffstain_refine.py``), so it is
+  off by default;
 * ``"diffusion-mean4"`` -- the pixel-wise mean of 4 unguided samples (seeds ``seed`` ..
   ``seed + 3``): an estimate of the posterior mean, which trades the samples' sharpness for
   PSNR (shown to separate what a single sample loses to the regression by being a sample
@@ -81,6 +80,10 @@ its haematoxylin and eosin optical densities from ``skimage.color.rgb2hed`` as t
 (:func:`biomip.data.he_pseudo_pair`); a U-Net (L1) and a conditional diffusion model are
 trained on the tiles of the upper part of the image and scored (PSNR / SSIM, data range 1)
 on the tiles of the lower part.
+
+Applying a model (:func:`stain`, ``biomip stain``): the brightfield must be grey focal
+planes (not an RGB picture) at the model's pixel size (``pixel_um``, 0.5 um here) and
+focal offsets; a known pixel size more than 25 % off gives a warning (resample first).
 
 Python::
 
@@ -162,14 +165,17 @@ class DiffstainConfig:
     refine : bool, optional
         Predict-and-refine: condition the diffusion model on the brightfield *and* the L1
         U-Net's prediction (the U-Net is trained first; its predictions of the training
-        fields are the extra condition channels), so the samples add detail to a good mean
-        instead of learning it again (Whang et al., "Deblurring via stochastic refinement",
-        CVPR 2022).  ``False``: brightfield only (plain Palette).
+        fields are the extra condition channels; Whang et al., "Deblurring via stochastic
+        refinement", CVPR 2022).  ``False`` (default): brightfield only (plain Palette),
+        as good at the quick mode's budget (module notes).
     t_starts : tuple of int, optional
-        The ``t_start`` sweep of mask-guided inference (timesteps in ``[0, T)``).
+        The ``t_start`` sweep of mask-guided inference (distinct integer timesteps in
+        ``[0, T)``).
     guides : tuple of str, optional
-        Guide-mask sources reported as methods (``"otsu"``, ``"nsc"``); the oracle
-        ``"truth"`` is always in the sweep.
+        Guide-mask sources reported as methods (``"otsu"``, ``"nsc"``, each at most once);
+        ``"otsu"`` is required: the saved model's default guided inference (its
+        ``t_start`` and ``guided_channels``) and ``biomip stain`` use the Otsu masks.  The
+        oracle ``"truth"`` is always in the sweep.
     guide_rule : {"dice+psnr", "dice"}, optional
         Which channels start from their guide mask, decided on the validation fields:
         ``"dice"``: those whose masks have a higher Dice than the unguided sample's;
@@ -180,7 +186,8 @@ class DiffstainConfig:
     he : bool, optional
         Run the real-image H&E pseudo-pair check.
     he_tile : int, optional
-        Its tile size (pixels).
+        Its tile size (pixels; >= 16, and small enough that the H&E image ``he-histo``
+        gives at least 2 tiles: train and test).
     he_steps : int, optional
         Training steps of its U-Net and diffusion model.
     c2st : bool, optional
@@ -219,7 +226,7 @@ class DiffstainConfig:
     pix2pix: bool = True
     pix2pix_features: tuple = (32, 64, 128)
     pix2pix_steps: int = 300
-    refine: bool = True
+    refine: bool = False
     t_starts: tuple = (0, 50, 100, 200, 300, 500)
     guides: tuple = ("otsu", "nsc")
     guide_rule: str = "dice"
@@ -304,14 +311,30 @@ class DiffstainConfig:
         return asdict(self)
 
 
+def _is_int(v) -> bool:
+    return not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, np.integer))
+
+
+def _he_tiles(tile: int, shape) -> int:
+    """Tiles of edge ``tile`` (stride ``tile``) in an image of ``shape`` ``(ny, nx)`` (:func:`biomip.data.he_pseudo_pair`)."""
+    ny, nx = (int(v) for v in shape)
+    return 0 if tile > min(ny, nx) else ((ny - tile) // tile + 1) * ((nx - tile) // tile + 1)
+
+
 def _check(cfg) -> DiffstainConfig:
     if not isinstance(cfg, DiffstainConfig):
         raise InputError(f"cfg: got {type(cfg).__name__}; expected a DiffstainConfig")
-    if len(cfg.shape) != 2 or min(int(s) for s in cfg.shape) < 64:
-        raise InputError(f"shape: got {cfg.shape!r}; expected (ny, nx), each >= 64")
+    for name in ("refine", "pix2pix", "he", "c2st"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise InputError(f"{name}: got {getattr(cfg, name)!r}; expected True or False")
+    sh = cfg.shape
+    if not isinstance(sh, (tuple, list)) or len(sh) != 2 or not all(_is_int(s) and s >= 64 for s in sh):
+        raise InputError(f"shape: got {sh!r}; expected (ny, nx), two integers >= 64")
     for name in ("n_train", "n_test", "batch_size", "diffusion_steps", "unet_steps", "pix2pix_steps", "ddim_steps",
                  "nsc_steps", "he_steps", "timesteps", "n_val"):
         check_count(getattr(cfg, name), name, minimum=1)
+    if cfg.ddim_steps > cfg.timesteps:
+        raise InputError(f"ddim_steps: got {cfg.ddim_steps}; expected at most timesteps ({cfg.timesteps})")
     check_count(cfg.patch, "patch", minimum=16)
     if cfg.patch > min(cfg.shape):
         raise InputError(f"patch: got {cfg.patch}; expected at most the field size {min(cfg.shape)}")
@@ -319,16 +342,34 @@ def _check(cfg) -> DiffstainConfig:
     check_count(cfg.mean_samples, "mean_samples", minimum=0)
     for name in ("diffusion_lr", "unet_lr"):
         check_number(getattr(cfg, name), name, positive=True)
-    ts = list(cfg.t_starts)
-    if not ts or any(isinstance(t, bool) or int(t) != t or not 0 <= t < cfg.timesteps for t in ts):
-        raise InputError(f"t_starts: got {cfg.t_starts!r}; expected timesteps in [0, {cfg.timesteps})")
+    check_number(cfg.pixel_um, "pixel_um", positive=True)
+    ts = cfg.t_starts
+    if isinstance(ts, str) or not isinstance(ts, (tuple, list)) or not ts or \
+            any(not _is_int(t) or not 0 <= t < cfg.timesteps for t in ts):
+        raise InputError(f"t_starts: got {cfg.t_starts!r}; expected integer timesteps in [0, {cfg.timesteps})")
+    if len(set(int(t) for t in ts)) != len(ts):
+        raise InputError(f"t_starts: got {list(ts)!r}; expected each timestep once")
     if cfg.guide_rule not in ("dice+psnr", "dice"):
         raise InputError(f"guide_rule: got {cfg.guide_rule!r}; expected 'dice+psnr' or 'dice'")
-    bad = [g for g in cfg.guides if g not in ("otsu", "nsc")]
-    if bad:
-        raise InputError(f"guides: got {list(cfg.guides)!r}; expected some of ('otsu', 'nsc')")
+    gs = cfg.guides
+    if isinstance(gs, str) or not isinstance(gs, (tuple, list)) or any(g not in ("otsu", "nsc") for g in gs):
+        raise InputError(f"guides: got {gs!r}; expected a tuple of some of ('otsu', 'nsc')")
+    if len(set(gs)) != len(gs):
+        raise InputError(f"guides: got {list(gs)!r}; expected each guide once")
+    if "otsu" not in gs:
+        raise InputError(f"guides: got {list(gs)!r}; expected 'otsu' among them (the saved model's guided inference "
+                         "and `biomip stain` use the Otsu masks)")
     if len(cfg.features) != len(cfg.attention):
         raise InputError(f"attention: got {len(cfg.attention)} values for {len(cfg.features)} levels of features")
+    check_count(cfg.he_tile, "he_tile", minimum=16)
+    if cfg.he:
+        from ..data import get
+
+        img = tuple(get("he-histo").shape[-2:])
+        if _he_tiles(cfg.he_tile, img) < 2:
+            top = max(t for t in range(16, min(img) + 1) if _he_tiles(t, img) >= 2)
+            raise InputError(f"he_tile: got {cfg.he_tile}; expected 16 to {top} (the H&E image 'he-histo' is "
+                             f"{img[0]} x {img[1]} pixels and its check needs at least 2 tiles: train and test)")
     return cfg
 
 
@@ -556,12 +597,19 @@ def diffusion_cond(models: StainModels, x: np.ndarray, coarse: np.ndarray | None
     x : numpy.ndarray
         ``(n, P, ny, nx)`` normalised brightfield.
     coarse : numpy.ndarray or None, optional
-        ``(n, C, ny, nx)``: the U-Net's prediction of ``x`` when already computed.
+        ``(n, C, ny, nx)``: the U-Net's prediction of ``x`` when already computed (``C``
+        the model's channels; the fields and their size those of ``x``).
 
     Returns
     -------
     numpy.ndarray
         float32 ``(n, P, ny, nx)`` or ``(n, P + C, ny, nx)``.
+
+    Raises
+    ------
+    InputError
+        An ``x`` that is not ``(n, P, ny, nx)`` (with the model's ``P`` planes), or a
+        ``coarse`` that is not ``(n, C, ny, nx)`` for this ``x`` and model.
 
     Examples
     --------
@@ -570,9 +618,22 @@ def diffusion_cond(models: StainModels, x: np.ndarray, coarse: np.ndarray | None
     (1, 3, 8, 8)
     """
     x = np.asarray(x, np.float32)
+    if x.ndim != 4:
+        raise InputError(f"x: got shape {x.shape}; expected (n, P, ny, nx) normalised brightfield")
+    d, u = models.diffusion, models.unet
+    n_ch = d.channels if d is not None else (u.classes if u is not None else None)
+    if u is not None and x.shape[1] != u.in_channels:
+        raise InputError(f"x: got {x.shape[1]} plane(s) (shape {x.shape}); the model takes {u.in_channels}")
+    if coarse is not None:
+        coarse = np.asarray(coarse, np.float32)
+        want = (x.shape[0], n_ch if n_ch is not None else (coarse.shape[1] if coarse.ndim == 4 else "C"),
+                *x.shape[2:])
+        if coarse.shape != want:
+            raise InputError(f"coarse: got shape {coarse.shape}; expected {tuple(want)} (n, C, ny, nx): one channel "
+                             "per model channel for each field of x")
     if not models.refine:
         return x
-    c = _predict_unet(models.unet, x) if coarse is None else np.asarray(coarse, np.float32)
+    c = _predict_unet(models.unet, x) if coarse is None else coarse
     return np.concatenate([x, c], axis=1)
 
 
@@ -812,7 +873,9 @@ def guided_sample(model, cond, guide, t_start: int, steps: int = 50, seed: int =
     model : biomip.generate.Diffusion
         A conditional diffusion model.
     cond : array_like
-        ``(n, P, ny, nx)`` condition (normalised brightfield).
+        The diffusion model's condition (:func:`diffusion_cond`): ``(n, P, ny, nx)``
+        normalised brightfield, or ``(n, P + C, ny, nx)`` (with the U-Net's prediction)
+        for a predict-and-refine model.
     guide : array_like
         ``(n, C, ny, nx)`` guide in the model's data units (:func:`guide_image`).
     t_start : int
@@ -862,7 +925,8 @@ def _sample(model, cond: np.ndarray, steps: int, seed: int) -> np.ndarray:
                           dtype=np.float32)
 
 
-def infer(models: StainModels, x: np.ndarray, method: str = "diffusion", *, t_start: int = 200, guide: str = "otsu",
+def infer(models: StainModels, x: np.ndarray, method: str = "diffusion", *, t_start: int | None = None,
+          guide: str = "otsu",
           steps: int = 50, levels=None, truth=None, coarse=None, guided_channels=None, samples: int = 1,
           seed: int = 0) -> np.ndarray:
     """Fluorescence of normalised brightfield ``x`` by one method.
@@ -876,8 +940,8 @@ def infer(models: StainModels, x: np.ndarray, method: str = "diffusion", *, t_st
     method : {"unet", "pix2pix", "diffusion", "guided"}, optional
         ``"diffusion"``: an unguided DDIM sample (or the mean of ``samples`` of them);
         ``"guided"``: :func:`guided_sample` from the ``guide`` masks of the U-Net's prediction.
-    t_start : int, optional
-        Guided: the start timestep.
+    t_start : int or None, optional
+        Guided: the start timestep in ``[0, T)`` (default ``None``: ``T // 5``).
     guide : {"otsu", "nsc", "truth"}, optional
         Guided: the mask source (:func:`guide_masks`).
     steps : int, optional
@@ -894,7 +958,8 @@ def infer(models: StainModels, x: np.ndarray, method: str = "diffusion", *, t_st
         sample's (which is also their start in the guided run; default: all channels guided).
     samples : int, optional
         Diffusion: average this many samples (seeds ``seed .. seed + samples - 1``), an
-        estimate of the posterior mean: higher PSNR, less fine detail.
+        estimate of the posterior mean: higher PSNR, less fine detail (more than 1 only
+        with ``method="diffusion"``).
     seed : int, optional
         Sampling seed.
 
@@ -906,12 +971,17 @@ def infer(models: StainModels, x: np.ndarray, method: str = "diffusion", *, t_st
     Raises
     ------
     InputError
-        Unknown method, or a missing model / levels.
+        Unknown method, a missing model / levels, ``samples > 1`` with another method than
+        ``"diffusion"``, a ``t_start`` out of range, or a ``coarse`` of the wrong shape.
 
     Examples
     --------
     >>> fluo = infer(models, data.test["x"], "guided", t_start=50, levels=data.levels)  # doctest: +SKIP
     """
+    samples = check_count(samples, "samples")
+    if samples > 1 and method != "diffusion":
+        raise InputError(f"samples: got {samples} with method {method!r}; averaging samples is for method "
+                         "'diffusion'")
     if method == "unet":
         return _predict_unet(models.unet, x)
     if method == "pix2pix":
@@ -920,7 +990,6 @@ def infer(models: StainModels, x: np.ndarray, method: str = "diffusion", *, t_st
         with torch.no_grad():
             return np.asarray(models.pix2pix(np.asarray(x, np.float32)), np.float32)
     if method == "diffusion":
-        samples = check_count(samples, "samples")
         cond = diffusion_cond(models, x, coarse)
         out = _sample(models.diffusion, cond, steps, seed)
         for k in range(1, samples):
@@ -929,6 +998,9 @@ def infer(models: StainModels, x: np.ndarray, method: str = "diffusion", *, t_st
     if method == "guided":
         if levels is None:
             raise InputError("levels: got None; guided inference needs the background / foreground levels")
+        if t_start is None:
+            t_start = int(models.diffusion.timesteps) // 5
+        x = np.asarray(x, np.float32)
         c = _predict_unet(models.unet, x) if coarse is None else coarse
         x = diffusion_cond(models, x, c)
         m = guide_masks(c, guide, nsc_model=models.nsc, truth=truth, seed=seed)
@@ -1049,7 +1121,9 @@ def evaluate(cfg: DiffstainConfig, data: StainData, models: StainModels) -> dict
         (guide -> per-channel Dice of the masks themselves against the truth on the test
         fields), ``truth_dice``, ``predictions`` (method -> test arrays, for the preview) and
         ``guides`` (guide -> test masks), ``guided_channels`` (guide -> the channels that start
-        from their mask, see the module notes; the others are the unguided sample's).
+        from their mask, see the module notes; the others are the unguided sample's).  A
+        guide whose ``guided_channels`` is empty has ``t_start`` None (its entry is the
+        unguided sample).
 
     Examples
     --------
@@ -1109,9 +1183,10 @@ def evaluate(cfg: DiffstainConfig, data: StainData, models: StainModels) -> dict
             rv = _scores(np.where(sel4, guided_sample(models.diffusion, cond_va, g_va, int(t), cfg.ddim_steps, seed),
                                   s_va), data, "val")
             val_sweep[gname][str(int(t))] = {k: rv[k] for k in ("psnr", "ssim", "dice")}
-        chosen[gname] = _choose_t_start(val_sweep[gname], val_unguided)
+        # no channel guided: every t_start gives the unguided sample, so none is chosen
+        chosen[gname] = _choose_t_start(val_sweep[gname], val_unguided) if sel.any() else None
         if gname != "truth":
-            out, s = outs[chosen[gname]]
+            out, s = outs[chosen[gname] if sel.any() else int(cfg.t_starts[0])]
             preds[f"diffusion-guided-{gname}"] = out
             secs[f"diffusion-guided-{gname}"] = s + t_coarse + t_mask + (t_sample if not sel.all() else 0.0)
     methods = {}
@@ -1125,7 +1200,7 @@ def evaluate(cfg: DiffstainConfig, data: StainData, models: StainModels) -> dict
             r["guided_channels"] = gsel[g]
             if not gsel[g]:
                 r["note"] = ("no channel's guide masks beat the unguided sample's Dice on the validation fields: "
-                             "this entry is the unguided sample")
+                             "this entry is the unguided sample (t_start None: no channel starts from a mask)")
         methods[name] = r
     truth_dice = _dice_channels(te["fluorescence"], te["masks"], data.thresholds).mean(0)
     return {"methods": methods, "sweep": sweep, "val_sweep": val_sweep, "val_unguided": {
@@ -1143,10 +1218,14 @@ def nsc_ablation(models: StainModels, data: StainData, split: str = "test", seed
     (:func:`biomip.segment.nsc.nsc_anchors`) of that channel over the training fields (the
     book's shared anchor image); both are scored (Dice) against the true masks.
 
+    It needs the NSC ViT that :func:`train` trains for the ``"nsc"`` guide
+    (``models.nsc``): the model folder (:func:`save_model`) does not keep it, so the
+    ``models`` of :func:`load_model` (``SavedStain.models``) cannot run it.
+
     Parameters
     ----------
     models : StainModels
-        The trained models (``models.nsc`` the NSC ViT).
+        The trained models of :func:`train` (``models.nsc`` the NSC ViT).
     data : StainData
         From :func:`simulate`.
     split : {"test", "val"}, optional
@@ -1163,7 +1242,7 @@ def nsc_ablation(models: StainModels, data: StainData, split: str = "test", seed
     Raises
     ------
     InputError
-        Without an NSC model.
+        Without an NSC model, or another ``split``.
 
     Examples
     --------
@@ -1171,8 +1250,11 @@ def nsc_ablation(models: StainModels, data: StainData, split: str = "test", seed
     """
     from ..segment.nsc import nsc_anchors, nsc_segment
 
+    if split not in ("test", "val"):
+        raise InputError(f"split: got {split!r}; expected 'test' or 'val'")
     if models.nsc is None:
-        raise InputError("models: got no NSC model (models.nsc is None); train with 'nsc' among the guides")
+        raise InputError("models: got no NSC model (models.nsc is None); expected the models of train() with 'nsc' "
+                         "among the guides (a saved model folder does not keep the NSC ViT)")
     t0 = time.perf_counter()
     ref = data.__dict__[split]
     y, truth = ref["fluorescence"], ref["masks"].astype(bool)
@@ -1362,19 +1444,26 @@ def load_model(path) -> SavedStain:
     Raises
     ------
     InputError
-        A missing folder or file, or another format.
+        A ``path`` that is not a path, a missing folder or file, another format or
+        version, or a field of ``diffstain.json`` out of range (the message names it).
 
     Examples
     --------
     >>> saved = load_model("diffstain-run/model")  # doctest: +SKIP
     """
+    import os
+
     from ..generate import Diffusion
     from ..nn import UNet
     from .common import read_model_meta
 
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise InputError(f"path: got {path!r}; expected a DiffStain model folder (str or pathlib.Path; the model/ "
+                         "folder of `biomip run diffstain`)")
     p, meta = read_model_meta(path, "diffstain.json", _MODEL_FORMAT, ("diffusion", "unet"), "DiffStain", "diffstain")
     mp = p / "diffstain.json"
-    missing = [k for k in ("channels", "planes", "bf_scale", "levels", "t_start", "ddim_steps") if k not in meta]
+    missing = [k for k in ("channels", "planes", "pixel_um", "bf_scale", "levels", "t_start", "ddim_steps")
+               if k not in meta]
     if missing:
         raise InputError(f"path: {str(mp)!r} lacks {missing}; expected the diffstain.json written by `biomip run "
                          "diffstain`")
@@ -1382,6 +1471,9 @@ def load_model(path) -> SavedStain:
     diff, unet = Diffusion.load(p / "diffusion", device="cpu"), UNet.load(p / "unet", device="cpu")
     if meta["t_start"] >= diff.timesteps:
         raise InputError(f"path: {str(mp)!r}: t_start is {meta['t_start']}; expected a step below the model's "
+                         f"{diff.timesteps} diffusion steps")
+    if meta["ddim_steps"] > diff.timesteps:
+        raise InputError(f"path: {str(mp)!r}: ddim_steps is {meta['ddim_steps']}; expected at most the model's "
                          f"{diff.timesteps} diffusion steps")
     refine = bool(meta.get("refine", False))
     want = int(meta["planes"]) + (len(meta["channels"]) if refine else 0)
@@ -1400,12 +1492,23 @@ def _check_meta(meta: dict, mp: Path) -> None:
     def bad(field, expected):
         raise InputError(f"path: {str(mp)!r}: {field} is {meta.get(field)!r}; expected {expected}")
 
+    def finite(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    ver = meta.get("version")
+    if not isinstance(ver, int) or isinstance(ver, bool) or ver != 1:
+        bad("version", "1 (the model-folder version this biomip reads)")
     ch = meta["channels"]
     if not isinstance(ch, list) or not ch or not all(isinstance(c, str) for c in ch) or len(set(ch)) != len(ch):
         bad("channels", "a list of distinct channel names")
     planes = meta["planes"]
     if isinstance(planes, bool) or not isinstance(planes, int) or planes < 1:
         bad("planes", "a positive number of brightfield planes")
+    if not finite(meta["pixel_um"]) or meta["pixel_um"] <= 0:
+        bad("pixel_um", "a positive finite pixel size in micrometres")
+    offs = meta.get("offsets_um")
+    if "offsets_um" in meta and (not isinstance(offs, list) or len(offs) != planes or not all(finite(v) for v in offs)):
+        bad("offsets_um", f"{planes} finite focal offsets in micrometres (one per plane)")
     sc = meta["bf_scale"]
     if not isinstance(sc, list) or len(sc) != planes or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in sc):
@@ -1429,14 +1532,45 @@ def _check_meta(meta: dict, mp: Path) -> None:
         bad("refine", "true or false")
 
 
+#: Relative difference between an input's known pixel size and the model's above which :func:`check_brightfield` warns.
+_PIXEL_TOLERANCE = 0.25
+
+
+def _is_colour(img: Image) -> bool:
+    """Whether an Image is marked as a colour picture: ``meta["photometric"]`` RGB / YCbCr,
+    ``meta["rgb"]``, or a PNG / JPEG with a channel axis (those formats store grey without one)."""
+    m = img.meta
+    if m.get("rgb") is True or str(m.get("photometric", "")).strip().lower() in ("rgb", "ycbcr", "2", "6"):
+        return True
+    return str(m.get("format", "")).lower() in ("png", "jpeg", "jpg") and "c" in img.axes
+
+
+def _pixel_mismatch(spacing, pixel_um: float) -> str | None:
+    """The warning for a pixel size ``spacing`` (mm, ``(x, y)``) more than 25 % away from ``pixel_um``, else None."""
+    um = [float(v) * 1000.0 for v in spacing[:2]]
+    if all(abs(v / pixel_um - 1.0) <= _PIXEL_TOLERANCE for v in um):
+        return None
+    size = f"{um[0]:.4g}" if math.isclose(um[0], um[1], rel_tol=1e-6) else f"{um[0]:.4g} x {um[1]:.4g}"
+    return (f"brightfield: pixel size {size} um differs from the model's training pixel size {pixel_um:g} um by "
+            f"more than {_PIXEL_TOLERANCE:.0%}; the networks are scale-specific, so the fluorescence may be wrong "
+            f"(resample the planes to {pixel_um:g} um per pixel first)")
+
+
 def check_brightfield(brightfield, saved: SavedStain):
     """A user's brightfield as ``(P, ny, nx)`` float32 and its geometry, checked against a model.
+
+    The planes must be grey focal planes (not the colour channels of an RGB picture) at the
+    model's pixel size (``saved.meta["pixel_um"]``, 0.5 um for ``biomip run diffstain``):
+    the networks are scale-specific.  An Image whose known pixel size differs from it by
+    more than 25 % gives a warning; an array (or an Image of unknown pixel size) is taken
+    to be at the model's pixel size.
 
     Parameters
     ----------
     brightfield : Image or array_like
-        ``(P, ny, nx)`` planes (axes ``"cyx"`` or ``"zyx"`` for an Image), the model's
-        number of planes, in the order of the model's focal offsets.
+        ``(P, ny, nx)`` grey planes (axes ``"cyx"`` or ``"zyx"`` for an Image), the model's
+        number of planes, in the order of the model's focal offsets, at the model's pixel
+        size.
     saved : SavedStain
         The model.
 
@@ -1451,8 +1585,13 @@ def check_brightfield(brightfield, saved: SavedStain):
     Raises
     ------
     InputError
-        The wrong number of planes or axes, NaN / infinite values, too small an image, or a
-        plane whose median is not positive.
+        A colour (RGB) image, the wrong number of planes or axes, NaN / infinite values,
+        too small an image, or a plane whose median is not positive.
+
+    Warns
+    -----
+    UserWarning
+        A known pixel size more than 25 % away from the model's ``pixel_um``.
 
     Examples
     --------
@@ -1461,13 +1600,25 @@ def check_brightfield(brightfield, saved: SavedStain):
     >>> check_brightfield(np.ones((3, 16, 16)), saved)[0].shape
     (3, 16, 16)
     """
+    return _check_brightfield(brightfield, saved)
+
+
+def _check_brightfield(brightfield, saved: SavedStain):
+    """:func:`check_brightfield`, called by it and by :func:`stain` (its warning points at their caller)."""
+    import warnings
+
     planes = saved.planes
     offs = saved.meta.get("offsets_um")
     want = f"{planes} brightfield planes (P, ny, nx)" + (f" at focal offsets {offs} um" if offs else "")
-    spacing = (float(saved.meta.get("pixel_um", 1.0)) / 1000.0,) * 2
+    pixel_um = float(saved.meta.get("pixel_um", 1.0))
+    spacing = (pixel_um / 1000.0,) * 2
     origin = (0.0, 0.0)
     if isinstance(brightfield, Image):
         img = brightfield
+        if _is_colour(img):
+            raise InputError(f"brightfield: got a colour (RGB) image of axes {img.axes!r} and shape "
+                             f"{tuple(img.shape)}; the model expects {planes} grey focal planes (P, ny, nx)"
+                             + (f" at focal offsets {offs} um" if offs else "") + ", not colour channels")
         if img.ndim != 3 or img.sdim < 2 or img.axes[-2:] != "yx":
             raise InputError(f"brightfield: got an image of axes {img.axes!r} and shape {tuple(img.shape)}; expected "
                              f"{want}")
@@ -1489,6 +1640,9 @@ def check_brightfield(brightfield, saved: SavedStain):
     if min(arr.shape[1:]) < 16:
         raise InputError(f"brightfield: got planes of {arr.shape[1]} x {arr.shape[2]} pixels; expected at least 16 "
                          "x 16")
+    msg = _pixel_mismatch(spacing, pixel_um)
+    if msg:
+        warnings.warn(msg, stacklevel=3)
     return arr, spacing, origin
 
 
@@ -1496,39 +1650,59 @@ def stain(saved: SavedStain, brightfield, method: str = "guided", t_start: int |
           steps: int | None = None, channels=None, samples: int = 1, seed: int = 0) -> Image:
     """Virtually stain a brightfield image with a trained model.
 
+    The input must be grey focal planes at the model's pixel size (``saved.meta["pixel_um"]``;
+    :func:`check_brightfield` refuses a colour image and warns about a known pixel size
+    more than 25 % away: resample first).
+
     Parameters
     ----------
     saved : SavedStain
         From :func:`load_model`.
     brightfield : Image or array_like
-        ``(P, ny, nx)`` brightfield planes (:func:`check_brightfield`).
+        ``(P, ny, nx)`` grey brightfield planes at the model's pixel size
+        (:func:`check_brightfield`).
     method : {"guided", "diffusion", "unet"}, optional
         Mask-guided diffusion (Otsu masks of the U-Net prediction for the model's
         ``guided_channels``, an unguided sample as the start of the others; default), an
         unguided diffusion sample, or the L1 U-Net.
     t_start : int or None, optional
-        Guided: start timestep (default: the model's, chosen on validation fields).
+        Guided only: start timestep (default: the model's, chosen on validation fields).
     steps : int or None, optional
-        DDIM steps of a full reverse run (default: the model's).
+        DDIM sampling steps of a full reverse run (default: the model's; at most ``T``);
+        a guided run from ``t_start`` takes the same step size, so fewer.  Not for
+        ``method="unet"``.
     channels : sequence of str or None, optional
         Channels to return, by name (default: all of the model's).
     samples : int, optional
         Unguided diffusion: the mean of this many samples (an estimate of the posterior
         mean: higher PSNR, less fine detail; default 1, one sample).
     seed : int, optional
-        Sampling seed.
+        Sampling seed (>= 0).
 
     Returns
     -------
     Image
         float32 ``(C, ny, nx)``, axes ``"cyx"``, the input's spacing and origin,
-        ``meta["channels"]`` the channel names.
+        ``meta["channels"]`` the channel names, ``meta["virtual_stain"]`` what ran:
+        ``method``, ``t_start``, ``ddim_steps`` (the DDIM steps actually run: from
+        ``t_start`` for guided, ``None`` for the U-Net), ``samples``, ``seed`` (``None``
+        for the U-Net); for guided also ``guide`` (``"otsu"``), ``guided_channels`` (of
+        the returned ones), ``ddim_steps_full`` and ``unguided_ddim_steps`` (the unguided
+        sample of the other channels; ``None`` when all are guided); ``note`` when no
+        returned channel is guided; ``warnings`` (e.g. the pixel size).
 
     Raises
     ------
     InputError
         Bad brightfield (:func:`check_brightfield`), an unknown method, a ``t_start`` out
-        of range, or a channel the model does not have.
+        of range or with another method than guided, ``steps`` with the U-Net,
+        ``samples > 1`` with another method than diffusion, a negative seed, or a
+        channel the model does not have.
+
+    Warns
+    -----
+    UserWarning
+        A known pixel size more than 25 % away from the model's (:func:`check_brightfield`).
 
     Examples
     --------
@@ -1536,6 +1710,16 @@ def stain(saved: SavedStain, brightfield, method: str = "guided", t_start: int |
     """
     if method not in ("guided", "diffusion", "unet"):
         raise InputError(f"method: got {method!r}; expected 'guided', 'diffusion' or 'unet'")
+    if t_start is not None and method != "guided":
+        raise InputError(f"t_start: got {t_start!r} with method {method!r}; t_start is the start timestep of method "
+                         "'guided'")
+    if steps is not None and method == "unet":
+        raise InputError(f"steps: got {steps!r} with method 'unet'; the U-Net takes no sampling steps (steps are the "
+                         "DDIM steps of methods 'guided' and 'diffusion')")
+    seed = check_count(seed, "seed", minimum=0)
+    samples = check_count(samples, "samples")
+    if samples > 1 and method != "diffusion":
+        raise InputError(f"samples: got {samples} with method {method!r}; averaging samples is for method 'diffusion'")
     names = saved.channels
     if channels is None:
         idx = list(range(len(names)))
@@ -1547,30 +1731,45 @@ def stain(saved: SavedStain, brightfield, method: str = "guided", t_start: int |
         if len(set(want)) != len(want):
             raise InputError(f"channels: got {want!r}; expected each channel once")
         idx = [names.index(c) for c in want]
-    arr, spacing, origin = check_brightfield(brightfield, saved)
     T = int(saved.diffusion.timesteps)
     t = int(saved.meta["t_start"]) if t_start is None else check_number(t_start, "t_start", integer=True, low=0,
                                                                        high=T - 1)
-    steps = int(saved.meta["ddim_steps"]) if steps is None else check_count(steps, "steps")
-    samples = check_count(samples, "samples")
-    if samples > 1 and method != "diffusion":
-        raise InputError(f"samples: got {samples} with method {method!r}; averaging samples is for method 'diffusion'")
+    if steps is not None:
+        steps = check_number(steps, "steps", integer=True, low=1, high=T)
+    steps = int(saved.meta["ddim_steps"]) if steps is None else steps
+    arr, spacing, origin = _check_brightfield(brightfield, saved)
+    mismatch = _pixel_mismatch(spacing, float(saved.meta.get("pixel_um", 1.0)))
     x = normalise_brightfield(arr, saved.meta["bf_scale"])[None]
     models = saved.models
     levels = np.asarray(saved.meta["levels"], np.float32)
+    out_names = [names[i] for i in idx]
+    info = {"method": method, "t_start": None, "ddim_steps": None, "samples": None, "seed": None}
     if method == "unet":
         out = infer(models, x, "unet")
     elif method == "diffusion":
         out = infer(models, x, "diffusion", steps=steps, samples=samples, seed=seed)
+        info.update(ddim_steps=steps, samples=samples, seed=seed)
     else:
         gch = saved.meta.get("guided_channels", list(names))
-        out = infer(models, x, "guided", t_start=t, guide="otsu", steps=steps, levels=levels,
-                    guided_channels=[c in gch for c in names], seed=seed)
+        sel = [c in gch for c in names]
+        out = infer(models, x, "guided", t_start=t, guide="otsu", steps=steps, levels=levels, guided_channels=sel,
+                    seed=seed)
+        guided_out = [c for c in out_names if c in gch]
+        info.update(guide="otsu", guided_channels=guided_out, seed=seed, ddim_steps_full=steps,
+                    unguided_ddim_steps=None if all(sel) else steps)
+        if any(sel):
+            info.update(t_start=t, ddim_steps=0 if t == 0 else _guided_steps(steps, t, T))
+        if not guided_out:
+            info["note"] = ("this model guides no channel (its guided_channels is empty: no guide mask beat the "
+                            "unguided sample on the validation fields), so the output is the unguided diffusion "
+                            "sample" if not any(sel) else
+                            f"none of the returned channels is guided (the model guides {list(gch)}): they are the "
+                            "unguided diffusion sample's")
+    info["units"] = "relative fluorescence of the training data"
+    info["warnings"] = [mismatch] if mismatch else []
     out = out[0][idx].astype(np.float32)
     return Image(out, spacing=spacing, origin=origin, axes="cyx",
-                 meta={"channels": [names[i] for i in idx], "virtual_stain": {
-                     "method": method, "t_start": t if method == "guided" else None, "ddim_steps": steps,
-                     "samples": samples if method == "diffusion" else None, "seed": seed, "units": "relative fluorescence of the training data"}})
+                 meta={"channels": out_names, "virtual_stain": info})
 
 
 # ============================================================================ report
@@ -1596,34 +1795,84 @@ def _targets(meth: dict, ev: dict, seconds: float, mode: str) -> dict:
     return t
 
 
-def _preview(path: Path, data: StainData, ev: dict, he: dict | None, title: str) -> None:
-    from ..core.preview import render_panels
+def _short(name: str) -> str:
+    """A method's label in the preview: ``"diffusion-mean4"`` -> ``"mean4"``, ``"diffusion-guided-otsu"`` -> ``"guided otsu"``."""
+    if name.startswith("diffusion-guided-"):
+        return "guided " + name[len("diffusion-guided-"):]
+    if name.startswith("diffusion-"):
+        return name[len("diffusion-"):]
+    return name
 
+
+def _report_notes(cfg: DiffstainConfig) -> dict:
+    """What the report's figures are (``report["notes"]``)."""
+    return {
+        "sweep": "guide -> t_start -> figures (test fields) of mask-guided sampling started at that t_start: the "
+                 "guide's guided_channels start from their masks noised to t_start, the other channels are the "
+                 "unguided sample's; 'truth' is the oracle guide (the true masks); ddim_steps: the DDIM steps run "
+                 "from t_start (0: the guide image itself)",
+        "val_sweep": "the same sweep on the validation fields (psnr, ssim, dice); it chooses each guide's t_start: "
+                     "the highest Dice among t_start > 0 whose PSNR is within 1 dB of the unguided sample's "
+                     "(val_unguided), else the highest Dice",
+        "t_start": "guide -> the chosen t_start; None when the guide's guided_channels is empty (no channel starts "
+                   "from a mask: its entry is the unguided sample)",
+        "hf_ratio": f"per channel: energy of the spatial frequencies above {_HF_CUTOFF:g} cycles / pixel (the upper "
+                    "half of the Nyquist band) of the generated channel over that of the measured channel, pooled "
+                    "over the test fields (1: as much fine detail and noise as a measurement; < 1: smoother); a "
+                    "method's hf_ratio is the geometric mean over the channels, hf_log_error the mean |log hf_ratio|",
+        "c2st": "classifier two-sample test of 32 x 32 crops (all channels) of the generated against the measured "
+                "test fluorescence: cross-validated accuracy of a logistic regression telling them apart (0.5: "
+                "indistinguishable, 1: always told apart) and its p-value under the binomial null (chance)",
+        "methods.*.seconds": "inference time per test field (s): the method's time on all test fields over their "
+                             "number; guided entries include the U-Net's coarse prediction, the guide masks and, "
+                             "when some channels are not guided, the unguided sample; diffusion-mean entries all "
+                             "their samples",
+        "dice": f"per channel: the generated channel smoothed by a Gaussian of sigma {_DICE_SIGMA:g} px and "
+                "thresholded at >= t_c (report['thresholds']: the threshold that gives the smoothed true training "
+                "fluorescence its best Dice with its own masks) against the true mask, mean over the "
+                f"{cfg.n_test} test fields; a method's dice is the mean over the channels; truth_dice is the "
+                "measured fluorescence's own Dice (the ceiling)",
+    }
+
+
+def _preview_panels(data: StainData, ev: dict, he: dict | None) -> tuple[list, int]:
+    """The preview's panels and its number of columns: a first row (brightfield planes, the
+    H&E panels when they all fit there, empty panels), one row per channel (truth, each
+    method, each guide's mask, the true mask), then the H&E panels that did not fit."""
     te = data.test
     show = [("truth", te["fluorescence"][0])] + [(k, v[0]) for k, v in ev["predictions"].items()]
     guides = {g: m for g, m in ev["guides"].items() if g != "truth"}       # the truth guide is the true mask
     cols = len(show) + len(guides) + 1
     bf = te["brightfield"][0]
     head = [(f"brightfield dz {dz:+g} um", bf[p], None) for p, dz in enumerate(data.offsets_um)]
-    fill = []                                  # (each channel's row ends with its true mask)
+    fill = []
     if he is not None:
         a = he["arrays"]
         fill.append(("H&E pseudo-pair (real, colour deconvolution): grey input", a["input"], None))
         for k, ch in enumerate(he["channels"]):
             for name in ("target", "unet", "diffusion"):
                 fill.append((f"H&E {ch}: {name}", a[name][k], {"vmin": 0, "vmax": 1, "colorbar_group": f"he{k}"}))
-    room = max(cols - len(head), 0)
-    panels = head + fill[:room]
+    if len(head) + len(fill) <= cols:          # the H&E panels stay together: in the first row, or after the rest
+        head, fill = head + fill, []
+    blank = ("", np.full(bf[0].shape, np.nan, np.float32), {"vmin": 0, "vmax": 1})
+    panels = head + [blank] * (-len(head) % cols)          # each channel's row starts a grid row
+    gsel = ev.get("guided_channels", {})
     for c, ch in enumerate(data.channels):
         vmax = float(np.percentile(te["fluorescence"][0, c], 99.8))
         for name, arr in show:
-            short = name.replace("diffusion-guided-", "guided ").replace("diffusion-", "diffusion ")
             extra = "" if name == "truth" else f", Dice {ev['methods'][name]['per_channel'][ch]['dice']:.2f}"
-            panels.append((f"{ch}: {short}{extra}", arr[c], {"vmin": 0, "vmax": vmax, "colorbar_group": ch}))
+            panels.append((f"{ch}: {_short(name)}{extra}", arr[c], {"vmin": 0, "vmax": vmax, "colorbar_group": ch}))
         for g, m in guides.items():
-            panels.append((f"{ch}: guide mask {g}", m[0, c].astype(np.uint8), {"vmin": 0, "vmax": 1}))
+            mark = "" if ch in gsel.get(g, [ch]) else " (not guided)"
+            panels.append((f"{ch}: {g} mask{mark}", m[0, c].astype(np.uint8), {"vmin": 0, "vmax": 1}))
         panels.append((f"{ch}: true mask", te["masks"][0, c], {"vmin": 0, "vmax": 1}))
-    panels += fill[room:]
+    return panels + fill, cols
+
+
+def _preview(path: Path, data: StainData, ev: dict, he: dict | None, title: str) -> None:
+    from ..core.preview import render_panels
+
+    panels, cols = _preview_panels(data, ev, he)
     render_panels(panels, path, title=title, cols=cols, dpi=70, panel_size=2.6)
 
 
@@ -1648,9 +1897,11 @@ def run(cfg: DiffstainConfig | None = None, out=None, progress=None) -> dict:
     dict
         The report: ``methods`` (name -> ``psnr``, ``ssim``, ``psnr_clean``, ``dice``,
         ``hf_ratio``, ``hf_log_error``, ``per_channel``, ``c2st``, ``seconds``), ``sweep``,
-        ``t_start``, ``guide_masks`` (mask Dice per guide, NSC included), ``truth_dice``,
-        ``thresholds``, ``real_he``, ``training``, ``targets``, ``config``, ``seeds``,
-        ``times``, ``seconds`` (wall) and ``cpu_seconds``.
+        ``val_sweep``, ``t_start`` (None for a guide that guides no channel),
+        ``guided_channels``, ``guide_masks`` (mask Dice per guide, NSC included),
+        ``truth_dice``, ``thresholds``, ``real_he``, ``training``, ``targets``, ``config``,
+        ``seeds``, ``notes`` (what the figures are), ``times``, ``seconds`` (wall) and
+        ``cpu_seconds``.
 
     Examples
     --------
@@ -1700,6 +1951,7 @@ def run(cfg: DiffstainConfig | None = None, out=None, progress=None) -> dict:
         "real_he": None if he is None else {k: v for k, v in he.items() if k != "arrays"},
         "warnings": warnings,
         "threads": torch.get_num_threads(),
+        "notes": _report_notes(cfg),
     }
     report["times"] = times
     report["seconds"] = time.perf_counter() - t0
@@ -1710,11 +1962,12 @@ def run(cfg: DiffstainConfig | None = None, out=None, progress=None) -> dict:
 
         o = Path(out)
         o.mkdir(parents=True, exist_ok=True)
-        t_def = ev["t_start"].get("otsu", cfg.timesteps // 5)
+        t_def = ev["t_start"].get("otsu")              # None (no channel guided): T // 5
         save_model(o / "model", models, data, cfg, t_start=t_def, guided_channels=ev["guided_channels"].get("otsu"))
         write(Image(data.test["brightfield"][0], spacing=data.spacing, axes="cyx",
                     meta={"offsets_um": list(data.offsets_um)}), o / "brightfield.ome.tif")
-        _preview(o / "preview.png", data, ev, he, f"DiffStain virtual staining ({cfg.mode}); held-out field 1")
+        _preview(o / "preview.png", data, ev, he, f"DiffStain virtual staining ({cfg.mode}): images of held-out test "
+                 f"field 1; Dice values are means over the {cfg.n_test} test fields")
         report["files"] = {"report": "report.json", "preview": "preview.png", "model": "model/",
                            "brightfield": "brightfield.ome.tif"}
         report["seconds"] = time.perf_counter() - t0
