@@ -74,9 +74,10 @@ def _register_pipelines():
 
     run_app.command("diffstain")(diffstain_cmd)
     app.add_typer(run_app, name="run")
-    app.command("stain", help="Virtually stain 3-plane brightfield into fluorescence channels with a trained "
-                              "DiffStain model (biomip run diffstain): a multi-channel OME-TIFF with the "
-                              "input's geometry.")(stain_cmd)
+    app.command("stain", help="Virtually stain 3-plane grey brightfield (not an RGB picture; at the model's "
+                              "pixel size, 0.5 um for biomip run diffstain) into fluorescence channels with a "
+                              "trained DiffStain model: a multi-channel OME-TIFF with the input's "
+                              "geometry.")(stain_cmd)
     app.command("register2d3d", help="Register a trained template head (biomip run dreg2d3d) to one lateral "
                                      "X-ray: 3-D volume, labels, field.")(register2d3d_cmd)
     app.command("cluster-em", help="Cluster an EM volume into organelles with a trained CS²C model "
