@@ -57,7 +57,7 @@ class CycleFrames:
     Leading sample axis ``n`` only when the input was a batch ``(n, C, H, W)``; arrays of
     the input's kind (numpy, or torch on ``he0``'s device).
 
-    Attributes
+    Parameters
     ----------
     he : numpy.ndarray or torch.Tensor
         ``(n, T + 1, C_he, H, W)`` H&E frames, ``he[:, 0]`` the input ``he0``.
