@@ -408,3 +408,18 @@ def test_nifti_2d_multichannel_round_trip(tmp_path, channels):
     vol = Image(rng.random((3, 1, 6, 7)).astype(np.float32), axes="czyx")
     write(vol, tmp_path / "v.nii.gz")
     assert read(tmp_path / "v.nii.gz").axes == "czyx"
+
+
+def test_tiff_marks_interleaved_colour_pictures(tmp_path):
+    import tifffile
+
+    rgb = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")               # a colour picture (y, x, 3)
+    tifffile.imwrite(tmp_path / "planes.tif", np.ones((3, 16, 16), np.float32), photometric="rgb",
+                     planarconfig="separate")                                   # three planes saved as planar RGB
+    img = read(tmp_path / "rgb.tif")
+    assert img.axes == "cyx" and img.meta.get("photometric") == "rgb"
+    np.testing.assert_array_equal(img.numpy(), rgb.transpose(2, 0, 1))
+    assert "photometric" not in read(tmp_path / "planes.tif").meta
+    write(Image(np.ones((3, 16, 16), np.float32), axes="cyx"), tmp_path / "mine.ome.tif")
+    assert "photometric" not in read(tmp_path / "mine.ome.tif").meta

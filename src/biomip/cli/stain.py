@@ -102,21 +102,6 @@ def diffstain_cmd(out: Path = typer.Option(Path("diffstain-run"), "--out",
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def _interleaved_rgb_tiff(path: Path) -> bool:
-    """Whether a TIFF file's first page is a colour picture: photometric RGB / YCbCr with
-    interleaved samples (``y, x, 3``).  Planar RGB (``3, y, x``, what tifffile writes for a
-    3-plane array by default) is not flagged: it is how grey planes are often saved."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tf:
-            page = tf.pages.first
-            return (int(page.photometric) in (int(tifffile.PHOTOMETRIC.RGB), int(tifffile.PHOTOMETRIC.YCBCR))
-                    and int(page.planarconfig) == int(tifffile.PLANARCONFIG.CONTIG) and page.samplesperpixel >= 3)
-    except Exception:       # unreadable here: biomip.io.read has already said what it could
-        return False
-
-
 def _read_brightfield(path: Path):
     if Path(path).suffix.lower() == ".npy":
         try:
@@ -136,10 +121,7 @@ def _read_brightfield(path: Path):
             raise InputError(f"BRIGHTFIELD: {str(path)!r} is not a readable NPY array ({exc})") from exc
         except (OSError, EOFError) as exc:
             raise InputError(f"BRIGHTFIELD: {str(path)!r} is not a readable NPY array ({exc})") from exc
-    img = read_input(path, "BRIGHTFIELD")
-    if Path(path).suffix.lower() in (".tif", ".tiff") and _interleaved_rgb_tiff(path):
-        img.meta["photometric"] = "rgb"        # refused by check_brightfield: colour channels, not focal planes
-    return img
+    return read_input(path, "BRIGHTFIELD")     # colour TIFFs carry meta["photometric"] = "rgb" (biomip.io)
 
 
 @cli_words(brightfield="BRIGHTFIELD", saved="MODEL", t_start="--t-start", steps="--steps",

@@ -271,6 +271,8 @@ def read_tiff(path, series: int | None = None, level: int = 0) -> Image:
             raise FormatError(f"path: TIFF file {str(path)!r} has damaged metadata: {_why(exc)}") from exc
         arr, axes = _restore_singletons(arr, axes, meta.pop("_biomip_axes", None))
         sdim = sum(a in "zyx" for a in axes)
+        if _interleaved_colour(lv):
+            meta["photometric"] = "rgb"      # a colour picture (y, x, 3 samples), not channels / planes
     spacing = tuple(sp.get(a, 1.0) for a in "xyz"[:sdim])
     if not sp:
         meta["spacing_known"] = False
@@ -280,6 +282,20 @@ def read_tiff(path, series: int | None = None, level: int = 0) -> Image:
     if direction is not None and np.size(direction) != sdim * sdim:
         direction = None
     return make_image(path, "TIFF", arr, spacing=spacing, origin=origin, direction=direction, axes=axes, meta=meta)
+
+
+def _interleaved_colour(series) -> bool:
+    """Whether a series' pages are colour pictures: photometric RGB / YCbCr with interleaved
+    samples (``y, x, 3``).  Planar RGB (``3, y, x``: what tifffile writes for a 3-plane array
+    unless told otherwise) is not flagged: it is how grey planes are often saved."""
+    import tifffile
+
+    try:
+        page = series.keyframe
+        return (int(page.photometric) in (int(tifffile.PHOTOMETRIC.RGB), int(tifffile.PHOTOMETRIC.YCBCR))
+                and int(page.planarconfig) == int(tifffile.PLANARCONFIG.CONTIG) and page.samplesperpixel >= 3)
+    except Exception:       # no keyframe / tags: nothing to say
+        return False
 
 
 def _restore_singletons(arr: np.ndarray, axes: str, written: str | None):
