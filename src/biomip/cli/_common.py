@@ -26,6 +26,55 @@ def sibling(out: Path, suffix: str) -> Path:
     return out.with_name(out.stem + suffix)
 
 
+def run_mode(quick: bool, tiny: bool, full: bool, device=None, gpu_note: str | None = None,
+             flags: str = "--quick, --tiny, --full") -> str:
+    """The mode of a ``biomip run`` / study command: ``"quick"`` (the default), ``"tiny"`` or
+    ``"full"``; more than one flag is refused.  With ``--full`` on a machine without CUDA,
+    ``gpu_note`` (what the full mode is sized for and how long it takes on a CPU) is printed
+    as a note.
+
+    Parameters
+    ----------
+    quick : bool
+        ``--quick``.
+    tiny : bool
+        ``--tiny``.
+    full : bool
+        ``--full``.
+    device : str or None, optional
+        The ``--device`` the run will use (default: biomip's default device).
+    gpu_note : str or None, optional
+        The note's text after ``--full is sized for a GPU``.
+    flags : str, optional
+        The flags as the command's help lists them (for the error message).
+
+    Returns
+    -------
+    str
+        ``"quick"``, ``"tiny"`` or ``"full"``.
+
+    Raises
+    ------
+    InputError
+        More than one mode flag.
+
+    Examples
+    --------
+    >>> run_mode(False, True, False)
+    'tiny'
+    """
+    if sum([bool(quick), bool(tiny), bool(full)]) > 1:
+        raise InputError(f"{flags}: got more than one; expected at most one mode")
+    if full and gpu_note:
+        from ..core.config import get_device
+
+        if get_device(device).type != "cuda":
+            import typer
+
+            typer.echo(f"biomip: note: --full is sized for a GPU {gpu_note}", err=True)
+    return "tiny" if tiny else "full" if full else "quick"
+
+
 def parse_points(values, sdim: int, option: str = "--seed") -> np.ndarray:
     """Points ``(n, sdim)`` from option values such as ``"120,80"`` (``;`` also separates)."""
     pts = []

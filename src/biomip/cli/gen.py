@@ -17,7 +17,7 @@ import numpy as np
 import typer
 
 from ..core.errors import InputError
-from ._common import FullHelpGroup, Outputs, cli_words, read_input, sibling
+from ._common import FullHelpGroup, Outputs, cli_words, read_input, run_mode, sibling
 
 generate_app = typer.Typer(cls=FullHelpGroup, no_args_is_help=True,
                            help="Generative models at work: anomaly detection, super-resolution, inpainting, "
@@ -32,9 +32,7 @@ _MODEL_FILES = ("config.json", "model.safetensors")
 
 
 def _mode(tiny: bool, quick: bool, full: bool) -> str:
-    if sum([tiny, quick, full]) > 1:
-        raise InputError("--tiny, --quick, --full: got more than one; expected at most one mode")
-    return "tiny" if tiny else "full" if full else "quick"
+    return run_mode(quick, tiny, full, flags="--tiny, --quick, --full")
 
 
 def _study_only(**apply_options) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from ..core.errors import InputError
-from ._common import FullHelpGroup, cli_words, read_input
+from ._common import FullHelpGroup, cli_words, read_input, run_mode
 
 run_app = typer.Typer(cls=FullHelpGroup, no_args_is_help=True, help="Run a case-study pipeline end to end (simulate, train, infer, "
                                                  "evaluate, report).")
@@ -92,17 +92,10 @@ def serenet_cmd(out: Path = typer.Option(Path("serenet-run"), "--out", help="Fol
     if patch is not None or tile is not None:
         raise InputError("--patch, --tile: got them without --real; expected them with --real SAMPLE")
 
-    if sum([quick, tiny, full]) > 1:
-        raise InputError("--quick, --tiny, --full: got more than one; expected at most one mode")
-    make = SeReNetConfig.tiny if tiny else SeReNetConfig.full if full else SeReNetConfig.quick   # quick: default
-    if full:
-        from ..core.config import get_device
-
-        if get_device(device).type != "cuda":
-            n = 2 if l1 else 1
-            typer.echo(f"biomip: note: --full is sized for a GPU (128^2 x 31 depths, 37 views, 3000 steps x {n} "
-                       f"training{'s' if n > 1 else ''}); on a 2-core CPU it takes about {22 * n + 2} minutes. "
-                       "--quick runs in a few minutes.", err=True)
+    n = 2 if l1 else 1
+    make = getattr(SeReNetConfig, run_mode(quick, tiny, full, device, f"(128^2 x 31 depths, 37 views, 3000 steps x {n} "
+                                           f"training{'s' if n > 1 else ''}); on a 2-core CPU it takes about "
+                                           f"{22 * n + 2} minutes. --quick runs in a few minutes."))
     kw = {"compare_l1": l1, "seed": seed}
     if steps is not None:
         kw["steps"] = steps
@@ -198,15 +191,8 @@ def dreg2d3d_cmd(out: Path = typer.Option(Path("dreg-run"), "--out", help="Folde
     from ..pipelines.dreg2d3d import DregConfig, run
 
     check_run_folder(out, overwrite, _DREG_MODEL_FILES, "dreg2d3d")
-    if sum([quick, tiny, full]) > 1:
-        raise InputError("--quick, --tiny, --full: got more than one; expected at most one mode")
-    make = DregConfig.tiny if tiny else DregConfig.full if full else DregConfig.quick
-    if full:
-        from ..core.config import get_device
-
-        if get_device(device).type != "cuda":
-            typer.echo("biomip: note: --full is sized for a GPU (128^3 volumes, thousands of steps); on a CPU it "
-                       "takes hours. --quick runs in minutes.", err=True)
+    make = getattr(DregConfig, run_mode(quick, tiny, full, device, "(128^3 volumes, thousands of steps); on a CPU it "
+                                                                   "takes hours. --quick runs in minutes."))
     kw = {"seed": seed} if ablations is None else {"seed": seed, "ablations": ablations}
     for name, v in (("coarse_steps", coarse_steps), ("refine_steps", refine_steps), ("n_test", n_test)):
         if v is not None:
@@ -350,9 +336,7 @@ def cs2c_cmd(out: Path = typer.Option(Path("cs2c-run"), "--out", help="Folder fo
     from ..pipelines.cs2c import Cs2cConfig, check_volume, cluster_volume, load_model, run
 
     check_run_folder(out, overwrite, _CS2C_MODEL_FILES, "CS²C")
-    if sum([quick, tiny, full]) > 1:
-        raise InputError("--quick, --tiny, --full: got more than one; expected at most one mode")
-    make = Cs2cConfig.tiny if tiny else Cs2cConfig.full if full else Cs2cConfig.quick
+    make = getattr(Cs2cConfig, run_mode(quick, tiny, full))
     kw = {"seed": seed}
     for name, v in (("mae_steps", mae_steps), ("steps", steps), ("n_test", n_test), ("real", real)):
         if v is not None:

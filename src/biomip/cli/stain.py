@@ -13,7 +13,7 @@ import numpy as np
 import typer
 
 from ..core.errors import InputError
-from ._common import cli_words, read_input
+from ._common import cli_words, read_input, run_mode
 
 _MODEL_FILES = ("diffstain.json", "diffusion", "unet")
 
@@ -66,15 +66,8 @@ def diffstain_cmd(out: Path = typer.Option(Path("diffstain-run"), "--out",
     from .pipe import check_run_folder
 
     check_run_folder(out, overwrite, _MODEL_FILES, "DiffStain")
-    if sum([quick, tiny, full]) > 1:
-        raise InputError("--quick, --tiny, --full: got more than one; expected at most one mode")
-    make = DiffstainConfig.tiny if tiny else DiffstainConfig.full if full else DiffstainConfig.quick
-    if full:
-        from ..core.config import get_device
-
-        if get_device(None).type != "cuda":
-            typer.echo("biomip: note: --full is sized for a GPU (20000 diffusion steps); on a CPU it takes hours. "
-                       "--quick runs in minutes.", err=True)
+    make = getattr(DiffstainConfig, run_mode(quick, tiny, full, gpu_note="(20000 diffusion steps); on a CPU it "
+                                                                      "takes hours. --quick runs in minutes."))
     kw = {"seed": seed, "he": he, "refine": refine}
     if diffusion_steps is not None:
         kw["diffusion_steps"] = diffusion_steps
