@@ -1,5 +1,5 @@
 """Evaluation metrics: segmentation overlap, surface distances, ROC, clustering
-agreement, intensity similarity and registration quality.
+agreement, intensity similarity, no-reference image quality and registration quality.
 
 Notes
 -----

@@ -12,6 +12,16 @@ from .generative import (
 )
 from .intensity import mae, mse, psnr, ssim
 from .overlap import accuracy, confusion_counts, dice, f1, iou, jaccard, precision, recall, sensitivity, specificity
+from .quality import (
+    NaturalnessModel,
+    brisque_feature_names,
+    brisque_features,
+    fit_aggd,
+    fit_ggd,
+    fit_naturalness,
+    mscn_coefficients,
+    naturalness_distance,
+)
 from .registration import TREResult, jacobian_stats, target_registration_error
 
 __all__ = [
@@ -27,6 +37,9 @@ __all__ = [
     # generative models (sample quality, anomaly maps)
     "C2STResult", "MMDResult", "AnomalyScores", "classifier_two_sample_test", "kernel_mmd", "anomaly_scores",
     "image_features",
+    # no-reference image quality (natural-scene statistics)
+    "NaturalnessModel", "brisque_features", "brisque_feature_names", "mscn_coefficients", "fit_ggd", "fit_aggd",
+    "fit_naturalness", "naturalness_distance",
     # intensity
     "mse", "mae", "psnr", "ssim",
     # registration
