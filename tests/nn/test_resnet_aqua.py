@@ -245,3 +245,129 @@ def test_aqua_learns_stable_versus_drifting_sequences():
     # frame 0 alone holds nothing about the label (T = 0): the single-frame baseline cannot tell
     single = _train(AquaNet(frames=1, af_channels=1, seed=0, **_TINY), he[:, :1], af[:, :1], y)
     assert np.mean((single.predict_proba(he_test[:, :1], af_test[:, :1]) > 0.5) == truth) < 0.8
+
+
+# ------------------------------------------------------------------ AquaNet: fusion and temporal init options
+def _head(net: AquaNet, fused: torch.Tensor) -> torch.Tensor:
+    """fc1, ReLU, fc2 of fused ``(n, D)`` features: the logits."""
+    return net.fc2(torch.relu(net.fc1(fused)))[:, 0]
+
+
+def _difference_fused(net: AquaNet, feats: torch.Tensor) -> torch.Tensor:
+    """The untrained difference fusion by hand: ``(sum_domains |f_0| + sum_{t>=1} |f_t - f_{t-1}|) / (2F)``
+    (``relu(x) + relu(-x) = |x|``; the middle layers are identities on non-negative values; the last averages)."""
+    k, f = net.frames, net.total_frames
+    total = torch.zeros_like(feats[:, 0])
+    for start in range(0, f, k):                                   # each domain's frames
+        dom = feats[:, start:start + k]
+        total = total + dom[:, 0].abs() + (dom[:, 1:] - dom[:, :-1]).abs().sum(1)
+    return total / (2 * f)
+
+
+def test_aqua_pooled_one_layer_is_the_frame_mean_through_the_head():
+    net = AquaNet(frames=3, af_channels=2, fusion="pooled", temporal_layers=1, temporal_init="identity", **_TINY)
+    assert net.temporal_width == 6 and [tuple(c.weight.shape) for c in net.temporal] == [(1, 6, 1)]
+    feats = torch.randn(4, 6, 16, generator=_gen(20))               # signed: the ReLU after the average matters
+    with torch.no_grad():
+        assert torch.allclose(net.classify(feats), _head(net, torch.relu(feats.mean(1))), atol=1e-6)
+        assert not torch.allclose(net.classify(feats), _head(net, torch.relu(feats).mean(1)), atol=1e-4)
+
+
+def test_aqua_difference_init_weights_and_fusion_are_frame_differences():
+    net = AquaNet(frames=3, af_channels=1, temporal_layers=2, temporal_init="difference", **_TINY)
+    assert net.total_frames == 6 and net.temporal_width == 12
+    assert [tuple(c.weight.shape) for c in net.temporal] == [(12, 6, 1), (1, 12, 1)]
+    rows = [[1, 0, 0, 0, 0, 0], [-1, 1, 0, 0, 0, 0], [0, -1, 1, 0, 0, 0],          # H&E: f0, f1 - f0, f2 - f1
+            [0, 0, 0, 1, 0, 0], [0, 0, 0, -1, 1, 0], [0, 0, 0, 0, -1, 1]]          # AF: the same, own first frame
+    want = torch.tensor([r for row in rows for r in (row, [-v for v in row])], dtype=torch.float32)
+    assert torch.equal(net.temporal[0].weight[:, :, 0], want)
+    assert torch.allclose(net.temporal[1].weight, torch.full((1, 12, 1), 1 / 12))
+    feats = torch.randn(5, 6, 16, generator=_gen(21))
+    with torch.no_grad():
+        assert torch.allclose(net.classify(feats), _head(net, _difference_fused(net, feats)), atol=1e-6)
+    # three layers: the middle one (12 x 12) is the identity, the fusion the same
+    deep = AquaNet(frames=3, af_channels=1, temporal_layers=3, temporal_init="difference", **_TINY)
+    assert [tuple(c.weight.shape) for c in deep.temporal] == [(12, 6, 1), (12, 12, 1), (1, 12, 1)]
+    assert torch.equal(deep.temporal[1].weight[:, :, 0], torch.eye(12))
+    with torch.no_grad():
+        assert torch.allclose(deep.classify(feats), _head(deep, _difference_fused(deep, feats)), atol=1e-6)
+
+
+def test_aqua_difference_init_on_identical_frames_scales_with_one_over_frames():
+    # identical frames: every difference row is relu(0) = 0, only +-f_0 of each domain survives, and the last
+    # layer divides by 2F = 4 (T + 1): the fused features shrink as 1 / (T + 1), the logit is NOT T-invariant
+    he1, af1 = torch.rand(3, 1, 3, 16, 16, generator=_gen(22)), torch.rand(3, 1, 1, 16, 16, generator=_gen(23))
+    ref = AquaNet(frames=1, af_channels=1, temporal_layers=2, temporal_init="difference", **_TINY).eval()
+    with torch.no_grad():
+        f0 = ref.frame_features(he1, af1)                          # (3, 2, 16): H&E and AF frame 0
+        logits = {}
+        for k in (1, 2, 4):
+            net = AquaNet(frames=k, af_channels=1, temporal_layers=2, temporal_init="difference", **_TINY).eval()
+            net.fc1.load_state_dict(ref.fc1.state_dict())         # the same head (its init depends on the layers)
+            net.fc2.load_state_dict(ref.fc2.state_dict())
+            he, af = he1.expand(-1, k, -1, -1, -1), af1.expand(-1, k, -1, -1, -1)
+            feats = net.frame_features(he, af)
+            assert torch.allclose(feats[:, :k], f0[:, :1].expand(-1, k, -1))      # the same encoders (seeded)
+            fused = (f0[:, 0].abs() + f0[:, 1].abs()) / (4 * k)
+            logits[k] = net(he, af)
+            assert torch.allclose(logits[k], _head(net, fused), atol=1e-6)
+    assert not torch.allclose(logits[1], logits[2], atol=1e-4) and not torch.allclose(logits[2], logits[4], atol=1e-4)
+
+
+def test_aqua_spatial_fusion_equals_pooled_on_1x1_maps_and_fuses_per_location():
+    kw = {"frames": 3, "af_channels": 2, "temporal_layers": 2, "temporal_init": "difference", "seed": 3, **_TINY}
+    spatial, pooled = AquaNet(fusion="spatial", **kw).eval(), AquaNet(fusion="pooled", **kw).eval()
+    state = pooled.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in spatial.state_dict().items())   # fusion changes no parameter
+    he, af = torch.rand(2, 3, 3, 2, 2, generator=_gen(24)), torch.rand(2, 3, 2, 2, 2, generator=_gen(25))
+    with torch.no_grad():
+        maps = spatial.frame_features(he, af)
+        assert tuple(maps.shape) == (2, 6, 16, 1, 1)                # 2 x 2 pixels: 1 x 1 last maps (reduction 2)
+        assert torch.allclose(spatial(he, af), pooled(he, af), atol=1e-6)
+        # larger frames: (n, F, D, h, w); their spatial mean is the pooled features
+        he, af = torch.rand(2, 3, 3, 12, 12, generator=_gen(26)), torch.rand(2, 3, 2, 12, 12, generator=_gen(27))
+        maps = spatial.frame_features(he, af)
+        assert tuple(maps.shape) == (2, 6, 16, 6, 6)
+        assert torch.allclose(maps.mean(dim=(-2, -1)), pooled.frame_features(he, af), atol=1e-6)
+        # the |difference| is taken at every location, then pooled: not the same as on the pooled features
+        per_location = _difference_fused(spatial, maps).mean(dim=(-2, -1))
+        assert torch.allclose(spatial(he, af), _head(spatial, per_location), atol=1e-6)
+        assert not torch.allclose(spatial(he, af), pooled(he, af), atol=1e-4)
+    # the identity start is linear with non-negative weights on non-negative (post-ReLU) maps: the same either way
+    kw.update(temporal_layers=1, temporal_init="identity")
+    with torch.no_grad():
+        assert torch.allclose(AquaNet(fusion="spatial", **kw)(he, af), AquaNet(fusion="pooled", **kw)(he, af),
+                              atol=1e-6)
+
+
+def test_aqua_spatial_difference_save_load_round_trip(tmp_path):
+    net = AquaNet(frames=2, af_channels=1, temporal_layers=2, fusion="spatial", temporal_init="difference",
+                  freeze_encoder=True, seed=7, **_TINY)
+    with torch.no_grad():
+        net.temporal[0].weight.mul_(1.5)
+        net.fc2.bias.fill_(-0.2)
+    he, af = torch.rand(3, 2, 3, 16, 16, generator=_gen(28)), torch.rand(3, 2, 1, 16, 16, generator=_gen(29))
+    p0 = net.predict_proba(he, af)
+    loaded = AquaNet.load(net.save(tmp_path / "spatial"), device="cpu")
+    cfg = loaded.config()
+    assert cfg == net.config() and cfg["fusion"] == "spatial" and cfg["temporal_init"] == "difference"
+    assert loaded.temporal_width == 8 and tuple(loaded.frame_features(he, af).shape) == (3, 4, 16, 8, 8)
+    assert np.array_equal(loaded.predict_proba(he, af), p0)
+    assert AquaNet(**cfg).config() == cfg                          # the config rebuilds the same model
+
+
+def test_aqua_fusion_option_errors_name_the_argument():
+    with pytest.raises(InputError, match="fusion: got 'mean'"):
+        AquaNet(fusion="mean", **_TINY)
+    with pytest.raises(InputError, match="temporal_init: got 'zeros'"):
+        AquaNet(temporal_init="zeros", temporal_layers=2, **_TINY)
+    with pytest.raises(InputError, match="temporal_init.*temporal_layers=1"):
+        AquaNet(temporal_init="difference", temporal_layers=1, **_TINY)
+    net = AquaNet(frames=2, af_channels=1, fusion="spatial", **_TINY)
+    he = torch.rand(2, 2, 3, 16, 16, generator=_gen(30))
+    with pytest.raises(ShapeError, match=r"af: its feature maps are \(4, 4\).*\(8, 8\)"):
+        net(he, torch.rand(2, 2, 1, 8, 8, generator=_gen(31)))
+    with pytest.raises(ShapeError, match=r"features: .*\(n, 4, 16, h, w\)"):
+        net.classify(torch.zeros(2, 4, 16))                        # pooled features into a spatial model
+    with pytest.raises(ShapeError, match=r"features: .*\(n, 4, 16\)"):
+        AquaNet(frames=2, af_channels=1, **_TINY).classify(torch.zeros(2, 4, 16, 3, 3))

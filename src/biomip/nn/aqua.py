@@ -13,7 +13,9 @@ A virtually stained H&E image is run through ``T`` cycles of the virtual-stainin
 2. **temporal fusion** -- ``temporal_layers`` bias-free 1x1 ``Conv1d`` layers over the frame
    axis (the frames are the convolution's channels, the features its length), each with a
    ReLU, the last compressing ``F -> 1``: ``f_st`` of shape ``(n, D)`` (the book has two
-   such layers, the released code one);
+   such layers, the released code one).  ``fusion="spatial"`` applies them at every
+   location of the last feature maps before the pooling, and ``temporal_init=
+   "difference"`` starts them as frame differences (see :class:`AquaNet`);
 3. **head** -- ``Linear(D, hidden)``, ReLU, ``Linear(hidden, 1)``: one logit, the
    probability of a good stain being its sigmoid.
 
@@ -119,6 +121,18 @@ class AquaNet(SavedModule):
         Keep the encoders fixed.
     shared_encoder : bool, optional
         One encoder for both domains (needs ``he_channels == af_channels``).
+    fusion : {"pooled", "spatial"}, optional
+        ``"pooled"`` (the released code): the temporal convolutions fuse the globally
+        pooled frame features.  ``"spatial"``: they fuse the last feature maps location by
+        location, then the result is pooled -- with the ReLUs in between, the pooled value
+        is how much the frames disagree *where* they disagree (a shifted or locally
+        altered stain), which pooling first averages away.
+    temporal_init : {"identity", "difference"}, optional
+        Start of the temporal layers.  ``"identity"``: identity, then the frame mean.
+        ``"difference"`` (needs ``temporal_layers >= 2``): the first layer has ``2 F``
+        outputs, ``+-(f_t - f_{t-1})`` of consecutive frames of each domain (``+-f_0`` for
+        a domain's first frame), the last averages them, so an untrained fusion measures
+        the frames' drift (a cycle error in feature space).
     seed : int, optional
         Initialisation seed (the AF encoder gets ``seed + 1``; the global torch RNG is
         left untouched).
@@ -130,7 +144,7 @@ class AquaNet(SavedModule):
     af_encoder : ResNetEncoder or None
         The AF encoder (``None`` when shared or without AF).
     temporal : torch.nn.ModuleList
-        The bias-free ``Conv1d`` layers.
+        The bias-free ``Conv1d`` layers (``F -> temporal_width -> ... -> 1``).
     fc1 : torch.nn.Linear
         The head's first layer, ``D -> hidden``.
     fc2 : torch.nn.Linear
@@ -150,6 +164,16 @@ class AquaNet(SavedModule):
     >>> p = base.predict_proba(torch.rand(4, 1, 3, 16, 16))
     >>> p.shape, bool(((p > 0) & (p < 1)).all())
     ((4,), True)
+
+    The configuration :func:`biomip.pipelines.aqua.train_aqua` uses (spatial fusion,
+    difference start): frames that do not change give no drift signal.
+
+    >>> net = AquaNet(frames=3, af_channels=2, widths=(8, 16), blocks=(1, 1), stem="small",
+    ...               temporal_layers=2, fusion="spatial", temporal_init="difference")
+    >>> he, af = torch.rand(1, 1, 3, 16, 16).repeat(1, 3, 1, 1, 1), torch.rand(1, 1, 2, 16, 16).repeat(1, 3, 1, 1, 1)
+    >>> f = net.frame_features(he, af)
+    >>> tuple(f.shape), net.temporal_width
+    ((1, 6, 16, 8, 8), 12)
     """
 
     FORMAT = "biomip.nn.AquaNet"
@@ -158,8 +182,18 @@ class AquaNet(SavedModule):
     def __init__(self, frames: int = 6, he_channels: int = 3, af_channels: int = 2, widths=(32, 64, 128, 256),
                  blocks=(1, 1, 1, 1), norm: str = "batch", stem: str = "imagenet", hidden: int | None = None,
                  temporal_layers: int = 1, freeze_encoder: bool = False, shared_encoder: bool = False,
-                 seed: int = 0):
+                 fusion: str = "pooled", temporal_init: str = "identity", seed: int = 0):
         super().__init__()
+        if fusion not in ("pooled", "spatial"):
+            raise InputError(f"fusion: got {fusion!r}; expected 'pooled' (fuse the pooled frame features, the "
+                             "released code) or 'spatial' (fuse the last feature maps location by location, then pool)")
+        self.fusion = fusion
+        if temporal_init not in ("identity", "difference"):
+            raise InputError(f"temporal_init: got {temporal_init!r}; expected 'identity' or 'difference'")
+        if temporal_init == "difference" and temporal_layers < 2:
+            raise InputError(f"temporal_init: got 'difference' with temporal_layers={temporal_layers}; the |frame "
+                             "difference| start needs temporal_layers >= 2")
+        self.temporal_init = temporal_init
         self.frames = check_number(frames, "frames", integer=True, low=1)
         self.he_channels = check_number(he_channels, "he_channels", integer=True, low=1)
         self.af_channels = check_number(af_channels, "af_channels", integer=True, low=0)
@@ -180,12 +214,14 @@ class AquaNet(SavedModule):
         self.hidden = max(1, d // 2) if hidden is None else check_number(hidden, "hidden", integer=True, low=1)
         f = self.total_frames
         with seeded(self.seed + 2):
-            self.temporal = nn.ModuleList([nn.Conv1d(f, f if i < self.temporal_layers - 1 else 1, 1, bias=False)
-                                           for i in range(self.temporal_layers)])
+            widths_t = [f] + [self.temporal_width] * (self.temporal_layers - 1) + [1]
+            self.temporal = nn.ModuleList([nn.Conv1d(a, b, 1, bias=False) for a, b in zip(widths_t[:-1], widths_t[1:])])
             with torch.no_grad():
                 for conv in self.temporal[:-1]:
-                    conv.weight.copy_(torch.eye(f)[:, :, None])
-                self.temporal[-1].weight.fill_(1.0 / f)
+                    conv.weight.copy_(torch.eye(conv.out_channels, conv.in_channels)[:, :, None])
+                if self.temporal_init == "difference":
+                    self.temporal[0].weight.copy_(self._difference_weights()[:, :, None])
+                self.temporal[-1].weight.fill_(1.0 / widths_t[-2])
             self.fc1 = nn.Linear(d, self.hidden)
             self.fc2 = nn.Linear(self.hidden, 1)
         if self.freeze_encoder:
@@ -205,7 +241,25 @@ class AquaNet(SavedModule):
         return {"frames": self.frames, "he_channels": self.he_channels, "af_channels": self.af_channels,
                 "widths": list(e.widths), "blocks": list(e.blocks), "norm": e.norm, "stem": e.stem_kind,
                 "hidden": self.hidden, "temporal_layers": self.temporal_layers,
-                "freeze_encoder": self.freeze_encoder, "shared_encoder": self.shared_encoder, "seed": self.seed}
+                "freeze_encoder": self.freeze_encoder, "shared_encoder": self.shared_encoder, "fusion": self.fusion,
+                "temporal_init": self.temporal_init, "seed": self.seed}
+
+    @property
+    def temporal_width(self) -> int:
+        """Channels between the temporal layers: ``F``, or ``2 F`` with ``temporal_init="difference"``."""
+        return self.total_frames * (2 if self.temporal_init == "difference" else 1)
+
+    def _difference_weights(self) -> torch.Tensor:
+        """``(2F, F)``: rows ``+-(f_t - f_{t-1})`` of each domain (``+-f_0`` for its first frame)."""
+        f = self.total_frames
+        w = torch.zeros(2 * f, f)
+        for j in range(f):
+            row = torch.zeros(f)
+            row[j] = 1.0
+            if j % self.frames:
+                row[j - 1] = -1.0
+            w[2 * j], w[2 * j + 1] = row, -row
+        return w
 
     @property
     def total_frames(self) -> int:
@@ -276,22 +330,30 @@ class AquaNet(SavedModule):
         Returns
         -------
         torch.Tensor
-            ``(n, total_frames, D)``.
+            ``(n, total_frames, D)`` (``fusion="pooled"``) or the last feature maps
+            ``(n, total_frames, D, h, w)`` (``fusion="spatial"``).
 
         Raises
         ------
         InputError
             Wrong frame or channel counts, or ``af`` given / missing against ``af_channels``.
         ShapeError
-            Not 5-D, or ``he`` and ``af`` of different sample counts.
+            Not 5-D, ``he`` and ``af`` of different sample counts, or (spatial fusion) of
+            feature maps of different sizes.
         """
         he, af = self._check(he, af)
         n = he.shape[0]
-        feats = [self.he_encoder(he.flatten(0, 1)).reshape(n, self.frames, -1)]
+        encoders = [(self.he_encoder, he)]
         if af is not None:
-            enc = self.he_encoder if self.af_encoder is None else self.af_encoder
-            feats.append(enc(af.flatten(0, 1)).reshape(n, self.frames, -1))
-        return torch.cat(feats, dim=1)
+            encoders.append((self.he_encoder if self.af_encoder is None else self.af_encoder, af))
+        if self.fusion == "pooled":
+            return torch.cat([enc(x.flatten(0, 1)).reshape(n, self.frames, -1) for enc, x in encoders], dim=1)
+        maps = [enc.feature_maps(x.flatten(0, 1))[-1] for enc, x in encoders]
+        if len(maps) == 2 and maps[0].shape[-2:] != maps[1].shape[-2:]:
+            raise ShapeError(f"af: its feature maps are {tuple(maps[1].shape[-2:])}, the H&E frames' "
+                             f"{tuple(maps[0].shape[-2:])}; spatial fusion needs AF and H&E frames of one size "
+                             f"(got {tuple(he.shape[-2:])} and {tuple(af.shape[-2:])})")
+        return torch.cat([m.reshape(n, self.frames, *m.shape[1:]) for m in maps], dim=1)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """Temporal fusion and head: logits of per-frame features.
@@ -299,7 +361,8 @@ class AquaNet(SavedModule):
         Parameters
         ----------
         features : torch.Tensor
-            ``(n, total_frames, D)`` (:meth:`frame_features`).
+            ``(n, total_frames, D)``, or ``(n, total_frames, D, h, w)`` with spatial fusion
+            (:meth:`frame_features`).
 
         Returns
         -------
@@ -309,15 +372,18 @@ class AquaNet(SavedModule):
         Raises
         ------
         ShapeError
-            ``features`` not ``(n, total_frames, D)``.
+            ``features`` not of the shape :meth:`frame_features` gives.
         """
         f, d = self.total_frames, self.feature_dim
-        if not torch.is_tensor(features) or features.ndim != 3 or tuple(features.shape[1:]) != (f, d):
-            raise ShapeError(f"features: got {describe(features)}; expected a tensor (n, {f}, {d})")
+        nd = 3 if self.fusion == "pooled" else 5
+        if not torch.is_tensor(features) or features.ndim != nd or tuple(features.shape[1:3]) != (f, d):
+            want = f"(n, {f}, {d})" if nd == 3 else f"(n, {f}, {d}, h, w)"
+            raise ShapeError(f"features: got {describe(features)}; expected a tensor {want}")
         h = features
-        for conv in self.temporal:
-            h = F.relu(conv(h))
-        h = F.relu(self.fc1(h[:, 0]))
+        for conv in self.temporal:          # a 1x1 convolution over the frame axis, at every feature (and location)
+            h = F.relu(torch.einsum("oi,ni...->no...", conv.weight[:, :, 0], h))
+        h = h[:, 0] if nd == 3 else h[:, 0].mean(dim=(-2, -1))
+        h = F.relu(self.fc1(h))
         return self.fc2(h)[:, 0]
 
     def forward(self, he, af=None) -> torch.Tensor:
