@@ -50,12 +50,12 @@ def read_model_meta(path, filename: str, fmt: str, parts, what: str, command: st
     p = Path(path)
     mp = p / filename
     if not mp.is_file():
-        raise InputError(f"path: got {str(path)!r}; expected a {what} model folder with {filename} (the model/ "
+        raise InputError(f"path: got {str(path)!r}; expected {'an' if what[:1] in 'AEIOU' else 'a'} {what} model folder with {filename} (the model/ "
                          f"folder of `biomip run {command}`)")
     try:
         meta = json.loads(mp.read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:
-        raise InputError(f"path: {str(mp)!r} is not readable JSON ({exc}); expected the {filename} of a {what} "
+        raise InputError(f"path: {str(mp)!r} is not readable JSON ({exc}); expected the {filename} of {'an' if what[:1] in 'AEIOU' else 'a'} {what} "
                          "model folder") from exc
     if not isinstance(meta, dict) or meta.get("format") != fmt:
         got = meta.get("format") if isinstance(meta, dict) else None
