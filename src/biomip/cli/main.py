@@ -69,10 +69,12 @@ _register_learning()
 
 
 def _register_pipelines():
+    from .aqua import aqua_cmd, aqua_score_cmd
     from .pipe import cluster_em_cmd, register2d3d_cmd, run_app
     from .stain import diffstain_cmd, stain_cmd
 
     run_app.command("diffstain")(diffstain_cmd)
+    run_app.command("aqua")(aqua_cmd)
     app.add_typer(run_app, name="run")
     app.command("stain", help="Virtually stain 3-plane grey brightfield (not an RGB picture; at the model's "
                               "pixel size, 0.5 um for biomip run diffstain) into fluorescence channels with a "
@@ -85,6 +87,11 @@ def _register_pipelines():
                                    "cluster ids in every volume (ids, not class names: the run's report says which "
                                    "class each matched). Grey 3-D input, any intensity range, at about the training "
                                    "voxel size (a warning says when not).")(cluster_em_cmd)
+    app.command("aqua-score", help="Judge a virtual H&E stain (an RGB picture) with a trained AQuA model (biomip "
+                                   "run aqua), no reference needed: stain / un-stain cycles of each tile, then the "
+                                   "AQuA-Net ensemble; prints GOOD or BAD (hallucination suspected) with the "
+                                   "probability. Give --af (the autofluorescence it was stained from) when you have "
+                                   "it.")(aqua_score_cmd)
 
 
 _register_pipelines()

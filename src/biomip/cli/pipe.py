@@ -142,7 +142,7 @@ def check_run_folder(out: Path, overwrite: bool, model_files=("config.json", "mo
         if model.is_dir():
             foreign = sorted(p.name for p in model.iterdir() if p.name not in model_files)
             if foreign:
-                raise InputError(f"--out: {str(model)!r} holds files that are not a {model_name} model (e.g. "
+                raise InputError(f"--out: {str(model)!r} holds files that are not {'an' if model_name[:1] in 'AEIOU' else 'a'} {model_name} model (e.g. "
                                  f"{foreign[0]!r}); a run replaces that folder, so choose another --out")
         Outputs(overwrite=True).add(out / "report.json", "--out", image=False)     # writable?
     else:
