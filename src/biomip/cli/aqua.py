@@ -89,7 +89,9 @@ def _read_stain(path: Path, pixel_um: float) -> np.ndarray:
     arr = img.numpy()
     fmt = img.meta.get("format")
     if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[0] in (1, 2) and img.axes.startswith("c")):
-        what = "a grey image" if arr.ndim == 2 or arr.shape[0] == 1 else "a grey image with alpha"
+        what = ("a grey image" if arr.ndim == 2 or arr.shape[0] == 1 else
+                "a grey image with alpha" if arr.dtype == np.uint8 else "a 2-channel image (an AF image? give it "
+                "with --af)")
         raise InputError(f"VS_IMAGE: {str(path)!r} is {what} (shape {arr.shape}); expected an RGB picture of the "
                          "virtual H&E stain (PNG / JPEG / TIFF with 3 colour channels)")
     if arr.ndim != 3:
@@ -137,14 +139,6 @@ def _read_af(path: Path, meta: dict):
             raise InputError(f"--af: {str(path)!r} holds the channels {got}; expected them in the model's order "
                              f"{want}")
     _pixel_warning(img, float(meta.get("pixel_um", 0.5)), "--af")
-    mean, std = np.asarray(meta.get("af_mean", []), np.float64), np.asarray(meta.get("af_std", []), np.float64)
-    if a.ndim == 3 and a.shape[0] == mean.size and np.all(np.isfinite(a)) and np.all(std > 0):
-        z = (a.reshape(a.shape[0], -1).mean(axis=1) - mean) / std
-        if np.any(np.abs(z) > 5):
-            c = int(np.argmax(np.abs(z)))
-            warnings.warn(f"--af: channel {want[c] if c < len(want) else c} has mean {a[c].mean():.3g}; the model's "
-                          f"training AF {mean[c]:.3g} +/- {std[c]:.3g}: other units or another microscope? The "
-                          "cycles need the AF in the training data's units", stacklevel=2)
     return a
 
 
@@ -182,15 +176,19 @@ def aqua_score_cmd(model: Path = typer.Argument(..., help="An AQuA model folder 
                                                              "least one model tile (64 px for `biomip run aqua`), at "
                                                              "the model's pixel size."),
                    vs: Path | None = typer.Option(None, "--vs", metavar="VS_MODEL",
-                                                  help="The VS generator (AF -> H&E) of the cycles (default: "
-                                                       "MODEL/vs, the run's best VS)."),
+                                                  help="The VS generator (AF -> H&E) that runs the cycles (default: "
+                                                       "MODEL/vs, the run's best VS, which AQuA-Net was trained "
+                                                       "with; not the model that made VS_IMAGE: another VS changes "
+                                                       "the frames the classifier sees)."),
                    vaf: Path | None = typer.Option(None, "--vaf", metavar="VAF_MODEL",
                                                    help="The VAF generator (H&E -> AF) of the cycles (default: "
                                                         "MODEL/vaf)."),
                    af: Path | None = typer.Option(None, "--af", metavar="AF_IMAGE",
                                                   help="The measured autofluorescence VS_IMAGE was stained from: "
                                                        "(C_af, H, W) in the model's AF channels (dapi, txred) and "
-                                                       "units, the same pixels as VS_IMAGE; TIFF / OME-TIFF or NPY. "
+                                                       "units (floats of roughly 0 - 1, as the run's "
+                                                       "examples/af.tif), the same pixels as VS_IMAGE; TIFF / "
+                                                       "OME-TIFF or NPY. "
                                                        "The cycles start from it (eq. 5.1, what the model was "
                                                        "trained on); without it they start from VAF(VS_IMAGE) "
                                                        "(eq. 5.2)."),
@@ -203,10 +201,15 @@ def aqua_score_cmd(model: Path = typer.Argument(..., help="An AQuA model folder 
     is cut into the model's tiles, each runs T VS-VAF stain / un-stain cycles, and the
     AQuA-Net ensemble gives each tile a probability of a good stain; the stain is GOOD
     when the mean probability exceeds the model's threshold, else BAD (hallucination
-    suspected).  Give --af, the autofluorescence the stain was made from, whenever you have
-    it: without it the cycles start from VAF(VS_IMAGE) (eq. 5.2), which the model was not
-    trained on (the run report's methods["aqua-eq5.2"] says how well that works)."""
+    suspected), and the tiles at or below the threshold are listed (a hallucination in a
+    few tiles of a large image can leave the mean above it).  Give --af, the
+    autofluorescence the stain was made from, whenever you have it: without it the cycles
+    start from VAF(VS_IMAGE) (eq. 5.2), which the model was not trained on -- its ranking
+    holds better than its GOOD / BAD call.  A model of `biomip run aqua` learned on
+    simulated tissue: on real H&E its calls are a screen, not a decision (the command
+    prints how it did on its run's real tiles)."""
     from ..core.atomic import write_json
+    from ..pipelines.aqua import figure_note as aqua_figure_note
     from ..pipelines.aqua import load_model, score_stain
     from ._common import Outputs
 
@@ -230,10 +233,21 @@ def aqua_score_cmd(model: Path = typer.Argument(..., help="An AQuA model folder 
     t = time.perf_counter()
     res = score_stain(saved, he, af=a)
     secs = time.perf_counter() - t
+    figs = saved.meta.get("figures") or {}
+    for w in res.get("warnings", []):
+        if w.startswith("af: "):
+            typer.echo(f"biomip: note: --af: {w[4:]}", err=True)
     if af is None:
+        extra = aqua_figure_note(figs.get("eq5.2"), "on eq. 5.2 cycles of unseen models")
         typer.echo("biomip: note: no --af: the cycles start from VAF(VS_IMAGE) (eq. 5.2), which the model was not "
-                   "trained on (it learned cycles from the measured AF, eq. 5.1); the run report's "
-                   "methods[\"aqua-eq5.2\"] says how well that works. Pass --af AF_IMAGE for eq. 5.1.", err=True)
+                   "trained on (it learned cycles from the measured AF, eq. 5.1): read the probability as a ranking, "
+                   f"not the GOOD / BAD call{extra}; the run report's methods[\"aqua-eq5.2\"] has the details. Pass "
+                   "--af AF_IMAGE for eq. 5.1.", err=True)
+    real = figs.get("real") or {}
+    if "auc" in real and "accuracy" in real:
+        typer.echo(f"biomip: note: the model was trained on simulated tissue; on the real H&E tiles of its run it "
+                   f"reached AUC {real['auc']:.2f}, accuracy {real['accuracy']:.2f}: treat verdicts on real tissue "
+                   "as a screen, not a decision", err=True)
     if (saved.meta.get("config") or {}).get("mode") == "tiny":
         typer.echo("biomip: note: MODEL comes from a --tiny run (CI-sized, a few training steps): its verdicts "
                    "are not meaningful; use the model of a --quick or --full run", err=True)
@@ -246,10 +260,15 @@ def aqua_score_cmd(model: Path = typer.Argument(..., help="An AQuA model folder 
         typer.echo(f"biomip: note: VS_IMAGE is {h} x {w} px: the last {h % tile} row(s) and {w % tile} column(s) "
                    f"(less than a {tile}-px tile) are not scored", err=True)
     verdict = "GOOD" if res["good"] else "BAD (hallucination suspected)"
+    if af is None:
+        verdict += " -- unreliable without --af (eq. 5.2; see the note)"
     if out is not None:
         report = {"verdict": "good" if res["good"] else "bad", "probability": res["probability"], "good": res["good"],
                   "threshold": res["threshold"], "tiles": res["tiles"], "grid": grid, "tile": tile,
-                  "tiles_below_threshold": below, "equation": res["equation"], "cycles": res["cycles"],
+                  "tiles_below_threshold": below, "bad_tiles": res["bad_tiles"], "warnings": res["warnings"],
+                  "model_mode": (saved.meta.get("config") or {}).get("mode"),
+                  "pixel_um": saved.meta.get("pixel_um"), "model_figures": figs,
+                  "equation": res["equation"], "cycles": res["cycles"],
                   "inputs": {"model": str(model), "vs_image": str(vs_image), "af": None if af is None else str(af),
                              "vs": str(vs if vs is not None else Path(model) / "vs"),
                              "vaf": str(vaf if vaf is not None else Path(model) / "vaf"),
@@ -263,6 +282,11 @@ def aqua_score_cmd(model: Path = typer.Argument(..., help="An AQuA model folder 
                f"{res['threshold']:.{d}f}); mean of {n} tile(s) of {tile} x {tile} px (grid {grid[0]} x {grid[1]}), "
                f"{below} at or below the threshold")
     how = "from the measured AF (--af)" if res["equation"] == "5.1" else "from VAF(VS_IMAGE), no measured AF"
+    if res["bad_tiles"] and n > 1:
+        where = ", ".join(f"({r + 1}, {c + 1})" for r, c in res["bad_tiles"][:12])
+        more = f" and {len(res['bad_tiles']) - 12} more" if len(res["bad_tiles"]) > 12 else ""
+        typer.echo(f"  tiles at or below the threshold (row, column from the top left, {tile} px each): {where}{more}"
+                   + (" -- the verdict is the mean: look at these tiles" if res["good"] else ""))
     typer.echo(f"  equation {res['equation']}: {res['cycles']} VS-VAF cycle(s) {how}  ({secs:.1f} s)")
     if out is not None:
         typer.echo(f"wrote {out}")

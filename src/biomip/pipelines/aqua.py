@@ -136,7 +136,7 @@ from ..core.errors import InputError, ShapeError, describe
 __all__ = ["AquaConfig", "AquaData", "Generators", "StainModel", "ZooLabels", "ModelSplit", "CycleSet",
            "HALLUCINATIONS", "SHIFTS", "MODEL_KINDS", "STRENGTH_RANGES", "NUCLEI_THRESHOLD", "simulate",
            "train_generators", "build_zoo", "label_models", "label_rule", "split_models", "make_cycles", "inject",
-           "detect_nuclei", "nuclei_f1", "AquaEnsemble", "SavedAqua", "METHODS", "train_aqua", "score_figures",
+           "detect_nuclei", "nuclei_f1", "figure_note", "AquaEnsemble", "SavedAqua", "METHODS", "train_aqua", "score_figures",
            "baseline_scores", "evaluate", "save_model", "load_model", "score_stain", "run"]
 
 #: Hallucinations injected into the output of the best VS (:func:`inject`).
@@ -2412,7 +2412,8 @@ class SavedAqua:
     meta: dict
 
 
-def save_model(path, ensemble: AquaEnsemble, generators: Generators, cfg: AquaConfig) -> Path:
+def save_model(path, ensemble: AquaEnsemble, generators: Generators, cfg: AquaConfig,
+               figures: dict | None = None) -> Path:
     """Write the model folder that :func:`load_model` and ``biomip aqua-score`` read.
 
     ``aqua.json`` (format, version, cycles, tile, pixel size, AF channels, AF
@@ -2430,6 +2431,10 @@ def save_model(path, ensemble: AquaEnsemble, generators: Generators, cfg: AquaCo
         From :func:`train_generators`.
     cfg : AquaConfig
         The configuration.
+    figures : dict or None, optional
+        How well the model did in its run (stored as ``aqua.json["figures"]``, e.g.
+        ``{"test": {...}, "eq5.2": {...}, "real": {...}}`` with ``auc`` / ``accuracy``), so
+        ``biomip aqua-score`` can say how far to trust a verdict.
 
     Returns
     -------
@@ -2462,7 +2467,7 @@ def save_model(path, ensemble: AquaEnsemble, generators: Generators, cfg: AquaCo
                 "af_channels": list(AF_CHANNELS[:len(ensemble.af_mean)]),
                 "af_mean": [float(v) for v in ensemble.af_mean], "af_std": [float(v) for v in ensemble.af_std],
                 "threshold": float(ensemble.threshold), "shared_encoder": bool(ensemble.shared_encoder),
-                "config": cfg.to_dict()}, p / "aqua.json")
+                "figures": figures or {}, "config": cfg.to_dict()}, p / "aqua.json")
     return p
 
 
@@ -2552,6 +2557,31 @@ def _tiles(x: np.ndarray, tile: int) -> tuple[np.ndarray, tuple]:
     return np.ascontiguousarray(t.transpose(1, 3, 0, 2, 4).reshape(ny * nx, x.shape[0], tile, tile)), (ny, nx)
 
 
+def figure_note(f: dict | None, where: str) -> str:
+    """`` (its run: AUC a, accuracy b WHERE)`` for a figures dict of ``aqua.json``, else ``""``.
+
+    Parameters
+    ----------
+    f : dict or None
+        ``{"auc": ..., "accuracy": ...}``.
+    where : str
+        What the figures are of.
+
+    Returns
+    -------
+    str
+        The note (with a leading space).
+
+    Examples
+    --------
+    >>> figure_note({"auc": 0.9, "accuracy": 0.5}, "on real tiles")
+    ' (its run: AUC 0.90, accuracy 0.50 on real tiles)'
+    """
+    if not f or "auc" not in f:
+        return ""
+    return f" (its run: AUC {f['auc']:.2f}, accuracy {f.get('accuracy', float('nan')):.2f} {where})"
+
+
 def score_stain(saved: SavedAqua, he, af=None, batch_size: int = 16) -> dict:
     """Judge a virtual H&E stain without a reference: cycles, then the AQuA-Net ensemble.
 
@@ -2568,18 +2598,24 @@ def score_stain(saved: SavedAqua, he, af=None, batch_size: int = 16) -> dict:
     he : array_like
         The virtual stain, RGB ``(H, W, 3)`` or ``(3, H, W)``, uint8 or float in [0, 1].
     af : array_like or None, optional
-        The measured autofluorescence it was stained from, ``(C_af, H, W)`` in the model's
-        AF units (``None``: eq. 5.2, which the model was not trained on -- see the report's
-        ``aqua-eq5.2`` figures).
+        The measured autofluorescence it was stained from, ``(C_af, H, W)`` (channels
+        ``meta["af_channels"]``, DAPI then TxRed) in the training AF's units: floats of
+        roughly 0 - 1 as :func:`biomip.data.autofluorescence` gives (``meta["af_mean"]`` /
+        ``["af_std"]``; far-off values give a warning).  ``None``: eq. 5.2, which the model
+        was not trained on (``meta["figures"]["eq5.2"]`` says how well it did).
     batch_size : int, optional
         Tiles per chunk of the cycles.
 
     Returns
     -------
     dict
-        ``probability`` (mean over tiles), ``good`` (bool), ``threshold``, ``tiles`` (grid
-        of tile probabilities, list of rows), ``tile`` (pixels), ``equation`` (``"5.1"`` or
-        ``"5.2"``), ``cycles``, ``frames`` (the first tile's :class:`biomip.generate.CycleFrames`).
+        ``probability`` (mean over tiles), ``good`` (bool: the mean above the threshold --
+        a hallucination in a few tiles of a large image can leave the mean above it, so
+        look at ``bad_tiles`` too), ``threshold``, ``tiles`` (grid of tile probabilities,
+        list of rows), ``bad_tiles`` (``[row, column]`` of the tiles at or below the
+        threshold), ``warnings`` (AF far from the training AF's units, no measured AF),
+        ``tile`` (pixels), ``equation`` (``"5.1"`` or ``"5.2"``), ``cycles``, ``frames``
+        (the first tile's :class:`biomip.generate.CycleFrames`).
 
     Raises
     ------
@@ -2631,6 +2667,19 @@ def score_stain(saved: SavedAqua, he, af=None, batch_size: int = 16) -> dict:
                              f"{x.shape[2]}")
         if not np.all(np.isfinite(a)):
             raise InputError(f"af: contains {int((~np.isfinite(a)).sum())} NaN/Inf value(s); expected finite AF")
+    notes = []
+    if a is not None:
+        mean, std = saved.ensemble.af_mean.astype(np.float64), saved.ensemble.af_std.astype(np.float64)
+        z = (a.reshape(c_af, -1).mean(axis=1) - mean) / std
+        spread = a.reshape(c_af, -1).std(axis=1) / std
+        names = list(saved.meta["af_channels"])
+        for c in range(c_af):
+            if abs(z[c]) > 5 or spread[c] < 0.05:
+                notes.append(f"af: channel {names[c]} has mean {a[c].mean():.3g} and spread {a[c].std():.3g}; the "
+                             f"model's training AF {mean[c]:.3g} +/- {std[c]:.3g} (float, roughly 0 - 1): other "
+                             "units or another microscope? The verdict is not reliable unless the AF is in the "
+                             "training data's units")
+                break
     he_t, grid = _tiles(np.clip(x, 0, 1), tile)
     af_t = None if a is None else _tiles(a, tile)[0]
     fr = cycle_frames(saved.vs, saved.vaf, he0=he_t, af0=af_t, cycles=int(saved.meta["cycles"]),
@@ -2639,7 +2688,13 @@ def score_stain(saved: SavedAqua, he, af=None, batch_size: int = 16) -> dict:
     prob = float(p.mean())
     first = replace(fr, he=fr.he[:1], af=fr.af[:1], cycle_errors=fr.cycle_errors[:1],
                     af_cycle_errors=fr.af_cycle_errors[:1])
+    bad = np.argwhere(p.reshape(grid) <= saved.ensemble.threshold)
+    if a is None:
+        notes.append("no measured AF: the cycles start from VAF(he) (eq. 5.2), which the model was not trained on; "
+                     "its ranking holds better than its threshold"
+                     + figure_note(saved.meta.get("figures", {}).get("eq5.2"), "on eq. 5.2 cycles"))
     return {"probability": prob, "good": bool(prob > saved.ensemble.threshold),
+            "bad_tiles": [[int(r), int(c)] for r, c in bad], "warnings": notes,
             "threshold": float(saved.ensemble.threshold), "tiles": p.astype(np.float64).reshape(grid).round(4).tolist(),
             "tile": tile, "equation": "5.1" if a is not None else "5.2", "cycles": int(saved.meta["cycles"]),
             "frames": first}
@@ -2683,8 +2738,9 @@ def evaluate(cfg: AquaConfig, data: AquaData, train: CycleSet, test: CycleSet, r
     Returns
     -------
     dict
-        ``methods`` (name -> :func:`score_figures` on ``test`` plus ``seconds``: training
-        and scoring time per test sample), ``real`` (name -> figures on ``real``),
+        ``methods`` (name -> :func:`score_figures` on ``test`` plus ``seconds``: scoring
+        time per test sample on the precomputed cycles -- the cycles themselves cost more,
+        see ``times`` -- and ``train_seconds``), ``real`` (name -> figures on ``real``),
         ``ensembles`` (name -> :class:`AquaEnsemble`), ``scores`` (name -> test scores) and
         ``times``.
 
@@ -2802,7 +2858,10 @@ def _preview(path: Path, test: CycleSet, zoo, p: np.ndarray, threshold: float, h
         m = zoo[int(test.model[i])]
         verdict = "good" if p[i] > threshold else "bad"
         for t in range(t1):
-            head = f"{tag}: {m.kind} s={m.strength:.2g}, AQuA p={p[i]:.2f} ({verdict})\n" if t == 0 else "\n"
+            truth = "good" if test.label[i] == 1 else "bad"
+            call = {"missed": " -- missed", "rejected": " -- false alarm"}.get(tag, "")
+            head = (f"truth {truth}: {m.kind} s={m.strength:.2g}\nAQuA p={p[i]:.2f}: {verdict}{call}\n" if t == 0
+                    else "\n\n")
             panels.append((f"{head}H&E frame {t}" + (" (judged stain)" if t == 0 else ""), _rgb(test.he[i, t]), None))
         vmax = float(np.percentile(test.af[i, :, 0], 99.5))
         for t in range(t1):
@@ -2908,11 +2967,18 @@ def run(cfg: AquaConfig | None = None, out=None, progress=None) -> dict:
         o = Path(out)
         o.mkdir(parents=True, exist_ok=True)
         ens = ev["ensembles"]["aqua"]
-        save_model(o / "model", ens, gens, cfg)
+        keys = ("auc", "accuracy", "balanced_accuracy", "samples", "models")
+        figs = {name: {k: f[k] for k in keys if k in f} for name, f in
+                (("test", ev["methods"]["aqua"]), ("eq5.2", ev["methods"].get("aqua-eq5.2")),
+                 ("real", ev["real"].get("aqua"))) if f}
+        save_model(o / "model", ens, gens, cfg, figures=figs)
         _write_examples(o / "examples", data, zoo, test, ev["scores"]["aqua"], ens.threshold)
         _preview(o / "preview.png", test, zoo, ev["scores"]["aqua"], ens.threshold, cfg.held_out_kind,
-                 f"AQuA ({cfg.mode}): virtual stains of unseen stain models and their {cfg.cycles} VS-VAF cycles; "
-                 f"test AUC {ev['methods']['aqua']['auc']:.3f}, accuracy {ev['methods']['aqua']['accuracy']:.3f}")
+                 f"AQuA ({cfg.mode}): virtual stains of unseen stain models and their {cfg.cycles} VS-VAF cycles "
+                 f"(test AUC {ev['methods']['aqua']['auc']:.3f}, accuracy {ev['methods']['aqua']['accuracy']:.3f})\n"
+                 "frame 0: the judged stain and the measured AF; frame t: VS / VAF of frame t - 1 (eq. 5.1). A good "
+                 "stain stays put, a hallucination drifts.\ntruth: the full-reference label; s: the model's "
+                 "hallucination / shift strength; p: AQuA's probability of a good stain")
         report["files"] = {"report": "report.json", "preview": "preview.png", "model": "model/",
                            "examples": "examples/"}
         report["seconds"] = time.perf_counter() - t0
