@@ -63,6 +63,8 @@ def main(argv=None) -> dict:
             "held_out_detected": f["per_kind"].get(cfg.held_out_kind, {}).get("bad_detected"),
             "seconds": round(time.perf_counter() - t, 1)}
         print(json.dumps({f"{enc}/{fusion}/{init}": out["settings"][f"{enc}/{fusion}/{init}"]}), flush=True)
+        if a.out:                   # after every setting: a run cut short keeps what it measured
+            write_json(out, a.out)
     print(json.dumps(out, indent=1))
     if a.out:
         write_json(out, a.out)
