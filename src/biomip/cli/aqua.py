@@ -63,6 +63,8 @@ def aqua_cmd(out: Path = typer.Option(Path("aqua-run"), "--out",
     shown = [p.name for p in sorted(ex.iterdir())] if ex.is_dir() else []
     typer.echo(f"wrote {out}/report.json, preview.png, model/ and examples/ ({', '.join(shown)})  "
                f"({rep['seconds']:.0f} s)")
+    typer.echo("  on the unseen test models (ms/sample: the classifier on precomputed cycles; the cycles cost more, "
+               "aqua-eq5.2 includes its own):")
     for name, r in rep["methods"].items():
         typer.echo(f"  {name:16s} AUC {r['auc']:.3f}  accuracy {r['accuracy']:.3f}  model AUC {r['model_auc']:.3f}  "
                    f"{r['seconds'] * 1000:8.3f} ms/sample")
