@@ -23,6 +23,13 @@ Simulators (same seed, same result)::
     biomip.data.autofluorescence(patch, seed=0)   # label-free AF (dapi, txred) of a patch, H/E densities or RGB
     biomip.data.he_af_pairs("he-histo", tile=128)  # real H&E tiles with their simulated AF (AQuA)
     biomip.data.unmix_he(rgb, "aqua")             # colour deconvolution (Beer-Lambert); compose_he: the inverse
+    biomip.data.parse_scene("ct", (96, 96), seed=0)   # CT / MRI / US / fluorescence / H&E scenes + target masks
+    biomip.data.real_parse_scenes("test")         # real images with real masks (MNI152 grey matter, nuclei)
+
+The BiomedParse ontology (targets, synonyms, descriptions, modalities, prompt templates)::
+
+    onto = biomip.data.load_ontology()
+    onto.prompt("tumor", "ct", kind="canonical"), onto.parse("liver tumour in CT")
 """
 
 import lazy_loader as _lazy

@@ -26,8 +26,20 @@ from .lesions import insert_lesions, synthetic_defects
 from .lightfield import LightFieldSpecimen, lightfield_specimen, photon_scale, poisson_gaussian
 from .mni import SliceSet, mni152_slices, slab_split
 from .nuclei import NucleiSample, synthetic_nuclei
+from .ontology import PROMPT_KINDS, Modality, Ontology, Target, check_prompt, load_ontology, split_words
 from .pairs import RegistrationPair, RegistrationPairs, mni152_pair, phantom_pair, synthetic_pairs
 from .phantoms import shepp_logan
+from .scenes import (
+    REAL_SOURCES,
+    SCENE_FOV_MM,
+    SCENE_MODALITIES,
+    SCENE_REQUIRES,
+    ParseScene,
+    irregularity,
+    parse_scene,
+    parse_scenes,
+    real_parse_scenes,
+)
 from .skull import LANDMARKS, SKULL_LABELS, SkullSubject, skull_population, skull_subject, skull_template
 from .stain import (
     FOCAL_OFFSETS_UM,
@@ -43,6 +55,22 @@ from .stain import (
 )
 
 __all__ = [
+    "REAL_SOURCES",
+    "SCENE_FOV_MM",
+    "SCENE_MODALITIES",
+    "SCENE_REQUIRES",
+    "ParseScene",
+    "irregularity",
+    "parse_scene",
+    "parse_scenes",
+    "real_parse_scenes",
+    "PROMPT_KINDS",
+    "Modality",
+    "Ontology",
+    "Target",
+    "check_prompt",
+    "load_ontology",
+    "split_words",
     "EM_CLASSES",
     "EMSample",
     "em_slice",

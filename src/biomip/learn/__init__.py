@@ -10,7 +10,9 @@ autograd path, and checked against scikit-learn in the tests:
 * affinity graphs :func:`knn_affinity`, :func:`rbf_affinity` and the
   :func:`normalized_laplacian`;
 * :func:`spectral_embedding`, :func:`fiedler_bipartition` (2-way normalised cut) and
-  :func:`spectral_clustering` (NJW), with the eigen-solvers listed in :data:`SOLVERS`.
+  :func:`spectral_clustering` (NJW), with the eigen-solvers listed in :data:`SOLVERS`;
+* :func:`fit_beta` and :class:`BetaTest` (Beta fits of statistics in [0, 1] and the
+  combined one-sample K-S p-value of new samples: BiomedParse's invalid-prompt test).
 
 Image-level wrappers (``kmeans_segment``, ``spectral_segment``, pixel and superpixel
 graphs) are in :mod:`biomip.segment`.

@@ -1,3 +1,4 @@
+from .distributions import BetaTest, fit_beta
 from .graph import knn_affinity, normalized_laplacian, prune_weak_edges, rbf_affinity
 from .lloyd import KMeansResult, kmeans
 from .mixture import GMMResult, gmm
@@ -13,6 +14,8 @@ from .spectral import (
 
 __all__ = [
     "SOLVERS",
+    "BetaTest",
+    "fit_beta",
     "FiedlerResult",
     "GMMResult",
     "KMeansResult",

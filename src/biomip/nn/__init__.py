@@ -12,12 +12,17 @@ Networks
     (the gradient correlation of DRR / radiograph registration, Penney et al. 1998).
     :class:`ResNetEncoder` (2-D ResNet trunk, :class:`BasicBlock`; ResNet-18 / 34 configs),
     :class:`AquaNet` (AQuA-Net: per-frame ResNet features of stain / un-stain cycle frames,
-    a temporal 1x1 convolution over the frames, two FC layers -> good-stain logit).
+    a temporal 1x1 convolution over the frames, two FC layers -> good-stain logit),
+    :class:`ParseNet` (BiomedParse's SEEM-lite text-prompted segmenter: image encoder, pixel
+    decoder, learned + grounding queries, meta-object classifier), the text encoders
+    :class:`WordTokenizer` + :class:`TextEncoder` (a small word-level transformer) and
+    :class:`MiniLMEncoder` (the frozen all-MiniLM-L6-v2 sentence encoder, optional).
 Losses
     :func:`soft_dice`, :func:`dice_ce_loss` / :class:`DiceCELoss` (nnU-Net's Dice + CE),
     :func:`soft_dice_loss` (one-hot overlap), :func:`diffusion_batch` (field smoothness);
     field losses of learned 2-D/3-D registration: :func:`laplacian_loss`, :func:`symmetry_loss`,
-    :func:`consistency_loss`, :func:`coefficient_prior`.
+    :func:`consistency_loss`, :func:`coefficient_prior`; :func:`parse_loss` (BiomedParse's
+    ``a CE + b BCE + c Dice``).
 Data
     :class:`Augmentation` (seeded spatial + intensity augmentation of images and labels),
     :class:`PatchSampler` (foreground-oversampled patches), :func:`crop_pad`.

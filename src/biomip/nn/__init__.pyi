@@ -38,14 +38,23 @@ from .losses import (
     soft_dice_loss,
     symmetry_loss,
 )
+from .parse import ParseNet, parse_loss
 from .patches import PatchSampler, crop_pad, gaussian_importance, sliding_window_inference, window_starts
 from .registration import RegistrationNet, diffusion_batch, warp_batch
 from .resnet import BasicBlock, ResNetEncoder
+from .text import MINILM_HINT, MiniLMEncoder, TextEncoder, WordPieceTokenizer, WordTokenizer
 from .unet import AttentionGate, UNet
 from .vit import Attention, Block, MAENet, PatchEmbed, patchify, sincos_pos_embed, unpatchify
 from .xray import FieldRefiner, FieldSubspace, XrayEncoder, gradient_ncc, sample_projected
 
 __all__ = [
+    "MINILM_HINT",
+    "MiniLMEncoder",
+    "TextEncoder",
+    "WordPieceTokenizer",
+    "WordTokenizer",
+    "ParseNet",
+    "parse_loss",
     "CodeMapper",
     "DirectRegressor",
     "check_batch",

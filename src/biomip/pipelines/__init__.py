@@ -3,9 +3,9 @@ train -> infer -> evaluate -> report, each step callable from Python and the who
 from ``biomip run NAME``.
 
 * :mod:`.aqua` -- case study 4, hallucination detection in virtual staining from the
-  stability of VS / VAF cycles (AQuA); in progress: data, the VS / VAF generators, the zoo
-  of good and bad stain models, their labels, the split by model and the cycle frames
-  (AQuA-Net training, evaluation and ``biomip run aqua`` to come).
+  stability of VS / VAF cycles (AQuA).
+* :mod:`.biomedparse` -- case study 1, text-prompted segmentation, invalid-prompt
+  rejection and recognition across modalities (BiomedParse).
 * :mod:`.cs2c` -- case study 5, unsupervised organelle segmentation of volume EM by
   collaborative spatial-spectral deep clustering (CS²C).
 * :mod:`.diffstain` -- case study 3, virtual staining of brightfield into fluorescence by
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 
-PIPELINES = ("aqua", "cs2c", "diffstain", "dreg2d3d", "serenet")
+PIPELINES = ("aqua", "biomedparse", "cs2c", "diffstain", "dreg2d3d", "serenet")
 
 
 def __getattr__(name):
