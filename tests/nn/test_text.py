@@ -236,3 +236,27 @@ def test_minilm_matches_sentence_transformers(minilm, monkeypatch):
     for s, expected in zip(_SENTENCES, hf_ids, strict=True):
         ids, mask = minilm.tokenizer.encode(s)
         assert ids[0][mask[0]].tolist() == expected, s
+
+
+@needs_minilm
+def test_minilm_prompt_route_caches_and_matches_the_encoder(minilm):
+    from biomip.nn import MiniLMPromptEncoder
+
+    route = MiniLMPromptEncoder(minilm)
+    x, mask = route(["tumor in brain MRI", "liver", "tumor in brain MRI"], "cpu")
+    assert x.shape == (3, 1, 384) and mask.all()
+    assert torch.equal(x[0], x[2]) and len(route._cache) == 2
+    assert torch.allclose(x[1, 0], minilm.encode(["liver"])[0].float(), atol=1e-6)
+
+
+def test_word_prompt_route_pads_like_the_tokenizer():
+    from biomip.nn import WordPromptEncoder
+
+    tok = WordTokenizer.from_texts(["tumor in brain MRI", "liver"])
+    enc = TextEncoder(len(tok), dim=16, depth=1, heads=2).eval()
+    route = WordPromptEncoder(tok, enc)
+    tokens, mask = route(["liver", "tumor in brain MRI"])
+    ids, m2 = tok.encode(["liver", "tumor in brain MRI"])
+    assert torch.equal(mask, m2) and torch.allclose(tokens, enc(ids, m2)[0])
+    with pytest.raises(InputError, match="WordTokenizer"):
+        WordPromptEncoder("vocab", enc)

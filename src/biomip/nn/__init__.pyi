@@ -42,7 +42,15 @@ from .parse import ParseNet, parse_loss
 from .patches import PatchSampler, crop_pad, gaussian_importance, sliding_window_inference, window_starts
 from .registration import RegistrationNet, diffusion_batch, warp_batch
 from .resnet import BasicBlock, ResNetEncoder
-from .text import MINILM_HINT, MiniLMEncoder, TextEncoder, WordPieceTokenizer, WordTokenizer
+from .text import (
+    MINILM_HINT,
+    MiniLMEncoder,
+    MiniLMPromptEncoder,
+    TextEncoder,
+    WordPieceTokenizer,
+    WordPromptEncoder,
+    WordTokenizer,
+)
 from .unet import AttentionGate, UNet
 from .vit import Attention, Block, MAENet, PatchEmbed, patchify, sincos_pos_embed, unpatchify
 from .xray import FieldRefiner, FieldSubspace, XrayEncoder, gradient_ncc, sample_projected
@@ -50,6 +58,8 @@ from .xray import FieldRefiner, FieldSubspace, XrayEncoder, gradient_ncc, sample
 __all__ = [
     "MINILM_HINT",
     "MiniLMEncoder",
+    "MiniLMPromptEncoder",
+    "WordPromptEncoder",
     "TextEncoder",
     "WordPieceTokenizer",
     "WordTokenizer",

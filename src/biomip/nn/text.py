@@ -50,7 +50,8 @@ from ..core.rng import seeded
 from .base import SavedModule
 from .vit import Block
 
-__all__ = ["MINILM_HINT", "MiniLMEncoder", "TextEncoder", "WordPieceTokenizer", "WordTokenizer"]
+__all__ = ["MINILM_HINT", "MiniLMEncoder", "MiniLMPromptEncoder", "TextEncoder", "WordPieceTokenizer", "WordPromptEncoder",
+           "WordTokenizer"]
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -940,3 +941,110 @@ class MiniLMEncoder(nn.Module):
             for i in range(0, len(texts), batch_size):
                 out.append(self(*self.tokenizer.encode(texts[i:i + batch_size])))
         return torch.cat(out).float()
+
+
+class WordPromptEncoder(nn.Module):
+    """Prompts -> token embeddings through a :class:`WordTokenizer` and a :class:`TextEncoder`.
+
+    The text route of a prompted network (:class:`biomip.nn.ParseNet`): trained with it.
+
+    Parameters
+    ----------
+    tokenizer : WordTokenizer
+        The vocabulary.
+    encoder : TextEncoder
+        The encoder (its ``vocab_size`` at least the tokenizer's).
+
+    Examples
+    --------
+    >>> tok = WordTokenizer.from_texts(["tumor in brain MRI"])
+    >>> route = WordPromptEncoder(tok, TextEncoder(len(tok), dim=16, depth=1, heads=2))
+    >>> tokens, mask = route(["tumor in MRI", "brain"], "cpu")
+    >>> tuple(tokens.shape), mask.tolist()
+    ((2, 4, 16), [[True, True, True, True], [True, True, False, False]])
+    """
+
+    def __init__(self, tokenizer: WordTokenizer, encoder: TextEncoder):
+        super().__init__()
+        if not isinstance(tokenizer, WordTokenizer) or not isinstance(encoder, TextEncoder):
+            raise InputError(f"tokenizer, encoder: got {describe(tokenizer)}, {describe(encoder)}; expected a "
+                             "WordTokenizer and a TextEncoder")
+        self.tokenizer, self.encoder = tokenizer, encoder
+
+    def forward(self, prompts, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings of a batch of prompts.
+
+        Parameters
+        ----------
+        prompts : sequence of str
+            The prompts.
+        device : str or torch.device or None, optional
+            Where the result goes (``None``: the encoder's device).
+
+        Returns
+        -------
+        tokens : torch.Tensor
+            ``(B, L, dim)``.
+        mask : torch.Tensor
+            ``(B, L)`` bool, True at real tokens.
+        """
+        dev = device if device is not None else next(self.encoder.parameters()).device
+        ids, mask = self.tokenizer.encode(list(prompts))
+        tokens, _ = self.encoder(ids.to(dev), mask.to(dev))
+        return tokens, mask.to(dev)
+
+
+class MiniLMPromptEncoder(nn.Module):
+    """Prompts -> one frozen MiniLM sentence embedding each, as a one-token sequence.
+
+    Embeddings are cached per prompt text (the most recent 8192), so training on a fixed
+    set of prompt variants encodes each once.
+
+    Parameters
+    ----------
+    encoder : MiniLMEncoder
+        The frozen sentence encoder.
+
+    Examples
+    --------
+    >>> route = MiniLMPromptEncoder(MiniLMEncoder())                 # doctest: +SKIP
+    >>> route(["tumor in brain MRI"], "cpu")[0].shape                 # doctest: +SKIP
+    torch.Size([1, 1, 384])
+    """
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+        self._cache: dict = {}
+
+    def forward(self, prompts, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sentence embeddings of a batch of prompts.
+
+        Parameters
+        ----------
+        prompts : sequence of str
+            The prompts.
+        device : str or torch.device or None, optional
+            Where the result goes (``None``: CPU).
+
+        Returns
+        -------
+        tokens : torch.Tensor
+            ``(B, 1, 384)``.
+        mask : torch.Tensor
+            ``(B, 1)`` all True.
+        """
+        prompts = list(prompts)
+        have = {p: self._cache[p] for p in dict.fromkeys(prompts) if p in self._cache}
+        missing = [p for p in dict.fromkeys(prompts) if p not in have]
+        if missing:
+            with torch.no_grad():
+                emb = self.encoder.encode(missing).float().cpu()
+            for p, e in zip(missing, emb):
+                have[p] = e
+                if len(self._cache) >= 8192:            # bounded: a long-running server asks many prompts
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[p] = e
+        x = torch.stack([have[p] for p in prompts]).unsqueeze(1)
+        x = x.to(device) if device is not None else x
+        return x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)

