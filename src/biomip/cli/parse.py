@@ -139,6 +139,9 @@ def parse_cmd(model: Path = typer.Argument(..., help="A BiomedParse model folder
     if out is not None:
         outs.add(out, "--out", sdim=2, siblings=(".labels.json",) if parse_all else ())
     parser = load_model(model, device=device)
+    if (parser.meta.get("figures") or {}).get("mode") == "tiny":
+        typer.echo("biomip: note: MODEL comes from a --tiny run (trained for seconds): its masks are rough; use a "
+                   "--quick or --full model", err=True)
     img = read_input(image, "IMAGE")
     arr = img.numpy()
     if arr.ndim == 3 and img.sdim == 3 and arr.shape[0] == 1:

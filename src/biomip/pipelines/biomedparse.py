@@ -54,7 +54,7 @@ Recognition (:meth:`BiomedParser.parse`)
 "Parse everything": every target of the image's modality is prompted; targets whose
 prompt is rejected drop out; each pixel goes to the most probable remaining target (where
 that probability is at least 0.5); a target that keeps less than ``keep`` (50 %) of its
-own mask's area is dropped (the published rule).
+own mask's area is dropped, except the most confident one (the published rule).
 
 Baselines (:func:`train_box_unet`, :func:`train_specialists`)
 ------------------------------------------------------------
@@ -1351,7 +1351,7 @@ def save_model(path, parser: BiomedParser, cfg: ParseConfig | None = None, figur
     cfg : ParseConfig or None, optional
         The configuration it was trained with (recorded).
     figures : dict or None, optional
-        Quality figures to record (shown by ``biomip parse``).
+        Quality figures to record (``biomip parse`` warns when they come from a tiny run).
 
     Returns
     -------
