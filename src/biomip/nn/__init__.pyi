@@ -40,6 +40,22 @@ from .losses import (
 )
 from .parse import ParseNet, parse_loss
 from .patches import PatchSampler, crop_pad, gaussian_importance, sliding_window_inference, window_starts
+from .pointcloud import (
+    DGCNNEncoder,
+    EdgeConv,
+    FoldingNetDecoder,
+    PointCloudAE,
+    VNBatchNorm,
+    VNDGCNNEncoder,
+    VNEdgeConv,
+    VNLeakyReLU,
+    VNLinear,
+    VNLinearLeakyReLU,
+    VNRotation,
+    chamfer_distance,
+    gram_schmidt_rotation,
+    sinkhorn_loss,
+)
 from .registration import RegistrationNet, diffusion_batch, warp_batch
 from .resnet import BasicBlock, ResNetEncoder
 from .text import (
@@ -56,6 +72,20 @@ from .vit import Attention, Block, MAENet, PatchEmbed, patchify, sincos_pos_embe
 from .xray import FieldRefiner, FieldSubspace, XrayEncoder, gradient_ncc, sample_projected
 
 __all__ = [
+    "DGCNNEncoder",
+    "EdgeConv",
+    "FoldingNetDecoder",
+    "PointCloudAE",
+    "VNBatchNorm",
+    "VNDGCNNEncoder",
+    "VNEdgeConv",
+    "VNLeakyReLU",
+    "VNLinear",
+    "VNLinearLeakyReLU",
+    "VNRotation",
+    "chamfer_distance",
+    "gram_schmidt_rotation",
+    "sinkhorn_loss",
     "MINILM_HINT",
     "MiniLMEncoder",
     "MiniLMPromptEncoder",

@@ -1,6 +1,7 @@
 from . import transforms
 from .filters import gaussian_kernel1d, gaussian_smooth, spatial_gradient
 from .jacobian import jacobian_determinant
+from .pointcloud import KNN_METHODS, gather_neighbours, knn, nearest_sqdist, random_rotations
 from .spatial import (
                       compose,
                       identity_grid,
@@ -14,6 +15,11 @@ from .spatial import (
 )
 
 __all__ = [
+    "KNN_METHODS",
+    "gather_neighbours",
+    "knn",
+    "nearest_sqdist",
+    "random_rotations",
     "compose",
     "gaussian_kernel1d",
     "gaussian_smooth",
