@@ -27,6 +27,19 @@ from .lightfield import LightFieldSpecimen, lightfield_specimen, photon_scale, p
 from .mni import SliceSet, mni152_slices, slab_split
 from .nuclei import NucleiSample, synthetic_nuclei
 from .ontology import PROMPT_KINDS, Modality, Ontology, Target, check_prompt, load_ontology, split_words
+from .packings import (
+    PACKING_RULES,
+    PCNA_STAGES,
+    PackingRender,
+    PackingSet,
+    PcnaSet,
+    jitter_points,
+    pack_spheres,
+    packing_dataset,
+    pcna_cells,
+    random_nucleus,
+    render_packing,
+)
 from .pairs import RegistrationPair, RegistrationPairs, mni152_pair, phantom_pair, synthetic_pairs
 from .phantoms import shepp_logan
 from .scenes import (
@@ -55,6 +68,17 @@ from .stain import (
 )
 
 __all__ = [
+    "PACKING_RULES",
+    "PCNA_STAGES",
+    "PackingRender",
+    "PackingSet",
+    "PcnaSet",
+    "jitter_points",
+    "pack_spheres",
+    "packing_dataset",
+    "pcna_cells",
+    "random_nucleus",
+    "render_packing",
     "REAL_SOURCES",
     "SCENE_FOV_MM",
     "SCENE_MODALITIES",
