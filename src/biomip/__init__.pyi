@@ -13,6 +13,7 @@ from . import (
     pipelines,
     reconstruct,
     register,
+    represent,
     segment,
 )
 from .core import BiomipError, Image, config
@@ -37,6 +38,7 @@ __all__ = [
     "read",
     "reconstruct",
     "register",
+    "represent",
     "segment",
     "write",
 ]

@@ -11,6 +11,8 @@ autograd path, and checked against scikit-learn in the tests:
   :func:`normalized_laplacian`;
 * :func:`spectral_embedding`, :func:`fiedler_bipartition` (2-way normalised cut) and
   :func:`spectral_clustering` (NJW), with the eigen-solvers listed in :data:`SOLVERS`;
+* :func:`archetypes` (archetypal analysis, PCHA: samples as convex mixtures of extreme
+  types on the data's hull) -> :class:`ArchetypeResult`;
 * :func:`fit_beta` and :class:`BetaTest` (Beta fits of statistics in [0, 1] and the
   combined one-sample K-S p-value of new samples: BiomedParse's invalid-prompt test).
 

@@ -1,3 +1,4 @@
+from .archetypes import ArchetypeResult, archetypes, project_simplex
 from .distributions import BetaTest, fit_beta
 from .graph import knn_affinity, normalized_laplacian, prune_weak_edges, rbf_affinity
 from .lloyd import KMeansResult, kmeans
@@ -14,6 +15,9 @@ from .spectral import (
 
 __all__ = [
     "SOLVERS",
+    "ArchetypeResult",
+    "archetypes",
+    "project_simplex",
     "BetaTest",
     "fit_beta",
     "FiedlerResult",
