@@ -28,6 +28,7 @@ API_PACKAGES = [
     "biomip.reconstruct",
     "biomip.register",
     "biomip.segment",
+    "biomip.represent",
     "biomip.nn",
     "biomip.learn",
     "biomip.generate",

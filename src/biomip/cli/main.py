@@ -72,11 +72,13 @@ def _register_pipelines():
     from .aqua import aqua_cmd, aqua_score_cmd
     from .parse import biomedparse_cmd, parse_cmd
     from .pipe import cluster_em_cmd, register2d3d_cmd, run_app
+    from .pointcloud import embed_cmd, pointcloud_cmd
     from .stain import diffstain_cmd, stain_cmd
 
     run_app.command("diffstain")(diffstain_cmd)
     run_app.command("aqua")(aqua_cmd)
     run_app.command("biomedparse")(biomedparse_cmd)
+    run_app.command("pointcloud")(pointcloud_cmd)
     app.add_typer(run_app, name="run")
     app.command("stain", help="Virtually stain 3-plane grey brightfield (not an RGB picture; at the model's "
                               "pixel size, 0.5 um for biomip run diffstain) into fluorescence channels with a "
@@ -94,6 +96,9 @@ def _register_pipelines():
                                    "AQuA-Net ensemble; prints GOOD or BAD (hallucination suspected) with the "
                                    "probability. Give --af (the autofluorescence it was stained from) when you have "
                                    "it.")(aqua_score_cmd)
+    app.command("embed", help="Embed each segmented cell of a 3-D volume as a rotation-invariant latent vector "
+                              "with a trained point-cloud model (biomip run pointcloud): the book's intensity "
+                              "sampler, then the vector-neuron autoencoder; one CSV row per cell.")(embed_cmd)
     app.command("parse", help="Segment what a text prompt names in an image with a trained BiomedParse model "
                               "(biomip run biomedparse): the mask, whether the object is there at all (invalid "
                               "prompts are rejected), or every object of the image's modality with --all.")(parse_cmd)

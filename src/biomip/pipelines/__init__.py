@@ -12,6 +12,8 @@ from ``biomip run NAME``.
   mask-guided conditional diffusion (DiffStain).
 * :mod:`.dreg2d3d` -- case study 6, deformable 2-D/3-D registration of a template head CT
   to one lateral X-ray (SC-DREG).
+* :mod:`.pointcloud` -- case study 2, rotation-invariant representation learning of 3-D
+  intracellular structures from point clouds (vector-neuron DGCNN autoencoders).
 * :mod:`.serenet` -- case study 7, self-supervised light-field reconstruction (SeReNet).
 
 ``models/`` holds the trained models that ship as package data (safetensors + JSON, each
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import importlib
 
-PIPELINES = ("aqua", "biomedparse", "cs2c", "diffstain", "dreg2d3d", "serenet")
+PIPELINES = ("aqua", "biomedparse", "cs2c", "diffstain", "dreg2d3d", "pointcloud", "serenet")
 
 
 def __getattr__(name):
