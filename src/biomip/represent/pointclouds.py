@@ -134,7 +134,10 @@ def sample_points(image, mask=None, n_points: int = 20480, lam: float = 100.0, s
     Draws ``n_points`` distinct voxels of ``mask`` with probability
     :func:`sampling_probability` (the Gumbel top-k trick: exactly sequential sampling
     without replacement), moves each point uniformly inside its voxel (``jitter``), scales
-    by ``spacing`` and centres the cloud on the mask's centroid.
+    by ``spacing`` and centres the cloud on the mask's centroid.  The cloud is always a
+    numpy array (whatever the input's kind: a cloud is not an image).  Intensities are
+    divided by their maximum in the mask, as in the book: subtract a camera offset or
+    background first, or it flattens the probability.
 
     Parameters
     ----------
