@@ -48,6 +48,21 @@ def test_tiny_run_end_to_end(tiny_run):
     assert set(on_disk["real"]) <= {"nuclei3d", "confocal-nuclei"} and on_disk["real"]
     for r in on_disk["real"].values():
         assert r["rie"] < 1e-3 and r["nuclei"] >= 1
+    it = vn["interpolation"]
+    assert it["from"] == "planar-0" and len(it["predicted_rules"]) == it["steps"] == 5
+    assert set(it["predicted_rules"]) <= set(on_disk["data"]["rules"]) and len(it["chamfer_between_steps"]) == 4
+    # the path's ends decode the end codes themselves
+    import torch
+
+    model = pc.train_autoencoder(pc.PointCloudConfig.tiny(), np.random.default_rng(0).normal(size=(4, 128, 3)),
+                                 "vn", steps=1, device="cpu", progress=False)
+    za, zb = np.ones(model.latent), -np.ones(model.latent)
+    route = pc.interpolate(model, za, zb, steps=3)
+    with torch.no_grad():
+        ends = model.decode(torch.tensor(np.stack([za, zb]), dtype=torch.float32)).numpy()
+    assert route.shape[0] == 3 and np.allclose(route[[0, 2]], ends, atol=1e-6)
+    with pytest.raises(InputError, match="steps"):
+        pc.interpolate(model, za, zb, steps=1)
     assert on_disk["speed"]["knn_speedup"] > 0
     assert "quick_under_10_minutes" not in on_disk["targets"]
     assert on_disk["mode"] == "tiny" and on_disk["seeds"]["networks"] == 0

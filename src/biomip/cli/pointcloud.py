@@ -70,6 +70,10 @@ def pointcloud_cmd(out: Path = typer.Option(Path("pointcloud-run"), "--out",
         typer.echo(f"  {name:10s} RIE {r['rie']:.1e}  rule accuracy {r['rule_accuracy']:.3f} (aligned "
                    f"{r['rule_accuracy_aligned']:.3f})  Chamfer {r['chamfer']:.4f}  PCs for 90 % {r['pcs90']}  "
                    f"{r['parameters']:,} parameters")
+    it = rep["methods"].get("vn-dgcnn", {}).get("interpolation")
+    if it and it["predicted_rules"]:
+        typer.echo(f"  VN latent path {it['from']} -> {it['to']} ({it['steps']} steps), decoded and read back as: "
+                   + " -> ".join(it["predicted_rules"]))
     pc = rep.get("pcna")
     if pc:
         typer.echo(f"  PCNA-like cells (8 stages): stage accuracy {pc['stage_accuracy']:.3f}, archetype ARI "

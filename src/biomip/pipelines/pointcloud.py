@@ -61,8 +61,8 @@ from ..core.arrays import check_count, check_number
 from ..core.errors import InputError, describe
 
 __all__ = ["PointCloudConfig", "PointCloudData", "METHODS", "simulate", "normalise_cloud", "image_clouds",
-           "train_autoencoder", "embed", "rotation_invariance_error", "evaluate", "save_model", "load_model",
-           "embed_cells", "run"]
+           "train_autoencoder", "embed", "interpolate", "rotation_invariance_error", "evaluate", "save_model",
+           "load_model", "embed_cells", "run"]
 
 #: Methods of the report: the vector-neuron DGCNN autoencoder and the classical DGCNN one.
 METHODS = ("vn-dgcnn", "dgcnn")
@@ -684,16 +684,70 @@ def _pcs90(z: np.ndarray) -> int:
     return int(np.searchsorted(np.cumsum(s) / s.sum(), 0.9) + 1)
 
 
-def _linear_accuracy(z_train, y_train, z_test, y_test) -> float:
+def _classifier(z_train, y_train):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     if len(np.unique(y_train)) < 2:
-        return float("nan")
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
-    clf.fit(z_train, y_train)
-    return float((clf.predict(z_test) == y_test).mean())
+        return None
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0)).fit(z_train, y_train)
+
+
+def _linear_accuracy(z_train, y_train, z_test, y_test) -> float:
+    clf = _classifier(z_train, y_train)
+    return float("nan") if clf is None else float((clf.predict(z_test) == y_test).mean())
+
+
+@torch.no_grad()
+def interpolate(model, z_a, z_b, steps: int = 5) -> np.ndarray:
+    """Decode the straight latent path from ``z_a`` to ``z_b`` (the decoder's canonical frame).
+
+    Parameters
+    ----------
+    model : biomip.nn.PointCloudAE
+        A trained model.
+    z_a : array_like
+        ``(latent,)`` start code.
+    z_b : array_like
+        ``(latent,)`` end code.
+    steps : int, optional
+        Points of the path, both ends included (at least 2).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(steps, n_out, 3 + F)`` decoded clouds.
+
+    Raises
+    ------
+    InputError
+        ``steps`` below 2, or codes of the wrong size.
+    """
+    steps = check_count(steps, "steps", minimum=2)
+    za, zb = np.asarray(z_a, np.float64).ravel(), np.asarray(z_b, np.float64).ravel()
+    if za.shape != (model.latent,) or zb.shape != (model.latent,):
+        raise InputError(f"z_a, z_b: got sizes {za.size} and {zb.size}; expected two codes of {model.latent}")
+    t = np.linspace(0.0, 1.0, steps)[:, None]
+    z = torch.as_tensor((1 - t) * za + t * zb, dtype=torch.float32, device=next(model.parameters()).device)
+    model.eval()
+    return model.decode(z).cpu().numpy()
+
+
+def _interpolation(model, clf, z_te: np.ndarray, y_te: np.ndarray, names: tuple, a: str, b: str,
+                   steps: int = 5) -> dict:
+    """The path between two rules' mean latents: decoded, re-encoded, classified."""
+    from ..nn import chamfer_distance
+
+    ia, ib = names.index(a), names.index(b)
+    path = interpolate(model, z_te[y_te == ia].mean(0), z_te[y_te == ib].mean(0), steps)
+    x = torch.from_numpy(normalise_cloud(path))
+    z = embed(model, x.numpy(), x.shape[1])
+    pred = [names[int(i)] for i in clf.predict(z)] if clf is not None else []
+    hops = [float(chamfer_distance(x[i:i + 1], x[i + 1:i + 2])) for i in range(steps - 1)]
+    return {"from": a, "to": b, "steps": steps, "predicted_rules": pred,
+            "chamfer_between_steps": hops, "chamfer_end_to_end": float(chamfer_distance(x[:1], x[-1:])),
+            "clouds": path}
 
 
 def _cluster_figures(z: np.ndarray, y: np.ndarray, k: int, seed: int) -> dict:
@@ -750,12 +804,15 @@ def evaluate(cfg: PointCloudConfig, data: PointCloudData, models: dict, pcna_mod
                                                  np.broadcast_to(np.eye(3), rot_test.shape), s + 16),
                      "pcs90": _pcs90(z_te),
                      "rule_accuracy": _linear_accuracy(z_tr, data.train_rules, z_te, data.test_rules),
+                     "interpolation": _interpolation(model, _classifier(z_tr, data.train_rules), z_te, data.test_rules,
+                                                     data.rules, "planar-0", "planar-90"),
                      "rule_accuracy_one_draw": _linear_accuracy(z_tr1, data.train_rules, z_te1, data.test_rules),
                      "rule_accuracy_aligned": _linear_accuracy(z_tr0, data.train_rules, z_te0, data.test_rules),
                      "parameters": int(model.n_parameters),
                      "train_seconds": float(model.meta.get("train_seconds", 0.0)),
                      "final_loss": model.meta.get("final_loss")}
         lat[name] = z_te
+        lat[f"{name}_path"] = out[name]["interpolation"].pop("clouds")
     res = {"methods": out, "latents": lat}
     if pcna_model is not None:
         rot_tr = _rotations(len(data.pcna_train), s + 21)
@@ -1002,9 +1059,9 @@ def _preview(path: Path, data: PointCloudData, models: dict, pcna_model, ev: dic
 
     from ..core.atomic import atomic_path
 
-    fig = Figure(figsize=(16, 10.5), dpi=110)
+    fig = Figure(figsize=(16, 13.5), dpi=110)
     FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(3, 6, hspace=0.45, wspace=0.3, top=0.9, bottom=0.04, left=0.03, right=0.98)
+    gs = fig.add_gridspec(4, 6, hspace=0.45, wspace=0.3, top=0.92, bottom=0.03, left=0.03, right=0.98)
     # row 0: one held-out packing per rule, in the nucleus frame (x-y projection)
     for r, name in enumerate(data.rules):
         ax = fig.add_subplot(gs[0, r])
@@ -1077,6 +1134,16 @@ def _preview(path: Path, data: PointCloudData, models: dict, pcna_model, ev: dic
         ax.axis("off")
         ins = ax.inset_axes([0.62, 0.0, 0.38, 0.38])
         _proj(ins, pts[:: max(1, len(pts) // 1500)], None, "", 0.5)
+    # row 3: the VN latent path between the planar-0 and planar-90 rules, decoded
+    if "vn-dgcnn_path" in ev["latents"]:
+        it = ev["methods"]["vn-dgcnn"]["interpolation"]
+        route = ev["latents"]["vn-dgcnn_path"]
+        for j in range(min(len(route), 5)):
+            ax = fig.add_subplot(gs[3, j])
+            lab = it["predicted_rules"][j] if it["predicted_rules"] else "?"
+            _proj(ax, normalise_cloud(route[j]), "tab:purple",
+                  f"VN latent path {it['from']} -> {it['to']}, t = {j / (len(route) - 1):.2f}\n"
+                  f"decoded (canonical frame, x-y); read as {lab}", 0.8)
     fig.suptitle(title, fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
