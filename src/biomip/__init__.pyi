@@ -13,6 +13,7 @@ from . import (
     pipelines,
     reconstruct,
     register,
+    features,
     represent,
     segment,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "read",
     "reconstruct",
     "register",
+    "features",
     "represent",
     "segment",
     "write",

@@ -24,7 +24,7 @@ from .histo import (
 )
 from .lesions import insert_lesions, synthetic_defects
 from .lightfield import LightFieldSpecimen, lightfield_specimen, photon_scale, poisson_gaussian
-from .mni import SliceSet, mni152_slices, slab_split
+from .mni import SliceSet, mni152_slices, mni152_tissues, slab_split
 from .nuclei import NucleiSample, synthetic_nuclei
 from .ontology import PROMPT_KINDS, Modality, Ontology, Target, check_prompt, load_ontology, split_words
 from .packings import (
@@ -104,6 +104,7 @@ __all__ = [
     "synthetic_defects",
     "slab_split",
     "mni152_slices",
+    "mni152_tissues",
     "insert_lesions",
     "SliceSet",
     "CTScan",

@@ -30,9 +30,11 @@ from scipy import ndimage as ndi
 from ..core.arrays import check_number
 from ..core.errors import InputError
 
-__all__ = ["SliceSet", "mni152_slices", "slab_split"]
+__all__ = ["TISSUES", "SliceSet", "mni152_slices", "mni152_tissues", "slab_split"]
 
 _AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
+TISSUES = ("background", "csf", "gm", "wm")
+"""Tissue label names of :func:`mni152_tissues` (label ``i`` is ``TISSUES[i]``)."""
 UNITS = ("MR T1 signal in arbitrary units: the template file's uint8 values divided by 255 "
          "(as nilearn's load_mni152_template rescales them), so in [0, 1]")
 
@@ -79,6 +81,8 @@ class SliceSet:
     train_lr: np.ndarray | None = None
     test_lr: np.ndarray | None = None
     spacing_lr: tuple | None = None
+    train_tissue: np.ndarray | None = None
+    test_tissue: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -195,6 +199,51 @@ def _template() -> tuple[np.ndarray, np.ndarray]:
     return t1, mask
 
 
+@functools.lru_cache(maxsize=1)
+def _tissue_volume() -> np.ndarray:
+    """uint8 labels 0 background, 1 CSF, 2 GM, 3 WM of the 1 mm template (cached, read-only)."""
+    from .catalogue import load
+
+    _, mask = _template()
+    gm = load("mni152-gm").numpy().astype(np.float32)
+    wm = load("mni152-wm").numpy().astype(np.float32)
+    gm /= max(float(gm.max()), 1e-6) if gm.max() > 1.5 else 1.0
+    wm /= max(float(wm.max()), 1e-6) if wm.max() > 1.5 else 1.0
+    csf = np.clip(1.0 - gm - wm, 0.0, 1.0)
+    lab = (np.argmax(np.stack([csf, gm, wm]), axis=0) + 1).astype(np.uint8)
+    lab[~mask] = 0
+    lab.flags.writeable = False
+    return lab
+
+
+def mni152_tissues() -> tuple[np.ndarray, np.ndarray]:
+    """The 1 mm MNI152 T1 template and its CSF / grey / white-matter label volume.
+
+    The labels are the most probable class of nilearn's grey- and white-matter probability
+    maps (``mni152-gm``, ``mni152-wm``) with ``CSF = 1 - GM - WM`` (clipped to [0, 1]) inside
+    the filled brain mask ``T1 > 0.2`` (nilearn's ``load_mni152_brain_mask``); outside it 0.
+
+    Returns
+    -------
+    t1 : numpy.ndarray
+        float32 T1 in [0, 1], array axes ``(z, y, x)``, 1 mm (read-only, shared).
+    labels : numpy.ndarray
+        uint8 labels, :data:`TISSUES` names them (read-only, shared).
+
+    Raises
+    ------
+    SampleNotFoundError
+        When nilearn is not installed.
+
+    Examples
+    --------
+    >>> t1, lab = mni152_tissues()                                   # doctest: +SKIP
+    >>> t1.shape == lab.shape, sorted(np.unique(lab).tolist())         # doctest: +SKIP
+    (True, [0, 1, 2, 3])
+    """
+    return _template()[0], _tissue_volume()
+
+
 def _to_slices(vol: np.ndarray, ax: int) -> np.ndarray:
     """(n, rows, cols) in display orientation: axial rows anterior -> posterior, coronal and
     sagittal rows superior -> inferior (array axes z, y, x: z inferior -> superior, y posterior
@@ -231,7 +280,7 @@ def _low_res(stack: np.ndarray, f: int, method: str) -> np.ndarray:
 
 def mni152_slices(axis: str = "axial", size=None, held_out: float = 0.25, gap: int = 2, low_res=None,
                   seed: int = 0, brain_only: bool = True, lr_method: str = "nilearn", slabs: int = 2,
-                  min_brain: float = 0.1) -> SliceSet:
+                  min_brain: float = 0.1, tissues: bool = False) -> SliceSet:
     """2-D slices of the real MNI152 T1 template (1 mm) split into training and held-out slabs.
 
     Needs nilearn (it ships the template).  Steps:
@@ -284,6 +333,9 @@ def mni152_slices(axis: str = "axial", size=None, held_out: float = 0.25, gap: i
         Number of held-out slabs.
     min_brain : float, optional
         Keep slices whose brain area is at least this fraction of the largest slice's.
+    tissues : bool, optional
+        Also return the CSF / GM / WM labels of every slice (``train_tissue``, ``test_tissue``;
+        see :func:`mni152_tissues`).
 
     Returns
     -------
@@ -342,6 +394,7 @@ def mni152_slices(axis: str = "axial", size=None, held_out: float = 0.25, gap: i
     k0, k1 = int(keep[0]), int(keep[-1]) + 1          # brain slices are contiguous
     stack = _to_slices(t1, ax)[k0:k1]
     mstack = _to_slices(mask3, ax)[k0:k1]
+    tstack = _to_slices(_tissue_volume(), ax)[k0:k1] if tissues else None
 
     # common brain box in the display frame; the low-res grid must be nilearn's (even 1 mm indices
     # of the volume): rows are flipped, so align row starts from the end of the flipped axis
@@ -368,6 +421,8 @@ def mni152_slices(axis: str = "axial", size=None, held_out: float = 0.25, gap: i
     c0, c1 = box1(int(cols[0]), int(cols[-1]) + 1, n_cols, False, None if size is None else size[1])
     stack = _crop(stack, (r0, c0), (r1, c1))
     mstack = _crop(mstack, (r0, c0), (r1, c1))
+    if tissues:
+        tstack = _crop(tstack, (r0, c0), (r1, c1))
 
     tr, te, gp, bounds = slab_split(len(stack), held_out=held_out, gap=gap, slabs=slabs, seed=seed)
     plane = [a for a in range(3) if a != ax]
@@ -386,6 +441,10 @@ def mni152_slices(axis: str = "axial", size=None, held_out: float = 0.25, gap: i
               "orientation": {"axial": "rows anterior->posterior, columns left->right",
                               "coronal": "rows superior->inferior, columns left->right",
                               "sagittal": "rows superior->inferior, columns posterior->anterior"}[axis]})
+    if tissues:
+        out.train_tissue = np.ascontiguousarray(tstack[tr])
+        out.test_tissue = np.ascontiguousarray(tstack[te])
+        out.meta["tissues"] = {"labels": list(TISSUES), "rule": "argmax of (1 - GM - WM, GM, WM) inside the mask"}
     if f > 1:
         # flip rows back so the decimation grid starts at an f-aligned volume index, then flip again
         out.train_lr = _low_res(out.train[:, ::-1], f, lr_method)[:, ::-1].copy()
