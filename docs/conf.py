@@ -29,6 +29,7 @@ API_PACKAGES = [
     "biomip.register",
     "biomip.segment",
     "biomip.represent",
+    "biomip.features",
     "biomip.nn",
     "biomip.learn",
     "biomip.generate",

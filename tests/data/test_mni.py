@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from biomip.core.errors import InputError
 from biomip.data.mni import mni152_slices, slab_split
@@ -162,3 +163,23 @@ def test_bad_input(kw):
     _need_nilearn()
     with pytest.raises(InputError):
         mni152_slices(**kw)
+
+
+def test_tissue_labels_follow_the_probability_maps():
+    _need_nilearn()
+    from biomip.data import load
+    from biomip.data.mni import TISSUES, mni152_tissues
+
+    t1, lab = mni152_tissues()
+    assert lab.shape == t1.shape and lab.dtype == np.uint8 and TISSUES[2] == "gm"
+    gm = load("mni152-gm").numpy().astype(np.float32) / 255
+    wm = load("mni152-wm").numpy().astype(np.float32) / 255
+    inside = lab > 0
+    assert np.array_equal(inside, ndi.binary_fill_holes(t1 > 0.2))
+    sure_gm, sure_wm = inside & (gm > 0.6), inside & (wm > 0.6)
+    assert (lab[sure_gm] == 2).all() and (lab[sure_wm] == 3).all()
+    csf = inside & (gm + wm < 0.3)
+    assert (lab[csf] == 1).all() and csf.sum() > 10000
+    s = mni152_slices("axial", size=96, tissues=True)
+    assert s.train_tissue.shape == s.train.shape and s.test_tissue.shape == s.test.shape
+    assert np.array_equal(s.train_tissue > 0, s.train_mask)

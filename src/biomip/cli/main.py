@@ -68,6 +68,15 @@ def _register_learning():
 _register_learning()
 
 
+def _register_foundations():
+    from .foundations import learn_app
+
+    app.add_typer(learn_app, name="learn")
+
+
+_register_foundations()
+
+
 def _register_pipelines():
     from .aqua import aqua_cmd, aqua_score_cmd
     from .parse import biomedparse_cmd, parse_cmd

@@ -1,5 +1,6 @@
 from .catalogue import SAMPLES, SAMPLES_HINT, Sample, get, list_samples, load, sample_path
 from .ct import CTScan, hu_to_mu, simulate_ct
+from .ct_slices import CT_TISSUES, CTSlice, ct_slice, ct_slices
 from .deformation import RandomDeformation, random_deformation
 from .em import EM_CLASSES, EMSample, em_slice, em_volume
 from .heads import head_phantom, head_phantoms
@@ -53,6 +54,7 @@ from .scenes import (
     parse_scenes,
     real_parse_scenes,
 )
+from .scribbles import scribbles_from_labels
 from .skull import LANDMARKS, SKULL_LABELS, SkullSubject, skull_population, skull_subject, skull_template
 from .stain import (
     FOCAL_OFFSETS_UM,
@@ -68,6 +70,11 @@ from .stain import (
 )
 
 __all__ = [
+    "scribbles_from_labels",
+    "CT_TISSUES",
+    "CTSlice",
+    "ct_slice",
+    "ct_slices",
     "PACKING_RULES",
     "PCNA_STAGES",
     "PackingRender",

@@ -58,6 +58,11 @@ class SliceSet:
         Pixel size ``(x, y)`` of the slices in mm (world order: columns, then rows).
     spacing_lr : tuple of float or None
         Pixel size of the low-resolution slices in mm.
+    train_tissue : numpy.ndarray or None
+        uint8 tissue labels ``(N, H, W)`` of the training slices (``tissues=True``; label
+        ``i`` is :data:`TISSUES` ``[i]``: 0 background, 1 CSF, 2 grey, 3 white matter), else None.
+    test_tissue : numpy.ndarray or None
+        The same for the held-out slices.
     axis : str
         ``"axial"``, ``"coronal"`` or ``"sagittal"``.
     box : dict

@@ -58,6 +58,18 @@ from .pointcloud import (
 )
 from .registration import RegistrationNet, diffusion_batch, warp_batch
 from .resnet import BasicBlock, ResNetEncoder
+from .selfsup import (
+    NOISES,
+    ConvEncoder,
+    MoCoQueue,
+    PatchDecoder,
+    ProjectionHead,
+    corrupt,
+    info_nce,
+    jigsaw_permutations,
+    momentum_update,
+    shuffle_tiles,
+)
 from .text import (
     MINILM_HINT,
     MiniLMEncoder,
@@ -72,6 +84,16 @@ from .vit import Attention, Block, MAENet, PatchEmbed, patchify, sincos_pos_embe
 from .xray import FieldRefiner, FieldSubspace, XrayEncoder, gradient_ncc, sample_projected
 
 __all__ = [
+    "NOISES",
+    "ConvEncoder",
+    "MoCoQueue",
+    "PatchDecoder",
+    "ProjectionHead",
+    "corrupt",
+    "info_nce",
+    "jigsaw_permutations",
+    "momentum_update",
+    "shuffle_tiles",
     "DGCNNEncoder",
     "EdgeConv",
     "FoldingNetDecoder",

@@ -9,6 +9,7 @@ from . import (
     instances,
     levelset,
     nsc,
+    pixel_classifier,
     planning,
     region,
     thresholds,
@@ -73,6 +74,7 @@ from .nsc import (
     patch_keys,
     train_nsc_vit,
 )
+from .pixel_classifier import PixelClassifier
 from .planning import Fingerprint, Plan, estimate_memory_gb, fingerprint, plan
 from .region import region_grow, region_growing
 from .thresholds import threshold, threshold_value
@@ -91,6 +93,7 @@ from .train import (
 from .unet import AttentionGate, UNet, load_module, save_module
 
 __all__ = [
+    "PixelClassifier",
     "AttentionGate",
     "Augmentation",
     "DiceCELoss",
