@@ -4,6 +4,7 @@ from . import (
     cli,
     core,
     data,
+    features,
     generate,
     io,
     learn,
@@ -13,7 +14,6 @@ from . import (
     pipelines,
     reconstruct,
     register,
-    features,
     represent,
     segment,
 )
