@@ -182,6 +182,7 @@ __all__ = [
     "unet",
     "window_starts",
     "nsc",
+    "pixel_classifier",
     "CRF_DEFAULTS",
     "NSCAnchors",
     "nsc_affinity",
