@@ -130,3 +130,33 @@ def test_study_tiny_writes_report(capsys, tmp_path):
     assert (tmp_path / "r" / "preview.png").exists()
     rc, _, err = run(capsys, "learn", "study", "likelihood", "--tiny", "--out", tmp_path / "r")
     assert rc == 2 and "--overwrite" in err
+
+
+def test_review_refusals_and_single_slice_dicom(capsys, sample_file, tmp_path):
+    import biomip
+
+    p = tmp_path / "mixed.csv"
+    p.write_text("label,a,b\n1,2,3\n2,,3\n3,1,2\n4,5,6\n")
+    rc, _, err = run(capsys, "learn", "cluster", p, "--k", "2", "--out", tmp_path / "c.csv")
+    assert rc == 2 and "row 3, column 'a'" in err                    # not a silently dropped column
+    p.write_text("label,a\n1,1\n2,1\n3,1\n4,1\n5,1\n")
+    rc, _, err = run(capsys, "learn", "embed", p, "--method", "tsne", "--out", tmp_path / "e.csv")
+    assert rc == 2 and "TABLE" in err and "same" in err
+    rc, _, err = run(capsys, "learn", "embed", p, "--out", tmp_path / "e.png")
+    assert rc == 2 and ".csv" in err
+    # a single-slice DICOM (1, Y, X) is a 2-D image: classify and features treat it so
+    ct = biomip.io.read(sample_file("ct-small"))
+    a = ct.numpy()[0]
+    s = np.zeros(a.shape, np.uint8)
+    s[60:64, 60:70] = 2                                              # inside the body
+    s[2:5, 2:12] = 1                                                 # air
+    write(biomip.Image(s), tmp_path / "s.tif")
+    rc, out, err = run(capsys, "learn", "classify", sample_file("ct-small"), "--scribbles", tmp_path / "s.tif",
+                       "--out", tmp_path / "ct.tif", "--trees", "10")
+    assert rc == 0, err
+    lab = (a > -300).astype(np.uint8)
+    write(biomip.Image(lab, spacing=ct.spacing[:2]), tmp_path / "body.tif")
+    rc, out, err = run(capsys, "learn", "features", tmp_path / "body.tif", "--out", tmp_path / "f.csv")
+    assert rc == 0, err
+    head = _rows(tmp_path / "f.csv")[0]
+    assert "area" in head and "volume" not in head

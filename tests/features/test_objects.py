@@ -127,3 +127,12 @@ def test_errors(blobs):
         object_features(lab, img[:10])
     with pytest.raises(InputError, match="column"):
         object_features(lab).column("nope")
+
+
+def test_one_voxel_object_in_3d_gets_its_face_area():
+    lab = np.zeros((10, 20, 20), int)
+    lab[5, 5, 5] = 1
+    lab[2:6, 8:14, 8:14] = 2
+    r = object_features(lab, spacing=(0.5, 1.0, 2.0))
+    assert r.column("surface_area")[0] == pytest.approx(2 * (0.5 * 1.0 + 0.5 * 2.0 + 1.0 * 2.0))
+    assert r.column("volume")[0] == pytest.approx(1.0)

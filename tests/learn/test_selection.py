@@ -235,3 +235,10 @@ def test_pac_sample_size_by_hand():
         pac_sample_size(0.0, 0.05, 1000)
     with pytest.raises(InputError, match="hypotheses"):
         pac_sample_size(0.1, 0.05, 0)
+
+
+def test_groups_with_a_splitter_that_ignores_them_is_refused():
+    from biomip.learn.selection import split_indices
+
+    with pytest.raises(InputError, match="groups: given with cv='kfold'"):
+        split_indices("kfold", 10, None, np.arange(10) // 2, 2, 0)

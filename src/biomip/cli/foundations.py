@@ -46,7 +46,7 @@ def study_cmd(name: str = typer.Argument(..., metavar="NAME", help="pixels, tiss
               tiny: bool = typer.Option(False, "--tiny", help="CI-sized (seconds; runs end to end, does not reach "
                                                               "the quick figures)."),
               full: bool = typer.Option(False, "--full", help="Larger data and models (a GPU or a long CPU run)."),
-              seed: int = typer.Option(0, "--seed", help="Seed of the data splits and models."),
+              seed: int = typer.Option(0, "--seed", min=0, help="Seed of the data splits and models."),
               progress: bool | None = typer.Option(None, "--progress/--no-progress",
                                                    help="Progress bars (default: when stderr is a terminal)."),
               overwrite: bool = typer.Option(False, "--overwrite", help="Write into an --out folder that is not "
@@ -81,6 +81,28 @@ def study_cmd(name: str = typer.Argument(..., metavar="NAME", help="pixels, tiss
         typer.echo(f"  warning: {w}")
 
 
+def _one_slice(img):
+    """A (1, Y, X) volume (a single-slice DICOM) as the 2-D image it is."""
+    from ..core.image import Image
+
+    if img.axes == "zyx" and img.spatial_shape[0] == 1:
+        d = np.asarray(img.direction)[:2, :2]
+        return Image(img.numpy()[0], spacing=img.spacing[:2], origin=img.origin[:2], direction=d, axes="yx",
+                     meta=dict(img.meta))
+    return img
+
+
+def _whole_numbers(a: np.ndarray, option: str, what: str) -> np.ndarray:
+    """Integer labels from a label file (whole-number floats, as Fiji / NIfTI store them, accepted)."""
+    if a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+            raise InputError(f"{option}: got non-integer values; expected {what}")
+        return a.astype(np.int64)
+    if a.dtype.kind == "b":
+        return a.astype(np.int64)
+    return a
+
+
 def _fmt(v) -> str:
     if isinstance(v, bool) or v is None:
         return str(v)
@@ -103,7 +125,7 @@ def classify_cmd(image: Path = typer.Argument(..., metavar="IMAGE", help="Grey 2
                                                                                 "default 0.7 1 1.6 3.5 5)."),
                  trees: int = typer.Option(100, "--trees", help="Trees of the random forest."),
                  truth: Path | None = typer.Option(None, "--truth", help="Reference labels: Dice per class."),
-                 seed: int = typer.Option(0, "--seed", help="Seed of the forest."),
+                 seed: int = typer.Option(0, "--seed", min=0, help="Seed of the forest."),
                  overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output files if they exist "
                                                                            "(default: refuse).")):
     """Classify every pixel from a few scribbles (ilastik style): multi-scale filter
@@ -124,19 +146,15 @@ def _classify(image, scribbles, out, sigma, trees, truth, seed):
     from ..metrics import dice
     from ..segment import PixelClassifier
 
-    img = read_input(image, "IMAGE")
-    scr = read_input(scribbles, "--scribbles")
+    img = _one_slice(read_input(image, "IMAGE"))
+    scr = _one_slice(read_input(scribbles, "--scribbles"))
     if scr.spatial_shape != img.spatial_shape:
         raise InputError(f"--scribbles: got shape {scr.spatial_shape}; expected IMAGE's {img.spatial_shape}")
     warn_other_grid(scr, img, "--scribbles")
-    ref = read_input(truth, "--truth") if truth is not None else None
+    ref = _one_slice(read_input(truth, "--truth")) if truth is not None else None
     if ref is not None and ref.spatial_shape != img.spatial_shape:
         raise InputError(f"--truth: got shape {ref.spatial_shape}; expected IMAGE's {img.spatial_shape}")
-    s = scr.numpy()
-    if s.dtype.kind == "f":
-        if not np.all(np.isfinite(s)) or np.any(s != np.round(s)):
-            raise InputError("--scribbles: got non-integer values; expected a label image (0 = not scribbled)")
-        s = s.astype(np.int64)
+    s = _whole_numbers(scr.numpy(), "--scribbles", "a label image (0 = not scribbled)")
     if s.min() < 0:
         raise InputError(f"--scribbles: got a negative label ({int(s.min())}); expected 0 (not scribbled) and "
                          "positive class labels")
@@ -144,6 +162,12 @@ def _classify(image, scribbles, out, sigma, trees, truth, seed):
     if classes.size < 2:
         raise InputError(f"--scribbles: got {classes.size} scribbled class(es); expected at least 2 (e.g. 1 = "
                          "background, 2 = object)")
+    if ref is not None:
+        tv = np.unique(_whole_numbers(ref.numpy(), "--truth", "a label image"))
+        missing = sorted(set(classes.tolist()) - set(tv.tolist()))
+        if missing:
+            raise InputError(f"--truth: holds the values {tv[:10].tolist()}; expected the scribbled classes "
+                             f"{classes.tolist()} (class {missing[0]} is missing: label the truth as the scribbles)")
     t0 = time.perf_counter()
     clf = PixelClassifier(sigmas=tuple(sigma) if sigma else DEFAULT_SIGMAS, n_estimators=trees, seed=seed)
     clf.fit(img, s)
@@ -159,7 +183,7 @@ def _classify(image, scribbles, out, sigma, trees, truth, seed):
               "fraction": {int(c): float((arr == c).mean()) for c in classes},
               "top_features": {k: float(v) for k, v in top}}
     if ref is not None:
-        r = ref.numpy()
+        r = _whole_numbers(ref.numpy(), "--truth", "a label image")
         report["dice"] = {int(c): float(dice(arr == c, r == c)) for c in classes if (r == c).any()}
     out_img = img.with_array(arr.astype(np.uint8 if arr.max() < 256 else np.int32))
     out_img.meta["kind"] = "labels"
@@ -171,6 +195,8 @@ def _classify(image, scribbles, out, sigma, trees, truth, seed):
     typer.echo(f"wrote {out}  ({classes.size} classes from {int((s > 0).sum())} scribbled pixels, {seconds:.2f} s)")
     if "dice" in report:
         typer.echo("vs truth: " + ", ".join(f"class {c} Dice {d:.3f}" for c, d in report["dice"].items()))
+    if img.meta.get("spacing_known", True) is False:
+        typer.echo("  note: IMAGE's pixel size is unknown, so the filter scales (--sigma) are in pixels", err=True)
 
 
 # ----------------------------------------------------------------------------- features
@@ -189,9 +215,13 @@ def features_cmd(labels: Path = typer.Argument(..., metavar="LABELS", help="Labe
     from ..features import object_features
 
     outs = Outputs(overwrite, inputs=[labels, image])
+    _csv_out(out)
     outs.add(out, "--out", image=False)
-    lab = read_input(labels, "LABELS")
-    img = read_input(image, "--image") if image is not None else None
+    lab = _one_slice(read_input(labels, "LABELS"))
+    if lab.axes not in ("yx", "zyx"):
+        raise InputError(f"LABELS: got axes {lab.axes!r}; expected a grey 2-D or 3-D label image (not colour)")
+    lab = lab.with_array(_whole_numbers(lab.numpy(), "LABELS", "integer labels (0 = background)"))
+    img = _one_slice(read_input(image, "--image")) if image is not None else None
     if img is not None and img.spatial_shape != lab.spatial_shape:
         raise InputError(f"--image: got shape {img.spatial_shape}; expected LABELS' {lab.spatial_shape}")
     t0 = time.perf_counter()
@@ -200,8 +230,14 @@ def features_cmd(labels: Path = typer.Argument(..., metavar="LABELS", help="Labe
         raise InputError(f"LABELS: {labels} holds no object (every voxel is 0); expected labels > 0")
     with outs:
         _write_table(out, ["label", *res.names], np.column_stack([res.label_ids, res.values]))
-    typer.echo(f"wrote {out}  ({res.values.shape[0]} objects x {len(res.names)} features, "
+    unit = "mm" if lab.meta.get("spacing_known", True) is not False else "pixels (the pixel size is unknown)"
+    typer.echo(f"wrote {out}  ({res.values.shape[0]} objects x {len(res.names)} features, lengths in {unit}, "
                f"{time.perf_counter() - t0:.2f} s)")
+
+
+def _csv_out(out: Path) -> None:
+    if Path(out).suffix.lower() != ".csv":
+        raise InputError(f"--out: got {str(out)!r}; expected a .csv file")
 
 
 def _write_table(path: Path, names, rows) -> None:
@@ -272,20 +308,29 @@ def read_table(path, option: str = "TABLE", columns=None):
         raise InputError(f"{option}: {path} row {bad[0]} has {len(body[bad[0] - 2])} fields; expected "
                          f"{len(head)} (the header's)")
 
-    def numeric(j):
-        try:
-            [float(r[j]) for r in body]
-            return True
-        except ValueError:
-            return False
+    def kind(j):
+        ok = 0
+        for r in body:
+            try:
+                float(r[j])
+                ok += 1
+            except ValueError:
+                pass
+        return "number" if ok == len(body) else ("text" if ok == 0 else "mixed")
 
-    num = [j for j, h in enumerate(head) if numeric(j)]
+    kinds = [kind(j) for j in range(len(head))]
+    for j, k in enumerate(kinds):
+        if k == "mixed":
+            bad_row = next(i for i, r in enumerate(body) if not _is_number(r[j]))
+            raise InputError(f"{option}: {path} row {bad_row + 2}, column {head[j]!r} is {body[bad_row][j]!r}; "
+                             "expected a number (the column's other cells are numbers)")
+    num = [j for j, h in enumerate(head) if kinds[j] == "number"]
     idc = [j for j, h in enumerate(head) if h.lower() in ID_COLUMNS]
     if columns:
         missing = [c for c in columns if c not in head]
         if missing:
             raise InputError(f"--column: got {missing[0]!r}; expected one of the table's columns "
-                             f"{', '.join(head[:20])}")
+                             f"{', '.join(head[:20])}{', ...' if len(head) > 20 else ''}")
         feat = [head.index(c) for c in columns]
         nonnum = [head[j] for j in feat if j not in num]
         if nonnum:
@@ -303,6 +348,14 @@ def read_table(path, option: str = "TABLE", columns=None):
     ids = [r[idc[0]] for r in body] if idc else [str(i + 1) for i in range(len(body))]
     extra = {head[j]: [r[j] for r in body] for j in range(len(head)) if j not in feat and j not in idc[:1]}
     return [head[j] for j in feat], X, ids, extra
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
 
 
 def _standardise(X: np.ndarray) -> np.ndarray:
@@ -362,7 +415,7 @@ def cluster_cmd(table: Path = typer.Argument(..., metavar="TABLE", help="CSV fea
                                                                                "default every numeric column)."),
                 raw: bool = typer.Option(False, "--raw", help="Cluster the values as they are (default: each "
                                                               "column standardised to mean 0, sd 1)."),
-                seed: int = typer.Option(0, "--seed", help="Seed of the initialisation."),
+                seed: int = typer.Option(0, "--seed", min=0, help="Seed of the initialisation."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output files if they exist "
                                                                           "(default: refuse).")):
     """Cluster the rows of a feature table (k-means++, Gaussian mixture or spectral
@@ -377,6 +430,7 @@ def cluster_cmd(table: Path = typer.Argument(..., metavar="TABLE", help="CSV fea
 
     if method not in CLUSTER_METHODS:
         raise InputError(f"--method: got {method!r}; expected one of {', '.join(CLUSTER_METHODS)}")
+    _csv_out(out)
     outs = Outputs(overwrite, inputs=[table])
     outs.add(out, "--out", image=False, siblings=(".report.json", ".preview.png"))
     names, X, ids, _ = read_table(table, columns=column)
@@ -385,14 +439,17 @@ def cluster_cmd(table: Path = typer.Argument(..., metavar="TABLE", help="CSV fea
     Z = X if raw else _standardise(X)
     t0 = time.perf_counter()
     if method == "kmeans":
-        lab = np.asarray(kmeans(Z, k, seed=seed).labels)
+        lab = np.asarray(kmeans(Z, k, n_init=10, seed=seed).labels)
     elif method == "gmm":
-        lab = np.asarray(gmm(Z, k, seed=seed).labels)
+        lab = np.asarray(gmm(Z, k, n_init=5, seed=seed).labels)
     else:
         nn = int(min(max(5, round(np.sqrt(X.shape[0]))), X.shape[0] - 1))
         lab = np.asarray(spectral_clustering(knn_affinity(Z, nn), k, seed=seed).labels)
     seconds = time.perf_counter() - t0
-    sil = float(silhouette_score(Z, lab)) if 1 < len(np.unique(lab)) < X.shape[0] else float("nan")
+    if bool((Z == Z[:1]).all()):
+        raise InputError(f"TABLE: every row of {table} has the same values in the feature columns "
+                         f"({', '.join(names[:5])}); expected rows that differ")
+    sil = float(silhouette_score(Z, lab)) if 1 < len(np.unique(lab)) < X.shape[0] else None
     centres = {int(c): dict(zip(names, X[lab == c].mean(axis=0).tolist())) for c in np.unique(lab)}
     report = {"table": str(table), "method": method, "k": int(k), "seed": int(seed), "features": names,
               "standardised": not raw, "rows": int(X.shape[0]), "seconds": seconds, "silhouette": sil,
@@ -401,10 +458,12 @@ def cluster_cmd(table: Path = typer.Argument(..., metavar="TABLE", help="CSV fea
     with outs:
         _write_rows(out, ["id", "cluster"], [[i, int(c)] for i, c in zip(ids, lab)])
         _scatter(sibling(out, ".preview.png"), Y, lab.astype(int),
-                 f"biomip learn cluster {method}, k = {k}: silhouette {sil:.3f}", ("PC 1", "PC 2"), "cluster")
+                 f"biomip learn cluster {method}, k = {k}: silhouette {_fmt(sil)}", ("PC 1", "PC 2"), "cluster")
         write_json(report, sibling(out, ".report.json"))
     typer.echo(f"wrote {out}  ({method}, k = {k}, {X.shape[0]} rows x {len(names)} features, silhouette "
-               f"{sil:.3f}, {seconds:.2f} s)")
+               f"{_fmt(sil)}, {seconds:.2f} s)")
+    if len(report["sizes"]) < k:
+        typer.echo(f"  note: {len(report['sizes'])} of the {k} clusters are non-empty", err=True)
     typer.echo("  sizes: " + ", ".join(f"{c}: {n}" for c, n in report["sizes"].items()))
 
 
@@ -420,7 +479,7 @@ def _write_rows(path: Path, head, rows) -> None:
 
 # ----------------------------------------------------------------------------- embed
 @learn_app.command("embed")
-@cli_words(method="--method", seed="--seed", n_neighbors="--neighbors", columns="--column",
+@cli_words(method="--method", seed="--seed", n_neighbors="--neighbors", columns="--column", x="TABLE",
            n_components="--dims")
 def embed_cmd(table: Path = typer.Argument(..., metavar="TABLE", help="CSV feature table."),
               out: Path = typer.Option(..., "--out", help="CSV to write: each row's id and its coordinates."),
@@ -433,7 +492,7 @@ def embed_cmd(table: Path = typer.Argument(..., metavar="TABLE", help="CSV featu
               color: str | None = typer.Option(None, "--color", help="Column that colours the preview (and "
                                                                      "scores a k-NN classifier in the embedding "
                                                                      "when it holds classes)."),
-              seed: int = typer.Option(0, "--seed", help="Seed (t-SNE, randomized PCA)."),
+              seed: int = typer.Option(0, "--seed", min=0, help="Seed (t-SNE, randomized PCA)."),
               overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output files if they exist "
                                                                         "(default: refuse).")):
     """Embed the rows of a feature table in a few dimensions (columns standardised first).
@@ -444,6 +503,7 @@ def embed_cmd(table: Path = typer.Argument(..., metavar="TABLE", help="CSV featu
 
     if method not in METHODS:
         raise InputError(f"--method: got {method!r}; expected one of {', '.join(METHODS)}")
+    _csv_out(out)
     outs = Outputs(overwrite, inputs=[table])
     outs.add(out, "--out", image=False, siblings=(".report.json", ".preview.png"))
     names, X, ids, extra = read_table(table, columns=column)
@@ -490,7 +550,8 @@ def _range(text: str | None, option: str):
 
 
 @learn_app.command("window")
-@cli_words(image="IMAGE", agent="--agent", target="--target", reference="--reference", slice_="--slice")
+@cli_words(image="IMAGE", agent="--agent", target="--target", reference="--reference", slice_="--slice",
+           target_mask="--target", reference_mask="--reference", path="--agent")
 def window_cmd(image: Path = typer.Argument(..., metavar="IMAGE", help="CT image (a DICOM file, NIfTI, ...), HU."),
                target: str = typer.Option(..., "--target", metavar="LOW,HIGH",
                                           help="HU range of the tissue to show (e.g. brain 20,45)."),
@@ -551,17 +612,20 @@ def window_cmd(image: Path = typer.Argument(..., metavar="IMAGE", help="CT image
         ax.imshow(a, cmap="gray", vmin=cc - ww / 2, vmax=cc + ww / 2)
         ax.contour(tm, levels=[0.5], colors="tab:orange", linewidths=0.6)
         ax.contour(rm, levels=[0.5], colors="tab:cyan", linewidths=0.6)
-        ax.set_title(f"{name}\n{cc:.0f} / {ww:.0f} HU: score {window_contrast(a, (cc, ww), tm, rm):.3f}",
+        ax.set_title(f"{name}: level {cc:.0f}, width {ww:.0f} HU\nscore {window_contrast(a, (cc, ww), tm, rm):.3f}",
                      fontsize=9)
         ax.set_axis_off()
     fig.suptitle(f"biomip learn window: target (orange) vs reference (cyan); agent {adv.steps} steps, "
-                 f"{report['ratio_to_grid_best']:.1%} of the grid best", fontsize=10)
+                 f"{report['ratio_to_grid_best']:.1%} of the grid best\nscore = |mean grey of target - mean grey of "
+                 "reference| x (1 - fraction of target clipped)", fontsize=9)
     with outs:
         with atomic_path(out) as tmp:
             fig.savefig(tmp, dpi=110, format="png")
         write_json(report, sibling(out, ".report.json"))
-    typer.echo(f"wrote {out}  (window {adv.centre:.0f} / {adv.width:.0f} HU after {adv.steps} steps; score "
-               f"{adv.score:.3f} = {report['ratio_to_grid_best']:.1%} of the grid best {adv.grid_centre:.0f} / "
-               f"{adv.grid_width:.0f} HU)")
+    typer.echo(f"wrote {out}  (window L {adv.centre:.0f} / W {adv.width:.0f} HU after {adv.steps} steps; score "
+               f"{adv.score:.3f} = {report['ratio_to_grid_best']:.1%} of the grid best L {adv.grid_centre:.0f} / "
+               f"W {adv.grid_width:.0f} HU)")
     if dic is not None:
-        typer.echo(f"  the file's window {dic[0]:.0f} / {dic[1]:.0f} HU scores {report['dicom_window']['score']:.3f}")
+        typer.echo(f"  the file's window L {dic[0]:.0f} / W {dic[1]:.0f} HU scores {report['dicom_window']['score']:.3f}")
+    else:
+        typer.echo("  the file holds no display window (WindowCenter / WindowWidth) to compare with")

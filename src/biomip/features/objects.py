@@ -196,6 +196,11 @@ def _surface_3d(mask: np.ndarray, sp: np.ndarray) -> float:
     from skimage.measure import marching_cubes, mesh_surface_area
 
     padded = ndi.gaussian_filter(np.pad(mask.astype(np.float32), 3), _SMOOTH_3D)
+    if float(padded.max()) <= 0.5:
+        # an object of a few voxels vanishes under the smoothing: count its exposed voxel faces
+        m = np.pad(mask.astype(bool), 1)
+        face = [sp[1] * sp[2], sp[0] * sp[2], sp[0] * sp[1]]
+        return float(sum(np.count_nonzero(np.diff(m, axis=a)) * face[a] for a in range(3)))
     verts, faces, _, _ = marching_cubes(padded, 0.5, spacing=tuple(sp))
     return float(mesh_surface_area(verts, faces))
 

@@ -88,6 +88,14 @@ from .selfsup import (
     train_jigsaw,
     view_augmentation,
 )
+from .semisup import (
+    TeacherStudentResult,
+    ema_update,
+    predict_classes,
+    pseudo_labels,
+    scribble_targets,
+    train_teacher_student,
+)
 from .spectral import (
     SOLVERS,
     FiedlerResult,
@@ -108,6 +116,12 @@ from .supervised import (
 )
 
 __all__ = [
+    "TeacherStudentResult",
+    "ema_update",
+    "predict_classes",
+    "pseudo_labels",
+    "scribble_targets",
+    "train_teacher_student",
     "CLASSIFIERS",
     "ClassifierScore",
     "TorchLogistic",

@@ -454,6 +454,9 @@ def embed(x, method: str, n_components: int = 2, seed: int = 0, n_neighbors: int
         raise InputError(f"x: got {n} samples; expected at least 3 to embed")
     if k >= n:
         raise InputError(f"n_components: got {k} for {n} samples; expected fewer components than samples")
+    if bool((t == t[:1]).all()):
+        raise InputError(f"x: every one of the {n} samples is the same; expected samples that differ (an embedding "
+                         "of identical points is undefined)")
     if method in _DEFAULT_NEIGHBORS:
         nn_ = _DEFAULT_NEIGHBORS[method] if n_neighbors is None else check_count(n_neighbors, "n_neighbors")
         if nn_ >= n:

@@ -309,6 +309,9 @@ def split_indices(cv="kfold", n=None, y=None, groups=None, k: int = 5, seed=None
                                  "expected disjoint non-empty train and test indices")
         return splits
     check_choice(cv, "cv", CV_SCHEMES)
+    if groups is not None and cv != "group":
+        raise InputError(f"groups: given with cv={cv!r}, which ignores them (samples of one group would fall on both "
+                         "sides of a split: the leak grouped splits prevent); pass cv='group', or no groups")
     if cv == "loo":
         return list(leave_one_out(n))
     if cv == "kfold":
@@ -1004,6 +1007,7 @@ def regularization_path(X, y, penalty: str = "l1", alphas=None, l1_ratio: float 
     """
     check_choice(penalty, "penalty", ("l1", "l2", "elasticnet"))
     x, t = check_xy(X, y, numeric_y=True)
+    x, t = x.astype(np.float64), t.astype(np.float64)       # coordinate descent stalls at tol 1e-8 in float32
     n_alphas = check_count(n_alphas, "n_alphas")
     eps = check_number(eps, "eps", low=0.0, high=1.0, low_open=True)
     max_iter = check_count(max_iter, "max_iter")

@@ -34,6 +34,7 @@ from .losses import (
     consistency_loss,
     dice_ce_loss,
     laplacian_loss,
+    partial_cross_entropy,
     soft_dice,
     soft_dice_loss,
     symmetry_loss,
@@ -84,6 +85,7 @@ from .vit import Attention, Block, MAENet, PatchEmbed, patchify, sincos_pos_embe
 from .xray import FieldRefiner, FieldSubspace, XrayEncoder, gradient_ncc, sample_projected
 
 __all__ = [
+    "partial_cross_entropy",
     "NOISES",
     "ConvEncoder",
     "MoCoQueue",

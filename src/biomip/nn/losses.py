@@ -2,7 +2,8 @@
 
 * :func:`soft_dice` -- soft Dice per class, averaged;
 * :func:`dice_ce_loss` / :class:`DiceCELoss` -- cross-entropy plus ``1 - soft Dice``;
-  ``tests/nn/test_monai_parity.py`` checks them against MONAI's ``DiceCELoss``.
+  ``tests/nn/test_monai_parity.py`` checks them against MONAI's ``DiceCELoss``;
+* :func:`partial_cross_entropy` -- cross-entropy over the annotated pixels only (scribbles).
 
 Field losses of learned 2-D/3-D registration (SC-DREG), on batches of displacement fields
 ``(N, d, [Z,] Y, X)`` in mm (component 0 = x): :func:`laplacian_loss` (smoothness),
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from ..core.arrays import check_spacing
 from ..core.errors import InputError, ShapeError, describe
 
-__all__ = ["DiceCELoss", "coefficient_prior", "consistency_loss", "dice_ce_loss", "laplacian_loss", "soft_dice",
+__all__ = ["DiceCELoss", "coefficient_prior", "consistency_loss", "dice_ce_loss", "laplacian_loss", "partial_cross_entropy", "soft_dice",
            "soft_dice_loss", "symmetry_loss"]
 
 
@@ -144,6 +145,88 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, include_background:
     if return_terms:
         return loss, float(ce.detach()), float(dice.detach())
     return loss
+
+
+def partial_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -1,
+                          class_weights=None) -> torch.Tensor:
+    """Cross-entropy over the annotated pixels only (weak supervision by scribbles or clicks).
+
+    ``mean over {i : target_i != ignore_index} of -log softmax(logits_i)[target_i]``; pixels
+    whose target is ``ignore_index`` carry no loss and no gradient.  With no annotated pixel
+    the loss is 0 (still differentiable).
+
+    Class 0 is the background in every biomip label image, so the default ``ignore_index``
+    is -1; scribble maps in the ilastik convention (0 = not annotated, ``c`` = class
+    ``c - 1``) become targets by ``scribbles - 1``.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(n, K, *S)`` raw network outputs.
+    target : torch.Tensor
+        Integer class indices ``(n, *S)`` (also ``(n, 1, *S)``): ``0 .. K-1`` or
+        ``ignore_index``.
+    ignore_index : int, optional
+        The "not annotated" value.
+    class_weights : sequence of float or torch.Tensor or None, optional
+        Weight per class (``K`` values): the weighted mean over the annotated pixels
+        (PyTorch's ``cross_entropy(weight=...)`` rule).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar loss.
+
+    Raises
+    ------
+    ShapeError
+        When ``logits`` is not ``(n, K, *S)`` or ``target`` does not match it.
+    InputError
+        When ``target`` holds values other than ``0 .. K-1`` and ``ignore_index``, or
+        ``class_weights`` does not have ``K`` values.
+
+    Examples
+    --------
+    >>> import torch
+    >>> logits = torch.tensor([[[0.0, 2.0]], [[0.0, 0.0]]])[None]        # (1, 2, 1, 2)
+    >>> target = torch.tensor([[[-1, 0]]])                               # left pixel not annotated
+    >>> round(float(partial_cross_entropy(logits, target)), 4)           # -log(1 / (1 + e^-2))
+    0.1269
+    """
+    if not torch.is_tensor(logits) or logits.ndim < 3:
+        raise ShapeError(f"logits: got {describe(logits)}; expected a tensor (n, classes, *spatial)")
+    if not torch.is_tensor(target):
+        raise InputError(f"target: got {describe(target)}; expected an integer tensor (n, *spatial)")
+    if target.ndim == logits.ndim and target.shape[1] == 1:
+        target = target[:, 0]
+    if tuple(target.shape) != (logits.shape[0], *logits.shape[2:]):
+        raise ShapeError(f"target: got shape {tuple(target.shape)}; expected {(logits.shape[0], *logits.shape[2:])} "
+                         f"(class indices for logits of shape {tuple(logits.shape)})")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise InputError(f"target: got dtype {target.dtype}; expected integer class indices")
+    k = logits.shape[1]
+    ignore_index = int(ignore_index)
+    target = target.long()
+    valid = target != ignore_index
+    if bool(valid.any()):
+        tv = target[valid]
+        if int(tv.min()) < 0 or int(tv.max()) >= k:
+            raise InputError(f"target: class indices {int(tv.min())}..{int(tv.max())} besides ignore_index="
+                             f"{ignore_index}; expected 0..{k - 1}")
+    w = None
+    if class_weights is not None:
+        w = torch.as_tensor(class_weights, dtype=logits.dtype, device=logits.device).reshape(-1)
+        if w.numel() != k:
+            raise InputError(f"class_weights: got {w.numel()} values; expected {k} (one per class)")
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    ce = F.cross_entropy(logits, safe, weight=w, reduction="none")
+    vf = valid.to(logits.dtype)
+    if w is not None:
+        wt = w[safe] * vf
+        return (ce * vf).sum() / wt.sum().clamp_min(torch.finfo(logits.dtype).tiny)
+    return (ce * vf).sum() / vf.sum()
 
 
 class DiceCELoss(torch.nn.Module):
