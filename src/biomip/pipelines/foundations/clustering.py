@@ -428,7 +428,7 @@ def _preview(first: dict, methods: dict, real_img, real_labels: dict, mode: str)
     ax.legend(fontsize=7, ncol=2)
     fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(colours, BOOK_CLASSES)],
                loc="outside lower center", ncol=4, fontsize=9, title="top row: class colours (clusters matched to "
-               "classes one-to-one, Hungarian on Dice)", title_fontsize=9)
+               "classes one-to-one, Hungarian on the overlaps)", title_fontsize=9)
     fig.suptitle(f"K = 4 clustering of EM sections (textbook lines 449-467), mode {mode}: k-means, GMM, spectral "
                  "embedding + k-means, region-graph normalised cut")
     return fig
