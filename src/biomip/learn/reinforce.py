@@ -36,6 +36,7 @@ from ..core.arrays import as_numpy, check_number
 from ..core.errors import InputError, ShapeError
 from ..core.image import Image
 from ..core.progress import progress_bar
+from ..core.rng import seeded
 from ..nn.base import SavedModule
 from .base import check_seed
 
@@ -709,8 +710,7 @@ class DQNAgent:
                         int(check_number(en, "epsilon steps", integer=True, low=1)))
         self.double = bool(double)
         self.reward_scale = check_number(reward_scale, "reward_scale", positive=True)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+        with seeded(self.seed):                  # the global generator is restored on exit
             self.q = QNetwork(n_features, n_actions, hidden)
         self.hidden = self.q.hidden
         self.n_features, self.n_actions = self.q.n_features, self.q.n_actions

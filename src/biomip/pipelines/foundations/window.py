@@ -309,7 +309,7 @@ class WindowAdvice:
     score : float
         :func:`~biomip.learn.reinforce.window_contrast` of that window.
     steps : int
-        Agent steps taken (<= ``max_steps``).
+        Window changes the agent made (<= ``max_steps``; its final "stop" is not counted).
     trajectory : numpy.ndarray
         ``(steps + 1, 2)`` (centre, width) from the start.
     grid_centre : float
@@ -402,7 +402,7 @@ def advise_window(image, target_mask, reference_mask=None, agent=None, start="fu
     r = run_agent(agent, env)
     g = _grid(a, tm, rm, grid)
     w = np.asarray(r.windows)
-    return WindowAdvice(float(w[-1, 0]), float(w[-1, 1]), float(r.scores[-1]), int(len(w) - 1), w,
+    return WindowAdvice(float(w[-1, 0]), float(w[-1, 1]), float(r.scores[-1]), int(r.steps), w,
                         float(g.centre), float(g.width), float(g.score), (float(w[0, 0]), float(w[0, 1])))
 
 
