@@ -166,3 +166,18 @@ def test_errors(trained):
         PixelClassifier(n_estimators=0)
     with pytest.raises(InputError, match="sigmas"):
         PixelClassifier(sigmas=(0.0,))
+
+
+def test_whole_number_float_scribbles_are_labels():
+    rng = np.random.default_rng(0)
+    img = rng.normal(0, 0.3, (40, 40))
+    img[10:30, 10:30] += 1.0
+    s = np.zeros((40, 40))
+    s[2:5, 2:10] = 1
+    s[18:21, 15:25] = 2
+    a = PixelClassifier(sigmas=(1.0,), n_estimators=5, device="cpu").fit(img, s).predict(img)
+    b = PixelClassifier(sigmas=(1.0,), n_estimators=5, device="cpu").fit(img, s.astype(np.uint8)).predict(img)
+    assert np.array_equal(a, b)
+    s[0, 0] = 0.5
+    with pytest.raises(InputError, match="scribbles"):
+        PixelClassifier(sigmas=(1.0,), n_estimators=5).fit(img, s)

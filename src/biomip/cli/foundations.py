@@ -586,6 +586,12 @@ def window_cmd(image: Path = typer.Argument(..., metavar="IMAGE", help="CT image
     elif arr.ndim != 2:
         raise InputError(f"IMAGE: got axes {img.axes!r}; expected a grey 2-D slice or 3-D volume")
     a = arr.astype(np.float64)
+    mod = img.meta.get("modality")
+    if mod is not None and str(mod).upper() != "CT":
+        typer.echo(f"biomip: note: IMAGE is {mod}, not CT: the agent was trained on CT in HU", err=True)
+    elif mod is None and (float(np.percentile(a, 1)) >= 0 or float(a.max()) < 100):
+        typer.echo("biomip: note: IMAGE does not look like CT in HU (no negative air values); the agent was "
+                   "trained on CT in HU", err=True)
     tm, rm = range_masks(a, tr, rr)
     t0 = time.perf_counter()
     adv = advise_window(a, tm, rm, agent=agent)

@@ -194,6 +194,8 @@ class PixelClassifier:
             name = "scribbles" if len(ims) == 1 else f"scribbles[{i}]"
             if s.dtype == bool:
                 s = s.astype(np.uint8)
+            if s.dtype.kind == "f" and np.all(np.isfinite(s)) and np.all(s == np.round(s)):
+                s = s.astype(np.int64)                   # whole-number floats, as Fiji / NIfTI store labels
             if not np.issubdtype(s.dtype, np.integer) or (s.size and s.min() < 0):
                 raise InputError(f"{name}: got {describe(s)}; expected integer labels, 0 unlabelled and > 0 a class")
             shape = _spatial_shape(im)
