@@ -286,9 +286,9 @@ def read_table(path, option: str = "TABLE", columns=None):
 
     Examples
     --------
-    >>> import tempfile, os
-    >>> p = os.path.join(tempfile.mkdtemp(), "t.csv")
-    >>> _ = open(p, "w").write("label,area,kind\\n1,4.5,a\\n2,3.0,b\\n")
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
+    >>> _ = p.write_text("label,area,kind\\n1,4.5,a\\n2,3.0,b\\n")
     >>> names, X, ids, extra = read_table(p)
     >>> names, X.tolist(), ids, extra
     (['area'], [[4.5], [3.0]], ['1', '2'], {'kind': ['a', 'b']})
