@@ -138,16 +138,16 @@ def _base_estimator(name: str, task: str, seed: int):
 def make_classifier(name: str, seed: int = 0, task: str = "classification", scale=None, **params):
     """A scikit-learn estimator for one of :data:`CLASSIFIERS`, with sensible defaults.
 
-    ================  ==========================================  =====================================
-    name              classification                              regression
-    ================  ==========================================  =====================================
-    ``logistic``      ``LogisticRegression(C=1, max_iter=1000)``  (refused: a classifier)
-    ``linear``        ``RidgeClassifier(alpha=1)``                ``LinearRegression()``
-    ``tree``          ``DecisionTreeClassifier()``                ``DecisionTreeRegressor()``
-    ``random-forest`` ``RandomForestClassifier(100 trees)``       ``RandomForestRegressor(100 trees)``
-    ``svm-rbf``       ``SVC(kernel="rbf", gamma="scale")``        ``SVR(kernel="rbf", gamma="scale")``
-    ``knn``           ``KNeighborsClassifier(5)``                 ``KNeighborsRegressor(5)``
-    ================  ==========================================  =====================================
+    =================  ==========================================  =====================================
+    name               classification                              regression
+    =================  ==========================================  =====================================
+    ``logistic``       ``LogisticRegression(C=1, max_iter=1000)``  (refused: a classifier)
+    ``linear``         ``RidgeClassifier(alpha=1)``                ``LinearRegression()``
+    ``tree``           ``DecisionTreeClassifier()``                ``DecisionTreeRegressor()``
+    ``random-forest``  ``RandomForestClassifier(100 trees)``       ``RandomForestRegressor(100 trees)``
+    ``svm-rbf``        ``SVC(kernel="rbf", gamma="scale")``        ``SVR(kernel="rbf", gamma="scale")``
+    ``knn``            ``KNeighborsClassifier(5)``                 ``KNeighborsRegressor(5)``
+    =================  ==========================================  =====================================
 
     Parameters
     ----------
