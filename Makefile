@@ -35,7 +35,7 @@ demo: install
 	$(BIN)/biomip demo --out biomip-demo
 
 test: install-dev
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 test-all: install-dev
 	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)

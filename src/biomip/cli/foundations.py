@@ -188,15 +188,52 @@ def _classify(image, scribbles, out, sigma, trees, truth, seed):
     out_img = img.with_array(arr.astype(np.uint8 if arr.max() < 256 else np.int32))
     out_img.meta["kind"] = "labels"
     write(out_img, out)
-    render(img, sibling(out, ".preview.png"), title=f"biomip learn classify: {classes.size} classes from "
-                                                    f"{int((s > 0).sum())} scribbled pixels",
-           labels=out_img.with_array(arr.astype(np.int32)))
+    title = f"biomip learn classify: {classes.size} classes from {int((s > 0).sum())} scribbled pixels"
+    if "dice" in report:
+        title += "; Dice vs --truth " + ", ".join(f"class {c} {d:.3f}" for c, d in report["dice"].items())
+    if img.axes == "yx":
+        _classify_preview(sibling(out, ".preview.png"), img.numpy(), s, arr, classes, title)
+    else:
+        render(img, sibling(out, ".preview.png"), title=title, labels=out_img.with_array(arr.astype(np.int32)))
     write_json(report, sibling(out, ".report.json"))
     typer.echo(f"wrote {out}  ({classes.size} classes from {int((s > 0).sum())} scribbled pixels, {seconds:.2f} s)")
     if "dice" in report:
         typer.echo("vs truth: " + ", ".join(f"class {c} Dice {d:.3f}" for c, d in report["dice"].items()))
     if img.meta.get("spacing_known", True) is False:
         typer.echo("  note: IMAGE's pixel size is unknown, so the filter scales (--sigma) are in pixels", err=True)
+
+
+def _classify_preview(path, image: np.ndarray, scribbles: np.ndarray, labels: np.ndarray, classes, title: str):
+    """Image, the scribbles on it and the classified pixels, one colour per class (a legend)."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from ..core.atomic import atomic_path
+    from ..pipelines.foundations.base import new_figure
+
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    cmap = ListedColormap([colours[i % len(colours)] for i in range(len(classes))])
+    idx = np.searchsorted(classes, labels)
+    lo, hi = np.percentile(image, [0.5, 99.5])
+    fig = new_figure((13.0, 4.9))
+    axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
+    for ax in axes:
+        ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
+        ax.set_axis_off()
+    axes[0].set_title("IMAGE", fontsize=10)
+    from scipy import ndimage as ndi
+
+    wide = ndi.grey_dilation(scribbles, size=max(3, int(round(max(scribbles.shape) / 170))))   # visible strokes
+    sm = np.ma.masked_where(wide == 0, np.searchsorted(classes, np.maximum(wide, classes[0])))
+    axes[1].imshow(sm, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, interpolation="nearest")
+    axes[1].set_title(f"scribbles ({int((scribbles > 0).sum())} pixels, drawn thicker)", fontsize=10)
+    axes[2].imshow(idx, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, alpha=0.45, interpolation="nearest")
+    axes[2].set_title("classified pixels", fontsize=10)
+    fig.legend(handles=[Patch(color=cmap(i), label=f"class {int(c)}") for i, c in enumerate(classes)],
+               loc="lower center", ncol=min(len(classes), 8), fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 # ----------------------------------------------------------------------------- features
