@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import typer
 from typer.core import TyperGroup
 
 from ..core.errors import BiomipError, InputError
@@ -449,3 +450,42 @@ def warn_other_grid(ref, img, option: str = "--truth", name: str = "IMAGE") -> N
         warnings.warn(f"{option}: its grid (spacing {ref.spacing}, origin {ref.origin}) differs from {name}'s "
                       f"(spacing {img.spacing}, origin {img.origin}); it is scored voxel by voxel, distances in "
                       f"{name}'s spacing", stacklevel=3)
+
+
+def fmt_number(v) -> str:
+    """A figure as the CLI prints it (floats to 4 significant digits)."""
+    if isinstance(v, float) and not isinstance(v, bool):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def run_study(name: str, studies, run, out: Path, mode: str, seed: int, progress, overwrite: bool) -> dict:
+    """Run one study of a study collection (``biomip learn study``, ``biomip vision study``) and print it.
+
+    Checks ``name`` against ``studies`` and the ``--out`` folder (a folder, empty unless
+    ``overwrite``), calls ``run(name, out=, mode=, seed=, progress=)`` and prints every
+    method's figures, the targets and the warnings of the report it returns.
+    """
+    if name not in studies:
+        raise InputError(f"NAME: got {name!r}; expected one of {', '.join(studies)}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out: {str(out)!r} is a file; expected a folder for report.json and preview.png")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"--out: the folder {str(out)!r} is not empty; pass --overwrite to replace report.json "
+                         "and preview.png there, or choose a new folder")
+    if not out.exists():
+        Outputs().add(out, "--out", image=False)
+    rep = run(name, out=out, mode=mode, seed=seed, progress=progress)
+    typer.echo(f"wrote {out}/report.json and preview.png  ({name}, {mode}, {rep.get('seconds', 0.0):.0f} s)")
+    for method, figs in rep.get("methods", {}).items():
+        shown = [f"{k} {fmt_number(v)}" for k, v in figs.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        typer.echo(f"  {method:22s} " + "  ".join(shown[:8]))
+    for tname, t in (rep.get("targets") or {}).items():
+        if isinstance(t, dict) and "met" in t:
+            typer.echo(f"  target {tname}: {fmt_number(t.get('value'))} (bound {fmt_number(t.get('bound'))}) "
+                       f"{'met' if t['met'] else 'NOT met'}")
+    for w in rep.get("warnings", []):
+        typer.echo(f"  warning: {w}")
+    return rep

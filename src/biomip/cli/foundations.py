@@ -23,7 +23,17 @@ import numpy as np
 import typer
 
 from ..core.errors import InputError
-from ._common import FullHelpGroup, Outputs, cli_words, read_input, run_mode, sibling, warn_other_grid
+from ._common import (
+    FullHelpGroup,
+    Outputs,
+    cli_words,
+    fmt_number,
+    read_input,
+    run_mode,
+    run_study,
+    sibling,
+    warn_other_grid,
+)
 
 learn_app = typer.Typer(cls=FullHelpGroup, no_args_is_help=True,
                         help="Machine-learning foundations (book ch. 2-3): studies on real images, pixel "
@@ -57,28 +67,8 @@ def study_cmd(name: str = typer.Argument(..., metavar="NAME", help="pixels, tiss
     the config, seeds and, where the issue states one, its targets) and preview.png."""
     from ..pipelines.foundations import STUDIES, run
 
-    if name not in STUDIES:
-        raise InputError(f"NAME: got {name!r}; expected one of {', '.join(STUDIES)}")
-    mode = run_mode(quick, tiny, full)
-    out = Path(out) if out is not None else Path(f"learn-{name}")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out: {str(out)!r} is a file; expected a folder for report.json and preview.png")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"--out: the folder {str(out)!r} is not empty; pass --overwrite to replace report.json "
-                         "and preview.png there, or choose a new folder")
-    if not out.exists():
-        Outputs().add(out, "--out", image=False)
-    rep = run(name, out=out, mode=mode, seed=seed, progress=progress)
-    typer.echo(f"wrote {out}/report.json and preview.png  ({name}, {mode}, {rep.get('seconds', 0.0):.0f} s)")
-    for method, figs in rep.get("methods", {}).items():
-        shown = [f"{k} {_fmt(v)}" for k, v in figs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        typer.echo(f"  {method:22s} " + "  ".join(shown[:8]))
-    for tname, t in (rep.get("targets") or {}).items():
-        if isinstance(t, dict) and "met" in t:
-            typer.echo(f"  target {tname}: {_fmt(t.get('value'))} (bound {_fmt(t.get('bound'))}) "
-                       f"{'met' if t['met'] else 'NOT met'}")
-    for w in rep.get("warnings", []):
-        typer.echo(f"  warning: {w}")
+    run_study(name, STUDIES, run, out if out is not None else Path(f"learn-{name}"), run_mode(quick, tiny, full),
+              seed, progress, overwrite)
 
 
 def _one_slice(img):
@@ -101,16 +91,6 @@ def _whole_numbers(a: np.ndarray, option: str, what: str) -> np.ndarray:
     if a.dtype.kind == "b":
         return a.astype(np.int64)
     return a
-
-
-def _fmt(v) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 # ----------------------------------------------------------------------------- classify
@@ -495,10 +475,10 @@ def cluster_cmd(table: Path = typer.Argument(..., metavar="TABLE", help="CSV fea
     with outs:
         _write_rows(out, ["id", "cluster"], [[i, int(c)] for i, c in zip(ids, lab)])
         _scatter(sibling(out, ".preview.png"), Y, lab.astype(int),
-                 f"biomip learn cluster {method}, k = {k}: silhouette {_fmt(sil)}", ("PC 1", "PC 2"), "cluster")
+                 f"biomip learn cluster {method}, k = {k}: silhouette {fmt_number(sil)}", ("PC 1", "PC 2"), "cluster")
         write_json(report, sibling(out, ".report.json"))
     typer.echo(f"wrote {out}  ({method}, k = {k}, {X.shape[0]} rows x {len(names)} features, silhouette "
-               f"{_fmt(sil)}, {seconds:.2f} s)")
+               f"{fmt_number(sil)}, {seconds:.2f} s)")
     if len(report["sizes"]) < k:
         typer.echo(f"  note: {len(report['sizes'])} of the {k} clusters are non-empty", err=True)
     typer.echo("  sizes: " + ", ".join(f"{c}: {n}" for c, n in report["sizes"].items()))

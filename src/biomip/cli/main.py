@@ -77,6 +77,15 @@ def _register_foundations():
 _register_foundations()
 
 
+def _register_vision():
+    from .vision import vision_app
+
+    app.add_typer(vision_app, name="vision")
+
+
+_register_vision()
+
+
 def _register_pipelines():
     from .aqua import aqua_cmd, aqua_score_cmd
     from .parse import biomedparse_cmd, parse_cmd
