@@ -1,7 +1,37 @@
+from .bovw import BOVW_DESCRIPTORS, BagOfWords, BagOfWordsClassifier
+from .classic import (
+    GLCM_DIRECTIONS_3D,
+    GLCM_PROPERTIES,
+    KEYPOINT_METHODS,
+    Corners,
+    Keypoints,
+    LBPResult,
+    canny,
+    glcm_properties,
+    harris,
+    keypoints,
+    lbp,
+    match_keypoints,
+)
 from .objects import OBJECT_PROPERTIES, ObjectFeatures, object_features
 from .pixel import DEFAULT_SIGMAS, FEATURES, pixel_feature_names, pixel_features
 
 __all__ = [
+    "BOVW_DESCRIPTORS",
+    "BagOfWords",
+    "BagOfWordsClassifier",
+    "GLCM_DIRECTIONS_3D",
+    "GLCM_PROPERTIES",
+    "KEYPOINT_METHODS",
+    "Corners",
+    "Keypoints",
+    "LBPResult",
+    "canny",
+    "glcm_properties",
+    "harris",
+    "keypoints",
+    "lbp",
+    "match_keypoints",
     "DEFAULT_SIGMAS",
     "FEATURES",
     "OBJECT_PROPERTIES",

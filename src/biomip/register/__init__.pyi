@@ -2,6 +2,7 @@ from . import losses
 from .bspline import BSplineField, bspline
 from .demons import DeformableResult, demons
 from .evaluate import endpoint_error, evaluate
+from .keypoints import KEYPOINT_TRANSFORMS, KeypointRegistration, fit_points, keypoint_registration
 from .landmarks import LandmarkTransform
 from .lddmm import lddmm
 from .learned import (
@@ -25,6 +26,10 @@ from .transforms import (
 from .variational import variational
 
 __all__ = [
+    "KEYPOINT_TRANSFORMS",
+    "KeypointRegistration",
+    "fit_points",
+    "keypoint_registration",
                          "AffineTransform",
                          "BSplineField",
                          "DeformableResult",
