@@ -6,6 +6,14 @@
   a 4th coordinate, centred), :func:`subsample` (the 2,048 a model sees) and
   :func:`crop_instances` (one crop per labelled cell of a user's segmentation).
 
+* Surface shape (:mod:`.shape`, textbook 5.4.2): :func:`label_mesh` (marching cubes in
+  mm), the cotangent :func:`laplace_beltrami` operator and :func:`shape_dna` (its first
+  eigenvalues, scale-normalised; Reuter et al. 2006), the :func:`moment_invariants`
+  baseline, :func:`retrieve`, and :func:`isospectral_drums` (the book's "isospectral but
+  not isometric" limit).
+* Multi-view features (:mod:`.multiview`, textbook 5.4.3): :func:`render_views` of a mesh
+  and :func:`backproject_features` of 2-D feature maps onto its vertices.
+
 The rotation-invariant autoencoders that embed such clouds are :mod:`biomip.nn`
 (``PointCloudAE``); the whole case study is :mod:`biomip.pipelines.pointcloud`.
 

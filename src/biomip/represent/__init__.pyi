@@ -1,3 +1,40 @@
+from .multiview import View, backproject_features, render_views, shading_features, vertex_visibility, view_directions
 from .pointclouds import InstanceCrop, crop_instances, sample_points, sampling_probability, subsample
+from .shape import (
+    DRUMS,
+    Mesh,
+    icosphere,
+    isospectral_drums,
+    label_mesh,
+    laplace_beltrami,
+    moment_invariants,
+    retrieve,
+    shape_distance,
+    shape_dna,
+    taubin_smooth,
+)
 
-__all__ = ["InstanceCrop", "crop_instances", "sample_points", "sampling_probability", "subsample"]
+__all__ = [
+    "DRUMS",
+    "InstanceCrop",
+    "Mesh",
+    "View",
+    "backproject_features",
+    "crop_instances",
+    "icosphere",
+    "isospectral_drums",
+    "label_mesh",
+    "laplace_beltrami",
+    "moment_invariants",
+    "render_views",
+    "retrieve",
+    "sample_points",
+    "sampling_probability",
+    "shading_features",
+    "shape_distance",
+    "shape_dna",
+    "subsample",
+    "taubin_smooth",
+    "vertex_visibility",
+    "view_directions",
+]
