@@ -24,6 +24,21 @@ from .diffusion import (
     timestep_embedding,
 )
 from .gan import DCCritic, DCGenerator, PatchDiscriminator, gan_loss, gradient_penalty, wasserstein_losses
+from .graph import (
+    GNN,
+    GNN_KINDS,
+    GATConv,
+    GCNConv,
+    SAGEConv,
+    deflate,
+    dirichlet_energy,
+    linear_gcn,
+    mean_average_distance,
+    normalized_adjacency,
+    sample_blocks,
+    sample_neighbours,
+    to_edge_index,
+)
 from .health import TrainingHealth, TrainingWarning, training_health
 from .inference import FrozenSequential, bf16_supported, fusable
 from .layers import Conv3d, LateralUpsample, lateral_upsample
@@ -85,6 +100,19 @@ from .vit import Attention, Block, MAENet, PatchEmbed, patchify, sincos_pos_embe
 from .xray import FieldRefiner, FieldSubspace, XrayEncoder, gradient_ncc, sample_projected
 
 __all__ = [
+    "GATConv",
+    "GCNConv",
+    "GNN",
+    "GNN_KINDS",
+    "SAGEConv",
+    "deflate",
+    "dirichlet_energy",
+    "linear_gcn",
+    "mean_average_distance",
+    "normalized_adjacency",
+    "sample_blocks",
+    "sample_neighbours",
+    "to_edge_index",
     "partial_cross_entropy",
     "NOISES",
     "ConvEncoder",

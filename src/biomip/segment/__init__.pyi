@@ -6,6 +6,7 @@ from . import (
     edges,
     evaluate,
     flows,
+    graphnet,
     instances,
     levelset,
     nsc,
@@ -52,6 +53,7 @@ from .flows import (
     stitch_slices,
     train_flows,
 )
+from .graphnet import GRAPH_FEATURES, GraphSegmenter, RegionGraph, graph_segment, region_graph
 from .instances import (
     check_labels,
     estimate_diameter,
@@ -93,6 +95,12 @@ from .train import (
 from .unet import AttentionGate, UNet, load_module, save_module
 
 __all__ = [
+    "GRAPH_FEATURES",
+    "GraphSegmenter",
+    "RegionGraph",
+    "graph_segment",
+    "region_graph",
+    "graphnet",
     "PixelClassifier",
     "AttentionGate",
     "Augmentation",
