@@ -1,3 +1,4 @@
+from . import transforms
 from .aqua import AquaNet
 from .augment import Augmentation
 from .autoencoders import Quantized, VAENet, VectorQuantizer, VQVAENet, code_statistics, kl_divergence
@@ -95,11 +96,50 @@ from .text import (
     WordPromptEncoder,
     WordTokenizer,
 )
+from .transforms import (
+    Compose,
+    CropOrPad,
+    OneOf,
+    RandomAffine,
+    RandomBiasField,
+    RandomBlur,
+    RandomCrop,
+    RandomElastic,
+    RandomFlip,
+    RandomIntensity,
+    RandomLabelCrop,
+    RandomNoise,
+    RandomOcclusion,
+    RandomRot90,
+    RandomStreaks,
+    Subject,
+    invert,
+    replay,
+)
 from .unet import AttentionGate, UNet
 from .vit import Attention, Block, MAENet, PatchEmbed, patchify, sincos_pos_embed, unpatchify
 from .xray import FieldRefiner, FieldSubspace, XrayEncoder, gradient_ncc, sample_projected
 
 __all__ = [
+    "transforms",
+    "Subject",
+    "Compose",
+    "OneOf",
+    "RandomAffine",
+    "RandomElastic",
+    "RandomFlip",
+    "RandomRot90",
+    "RandomCrop",
+    "CropOrPad",
+    "RandomLabelCrop",
+    "RandomIntensity",
+    "RandomNoise",
+    "RandomBiasField",
+    "RandomBlur",
+    "RandomStreaks",
+    "RandomOcclusion",
+    "replay",
+    "invert",
     "GATConv",
     "GCNConv",
     "GNN",
