@@ -68,8 +68,11 @@ from .stain import (
     defocus_brightfield,
     he_pseudo_pair,
 )
+from .tracks import Tracks, timelapse_tracks
 
 __all__ = [
+    "Tracks",
+    "timelapse_tracks",
     "scribbles_from_labels",
     "CT_TISSUES",
     "CTSlice",

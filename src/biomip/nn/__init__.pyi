@@ -24,6 +24,7 @@ from .diffusion import (
     diffusion_loss,
     timestep_embedding,
 )
+from .flow import FlowNet, charbonnier, endpoint_loss, photometric_loss, smoothness_loss
 from .gan import DCCritic, DCGenerator, PatchDiscriminator, gan_loss, gradient_penalty, wasserstein_losses
 from .graph import (
     GNN,
@@ -121,6 +122,11 @@ from .vit import Attention, Block, MAENet, PatchEmbed, patchify, sincos_pos_embe
 from .xray import FieldRefiner, FieldSubspace, XrayEncoder, gradient_ncc, sample_projected
 
 __all__ = [
+    "FlowNet",
+    "charbonnier",
+    "endpoint_loss",
+    "photometric_loss",
+    "smoothness_loss",
     "transforms",
     "Subject",
     "Compose",

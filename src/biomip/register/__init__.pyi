@@ -2,6 +2,7 @@ from . import losses
 from .bspline import BSplineField, bspline
 from .demons import DeformableResult, demons
 from .evaluate import endpoint_error, evaluate
+from .flow import FLOW_METHODS, horn_schunck, optical_flow, simulate_motion, track_points, train_flow_net
 from .keypoints import KEYPOINT_TRANSFORMS, KeypointRegistration, fit_points, keypoint_registration
 from .landmarks import LandmarkTransform
 from .lddmm import lddmm
@@ -26,6 +27,12 @@ from .transforms import (
 from .variational import variational
 
 __all__ = [
+    "FLOW_METHODS",
+    "horn_schunck",
+    "optical_flow",
+    "simulate_motion",
+    "track_points",
+    "train_flow_net",
     "KEYPOINT_TRANSFORMS",
     "KeypointRegistration",
     "fit_points",
