@@ -27,6 +27,9 @@ def register_cmd(
                                                       "rigid/affine, an ITK .tfm transform."),
         metric: str | None = typer.Option(None, help="rigid/affine: mse, ncc, mi, nmi; svf/bspline: lncc, ncc, mse; lddmm: mse, lncc."),
         iterations: int | None = typer.Option(None, help="Iterations (per level)."),
+        init: str | None = typer.Option(None, "--init", help="rigid/affine of 2-D images: start from a keypoint "
+                                                             "match, sift or orb (RANSAC; finds large rotations that "
+                                                             "intensity optimisation alone misses)."),
         labels: list[str] | None = typer.Option(None, "--labels", metavar="FILE",
                                                    help="Label images, given twice: --labels FIXED_LABELS --labels "
                                                         "MOVING_LABELS; report Dice before/after."),
@@ -41,6 +44,10 @@ def register_cmd(
 
     if method not in METHODS:
         raise InputError(f"METHOD: got {method!r}; expected one of {', '.join(METHODS)}")
+    if init is not None and method not in ("rigid", "affine"):
+        raise InputError(f"--init: got {init!r} with METHOD {method!r}; keypoint initialisation is for rigid and affine")
+    if init is not None and init not in ("sift", "orb"):
+        raise InputError(f"--init: got {init!r}; expected sift or orb")
     if iterations is not None and not 1 <= iterations <= MAX_ITERATIONS:
         raise InputError(f"--iterations: got {iterations}; expected an integer 1..{MAX_ITERATIONS}")
     # everything is checked before the work starts, so nothing is half-written
@@ -75,14 +82,14 @@ def register_cmd(
                              f"grid (shape {m.spatial_shape})")
     with outs:
         _register(method, f, m, fixed, moving, out_warped, out_field, metric, iterations, fl, ml,
-                  (fp, mp) if landmarks else None)
+                  (fp, mp) if landmarks else None, init)
 
 
 def _same(a: Path, b: Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-def _register(method, f, m, fixed, moving, out_warped, out_field, metric, iterations, fl, ml, points):
+def _register(method, f, m, fixed, moving, out_warped, out_field, metric, iterations, fl, ml, points, init=None):
     from .. import metrics, ops
     from .. import register as R
     from ..core.atomic import write_json
@@ -91,9 +98,21 @@ def _register(method, f, m, fixed, moving, out_warped, out_field, metric, iterat
 
     t0 = time.perf_counter()
     if method in ("rigid", "affine"):
-        res = R.linear(f, m, method, metric or "mi", iterations=iterations or 50)
+        extra = {}
+        start = None
+        if init is not None:
+            if f.sdim != 2 or m.sdim != 2:
+                raise InputError(f"--init: keypoints are 2-D; got {f.sdim}-D images")
+            kr = R.keypoint_registration(f, m, transform=method, method=init)
+            if kr.n_inliers < 3:
+                raise InputError(f"--init: {init} found {kr.n_inliers} consistent matches; expected at least 3 "
+                                 "(images too different or too smooth for keypoints; leave out --init)")
+            start = kr.transform
+            extra["keypoints"] = {"method": init, "matches": kr.n_matches, "inliers": kr.n_inliers,
+                                  "residual_mm": kr.residual_mm, "seconds": kr.seconds}
+        res = R.linear(f, m, method, metric or "mi", iterations=iterations or 50, initial=start)
         field = res.transform.to_displacement(f)
-        extra = {"transform": res.transform.to_dict()}
+        extra["transform"] = res.transform.to_dict()
     else:
         if not f.same_geometry(m):
             m = ops.resample(m, f)                       # deformable methods work on the fixed grid
