@@ -57,3 +57,36 @@ def test_vision_study_unknown_name(capsys, tmp_path):
     rc, out, err = run(capsys, "vision", "study", "yolo", "--out", str(tmp_path / "v"))
     assert rc != 0 and "NAME" in err and "detection" in err
     assert not (tmp_path / "v").exists()
+
+
+def test_vision_shapedna_table_is_scale_free(capsys, tmp_path):
+    z, y, x = np.mgrid[:40, :40, :80]
+    lab = np.zeros((40, 40, 80), np.uint16)
+    lab[(z - 20) ** 2 + (y - 20) ** 2 + (x - 20) ** 2 <= 8 ** 2] = 1          # a ball
+    lab[(z - 20) ** 2 + (y - 20) ** 2 + (x - 58) ** 2 <= 16 ** 2] = 2         # the same ball, twice the size
+    write(biomip.Image(lab, spacing=(0.5, 0.5, 0.5)), tmp_path / "l.nii.gz")
+    rc, out, err = run(capsys, "vision", "shapedna", str(tmp_path / "l.nii.gz"), "--out", str(tmp_path / "d.csv"),
+                       "--k", "5")
+    assert rc == 0, out + err
+    rows = np.loadtxt(tmp_path / "d.csv", delimiter=",", skiprows=1)
+    assert rows.shape[0] == 2 and rows[1, 1] > 7 * rows[0, 1]
+    np.testing.assert_allclose(rows[1, 2], 4 * rows[0, 2], rtol=0.05)              # area in mm^2 scales by 4
+    np.testing.assert_allclose(rows[0, 3:8], rows[1, 3:8], rtol=0.03)             # the Shape DNA does not
+    # a sphere's first three eigenvalues are equal: lambda * area = 2 * 4 pi
+    np.testing.assert_allclose(rows[0, 3:6], 8 * np.pi, rtol=0.05)
+
+
+def test_vision_track_follows_a_moving_blob(capsys, tmp_path):
+    y, x = np.mgrid[:48, :64]
+    movie = np.stack([np.exp(-((x - 20 - 1.5 * t) ** 2 + (y - 24) ** 2) / 40.0) for t in range(6)]).astype(np.float32)
+    write(biomip.Image(movie, spacing=(2.0, 2.0), axes="tyx"), tmp_path / "m.tif")
+    rc, out, err = run(capsys, "vision", "track", str(tmp_path / "m.tif"), "--points", "40,48", "--out",
+                       str(tmp_path / "t.csv"), "--method", "ilk", "--no-progress")
+    assert rc == 0, out + err
+    rows = np.loadtxt(tmp_path / "t.csv", delimiter=",", skiprows=1)
+    assert rows.shape == (6, 4)
+    np.testing.assert_allclose(rows[:, 2], 40 + 3.0 * np.arange(6), atol=0.6)      # 1.5 px = 3 mm per frame
+    assert (tmp_path / "t.preview.png").exists()
+    rc, out, err = run(capsys, "vision", "track", str(tmp_path / "m.tif"), "--points", "40,48", "--out",
+                       str(tmp_path / "u.csv"), "--method", "learned")
+    assert rc != 0 and "--method" in err and not (tmp_path / "u.csv").exists()
