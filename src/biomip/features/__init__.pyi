@@ -13,10 +13,15 @@ from .classic import (
     lbp,
     match_keypoints,
 )
+from .deep import ARCHITECTURES, OnnxEncoder, deep_features, load_foundation_model
 from .objects import OBJECT_PROPERTIES, ObjectFeatures, object_features
 from .pixel import DEFAULT_SIGMAS, FEATURES, pixel_feature_names, pixel_features
 
 __all__ = [
+    "ARCHITECTURES",
+    "OnnxEncoder",
+    "deep_features",
+    "load_foundation_model",
     "BOVW_DESCRIPTORS",
     "BagOfWords",
     "BagOfWordsClassifier",

@@ -56,6 +56,7 @@ from .losses import (
     soft_dice_loss,
     symmetry_loss,
 )
+from .metric import MINING, DinoViT, SiameseNet, batch_triplet_loss, contrastive_loss, pairwise_distances, triplet_loss
 from .parse import ParseNet, parse_loss
 from .patches import PatchSampler, crop_pad, gaussian_importance, sliding_window_inference, window_starts
 from .pointcloud import (
@@ -122,6 +123,13 @@ from .vit import Attention, Block, MAENet, PatchEmbed, patchify, sincos_pos_embe
 from .xray import FieldRefiner, FieldSubspace, XrayEncoder, gradient_ncc, sample_projected
 
 __all__ = [
+    "MINING",
+    "DinoViT",
+    "SiameseNet",
+    "batch_triplet_loss",
+    "contrastive_loss",
+    "pairwise_distances",
+    "triplet_loss",
     "FlowNet",
     "charbonnier",
     "endpoint_loss",
