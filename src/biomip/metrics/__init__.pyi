@@ -1,5 +1,6 @@
 from .classification import auc, roc_auc, roc_curve
 from .clustering import adjusted_rand_index, ari, nmi, normalized_mutual_info
+from .detection import COCO_THRESHOLDS, box_average_precision, box_iou_matrix, match_detections
 from .distance import assd, hausdorff, hd95, surface_distances
 from .generative import (
     AnomalyScores,
@@ -25,6 +26,10 @@ from .quality import (
 from .registration import TREResult, jacobian_stats, target_registration_error
 
 __all__ = [
+    "box_average_precision",
+    "box_iou_matrix",
+    "match_detections",
+    "COCO_THRESHOLDS",
     # overlap
     "confusion_counts", "dice", "iou", "jaccard", "precision", "recall", "sensitivity", "f1", "accuracy",
     "specificity",

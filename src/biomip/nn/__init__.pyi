@@ -15,6 +15,23 @@ from .clustering import (
     student_t_assignment,
     target_distribution,
 )
+from .detection import (
+    DetectionNet,
+    batched_nms,
+    box_area,
+    box_cxcywh_to_xyxy,
+    box_iou,
+    box_xyxy_to_cxcywh,
+    boxes_from_labels,
+    decode_detections,
+    detection_loss,
+    generalized_box_iou,
+    mask_loss,
+    mask_targets,
+    nms,
+    paste_masks,
+    roi_align,
+)
 from .diffusion import (
     DiffusionUNet,
     NoiseSchedule,
@@ -123,6 +140,21 @@ from .vit import Attention, Block, MAENet, PatchEmbed, patchify, sincos_pos_embe
 from .xray import FieldRefiner, FieldSubspace, XrayEncoder, gradient_ncc, sample_projected
 
 __all__ = [
+    "DetectionNet",
+    "box_iou",
+    "generalized_box_iou",
+    "box_area",
+    "box_xyxy_to_cxcywh",
+    "box_cxcywh_to_xyxy",
+    "nms",
+    "batched_nms",
+    "roi_align",
+    "detection_loss",
+    "mask_targets",
+    "mask_loss",
+    "decode_detections",
+    "paste_masks",
+    "boxes_from_labels",
     "MINING",
     "DinoViT",
     "SiameseNet",

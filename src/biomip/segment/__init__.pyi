@@ -3,6 +3,7 @@ from . import (
     classic,
     cluster,
     crf,
+    detect,
     edges,
     evaluate,
     flows,
@@ -41,6 +42,7 @@ from .cluster import (
     superpixels,
 )
 from .crf import bilateral_filter, dense_crf
+from .detect import Detector, HOGDetector
 from .edges import SnakeResult, edge_segment, gvf, snake
 from .evaluate import InstanceMatch, average_precision, match_instances, matched_dice, segmentation_report
 from .flows import (
@@ -95,6 +97,9 @@ from .train import (
 from .unet import AttentionGate, UNet, load_module, save_module
 
 __all__ = [
+    "Detector",
+    "HOGDetector",
+    "detect",
     "GRAPH_FEATURES",
     "GraphSegmenter",
     "RegionGraph",
