@@ -261,9 +261,9 @@ def run(out=None, mode: str = "quick", seed: int = 0, progress=None) -> dict:
     Returns
     -------
     dict
-        The report: ``study``, ``mode``, ``config``, ``seeds``, ``methods`` (``2d`` / ``3d``
-        -> ``affine`` / ``elastic`` / ``affine+elastic`` invertibility and label figures;
-        ``seconds_2d`` / ``seconds_3d`` per transform), ``gallery`` (each preview panel's
+        The report: ``study``, ``mode``, ``config``, ``seeds``, ``methods`` (``affine-2d``,
+        ``elastic-2d``, ``affine+elastic-2d`` and the same ``-3d``: invertibility and label
+        figures), ``seconds_per_call`` (``2d`` / ``3d`` -> seconds per transform), ``gallery`` (each preview panel's
         record), ``targets``, ``warnings``, ``seconds`` and ``files``.
 
     Raises
@@ -324,7 +324,8 @@ def run(out=None, mode: str = "quick", seed: int = 0, progress=None) -> dict:
                    "inner_region": "the central half of every axis",
                    "image_error": "mean |invert(augment(x)) - x| / (p99 - p1 of x)"},
         "seeds": list(range(seed, seed + draws)),
-        "methods": {"2d": m2, "3d": m3, "seconds_2d": secs2, "seconds_3d": secs3},
+        "methods": {f"{k}-{dim}": v for dim, m in (("2d", m2), ("3d", m3)) for k, v in m.items()},
+        "seconds_per_call": {"2d": secs2, "3d": secs3},
         "gallery": gallery, "targets": targets, "warnings": warns,
     }
     fig = None if out is None else _figure(s2, outs, sct, cts, m2, m3, names, descs)
