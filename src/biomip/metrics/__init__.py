@@ -1,5 +1,6 @@
 """Evaluation metrics: segmentation overlap, surface distances, ROC, clustering
-agreement, intensity similarity, no-reference image quality and registration quality.
+agreement, intensity similarity, no-reference image quality, registration quality and
+detection (COCO box AP: :func:`box_average_precision`).
 
 Notes
 -----

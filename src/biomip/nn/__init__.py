@@ -31,6 +31,17 @@ Inference
     :func:`gaussian_importance`, :func:`window_starts`, :func:`warp_batch`;
     :class:`FrozenSequential`, a CPU inference copy of a convolution stack with the
     weights cast once and the activations fused into oneDNN convolutions.
+Computer vision (book ch. 4-5)
+    :mod:`.transforms`: TorchIO-style seeded, label-aware, invertible augmentation with
+    recorded parameters (:class:`Compose`, :class:`RandomAffine`, :class:`RandomElastic`,
+    :class:`RandomStreaks`, ..., :func:`replay`, :func:`invert`); :mod:`.graph`: GCN, GAT and
+    GraphSAGE layers (:class:`GCNConv`, :class:`GATConv`, :class:`SAGEConv`, :class:`GNN`),
+    neighbour sampling and the over-smoothing measures :func:`dirichlet_energy` /
+    :func:`mean_average_distance`; :mod:`.detection`: box maths, NMS, :func:`roi_align` and
+    the one-stage + mask-head :class:`DetectionNet`; :mod:`.flow`: :class:`FlowNet` and the
+    photometric / smoothness losses of learned optical flow; :mod:`.metric`:
+    :func:`contrastive_loss`, :func:`triplet_loss`, :func:`batch_triplet_loss`,
+    :class:`SiameseNet` and the DINOv2-format :class:`DinoViT`.
 Training
     :func:`training_health` (did a training learn: loss trend, empty or constant output;
     :class:`TrainingHealth`, :class:`TrainingWarning`).

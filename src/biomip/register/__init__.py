@@ -14,6 +14,10 @@ regularisers, and the methods of the chapter.
   :func:`subspace_register` (PCA statistical deformation model), and the learned
   VoxelMorph-style :class:`RegistrationNet` (:func:`train_registration`,
   :func:`learned_register`);
+* from features and motion (book ch. 5): :func:`keypoint_registration` (SIFT / ORB
+  matches + RANSAC; its transform starts :func:`linear`), :func:`optical_flow` (TV-L1,
+  ILK, Horn-Schunck, Farneback, a learned :class:`~biomip.nn.FlowNet`) and
+  :func:`track_points`;
 * evaluation: :func:`evaluate`, :func:`endpoint_error`.
 """
 

@@ -12,6 +12,10 @@ its geometry, numpy for numpy, torch for torch.
 * supervised (:mod:`.train`, :mod:`.planning`): U-Net training and prediction with
   nnU-Net-style planning (networks, losses, augmentation and sliding windows are
   :mod:`biomip.nn`, re-exported here);
+* detection (:mod:`.detect`): a one-stage detector with a Mask R-CNN-style mask head
+  (:class:`Detector`) and the HOG + SVM baseline (:class:`HOGDetector`);
+* graphs (:mod:`.graphnet`): GCN / GAT / GraphSAGE node classification of superpixel
+  graphs from scribbles (:class:`GraphSegmenter`, :func:`graph_segment`);
 * evaluation (:mod:`.evaluate`): per-label Dice / IoU / HD95, instance AP, matched Dice.
 
 Submodules load on first use (torch and scikit-image are imported only then).
