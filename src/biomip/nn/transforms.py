@@ -908,7 +908,18 @@ class RandomFlip(Transform):
 
     @classmethod
     def inverse_params(cls, params: dict) -> dict:
-        """A flip is its own inverse."""
+        """A flip is its own inverse.
+
+        Parameters
+        ----------
+        params : dict
+            The recorded parameters of one application.
+
+        Returns
+        -------
+        dict
+            The parameters of the inverse.
+        """
         return dict(params)
 
 
@@ -997,7 +1008,18 @@ class RandomRot90(Transform):
 
     @classmethod
     def inverse_params(cls, params: dict) -> dict:
-        """The opposite turn."""
+        """The opposite turn.
+
+        Parameters
+        ----------
+        params : dict
+            The recorded parameters of one application.
+
+        Returns
+        -------
+        dict
+            The parameters of the inverse.
+        """
         return {"k": (-int(params["k"])) % 4, "plane": params["plane"]}
 
 
