@@ -90,3 +90,17 @@ def test_vision_track_follows_a_moving_blob(capsys, tmp_path):
     rc, out, err = run(capsys, "vision", "track", str(tmp_path / "m.tif"), "--points", "40,48", "--out",
                        str(tmp_path / "u.csv"), "--method", "learned")
     assert rc != 0 and "--method" in err and not (tmp_path / "u.csv").exists()
+
+
+def test_vision_track_takes_a_plain_stack_as_time(capsys, tmp_path):
+    import tifffile
+
+    y, x = np.mgrid[:48, :64]
+    movie = np.stack([np.exp(-((x - 20 - 1.5 * t) ** 2 + (y - 24) ** 2) / 40.0) for t in range(4)]).astype(np.float32)
+    tifffile.imwrite(tmp_path / "plain.tif", movie, photometric="minisblack")   # no axes: read as (z, y, x)
+    rc, out, err = run(capsys, "vision", "track", str(tmp_path / "plain.tif"), "--points", "20,24", "--out",
+                       str(tmp_path / "t.csv"), "--method", "ilk", "--no-progress")
+    assert rc == 0, out + err
+    assert "px (the pixel size is unknown)" in out
+    rows = np.loadtxt(tmp_path / "t.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(rows[:, 2], 20 + 1.5 * np.arange(4), atol=0.4)

@@ -479,9 +479,8 @@ def run_study(name: str, studies, run, out: Path, mode: str, seed: int, progress
     rep = run(name, out=out, mode=mode, seed=seed, progress=progress)
     typer.echo(f"wrote {out}/report.json and preview.png  ({name}, {mode}, {rep.get('seconds', 0.0):.0f} s)")
     for method, figs in rep.get("methods", {}).items():
-        shown = [f"{k} {fmt_number(v)}" for k, v in figs.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        typer.echo(f"  {method:22s} " + "  ".join(shown[:8]))
+        for name, shown in _figure_rows(method, figs):
+            typer.echo(f"  {name:22s} " + "  ".join(shown[:8]))
     for tname, t in (rep.get("targets") or {}).items():
         if isinstance(t, dict) and "met" in t:
             typer.echo(f"  target {tname}: {fmt_number(t.get('value'))} (bound {fmt_number(t.get('bound'))}) "
@@ -489,3 +488,17 @@ def run_study(name: str, studies, run, out: Path, mode: str, seed: int, progress
     for w in rep.get("warnings", []):
         typer.echo(f"  warning: {w}")
     return rep
+
+
+def _figure_rows(name: str, figs, depth: int = 0):
+    """``(row name, ["key value", ...])`` rows of a method's figures; figures nested by
+    dataset or setting (``{"nuclei3d": {"p_at_1": ..}}``) give one row each, ``method / key``."""
+    if not isinstance(figs, dict):
+        return [(name, [fmt_number(figs)])] if isinstance(figs, (int, float)) and not isinstance(figs, bool) else []
+    flat = [f"{k} {fmt_number(v)}" for k, v in figs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    rows = [(name, flat)] if flat or depth == 0 else []
+    if depth < 2:
+        for k, v in figs.items():
+            if isinstance(v, dict):
+                rows += _figure_rows(f"{name} / {k}", v, depth + 1)
+    return [r for r in rows if r[1]] or rows[:1]

@@ -102,12 +102,14 @@ def _register(method, f, m, fixed, moving, out_warped, out_field, metric, iterat
         start = None
         if init is not None:
             if f.sdim != 2 or m.sdim != 2:
-                raise InputError(f"--init: keypoints are 2-D; got {f.sdim}-D images")
+                raise InputError(f"--init: keypoints are 2-D; got FIXED {f.sdim}-D and MOVING {m.sdim}-D")
             kr = R.keypoint_registration(f, m, transform=method, method=init)
             if kr.n_inliers < 3:
                 raise InputError(f"--init: {init} found {kr.n_inliers} consistent matches; expected at least 3 "
                                  "(images too different or too smooth for keypoints; leave out --init)")
             start = kr.transform
+            typer.echo(f"keypoints ({init}): {kr.n_matches} matches, {kr.n_inliers} consistent, residual "
+                       f"{kr.residual_mm:.2f} mm; starting {method} from them")
             extra["keypoints"] = {"method": init, "matches": kr.n_matches, "inliers": kr.n_inliers,
                                   "residual_mm": kr.residual_mm, "seconds": kr.seconds}
         res = R.linear(f, m, method, metric or "mi", iterations=iterations or 50, initial=start)

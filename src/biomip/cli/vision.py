@@ -86,10 +86,8 @@ def track_cmd(movie: Path = typer.Argument(..., metavar="MOVIE", help="Time-laps
         raise InputError(f"--out: got {str(out)!r}; expected a .csv file")
     outs = Outputs(overwrite, inputs=[movie])
     outs.add(out, "--out", image=False, siblings=(".preview.png",))
-    mov = read_input(movie, "MOVIE")
-    if not mov.axes.startswith("t") and mov.axes not in ("zyx",):
-        raise InputError(f"MOVIE: got axes {mov.axes!r}; expected a time-lapse (t, y, x) or (t, z, y, x)")
-    if mov.shape[0] < 2:
+    mov = _as_movie(read_input(movie, "MOVIE"))
+    if mov.array.shape[0] < 2:
         raise InputError(f"MOVIE: got {mov.shape[0]} frame(s); expected at least 2")
     d = mov.array.ndim - 1
     pts = (read_points_file(points, d, "--points") if Path(points).is_file()
@@ -107,8 +105,28 @@ def track_cmd(movie: Path = typer.Argument(..., metavar="MOVIE", help="Time-laps
                         fh.write(f"{i},{t}," + ",".join(f"{v:.4f}" for v in paths[t, i]) + "\n")
         _track_preview(mov, paths, Path(str(out)[:-4] + ".preview.png"), method)
     moved = np.linalg.norm(paths[-1] - paths[0], axis=1)
+    unit = "mm" if mov.meta.get("spacing_known", True) is not False else "px (the pixel size is unknown)"
     typer.echo(f"wrote {out}  ({paths.shape[1]} points x {paths.shape[0]} frames, {method}, "
-               f"median displacement {np.median(moved):.2f} mm, {time.perf_counter() - t0:.1f} s)")
+               f"median displacement {np.median(moved):.2f} {unit}, {time.perf_counter() - t0:.1f} s)")
+
+
+def _as_movie(img):
+    """A time-lapse Image (axes ``t...``); a plain 3-D grey stack (read as ``zyx`` or ``cyx``)
+    is taken as ``(t, y, x)``: the first axis is time."""
+    import numpy as np
+
+    from ..core.errors import InputError
+    from ..core.image import Image
+
+    if img.axes.startswith("t"):
+        return img
+    if img.axes in ("zyx", "cyx"):
+        d = np.asarray(img.direction)
+        d2 = d[:2, :2] if d.shape[0] >= 2 else np.eye(2)
+        return Image(img.numpy(), spacing=tuple(img.spacing[:2]), origin=tuple(img.origin[:2]), direction=d2,
+                     axes="tyx", meta=dict(img.meta))
+    raise InputError(f"MOVIE: got axes {img.axes!r}; expected a time-lapse (t, y, x) or (t, z, y, x), or a 3-D "
+                     "stack whose first axis is time")
 
 
 def _track_preview(mov, paths, path: Path, method: str) -> None:
@@ -176,13 +194,22 @@ def shapedna_cmd(labels: Path = typer.Argument(..., metavar="LABELS", help="3-D 
     t0, rows = time.perf_counter(), []
     sp = lab.spacing
     for i in keep:
-        mesh = label_mesh(lab, label=int(i), sigma=sigma * float(min(sp)))
-        dna = shape_dna(mesh, k=k)
+        try:
+            mesh = label_mesh(lab, label=int(i), sigma=sigma * float(min(sp)))
+        except InputError as exc:
+            raise InputError(f"--sigma: {sigma:g} voxels does not fit label {int(i)} ({exc})") from None
+        try:
+            dna = shape_dna(mesh, k=k)
+        except InputError as exc:
+            raise InputError(f"--k: {k} eigenvalues do not fit label {int(i)} ({exc}); lower --k or raise "
+                             "--min-voxels") from None
         mom = moment_invariants(lab, label=int(i))
         rows.append([int(i), int(counts[ids == i][0]), mesh.area, *dna, *mom])
     n_mom = len(rows[0]) - 3 - k
-    names = ["label", "voxels", "area_mm2", *[f"dna_{j + 1}" for j in range(k)], *[f"moment_{j + 1}" for j in range(n_mom)]]
+    known = lab.meta.get("spacing_known", True) is not False
+    names = ["label", "voxels", "area_mm2" if known else "area_px2", *[f"dna_{j + 1}" for j in range(k)],
+             *[f"moment_{j + 1}" for j in range(n_mom)]]
     with outs:
         _write_table(out, names, rows)
     typer.echo(f"wrote {out}  ({len(rows)} objects, {k} eigenvalues + {n_mom} moment invariants, "
-               f"{time.perf_counter() - t0:.1f} s)")
+               f"{time.perf_counter() - t0:.1f} s{'' if known else '; the voxel size is unknown: areas in px^2'})")
