@@ -263,3 +263,34 @@ def test_augment_study_tiny(tmp_path):
     r = run("augment", out=tmp_path, mode="tiny", progress=False)
     assert (tmp_path / "preview.png").exists() and r["study"] == "augment"
     assert r["targets"]["labels_no_new_values"]["met"]
+
+
+# ------------------------------------------------------------------ review regressions
+def test_subject_refuses_empty_axis_nan_and_channels_last_rgb():
+    with pytest.raises(ShapeError, match="image:.*every size >= 1"):
+        RandomAffine(seed=0)(Subject(np.zeros((1, 0, 8), np.float32)))
+    with pytest.raises(InputError, match="image:.*NaN"):
+        Subject(np.full((1, 8, 8), np.nan, np.float32))
+    with pytest.raises(ShapeError, match="channels go first"):
+        RandomAffine(seed=0)(np.zeros((16, 16, 3), np.float32))
+    assert Subject(np.zeros((3, 16, 16), np.float32)).shape == (16, 16)     # channels-first RGB is fine
+
+
+def test_replay_refuses_a_history_that_is_not_records():
+    s = Subject(np.zeros((1, 8, 8), np.float32))
+    for bad in ("abc", [1], [{"params": {}}]):
+        with pytest.raises(InputError, match="history:"):
+            replay(s, bad)
+
+
+def test_subject_keeps_image_origin_and_direction():
+    from biomip import Image
+
+    direction = np.array([[0.0, 1.0], [1.0, 0.0]])
+    img = Image(np.random.default_rng(0).random((6, 8)).astype(np.float32), spacing=(0.5, 2.0),
+                origin=(10.0, -3.0), direction=direction)
+    out = Compose([RandomFlip(p_axis=1.0), RandomNoise(0.1)], seed=0)(img)
+    assert out.origin == (10.0, -3.0)
+    back = out.to_image()
+    assert back.shape == (6, 8) and back.spacing == (0.5, 2.0) and back.origin == (10.0, -3.0)
+    np.testing.assert_array_equal(back.direction, direction)

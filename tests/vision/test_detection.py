@@ -88,7 +88,33 @@ def test_nms_bad_input():
         nms([[0, 0, 1, 1]], [1.0, 2.0])
     with pytest.raises(ShapeError, match="boxes"):
         nms([[0, 0, 1]], [1.0])
-    assert nms(np.zeros((0, 4)), []).numel() == 0
+    empty = nms(np.zeros((0, 4)), [])
+    assert isinstance(empty, np.ndarray) and empty.size == 0
+
+
+def test_box_utilities_refuse_nan_reversed_boxes_and_nan_scores():
+    b = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11]])
+    with pytest.raises(InputError, match="boxes1:.*reversed"):
+        box_iou(torch.tensor([[10.0, 10, 0, 0]]), b)
+    with pytest.raises(InputError, match="boxes2:.*NaN"):
+        box_iou(b, torch.tensor([[np.nan, 0, 1, 1]]))
+    with pytest.raises(InputError, match="scores:.*NaN"):
+        nms(b, torch.tensor([np.nan, 0.8]))
+    assert box_iou([[1.0, 1, 1, 1]], [[1.0, 1, 1, 1]]).tolist() == [[0.0]]      # zero-area boxes are allowed
+
+
+def test_box_utilities_numpy_in_numpy_out():
+    b = np.array([[0.0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]])
+    iou = box_iou(b, b)
+    assert isinstance(iou, np.ndarray) and iou[0, 1] == pytest.approx(81 / 119)
+    keep = nms(b, np.array([0.9, 0.8, 0.7]), 0.5)
+    assert isinstance(keep, np.ndarray) and keep.tolist() == [0, 2]
+    assert torch.is_tensor(nms(torch.as_tensor(b), torch.tensor([0.9, 0.8, 0.7]), 0.5))
+
+
+def test_roi_align_numpy_features_named_as_not_a_tensor():
+    with pytest.raises(InputError, match="features:.*expected a torch tensor"):
+        roi_align(np.zeros((1, 1, 8, 8), np.float32), torch.tensor([[0.0, 0, 0, 4, 4]]), 2)
 
 
 # ---------------------------------------------------------------- RoIAlign
@@ -213,6 +239,10 @@ def test_box_ap_hand_case():
     assert box_average_precision(gt, [1.0, 1.0], gt)["ap"] == 1.0
     with pytest.raises(InputError, match="interpolation"):
         box_average_precision(det, [1, 1, 1], gt, interpolation="voc07")
+    with pytest.raises(InputError, match="scores.*NaN"):
+        box_average_precision(det, [np.nan, 0.8, 0.7], gt)
+    with pytest.raises(InputError, match="pred_boxes.*reversed"):
+        box_average_precision([[10, 10, 0, 0]], [0.9], gt)
 
 
 # ---------------------------------------------------------------- the network
@@ -257,6 +287,12 @@ def test_detector_overfits_a_tiny_image_and_round_trips(tmp_path):
     assert box_average_precision(b, s, gt)["ap50"] > 0.95
     inst, info = det.predict_instances(img, score_threshold=0.3)
     assert match_instances(inst, lab, 0.5)["tp"] >= len(gt) - 1
+    # the same kind out: torch in -> torch (same device), Image in -> Image with its geometry
+    inst_t, _ = det.predict_instances(torch.as_tensor(img), score_threshold=0.3)
+    assert torch.is_tensor(inst_t) and np.array_equal(inst_t.numpy(), inst)
+    inst_i, _ = det.predict_instances(biomip.Image(img, spacing=(0.5, 0.5), origin=(3.0, 4.0)), score_threshold=0.3)
+    assert isinstance(inst_i, biomip.Image) and inst_i.origin == (3.0, 4.0) and inst_i.spacing == (0.5, 0.5)
+    np.testing.assert_array_equal(np.asarray(inst_i.numpy()), inst)
     path = det.save(tmp_path / "det")
     again = Detector.load(path)
     b2, s2 = again.predict(img)
@@ -270,8 +306,12 @@ def test_detector_bad_input():
     det = Detector(widths=(8, 16), fpn_channels=8, stride=2, masks=False)
     with pytest.raises(InputError, match="masks=False"):
         det.predict_instances(np.random.default_rng(0).random((16, 16)))
-    with pytest.raises(InputError, match="image"):
+    with pytest.raises(ShapeError, match="image"):
         det.predict(np.random.default_rng(0).random((4, 16, 16)))
+    with pytest.raises(InputError, match="score_threshold"):
+        Detector(widths=(8, 16), fpn_channels=8, stride=2).predict_instances(np.zeros((16, 16)), score_threshold=-1)
+    with pytest.raises(InputError, match="score_threshold"):
+        det.predict(np.zeros((16, 16)), score_threshold=2)
     with pytest.raises(InputError, match="epochs"):
         det.fit([np.random.default_rng(0).random((16, 16))], [np.zeros((16, 16), int)], epochs=0)
     with pytest.raises(InputError, match="stride"):
@@ -289,6 +329,25 @@ def test_hog_detector_finds_simulated_nuclei():
     assert box_average_precision(b, s, gt, 0.3)["ap"] > 0.5
     lab, _ = hogd.predict_instances(te.image)
     assert lab.shape == (128, 128) and lab.numpy().max() > 5
+
+
+@pytest.mark.slow
+def test_detection_preview_says_when_hog_found_nothing():
+    from biomip.pipelines.vision import detection
+
+    img, lab = _tiny_case()
+    gt = boxes_from_labels(lab)[0]
+    curve = {"recall": [0.0, 1.0], "precision": [1.0, 0.5], "ap50": 0.5}
+    methods = {n: {"box_ap50": 0.5, "instance_ap50": 0.5}
+               for n in ("one-stage-simulator-only", "one-stage", "detect-then-segment", "hog-svm")}
+    hb = np.array([[0.0, 0, 8, 8], [10, 10, 18, 18]], np.float32)
+    titles = []
+    for hs in (np.array([-0.7, -0.2], np.float32), np.array([0.3, -0.2], np.float32)):
+        fig = detection._figure(img, lab, gt, gt, np.ones(len(gt)), lab, hb, hs,
+                                {"one-stage": curve, "hog-svm": curve}, methods, [1.0, 0.5], [0.4], 0.5)
+        titles.append(fig.axes[2].get_title())
+    assert "HOG: no box above 0" in titles[0] and "best score -0.20" in titles[0]
+    assert "score >= 0: 1" in titles[1]
 
 
 @pytest.mark.slow

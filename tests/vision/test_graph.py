@@ -101,6 +101,19 @@ def test_gat_one_head_hand_computation_and_rows_sum_to_one():
     assert out4.shape == (8, 2)
 
 
+def test_gat_on_empty_graphs():
+    torch.manual_seed(0)
+    for concat in (True, False):
+        layer = GATConv(3, 4, heads=2, concat=concat)
+        width = 8 if concat else 4
+        assert layer(torch.zeros((0, 3)), torch.zeros((2, 0), dtype=torch.long)).shape == (0, width)
+        # no edges: only the self-loops, attention 1 on each, so the output is the node's own projection
+        x = torch.randn(5, 3)
+        z = layer.lin(x).view(5, 2, 4)
+        want = (z.reshape(5, 8) if concat else z.mean(1)) + layer.bias
+        torch.testing.assert_close(layer(x, torch.zeros((2, 0), dtype=torch.long)), want)
+
+
 def test_sage_mean_aggregation_by_hand():
     ei = torch.tensor([[1, 2, 3, 0, 0], [0, 0, 0, 1, 2]])            # node 0 <- 1, 2, 3; 1 <- 0; 2 <- 0
     x = torch.arange(12.0).reshape(4, 3)
@@ -335,8 +348,10 @@ def test_graph_segment_two_regions_and_kinds_of_input():
     assert torch.is_tensor(t) and t.shape == img.shape
     with pytest.raises(InputError, match="two classes"):
         GraphSegmenter(superpixels=64, features="intensity").fit(img, (scr == 1).astype(int))
-    with pytest.raises(ShapeError, match="spatial shape"):
+    with pytest.raises(ShapeError, match="scribbles:.*spatial shape"):
         GraphSegmenter(superpixels=64, features="intensity").fit(img, scr[:10])
+    with pytest.raises(InputError, match="scribbles:.*non-negative"):
+        graph_segment(img, -scr, "gcn", superpixels=64, epochs=1)
     with pytest.raises(InputError, match="features"):
         GraphSegmenter(features="deep")
     with pytest.raises(InputError, match="not fitted"):

@@ -112,6 +112,16 @@ def test_batch_triplet_mining_matches_brute_force(mining):
     assert float(loss) == pytest.approx(ref_loss, rel=1e-9)
 
 
+def test_semi_hard_spelling_is_an_alias():
+    x = _emb(12, 3, 5)
+    y = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3, 0])
+    ref = batch_triplet_loss(x, y, margin=0.5, mining="semihard")
+    for alias in ("semi-hard", "Semi-Hard", "semi_hard"):
+        assert float(batch_triplet_loss(x, y, margin=0.5, mining=alias)) == float(ref)
+    with pytest.raises(InputError, match="mining"):
+        batch_triplet_loss(x, y, mining="easy")
+
+
 def test_batch_hard_picks_hardest_and_trains():
     # 1-D points: anchor 0 at 0; positives at 1 and 4; negatives at 2 and 9
     x = torch.tensor([[0.0], [1.0], [4.0], [2.0], [9.0]])

@@ -32,6 +32,11 @@ def _boxes(b, name: str) -> np.ndarray:
         raise ShapeError(f"{name}: got shape {a.shape}; expected (K, 4) boxes (x1, y1, x2, y2)")
     if not np.all(np.isfinite(a)):
         raise InputError(f"{name}: contains NaN/Inf")
+    bad = (a[:, 2] < a[:, 0]) | (a[:, 3] < a[:, 1])
+    if bad.any():
+        k = int(np.nonzero(bad)[0][0])
+        raise InputError(f"{name}: box {k} is {a[k].tolist()}, reversed; expected corner boxes (x1, y1, x2, y2) "
+                         "with x1 <= x2 and y1 <= y2")
     return a
 
 
@@ -84,6 +89,9 @@ def _cases(pred_boxes, scores, true_boxes):
         sc = np.asarray(s.detach().cpu() if hasattr(s, "detach") else s, dtype=np.float64).reshape(-1)
         if sc.size != pb.shape[0]:
             raise InputError(f"scores[{i}]: got {sc.size} score(s) for {pb.shape[0]} box(es); expected one per box")
+        if not np.all(np.isfinite(sc)):
+            raise InputError(f"scores[{i}]: contains {int((~np.isfinite(sc)).sum())} NaN/Inf value(s); expected "
+                             "finite scores")
         out.append((pb, sc, tb))
     return out
 
@@ -182,8 +190,8 @@ def box_average_precision(pred_boxes, scores, true_boxes, iou_thresholds=0.5, in
     Raises
     ------
     InputError
-        For thresholds outside ``(0, 1]``, an unknown interpolation or lists of different
-        lengths.
+        For thresholds outside ``(0, 1]``, an unknown interpolation, lists of different
+        lengths, NaN / Inf scores or NaN / Inf / reversed boxes.
 
     Examples
     --------

@@ -8,7 +8,9 @@ Boxes are ``(x1, y1, x2, y2)`` in pixel units, ``x`` along the last array axis: 
 * Box utilities: :func:`box_xyxy_to_cxcywh` / :func:`box_cxcywh_to_xyxy`,
   :func:`box_area`, :func:`box_iou`, :func:`generalized_box_iou` (Rezatofighi et al.
   2019), greedy :func:`nms` and :func:`batched_nms` (per-class suppression by the offset
-  trick).
+  trick).  They take tensors, lists or numpy arrays and give **numpy out for numpy in**
+  (torch otherwise); boxes must be finite with ``x1 <= x2``, ``y1 <= y2`` and scores
+  finite (else :class:`~biomip.core.errors.InputError` naming the argument).
 * :func:`roi_align` (He et al. 2017, Mask R-CNN): every output bin is the mean of
   ``sampling_ratio x sampling_ratio`` bilinear samples, taken with
   :func:`torch.nn.functional.grid_sample` (``aligned=True``: pixel centres at half
@@ -55,7 +57,7 @@ __all__ = ["box_xyxy_to_cxcywh", "box_cxcywh_to_xyxy", "box_area", "box_iou", "g
 
 
 # ============================================================================ boxes
-def _boxes(b, name: str = "boxes") -> torch.Tensor:
+def _boxes(b, name: str = "boxes", corners: bool = True) -> torch.Tensor:
     if not torch.is_tensor(b):
         try:
             b = torch.as_tensor(np.asarray(b, dtype=np.float32))
@@ -65,7 +67,33 @@ def _boxes(b, name: str = "boxes") -> torch.Tensor:
         if b.numel() == 0:
             return b.reshape(0, 4).float()
         raise ShapeError(f"{name}: got shape {tuple(b.shape)}; expected (K, 4)")
-    return b if b.is_floating_point() else b.float()
+    b = b if b.is_floating_point() else b.float()
+    if b.numel():
+        if not bool(torch.isfinite(b).all()):
+            raise InputError(f"{name}: contains NaN/Inf coordinates; expected finite (x1, y1, x2, y2) boxes")
+        bad = (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]) if corners else (b[:, 2] < 0) | (b[:, 3] < 0)
+        if bool(bad.any()):
+            k = int(torch.nonzero(bad)[0, 0])
+            want = ("corner boxes (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2" if corners
+                    else "centre-size boxes (cx, cy, w, h) with w, h >= 0")
+            raise InputError(f"{name}: box {k} is {[round(float(v), 4) for v in b[k]]}, reversed; expected {want}")
+    return b
+
+
+def _scores(scores, n: int, device) -> torch.Tensor:
+    s = torch.as_tensor(scores if torch.is_tensor(scores) else np.asarray(scores, dtype=np.float32),
+                        dtype=torch.float32, device=device).reshape(-1)
+    if s.numel() != n:
+        raise InputError(f"scores: got {s.numel()} score(s) for {n} box(es); expected one per box")
+    if not bool(torch.isfinite(s).all()):
+        raise InputError(f"scores: contains {int((~torch.isfinite(s)).sum())} NaN/Inf value(s); expected finite "
+                         "scores")
+    return s
+
+
+def _like(result: torch.Tensor, *inputs):
+    """numpy out when any input is a numpy array (nn's box utilities: numpy in -> numpy out)."""
+    return result.detach().cpu().numpy() if any(isinstance(x, np.ndarray) for x in inputs) else result
 
 
 def box_xyxy_to_cxcywh(boxes) -> torch.Tensor:
@@ -78,13 +106,15 @@ def box_xyxy_to_cxcywh(boxes) -> torch.Tensor:
 
     Returns
     -------
-    torch.Tensor
+    torch.Tensor or numpy.ndarray
         ``(K, 4)`` centre-size boxes.
 
     Raises
     ------
     ShapeError
         When ``boxes`` is not ``(K, 4)``.
+    InputError
+        For NaN / Inf or reversed boxes.
 
     Examples
     --------
@@ -93,7 +123,7 @@ def box_xyxy_to_cxcywh(boxes) -> torch.Tensor:
     """
     b = _boxes(boxes)
     x1, y1, x2, y2 = b.unbind(-1)
-    return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], -1)
+    return _like(torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], -1), boxes)
 
 
 def box_cxcywh_to_xyxy(boxes) -> torch.Tensor:
@@ -106,22 +136,24 @@ def box_cxcywh_to_xyxy(boxes) -> torch.Tensor:
 
     Returns
     -------
-    torch.Tensor
+    torch.Tensor or numpy.ndarray
         ``(K, 4)`` corner boxes.
 
     Raises
     ------
     ShapeError
         When ``boxes`` is not ``(K, 4)``.
+    InputError
+        For NaN / Inf or reversed boxes.
 
     Examples
     --------
     >>> box_cxcywh_to_xyxy([[2.0, 5.0, 4.0, 6.0]]).tolist()
     [[0.0, 2.0, 4.0, 8.0]]
     """
-    b = _boxes(boxes)
+    b = _boxes(boxes, corners=False)
     cx, cy, w, h = b.unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+    return _like(torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1), boxes)
 
 
 def box_area(boxes) -> torch.Tensor:
@@ -134,13 +166,15 @@ def box_area(boxes) -> torch.Tensor:
 
     Returns
     -------
-    torch.Tensor
+    torch.Tensor or numpy.ndarray
         ``(K,)`` areas.
 
     Raises
     ------
     ShapeError
         When ``boxes`` is not ``(K, 4)``.
+    InputError
+        For NaN / Inf or reversed boxes.
 
     Examples
     --------
@@ -148,7 +182,7 @@ def box_area(boxes) -> torch.Tensor:
     [6.0]
     """
     b = _boxes(boxes)
-    return (b[:, 2] - b[:, 0]).clamp_min(0) * (b[:, 3] - b[:, 1]).clamp_min(0)
+    return _like((b[:, 2] - b[:, 0]).clamp_min(0) * (b[:, 3] - b[:, 1]).clamp_min(0), boxes)
 
 
 def _inter_union(a: torch.Tensor, b: torch.Tensor):
@@ -156,7 +190,9 @@ def _inter_union(a: torch.Tensor, b: torch.Tensor):
     rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
     wh = (rb - lt).clamp_min(0)
     inter = wh[..., 0] * wh[..., 1]
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
     return inter, union
 
 
@@ -172,13 +208,15 @@ def box_iou(boxes1, boxes2) -> torch.Tensor:
 
     Returns
     -------
-    torch.Tensor
+    torch.Tensor or numpy.ndarray
         ``(K, L)`` IoU (0 where the union is empty).
 
     Raises
     ------
     ShapeError
         When a box array is not ``(K, 4)``.
+    InputError
+        For NaN / Inf or reversed boxes (``x2 < x1`` or ``y2 < y1``).
 
     Examples
     --------
@@ -187,7 +225,7 @@ def box_iou(boxes1, boxes2) -> torch.Tensor:
     """
     a, b = _boxes(boxes1, "boxes1"), _boxes(boxes2, "boxes2")
     inter, union = _inter_union(a, b)
-    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter))
+    return _like(torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter)), boxes1, boxes2)
 
 
 def generalized_box_iou(boxes1, boxes2) -> torch.Tensor:
@@ -203,13 +241,15 @@ def generalized_box_iou(boxes1, boxes2) -> torch.Tensor:
 
     Returns
     -------
-    torch.Tensor
+    torch.Tensor or numpy.ndarray
         ``(K, L)`` GIoU.
 
     Raises
     ------
     ShapeError
         When a box array is not ``(K, 4)``.
+    InputError
+        For NaN / Inf or reversed boxes (``x2 < x1`` or ``y2 < y1``).
 
     Examples
     --------
@@ -223,7 +263,8 @@ def generalized_box_iou(boxes1, boxes2) -> torch.Tensor:
     rb = torch.maximum(a[:, None, 2:], b[None, :, 2:])
     wh = (rb - lt).clamp_min(0)
     hull = wh[..., 0] * wh[..., 1]
-    return iou - torch.where(hull > 0, (hull - union) / hull.clamp_min(1e-12), torch.zeros_like(hull))
+    return _like(iou - torch.where(hull > 0, (hull - union) / hull.clamp_min(1e-12), torch.zeros_like(hull)),
+                 boxes1, boxes2)
 
 
 def _giou_pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -256,13 +297,14 @@ def nms(boxes, scores, iou_threshold: float = 0.5) -> torch.Tensor:
 
     Returns
     -------
-    torch.Tensor
+    torch.Tensor or numpy.ndarray
         int64 indices of the kept boxes, by decreasing score.
 
     Raises
     ------
     InputError
-        For a threshold outside ``[0, 1]`` or scores that do not fit the boxes.
+        For a threshold outside ``[0, 1]``, NaN / Inf or reversed boxes, or scores that
+        are not finite or do not fit the boxes.
 
     Examples
     --------
@@ -270,21 +312,21 @@ def nms(boxes, scores, iou_threshold: float = 0.5) -> torch.Tensor:
     [0, 2]
     """
     b = _boxes(boxes)
-    s = torch.as_tensor(scores, dtype=torch.float32, device=b.device).reshape(-1)
+    s = _scores(scores, b.shape[0], b.device)
     thr = check_number(iou_threshold, "iou_threshold", low=0, high=1)
-    if s.numel() != b.shape[0]:
-        raise InputError(f"scores: got {s.numel()} score(s) for {b.shape[0]} box(es); expected one per box")
     if b.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.long, device=b.device)
+        return _like(torch.zeros(0, dtype=torch.long, device=b.device), boxes, scores)
     order = torch.argsort(s, descending=True, stable=True)
-    over = (box_iou(b[order], b[order]) > thr).cpu().numpy()
+    bo = b[order]
+    inter, union = _inter_union(bo, bo)
+    over = (torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter)) > thr).cpu().numpy()
     alive = np.ones(len(order), bool)
     keep = []
     for i in range(len(order)):
         if alive[i]:
             keep.append(i)
             alive &= ~over[i]
-    return order[torch.as_tensor(keep, dtype=torch.long, device=b.device)]
+    return _like(order[torch.as_tensor(keep, dtype=torch.long, device=b.device)], boxes, scores)
 
 
 def batched_nms(boxes, scores, idxs, iou_threshold: float = 0.5) -> torch.Tensor:
@@ -306,7 +348,7 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float = 0.5) -> torch.Tensor
 
     Returns
     -------
-    torch.Tensor
+    torch.Tensor or numpy.ndarray
         int64 indices of the kept boxes, by decreasing score.
 
     Raises
@@ -324,9 +366,10 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float = 0.5) -> torch.Tensor
     if g.numel() != b.shape[0]:
         raise InputError(f"idxs: got {g.numel()} group(s) for {b.shape[0]} box(es); expected one per box")
     if b.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.long, device=b.device)
+        return _like(torch.zeros(0, dtype=torch.long, device=b.device), boxes, scores, idxs)
     span = float(b.max() - min(float(b.min()), 0.0)) + 1.0
-    return nms(b + (g.to(b.dtype) * span)[:, None], scores, iou_threshold)
+    return _like(nms(b + (g.to(b.dtype) * span)[:, None], _scores(scores, b.shape[0], b.device), iou_threshold),
+                 boxes, scores, idxs)
 
 
 # ============================================================================ RoIAlign
@@ -397,7 +440,10 @@ def roi_align(features, rois, output_size=7, spatial_scale: float = 1.0, samplin
     >>> roi_align(f, [torch.tensor([[0.0, 0.0, 2.0, 2.0]])], 1)[0, 0].tolist()   # mean of the 2x2 corner
     [[2.5]]
     """
-    if not torch.is_tensor(features) or features.ndim != 4:
+    if not torch.is_tensor(features):
+        raise InputError(f"features: got {describe(features)}; expected a torch tensor (N, C, H, W), "
+                         "e.g. torch.as_tensor(features)")
+    if features.ndim != 4:
         raise ShapeError(f"features: got {describe(features)}; expected a (N, C, H, W) tensor")
     oh, ow = (int(output_size), int(output_size)) if np.ndim(output_size) == 0 else tuple(int(v) for v in output_size)
     if oh < 1 or ow < 1:

@@ -460,7 +460,7 @@ class GATConv(nn.Module):
         a = nn.functional.dropout(alpha, self.dropout, self.training)
         out = torch.zeros((n, self.heads, self.out_features), dtype=z.dtype, device=z.device)
         out = out.index_add_(0, dst, z[src] * a[..., None])
-        out = out.reshape(n, -1) if self.concat else out.mean(1)
+        out = out.reshape(n, self.heads * self.out_features) if self.concat else out.mean(1)
         if self.bias is not None:
             out = out + self.bias
         if return_attention:

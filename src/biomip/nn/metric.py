@@ -291,7 +291,7 @@ def batch_triplet_loss(embeddings: torch.Tensor, labels, margin: float = 0.2, mi
     margin : float, optional
         ``alpha >= 0``.
     mining : {"hard", "semihard", "all"}, optional
-        See above.
+        See above; ``"semi-hard"`` (and any case) is accepted as ``"semihard"``.
     squared : bool, optional
         Squared Euclidean distances.
     return_triplets : bool, optional
@@ -326,8 +326,11 @@ def batch_triplet_loss(embeddings: torch.Tensor, labels, margin: float = 0.2, mi
     n = x.shape[0]
     y = _labels(labels, n, x.device)
     m = check_number(margin, "margin", nonneg=True)
+    if isinstance(mining, str) and mining.lower().replace("-", "").replace("_", "") in MINING:
+        mining = mining.lower().replace("-", "").replace("_", "")
     if mining not in MINING:
-        raise InputError(f"mining: got {mining!r}; expected one of {', '.join(map(repr, MINING))}")
+        raise InputError(f"mining: got {mining!r}; expected one of {', '.join(map(repr, MINING))} "
+                         "('semi-hard' is accepted for 'semihard')")
     d = pairwise_distances(x, squared=bool(squared))
     same = y[:, None] == y[None, :]
     eye = torch.eye(n, dtype=torch.bool, device=x.device)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.arrays import check_number, check_spacing
+from ..core.arrays import check_finite, check_number, check_spacing
 from ..core.errors import InputError, ShapeError, describe
 from ..core.image import Image
 
@@ -60,8 +60,10 @@ class Subject:
         ``(C, *S)`` with 2 or 3 spatial axes, or ``(*S)`` for one channel.  A 2-D array is
         one 2-D channel, a 4-D array ``(C, z, y, x)``; a 3-D array is ``(C, y, x)`` unless
         ``sdim=3``, ``spacing`` has 3 values or the labels are 3-D.  An :class:`Image`
-        gives its own spatial axes and spacing.  Stored as floating point (integers become
-        float32).
+        gives its own spatial axes, spacing, origin and direction.  Stored as floating
+        point (integers become float32).  **Channels go first**: a numpy ``(H, W, 3)`` RGB
+        array is refused (transpose it to ``(3, H, W)``, or wrap it in an :class:`Image`
+        with ``axes="yxc"``).  Every spatial size must be >= 1 and every value finite.
     labels : tensor, array, Image or dict, optional
         One label map ``(*S)`` (named ``"label"``) or a dict name -> map, integer or
         boolean values.
@@ -72,12 +74,23 @@ class Subject:
     history : list of dict, optional
         Records of the transforms already applied.
 
+    Attributes
+    ----------
+    origin : tuple of float or None
+        The input Image's origin (mm, world order), ``None`` for an array input.  Carried
+        unchanged through every transform (which all act about the image centre), so after
+        a crop / pad it is the *input* grid's origin: :meth:`to_image` restores it.
+    direction : numpy.ndarray or None
+        The input Image's direction matrix, ``None`` for an array input; carried unchanged.
+
     Raises
     ------
     ShapeError
-        When the image is not 2-D / 3-D (with channels) or a label map's shape differs.
+        When the image is not 2-D / 3-D (with channels), has an empty spatial axis, looks
+        like channels-last RGB ``(H, W, 3)``, or a label map's shape differs.
     InputError
-        When a label map holds floating-point values or the spacing is invalid.
+        When the image holds NaN / Inf or complex values, a label map holds floating-point
+        values or the spacing is invalid.
 
     Examples
     --------
@@ -88,10 +101,14 @@ class Subject:
     """
 
     def __init__(self, image, labels=None, spacing=None, sdim: int | None = None, history=None):
+        self.origin = None
+        self.direction = None
         if isinstance(image, Image):
             d = image.sdim
             if spacing is None:
                 spacing = image.spacing
+            self.origin = tuple(image.origin)
+            self.direction = np.array(image.direction)
             t = image.torch() if not image.is_torch else image.array
             t = t.reshape(-1, *image.spatial_shape)
         else:
@@ -106,12 +123,19 @@ class Subject:
                 d = _label_tensor(next(iter(labels.values())), "labels").ndim
             else:
                 d = 2 if t.ndim in (2, 3) else 3
+            if (isinstance(image, np.ndarray) and sdim is None and d == 2 and image.ndim == 3
+                    and image.shape[-1] in (3, 4) and image.shape[0] > 4):
+                raise ShapeError(f"image: got numpy shape {image.shape}, which looks like channels-last RGB(A); "
+                                 "channels go first: (C, *S), e.g. image.transpose(2, 0, 1)")
             if t.ndim == d:
                 t = t[None]
         if d not in (2, 3) or t.ndim != d + 1:
             raise ShapeError(f"image: got {describe(image)}; expected (C, *S) or (*S) with 2 or 3 spatial axes")
+        if min(t.shape) < 1:
+            raise ShapeError(f"image: got shape {tuple(t.shape)}; expected (C, *S) with every size >= 1")
         if t.is_complex():
             raise InputError("image: got complex values; expected a real image")
+        check_finite(t, "image")
         if not t.is_floating_point():
             t = t.to(torch.float32)
         self.image = t
@@ -164,7 +188,32 @@ class Subject:
         out.labels = dict(self.labels if labels is None else labels)
         out.spacing = self.spacing if spacing is None else tuple(float(s) for s in spacing)
         out.history = list(self.history)
+        out.origin = getattr(self, "origin", None)
+        out.direction = getattr(self, "direction", None)
         return out
+
+    def to_image(self) -> Image:
+        """The subject's image as an :class:`Image` with its spacing, origin and direction.
+
+        Returns
+        -------
+        Image
+            ``(*S)`` for one channel, else ``(C, *S)`` with a leading ``"c"`` axis; the
+            origin / direction are those of the Image the subject was made from (zero /
+            identity for an array input).
+
+        Examples
+        --------
+        >>> from biomip import Image
+        >>> import numpy as np
+        >>> img = Image(np.zeros((6, 8), np.float32), spacing=(0.5, 2.0), origin=(10.0, -3.0))
+        >>> out = RandomFlip(p_axis=1.0, seed=0)(img).to_image()
+        >>> out.shape, out.spacing, out.origin
+        ((6, 8), (0.5, 2.0), (10.0, -3.0))
+        """
+        arr = self.image[0] if self.image.shape[0] == 1 else self.image
+        axes = None if self.image.shape[0] == 1 else "c" + "zyx"[3 - self.sdim:]
+        return Image(arr, spacing=self.spacing, origin=self.origin, direction=self.direction, axes=axes)
 
     def to(self, device) -> Subject:
         """The subject on another device.
@@ -2172,6 +2221,10 @@ class OneOf(Transform):
 # ======================================================================== replay / invert
 def _groups(history):
     """Split applied records into runs: (spatial group id or None, [records])."""
+    if not isinstance(history, (list, tuple)) or not all(isinstance(r, dict) and isinstance(r.get("name"), str)
+                                                         and isinstance(r.get("params", {}), dict) for r in history):
+        raise InputError(f"history: got {describe(history)}; expected a list of dicts with a 'name' and 'params' "
+                         "(a subject's .history)")
     runs = []
     for r in history:
         if not r.get("applied", True) or r.get("container"):
@@ -2208,7 +2261,7 @@ def replay(x, history) -> Subject:
     Raises
     ------
     InputError
-        For an unknown transform name.
+        For an unknown transform name, or a history that is not a list of record dicts.
 
     Examples
     --------
@@ -2249,7 +2302,7 @@ def invert(x, history=None) -> Subject:
     Raises
     ------
     InputError
-        For an unknown transform name.
+        For an unknown transform name, or a history that is not a list of record dicts.
 
     Examples
     --------

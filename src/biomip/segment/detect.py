@@ -26,7 +26,8 @@ import time
 import numpy as np
 import torch
 
-from ..core.errors import InputError
+from ..core.arrays import check_number, like_input
+from ..core.errors import InputError, ShapeError
 from ..core.image import Image
 from ..nn.detection import (
     DetectionNet,
@@ -57,7 +58,7 @@ def _pairs(images, labels):
         x = normalize_percentile(im).astype(np.float32)
         y = check_labels(lab, f"labels[{i}]").astype(np.int64)
         if x.ndim != 2 or x.shape != y.shape:
-            raise InputError(f"images[{i}], labels[{i}]: got shapes {x.shape} and {y.shape}; expected one grey 2-D "
+            raise ShapeError(f"images[{i}], labels[{i}]: got shapes {x.shape} and {y.shape}; expected one grey 2-D "
                              "image and its instance labels")
         xs.append(x)
         ys.append(y)
@@ -67,7 +68,7 @@ def _pairs(images, labels):
 def _image(image) -> np.ndarray:
     x = normalize_percentile(image).astype(np.float32)
     if x.ndim != 2:
-        raise InputError(f"image: got shape {x.shape}; expected a grey 2-D image (H, W)")
+        raise ShapeError(f"image: got shape {x.shape}; expected a grey 2-D image (H, W)")
     return x
 
 
@@ -333,9 +334,12 @@ class Detector:
 
         Raises
         ------
-        InputError
+        ShapeError
             For an image that is not grey 2-D.
+        InputError
+            For a ``score_threshold`` outside ``[0, 1]``.
         """
+        score_threshold = check_number(score_threshold, "score_threshold", low=0, high=1)
         x, out = self._run(image, device)
         (b, s), = decode_detections(out, score_threshold, nms_threshold, max_detections, image_size=x.shape)
         return b.cpu().numpy().astype(np.float32), s.cpu().numpy().astype(np.float32)
@@ -365,21 +369,25 @@ class Detector:
 
         Returns
         -------
-        labels : Image or numpy.ndarray
-            int32 instances ``1..n`` (by decreasing score); an Image with the input's
-            geometry when the input is one.
+        labels : Image, numpy.ndarray or torch.Tensor
+            int32 instances ``1..n`` (by decreasing score), of the input's kind: an Image
+            with the input's geometry for an Image, a tensor on the input's device for a
+            tensor, numpy for an array.
         info : dict
             ``boxes`` (``(K, 4)``), ``scores`` (``(K,)``) of the kept detections and the
             ``score_threshold`` used.
 
         Raises
         ------
+        ShapeError
+            For an image that is not grey 2-D.
         InputError
-            For a network without a mask head or an image that is not grey 2-D.
+            For a network without a mask head or a ``score_threshold`` outside ``[0, 1]``.
         """
         if not self.model.masks:
             raise InputError("model: built with masks=False; predict_instances needs the mask head")
-        thr = float(self.model.meta.get("score_threshold", 0.4) if score_threshold is None else score_threshold)
+        thr = float(self.model.meta.get("score_threshold", 0.4) if score_threshold is None else
+                    check_number(score_threshold, "score_threshold", low=0, high=1))
         x, out = self._run(image, device)
         (b, s), = decode_detections(out, thr, nms_threshold, 2000, image_size=x.shape)
         with torch.no_grad():
@@ -388,6 +396,7 @@ class Detector:
         lab = paste_masks(probs, b, x.shape, scores=s, threshold=mask_threshold, min_area=min_area,
                           max_overlap=max_overlap)
         info = {"boxes": b.cpu().numpy(), "scores": s.cpu().numpy(), "score_threshold": thr}
+        lab = like_input(lab, image)
         return (image.with_array(lab) if isinstance(image, Image) else lab), info
 
     def calibrate(self, images, labels, thresholds=(0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6), **kwargs):
@@ -710,8 +719,9 @@ class HOGDetector:
 
         Returns
         -------
-        labels : Image or numpy.ndarray
-            int32 instances; an Image with the input's geometry when the input is one.
+        labels : Image, numpy.ndarray or torch.Tensor
+            int32 instances, of the input's kind (an Image with the input's geometry, a
+            tensor on the input's device, or numpy).
         info : dict
             ``boxes`` and ``scores`` of the kept detections.
 
@@ -731,5 +741,6 @@ class HOGDetector:
             cols = np.clip(((np.arange(28) + 0.5) / 28 * (x2 - x1) + x1).astype(int), 0, x.shape[1] - 1)
             crops.append(fg[np.ix_(rows, cols)])
         m = np.asarray(crops, np.float32).reshape(-1, 28, 28)
-        lab = paste_masks(m, b, x.shape, scores=s, threshold=0.5, min_area=min_area, max_overlap=0.5)
+        lab = like_input(paste_masks(m, b, x.shape, scores=s, threshold=0.5, min_area=min_area, max_overlap=0.5),
+                         image)
         return (image.with_array(lab) if isinstance(image, Image) else lab), {"boxes": b, "scores": s}

@@ -435,6 +435,7 @@ class GraphSegmenter:
         ([1, 2], 5)
         """
         img = _as_image(image)
+        scribbles = _label_array(scribbles, tuple(img.spatial_shape), "scribbles")
         g = graph if graph is not None else self._graph(img)
         if not isinstance(g, RegionGraph):
             raise InputError(f"graph: got {describe(g)}; expected a RegionGraph from region_graph(image)")

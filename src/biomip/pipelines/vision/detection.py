@@ -161,6 +161,9 @@ def run(out=None, mode: str = "quick", seed: int = 0, progress=None) -> dict:
     if mode == "tiny":
         warns.append("tiny mode: a smoke test on the top 128 rows with a few dozen steps; the target is judged in "
                      "quick mode")
+    if not np.any(np.asarray(hs) >= 0.0):
+        warns.append(f"hog-svm: no box scores above 0 on the evaluation half ({len(hs)} candidate(s)); the preview "
+                     "panel shows none")
     if got < FLOWS_AP50:
         warns.append(f"detect-then-segment instance AP@0.5 {got:.3f} is below the flows model's {FLOWS_AP50} "
                      f"(gap {FLOWS_AP50 - got:.3f})")
@@ -216,8 +219,11 @@ def _figure(img, ref, gt, b, s, lab, hb, hs, curves, methods, hist_sim, hist_ft,
     ax = axs[0, 2]
     ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
     _draw_boxes(ax, gt, "lime")
+    n_hog = int(np.sum(hs >= 0.0))
     _draw_boxes(ax, hb[hs >= 0.0], "orange")
-    ax.set_title("HOG + SVM boxes (orange, score >= 0) vs truth")
+    best = f", best score {float(np.max(hs)):.2f}" if len(hs) else ""
+    ax.set_title(f"HOG + SVM boxes (orange, score >= 0: {n_hog}) vs truth" if n_hog
+                 else f"HOG: no box above 0 ({len(hs)} candidate(s){best}); truth in green")
     ax.set_xlabel("x (pixels)")
     ax = axs[1, 0]
     for name, c in (("one-stage", "tab:red"), ("hog-svm", "tab:orange")):
