@@ -30,7 +30,7 @@ from biomip.register.keypoints import keypoint_registration
 # 3-D Canny on the real ``nuclei3d`` volume (Gaussian gradient, non-maximum suppression
 # along the gradient, hysteresis), Harris corners of an H&E image, and LBP codes.
 vol = biomip.data.load("nuclei3d")
-edges3d = canny(vol, sigma_mm=1.0)
+edges3d = canny(vol, sigma_mm=1.0).numpy()
 he = biomip.data.load("he-histo").numpy()[:3].astype(np.float32).mean(0)
 corners = harris(he, sigma_mm=2.0, min_distance=6, threshold_rel=0.05, num_peaks=150)
 codes, hist = lbp(he.astype(np.uint8)[100:228, 100:228], P=8, R=1.0)

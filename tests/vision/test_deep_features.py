@@ -189,3 +189,25 @@ def test_generate_wrappers_use_their_units():
     np.testing.assert_allclose(deep_features(img, mae, upsample=False), mae.features(img)[0], atol=1e-5)
     with pytest.raises(InputError, match="model"):
         deep_features(img, object())
+
+
+def test_error_messages_name_image_channels_and_minimum_size():
+    enc = ConvEncoder(size=16, dim=8, widths=(4, 8, 8))
+    with pytest.raises(ShapeError, match=r"image: .*with 3 channels \(last axis\); expected 1 channel.*rgb2gray"):
+        deep_features(_img((40, 24, 3)), enc)
+    with pytest.raises(ShapeError, match=r"image: got spatial shape \(2, 2\); expected at least 3 pixels"):
+        deep_features(_img((2, 2)), enc)
+    assert deep_features(_img((3, 3)), enc).shape == (8, 3, 3)
+
+
+def test_image_in_gives_the_array_kind_like_pixel_features():
+    import biomip
+    from biomip.features import pixel_features
+
+    enc = ConvEncoder(size=16, dim=8, widths=(4, 8))
+    im = biomip.Image(_img((12, 10)), spacing=(0.5, 2.0))
+    out = deep_features(im, enc)
+    assert type(out) is type(pixel_features(im, sigmas=(1.0,), features=("gaussian",), device="cpu")) is np.ndarray
+    np.testing.assert_array_equal(out, deep_features(im.numpy(), enc))
+    wrapped = im.with_array(out, axes="cyx")                     # the documented way to keep the geometry
+    assert wrapped.spacing == im.spacing and wrapped.shape == (8, 12, 10)

@@ -33,7 +33,7 @@ def test_canny_2d_equals_skimage():
     np.testing.assert_array_equal(ours, ref)
     # thresholds in intensity / mm are 8 x spacing Sobel units; sigma in mm -> pixels
     im = biomip.Image(img, spacing=0.5)
-    ours = canny(im, sigma_mm=1.0, low=0.02, high=0.05)
+    ours = canny(im, sigma_mm=1.0, low=0.02, high=0.05).numpy()
     ref = skf.canny(img, sigma=2.0, low_threshold=0.02 * 4.0, high_threshold=0.05 * 4.0, mode="reflect")
     np.testing.assert_array_equal(ours, ref)
 
@@ -49,7 +49,7 @@ def test_canny_3d_sphere_surface_within_one_voxel():
     zz, yy, xx = np.mgrid[:20, :40, :40]
     rr = np.sqrt(((zz - 9.75) * 2.0) ** 2 + (yy - 19.5) ** 2 + (xx - 19.5) ** 2)
     vol = biomip.Image((rr < 12.0).astype(np.float32), spacing=(1.0, 1.0, 2.0))
-    edges = canny(vol, sigma_mm=1.5)
+    edges = canny(vol, sigma_mm=1.5).numpy()          # Image in -> Image out
     assert edges.sum() > 0.5 * 4 * math.pi * 12 ** 2 / 2
     assert np.all(np.abs(rr[edges] - 12.0) <= 2.0)              # within one (2 mm) slice
 
@@ -154,6 +154,57 @@ def test_canny_2d_anisotropic_pixels_in_mm():
     yy, xx = np.mgrid[:40, :60]
     r = np.hypot((xx - 29.5) * 0.5, (yy - 19.5) * 1.0)
     img = biomip.Image((r < 10.0).astype(np.float32), spacing=(0.5, 1.0))
-    edges = canny(img, sigma_mm=1.0)
+    edges = canny(img, sigma_mm=1.0).numpy()
     assert edges.sum() > 0.8 * 2 * math.pi * 10 / 1.0
     assert np.all(np.abs(r[edges] - 10.0) <= 1.0)
+
+
+def test_maps_follow_the_input_kind():
+    """canny / harris response / lbp codes: Image in -> Image with its geometry, torch in -> torch (same
+    device), numpy in -> numpy; values equal to scikit-image's."""
+    torch = pytest.importorskip("torch")
+    img = _texture((40, 48), seed=4)
+    im = biomip.Image(img, spacing=1.0, origin=(3.0, -1.0))
+    ref_edges = skf.canny(img, sigma=1.5, low_threshold=0.1, high_threshold=0.3, use_quantiles=True, mode="reflect")
+    for x, kind in ((img, np.ndarray), (torch.tensor(img), torch.Tensor), (im, biomip.Image)):
+        e = canny(x, sigma_mm=1.5, low=0.1, high=0.3, quantiles=True)
+        assert isinstance(e, kind)
+        np.testing.assert_array_equal(np.asarray(e.numpy() if kind is biomip.Image else e), ref_edges)
+    im = biomip.Image(img, spacing=(0.5, 0.25), origin=(3.0, -1.0))
+    e = canny(im, sigma_mm=1.0)
+    assert e.spacing == im.spacing and e.origin == im.origin and e.shape == im.shape
+    t = torch.tensor(img)
+    r = harris(t, sigma_mm=1.0, mode="constant")
+    assert isinstance(r.response, torch.Tensor) and r.response.device == t.device
+    assert isinstance(r.points, np.ndarray)                       # point lists stay numpy
+    np.testing.assert_allclose(r.response.numpy(), skf.corner_harris(img, k=0.05, sigma=1.0), rtol=1e-9, atol=1e-12)
+    r = harris(im, sigma_mm=0.5)
+    assert isinstance(r.response, biomip.Image) and r.response.spacing == im.spacing
+    u8 = (255 * img / img.max()).astype(np.uint8)
+    codes, _ = lbp(biomip.Image(u8, spacing=0.5))
+    assert isinstance(codes, biomip.Image) and codes.spacing == (0.5, 0.5)
+    np.testing.assert_array_equal(codes.numpy(), skf.local_binary_pattern(u8, 8, 1.0, method="uniform"))
+    codes, _ = lbp(torch.tensor(u8))
+    assert isinstance(codes, torch.Tensor)
+
+
+def test_bfloat16_tensor_is_accepted():
+    torch = pytest.importorskip("torch")
+    img = np.zeros((20, 20), np.float32)
+    img[5:15, 5:15] = 1.0                                         # exact in bfloat16
+    e = canny(torch.tensor(img, dtype=torch.bfloat16), sigma_mm=1.0)
+    np.testing.assert_array_equal(e.numpy(), canny(img, sigma_mm=1.0))
+
+
+def test_rgb_arrays_refused_and_small_images_and_big_P():
+    rgb = np.zeros((20, 20, 3))
+    for f in (canny, harris, lbp, glcm_properties):
+        with pytest.raises(ShapeError, match=r"image: .*looks like RGB.*rgb2gray"):
+            f(rgb)
+    vol = biomip.Image(np.zeros((20, 20, 3)), axes="zyx")            # an explicit volume is fine
+    assert canny(vol).shape == (20, 20, 3)
+    with pytest.raises(InputError, match=r"P: got 40 .*at most 24"):
+        lbp(np.zeros((16, 16), np.uint8), P=40, method="default")
+    with pytest.raises(ShapeError, match=r"image: got shape \(5, 5\); expected at least 6 pixels"):
+        keypoints(np.random.default_rng(0).random((5, 5)), "sift")
+    assert len(keypoints(np.random.default_rng(0).random((6, 6)), "sift")) >= 0    # 6 is enough

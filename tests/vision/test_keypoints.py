@@ -105,3 +105,11 @@ def test_sift_similarity_and_affine(retina):
     for model in ("similarity", "affine"):
         res = keypoint_registration(retina, moving, transform=model, method="sift", seed=1)
         assert _error_px(res.transform, t_true, retina) < 1.0, model
+
+
+def test_keypoint_registration_errors_name_fixed_and_moving():
+    img = np.random.default_rng(0).random((32, 32))
+    with pytest.raises(InputError, match=r"^fixed: .*shape \(4, 32, 32\)"):
+        keypoint_registration(np.zeros((4, 32, 32)), img)
+    with pytest.raises(InputError, match=r"^moving: got shape \(5, 5\)"):
+        keypoint_registration(img, img[:5, :5], method="sift")

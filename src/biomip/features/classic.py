@@ -24,8 +24,12 @@
   image's geometry), scales, orientations and descriptors; nearest-neighbour matching
   with Lowe's ratio test and a cross check (:func:`skimage.feature.match_descriptors`).
 
-Images are :class:`biomip.Image` (spacing-aware: scales in mm, positions in world mm) or
-numpy arrays (spacing 1 mm, origin 0).
+Images are :class:`biomip.Image` (spacing-aware: scales in mm, positions in world mm),
+numpy arrays or torch tensors (spacing 1 mm, origin 0).  Maps on the image grid (Canny
+edges, the Harris response, LBP codes) come back in the input's kind -- an Image with the
+input's geometry, a tensor on the input's device, or numpy; point lists, histograms and
+property tables are numpy.  An array ``(H, W, 3)`` / ``(H, W, 4)`` is refused as RGB where
+it would be read as a volume (make it grey first, e.g. ``skimage.color.rgb2gray``).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.arrays import as_numpy, check_count, check_number
+from ..core.arrays import as_numpy, check_count, check_number, is_tensor, like_input
 from ..core.errors import InputError, ShapeError, describe
 from ..core.image import Image
 
@@ -56,18 +60,41 @@ angles 0, pi/4, pi/2 and 3 pi/4 (skimage's offset for angle ``a`` is
 KEYPOINT_METHODS = ("sift", "orb")
 """Keypoint detectors / descriptors of :func:`keypoints`."""
 
+_SIFT_MIN_UP = 12        # skimage's SIFT fails (IndexError) below 12 pixels per axis after its upsampling
+
 _MODES = ("reflect", "constant", "nearest", "mirror", "wrap")
 
 
 # ----------------------------------------------------------------------------- helpers
+def _np(x, name: str = "image") -> np.ndarray:
+    """numpy array of an array / tensor; torch dtypes numpy lacks (bfloat16) become float32."""
+    if is_tensor(x) and str(x.dtype) == "torch.bfloat16":
+        x = x.detach().float()
+    return as_numpy(x, name=name)
+
+
+def _like(result: np.ndarray, image):
+    """``result`` (a map on the image grid) in the input's kind: an Image with the input's
+    geometry, a tensor on the input tensor's device, else numpy."""
+    if isinstance(image, Image):
+        return image.with_array(like_input(result, image.array))
+    return like_input(result, image)
+
+
+_RGB_HINT = ("looks like RGB (last axis of 3 / 4 channels); expected a grey image -- convert it to grey, e.g. "
+             "skimage.color.rgb2gray, or pass a biomip.Image with axes 'zyx' for a volume with 3 / 4 columns")
+
+
 def _grey(image, ndims=(2, 3), name: str = "image", rgb: bool = False, min_size: int = 3):
     """-> (float64 array, spacing in array order, the Image or None).
 
     ``rgb``: an Image with a leading channel axis of 3 (or an array ``(H, W, 3)``) is
-    turned grey (luminance, skimage's rgb2gray weights)."""
+    turned grey (luminance, skimage's rgb2gray weights); without it such an array is
+    refused (it would be read as a 3-D volume) unless it comes as an Image with axes
+    ``"zyx"``."""
     img = image if isinstance(image, Image) else None
     if img is not None:
-        arr = as_numpy(img.array, name=name)
+        arr = _np(img.array, name=name)
         axes = img.axes
         if rgb and axes == "cyx" and arr.shape[0] in (3, 4):
             arr = np.tensordot(np.array([0.2125, 0.7154, 0.0721]), arr[:3].astype(np.float64), axes=1)
@@ -78,8 +105,10 @@ def _grey(image, ndims=(2, 3), name: str = "image", rgb: bool = False, min_size:
                              f"{want} image" + (" (or RGB 'cyx')" if rgb else ""))
         spacing = np.asarray(img.spacing, dtype=np.float64)[::-1]
     else:
-        arr = as_numpy(image, name=name)
-        if rgb and arr.ndim == 3 and arr.shape[-1] in (3, 4) and 2 in ndims:
+        arr = _np(image, name=name)
+        if arr.ndim == 3 and arr.shape[-1] in (3, 4) and 2 in ndims:
+            if not rgb:
+                raise ShapeError(f"{name}: got shape {arr.shape}, which {_RGB_HINT}")
             arr = arr[..., :3].astype(np.float64) @ np.array([0.2125, 0.7154, 0.0721])
         if arr.ndim not in ndims:
             want = " or ".join(f"{d}-D" for d in ndims)
@@ -159,7 +188,7 @@ def _thresholds(mag, low, high, quantiles):
 
 
 def canny(image, sigma_mm: float = 1.0, low: float | None = None, high: float | None = None,
-          quantiles: bool = False, mode: str = "reflect") -> np.ndarray:
+          quantiles: bool = False, mode: str = "reflect"):
     """Canny edges of a 2-D image or a 3-D volume.
 
     The image is smoothed by a Gaussian of ``sigma_mm`` (per axis in voxels: ``sigma_mm /
@@ -173,8 +202,11 @@ def canny(image, sigma_mm: float = 1.0, low: float | None = None, high: float | 
 
     Parameters
     ----------
-    image : Image or numpy.ndarray
-        A grey 2-D ``(y, x)`` or 3-D ``(z, y, x)`` image.
+    image : Image or numpy.ndarray or torch.Tensor
+        A grey 2-D ``(y, x)`` or 3-D ``(z, y, x)`` image (a torch tensor of any real dtype,
+        bfloat16 included, is computed in float64 on the CPU).  An array ``(H, W, 3)`` /
+        ``(H, W, 4)`` is refused as RGB: make it grey first (``skimage.color.rgb2gray``),
+        or pass an Image with axes ``"zyx"`` if it really is a volume.
     sigma_mm : float, optional
         Gaussian scale in mm (pixels for arrays).
     low : float or None, optional
@@ -190,8 +222,10 @@ def canny(image, sigma_mm: float = 1.0, low: float | None = None, high: float | 
 
     Returns
     -------
-    numpy.ndarray
-        Boolean edge map of the image's spatial shape.
+    numpy.ndarray or torch.Tensor or Image
+        Boolean edge map of the image's spatial shape, of the input's kind (arrays in,
+        same kind out): an Image with the input's geometry for an Image, a tensor on the
+        input's device for a tensor, numpy for numpy.
 
     Raises
     ------
@@ -199,7 +233,7 @@ def canny(image, sigma_mm: float = 1.0, low: float | None = None, high: float | 
         For a bad scale, thresholds (``low > high``, quantiles outside ``[0, 1]``) or mode,
         or non-finite intensities.
     ShapeError
-        For an image that is not grey 2-D / 3-D.
+        For an image that is not grey 2-D / 3-D (an RGB-like ``(H, W, 3)`` array included).
 
     Examples
     --------
@@ -236,9 +270,11 @@ def canny(image, sigma_mm: float = 1.0, low: float | None = None, high: float | 
             else:
                 lo_d, hi_d = low, high
             lo, hi = lo_d * factor, hi_d * factor
-        return sk_canny(arr, sigma=float(sig[0]), low_threshold=lo, high_threshold=hi, use_quantiles=quantiles,
-                        mode=mode)
-    return _canny_nd(arr, sig, spacing, low, high, quantiles, mode)
+        edges = sk_canny(arr, sigma=float(sig[0]), low_threshold=lo, high_threshold=hi, use_quantiles=quantiles,
+                         mode=mode)
+    else:
+        edges = _canny_nd(arr, sig, spacing, low, high, quantiles, mode)
+    return _like(edges, image)
 
 
 # ----------------------------------------------------------------------------- Harris
@@ -248,11 +284,12 @@ class Corners:
 
     Parameters
     ----------
-    response : numpy.ndarray
-        float64 Harris response of the image's spatial shape.
+    response : numpy.ndarray or torch.Tensor or Image
+        float64 Harris response of the image's spatial shape, of the input image's kind
+        (an Image with its geometry, a tensor on its device, or numpy).
     points : numpy.ndarray
         ``(N, d)`` int64 peak positions, array order (``(row, col)`` / ``(z, y, x)``),
-        strongest first.
+        strongest first (numpy whatever the input's kind: a point list, not a map).
     points_mm : numpy.ndarray
         ``(N, d)`` the same positions in world mm, world order (x, y[, z]).
     scores : numpy.ndarray
@@ -266,7 +303,7 @@ class Corners:
     0
     """
 
-    response: np.ndarray
+    response: object
     points: np.ndarray
     points_mm: np.ndarray
     scores: np.ndarray
@@ -290,14 +327,17 @@ def harris(image, sigma_mm: float = 1.0, k: float = 0.05, min_distance: int = 3,
 
     Parameters
     ----------
-    image : Image or numpy.ndarray
-        A grey 2-D ``(y, x)`` or 3-D ``(z, y, x)`` image.
+    image : Image or numpy.ndarray or torch.Tensor
+        A grey 2-D ``(y, x)`` or 3-D ``(z, y, x)`` image (an ``(H, W, 3)`` array is refused
+        as RGB, see :func:`canny`).
     sigma_mm : float, optional
         Integration scale in mm (pixels for arrays).
     k : float, optional
         Harris sensitivity, in ``(0, 0.25)`` (0.04 - 0.06 usual in 2-D; smaller in 3-D).
     min_distance : int, optional
-        Minimum distance between corners, voxels.
+        Minimum distance between corners in pixels / voxels (grid steps along each axis,
+        not mm: ``skimage.feature.corner_peaks``'s ``min_distance``; also the border
+        width where no corner is reported).
     threshold_rel : float, optional
         Fraction in ``[0, 1]`` of the largest response a corner must exceed.
     num_peaks : int or None, optional
@@ -309,7 +349,8 @@ def harris(image, sigma_mm: float = 1.0, k: float = 0.05, min_distance: int = 3,
     Returns
     -------
     Corners
-        ``response``, ``points`` (array order), ``points_mm`` (world mm) and ``scores``.
+        ``response`` (the input's kind: Image, tensor or numpy), ``points`` (array order),
+        ``points_mm`` (world mm) and ``scores`` (numpy arrays).
 
     Raises
     ------
@@ -360,7 +401,7 @@ def harris(image, sigma_mm: float = 1.0, k: float = 0.05, min_distance: int = 3,
     scores = response[tuple(pts.T)] if len(pts) else np.zeros(0)
     order = np.argsort(-scores, kind="stable")
     pts, scores = pts[order], scores[order]
-    return Corners(response, pts, _index_to_mm(pts, img, spacing), scores)
+    return Corners(_like(response, image), pts, _index_to_mm(pts, img, spacing), scores)
 
 
 # ----------------------------------------------------------------------------- LBP
@@ -370,8 +411,9 @@ class LBPResult:
 
     Parameters
     ----------
-    codes : numpy.ndarray
-        float64 code per pixel (:func:`skimage.feature.local_binary_pattern`).
+    codes : numpy.ndarray or torch.Tensor or Image
+        float64 code per pixel (:func:`skimage.feature.local_binary_pattern`), of the
+        input image's kind (an Image with its geometry, a tensor on its device, or numpy).
     histogram : numpy.ndarray
         Normalised histogram of the codes (sums to 1): one bin per code, ``P + 2`` bins
         for ``"uniform"``, ``P (P - 1) + 3`` for ``"nri_uniform"``, ``2^P`` for
@@ -387,7 +429,7 @@ class LBPResult:
     1.0
     """
 
-    codes: np.ndarray
+    codes: object
     histogram: np.ndarray
     method: str
 
@@ -396,6 +438,7 @@ class LBPResult:
 
 
 _LBP_METHODS = ("default", "ror", "uniform", "nri_uniform", "var")
+_LBP_MAX_P = 24          # "default" / "ror": 2^P histogram bins (and skimage's codes overflow int32 from P = 32)
 
 
 def lbp(image, P: int = 8, R: float = 1.0, method: str = "uniform") -> LBPResult:
@@ -409,21 +452,24 @@ def lbp(image, P: int = 8, R: float = 1.0, method: str = "uniform") -> LBPResult
 
     Parameters
     ----------
-    image : Image or numpy.ndarray
-        A grey 2-D image.  Integer images are compared as they are; float images are
+    image : Image or numpy.ndarray or torch.Tensor
+        A grey 2-D image (an ``(H, W, 3)`` array is refused as RGB: make it grey first,
+        e.g. ``skimage.color.rgb2gray``).  Integer images are compared as they are; float images are
         scaled to 0 - 255 and rounded first (skimage warns on float input; the rounding
         keeps the order of values more than 1/255 of the range apart).
     P : int, optional
-        Number of neighbours (>= 1).
+        Number of neighbours (>= 1; at most 24 for ``"default"`` / ``"ror"``, whose
+        histogram has ``2^P`` bins).
     R : float, optional
-        Radius in pixels (> 0).
+        Radius of the circle of neighbours in pixels (grid steps, not mm; > 0).
     method : {"default", "ror", "uniform", "nri_uniform", "var"}, optional
         The LBP variant (skimage's names).
 
     Returns
     -------
     LBPResult
-        ``codes`` (per pixel) and the normalised ``histogram``.
+        ``codes`` (per pixel, the input's kind: Image, tensor or numpy) and the
+        normalised ``histogram`` (numpy).
 
     Raises
     ------
@@ -446,9 +492,12 @@ def lbp(image, P: int = 8, R: float = 1.0, method: str = "uniform") -> LBPResult
     R = check_number(R, "R", positive=True)
     if method not in _LBP_METHODS:
         raise InputError(f"method: got {method!r}; expected one of {', '.join(_LBP_METHODS)}")
+    if method in ("default", "ror") and P > _LBP_MAX_P:
+        raise InputError(f"P: got {P} with method={method!r}; expected at most {_LBP_MAX_P} (the histogram has 2^P "
+                         "bins; use method='uniform' or 'nri_uniform' for more neighbours)")
     raw = image.array if isinstance(image, Image) else image
     _grey(image, (2,))
-    arr = as_numpy(raw, name="image")
+    arr = _np(raw, name="image")
     if not np.issubdtype(arr.dtype, np.integer):
         lo, hi = float(arr.min()), float(arr.max())
         arr = np.round((arr - lo) * (255.0 / (hi - lo if hi > lo else 1.0))).astype(np.uint8)
@@ -460,7 +509,7 @@ def lbp(image, P: int = 8, R: float = 1.0, method: str = "uniform") -> LBPResult
         nb = {"uniform": P + 2, "nri_uniform": P * (P - 1) + 3, "default": 2 ** P, "ror": 2 ** P}[method]
         hist = np.bincount(codes.astype(np.int64).ravel(), minlength=nb)[:nb]
     hist = hist.astype(np.float64)
-    return LBPResult(codes, hist / max(hist.sum(), 1.0), method)
+    return LBPResult(_like(codes, image), hist / max(hist.sum(), 1.0), method)
 
 
 # ----------------------------------------------------------------------------- GLCM
@@ -518,7 +567,8 @@ def glcm_properties(image, distances=(1,), angles=(0.0, math.pi / 4, math.pi / 2
     image : Image or numpy.ndarray
         A grey 2-D or 3-D image.
     distances : sequence of int, optional
-        Pixel-pair distances in voxels (>= 1).
+        Pixel-pair distances in pixels / voxels (grid steps, not mm; integers >= 1): the
+        offset along a diagonal direction is the distance rounded per axis (skimage's rule).
     angles : sequence of float, optional
         2-D directions in radians (skimage's: 0 along +x (columns), pi/2 along +y (rows)).
     levels : int, optional
@@ -665,14 +715,16 @@ def keypoints(image, method: str = "sift", n_keypoints: int | None = None, norma
     Returns
     -------
     Keypoints
-        Positions (pixels and mm), scales, orientations and descriptors.
+        Positions (pixels and mm), scales, orientations and descriptors: numpy arrays
+        whatever the input's kind (a point list, not a map on the image grid).
 
     Raises
     ------
     InputError
         For an unknown method, bad ``n_keypoints`` or an option skimage refuses.
     ShapeError
-        For an image that is not 2-D grey / RGB.
+        For an image that is not 2-D grey / RGB, or one too small for SIFT (fewer than
+        6 pixels along an axis with the default ``upsampling=2``; ``12 / upsampling``).
 
     Examples
     --------
@@ -703,6 +755,11 @@ def keypoints(image, method: str = "sift", n_keypoints: int | None = None, norma
             det = ORB(n_keypoints=500 if n_keypoints is None else n_keypoints, **options)
     except TypeError as exc:
         raise InputError(f"options: {exc}; see skimage.feature.{method.upper()}") from exc
+    up = options.get("upsampling", 2)
+    if method == "sift" and isinstance(up, (int, np.integer)) and up >= 1 and min(arr.shape) * up < _SIFT_MIN_UP:
+        raise ShapeError(f"image: got shape {arr.shape}; expected at least {math.ceil(_SIFT_MIN_UP / up)} pixels "
+                         f"along every axis for SIFT with upsampling={up} (its scale space needs "
+                         f"{_SIFT_MIN_UP} pixels after upsampling); use a larger image or method='orb'")
     try:
         if float(arr.max()) == float(arr.min()):
             raise RuntimeError("flat image")

@@ -85,7 +85,12 @@ def _image(image, channels: int, sdim: int, device) -> tuple[torch.Tensor, bool]
     if t.shape[0] == 1 and channels > 1:
         t = t.expand(channels, *t.shape[1:])
     if t.shape[0] != channels:
-        raise ShapeError(f"image: got {t.shape[0]} channel(s) (shape {tuple(t.shape)}); the model takes {channels}")
+        shape = tuple(t.shape)
+        # a small last axis (RGB (H, W, 3)) is the channel axis the caller meant; else the first
+        c_axis, c = ("last", shape[-1]) if shape[-1] <= 4 < shape[0] else ("first", shape[0])
+        hint = (" -- make it grey first, e.g. skimage.color.rgb2gray" if channels == 1 and c in (3, 4) else "")
+        raise ShapeError(f"image: got shape {shape}, an image with {c} channels ({c_axis} axis); expected "
+                         f"{channels} channel(s) (the model's input channels){hint}")
     if any(n < 2 for n in t.shape[1:]):
         raise ShapeError(f"image: got spatial shape {tuple(t.shape[1:])}; expected at least 2 pixels per axis")
     if not bool(torch.isfinite(t).all()):
@@ -183,6 +188,18 @@ def _check_ae(net, x: torch.Tensor) -> torch.Tensor:
     return x.float()
 
 
+def _check_conv_size(net: ConvEncoder, size, layer) -> None:
+    """A ConvEncoder's stride-2 blocks halve the map; its norms need more than one pixel."""
+    n = len(net.widths)
+    last = max(_layers(layer, n, "convolution blocks", [n - 1]))
+    halvings = sum(1 for i in range(1, last + 1) if i != n - 1)
+    need = 2 ** halvings + 1 if halvings else 2
+    if any(s < need for s in size):
+        raise ShapeError(f"image: got spatial shape {tuple(size)}; expected at least {need} pixels along every axis "
+                         f"for this ConvEncoder up to block {last} ({halvings} stride-2 block(s): smaller maps "
+                         "shrink to one pixel)")
+
+
 def _dino_maps(net: DinoViT, x: torch.Tensor, layer) -> tuple[list[torch.Tensor], list[int]]:
     xp = _pad(x, _multiple(x.shape[2:], net.patch))
     levels = [None] if layer is None else _layers(layer, net.depth, "transformer blocks", [])
@@ -274,14 +291,21 @@ def deep_features(image, model, layer=None, upsample: bool = True):
     -------
     numpy.ndarray or torch.Tensor
         ``(n_features, *S)`` float32 (``(n_features, *S_layer)`` without ``upsample``): a
-        tensor on the model's device for torch input, numpy otherwise.
+        tensor on the model's device for torch input (or an Image holding a tensor),
+        numpy otherwise.  An Image gives its array kind, not an Image: the result has
+        the layout of :func:`biomip.features.pixel_features` (which also returns a bare
+        array for an Image), a stack of feature rows on the image's grid that is
+        concatenated with pixel features and fed to pixel classifiers; the geometry is
+        the input Image's (``image.with_array(result, axes="c" + image.axes[-d:])``
+        wraps it, with ``upsample``).
 
     Raises
     ------
     InputError
         For an unsupported model, a bad ``layer``, non-finite or non-numeric intensities.
     ShapeError
-        For an image of the wrong dimension or channel count.
+        For an image of the wrong dimension or channel count, or too small for the model
+        (a feature map that would shrink to one pixel).
 
     Examples
     --------
@@ -304,6 +328,8 @@ def deep_features(image, model, layer=None, upsample: bool = True):
     if multi and not upsample:
         raise InputError("upsample: got False with several layers (their grids differ); pass upsample=True or one "
                          "layer")
+    if kind == "conv":
+        _check_conv_size(net, size, layer)
     was = net.training if isinstance(net, nn.Module) else False
     if isinstance(net, nn.Module):
         net.eval()
@@ -315,6 +341,11 @@ def deep_features(image, model, layer=None, upsample: bool = True):
                 maps = [maps]
             else:
                 maps, padded = _RUN[kind](net, xin, layer)
+    except (ValueError, RuntimeError) as exc:
+        if "more than 1 value per channel" not in str(exc):    # a norm layer on a 1-pixel map
+            raise
+        raise ShapeError(f"image: got spatial shape {tuple(size)}, too small for this {type(net).__name__} (a "
+                         "feature map shrinks to one pixel); expected a larger image") from exc
     finally:
         if isinstance(net, nn.Module):
             net.train(was)

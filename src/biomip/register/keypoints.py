@@ -39,6 +39,17 @@ KEYPOINT_TRANSFORMS = ("rigid", "similarity", "affine")
 _MIN_SAMPLES = {"rigid": 2, "similarity": 2, "affine": 3}
 
 
+def _keypoints_of(image, name: str, method: str, n_keypoints, options: dict):
+    """:func:`keypoints` of ``image``, its errors naming the argument ``name`` (not ``image``)."""
+    try:
+        return keypoints(image, method, n_keypoints=n_keypoints, **options)
+    except InputError as exc:
+        msg = str(exc)
+        if not msg.startswith("image:"):
+            raise
+        raise type(exc)(name + ":" + msg[len("image:"):]) from exc
+
+
 @dataclass
 class KeypointRegistration:
     """Result of :func:`keypoint_registration`.
@@ -299,8 +310,8 @@ def keypoint_registration(fixed, moving, transform: str = "rigid", method: str =
         sp = check_spacing(spacing, 2)
         fixed = Image(as_numpy(fixed, name="fixed"), spacing=sp)
         moving = Image(as_numpy(moving, name="moving"), spacing=sp)
-    kf = keypoints(fixed, method, n_keypoints=n_keypoints, **options)
-    km = keypoints(moving, method, n_keypoints=n_keypoints, **options)
+    kf = _keypoints_of(fixed, "fixed", method, n_keypoints, options)
+    km = _keypoints_of(moving, "moving", method, n_keypoints, options)
     if isinstance(fixed, Image):
         fsp = max(fixed.spacing)
         centre = fixed.bounds().mean(0)

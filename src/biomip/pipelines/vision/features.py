@@ -180,14 +180,14 @@ def _panels(cfg) -> tuple[dict, dict]:
     nuc = load("nuclei2d")
     crop = nuc[0:192, 0:192]
     t0 = time.perf_counter()
-    e2 = canny(crop, sigma_mm=2.0)
+    e2 = canny(crop, sigma_mm=2.0).numpy()
     figures["canny_2d"] = {"image": "nuclei2d[0:192, 0:192]", "sigma_px": 2.0, "edge_fraction": float(e2.mean()),
                            "seconds": time.perf_counter() - t0}
     fig_data["canny_2d"] = (crop.numpy(), e2)
     vol = load("nuclei3d")
     lab = load("nuclei3d-labels").numpy()
     t0 = time.perf_counter()
-    e3 = canny(vol, sigma_mm=1.0)
+    e3 = canny(vol, sigma_mm=1.0).numpy()
     sec = time.perf_counter() - t0
     bnd = _boundaries(lab)
     near_b = ndi.binary_dilation(bnd, np.ones((3, 3, 3), bool))
