@@ -160,3 +160,39 @@ def test_study_tiny(tmp_path):
     assert r["targets"]["drums_isospectral"]["met"]
     assert r["drums"]["hausdorff_best_alignment"] > 0.1
     assert 0 <= r["methods"]["shape-dna"]["nuclei3d"]["standardized"]["precision_at_1"] <= 1
+
+
+def test_non_finite_labels_and_descriptors_are_refused():
+    for bad in (np.full((10, 10, 10), np.nan), np.where(np.ones((6, 6, 6)), np.inf, 0.0)):
+        with pytest.raises(InputError, match="labels: got .* NaN or infinite"):
+            shape_dna(bad, k=3)
+        with pytest.raises(InputError, match="labels: got .* NaN or infinite"):
+            moment_invariants(bad)
+    db = np.arange(12.0).reshape(4, 3)
+    with pytest.raises(InputError, match="^query: holds 3 NaN"):
+        retrieve(db[:1] * np.nan, db, k=1)
+    with pytest.raises(InputError, match="^database: holds 1 NaN"):
+        retrieve(db[:1], np.where(db == 5.0, np.nan, db), k=1)
+    with pytest.raises(InputError, match="^b: holds"):
+        shape_distance(db[0], db[1] * np.inf)
+
+
+def test_label_mesh_refuses_a_huge_sigma_before_blurring():
+    box = np.zeros((12, 14, 16), np.uint8)
+    box[3:9, 4:10, 5:11] = 1                                        # a 6-voxel cube: 3 x 6 x 12 mm at (0.5, 1, 2)
+    sp = (0.5, 1.0, 2.0)
+    # a 6 mm cube blurred by sigma peaks at erf(6 / (2 sqrt 2 sigma))^3 < 0.5 beyond ~3.2 mm: sigma 1e4 mm would pad
+    # the mask by 3 sigma (6e4 voxels a side) if it were not checked first
+    with pytest.raises(InputError, match=r"sigma: got 10000 mm.*bounding box 3 x 6 x 12 mm.*expected sigma < "):
+        label_mesh(box, spacing=sp, sigma=1e4)
+    with pytest.raises(InputError, match="sigma"):
+        label_mesh(box, spacing=sp, sigma=8.0)
+    assert label_mesh(box, spacing=sp, sigma=1.0).area > 0
+
+
+def test_study_sphere_title_matches_the_plotted_levels():
+    from biomip.pipelines.vision.shapedna import _analytic_sphere, _multiplicity_text
+
+    assert _multiplicity_text(_analytic_sphere(15)) == "multiplicities 3, 5, 7 (l = 1..3; l = 0 dropped)"
+    assert _multiplicity_text(_analytic_sphere(24)) == "multiplicities 3, 5, 7, 9 (l = 1..4; l = 0 dropped)"
+    assert _multiplicity_text(_analytic_sphere(20)).startswith("multiplicities 3, 5, 7, 5 of 9")

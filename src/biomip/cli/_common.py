@@ -3,6 +3,7 @@ output go, and how points are read from the command line or a file."""
 
 from __future__ import annotations
 
+import csv
 import functools
 import re
 from pathlib import Path
@@ -502,3 +503,17 @@ def _figure_rows(name: str, figs, depth: int = 0):
             if isinstance(v, dict):
                 rows += _figure_rows(f"{name} / {k}", v, depth + 1)
     return [r for r in rows if r[1]] or rows[:1]
+
+
+def write_table(path: Path, names, rows) -> None:
+    """A CSV table written atomically: a header row, then rows (whole numbers in the first
+    column as integers, other values to 9 significant digits)."""
+    from ..core.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(names)
+            for r in rows:
+                w.writerow([int(v) if isinstance(v, (np.integer, int)) or (float(v).is_integer() and i == 0)
+                            else f"{float(v):.9g}" for i, v in enumerate(r)])

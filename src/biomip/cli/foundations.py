@@ -33,6 +33,7 @@ from ._common import (
     run_study,
     sibling,
     warn_other_grid,
+    write_table,
 )
 
 learn_app = typer.Typer(cls=FullHelpGroup, no_args_is_help=True,
@@ -246,7 +247,7 @@ def features_cmd(labels: Path = typer.Argument(..., metavar="LABELS", help="Labe
     if res.values.shape[0] == 0:
         raise InputError(f"LABELS: {labels} holds no object (every voxel is 0); expected labels > 0")
     with outs:
-        _write_table(out, ["label", *res.names], np.column_stack([res.label_ids, res.values]))
+        write_table(out, ["label", *res.names], np.column_stack([res.label_ids, res.values]))
     unit = "mm" if lab.meta.get("spacing_known", True) is not False else "pixels (the pixel size is unknown)"
     typer.echo(f"wrote {out}  ({res.values.shape[0]} objects x {len(res.names)} features, lengths in {unit}, "
                f"{time.perf_counter() - t0:.2f} s)")
@@ -255,18 +256,6 @@ def features_cmd(labels: Path = typer.Argument(..., metavar="LABELS", help="Labe
 def _csv_out(out: Path) -> None:
     if Path(out).suffix.lower() != ".csv":
         raise InputError(f"--out: got {str(out)!r}; expected a .csv file")
-
-
-def _write_table(path: Path, names, rows) -> None:
-    from ..core.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(names)
-            for r in rows:
-                w.writerow([int(v) if isinstance(v, (np.integer, int)) or (float(v).is_integer() and i == 0)
-                            else f"{float(v):.9g}" for i, v in enumerate(r)])
 
 
 def read_table(path, option: str = "TABLE", columns=None):

@@ -173,8 +173,7 @@ def shapedna_cmd(labels: Path = typer.Argument(..., metavar="LABELS", help="3-D 
 
     from ..core.errors import InputError
     from ..represent import label_mesh, moment_invariants, shape_dna
-    from ._common import Outputs, read_input
-    from .foundations import _write_table
+    from ._common import Outputs, read_input, write_table
 
     if Path(out).suffix.lower() != ".csv":
         raise InputError(f"--out: got {str(out)!r}; expected a .csv file")
@@ -210,6 +209,6 @@ def shapedna_cmd(labels: Path = typer.Argument(..., metavar="LABELS", help="3-D 
     names = ["label", "voxels", "area_mm2" if known else "area_px2", *[f"dna_{j + 1}" for j in range(k)],
              *[f"moment_{j + 1}" for j in range(n_mom)]]
     with outs:
-        _write_table(out, names, rows)
+        write_table(out, names, rows)
     typer.echo(f"wrote {out}  ({len(rows)} objects, {k} eigenvalues + {n_mom} moment invariants, "
                f"{time.perf_counter() - t0:.1f} s{'' if known else '; the voxel size is unknown: areas in px^2'})")

@@ -9,7 +9,8 @@ between consecutive frames -- the same problem as deformable registration).
   :func:`skimage.registration.optical_flow_ilk` -- 2-D and 3-D;
 * ``"horn-schunck"``: Horn and Schunck (1981) in torch (:func:`horn_schunck`): the
   quadratic brightness-constancy + smoothness energy, linearised around the current
-  estimate, solved by Jacobi iterations on a coarse-to-fine pyramid with warping --
+  estimate, solved by preconditioned conjugate gradients on a coarse-to-fine pyramid
+  with warping --
   2-D and 3-D, CPU or GPU, spacing-aware;
 * ``"farneback"``: Farneback's polynomial expansion (OpenCV's
   ``calcOpticalFlowFarneback``, when ``opencv-python(-headless)`` is installed) -- 2-D;
@@ -69,12 +70,18 @@ def _frame(x, name: str):
     device = arr.device if torch.is_tensor(arr) else None
     if torch.is_tensor(arr):
         arr = arr.detach().cpu().numpy()
+    kind = np.asarray(arr).dtype.kind
+    if kind in "bc":
+        what = {"b": "boolean", "c": "complex"}[kind]
+        raise InputError(f"{name}: got a {what} array; expected a real-valued 2-D or 3-D image (intensities: "
+                         "convert a mask with .astype(float), take abs() or .real of a complex one)")
     try:
         a = np.asarray(arr, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InputError(f"{name}: got {describe(x)}; expected a 2-D or 3-D real image") from exc
     if img is not None and img.ndim != img.sdim:
-        raise ShapeError(f"{name}: got an Image with axes {img.axes!r}; expected only spatial axes ('yx' / 'zyx')")
+        raise ShapeError(f"{name}: got an Image with axes {img.axes!r}; expected only spatial axes ('yx' / 'zyx'): "
+                         f"pick one channel / frame first (e.g. {name}.numpy()[0] with spacing=)")
     if a.ndim not in (2, 3) or min(a.shape) < 2:
         raise ShapeError(f"{name}: got shape {a.shape}; expected a 2-D (y, x) or 3-D (z, y, x) image, >= 2 per axis")
     if not np.all(np.isfinite(a)):
@@ -82,11 +89,28 @@ def _frame(x, name: str):
     return a, img, device
 
 
+def _explicit_3d(spacing) -> bool:
+    """Whether ``spacing`` is given as a sequence of three numbers (a volume, not colour)."""
+    return spacing is not None and np.ndim(spacing) == 1 and len(spacing) == 3
+
+
 def _pair(fixed, moving, spacing):
     f, fimg, dev = _frame(fixed, "fixed")
     m, mimg, _ = _frame(moving, "moving")
+    for a, img, name in ((f, fimg, "fixed"), (m, mimg, "moving")):
+        if img is None and a.ndim == 3 and a.shape[-1] in (3, 4) and not _explicit_3d(spacing):
+            raise ShapeError(f"{name}: got shape {a.shape}, which looks like an RGB(A) image (H, W, {a.shape[-1]}); "
+                             "expected a grey frame (H, W): convert it (e.g. skimage.color.rgb2gray or .mean(axis=-1)), "
+                             "or give spacing=(sx, sy, sz) to treat it as a (z, y, x) volume")
     if f.shape != m.shape:
         raise ShapeError(f"fixed and moving: shapes {f.shape} and {m.shape} differ; expected two frames on one grid")
+    if fimg is not None and mimg is not None:
+        same = (np.allclose(fimg.spacing, mimg.spacing) and np.allclose(fimg.origin, mimg.origin)
+                and np.allclose(fimg.direction, mimg.direction))
+        if not same:
+            raise InputError(f"moving: got spacing {tuple(mimg.spacing)}, origin {tuple(mimg.origin)}; it must lie on "
+                             f"the fixed frame's grid (spacing {tuple(fimg.spacing)}, origin {tuple(fimg.origin)}, "
+                             "same direction): resample it first with biomip.ops.resample")
     d = f.ndim
     ref = fimg if fimg is not None else mimg
     if ref is not None:
@@ -153,11 +177,16 @@ def horn_schunck(fixed, moving, spacing=None, alpha: float = 0.02, levels: int |
     Minimises ``sum (grad I . (u - u0) + I_t)^2 + alpha^2 |grad u|^2`` (derivatives per mm)
     at each level of a Gaussian pyramid: the moving image is warped by the current field
     ``u0``, ``I_t = moving(p + u0) - fixed`` and ``grad I`` the mean of both frames'
-    gradients; ``iterations`` Jacobi sweeps
-    ``u = u_bar - grad I (grad I . (u_bar - u0) + I_t) / (alpha^2 W + |grad I|^2)``
-    (``u_bar`` the spacing-weighted mean of the neighbours, ``W = 2 sum_k 1/h_k^2``) solve
-    the linearised problem; this repeats ``warps`` times per level.  The field is upsampled
-    (mm values need no rescaling) to the next finer level.
+    gradients; the linearised problem, the sparse symmetric positive-definite system
+    ``(grad I grad I^T + alpha^2 W (I - N)) u = grad I (grad I . u0 - I_t)`` (``N u`` the
+    spacing-weighted mean of the neighbours, ``W = 2 sum_k 1/h_k^2``), is solved by up to
+    ``iterations`` conjugate-gradient steps preconditioned by each voxel's ``d x d`` block
+    ``alpha^2 W I + grad I grad I^T`` (the matrix of the classic Jacobi sweep
+    ``u = u_bar - grad I (grad I . (u_bar - u0) + I_t) / (alpha^2 W + |grad I|^2)``).  CG
+    needs about the square root of the Jacobi sweeps, so the weakly coupled coarse axis of
+    an anisotropic grid (weights ``1/h^2``) and the fill-in of flat regions converge with
+    the defaults.  This repeats ``warps`` times per level; the field is upsampled (mm
+    values need no rescaling) to the next finer level.
 
     Parameters
     ----------
@@ -174,13 +203,13 @@ def horn_schunck(fixed, moving, spacing=None, alpha: float = 0.02, levels: int |
         Pyramid levels (default: halve until the smallest axis is below 64 voxels, at most 5
         levels).
     warps : int, optional
-        Linearisations (warps) per level (>= 1).  Strongly anisotropic grids couple the
-        coarse axis weakly (weights ``1/h^2``) and converge more slowly: raise ``warps`` or
-        ``iterations`` there.
+        Linearisations (warps) per level (>= 1).
     iterations : int, optional
-        Jacobi sweeps per warp (>= 1).
+        Most conjugate-gradient steps per warp (>= 1; it stops earlier once the
+        preconditioned residual fell 1000 times).
     sigma : float, optional
-        Gaussian pre-smoothing of every level before the derivatives, in voxels (>= 0).
+        Gaussian pre-smoothing of every level before the derivatives, in pixels / voxels of
+        that level (>= 0; not mm).
     device : str or torch.device, optional
         Where to compute (default: the input's device, else the CPU).
 
@@ -250,12 +279,50 @@ def horn_schunck(fixed, moving, spacing=None, alpha: float = 0.02, levels: int |
             wm = warp(lm, u0, spacing=lsp, mode="linear", padding="border", sdim=d)
             g = 0.5 * (gf + spatial_gradient(wm[0, 0], spacing=lsp, sdim=d))[None]   # (1, d, *S)
             it = (wm - lf)                                              # (1, 1, *S)
-            denom = reg + (g * g).sum(dim=1, keepdim=True)
-            for _ in range(iterations):
-                ub = _neighbour_mean(u, w)
-                r = it + (g * (ub - u0)).sum(dim=1, keepdim=True)
-                u = ub - g * r / denom
+            u = _hs_solve(u, u0, g, it, w, reg, iterations)
     return u[0]
+
+
+def _hs_solve(u: torch.Tensor, u0: torch.Tensor, g: torch.Tensor, it: torch.Tensor, w: tuple, reg: float,
+              iterations: int, tol: float = 1e-3) -> torch.Tensor:
+    """Solve the linearised Horn-Schunck system ``(g g^T + reg (I - N)) u = g (g . u0 - I_t)`` (``N`` the
+    weighted neighbour mean, ``reg = alpha^2 W``) by conjugate gradients from ``u``, preconditioned by
+    the exact inverse of each voxel's ``d x d`` block ``(reg I + g g^T)`` (the Jacobi sweep's matrix).
+
+    CG needs ~ sqrt(condition) iterations where Jacobi needs ~ condition: the weakly coupled axis of an
+    anisotropic grid (weights ``1 / h^2``) and the fill-in of flat regions converge with the defaults.
+    Stops after ``iterations`` steps or when the preconditioned residual fell ``1 / tol`` times."""
+    gg = (g * g).sum(dim=1, keepdim=True)
+    inv = 1.0 / (reg + gg)
+
+    def matvec(x):
+        return g * (g * x).sum(dim=1, keepdim=True) + reg * (x - _neighbour_mean(x, w))
+
+    def precond(r):                                         # (reg I + g g^T)^-1 r, Sherman-Morrison
+        return (r - g * ((g * r).sum(dim=1, keepdim=True) * inv)) / reg
+
+    b = g * ((g * u0).sum(dim=1, keepdim=True) - it)
+    x = u
+    r = b - matvec(x)
+    z = precond(r)
+    p = z
+    rz = float((r * z).sum())
+    rz0 = rz
+    for _ in range(iterations):
+        if not rz > tol * tol * rz0:                        # converged (or nothing to do: rz0 == 0)
+            break
+        ap = matvec(p)
+        pap = float((p * ap).sum())
+        if not pap > 0:
+            break
+        step = rz / pap
+        x = x + step * p
+        r = r - step * ap
+        z = precond(r)
+        rz_new = float((r * z).sum())
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    return x
 
 
 # ============================================================================ dispatch
@@ -392,7 +459,12 @@ def _frames(frames, spacing):
         raise InputError(f"frames: got {describe(frames)}; expected a (t, [z,] y, x) sequence") from exc
     if img is not None:
         if img.axes[0] != "t" or img.ndim != img.sdim + 1:
-            raise ShapeError(f"frames: got an Image with axes {img.axes!r}; expected 'tyx' or 'tzyx'")
+            hint = ""
+            if img.ndim == 3:
+                hint = (f" (a stack read as a {'volume' if img.axes == 'zyx' else 'multi-channel image'}): pass "
+                        "frames.numpy() with spacing=(sx, sy) (the pixel size in mm), or an Image with axes 'tyx' "
+                        "(e.g. biomip.Image(frames.numpy(), axes='tyx', spacing=(sx, sy)))")
+            raise ShapeError(f"frames: got an Image with axes {img.axes!r}; expected 'tyx' or 'tzyx'{hint}")
         if not np.allclose(img.direction, np.eye(img.sdim)):
             raise InputError("frames: got an Image with an oblique direction; expected an axis-aligned grid "
                              "(identity direction)")
@@ -425,7 +497,9 @@ def track_points(frames, points, method: str = "tvl1", spacing=None, start=0, fl
         The sequence ``(t, [z,] y, x)`` (an Image with axes ``'tyx'`` / ``'tzyx'``).
     points : array_like
         ``(n, d)`` start positions, world mm in (x, y[, z]) order (for arrays: pixel
-        indices times the spacing, origin 0; for an Image its world frame).
+        indices times the spacing, origin 0; for an Image its world frame), within the
+        frames' extent: at most one pixel beyond the outer pixel centres (points beyond
+        the outer centres are clamped onto them).
     method : str, optional
         The flow method of :func:`optical_flow` (ignored when ``flows`` is given).
     spacing : sequence of float, optional
@@ -450,7 +524,7 @@ def track_points(frames, points, method: str = "tvl1", spacing=None, start=0, fl
     Raises
     ------
     InputError
-        For bad points, starts or options.
+        For bad points (or points outside the frames), starts or options.
     ShapeError
         For a bad frames shape, or flows that do not fit the frames.
 
@@ -474,6 +548,16 @@ def track_points(frames, points, method: str = "tvl1", spacing=None, start=0, fl
     if p0.ndim != 2 or p0.shape[1] != d or not np.all(np.isfinite(p0)):
         raise InputError(f"points: got shape {p0.shape}; expected finite (n, {d}) world positions (x first)")
     n = p0.shape[0]
+    spv = np.asarray(sp)
+    lo, hi = origin, origin + spv * (np.asarray(a.shape[1:][::-1]) - 1)     # the grid's extent (x first)
+    # the outer pixels' edges are half a pixel beyond their centres; a further half pixel of slack keeps points
+    # of the original frame when a shrunk copy dropped its last row / column (they are clamped onto the grid)
+    outside = np.flatnonzero(np.any((p0 < lo - spv) | (p0 > hi + spv), axis=1))
+    if outside.size:
+        box = ", ".join(f"{c} [{lo_ - s:g}, {hi_ + s:g}]" for c, lo_, hi_, s in zip("xyz", lo, hi, spv))
+        first = ", ".join(f"{v:g}" for v in p0[outside[0]])
+        raise InputError(f"points: got {outside.size} point(s) outside the frames' extent (e.g. point "
+                         f"{int(outside[0])} at ({first})); expected world positions in mm (x first) within {box}")
     st = np.asarray(start)
     if st.dtype.kind not in "iu" or st.ndim > 1 or (st.ndim == 1 and st.size != n) or np.any(st < 0) \
             or np.any(st >= T):
@@ -486,8 +570,6 @@ def track_points(frames, points, method: str = "tvl1", spacing=None, start=0, fl
     out = np.full((T, n, d), np.nan)
     out[st, np.arange(n)] = p0
     cur = np.where((st == 0)[:, None], p0, np.nan)
-    spv = np.asarray(sp)
-    lo, hi = origin, origin + spv * (np.asarray(a.shape[1:][::-1]) - 1)     # the grid's extent (x first)
     for t in track(range(T - 1), "tracking points", total=T - 1, progress=progress):
         active = st <= t
         if not active.any():

@@ -348,7 +348,27 @@ def _labels(labels, spacing, name: str = "labels"):
         raise ShapeError(f"{name}: got shape {arr.shape}; expected a 2-D (Y, X) or 3-D (Z, Y, X) label image")
     if arr.dtype.kind not in "biuf":
         raise InputError(f"{name}: got dtype {arr.dtype}; expected integer labels or a binary mask")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError(f"{name}: got {int(np.size(arr) - np.isfinite(arr).sum())} NaN or infinite values; "
+                         "expected finite integer labels or a binary mask")
     return arr, check_spacing(sp, arr.ndim, name="spacing")
+
+
+def _blur_peak(extent: np.ndarray, sig: float) -> float:
+    """Upper bound of the largest value of a mask inside a box of ``extent`` (mm per axis) after a
+    Gaussian blur of ``sig`` mm: the blurred box's value at its centre, ``prod erf(L / (2 sqrt 2 sig))``."""
+    from scipy.special import erf
+
+    return float(np.prod(erf(extent / (2.0 * np.sqrt(2.0) * sig))))
+
+
+def _largest_sigma(extent: np.ndarray) -> float:
+    """The blur (mm) at which :func:`_blur_peak` of the box reaches 0.5 (bisection)."""
+    lo, hi = 0.0, float(extent.max())
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _blur_peak(extent, mid) > 0.5 else (lo, mid)
+    return lo
 
 
 def _mask(arr: np.ndarray, label, name: str = "label") -> np.ndarray:
@@ -423,6 +443,13 @@ def label_mesh(labels, label=None, spacing=None, step_size: int = 1, smooth: int
     box = ndimage.find_objects(m.astype(np.uint8))[0]
     lo = np.array([b.start for b in box])
     spz = np.array(sp[::-1])                                      # array order z, y, x
+    if sig > 0:                                                   # cheap bound first: no padding / blurring in vain
+        extent = (np.array([b.stop - b.start for b in box]) + 2) * spz      # the box plus one voxel each side
+        if _blur_peak(extent, sig) <= 0.5:
+            size = " x ".join(f"{e:g}" for e in ((extent - 2 * spz)[::-1]))
+            raise InputError(f"sigma: got {sig:g} mm, which blurs the object (bounding box {size} mm, x y z) below "
+                             f"0.5 everywhere; expected sigma < {_largest_sigma(extent):.3g} mm (a few voxels "
+                             "round the staircase)")
     pad = 1 + int(np.ceil(3 * sig / spz.min())) if sig > 0 else 1
     vol = np.pad(m[box].astype(np.float32), pad)
     if sig > 0:
@@ -725,8 +752,9 @@ def shape_distance(a, b, metric: str = "euclidean", scale=None) -> np.ndarray:
     y = as_numpy(b, dtype=np.float64, name="b")
     if x.ndim == 0 or y.ndim == 0 or x.shape[-1] != y.shape[-1]:
         raise ShapeError(f"a, b: got shapes {x.shape} and {y.shape}; expected (..., D) with the same D")
-    if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        raise InputError("a, b: hold NaN or infinite values; expected finite descriptors")
+    for v, nm in ((x, "a"), (y, "b")):
+        if not np.isfinite(v).all():
+            raise InputError(f"{nm}: holds NaN or infinite values; expected finite descriptors")
     if metric not in _METRICS:
         raise InputError(f"metric: got {metric!r}; expected one of {', '.join(map(repr, _METRICS))}")
     d = x - y
@@ -786,6 +814,10 @@ def retrieve(query, database, k: int = 5, metric: str = "standardized"):
         q = q[None]
     if q.ndim != 2 or db.ndim != 2 or q.shape[1] != db.shape[1]:
         raise ShapeError(f"query, database: got shapes {q.shape} and {db.shape}; expected (Q, D) and (N, D)")
+    for v, nm in ((q, "query"), (db, "database")):
+        if not np.isfinite(v).all():
+            raise InputError(f"{nm}: holds {int(v.size - np.isfinite(v).sum())} NaN or infinite values; expected "
+                             "finite descriptors")
     kk = check_count(k, "k", minimum=1)
     if kk > db.shape[0]:
         raise InputError(f"k: got {kk}; expected at most the database size {db.shape[0]}")

@@ -69,6 +69,15 @@ per dataset, and the multi-view cameras / image size."""
 _DATA = {"nuclei3d": "nuclei3d-labels", "confocal-nuclei": "confocal-nuclei-labels"}
 
 
+def _multiplicity_text(ana) -> str:
+    """``"multiplicities 3, 5, 7 (l = 1..3)"`` for the plotted analytic eigenvalues ``l (l + 1)``
+    (the zero eigenvalue, l = 0, is not part of shape DNA; a last level cut short is marked)."""
+    vals, counts = np.unique(np.round(np.asarray(ana, dtype=float), 9), return_counts=True)
+    ells = [int(round((np.sqrt(1.0 + 4.0 * v) - 1.0) / 2.0)) for v in vals]
+    parts = [str(c) if c == 2 * e + 1 else f"{c} of {2 * e + 1}" for e, c in zip(ells, counts)]
+    return f"multiplicities {', '.join(parts)} (l = {ells[0]}..{ells[-1]}; l = 0 dropped)"
+
+
 def _analytic_sphere(n: int) -> np.ndarray:
     out = []
     ell = 1
@@ -386,7 +395,7 @@ def _figure(sphere, drums, datasets, big, mv):
                 f"max err {100 * r['max_rel_error_first15']:.2f} %")
     ax.set_xlabel("eigenvalue index i")
     ax.set_ylabel("lambda_i (1 / R^2)")
-    ax.set_title("unit sphere: cotangent FEM vs l(l+1),\nmultiplicities 3, 5, 7, 9")
+    ax.set_title(f"unit sphere: cotangent FEM vs l(l+1),\n{_multiplicity_text(ana)}")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     # 2. drums
