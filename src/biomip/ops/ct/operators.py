@@ -105,7 +105,7 @@ class LinearOperator:
         cache = self.__dict__.setdefault("_cache", {})
         if key not in cache:
             g = torch.Generator().manual_seed(seed)
-            x = torch.rand(self.in_shape, generator=g, dtype=torch.float64 if self._prefers64 else torch.float32)
+            x = torch.rand((1, *self.in_shape), generator=g, dtype=torch.float64 if self._prefers64 else torch.float32)
             if device is not None:
                 x = x.to(device)
             lam = 0.0
