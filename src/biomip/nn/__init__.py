@@ -32,14 +32,14 @@ Inference
     :class:`FrozenSequential`, a CPU inference copy of a convolution stack with the
     weights cast once and the activations fused into oneDNN convolutions.
 Computer vision (book ch. 4-5)
-    :mod:`.transforms`: TorchIO-style seeded, label-aware, invertible augmentation with
+    :mod:`biomip.nn.transforms`: TorchIO-style seeded, label-aware, invertible augmentation with
     recorded parameters (:class:`Compose`, :class:`RandomAffine`, :class:`RandomElastic`,
-    :class:`RandomStreaks`, ..., :func:`replay`, :func:`invert`); :mod:`.graph`: GCN, GAT and
+    :class:`RandomStreaks`, ..., :func:`replay`, :func:`invert`); :mod:`biomip.nn.graph`: GCN, GAT and
     GraphSAGE layers (:class:`GCNConv`, :class:`GATConv`, :class:`SAGEConv`, :class:`GNN`),
     neighbour sampling and the over-smoothing measures :func:`dirichlet_energy` /
-    :func:`mean_average_distance`; :mod:`.detection`: box maths, NMS, :func:`roi_align` and
-    the one-stage + mask-head :class:`DetectionNet`; :mod:`.flow`: :class:`FlowNet` and the
-    photometric / smoothness losses of learned optical flow; :mod:`.metric`:
+    :func:`mean_average_distance`; :mod:`biomip.nn.detection`: box maths, NMS, :func:`roi_align` and
+    the one-stage + mask-head :class:`DetectionNet`; :mod:`biomip.nn.flow`: :class:`FlowNet` and the
+    photometric / smoothness losses of learned optical flow; :mod:`biomip.nn.metric`:
     :func:`contrastive_loss`, :func:`triplet_loss`, :func:`batch_triplet_loss`,
     :class:`SiameseNet` and the DINOv2-format :class:`DinoViT`.
 Training

@@ -622,7 +622,7 @@ def gaussian_reconstruction(projections, projector: DivergentProjector, n_gaussi
     scale against the projections); (2) Adam on
     ``||P g - y||^2 / ||y||^2 (+ l1 * mean |P g - y| / mean |y|)`` over ``views_per_step``
     random views per step (3DGS trains on a few images per step), plus optionally
-    ``tv * mean |grad V|`` on a random ``tv_patch``^3 block of the voxelised volume; the
+    ``tv * mean |grad V|`` on a random ``tv_patch`` ^ 3 block of the voxelised volume; the
     centre learning rate decays exponentially by 10x; (3) every 100 steps from 10 % to
     60 % of the run, densification (the 5 % of Gaussians with the largest centre
     gradient are split or cloned, :meth:`GaussianVolume.densify_and_prune`) and pruning

@@ -1,7 +1,7 @@
 """Registration (textbook ch. 7): transforms in physical space, similarity measures and
 regularisers, and the methods of the chapter.
 
-* transforms (:mod:`.transforms`): rigid, affine, dense displacement, ITK ``.tfm`` /
+* transforms (:mod:`biomip.register.transforms`): rigid, affine, dense displacement, ITK ``.tfm`` /
   displacement-field exchange; :class:`BSplineField` (cubic FFD, analytic Jacobian);
 * similarity and regularisers (:mod:`.losses`), usable as PyTorch losses;
 * methods, each returning the transform, the warped image and a history:

@@ -109,7 +109,7 @@ class View:
         Examples
         --------
         >>> from biomip.represent.shape import icosphere
-    >>> v = render_views(icosphere(2), n_views=1, size=16)[0]
+        >>> v = render_views(icosphere(2), n_views=1, size=16)[0]
         >>> v.project(v.centre[None])[0, :2].tolist()
         [7.5, 7.5]
         """
