@@ -439,7 +439,7 @@ class GATConv(nn.Module):
         >>> _, (ei, alpha) = GATConv(2, 3)(torch.rand(2, 2), torch.tensor([[0], [1]]), return_attention=True)
         >>> ei.tolist()                                  # the edge 0 -> 1 and a self-loop per node
         [[0, 0, 1], [1, 0, 1]]
-        >>> torch.zeros(2).index_add_(0, ei[1], alpha.detach()[:, 0]).tolist()   # sums over each node's edges
+        >>> [round(v, 5) for v in torch.zeros(2).index_add_(0, ei[1], alpha.detach()[:, 0]).tolist()]   # per node
         [1.0, 1.0]
         """
         x = _features(x)

@@ -76,6 +76,7 @@ import torch.nn.functional as F
 
 from ...core.errors import InputError
 from ...core.progress import progress_bar
+from ...core.rng import seeded
 from ...data import load
 from ...data.histo import AQUA_I0, AQUA_STAIN_VECTORS, compose_he, optical_density, tissue_he, unmix_he
 from ...nn.metric import SiameseNet, batch_triplet_loss, contrastive_loss, pairwise_distances
@@ -410,8 +411,8 @@ def _train_metric(method: str, x: torch.Tensor, y: np.ndarray, cfg, seed: int, s
     params = list(net.parameters())
     pair_head = None
     if method == "siamese":
-        torch.manual_seed(seed)
-        pair_head = torch.nn.Linear(cfg["emb"], 1)
+        with seeded(seed):
+            pair_head = torch.nn.Linear(cfg["emb"], 1)
         params += list(pair_head.parameters())
     opt = torch.optim.Adam(params, lr=cfg["lr"])
     rng = np.random.default_rng(seed)
@@ -468,8 +469,8 @@ def _train_ce(x, y, cfg, seed: int, init: SiameseNet | None, classes: int) -> Si
     net = _network(cfg, x.shape[1], x.shape[2], seed)
     if init is not None:
         net.load_state_dict(init.state_dict())
-    torch.manual_seed(seed)
-    head = torch.nn.Linear(cfg["dim"], classes)
+    with seeded(seed):
+        head = torch.nn.Linear(cfg["dim"], classes)
     lr = cfg["lr"]
     groups = [{"params": net.encoder.parameters(), "lr": lr * (0.3 if init is not None else 1.0)},
               {"params": head.parameters(), "lr": lr}]
