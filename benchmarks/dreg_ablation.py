@@ -64,7 +64,8 @@ def main():
         pred = D._mask_probability(models.mask_net, sim.test_xrays) > 0.5
     mask_dice = []
     for i, s in enumerate(sim.test):
-        truth = torch.as_tensor(np.asarray(sim.drr.project_mask((s.labels.numpy() == 3).astype(np.float32)))) > 0.5
+        # the U-Net's own target (silhouette, or depth map when cfg.mandible_depth is set), both at 0.5
+        truth = D._mandible_target(sim.drr, torch.as_tensor(s.labels.numpy() == 3, dtype=torch.float32), cfg) > 0.5
         mask_dice.append(float(2 * (pred[i] & truth).sum() / max(int(pred[i].sum() + truth.sum()), 1)))
     from dataclasses import replace
 

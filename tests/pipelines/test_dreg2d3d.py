@@ -125,6 +125,59 @@ def test_radiograph_model_is_the_log_of_the_primary_plus_a_smooth_scatter(monkey
         dreg.xray_image(drr, t.volume, appearance="film")
 
 
+def test_mandible_depth_target_sees_a_mandible_thickened_along_the_rays():
+    """The weak term's 2-D target: the silhouette (binary) is nearly blind to a mandible
+    thickened along the lateral rays (its L1 to the truth's silhouette grows by a few per
+    cent of the erosion's); the depth map ``tanh(d / mandible_depth)`` of the truth equals
+    the target exactly and the thickened one moves it by a large share of what erosion does."""
+    from scipy import ndimage as ndi
+
+    from biomip.data.skull import skull_template
+    from biomip.ops.ct import DRR
+
+    t = skull_template((64, 64, 64))
+    drr = DRR(t.volume, det_shape=(64, 64))
+    m = t.labels.numpy() == 3
+    variants = {"truth": m, "thick": ndi.binary_dilation(m, np.ones((1, 1, 3), bool)), "eroded": ndi.binary_erosion(m)}
+    loss = {}
+    for name, cfg in (("silhouette", dreg.DregConfig.quick(mandible_depth=None)),
+                      ("depth", dreg.DregConfig.quick(mandible_depth=20.0))):
+        target = dreg._mandible_target(drr, torch.as_tensor(m, dtype=torch.float32), cfg)
+        assert target.shape == (64, 64) and float(target.min()) >= 0 and float(target.max()) <= 1
+        gain = dreg._mandible_gain(drr, cfg)
+        loss[name] = {k: float(np.abs(np.asarray(drr.project_mask(v.astype(np.float32), gain=gain)) - target.numpy()).mean())
+                      for k, v in variants.items()}
+    assert set(np.unique(dreg._mandible_target(drr, torch.as_tensor(m, dtype=torch.float32),
+                                               dreg.DregConfig.quick(mandible_depth=None)).numpy())) == {0.0, 1.0}
+    sil, dep = loss["silhouette"], loss["depth"]
+    assert dep["truth"] < 1e-6 < sil["truth"]                       # the silhouette's minimiser is not the truth
+    seen = {k: (v["thick"] - v["truth"]) / (v["eroded"] - v["truth"]) for k, v in loss.items()}
+    assert seen["silhouette"] < 0.1 < 0.3 < seen["depth"]
+    with pytest.raises(InputError, match="mandible_depth"):
+        dreg._check(dreg.DregConfig.quick(mandible_depth=0.0))
+
+
+@pytest.mark.parametrize("depth", [None, 20.0])
+def test_mask_net_trains_on_either_target(depth):
+    """The 2-D mandible U-Net learns the silhouette (2 classes) or the depth map (1 channel,
+    BCE on soft targets); _mask_probability gives a 0-1 map of the X-ray's shape either way."""
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 32, 32, generator=g)
+    soft = torch.zeros(6, 32, 32)
+    soft[:, 10:20, 8:24] = 0.8
+    sim = SimpleNamespace(mask_xrays=x + soft, mask_targets=(soft > 0.5).float() if depth is None else soft)
+    cfg = dreg.DregConfig.tiny(mask_steps=40, mandible_depth=depth)
+    net, hist = dreg._train_mask_net(cfg, sim, torch.device("cpu"), False)
+    with torch.no_grad():
+        assert net(x[:1, None]).shape[1] == (2 if depth is None else 1)
+    assert hist[-1] < hist[0]
+    p = dreg._mask_probability(net, x + soft)
+    assert p.shape == (6, 32, 32) and float(p.min()) >= 0 and float(p.max()) <= 1
+    assert float(p[:, 10:20, 8:24].mean()) > float(p[:, :8].mean()) + 0.2
+
+
 def test_tiny_run_end_to_end(tiny_run):
     cfg, rep, out = tiny_run
     meth = rep["methods"]

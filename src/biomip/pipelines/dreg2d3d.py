@@ -9,8 +9,9 @@ voxel-level detail from the coarse field and the X-ray features sampled where th
 voxels project, ``X(p)``, ``p = pi(v + phi_c(v))`` (:func:`biomip.nn.sample_projected`); a
 differentiable DRR renderer (:class:`biomip.ops.ct.DRR`) makes training self-supervised
 (NCC between the DRR of the warped template and the X-ray), and a mandible atlas gives
-weak supervision (the projected warped atlas mandible against a 2-D mandible mask from a
-small 2-D U-Net).  Training sees X-rays (and the 2-D masks) only -- never a 3-D field of a
+weak supervision (the projected warped atlas mandible against what a small 2-D U-Net
+predicts from the X-ray: by default the mandible's depth map, ``DregConfig.mandible_depth``,
+rather than the published silhouette, whose minimiser is not the true anatomy).  Training sees X-rays (and the 2-D masks) only -- never a 3-D field of a
 training subject.
 
 Data (:func:`biomip.data.skull_population`): a template skull phantom in HU and subjects
@@ -18,8 +19,8 @@ made from it by smooth random anatomical deformations plus a mandible opening ab
 condylar hinge, each with its true field, labels and landmarks.  Three disjoint cohorts:
 
 * the **SRM cohort** -- the "CBCT" subjects whose 3-D fields to the template build the SRM
-  (as 3-D/3-D registrations of CBCTs would in the clinic), and whose DRR mandible masks
-  train the 2-D mask U-Net;
+  (as 3-D/3-D registrations of CBCTs would in the clinic), and whose projected mandibles
+  (depth maps or silhouettes) train the 2-D mask U-Net;
 * the **training cohort** -- X-rays only;
 * the **held-out subjects** -- X-rays to register; their true volumes, labels and
   landmarks are used for evaluation only.
@@ -120,10 +121,10 @@ class DregConfig:
         with more bone contrast, scatter, detector blur, quantum noise, log response) whose
         appearance no DRR of the template reproduces -- the gap between a real cephalogram
         and the DRRs of a CBCT template.  Measured at the quick sizes with 24 held-out
-        subjects (``benchmarks/results/dreg-ablation-gap-cpu1.json``): the SRM routes
-        survive it (coarse 0.903 mandible Dice, iterative 0.881), the refiner does not
-        (0.81-0.83 with or without the mandible term, three seeds): its voxel-level freedom
-        fits the appearance difference.  Not the default for that reason.
+        subjects (``benchmarks/results/dreg-ablation-gap-depth-cpu1.json``): the SRM routes
+        survive it (coarse 0.900 mandible Dice, iterative 0.881), the refiner does not
+        (0.849 with the depth-map mandible term, 0.835 without it, two seeds): its
+        voxel-level freedom fits the appearance difference.  Not the default for that reason.
     mask_steps, coarse_steps, refine_steps : int, optional
         Training steps of the 2-D mandible U-Net, the SRM regressor and the refiner.
     batch_size : int, optional
@@ -144,6 +145,16 @@ class DregConfig:
         square), Laplacian of the refined field (mean square, per voxel), left-right
         symmetry (L1), weak mandible term (L1 of the projected masks).  The field terms see
         the fields in the code's normalised units: mm divided by half the field of view.
+    mandible_depth : float or None, optional
+        What the 2-D mandible U-Net predicts and the weak term compares.  ``None``: the
+        published silhouette -- the U-Net segments the projected mandible (binary target)
+        and the term is the L1 between that mask and ``tanh(sum / voxel)`` of the warped
+        atlas mandible.  A length in mm: the mandible's **depth map** -- the U-Net regresses
+        ``tanh(d / mandible_depth)``, ``d`` the mm of mandible each ray crosses (a target
+        the simulated training X-rays give for free), and the term compares it with the same
+        map of the warped atlas, so the true anatomy is the term's minimiser (the silhouette
+        is blind to a mandible thickened along the rays, and a saturating projection of a
+        soft warped mask rewards it).
     widths : tuple of int, optional
         Channels of the 2-D ResNet stages.
     hidden : int, optional
@@ -200,6 +211,7 @@ class DregConfig:
     w_laplacian: float = 200.0
     w_symmetry: float = 2.0
     w_mandible: float = 2.0
+    mandible_depth: float | None = 20.0
     widths: tuple = (16, 32, 64, 128)
     hidden: int = 16
     decoder: str = "light"
@@ -316,6 +328,8 @@ def _check(cfg: DregConfig) -> DregConfig:
         raise InputError(f"xray_weights: got {cfg.xray_weights!r}; expected 3 non-negative numbers (air, soft, bone)")
     for name in ("noise", "xray_blur", "w_prior", "w_consistency", "w_laplacian", "w_symmetry", "w_mandible"):
         check_number(getattr(cfg, name), name, nonneg=True)
+    if cfg.mandible_depth is not None:
+        check_number(cfg.mandible_depth, "mandible_depth", low=0.0, low_open=True)
     check_number(cfg.lr, "lr", low=0.0, low_open=True)
     if cfg.decoder not in ("light", "full"):
         raise InputError(f"decoder: got {cfg.decoder!r}; expected 'light' or 'full'")
@@ -475,6 +489,17 @@ def xray_image(drr, volume_hu, blur: float = 0.5, noise: float = 0.01, seed: int
     return img
 
 
+def _mandible_gain(drr, cfg: DregConfig) -> float:
+    """Gain (per mm) of the projected mandible: one voxel (the silhouette) or ``1 / mandible_depth``."""
+    return 1.0 / float(np.min(drr.spacing)) if cfg.mandible_depth is None else 1.0 / float(cfg.mandible_depth)
+
+
+def _mandible_target(drr, mask: torch.Tensor, cfg: DregConfig) -> torch.Tensor:
+    """The 2-D U-Net's target of a mandible mask: its silhouette (binary) or its depth map (0-1)."""
+    p = torch.as_tensor(np.asarray(drr.project_mask(mask, gain=_mandible_gain(drr, cfg))))
+    return (p > 0.5).float() if cfg.mandible_depth is None else p.float()
+
+
 def _drr_for(template, cfg: DregConfig):
     from ..ops.ct import DRR
 
@@ -520,7 +545,7 @@ def simulate(cfg: DregConfig, progress=None) -> Simulation:
             mask_x.append(xray_image(drr, s.volume, cfg.xray_blur, cfg.noise, seed=cfg.seed * 100_000 + 1000 + i,
                                      weights=cfg.xray_weights, appearance=cfg.xray_model))
             m = torch.as_tensor(s.labels.numpy() == _MANDIBLE, dtype=torch.float32)
-            mask_t.append((torch.as_tensor(np.asarray(drr.project_mask(m))) > 0.5).float())
+            mask_t.append(_mandible_target(drr, m, cfg))
             mand.append(float(m.sum()))
             bar.advance()
         for i in range(cfg.n_train):
@@ -637,8 +662,8 @@ class _Geometry:
         """DRRs ``(N, H, W)`` of the template warped by ``u``."""
         return self.drr.render(self.warp(self.volume, u)[:, 0])
 
-    def mandible_projection(self, u: torch.Tensor) -> torch.Tensor:
-        return self.drr.project_mask(self.warp(self.mandible, u)[:, 0])
+    def mandible_projection(self, u: torch.Tensor, gain: float | None = None) -> torch.Tensor:
+        return self.drr.project_mask(self.warp(self.mandible, u)[:, 0], gain=gain)
 
     def grid_at(self, u_half: torch.Tensor) -> torch.Tensor:
         """Normalised detector coordinates ``pi(v + phi_c(v))`` of the warped half-grid voxels."""
@@ -693,14 +718,19 @@ def _train_mask_net(cfg, sim, device, progress):
     from ..nn import UNet
     from ..nn.losses import dice_ce_loss
 
-    net = UNet(2, 1, 2, features=(8, 16, 32), seed=cfg.seed).to(device)
+    depth = cfg.mandible_depth is not None          # regress the depth map (0-1) instead of the silhouette
+    net = UNet(2, 1, 1 if depth else 2, features=(8, 16, 32), seed=cfg.seed).to(device)
     opt = torch.optim.Adam(net.parameters(), 2e-3)
-    x, y = sim.mask_xrays.to(device)[:, None], sim.mask_targets.to(device).long()
+    x = sim.mask_xrays.to(device)[:, None]
+    y = sim.mask_targets.to(device) if depth else sim.mask_targets.to(device).long()
     hist = []
     with progress_bar("training the 2-D mandible U-Net", cfg.mask_steps, progress) as bar:
         for idx in _batches(len(x), max(cfg.batch_size, 4), cfg.mask_steps, cfg.seed + 1):
             xb, yb = x[idx], y[idx]              # no flips: a lateral X-ray has a front and a back
-            loss = dice_ce_loss(net(xb), yb)
+            if depth:
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xb)[:, 0], yb)
+            else:
+                loss = dice_ce_loss(net(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -712,7 +742,8 @@ def _train_mask_net(cfg, sim, device, progress):
 
 def _mask_probability(mask_net, xrays: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return torch.softmax(mask_net(xrays[:, None]), 1)[:, 1]
+        out = mask_net(xrays[:, None])
+        return torch.sigmoid(out[:, 0]) if out.shape[1] == 1 else torch.softmax(out, 1)[:, 1]
 
 
 def _train_encoder(cfg, sim, geo, mask_net, device, progress):
@@ -722,6 +753,7 @@ def _train_encoder(cfg, sim, geo, mask_net, device, progress):
     opt = torch.optim.Adam(enc.parameters(), cfg.lr)
     x = sim.train_xrays.to(device)
     masks = _mask_probability(mask_net, x) if mask_net is not None else None
+    gain = _mandible_gain(geo.drr, cfg)
     hist = []
     with progress_bar("training the SRM regressor (coarse)", cfg.coarse_steps, progress) as bar:
         for step, idx in enumerate(_batches(len(x), cfg.batch_size, cfg.coarse_steps, cfg.seed + 2)):
@@ -734,7 +766,7 @@ def _train_encoder(cfg, sim, geo, mask_net, device, progress):
             if cfg.w_symmetry:
                 loss = loss + cfg.w_symmetry * symmetry_loss(u / geo.norm)
             if masks is not None and cfg.w_mandible:
-                loss = loss + cfg.w_mandible * (geo.mandible_projection(u) - masks[idx]).abs().mean()
+                loss = loss + cfg.w_mandible * (geo.mandible_projection(u, gain) - masks[idx]).abs().mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -762,6 +794,7 @@ def _train_refiner(cfg, sim, geo, enc, mask_net, device, progress, *, use_mandib
     opt = torch.optim.Adam(ref.parameters(), cfg.lr)
     x = sim.train_xrays.to(device)
     masks = _mask_probability(mask_net, x) if (mask_net is not None and use_mandible) else None
+    gain = _mandible_gain(geo.drr, cfg)
     s = geo.norm
     hist = []
     with progress_bar(f"training the field {label}", cfg.refine_steps, progress) as bar:
@@ -776,7 +809,7 @@ def _train_refiner(cfg, sim, geo, enc, mask_net, device, progress, *, use_mandib
             if cfg.w_symmetry:
                 loss = loss + cfg.w_symmetry * symmetry_loss(u_f / s)
             if masks is not None and cfg.w_mandible:
-                loss = loss + cfg.w_mandible * (geo.mandible_projection(u_f) - masks[idx]).abs().mean()
+                loss = loss + cfg.w_mandible * (geo.mandible_projection(u_f, gain) - masks[idx]).abs().mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
