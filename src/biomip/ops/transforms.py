@@ -585,7 +585,7 @@ class RigidTransform(AffineTransform):
         Examples
         --------
         >>> t = RigidTransform(0.3, translation=(1.0, 2.0))
-        >>> np.round(t.inverse().apply(t.apply([[1.0, 0.0]])), 6)
+        >>> np.round(t.inverse().apply(t.apply([[1.0, 0.0]])), 6) + 0.0      # + 0.0: no negative zero
         array([[1., 0.]])
         """
         inv = AffineTransform.inverse(self)
