@@ -104,8 +104,9 @@ def test_feature_whitening_matches_pca_and_checks_widths():
 
 def test_graph_is_symmetric_pruned_and_standardised():
     from biomip.data import em_volume
+    from biomip.segment import region_adjacency, smooth_region_features
 
-    cfg = cs2c.Cs2cConfig.tiny()
+    cfg = cs2c.Cs2cConfig.tiny(smooth_hops=0)
     vol = em_volume(tuple(cfg.shape), seed=3)
     g = cs2c.build_graph(vol.image, cfg, features="classic")
     W = g.affinity
@@ -114,6 +115,12 @@ def test_graph_is_symmetric_pruned_and_standardised():
     assert W.data.size and W.data.max() <= 1.0
     np.testing.assert_allclose(g.features.mean(0), 0, atol=1e-4)
     assert g.superpixels.shape == vol.image.shape and g.superpixels.max() + 1 == g.n
+    # diffusion changes the node features only: the affinity stays the unsmoothed features' graph
+    gs = cs2c.build_graph(vol.image, cs2c.Cs2cConfig.tiny(smooth_hops=8), features="classic")
+    assert abs(gs.affinity - W).max() == 0
+    np.testing.assert_allclose(gs.features, smooth_region_features(g.features, region_adjacency(g.superpixels), 8),
+                               atol=1e-5)
+    assert gs.features.std(0).mean() < g.features.std(0).mean()
     with pytest.raises(InputError, match="constant"):
         cs2c.build_graph(np.ones((16, 32, 32), np.float32), cfg, features="classic")
     with pytest.raises(InputError, match="mae"):
@@ -146,9 +153,10 @@ def test_cluster_ids_are_the_same_network_in_every_volume():
 def test_tiny_run_end_to_end(tiny_run):
     cfg, rep, out = tiny_run
     meth = rep["methods"]
-    assert meth["cs2c"]["features"] == cfg.features == "mae+classic"
+    assert meth["cs2c"]["features"] == cfg.features == "classic"
     assert meth["cs2c-mae"]["features"] == "mae" and meth["kmeans-mae"]["features"] == "mae"
-    for name in ("cs2c", "cs2c-mae", "cs2c-classic", "dec", "spectral-branch", "kmeans", "kmeans-mae", "spectral"):
+    assert meth["cs2c-mae+classic"]["features"] == "mae+classic"
+    for name in ("cs2c", "cs2c-mae", "cs2c-mae+classic", "dec", "spectral-branch", "kmeans", "kmeans-mae", "spectral"):
         assert name in meth
         for key in ("dice", "miou", "ari", "nmi", "fixed_dice", "dice_sd"):
             assert np.isfinite(meth[name][key]), (name, key)
@@ -196,6 +204,12 @@ def test_saved_model_clusters_a_new_volume_with_its_geometry(tiny_run):
     import shutil
 
     shutil.copytree(out / "model", bad)
+    # a folder written before the feature diffusion existed loads without it
+    meta = json.loads((bad / "cs2c.json").read_text(encoding="utf-8"))
+    assert cs2c.load_model(bad).cfg.smooth_hops == cfg.smooth_hops > 0
+    del meta["config"]["smooth_hops"], meta["config"]["smooth_scale"]
+    (bad / "cs2c.json").write_text(json.dumps(meta), encoding="utf-8")
+    assert cs2c.load_model(bad).cfg.smooth_hops == 0
     (bad / "cs2c.json").write_text("{bad", encoding="utf-8")
     with pytest.raises(InputError, match="JSON"):
         cs2c.load_model(bad)
@@ -218,7 +232,8 @@ def test_bad_config():
                      (dict(mae_heads=3), "mae_heads"), (dict(warmup=30), "warmup"), (dict(seeds=()), "seeds"),
                      (dict(seeds=("a",)), "seeds"), (dict(lr=-1.0), "lr"), (dict(graph="rag"), "graph"),
                      (dict(shape=(24.5, 48, 48)), "shape"), (dict(k=400), "k"), (dict(features="hog"), "features"),
-                     (dict(whiten=-1), "whiten")):
+                     (dict(whiten=-1), "whiten"), (dict(smooth_hops=-1), "smooth_hops"),
+                     (dict(smooth_scale=0.0), "smooth_scale")):
         with pytest.raises(InputError, match=name):
             cs2c.run(cs2c.Cs2cConfig.tiny(**kw))
 

@@ -250,3 +250,55 @@ def test_superpixels_do_not_depend_on_the_unit_of_the_spacing():
     b = superpixels(Image(arr, spacing=(1e-5, 1e-5, 2e-5)), n_segments=200)
     np.testing.assert_array_equal(a, b)
     assert a.max() + 1 > 100
+
+
+def test_region_adjacency_face_neighbours_2d_3d():
+    from biomip.segment import region_adjacency
+
+    lab = np.array([[0, 0, 1], [2, 3, 1], [2, 2, 1]])
+    assert region_adjacency(lab).tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
+    assert region_adjacency(np.array([[0, 1], [2, 0]])).tolist() == [[0, 1], [0, 2]]   # 1 and 2 meet at a corner
+    vol = np.zeros((2, 2, 2), np.int32)
+    vol[1] = 1
+    assert region_adjacency(vol).tolist() == [[0, 1]]
+    assert region_adjacency(np.zeros((3, 3), np.int64)).shape == (0, 2)
+    with pytest.raises(InputError, match="labels"):
+        region_adjacency(np.zeros((3, 3)))
+
+
+def test_smooth_region_features_hand_step_and_edges():
+    from biomip.segment import region_adjacency, smooth_region_features
+
+    # a chain 0-1-2: one step by hand, with the weights exp(-d^2 / median d^2)
+    f = np.array([[0.0, 1.0], [1.0, 1.0], [3.0, 1.0]])
+    pairs = np.array([[0, 1], [1, 2]])
+    z = (f - f.mean(0)) / np.where(f.std(0) > 0, f.std(0), 1)
+    d2 = np.array([((z[0] - z[1]) ** 2).sum(), ((z[1] - z[2]) ** 2).sum()])
+    w = np.exp(-d2 / np.median(d2))
+    W = np.eye(3)
+    W[0, 1] = W[1, 0] = w[0]
+    W[1, 2] = W[2, 1] = w[1]
+    expect = (W / W.sum(1, keepdims=True)) @ f
+    np.testing.assert_allclose(smooth_region_features(f, pairs, hops=1), expect, rtol=1e-6)
+    np.testing.assert_array_equal(smooth_region_features(f, pairs, hops=0), f.astype(np.float32))
+    # a constant column stays constant; per-column affine rescaling commutes with the filter
+    s = smooth_region_features(f, pairs, hops=5)
+    np.testing.assert_allclose(s[:, 1], 1.0, rtol=1e-6)
+    s2 = smooth_region_features(f * [2.0, 3.0] + [5.0, -1.0], pairs, hops=5)
+    np.testing.assert_allclose(s2, s * [2.0, 3.0] + [5.0, -1.0], rtol=1e-5)
+    # two noisy halves of an image: noise is averaged away inside each half, the step survives
+    rng = np.random.default_rng(0)
+    lab = np.arange(64).reshape(8, 8)
+    truth = (np.arange(64) % 8 >= 4).astype(float)
+    noisy = (truth * 4 + rng.normal(0, 0.3, 64))[:, None]
+    out = smooth_region_features(noisy, region_adjacency(lab), hops=30)[:, 0]
+    assert out[truth == 0].std() < 0.3 * noisy[truth == 0, 0].std()
+    assert out[truth == 1].mean() - out[truth == 0].mean() > 3.5
+    with pytest.raises(InputError, match="pairs"):
+        smooth_region_features(f, np.array([[0, 3]]))
+    with pytest.raises(InputError, match="features"):
+        smooth_region_features(np.array([np.nan, 1.0]), pairs)
+    with pytest.raises(InputError, match="hops"):
+        smooth_region_features(f, pairs, hops=-1)
+    with pytest.raises(InputError, match="scale"):
+        smooth_region_features(f, pairs, scale=0.0)

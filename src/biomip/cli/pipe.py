@@ -324,9 +324,10 @@ def cs2c_cmd(out: Path = typer.Option(Path("cs2c-run"), "--out", help="Folder fo
     """CS²C (case study 5): unsupervised organelle segmentation of volume EM by collaborative
     spatial-spectral deep clustering.
 
-    Simulates EM volumes, trains an MAE on the unlabeled ones, builds superpixel graphs,
-    trains CS²C (GCN spectral embedding + cluster head + DEC, consistency term) and its
-    ablations, and compares them with k-means on MAE features and numerical spectral
+    Simulates EM volumes, trains an MAE on the unlabeled ones, builds superpixel graphs
+    (classic multi-scale features by default, diffused edge-aware over touching superpixels;
+    MAE features for the ablations), trains CS²C (GCN spectral embedding + cluster head +
+    DEC, consistency term) and its ablations, and compares them with k-means on MAE features and numerical spectral
     clustering on held-out volumes (Hungarian-matched Dice per organelle, mIoU, ARI, NMI,
     fixed-mapping Dice across volumes; mean and s.d. over seeds), times inference on a
     128^3 volume against the eigensolver, and checks particle enrichment in one cluster on
