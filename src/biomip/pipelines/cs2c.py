@@ -18,7 +18,7 @@ The superpixels form a graph: kNN RBF affinity
 / alpha, 0)``); the node features are then diffused over the region adjacency graph
 (``Cs2cConfig.smooth_hops``, :func:`biomip.segment.smooth_region_features`), an
 edge-aware filter that averages the texture noise of an organelle's superpixels away and
-keeps its boundaries (k-means on the classic features: 0.44 -> 0.65 mean Dice).  The
+keeps its boundaries (k-means on the classic features: 0.44 -> 0.63 mean Dice).  The
 CS²C model (:mod:`biomip.nn.clustering`) has two branches trained together:
 
 * **spectral**: a GCN maps features and graph to an approximate Laplacian eigenbasis
@@ -37,8 +37,9 @@ against per-image spectral clustering, whose eigenvectors switch and flip).
 Methods compared (``report["methods"]``; every method sees the same superpixels, the
 same standardisation, the same diffused features, and is scored the same way, at
 superpixel level -- no voxel-level refinement for any of them): ``"cs2c"``;
-``"cs2c-mae"`` / ``"cs2c-mae+classic"`` / ... (CS²C on each other feature set; the book's
-model on its MAE features is ``"cs2c-mae"``); ``"dec"`` (the spatial branch alone: DEC trained by (6.4)) and
+``"cs2c-mae"`` / ``"cs2c-mae+classic"`` / ... (CS²C on each other feature set; the
+book's model on its MAE features is ``"cs2c-mae"``); ``"dec"`` (the spatial branch alone:
+DEC trained by (6.4)) and
 ``"spectral-branch"`` (the GCN embedding alone, trained by (6.1), clustered by k-means
 centres fitted on the training volumes: no consistency term), both on CS²C's features;
 ``"kmeans"`` (k-means on CS²C's features, per volume) and ``"kmeans-mae"`` (k-means on
@@ -121,8 +122,8 @@ class Cs2cConfig:
         ``smooth_hops`` steps (0: off), edge kernel width ``smooth_scale`` times the median
         squared feature step between touching superpixels.  Superpixels of one organelle
         share their features and lose texture noise while boundaries stay; on the quick
-        volumes k-means on the classic features rises from 0.44 to 0.65 matched Dice
-        (``benchmarks/cs2c_smoothing.py``).
+        volumes k-means on the classic features rises from 0.44 to 0.63 matched Dice at
+        the default 32 steps (``benchmarks/cs2c_smoothing.py``).
     whiten : int, optional
         PCA-whitened components of the standardised superpixel features (fitted on the
         training volumes, :func:`feature_stats`); 0 (default): standardisation only.
