@@ -9,9 +9,14 @@ standardised with the training volumes' statistics, diffused with each ``(hops, 
 exactly as :func:`biomip.pipelines.cs2c.graph_from_features` does, clustered by k-means
 fitted on the training volumes (``k = 6``, 10 restarts, three seeds) and scored on the
 held-out volumes (Hungarian-matched Dice per class, the pipeline's ``_scores``).
-``hops = 0`` is the features as they were before the diffusion existed.
+``hops = 0`` is the features as they were before the diffusion existed.  With
+``--refine`` every row also gets k-means refined to voxels by self-training, as
+``"cs2c-refined"`` does (:func:`biomip.segment.fit_refiner` on the training volumes' k-means
+clusters and the voxels' classic features, :func:`biomip.segment.refine_labels` with the
+pipeline's blend), so the refinement's gain is measured without the clustering models' seed
+noise.
 
-    python benchmarks/cs2c_smoothing.py [--json out.json] [--grid 0:1,4:1,...] [--mae]
+    python benchmarks/cs2c_smoothing.py [--json out.json] [--grid 0:1,4:1,...] [--mae] [--refine]
 """
 
 from __future__ import annotations
@@ -23,6 +28,15 @@ import time
 import numpy as np
 
 
+def _summary(scores: list) -> dict:
+    return {"dice": float(np.mean([s["dice"] for s in scores])),
+            "per_class": {c: float(np.mean([s["per_class"][c] for s in scores])) for c in scores[0]["per_class"]}}
+
+
+def _mean_classes(runs: list) -> dict:
+    return {c: float(np.mean([r["per_class"][c] for r in runs])) for c in runs[0]["per_class"]}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=None)
@@ -30,21 +44,25 @@ def main():
                     help="comma-separated hops:scale pairs")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--mae", action="store_true", help="also the MAE features (trains the quick MAE, ~1-2 min)")
+    ap.add_argument("--refine", action="store_true", help="also k-means refined to voxels (cfg.refine_* settings)")
     args = ap.parse_args()
     from sklearn.cluster import KMeans
 
     from biomip.pipelines import cs2c as C
-    from biomip.segment import region_adjacency, smooth_region_features
+    from biomip.segment import fit_refiner, refine_labels, region_adjacency, smooth_region_features
 
     cfg = C.Cs2cConfig.quick(smooth_hops=0)
     t0 = time.perf_counter()
     vols = C.simulate(cfg, progress=False)
     kinds = ["classic", "mae", "mae+classic"] if args.mae else ["classic"]
     mae = C.train_features(cfg, [v.image for v in vols.train], progress=False) if args.mae else None
-    prepared = []
+    prepared, voxels = [], []
     for v in vols.train + vols.test:
-        sp, f, sizes, _ = C.volume_features(v.image, cfg, mae, kinds)
+        vox = C.classic_features(C.check_volume(v.image, cfg)[1])
+        sp, f, sizes, _ = C.volume_features(v.image, cfg, mae, kinds, voxel=vox)
         prepared.append((sp, f, sizes, region_adjacency(sp), np.asarray(v.labels.numpy())))
+        voxels.append(vox if args.refine else None)
+        del vox
     n_tr = cfg.n_train
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
@@ -56,23 +74,30 @@ def main():
             t = time.perf_counter()
             z = [smooth_region_features(zz, p[3], hops, scale) for zz, p in zip(z0, prepared)]
             smooth_s = (time.perf_counter() - t) / len(z)
-            per_seed = []
+            per_seed, refined = [], []
             for seed in seeds:
                 km = KMeans(cfg.k, n_init=10, random_state=seed).fit(np.concatenate(z[:n_tr]))
-                scores = [C._scores(km.predict(zz)[p[0]], p[4], cfg.k, vols.test[0].classes)
-                          for zz, p in zip(z[n_tr:], prepared[n_tr:])]
-                per_seed.append({"dice": float(np.mean([s["dice"] for s in scores])),
-                                 "per_class": {c: float(np.mean([s["per_class"][c] for s in scores]))
-                                               for c in scores[0]["per_class"]}})
+                coarse = [km.predict(zz)[p[0]] for zz, p in zip(z, prepared)]
+                scores = [C._scores(c, p[4], cfg.k, vols.test[0].classes) for c, p in zip(coarse[n_tr:], prepared[n_tr:])]
+                per_seed.append(_summary(scores))
+                if args.refine:
+                    net = fit_refiner(voxels[:n_tr], coarse[:n_tr], cfg.k, steps=cfg.refine_steps,
+                                      samples=cfg.refine_samples, seed=seed)
+                    scores = [C._scores(refine_labels(net, v, prior=c, blend=cfg.refine_blend), p[4], cfg.k,
+                                        vols.test[0].classes)
+                              for v, c, p in zip(voxels[n_tr:], coarse[n_tr:], prepared[n_tr:])]
+                    refined.append(_summary(scores))
             d = [r["dice"] for r in per_seed]
             rows.append({"features": kind, "hops": hops, "scale": scale, "kmeans_dice": float(np.mean(d)),
-                         "kmeans_dice_sd": float(np.std(d)),
-                         "per_class": {c: float(np.mean([r["per_class"][c] for r in per_seed]))
-                                       for c in per_seed[0]["per_class"]},
+                         "kmeans_dice_sd": float(np.std(d)), "per_class": _mean_classes(per_seed),
                          "smooth_seconds_per_volume": round(smooth_s, 3)})
+            if refined:
+                rows[-1].update(refined_dice=float(np.mean([r["dice"] for r in refined])),
+                                refined_dice_sd=float(np.std([r["dice"] for r in refined])),
+                                refined_per_class=_mean_classes(refined))
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()
-                              if k != "per_class"}), {c: round(v, 2) for c, v in rows[-1]["per_class"].items()},
-                  flush=True)
+                              if "per_class" not in k}), {c: round(v, 2) for c, v in rows[-1]["per_class"].items()},
+                  {c: round(v, 2) for c, v in rows[-1].get("refined_per_class", {}).items()}, flush=True)
     out = {"what": __doc__.splitlines()[0].strip(), "config": cfg.to_dict(), "feature_sets": kinds,
            "superpixels_per_volume": [int(p[0].max()) + 1 for p in prepared], "seeds": seeds, "rows": rows,
            "seconds": round(time.perf_counter() - t0, 1)}

@@ -15,6 +15,7 @@ from biomip.nn import (
     ClusterHead,
     DECCentres,
     GCNEmbedding,
+    VoxelClassifier,
     cluster_kl,
     cs2c_loss,
     gcn_propagation,
@@ -245,9 +246,11 @@ def test_dec_moves_centres_onto_blobs():
 def test_save_load_round_trip(tmp_path):
     x = torch.rand(6, 3)
     W = sps.csr_matrix(np.ones((6, 6)) - np.eye(6))
+    vc = VoxelClassifier(3, k=4, hidden=8, seed=3)
+    vc.set_standardisation([0.5, 1.0, -2.0], [2.0, 0.5, 1.0])       # buffers: saved with the weights
     for net, arg in ((GCNEmbedding(3, 4, hidden=8, layers=3, seed=2), (x, W)),
                      (ClusterHead(3, k=4, hidden=8, seed=1), (x,)),
-                     (DECCentres(3, 3, centres=np.eye(3), tau=2.0), (x,))):
+                     (DECCentres(3, 3, centres=np.eye(3), tau=2.0), (x,)), (vc, (x,))):
         back = type(net).load(net.save(tmp_path / type(net).__name__), device="cpu")
         assert back.config() == net.config()
         torch.testing.assert_close(back(*arg), net(*arg))
@@ -260,6 +263,21 @@ def test_save_load_round_trip(tmp_path):
     os.umask(mask)
     for name in ("model.safetensors", "config.json"):
         assert os.stat(tmp_path / "ClusterHead" / name).st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_voxel_classifier_standardises_its_input():
+    vc = VoxelClassifier(2, k=3, hidden=4, seed=0)
+    x = torch.tensor([[1.0, 2.0], [3.0, -1.0]])
+    vc.set_standardisation([1.0, -1.0], [2.0, 4.0])
+    torch.testing.assert_close(vc(x), vc.mlp((x - torch.tensor([1.0, -1.0])) / torch.tensor([2.0, 4.0])))
+    with pytest.raises(InputError, match="mean, std"):
+        vc.set_standardisation([0.0], [1.0])
+    with pytest.raises(InputError, match="std"):
+        vc.set_standardisation([0.0, 0.0], [1.0, 0.0])
+    with pytest.raises(ShapeError, match="x"):
+        vc(torch.zeros(4, 3))
+    with pytest.raises(InputError, match="k"):
+        VoxelClassifier(2, k=1)
 
 
 def test_bad_inputs_name_the_argument():

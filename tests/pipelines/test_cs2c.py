@@ -116,9 +116,11 @@ def test_graph_is_symmetric_pruned_and_standardised():
     np.testing.assert_allclose(g.features.mean(0), 0, atol=1e-4)
     assert g.superpixels.shape == vol.image.shape and g.superpixels.max() + 1 == g.n
     # diffusion changes the node features only: the affinity stays the unsmoothed features' graph
+    gs_cfg_scale = cs2c.Cs2cConfig.tiny().smooth_scale
     gs = cs2c.build_graph(vol.image, cs2c.Cs2cConfig.tiny(smooth_hops=8), features="classic")
     assert abs(gs.affinity - W).max() == 0
-    np.testing.assert_allclose(gs.features, smooth_region_features(g.features, region_adjacency(g.superpixels), 8),
+    np.testing.assert_allclose(gs.features, smooth_region_features(g.features, region_adjacency(g.superpixels), 8,
+                                                                   scale=gs_cfg_scale),
                                atol=1e-5)
     assert gs.features.std(0).mean() < g.features.std(0).mean()
     with pytest.raises(InputError, match="constant"):
@@ -156,7 +158,8 @@ def test_tiny_run_end_to_end(tiny_run):
     assert meth["cs2c"]["features"] == cfg.features == "classic"
     assert meth["cs2c-mae"]["features"] == "mae" and meth["kmeans-mae"]["features"] == "mae"
     assert meth["cs2c-mae+classic"]["features"] == "mae+classic"
-    for name in ("cs2c", "cs2c-mae", "cs2c-mae+classic", "dec", "spectral-branch", "kmeans", "kmeans-mae", "spectral"):
+    for name in ("cs2c", "cs2c-refined", "cs2c-mae", "cs2c-mae+classic", "dec", "spectral-branch", "kmeans", "kmeans-mae",
+                 "spectral"):
         assert name in meth
         for key in ("dice", "miou", "ari", "nmi", "fixed_dice", "dice_sd"):
             assert np.isfinite(meth[name][key]), (name, key)
@@ -167,8 +170,37 @@ def test_tiny_run_end_to_end(tiny_run):
     assert saved["methods"]["cs2c"]["dice"] == pytest.approx(meth["cs2c"]["dice"])
     assert saved["config"]["mode"] == "tiny" and "seeds" in saved and "targets" in saved
     assert (out / "preview.png").stat().st_size > 10_000
-    # every training history has finite terms
-    assert (out / "model" / "cs2c.json").is_file()
+    assert meth["cs2c-refined"]["train_seconds"] > meth["cs2c"]["train_seconds"]      # the refiner's time on top
+    assert "voxel_refinement_helps(cs2c-refined>cs2c)" in rep["targets"]
+    assert (out / "model" / "cs2c.json").is_file() and (out / "model" / "refiner" / "config.json").is_file()
+
+
+def test_refined_inference_is_the_voxel_classifier_on_top_of_the_superpixels(tiny_run):
+    from biomip.data import em_volume
+    from biomip.segment import refine_labels
+
+    cfg, _, out = tiny_run
+    saved = cs2c.load_model(out / "model")
+    assert saved.refiner is not None and saved.refiner.k == cfg.k
+    vol = em_volume(tuple(cfg.shape), seed=78).image
+    vox = cs2c.classic_features(cs2c.check_volume(vol, cfg)[1])
+    g = cs2c.build_graph(vol, saved.cfg, saved.mae, stats=saved.stats, voxel=vox)
+    coarse = cs2c.infer(saved.model, g)
+    refined = cs2c.infer(saved.model, g, saved.refiner, vox, cfg.refine_blend)
+    np.testing.assert_array_equal(refined, refine_labels(saved.refiner, vox, prior=coarse, blend=cfg.refine_blend))
+    np.testing.assert_array_equal(cs2c.infer(saved.model, g, saved.refiner, vox, 1.0), coarse)
+    np.testing.assert_array_equal(cs2c.cluster_volume(saved, vol).numpy(), refined)
+    # the precomputed voxel features give the graph build_graph computes itself
+    np.testing.assert_allclose(cs2c.build_graph(vol, saved.cfg, saved.mae, stats=saved.stats).features, g.features,
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="voxel"):
+        cs2c.infer(saved.model, g, saved.refiner)
+    with pytest.raises(ShapeError, match="voxel"):
+        cs2c.build_graph(vol, saved.cfg, saved.mae, stats=saved.stats, voxel=vox[:, :4])
+    with pytest.raises(InputError, match="refine_steps"):
+        cs2c.train_refiner(cs2c.Cs2cConfig.tiny(refine_steps=0), saved.model, [g], [vox])
+    with pytest.raises(InputError, match="voxels"):
+        cs2c.train_refiner(cfg, saved.model, [g], [])
 
 
 def test_saved_model_clusters_a_new_volume_with_its_geometry(tiny_run):
@@ -210,6 +242,14 @@ def test_saved_model_clusters_a_new_volume_with_its_geometry(tiny_run):
     del meta["config"]["smooth_hops"], meta["config"]["smooth_scale"]
     (bad / "cs2c.json").write_text(json.dumps(meta), encoding="utf-8")
     assert cs2c.load_model(bad).cfg.smooth_hops == 0
+    # and one written before the refinement clusters by superpixels
+    del meta["config"]["refine_steps"]
+    (bad / "cs2c.json").write_text(json.dumps(meta), encoding="utf-8")
+    shutil.rmtree(bad / "refiner")
+    old = cs2c.load_model(bad)
+    assert old.refiner is None and old.cfg.refine_steps == 0 and old.cfg.smooth_scale == 1.0
+    assert cs2c.cluster_volume(old, img).meta["method"] == "cs2c"
+    assert lab.meta["method"] == "cs2c-refined"
     (bad / "cs2c.json").write_text("{bad", encoding="utf-8")
     with pytest.raises(InputError, match="JSON"):
         cs2c.load_model(bad)
@@ -233,7 +273,8 @@ def test_bad_config():
                      (dict(seeds=("a",)), "seeds"), (dict(lr=-1.0), "lr"), (dict(graph="rag"), "graph"),
                      (dict(shape=(24.5, 48, 48)), "shape"), (dict(k=400), "k"), (dict(features="hog"), "features"),
                      (dict(whiten=-1), "whiten"), (dict(smooth_hops=-1), "smooth_hops"),
-                     (dict(smooth_scale=0.0), "smooth_scale")):
+                     (dict(smooth_scale=0.0), "smooth_scale"), (dict(refine_steps=-1), "refine_steps"),
+                     (dict(refine_samples=0), "refine_samples"), (dict(refine_blend=1.5), "refine_blend")):
         with pytest.raises(InputError, match=name):
             cs2c.run(cs2c.Cs2cConfig.tiny(**kw))
 
@@ -258,6 +299,9 @@ def test_cli(tiny_run, tmp_path, capsys):
     assert "cs2c.json" in capsys.readouterr().err
     assert main(["run", "cs2c", "--tiny", "--out", str(out)]) != 0
     assert "not empty" in capsys.readouterr().err
+    assert main(["run", "cs2c", "--tiny", "--refine-steps", "-1", "--out", str(tmp_path / "r")]) != 0
+    err = capsys.readouterr().err
+    assert "refine" in err and "Traceback" not in err
     # a bad --volume is refused before the run
     flat2d = tmp_path / "slice.npy"
     np.save(flat2d, np.random.default_rng(0).random((48, 48)).astype(np.float32))

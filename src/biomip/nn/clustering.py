@@ -34,7 +34,7 @@ from ..core.errors import InputError, ShapeError, describe
 from ..core.rng import seeded
 from .base import SavedModule
 
-__all__ = ["ClusterHead", "DECCentres", "GCNEmbedding", "cluster_kl", "cs2c_loss", "gcn_propagation",
+__all__ = ["ClusterHead", "DECCentres", "GCNEmbedding", "VoxelClassifier", "cluster_kl", "cs2c_loss", "gcn_propagation",
            "sparse_laplacian_tensor", "spectral_embedding_loss", "student_t_assignment", "target_distribution"]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -735,6 +735,111 @@ class ClusterHead(SavedModule):
             Rows summing to 1.
         """
         return torch.softmax(self(phi), dim=1)
+
+
+class VoxelClassifier(SavedModule):
+    """Per-voxel MLP classifier on filter responses, with its input standardisation.
+
+    ``(x - mean) / std -> Linear(in, hidden) -> GELU -> Linear(hidden, hidden) -> GELU ->
+    Linear(hidden, k)``: the voxel-level model that :func:`biomip.segment.fit_refiner` trains
+    on the pseudo-labels of a region-level clustering (self-training), so a clustering of
+    superpixels can be refined to voxels and applied to new volumes.  ``mean`` and ``std``
+    are buffers, saved with the weights.
+
+    Parameters
+    ----------
+    in_features : int
+        Features per voxel.
+    k : int
+        Classes (>= 2).
+    hidden : int, optional
+        Hidden width.
+    seed : int, optional
+        Initialisation seed (the global torch RNG is left untouched).
+
+    Raises
+    ------
+    InputError
+        For bad constructor arguments.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = VoxelClassifier(5, k=3, hidden=8)
+    >>> net.set_standardisation(torch.zeros(5), torch.ones(5))
+    >>> net(torch.rand(7, 5)).shape
+    torch.Size([7, 3])
+    """
+
+    FORMAT = "biomip.nn.VoxelClassifier"
+    VERSION = 1
+
+    def __init__(self, in_features: int, k: int, hidden: int = 64, seed: int = 0):
+        super().__init__()
+        self.in_features = check_number(in_features, "in_features", low=1, integer=True)
+        self.k = check_number(k, "k", low=2, integer=True)
+        self.hidden = check_number(hidden, "hidden", low=1, integer=True)
+        self.seed = check_number(seed, "seed", integer=True)
+        self.meta: dict = {}
+        self.register_buffer("mean", torch.zeros(self.in_features))
+        self.register_buffer("std", torch.ones(self.in_features))
+        with seeded(self.seed):
+            self.mlp = nn.Sequential(nn.Linear(self.in_features, self.hidden), nn.GELU(),
+                                     nn.Linear(self.hidden, self.hidden), nn.GELU(), nn.Linear(self.hidden, self.k))
+
+    def config(self) -> dict:
+        """The constructor arguments (JSON-able).
+
+        Returns
+        -------
+        dict
+            ``in_features``, ``k``, ``hidden``, ``seed``.
+        """
+        return {"in_features": self.in_features, "k": self.k, "hidden": self.hidden, "seed": self.seed}
+
+    def set_standardisation(self, mean, std) -> None:
+        """Set the per-feature mean and standard deviation subtracted and divided before the MLP.
+
+        Parameters
+        ----------
+        mean, std : array_like or torch.Tensor
+            ``(in_features,)``; ``std`` must be positive.
+
+        Raises
+        ------
+        InputError
+            Wrong sizes, non-finite values or a non-positive ``std``.
+        """
+        m = torch.as_tensor(np.asarray(mean, np.float32)).reshape(-1)
+        s = torch.as_tensor(np.asarray(std, np.float32)).reshape(-1)
+        if m.numel() != self.in_features or s.numel() != self.in_features:
+            raise InputError(f"mean, std: got {m.numel()} and {s.numel()} values; expected {self.in_features} each")
+        if not (torch.isfinite(m).all() and torch.isfinite(s).all() and (s > 0).all()):
+            raise InputError("mean, std: expected finite values and a positive std")
+        self.mean.copy_(m)
+        self.std.copy_(s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Voxel features ``(n, in_features)`` (unstandardised).
+
+        Returns
+        -------
+        torch.Tensor
+            Logits ``(n, k)``.
+
+        Raises
+        ------
+        ShapeError
+            For a wrong shape.
+        """
+        w0 = self.mlp[0].weight
+        x = _matrix(x, "x", cols=self.in_features).to(device=w0.device, dtype=w0.dtype)
+        return self.mlp((x - self.mean) / self.std)
 
 
 class DECCentres(SavedModule):

@@ -6,7 +6,8 @@ its geometry, numpy for numpy, torch for torch.
   snakes (:mod:`.edges`), level sets (:mod:`.levelset`) -- together :mod:`.classic`;
 * unsupervised (:mod:`.cluster`): k-means, Gaussian mixtures and spectral clustering of
   pixels or superpixels (the feature-matrix algorithms are :mod:`biomip.learn`);
-* post-processing (:mod:`.crf`): dense CRF on a probability map;
+* post-processing (:mod:`.crf`): dense CRF on a probability map; (:mod:`.refine`) voxel
+  refinement of a superpixel clustering by self-training (:func:`fit_refiner`, :func:`refine_labels`);
 * instances (:mod:`.instances`): distance-transform watershed splitting, relabelling;
 * Cellpose-style flows (:mod:`.flows`): masks to flows by heat diffusion, flows to masks;
 * supervised (:mod:`.train`, :mod:`.planning`): U-Net training and prediction with

@@ -13,6 +13,7 @@ from . import (
     nsc,
     pixel_classifier,
     planning,
+    refine,
     region,
     thresholds,
     train,
@@ -82,6 +83,7 @@ from .nsc import (
 )
 from .pixel_classifier import PixelClassifier
 from .planning import Fingerprint, Plan, estimate_memory_gb, fingerprint, plan
+from .refine import fit_refiner, refine_labels
 from .region import region_grow, region_growing
 from .thresholds import threshold, threshold_value
 from .train import (
@@ -200,6 +202,9 @@ __all__ = [
     "window_starts",
     "nsc",
     "pixel_classifier",
+    "refine",
+    "fit_refiner",
+    "refine_labels",
     "CRF_DEFAULTS",
     "NSCAnchors",
     "nsc_affinity",

@@ -69,6 +69,15 @@ def as_grey(image, name: str = "image", ndims=(2, 3)) -> np.ndarray:
     return arr
 
 
+def as_list(x, name: str, what: str = "one image or a list of images") -> list:
+    """``x`` as a list (a list or tuple as given, anything else wrapped); an empty one is refused by ``name``."""
+    if isinstance(x, (list, tuple)):
+        if not x:
+            raise InputError(f"{name}: got an empty {type(x).__name__}; expected {what}")
+        return list(x)
+    return [x]
+
+
 def spacing_of(image, spacing, d: int) -> tuple[float, ...]:
     """World-order (x, y, z) spacing: ``spacing`` if given, else the Image's, else 1.
 

@@ -23,7 +23,7 @@ from ..core.errors import InputError, ShapeError, describe
 from ..core.image import Image
 from ..core.threads import free_cores
 from ..features.pixel import DEFAULT_SIGMAS, FEATURES, pixel_feature_names, pixel_features
-from .base import labels_out
+from .base import as_list, labels_out
 
 __all__ = ["PixelClassifier"]
 
@@ -34,14 +34,6 @@ def _spatial_shape(image) -> tuple:
     if isinstance(image, Image):
         return tuple(image.spatial_shape)
     return tuple(image.shape) if is_tensor(image) else tuple(np.shape(image))
-
-
-def _as_list(x, name: str) -> list:
-    if isinstance(x, (list, tuple)):
-        if not x:
-            raise InputError(f"{name}: got an empty {type(x).__name__}; expected one image or a list of images")
-        return list(x)
-    return [x]
 
 
 class PixelClassifier:
@@ -185,7 +177,7 @@ class PixelClassifier:
         >>> X.shape, y.tolist()
         ((4, 8), [1, 1, 1, 2])
         """
-        ims, scs = _as_list(images, "images"), _as_list(scribbles, "scribbles")
+        ims, scs = as_list(images, "images"), as_list(scribbles, "scribbles")
         if len(ims) != len(scs):
             raise InputError(f"scribbles: got {len(scs)} for {len(ims)} image(s); expected one per image")
         X, y = [], []
@@ -262,7 +254,7 @@ class PixelClassifier:
         forest.fit(X, y)
         self.forest_ = forest
         self.classes_ = forest.classes_.astype(np.int64)
-        first = _as_list(images, "images")[0]
+        first = as_list(images, "images")[0]
         d = first.sdim if isinstance(first, Image) else len(_spatial_shape(first))
         per_channel = len(pixel_feature_names(self.sigmas, self.features, d))
         self.feature_names_ = pixel_feature_names(self.sigmas, self.features, d, X.shape[1] // per_channel)
