@@ -16,13 +16,19 @@ clusters and the voxels' classic features, :func:`biomip.segment.refine_labels` 
 pipeline's blend), so the refinement's gain is measured without the clustering models' seed
 noise.
 
-    python benchmarks/cs2c_smoothing.py [--json out.json] [--grid 0:1,4:1,...] [--mae] [--refine]
+With ``--k 6,7,8`` the k-means (and the refiner) use more clusters than there are classes
+(over-clustering; the unmatched clusters' voxels count as wrong); ``--mae-steps`` trains the
+MAE longer than the quick mode's 800 steps.
+
+    python benchmarks/cs2c_smoothing.py [--json out.json] [--grid 0:1,4:1,...] [--k 6,7]
+                                        [--mae [--mae-steps N]] [--refine]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -45,6 +51,9 @@ def main():
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--mae", action="store_true", help="also the MAE features (trains the quick MAE, ~1-2 min)")
     ap.add_argument("--refine", action="store_true", help="also k-means refined to voxels (cfg.refine_* settings)")
+    ap.add_argument("--k", default=None, help="comma-separated cluster counts (default: the config's k = 6); "
+                    "more clusters than classes leave the unmatched clusters' voxels wrong")
+    ap.add_argument("--mae-steps", type=int, default=None, help="MAE training steps (default: the quick mode's)")
     args = ap.parse_args()
     from sklearn.cluster import KMeans
 
@@ -52,6 +61,8 @@ def main():
     from biomip.segment import fit_refiner, refine_labels, region_adjacency, smooth_region_features
 
     cfg = C.Cs2cConfig.quick(smooth_hops=0)
+    if args.mae_steps is not None:
+        cfg = C.Cs2cConfig.quick(smooth_hops=0, mae_steps=args.mae_steps)
     t0 = time.perf_counter()
     vols = C.simulate(cfg, progress=False)
     kinds = ["classic", "mae", "mae+classic"] if args.mae else ["classic"]
@@ -65,30 +76,31 @@ def main():
         del vox
     n_tr = cfg.n_train
     seeds = [int(s) for s in args.seeds.split(",")]
+    ks = [int(v) for v in args.k.split(",")] if args.k else [cfg.k]
     rows = []
     for kind in kinds:
         stats = C.feature_stats([(p[1][kind], p[2]) for p in prepared[:n_tr]])
         z0 = [C.transform_features(p[1][kind], stats) for p in prepared]
-        for item in args.grid.split(","):
+        for item, kk in [(g, kk) for g in args.grid.split(",") for kk in ks]:
             hops, scale = int(item.split(":")[0]), float(item.split(":")[1])
             t = time.perf_counter()
             z = [smooth_region_features(zz, p[3], hops, scale) for zz, p in zip(z0, prepared)]
             smooth_s = (time.perf_counter() - t) / len(z)
             per_seed, refined = [], []
             for seed in seeds:
-                km = KMeans(cfg.k, n_init=10, random_state=seed).fit(np.concatenate(z[:n_tr]))
+                km = KMeans(kk, n_init=10, random_state=seed).fit(np.concatenate(z[:n_tr]))
                 coarse = [km.predict(zz)[p[0]] for zz, p in zip(z, prepared)]
-                scores = [C._scores(c, p[4], cfg.k, vols.test[0].classes) for c, p in zip(coarse[n_tr:], prepared[n_tr:])]
+                scores = [C._scores(c, p[4], kk, vols.test[0].classes) for c, p in zip(coarse[n_tr:], prepared[n_tr:])]
                 per_seed.append(_summary(scores))
                 if args.refine:
-                    net = fit_refiner(voxels[:n_tr], coarse[:n_tr], cfg.k, steps=cfg.refine_steps,
+                    net = fit_refiner(voxels[:n_tr], coarse[:n_tr], kk, steps=cfg.refine_steps,
                                       samples=cfg.refine_samples, seed=seed)
-                    scores = [C._scores(refine_labels(net, v, prior=c, blend=cfg.refine_blend), p[4], cfg.k,
+                    scores = [C._scores(refine_labels(net, v, prior=c, blend=cfg.refine_blend), p[4], kk,
                                         vols.test[0].classes)
                               for v, c, p in zip(voxels[n_tr:], coarse[n_tr:], prepared[n_tr:])]
                     refined.append(_summary(scores))
             d = [r["dice"] for r in per_seed]
-            rows.append({"features": kind, "hops": hops, "scale": scale, "kmeans_dice": float(np.mean(d)),
+            rows.append({"features": kind, "k": kk, "hops": hops, "scale": scale, "kmeans_dice": float(np.mean(d)),
                          "kmeans_dice_sd": float(np.std(d)), "per_class": _mean_classes(per_seed),
                          "smooth_seconds_per_volume": round(smooth_s, 3)})
             if refined:
@@ -98,7 +110,7 @@ def main():
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()
                               if "per_class" not in k}), {c: round(v, 2) for c, v in rows[-1]["per_class"].items()},
                   {c: round(v, 2) for c, v in rows[-1].get("refined_per_class", {}).items()}, flush=True)
-    out = {"what": __doc__.splitlines()[0].strip(), "config": cfg.to_dict(), "feature_sets": kinds,
+    out = {"what": __doc__.splitlines()[0].strip(), "command": "python " + " ".join(sys.argv), "config": cfg.to_dict(), "feature_sets": kinds,
            "superpixels_per_volume": [int(p[0].max()) + 1 for p in prepared], "seeds": seeds, "rows": rows,
            "seconds": round(time.perf_counter() - t0, 1)}
     if args.json:
