@@ -152,14 +152,31 @@ def test_cluster_ids_are_the_same_network_in_every_volume():
     np.testing.assert_array_equal(cs2c.infer(model, g2), cs2c.infer(model, g))
 
 
+def test_kmeans_baseline_is_the_untrained_initialisation_by_nearest_centre():
+    """``kind="kmeans"``: the k-means centres of the training superpixels (what DEC and CS²C
+    start from), unchanged, and every superpixel of any graph given its nearest centre."""
+    from biomip.data import em_volume
+
+    cfg = cs2c.Cs2cConfig.tiny()
+    g1, g2 = (cs2c.build_graph(em_volume(tuple(cfg.shape), seed=s).image, cfg, features="classic") for s in (5, 6))
+    km = cs2c.train(cfg, [g1], "kmeans", seed=0, progress=False)
+    dec = cs2c.train(cs2c.Cs2cConfig.tiny(steps=0, warmup=0), [g1], "dec", seed=0, progress=False)
+    centres = km.dec.centres.detach().numpy()
+    np.testing.assert_allclose(centres, dec.dec.centres.detach().numpy())          # DEC's starting point
+    assert km.history == [] and km.gcn is None and km.head is None
+    for g in (g1, g2):
+        d = ((g.features[:, None, :] - centres[None]) ** 2).sum(-1)
+        np.testing.assert_array_equal(km.predict(g), d.argmin(1))
+
+
 def test_tiny_run_end_to_end(tiny_run):
     cfg, rep, out = tiny_run
     meth = rep["methods"]
     assert meth["cs2c"]["features"] == cfg.features == "classic"
     assert meth["cs2c-mae"]["features"] == "mae" and meth["kmeans-mae"]["features"] == "mae"
     assert meth["cs2c-mae+classic"]["features"] == "mae+classic"
-    for name in ("cs2c", "cs2c-refined", "cs2c-mae", "cs2c-mae+classic", "dec", "spectral-branch", "kmeans", "kmeans-mae",
-                 "spectral"):
+    for name in ("cs2c", "cs2c-refined", "cs2c-mae", "cs2c-mae+classic", "dec", "spectral-branch", "kmeans-train",
+                 "kmeans-train-refined", "kmeans", "kmeans-mae", "spectral"):
         assert name in meth
         for key in ("dice", "miou", "ari", "nmi", "fixed_dice", "dice_sd"):
             assert np.isfinite(meth[name][key]), (name, key)
@@ -255,6 +272,27 @@ def test_saved_model_clusters_a_new_volume_with_its_geometry(tiny_run):
         cs2c.load_model(bad)
 
 
+def test_bad_volumes_and_feature_inputs():
+    cfg = cs2c.Cs2cConfig.tiny()
+    with pytest.raises(InputError, match="path 'missing.tif'.*biomip.io.read"):
+        cs2c.check_volume("missing.tif", cfg)
+    with pytest.raises(ShapeError, match="non-empty"):
+        cs2c.classic_features(np.zeros((0, 4, 4), np.float32))
+    with pytest.raises(InputError, match="volumes: got list .empty."):
+        cs2c.train_features(cfg, [])
+    # the training volume's size, but noise: SLIC finds too few regions, and the hint says so
+    noise = np.random.default_rng(0).random(tuple(cfg.shape)).astype(np.float32)
+    with pytest.raises(InputError, match="superpixels.*too few intensity regions"):
+        cs2c.volume_superpixels(noise, cfg)
+    with pytest.raises(InputError, match="a larger volume, or fewer clusters"):
+        cs2c.volume_superpixels(noise[:10, :10, :10], cfg)
+    from biomip.data import em_volume
+
+    vol = em_volume(tuple(cfg.shape), seed=3).image
+    sp = cs2c.volume_superpixels(vol, cfg)
+    assert sp.shape == vol.shape and sp.min() == 0 and sp.max() + 1 >= cfg.k
+
+
 def test_bad_config():
     with pytest.raises(InputError, match="shape"):
         cs2c.run(cs2c.Cs2cConfig.tiny(shape=(8, 8, 8)))
@@ -267,7 +305,7 @@ def test_bad_config():
     with pytest.raises(InputError, match="cfg"):
         cs2c.run({"mode": "tiny"})
     with pytest.raises(InputError, match="kind"):
-        cs2c.train(cs2c.Cs2cConfig.tiny(), [], "kmeans")
+        cs2c.train(cs2c.Cs2cConfig.tiny(), [], "gmm")
     for kw, name in ((dict(seed=-1), "seed"), (dict(spacing_nm=0.0), "spacing_nm"), (dict(mae_mask=1.5), "mae_mask"),
                      (dict(mae_heads=3), "mae_heads"), (dict(warmup=30), "warmup"), (dict(seeds=()), "seeds"),
                      (dict(seeds=("a",)), "seeds"), (dict(lr=-1.0), "lr"), (dict(graph="rag"), "graph"),
@@ -308,4 +346,16 @@ def test_cli(tiny_run, tmp_path, capsys):
     assert main(["run", "cs2c", "--tiny", "--volume", str(flat2d), "--out", str(tmp_path / "r")]) != 0
     assert "--volume" in capsys.readouterr().err
     assert not (tmp_path / "r" / "report.json").exists()
+    # ... and so is one that is big enough but gives fewer superpixels than clusters (it used to fail after the run,
+    # leaving report.json, preview.png, model/ and volume.tif behind)
+    small = tmp_path / "small.npy"
+    np.save(small, np.random.default_rng(0).random((10, 10, 10)).astype(np.float32))
+    assert main(["run", "cs2c", "--tiny", "--volume", str(small), "--out", str(tmp_path / "r2")]) != 0
+    err = capsys.readouterr().err
+    assert "--volume" in err and "superpixels" in err and "Traceback" not in err
+    assert not (tmp_path / "r2").exists() or not any((tmp_path / "r2").iterdir())
+    # a 2-D output format is refused before the clustering, naming --out
+    assert main(["cluster-em", str(out / "model"), str(out / "volume.tif"), "--out", str(tmp_path / "c.png")]) != 0
+    err = capsys.readouterr().err
+    assert "--out" in err and "3-D" in err and not (tmp_path / "c.png").exists()
     torch.set_num_threads(torch.get_num_threads())

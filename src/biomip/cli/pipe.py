@@ -332,14 +332,15 @@ def cs2c_cmd(out: Path = typer.Option(Path("cs2c-run"), "--out", help="Folder fo
     (classic multi-scale features by default, diffused edge-aware over touching superpixels;
     MAE features for the ablations), trains CS²C (GCN spectral embedding + cluster head +
     DEC, consistency term) and its ablations, refines CS²C's superpixel clusters to voxels
-    (a per-voxel MLP trained on them: "cs2c-refined"), and compares them with k-means on MAE features and numerical spectral
+    (a per-voxel MLP trained on them: "cs2c-refined"), and compares them with the untrained
+    k-means start ("kmeans-train", refined too), k-means on MAE features and numerical spectral
     clustering on held-out volumes (Hungarian-matched Dice per organelle, mIoU, ARI, NMI,
     fixed-mapping Dice across volumes; mean and s.d. over seeds), times inference on a
     128^3 volume against the eigensolver, and checks particle enrichment in one cluster on
     the shipped cryo-ET tomogram.  model/ is what `biomip cluster-em` applies."""
     from ..core.errors import BiomipError
     from ..io import write
-    from ..pipelines.cs2c import Cs2cConfig, check_volume, cluster_volume, load_model, run
+    from ..pipelines.cs2c import Cs2cConfig, cluster_volume, load_model, run, volume_superpixels
 
     check_run_folder(out, overwrite, _CS2C_MODEL_FILES, "CS²C")
     make = getattr(Cs2cConfig, run_mode(quick, tiny, full))
@@ -352,7 +353,7 @@ def cs2c_cmd(out: Path = typer.Option(Path("cs2c-run"), "--out", help="Folder fo
     if volume is not None:                                     # checked before the (long) run, not after
         vol_img = read_input(volume, "--volume")
         try:
-            check_volume(vol_img, make(**kw))
+            volume_superpixels(vol_img, make(**kw))          # shape, intensities and at least k superpixels
         except BiomipError as exc:
             raise InputError(f"--volume: {exc}") from exc
     rep = run(make(**kw), out=out, device=device, progress=progress)
@@ -401,7 +402,7 @@ def cluster_em_cmd(model: Path = typer.Argument(..., help="A model folder (the m
     if mdir == Path(out).resolve().parent or mdir in Path(out).resolve().parents:
         raise InputError(f"--out: {str(out)!r} is inside the model folder {str(model)!r}; expected a path outside it")
     outs = Outputs(overwrite=overwrite, inputs=[model, volume])
-    outs.add(out, "--out", dtype_kind="u")
+    outs.add(out, "--out", sdim=3, dtype_kind="u")
     try:
         saved = load_model(model)
     except InputError as exc:
