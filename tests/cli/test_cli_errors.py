@@ -37,3 +37,19 @@ def test_debug_shows_the_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(biomip.io, "sniff", _boom(ZeroDivisionError("x")))
     with pytest.raises(ZeroDivisionError):
         main(["info", str(tmp_path)])
+
+
+def test_cli_words_rewrites_a_missing_dependency_message():
+    """MissingDependencyError is an ImportError, whose str() is its ``.msg``: the rewrite must reach it."""
+    import pytest
+
+    from biomip.cli._common import cli_words
+    from biomip.core.errors import MissingDependencyError
+
+    @cli_words(method="--method")
+    def cmd():
+        raise MissingDependencyError("method: 'farneback' needs OpenCV (or use method='tvl1')")
+
+    with pytest.raises(MissingDependencyError) as info:
+        cmd()
+    assert str(info.value) == "--method: 'farneback' needs OpenCV (or use --method 'tvl1')"

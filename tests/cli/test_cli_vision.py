@@ -90,6 +90,9 @@ def test_vision_track_follows_a_moving_blob(capsys, tmp_path):
     rc, out, err = run(capsys, "vision", "track", str(tmp_path / "m.tif"), "--points", "40,48", "--out",
                        str(tmp_path / "u.csv"), "--method", "learned")
     assert rc != 0 and "--method" in err and not (tmp_path / "u.csv").exists()
+    rc, out, err = run(capsys, "vision", "track", str(tmp_path / "m.tif"), "--points", "missing.csv", "--out",
+                       str(tmp_path / "v.csv"))
+    assert rc != 0 and "--points: the file 'missing.csv' does not exist" in err and not (tmp_path / "v.csv").exists()
 
 
 def test_vision_track_takes_a_plain_stack_as_time(capsys, tmp_path):

@@ -274,6 +274,15 @@ def test_subject_refuses_empty_axis_nan_and_channels_last_rgb():
     with pytest.raises(ShapeError, match="channels go first"):
         RandomAffine(seed=0)(np.zeros((16, 16, 3), np.float32))
     assert Subject(np.zeros((3, 16, 16), np.float32)).shape == (16, 16)     # channels-first RGB is fine
+    with pytest.raises(InputError, match="image: got the path 'file.nii'"):
+        Subject("file.nii", spacing=(1, 1, 1))
+    with pytest.raises(ShapeError, match=r"spacing \(1, 1\) has 2 values"):
+        Subject(np.zeros((1, 16, 16, 16), np.float32), spacing=(1, 1))
+    for axes in (7, (7,), "q", ()):
+        with pytest.raises(InputError, match="axes: got"):
+            RandomFlip(axes=axes)
+    with pytest.raises(InputError, match="control_points: a 100000x100000x100000 control grid would need"):
+        RandomElastic(control_points=10 ** 5, seed=0)(Subject(np.zeros((1, 8, 8, 8), np.float32), spacing=(1, 1, 1)))
 
 
 def test_replay_refuses_a_history_that_is_not_records():

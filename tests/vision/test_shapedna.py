@@ -138,6 +138,12 @@ def test_errors_name_the_argument():
         shape_dna(icosphere(1), normalize="volume")
     with pytest.raises(InputError, match="k:"):
         shape_dna(icosphere(0), k=20)
+    with pytest.raises(InputError, match="subdivisions: got 10.*at most 9"):
+        icosphere(10)                                   # 10 million vertices: refused, not allocated
+    with pytest.raises(ShapeError, match="^shape: got shape"):
+        shape_dna(np.zeros((10, 3)), k=4)                # label_mesh's `labels` is shape_dna's `shape`
+    with pytest.raises(InputError, match="labels: got float64 values that are not whole numbers"):
+        label_mesh(np.random.default_rng(0).random((10, 10, 10)))
     with pytest.raises(InputError, match="dirichlet"):
         shape_dna(icosphere(1), boundary="dirichlet")
     with pytest.raises(InputError, match="label"):
@@ -164,7 +170,7 @@ def test_study_tiny(tmp_path):
 
 def test_non_finite_labels_and_descriptors_are_refused():
     for bad in (np.full((10, 10, 10), np.nan), np.where(np.ones((6, 6, 6)), np.inf, 0.0)):
-        with pytest.raises(InputError, match="labels: got .* NaN or infinite"):
+        with pytest.raises(InputError, match="^shape: got .* NaN or infinite"):      # shape_dna's argument
             shape_dna(bad, k=3)
         with pytest.raises(InputError, match="labels: got .* NaN or infinite"):
             moment_invariants(bad)

@@ -134,6 +134,12 @@ def test_reconstruction_fits_the_projections():
 
 
 def test_bad_inputs_raise():
+    with pytest.raises(InputError, match="means: got a non-finite centre"):
+        GaussianVolume([[float("nan"), 0.0, 0.0]], scales=2.0, densities=1.0)
+    with pytest.raises(InputError, match="quats"):
+        GaussianVolume([[0.0, 0.0, 0.0]], scales=2.0, densities=1.0, quats=[[0.0, 0.0, 0.0, 0.0]])
+    with pytest.raises(InputError, match="grid_shape: a 6000x6000x6000 volume would need"):
+        GaussianVolume([[0.0, 0.0, 0.0]], scales=2.0, densities=1.0).voxelize((6000, 6000, 6000))
     op2 = DivergentProjector(fan_beam(4, sod=50.0, sdd=80.0, n_det=12), (8, 8))
     with pytest.raises(InputError, match="projector"):
         gaussian_reconstruction(np.zeros((4, 12), np.float32), op2)

@@ -362,6 +362,8 @@ def cli_words(**names: str):
                 new = translate_message(msg, names)
                 if new != msg:
                     exc.args = (new,) + tuple(exc.args[1:])
+                    if isinstance(exc, ImportError):      # ImportError's str() is its .msg, not its args
+                        exc.msg = new
                 raise
         return inner
     return deco

@@ -90,6 +90,10 @@ def track_cmd(movie: Path = typer.Argument(..., metavar="MOVIE", help="Time-laps
     if mov.array.shape[0] < 2:
         raise InputError(f"MOVIE: got {mov.shape[0]} frame(s); expected at least 2")
     d = mov.array.ndim - 1
+    if not Path(points).is_file() and (Path(points).suffix.lower() in (".csv", ".txt", ".tsv")
+                                       or any(c.isalpha() and c not in "eE" for c in points)):
+        raise InputError(f"--points: the file {points!r} does not exist; expected a CSV / text file of x,y[,z] "
+                         "rows or inline points 'x,y;x,y'")
     pts = (read_points_file(points, d, "--points") if Path(points).is_file()
            else parse_points(points.split(";"), d, "--points"))
     t0 = time.perf_counter()

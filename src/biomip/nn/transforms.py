@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.arrays import check_finite, check_number, check_spacing
+from ..core.arrays import check_finite, check_memory, check_number, check_spacing
 from ..core.errors import InputError, ShapeError, describe
 from ..core.image import Image
 
@@ -112,7 +112,13 @@ class Subject:
             t = image.torch() if not image.is_torch else image.array
             t = t.reshape(-1, *image.spatial_shape)
         else:
-            t = image if torch.is_tensor(image) else torch.as_tensor(np.ascontiguousarray(image))
+            if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+                raise InputError(f"image: got the path {str(image)!r}; expected an array or an Image (read a file "
+                                 "with biomip.io.read first)")
+            try:
+                t = image if torch.is_tensor(image) else torch.as_tensor(np.ascontiguousarray(image))
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise InputError(f"image: got {describe(image)}; expected a numeric array, tensor or Image") from exc
             if sdim is not None:
                 d = int(check_number(sdim, "sdim", integer=True, low=2, high=3))
             elif spacing is not None and np.ndim(spacing) == 1 and len(spacing) in (2, 3):
@@ -130,7 +136,11 @@ class Subject:
             if t.ndim == d:
                 t = t[None]
         if d not in (2, 3) or t.ndim != d + 1:
-            raise ShapeError(f"image: got {describe(image)}; expected (C, *S) or (*S) with 2 or 3 spatial axes")
+            why = (f" (spacing {tuple(spacing)} has {d} values, so {d} spatial axes)"
+                   if not isinstance(image, Image) and sdim is None and spacing is not None and np.ndim(spacing) == 1
+                   else "")
+            raise ShapeError(f"image: got {describe(image)}; expected (C, *S) or (*S) with {d if why else '2 or 3'} "
+                             f"spatial axes{why}")
         if min(t.shape) < 1:
             raise ShapeError(f"image: got shape {tuple(t.shape)}; expected (C, *S) with every size >= 1")
         if t.is_complex():
@@ -790,6 +800,7 @@ class RandomElastic(SpatialTransform):
         cp = self._per_axis(self.control_points, d, "control_points")
         md = self._per_axis(self.max_displacement, d, "max_displacement")
         grid = tuple(cp[::-1])                                          # array order
+        check_memory(8.0 * d * math.prod(grid), "control_points", f"a {'x'.join(map(str, cp))} control grid")
         u = torch.rand((d, *grid), generator=generator, dtype=torch.float64) * 2 - 1
         u = u * torch.as_tensor(md, dtype=torch.float64).reshape(d, *([1] * d))
         lb = self.locked_borders
@@ -903,8 +914,8 @@ class RandomFlip(Transform):
 
     def __init__(self, axes="xyz", p_axis: float = 0.5, p: float = 1.0, seed: int | None = None):
         super().__init__(p, seed)
-        ax = tuple(axes)
-        if not ax or any(a not in _AXES for a in ax):
+        ax = tuple(axes) if isinstance(axes, (str, Sequence)) else ()
+        if not ax or any(not isinstance(a, str) or a not in _AXES for a in ax):
             raise InputError(f"axes: got {axes!r}; expected world axis names among 'x', 'y', 'z'")
         self.axes = ax
         self.p_axis = check_number(p_axis, "p_axis", low=0, high=1)

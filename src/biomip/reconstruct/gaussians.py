@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.arrays import as_tensor, check_iterations, check_number, is_tensor
+from ..core.arrays import as_tensor, check_iterations, check_memory, check_number, is_tensor
 from ..core.errors import InputError, ShapeError
 from ..ops.ct import DivergentBeam, DivergentProjector
 from .fbp import fdk
@@ -117,7 +117,8 @@ class GaussianVolume(nn.Module):
     ShapeError
         When the shapes of the arguments do not fit ``(N, 3)`` / ``(N,)`` / ``(N, 4)``.
     InputError
-        For non-positive scales or densities, or a bad `cutoff`.
+        For non-finite centres or rotations, non-positive scales or densities, or a bad
+        `cutoff`.
 
     Examples
     --------
@@ -132,6 +133,8 @@ class GaussianVolume(nn.Module):
         mu = torch.as_tensor(np.asarray(means) if not is_tensor(means) else means.detach(), dtype=dtype)
         if mu.ndim != 2 or mu.shape[1] != 3:
             raise ShapeError(f"means: got shape {tuple(mu.shape)}; expected (N, 3) centres in mm")
+        if not bool(torch.all(torch.isfinite(mu))):
+            raise InputError("means: got a non-finite centre; expected finite positions in mm")
         n = mu.shape[0]
         sc = torch.as_tensor(np.asarray(scales) if not is_tensor(scales) else scales.detach(), dtype=dtype)
         if sc.ndim == 0:
@@ -155,6 +158,8 @@ class GaussianVolume(nn.Module):
             q = torch.as_tensor(np.asarray(quats) if not is_tensor(quats) else quats.detach(), dtype=dtype)
             if tuple(q.shape) != (n, 4):
                 raise ShapeError(f"quats: got shape {tuple(q.shape)}; expected ({n}, 4) quaternions (w, x, y, z)")
+            if not bool(torch.all(torch.isfinite(q))) or bool(torch.any(torch.linalg.vector_norm(q, dim=1) == 0)):
+                raise InputError("quats: expected finite, non-zero quaternions (w, x, y, z)")
         self.cutoff = check_number(cutoff, "cutoff", positive=True)
         self.means = nn.Parameter(mu.clone())
         self.log_scales = nn.Parameter(torch.log(sc).clone())
@@ -285,6 +290,7 @@ class GaussianVolume(nn.Module):
         shape, sizes, org, M = _grid_frame(grid_shape, spacing, origin, direction)
         dev, dt = self.means.device, self.means.dtype
         n_vox = int(np.prod(shape))
+        check_memory(n_vox * torch.finfo(dt).bits / 8, "grid_shape", f"a {'x'.join(map(str, shape))} volume")
         out = torch.zeros(n_vox, device=dev, dtype=dt)
         if len(self) == 0:
             return out.reshape(shape)

@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage, sparse
 
 from ..core.arrays import as_numpy, check_count, check_number, check_spacing
-from ..core.errors import InputError, ShapeError
+from ..core.errors import BiomipError, InputError, ShapeError
 from ..core.image import Image
 
 __all__ = ["Mesh", "icosphere", "label_mesh", "taubin_smooth", "laplace_beltrami", "shape_dna",
@@ -259,7 +259,8 @@ def icosphere(subdivisions: int = 3, radius: float = 1.0) -> Mesh:
     Raises
     ------
     InputError
-        A negative ``subdivisions`` or a radius <= 0.
+        A negative ``subdivisions``, more than 9 (10 x 4^s + 2 vertices: 2.6 million at
+        9, each further level four times more), or a radius <= 0.
 
     Examples
     --------
@@ -267,6 +268,9 @@ def icosphere(subdivisions: int = 3, radius: float = 1.0) -> Mesh:
     162
     """
     s = check_count(subdivisions, "subdivisions", minimum=0)
+    if s > 9:
+        raise InputError(f"subdivisions: got {s}, which makes {10 * 4 ** s + 2:,} vertices; expected at most 9 "
+                         f"({10 * 4 ** 9 + 2:,} vertices)")
     r = check_number(radius, "radius", positive=True)
     t = (1.0 + 5 ** 0.5) / 2.0
     v = np.array([[-1, t, 0], [1, t, 0], [-1, -t, 0], [1, -t, 0], [0, -1, t], [0, 1, t], [0, -1, -t], [0, 1, -t],
@@ -351,6 +355,10 @@ def _labels(labels, spacing, name: str = "labels"):
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise InputError(f"{name}: got {int(np.size(arr) - np.isfinite(arr).sum())} NaN or infinite values; "
                          "expected finite integer labels or a binary mask")
+    if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+        raise InputError(f"{name}: got {arr.dtype} values that are not whole numbers (e.g. "
+                         f"{float(arr[arr != np.round(arr)].flat[0]):g}); expected integer labels or a binary mask "
+                         "(threshold an intensity image first)")
     return arr, check_spacing(sp, arr.ndim, name="spacing")
 
 
@@ -618,7 +626,11 @@ def shape_dna(shape, k: int = 20, normalize: str = "area", mass: str = "lumped",
         mesh = shape
     else:
         opts = dict(mesh_options or {})
-        mesh = label_mesh(shape, label=label, spacing=spacing, **opts)
+        try:
+            mesh = label_mesh(shape, label=label, spacing=spacing, **opts)
+        except BiomipError as exc:              # label_mesh names its input `labels`; here it is `shape`
+            msg = str(exc)
+            raise type(exc)("shape: " + msg[len("labels: "):] if msg.startswith("labels: ") else msg) from exc
     mesh = _clean(mesh)
     lap, mm = laplace_beltrami(mesh, mass)
     area = mesh.area
