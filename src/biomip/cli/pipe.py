@@ -381,8 +381,9 @@ def cs2c_cmd(out: Path = typer.Option(Path("cs2c-run"), "--out", help="Folder fo
         typer.echo(f"wrote {out}/volume-clusters.nii.gz ({volume})")
 
 
-def cluster_em_cmd(model: Path = typer.Argument(..., help="A model folder (the model/ of `biomip run cs2c`)."),
-                   volume: Path = typer.Argument(..., help="A grey EM volume (TIFF, NIfTI, Zarr, DICOM, ...), at about "
+def cluster_em_cmd(model: Path = typer.Argument(..., metavar="MODEL",
+                                                help="A model folder (the model/ of `biomip run cs2c`)."),
+                   volume: Path = typer.Argument(..., metavar="VOLUME", help="A grey EM volume (TIFF, NIfTI, Zarr, DICOM, ...), at about "
                                                            "the training voxel size."),
                    out: Path = typer.Option(..., "--out", help="The cluster label volume (e.g. clusters.nii.gz)."),
                    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file.")):

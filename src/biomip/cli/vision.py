@@ -142,6 +142,7 @@ def _track_preview(mov, paths, path: Path, method: str) -> None:
     if last.ndim == 3:
         last = last.max(axis=0)
     sp = mov.spacing
+    unit = "mm" if mov.meta.get("spacing_known", True) is not False else "px, pixel size unknown"
     fig = Figure(figsize=(7, 7))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -153,7 +154,7 @@ def _track_preview(mov, paths, path: Path, method: str) -> None:
         ax.plot(xy[:, 0], xy[:, 1], "-", color="magenta", lw=1.2)
         ax.plot(xy[0, 0], xy[0, 1], "o", color="yellow", ms=4)
     ax.set(title=f"biomip vision track ({method}): {paths.shape[1]} points, {paths.shape[0]} frames\n"
-                 "yellow: start, magenta: path; background: last frame", xlabel="x (mm)", ylabel="y (mm)")
+                 "yellow: start, magenta: path; background: last frame", xlabel=f"x ({unit})", ylabel=f"y ({unit})")
     fig.savefig(path, dpi=100)
 
 
