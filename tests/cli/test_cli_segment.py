@@ -26,6 +26,18 @@ def test_segment_command_methods_reports_and_errors(tmp_path, capsys):
     assert main(["segment", "region-grow", str(tmp_path / "n.nii.gz"), "--out", str(tmp_path / "y.nii.gz"),
                  "--seed", "500,3"]) == 2
     assert "outside" in capsys.readouterr().err and not (tmp_path / "y.nii.gz").exists()
+    # an intensity image given as --truth is refused before the work (it used to be scored as labels)
+    for bad, words in ((s.image, "not whole numbers"), (s.labels.with_array(-s.labels.numpy().astype(np.int16)),
+                                                          "negative label")):
+        biomip.write(bad, tmp_path / "bad.nii.gz")
+        assert main(["segment", "otsu", str(tmp_path / "n.nii.gz"), "--out", str(tmp_path / "z.nii.gz"),
+                     "--truth", str(tmp_path / "bad.nii.gz"), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert "--truth" in err and words in err and not (tmp_path / "z.nii.gz").exists()
+    # ... while a mask stored as whole-number floats (as NIfTI often does) is fine
+    biomip.write(s.labels.with_array((s.labels.numpy() > 0).astype(np.float32)), tmp_path / "f.nii.gz")
+    assert main(["segment", "otsu", str(tmp_path / "n.nii.gz"), "--out", str(tmp_path / "z.nii.gz"),
+                 "--truth", str(tmp_path / "f.nii.gz")]) == 0
 
 
 def test_train_and_predict_commands(tmp_path, capsys):

@@ -134,6 +134,26 @@ def test_complex_bool_object_inputs_are_refused(pair, name):
         fn(f, np.full_like(m, np.nan), **kw)
 
 
+@pytest.mark.parametrize("name", list(METHODS) + ["linear"])
+def test_missing_empty_and_constant_images_are_refused(pair, name):
+    """Every method refuses what the rigid one always did: a missing, empty or constant image
+    (a dense method used to return a 'registration' of a blank image)."""
+    from biomip.core import ShapeError
+
+    fn, kw = METHODS.get(name, (linear, {"levels": 1, "iterations": 2}))
+    f, m = pair
+    with pytest.raises(InputError, match="fixed: got NoneType; expected an image"):
+        fn(None, m, **kw)
+    with pytest.raises(InputError, match="moving: got NoneType; expected an image"):
+        fn(f, None, **kw)
+    with pytest.raises(ShapeError, match="fixed: got an empty image"):
+        fn(np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), **kw)
+    with pytest.raises(InputError, match="fixed: is constant; there is nothing to register"):
+        fn(np.zeros_like(f), m, **kw)
+    with pytest.raises(InputError, match="moving: is constant"):
+        fn(f, np.ones_like(m), **kw)
+
+
 def test_integer_images_are_registered_as_intensities(pair):
     """An int16 CT is warped linearly and keeps its pixel type (as ops.warp)."""
     f, m = pair

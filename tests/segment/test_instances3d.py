@@ -101,3 +101,23 @@ def test_threshold_watershed_honours_anisotropic_spacing():
         biomip.segment.threshold_watershed(s.image, diameter=-3)
     given = biomip.segment.threshold_watershed(s.image, diameter=16.0)          # Cellpose-style, in mm
     assert average_precision(given, truth, 0.5) >= 0.85
+
+
+def test_a_foreground_that_fills_the_image_is_refused_not_measured():
+    """No background, no object width: the granulometry would measure the image and the
+    closing by a tenth of it ran out of memory (512^2: MemoryError; 256^2: 36 s)."""
+    from biomip.segment import estimate_diameter, foreground_instances, threshold_watershed
+
+    full = np.ones((512, 512), bool)
+    with pytest.raises(InputError, match="mask: the foreground .* covers 100.0 % of the image"):
+        foreground_instances(full)
+    bright = np.full((256, 256), 100, np.uint16)
+    bright[[3, 100, 200], [7, 50, 90]] = 0                     # a few dark pixels inside: holes, filled
+    with pytest.raises(InputError, match="image: the foreground .* covers 100.0 %"):
+        threshold_watershed(bright)
+    with pytest.raises(InputError, match="image: the foreground"):
+        estimate_diameter(bright)
+    blob = np.zeros((64, 64), bool)
+    blob[8:56, 8:56] = True                                    # 56 % foreground: measured as before
+    assert 40 < estimate_diameter(blob) <= 48
+

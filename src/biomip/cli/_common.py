@@ -395,6 +395,46 @@ class named:
         return False
 
 
+def check_label_input(img, option: str):
+    """A label image read from the command line: integer ids >= 0 (bool or integer dtype,
+    or floats that are all whole numbers, as NIfTI often stores masks), else an
+    InputError naming ``option`` -- an intensity image given as labels is refused.
+
+    Parameters
+    ----------
+    img : Image
+        The image read from the file.
+    option : str
+        Its CLI option, for messages (``"--truth"``).
+
+    Returns
+    -------
+    Image
+        ``img``, with whole-number floats as int32.
+
+    Examples
+    --------
+    >>> from biomip import Image
+    >>> check_label_input(Image(np.array([[0.0, 2.0], [1.0, 1.0]])), "--truth").array.dtype
+    dtype('int32')
+    """
+    a = img.numpy()
+    if a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a)):
+            raise InputError(f"{option}: got {a.dtype} values that are not whole numbers (or NaN); expected a label "
+                             "image of integer ids >= 0 (0 = background), not an intensity image")
+        if a.size and a.max() > np.iinfo(np.int32).max:
+            raise InputError(f"{option}: got label {a.max():g}; expected ids below 2^31")
+        img = img.with_array(a.astype(np.int32))
+        a = img.numpy()
+    elif a.dtype != bool and not np.issubdtype(a.dtype, np.integer):
+        raise InputError(f"{option}: got dtype {a.dtype}; expected a label image of integer ids >= 0")
+    if a.size and a.min() < 0:
+        raise InputError(f"{option}: got negative label {int(a.min())}; expected ids >= 0 (0 = background), not an "
+                         "intensity image")
+    return img
+
+
 def read_input(path, option: str, **kwargs):
     """:func:`biomip.io.read` with errors naming the CLI argument ``option`` (``"FIXED"``)."""
     from ..io import read

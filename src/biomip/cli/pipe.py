@@ -355,7 +355,8 @@ def cs2c_cmd(out: Path = typer.Option(Path("cs2c-run"), "--out", help="Folder fo
         try:
             volume_superpixels(vol_img, make(**kw))          # shape, intensities and at least k superpixels
         except BiomipError as exc:
-            raise InputError(f"--volume: {exc}") from exc
+            msg = str(exc)
+            raise InputError(f"--volume: {msg[len('volume: '):] if msg.startswith('volume: ') else msg}") from exc
     rep = run(make(**kw), out=out, device=device, progress=progress)
     typer.echo(f"wrote {out}/report.json, preview.png, model/ and volume.tif  ({rep['seconds']:.0f} s)")
     for name, r in rep["methods"].items():

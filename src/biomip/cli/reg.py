@@ -10,7 +10,7 @@ import typer
 
 from ..core.arrays import MAX_ITERATIONS
 from ..core.errors import InputError
-from ._common import Outputs, cli_words, read_input, read_points_file, sibling
+from ._common import Outputs, check_label_input, cli_words, read_input, read_points_file, sibling
 
 METHODS = ("rigid", "affine", "demons", "svf", "bspline", "elastic", "fluid", "curvature", "lddmm")
 
@@ -74,7 +74,7 @@ def register_cmd(
                              "(corresponding rows)")
     fl = ml = None
     if labels:
-        fl, ml = read_input(labels[0], "--labels"), read_input(labels[1], "--labels")
+        fl, ml = (check_label_input(read_input(p, "--labels"), "--labels") for p in labels)   # ids >= 0
         if not fl.same_geometry(f):
             raise InputError("--labels: the fixed labels must lie on the fixed image's grid")
         if ml.spatial_shape != m.spatial_shape and not ml.same_geometry(m):

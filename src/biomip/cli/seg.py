@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from ..core.errors import InputError
-from ._common import Outputs, cli_words, parse_points, read_input, sibling, warn_other_grid
+from ._common import Outputs, check_label_input, cli_words, parse_points, read_input, sibling, warn_other_grid
 
 THRESHOLDS = ("otsu", "multiotsu", "valley", "kapur", "isodata", "li", "yen", "triangle")
 MAX_CLASSES = 255
@@ -66,6 +66,8 @@ def _segment(method, image, out, k, seed, world, tolerance, superpixels, min_dis
     ref = read_input(truth, "--truth") if truth is not None else None
     if ref is not None and ref.spatial_shape != img.spatial_shape:
         raise InputError(f"--truth: got shape {ref.spatial_shape}; expected the image's {img.spatial_shape}")
+    if ref is not None:
+        ref = check_label_input(ref, "--truth")     # integer ids >= 0 (a mask or instance labels), before the work
     if ref is not None:
         warn_other_grid(ref, img)
     t0 = time.perf_counter()

@@ -482,6 +482,44 @@ class DenseOps:
         return spatial_gradient(img, spacing=self.spacing)
 
 
+def check_pair(fixed, moving) -> None:
+    """The two images of a registration: given, not empty, not constant.
+
+    Parameters
+    ----------
+    fixed, moving : Image
+        The images (after :func:`~biomip.core.kinds.same_kind`, which passes ``None`` on).
+
+    Raises
+    ------
+    InputError
+        A missing image, or a constant one (there is nothing to register).
+    ShapeError
+        An empty image.
+
+    Examples
+    --------
+    >>> from biomip import Image
+    >>> check_pair(Image(np.eye(4)), Image(np.eye(4)[::-1]))
+    >>> check_pair(Image(np.eye(4)), Image(np.zeros((4, 4))))
+    Traceback (most recent call last):
+    ...
+    biomip.core.errors.InputError: moving: is constant; there is nothing to register
+    """
+    from ..core.errors import InputError, ShapeError
+    from ..core.image import Image
+
+    for name, im in (("fixed", fixed), ("moving", moving)):
+        if not isinstance(im, Image):
+            raise InputError(f"{name}: got {type(im).__name__}; expected an image (numpy array, torch tensor or Image)")
+        if min(im.spatial_shape, default=0) < 1:
+            raise ShapeError(f"{name}: got an empty image of shape {tuple(im.shape)}; expected at least one voxel "
+                             "along every axis")
+    for name, im in (("fixed", fixed), ("moving", moving)):           # finite: checked at entry (same_kind)
+        if float(im.array.max()) == float(im.array.min()):
+            raise InputError(f"{name}: is constant; there is nothing to register")
+
+
 def grid_frame(method):
     """Let a dense method that works in the grid's axes accept any orthonormal direction.
 
@@ -489,7 +527,7 @@ def grid_frame(method):
     in the world: the method runs on copies with an identity direction, and the vector
     results (displacement, velocities) are rotated back, ``u_world = D u_grid``, and put
     on the caller's geometry.  Images must share one geometry (checked first, so a
-    direction mismatch is still an error).
+    direction mismatch is still an error), and pass :func:`check_pair`.
 
     Parameters
     ----------
@@ -509,6 +547,7 @@ def grid_frame(method):
 
     @functools.wraps(method)
     def wrapper(fixed, moving, *args, **kwargs):
+        check_pair(fixed, moving)
         if not (isinstance(fixed, Image) and isinstance(moving, Image)) or fixed.axes not in ("yx", "zyx"):
             return method(fixed, moving, *args, **kwargs)            # the method reports the error
         fixed.check_same_geometry(moving, "fixed", "moving")

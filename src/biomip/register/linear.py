@@ -33,6 +33,7 @@ from ..core.kinds import same_kind
 from ..core.progress import track
 from ..core.threads import serial_if_small
 from ..ops.transforms import AffineTransform, RigidTransform, rotation_matrix, rotation_vector
+from ._dense import check_pair
 
 METRICS = ("mse", "ncc", "mi", "nmi")
 _ALL_SAMPLES = 1 << 16       # up to this many fixed voxels per level: all of them
@@ -510,6 +511,7 @@ def linear(fixed: Image, moving: Image, transform: str = "rigid", metric: str = 
     >>> res = linear(fixed, moving, transform="rigid", metric="mi")        # doctest: +SKIP
     >>> res.transform.apply(fixed_landmarks)                               # doctest: +SKIP
     """
+    check_pair(fixed, moving)
     if fixed.sdim != moving.sdim or fixed.sdim not in (2, 3) or fixed.axes not in ("yx", "zyx") \
             or moving.axes not in ("yx", "zyx"):
         raise InputError(f"fixed, moving: got axes {fixed.axes!r} and {moving.axes!r}; expected two grey images "
@@ -532,9 +534,6 @@ def linear(fixed: Image, moving: Image, transform: str = "rigid", metric: str = 
                 or abs(np.linalg.det(M0)) < 1e-8:
             raise InputError(f"initial: got a {M0.shape[0]}-D transform with matrix {M0.tolist()}; expected a finite, "
                              f"invertible {fixed.sdim}-D AffineTransform")
-    for name, im in (("fixed", fixed), ("moving", moving)):           # finite: checked at entry
-        if float(im.array.max()) == float(im.array.min()):
-            raise InputError(f"{name}: is constant; there is nothing to register")
     t0 = time.perf_counter()
     dev = get_device(device) if device is not None else (fixed.device if fixed.is_torch else get_device("cpu"))
     # small images: everything (pyramid, optimisation, warp) on one torch thread; on a

@@ -272,13 +272,22 @@ def _lowest(t) -> float:
     return float(t) if np.ndim(t) == 0 else float(min(t))
 
 
-def _mask_diameter(m: np.ndarray, sp) -> tuple[float | None, np.ndarray]:
+_MAX_FILL = 0.99     # a foreground (holes filled) above this fraction of the image has no background to measure against
+
+
+def _mask_diameter(m: np.ndarray, sp, name: str = "mask") -> tuple[float | None, np.ndarray]:
     """Typical width (mm) of a binary mask and the mask it was measured on: holes filled,
     then closed by a tenth of a first estimate (dark texture inside the objects, e.g.
-    nucleoli, would narrow them) and measured again."""
+    nucleoli, would narrow them) and measured again.  A foreground that fills the image
+    (no background to measure the objects' width against) is refused: its granulometry
+    would measure the image, and the closing by a tenth of that would not fit in memory."""
     from scipy import ndimage as ndi
 
     m = ndi.binary_fill_holes(m)
+    if m.size and m.mean() > _MAX_FILL:
+        raise InputError(f"{name}: the foreground (holes filled) covers {100 * m.mean():.1f} % of the image; expected "
+                         "objects on a background (an inverted image, or an intensity image given as a mask? pass "
+                         "diameter= to skip the estimate)")
     r = _granulometric_radius(m, sp)
     if r is None:
         return None, m
@@ -288,7 +297,7 @@ def _mask_diameter(m: np.ndarray, sp) -> tuple[float | None, np.ndarray]:
     return 2.0 * r, closed
 
 
-def _diameter_of(a: np.ndarray, sp, method: str = "otsu") -> float | None:
+def _diameter_of(a: np.ndarray, sp, method: str = "otsu", name: str = "image") -> float | None:
     """Typical object diameter (mm) of a mask, or of a grey image after a ``method``
     threshold."""
     from .thresholds import threshold_value
@@ -297,7 +306,7 @@ def _diameter_of(a: np.ndarray, sp, method: str = "otsu") -> float | None:
         m = a.astype(bool)
     else:
         m = a > _lowest(threshold_value(a, method))
-    return _mask_diameter(m, sp)[0]
+    return _mask_diameter(m, sp, name)[0]
 
 
 def estimate_diameter(image, spacing=None, method: str = "otsu") -> float:
@@ -491,7 +500,7 @@ def split_instances(mask, min_distance: float | None = None, spacing=None, compa
     if not a.any():
         return _out(mask, np.zeros(a.shape, np.int32))
     if diam is None and (md is None or depth is None):
-        diam = _diameter_of(a, sp)
+        diam = _diameter_of(a, sp, name="mask")
     if md is None:
         md = 0.25 * diam
     md = max(md, float(min(sp)))
@@ -602,7 +611,7 @@ def foreground_instances(mask, min_distance: float | None = None, min_size: floa
     if not m.any():
         return _out(mask, np.zeros(a.shape, np.int32))
     if diam is None:
-        diam = _mask_diameter(m, sp)[0]
+        diam = _mask_diameter(m, sp, "mask")[0]
     cl = 0.1 * diam if cl is None else cl
     if cl > 0:
         m = ndi.binary_fill_holes(_close(m, cl, sp))
