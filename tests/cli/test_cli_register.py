@@ -53,3 +53,28 @@ def test_register_variational_methods_and_landmarks(tmp_path, capsys):
                  "--out-warped", str(tmp_path / "y.nii.gz"),
                  "--landmarks", str(tmp_path / "fp.csv"), "--landmarks", str(tmp_path / "short.csv")]) == 2
     assert "same number" in capsys.readouterr().err and not (tmp_path / "y.nii.gz").exists()
+
+
+def test_register_and_warp_refuse_mixed_dimensions_and_wrong_outputs_by_cli_name(tmp_path, capsys):
+    vol = biomip.data.shepp_logan((12, 24, 24))
+    biomip.write(vol, tmp_path / "v.nii.gz")
+    biomip.write(vol[6], tmp_path / "s.nii.gz")
+    field = biomip.Image(np.zeros((2, 24, 24), np.float32), axes="cyx")
+    biomip.write(field, tmp_path / "u2.nii.gz")
+    cases = (
+        # a 2-D FIXED with a 3-D MOVING, for a dense method as for the linear ones
+        (["register", "svf", "s.nii.gz", "v.nii.gz", "--out-warped", "w.nii.gz"], "FIXED, MOVING: got axes 'yx' and 'zyx'"),
+        (["register", "rigid", "s.nii.gz", "v.nii.gz", "--out-warped", "w.nii.gz"], "FIXED, MOVING: got axes"),
+        # a dense method cannot write an ITK text transform
+        (["register", "demons", "v.nii.gz", "v.nii.gz", "--out-warped", "w.nii.gz", "--out-field", "f.tfm"],
+         "f.tfm' would be an ITK text transform"),
+        # a 3-D result to PNG is refused before the work
+        (["register", "demons", "v.nii.gz", "v.nii.gz", "--out-warped", "w.png"], "--out-warped: PNG holds one 2-D"),
+        (["warp", "v.nii.gz", "u2.nii.gz", "--out", "w.nii.gz"], "FIELD: got a 2-D field; expected 3-D"),
+    )
+    for args, words in cases:
+        args = [a if not a.endswith((".gz", ".tfm", ".png")) else str(tmp_path / a) for a in args]
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert words in err, (args, err)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.nii.gz", "u2.nii.gz", "v.nii.gz"]

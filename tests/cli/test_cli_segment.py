@@ -64,3 +64,21 @@ def test_train_and_predict_commands(tmp_path, capsys):
                  "--out", str(tmp_path / "bad")]) == 2
     assert "same number" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["predict", str(tmp_path / "nothing"), im[1], "--out", str(tmp_path / "x.nii.gz")]) == 2
+
+
+def test_segment_refuses_unused_options_and_a_volume_to_png_before_the_work(tmp_path, capsys):
+    img = biomip.data.shepp_logan((16, 32, 32))
+    biomip.write(img, tmp_path / "v.nii.gz")
+    biomip.write(img[8], tmp_path / "s.nii.gz")
+    for method, extra, opt in (("otsu", ["--k", "3"], "--k"), ("otsu", ["--tolerance", "3"], "--tolerance"),
+                               ("kmeans", ["--k", "2", "--diameter", "4"], "--diameter"),
+                               ("watershed", ["--superpixels", "50"], "--superpixels")):
+        assert main(["segment", method, str(tmp_path / "s.nii.gz"), "--out", str(tmp_path / "o.nii.gz"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"{opt}: not used by {method}" in err and not (tmp_path / "o.nii.gz").exists(), err
+    # a 3-D result to PNG: named as --out with the formats that hold it, no output left behind
+    assert main(["segment", "otsu", str(tmp_path / "v.nii.gz"), "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert "--out: PNG holds one 2-D image" in err and ".nii.gz" in err and "--slice" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.nii.gz", "v.nii.gz"]
+    assert main(["segment", "otsu", str(tmp_path / "s.nii.gz"), "--out", str(tmp_path / "o.png")]) == 0

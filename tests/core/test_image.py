@@ -252,3 +252,22 @@ def test_slice_of_an_in_plane_rotated_volume_keeps_world_x_and_y():
     assert s.origin == (10.0, -20.0)
     for x, y in [(0, 0), (2, 1), (5, 4)]:
         assert np.allclose(im.index_to_world((x, y, 2))[:2], s.index_to_world((x, y)))
+
+
+def test_integer_labels_accepts_whole_floats_and_refuses_intensities():
+    from biomip.core.arrays import integer_labels
+
+    out = integer_labels(np.array([[0.0, 2.0], [1.0, 3.0]]))
+    assert out.dtype == np.int64 and out.tolist() == [[0, 2], [1, 3]]
+    ints = np.array([0, 5], np.uint8)
+    assert integer_labels(ints) is ints                      # integers pass unchanged
+    assert integer_labels(np.array([True, False])).dtype == bool
+    with pytest.raises(InputError, match=r"--truth: got float32 values that are not whole numbers \(e.g. 0.25\)"):
+        integer_labels(np.array([0, 0.25], np.float32), "--truth")
+    with pytest.raises(InputError, match="LABELS: got 1 NaN or infinite values"):
+        integer_labels(np.array([0.0, np.nan]), "LABELS")
+    with pytest.raises(InputError, match="labels: got negative label -3"):
+        integer_labels(np.array([0, -3]))
+    assert integer_labels(np.array([0, -3]), nonneg=False).min() == -3
+    with pytest.raises(InputError, match="labels: got dtype complex128"):
+        integer_labels(np.zeros(2, complex))

@@ -67,6 +67,8 @@ def test_split_touching_nuclei_and_helpers():
     ring[8:12, 8:12] = 0
     assert (fill_holes(ring) == 4).sum() == 100
     assert remove_small(ring, 90).max() == 0 and remove_small(ring, 10).max() == 4
+    with pytest.raises(InputError, match="min_size: got -5"):
+        remove_small(ring, -5)
 
 
 def test_foreground_instances_cleans_and_splits():

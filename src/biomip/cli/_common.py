@@ -141,6 +141,7 @@ class Outputs:
         self.overwrite = bool(overwrite)
         self.inputs = [Path(p) for p in inputs if p is not None]
         self._created: list[Path] = []
+        self._rasters: list[tuple[Path, str, str]] = []
 
     def __enter__(self):
         return self
@@ -205,12 +206,8 @@ class Outputs:
         path = Path(path)
         fmt = output_format(path, format, format_name=format_option or "", path_name=option) if image else None
         if fmt in ("png", "jpeg"):
-            if sdim == 3:
-                raise InputError(f"{option}: {fmt.upper()} holds one 2-D image; this command writes a 3-D volume "
-                                 f"to {str(path)!r}: use .nii.gz, .ome.tif, .ome.zarr or .npz")
-            if dtype_kind == "f":
-                raise InputError(f"{option}: {fmt.upper()} holds 8 / 16-bit integers; this command writes "
-                                 f"floating-point values to {str(path)!r}: use .nii.gz, .tif or .npz")
+            _check_raster(path, option, fmt, sdim, dtype_kind)
+            self._rasters.append((path, option, fmt))
         for p in self.inputs:
             if _same_path(p, path):
                 raise InputError(f"{option}: {str(path)!r} is also an input of this command; write to another "
@@ -254,6 +251,37 @@ class Outputs:
             if not (t.exists() or t.is_symlink()) and t not in self._created:
                 self._created.append(t)
         return path
+
+
+    def known(self, sdim: int | None = None, dtype_kind: str | None = None) -> None:
+        """Check the PNG / JPEG outputs again once the input is read and the written
+        image's dimensions (or value kind) are known -- before the work, not when the
+        result is written.
+
+        Parameters
+        ----------
+        sdim : int or None, optional
+            Spatial dimensions of the image that will be written.
+        dtype_kind : str or None, optional
+            ``"f"`` when floating-point values will be written.
+
+        Raises
+        ------
+        InputError
+            When a PNG / JPEG output cannot hold that image (a 3-D volume, floats).
+        """
+        for path, option, fmt in self._rasters:
+            _check_raster(path, option, fmt, sdim, dtype_kind)
+
+
+def _check_raster(path: Path, option: str, fmt: str, sdim, dtype_kind) -> None:
+    """PNG / JPEG hold one 2-D integer image: refuse a 3-D or floating-point result."""
+    if sdim == 3:
+        raise InputError(f"{option}: {fmt.upper()} holds one 2-D image; this command writes a 3-D volume "
+                         f"to {str(path)!r}: use .nii.gz, .ome.tif, .ome.zarr or .npz")
+    if dtype_kind == "f":
+        raise InputError(f"{option}: {fmt.upper()} holds 8 / 16-bit integers; this command writes "
+                         f"floating-point values to {str(path)!r}: use .nii.gz, .tif or .npz")
 
 
 def _inside(a: Path, folder: Path) -> bool:
@@ -418,20 +446,13 @@ def check_label_input(img, option: str):
     >>> check_label_input(Image(np.array([[0.0, 2.0], [1.0, 1.0]])), "--truth").array.dtype
     dtype('int32')
     """
-    a = img.numpy()
-    if a.dtype.kind == "f":
-        if not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a)):
-            raise InputError(f"{option}: got {a.dtype} values that are not whole numbers (or NaN); expected a label "
-                             "image of integer ids >= 0 (0 = background), not an intensity image")
+    from ..core.arrays import integer_labels
+
+    a = integer_labels(img.numpy(), option, "a label image of integer ids >= 0 (0 = background)")
+    if a.dtype != img.numpy().dtype:
         if a.size and a.max() > np.iinfo(np.int32).max:
-            raise InputError(f"{option}: got label {a.max():g}; expected ids below 2^31")
+            raise InputError(f"{option}: got label {a.max()}; expected ids below 2^31")
         img = img.with_array(a.astype(np.int32))
-        a = img.numpy()
-    elif a.dtype != bool and not np.issubdtype(a.dtype, np.integer):
-        raise InputError(f"{option}: got dtype {a.dtype}; expected a label image of integer ids >= 0")
-    if a.size and a.min() < 0:
-        raise InputError(f"{option}: got negative label {int(a.min())}; expected ids >= 0 (0 = background), not an "
-                         "intensity image")
     return img
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from ..core.arrays import integer_labels
 from ..core.errors import InputError
 from ._common import (
     FullHelpGroup,
@@ -83,17 +84,6 @@ def _one_slice(img):
     return img
 
 
-def _whole_numbers(a: np.ndarray, option: str, what: str) -> np.ndarray:
-    """Integer labels from a label file (whole-number floats, as Fiji / NIfTI store them, accepted)."""
-    if a.dtype.kind == "f":
-        if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
-            raise InputError(f"{option}: got non-integer values; expected {what}")
-        return a.astype(np.int64)
-    if a.dtype.kind == "b":
-        return a.astype(np.int64)
-    return a
-
-
 # ----------------------------------------------------------------------------- classify
 @learn_app.command("classify")
 @cli_words(image="IMAGE", scribbles="--scribbles", n_estimators="--trees", sigmas="--sigma", seed="--seed",
@@ -135,7 +125,7 @@ def _classify(image, scribbles, out, sigma, trees, truth, seed):
     ref = _one_slice(read_input(truth, "--truth")) if truth is not None else None
     if ref is not None and ref.spatial_shape != img.spatial_shape:
         raise InputError(f"--truth: got shape {ref.spatial_shape}; expected IMAGE's {img.spatial_shape}")
-    s = _whole_numbers(scr.numpy(), "--scribbles", "a label image (0 = not scribbled)")
+    s = integer_labels(scr.numpy(), "--scribbles", "a label image (0 = not scribbled)").astype(np.int64)
     if s.min() < 0:
         raise InputError(f"--scribbles: got a negative label ({int(s.min())}); expected 0 (not scribbled) and "
                          "positive class labels")
@@ -144,7 +134,7 @@ def _classify(image, scribbles, out, sigma, trees, truth, seed):
         raise InputError(f"--scribbles: got {classes.size} scribbled class(es); expected at least 2 (e.g. 1 = "
                          "background, 2 = object)")
     if ref is not None:
-        tv = np.unique(_whole_numbers(ref.numpy(), "--truth", "a label image"))
+        tv = np.unique(integer_labels(ref.numpy(), "--truth", "a label image").astype(np.int64))
         missing = sorted(set(classes.tolist()) - set(tv.tolist()))
         if missing:
             raise InputError(f"--truth: holds the values {tv[:10].tolist()}; expected the scribbled classes "
@@ -164,7 +154,7 @@ def _classify(image, scribbles, out, sigma, trees, truth, seed):
               "fraction": {int(c): float((arr == c).mean()) for c in classes},
               "top_features": {k: float(v) for k, v in top}}
     if ref is not None:
-        r = _whole_numbers(ref.numpy(), "--truth", "a label image")
+        r = integer_labels(ref.numpy(), "--truth", "a label image").astype(np.int64)
         report["dice"] = {int(c): float(dice(arr == c, r == c)) for c in classes if (r == c).any()}
     out_img = img.with_array(arr.astype(np.uint8 if arr.max() < 256 else np.int32))
     out_img.meta["kind"] = "labels"
@@ -238,7 +228,7 @@ def features_cmd(labels: Path = typer.Argument(..., metavar="LABELS", help="Labe
     lab = _one_slice(read_input(labels, "LABELS"))
     if lab.axes not in ("yx", "zyx"):
         raise InputError(f"LABELS: got axes {lab.axes!r}; expected a grey 2-D or 3-D label image (not colour)")
-    lab = lab.with_array(_whole_numbers(lab.numpy(), "LABELS", "integer labels (0 = background)"))
+    lab = lab.with_array(integer_labels(lab.numpy(), "LABELS", "integer labels (0 = background)").astype(np.int64))
     img = _one_slice(read_input(image, "--image")) if image is not None else None
     if img is not None and img.spatial_shape != lab.spatial_shape:
         raise InputError(f"--image: got shape {img.spatial_shape}; expected LABELS' {lab.spatial_shape}")

@@ -120,10 +120,10 @@ def predict_cmd(model: Path = typer.Argument(..., metavar="MODEL", help="Model f
     outs = Outputs(overwrite, inputs=[model, image, truth])
     outs.add(out, "--out", siblings=(".report.json", ".preview.png"))
     with outs:
-        _predict(model, image, out, truth)
+        _predict(model, image, out, truth, outs)
 
 
-def _predict(model, image, out, truth):
+def _predict(model, image, out, truth, outs):
     from ..core.atomic import write_json
     from ..core.preview import render
     from ..io import write
@@ -134,6 +134,7 @@ def _predict(model, image, out, truth):
 
     net = UNet.load(model)
     img = read_input(image, "IMAGE")
+    outs.known(sdim=img.sdim)
     t0 = time.perf_counter()
     kind = net.meta.get("kind", "unet")
     if kind == "flows":

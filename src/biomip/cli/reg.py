@@ -62,11 +62,19 @@ def register_cmd(
     if out_field is not None:
         if method in ("rigid", "affine") and out_field.suffix.lower() in (".tfm", ".txt"):
             outs.add(out_field, "--out-field", image=False)           # an ITK text transform, not an image
+        elif out_field.suffix.lower() in (".tfm", ".txt"):
+            raise InputError(f"--out-field: {str(out_field)!r} would be an ITK text transform, which holds only a "
+                             f"rigid or affine map; {method} gives a displacement field: write it as .nii.gz, .tif "
+                             "or .npz")
         else:
             outs.add(out_field, "--out-field", dtype_kind="f")
         if _same(out_field, out_warped):
             raise InputError("--out-field: the same path as --out-warped; give two different files")
     f, m = read_input(fixed, "FIXED"), read_input(moving, "MOVING")
+    if f.sdim != m.sdim:
+        raise InputError(f"FIXED, MOVING: got axes {f.axes!r} and {m.axes!r}; expected two grey images with the same "
+                         "number of spatial axes (2-D or 3-D)")
+    outs.known(sdim=f.sdim)                 # the warped image lies on FIXED's grid
     if landmarks:
         fp, mp = (read_points_file(p, f.sdim, "--landmarks") for p in landmarks)
         if fp.shape != mp.shape:
@@ -183,7 +191,7 @@ def _register(method, f, m, fixed, moving, out_warped, out_field, metric, iterat
                    f"{ta['max']:.3f} mm ({len(points[0])} landmarks)")
 
 
-@cli_words(image="IMAGE", field="FIELD", path="FIELD", reference="--reference")
+@cli_words(image="IMAGE", field="FIELD", path="FIELD", displacement="FIELD", reference="--reference")
 def warp_cmd(image: Path = typer.Argument(..., metavar="IMAGE", help="Image to deform."),
              field: Path = typer.Argument(..., metavar="FIELD", help="Displacement field image (mm) or ITK .tfm "
                                                                     "transform."),
@@ -201,6 +209,7 @@ def warp_cmd(image: Path = typer.Argument(..., metavar="IMAGE", help="Image to d
     img = read_input(image, "IMAGE")
     T = read_transform(field)
     ref = read_input(reference, "--reference") if reference is not None else (T.field if hasattr(T, "field") else img)
+    outs.known(sdim=ref.sdim)
     res = T.warp(img, ref, mode="nearest" if nearest else None)
     with outs:
         write(res, out, overwrite=overwrite)

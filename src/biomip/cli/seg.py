@@ -15,6 +15,10 @@ THRESHOLDS = ("otsu", "multiotsu", "valley", "kapur", "isodata", "li", "yen", "t
 MAX_CLASSES = 255
 """Most classes the clustering methods accept from the command line (a uint8 label image)."""
 METHODS = THRESHOLDS + ("region-grow", "edge", "chan-vese", "geodesic", "kmeans", "gmm", "spectral", "watershed")
+USES = {"--k": ("multiotsu", "kmeans", "gmm", "spectral"), "--seed": ("region-grow",), "--world": ("region-grow",),
+        "--tolerance": ("region-grow",), "--superpixels": ("kmeans", "gmm", "spectral"),
+        "--min-distance": ("watershed",), "--diameter": ("watershed",)}
+"""The methods each option applies to: an option given to another method is refused, not ignored."""
 
 
 @cli_words(image="IMAGE", k="--k", classes="--k", seeds="--seed", tolerance="--tolerance",
@@ -46,15 +50,21 @@ def segment_cmd(
         raise InputError(f"--k: {method} needs the number of classes (background included), e.g. --k 2")
     if method in ("kmeans", "gmm", "spectral") and not 1 <= k <= MAX_CLASSES:
         raise InputError(f"--k: got {k}; expected 1..{MAX_CLASSES} classes (background included)")
+    given = {"--k": k is not None, "--seed": bool(seed), "--world": world, "--tolerance": tolerance is not None,
+             "--superpixels": superpixels is not None, "--min-distance": min_distance is not None,
+             "--diameter": diameter is not None}
+    for opt, on in given.items():
+        if on and method not in USES[opt]:
+            raise InputError(f"{opt}: not used by {method}; it applies to {', '.join(USES[opt])}")
     if method == "region-grow" and not seed:
         raise InputError("--seed: region-grow needs at least one seed (x,y[,z])")
     outs = Outputs(overwrite, inputs=[image, truth])
     outs.add(out, "--out", siblings=(".report.json", ".preview.png"))
     with outs:
-        _segment(method, image, out, k, seed, world, tolerance, superpixels, min_distance, diameter, truth)
+        _segment(method, image, out, k, seed, world, tolerance, superpixels, min_distance, diameter, truth, outs)
 
 
-def _segment(method, image, out, k, seed, world, tolerance, superpixels, min_distance, diameter, truth):
+def _segment(method, image, out, k, seed, world, tolerance, superpixels, min_distance, diameter, truth, outs):
     from .. import segment as S
     from ..core.atomic import write_json
     from ..core.preview import render
@@ -63,6 +73,7 @@ def _segment(method, image, out, k, seed, world, tolerance, superpixels, min_dis
     img = read_input(image, "IMAGE")
     if img.axes not in ("yx", "zyx"):
         raise InputError(f"IMAGE: got axes {img.axes!r}; expected a grey 2-D or 3-D image (convert colour first)")
+    outs.known(sdim=img.sdim)
     ref = read_input(truth, "--truth") if truth is not None else None
     if ref is not None and ref.spatial_shape != img.spatial_shape:
         raise InputError(f"--truth: got shape {ref.spatial_shape}; expected the image's {img.spatial_shape}")

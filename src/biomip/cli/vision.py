@@ -176,6 +176,7 @@ def shapedna_cmd(labels: Path = typer.Argument(..., metavar="LABELS", help="3-D 
 
     import numpy as np
 
+    from ..core.arrays import integer_labels
     from ..core.errors import InputError
     from ..represent import label_mesh, moment_invariants, shape_dna
     from ._common import Outputs, read_input, write_table
@@ -187,10 +188,7 @@ def shapedna_cmd(labels: Path = typer.Argument(..., metavar="LABELS", help="3-D 
     lab = read_input(labels, "LABELS")
     if lab.sdim != 3 or lab.axes != "zyx":
         raise InputError(f"LABELS: got axes {lab.axes!r}; expected a 3-D label volume (z, y, x)")
-    a = lab.numpy()
-    if a.dtype.kind == "f" and np.any(a != np.round(a)):
-        raise InputError("LABELS: got non-integer values; expected integer labels (0 = background)")
-    a = a.astype(np.int64)
+    a = integer_labels(lab.numpy(), "LABELS").astype(np.int64)
     ids, counts = np.unique(a[a > 0], return_counts=True)
     keep = ids[counts >= min_voxels]
     if keep.size == 0:

@@ -13,6 +13,7 @@ from .arrays import (
                      check_size,
                      check_spacing,
                      format_bytes,
+                     integer_labels,
                      is_tensor,
                      like_input,
                      memory_limit,
@@ -40,6 +41,7 @@ __all__ = [
     "UnsupportedFormatError", "MissingDependencyError", "SampleNotFoundError",
     "as_numpy", "as_tensor", "like_input", "is_tensor", "check_finite", "check_ndim",
     "check_same_shape", "check_shape", "check_spacing", "check_number", "check_count", "check_memory", "check_iterations", "memory_limit", "format_bytes", "check_size", "check_real",
+    "integer_labels",
     "same_kind", "config", "get_device", "track", "progress_bar", "progress_enabled", "seeded", "serial_if_small",
     "torch_threads", "available_cores", "thread_policy", "atomic_path", "write_json",
 ]

@@ -594,6 +594,62 @@ def check_real(x, name: str = "array", allow_bool: bool = False):
     return x
 
 
+def integer_labels(a, name: str = "labels", expected: str = "integer labels (0 = background)",
+                   nonneg: bool = True) -> np.ndarray:
+    """A label array with integer ids: boolean and integer data pass unchanged, floats
+    that are all whole numbers (as NIfTI, Fiji and many TIFF writers store masks) become
+    int64, anything else is an :class:`InputError` naming ``name`` -- an intensity
+    image given where labels are meant is refused instead of being counted as labels.
+
+    Parameters
+    ----------
+    a : numpy.ndarray
+        The data.
+    name : str, optional
+        The argument's (or CLI option's) name, used in error messages.
+    expected : str, optional
+        What was expected, for the message.
+    nonneg : bool, optional
+        Refuse negative ids.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``a``, with whole-number floats as int64.
+
+    Raises
+    ------
+    InputError
+        For NaN / infinite values, floats with a fractional part, negative ids (with
+        ``nonneg``) and non-numeric data.
+
+    Examples
+    --------
+    >>> integer_labels(np.array([[0.0, 2.0], [1.0, 1.0]])).dtype
+    dtype('int64')
+    >>> integer_labels(np.array([0.0, 0.5]), "--truth")
+    Traceback (most recent call last):
+    ...
+    biomip.core.errors.InputError: --truth: got float64 values that are not whole numbers (e.g. 0.5); expected integer labels (0 = background), not an intensity image (threshold it first)
+    """
+    a = np.asarray(a)
+    if a.dtype.kind == "f":
+        bad = ~np.isfinite(a)
+        if bad.any():
+            raise InputError(f"{name}: got {int(bad.sum())} NaN or infinite values; expected {expected}")
+        frac = a != np.round(a)
+        if frac.any():
+            raise InputError(f"{name}: got {a.dtype} values that are not whole numbers (e.g. {float(a[frac].flat[0]):g}); "
+                             f"expected {expected}, not an intensity image (threshold it first)")
+        a = a.astype(np.int64)
+    elif a.dtype.kind not in "biu":
+        raise InputError(f"{name}: got dtype {a.dtype}; expected {expected}")
+    if nonneg and a.dtype.kind == "i" and a.size and a.min() < 0:
+        raise InputError(f"{name}: got negative label {int(a.min())}; expected {expected}, ids >= 0 "
+                         "(not an intensity image)")
+    return a
+
+
 def check_number(value, name: str, positive: bool = False, nonneg: bool = False, *, low: float | None = None,
                  high: float | None = None, low_open: bool = False, integer: bool = False) -> float:
     """A finite real number as float (int when ``integer``), else an InputError naming

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, sparse
 
-from ..core.arrays import as_numpy, check_count, check_number, check_spacing
+from ..core.arrays import as_numpy, check_count, check_number, check_spacing, integer_labels
 from ..core.errors import BiomipError, InputError, ShapeError
 from ..core.image import Image
 
@@ -352,13 +352,7 @@ def _labels(labels, spacing, name: str = "labels"):
         raise ShapeError(f"{name}: got shape {arr.shape}; expected a 2-D (Y, X) or 3-D (Z, Y, X) label image")
     if arr.dtype.kind not in "biuf":
         raise InputError(f"{name}: got dtype {arr.dtype}; expected integer labels or a binary mask")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise InputError(f"{name}: got {int(np.size(arr) - np.isfinite(arr).sum())} NaN or infinite values; "
-                         "expected finite integer labels or a binary mask")
-    if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
-        raise InputError(f"{name}: got {arr.dtype} values that are not whole numbers (e.g. "
-                         f"{float(arr[arr != np.round(arr)].flat[0]):g}); expected integer labels or a binary mask "
-                         "(threshold an intensity image first)")
+    integer_labels(arr, name, "integer labels or a binary mask", nonneg=False)
     return arr, check_spacing(sp, arr.ndim, name="spacing")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.arrays import check_number
 from ..core.errors import InputError
 from ..core.image import Image
 
@@ -135,10 +136,11 @@ def remove_small(labels, min_size: float, spacing=None):
     [0, 2]
     """
     a = check_labels(labels)
+    min_size = check_number(min_size, "min_size", nonneg=True)
     sp = _spacing(labels, spacing, a.ndim)
     vox = float(np.prod(sp))
     counts = np.bincount(a.ravel().astype(np.int64))
-    small = np.nonzero(counts * vox < float(min_size))[0]
+    small = np.nonzero(counts * vox < min_size)[0]
     out = a.copy()
     out[np.isin(out, small[small != 0])] = 0
     return _out(labels, out)
