@@ -18,10 +18,12 @@ noise.
 
 With ``--k 6,7,8`` the k-means (and the refiner) use more clusters than there are classes
 (over-clustering; the unmatched clusters' voxels count as wrong); ``--mae-steps`` trains the
-MAE longer than the quick mode's 800 steps.
+MAE longer than the quick mode's 800 steps; ``--cluster gmm-full`` / ``gmm-diag`` fits a Gaussian
+mixture instead of k-means (elongated, unequal clusters: does the thin ER get one?).
 
     python benchmarks/cs2c_smoothing.py [--json out.json] [--grid 0:1,4:1,...] [--k 6,7]
                                         [--mae [--mae-steps N]] [--refine]
+                                        [--cluster kmeans|gmm-full|gmm-diag]
 """
 
 from __future__ import annotations
@@ -54,8 +56,12 @@ def main():
     ap.add_argument("--k", default=None, help="comma-separated cluster counts (default: the config's k = 6); "
                     "more clusters than classes leave the unmatched clusters' voxels wrong")
     ap.add_argument("--mae-steps", type=int, default=None, help="MAE training steps (default: the quick mode's)")
+    ap.add_argument("--cluster", default="kmeans", choices=("kmeans", "gmm-full", "gmm-diag"),
+                    help="the clustering fitted on the training superpixels: k-means (10 restarts) or a Gaussian "
+                         "mixture with full / diagonal covariances (3 restarts, k-means start)")
     args = ap.parse_args()
     from sklearn.cluster import KMeans
+    from sklearn.mixture import GaussianMixture
 
     from biomip.pipelines import cs2c as C
     from biomip.segment import fit_refiner, refine_labels, region_adjacency, smooth_region_features
@@ -88,7 +94,11 @@ def main():
             smooth_s = (time.perf_counter() - t) / len(z)
             per_seed, refined = [], []
             for seed in seeds:
-                km = KMeans(kk, n_init=10, random_state=seed).fit(np.concatenate(z[:n_tr]))
+                if args.cluster == "kmeans":
+                    km = KMeans(kk, n_init=10, random_state=seed).fit(np.concatenate(z[:n_tr]))
+                else:
+                    km = GaussianMixture(kk, covariance_type=args.cluster[4:], n_init=3, reg_covar=1e-4,
+                                         random_state=seed).fit(np.concatenate(z[:n_tr]))
                 coarse = [km.predict(zz)[p[0]] for zz, p in zip(z, prepared)]
                 scores = [C._scores(c, p[4], kk, vols.test[0].classes) for c, p in zip(coarse[n_tr:], prepared[n_tr:])]
                 per_seed.append(_summary(scores))
@@ -100,7 +110,7 @@ def main():
                               for v, c, p in zip(voxels[n_tr:], coarse[n_tr:], prepared[n_tr:])]
                     refined.append(_summary(scores))
             d = [r["dice"] for r in per_seed]
-            rows.append({"features": kind, "k": kk, "hops": hops, "scale": scale, "kmeans_dice": float(np.mean(d)),
+            rows.append({"features": kind, "cluster": args.cluster, "k": kk, "hops": hops, "scale": scale, "kmeans_dice": float(np.mean(d)),
                          "kmeans_dice_sd": float(np.std(d)), "per_class": _mean_classes(per_seed),
                          "smooth_seconds_per_volume": round(smooth_s, 3)})
             if refined:

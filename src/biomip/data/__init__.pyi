@@ -42,7 +42,7 @@ from .packings import (
     render_packing,
 )
 from .pairs import RegistrationPair, RegistrationPairs, mni152_pair, phantom_pair, synthetic_pairs
-from .phantoms import shepp_logan
+from .phantoms import shepp_logan, shepp_logan_projections
 from .scenes import (
     REAL_SOURCES,
     SCENE_FOV_MM,
@@ -138,6 +138,7 @@ __all__ = [
     "random_deformation",
     "sample_path",
     "shepp_logan",
+    "shepp_logan_projections",
     "simulate_ct",
     "synthetic_nuclei",
     "synthetic_pairs",

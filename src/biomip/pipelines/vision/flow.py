@@ -376,6 +376,6 @@ def _figure(raw, tracks_rows, ids, paths, best, flow0, shrink, sim_show, report,
         ax.plot(np.arange(T), report["track_error_by_frame_px"][n], label=n, lw=2 if n == best else 1)
     ax.set_xlabel("frame")
     ax.set_ylabel("mean position error over tracks (px)")
-    ax.set_title("b. tracking error through the sequence")
+    ax.set_title("b. shipped tracks: mean error through the sequence")
     ax.legend(fontsize=7)
     return fig
