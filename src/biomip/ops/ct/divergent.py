@@ -434,8 +434,6 @@ class DivergentProjector(LinearOperator):
         DivergentProjector
             A projector over those views only.
         """
-        grid = Image(np.zeros((1,) * self.geometry.ndim), spacing=self.spacing, origin=self.origin,
-                     direction=self.direction)
         sub = DivergentProjector.__new__(DivergentProjector)
         sub.__dict__.update(self.__dict__)
         sub.__dict__.pop("_cache", None)
@@ -444,5 +442,4 @@ class DivergentProjector(LinearOperator):
         sub.out_shape = (len(views), *self.geometry.det_shape)
         for k in ("_src_idx", "_dir_idx", "_t_in", "_seg", "_len_mm"):
             setattr(sub, k, getattr(self, k)[views])
-        del grid
         return sub
