@@ -12,11 +12,11 @@ run off the detector; Shepp-Logan lies inside it).
 
 FISTA-TV reports its PSNR every 5 iterations (``"curve"``); ``--tv`` / ``--tv-patch`` are
 3DGS's TV weight and block edge (R^2-Gaussian's 3-D TV on a random voxelised block,
-``gaussian_reconstruction(tv=, tv_patch=)``); ``--gs-eval-every`` records 3DGS's PSNR during
-the run (one voxelisation each time, not counted in its seconds), and its result is also
-scored as voxel averages (``"voxel_average"``: every Gaussian widened by the voxel's box
-variance, a diagnostic of the centre sampling); ``--save-images`` keeps the phantom and the
-3DGS images.  ``--json`` is rewritten after every method, so a long run leaves a partial result.
+``gaussian_reconstruction(tv=, tv_patch=)``); ``--voxels`` how its Gaussians become voxels
+(``average``, the default of ``gaussian_reconstruction``, or ``centre``); its result is also
+scored the other way (``"other_voxels"``); ``--gs-eval-every`` records 3DGS's PSNR during
+the run (one voxelisation each time, not counted in its seconds); ``--save-images`` keeps
+the phantom and the 3DGS images.  ``--json`` is rewritten after every method, so a long run leaves a partial result.
 
 ``--data analytic`` takes the projections from the continuous phantom
 (:func:`biomip.data.shepp_logan_projections`, exact line integrals of the ellipsoids) instead
@@ -60,7 +60,7 @@ from biomip.data import mni152_tissues, shepp_logan, shepp_logan_projections
 from biomip.metrics import psnr, ssim
 from biomip.pipelines.vision.splatting import geometry
 from biomip.reconstruct import fdk, fista_tv, inr_reconstruction
-from biomip.reconstruct.gaussians import GaussianVolume, gaussian_reconstruction
+from biomip.reconstruct.gaussians import gaussian_reconstruction
 
 
 def quality(img, ref):
@@ -172,7 +172,7 @@ def _gs(n, views, args, ph, op, y, out, rows, t0):
         if args.gs_eval_every and (k + 1) % args.gs_eval_every == 0 and k + 1 < args.gs_iterations:
             t1 = time.perf_counter()
             with torch.no_grad():
-                img = model.voxelize(op.image_shape, **kw)
+                img = model.voxelize(op.image_shape, average=args.voxels == "average", **kw)
             curve.append({"step": k + 1, **quality(as_np(img), ph), "n_gaussians": len(model),
                           "seconds": round(t1 - t - spent[0], 1)})
             print(json.dumps({"3dgs_curve": curve[-1]}), flush=True)
@@ -182,39 +182,26 @@ def _gs(n, views, args, ph, op, y, out, rows, t0):
 
     r = gaussian_reconstruction(y, op, n_gaussians=args.gaussians, iterations=args.gs_iterations,
                                 views_per_step=args.views_per_step, tv=args.tv, tv_patch=args.tv_patch,
-                                render=args.render, seed=args.seed, callback=report)
+                                render=args.render, voxels=args.voxels, seed=args.seed, callback=report)
     hist = np.asarray(r.history, dtype=np.float64)
     w = max(1, len(hist) // 10)                 # the residual of 2 random views is noisy: means of tenths
     out["3dgs"] = {**quality(as_np(r.image), ph), "seconds": round(time.perf_counter() - t - spent[0], 2),
                    "iterations": args.gs_iterations, "n_gaussians_initial": args.gaussians,
                    "n_gaussians_final": int(r.params["n_gaussians_final"]), "views_per_step": args.views_per_step,
-                   "tv": args.tv, "tv_patch": args.tv_patch, "render": args.render,
+                   "tv": args.tv, "tv_patch": args.tv_patch, "render": args.render, "voxels": args.voxels,
                    "residual_first_last": [float(r.history[0]), float(r.history[-1])],
                    "residual_tenths": [round(float(hist[i:i + w].mean()), 2) for i in range(0, len(hist), w)]}
-    avg = as_np(_voxel_average(r.params["model"], op))
-    out["3dgs"]["voxel_average"] = quality(avg, ph)
+    with torch.no_grad():
+        other = as_np(r.params["model"].voxelize(op.image_shape, average=args.voxels != "average", **kw))
+    out["3dgs"]["other_voxels"] = {"voxels": "centre" if args.voxels == "average" else "average", **quality(other, ph)}
     if args.save_images:
-        np.savez_compressed(args.save_images, phantom=ph, gs=as_np(r.image), gs_voxel_average=avg)
+        np.savez_compressed(args.save_images, phantom=ph, gs=as_np(r.image), gs_other_voxels=other)
     if curve:
         out["3dgs"]["curve"] = curve
     out.pop("3dgs_partial", None)
     print(json.dumps({"3dgs": out["3dgs"]}), flush=True)
     save(args, rows, t0)
     return out
-
-
-def _voxel_average(model, op):
-    """The Gaussians voxelised as voxel averages instead of values at the voxel centres: each
-    Gaussian convolved with the voxel's box, approximated by a Gaussian of the box's variance
-    (``spacing^2 / 12`` per axis; mass kept), so Gaussians narrower than a voxel are not missed
-    or over-counted by the sampling."""
-    with torch.no_grad():
-        c = float(np.mean(np.asarray(op.spacing, dtype=np.float64) ** 2)) / 12
-        s = model.scales
-        wide = torch.sqrt(s * s + c)
-        g = GaussianVolume(model.means, wide, model.density * (s / wide).prod(1), quats=model.quats,
-                           cutoff=model.cutoff)
-        return g.voxelize(op.image_shape, spacing=op.spacing, origin=op.origin, direction=op.direction)
 
 
 def main():
@@ -242,6 +229,8 @@ def main():
     ap.add_argument("--data", choices=["projector", "analytic"], default="projector",
                     help="projections from the voxel phantom through the reconstruction's own projector (the "
                          "inverse crime), or the exact line integrals of the continuous Shepp-Logan phantom")
+    ap.add_argument("--voxels", choices=["average", "centre"], default="average",
+                    help="3DGS: the Gaussians' voxel averages or their values at the voxel centres")
     ap.add_argument("--render", choices=["splat", "projector"], default="splat",
                     help="3DGS forward model: analytic splats or the projector on the voxelised Gaussians")
     args = ap.parse_args()

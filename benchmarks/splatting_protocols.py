@@ -14,7 +14,10 @@ Methods: ``fista`` (:func:`biomip.reconstruct.fista_tv` from FDK; ``--kw '{"lam"
 "iterations": 200}'``), ``3dgs`` (:func:`biomip.reconstruct.gaussians.gaussian_reconstruction`;
 ``--kw '{"n_gaussians": 6000, "iterations": 300, "views_per_step": 2, "render": "splat"}'``)
 and ``oracle`` (the Gaussians fitted to the phantom itself, MSE on the voxelised volume, Adam:
-how well ``n_gaussians`` can represent the phantom at all).  The scan is the study's
+how well ``n_gaussians`` can represent the phantom at all).  3DGS curve rows are ``[step,
+PSNR of the voxel-centre samples, number of Gaussians, PSNR of the voxel averages]``; its
+``psnr`` is the result's (``voxels`` of the method, voxel averages by default) and
+``voxel_average`` scores the fitted Gaussians' voxel averages.  The scan is the study's
 (:func:`biomip.pipelines.vision.splatting.geometry`, 30 views).
 
     python benchmarks/splatting_protocols.py METHOD [--size 32] [--data {projector,analytic}]
@@ -84,9 +87,12 @@ def main():
         def cb(k, model):
             if (k + 1) % args.every == 0:
                 with torch.no_grad():
-                    curve.append([k + 1, quality(as_np(model.voxelize(op.image_shape, **kwv)), ref)["psnr"], len(model)])
+                    curve.append([k + 1, quality(as_np(model.voxelize(op.image_shape, **kwv)), ref)["psnr"], len(model),
+                                  quality(as_np(model.voxelize(op.image_shape, average=True, **kwv)), ref)["psnr"]])
         r = gaussian_reconstruction(y, op, callback=cb, **kw)
-        img, extra = r.image, {"n_gaussians_final": r.params["n_gaussians_final"]}
+        with torch.no_grad():
+            avg = quality(as_np(r.params["model"].voxelize(op.image_shape, average=True, **kwv)), ref)
+        img, extra = r.image, {"n_gaussians_final": r.params["n_gaussians_final"], "voxel_average": avg}
     else:
         its, ng = int(kw.get("iterations", 200)), int(kw.get("n_gaussians", 6000))
         M = op.direction * op.spacing[None, :]

@@ -15,7 +15,8 @@ counts.  Every method reconstructs on the phantom's grid:
   subset of views per step);
 * 3DGS (:func:`~biomip.reconstruct.gaussians.gaussian_reconstruction`): Gaussians
   initialised from FDK, rendered by exact splatted line integrals, fitted by Adam with
-  densification, pruning and R^2-Gaussian's 3-D TV term, then voxelised.
+  densification, pruning and R^2-Gaussian's 3-D TV term, then voxelised as voxel
+  averages (the reference's kind of value).
 
 The projections (``data="analytic"``, the default) are the exact line integrals of the
 continuous phantom (:func:`biomip.data.shepp_logan_projections`), and the reference is the
@@ -276,7 +277,8 @@ def run(out=None, mode: str = "quick", seed: int = 0, progress=None, data: str =
                    "3dgs": {"n_gaussians": cfg["gs_gaussians"], "iterations": cfg["gs_iterations"],
                             "views_per_step": cfg["gs_views_per_step"], "init": "fdk", "densify": True,
                             "tv": cfg["gs_tv"], "tv_patch": cfg["gs_tv_patch"],
-                            "render": "exact line integrals splatted over a cutoff-3.5-sigma footprint"},
+                            "render": "exact line integrals splatted over a cutoff-3.5-sigma footprint",
+                            "voxels": "average"},
                    "torch_threads": torch.get_num_threads()},
         "seeds": {"inr": seed, "3dgs": seed},
         "methods": methods,
