@@ -23,6 +23,7 @@ def nuclei():
     return s.labels.numpy().astype(np.int64)
 
 
+@pytest.mark.slow  # ~30 s; the chunked flows-network test below keeps the chunking in the default suite
 def test_chunked_flow_following_equals_the_whole_volume(client, nuclei):
     lab = nuclei
     fl = masks_to_flows(lab) + 0.1 * np.random.default_rng(0).standard_normal((3, *lab.shape)).astype(np.float32)

@@ -69,6 +69,7 @@ def study(tmp_path_factory):
     return project3d_study(size=32, mode="tiny", seed=0, progress=False, out=out)
 
 
+@pytest.mark.slow  # the tiny study takes ~50 s; the default suite is near its 15-minute budget
 def test_tiny_study_beats_the_mean_volume(study):
     ph = study["phantoms"]
     assert ph["model"]["psnr"] > ph["baseline_mean"]["psnr"] + 0.5
@@ -81,6 +82,7 @@ def test_tiny_study_beats_the_mean_volume(study):
         assert 0.0 < cb["usage"] <= 1.0 and 1.0 <= cb["perplexity"] <= cb["n_codes"] + 1e-4
 
 
+@pytest.mark.slow  # the tiny study takes ~50 s; the default suite is near its 15-minute budget
 def test_tiny_study_report_is_json_and_has_preview_arrays(study):
     arrays = study["arrays"]
     k = arrays["truth"].shape[0]
@@ -103,6 +105,7 @@ def test_tiny_study_report_is_json_and_has_preview_arrays(study):
     assert back.meta["volume_spacing"] == [8.0, 8.0, 8.0]
 
 
+@pytest.mark.slow  # the tiny study takes ~50 s; the default suite is near its 15-minute budget
 def test_model_calls_save_load(study, tmp_path):
     model = study["model"]
     p = drr(head_phantom((32, 32, 32), spacing=8.0, seed=123).array, spacing=8.0)
