@@ -683,7 +683,8 @@ def gaussian_reconstruction(projections, projector: DivergentProjector, n_gaussi
     Gaussians voxelised on the projector's grid, as voxel averages by default
     (:meth:`GaussianVolume.voxelize` with ``average=True``; the fit makes many Gaussians
     narrower than a voxel, which centre samples turn into speckle: on the honest 32^3
-    Shepp-Logan scan of the splatting study the averages score ~2 dB higher).
+    Shepp-Logan scan of the splatting study 3DGS scores 32.6 dB with averages, 28.6 with
+    centre samples).
 
     Parameters
     ----------
