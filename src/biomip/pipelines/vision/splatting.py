@@ -62,7 +62,7 @@ CONFIGS = {
     "full": {"n": 128, "views": (10, 30, 60), "fista_iterations": 60,
              "lams": {"analytic": (1.2, 4.0, 12.0), "projector": (0.001, 0.003, 0.01)},
              "tune_iterations": 10, "inr_iterations": 300, "inr_pre_steps": 50, "gs_gaussians": 40000,
-             "gs_iterations": 1500, "gs_views_per_step": 2, "gs_tv": 0.2, "gs_tv_patch": 32},
+             "gs_iterations": 1500, "gs_views_per_step": 2, "gs_tv": 0.2, "gs_tv_patch": 128},
 }
 """Per mode: the phantom edge ``n`` (``n^3`` voxels of 1 mm), the view counts over the full
 turn, FISTA-TV iterations, its ``lam`` grid per data protocol (analytic: around the best
@@ -71,7 +71,9 @@ as FISTA's TV step ``lam / ||A||^2`` is) and the iterations of the tuning runs, 
 and the 3DGS initial Gaussians, steps, views per step and its TV term (R^2-Gaussian's
 3-D TV on a random voxelised block: weight 0.2 -- 28.6 dB against 26.3 without, 28.2 at
 0.1, 24.3 at 0.5 on the analytic data at 32^3 -- and block edge; the weight relative to the
-data term does not change with ``n``)."""
+data term does not change with ``n``) -- a block covering the whole grid, as in every mode
+(at 64^3 it scored 30.7 dB against 29.6 for a 32^3 block: benchmarks/results/
+splatting-analytic-64-cpu2.json; at 128^3 it costs ~60 s a step on 2 CPU cores, a GPU's work)."""
 
 DATA = ("analytic", "projector")
 
