@@ -4,18 +4,8 @@ without CUDA; tests that need the sample-data packages are marked ``samples``.""
 import numpy as np
 import pytest
 
-#: test files that take minutes, run first: ``make test`` hands whole files to its xdist
-#: workers (``--dist loadfile``) in collection order, and the README / guide blocks (~50
-#: tests of 5-50 s) used to be collected 155th of 171 files, so one worker started them late
-#: while the other ran out of files (longest jobs first balances the workers)
-HEAVY_FIRST = ("tests/test_readme.py", "tests/cli/test_cli.py", "tests/cli/test_cli_segment.py")
-
 
 def pytest_collection_modifyitems(config, items):
-    rank = {f: i for i, f in enumerate(HEAVY_FIRST)}
-    root = config.rootpath
-    items.sort(key=lambda it: rank.get(it.path.relative_to(root).as_posix() if it.path.is_relative_to(root) else "",
-                                       len(HEAVY_FIRST)))          # stable: the rest keep their order
     try:
         import torch
 
