@@ -710,7 +710,7 @@ def gaussian_reconstruction(projections, projector: DivergentProjector, n_gaussi
         Weight of the total variation of the voxelised volume (on a random block).
     tv_patch : int, optional
         Edge of that block in voxels (clipped to the grid).  A block covering the whole
-        grid regularises best (64^3 Shepp-Logan, 30 views, 300 steps: 30.7 dB against 29.6
+        grid regularises better (64^3 Shepp-Logan, 30 views, 300 steps: 30.7 dB against 29.6
         with a 32^3 block) but voxelises every Gaussian each step (at 128^3 ~60 s on 2 CPU
         cores for 40,000 Gaussians).
     l1 : float, optional
