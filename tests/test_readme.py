@@ -8,7 +8,9 @@
   one temporary directory (a block may use the files its earlier lines wrote).  Lines of
   other programs (``make``, ``pip``, ``python -m venv``, ``git``) are installation steps and
   are not run, nor is ``--full`` (a GPU-sized run).  ``text`` blocks are never run.
-* A block identical to one already run (the user guide repeats README blocks) runs once.
+* A block identical to one already run (the user guide repeats README blocks) runs once;
+  so does a bash block whose ``biomip`` lines, comments aside, are the first lines of an
+  earlier block (they would repeat the same run in a fresh directory).
 * No runnable block names ``"cuda"`` unless guarded on the same line
   (``"cuda" if torch.cuda.is_available() else "cpu"``): CI is a CPU-only machine.
   Comments may mention CUDA.
@@ -80,8 +82,13 @@ def _blocks(page: Path) -> list[Block]:
 ALL = [b for p in PAGES for b in _blocks(p)]
 
 
+def _bare(command: str) -> str:
+    """A ``biomip`` line without its trailing comment and extra spaces."""
+    return " ".join(command.split(" #", 1)[0].split())
+
+
 def _runnable() -> list[Block]:
-    seen, out = set(), []
+    seen, ran, out = set(), [], []
     for b in ALL:
         if b.lang not in ("python", "bash"):
             continue
@@ -89,8 +96,15 @@ def _runnable() -> list[Block]:
         if key in seen:                                          # same block already runs
             continue
         seen.add(key)
-        if b.lang == "bash" and not b.commands():               # install steps only
-            continue
+        if b.lang == "bash":
+            cmds = [_bare(c) for c in b.commands()]
+            if not cmds:                                         # install steps only
+                continue
+            # the guide repeats README runs with other comments, or their first lines only:
+            # the same commands in the same order in a fresh directory already ran
+            if any(prev[:len(cmds)] == cmds for prev in ran):
+                continue
+            ran.append(cmds)
         out.append(b)
     return out
 
@@ -106,7 +120,8 @@ def _param(b: Block):
 
 RUNNABLE = _runnable()
 PYTHON = [_param(b) for b in RUNNABLE if b.lang == "python"]
-BASH = [_param(b) for b in RUNNABLE if b.lang == "bash"]
+BASH_BLOCKS = [b for b in RUNNABLE if b.lang == "bash"]
+BASH = [_param(b) for b in BASH_BLOCKS]
 
 
 def _samples_needed(b: Block) -> list[str]:
@@ -135,6 +150,15 @@ def test_pages_have_runnable_blocks():
 def test_opt_outs_are_known_and_justified(b):
     assert b.marker in ("skip", "slow"), f"{b.id}: unknown marker readme-test: {b.marker}"
     assert len(b.reason) >= 10, f"{b.id}: readme-test: {b.marker} needs a reason in parentheses"
+
+
+def test_every_bash_run_is_kept_or_repeats_a_kept_one():
+    kept = [[_bare(c) for c in b.commands()] for b in BASH_BLOCKS]
+    for b in ALL:
+        cmds = [_bare(c) for c in b.commands()] if b.lang == "bash" else []
+        if cmds:
+            assert any(k[:len(cmds)] == cmds for k in kept), f"{b.id}: its biomip lines run nowhere"
+    assert _bare("biomip run x --tiny   --out r   # a comment") == "biomip run x --tiny --out r"
 
 
 def test_opt_outs_are_rare():
