@@ -90,6 +90,44 @@ def test_voxelize_equals_direct_evaluation():
     assert float((cut - direct).abs().max()) > 0
 
 
+@pytest.mark.parametrize("average", [False, True])
+def test_voxelize_gradients_pass_gradcheck(average):
+    g = _tilted(torch.float64, cutoff=3.0)
+    names = ("means", "log_scales", "quats", "raw_density")
+    params = tuple(getattr(g, k).detach().clone().requires_grad_(True) for k in names)
+
+    class Vox(torch.nn.Module):                     # a tilted grid, chunks of a few Gaussians
+        def __init__(self):
+            super().__init__()
+            self.g = g
+
+        def forward(self):
+            return self.g.voxelize((7, 8, 9), spacing=(1.5, 1.0, 2.0), origin=(-7.0, -5.0, -4.0), average=average,
+                                   direction=[[0.96, -0.28, 0.0], [0.28, 0.96, 0.0], [0.0, 0.0, 1.0]],
+                                   chunk_points=700)
+
+    wrap = Vox()
+
+    def vox(*ps):
+        return torch.func.functional_call(wrap, {f"g.{k}": p for k, p in zip(names, ps)}, ())
+
+    assert torch.autograd.gradcheck(vox, params, eps=1e-6, atol=1e-6)
+
+
+def test_voxelize_float32_keeps_thin_tilted_gaussians():
+    # thin (0.2 voxel) and long Gaussians make the quadratic form's terms large: float32
+    # must still agree with float64
+    q = [[0.9, 0.2, -0.3, 0.1], [0.5, -0.5, 0.5, 0.5]]
+    kw = dict(scales=[[6.0, 0.2, 0.3], [0.25, 5.0, 0.4]], densities=[1.0, 0.5], quats=q)
+    ref = GaussianVolume([[0.3, -0.2, 0.1], [-2.0, 1.0, 0.5]], dtype=torch.float64, **kw)
+    f32 = GaussianVolume([[0.3, -0.2, 0.1], [-2.0, 1.0, 0.5]], dtype=torch.float32, **kw)
+    for average in (False, True):
+        with torch.no_grad():
+            a = ref.voxelize((24, 24, 24), average=average)
+            b = f32.voxelize((24, 24, 24), average=average).double()
+        assert float((a - b).abs().max() / a.abs().max()) < 1e-4
+
+
 def test_voxel_averages_match_supersampling_and_keep_the_mass():
     shape, sp, org = (8, 9, 10), (1.5, 1.0, 2.0), (-7.0, -4.0, -9.0)
     k = 12                                                   # 12^3 samples per voxel
