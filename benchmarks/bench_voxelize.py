@@ -23,13 +23,13 @@ import time
 import numpy as np
 import torch
 
-from biomip.reconstruct.gaussians import GaussianVolume, _grid_frame
+from biomip.reconstruct.gaussians import GaussianVolume, _grid_frame, _voxel_windows, _window_chunks
 
 
 def reference_voxelize(self, grid_shape, spacing=1.0, origin=None, direction=None, chunk_points=2_000_000,
                        average=False):
-    """The previous kernel (biomip before this benchmark): one gathered 3 x 3 precision and
-    centre per (Gaussian, voxel) pair."""
+    """The previous kernel (biomip before this benchmark): the same windows and chunks, but
+    one gathered 3 x 3 precision and centre per (Gaussian, voxel) pair."""
     shape, sizes, org, M = _grid_frame(grid_shape, spacing, origin, direction)
     dev, dt = self.means.device, self.means.dtype
     n_vox = int(np.prod(shape))
@@ -37,43 +37,17 @@ def reference_voxelize(self, grid_shape, spacing=1.0, origin=None, direction=Non
     Mt = torch.as_tensor(M, device=dev, dtype=dt)
     Minv = torch.as_tensor(np.linalg.inv(M), device=dev, dtype=dt)
     orgt = torch.as_tensor(org, device=dev, dtype=dt)
-    rho = self.density
-    if average:
-        S = self.covariances()
-        Sb = S + (Mt @ Mt.T) / 12.0
-        P = torch.linalg.inv(Sb)
-        rho = rho * torch.sqrt(torch.linalg.det(S) / torch.linalg.det(Sb))
-    else:
-        Sb = None
-        P = self.precisions()
+    rho, P, Sb = self._voxel_gaussians(Mt, average)
     mu_idx = (self.means - orgt) @ Minv.T
     c2 = self.cutoff ** 2
     with torch.no_grad():
         cov_idx = Minv @ (self.covariances() if Sb is None else Sb).detach() @ Minv.T
-        half = self.cutoff * torch.sqrt(torch.diagonal(cov_idx, dim1=1, dim2=2).clamp_min(0))
-        m = mu_idx.detach()
-        hi = torch.as_tensor(sizes, device=dev, dtype=dt) - 1
-        keep = torch.all((m + half >= 0) & (m - half <= hi), dim=1)
-        ids = torch.nonzero(keep).ravel()
-        far = torch.maximum(m[ids], hi - m[ids]).clamp_min(0) + 1
-        hmax = torch.ceil(torch.minimum(half[ids], far).max(1).values).to(torch.int64).clamp_min(0)
+        half, ids, hmax, whole = _voxel_windows(mu_idx.detach(), cov_idx, sizes, self.cutoff)
         if average:
-            whole = torch.zeros(len(self), dtype=torch.bool, device=dev)
-            whole[ids] = torch.all(half[ids] <= far, dim=1)
             v_vox = float(abs(np.linalg.det(M)))
             inside_cut = math.erf(self.cutoff / math.sqrt(2)) - math.sqrt(2 / math.pi) * self.cutoff * math.exp(-c2 / 2)
-        order = torch.argsort(hmax)
-        ids, hmax = ids[order], hmax[order]
         size_t = torch.as_tensor(sizes, device=dev).to(torch.int64)
-    start = 0
-    while start < len(ids):
-        H = int(hmax[min(len(ids) - 1, start)])
-        W = (2 * H + 1) ** 3
-        step = max(1, chunk_points // W)
-        stop = min(len(ids), start + step)
-        H = int(hmax[stop - 1])
-        W = (2 * H + 1) ** 3
-        stop = min(stop, start + max(1, chunk_points // W))
+    for start, stop, H in _window_chunks(hmax, chunk_points):
         g = ids[start:stop]
         with torch.no_grad():
             r = torch.arange(-H, H + 1, device=dev)
@@ -87,7 +61,7 @@ def reference_voxelize(self, grid_shape, spacing=1.0, origin=None, direction=Non
             b, w = torch.nonzero(ok, as_tuple=True)
             vi = idx[b, w]
             flat = (vi[:, 2] * shape[1] + vi[:, 1]) * shape[2] + vi[:, 0]
-        gb = g[b]
+        gb = g[b]                                      # the per-pair gathers the new kernel avoids
         dx = (vi.to(dt) - mu_idx[gb]) @ Mt.T
         q = torch.einsum("ki,kij,kj->k", dx, P[gb], dx)
         shape_val = torch.exp(-0.5 * q) * (q <= c2).to(dt)
@@ -99,7 +73,6 @@ def reference_voxelize(self, grid_shape, spacing=1.0, origin=None, direction=Non
             inside = ingrid[b, w]
             val, flat = (val * fac[b])[inside], flat[inside]
         out = out.index_add(0, flat, val)
-        start = stop
     return out.reshape(shape)
 
 

@@ -86,6 +86,42 @@ def _softplus_inverse(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > 20, x, torch.log(torch.expm1(x)))
 
 
+def _voxel_windows(mu_idx: torch.Tensor, cov_idx: torch.Tensor, sizes, cutoff: float):
+    """The voxel windows of :meth:`GaussianVolume.voxelize`.
+
+    From the centres ``mu_idx`` (N, 3) and covariances ``cov_idx`` (N, 3, 3) in voxel index
+    units (x, y, z) on a grid of ``sizes`` (x, y, z): per Gaussian the half-extent of its
+    ``cutoff`` ellipsoid along each axis, the Gaussians that touch the grid (``ids``, sorted
+    by window size), their window half-sizes ``hmax`` (voxels, capped at the grid) and
+    whether the window holds the whole ellipsoid (``whole``, (N,) bool).
+    """
+    dev, dt = mu_idx.device, mu_idx.dtype
+    half = cutoff * torch.sqrt(torch.diagonal(cov_idx, dim1=1, dim2=2).clamp_min(0))   # (N, 3) voxels
+    hi = torch.as_tensor(sizes, device=dev, dtype=dt) - 1
+    keep = torch.all((mu_idx + half >= 0) & (mu_idx - half <= hi), dim=1)
+    ids = torch.nonzero(keep).ravel()
+    far = torch.maximum(mu_idx[ids], hi - mu_idx[ids]).clamp_min(0) + 1              # farthest voxel of the grid
+    hmax = torch.ceil(torch.minimum(half[ids], far).max(1).values).to(torch.int64).clamp_min(0)
+    whole = torch.zeros(len(mu_idx), dtype=torch.bool, device=dev)
+    whole[ids] = torch.all(half[ids] <= far, dim=1)
+    order = torch.argsort(hmax)
+    return half, ids[order], hmax[order], whole
+
+
+def _window_chunks(hmax: torch.Tensor, chunk_points: int, dims: int = 3):
+    """``(start, stop, H)`` runs of the sorted window half-sizes ``hmax``: items whose
+    windows fit a ``(2H + 1)^dims`` cube (voxels, or detector pixels with ``dims=2``), at
+    most about ``chunk_points`` (item, voxel) pairs each."""
+    start, n = 0, len(hmax)
+    while start < n:
+        H = int(hmax[start])
+        stop = min(n, start + max(1, chunk_points // (2 * H + 1) ** dims))
+        H = int(hmax[stop - 1])
+        stop = min(stop, start + max(1, chunk_points // (2 * H + 1) ** dims))
+        yield start, stop, int(hmax[stop - 1])
+        start = stop
+
+
 class GaussianVolume(nn.Module):
     """A volume as the sum of N anisotropic 3-D Gaussians (positive densities).
 
@@ -247,6 +283,16 @@ class GaussianVolume(nn.Module):
         return (self.density[None] * torch.exp(-0.5 * q)).sum(1)
 
     # ------------------------------------------------------------ voxelisation
+    def _voxel_gaussians(self, Mt: torch.Tensor, average: bool):
+        """``(rho, P, Sb)``: peaks, precisions and (with `average`) covariances of the
+        Gaussians that :meth:`voxelize` samples -- the Gaussians themselves (``Sb`` None), or
+        each convolved with the Gaussian of the voxel box ``Mt Mt^T / 12`` (mass kept)."""
+        if not average:
+            return self.density, self.precisions(), None
+        S = self.covariances()
+        Sb = S + (Mt @ Mt.T) / 12.0
+        return self.density * torch.sqrt(torch.linalg.det(S) / torch.linalg.det(Sb)), torch.linalg.inv(Sb), Sb
+
     def voxelize(self, grid_shape, spacing=1.0, origin=None, direction=None, chunk_points: int = 2_000_000,
                  average: bool = False):
         """Sum of the Gaussians at the voxel centres of a grid, or their voxel averages
@@ -317,48 +363,22 @@ class GaussianVolume(nn.Module):
         Mt = torch.as_tensor(M, device=dev, dtype=dt)
         Minv = torch.as_tensor(np.linalg.inv(M), device=dev, dtype=dt)
         orgt = torch.as_tensor(org, device=dev, dtype=dt)
-        rho = self.density
-        if average:                                                               # Gaussian of the voxel box
-            S = self.covariances()
-            Sb = S + (Mt @ Mt.T) / 12.0
-            P = torch.linalg.inv(Sb)
-            rho = rho * torch.sqrt(torch.linalg.det(S) / torch.linalg.det(Sb))
-        else:
-            Sb = None
-            P = self.precisions()
+        rho, P, Sb = self._voxel_gaussians(Mt, average)
         mu_idx = (self.means - orgt) @ Minv.T                                     # (N, 3) continuous x, y, z index
         A = Mt.T @ P @ Mt                                                         # precision in index units
         c2 = self.cutoff ** 2
         with torch.no_grad():
             cov_idx = Minv @ (self.covariances() if Sb is None else Sb).detach() @ Minv.T
-            half = self.cutoff * torch.sqrt(torch.diagonal(cov_idx, dim1=1, dim2=2).clamp_min(0))   # (N, 3) voxels
-            m = mu_idx.detach()
-            hi = torch.as_tensor(sizes, device=dev, dtype=dt) - 1
-            keep = torch.all((m + half >= 0) & (m - half <= hi), dim=1)
-            ids = torch.nonzero(keep).ravel()
-            far = torch.maximum(m[ids], hi - m[ids]).clamp_min(0) + 1              # farthest voxel of the grid
-            hmax = torch.ceil(torch.minimum(half[ids], far).max(1).values).to(torch.int64).clamp_min(0)
+            _, ids, hmax, whole = _voxel_windows(mu_idx.detach(), cov_idx, sizes, self.cutoff)
             if average:      # whole window evaluated: the lattice sum is renormalised to the mass
-                whole = torch.zeros(len(self), dtype=torch.bool, device=dev)
-                whole[ids] = torch.all(half[ids] <= far, dim=1)
                 v_vox = float(abs(np.linalg.det(M)))
                 inside_cut = math.erf(self.cutoff / math.sqrt(2)) - math.sqrt(2 / math.pi) * self.cutoff * math.exp(-c2 / 2)
-            order = torch.argsort(hmax)
-            ids, hmax = ids[order], hmax[order]
             size_t = torch.as_tensor(sizes, device=dev).to(torch.int64)
             strides = torch.tensor([1, shape[2], shape[1] * shape[2]], device=dev)          # x, y, z
         iu = ([0, 1, 2, 0, 0, 1], [0, 1, 2, 1, 2, 2])
         twice = torch.tensor([1.0, 1.0, 1.0, 2.0, 2.0, 2.0], device=dev, dtype=dt)
-        start = 0
-        while start < len(ids):
-            H = int(hmax[min(len(ids) - 1, start)])
+        for start, stop, H in _window_chunks(hmax, chunk_points):
             W = (2 * H + 1) ** 3
-            # chunk: Gaussians whose window fits H' <= the last one's; bound pairs
-            step = max(1, chunk_points // W)
-            stop = min(len(ids), start + step)
-            H = int(hmax[stop - 1])
-            W = (2 * H + 1) ** 3
-            stop = min(stop, start + max(1, chunk_points // W))
             g = ids[start:stop]
             with torch.no_grad():
                 r = torch.arange(-H, H + 1, device=dev)
@@ -397,7 +417,6 @@ class GaussianVolume(nn.Module):
             else:
                 val = rho[g][b] * torch.exp(-0.5 * q.reshape(-1)[sel])
             out = out.index_add(0, flat, val)
-            start = stop
         return out.reshape(shape)
 
     # ------------------------------------------------------------ rendering
@@ -485,13 +504,7 @@ class GaussianVolume(nn.Module):
             order = torch.argsort(hmax)
             gi, ai, rad_p, hmax = gi[order], ai[order], rad_p[order], hmax[order]
             kk0, mm0 = kk0[gi, ai], mm0[gi, ai]
-        start = 0
-        npairs = len(gi)
-        while start < npairs:
-            H = int(hmax[start])
-            stop = min(npairs, start + max(1, chunk_pairs // (2 * H + 1) ** 2))
-            H = int(hmax[stop - 1])
-            stop = min(stop, start + max(1, chunk_pairs // (2 * H + 1) ** 2))
+        for start, stop, H in _window_chunks(hmax, chunk_pairs, dims=2):
             sl = slice(start, stop)
             g, a = gi[sl], ai[sl]
             with torch.no_grad():
@@ -538,7 +551,6 @@ class GaussianVolume(nn.Module):
             val = col(rho[g] * _SQRT_2PI) * torch.sqrt(rr / rPr) * torch.exp(-0.5 * expo) * okf
             val = val.reshape(-1)
             out = out.index_add(0, flat, val)
-            start = stop
         return out.reshape(A, nr, nc)
 
     def forward(self, geometry, views=None) -> torch.Tensor:
