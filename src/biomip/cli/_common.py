@@ -208,6 +208,8 @@ class Outputs:
         if fmt in ("png", "jpeg"):
             _check_raster(path, option, fmt, sdim, dtype_kind)
             self._rasters.append((path, option, fmt))
+        if fmt == "dicom" and path.suffix.lower() in (".dcm", ".ima"):       # one DICOM file: one slice
+            self._rasters.append((path, option, fmt))
         for p in self.inputs:
             if _same_path(p, path):
                 raise InputError(f"{option}: {str(path)!r} is also an input of this command; write to another "
@@ -253,10 +255,10 @@ class Outputs:
         return path
 
 
-    def known(self, sdim: int | None = None, dtype_kind: str | None = None) -> None:
-        """Check the PNG / JPEG outputs again once the input is read and the written
-        image's dimensions (or value kind) are known -- before the work, not when the
-        result is written.
+    def known(self, sdim: int | None = None, dtype_kind: str | None = None, slices: int | None = None) -> None:
+        """Check the PNG / JPEG / single-file DICOM outputs again once the input is read
+        and the written image's dimensions (or value kind) are known -- before the work,
+        not when the result is written.
 
         Parameters
         ----------
@@ -264,13 +266,22 @@ class Outputs:
             Spatial dimensions of the image that will be written.
         dtype_kind : str or None, optional
             ``"f"`` when floating-point values will be written.
+        slices : int or None, optional
+            Slices of a 3-D image that will be written.
 
         Raises
         ------
         InputError
-            When a PNG / JPEG output cannot hold that image (a 3-D volume, floats).
+            When a PNG / JPEG output cannot hold that image (a 3-D volume, floats), or a
+            ``.dcm`` file would have to hold several slices.
         """
         for path, option, fmt in self._rasters:
+            if fmt == "dicom":
+                if sdim == 3 and slices is not None and slices > 1:
+                    raise InputError(f"{option}: a .dcm file holds one slice; this command writes a volume of "
+                                     f"{slices} slices to {str(path)!r}: write .nii.gz (a DICOM series folder: "
+                                     "then `biomip convert VOLUME.nii.gz FOLDER --format dicom`)")
+                continue
             _check_raster(path, option, fmt, sdim, dtype_kind)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from ..core.errors import FormatError, InputError
+from ..core.errors import BiomipError, FormatError, InputError
 from ._common import FullHelpGroup, Outputs, cli_words, read_input, sibling
 
 simulate_app = typer.Typer(cls=FullHelpGroup, no_args_is_help=True, help="Simulate acquisitions from an image.")
@@ -38,7 +38,7 @@ def _grid_image(meta: dict):
            arc="--arc", sod="--sod", sdd="--sdd", seed="--seed")
 def simulate_ct_cmd(
         image: Path = typer.Argument(..., metavar="IMAGE", help="Image (attenuation in 1/mm, or HU with --hu)."),
-        out: Path = typer.Option(..., "--out", help="Output sinogram (.npz keeps the geometry)."),
+        out: Path = typer.Option(..., "--out", help="Output sinogram (.npz: the sinogram with its scan geometry)."),
         views: int = typer.Option(180, help="Number of views."),
         geometry: str = typer.Option("parallel", help="parallel, fan or cone."),
         arc: float | None = typer.Option(None, help="Angular range in degrees (default 180 parallel, 360 fan/cone)."),
@@ -80,12 +80,20 @@ def simulate_ct_cmd(
         raise InputError(f"--seed: got {seed}; expected an integer 0 <= seed < 2**63")
     if geometry not in ("parallel", "fan", "cone"):
         raise InputError(f"--geometry: got {geometry!r}; expected parallel, fan or cone")
+    if geometry != "parallel" and arc is not None and arc > 360:
+        raise InputError(f"--arc: got {arc:g}; expected at most 360 degrees for a {geometry} beam (one turn of "
+                         "the source; beyond a turn only parallel beams are taken)")
+    if out.suffix.lower() != ".npz":
+        raise InputError(f"--out: got {str(out)!r}; expected a .npz file name: the sinogram is written as NPZ, "
+                         "with the scan geometry `biomip reconstruct` needs")
     outs = Outputs(overwrite, inputs=[image])
-    outs.add(out, "--out", format=None if out.suffix.lower() == ".npz" else "npz",
-             siblings=(".preview.png", ".report.json"))
+    outs.add(out, "--out", siblings=(".preview.png", ".report.json"))
     img = read_input(image, "IMAGE")
     if img.axes not in ("yx", "zyx"):
         raise InputError(f"image: got axes {img.axes!r}; expected a grey 2-D image or 3-D volume")
+    bad = int(np.size(img.numpy()) - np.count_nonzero(np.isfinite(img.numpy())))
+    if bad:
+        raise InputError(f"IMAGE: {str(image)!r} holds {bad} NaN / infinite values; expected finite intensities")
     if hu:
         img = hu_to_mu(img)
     img = img.astype(np.float32) * float(scale)
@@ -119,7 +127,7 @@ def simulate_ct_cmd(
     axes = "yx" if np.ndim(scan.measurement) == 2 else "zyx"
     sino = Image(np.asarray(scan.measurement, dtype=np.float32), axes=axes, meta=meta)
     with outs:
-        write(sino, out, format="npz" if out.suffix.lower() != ".npz" else None)
+        write(sino, out)
         _sino_preview(sino, sibling(out, ".preview.png"))
         write_json({"command": "simulate ct", "seconds": time.perf_counter() - t0, **scan.to_dict(),
                     "image_units": meta["image_units"], "output": str(out)}, sibling(out, ".report.json"))
@@ -144,11 +152,21 @@ def load_sinogram(path: Path):
         raise FormatError(f"SINO: {str(path)!r} carries no scan geometry; write sinograms with "
                           "`biomip simulate ct` (NPZ) or reconstruct from Python with your own projector")
     g = meta["ct_geometry"]
-    grid = _grid_image(meta["image_grid"])
-    if g["kind"] == "parallel":
-        op = ParallelProjector(ParallelBeam.from_dict(g), grid)
-    else:
-        op = DivergentProjector(DivergentBeam.from_dict(g), grid)
+    try:
+        grid = _grid_image(meta["image_grid"])
+        kind = g.get("kind") if isinstance(g, dict) else None
+        if kind == "parallel":
+            op = ParallelProjector(ParallelBeam.from_dict(g), grid)
+        elif kind in ("fan", "cone"):
+            op = DivergentProjector(DivergentBeam.from_dict(g), grid)
+        else:
+            raise FormatError(f"its scan kind is {kind!r}; expected parallel, fan or cone")
+    except BiomipError as exc:
+        raise FormatError(f"SINO: {str(path)!r} has an invalid scan geometry or image grid: {exc}") from exc
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        what = f"the field {exc.args[0]!r} is missing" if isinstance(exc, KeyError) else str(exc)
+        raise FormatError(f"SINO: {str(path)!r} has a damaged scan geometry or image grid ({what}); write it "
+                          "again with `biomip simulate ct`") from exc
     return sino.numpy().astype(np.float32), op, meta
 
 
@@ -200,6 +218,8 @@ def reconstruct_cmd(
     outs = Outputs(overwrite, inputs=[sino, reference])
     outs.add(out, "--out", dtype_kind="f", siblings=(".report.json", ".preview.png"))
     y, op, meta = load_sinogram(sino)
+    shape = tuple(op.image_shape)
+    outs.known(sdim=len(shape), dtype_kind="f", slices=shape[0] if len(shape) == 3 else None)
     ref_img = _reference_in_sinogram_units(reference, meta) if reference is not None else None
     with outs:
         _reconstruct(method, sino, y, op, meta, out, iterations, lam, filter, subsets, ref_img, progress)

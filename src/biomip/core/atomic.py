@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import FormatError
+from .errors import BiomipError, FormatError
 
 PARTIAL_MARKER = ".biomip-unfinished-write"
 """Name of the marker file inside the temporary folder of a write that has not finished."""
@@ -234,6 +234,8 @@ def atomic_path(path, is_dir: bool = False, overwrite: bool = True):
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         raise FormatError(f"path: folder {str(parent)!r} does not exist; create it first")
+    if not parent.is_dir():
+        raise FormatError(f"path: {str(parent)!r} is a file, not a folder; expected {str(path)!r} inside a folder")
     recover(path)
     if path.exists() and not overwrite:
         raise FormatError(f"path: {str(path)!r} exists; pass overwrite=True (CLI: --overwrite) to replace it")
@@ -241,13 +243,24 @@ def atomic_path(path, is_dir: bool = False, overwrite: bool = True):
         kind = "folder" if path.is_dir() else "file"
         raise FormatError(f"path: {str(path)!r} is an existing {kind}; refusing to replace it by a {'folder' if is_dir else 'file'}")
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".nii.gz", ".ome.tif", ".ome.tiff", ".ome.zarr")) else path.suffix
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}{_PARTIAL_TAG}{os.getpid()}-", dir=parent))
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}{_PARTIAL_TAG}{os.getpid()}-", dir=parent))
+    except OSError as exc:
+        raise FormatError(f"path: cannot write {str(path)!r}: folder {str(parent)!r} does not take new files "
+                          f"({exc.strerror or exc})") from exc
     tmp = tmpdir / f"out{suffix}"
     try:
         (tmpdir / PARTIAL_MARKER).write_text(json.dumps({
             "writer": "biomip", "target": path.name, "pid": os.getpid(), "host": socket.gethostname(),
             "started": time.time()}))
-        yield tmp
+        try:
+            yield tmp
+        except BiomipError as exc:      # a writer's message names the temporary file: name the target
+            if str(tmp) in str(exc) and exc.args == (str(exc),):
+                raise type(exc)(str(exc).replace(str(tmp), str(path))) from exc
+            raise
+        except OSError as exc:          # e.g. the disk filled up, or the folder refused the file
+            raise FormatError(f"path: cannot write {str(path)!r}: {exc.strerror or exc}") from exc
         if not tmp.exists():
             raise FormatError(f"internal: writer produced no output for {str(path)!r}")
         if is_dir and path.exists():

@@ -21,6 +21,7 @@ another ``BiomipError``) naming the file and what is wrong; nothing is unpickled
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..core.atomic import atomic_path
@@ -170,7 +171,8 @@ def output_format(path, format: str | None = None, *, format_name: str = "format
     Raises
     ------
     FormatError
-        When `format` is unknown or the suffix names no format biomip writes.
+        When `format` is unknown, the suffix names no format biomip writes, or `format`
+        contradicts the suffix (a TIFF named ``.nii.gz`` would fool other tools).
 
     Examples
     --------
@@ -185,6 +187,10 @@ def output_format(path, format: str | None = None, *, format_name: str = "format
         fmt = aliases.get(str(format).lower(), str(format).lower())
         if fmt not in WRITE_FORMATS:
             raise FormatError(f"{format_name}: got {format!r}; expected one of {', '.join(WRITE_FORMATS)}")
+        implied = aliases.get((format_from_suffix(path) or "").lower(), (format_from_suffix(path) or "").lower())
+        if implied in WRITE_FORMATS and implied != fmt:    # other tools go by the suffix: do not lie to them
+            raise FormatError(f"{format_name}: got {format!r} for {path_name} {str(path)!r}, whose suffix means "
+                              f"{implied}; give a suffix of {fmt} (or none), or drop {format_name or 'the format'}")
         return fmt
     fmt = (format_from_suffix(path) or "").lower()
     fmt = aliases.get(fmt, fmt)
@@ -243,6 +249,9 @@ def write(image: Image, path, *, format: str | None = None, overwrite: bool = Tr
     """
     if not isinstance(image, Image):
         raise InputError(f"image: got {describe(image)}; expected a biomip.Image (wrap arrays with biomip.Image(array, spacing=...))")
+    if math.prod(image.shape) == 0:
+        raise InputError(f"image: got an empty image (shape {tuple(image.shape)}); expected at least one voxel "
+                         "(biomip and other tools refuse to read empty files back)")
     path = Path(path)
     fmt = output_format(path, format)
     options = {k: v for k, v in options.items() if v is not None}

@@ -152,6 +152,17 @@ def numeric_dtype(path, kind: str, dtype) -> np.dtype:
     return dt
 
 
+def narrow_integers(arr: np.ndarray) -> np.ndarray:
+    """64-bit integers (numpy's default, label functions' output) as 32-bit ones when every
+    value fits -- the widest integers many formats and tools take --, else unchanged."""
+    if arr.dtype not in (np.int64, np.uint64):
+        return arr
+    small = np.int32 if arr.dtype == np.int64 else np.uint32
+    if arr.size == 0 or (arr.min() >= np.iinfo(small).min and arr.max() <= np.iinfo(small).max):
+        return arr.astype(small)
+    return arr
+
+
 def finite_positive(values, n: int | None = None):
     """``values`` as floats when they are ``n`` finite numbers > 0, else None."""
     try:

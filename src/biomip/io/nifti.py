@@ -19,6 +19,7 @@ from ._guard import (
     fmt_bytes,
     label,
     make_image,
+    narrow_integers,
     nbytes_of,
     numeric_dtype,
 )
@@ -279,8 +280,11 @@ def write_nifti(image: Image, path) -> None:
         data = data.astype(np.uint8)
     if data.dtype == np.float16:
         data = data.astype(np.float32)
+    # numpy's default integers (labels): 32 bits when the values fit, which every NIfTI tool
+    # reads; else NIfTI's 64-bit type, asked for explicitly (nibabel refuses it implicitly)
+    data = narrow_integers(data)
     aff = _affine_from_image(image)
-    nii = nib.Nifti1Image(np.ascontiguousarray(data), aff)
+    nii = nib.Nifti1Image(np.ascontiguousarray(data), aff, dtype=data.dtype)
     nii.set_qform(aff, code=1)
     nii.set_sform(aff, code=1)
     if image.meta.get("spacing_known") is False:

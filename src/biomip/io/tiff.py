@@ -29,6 +29,7 @@ from ._guard import (
     fmt_bytes,
     label,
     make_image,
+    narrow_integers,
     numeric_dtype,
 )
 
@@ -437,6 +438,10 @@ def write_tiff(image: Image, path, compression: str | None = "zlib") -> None:
         arr = arr.astype(np.float32)
     if arr.dtype.kind not in "iuf":
         raise InputError(f"image: TIFF cannot store dtype {arr.dtype}")
+    arr = narrow_integers(arr)
+    if arr.dtype in (np.int64, np.uint64):
+        raise InputError(f"image: OME-TIFF stores integers of up to 32 bits; got {arr.dtype} values in "
+                         f"[{arr.min()}, {arr.max()}]. Cast to float64, or write NIfTI (.nii.gz) or NPZ (.npz)")
     axes = image.axes.upper()
     if image.sdim == 1:
         raise ShapeError("image: TIFF needs at least 2 spatial axes")

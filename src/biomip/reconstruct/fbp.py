@@ -10,6 +10,7 @@ cosine, Hamming or Hann -- the same filters as :func:`skimage.transform.iradon`.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -172,8 +173,9 @@ def fbp(sinogram, projector, filter: str = "ramp", padding: int | None = None, a
     padding : int, optional
         FFT length (default: the next power of two >= 2 x n_det).
     arc : float, optional
-        Angular range covered by the (equally spaced) views in radians, default pi; a
-        full turn ``2 pi`` measures every line twice and is weighted so.
+        Angular range covered by the (equally spaced) views in radians; default: the
+        views' own coverage (their number times their angular step).  Beyond pi the lines measured twice (at ``theta`` and ``theta + pi``) are weighted
+        1/2 each, so a full turn ``2 pi`` or any arc in between keeps the scale.
     circle : bool, optional
         Set pixels outside the inscribed circle to 0 (like ``iradon(circle=True)``).
 
@@ -215,7 +217,12 @@ def _fbp(sinogram, projector, filter, padding, arc, circle):
     if tuple(t.shape[:-2]) != tuple(projector.image_shape[:-2]):
         raise ShapeError(f"sinogram: leading shape {tuple(t.shape[:-2])} does not match the projector's "
                          f"volume {tuple(projector.image_shape[:-2])}")
-    arc = np.pi if arc is None else check_number(arc, "arc", positive=True, high=2 * np.pi * (1 + 1e-9))
+    if arc is None:                    # the views' coverage: A equal steps
+        th = np.asarray(geo.angles, dtype=np.float64)
+        arc = min(len(th) * float(np.median(np.abs(np.diff(th)))), 2 * np.pi) if len(th) > 1 else np.pi
+        arc = arc if arc > 0 else np.pi
+    else:
+        arc = check_number(arc, "arc", positive=True, high=2 * np.pi * (1 + 1e-9))
     if circle:
         # the object lies inside the scanned circle: widen the detector with zero bins to
         # the image diagonal so the filtered tails outside it are back-projected too
@@ -229,12 +236,57 @@ def _fbp(sinogram, projector, filter, padding, arc, circle):
         projector = ParallelProjector(wide, Grid2D(projector.image_shape, projector.spacing, projector.origin,
                                                     projector.direction), backend=projector.backend)
     q = filter_sinogram(t, filter, geo.det_spacing, padding)
-    # the filter carries a factor 2 (skimage's convention): f = (pi / 2A) sum_a q_a for
-    # views covering [0, pi) or [0, 2 pi) uniformly; a limited arc weights by arc / 2A
-    rec = projector.backproject(q) * (min(arc, np.pi) / (2.0 * geo.n_views))
+    # the filter carries a factor 2 (skimage's convention): f = (d theta / 2) sum_a w_a q_a,
+    # d theta = arc / A; w_a = 1/2 for the views whose lines the arc measures twice (beyond
+    # pi: theta and theta + pi), else 1 -- a full turn weighs every view 1/2
+    step = arc / geo.n_views
+    if np.pi * (1 + 1e-9) < arc:
+        rel = np.arange(geo.n_views) * step
+        twice = (rel < arc - np.pi - step / 2) | (rel >= np.pi - step / 2)
+        w = torch.as_tensor(np.where(twice, 0.5, 1.0), dtype=q.dtype, device=q.device)
+        q = q * w[:, None]
+    rec = projector.backproject(q) * (step / 2.0)
     if circle:
         rec = rec * circle_mask(rec.shape, rec.device).to(rec.dtype)
     return rec if is_tensor(sinogram) else rec.detach().cpu().numpy()
+
+
+def _redundancy_weights(geo, uu: torch.Tensor, sdd: float):
+    """Weights of a circular orbit's views for FDK, and the back-projection's scale.
+
+    A full turn measures every line twice: uniform weights, scale ``(2 pi / A) / 4``.  A
+    shorter arc measures some lines twice and others once: Parker's smooth weights
+    (Med. Phys. 9, 254, 1982) on the in-plane fan angle ``gamma = atan(u / sdd)``, with the
+    half fan angle ``delta`` widened to ``(arc - pi) / 2`` for arcs beyond a short scan
+    (Wesarg et al., Med. Phys. 29, 2002), so a line's weights sum to 1; scale
+    ``d(beta) / 2``.  Returns ``(None, scale)`` for a full turn, else ``((A, cols)
+    weights, scale)``.  Arcs shorter than ``pi + 2 max|gamma|`` miss lines: a warning says so.
+    """
+    th = np.asarray(geo.angles, dtype=np.float64)
+    A = len(th)
+    step = float(np.median(np.abs(np.diff(th)))) if A > 1 else 2 * math.pi
+    arc = step * A                                         # views at the starts of equal steps
+    if arc >= 2 * math.pi * (1 - 1e-6):
+        return None, math.pi / A / 2.0
+    gamma = torch.atan(uu / sdd)                           # (cols,) fan angle of every column
+    delta = float(gamma.abs().max())
+    if arc < math.pi + 2 * delta - 1e-9:
+        warnings.warn(f"FDK: the views cover {math.degrees(arc):.1f} degrees, less than a short scan (180 + the fan "
+                      f"angle {math.degrees(2 * delta):.1f} = {math.degrees(math.pi + 2 * delta):.1f} degrees): some "
+                      "lines were never measured and the image has limited-angle artefacts", stacklevel=3)
+    dlt = max((arc - math.pi) / 2, 1e-6)
+    # beta from 0 along the turning direction; gamma positive in that direction as well
+    sign = 1.0 if th[-1] >= th[0] else -1.0
+    beta = torch.as_tensor(np.abs(th - th[0]) + step / 2, dtype=torch.float64, device=uu.device)[:, None]
+    g = (sign * gamma)[None, :].clamp(-dlt + 1e-9, dlt - 1e-9)
+    span = math.pi + 2 * dlt
+    b = beta * (span / arc)                                # the views spread over the weights' range
+    w = torch.ones(A, len(uu), dtype=torch.float64, device=uu.device)
+    rise = b < 2 * (dlt - g)
+    fall = b > math.pi - 2 * g
+    w = torch.where(rise, torch.sin(math.pi / 4 * b / (dlt - g)) ** 2, w)
+    w = torch.where(fall, torch.sin(math.pi / 4 * (span - b) / (dlt + g)) ** 2, w)
+    return w.clamp(0, 1), step / 2.0
 
 
 def fdk(projections, projector: DivergentProjector, filter: str = "ramp", padding: int | None = None,
@@ -245,7 +297,10 @@ def fdk(projections, projector: DivergentProjector, filter: str = "ramp", paddin
     Steps: cosine pre-weighting ``sdd / sqrt(sdd^2 + u^2 + v^2)``, ramp filtering of the
     detector rows in isocentre units, and voxel-driven back-projection with the
     distance weight ``(sod / (sod + s))^2`` (``s``: depth beyond the axis).  Views are
-    assumed equally spaced over a full turn.
+    assumed equally spaced.  Over a full turn every line is measured twice and the views
+    are weighted alike; a shorter arc gets Parker's short-scan weights (smooth, so that
+    the measurements of every line weigh 1 in all), exact from ``180 degrees + the fan
+    angle`` on; a shorter arc still is reconstructed with a warning (lines are missing).
 
     Parameters
     ----------
@@ -307,6 +362,9 @@ def fdk(projections, projector: DivergentProjector, filter: str = "ramp", paddin
         w = sdd / torch.sqrt(sdd ** 2 + uu[None, :] ** 2 + vv[:, None] ** 2)
     else:
         w = sdd / torch.sqrt(sdd ** 2 + uu ** 2)
+    pw, scale = _redundancy_weights(geo, uu, sdd)
+    if pw is not None:
+        w = w * (pw[:, None, :] if d == 3 else pw)                               # (views, [rows,] cols)
     q = filter_sinogram((p * w.to(dt)), filter, du * sod / sdd, padding)
     # voxel world coordinates
     shape = projector.image_shape
@@ -338,6 +396,7 @@ def fdk(projections, projector: DivergentProjector, filter: str = "ramp", paddin
                                     align_corners=True)
             out += val.reshape(-1).to(torch.float64) * (sod / (sod + s)) ** 2
             bar.advance()
-    # full turn: every line twice -> (2 pi / A) / 2, and the filter's factor 2 -> / 2 again
-    rec = (out * (math.pi / geo.n_views) / 2.0).reshape(shape).to(dt)
+    # full turn: every line twice -> (2 pi / A) / 2, and the filter's factor 2 -> / 2 again;
+    # a shorter arc: the Parker weights of a line's measurements sum to 1 -> d(beta) / 2
+    rec = (out * scale).reshape(shape).to(dt)
     return rec if is_tensor(projections) else rec.cpu().numpy()

@@ -49,6 +49,7 @@ def _start(x0, op, like: torch.Tensor) -> torch.Tensor:
     x = as_tensor(x0, device=like.device, name="x0").to(like.dtype)
     if tuple(x.shape) != tuple(op.in_shape):
         raise ShapeError(f"x0: got {describe(x)}; expected the image shape {tuple(op.in_shape)}")
+    check_finite(x, "x0")
     return x.clone()
 
 
@@ -446,7 +447,7 @@ def landweber(sinogram, projector: LinearOperator, iterations: int = 50, relaxat
     iterations : int, optional
         Number of iterations (default 50).
     relaxation : float, optional
-        Step scale (default 1).
+        Step scale in (0, 2) (default 1): the step is ``relaxation / ||A||^2``.
     nonnegative : bool, optional
         Clip negative values after every update (default False).
     x0 : numpy.ndarray or torch.Tensor, optional
@@ -466,6 +467,8 @@ def landweber(sinogram, projector: LinearOperator, iterations: int = 50, relaxat
     y = check_measurement(sinogram, projector)
     its = check_iterations(iterations)
     lam = check_positive("relaxation", relaxation)
+    if lam >= 2:          # the step lam / ||A||^2 diverges from 2 on (the largest singular value)
+        raise InputError(f"relaxation: got {relaxation}; expected a value in (0, 2) for convergence")
     step = lam / projector.norm(device=y.device) ** 2
     x = _start(x0, projector, y)
     loop = IterationLoop("Landweber", its, progress, callback)

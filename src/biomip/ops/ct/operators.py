@@ -99,9 +99,10 @@ class LinearOperator:
         Returns
         -------
         float
-            The estimated 2-norm (cached for the same arguments).
+            The estimated 2-norm (cached for the same `iterations` and `seed`, whatever the
+            device).
         """
-        key = ("norm", iterations, str(device))
+        key = ("norm", iterations, seed)              # the same norm on every device: computed once
         cache = self.__dict__.setdefault("_cache", {})
         if key not in cache:
             g = torch.Generator().manual_seed(seed)
