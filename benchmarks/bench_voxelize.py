@@ -3,8 +3,8 @@ backward), the step that puts 3-D Gaussian splatting's Gaussians on a voxel grid
 term and ``render="projector"`` of :func:`~biomip.reconstruct.gaussian_reconstruction`).
 
 The Gaussians are drawn like the reconstruction's FDK start (``_init_from_volume``):
-centres spread over the grid, isotropic scales 0.55 x their mean spacing, then perturbed
-into anisotropic, rotated ones as a fit leaves them.  The peer is biomip's previous
+centres spread over the central half of the grid's volume, scales 0.55 x their mean
+spacing, perturbed (log-normal, s.d. 0.2) into anisotropic, rotated ones as a fit leaves them.  The peer is biomip's previous
 kernel, which gathered a 3 x 3 precision and a centre per (Gaussian, voxel) pair
 (``--reference``: the pair-gather formulation kept in this file), timed in the same run;
 both are checked equal first.  Prints JSON.
@@ -76,13 +76,15 @@ def reference_voxelize(self, grid_shape, spacing=1.0, origin=None, direction=Non
     return out.reshape(shape)
 
 
-def model(n: int, size: int, spacing: float, seed: int) -> GaussianVolume:
+def model(n: int, size: int, spacing: float, seed: int, occupancy: float = 0.5) -> GaussianVolume:
+    """``n`` Gaussians spread over the central ``occupancy`` of the grid's volume (an
+    object, not the air around it), sized like the reconstruction's start."""
     rng = np.random.default_rng(seed)
-    ext = size * spacing
-    means = rng.uniform(-0.45 * ext, 0.45 * ext, (n, 3))
-    h = spacing * (size ** 3 / n) ** (1 / 3)
+    half = 0.5 * size * spacing * occupancy ** (1 / 3)
+    means = rng.uniform(-half, half, (n, 3))
+    h = spacing * (occupancy * size ** 3 / n) ** (1 / 3)                         # mean spacing of the centres
     sigma = max(0.6 * spacing, 0.55 * h)
-    scales = sigma * np.exp(rng.normal(0.0, 0.3, (n, 3)))
+    scales = sigma * np.exp(rng.normal(0.0, 0.2, (n, 3)))
     quats = rng.normal(size=(n, 4))
     return GaussianVolume(means, scales, rng.uniform(0.05, 1.0, n), quats=quats)
 
