@@ -144,3 +144,35 @@ def test_ct_commands_check_before_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "SINO" in err and "n_det" in err and "Traceback" not in err
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("r.", "b.", "s.", "f.", "n."))]
+
+
+def test_reconstruct_refuses_options_its_method_ignores_and_scores_one_slice_volumes(tmp_path, capsys):
+    ph = tmp_path / "ph.nii.gz"
+    biomip.write(biomip.Image(shepp_logan((32, 32)).numpy()[None] * 0.02), ph)          # one-slice volume
+    assert main(["simulate", "ct", str(ph), "--views", "30", "--out", str(tmp_path / "s.npz")]) == 0
+    capsys.readouterr()
+    for args, word in ((["fbp", "--lam", "5"], "--lam"), (["fbp", "--iterations", "7"], "--iterations"),
+                       (["tv", "--filter", "hann"], "--filter"), (["sirt", "--subsets", "3"], "--subsets")):
+        assert main(["reconstruct", args[0], str(tmp_path / "s.npz"), "--out", str(tmp_path / "r.nii.gz"),
+                     *args[1:]]) == 2
+        assert word in capsys.readouterr().err
+    assert main(["reconstruct", "fbp", str(tmp_path / "s.npz"), "--out", str(tmp_path / "r.nii.gz"),
+                 "--reference", str(ph)]) == 0
+    rep = json.loads((tmp_path / "r.report.json").read_text())
+    assert rep["ssim"] > 0.3 and "SSIM" in capsys.readouterr().out
+    biomip.write(biomip.Image(np.ones((1, 32, 32), np.float32)), tmp_path / "flat.nii.gz")
+    assert main(["reconstruct", "fbp", str(tmp_path / "s.npz"), "--out", str(tmp_path / "r2.nii.gz"),
+                 "--reference", str(tmp_path / "flat.nii.gz")]) == 2
+    assert "constant" in capsys.readouterr().err and not (tmp_path / "r2.nii.gz").exists()
+
+
+def test_geometry_inputs_refused_clearly_and_npz_with_several_arrays_warns(tmp_path):
+    with pytest.raises(InputError, match="det_shape"):
+        cone_beam(30, 100.0, 150.0, 32)
+    with pytest.raises(InputError, match="image"):
+        ParallelBeam.for_image(np.zeros((8, 8)))
+    with pytest.raises(InputError, match="every size >= 1"):
+        ParallelProjector(ParallelBeam.full(30, 91), (0, 64))
+    np.savez(tmp_path / "m.npz", a=np.zeros((4, 4)), b=np.ones((4, 4)))
+    with pytest.warns(UserWarning, match="2 arrays"):
+        assert biomip.read(tmp_path / "m.npz").shape == (4, 4)

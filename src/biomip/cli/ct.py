@@ -184,8 +184,8 @@ def reconstruct_cmd(
                                                         "AVX512-BF16 and on GPUs)."),
         iterations: int | None = typer.Option(None, help="Iterations (iterative methods)."),
         lam: float | None = typer.Option(None, help="Regularisation weight (tv, wavelet, dct, tikhonov)."),
-        filter: str = typer.Option("ramp", help="FBP/FDK filter: ramp, shepp-logan, cosine, hamming, hann, none "
-                                                "(plain back-projection)."),
+        filter: str | None = typer.Option(None, help="FBP/FDK filter: ramp (default), shepp-logan, cosine, hamming, "
+                                                       "hann, none (plain back-projection)."),
         subsets: int | None = typer.Option(None, help="SART subsets (default: one per view)."),
         reference: Path | None = typer.Option(None, help="Ground-truth image, in the units `simulate ct` read it "
                                                            "in (its --hu / --scale are applied): report PSNR / SSIM."),
@@ -215,6 +215,13 @@ def reconstruct_cmd(
         raise InputError(f"MEASUREMENT: got {str(measurement)!r}; only `reconstruct serenet` takes a third argument")
     if iterations is not None and iterations < 1:
         raise InputError(f"--iterations: got {iterations}; expected an integer >= 1")
+    takes = {"--iterations": [m for m in METHODS if m not in ("fbp", "fdk")],
+             "--lam": ["tikhonov", "tv", "wavelet", "dct"], "--filter": ["fbp", "fdk"], "--subsets": ["sart"]}
+    for name, given in (("--iterations", iterations), ("--lam", lam), ("--filter", filter), ("--subsets", subsets)):
+        if given is not None and method not in takes[name]:
+            raise InputError(f"{name}: `reconstruct {method}` does not use it; it applies to "
+                             f"{', '.join(takes[name])}")
+    filter = "ramp" if filter is None else filter
     outs = Outputs(overwrite, inputs=[sino, reference])
     outs.add(out, "--out", dtype_kind="f", siblings=(".report.json", ".preview.png"))
     y, op, meta = load_sinogram(sino)
@@ -234,6 +241,20 @@ def _reference_in_sinogram_units(reference: Path, meta: dict):
     grid = tuple(meta["image_grid"]["shape"])
     if ref.spatial_shape != grid:
         raise InputError(f"--reference: shape {ref.spatial_shape} differs from the sinogram's image grid {grid}")
+    arr = ref.numpy()
+    if not np.all(np.isfinite(arr)) or float(arr.max()) == float(arr.min()):
+        raise InputError(f"--reference: {str(reference)!r} is constant or not finite; expected the ground-truth "
+                         "image (PSNR / SSIM need its range)")
+    g = _grid_image(meta["image_grid"])
+    if ref.meta.get("spacing_known") is not False and not (
+            np.allclose(ref.spacing, g.spacing, rtol=1e-3) and np.allclose(ref.origin, g.origin, atol=1e-2 * min(g.spacing))
+            and np.allclose(ref.direction, g.direction, atol=1e-3)):
+        import warnings
+
+        warnings.warn(f"--reference: its grid (spacing {tuple(round(v, 4) for v in ref.spacing)} mm, origin "
+                      f"{tuple(round(v, 2) for v in ref.origin)} mm) differs from the sinogram's image grid (spacing "
+                      f"{tuple(round(v, 4) for v in g.spacing)}, origin {tuple(round(v, 2) for v in g.origin)}); the "
+                      "scores compare the arrays voxel by voxel", stacklevel=2)
     units = meta.get("image_units")
     if units is None:                      # sinograms of biomip < 0.2 do not say: the values are taken as they are
         return ref.astype(np.float32)
@@ -302,7 +323,7 @@ def _reconstruct(method, sino, y, op, meta, out, iterations, lam, filter, subset
         from .. import metrics
 
         ref = ref_img.numpy().reshape(out_img.shape)
-        rng = float(ref.max() - ref.min()) or 1.0
+        rng = float(ref.max() - ref.min())
         report["reference_units"] = "1/mm" + (f" (x {meta['image_units']['scale']:g}, as simulated)"
                                              if meta.get("image_units", {}).get("scale", 1.0) != 1.0 else "")
         ratio = float(np.abs(out_img.numpy()).mean()) / max(float(np.abs(ref).mean()), 1e-30)
@@ -314,8 +335,8 @@ def _reconstruct(method, sino, y, op, meta, out, iterations, lam, filter, subset
             report.setdefault("warnings", []).append(msg)
             warnings.warn(msg, stacklevel=2)
         report["psnr"] = metrics.psnr(out_img.numpy(), ref, data_range=rng)
-        if min(ref.shape) >= 11:
-            report["ssim"] = metrics.ssim(out_img.numpy(), ref, data_range=rng)
+        if min(np.squeeze(ref).shape) >= 11:        # a one-slice volume is scored as its 2-D image
+            report["ssim"] = metrics.ssim(np.squeeze(out_img.numpy()), np.squeeze(ref), data_range=rng)
         win = {"vmin": float(ref.min()), "vmax": float(ref.max())}    # same grey scale for both
         panels.insert(1, ("reference", mid(ref), mu | win))
         panels[-1] = (f"{method}: PSNR {report['psnr']:.2f} dB", panels[-1][1], mu | win)

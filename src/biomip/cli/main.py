@@ -342,7 +342,14 @@ def convert(src: Path = typer.Argument(..., metavar="SRC", help="Input image / D
         if slice_ is not None:
             img = _take_slice(img, slice_)
         out = write(img, dst, format=fmt, overwrite=overwrite, rescale=rescale if rescale else None)
-    typer.echo(f"wrote {out}  shape {img.shape}  {_spacing_text(img)}  ({time.perf_counter() - t0:.2f} s)")
+    from ..io import output_format
+
+    kept = output_format(dst, fmt) not in ("npy", "png", "jpeg")      # formats without geometry
+    if img.meta.get("kind") == "sinogram" and output_format(dst, fmt) != "npz":
+        typer.echo("warning: SRC is a sinogram; only .npz keeps its scan geometry, which `biomip reconstruct` needs",
+                   err=True)
+    typer.echo(f"wrote {out}  shape {img.shape}  " + (_spacing_text(img) if kept else "(no geometry stored)")
+               + f"  ({time.perf_counter() - t0:.2f} s)")
 
 
 # ---------------------------------------------------------------- data

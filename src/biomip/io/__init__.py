@@ -259,8 +259,7 @@ def write(image: Image, path, *, format: str | None = None, overwrite: bool = Tr
     if fmt == "dicom" and multi_slice and path.suffix.lower() in (".dcm", ".ima"):
         raise FormatError(
             f"path: a volume of {image.spatial_shape[0]} slices is written as a DICOM series folder; "
-            f"got the file name {str(path)!r}. Give a folder name without suffix and format='dicom' "
-            "(CLI: --format dicom)")
+            f"got the file name {str(path)!r}. Give a folder name without suffix and format='dicom'")
     is_dir = fmt == "ome-zarr" or (fmt == "dicom" and (multi_slice or path.suffix == ""))
     with atomic_path(path, is_dir=is_dir, overwrite=overwrite) as tmp:
         if fmt == "nifti":

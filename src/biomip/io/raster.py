@@ -299,6 +299,9 @@ def read_numpy(path, key: str | None = None) -> Image:
         if key is None:
             if not files:
                 raise FormatError(f"path: NPZ file {str(path)!r} holds no arrays")
+            if len(files) > 1:
+                warnings.warn(f"path: NPZ file {str(path)!r} holds {len(files)} arrays {files[:8]}; read the first, "
+                              f"{files[0]!r} (pass key= to choose)", stacklevel=3)
             key = files[0]
         if key not in files:
             raise InputError(f"key: got {key!r}; {str(path)!r} holds arrays {files}")

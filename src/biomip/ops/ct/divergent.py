@@ -252,7 +252,8 @@ def cone_beam(n_views: int, sod: float, sdd: float, det_shape, det_spacing=1.0, 
     """
     ds = np.broadcast_to(np.asarray(det_spacing, float), (2,))
     off = np.broadcast_to(np.asarray(det_offset, float), (2,))
-    return _circular(3, n_views, sod, sdd, tuple(det_shape), (float(ds[0]), float(ds[1])), arc,
+    shp = tuple(det_shape) if np.ndim(det_shape) == 1 else (det_shape,)
+    return _circular(3, n_views, sod, sdd, shp, (float(ds[0]), float(ds[1])), arc,
                      (float(off[0]), float(off[1])), center, angles)
 
 
@@ -262,6 +263,9 @@ def _circular(d, n_views, sod, sdd, det_shape, spacing, arc, offset, center, ang
             raise GeometryError(f"{name}: got {v!r}; expected a positive distance in mm")
     if sdd <= sod:
         raise GeometryError(f"sdd: got {sdd} <= sod {sod}; the detector must lie beyond the rotation axis")
+    if len(det_shape) != d - 1:
+        raise InputError(f"det_shape: got {det_shape[0] if len(det_shape) == 1 else det_shape!r}; expected "
+                         f"(rows, cols) detector pixels")
     det_shape = tuple(check_number(n, "n_det" if d == 2 else f"det_shape[{k}]", integer=True, low=1)
                       for k, n in enumerate(det_shape))
     spacing = tuple(check_number(sp, "det_spacing" if d == 2 else f"det_spacing[{k}]", positive=True)

@@ -253,9 +253,16 @@ def _grid(image):
             raise GeometryError("image: slices are not perpendicular to the z axis; parallel-beam "
                                 "projection runs slice by slice, resample the volume first")
         return tuple(image.spatial_shape), sp, org, dirm
-    shape = tuple(int(s) for s in image)
-    if len(shape) < 2:
-        raise ShapeError(f"image: got shape {shape}; expected (..., ny, nx)")
+    if isinstance(image, np.ndarray) and image.ndim >= 2 and image.dtype.kind in "fc":
+        raise ShapeError(f"image: got a {image.ndim}-D array of pixel values; expected its shape (image.shape) or "
+                         "a biomip.Image")
+    try:
+        shape = tuple(int(s) for s in image)
+    except (TypeError, ValueError) as exc:
+        raise ShapeError(f"image: got {type(image).__name__}; expected a biomip.Image or a shape (..., ny, nx)") \
+            from exc
+    if len(shape) < 2 or min(shape) < 1:
+        raise ShapeError(f"image: got shape {shape}; expected (..., ny, nx), every size >= 1")
     return shape, (1.0, 1.0), None, np.eye(2)
 
 
