@@ -293,10 +293,10 @@ def _reconstruct(method, sino, y, op, meta, out, iterations, lam, filter, subset
                                                 operator="gradient", progress=progress),
             "map": lambda: R.map_gaussian(y, op, noise_sigma=0.05, prior_sigma=1.0, correlation=2.0,
                                           iterations=its or 50, progress=progress),
-            "tv": lambda: R.fista_tv(y, op, lam if lam is not None else _auto_lam(y, op), its or 100, progress=progress),
-            "wavelet": lambda: R.fista_l1(y, op, lam if lam is not None else _auto_lam(y, op), "wavelet",
+            "tv": lambda: R.fista_tv(y, op, lam if lam is not None else _auto_lam(y, op, progress), its or 100, progress=progress),
+            "wavelet": lambda: R.fista_l1(y, op, lam if lam is not None else _auto_lam(y, op, progress), "wavelet",
                                           iterations=its or 100, progress=progress),
-            "dct": lambda: R.fista_l1(y, op, lam if lam is not None else _auto_lam(y, op), "dct",
+            "dct": lambda: R.fista_l1(y, op, lam if lam is not None else _auto_lam(y, op, progress), "dct",
                                       iterations=its or 100, progress=progress),
             "dictionary": lambda: R.dictionary_reconstruction(y, op, outer=its or 8, progress=progress),
             "inr": lambda: R.inr_reconstruction(y, op, iterations=its or 1000, progress=progress),
@@ -348,7 +348,7 @@ def _reconstruct(method, sino, y, op, meta, out, iterations, lam, filter, subset
                + (f", SSIM {report['ssim']:.4f}" if "ssim" in report else "") + ")")
 
 
-def _auto_lam(y, op) -> float:
+def _auto_lam(y, op, progress=None) -> float:
     """A starting regularisation weight: 1 % of the largest back-projected value / ||A||."""
     bp = np.abs(op.adjoint(y)).max()
-    return float(0.01 * bp / op.norm())
+    return float(0.01 * bp / op.norm(progress=progress))

@@ -743,8 +743,8 @@ def gaussian_reconstruction(projections, projector: DivergentProjector, n_gaussi
     tv_patch : int, optional
         Edge of that block in voxels (clipped to the grid).  A block covering the whole
         grid regularises better (64^3 Shepp-Logan, 30 views, 300 steps: 30.7 dB against 29.6
-        with a 32^3 block) but voxelises every Gaussian each step (at 128^3 ~60 s on 2 CPU
-        cores for 40,000 Gaussians).
+        with a 32^3 block) but voxelises every Gaussian each step (at 128^3, 40,000
+        Gaussians: ~4-10 s with the gradient on 2 CPU cores, ``benchmarks/bench_voxelize.py``).
     l1 : float, optional
         Weight of an L1 projection term (relative), next to the L2 term.
     max_gaussians : int, optional

@@ -62,7 +62,7 @@ class IterationLoop:
     """Iteration driver: progress bar, callback, residual history, timing."""
 
     def __init__(self, name, iterations, progress, callback):
-        self.name, self.n, self.callback = name, iterations, callback
+        self.name, self.n, self.callback, self.progress = name, iterations, callback, progress
         self.history: list[float] = []
         self.t0 = time.perf_counter()
         self.bar = progress_bar(name, iterations, progress)
@@ -469,7 +469,7 @@ def landweber(sinogram, projector: LinearOperator, iterations: int = 50, relaxat
     lam = check_positive("relaxation", relaxation)
     if lam >= 2:          # the step lam / ||A||^2 diverges from 2 on (the largest singular value)
         raise InputError(f"relaxation: got {relaxation}; expected a value in (0, 2) for convergence")
-    step = lam / projector.norm(device=y.device) ** 2
+    step = lam / projector.norm(device=y.device, progress=progress) ** 2
     x = _start(x0, projector, y)
     loop = IterationLoop("Landweber", its, progress, callback)
     for k in range(its):
@@ -566,7 +566,7 @@ def _prox_tv(v: torch.Tensor, weight: float, sdim: int, iterations: int = 20) ->
 
 
 def _fista(y, projector, prox, its, x0, nonnegative, loop, step_scale=1.0):
-    L = projector.norm(device=y.device) ** 2
+    L = projector.norm(device=y.device, progress=loop.progress) ** 2
     step = step_scale / L
     x = _start(x0, projector, y)
     z, t = x.clone(), 1.0

@@ -15,6 +15,7 @@ import torch
 from ...core.arrays import as_tensor, check_finite, is_tensor
 from ...core.errors import InputError, ShapeError, describe
 from ...core.image import Image
+from ...core.progress import progress_bar
 
 
 class _Apply(torch.autograd.Function):
@@ -84,7 +85,7 @@ class LinearOperator:
         """The adjoint operator (``op.T(y) == op.adjoint(y)``)."""
         return _Adjoint(self)
 
-    def norm(self, iterations: int = 30, seed: int = 0, device=None) -> float:
+    def norm(self, iterations: int = 30, seed: int = 0, device=None, progress: bool | None = None) -> float:
         """Operator 2-norm ``||A||`` by power iteration on ``A^T A`` (cached).
 
         Parameters
@@ -95,6 +96,10 @@ class LinearOperator:
             Seed of the random start vector.
         device : str or torch.device, optional
             Where to iterate (default ``biomip.config.device``).
+        progress : bool, optional
+            Show a bar over the power iterations (a cone-beam norm takes as long as 30
+            iterations of a reconstruction; ``None``: ``biomip.config.progress``, else when
+            stderr is a terminal).
 
         Returns
         -------
@@ -110,11 +115,13 @@ class LinearOperator:
             if device is not None:
                 x = x.to(device)
             lam = 0.0
-            for _ in range(iterations):
-                x = x / torch.linalg.vector_norm(x)
-                y = self._apply(self._apply(x, False), True)
-                lam = float(torch.linalg.vector_norm(y))
-                x = y
+            with progress_bar("operator norm ||A|| (power iteration)", iterations, progress) as bar:
+                for _ in range(iterations):
+                    x = x / torch.linalg.vector_norm(x)
+                    y = self._apply(self._apply(x, False), True)
+                    lam = float(torch.linalg.vector_norm(y))
+                    x = y
+                    bar.advance()
             cache[key] = lam ** 0.5
         return cache[key]
 

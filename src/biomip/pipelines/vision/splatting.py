@@ -73,7 +73,8 @@ and the 3DGS initial Gaussians, steps, views per step and its TV term (R^2-Gauss
 0.1, 24.3 at 0.5 on the analytic data at 32^3 -- and block edge; the weight relative to the
 data term does not change with ``n``) -- a block covering the whole grid, as in every mode
 (at 64^3 it scored 30.7 dB against 29.6 for a 32^3 block: benchmarks/results/
-splatting-analytic-64-cpu2.json; at 128^3 it costs ~60 s a step on 2 CPU cores, a GPU's work)."""
+splatting-analytic-64-cpu2.json; at 128^3 its voxelisation costs ~4-10 s a step on 2 CPU
+cores, benchmarks/results/voxelize-cpu2.json: a GPU's work for 1,500 steps)."""
 
 DATA = ("analytic", "projector")
 
