@@ -176,3 +176,17 @@ def test_geometry_inputs_refused_clearly_and_npz_with_several_arrays_warns(tmp_p
     np.savez(tmp_path / "m.npz", a=np.zeros((4, 4)), b=np.ones((4, 4)))
     with pytest.warns(UserWarning, match="2 arrays"):
         assert biomip.read(tmp_path / "m.npz").shape == (4, 4)
+
+
+def test_complex_sinograms_refused_and_negative_attenuation_warns():
+    op = ParallelProjector(ParallelBeam.full(20, 45), (32, 32))
+    y = op(shepp_logan((32, 32)).numpy() * 0.02)
+    for f in (lambda: fbp(y.astype(np.complex64), op), lambda: sirt(y.astype(np.complex64), op, 2)):
+        with pytest.raises(InputError, match="real line integrals"):
+            f()
+    from biomip.data import simulate_ct
+    with pytest.warns(UserWarning, match="negative attenuation"):
+        simulate_ct(shepp_logan((32, 32)).numpy() * 0.02 - 0.01, n_views=10, photons=1e4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        simulate_ct(shepp_logan((32, 32)).numpy() * 0.02, n_views=10, photons=1e4)

@@ -3,6 +3,7 @@ photon statistics (Poisson) and electronic (Gaussian) noise."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,6 +135,9 @@ def simulate_ct(image, geometry=None, photons: float | None = None, gaussian_sig
     if not x.is_floating_point():
         x = x.to(torch.float32)
     check_finite(x, "image")
+    if photons is not None and x.numel() and float(x.min()) < 0:
+        warnings.warn(f"image: holds negative attenuation (min {float(x.min()):.3g}); its Beer-Lambert counts exceed "
+                      "the source's photons there (is it in HU? biomip.data.hu_to_mu converts)", stacklevel=2)
     if geometry is None:
         geometry = ParallelBeam.for_image(grid, n_views=n_views)
     if isinstance(geometry, ParallelBeam):

@@ -207,6 +207,8 @@ def _fbp(sinogram, projector, filter, padding, arc, circle):
         raise InputError(f"projector: got {type(projector).__name__}; expected a ParallelProjector "
                          "(fan and cone beam: use fdk)")
     t = as_tensor(sinogram, name="sinogram")
+    if t.is_complex():
+        raise InputError(f"sinogram: got {describe(t)}; expected real line integrals (take .real or abs() first)")
     if not t.is_floating_point():
         t = t.to(torch.float32)
     geo = projector.geometry
@@ -339,6 +341,8 @@ def fdk(projections, projector: DivergentProjector, filter: str = "ramp", paddin
     if geo.sod is None or geo.angles is None:
         raise InputError("projector: FDK needs a circular orbit built by fan_beam(...) / cone_beam(...)")
     p = as_tensor(projections, name="projections")
+    if p.is_complex():
+        raise InputError(f"projections: got {describe(p)}; expected real line integrals (take .real or abs() first)")
     if not p.is_floating_point():
         p = p.to(torch.float32)
     if tuple(p.shape) != tuple(projector.out_shape):

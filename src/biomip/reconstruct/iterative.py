@@ -34,6 +34,8 @@ def check_measurement(y, op: LinearOperator) -> torch.Tensor:
     if not isinstance(op, LinearOperator):
         raise InputError(f"projector: got {type(op).__name__}; expected a biomip.reconstruct projector")
     t = as_tensor(y, name="sinogram")
+    if t.is_complex():
+        raise InputError(f"sinogram: got {describe(t)}; expected real line integrals (take .real or abs() first)")
     if not t.is_floating_point():
         t = t.to(torch.float32)
     if tuple(t.shape) != tuple(op.out_shape):
