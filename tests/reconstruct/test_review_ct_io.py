@@ -190,3 +190,11 @@ def test_complex_sinograms_refused_and_negative_attenuation_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         simulate_ct(shepp_logan((32, 32)).numpy() * 0.02, n_views=10, photons=1e4)
+
+
+def test_learn_dictionary_refuses_nan_and_tiny_images():
+    from biomip.reconstruct import learn_dictionary
+    with pytest.raises(InputError, match="NaN"):
+        learn_dictionary([np.full((32, 32), np.nan)])
+    with pytest.raises(InputError, match="patch_size"):
+        learn_dictionary([np.zeros(32)])

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.arrays import check_iterations
+from ..core.arrays import check_finite, check_iterations
 from ..core.config import get_device
 from ..core.errors import InputError
 from ..core.rng import seeded
@@ -87,6 +87,10 @@ def learn_dictionary(images, patch_size: int = 8, n_atoms: int = 128, alpha: flo
         t = t[None]
     if t.ndim != 3:
         raise InputError(f"images: got shape {tuple(t.shape)}; expected (H, W) or (N, H, W)")
+    if min(t.shape[-2:]) < patch_size:
+        raise InputError(f"images: got {tuple(t.shape[-2:])} pixels; expected images of at least patch_size = "
+                         f"{patch_size} pixels a side")
+    check_finite(t, "images")
     pt, _ = _patches(t, patch_size, max(1, patch_size // 2))
     pt = pt.numpy()
     rng = np.random.default_rng(seed)
