@@ -485,7 +485,8 @@ def embed_cmd(table: Path = typer.Argument(..., metavar="TABLE", help="CSV featu
               neighbors: int | None = typer.Option(None, "--neighbors", help="Neighbours of the graph methods "
                                                                              "(default per method)."),
               column: list[str] | None = typer.Option(None, "--column", help="Feature column to use (repeat)."),
-              color: str | None = typer.Option(None, "--color", help="Column that colours the preview (and "
+              color: str | None = typer.Option(None, "--color", help="Column that colours the preview (left out of "
+                                                                     "the features unless --column names it; and "
                                                                      "scores a k-NN classifier in the embedding "
                                                                      "when it holds classes)."),
               seed: int = typer.Option(0, "--seed", min=0, help="Seed (t-SNE, randomized PCA)."),
@@ -504,6 +505,12 @@ def embed_cmd(table: Path = typer.Argument(..., metavar="TABLE", help="CSV featu
     outs.add(out, "--out", image=False, siblings=(".report.json", ".preview.png"))
     names, X, ids, extra = read_table(table, columns=column)
     col = _colour_column(extra, names, X, color)
+    if color is not None and not column and color in names:
+        # the colour / class column is what the k-NN accuracy predicts: not a feature (unless --column names it)
+        keep = [i for i, n in enumerate(names) if n != color]
+        if not keep:
+            raise InputError(f"--color: {color!r} is the table's only numeric column; there is nothing else to embed")
+        names, X = [names[i] for i in keep], X[:, keep]
     if X.shape[0] < 4:
         raise InputError(f"TABLE: {table} has {X.shape[0]} rows; expected at least 4 to embed")
     Z = _standardise(X)

@@ -92,7 +92,13 @@ def fit_beta(x, eps: float = 1e-3) -> tuple[float, float]:
     """
     from scipy import stats
 
-    v = _unit(np.ravel(np.asarray(x, dtype=np.float64)) if np.ndim(x) else x, "x", eps)[:, 0]
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"x: got {describe(x)}; expected a 1-D array of at least 2 samples in [0, 1]") from exc
+    if arr.ndim == 0:
+        raise InputError(f"x: got one number ({float(arr):g}); expected a 1-D array of at least 2 samples in [0, 1]")
+    v = _unit(np.ravel(arr), "x", eps)[:, 0]
     if v.size < 2:
         raise InputError(f"x: got {v.size} sample(s); expected at least 2 to fit a Beta distribution")
     m, var = float(v.mean()), float(v.var())

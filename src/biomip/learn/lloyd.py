@@ -227,7 +227,10 @@ def kmeans(x, k: int, init="k-means++", n_init: int = 1, max_iter: int = 300, to
     >>> sorted(np.bincount(r.labels).tolist()), r.centers.shape
     ([50, 50], (2, 2))
     """
-    t = feature_matrix(x, "x", device=device)
+    t64 = feature_matrix(x, "x", device=device, dtype=torch.float64)
+    offset = t64.mean(0)                    # removed in float64: far from 0, float32 data would lose digits
+    t = (t64 - offset).to(torch.float32)
+    del t64
     n, f = t.shape
     k = check_k(k, n)
     n_init = check_count(n_init, "n_init")
@@ -240,17 +243,17 @@ def kmeans(x, k: int, init="k-means++", n_init: int = 1, max_iter: int = 300, to
         check_choice(init, "init", ("k-means++", "random"))
     else:
         try:
-            given = as_tensor(init, device=t.device, name="init").to(t.dtype)
+            given = (as_tensor(init, device=t.device, name="init").to(torch.float64) - offset).to(t.dtype)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise InputError(f"init: got {describe(init)}; expected 'k-means++', 'random' or a ({k}, {f}) array") from exc
         if tuple(given.shape) != (k, f) or not bool(torch.isfinite(given).all()):
             raise InputError(f"init: got {describe(init)}; expected 'k-means++', 'random' or finite centres of shape ({k}, {f})")
         n_init = 1
     with serial_if_small(n * max(k, f), t.device, limit=PARALLEL_MIN):
-        return _kmeans_fit(t, x, k, w, given, init, n_init, max_iter, tol, seed)
+        return _kmeans_fit(t, x, k, w, given, init, n_init, max_iter, tol, seed, offset)
 
 
-def _kmeans_fit(t, ref, k, w, given, init, n_init, max_iter, tol, seed) -> KMeansResult:
+def _kmeans_fit(t, ref, k, w, given, init, n_init, max_iter, tol, seed, offset=None) -> KMeansResult:
     n, f = t.shape
     mean = t.mean(0) if w is None else (t * w[:, None]).sum(0) / w.sum()
     xc = t - mean
@@ -272,4 +275,10 @@ def _kmeans_fit(t, ref, k, w, given, init, n_init, max_iter, tol, seed) -> KMean
         if best is None or inertia < best[2]:
             best = (lab, c, inertia, it)
     lab, c, inertia, it = best
-    return KMeansResult(labels=like_features(lab.long(), ref), centers=like_features(c + mean, ref), inertia=inertia, n_iter=it, n_init=n_init)
+    centers = c + mean
+    if offset is not None:                  # float64 input: float64 centres
+        narrow = (ref.dtype in (torch.float32, torch.float16, torch.bfloat16)) if torch.is_tensor(ref) else \
+            np.asarray(ref).dtype in (np.float32, np.float16)
+        centers = (centers.to(torch.float64) + offset).to(torch.float32 if narrow else torch.float64)
+    return KMeansResult(labels=like_features(lab.long(), ref), centers=like_features(centers, ref), inertia=inertia,
+                        n_iter=it, n_init=n_init)

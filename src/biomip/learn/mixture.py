@@ -205,7 +205,10 @@ def gmm(x, k: int, covariance: str = "full", n_init: int = 1, max_iter: int = 10
     """
     if dtype not in (torch.float32, torch.float64):
         raise InputError(f"dtype: got {dtype!r}; expected torch.float32 or torch.float64")
-    t = feature_matrix(x, "x", device=device, dtype=dtype)
+    t64 = feature_matrix(x, "x", device=device, dtype=torch.float64)
+    offset = t64.mean(0)                    # removed in float64: far from 0, float32 data would lose digits
+    t = (t64 - offset).to(dtype)
+    del t64
     n, f = t.shape
     k = check_k(k, n)
     covariance = check_choice(covariance, "covariance", ("full", "diag"))
@@ -217,10 +220,10 @@ def gmm(x, k: int, covariance: str = "full", n_init: int = 1, max_iter: int = 10
     seed = check_seed(seed)
     w = sample_weights(sample_weight, n, t)
     with serial_if_small(n * k * f, t.device, limit=PARALLEL_MIN):
-        return _gmm_fit(t, x, k, w, covariance, n_init, max_iter, tol, reg_covar, init, seed, dtype)
+        return _gmm_fit(t, x, k, w, covariance, n_init, max_iter, tol, reg_covar, init, seed, dtype, offset)
 
 
-def _gmm_fit(t, x, k, w, covariance, n_init, max_iter, tol, reg_covar, init, seed, dtype) -> GMMResult:
+def _gmm_fit(t, x, k, w, covariance, n_init, max_iter, tol, reg_covar, init, seed, dtype, offset=None) -> GMMResult:
     n, f = t.shape
     wsum = float(w.sum()) if w is not None else float(n)
     # standardise: EM in float32 is then as accurate as scikit-learn's float64 on raw data
@@ -268,6 +271,10 @@ def _gmm_fit(t, x, k, w, covariance, n_init, max_iter, tol, reg_covar, init, see
             best = (ll_raw, resp, weights, means, covs, n_iter, converged)
     ll_raw, resp, weights, means, covs, n_iter, converged = best
     means_raw = means * scale + mean
+    if offset is not None:                  # float64 input: float64 means
+        narrow = (x.dtype in (torch.float32, torch.float16, torch.bfloat16)) if torch.is_tensor(x) else \
+            np.asarray(x).dtype in (np.float32, np.float16)
+        means_raw = (means_raw.to(torch.float64) + offset).to(dtype if narrow else torch.float64)
     covs_raw = covs * scale[:, None] * scale[None, :] if covariance == "full" else covs * scale ** 2
     n_par = (k - 1) + k * f + (k * f * (f + 1) // 2 if covariance == "full" else k * f)
     bic = -2.0 * ll_raw * wsum + n_par * math.log(wsum)

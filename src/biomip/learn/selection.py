@@ -28,7 +28,7 @@ import numpy as np
 from ..core.arrays import as_numpy, check_count, check_number
 from ..core.errors import InputError, ShapeError, describe
 from .base import check_choice, check_seed
-from .supervised import CLASSIFIERS, check_xy, make_classifier
+from .supervised import CLASSIFIERS, check_xy, fit_estimator, make_classifier
 
 __all__ = ["CV_SCHEMES", "SCORINGS", "BiasVariance", "ComplexityCurve", "CVResult", "EarlyStopping",
            "RegularizationPath", "SearchResult", "bias_variance", "complexity_curve", "cross_validate",
@@ -454,7 +454,7 @@ def _cv_scores(estimator, params, x, y, splits, scorer, seed, task, train_scores
     test, train = [], []
     for tr, te in splits:
         est = _build(estimator, params, seed, task)
-        est.fit(x[tr], y[tr])
+        fit_estimator(est, x[tr], y[tr], "X, y (a training fold)")
         test.append(float(scorer(y[te], est.predict(x[te]))))
         if train_scores:
             train.append(float(scorer(y[tr], est.predict(x[tr]))))
@@ -677,7 +677,7 @@ def bias_variance(x, y, x_test, f_test, complexities=tuple(range(0, 10)), n_boot
                 p_test, p_train = _poly_fit_predict(xs[idx], ys[idx], int(c), lo, hi, (xt, xs[idx]))
             else:
                 est = factory(c)
-                est.fit(xs[idx], ys[idx])
+                fit_estimator(est, xs[idx], ys[idx], "X, y (a bootstrap sample)")
                 p_test, p_train = np.asarray(est.predict(xt)), np.asarray(est.predict(xs[idx]))
             preds[b] = p_test
             fit_err[b] = np.mean((p_train - ys[idx]) ** 2)
@@ -853,7 +853,7 @@ def complexity_curve(estimator, param: str, values, X, y, groups=None, cv="kfold
         tr_s, va_s = [], []
         for v in vals:
             est = _build(estimator, {param: v}, seed, task)
-            est.fit(x, t)
+            fit_estimator(est, x, t, f"X, y ({param}={v!r})")
             tr_s.append([scorer(t, est.predict(x))])
             va_s.append([scorer(tv, est.predict(xv))])
         tr_s, va_s = np.asarray(tr_s, dtype=float), np.asarray(va_s, dtype=float)

@@ -135,6 +135,27 @@ def _base_estimator(name: str, task: str, seed: int):
     }[name]()
 
 
+def fit_estimator(est, x, y, what: str = "X_train, y_train"):
+    """``est.fit(x, y)``, with the refusals of scikit-learn estimators (a training set
+    smaller than ``n_neighbors``, one class only, ...) as an :class:`InputError` naming
+    `what` instead of a raw ``ValueError``."""
+    try:
+        params = est.get_params() if hasattr(est, "get_params") else {}
+    except Exception:               # a foreign estimator: let its own fit judge
+        params = {}
+    k = [v for key, v in params.items() if key.split("__")[-1] == "n_neighbors" and isinstance(v, int)]
+    if k and k[0] > len(x):         # scikit-learn only refuses it at predict time
+        raise InputError(f"{what}: {len(x)} training samples for n_neighbors = {k[0]}; expected at least "
+                         f"n_neighbors samples (lower n_neighbors, or use more data / fewer folds)")
+    try:
+        return est.fit(x, y)
+    except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{what}: the estimator refused the training data ({len(x)} samples, "
+                         f"{len(np.unique(y))} distinct targets): {exc}") from exc
+
+
 def make_classifier(name: str, seed: int = 0, task: str = "classification", scale=None, **params):
     """A scikit-learn estimator for one of :data:`CLASSIFIERS`, with sensible defaults.
 
@@ -274,7 +295,7 @@ def fit_predict(X_train, y_train, X_test, name="random-forest", seed: int = 0, *
     if xte.shape[1] != xtr.shape[1]:
         raise ShapeError(f"X_test: got {xte.shape[1]} features; expected {xtr.shape[1]} like X_train")
     est = _estimator(name, check_seed(seed), **params)
-    est.fit(xtr, ytr)
+    fit_estimator(est, xtr, ytr)
     return np.asarray(est.predict(xte))
 
 
@@ -447,7 +468,7 @@ def evaluate_classifier(X_train, y_train, X_test, y_test, name="random-forest", 
         raise ShapeError(f"X_test: got {xte.shape[1]} features; expected {xtr.shape[1]} like X_train")
     est = _estimator(name, check_seed(seed), **params)
     t0 = time.perf_counter()
-    est.fit(xtr, ytr)
+    fit_estimator(est, xtr, ytr)
     t1 = time.perf_counter()
     pred = np.asarray(est.predict(xte))
     t2 = time.perf_counter()

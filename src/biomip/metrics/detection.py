@@ -77,7 +77,9 @@ def box_iou_matrix(boxes1, boxes2) -> np.ndarray:
 
 def _cases(pred_boxes, scores, true_boxes):
     # one image: an array, or a list of box rows; several: a list of (K_i, 4) arrays
-    single = not isinstance(pred_boxes, (list, tuple)) or len(pred_boxes) == 0 or np.ndim(pred_boxes[0]) <= 1
+    # (a box row has 4 numbers: an empty entry is an image without detections, not a row)
+    single = not isinstance(pred_boxes, (list, tuple)) or len(pred_boxes) == 0 or all(
+        np.ndim(e) <= 1 and np.size(e) > 0 for e in pred_boxes)
     if single:
         pred_boxes, scores, true_boxes = [pred_boxes], [scores], [true_boxes]
     if not (len(pred_boxes) == len(scores) == len(true_boxes)):
@@ -125,7 +127,10 @@ def match_detections(pred_boxes, scores, true_boxes, iou_threshold: float = 0.5)
     >>> match_detections([[0, 0, 2, 2], [0, 0, 2, 2]], [0.9, 0.8], [[0, 0, 2, 2]]).tolist()
     [True, False]
     """
-    thr = float(iou_threshold)
+    try:
+        thr = float(iou_threshold)
+    except (TypeError, ValueError):
+        thr = float("nan")
     if not (0 < thr <= 1):
         raise InputError(f"iou_threshold: got {iou_threshold!r}; expected an IoU in (0, 1]")
     (pb, sc, tb), = _cases([pred_boxes], [scores], [true_boxes])

@@ -30,7 +30,7 @@ import math
 import numpy as np
 
 from ..core.arrays import check_spacing
-from ..core.errors import GeometryError, InputError
+from ..core.errors import GeometryError, InputError, ShapeError
 from ..core.image import Image
 from .overlap import prepare_pair, resolve_labels
 
@@ -96,6 +96,8 @@ def _directed(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]):
 
 def _apply(pred, target, spacing, labels, reduce):
     a, b = prepare_pair(pred, target)
+    if a.ndim == 0:
+        raise ShapeError("pred: got a 0-d value; expected a 1-D, 2-D or 3-D mask (surface distances need a grid)")
     sp = _resolve_spacing(spacing, pred, target, a.ndim)
     mode = resolve_labels(a, b, labels)
     if mode is None:
@@ -107,6 +109,8 @@ def _apply(pred, target, spacing, labels, reduce):
 
 
 def _check_percentile(percentile) -> float:
+    if isinstance(percentile, (bool, np.bool_)):
+        raise InputError(f"percentile: got {percentile!r}; expected a number in [0, 100]")
     try:
         q = float(percentile)
     except (TypeError, ValueError) as exc:

@@ -92,6 +92,8 @@ def resolve_labels(a: np.ndarray, b: np.ndarray, labels):
         ids = np.union1d(np.unique(a), np.unique(b))
         return "many", [_label_key(v) for v in ids if v != 0]
     if isinstance(labels, (numbers.Real, np.integer, np.floating)) and not isinstance(labels, (bool, np.bool_)):
+        if not np.isfinite(labels):          # no voxel equals NaN: two empty masks would score perfect
+            raise InputError(f"labels: got {labels!r}; expected a finite label id")
         return "one", _label_key(labels)
     try:
         arr = np.asarray(labels)
@@ -99,6 +101,8 @@ def resolve_labels(a: np.ndarray, b: np.ndarray, labels):
         raise InputError(f"labels: got {describe(labels)}; expected a list of label ids") from exc
     if arr.dtype.kind not in "iuf":
         raise InputError(f"labels: got {labels!r}; expected numeric label ids, a single id or 'all'")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"labels: got {labels!r}; expected finite label ids")
     ids = list(arr.ravel())
     return "many", [_label_key(v) for v in ids]
 
