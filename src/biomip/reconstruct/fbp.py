@@ -174,8 +174,9 @@ def fbp(sinogram, projector, filter: str = "ramp", padding: int | None = None, a
         FFT length (default: the next power of two >= 2 x n_det).
     arc : float, optional
         Angular range covered by the (equally spaced) views in radians; default: the
-        views' own coverage (their number times their angular step).  Beyond pi the lines measured twice (at ``theta`` and ``theta + pi``) are weighted
-        1/2 each, so a full turn ``2 pi`` or any arc in between keeps the scale.
+        views' own coverage (their number times their angular step).  Beyond pi the
+        lines measured twice (at ``theta`` and ``theta + pi``) are weighted 1/2 each, so a
+        full turn ``2 pi`` or any arc in between keeps the scale.
     circle : bool, optional
         Set pixels outside the inscribed circle to 0 (like ``iradon(circle=True)``).
 
@@ -219,9 +220,10 @@ def _fbp(sinogram, projector, filter, padding, arc, circle):
     if tuple(t.shape[:-2]) != tuple(projector.image_shape[:-2]):
         raise ShapeError(f"sinogram: leading shape {tuple(t.shape[:-2])} does not match the projector's "
                          f"volume {tuple(projector.image_shape[:-2])}")
-    if arc is None:                    # the views' coverage: A equal steps
-        th = np.asarray(geo.angles, dtype=np.float64)
-        arc = min(len(th) * float(np.median(np.abs(np.diff(th)))), 2 * np.pi) if len(th) > 1 else np.pi
+    th = np.asarray(geo.angles, dtype=np.float64)
+    if arc is None:                    # the views' coverage: A equal steps (in any order)
+        gaps = np.diff(np.sort(th))
+        arc = min(len(th) * float(np.median(gaps)), 2 * np.pi) if len(th) > 1 else np.pi
         arc = arc if arc > 0 else np.pi
     else:
         arc = check_number(arc, "arc", positive=True, high=2 * np.pi * (1 + 1e-9))
@@ -243,7 +245,7 @@ def _fbp(sinogram, projector, filter, padding, arc, circle):
     # pi: theta and theta + pi), else 1 -- a full turn weighs every view 1/2
     step = arc / geo.n_views
     if np.pi * (1 + 1e-9) < arc:
-        rel = np.arange(geo.n_views) * step
+        rel = th - th.min()            # each view's place in the arc (either turning direction)
         twice = (rel < arc - np.pi - step / 2) | (rel >= np.pi - step / 2)
         w = torch.as_tensor(np.where(twice, 0.5, 1.0), dtype=q.dtype, device=q.device)
         q = q * w[:, None]
@@ -266,7 +268,7 @@ def _redundancy_weights(geo, uu: torch.Tensor, sdd: float):
     """
     th = np.asarray(geo.angles, dtype=np.float64)
     A = len(th)
-    step = float(np.median(np.abs(np.diff(th)))) if A > 1 else 2 * math.pi
+    step = float(np.median(np.diff(np.sort(th)))) if A > 1 else 2 * math.pi
     arc = step * A                                         # views at the starts of equal steps
     if arc >= 2 * math.pi * (1 - 1e-6):
         return None, math.pi / A / 2.0
@@ -277,10 +279,10 @@ def _redundancy_weights(geo, uu: torch.Tensor, sdd: float):
                       f"angle {math.degrees(2 * delta):.1f} = {math.degrees(math.pi + 2 * delta):.1f} degrees): some "
                       "lines were never measured and the image has limited-angle artefacts", stacklevel=3)
     dlt = max((arc - math.pi) / 2, 1e-6)
-    # beta from 0 along the turning direction; gamma positive in that direction as well
-    sign = 1.0 if th[-1] >= th[0] else -1.0
-    beta = torch.as_tensor(np.abs(th - th[0]) + step / 2, dtype=torch.float64, device=uu.device)[:, None]
-    g = (sign * gamma)[None, :].clamp(-dlt + 1e-9, dlt - 1e-9)
+    # beta: each view's place in the arc, counted towards increasing angles (whichever way
+    # the source turned, and in any view order); gamma is positive in that direction too
+    beta = torch.as_tensor(th - th.min() + step / 2, dtype=torch.float64, device=uu.device)[:, None]
+    g = gamma[None, :].clamp(-dlt + 1e-9, dlt - 1e-9)
     span = math.pi + 2 * dlt
     b = beta * (span / arc)                                # the views spread over the weights' range
     w = torch.ones(A, len(uu), dtype=torch.float64, device=uu.device)
@@ -367,9 +369,10 @@ def fdk(projections, projector: DivergentProjector, filter: str = "ramp", paddin
     else:
         w = sdd / torch.sqrt(sdd ** 2 + uu ** 2)
     pw, scale = _redundancy_weights(geo, uu, sdd)
-    if pw is not None:
-        w = w * (pw[:, None, :] if d == 3 else pw)                               # (views, [rows,] cols)
-    q = filter_sinogram((p * w.to(dt)), filter, du * sod / sdd, padding)
+    pre = p * w.to(dt)
+    if pw is not None:                                                          # (views, cols) short-scan weights
+        pre = pre * (pw.to(dt)[:, None, :] if d == 3 else pw.to(dt))
+    q = filter_sinogram(pre, filter, du * sod / sdd, padding)
     # voxel world coordinates
     shape = projector.image_shape
     idx = torch.meshgrid(*[torch.arange(n, device=dev, dtype=torch.float64) for n in shape], indexing="ij")
