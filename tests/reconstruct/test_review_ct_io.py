@@ -209,3 +209,16 @@ def test_learn_dictionary_refuses_nan_and_tiny_images():
         learn_dictionary([np.full((32, 32), np.nan)])
     with pytest.raises(InputError, match="patch_size"):
         learn_dictionary([np.zeros(32)])
+
+
+def test_atomic_write_errors_name_the_target_not_the_temporary_file(tmp_path):
+    from biomip.core.atomic import atomic_path
+    target = tmp_path / "x.ome.tif"
+    with pytest.raises(FormatError) as info:
+        with atomic_path(target) as tmp:
+            raise FormatError(f"path: cannot write TIFF {str(tmp)!r}: disk full")
+    assert str(target) in str(info.value) and "partial" not in str(info.value)
+    with pytest.raises(FormatError, match="cannot write"):
+        with atomic_path(tmp_path / "y.npz"):
+            raise OSError(28, "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -141,7 +141,7 @@ class Outputs:
         self.overwrite = bool(overwrite)
         self.inputs = [Path(p) for p in inputs if p is not None]
         self._created: list[Path] = []
-        self._rasters: list[tuple[Path, str, str]] = []
+        self._late_checks: list[tuple[Path, str, str]] = []
 
     def __enter__(self):
         return self
@@ -207,9 +207,9 @@ class Outputs:
         fmt = output_format(path, format, format_name=format_option or "", path_name=option) if image else None
         if fmt in ("png", "jpeg"):
             _check_raster(path, option, fmt, sdim, dtype_kind)
-            self._rasters.append((path, option, fmt))
+            self._late_checks.append((path, option, fmt))
         if fmt == "dicom" and path.suffix.lower() in (".dcm", ".ima"):       # one DICOM file: one slice
-            self._rasters.append((path, option, fmt))
+            self._late_checks.append((path, option, fmt))
         for p in self.inputs:
             if _same_path(p, path):
                 raise InputError(f"{option}: {str(path)!r} is also an input of this command; write to another "
@@ -275,7 +275,7 @@ class Outputs:
             When a PNG / JPEG output cannot hold that image (a 3-D volume, floats), or a
             ``.dcm`` file would have to hold several slices.
         """
-        for path, option, fmt in self._rasters:
+        for path, option, fmt in self._late_checks:
             if fmt == "dicom":
                 if sdim == 3 and slices is not None and slices > 1:
                     raise InputError(f"{option}: a .dcm file holds one slice; this command writes a volume of "
