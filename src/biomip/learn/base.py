@@ -177,6 +177,14 @@ def sample_weights(sample_weight, n: int, ref: torch.Tensor):
     return w
 
 
+def wide_result(ref) -> bool:
+    """Whether results computed for the input ``ref`` should be float64: not for float32 /
+    float16 / bfloat16 input (arrays or tensors), yes for float64, integers and lists."""
+    if is_tensor(ref):
+        return ref.dtype not in (torch.float32, torch.float16, torch.bfloat16)
+    return np.asarray(ref).dtype not in (np.float32, np.float16)
+
+
 def like_features(result, ref):
     """numpy for numpy input, torch (on the input's device) for torch input.
 

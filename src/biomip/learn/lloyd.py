@@ -29,6 +29,7 @@ from .base import (
     label_dtype,
     like_features,
     sample_weights,
+    wide_result,
 )
 
 __all__ = ["KMeansResult", "kmeans"]
@@ -277,8 +278,6 @@ def _kmeans_fit(t, ref, k, w, given, init, n_init, max_iter, tol, seed, offset=N
     lab, c, inertia, it = best
     centers = c + mean
     if offset is not None:                  # float64 input: float64 centres
-        narrow = (ref.dtype in (torch.float32, torch.float16, torch.bfloat16)) if torch.is_tensor(ref) else \
-            np.asarray(ref).dtype in (np.float32, np.float16)
-        centers = (centers.to(torch.float64) + offset).to(torch.float32 if narrow else torch.float64)
+        centers = (centers.to(torch.float64) + offset).to(torch.float64 if wide_result(ref) else torch.float32)
     return KMeansResult(labels=like_features(lab.long(), ref), centers=like_features(centers, ref), inertia=inertia,
                         n_iter=it, n_init=n_init)

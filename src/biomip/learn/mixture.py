@@ -24,6 +24,7 @@ from .base import (
     feature_matrix,
     like_features,
     sample_weights,
+    wide_result,
 )
 from .lloyd import assign, kmeans, kmeanspp
 
@@ -272,9 +273,7 @@ def _gmm_fit(t, x, k, w, covariance, n_init, max_iter, tol, reg_covar, init, see
     ll_raw, resp, weights, means, covs, n_iter, converged = best
     means_raw = means * scale + mean
     if offset is not None:                  # float64 input: float64 means
-        narrow = (x.dtype in (torch.float32, torch.float16, torch.bfloat16)) if torch.is_tensor(x) else \
-            np.asarray(x).dtype in (np.float32, np.float16)
-        means_raw = (means_raw.to(torch.float64) + offset).to(dtype if narrow else torch.float64)
+        means_raw = (means_raw.to(torch.float64) + offset).to(torch.float64 if wide_result(x) else dtype)
     covs_raw = covs * scale[:, None] * scale[None, :] if covariance == "full" else covs * scale ** 2
     n_par = (k - 1) + k * f + (k * f * (f + 1) // 2 if covariance == "full" else k * f)
     bic = -2.0 * ll_raw * wsum + n_par * math.log(wsum)
