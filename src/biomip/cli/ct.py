@@ -35,7 +35,7 @@ def _grid_image(meta: dict):
 
 @simulate_app.command("ct")
 @cli_words(image="IMAGE", n_views="--views", views="--views", photons="--photons", gaussian_sigma="--noise",
-           arc="--arc", sod="--sod", sdd="--sdd", seed="--seed")
+           arc="--arc", sod="--sod", sdd="--sdd", seed="--seed", geometry="--views")
 def simulate_ct_cmd(
         image: Path = typer.Argument(..., metavar="IMAGE", help="Image (attenuation in 1/mm, or HU with --hu)."),
         out: Path = typer.Option(..., "--out", help="Output sinogram (.npz: the sinogram with its scan geometry)."),
@@ -58,7 +58,7 @@ def simulate_ct_cmd(
     reconstruction against IMAGE in the same units."""
     from ..core.atomic import write_json
     from ..core.image import Image
-    from ..data.ct import hu_to_mu, simulate_ct
+    from ..data.ct import check_sinogram_memory, hu_to_mu, simulate_ct
     from ..io import write
     from ..ops.ct import ParallelBeam, cone_beam, fan_beam
 
@@ -94,6 +94,14 @@ def simulate_ct_cmd(
     bad = int(np.size(img.numpy()) - np.count_nonzero(np.isfinite(img.numpy())))
     if bad:
         raise InputError(f"IMAGE: {str(image)!r} holds {bad} NaN / infinite values; expected finite intensities")
+    # before any geometry is built (its tables grow with the views too)
+    ext = img.bounds()[1] - img.bounds()[0]
+    if geometry == "parallel":
+        det_px = (int(np.ceil(np.linalg.norm(ext[:2]) / min(img.spacing[:2]))) + 2,)
+    else:
+        det_px = (int(np.ceil(float(np.max(ext)) * 1.5 / min(img.spacing))) + 1,) * (2 if geometry == "cone" else 1)
+    check_sinogram_memory(views, det_px, img.spatial_shape[0] if geometry == "parallel" and img.sdim == 3 else 1,
+                          photons, noise, name="--views")
     if hu:
         img = hu_to_mu(img)
     img = img.astype(np.float32) * float(scale)
@@ -102,6 +110,10 @@ def simulate_ct_cmd(
         geo = ParallelBeam.for_image(img, n_views=views, arc=a)
     elif geometry in ("fan", "cone"):
         a = np.deg2rad(arc if arc is not None else 360.0)
+        half = 0.5 * float(np.linalg.norm((img.bounds()[1] - img.bounds()[0])[:2]))   # in the plane of the orbit
+        if sod <= half:
+            raise InputError(f"--sod: got {sod:g} mm; expected more than {half:.4g} mm, the image's half-diagonal in "
+                             "the plane of the orbit (the source must stay outside the image)")
         ext = float(np.max(img.bounds()[1] - img.bounds()[0])) * 1.5 * sdd / sod
         px = min(img.spacing) * sdd / sod
         n = int(np.ceil(ext / px)) + 1

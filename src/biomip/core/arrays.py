@@ -485,14 +485,16 @@ def check_shape(shape, ndims=(2, 3), min_size: int = 1, name: str = "shape", ite
     >>> check_shape((64, 64.0))
     (64, 64)
     """
+    ndims = tuple(ndims)
+    layout = " or ".join({2: "(ny, nx)", 3: "(nz, ny, nx)"}.get(d, f"{d} sizes") for d in ndims)
     try:
         shp = tuple(int(s) for s in shape)
         ok = all(int(s) == s for s in shape)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"{name}: got {shape!r}; expected (ny, nx) or (nz, ny, nx) integers") from exc
-    if len(shp) not in tuple(ndims) or not ok or any(s < min_size for s in shp):
-        raise ShapeError(f"{name}: got {shape!r}; expected {' or '.join(map(str, ndims))} integers >= {min_size}, "
-                         "(ny, nx) or (nz, ny, nx)")
+        raise InputError(f"{name}: got {shape!r}; expected {layout} integers") from exc
+    if len(shp) not in ndims or not ok or any(s < min_size for s in shp):
+        raise ShapeError(f"{name}: got {shape!r}; expected {layout}: {' or '.join(map(str, ndims))} integers "
+                         f">= {min_size}")
     check_memory(float(math.prod(shp)) * itemsize, name, f"a {' x '.join(map(str, shp))} array")
     return shp
 

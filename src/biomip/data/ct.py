@@ -3,13 +3,14 @@ photon statistics (Poisson) and electronic (Gaussian) noise."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ..core.arrays import as_tensor, check_finite, is_tensor
+from ..core.arrays import as_tensor, check_finite, check_memory, is_tensor
 from ..core.errors import InputError
 from ..core.image import Image
 
@@ -79,6 +80,40 @@ class CTScan:
                 "image_shape": list(self.projector.in_shape)}
 
 
+def check_sinogram_memory(n_views: int, det_shape, slices: int = 1, photons=None, gaussian_sigma=None,
+                          name: str = "geometry") -> None:
+    """Refuse a simulated scan whose sinogram would not fit in memory, before any work.
+
+    The clean float32 sinogram, and with ``photons`` the float64 rate, counts and log
+    taken in turn (``gaussian_sigma`` alone: one float64 noise array).
+
+    Parameters
+    ----------
+    n_views : int
+        Views of the scan.
+    det_shape : sequence of int
+        Detector pixels per view (``(n_det,)`` or ``(rows, cols)``).
+    slices : int, optional
+        Slices of a slice-wise parallel-beam scan of a volume.
+    photons, gaussian_sigma : float or None, optional
+        The noise options of :func:`simulate_ct`.
+    name : str, optional
+        The argument named in the error.
+
+    Raises
+    ------
+    InputError
+        When the sinogram would need more memory than this process can get.
+
+    Examples
+    --------
+    >>> check_sinogram_memory(180, (256,))
+    """
+    per = 4.0 + (24.0 if photons is not None else 8.0 if gaussian_sigma else 0.0)
+    check_memory(per * int(n_views) * math.prod(int(n) for n in det_shape) * int(slices), name,
+                 f"the sinogram ({int(n_views)} views x {tuple(int(n) for n in det_shape)} detector pixels)")
+
+
 def simulate_ct(image, geometry=None, photons: float | None = None, gaussian_sigma: float | None = None,
                 seed: int = 0, n_views: int = 180, model: str = "joseph") -> CTScan:
     """Simulate a CT acquisition of ``image`` (attenuation in 1/mm).
@@ -140,12 +175,15 @@ def simulate_ct(image, geometry=None, photons: float | None = None, gaussian_sig
                       "the source's photons there (is it in HU? biomip.data.hu_to_mu converts)", stacklevel=2)
     if geometry is None:
         geometry = ParallelBeam.for_image(grid, n_views=n_views)
+    if not isinstance(geometry, (ParallelBeam, DivergentBeam)):
+        raise InputError(f"geometry: got {type(geometry).__name__}; expected ParallelBeam, fan_beam(...) or cone_beam(...)")
+    det = geometry.det_shape if isinstance(geometry, DivergentBeam) else (geometry.n_det,)
+    slices = int(np.shape(arr)[0]) if isinstance(geometry, ParallelBeam) and len(np.shape(arr)) == 3 else 1
+    check_sinogram_memory(geometry.n_views, det, slices, photons, gaussian_sigma)
     if isinstance(geometry, ParallelBeam):
         op = ParallelProjector(geometry, grid, model=model)
-    elif isinstance(geometry, DivergentBeam):
-        op = DivergentProjector(geometry, grid)
     else:
-        raise InputError(f"geometry: got {type(geometry).__name__}; expected ParallelBeam, fan_beam(...) or cone_beam(...)")
+        op = DivergentProjector(geometry, grid)
     clean = op(x)
     g = torch.Generator(device="cpu").manual_seed(int(seed))
     counts = None

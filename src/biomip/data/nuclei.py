@@ -7,6 +7,7 @@ instance metrics where the ground truth must be exact.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,6 +208,9 @@ def synthetic_nuclei(shape=(256, 256), n_nuclei: int = 40, radius=(6, 12), touch
     lut[present] = np.arange(1, present.size + 1, dtype=np.uint16)
     labels = lut[labels]
     n = int(present.size)
+    if n < 0.8 * n_nuclei:
+        warnings.warn(f"n_nuclei: asked for {n_nuclei}, placed {n}: the {'x'.join(map(str, shp))} image has no room "
+                      "for more of this radius (a larger shape or smaller radius holds more)", stacklevel=2)
 
     # ---------------------------------------------------------------- intensities
     sigma_a = 1.0 / scale_a                                    # 1 x-voxel in every axis, in voxels

@@ -82,7 +82,8 @@ def shepp_logan(shape=(256, 256), modified: bool = True, spacing=None, dtype=np.
         Voxel size (x, y, [z]) in mm; default 1 mm.  The phantom always fills the
         grid (``[-1, 1]`` on every axis), so a non-cubic grid stretches it.
     dtype : numpy.dtype, optional
-        Numpy dtype of the array.
+        Floating numpy dtype of the array (integer types are refused: they would cut the
+        fractional intensities).
     oversample : int, optional
         ``k > 1`` averages ``k**d`` point samples per voxel (partial-volume
         edges); 1 (default) samples voxel centres only, so values are exact sums of
@@ -114,6 +115,10 @@ def shepp_logan(shape=(256, 256), modified: bool = True, spacing=None, dtype=np.
         dt = np.dtype(dtype)
     except TypeError as exc:
         raise InputError(f"dtype: got {dtype!r}; expected a numpy dtype") from exc
+    if dt.kind != "f":
+        raise InputError(f"dtype: got {dt.name}; expected a floating dtype (float32, float64): the phantom's values "
+                         "lie between 0 and 2, so an integer type would cut every feature but the skull -- scale "
+                         "the float phantom, then cast it")
     k = int(oversample)
     if d == 2:
         table = SHEPP_LOGAN_2D.copy()

@@ -184,6 +184,11 @@ def _thresholds(mag, low, high, quantiles):
     top = float(mag.max())
     lo = 0.1 * top if low is None else low
     hi = 0.2 * top if high is None else high
+    if lo > hi:                      # one threshold given, the other defaulted past it
+        given, default = ("low", "high") if high is None else ("high", "low")
+        raise InputError(f"{given}: got {low if high is None else high}, {'above' if high is None else 'below'} the "
+                         f"default {default}={hi if high is None else lo:.4g} ({'20' if high is None else '10'} % of the "
+                         f"largest gradient, per mm); expected low <= high: give both thresholds")
     return lo, hi
 
 
@@ -530,6 +535,8 @@ def _glcm_3d(q: np.ndarray, distances, levels: int, symmetric: bool, normed: boo
         unit = np.asarray(direc, dtype=np.float64) / np.linalg.norm(direc)
         for i, dist in enumerate(distances):
             off = np.round(unit * dist).astype(int)
+            if any(abs(o) >= n for o, n in zip(off, shape)):      # no pair fits (a negative stop would wrap)
+                continue
             src = tuple(slice(max(0, -o), n - max(0, o)) for o, n in zip(off, shape))
             dst = tuple(slice(max(0, o), n - max(0, -o)) for o, n in zip(off, shape))
             a, b = q[src].ravel(), q[dst].ravel()
@@ -753,8 +760,9 @@ def keypoints(image, method: str = "sift", n_keypoints: int | None = None, norma
             det = SIFT(**options)
         else:
             det = ORB(n_keypoints=500 if n_keypoints is None else n_keypoints, **options)
-    except TypeError as exc:
-        raise InputError(f"options: {exc}; see skimage.feature.{method.upper()}") from exc
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
+        raise InputError(f"options: got {options!r}; skimage.feature.{method.upper()} refuses them "
+                         f"({type(exc).__name__}: {exc}); expected its documented options") from exc
     up = options.get("upsampling", 2)
     if method == "sift" and isinstance(up, (int, np.integer)) and up >= 1 and min(arr.shape) * up < _SIFT_MIN_UP:
         raise ShapeError(f"image: got shape {arr.shape}; expected at least {math.ceil(_SIFT_MIN_UP / up)} pixels "
@@ -771,6 +779,11 @@ def keypoints(image, method: str = "sift", n_keypoints: int | None = None, norma
     except RuntimeError:                      # ORB / SIFT find nothing on a flat image
         pos, ori, sc = np.zeros((0, 2)), np.zeros(0), np.zeros(0)
         desc = np.zeros((0, 128), np.uint8) if method == "sift" else np.zeros((0, 256), bool)
+    except (IndexError, ValueError, ZeroDivisionError) as exc:
+        if not options:                       # a failure of skimage's own on our defaults: not the user's
+            raise
+        raise InputError(f"options: got {options!r}; skimage.feature.{method.upper()} failed with them "
+                         f"({type(exc).__name__}: {exc}); expected values its documentation allows") from exc
     if method == "sift" and n_keypoints is not None:
         pos, desc, ori, sc = pos[:n_keypoints], desc[:n_keypoints], ori[:n_keypoints], sc[:n_keypoints]
     if desc.size == 0:

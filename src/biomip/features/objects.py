@@ -9,13 +9,15 @@ returns one row per object -- a feature matrix for :mod:`biomip.learn` or scikit
 * ``"shape"``: area (2-D, mm^2) or volume (3-D, mm^3), equivalent diameter, principal axis
   lengths, solidity, extent, Euler number; in 2-D also the perimeter, circularity
   ``4 pi A / P^2``, eccentricity and the maximum Feret diameter; in 3-D the surface area,
-  sphericity ``pi^(1/3) (6 V)^(2/3) / S`` and elongation (minor / major axis).  The
+  sphericity ``pi^(1/3) (6 V)^(2/3) / S`` (clipped to 1) and elongation (minor / major axis).  The
   perimeter is the length of the 0.5 iso-contour (the surface the area of the 0.5
   marching-cubes iso-surface) of the object's mask smoothed by a Gaussian of 1 pixel
   (0.7 voxel in 3-D), measured in mm, so anisotropic pixels are measured right; the
   smoothing removes the staircase bias of a binary mask (+5 % for a disc, +9 % for a
   ball) to about 1 % for objects of radius >= 5 pixels (8 voxels); smaller objects come
-  out a few % short;
+  out a few % short, because the smoothing pulls a curved outline in by about sigma^2 / R
+  (a ball of radius 5 voxels: surface 4 % short of a ball of its voxel volume; radius 3:
+  12 %), so small balls reach the sphericity cap of 1;
 * ``"texture"`` (2-D, needs an image): Haralick features (contrast, dissimilarity,
   homogeneity, energy, correlation; :func:`skimage.feature.graycoprops`) of the grey-level
   co-occurrence matrix of the object's bounding box, with the pixels outside the object left
@@ -322,7 +324,8 @@ def object_features(labels, image=None, spacing=None, properties=None, backgroun
             else:
                 vol = float(r.area)
                 surf = _surface_3d(mask, sp)
-                sph = np.pi ** (1 / 3) * (6 * vol) ** (2 / 3) / surf if surf > 0 else 1.0
+                # <= 1 by definition; the smoothed surface of a small ball is a little short (below)
+                sph = min(1.0, np.pi ** (1 / 3) * (6 * vol) ** (2 / 3) / surf) if surf > 0 else 1.0
                 row += [vol, surf, sph, float(r.equivalent_diameter_area), major, minor,
                         minor / major if major > 0 else 1.0, _solidity(r), float(r.extent), float(r.euler_number)]
         if "texture" in props:

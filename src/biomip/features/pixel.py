@@ -104,6 +104,10 @@ def _grey_channels(image, device):
         if nd not in (2, 3):
             raise ShapeError(f"image: got {describe(image)}; expected a 2-D (y, x) or 3-D (z, y, x) grey image "
                              "(pass an Image with axes 'cyx' / 'czyx' for channels)")
+        if nd == 3 and np.shape(arr)[-1] in (3, 4):
+            raise ShapeError(f"image: got shape {tuple(np.shape(arr))}, which looks like RGB (last axis of 3 / 4 "
+                             "channels); expected a grey image: pass biomip.Image(np.moveaxis(rgb, -1, 0), axes='cyx') "
+                             "for features of every channel, or an Image with axes 'zyx' for a volume of 3 / 4 columns")
         d = nd
     dev = get_device(device) if device is not None or not torch_in else arr.device
     t = as_tensor(arr, device=dev, name="image")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...core.arrays import check_number
+from ...core.arrays import check_memory, check_number
 from ...core.errors import GeometryError, InputError, ShapeError
 from ...core.image import Image
 from .operators import LinearOperator
@@ -344,12 +344,21 @@ class DivergentProjector(LinearOperator):
             raise InputError(f"samples_per_voxel: got {samples_per_voxel}; expected a positive number")
         self.samples_per_voxel = float(samples_per_voxel)
         self.chunk_points = int(chunk_points)
+        # the ray tables below: about ten (views, *det_shape, d) float64 arrays at once
+        check_memory(80.0 * d * geometry.n_views * math.prod(geometry.det_shape), "geometry",
+                     f"the {self.name}'s ray tables ({geometry.n_views} views x {geometry.det_shape} pixels)")
         M = self.direction * sp[None, :]
         self._Minv = np.linalg.inv(M)
         sizes = np.asarray(shape[::-1], float)            # (nx, ny[, nz])
         self._sizes = sizes
         # rays in continuous index coordinates (x, y, z order)
         src_idx = (geometry.source - org) @ self._Minv.T                       # (A, d)
+        in_box = np.all((src_idx >= -0.5) & (src_idx <= np.asarray(shape[::-1], float) - 0.5), axis=1)
+        if np.any(in_box):
+            k = int(np.argmax(in_box))
+            raise GeometryError(f"geometry: the source of view {k} (at {np.round(geometry.source[k], 3).tolist()} mm) "
+                                f"lies inside the image ({int(in_box.sum())} of {len(in_box)} views); expected it "
+                                f"outside: a larger sod, or a smaller / re-centred image")
         pix = geometry.pixel_positions()
         pix_idx = (pix - org) @ self._Minv.T                                   # (A, ..., d)
         self._src_idx = src_idx

@@ -486,6 +486,7 @@ def run(out=None, mode: str = "quick", seed: int = 0, progress=None) -> dict:
 
 # ----------------------------------------------------------------------------- figure
 def _figure(pdata, kdata, rdata, reg, tex, tdata, panels, kp):
+    from matplotlib.colors import ListedColormap
     from matplotlib.ticker import NullLocator
 
     fig = new_figure((20.0, 14.0))
@@ -494,7 +495,7 @@ def _figure(pdata, kdata, rdata, reg, tex, tdata, panels, kp):
     img, e2 = pdata["canny_2d"]
     ax = axs[0, 0]
     ax.imshow(img, cmap="gray")
-    ax.imshow(np.ma.masked_where(~e2, e2), cmap="autumn", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(np.ma.masked_where(~e2, e2), cmap=ListedColormap(["red"]), vmin=0, vmax=1, interpolation="nearest")
     ax.set_title("Canny 2-D on nuclei2d (sigma 2 px): edges in red")
     vol, e3, bnd = pdata["canny_3d"]
     z = vol.shape[0] // 2
