@@ -184,6 +184,26 @@ def _per_slice(fn, arr: np.ndarray, model_sdim: int, *rest):
     return fn(arr, *rest)
 
 
+def _not_for_model(net, **options) -> None:
+    """Options given (not None) that do nothing with this kind of model are refused."""
+    given = [opt for opt, value in options.items() if value is not None]
+    if given:
+        kind, many = type(net).__name__, len(given) > 1
+        raise InputError(f"{', '.join(given)}: given with a {kind} model (--model); {'they set' if many else 'it sets'} "
+                         f"the sampling of a diffusion model and {'do' if many else 'does'} nothing for a {kind}, so "
+                         f"leave {'them' if many else 'it'} out")
+
+
+def _shared_window(*arrays) -> dict:
+    """Preview keywords giving panels of ``arrays`` one intensity scale (0.5-99.5 % of them all)."""
+    vals = np.concatenate([np.asarray(a, np.float64).ravel() for a in arrays])
+    vals = vals[np.isfinite(vals)]
+    lo, hi = (float(v) for v in np.percentile(vals, [0.5, 99.5])) if vals.size else (0.0, 1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    return {"vmin": lo, "vmax": hi, "colorbar": "intensity", "colorbar_group": "intensity"}
+
+
 # ---------------------------------------------------------------- anomaly
 @generate_app.command("anomaly")
 @cli_words(image="IMAGE", model="--model", mask="--roi", strength="--strength", steps="--steps", seed="--seed")
@@ -194,8 +214,9 @@ def anomaly_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help=
                 roi: Path | None = typer.Option(None, "--roi", metavar="FILE", help="Region to score (e.g. brain mask)."),
                 out: Path = typer.Option(Path("generate-anomaly"), "--out", metavar="PATH",
                                          help="Score map file (with IMAGE) or study folder."),
-                strength: float = typer.Option(0.15, "--strength", help="Diffusion: noise level (fraction of the "
-                                                                      "schedule) the image is taken to."),
+                strength: float | None = typer.Option(None, "--strength", help="Diffusion: noise level (fraction of "
+                                                                             "the schedule) the image is taken to "
+                                                                             "(default 0.15)."),
                 steps: int | None = typer.Option(None, "--steps", help="Study: diffusion training steps; with "
                                                                       "IMAGE: DDIM steps (default 50)."),
                 tiny: bool = typer.Option(False, "--tiny", help=_MODE_HELP["tiny"]),
@@ -212,7 +233,7 @@ def anomaly_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help=
     next to it, NAME.healthy.nii.gz / .tif)."""
     mode = _mode(tiny, quick, full)
     if image is None:
-        _study_only(**{"--model": model, "--roi": roi})
+        _study_only(**{"--model": model, "--roi": roi, "--strength": strength})
         return _run_study("anomaly", out, mode, seed, steps, device, progress, overwrite)
     from ..core.arrays import check_number
     from ..core.image import Image
@@ -224,6 +245,8 @@ def anomaly_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help=
         check_number(steps, "steps", low=1, integer=True)
     img = read_input(image, "IMAGE")
     net = _load(model, ("diffusion", "vae", "vqvae"))
+    if type(net).__name__ != "Diffusion":
+        _not_for_model(net, **{"--strength": strength, "--steps": steps})
     _fits_model(img, net)
     m = None
     if roi is not None:
@@ -238,6 +261,7 @@ def anomaly_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help=
         outs.add(healthy_path, "--out (healthy version)", sdim=img.sdim, dtype_kind="f")
         t0 = time.perf_counter()
         arr = img.numpy().astype(np.float32)
+        strength = 0.15 if strength is None else strength
         kw = {"strength": strength, "steps": steps or 50, "seed": seed}
         res = _per_slice(lambda a, r=None: detect_anomalies(a, net, mask=r, **kw), arr, net.sdim,
                          *([m] if m is not None else []))
@@ -254,9 +278,9 @@ def anomaly_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help=
         rep = {"task": "anomaly", "image": str(image), "model": str(model), "output": str(out),
                "healthy": str(healthy_path), "strength": strength, "seconds": seconds,
                "image_score": float(np.percentile(score, 99))}
+        win = _shared_window(_mid(arr), _mid(healthy))          # one scale: the eye compares the two panels
         _write_result(img, score, out, outs, rep,
-                      [("input", _mid(arr), {"colorbar": "intensity"}), ("healthy version", _mid(healthy),
-                                                                         {"colorbar": "intensity"}),
+                      [("input", _mid(arr), win), ("healthy version", _mid(healthy), win),
                        ("anomaly score", _mid(score), {"cmap": "magma", "colorbar": "|residual|"})],
                       f"biomip generate anomaly ({type(net).__name__})")
     typer.echo(f"wrote {out} (score map), {healthy_path} and {sibling(out, '.report.json').name} / "
@@ -274,7 +298,9 @@ def superres_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help
                                                         "models/diffusion of a study run)."),
                  out: Path = typer.Option(Path("generate-superres"), "--out", metavar="PATH",
                                           help="High-resolution output (with IMAGE) or study folder."),
-                 scale: int = typer.Option(2, "--scale", help="Integer up-sampling factor per axis."),
+                 scale: int | None = typer.Option(None, "--scale", help="Integer up-sampling factor per axis "
+                                                                       "(default: the factor the model was trained "
+                                                                       "for; 2 with --method cubic)."),
                  steps: int | None = typer.Option(None, "--steps", help="Study: diffusion training steps; with "
                                                                        "IMAGE: diffusion sampling steps (50)."),
                  tiny: bool = typer.Option(False, "--tiny", help=_MODE_HELP["tiny"]),
@@ -290,8 +316,10 @@ def superres_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help
     the spacing divided by --scale."""
     mode = _mode(tiny, quick, full)
     if image is None:
-        _study_only(**{"--model": model})
+        _study_only(**{"--model": model, "--scale": scale})
         return _run_study("superres", out, mode, seed, steps, device, progress, overwrite)
+    import warnings
+
     from ..core.arrays import check_number
     from ..generate.uses import SR_METHODS, super_resolve
 
@@ -302,8 +330,14 @@ def superres_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help
         raise InputError("--model: given with --method cubic, which uses no model; expected --method unet or diffusion")
     if steps is not None:
         check_number(steps, "steps", low=1, integer=True)
+        if method != "diffusion":
+            raise InputError(f"--steps: given with --method {method}; it sets the sampling steps of --method "
+                             "diffusion (and the training steps of the study, without IMAGE)")
+    if scale is not None:
+        check_number(scale, "scale", low=1, integer=True)
     img = read_input(image, "IMAGE")
     net = None if method == "cubic" else _load(model, "unet" if method == "unet" else "diffusion")
+    offset = 0.0
     if net is not None:
         sd = net.sdim
         if sd != img.sdim:
@@ -315,13 +349,31 @@ def superres_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help
         norm = net.meta.get("cond_norm" if method == "diffusion" else "norm")
         if norm is not None:
             _range_warning(img, norm)
+        trained = net.meta.get("scale")                   # recorded by the superres study since it records lr_offset
+        if trained is not None:
+            if scale is not None and scale != int(trained):
+                raise InputError(f"--scale: got {scale}; expected {int(trained)}, the factor the model was trained "
+                                 "for")
+            scale = int(trained)
+        if net.meta.get("lr_offset") is None:
+            warnings.warn("--model: records no grid offset of its low-resolution training images (a model saved "
+                          "before biomip recorded it, or trained outside the superres study); assuming both grids "
+                          "share their first sample (offset 0). A wrong offset costs several dB: rerun `biomip "
+                          "generate superres` without IMAGE for a model that records it", stacklevel=2)
+        else:
+            offset = tuple(float(o) for o in net.meta["lr_offset"])
+            if len(offset) != img.sdim:
+                raise InputError(f"--model: records a grid offset {list(offset)} for {len(offset)} axes; expected "
+                                 f"{img.sdim} (a damaged model folder?)")
+    scale = 2 if scale is None else scale
     with Outputs(overwrite, inputs=[image, model]) as outs:
         outs.add(out, "--out", siblings=(".report.json", ".preview.png"), sdim=img.sdim, dtype_kind="f")
         t0 = time.perf_counter()
-        hr = super_resolve(img, method, net, scale=scale, steps=steps or 50, seed=seed)
+        hr = super_resolve(img, method, net, scale=scale, offset=offset, steps=steps or 50, seed=seed)
         seconds = time.perf_counter() - t0
         rep = {"task": "superres", "image": str(image), "method": method, "model": None if model is None else str(model),
-               "scale": scale, "output": str(out), "shape": list(hr.shape), "spacing_mm": list(hr.spacing),
+               "scale": scale, "offset_hr_pixels": np.broadcast_to(offset, (img.sdim,)).astype(float).tolist(),
+               "output": str(out), "shape": list(hr.shape), "spacing_mm": list(hr.spacing),
                "seconds": seconds}
         _write_result(img, hr, out, outs, rep, [("input", _mid(img.numpy()), {"colorbar": "intensity"}),
                                                 (f"{method} x{scale}", _mid(hr.numpy()), {"colorbar": "intensity"})],
@@ -376,6 +428,9 @@ def inpaint_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help=
         raise InputError("--mask: missing; expected a binary mask of the region to fill, on IMAGE's grid")
     if steps is not None:
         check_number(steps, "steps", low=1, integer=True)
+        if method != "diffusion":
+            raise InputError(f"--steps: given with --method {method}; it sets the RePaint sampling steps of --method "
+                             "diffusion (and the training steps of the study, without IMAGE)")
     img = read_input(image, "IMAGE")
     m = read_input(mask, "--mask")
     if m.spatial_shape != img.spatial_shape:
@@ -413,7 +468,7 @@ def inpaint_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help=
 
 # ---------------------------------------------------------------- 2-D -> 3-D
 @generate_app.command("project3d")
-@cli_words(image="PROJECTION", model="--model", steps="--steps", seed="--seed")
+@cli_words(image="PROJECTION", projection="PROJECTION", model="--model", steps="--steps", seed="--seed")
 def project3d_cmd(image: Path | None = typer.Argument(None, metavar="PROJECTION",
                                                       help="A 2-D projection (omit: run the study)."),
                   model: Path | None = typer.Option(None, "--model", metavar="FOLDER",
@@ -440,20 +495,26 @@ def project3d_cmd(image: Path | None = typer.Argument(None, metavar="PROJECTION"
     from ..core.image import Image
 
     _apply_only(out, Path("generate-project3d"), tiny, quick, full)
+    if steps is not None:
+        raise InputError("--steps: given with PROJECTION; it sets the training steps of the study (without "
+                         "PROJECTION), applying a model takes none")
     img = read_input(image, "PROJECTION")
+    proj = np.squeeze(img.numpy().astype(np.float32))
+    if proj.ndim != 2:
+        raise InputError(f"PROJECTION: has shape {tuple(img.shape)} ({proj.ndim}-D after dropping single-sample axes); "
+                         "expected one 2-D projection (a radiograph / DRR); for several, run the command once per "
+                         "projection")
     net = _load(model, "project3d")
     with Outputs(overwrite, inputs=[image, model]) as outs:
         outs.add(out, "--out", siblings=(".report.json", ".preview.png"), sdim=3, dtype_kind="f")
         t0 = time.perf_counter()
-        vol = np.asarray(net(img.numpy().astype(np.float32)), np.float32)
-        while vol.ndim > 3:
-            vol = vol[0]
+        vol = np.asarray(net(proj), np.float32)
         seconds = time.perf_counter() - t0
         sp = net.meta.get("volume_spacing", [1.0, 1.0, 1.0])
         vimg = Image(vol, spacing=tuple(sp), meta={"generated_by": "ProjectionToVolume", "source": str(image)})
         rep = {"task": "project3d", "projection": str(image), "model": str(model), "output": str(out),
                "shape": list(vol.shape), "seconds": seconds}
-        _write_result(img, vimg, out, outs, rep, [("projection", _mid(img.numpy()), {"colorbar": "intensity"}),
+        _write_result(img, vimg, out, outs, rep, [("projection", proj, {"colorbar": "intensity"}),
                                                   ("volume, middle slice", vol[vol.shape[0] // 2],
                                                    {"colorbar": "intensity"})], "biomip generate project3d")
     typer.echo(f"wrote {out}  (volume {tuple(vol.shape)}, {seconds:.1f} s)")
@@ -467,7 +528,7 @@ def sample_cmd(model: Path = typer.Option(..., "--model", metavar="FOLDER",
                out: Path = typer.Option(..., "--out", metavar="FILE", help="The samples, stacked on the first axis "
                                                                           "(.tif, .nii.gz, .npy)."),
                n: int = typer.Option(8, "--n", help="Number of samples."),
-               steps: int = typer.Option(50, "--steps", help="Diffusion: DDIM steps."),
+               steps: int | None = typer.Option(None, "--steps", help="Diffusion: DDIM steps (default 50)."),
                seed: int = typer.Option(0, "--seed", help="Seed of the samples."),
                overwrite: bool = _OVERWRITE):
     """Draw new images from a trained generative model, with a grid preview."""
@@ -476,10 +537,14 @@ def sample_cmd(model: Path = typer.Option(..., "--model", metavar="FOLDER",
 
     n = check_number(n, "n", low=1, high=1024, integer=True)
     net = _load(model, ("diffusion", "vae", "vqvae", "gan"))
+    if steps is not None:
+        check_number(steps, "steps", low=1, integer=True)
+    if type(net).__name__ != "Diffusion":
+        _not_for_model(net, **{"--steps": steps})
     with Outputs(overwrite, inputs=[model]) as outs:
         outs.add(out, "--out", siblings=(".report.json", ".preview.png"), dtype_kind="f")
         t0 = time.perf_counter()
-        kw = {"steps": steps} if type(net).__name__ == "Diffusion" else {}
+        kw = {"steps": steps or 50} if type(net).__name__ == "Diffusion" else {}
         x = np.asarray(net.sample(n, seed=seed, **kw), np.float32)
         seconds = time.perf_counter() - t0
         arr = x[:, 0] if x.shape[1] == 1 else x.reshape((-1,) + x.shape[2:])
@@ -494,66 +559,131 @@ def sample_cmd(model: Path = typer.Option(..., "--model", metavar="FOLDER",
 
 
 # ---------------------------------------------------------------- training
-def _training_stack(images: list[Path], sdim: int, option: str = "--image") -> np.ndarray:
-    """Training images as one array (N, C, *S): volumes give their slices to a 2-D model;
-    different sizes are centre-cropped to the smallest."""
-    arrs = []
-    for p in images:
+def _size(shape) -> str:
+    return " x ".join(str(int(s)) for s in shape)
+
+
+def _training_items(paths: list[Path], sdim: int, option: str) -> list[tuple[str, bool, np.ndarray]]:
+    """``(name, is_volume_slice, array (C, *S))`` of every training image of ``paths``, in order:
+    volumes give all their slices to a 2-D model."""
+    items = []
+    for p in paths:
         img = read_input(p, option)
         a = img.numpy().astype(np.float32)
         chan = img.channels if hasattr(img, "channels") else 1
         a = a if (chan or 1) > 1 else a[None]
         if a.ndim - 1 == sdim:
-            arrs.append(a)
+            items.append((str(p), False, a))
         elif a.ndim - 1 == 3 and sdim == 2:
-            arrs += [a[:, k] for k in range(a.shape[1]) if float(a[:, k].std()) > 0]
+            items += [(f"{p} slice {k}", True, a[:, k]) for k in range(a.shape[1])]
         else:
             raise InputError(f"{option}: {p} is {a.ndim - 1}-D; expected {sdim}-D images (or volumes for a 2-D "
                              "model, which trains on their slices)")
-    if not arrs:
-        raise InputError(f"{option}: no non-constant image or slice to train on")
-    shape = np.min([a.shape for a in arrs], axis=0)
+    chans = sorted({int(a.shape[0]) for _, _, a in items})
+    if len(chans) > 1:
+        raise InputError(f"{option}: images with {' and '.join(map(str, chans))} channels; expected one channel count "
+                         "for all training images")
+    return items
+
+
+def _centre_crop(items: list, option: str) -> np.ndarray:
+    """The arrays of ``items`` as one array (N, C, *S), centre-cropped to the smallest size (with a warning)."""
+    import warnings
+
+    sizes = sorted({a.shape[1:] for _, _, a in items})
+    shape = np.min([a.shape for _, _, a in items], axis=0)
+    if len(sizes) > 1:
+        listed = ", ".join(_size(s) for s in sizes[:6]) + (" ..." if len(sizes) > 6 else "")
+        warnings.warn(f"{option}: images of different sizes ({listed}); all are centre-cropped to the smallest "
+                      f"common size {_size(shape[1:])} for training, which loses the borders of the larger ones",
+                      stacklevel=3)
     out = []
-    for a in arrs:
+    for _, _, a in items:
         sl = tuple(slice((s - t) // 2, (s - t) // 2 + t) for s, t in zip(a.shape, shape))
         out.append(a[sl])
     return np.stack(out)
 
 
+def _training_stack(images: list[Path], sdim: int, option: str = "--image", cond: list[Path] | None = None):
+    """Training images as one array (N, C, *S): volumes give their slices to a 2-D model;
+    different sizes are centre-cropped to the smallest (with a warning); constant volume
+    slices are dropped, constant images too (with a warning); every image constant is an
+    error.  With ``cond`` (one condition image per training image or volume slice, same
+    order): ``(images, conditions)``, a pair dropped only when its image is constant (a
+    constant condition, e.g. an empty mask, is legitimate)."""
+    import warnings
+
+    items = _training_items(images, sdim, option)
+    citems = None
+    if cond:
+        citems = _training_items(cond, sdim, "--cond")
+        if len(citems) != len(items):
+            raise InputError(f"--cond: gives {len(citems)} image(s) or volume slice(s); expected one per training "
+                             f"image or volume slice of --image ({len(items)}), in the same order")
+    data = _centre_crop(items, option)
+    flat = data.reshape(len(data), -1)
+    keep = flat.max(1) > flat.min(1)
+    if not keep.any():
+        what = "image and volume slice" if any(s for _, s, _ in items) else "image"
+        cropped = " after centre-cropping to the common size" if len({a.shape for _, _, a in items}) > 1 else ""
+        raise InputError(f"{option}: every training {what} is constant (all pixels equal{cropped}); expected images "
+                         "with contrast to learn from")
+    dropped = [name for (name, is_slice, _), k in zip(items, keep) if not k and not is_slice]
+    if dropped:
+        warnings.warn(f"{option}: {len(dropped)} training image(s) are constant (all pixels equal) and are left out: "
+                      f"{', '.join(dropped[:3])}{' ...' if len(dropped) > 3 else ''}", stacklevel=2)
+    if citems is None:
+        return data[keep]
+    c = _centre_crop(citems, "--cond")
+    if c.shape[2:] != data.shape[2:]:
+        raise InputError(f"--cond: gives images of size {_size(c.shape[2:])}; expected the size of the training "
+                         f"images ({_size(data.shape[2:])})")
+    return data[keep], c[keep]
+
+
+_GAN_SIDES = (16, 64)                    # power-of-two crop side of `biomip train gan` (DCGAN generator)
+
+
 def _train(kind: str, image: list[Path], out: Path, sdim: int, steps: int, batch_size: int, patch: int | None,
            seed: int, device, progress, overwrite: bool, cond: list[Path] | None = None):
+    from ..core.arrays import check_number
     from ..core.atomic import write_json
     from ..generate.registry import model_class
     from .learn import check_model_out
 
     if sdim not in (2, 3):
         raise InputError(f"--sdim: got {sdim}; expected 2 or 3")
+    if patch is not None:
+        check_number(patch, "patch", low=1, integer=True)
+        if kind == "repair":
+            raise InputError("--patch: the repair network trains on whole images (defects are cut into them)")
+        if kind == "gan":
+            raise InputError("--patch: the GAN chooses its crops itself (random square crops, the largest power-of-two "
+                             f"side from {_GAN_SIDES[0]} to {_GAN_SIDES[1]} the images hold); leave --patch out")
     outs = check_model_out(out, overwrite, [*image, *(cond or [])])
-    data = _training_stack(image, sdim)
+    c = None
+    if kind == "diffusion" and cond:
+        data, c = _training_stack(image, sdim, cond=cond)
+    else:
+        data = _training_stack(image, sdim)
     kw = {"sdim": sdim, "channels": int(data.shape[1]), "seed": seed}
     fit_kw = {"steps": steps, "batch_size": batch_size, "seed": seed, "device": device, "progress": progress}
-    if patch:
+    if patch is not None:
         fit_kw["patch" if kind != "mae" else "patch_size"] = (patch,) * sdim
-    if kind == "diffusion" and cond:
-        c = _training_stack(cond, sdim, "--cond")
-        if c.shape[0] != data.shape[0] or c.shape[2:] != data.shape[2:]:
-            raise InputError(f"--cond: gives {c.shape[0]} image(s) of size {c.shape[2:]}; expected one per training "
-                             f"image ({data.shape[0]}) of its size {data.shape[2:]}")
+    if c is not None:
         kw["cond_channels"] = int(c.shape[1])
         fit_kw["cond"] = c
     if kind == "gan":
-        side = int(min(data.shape[2:]))
-        side = 1 << (side.bit_length() - 1)
-        kw["image_size"] = max(16, min(side, 64))
-        sl = tuple(slice(0, kw["image_size"]) for _ in range(sdim))
-        data = data[(slice(None), slice(None), *sl)]
-        fit_kw.pop("patch", None)
+        small = int(min(data.shape[2:]))
+        if small < _GAN_SIDES[0]:
+            raise InputError(f"--image: training images of {_size(data.shape[2:])} pixels; the GAN needs at least "
+                             f"{_GAN_SIDES[0]} per axis (it trains on square crops of a power-of-two side)")
+        kw["image_size"] = min(1 << (small.bit_length() - 1), _GAN_SIDES[1])
+        # whole images: GAN.fit takes random crops of image_size where they are larger
     if kind == "repair":
         kw.pop("channels")
         if data.shape[1] != 1:
             raise InputError(f"--image: got {data.shape[1]}-channel images; the repair network takes grey images")
-        if fit_kw.pop("patch", None) is not None:
-            raise InputError("--patch: the repair network trains on whole images (defects are cut into them)")
     cls = model_class(kind)
     t0 = time.perf_counter()
     with outs:

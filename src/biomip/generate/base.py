@@ -131,8 +131,12 @@ def as_stack(data, sdim: int, name: str = "images", channels: int | None = None)
         bad = int((~torch.isfinite(x)).sum())
         raise InputError(f"{name}: holds {bad} NaN / infinite value(s); expected finite numbers")
     if channels is not None and x.shape[1] != channels:
+        hint = ""
+        if x.shape[1] == 1 and x.shape[0] == channels:        # (C, *S) read as a stack of C images
+            hint = (f"; a single {channels}-channel image is read as {channels} one-channel images: pass "
+                    f"[image] or image[None]")
         raise InputError(f"{name}: got {x.shape[1]} channel(s) (shape {tuple(x.shape)}); the model expects "
-                         f"{channels}")
+                         f"{channels}{hint}")
     return x.contiguous()
 
 
@@ -422,6 +426,49 @@ class GenerativeModel(SavedModule):
         self.channels = check_number(channels, "channels", low=1, integer=True)
         self.meta: dict = {}
         self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path, overwrite: bool = True):
+        """Write the model as a folder (weights, ``config.json`` with ``meta`` and the training history).
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The folder to write.
+        overwrite : bool, optional
+            Replace an existing folder.
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
+        """
+        from ..core.checkpoint import save_module
+
+        meta = dict(self.meta)
+        if self.history:
+            meta["history"] = list(self.history)
+        return save_module(self, path, self.FORMAT, self.VERSION, self.config(), meta, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path, device=None):
+        """Read a model written by :meth:`save`, its training ``history`` included.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The model folder.
+        device : str or torch.device or None, optional
+            Where the model is put (``None``: ``biomip.config.device``).
+
+        Returns
+        -------
+        GenerativeModel
+            The model, in eval mode.
+        """
+        model = super().load(path, device=device)
+        model.history = list(model.meta.pop("history", []))
+        return model
 
     # ------------------------------------------------------------------ device
     @property

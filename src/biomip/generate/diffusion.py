@@ -177,20 +177,32 @@ class _DiffusionCore(GenerativeModel):
                     torch._foreach_lerp_(avg_params, params, 1.0 - d)
             return {"loss": float(loss.detach())}
 
+        run: list[dict] = []
         try:
-            self.history = fit_loop(step, steps, description, progress=progress, callback=callback)
+            run = fit_loop(step, steps, description, progress=progress, callback=callback)
         finally:
+            self.history.extend(run)
             if avg is not None:
                 net.load_state_dict(avg.state_dict())
             net.eval()
         self.meta["shape"] = list(patch) if patch is not None else list(size)
-        self.meta["training"] = {"steps": steps, "steps_done": int(self.history[-1]["step"]) if self.history else 0,
+        self.meta["training"] = {"steps": steps, "steps_done": int(run[-1]["step"]) if run else 0,
                                  "batch_size": batch_size, "lr": lr, "patch": patch, "p_uncond": p_uncond,
                                  "ema": ema, "seed": seed, "images": int(x.shape[0]),
-                                 "final_loss": float(self.history[-1]["loss"]) if self.history else None}
+                                 "final_loss": float(run[-1]["loss"]) if run else None}
         return self
 
     # ------------------------------------------------------------------ sampling
+    def _clip_range(self):
+        """What the predicted ``x0`` is clipped to: the training data's whole range in network
+        units (``meta["clip"]``), never narrower than [-1, 1] -- the percentiles mapped to +-1
+        leave the brightest 0.5 % outside, and sparse bright objects (spots, contrast) live
+        there; models saved before ``meta["clip"]`` existed clip to [-1, 1]."""
+        if not self._clip:
+            return False
+        rng = self.meta.get("clip")
+        return True if rng is None else (min(-1.0, float(rng[0])), max(1.0, float(rng[1])))
+
     def _run(self, shape, c, y, method, steps, eta, guidance, seed, progress, x_T=None, t_start=None, known=None,
              mask=None, resample=1) -> torch.Tensor:
         g = torch.Generator().manual_seed(check_number(seed, "seed", integer=True))
@@ -198,7 +210,7 @@ class _DiffusionCore(GenerativeModel):
         self.net.eval()
         kw = dict(cond=None if c is None else c.to(dev), y=None if y is None else y.to(dev), guidance=guidance,
                   prediction=self.prediction, generator=g, x_T=x_T, t_start=t_start, known=known, mask=mask,
-                  resample=resample, clip=self._clip, progress=progress)
+                  resample=resample, clip=self._clip_range(), progress=progress)
         if method == "ddpm":
             return ddpm_sample(self.net, self.schedule, shape, **kw)
         return ddim_sample(self.net, self.schedule, shape, steps=steps, eta=eta, **kw)
@@ -372,7 +384,8 @@ class Diffusion(_DiffusionCore):
         Returns
         -------
         Diffusion
-            ``self``, with ``history`` and ``meta`` (``norm``, ``cond_norm``, ``shape``, ``training``).
+            ``self``, with ``history`` and ``meta`` (``norm``, ``cond_norm``, ``clip``: the data's
+            range in network units, which sampling keeps; ``shape``, ``training``).
 
         Raises
         ------
@@ -394,7 +407,9 @@ class Diffusion(_DiffusionCore):
             self.meta["cond_norm"] = _percentiles(c)
             c = self.cond_to_net(c)
         self.set_norm(x)
-        return self._train(self.to_net(x), c, y, steps, batch_size, lr, patch, p_uncond, ema, seed, device,
+        xn = self.to_net(x)
+        self.meta["clip"] = [float(xn.min()), float(xn.max())]
+        return self._train(xn, c, y, steps, batch_size, lr, patch, p_uncond, ema, seed, device,
                            progress, callback, "Diffusion fit")
 
     # ------------------------------------------------------------------ generation

@@ -508,6 +508,8 @@ def superres_study(mode: str = "quick", out=None, *, device=None, progress=None,
     diff.fit(hr_train - up_train, cond=up_train, steps=cfg.steps, batch_size=cfg.batch_size,
              patch=(cfg.patch, cfg.patch), seed=cfg.seed, device=device, progress=progress)
     t_diff = time.perf_counter() - ts
+    for m in (unet, diff):              # what applying the model needs (`biomip generate superres IMAGE --model`)
+        m.meta.update(scale=2, lr_offset=list(off))
     # ------------------------------------------------------------------ evaluation
     rng = np.random.default_rng(cfg.seed)
     pick = np.sort(rng.choice(len(s.test), size=min(cfg.n_test, len(s.test)), replace=False))

@@ -94,6 +94,7 @@ class VAE(GenerativeModel):
                  features: Sequence[int] = (32, 64, 128), beta: float = 1.0, seed: int = 0, stem: int = 1):
         super().__init__(sdim=sdim, channels=channels)
         self.beta = check_number(beta, "beta", nonneg=True)
+        stem = check_number(stem, "stem", integer=True, low=1)     # checked here: VAENet calls it patch
         self.net = VAENet(self.sdim, self.channels, latent_channels, features, seed, patch=stem)
 
     def config(self) -> dict:
@@ -151,6 +152,8 @@ class VAE(GenerativeModel):
         dev = self.device
         self.set_norm(x)
         xn = self.to_net(x)
+        if patch:                       # random_batch clamps a patch larger than the images: so does the record
+            patch = [min(int(a), int(b)) for a, b in zip(patch, x.shape[2:])]
         self.meta["shape"] = list(patch or x.shape[2:])
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(self.net.parameters(), lr=lr)
@@ -336,6 +339,10 @@ class VQVAE(GenerativeModel):
                  features: Sequence[int] = (32, 64), commitment: float = 0.25, ema: float = 0.99, seed: int = 0,
                  restart_after: int = 50, stem: int = 1):
         super().__init__(sdim=sdim, channels=channels)
+        # checked here under their names (VQVAENet calls them decay, beta and patch)
+        ema = check_number(ema, "ema", low=0.0, high=1.0)
+        commitment = check_number(commitment, "commitment", nonneg=True)
+        stem = check_number(stem, "stem", integer=True, low=1)
         self.net = VQVAENet(self.sdim, self.channels, codebook_size, code_dim, features, seed,
                             commitment=commitment, decay=ema, restart_after=restart_after, patch=stem)
 
@@ -402,6 +409,8 @@ class VQVAE(GenerativeModel):
         dev = self.device
         self.set_norm(x)
         xn = self.to_net(x)
+        if patch:                       # random_batch clamps a patch larger than the images: so does the record
+            patch = [min(int(a), int(b)) for a, b in zip(patch, x.shape[2:])]
         self.meta["shape"] = list(patch or x.shape[2:])
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=lr)

@@ -703,7 +703,7 @@ def _null_label(model) -> int:
 
 
 def _predict(model: Model, schedule: NoiseSchedule, x: torch.Tensor, t: int, cond, y, guidance: float,
-             prediction: str, clip: bool):
+             prediction: str, clip):
     """``(x0, eps)`` of the model at ``x`` and timestep ``t`` (with classifier-free guidance)."""
     n = x.shape[0]
     tt = torch.full((n,), t, device=x.device, dtype=torch.long)
@@ -716,9 +716,22 @@ def _predict(model: Model, schedule: NoiseSchedule, x: torch.Tensor, t: int, con
     else:
         out = model(x, tt, cond=cond, y=y)
     x0, eps = schedule.split(x, t, out.to(x.dtype), prediction)
-    if clip:        # eps is kept as predicted (as MONAI / diffusers do by default): re-deriving it from the
-        x0 = x0.clamp(-1.0, 1.0)    # clipped x0 carried the clipped first-step estimate along (worse samples)
+    if clip is not False and clip is not None:   # eps is kept as predicted (as MONAI / diffusers do by default):
+        lo, hi = (-1.0, 1.0) if clip is True else clip   # re-deriving it from the clipped x0 carried the clipped
+        x0 = x0.clamp(lo, hi)                            # first-step estimate along (worse samples)
     return x0, eps
+
+
+def _check_clip(clip):
+    if clip is True or clip is False or clip is None:
+        return bool(clip)
+    try:
+        lo, hi = (float(v) for v in clip)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"clip: got {clip!r}; expected True, False or a (lo, hi) pair") from exc
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise InputError(f"clip: got {clip!r}; expected finite lo < hi")
+    return lo, hi
 
 
 def _prepare(model, schedule, shape, cond, y, guidance, prediction, x_T, t_start, known, mask, resample, generator):
@@ -824,7 +837,7 @@ def ddim_timesteps(timesteps: int, steps: int, t_start: int | None = None) -> li
 
 def ddpm_sample(model: Model, schedule: NoiseSchedule, shape=None, cond=None, y=None, guidance: float = 1.0,
                 prediction: str = "eps", generator: torch.Generator | None = None, x_T=None,
-                t_start: int | None = None, known=None, mask=None, resample: int = 1, clip: bool = True,
+                t_start: int | None = None, known=None, mask=None, resample: int = 1, clip=True,
                 progress: bool | None = None) -> torch.Tensor:
     """Ancestral DDPM sampling: ``x_{t-1} ~ q(x_{t-1} | x_t, x0_hat)`` from ``t_start`` down to 0.
 
@@ -859,8 +872,9 @@ def ddpm_sample(model: Model, schedule: NoiseSchedule, shape=None, cond=None, y=
     resample : int, optional
         RePaint resampling: each step is repeated ``resample`` times, re-noising
         ``x_{t-1}`` to ``x_t`` in between.
-    clip : bool, optional
-        Clip the predicted ``x0`` to [-1, 1] (the noise estimate is used as predicted).
+    clip : bool or tuple of float, optional
+        Clip the predicted ``x0`` to [-1, 1] (``True``), to ``(lo, hi)`` (a pair, in the
+        network's units), or not at all (``False``); the noise estimate is used as predicted.
     progress : bool or None, optional
         Show a progress bar.
 
@@ -877,6 +891,7 @@ def ddpm_sample(model: Model, schedule: NoiseSchedule, shape=None, cond=None, y=
     >>> tuple(x.shape)
     (2, 1, 4)
     """
+    clip = _check_clip(clip)
     x, y, guidance, resample, t_start, known, mask, _ = _prepare(
         model, schedule, shape, cond, y, guidance, prediction, x_T, t_start, known, mask, resample, generator)
     with torch.inference_mode(), progress_bar("DDPM sampling", t_start + 1, progress) as bar:
@@ -899,7 +914,7 @@ def ddpm_sample(model: Model, schedule: NoiseSchedule, shape=None, cond=None, y=
 
 def ddim_sample(model: Model, schedule: NoiseSchedule, shape=None, cond=None, y=None, guidance: float = 1.0,
                 prediction: str = "eps", generator: torch.Generator | None = None, x_T=None,
-                t_start: int | None = None, known=None, mask=None, resample: int = 1, clip: bool = True,
+                t_start: int | None = None, known=None, mask=None, resample: int = 1, clip=True,
                 progress: bool | None = None, steps: int = 50, eta: float = 0.0) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021) with ``steps`` evenly spaced timesteps.
 
@@ -937,6 +952,7 @@ progress
     True
     """
     eta = check_number(eta, "eta", low=0, high=1)
+    clip = _check_clip(clip)
     x, y, guidance, resample, t_start, known, mask, _ = _prepare(
         model, schedule, shape, cond, y, guidance, prediction, x_T, t_start, known, mask, resample, generator)
     ts = ddim_timesteps(schedule.timesteps, steps, t_start)
