@@ -237,6 +237,6 @@ def test_score_warns_about_pixel_size_and_af_units(run, tmp_path, capsys):
     assert main(["aqua-score", str(out / "model"), str(tmp_path / "coarse.ome.tif"), "--af",
                  str(tmp_path / "counts.npy")]) == 0
     err = capsys.readouterr().err
-    assert re.search(r"^biomip: warning: VS_IMAGE: its pixel size is 2 um, the model's 0\.5 um", err, re.M), err
+    assert re.search(r"^biomip: warning: VS_IMAGE: pixel size 2 um differs from the model.s training pixel size 0\.5 um", err, re.M), err
     assert re.search(r"^biomip: note: --af: channel \w+ has mean .*other units", err, re.M), err
     assert "eq. 5.2" not in err

@@ -276,3 +276,32 @@ def test_anomaly_preview_input_and_healthy_share_one_scale(tmp_path, monkeypatch
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+# ------------------------------------------------------------------ pixel sizes: recorded, checked, written
+def test_trained_models_record_the_pixel_size_check_inputs_and_write_samples_with_it(tmp_path, capsys):
+    imgs = [str(_write(tmp_path / f"t{k}.nii.gz", _smooth((24, 24), k), spacing=(0.5, 0.5))) for k in range(3)]
+    model = tmp_path / "vae"
+    args = ["train", "vae", *sum([["--image", p] for p in imgs], []), "--out", str(model), "--steps", "2",
+            "--batch-size", "2", "--no-progress"]
+    assert main(args) == 0
+    assert json.loads((model / "config.json").read_text())["meta"]["spacing"] == [0.5, 0.5]
+    capsys.readouterr()
+    coarse = _write(tmp_path / "coarse.nii.gz", _smooth((24, 24), 0.5), spacing=(2.0, 2.0))
+    assert main(["generate", "anomaly", str(coarse), "--model", str(model), "--out", str(tmp_path / "s.nii.gz")]) == 0
+    assert "IMAGE: pixel size 2 mm differs from the model's training pixel size 0.5 mm" in capsys.readouterr().err
+    same = _write(tmp_path / "same.nii.gz", _smooth((24, 24), 0.5), spacing=(0.55, 0.55))
+    assert main(["generate", "anomaly", str(same), "--model", str(model), "--out", str(tmp_path / "s2.nii.gz")]) == 0
+    assert "pixel size" not in capsys.readouterr().err
+    assert main(["generate", "sample", "--model", str(model), "--n", "2", "--out", str(tmp_path / "x.nii.gz")]) == 0
+    assert biomip.io.read(tmp_path / "x.nii.gz").spacing[:2] == pytest.approx((0.5, 0.5))
+
+
+def test_training_files_of_different_pixel_sizes_warn_and_record_none(tmp_path, capsys):
+    a = _write(tmp_path / "a.nii.gz", _smooth((24, 24)), spacing=(0.5, 0.5))
+    b = _write(tmp_path / "b.nii.gz", _smooth((24, 24), 1.0), spacing=(1.0, 1.0))
+    model = tmp_path / "vae"
+    assert main(["train", "vae", "--image", str(a), "--image", str(b), "--out", str(model), "--steps", "1",
+                 "--batch-size", "2", "--no-progress"]) == 0
+    assert "--image: the training files have different pixel sizes (0.5 mm, 1 mm)" in capsys.readouterr().err
+    assert "spacing" not in json.loads((model / "config.json").read_text())["meta"]

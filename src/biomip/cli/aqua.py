@@ -119,13 +119,13 @@ def _read_stain(path: Path, pixel_um: float) -> np.ndarray:
 
 
 def _pixel_warning(img, pixel_um: float, option: str) -> None:
-    """Warn when an input's known pixel size is more than 25 % off the model's."""
-    if img.meta.get("spacing_known") is False or img.sdim != 2:
-        return
-    um = float(np.mean(img.spacing)) * 1000.0
-    if not (0.75 * pixel_um <= um <= 1.25 * pixel_um):
-        warnings.warn(f"{option}: its pixel size is {um:.3g} um, the model's {pixel_um:.3g} um; the networks are "
-                      "scale-specific: resample first", stacklevel=2)
+    """Warn when an input's known pixel size is more than a factor 1.25 off the model's."""
+    from ..core.image import spacing_mismatch
+
+    msg = spacing_mismatch(img, pixel_um / 1000.0, option, advice="the networks are scale-specific: resample first") \
+        if img.sdim == 2 else None
+    if msg:
+        warnings.warn(msg, stacklevel=2)
 
 
 def _read_af(path: Path, meta: dict):

@@ -62,6 +62,7 @@ def _fits_model(img, net, option: str = "IMAGE") -> None:
     if img.sdim < net.sdim:
         raise InputError(f"{option}: is {img.sdim}-D; the model is {net.sdim}-D")
     _range_warning(img, net.norm, option)
+    _model_pixel_warning(img, net, option)
 
 
 def _range_warning(img, norm, option: str = "IMAGE") -> None:
@@ -349,6 +350,7 @@ def superres_cmd(image: Path | None = typer.Argument(None, metavar="IMAGE", help
         norm = net.meta.get("cond_norm" if method == "diffusion" else "norm")
         if norm is not None:
             _range_warning(img, norm)
+        _model_pixel_warning(img, net)
         trained = net.meta.get("scale")                   # recorded by the superres study since it records lr_offset
         if trained is not None:
             if scale is not None and scale != int(trained):
@@ -550,7 +552,9 @@ def sample_cmd(model: Path = typer.Option(..., "--model", metavar="FOLDER",
         arr = x[:, 0] if x.shape[1] == 1 else x.reshape((-1,) + x.shape[2:])
         rep = {"task": "sample", "model": str(model), "n": n, "seconds": seconds, "shape": list(x.shape),
                "seed": seed}
-        img = Image(arr, meta={"generated_by": type(net).__name__})
+        trained = net.meta.get("spacing")       # the training pixel size; the stacking axis is unit-free (1)
+        sp = (*trained, 1.0) if trained is not None and len(trained) == net.sdim == arr.ndim - 1 else None
+        img = Image(arr, spacing=sp, meta={"generated_by": type(net).__name__})
         _write_result(img, img, out, outs, rep, [(f"sample {i}", _mid(x[i, 0]), {"colorbar": "intensity",
                                                                                   "colorbar_group": "s"})
                                                  for i in range(min(n, 8))], f"biomip generate sample "
@@ -563,12 +567,17 @@ def _size(shape) -> str:
     return " x ".join(str(int(s)) for s in shape)
 
 
-def _training_items(paths: list[Path], sdim: int, option: str) -> list[tuple[str, bool, np.ndarray]]:
+def _training_items(paths: list[Path], sdim: int, option: str,
+                    spacings: list | None = None) -> list[tuple[str, bool, np.ndarray]]:
     """``(name, is_volume_slice, array (C, *S))`` of every training image of ``paths``, in order:
-    volumes give all their slices to a 2-D model."""
+    volumes give all their slices to a 2-D model.  ``spacings``: a list to which the pixel
+    size of each file (mm, world order, the model's ``sdim`` axes; ``None`` when unknown)
+    is appended."""
     items = []
     for p in paths:
         img = read_input(p, option)
+        if spacings is not None:
+            spacings.append(None if img.meta.get("spacing_known") is False else tuple(img.spacing[:sdim]))
         a = img.numpy().astype(np.float32)
         chan = img.channels if hasattr(img, "channels") else 1
         a = a if (chan or 1) > 1 else a[None]
@@ -604,16 +613,18 @@ def _centre_crop(items: list, option: str) -> np.ndarray:
     return np.stack(out)
 
 
-def _training_stack(images: list[Path], sdim: int, option: str = "--image", cond: list[Path] | None = None):
+def _training_stack(images: list[Path], sdim: int, option: str = "--image", cond: list[Path] | None = None,
+                    spacings: list | None = None):
     """Training images as one array (N, C, *S): volumes give their slices to a 2-D model;
     different sizes are centre-cropped to the smallest (with a warning); constant volume
     slices are dropped, constant images too (with a warning); every image constant is an
     error.  With ``cond`` (one condition image per training image or volume slice, same
     order): ``(images, conditions)``, a pair dropped only when its image is constant (a
-    constant condition, e.g. an empty mask, is legitimate)."""
+    constant condition, e.g. an empty mask, is legitimate).  ``spacings``: see
+    :func:`_training_items`."""
     import warnings
 
-    items = _training_items(images, sdim, option)
+    items = _training_items(images, sdim, option, spacings)
     citems = None
     if cond:
         citems = _training_items(cond, sdim, "--cond")
@@ -641,6 +652,41 @@ def _training_stack(images: list[Path], sdim: int, option: str = "--image", cond
     return data[keep], c[keep]
 
 
+def _common_spacing(spacings: list) -> tuple | None:
+    """The pixel size all training files share (mm, world order), or ``None`` (unknown, or they differ:
+    a warning then)."""
+    import warnings
+
+    known = [s for s in spacings if s is not None]
+    if not known or len(known) < len(spacings):
+        return None
+    if any(not np.allclose(s, known[0], rtol=1e-3) for s in known):
+        from ..core.image import format_length
+
+        sizes = sorted({format_length(s[0]) if np.allclose(s, s[0]) else " x ".join(format_length(v) for v in s)
+                        for s in known})
+        warnings.warn(f"--image: the training files have different pixel sizes ({', '.join(sizes[:4])}); the model "
+                      "records none, so its outputs are written at 1 mm and inputs are not checked against it "
+                      "(resample the files to one pixel size first)", stacklevel=3)
+        return None
+    return tuple(float(v) for v in known[0])
+
+
+def _model_pixel_warning(img, net, option: str = "IMAGE") -> None:
+    """Warn when IMAGE's known pixel size is far from the one the model was trained at."""
+    import warnings
+
+    from ..core.image import spacing_mismatch
+
+    trained = net.meta.get("spacing")
+    if trained is None or len(trained) > img.sdim or img.meta.get("spacing_known") is False:
+        return                                        # a 2-D model on a volume: the in-plane (x, y) sizes
+    msg = spacing_mismatch(img.spacing[:len(trained)], trained, option, advice="the network learned structures of a given size in "
+                                                        "pixels: resample IMAGE to the model's pixel size first")
+    if msg:
+        warnings.warn(msg, stacklevel=2)
+
+
 _GAN_SIDES = (16, 64)                    # power-of-two crop side of `biomip train gan` (DCGAN generator)
 
 
@@ -661,11 +707,12 @@ def _train(kind: str, image: list[Path], out: Path, sdim: int, steps: int, batch
             raise InputError("--patch: the GAN chooses its crops itself (random square crops, the largest power-of-two "
                              f"side from {_GAN_SIDES[0]} to {_GAN_SIDES[1]} the images hold); leave --patch out")
     outs = check_model_out(out, overwrite, [*image, *(cond or [])])
-    c = None
+    c, spacings = None, []
     if kind == "diffusion" and cond:
-        data, c = _training_stack(image, sdim, cond=cond)
+        data, c = _training_stack(image, sdim, cond=cond, spacings=spacings)
     else:
-        data = _training_stack(image, sdim)
+        data = _training_stack(image, sdim, spacings=spacings)
+    pixel = _common_spacing(spacings)
     kw = {"sdim": sdim, "channels": int(data.shape[1]), "seed": seed}
     fit_kw = {"steps": steps, "batch_size": batch_size, "seed": seed, "device": device, "progress": progress}
     if patch is not None:
@@ -689,6 +736,8 @@ def _train(kind: str, image: list[Path], out: Path, sdim: int, steps: int, batch
     with outs:
         model = cls(**kw)
         model.fit(data, **fit_kw)
+        if pixel is not None:                 # what the model's outputs are written with, and inputs checked against
+            model.meta["spacing"] = list(pixel)
         model.save(out, overwrite=True)
         write_json({"history": model.history, "images": [str(p) for p in image], "n_training_images": len(data),
                     "seconds": time.perf_counter() - t0}, out / "training.json")

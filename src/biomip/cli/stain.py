@@ -123,7 +123,7 @@ def stain_cmd(model: Path = typer.Argument(..., help="A model folder (the model/
               brightfield: Path = typer.Argument(..., help="Grey brightfield planes (P, y, x) at the model's "
                                                             "focal offsets (default -2, 0, +2 um) and pixel size "
                                                             "(0.5 um for `biomip run diffstain`; a known size more "
-                                                            "than 25 % off gives a warning: resample first), not an "
+                                                            "than a factor 1.25 off gives a warning: resample first), not an "
                                                             "RGB picture: TIFF / OME-TIFF or NPY."),
               out: Path = typer.Option(..., "--out", help="The fluorescence channels as a multi-channel OME-TIFF "
                                                           "(e.g. fluorescence.ome.tif), with the input's geometry; "
@@ -151,7 +151,7 @@ def stain_cmd(model: Path = typer.Argument(..., help="A model folder (the model/
     exposure works; the planes must be grey (not an RGB picture), in the model's focal
     order and at the model's pixel size (0.5 um for `biomip run diffstain`: the networks
     are scale-specific, so resample other images first; a known pixel size more than
-    25 % off gives a warning)."""
+    a factor 1.25 off gives a warning)."""
     from ..core.atomic import write_json
     from ..io import write
     from ..pipelines.diffstain import load_model, stain

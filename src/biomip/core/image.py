@@ -769,3 +769,84 @@ class Image:
         org = ", ".join(f"{o:.4g}" for o in self.origin)
         ident = "" if np.allclose(self.direction, np.eye(self.sdim)) else ", oblique direction"
         return f"Image(shape={self.shape}, axes={self.axes!r}, {kind}, spacing=({sp}) mm, origin=({org}){ident})"
+
+
+def format_length(mm: float) -> str:
+    """A length in millimetres written in the unit that suits it (nm, um or mm).
+
+    Parameters
+    ----------
+    mm : float
+        The length in mm.
+
+    Returns
+    -------
+    str
+        E.g. ``"10 nm"``, ``"0.5 um"``, ``"2 mm"`` (4 significant digits; nm below 0.1 um,
+        um below 0.1 mm).
+
+    Examples
+    --------
+    >>> format_length(1e-5), format_length(0.0005), format_length(2.0)
+    ('10 nm', '0.5 um', '2 mm')
+    """
+    mm = float(mm)
+    if abs(mm) < 1e-4:
+        return f"{mm * 1e6:.4g} nm"
+    if abs(mm) < 0.1:
+        return f"{mm * 1e3:.4g} um"
+    return f"{mm:.4g} mm"
+
+
+def spacing_mismatch(image, expected, name: str, tolerance: float = 0.25,
+                     advice: str = "the model is scale-specific: resample the input to it first") -> str | None:
+    """The warning for an image whose known voxel size differs from a model's training voxel size.
+
+    One rule for every trained model applied to a user's image (networks and learned
+    features are scale-specific): a known spacing more than a factor ``1 + tolerance``
+    larger or smaller than ``expected`` along any axis gives a message; an unknown spacing
+    (``meta["spacing_known"] is False``) or a match gives ``None``.
+
+    Parameters
+    ----------
+    image : Image or sequence of float
+        The input (its ``spacing``), or a spacing in mm, world order ``(x, y[, z])``.
+    expected : float or sequence of float
+        The training voxel size in mm (one number, or one per axis, world order).
+    name : str
+        The argument the message names.
+    tolerance : float, optional
+        Scale difference accepted (0.25: from 1 / 1.25 = 0.8 to 1.25 times ``expected``).
+    advice : str, optional
+        What the user should do, appended to the message.
+
+    Returns
+    -------
+    str or None
+        The message, or ``None`` when the sizes agree or the image's is unknown.
+
+    Examples
+    --------
+    >>> spacing_mismatch((0.001, 0.001), 0.0005, "IMAGE")
+    "IMAGE: pixel size 1 um differs from the model's training pixel size 0.5 um by more than a factor 1.25; the model is scale-specific: resample the input to it first"
+    >>> spacing_mismatch((0.0006, 0.0006), 0.0005, "IMAGE") is None
+    True
+    """
+    if isinstance(image, Image):
+        if image.meta.get("spacing_known") is False:
+            return None
+        spacing = np.asarray(image.spacing, float)
+    else:
+        spacing = np.asarray(image, float).ravel()
+    exp = np.broadcast_to(np.asarray(expected, float).ravel(), spacing.shape) if np.size(expected) in (1, spacing.size) \
+        else np.asarray(expected, float).ravel()[:spacing.size]
+    if spacing.size == 0 or exp.size != spacing.size or not np.all(exp > 0):
+        return None
+    if np.all(np.abs(np.log(spacing / exp)) <= np.log1p(tolerance) + 1e-12):
+        return None
+    word = "voxel" if spacing.size == 3 else "pixel"
+
+    def size(v):
+        return format_length(v[0]) if np.allclose(v, v[0], rtol=1e-6) else " x ".join(format_length(s) for s in v)
+    return (f"{name}: {word} size {size(spacing)} differs from the model's training {word} size {size(exp)} by more "
+            f"than a factor {1 + tolerance:g}; {advice}")

@@ -259,7 +259,8 @@ def _ssim(x: np.ndarray, ref: np.ndarray, data_range: float) -> float:
     return float(ssim(x, ref, data_range=data_range))
 
 
-def write_study(report: dict, out, panels: list, title: str, models: dict | None = None) -> dict:
+def write_study(report: dict, out, panels: list, title: str, models: dict | None = None,
+                pixel_mm: float | None = None) -> dict:
     """Write ``report.json``, ``preview.png`` and ``models/NAME/`` into ``out``; returns the paths.
 
     Parameters
@@ -274,6 +275,10 @@ def write_study(report: dict, out, panels: list, title: str, models: dict | None
         Preview title.
     models : dict or None, optional
         ``{name: model}`` saved under ``out/models/name``.
+    pixel_mm : float or None, optional
+        Pixel size (mm) of the 2-D images the models take, recorded as ``meta["spacing"]``
+        (``biomip generate ... IMAGE --model`` checks inputs against it, ``sample`` writes
+        with it).
 
     Returns
     -------
@@ -289,6 +294,8 @@ def write_study(report: dict, out, panels: list, title: str, models: dict | None
     if models:
         (out / "models").mkdir(exist_ok=True)
         for name, m in models.items():
+            if pixel_mm is not None:
+                m.meta["spacing"] = [float(pixel_mm)] * 2
             paths["models"][name] = str(m.save(out / "models" / name))
     paths["preview"] = str(render_panels(panels, out / "preview.png", title=title, cols=4))
     report = {**report, "files": {"preview": "preview.png",
@@ -417,7 +424,7 @@ def anomaly_study(mode: str = "quick", out=None, *, device=None, progress=None, 
                    maps["diffusion"][j].score, sc),
                   (f"VAE score (pixel AUROC {methods['vae']['pixel_auroc']:.3f})", maps["vae"][j].score, sc)]
         report["files"] = write_study(report, out, panels, f"Unsupervised anomaly detection, MNI152 held-out slices "
-                                      f"({cfg.mode})", {"diffusion": diff, "vae": vae})
+                                      f"({cfg.mode})", {"diffusion": diff, "vae": vae}, pixel_mm=cfg.resolution)
     return report
 
 
@@ -575,7 +582,8 @@ def superres_study(mode: str = "quick", out=None, *, device=None, progress=None,
             panels.append((f"{name} - truth", outs[name][0] - hr, difference_style(
                 *[outs[m][0] - hr for m in ("cubic", "unet", "diffusion-ddim")], unit="intensity")))
         report["files"] = write_study(report, out, panels, f"Super-resolution 2 mm -> 1 mm, MNI152 held-out slices "
-                                      f"({cfg.mode})", {"unet": unet, "diffusion": diff})
+                                      f"({cfg.mode})", {"unet": unet, "diffusion": diff},
+                                      pixel_mm=2.0 * cfg.resolution)          # the models take the 2 mm images
     return report
 
 
@@ -728,7 +736,7 @@ def inpaint_study(mode: str = "quick", out=None, *, device=None, progress=None, 
             panels.append((f"{label} ({r[f'psnr_{group}']:.2f} dB in {group} defects, mean)", outs[name][j], win))
         panels.append(("healthy truth", x, win))
         report["files"] = write_study(report, out, panels, f"Defect repair, MNI152 held-out slices ({cfg.mode})",
-                                      {"repair": repair, "wgan-gp": gan, "diffusion": diff})
+                                      {"repair": repair, "wgan-gp": gan, "diffusion": diff}, pixel_mm=cfg.resolution)
     return report
 
 

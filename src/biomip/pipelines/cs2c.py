@@ -1536,13 +1536,13 @@ def _warn_spacing(img: Image, trained_nm: float) -> None:
     """Warn when a volume's voxel size is far from the training one (features are scale-specific)."""
     import warnings
 
-    nm = np.asarray(img.spacing, float) * 1e6
-    ratio = nm / float(trained_nm)
-    if np.any(ratio < 0.67) or np.any(ratio > 1.5):
-        warnings.warn(f"volume: voxel size {', '.join(f'{v:g}' for v in nm)} nm (x, y, z) differs from the model's "
-                      f"training voxel size {trained_nm:g} nm; MAE features are scale-specific, so the clusters may "
-                      "be wrong (resample the volume, or train on data at this size; a file without voxel-size "
-                      "metadata reads as 1 mm)", stacklevel=3)
+    from ..core.image import spacing_mismatch
+
+    msg = spacing_mismatch(np.asarray(img.spacing, float), float(trained_nm) * 1e-6, "volume", 0.5,
+                           "MAE features are scale-specific, so the clusters may be wrong (resample the volume, or "
+                           "train on data at this size; a file without voxel-size metadata reads as 1 mm)")
+    if msg:
+        warnings.warn(msg, stacklevel=3)
 
 
 def cluster_volume(saved: SavedCs2c, volume) -> Image:

@@ -83,7 +83,7 @@ on the tiles of the lower part.
 
 Applying a model (:func:`stain`, ``biomip stain``): the brightfield must be grey focal
 planes (not an RGB picture) at the model's pixel size (``pixel_um``, 0.5 um here) and
-focal offsets; a known pixel size more than 25 % off gives a warning (resample first).
+focal offsets; a known pixel size more than a factor 1.25 off gives a warning (resample first).
 
 Python::
 
@@ -108,7 +108,7 @@ import torch
 
 from ..core.arrays import check_count, check_number
 from ..core.errors import InputError
-from ..core.image import Image
+from ..core.image import Image, spacing_mismatch
 
 __all__ = ["DiffstainConfig", "StainData", "StainModels", "SavedStain", "GUIDES", "simulate", "normalise_brightfield",
            "train", "diffusion_cond", "guide_masks", "nsc_ablation", "guide_image", "guided_sample", "infer", "evaluate", "he_check", "run",
@@ -1546,14 +1546,10 @@ def _is_colour(img: Image) -> bool:
 
 
 def _pixel_mismatch(spacing, pixel_um: float) -> str | None:
-    """The warning for a pixel size ``spacing`` (mm, ``(x, y)``) more than 25 % away from ``pixel_um``, else None."""
-    um = [float(v) * 1000.0 for v in spacing[:2]]
-    if all(abs(v / pixel_um - 1.0) <= _PIXEL_TOLERANCE for v in um):
-        return None
-    size = f"{um[0]:.4g}" if math.isclose(um[0], um[1], rel_tol=1e-6) else f"{um[0]:.4g} x {um[1]:.4g}"
-    return (f"brightfield: pixel size {size} um differs from the model's training pixel size {pixel_um:g} um by "
-            f"more than {_PIXEL_TOLERANCE:.0%}; the networks are scale-specific, so the fluorescence may be wrong "
-            f"(resample the planes to {pixel_um:g} um per pixel first)")
+    """The warning for a pixel size ``spacing`` (mm, ``(x, y)``) more than a factor 1.25 away from ``pixel_um``, else None."""
+    return spacing_mismatch(spacing[:2], pixel_um / 1000.0, "brightfield", _PIXEL_TOLERANCE,
+                            "the networks are scale-specific, so the fluorescence may be wrong (resample the planes "
+                            f"to {pixel_um:g} um per pixel first)")
 
 
 def check_brightfield(brightfield, saved: SavedStain):
@@ -1562,7 +1558,7 @@ def check_brightfield(brightfield, saved: SavedStain):
     The planes must be grey focal planes (not the colour channels of an RGB picture) at the
     model's pixel size (``saved.meta["pixel_um"]``, 0.5 um for ``biomip run diffstain``):
     the networks are scale-specific.  An Image whose known pixel size differs from it by
-    more than 25 % gives a warning; an array (or an Image of unknown pixel size) is taken
+    more than a factor 1.25 gives a warning; an array (or an Image of unknown pixel size) is taken
     to be at the model's pixel size.
 
     Parameters
@@ -1591,7 +1587,7 @@ def check_brightfield(brightfield, saved: SavedStain):
     Warns
     -----
     UserWarning
-        A known pixel size more than 25 % away from the model's ``pixel_um``.
+        A known pixel size more than a factor 1.25 away from the model's ``pixel_um``.
 
     Examples
     --------
@@ -1652,7 +1648,7 @@ def stain(saved: SavedStain, brightfield, method: str = "guided", t_start: int |
 
     The input must be grey focal planes at the model's pixel size (``saved.meta["pixel_um"]``;
     :func:`check_brightfield` refuses a colour image and warns about a known pixel size
-    more than 25 % away: resample first).
+    more than a factor 1.25 away: resample first).
 
     Parameters
     ----------
@@ -1702,7 +1698,7 @@ def stain(saved: SavedStain, brightfield, method: str = "guided", t_start: int |
     Warns
     -----
     UserWarning
-        A known pixel size more than 25 % away from the model's (:func:`check_brightfield`).
+        A known pixel size more than a factor 1.25 away from the model's (:func:`check_brightfield`).
 
     Examples
     --------
