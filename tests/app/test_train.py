@@ -234,8 +234,9 @@ def test_server_shutdown_cancels_running_jobs(ws):
 
 
 def test_infer_flows_lists_the_trained_models(client):
-    r = client.post("/infer/flows", json={"image": "a.tif", "params": {}})
-    assert r.status_code == 422 and "expected one of the trained flows models: nuc" in r.json()["detail"], r.text
+    # no model given: the default of GET /info is used, so name one the workspace does not have
+    r = client.post("/infer/flows", json={"image": "a.tif", "params": {"model": "nope"}})
+    assert r.status_code == 404 and "expected one of the trained flows models: nuc" in r.json()["detail"], r.text
 
 
 def _read_until(sock, marker: bytes, timeout: float = 60) -> bytes:

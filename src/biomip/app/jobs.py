@@ -13,7 +13,7 @@ workspace's training set and saves a new model version with what it saw.  While 
 trains it emits ``type: "step"`` events (the loss of one optimiser step; at most
 :data:`STEP_EVENTS_PER_SECOND` a second, the last step of every epoch and the step a
 cancel stopped at always) and ``type: "epoch"`` events (the epoch's mean loss and the
-validation metric).
+metric: the Dice on the held-out image, or on the training images).
 """
 
 from __future__ import annotations
@@ -387,7 +387,8 @@ def check_train_request(workspace, model: str, body: dict) -> dict:
     Raises
     ------
     InputError
-        For a bad name, kind, epochs, base or parameter, or an empty training set.
+        For a bad name, kind, epochs, base or parameter, an empty training set, or one
+        that mixes 2-D and 3-D images or holds an image that cannot be read.
     NotFoundError
         For a base version that does not exist.
 
@@ -439,6 +440,17 @@ def check_train_request(workspace, model: str, body: dict) -> dict:
     data = workspace.training_set()
     if not data:
         raise InputError("training set: empty; save labels for an image and add it (POST /training-set/{id})")
+    by_dim: dict[int, list[str]] = {}
+    for item in data:
+        info = workspace.describe(item["image"])
+        if "error" in info:
+            raise InputError(f"training set: image {item['image']!r} cannot be read ({info['error']}); remove it "
+                             f"(DELETE /training-set/{item['image']})")
+        by_dim.setdefault(int(info["ndim"]), []).append(item["image"])
+    if len(by_dim) > 1:
+        groups = "; ".join(f"{d}-D: {', '.join(map(repr, ids))}" for d, ids in sorted(by_dim.items()))
+        raise InputError(f"training set: mixes 2-D and 3-D images ({groups}); a model is trained on one kind, so "
+                         "remove the images of the other (DELETE /training-set/{id})")
     return {"model": model, "kind": kind, "epochs": epochs, "base": base, "params": full, "data": data}
 
 
@@ -457,7 +469,8 @@ def training_job(workspace, request: dict) -> Callable:
     that step; at most :data:`STEP_EVENTS_PER_SECOND` a second, always the last step of an
     epoch and the step a cancel stopped at), and ``type: "epoch"`` after every epoch
     (``epoch`` = epochs complete, ``step``, ``loss`` = the epoch's mean loss, ``metric`` =
-    the validation Dice).  ``epoch`` in a step event is still the number of epochs
+    ``{"name": "dice", "value", "on"}``: the Dice on the held-out image, or on the training
+    images when nothing is held out, as ``on`` says).  ``epoch`` in a step event is still the number of epochs
     complete.  A cancel stops the training after the step in progress; nothing is saved.
 
     Parameters

@@ -141,12 +141,12 @@ def grey(image: Image, channel: int = 0) -> Image:
     """
     if image.ndim == image.sdim:
         if channel not in (0, None):
-            raise InputError(f"channel: got {channel!r}; the image has one channel (0)")
+            raise InputError(f"params.channel: got {channel!r}; the image has one channel (0)")
         return image
     frames = image.numpy().reshape((-1,) + image.spatial_shape)
     k = 0 if channel is None else channel
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < frames.shape[0]:
-        raise InputError(f"channel: got {channel!r}; expected 0..{frames.shape[0] - 1}")
+        raise InputError(f"params.channel: got {channel!r}; expected 0..{frames.shape[0] - 1}")
     return Image(frames[int(k)], spacing=image.spacing, origin=image.origin, direction=image.direction)
 
 
@@ -154,21 +154,25 @@ def _seeds(value, image: Image) -> np.ndarray:
     try:
         pts = np.asarray(value, dtype=float)
     except (TypeError, ValueError):
-        raise InputError(f"seeds: got {value!r}; expected [[z, y, x], ...] voxel indices") from None
+        raise InputError(f"params.seeds: got {value!r}; expected [[z, y, x], ...] voxel indices") from None
+    if pts.size == 0:
+        raise InputError(f"params.seeds: got {value!r}; expected at least one seed [z, y, x] (voxel indices)")
     if pts.ndim == 1:
         pts = pts[None]
     d = image.sdim
-    if pts.ndim != 2 or pts.shape[0] == 0 or pts.shape[0] > 10000 or not np.all(np.isfinite(pts)):
-        raise InputError(f"seeds: got {value!r}; expected a list of 1 to 10000 points [z, y, x] (voxel indices)")
+    if pts.ndim != 2 or pts.shape[0] > 10000 or not np.all(np.isfinite(pts)):
+        raise InputError(f"params.seeds: got {value!r}; expected a list of 1 to 10000 points [z, y, x] (voxel "
+                         "indices)")
     if d == 2 and pts.shape[1] == 3 and np.all(pts[:, 0] == 0):
         pts = pts[:, 1:]                  # a 2-D image shown as a one-slice volume
     if pts.shape[1] != d:
-        raise InputError(f"seeds: got points of {pts.shape[1]} coordinates; expected {d} ({'zyx'[-d:]}, numpy "
-                         "order voxel indices)")
+        raise InputError(f"params.seeds: got points of {pts.shape[1]} coordinates; expected {d} ({'zyx'[-d:]}, "
+                         "numpy order voxel indices)")
     shape = np.asarray(image.spatial_shape)
     r = np.rint(pts)
     if np.any(r < 0) or np.any(r >= shape):
-        raise InputError(f"seeds: got {pts.tolist()}; expected voxel indices inside the image shape {shape.tolist()}")
+        raise InputError(f"params.seeds: got {pts.tolist()}; expected voxel indices inside the image shape "
+                         f"{shape.tolist()}")
     return r.astype(np.int64)
 
 
@@ -178,7 +182,7 @@ def _threshold(img: Image, p: dict, ws) -> Image:
 
     if p["method"] == "value":
         if p.get("value") is None:
-            raise InputError("value: method 'value' needs a threshold value (image units)")
+            raise InputError("params.value: method 'value' needs a threshold value (image units)")
         arr = img.numpy() > p["value"]
         if p["invert"]:
             arr = ~arr
@@ -191,13 +195,17 @@ def _region_grow(img: Image, p: dict, ws) -> Image:
     from ..segment import region_grow
 
     if p.get("seeds") is None:
-        raise InputError("seeds: region_grow needs at least one seed [z, y, x] (voxel indices)")
+        raise InputError("params.seeds: region_grow needs at least one seed [z, y, x] (voxel indices)")
     seeds = _seeds(p["seeds"], img)
     kw = {"connectivity": p["connectivity"], "max_distance": p.get("max_distance")}
-    if p.get("tolerance") is not None:
-        return region_grow(img, seeds, tolerance=p["tolerance"], **kw)
-    if p.get("lower") is not None or p.get("upper") is not None:
-        return region_grow(img, seeds, lower=p.get("lower"), upper=p.get("upper"), **kw)
+    rules = {k: p.get(k) for k in ("tolerance", "lower", "upper") if p.get(k) is not None}
+    if rules.get("tolerance") is not None and ("lower" in rules or "upper" in rules):
+        # the function takes exactly one rule; say it in the route's terms, not after a silent choice
+        raise InputError(f"params.tolerance: give exactly one rule -- tolerance, or lower / upper, or neither "
+                         f"(confidence-connected: multiplier, iterations); got tolerance={p['tolerance']!r}, "
+                         f"lower={p.get('lower')!r}, upper={p.get('upper')!r}")
+    if rules:
+        return region_grow(img, seeds, **rules, **kw)
     return region_grow(img, seeds, confidence=(p["multiplier"], p["iterations"]), **kw)
 
 
@@ -241,9 +249,11 @@ def _watershed(img: Image, p: dict, ws) -> Image:
 
 def _load_model(ws, name: str, version, kind: str):
     if ws is None:
-        raise InputError("model: running a trained model needs a workspace")
+        raise InputError("params.model: running a trained model needs a workspace")
+    names = sorted(n for n, m in ws.models().items() if m.get("kind") == kind)
+    if name is None and names:
+        name = names[0]                   # the default GET /info advertises (see catalogue)
     if name is None or (isinstance(name, str) and name not in ws.models()):
-        names = sorted(n for n, m in ws.models().items() if m.get("kind") == kind)
         got = "no model given" if name is None else f"got {name!r}"
         err = InputError if name is None else NotFoundError
         if names:
@@ -379,7 +389,7 @@ def catalogue(workspace=None) -> dict[str, dict]:
             for p in out[kind]["params"]:
                 if p["name"] == "model":
                     p["choices"] = names
-                    p["default"] = names[0] if names else None
+                    p["default"] = names[0] if names else None     # what POST /infer/{kind} uses without one
     return out
 
 
@@ -390,30 +400,30 @@ def _coerce(p: Param, v):
         return v
     if p.type == "bool":
         if not isinstance(v, bool):
-            raise InputError(f"{p.name}: got {v!r}; expected true or false")
+            raise InputError(f"params.{p.name}: got {v!r}; expected true or false")
         return v
     if p.type == "choice":
         if v not in (p.choices or []):
-            raise InputError(f"{p.name}: got {v!r}; expected one of {', '.join(map(str, p.choices or []))}")
+            raise InputError(f"params.{p.name}: got {v!r}; expected one of {', '.join(map(str, p.choices or []))}")
         return v
     if p.type == "str":
         if not isinstance(v, str) or not v:
-            raise InputError(f"{p.name}: got {v!r}; expected a name")
+            raise InputError(f"params.{p.name}: got {v!r}; expected a name")
         return v
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise InputError(f"{p.name}: got {v!r}; expected a number")
+        raise InputError(f"params.{p.name}: got {v!r}; expected a number")
     if p.type == "int":
         if not float(v).is_integer():
-            raise InputError(f"{p.name}: got {v!r}; expected an integer")
+            raise InputError(f"params.{p.name}: got {v!r}; expected an integer")
         v = int(v)
     else:
         v = float(v)
         if not math.isfinite(v):
-            raise InputError(f"{p.name}: got {v!r}; expected a finite number")
+            raise InputError(f"params.{p.name}: got {v!r}; expected a finite number")
     if (p.min is not None and v < p.min) or (p.max is not None and v > p.max):
         lo = "-inf" if p.min is None else p.min
         hi = "inf" if p.max is None else p.max
-        raise InputError(f"{p.name}: got {v!r}; expected {lo} <= {p.name} <= {hi}")
+        raise InputError(f"params.{p.name}: got {v!r}; expected {lo} <= {p.name} <= {hi}")
     return v
 
 
@@ -445,7 +455,7 @@ def check_params(method: str, params: dict | None) -> dict:
     >>> check_params("kmeans_segment", {"k": 1})
     Traceback (most recent call last):
     ...
-    biomip.core.errors.InputError: k: got 1; expected 2 <= k <= 32
+    biomip.core.errors.InputError: params.k: got 1; expected 2 <= k <= 32
     """
     if method not in METHODS:
         raise InputError(f"method: got {method!r}; expected one of {', '.join(METHODS)}")

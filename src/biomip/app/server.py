@@ -350,7 +350,7 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
 
     async def receive(request: Request, suffix: str) -> Path:
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > cap:
+        if length is not None and re.fullmatch(r"[0-9]{1,20}", length) and int(length) > cap:
             raise TooLargeError(f"body: {int(length):,} bytes; the upload cap is {cap:,} bytes (--max-upload-mb)")
         tmp = ws.tmp_path(suffix)
         total = 0
@@ -379,11 +379,11 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
             return False
         raise InputError(f"{name}: got {value!r}; expected true or false")
 
-    def int_arg(value, name: str):
+    def int_arg(value, name: str, expected: str = "a non-negative integer of at most 9 digits"):
         if value is None or value == "":
             return None
-        if not re.fullmatch(r"\d{1,9}", value):
-            raise InputError(f"{name}: got {value!r}; expected a non-negative integer")
+        if not re.fullmatch(r"[0-9]{1,9}", value):
+            raise InputError(f"{name}: got {value!r}; expected {expected}")
         return int(value)
 
     # ------------------------------------------------------------------ page
@@ -446,10 +446,11 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
         e = ws.entry(image_id)
         ch = int_arg(channel, "channel")
         gz = bool_arg(compress, "compress")
-        f = int_arg(step, "step")
+        step_range = "an integer from 1 to 16 (every step-th voxel)"
+        f = int_arg(step, "step", step_range)
         f = 1 if f is None else f
         if not 1 <= f <= 16:
-            raise InputError(f"step: got {f}; expected an integer from 1 to 16 (every step-th voxel)")
+            raise InputError(f"step: got {f}; expected {step_range}")
         img = ws.read(image_id)
         key = ("image", e.id, ws.stamp(e.path), ch, gz, f)
         return nifti(subsample(export_image(img, ch), f), e.rel.split("/")[-1].split(".")[0], gz, key=key)
@@ -492,10 +493,18 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
                 img = ws.read(image_id)
                 limit = int(np.prod(img.spatial_shape)) * 8 + (1 << 20)
                 try:
+                    fmt = bio.sniff(tmp)
+                except FormatError:
+                    fmt = None          # bio.read says why below
+                if fmt is not None and fmt != "nifti":
+                    raise FormatError(f"body: got {fmt.upper()} content; expected a NIfTI label map (.nii or "
+                                      ".nii.gz) on the image grid")
+                try:
                     lab = bio.read(tmp, max_bytes=limit)
                 except FormatError as exc:
-                    raise FormatError("body: not a NIfTI label map on the image grid: "
-                                      f"{redact_path(exc, tmp, 'the body')}") from None
+                    why = str(redact_path(exc, tmp, "the body"))
+                    why = why.replace("NIfTI file the body: ", "").replace("NIfTI file the body", "the body")
+                    raise FormatError(f"body: not a NIfTI label map on the image grid: {why}") from None
                 except BiomipError as exc:
                     raise redact_path(exc, tmp, "the body") from None
                 return ws.save_labels(image_id, lab, names=names, source=source)
@@ -515,6 +524,10 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
         unknown = sorted(set(body) - allowed)
         if unknown:
             raise InputError(f"body: unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}")
+        if body.get("save") is not None and not isinstance(body["save"], bool):
+            raise InputError(f"save: got {body['save']!r}; expected true or false")
+        if body.get("save"):
+            ws.check_names(body.get("names"))      # before the method runs, not after
         t0 = time.perf_counter()
         with infer_slots:
             if kind == "register":
@@ -552,7 +565,10 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
 
     @app.delete("/training-set/{image_id}")
     def remove_training(image_id: str):
-        return {"removed": ws.remove_from_training_set(image_id)}
+        removed = ws.remove_from_training_set(image_id)
+        if not removed:
+            ws.entry(image_id)          # an unknown image: 404 (one in the set is removed even if its file is gone)
+        return {"removed": removed}
 
     # ------------------------------------------------------------------ training
     # {model:path}: a name with "/" (or "%2F") gets the name check's message, not a bare 404
@@ -561,7 +577,9 @@ def create_app(workspace, *, token: str | None = None, max_upload_mb: float = 51
         check_model_name(model)
         job = jobs.get(model)
         last = request.headers.get("last-event-id", "")
-        after = int(last) if last.isdigit() else -1
+        # SSE: the id is the client's opaque echo of an id we sent; one we did not send (not a
+        # number of at most 18 ASCII digits) is ignored and every past event is replayed
+        after = int(last) if re.fullmatch(r"[0-9]{1,18}", last) else -1
 
         async def stream():
             seq, quiet = after, 0.0

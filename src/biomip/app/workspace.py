@@ -44,7 +44,7 @@ from ..core.errors import BiomipError, FormatError, GeometryError, InputError, S
 from ..core.image import Image
 
 __all__ = ["Workspace", "ImageEntry", "NotFoundError", "ConflictError", "TooLargeError", "safe_name", "redact_path",
-           "check_model_name", "export_image", "STATE_DIR"]
+           "check_model_name", "export_image", "not_viewable", "STATE_DIR"]
 
 STATE_DIR = ".biomip"
 """Name of the hidden folder where the app keeps labels, the training set and models."""
@@ -274,6 +274,36 @@ class ImageEntry:
     series_info: dict | None = None
 
 
+def not_viewable(image: Image) -> str | None:
+    """Why the page cannot show an image (``None``: it can): a 1-D profile, or values that
+    are not real numbers (complex, structured).
+
+    Parameters
+    ----------
+    image : Image
+        The image.
+
+    Returns
+    -------
+    str or None
+        The reason, in the ``"image: ..."`` form of the API's errors.
+
+    Examples
+    --------
+    >>> not_viewable(Image(np.zeros((4, 4), np.complex64)))
+    'image: complex64 values cannot be shown; save the magnitude (numpy.abs) or the real part as its own image'
+    """
+    if image.sdim == 1:
+        return "image: a 1-D profile cannot be shown as a volume"
+    dt = image.numpy().dtype
+    if dt.kind == "c":
+        return (f"image: {dt} values cannot be shown; save the magnitude (numpy.abs) or the real part as its own "
+                "image")
+    if dt.kind not in "biuf":
+        return f"image: {dt} values cannot be shown; expected numbers (integers, floats or booleans)"
+    return None
+
+
 def export_image(image: Image, channel: int | None = None) -> Image:
     """The Image as the browser receives it: a 3-D grid (2-D images as one slice),
     channels (or time points) on a 4th NIfTI axis, a dtype every viewer reads.
@@ -295,8 +325,11 @@ def export_image(image: Image, channel: int | None = None) -> Image:
 
     Raises
     ------
+    ShapeError
+        For a 1-D image.
     InputError
-        For a ``channel`` the image does not have, or a 1-D image.
+        For a ``channel`` the image does not have, or values that are not real numbers
+        (see :func:`not_viewable`).
 
     Examples
     --------
@@ -306,10 +339,11 @@ def export_image(image: Image, channel: int | None = None) -> Image:
     >>> out.shape, out.spacing, out.origin, out.array.dtype.name
     ((1, 4, 5), (0.5, 2.0, 1.0), (1.0, 2.0, 0.0), 'float32')
     """
+    why = not_viewable(image)
+    if why:
+        raise (ShapeError if image.sdim == 1 else InputError)(why)
     arr = image.numpy()
     axes = image.axes
-    if image.sdim == 1:
-        raise ShapeError("image: a 1-D profile cannot be shown as a volume")
     lead = axes[: len(axes) - image.sdim]
     if lead:
         frames = arr.reshape((-1,) + image.spatial_shape)
@@ -711,13 +745,29 @@ class Workspace:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        img = read(e.path, series=e.series, progress=False)
+        if key[1] is None and not os.path.lexists(e.path):    # deleted since the listing
+            with self._lock:
+                self._entries.pop(e.id, None)
+            raise NotFoundError(f"image: {e.id!r} is no longer in the workspace (its file was removed; see "
+                                "GET /images)")
+        try:
+            img = read(e.path, series=e.series, progress=False)
+        except BiomipError as exc:
+            raise self._redact(exc, e) from None
         with self._lock:
             self._cache[key] = img
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
             self._info[key] = self._describe(img)
         return img
+
+    def _redact(self, exc: BaseException, e: ImageEntry) -> BaseException:
+        """``exc`` with the server-side paths of entry ``e`` (and of files in its folder or in the
+        workspace) written as the client knows them (relative to the workspace)."""
+        err = redact_path(exc, e.path, repr(e.rel))
+        if str(self.root) in str(err):
+            err = redact_path(err, str(self.root) + os.sep, "")
+        return err
 
     @staticmethod
     def stamp(path: Path):
@@ -747,6 +797,9 @@ class Workspace:
 
     @staticmethod
     def _describe(img: Image) -> dict:
+        why = not_viewable(img)
+        if why:                       # read, but the page cannot show it: listed as unreadable
+            return {"error": why}
         lead = img.axes[: len(img.axes) - img.sdim]
         return {"shape": list(img.shape), "axes": img.axes, "spacing": [float(s) for s in img.spacing],
                 "spacing_zyx": [float(s) for s in img.spacing[::-1]],
@@ -769,7 +822,13 @@ class Workspace:
             ``id``, ``name``, ``path``, ``format``, ``shape`` (array order), ``axes``,
             ``spacing`` / ``origin`` (x, y[, z], mm), ``direction``, ``ndim`` (spatial),
             ``channels``, ``dtype``, ``labels`` (versions), ``in_training_set``; ``error``
-            instead of the geometry when the image cannot be read.
+            instead of the geometry when the image cannot be read or the page cannot show it
+            (see :func:`not_viewable`), with paths relative to the workspace.
+
+        Raises
+        ------
+        NotFoundError
+            For an unknown id, or an image whose file was removed since the listing.
         """
         e = self.entry(image_id)
         key = (e.id, self.stamp(e.path))
@@ -787,6 +846,8 @@ class Workspace:
             try:
                 self.read(e.id)
                 info = self._info.get(key) or {}
+            except NotFoundError:
+                raise
             except BiomipError as exc:
                 info = {"error": str(exc)}
         out.update(info)
@@ -910,7 +971,12 @@ class Workspace:
         """
         from ..io import read
 
-        return read(self.label_path(image_id, version))
+        path = self.label_path(image_id, version)
+        try:
+            return read(path)
+        except BiomipError as exc:      # a damaged version: say which, not where it lies on the server
+            number = int(_VERSION.match(path.name).group(1))
+            raise redact_path(exc, path, f"label version {number} of {image_id!r}") from None
 
     def check_labels(self, image_id: str, labels) -> Image:
         """Check a label map against the image grid and make it an Image with the image geometry.
@@ -1010,7 +1076,7 @@ class Workspace:
         from .. import io as bio
 
         lab = self.check_labels(image_id, labels)
-        names = self._check_names(names)
+        names = self.check_names(names)
         d = self._label_dir(image_id, create=True)
         tmp = d / f".tmp-{os.getpid()}-{secrets.token_hex(6)}.nii.gz"
         try:
@@ -1038,7 +1104,29 @@ class Workspace:
         return version
 
     @staticmethod
-    def _check_names(names) -> dict:
+    def check_names(names) -> dict:
+        """Check label names (as :meth:`save_labels` takes them) and give them in stored form.
+
+        Parameters
+        ----------
+        names : dict or None
+            ``{"1": "nucleus"}`` or ``{"1": {"name": ..., "color": ...}}``.
+
+        Returns
+        -------
+        dict
+            Keys as canonical decimal strings, texts cut to 200 characters.
+
+        Raises
+        ------
+        InputError
+            For keys that are not label values 1..65535 written in ASCII digits, or bad values.
+
+        Examples
+        --------
+        >>> Workspace.check_names({"01": "nucleus"})
+        {'1': 'nucleus'}
+        """
         if names is None:
             return {}
         if not isinstance(names, dict) or len(names) > 1000:
@@ -1046,7 +1134,7 @@ class Workspace:
                              '{"1": "nucleus"} (at most 1000 labels)')
         out = {}
         for k, v in names.items():
-            if not str(k).isdigit() or not 0 < int(k) <= 65535:
+            if not re.fullmatch(r"[0-9]{1,5}", str(k)) or not 0 < int(k) <= 65535:
                 raise InputError(f"names: got the key {k!r}; expected label values 1..65535")
             if isinstance(v, str):
                 v = v[:200]
@@ -1301,6 +1389,29 @@ class Workspace:
         return version
 
     # ------------------------------------------------------------------ uploads
+    @staticmethod
+    def _check_upload_content(fname: str, probe: Path) -> None:
+        """Refuse an upload whose content is another format than its name says (``vol.nii``
+        holding gzip data, a PNG named ``.tif``): every other program trusts the suffix."""
+        from ..io import format_from_suffix, sniff
+
+        try:
+            fmt = sniff(probe)
+        except FormatError:
+            return                      # unreadable: biomip.io.read says why
+        want = format_from_suffix(fname)
+        low = fname.lower()
+        if fmt == "nifti" and want == "nifti":
+            with open(probe, "rb") as fh:
+                gz = fh.read(2) == b"\x1f\x8b"
+            if gz != low.endswith(".nii.gz"):
+                right = fname[: -len(".nii.gz" if low.endswith(".nii.gz") else ".nii")] + (".nii.gz" if gz else ".nii")
+                raise FormatError(f"body: the content is {'gzip-compressed' if gz else 'uncompressed'} NIfTI but the "
+                                  f"name {fname!r} says {'.nii' if gz else '.nii.gz'}; upload it as {right!r}")
+        elif want is not None and fmt != want:
+            raise FormatError(f"body: the content is {fmt.upper()} but the name {fname!r} says {want.upper()}; "
+                              "upload it with the suffix of its format")
+
     def add_image(self, name: str, source: Path, max_bytes: int | None = None) -> str:
         """Add an uploaded image file to ``uploads/`` (sanitised name, never replacing a file).
 
@@ -1339,6 +1450,7 @@ class Workspace:
         probe = self.tmp_path(next(s for s in sorted(_UPLOAD_SUFFIXES, key=len, reverse=True) if low.endswith(s)))
         try:
             os.replace(source, probe)
+            self._check_upload_content(fname, probe)
             try:
                 read(probe, max_bytes=max_bytes, progress=False)
             except BiomipError as exc:

@@ -1593,7 +1593,8 @@ function resetLoss() {
 }
 
 function onTrainEvent(ev) {
-  // type "step": the loss of one optimiser step; "epoch": the epoch's mean loss + validation metric;
+  // type "step": the loss of one optimiser step; "epoch": the epoch's mean loss + the metric (and what
+  // it was measured on: metric.on);
   // a server without "type" sends one event per epoch: its running events are the curve
   const typed = ev.type !== undefined;
   if (Number.isFinite(ev.steps_total)) S.stepsTotal = ev.steps_total;
@@ -1611,7 +1612,9 @@ function onTrainEvent(ev) {
   if (ev.type !== 'step' && ev.metric && ev.metric.value !== null && ev.metric.value !== undefined) {
     S.lastMetric = ev.metric;
     const el = $('#train-metric');
-    el.textContent = `validation ${ev.metric.name} = ${Number(ev.metric.value).toFixed(4)}` +
+    // what the metric was measured on: "held-out image", or "training images" when nothing is held out
+    const on = ev.metric.on ? ` on ${ev.metric.on}` : '';
+    el.textContent = `${ev.metric.name}${on} = ${Number(ev.metric.value).toFixed(4)}` +
       (ev.epoch !== undefined && ev.epoch !== null ? ` (epoch ${ev.epoch})` : '');
     el.dataset.value = ev.metric.value;
   }
@@ -1727,8 +1730,9 @@ async function cancelTraining() {
 async function predict() {
   const model = $('#train-model').value.trim();
   const methods = S.info?.methods || {};
-  const kind = S.info?.models?.[model]?.kind || $('#train-kind').value;
-  const name = methods[model] ? model : kind;
+  // the route is the model's kind (POST /infer/flows or /infer/unet), whatever the model is called:
+  // a unet model named "flows" is still run by /infer/unet
+  const name = S.info?.models?.[model]?.kind || $('#train-kind').value;
   if (!methods[name]) throw new Error(`the server offers no method "${name}" to predict with`);
   const params = {};
   const versions = S.info?.models?.[model]?.versions || [];
