@@ -44,7 +44,7 @@ def test_fit_loss_falls_and_meta(blob_model):
     s = m.sample(4, steps=10, seed=3)
     assert s.shape == (4, 1, 16, 16) and s.dtype == np.float32
     assert np.array_equal(s, m.sample(4, steps=10, seed=3))                 # seeded
-    assert x.min() - 0.01 <= s.min() and s.max() <= x.max() + 0.01          # x0 clipped to the data's range
+    assert lo - 0.01 <= s.min() and s.max() <= hi + 0.01                    # x0 clipped to the percentiles
 
 
 def test_repaint_keeps_known_pixels_and_fills_the_hole(blob_model):

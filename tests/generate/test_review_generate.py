@@ -21,22 +21,34 @@ def spotty():
     imgs = rng.normal(100, 5, (32, 16, 16)).astype(np.float32)
     imgs[np.arange(32), rng.integers(0, 16, 32), rng.integers(0, 16, 32)] = 1000.0
     model = Diffusion(features=(8, 16), attention=(False, False), timesteps=100, seed=0)
-    return imgs, model.fit(imgs, steps=60, batch_size=8, progress=False, seed=0)
+    return imgs, model.fit(imgs, steps=60, batch_size=8, progress=False, seed=0, clip="range")
 
 
-def test_diffusion_keeps_values_beyond_the_percentile_range(spotty):
+def test_diffusion_clip_range_keeps_values_beyond_the_percentiles(spotty):
     imgs, model = spotty
     lo, hi = model.norm
     assert hi < 200                                            # the spots lie far above the range mapped to +1
-    assert model.meta["clip"][1] > 50                          # ... and the clip range keeps them
+    assert model.meta["clip"][1] > 50 and model.meta["clip_mode"] == "range"
     out = model.denoise(imgs[:4], strength=0.1, steps=5, seed=0)
-    assert float(np.max(out)) > 800                            # was 114.9: clipped at the 99.5th percentile
+    assert float(np.max(out)) > 800                            # the default would give 114.9 (the 99.5th percentile)
     legacy = dict(model.meta)
-    del model.meta["clip"]                                     # a model saved before: clips to [-1, 1]
     try:
+        model.meta["clip_mode"] = "percentile"                 # the default, and what older models do
+        assert float(np.max(model.denoise(imgs[:4], strength=0.1, steps=5, seed=0))) <= hi + 1e-3
+        del model.meta["clip_mode"]
         assert float(np.max(model.denoise(imgs[:4], strength=0.1, steps=5, seed=0))) <= hi + 1e-3
     finally:
+        model.meta.clear()
         model.meta.update(legacy)
+
+
+def test_diffusion_default_clip_warns_when_the_data_reaches_far_beyond_the_percentiles(spotty):
+    imgs, _ = spotty
+    m = Diffusion(features=(8,), attention=(False,), timesteps=10, seed=0)
+    with pytest.warns(UserWarning, match=r"^images: some training values lie .*clip='range'\) keeps the whole range"):
+        m.fit(imgs[:8], steps=1, batch_size=4, progress=False)
+    with pytest.raises(InputError, match=r"^clip: got 'data'"):
+        m.fit(imgs[:8], steps=1, clip="data", progress=False)
 
 
 def test_training_history_is_saved_and_refits_append(spotty, tmp_path):
@@ -45,7 +57,7 @@ def test_training_history_is_saved_and_refits_append(spotty, tmp_path):
     assert n > 0
     back = load(model.save(tmp_path / "m"))
     assert back.history == model.history and "history" not in back.meta
-    back.fit(imgs, steps=4, batch_size=4, progress=False)
+    back.fit(imgs, steps=4, batch_size=4, progress=False, clip="range")
     assert len(back.history) > n and back.meta["training"]["steps_done"] == 4
     vae = VAE(features=(8,), seed=0).fit(imgs[:4], steps=3, progress=False)
     assert load(vae.save(tmp_path / "v")).history == vae.history
