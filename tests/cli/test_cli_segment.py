@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 import biomip
 from biomip.cli.main import main
@@ -52,9 +53,7 @@ def test_train_and_predict_commands(tmp_path, capsys):
     assert "Segmentation plan" in capsys.readouterr().out
     assert main(["train", "flows", "--image", im[0], "--labels", lb[0], "--epochs", "1",
                  "--out", str(tmp_path / "flows")]) == 0
-    assert main(["train", "flows", "--image", im[0], "--labels", lb[0], "--epochs", "1",
-                 "--model", str(tmp_path / "flows"), "--out", str(tmp_path / "flows2")]) == 0
-    for m in ("unet", "flows2"):
+    for m in ("unet", "flows"):
         assert main(["predict", str(tmp_path / m), im[1], "--out", str(tmp_path / f"{m}.nii.gz"),
                      "--truth", lb[1]]) == 0
         rep = json.loads((tmp_path / f"{m}.report.json").read_text())
@@ -64,6 +63,19 @@ def test_train_and_predict_commands(tmp_path, capsys):
                  "--out", str(tmp_path / "bad")]) == 2
     assert "same number" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["predict", str(tmp_path / "nothing"), im[1], "--out", str(tmp_path / "x.nii.gz")]) == 2
+
+
+@pytest.mark.slow          # two flows trainings (~55 s on 2 cores); the default suite trains one above
+def test_train_flows_continues_from_a_model(tmp_path):
+    s = biomip.data.synthetic_nuclei((48, 48), n_nuclei=5, seed=0)
+    im, lb = tmp_path / "i.nii.gz", tmp_path / "l.nii.gz"
+    biomip.write(s.image, im)
+    biomip.write(s.labels.with_array(s.labels.numpy().astype(np.int32)), lb)
+    assert main(["train", "flows", "--image", str(im), "--labels", str(lb), "--epochs", "1",
+                 "--out", str(tmp_path / "flows")]) == 0
+    assert main(["train", "flows", "--image", str(im), "--labels", str(lb), "--epochs", "1",
+                 "--model", str(tmp_path / "flows"), "--out", str(tmp_path / "flows2")]) == 0
+    assert main(["predict", str(tmp_path / "flows2"), str(im), "--out", str(tmp_path / "p.nii.gz")]) == 0
 
 
 def test_segment_refuses_unused_options_and_a_volume_to_png_before_the_work(tmp_path, capsys):

@@ -62,7 +62,7 @@ def test_inr_3d_cone_beam_few_views():
     vol = shepp_logan((16, 16, 16)).numpy().astype(np.float32)
     op = DivergentProjector(cone_beam(8, 60.0, 120.0, (24, 24), 1.0), vol.shape, samples_per_voxel=1.0)
     y = op(vol)
-    rec = inr_reconstruction(y, op, encoding="hashgrid", iterations=80, levels=4, finest=16, log2_size=12)
+    rec = inr_reconstruction(y, op, encoding="hashgrid", iterations=30, levels=4, finest=16, log2_size=12)
     assert rec.image.shape == vol.shape and rec.history[-1] < rec.history[0]
 
 
