@@ -70,6 +70,19 @@ def blobs():
 
 # ------------------------------------------------------------------ shared helpers (as fixtures)
 @pytest.fixture(scope="session")
+def cli_error():
+    """``cli_error(capsys)``: the one line a failing ``biomip`` command printed to stderr
+    (``biomip: error: ...``), checked to be that line alone, without a traceback."""
+    def one_line(capsys) -> str:
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert len(lines) == 1 and lines[0].startswith("biomip: error: "), err
+        return lines[0]
+    return one_line
+
+
+@pytest.fixture(scope="session")
 def epe():
     """Mean end-point error (mm) of a field ``u`` against ``gt`` inside ``mask``."""
     def _epe(u, gt, mask):

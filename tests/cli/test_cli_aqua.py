@@ -27,14 +27,6 @@ def run(tmp_path_factory):
     return out, json.loads((out / "report.json").read_text(encoding="utf-8")), stdout.getvalue(), stderr.getvalue()
 
 
-def _error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [x for x in err.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("biomip: error: "), err
-    return lines[0]
-
-
 def test_run_writes_the_files_and_prints_the_report(run):
     out, rep, text, err = run
     for f in ("report.json", "preview.png", "model/aqua.json", "model/member-0/model.safetensors",
@@ -64,7 +56,7 @@ def test_run_writes_the_files_and_prints_the_report(run):
     assert "biomip: note: mode 'tiny'" in err and "Traceback" not in err
 
 
-def test_run_folder_is_checked_before_any_work(run, tmp_path, capsys, monkeypatch):
+def test_run_folder_is_checked_before_any_work(cli_error, run, tmp_path, capsys, monkeypatch):
     import biomip.pipelines.aqua as A
     from biomip.core.errors import InputError
 
@@ -77,16 +69,16 @@ def test_run_folder_is_checked_before_any_work(run, tmp_path, capsys, monkeypatc
     again = tmp_path / "again"
     shutil.copytree(run[0], again)
     assert main(["run", "aqua", "--tiny", "--out", str(again)]) == 2
-    assert "not empty; pass --overwrite" in _error(capsys) and not seen
+    assert "not empty; pass --overwrite" in cli_error(capsys) and not seen
     assert main(["run", "aqua", "--tiny", "--out", str(again), "--overwrite", "--seed", "3", "--no-progress"]) == 2
-    assert "reached the run" in _error(capsys)
+    assert "reached the run" in cli_error(capsys)
     assert seen == {"mode": "tiny", "seed": 3, "progress": False}     # a run's own model/ may be replaced
     seen.clear()
     (again / "model" / "notes.txt").write_text("mine")
     assert main(["run", "aqua", "--tiny", "--out", str(again), "--overwrite"]) == 2
-    assert re.search(r"not an? AQuA model \(e\.g\. 'notes\.txt'\)", _error(capsys)) and not seen
+    assert re.search(r"not an? AQuA model \(e\.g\. 'notes\.txt'\)", cli_error(capsys)) and not seen
     assert main(["run", "aqua", "--tiny", "--full", "--out", str(tmp_path / "r2")]) == 2
-    assert "at most one mode" in _error(capsys)
+    assert "at most one mode" in cli_error(capsys)
 
 
 def test_score_with_af_writes_the_report(run, tmp_path, capsys):
@@ -143,7 +135,7 @@ def test_score_without_af_uses_eq_5_2_with_a_note(run, tmp_path, capsys):
     assert json.loads((tmp_path / "a.json").read_text())["probability"] == pytest.approx(res["probability"], abs=1e-6)
 
 
-def test_bad_input_is_one_clear_line(run, tmp_path, capsys):
+def test_bad_input_is_one_clear_line(cli_error, run, tmp_path, capsys):
     import tifffile
     from PIL import Image as PILImage
 
@@ -185,11 +177,11 @@ def test_bad_input_is_one_clear_line(run, tmp_path, capsys):
     ]
     for args, pattern in cases:
         assert main(["aqua-score", *args, "--out", rpt]) == 2, args
-        line = _error(capsys)
+        line = cli_error(capsys)
         assert re.search(r"^biomip: error: " + pattern, line), line
         assert not (t / "x.json").exists()
     assert main(["aqua-score", model, good, "--af", af, "--out", str(t / "taken.json")]) == 2
-    assert re.search(r"^biomip: error: --out: .*taken\.json' exists; pass --overwrite", _error(capsys))
+    assert re.search(r"^biomip: error: --out: .*taken\.json' exists; pass --overwrite", cli_error(capsys))
     assert (t / "taken.json").read_text() == "mine"
     assert main(["aqua-score", model, good, "--af", af, "--out", str(t / "taken.json"), "--overwrite"]) == 0
     assert json.loads((t / "taken.json").read_text())["equation"] == "5.1"
@@ -197,7 +189,7 @@ def test_bad_input_is_one_clear_line(run, tmp_path, capsys):
     for bad_out, pattern in ((str(t / "x.txt"), r"expected a JSON file name"),
                              (str(out / "model" / "s.json"), r"inside the model folder")):
         assert main(["aqua-score", model, good, "--out", bad_out]) == 2
-        assert re.search(r"^biomip: error: --out: .*" + pattern, _error(capsys))
+        assert re.search(r"^biomip: error: --out: .*" + pattern, cli_error(capsys))
 
 
 def test_help_describes_every_option(capsys):

@@ -28,14 +28,6 @@ def _mask(tmp_path, shape=(32, 32)):
     return p
 
 
-def _error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [x for x in err.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("biomip: error: "), err
-    return lines[0]
-
-
 def test_inpaint_biharmonic_writes_image_report_preview(tmp_path, capsys):
     src, m = _img(tmp_path), _mask(tmp_path)
     out = tmp_path / "fixed.nii.gz"
@@ -79,7 +71,7 @@ def test_superres_cubic_halves_the_spacing(tmp_path, capsys):
     (["generate", "superres", "IMG", "--model", "NOMODEL", "--out", "o.nii.gz"], "--model: given with --method cubic"),
     (["generate", "inpaint", "IMG", "--mask", "MASK", "--out", "o.png"], "--out"),
 ])
-def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch, args, word):
+def test_bad_input_is_one_line(cli_error, tmp_path, capsys, monkeypatch, args, word):
     monkeypatch.chdir(tmp_path)
     src, m = _img(tmp_path), _mask(tmp_path)
     small = tmp_path / "small.nii.gz"
@@ -90,25 +82,25 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch, args, word):
     sub = {"IMG": str(src), "MASK": str(m), "SMALL": str(small), "NOMODEL": str(tmp_path / "nomodel"),
            "HALF": str(half)}
     assert main([sub.get(a, a) for a in args]) == 2
-    assert word in _error(capsys)
+    assert word in cli_error(capsys)
     assert not (tmp_path / "o.nii.gz").exists() and not (tmp_path / "M").exists()
     assert not (tmp_path / "o").exists() and not (tmp_path / "generate-inpaint").exists()
 
 
-def test_study_folder_not_empty_needs_overwrite(tmp_path, capsys):
+def test_study_folder_not_empty_needs_overwrite(cli_error, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "mine.txt").write_text("keep", encoding="utf-8")
     assert main(["generate", "anomaly", "--tiny", "--out", str(out)]) == 2
-    assert "--overwrite" in _error(capsys)
+    assert "--overwrite" in cli_error(capsys)
     assert (out / "mine.txt").read_text(encoding="utf-8") == "keep"
 
 
-def test_train_refuses_existing_model_folder_without_overwrite(tmp_path, capsys):
+def test_train_refuses_existing_model_folder_without_overwrite(cli_error, tmp_path, capsys):
     src = _img(tmp_path)
     out = tmp_path / "model"
     out.mkdir()
     (out / "notes.txt").write_text("mine", encoding="utf-8")
     assert main(["train", "vae", "--image", str(src), "--out", str(out), "--steps", "2"]) == 2
-    _error(capsys)
+    cli_error(capsys)
     assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"

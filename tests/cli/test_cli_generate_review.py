@@ -24,14 +24,6 @@ def _smooth(shape, phase=0.0):
     return (np.sin(grids[-1] / 3.0 + phase) + np.cos(grids[-2] / 4.0)).astype(np.float32)
 
 
-def _error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [x for x in err.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("biomip: error: "), err
-    return lines[0]
-
-
 def _capture_fit(monkeypatch, cls):
     """Record the arguments of ``cls.fit`` (and train for real)."""
     seen = {}
@@ -69,12 +61,12 @@ def test_train_diffusion_drops_constant_slices_in_pairs(tmp_path, monkeypatch, c
             np.testing.assert_allclose(c[k], data[k] + 100.0, atol=1e-4)
 
 
-def test_train_diffusion_cond_count_is_checked(tmp_path, capsys):
+def test_train_diffusion_cond_count_is_checked(cli_error, tmp_path, capsys):
     img = np.stack([_smooth((16, 16), k) for k in range(4)])
     args = ["train", "diffusion", "--image", str(_write(tmp_path / "i.nii.gz", img)), "--cond",
             str(_write(tmp_path / "c.nii.gz", img[:3])), "--out", str(tmp_path / "m"), "--steps", "1"]
     assert main(args) == 2
-    assert "--cond" in _error(capsys) and not (tmp_path / "m").exists()
+    assert "--cond" in cli_error(capsys) and not (tmp_path / "m").exists()
 
 
 # ------------------------------------------------------------------ 2./3. super-resolution models: offset and factor
@@ -116,13 +108,13 @@ def test_superres_cli_uses_the_models_offset(sr_study, tmp_path, capsys):
     assert rep["scale"] == 2 and rep["offset_hr_pixels"] == pytest.approx(list(off))
 
 
-def test_superres_cli_refuses_another_scale(sr_study, tmp_path, capsys):
+def test_superres_cli_refuses_another_scale(cli_error, sr_study, tmp_path, capsys):
     out, _ = sr_study
     src = _write(tmp_path / "lr.nii.gz", _smooth((16, 16)) * 0.3 + 0.4)
     hr = tmp_path / "hr.nii.gz"
     assert main(["generate", "superres", str(src), "--method", "unet", "--model", str(out / "models" / "unet"),
                  "--scale", "3", "--out", str(hr)]) == 2
-    msg = _error(capsys)
+    msg = cli_error(capsys)
     assert "--scale: got 3" in msg and "2" in msg
     assert not hr.exists() and not (tmp_path / "hr.report.json").exists()
 
@@ -155,18 +147,18 @@ def test_train_gan_passes_whole_images(tmp_path, monkeypatch, capsys):
     assert cfg["config"]["image_size"] == 16
 
 
-def test_train_gan_too_small_and_patch(tmp_path, capsys):
+def test_train_gan_too_small_and_patch(cli_error, tmp_path, capsys):
     small = _write(tmp_path / "s.nii.gz", _smooth((12, 12)))
     assert main(["train", "gan", "--image", str(small), "--out", str(tmp_path / "g"), "--steps", "1"]) == 2
-    assert "--image" in _error(capsys)
+    assert "--image" in cli_error(capsys)
     big = _write(tmp_path / "b.nii.gz", _smooth((32, 32)))
     assert main(["train", "gan", "--image", str(big), "--out", str(tmp_path / "g"), "--steps", "1",
                  "--patch", "16"]) == 2
-    assert "--patch" in _error(capsys) and not (tmp_path / "g").exists()
+    assert "--patch" in cli_error(capsys) and not (tmp_path / "g").exists()
 
 
 # ------------------------------------------------------------------ 5. PROJECTION must be 2-D
-def test_project3d_refuses_a_volume(tmp_path, capsys):
+def test_project3d_refuses_a_volume(cli_error, tmp_path, capsys):
     from biomip.generate.project3d import ProjectionToVolume
 
     ProjectionToVolume(size=16, codebook_2d=8, codebook_3d=8, code_dim=2, features_2d=(4,), features_3d=(4,),
@@ -175,7 +167,7 @@ def test_project3d_refuses_a_volume(tmp_path, capsys):
     vol = _write(tmp_path / "v.nii.gz", rng.random((3, 16, 16)))
     out = tmp_path / "o.nii.gz"
     assert main(["generate", "project3d", str(vol), "--model", str(tmp_path / "p3"), "--out", str(out)]) == 2
-    assert _error(capsys).startswith("biomip: error: PROJECTION:")
+    assert cli_error(capsys).startswith("biomip: error: PROJECTION:")
     assert not out.exists()
     single = _write(tmp_path / "one.nii.gz", rng.random((1, 16, 16)))   # a singleton axis is fine
     assert main(["generate", "project3d", str(single), "--model", str(tmp_path / "p3"), "--out", str(out)]) == 0
@@ -183,18 +175,18 @@ def test_project3d_refuses_a_volume(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ 6. training input checks
-def test_train_patch_zero_is_refused(tmp_path, capsys):
+def test_train_patch_zero_is_refused(cli_error, tmp_path, capsys):
     src = _write(tmp_path / "a.nii.gz", _smooth((16, 16)))
     assert main(["train", "vae", "--image", str(src), "--out", str(tmp_path / "m"), "--steps", "1",
                  "--patch", "0"]) == 2
-    assert "--patch: got 0" in _error(capsys) and not (tmp_path / "m").exists()
+    assert "--patch: got 0" in cli_error(capsys) and not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize("kind", ["vae", "repair"])
-def test_train_constant_image_is_refused(tmp_path, capsys, kind):
+def test_train_constant_image_is_refused(cli_error, tmp_path, capsys, kind):
     src = _write(tmp_path / "c.nii.gz", np.full((16, 16), 3.0))
     assert main(["train", kind, "--image", str(src), "--out", str(tmp_path / "m"), "--steps", "1"]) == 2
-    msg = _error(capsys)
+    msg = cli_error(capsys)
     assert msg.startswith("biomip: error: --image:") and "constant" in msg and "pass mask" not in msg
     assert not (tmp_path / "m").exists()
 
@@ -238,7 +230,7 @@ def vae_model(tmp_path_factory):
     (["generate", "inpaint", "IMG", "--mask", "MASK", "--steps", "7", "--out", "o.nii.gz"], "--steps"),
     (["generate", "superres", "IMG", "--steps", "7", "--out", "o.nii.gz"], "--steps"),
 ])
-def test_options_that_do_not_apply_are_refused(tmp_path, capsys, monkeypatch, vae_model, args, word):
+def test_options_that_do_not_apply_are_refused(cli_error, tmp_path, capsys, monkeypatch, vae_model, args, word):
     monkeypatch.chdir(tmp_path)
     img = _write(tmp_path / "i.nii.gz", _smooth((16, 16)) * 0.3 + 0.5)
     m = np.zeros((16, 16), np.uint8)
@@ -246,7 +238,7 @@ def test_options_that_do_not_apply_are_refused(tmp_path, capsys, monkeypatch, va
     mask = _write(tmp_path / "m.nii.gz", m)
     sub = {"VAE": str(vae_model), "IMG": str(img), "MASK": str(mask)}
     assert main([sub.get(a, a) for a in args]) == 2
-    assert word in _error(capsys)
+    assert word in cli_error(capsys)
     assert not (tmp_path / "o.tif").exists() and not (tmp_path / "o.nii.gz").exists()
 
 
