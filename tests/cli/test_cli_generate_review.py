@@ -69,6 +69,19 @@ def test_train_diffusion_cond_count_is_checked(cli_error, tmp_path, capsys):
     assert "--cond" in cli_error(capsys) and not (tmp_path / "m").exists()
 
 
+def test_train_diffusion_clip_option(cli_error, tmp_path, capsys):
+    img = np.stack([_smooth((16, 16), k) for k in range(4)])
+    src = str(_write(tmp_path / "i.nii.gz", img))
+    base = ["train", "diffusion", "--image", src, "--steps", "1", "--batch-size", "2", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "m"), "--clip", "range"]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["meta"]["clip_mode"] == "range"
+    assert main([*base, "--out", str(tmp_path / "bad"), "--clip", "bogus"]) == 2
+    assert cli_error(capsys).startswith("biomip: error: --clip: got 'bogus'") and not (tmp_path / "bad").exists()
+    assert main(["train", "vae", "--image", src, "--out", str(tmp_path / "v"), "--steps", "1", "--clip",
+                 "range"]) == 2                       # only diffusion models clip while sampling
+    assert "No such option: --clip" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ 2./3. super-resolution models: offset and factor
 @pytest.fixture(scope="module")
 def sr_study(tmp_path_factory):

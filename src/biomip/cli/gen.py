@@ -691,7 +691,7 @@ _GAN_SIDES = (16, 64)                    # power-of-two crop side of `biomip tra
 
 
 def _train(kind: str, image: list[Path], out: Path, sdim: int, steps: int, batch_size: int, patch: int | None,
-           seed: int, device, progress, overwrite: bool, cond: list[Path] | None = None):
+           seed: int, device, progress, overwrite: bool, cond: list[Path] | None = None, clip: str | None = None):
     from ..core.arrays import check_number
     from ..core.atomic import write_json
     from ..generate.registry import model_class
@@ -717,6 +717,8 @@ def _train(kind: str, image: list[Path], out: Path, sdim: int, steps: int, batch
     fit_kw = {"steps": steps, "batch_size": batch_size, "seed": seed, "device": device, "progress": progress}
     if patch is not None:
         fit_kw["patch" if kind != "mae" else "patch_size"] = (patch,) * sdim
+    if clip is not None:
+        fit_kw["clip"] = clip
     if c is not None:
         kw["cond_channels"] = int(c.shape[1])
         fit_kw["cond"] = c
@@ -748,8 +750,9 @@ def _train(kind: str, image: list[Path], out: Path, sdim: int, steps: int, batch
 
 
 def _train_command(kind: str, help_text: str, conditional: bool = False):
+    """The ``biomip train KIND`` command; ``conditional`` (diffusion) adds ``--cond`` and ``--clip``."""
     @cli_words(images="--image", steps="--steps", batch_size="--batch-size", patch="--patch", seed="--seed",
-               sdim="--sdim", cond="--cond")
+               sdim="--sdim", cond="--cond", clip="--clip")
     def cmd(image: list[Path] = typer.Option(..., "--image", metavar="FILE", help="Training image (repeat); a "
                                                                                   "volume gives its slices to a 2-D "
                                                                                   "model."),
@@ -761,19 +764,24 @@ def _train_command(kind: str, help_text: str, conditional: bool = False):
             cond: list[Path] | None = (typer.Option(None, "--cond", metavar="FILE",
                                                     help="Condition image per --image (repeat, same order): "
                                                          "image-to-image diffusion.") if conditional else None),
+            clip: str = (typer.Option("percentile", "--clip",
+                                      help="What sampling clips the denoised image to: percentile (the training "
+                                           "data's 0.5-99.5 percentiles; the classic DDPM clip), range (its whole "
+                                           "range: keeps sparse bright spots) or none.") if conditional else None),
             seed: int = typer.Option(0, "--seed", help="Seed of initialisation and batches."),
             device: str | None = typer.Option(None, "--device", help="cpu, cuda, auto."),
             progress: bool | None = _PROGRESS,
             overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model folder.")):
         _train(kind, image, out, sdim, steps, batch_size, patch, seed, device, progress, overwrite,
-               cond if conditional else None)
+               cond if conditional else None, clip if conditional else None)
 
     cmd.__doc__ = help_text
-    if not conditional:                                          # no --cond option for the other models
+    if not conditional:                                  # no --cond / --clip options for the other models
         import inspect
 
         sig = inspect.signature(cmd)
-        cmd.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "cond"])
+        cmd.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values()
+                                                    if p.name not in ("cond", "clip")])
     return cmd
 
 

@@ -431,7 +431,8 @@ class Diffusion(_DiffusionCore):
             warnings.warn(f"images: some training values lie {reach:.3g}x the half-range of the 0.5-99.5 percentiles "
                           "from its centre; sampling clips to those percentiles, so sparse structures out there "
                           "(bright spots, contrast) will be cut from samples and denoised images: "
-                          "fit(..., clip='range') keeps the whole range", stacklevel=2)
+                          "fit(..., clip='range') (biomip train diffusion --clip range) keeps the whole range",
+                          stacklevel=2)
         return self._train(xn, c, y, steps, batch_size, lr, patch, p_uncond, ema, seed, device,
                            progress, callback, "Diffusion fit")
 
