@@ -337,3 +337,27 @@ def test_the_metric_label_says_what_it_was_measured_on():
     """) % _page_function("onTrainEvent")
     text = _node(script).strip()
     assert text == "dice on training images = 0.2500 (epoch 1)", text
+
+
+def test_register_takes_a_channel_per_image():
+    """A 3-channel fixed image and a grey moving one: ``channel`` picks the fixed image's
+    channel, the moving one is read as grey (it used the same channel for both and failed)."""
+    from biomip.app.methods import run_method
+
+    rng = np.random.default_rng(1)
+    grey = np.zeros((24, 24), np.float32)
+    grey[8:16, 6:14] = 1.0
+    fixed = biomip.Image(np.stack([rng.random((24, 24)), rng.random((24, 24)), grey]).astype(np.float32),
+                         axes="cyx")
+    moving = biomip.Image(np.roll(grey, 2, axis=1))
+    params = {"transform": "rigid", "levels": 1, "iterations": 30, "channel": 2}
+    out = run_method("register", fixed, params, moving=moving)
+    want = biomip.register.linear(biomip.Image(grey), moving, transform="rigid", levels=1, iterations=30).warped
+    np.testing.assert_allclose(out.numpy(), want.numpy(), atol=1e-5)
+    three = biomip.Image(np.stack([grey * 0, grey * 0, np.roll(grey, 2, axis=1)]), axes="cyx")
+    same = run_method("register", fixed, params, moving=three)          # default: the fixed image's channel
+    np.testing.assert_allclose(same.numpy(), want.numpy(), atol=1e-5)
+    other = run_method("register", biomip.Image(grey), {**params, "channel": 0, "moving_channel": 2}, moving=three)
+    np.testing.assert_allclose(other.numpy(), want.numpy(), atol=1e-5)
+    with pytest.raises(biomip.BiomipError, match=r"params\.moving_channel: got 3; expected 0\.\.2"):
+        run_method("register", fixed, {**params, "moving_channel": 3}, moving=three)

@@ -113,7 +113,7 @@ class Method:
         return {"kind": self.kind, "description": self.description, "params": [p.to_dict() for p in self.params]}
 
 
-def grey(image: Image, channel: int = 0) -> Image:
+def grey(image: Image, channel: int = 0, option: str = "params.channel") -> Image:
     """One grey channel (or time point) of an image, with the spatial geometry.
 
     Parameters
@@ -122,6 +122,8 @@ def grey(image: Image, channel: int = 0) -> Image:
         Any image.
     channel : int, optional
         Which channel / time point (flattened index) of a multi-channel image.
+    option : str, optional
+        The parameter an error names.
 
     Returns
     -------
@@ -141,12 +143,12 @@ def grey(image: Image, channel: int = 0) -> Image:
     """
     if image.ndim == image.sdim:
         if channel not in (0, None):
-            raise InputError(f"params.channel: got {channel!r}; the image has one channel (0)")
+            raise InputError(f"{option}: got {channel!r}; the image has one channel (0)")
         return image
     frames = image.numpy().reshape((-1,) + image.spatial_shape)
     k = 0 if channel is None else channel
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < frames.shape[0]:
-        raise InputError(f"params.channel: got {channel!r}; expected 0..{frames.shape[0] - 1}")
+        raise InputError(f"{option}: got {channel!r}; expected 0..{frames.shape[0] - 1}")
     return Image(frames[int(k)], spacing=image.spacing, origin=image.origin, direction=image.direction)
 
 
@@ -358,7 +360,10 @@ METHODS: dict[str, Method] = {m.name: m for m in [
             Param("metric", "choice", "mse", "Similarity: mse (same modality), ncc, mi / nmi (multimodal)",
                   choices=["mse", "ncc", "mi", "nmi"]),
             Param("levels", "int", 3, "Pyramid levels", 1, 6),
-            Param("iterations", "int", 50, "Iterations per level", 1, 1000), _CH], _register),
+            Param("iterations", "int", 50, "Iterations per level", 1, 1000),
+            Param("channel", "int", 0, "Channel of a multi-channel fixed image", 0, 255),
+            Param("moving_channel", "int", None, "Channel of a multi-channel moving image (default: the fixed "
+                  "image's channel; 0 for a one-channel moving image)", 0, 255)], _register),
 ]}
 """The catalogue: name -> :class:`Method`."""
 
@@ -514,7 +519,10 @@ def run_method(method: str, image: Image, params: dict | None = None, *, moving:
     if m.kind == "register":
         if moving is None:
             raise InputError("moving: register needs a moving image")
-        return m.fn(src, grey(moving, p.get("channel", 0)), p, workspace)
+        k = p["moving_channel"]
+        if k is None:                      # the fixed image's channel, where the moving image has channels
+            k = p["channel"] if moving.ndim > moving.sdim else 0
+        return m.fn(src, grey(moving, k, "params.moving_channel"), p, workspace)
     if src.sdim == 3 and src.shape[0] == 1:
         # a one-slice volume (a 2-D NIfTI is stored as x, y, 1[, 1, c]): segment the slice as a 2-D image
         flat = Image(src.numpy()[0], spacing=src.spacing[:2], origin=src.origin[:2],
