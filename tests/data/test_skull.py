@@ -67,8 +67,8 @@ def test_template_hu_labels_landmarks(template):
     assert set(np.unique(lab).tolist()) == {0, *SKULL_LABELS}
     for k in SKULL_LABELS:
         assert (vol[lab == k] > 700).all(), SKULL_LABELS[k]         # every labelled voxel is bone
-    assert abs(_value_at(template.volume, (0, -10, 50)) - 35.0) < 1e-3   # brain
-    assert _value_at(template.volume, (0, 8, -66)) == -1000.0      # pharynx
+    assert abs(_value_at(template.volume, (0, 10, 50)) - 35.0) < 1e-3    # brain
+    assert _value_at(template.volume, (0, -8, -66)) == -1000.0     # pharynx
     assert len(LANDMARKS) >= 10 and set(template.landmarks) == set(LANDMARKS)
     lo, hi = template.volume.bounds()
     for name, p in template.landmarks.items():
@@ -83,6 +83,20 @@ def test_template_hu_labels_landmarks(template):
         near = [_value_at(fine.labels, p + s * (np.array(d) - 1)) for d in np.ndindex(3, 3, 3)]
         assert k in near, name
     assert _value_at(fine.volume, fine.landmarks["sella"]) < 100    # the pituitary fossa is soft tissue
+
+
+def test_template_is_in_lps(template):
+    """World y is posterior (LPS, as every reader of biomip): the face at y < 0, the back of
+    the skull at y > 0, the vertex on top, the patient's right at x < 0; with the identity
+    direction a viewer shows the head the right way round (it was mirrored front to back)."""
+    lm = template.landmarks
+    assert lm["nasion"][1] < -50 and lm["pogonion"][1] < -50 and lm["basion"][1] > 0
+    assert lm["vertex"][2] > lm["menton"][2] + 150 and lm["orbitale_r"][0] < 0 < lm["orbitale_l"][0]
+    assert np.allclose(template.volume.direction, np.eye(3))
+    lab = template.labels.array
+    mand_y = template.volume.index_to_world(np.argwhere(lab == 3)[:, ::-1].astype(float))[:, 1].mean()
+    skull_y = template.volume.index_to_world(np.argwhere(lab == 1)[:, ::-1].astype(float))[:, 1].mean()
+    assert mand_y < skull_y - 20                                   # the jaw is in front of the cranium
 
 
 def test_template_is_symmetric(template):
@@ -149,11 +163,11 @@ def test_mandible_opening_is_a_rotation(template):
         expect = 2.0 * r * math.sin(math.radians(10.0) / 2.0)        # chord of the arc
         assert abs(np.linalg.norm(p - t) - expect) < 0.5 * voxel, name
         assert abs(np.linalg.norm(p - t) - r * math.radians(10.0)) < 0.5 * voxel + 0.01 * r
-        # chin down and back, the angle of the mandible back
-        assert p[1] < t[1] and abs(p[0] - t[0]) < 1e-3
+        # chin down and back (+y in LPS), the angle of the mandible back
+        assert p[1] > t[1] and abs(p[0] - t[0]) < 1e-3
         assert name == "gonion_r" or p[2] < t[2]
         assert abs(math.hypot(p[1] - hinge[1], p[2] - hinge[2]) - r) < 0.3 * voxel   # stays at radius r
-    assert s.landmarks["menton"][1] < template.landmarks["menton"][1]
+    assert s.landmarks["menton"][1] > template.landmarks["menton"][1]
     for name in ("sella", "nasion", "vertex", "basion", "anterior_nasal_spine", "orbitale_r"):
         assert np.linalg.norm(s.landmarks[name] - template.landmarks[name]) < 0.5 * voxel, name
     # the upper incisors border the (stretched) gap between the tooth rows

@@ -79,13 +79,14 @@ def test_a_point_projects_where_the_geometry_says():
         rc = drr.project_points(world)
         peak = np.unravel_index(np.argmax(img), img.shape)
         assert np.all(np.abs(np.asarray(peak) - rc) <= 0.5 + 1e-6), (peak, rc)
-    # lateral orientation: superior (+z) at the top, anterior (+y) to the right
+    # lateral orientation (LPS world): superior (+z) at the top, posterior (+y) to the right,
+    # so the face (-y) looks left
     c = drr.project_points(np.zeros(3))
     up = drr.project_points([0.0, 0.0, 10.0])
-    front = drr.project_points([0.0, 10.0, 0.0])
+    back = drr.project_points([0.0, 10.0, 0.0])
     assert up[0] < c[0] - 5 and abs(up[1] - c[1]) < 1e-9
-    assert front[1] > c[1] + 5 and abs(front[0] - c[0]) < 1e-9
-    # frontal (postero-anterior): the subject's left (+x) to the right
+    assert back[1] > c[1] + 5 and abs(back[0] - c[0]) < 1e-9
+    # frontal (antero-posterior: the source anterior, at -y): the subject's left (+x) to the right
     fr = DRR(grid, det_shape=(64, 64), view="frontal")
     assert fr.project_points([10.0, 0.0, 0.0])[1] > fr.project_points([0.0, 0.0, 0.0])[1] + 5
     assert fr.geometry.source[0, 1] < 0

@@ -16,7 +16,9 @@ Every phantom is built from ellipsoids in the normalised field of view ``[-1, 1]
   or calcified nodules);
 * air (-1000 HU) outside.
 
-Axes are ``(z, y, x)`` = (inferior -> superior, posterior -> anterior, right -> left).
+Axes are ``(z, y, x)`` = (inferior -> superior, anterior -> posterior, right -> left), the
+LPS world of biomip (identity direction).  The phantoms have no face: only the ellipsoids'
+semi-axes tell front-back (y) from left-right (x).
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ def head_phantom(shape=(64, 64, 64), spacing=2.0, seed: int = 0) -> Image:
     tilt = rng.uniform(-0.25, 0.25)
     for sgn in (-1.0, 1.0):
         cx, cy, cz = sgn * vx, vy, vz
-        # a tilt about z (the horns diverge anteriorly)
+        # a random tilt about z (the horns diverge forwards or backwards)
         ct, st = np.cos(sgn * tilt), np.sin(sgn * tilt)
         dx, dy, dz = hx - cx, hy - cy, hz - cz
         rx_, ry_ = ct * dx + st * dy, -st * dx + ct * dy

@@ -23,8 +23,13 @@ view) and is exactly left-right symmetric about the mid-sagittal plane ``x = 0``
 * airway (air): pharynx in front of the spine up to the nasopharynx and choanae, and a
   thin oral air space under the palate.
 
-Axes are ``(z, y, x)`` = (inferior -> superior, posterior -> anterior, right -> left) as
-in :mod:`biomip.data.heads`; the patient's right side is ``x < 0``.
+World coordinates are biomip's LPS frame (as ITK, DICOM and every reader of biomip):
+``x`` runs right -> left, ``y`` anterior -> posterior, ``z`` inferior -> superior, so the
+face is at ``y < 0`` and the patient's right side at ``x < 0``; the volumes have an
+identity direction, so their array axes ``(z, y, x)`` run the same ways and a viewer
+(3D Slicer, ITK-SNAP) shows the head the right way round.  The anatomy below is written
+in an "anatomy frame" with ``y`` pointing forwards (``_LANDMARKS_MM``, ``_HINGE_A``, the
+arch parameters); :func:`_build` and the landmarks turn it into the world frame.
 
 A subject is the template pulled back through ``u = u_smooth o-composed with u_jaw``:
 ``subject(p) = template(p + u(p))``, where the jaw opening ``u_jaw`` rotates the mandible
@@ -64,7 +69,7 @@ _CRANIUM_A = (72.0, 85.0, 63.0)          # its semi-axes (x, y, z)
 _VAULT_T, _SCALP_T, _FLOOR_T = 7.0, 6.0, 7.0
 _Z0 = 4.0                                # the anatomy frame below sits _Z0 mm below the world (grid) frame
 _HINGE_A = (-8.0, -20.0)                 # (y, z) of the condyle centres = the hinge axis (anatomy frame)
-_HINGE = (_HINGE_A[0], _HINGE_A[1] + _Z0)   # the same in world coordinates
+_HINGE = (-_HINGE_A[0], _HINGE_A[1] + _Z0)  # the same in world (LPS) coordinates: y points backwards
 _CONDYLE_X = 48.0
 _LOW_ARCH = (46.0, 68.0, 78.0)           # lower arch: x = 46 u, y = 68 - 78 u^2
 _UP_ARCH = (48.0, 73.0, 76.0)            # upper arch
@@ -76,7 +81,7 @@ LANDMARKS = (
 )
 """Names of the landmarks of every :class:`SkullSubject` (``_r`` = patient's right, x < 0)."""
 
-_LANDMARKS_MM = {
+_LANDMARKS_MM = {                                # anatomy frame: (x, y forwards, z)
     "sella": (0.0, 6.0, 6.0),                    # centre of the pituitary fossa
     "nasion": (0.0, 72.0, 18.0),                 # frontonasal junction
     "menton": (0.0, 68.0, -91.0),                # lowest point of the symphysis
@@ -235,7 +240,8 @@ def _build(shape, spacing):
     sx, sy, sz = spacing
     # exactly symmetric coordinates: (i - (n - 1) / 2) * s
     X = ((np.arange(nx) - (nx - 1) / 2.0) * sx)[None, None, :]
-    Y = ((np.arange(ny) - (ny - 1) / 2.0) * sy)[None, :, None]
+    # anatomy frame: Y points forwards, the world's (LPS) y backwards -- the y axis mirrored
+    Y = -((np.arange(ny) - (ny - 1) / 2.0) * sy)[None, :, None]
     Z = ((np.arange(nz) - (nz - 1) / 2.0) * sz)[:, None, None] - _Z0      # anatomy frame
     AX = np.abs(X)
     vol = np.full(shape, _AIR)
@@ -414,7 +420,8 @@ def skull_template(shape=(64, 64, 64), spacing=None) -> SkullSubject:
     volume = Image(vol, spacing=sp, origin=origin, meta=meta)
     labels = Image(lab, spacing=sp, origin=origin,
                    meta={"kind": "labels", "name": "skull-labels", "labels": {str(k): v for k, v in SKULL_LABELS.items()}})
-    marks = {k: np.array(_LANDMARKS_MM[k], dtype=np.float64) + [0.0, 0.0, _Z0] for k in LANDMARKS}
+    marks = {k: np.array(_LANDMARKS_MM[k], dtype=np.float64) * [1.0, -1.0, 1.0] + [0.0, 0.0, _Z0]
+             for k in LANDMARKS}                   # anatomy frame -> world (LPS)
     return SkullSubject(volume=volume, labels=labels, landmarks=marks, field=None, opening_deg=0.0, seed=None,
                         info={"name": "template"})
 
@@ -444,8 +451,8 @@ def _world_grid(shape, spacing, origin, dtype=torch.float32) -> torch.Tensor:
 
 def _rotate_yz(pts: torch.Tensor, angle: float, inverse: bool) -> torch.Tensor:
     """Rotate world points about the hinge axis (along x) by the opening ``angle`` (rad):
-    forward = the chin goes down and back; ``inverse`` applies the inverse rotation."""
-    c, s = math.cos(angle), math.sin(angle)
+    forward = the chin goes down and back (+y in LPS); ``inverse`` applies the inverse rotation."""
+    c, s = math.cos(angle), -math.sin(angle)      # -: the world's y points backwards (anatomy frame: forwards)
     if inverse:
         s = -s
     y, z = pts[..., 1] - _HINGE[0], pts[..., 2] - _HINGE[1]
@@ -506,7 +513,8 @@ def _jaw_field(template: SkullSubject, angle: float, weight: torch.Tensor) -> np
     grid = _world_grid(vol.spatial_shape, vol.spacing, vol.origin)
     rel_y = grid[..., 1] - _HINGE[0]
     rel_z = grid[..., 2] - _HINGE[1]
-    v = torch.stack([torch.zeros_like(rel_y), -angle * rel_z * weight, angle * rel_y * weight])
+    a = -angle                                    # the world's y points backwards (anatomy frame: forwards)
+    v = torch.stack([torch.zeros_like(rel_y), -a * rel_z * weight, a * rel_y * weight])
     return integrate_velocity(v, spacing=vol.spacing, steps=6).numpy()
 
 
@@ -528,6 +536,8 @@ def _smooth_field(template: SkullSubject, seed: int, max_displacement: float, sm
     csp = tuple(float(s * f) for s in sp)
     rd = random_deformation(cshape, max_displacement=max_displacement, smoothness=smoothness, spacing=csp, seed=seed)
     uc = _symmetric(rd.displacement.numpy().astype(np.float64), asymmetry)
+    uc = uc[:, :, ::-1].copy()                    # mirrored in y (and u_y negated): the same subjects as when
+    uc[1] *= -1.0                                 # the world's y pointed forwards (the grid is y-centred)
     corg = tuple(-(n - 1) / 2.0 * s for n, s in zip(cshape[::-1], csp))
     grid = _world_grid(shape, tuple(sp), vol.origin, torch.float64)[None]
     u = _sample_world(torch.from_numpy(np.ascontiguousarray(uc)), grid, csp, corg)[0].numpy()

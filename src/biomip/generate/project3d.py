@@ -429,8 +429,9 @@ def mni_pseudo_ct(size: int = 32) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        ``(size, size, size)`` float32, axes (inferior -> superior, posterior -> anterior,
-        right -> left) as :func:`~biomip.data.heads.head_phantom`.
+        ``(size, size, size)`` float32 in HU, the array axes of
+        ``biomip.data.load("mni152-t1")`` (not reoriented): ``(z, y, x)`` = (inferior ->
+        superior, posterior -> anterior, left -> right).
     """
     from scipy import ndimage
 

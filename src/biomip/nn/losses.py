@@ -388,7 +388,7 @@ def symmetry_loss(u: torch.Tensor, axis: int = -1) -> torch.Tensor:
     ``mirror(u)(p) = M u(M p)`` with ``M`` the reflection about the grid's mid-plane normal
     to ``axis``: the array flipped along ``axis`` and the component along it negated
     (component 0 for the x axis, -1; 1 for y, -2; 2 for z, -3).  For a head with
-    axes ``(z, y, x) = (inferior -> superior, posterior -> anterior, right -> left)`` the
+    axes ``(z, y, x) = (inferior -> superior, anterior -> posterior, right -> left)`` (LPS) the
     default ``axis=-1`` is left-right symmetry about the mid-sagittal plane.
 
     Parameters

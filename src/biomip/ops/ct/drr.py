@@ -13,8 +13,9 @@ once as a sparse matrix (detector pixels x voxels), so a rendering is one sparse
 matrix-vector product and its gradient one product with the stored transpose; it runs on
 CPU and CUDA and agrees with the projector to float rounding.
 
-World convention (that of :func:`biomip.data.head_phantom`): x runs right -> left, y
-posterior -> anterior, z inferior -> superior, in mm; the head is centred on the origin.
+World convention: biomip's LPS frame (that of every reader, and of
+:func:`biomip.data.skull_template`): x runs right -> left, y anterior -> posterior, z
+inferior -> superior, in mm.
 """
 
 from __future__ import annotations
@@ -114,9 +115,9 @@ class DRR:
     view : {"lateral", "frontal"}, float or DivergentBeam, optional
         ``"lateral"`` (default): the beam runs along -x, source on the +x (left) side,
         detector on the right; image rows run superior -> inferior (row 0 = top of the head)
-        and columns posterior -> anterior (the face looks right).  ``"frontal"``: a
-        postero-anterior view (source posterior, columns run from the subject's right to its
-        left, rows superior -> inferior).  A number: the lateral set-up rotated by that angle
+        and columns along +y, anterior -> posterior (the face looks left).  ``"frontal"``: an
+        antero-posterior view (source anterior, at -y; columns run from the subject's right
+        to its left, rows superior -> inferior).  A number: the lateral set-up rotated by that angle
         in radians about the world z axis (``"frontal"`` is ``-pi / 2``).  A
         :class:`DivergentBeam` with one cone-beam view: that pose as it is.
     samples_per_voxel : float, optional
@@ -192,7 +193,7 @@ class DRR:
         c, s = math.cos(theta), math.sin(theta)
         rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
         beam = rot @ np.array([1.0, 0.0, 0.0])          # from the isocentre towards the source
-        col = rot @ np.array([0.0, 1.0, 0.0])           # lateral: posterior -> anterior
+        col = rot @ np.array([0.0, 1.0, 0.0])           # lateral: +y, anterior -> posterior (LPS)
         row = np.array([0.0, 0.0, -1.0])                # superior -> inferior
         src = sod * beam
         ctr = -(sdd - sod) * beam
