@@ -308,3 +308,52 @@ def test_cli(tiny_run, tmp_path, capsys):
     junk.write_text("not an array", encoding="utf-8")
     assert main(["register2d3d", str(out / "model"), str(junk), "--out", str(tmp_path / "j.nii.gz")]) == 2
     assert "NPY" in capsys.readouterr().err
+
+
+def test_cli_review_findings(tiny_run, tmp_path, capsys):
+    """register2d3d checks the X-ray's pixel size, takes an RGB picture as its mean, names
+    its CLI words, notes a --tiny model; the written head is in LPS (the face at y < 0)."""
+    import imageio.v3 as iio
+    import nibabel as nib
+
+    import biomip
+    from biomip.cli.main import main
+    from biomip.core.image import Image
+
+    cfg, rep, out = tiny_run
+    xr = biomip.io.read(out / "xray.tif").numpy()
+    biomip.io.write(Image(xr, spacing=(2.0, 2.0)), tmp_path / "x2.ome.tif")
+    assert main(["register2d3d", str(out / "model"), str(tmp_path / "x2.ome.tif"), "--out",
+                 str(tmp_path / "a.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert "XRAY: pixel spacing (2.0, 2.0) mm" in err and not (tmp_path / "a.nii.gz").exists()
+    g = (np.clip((xr - xr.min()) / np.ptp(xr), 0, 1) * 255).astype(np.uint8)
+    iio.imwrite(tmp_path / "rgb.png", np.stack([g] * 3, -1))
+    iio.imwrite(tmp_path / "grey.png", g)
+    for name in ("rgb", "grey"):
+        assert main(["register2d3d", str(out / "model"), str(tmp_path / f"{name}.png"), "--out",
+                     str(tmp_path / f"{name}.nii.gz")]) == 0, capsys.readouterr().err
+    assert "from a --tiny run" in capsys.readouterr().err
+    a = biomip.io.read(tmp_path / "rgb.field.nii.gz").numpy()
+    np.testing.assert_allclose(a, biomip.io.read(tmp_path / "grey.field.nii.gz").numpy(), atol=1e-4)
+    for args, word in ((["--method", "iterative"], "--method: got 'iterative'"),
+                       (["--device", "nope"], "--device: got 'nope'")):
+        assert main(["register2d3d", str(out / "model"), str(out / "xray.tif"), "--out",
+                     str(tmp_path / "m.nii.gz"), *args]) == 2
+        assert word in capsys.readouterr().err
+    # the written labels: mandible in front of (LPS: below in y) the skull, on a grid a viewer reads as LPS
+    n = nib.load(tmp_path / "grey.labels.nii.gz")
+    assert nib.aff2axcodes(n.affine) == ("R", "A", "S") or nib.aff2axcodes(n.affine) == ("L", "P", "S")
+    d = np.asarray(n.dataobj)
+    ras = {k: (n.affine[:3, :3] @ np.argwhere(d == k).mean(0) + n.affine[:3, 3]) for k in (1, 3)}
+    assert ras[3][1] > ras[1][1] + 10                               # RAS: the mandible anterior of the skull
+
+
+def test_run_cli_prints_the_reports_warnings(tiny_run, tmp_path, capsys, monkeypatch):
+    from biomip.cli.main import main
+
+    cfg, rep, out = tiny_run
+    monkeypatch.setattr(dreg, "run", lambda *a, **k: rep)          # the tiny run's report, not a second run
+    assert main(["run", "dreg2d3d", "--tiny", "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert rep["warnings"] and all(f"biomip: note: {w}" in err for w in rep["warnings"])

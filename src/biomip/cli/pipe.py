@@ -199,6 +199,8 @@ def dreg2d3d_cmd(out: Path = typer.Option(Path("dreg-run"), "--out", help="Folde
             kw[name] = v
     rep = run(make(**kw), out=out, device=device, progress=progress)
     typer.echo(f"wrote {out}/report.json, preview.png and model/  ({rep['seconds']:.0f} s on {rep['device']})")
+    for w in rep.get("warnings", []):
+        typer.echo(f"biomip: note: {w}", err=True)
     typer.echo(f"  SRM: {rep['srm']['modes']} modes explaining {100 * rep['srm']['explained_variance']:.1f} % of "
                "the cohort's field variance")
     for name, r in rep["methods"].items():
@@ -209,9 +211,13 @@ def dreg2d3d_cmd(out: Path = typer.Option(Path("dreg-run"), "--out", help="Folde
     typer.echo("  targets: " + ("all met" if not missed else "not met: " + ", ".join(missed)))
 
 
+@cli_words(method="--method", device="--device", xray="XRAY", model="MODEL")
 def register2d3d_cmd(model: Path = typer.Argument(..., help="A model folder (the model/ of `biomip run dreg2d3d`)."),
                      xray: Path = typer.Argument(..., help="A lateral X-ray on the model's detector (TIFF, PNG, NPY; "
-                                                            "rows superior -> inferior, face to the right)."),
+                                                            "rows superior -> inferior, face to the left: "
+                                                            "columns run anterior -> posterior as the model's "
+                                                            "xray.tif). Its pixel size, where the file records "
+                                                            "one, must be the detector's."),
                      out: Path = typer.Option(..., "--out", help="The registered volume (NIfTI, e.g. "
                                                                  "volume.nii.gz); labels and field are written "
                                                                  "next to it (.labels.nii.gz, .field.nii.gz)."),
@@ -240,7 +246,10 @@ def register2d3d_cmd(model: Path = typer.Argument(..., help="A model folder (the
         except (ValueError, OSError, EOFError) as exc:
             raise InputError(f"XRAY: {str(xray)!r} is not a readable NPY array ({exc})") from exc
     else:
-        img = read_input(xray, "XRAY").numpy()
+        img = read_input(xray, "XRAY")               # an Image: its pixel size is checked against the detector
+    if (models.config or {}).get("mode") == "tiny":
+        typer.echo("biomip: note: MODEL comes from a --tiny run (CI-sized, a few training steps): its fields are "
+                   "rough; use the model of a --quick or --full run", err=True)
     t = time.perf_counter()
     vol, lab, u = register_xray(models, img, method=method, device=device)
     secs = time.perf_counter() - t

@@ -597,6 +597,9 @@ class Models:
         Loss history per network.
     train_seconds : dict
         Training time per network.
+    config : dict or None
+        The run's configuration (:meth:`DregConfig.to_dict`) of a loaded model (its
+        ``mode``: ``"tiny"`` models are CI-sized).
     cache : dict
         Per-device tensors of inference (filled on first use).
     """
@@ -610,6 +613,7 @@ class Models:
     ablations: dict = field(default_factory=dict)
     history: dict = field(default_factory=dict)
     train_seconds: dict = field(default_factory=dict)
+    config: dict | None = None
     cache: dict = field(default_factory=dict, repr=False)
 
     def _geometry(self, device) -> _Geometry:
@@ -1121,9 +1125,10 @@ def _preview(path: Path, sim: Simulation, models: Models, ev: dict, title: str):
     lo = org - 0.5 * np.asarray(sp)                                 # world (x, y, z) of the grid's outer faces
     hi = lo + np.asarray(sp) * np.array([X, Y, Z])
     mid = X // 2
-    sag = dict(win, extent=(lo[1], hi[1], lo[2], hi[2]), xlabel="y (mm, posterior -> anterior)", ylabel="z (mm)")
-    ax_kw = dict(win, extent=(lo[0], hi[0], lo[1], hi[1]), xlabel="x (mm, right -> left)",
-                 ylabel="y (mm, posterior -> anterior)")
+    # LPS world: the face at y < 0 -- sagittal panels face left, axial ones have the face at the top
+    sag = dict(win, extent=(lo[1], hi[1], lo[2], hi[2]), xlabel="y (mm, anterior -> posterior)", ylabel="z (mm)")
+    ax_kw = dict(win, extent=(lo[0], hi[0], hi[1], lo[1]), xlabel="x (mm, right -> left)",
+                 ylabel="y (mm, anterior at the top)")
     truth_lab = s.labels.numpy()
     mand_t = (truth_lab == _MANDIBLE).astype(np.uint8) * 3
     zc = int(np.round(np.nonzero(mand_t)[0].mean())) if mand_t.any() else Z // 3
@@ -1141,12 +1146,12 @@ def _preview(path: Path, sim: Simulation, models: Models, ev: dict, title: str):
                        vol[::-1, :, mid], dict(sag, overlay=((lab == _MANDIBLE) * 3).astype(np.uint8)[::-1, :, mid],
                                                overlay_label="mandible")))
     zmm = lo[2] + (zc + 0.5) * sp[2]
-    panels.append((f"truth, axial z = {zmm:.0f} mm", s.volume.numpy()[zc, ::-1],
-                   dict(ax_kw, overlay=mand_t[zc, ::-1], overlay_label="mandible")))
+    panels.append((f"truth, axial z = {zmm:.0f} mm", s.volume.numpy()[zc],
+                   dict(ax_kw, overlay=mand_t[zc], overlay_label="mandible")))
     for m in show:
         vol, lab = results[m]
-        panels.append((f"{m}, axial z = {zmm:.0f} mm", vol[zc, ::-1], dict(ax_kw, overlay=((lab == _MANDIBLE) * 3).astype(np.uint8)
-                                                          [zc, ::-1], overlay_label="mandible")))
+        panels.append((f"{m}, axial z = {zmm:.0f} mm", vol[zc], dict(ax_kw, overlay=((lab == _MANDIBLE) * 3).astype(np.uint8)
+                                                          [zc], overlay_label="mandible")))
     if "refined" in results:
         kw = {"vmin": 0, "vmax": 1, "cmap": "magma", "extent": sag["extent"], "xlabel": sag["xlabel"],
               "ylabel": "z (mm)"}
@@ -1287,7 +1292,7 @@ def load_model(path, device=None) -> Models:
     ref = FieldRefiner.load(p / "refiner", device=dev).eval() if (p / "refiner").is_dir() else None
     drr = DRR.from_dict(meta["drr"])
     return Models(encoder=enc, refiner=ref, mask_net=None, srm=DeformationModel.load(p / "srm.npz"), template=template,
-                  drr=drr)
+                  drr=drr, config=meta.get("config") if isinstance(meta.get("config"), dict) else None)
 
 
 def _check_xray_geometry(models: Models, xray: Image) -> None:
@@ -1318,7 +1323,7 @@ def register_xray(models: Models, xray, method: str = "refined", device=None):
         A trained model (:func:`load_model`).
     xray : numpy.ndarray, torch.Tensor or Image
         ``(H, W)`` lateral X-ray on the model's detector (rows superior -> inferior,
-        columns posterior -> anterior), in any intensity scale (each X-ray is standardised
+        columns anterior -> posterior: the face on the left), in any intensity scale (each X-ray is standardised
         to zero mean and unit variance), brighter where more bone is crossed.
     method : {"refined", "coarse"}, optional
         Which estimate.
@@ -1350,7 +1355,9 @@ def register_xray(models: Models, xray, method: str = "refined", device=None):
     a = xray.numpy() if isinstance(xray, Image) else np.asarray(xray.detach().cpu() if torch.is_tensor(xray) else xray)
     if a.dtype.kind not in "biuf":
         raise InputError(f"xray: got an array of dtype {a.dtype}; expected a real-valued grey X-ray")
-    if a.ndim == 3 and a.shape[-1] in (3, 4):
+    if isinstance(xray, Image) and xray.ndim == 3 and xray.axes[0] == "c" and a.shape[0] in (3, 4):
+        a = a[:3].mean(0)                               # an RGB(A) picture read by biomip: channels first
+    elif a.ndim == 3 and a.shape[-1] in (3, 4):
         a = a[..., :3].mean(-1)
     h, w = models.drr.det_shape
     if a.ndim != 2:
@@ -1377,7 +1384,7 @@ def run(cfg: DregConfig | None = None, out=None, device=None, progress=None) -> 
     """simulate -> train -> infer -> evaluate -> report.
 
     Writes (when ``out`` is given) ``report.json``, ``preview.png``, ``model/`` (for
-    ``biomip register2d3d``) and ``xray.png`` / ``xray.npy`` (one held-out X-ray) into ``out``.
+    ``biomip register2d3d``) and ``xray.tif`` / ``xray.npy`` (one held-out X-ray) into ``out``.
 
     Parameters
     ----------
