@@ -104,9 +104,25 @@ def test_saved_embedder_and_cli_embed(tiny_run, tmp_path, capsys):
                  "--out", str(tmp_path / "z.csv"), "--points", "400"]) == 0
     with open(tmp_path / "z.csv", newline="") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0][:3] == ["label", "voxels", "centroid_z_voxel"] and len(rows) == len(res["labels"]) + 1
-    assert np.allclose(np.array(rows[1][5:], float), res["latents"][0], rtol=1e-4, atol=1e-5)
-    capsys.readouterr()
+    assert rows[0][:4] == ["label", "voxels", "points", "centroid_z_voxel"] and len(rows) == len(res["labels"]) + 1
+    assert np.allclose(np.array(rows[1][6:], float), res["latents"][0], rtol=1e-4, atol=1e-5)
+    assert [int(r[2]) for r in rows[1:]] == res["points"] and max(res["points"]) <= 400
+    # cells with no more voxels than the points asked give them all: the intensity weighting did nothing there
+    assert res["all_voxels"] == [lb for lb, n in zip(res["labels"], res["points"]) if n < 400]
+    assert "--lam did not weight" in capsys.readouterr().err or not res["all_voxels"]
+    many = pc.embed_cells(saved, img, lab, n_points=100_000, seed=0)
+    assert many["all_voxels"] == many["labels"]
+    assert pc.embed_cells(saved, img, lab, n_points=100_000, seed=0, lam=0.0)["all_voxels"] == []
+    with pytest.raises(InputError, match="lam: got -1"):
+        pc.embed_cells(saved, img, lab, n_points=400, lam=-1.0)
+    # labels on another grid than the volume: refused, not silently paired voxel by voxel
+    import biomip
+
+    biomip.io.write(Image(img, spacing=(0.2, 0.2, 1.0)), tmp_path / "va.nii.gz")
+    biomip.io.write(Image(lab.astype(np.int16), spacing=(0.5, 0.5, 0.5)), tmp_path / "la.nii.gz")
+    assert main(["embed", str(out / "model"), str(tmp_path / "va.nii.gz"), "--labels", str(tmp_path / "la.nii.gz"),
+                 "--out", str(tmp_path / "g.csv")]) == 2
+    assert "--labels: voxel size" in capsys.readouterr().err and not (tmp_path / "g.csv").exists()
     empty = np.zeros_like(lab)
     np.save(tmp_path / "e.npy", empty)
     nan = img.copy()

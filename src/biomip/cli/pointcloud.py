@@ -101,7 +101,8 @@ def embed_cmd(model: Path = typer.Argument(..., help="A point-cloud model folder
               labels: Path = typer.Option(..., "--labels", help="Instance labels of the cells, same shape (0 = "
                                                                 "background)."),
               out: Path = typer.Option(Path("latents.csv"), "--out", help="CSV: one row per cell (label, voxels, "
-                                                                          "centroid z y x, latent_0 ...)."),
+                                                                          "points sampled, centroid z y x, "
+                                                                          "latent_0 ...)."),
               n_points: int | None = typer.Option(None, "--points", help="Points sampled per cell (default: the "
                                                                         "model's, at most the cell's voxels)."),
               lam: float | None = typer.Option(None, "--lam", help="The sampler's lambda in exp(lambda * "
@@ -156,6 +157,15 @@ def embed_cmd(model: Path = typer.Argument(..., help="A point-cloud model folder
     if tuple(vol.spatial_shape) != tuple(lab.spatial_shape):
         raise InputError(f"--labels: got shape {tuple(lab.spatial_shape)}; expected VOLUME's shape "
                          f"{tuple(vol.spatial_shape)}")
+    if vol.meta.get("spacing_known", True) and lab.meta.get("spacing_known", True) \
+            and not np.allclose(vol.spacing, lab.spacing, rtol=1e-3):
+        from ..core.image import format_length
+
+        def size(im):
+            return " x ".join(format_length(v) for v in im.spacing)
+
+        raise InputError(f"--labels: voxel size {size(lab)}; expected VOLUME's ({size(vol)}): the labels must be on "
+                         "the volume's grid (resample them with nearest-neighbour interpolation first)")
     t = time.perf_counter()
     res = embed_cells(saved, vol.with_array(np.asarray(vol.numpy(), np.float32)), lab, n_points=n_points, lam=lam,
                       seed=seed, min_voxels=min_voxels, draws=draws)
@@ -165,13 +175,20 @@ def embed_cmd(model: Path = typer.Argument(..., help="A point-cloud model folder
     with outs, atomic_path(out) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
-            w.writerow(["label", "voxels", "centroid_z_voxel", "centroid_y_voxel", "centroid_x_voxel"]
+            w.writerow(["label", "voxels", "points", "centroid_z_voxel", "centroid_y_voxel", "centroid_x_voxel"]
                        + [f"latent_{i}" for i in range(z.shape[1])])
-            for lb, nv, c, row in zip(res["labels"], res["voxels"], res["centroids"], z):
-                w.writerow([lb, nv, *(f"{v:.2f}" for v in c), *(f"{v:.6g}" for v in row)])
+            for lb, nv, npt, c, row in zip(res["labels"], res["voxels"], res["points"], res["centroids"], z):
+                w.writerow([lb, nv, npt, *(f"{v:.2f}" for v in c), *(f"{v:.6g}" for v in row)])
     typer.echo(f"wrote {out}: {len(res['labels'])} cell{'s' if len(res['labels']) != 1 else ''} x {z.shape[1]} "
                "latent dimensions  "
                f"({time.perf_counter() - t:.1f} s)")
+    every = res["all_voxels"]
+    if every:
+        typer.echo(f"biomip: note: {len(every)} of {len(res['labels'])} cells have no more voxels (mask dilated by "
+                   f"one voxel) than the points asked: every voxel was taken, so --lam did not weight their draw "
+                   f"(labels {', '.join(map(str, every[:10]))}{', ...' if len(every) > 10 else ''}); ask fewer "
+                   f"--points (at least the {saved.meta['n_points']} the model sees) for the intensity-weighted "
+                   "sample", err=True)
     if res["skipped"]:
         typer.echo(f"biomip: note: skipped {len(res['skipped'])} cell(s) of fewer than {res['min_voxels']} voxels "
                    f"(labels {', '.join(map(str, res['skipped'][:10]))}{', ...' if len(res['skipped']) > 10 else ''})",

@@ -960,7 +960,9 @@ def embed_cells(saved: SavedEmbedder, volume, labels, n_points: int | None = Non
         Points sampled per cell (``None``: the model's ``sample_points``, at most the
         cell's voxels).
     lam : float or None, optional
-        The sampler's ``lambda`` (``None``: the model's).
+        The sampler's ``lambda`` (``None``: the model's), >= 0.  It weights the draw only
+        where the cell (its mask dilated by one voxel) has more voxels than ``n_points``:
+        a smaller cell gives all its voxels (``points`` says how many).
     seed : int, optional
         Seed of the sampling (each cell's draw is seeded by ``seed`` and its label, so a
         cell's latent does not depend on the other cells).
@@ -977,8 +979,10 @@ def embed_cells(saved: SavedEmbedder, volume, labels, n_points: int | None = Non
     -------
     dict
         ``labels`` (cell ids), ``voxels``, ``centroids`` (centre of mass of each label,
-        array index z, y, x), ``latents`` ``(cells, latent)``, ``skipped`` (ids of cells
-        too small), ``min_voxels`` (the size threshold used).
+        array index z, y, x), ``points`` (points sampled per cell), ``all_voxels`` (ids of
+        the cells whose every mask voxel was taken, so ``lam`` did not weight them),
+        ``latents`` ``(cells, latent)``, ``skipped`` (ids of cells too small),
+        ``min_voxels`` (the size threshold used).
 
     Raises
     ------
@@ -992,7 +996,7 @@ def embed_cells(saved: SavedEmbedder, volume, labels, n_points: int | None = Non
         raise InputError(f"saved: got {describe(saved)}; expected a model from load_model(path)")
     meta = saved.meta
     seen = int(meta["n_points"])
-    lam = float(meta["lam"]) if lam is None else check_number(lam, "lam")
+    lam = float(meta["lam"]) if lam is None else check_number(lam, "lam", low=0.0)
     want = int(meta["sample_points"]) if n_points is None else check_count(n_points, "n_points")
     if want < seen:
         raise InputError(f"n_points: got {want}; expected at least the {seen} points the model sees per cloud")
@@ -1007,15 +1011,20 @@ def embed_cells(saved: SavedEmbedder, volume, labels, n_points: int | None = Non
                          f"{max(c.voxels for c in crops)}); expected cells of at least {min_vox} voxels (the model "
                          f"sees {seen} points per cell)")
     z = np.zeros((len(keep), saved.model.latent))
+    points, every = [], []
     with progress_bar("embedding cells", len(keep), progress) as bar:
         for i, c in enumerate(keep):
             n = min(want, int(c.mask.sum()))
+            points.append(n)
+            if n == int(c.mask.sum()) and lam > 0:      # every voxel taken: lam weighted nothing
+                every.append(c.label)
             cell_seed = seed * 1_000_003 + c.label
             cloud = image_clouds([c.image], [c.mask], n, lam, cell_seed, progress=False, spacing=c.spacing)
             z[i] = embed(saved.model, cloud, seen, seed=cell_seed, draws=draws)[0]
             bar.advance()
     return {"labels": [c.label for c in keep], "voxels": [c.voxels for c in keep],
-            "centroids": [c.centroid for c in keep], "latents": z, "skipped": skipped, "min_voxels": min_vox}
+            "centroids": [c.centroid for c in keep], "points": points, "all_voxels": every, "latents": z,
+            "skipped": skipped, "min_voxels": min_vox}
 
 
 # ============================================================================ report
