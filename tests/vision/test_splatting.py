@@ -259,6 +259,18 @@ def test_bad_inputs_raise():
         GaussianVolume([[0.0, 0.0, 0.0]], 1.0, 1.0).voxelize((4, 4))
 
 
+def test_study_projector_takes_every_argument_of_the_projector_norm():
+    """The study's cheaper ``norm`` is called where the projector's is (FISTA passes
+    ``progress=``): it must take the same arguments (it did not, and the study crashed)."""
+    import inspect
+
+    from biomip.ops.ct import DivergentProjector
+    from biomip.pipelines.vision.splatting import _Projector
+
+    want = set(inspect.signature(DivergentProjector.norm).parameters)
+    assert want <= set(inspect.signature(_Projector.norm).parameters)
+
+
 @pytest.mark.slow
 def test_study_tiny_run(tmp_path):
     from biomip.pipelines.vision import splatting

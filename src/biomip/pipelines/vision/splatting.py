@@ -85,7 +85,8 @@ class _Projector(DivergentProjector):
     the inherited one runs 30 from a random start -- at 128^3 each iteration costs a
     forward and a back projection (about 25 s on 2 cores)."""
 
-    def norm(self, iterations: int = 8, seed: int = 0, device=None) -> float:
+    def norm(self, iterations: int = 8, seed: int = 0, device=None, progress: bool | None = None) -> float:
+        # the inherited signature (FISTA passes progress=); 8 iterations need no progress bar
         key = (iterations, seed, str(device))
         cache = self.__dict__.setdefault("norm_cache", {})
         if key not in cache:
