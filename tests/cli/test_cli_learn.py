@@ -160,3 +160,33 @@ def test_review_refusals_and_single_slice_dicom(capsys, sample_file, tmp_path):
     assert rc == 0, err
     head = _rows(tmp_path / "f.csv")[0]
     assert "area" in head and "volume" not in head
+
+
+def test_features_refuse_an_intensity_image_as_labels(capsys, nuclei_files, tmp_path):
+    """The arguments swapped (the picture as LABELS): each grey level was an 'object'."""
+    rc, _, err = run(capsys, "learn", "features", nuclei_files / "img.tif", "--out", tmp_path / "f.csv")
+    assert rc == 2 and "looks like an intensity image" in err and "--image" in err
+    assert not (tmp_path / "f.csv").exists()
+    from skimage.segmentation import slic
+
+    import biomip
+
+    img = biomip.io.read(nuclei_files / "img.tif").numpy().astype(float)
+    sp = slic(img / img.max(), n_segments=2000, channel_axis=None, start_label=1).astype(np.int32)
+    write(biomip.Image(sp), tmp_path / "sp.tif")                    # small superpixels are labels
+    rc, _, err = run(capsys, "learn", "features", tmp_path / "sp.tif", "--out", tmp_path / "s.csv")
+    assert rc == 0, err
+
+
+def test_window_overlapping_ranges_and_a_tiny_agent(capsys, sample_file, tmp_path):
+    from biomip.learn.reinforce import DQNAgent
+
+    path = sample_file("ct-head")
+    rc, _, err = run(capsys, "learn", "window", path, "--target", "20,45", "--reference", "20,45",
+                     "--out", tmp_path / "w.png")
+    assert rc == 2 and "--reference: got 20,45 HU, which overlaps --target" in err and "target_mask" not in err
+    DQNAgent(38, 9, hidden=(8, 8)).save(tmp_path / "agent", meta={"study": "window", "mode": "tiny"})
+    rc, _, err = run(capsys, "learn", "window", path, "--target", "20,45", "--reference", "-5,15",
+                     "--agent", tmp_path / "agent", "--out", tmp_path / "t.png")
+    assert rc == 0, err
+    assert "--agent comes from a --tiny study" in err

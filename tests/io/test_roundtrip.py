@@ -46,6 +46,18 @@ def test_dicom_float_is_quantised_within_half_slope(tmp_path):
     assert np.abs(back.array - img.array).max() <= slope * 0.51 + 1e-4
 
 
+def test_dicom_keeps_the_display_window(tmp_path):
+    """A CT's WindowCenter / WindowWidth survive a write (`biomip data get ct-head head.dcm`
+    dropped them, so `biomip learn window` had no file window to compare with)."""
+    img = Image(np.arange(64, dtype=np.int16).reshape(8, 8), meta={"modality": "CT", "window_center": 40.0,
+                                                                    "window_width": 100.0})
+    write(img, tmp_path / "a.dcm")
+    back = read(tmp_path / "a.dcm")
+    assert back.meta["window_center"] == 40.0 and back.meta["window_width"] == 100.0
+    write(Image(np.zeros((8, 8), np.int16)), tmp_path / "b.dcm")          # none given: none written
+    assert "window_width" not in read(tmp_path / "b.dcm").meta
+
+
 @pytest.mark.parametrize("arr, axes, name", [
     (np.arange(20 * 30, dtype=np.uint16).reshape(20, 30), "yx", "a.png"),
     ((np.arange(20 * 30) % 256).astype(np.uint8).reshape(20, 30), "yx", "a.png"),

@@ -229,6 +229,7 @@ def features_cmd(labels: Path = typer.Argument(..., metavar="LABELS", help="Labe
     if lab.axes not in ("yx", "zyx"):
         raise InputError(f"LABELS: got axes {lab.axes!r}; expected a grey 2-D or 3-D label image (not colour)")
     lab = lab.with_array(integer_labels(lab.numpy(), "LABELS", "integer labels (0 = background)").astype(np.int64))
+    _not_an_intensity_image(lab.numpy(), labels)
     img = _one_slice(read_input(image, "--image")) if image is not None else None
     if img is not None and img.spatial_shape != lab.spatial_shape:
         raise InputError(f"--image: got shape {img.spatial_shape}; expected LABELS' {lab.spatial_shape}")
@@ -241,6 +242,23 @@ def features_cmd(labels: Path = typer.Argument(..., metavar="LABELS", help="Labe
     unit = "mm" if lab.meta.get("spacing_known", True) is not False else "pixels (the pixel size is unknown)"
     typer.echo(f"wrote {out}  ({res.values.shape[0]} objects x {len(res.names)} features, lengths in {unit}, "
                f"{time.perf_counter() - t0:.2f} s)")
+
+
+def _not_an_intensity_image(a: np.ndarray, path) -> None:
+    """Refuse an intensity image given as LABELS (the arguments swapped): many values, and
+    most neighbouring object pixels along x hold different ones (labels are regions: on
+    superpixels of 10 x 10 pixels one pair in ten differs; on an 8-bit picture most do)."""
+    x0, x1 = a[..., :-1], a[..., 1:]
+    both = (x0 > 0) & (x1 > 0)
+    n_pairs = int(both.sum())
+    if n_pairs == 0:
+        return
+    frac = float((both & (x0 != x1)).sum()) / n_pairs
+    n = int(np.unique(a[a > 0]).size)
+    if n > 32 and frac > 0.5:
+        raise InputError(f"LABELS: {str(path)!r} looks like an intensity image, not labels ({n} values, and "
+                         f"{100 * frac:.0f} % of neighbouring pixels hold different ones); expected a label image "
+                         "(instances, classes or superpixels) -- give the intensity image with --image")
 
 
 def _csv_out(out: Path) -> None:
@@ -552,6 +570,19 @@ def _range(text: str | None, option: str):
     return tuple(v)
 
 
+def _tiny_agent_note(agent: Path) -> None:
+    """A note when ``--agent`` comes from a ``--tiny`` study (a few training episodes)."""
+    import json
+
+    try:
+        meta = json.loads((Path(agent) / "config.json").read_text(encoding="utf-8")).get("meta") or {}
+    except (OSError, ValueError, AttributeError):
+        return
+    if (meta.get("extra") or {}).get("mode") == "tiny":
+        typer.echo("biomip: note: --agent comes from a --tiny study (a few training episodes): its windows are "
+                   "not meaningful; use the shipped agent or one of a --quick study", err=True)
+
+
 @learn_app.command("window")
 @cli_words(image="IMAGE", agent="--agent", target="--target", reference="--reference", slice_="--slice",
            target_mask="--target", reference_mask="--reference", path="--agent")
@@ -579,6 +610,9 @@ def window_cmd(image: Path = typer.Argument(..., metavar="IMAGE", help="CT image
     if out.suffix.lower() != ".png":
         raise InputError(f"--out: got {str(out)!r}; expected a .png file (the preview)")
     tr, rr = _range(target, "--target"), _range(reference, "--reference")
+    if tr[0] < rr[1] and rr[0] < tr[1]:
+        raise InputError(f"--reference: got {rr[0]:g},{rr[1]:g} HU, which overlaps --target {tr[0]:g},{tr[1]:g} HU; "
+                         "expected two separate HU ranges (the tissue to show and the one to contrast it with)")
     img = read_input(image, "IMAGE")
     arr = img.numpy()
     if arr.ndim == 3:
@@ -599,6 +633,8 @@ def window_cmd(image: Path = typer.Argument(..., metavar="IMAGE", help="CT image
     t0 = time.perf_counter()
     adv = advise_window(a, tm, rm, agent=agent)
     seconds = time.perf_counter() - t0
+    if agent is not None:
+        _tiny_agent_note(agent)
     dic = None
     c, w = img.meta.get("window_center"), img.meta.get("window_width")
     if c is not None and w is not None:

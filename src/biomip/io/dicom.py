@@ -736,7 +736,8 @@ def write_dicom_series(image: Image, folder, description: str | None = None) -> 
     int8; integer data that fits 16 bits is stored exactly (read back as int16 / uint16, or
     int32 when an intercept shifts it); other data is quantised to 16 bits with
     RescaleSlope / RescaleIntercept (error <= slope / 2, read back as float32).  NaN / Inf
-    raise :class:`InputError`.
+    raise :class:`InputError`.  A display window in ``meta`` (``window_center`` /
+    ``window_width``, as the reader gives them) is kept as WindowCenter / WindowWidth.
     """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -750,6 +751,13 @@ def write_dicom_series(image: Image, folder, description: str | None = None) -> 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=False)
     modality = str(image.meta.get("modality", "OT"))[:16] or "OT"
+    window = None
+    try:
+        c, w = float(image.meta["window_center"]), float(image.meta["window_width"])
+        if np.isfinite(c) and np.isfinite(w) and w > 0:
+            window = (c, w)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        pass
     sop_class = _SOP.get(modality, _SC)
     study, series_uid, frame_ref = generate_uid(), generate_uid(), generate_uid()
     if image.sdim == 3:
@@ -799,6 +807,9 @@ def write_dicom_series(image: Image, folder, description: str | None = None) -> 
         ds.PixelRepresentation = pixrep
         ds.RescaleSlope = pydicom.valuerep.DSfloat(slope, auto_format=True)
         ds.RescaleIntercept = pydicom.valuerep.DSfloat(inter, auto_format=True)
+        if window is not None:                       # the display window of the source, in rescaled units
+            ds.WindowCenter = pydicom.valuerep.DSfloat(window[0], auto_format=True)
+            ds.WindowWidth = pydicom.valuerep.DSfloat(window[1], auto_format=True)
         data = np.ascontiguousarray(stored[k]).tobytes()
         ds.PixelData = data + b"\0" * (len(data) % 2)   # DICOM values have even lengths
         ds.save_as(str(folder / f"IM{k + 1:05d}.dcm"), enforce_file_format=True)
