@@ -232,3 +232,22 @@ def test_score_warns_about_pixel_size_and_af_units(run, tmp_path, capsys):
     assert re.search(r"^biomip: warning: VS_IMAGE: pixel size 2 um differs from the model.s training pixel size 0\.5 um", err, re.M), err
     assert re.search(r"^biomip: note: --af: channel \w+ has mean .*other units", err, re.M), err
     assert "eq. 5.2" not in err
+
+
+def test_score_notes_a_blank_or_mostly_background_stain(run, tmp_path, capsys):
+    """A black picture was judged GOOD with no word that it holds no tissue."""
+    import imageio.v3 as iio
+
+    out = run[0]
+    good = out / "examples" / "good.png"
+    h, w = iio.imread(good).shape[:2]
+    iio.imwrite(tmp_path / "black.png", np.zeros((h, w, 3), np.uint8))
+    white = np.full((h, w, 3), 245, np.uint8)
+    white[: h // 4, : w // 4] = (150, 60, 140)
+    iio.imwrite(tmp_path / "white.png", white)
+    af = str(out / "examples" / "af.tif")
+    for name, words in (("black", "the stain is nearly uniform"), ("white", "only 6 % of the stain is tissue")):
+        assert main(["aqua-score", str(out / "model"), str(tmp_path / f"{name}.png"), "--af", af]) == 0
+        assert f"biomip: note: VS_IMAGE: {words}" in capsys.readouterr().err, name     # 1/16 of the area
+    assert main(["aqua-score", str(out / "model"), str(good), "--af", af]) == 0
+    assert "VS_IMAGE:" not in capsys.readouterr().err

@@ -239,6 +239,8 @@ def aqua_score_cmd(model: Path = typer.Argument(..., help="An AQuA model folder 
     for w in res.get("warnings", []):
         if w.startswith("af: "):
             typer.echo(f"biomip: note: --af: {w[4:]}", err=True)
+        elif w.startswith("he: "):
+            typer.echo(f"biomip: note: VS_IMAGE: {w[4:]}", err=True)
     if af is None:
         extra = aqua_figure_note(figs.get("eq5.2"), "on eq. 5.2 cycles of unseen models")
         typer.echo("biomip: note: no --af: the cycles start from VAF(VS_IMAGE) (eq. 5.2), which the model was not "

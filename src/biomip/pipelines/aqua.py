@@ -2667,6 +2667,16 @@ def score_stain(saved: SavedAqua, he, af=None, batch_size: int = 16) -> dict:
         if not np.all(np.isfinite(a)):
             raise InputError(f"af: contains {int((~np.isfinite(a)).sum())} NaN/Inf value(s); expected finite AF")
     notes = []
+    xc = np.clip(x, 0, 1)
+    lum = 0.299 * xc[0] + 0.587 * xc[1] + 0.114 * xc[2]
+    min_tissue = float((saved.meta.get("config") or {}).get("min_tissue", 0.5))
+    if float(xc.std()) < 0.02:
+        notes.append(f"he: the stain is nearly uniform (values {float(xc.min()):.3g} - {float(xc.max()):.3g}); "
+                     "expected an H&E picture of tissue: the verdict says nothing about an empty or blank image")
+    elif float((lum < 0.85).mean()) < min_tissue:
+        notes.append(f"he: only {100 * float((lum < 0.85).mean()):.0f} % of the stain is tissue (luminance < 0.85); "
+                     f"the model was trained on tiles with at least {100 * min_tissue:.0f} %: background tiles make "
+                     "the verdict less reliable")
     if a is not None:
         mean, std = saved.ensemble.af_mean.astype(np.float64), saved.ensemble.af_std.astype(np.float64)
         z = (a.reshape(c_af, -1).mean(axis=1) - mean) / std
@@ -2858,7 +2868,8 @@ def _preview(path: Path, test: CycleSet, zoo, p: np.ndarray, threshold: float, h
         verdict = "good" if p[i] > threshold else "bad"
         for t in range(t1):
             truth = "good" if test.label[i] == 1 else "bad"
-            call = {"missed": " -- missed", "rejected": " -- false alarm"}.get(tag, "")
+            # any wrong call is tagged, not only the one chosen as the worst mistake
+            call = "" if verdict == truth else (" -- missed" if truth == "bad" else " -- false alarm")
             head = (f"truth {truth}: {m.kind} s={m.strength:.2g}\nAQuA p={p[i]:.2f}: {verdict}{call}\n" if t == 0
                     else "\n\n")
             panels.append((f"{head}H&E frame {t}" + (" (judged stain)" if t == 0 else ""), _rgb(test.he[i, t]), None))
@@ -2883,6 +2894,9 @@ def _report_notes(cfg: AquaConfig) -> dict:
                    "chosen on the training samples (best balanced accuracy); aqua-eq5.2 on every third test image; "
                    "per_kind.bad_detected: "
                    "fraction of the bad samples of that kind called bad, good_accepted: of the good called good",
+        "seconds": "methods.*.seconds: wall seconds per sample to score it on the precomputed cycle frames "
+                   "(aqua-eq5.2: the cycles from VAF(he0) included); train_seconds: the method's training; "
+                   "report seconds / cpu_seconds: the whole run",
         "held_out_kind": f"{cfg.held_out_kind!r}: no model of this kind is in training",
         "real": "the test models on real H&E tiles (AF simulated from the H&E): the same figures",
         "encoder": f"aqua_encoder={cfg.aqua_encoder!r}: ImageNet weights are not available offline; the members "

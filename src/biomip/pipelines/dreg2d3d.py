@@ -1430,6 +1430,16 @@ def run(cfg: DregConfig | None = None, out=None, device=None, progress=None) -> 
                           if cfg.xray_model == "drr" else f"radiograph model {RADIOGRAPH}")
                  + f", blur {cfg.xray_blur} px, noise {cfg.noise}", "similarity": cfg.similarity},
         "srm": {"modes": int(sim.srm.k), "explained_variance": sim.srm_explained, "grid": "half resolution"},
+        "notes": {"dice_*": "Dice of the warped template labels against the subject's true labels",
+                  "tre_mm": "mean landmark distance (mm; tre_voxels in voxels, tre_max_mm the largest) between the "
+                            "template landmarks mapped through the estimated field and the subject's true ones",
+                  "psnr": "dB of the warped template CT against the subject's CT, peak = that subject's CT range "
+                          "(max - min HU)",
+                  "drr_ncc": "normalised cross-correlation of the DRR of the estimate with the input X-ray",
+                  "seconds": "wall seconds per X-ray to estimate the field (no warping); speedup_vs_*: "
+                             "iterative seconds / refined seconds",
+                  "axes": "world coordinates are LPS mm (x right -> left, y anterior -> posterior, z inferior -> "
+                          "superior); fields are displacements in mm, subject(p) = template(p + u(p))"},
         "methods": meth,
         "per_subject": {k: v["per_subject"] for k, v in ev["methods"].items()},
         "train_seconds": models.train_seconds,

@@ -1150,7 +1150,7 @@ def _preview(path: Path, data: PointCloudData, models: dict, pcna_model, ev: dic
         for j in range(min(len(route), 5)):
             ax = fig.add_subplot(gs[3, j])
             lab = it["predicted_rules"][j] if it["predicted_rules"] else "?"
-            _proj(ax, normalise_cloud(route[j]), "tab:purple",
+            _proj(ax, route[j], "tab:purple",                # as decoded, like the reconstructions above
                   f"VN latent path {it['from']} -> {it['to']}, t = {j / (len(route) - 1):.2f}\n"
                   f"decoded (canonical frame, x-y); read as {lab}", 0.8)
     fig.suptitle(title, fontsize=10)
@@ -1222,6 +1222,19 @@ def run(cfg: PointCloudConfig | None = None, out=None, device=None, progress=Non
         "data": data.summary(), "methods": methods, "pcna": ev.get("pcna"), "real": ev.get("real", {}),
         "speed": speed, "losses": {n: m.meta["losses"] for n, m in models.items()} | {"pcna": pcna_model.meta["losses"]},
         "warnings": warnings, "threads": torch.get_num_threads(), "times": times,
+        "notes": {"rie": "rotation-invariance error: mean over random rotations R of |z(x R) - z(x)| / |z(x)| "
+                         "(latents z; rie_max the largest over the test clouds)",
+                  "chamfer": "symmetric Chamfer distance of the reconstruction (mean over points of the squared "
+                             "distance to the nearest point, both ways) on clouds normalised to unit RMS radius, "
+                             "so in squared radius units; chamfer_aligned without the random rotation",
+                  "pcs90": "principal components explaining 90 % of the latents' variance",
+                  "rule_accuracy": "accuracy of a logistic-regression classifier of the packing rule trained "
+                                   "on latents of rotated clouds (rule_accuracy_aligned: unrotated)",
+                  "real.*.resample_change": "mean |z_a - z_b| / |z_a| of two independent point samples of each "
+                                            "real nucleus (sampling noise, no rotation)",
+                  "real.*.*_vs_spread": "median latent change (resampled, or the volume rotated by 90 degrees "
+                                        "and resampled) divided by the median latent distance between nuclei",
+                  "seconds": "wall seconds of the whole run (times: per stage)"},
     }
     report["seconds"] = time.perf_counter() - t0
     report["cpu_seconds"] = time.process_time() - c0
