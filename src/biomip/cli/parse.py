@@ -19,14 +19,16 @@ from ._common import cli_words, read_input, run_mode
 _MODEL_FILES = ("biomedparse.json", "net", "text")
 
 
-@cli_words(seed="--seed", device="--device", out="--out")
+@cli_words(seed="--seed", device="--device", out="--out", text_encoder="--minilm")
 def biomedparse_cmd(out: Path = typer.Option(Path("biomedparse-run"), "--out",
                                              help="Folder for report.json, preview.png and model/."),
                     quick: bool = typer.Option(False, "--quick", help="CPU quick mode, the default (64 px scenes "
                                                                       "of 5 modalities + real MRI / nuclei images; "
                                                                       "minutes on 2 cores)."),
-                    tiny: bool = typer.Option(False, "--tiny", help="CI-sized run (seconds; it runs end to end, it "
-                                                                    "does not reach the quick mode's figures)."),
+                    tiny: bool = typer.Option(False, "--tiny", help="CI-sized run (seconds): it runs end to end, but "
+                                                                    "its model may reject every prompt (`biomip "
+                                                                    "parse` then writes empty masks); --quick "
+                                                                    "gives a model to apply."),
                     full: bool = typer.Option(False, "--full", help="Full size (128 px, 4000 scenes, 20000 steps): "
                                                                     "GPU."),
                     minilm: bool = typer.Option(False, "--minilm", help="Use the frozen MiniLM sentence encoder "
@@ -104,7 +106,7 @@ def _check_model_folder(model: Path) -> None:
 def parse_cmd(model: Path = typer.Argument(..., help="A BiomedParse model folder (the model/ of `biomip run "
                                                      "biomedparse`)."),
               image: Path = typer.Argument(..., help="A 2-D grey or RGB image (PNG, JPEG, TIFF, NIfTI slice, "
-                                                     "DICOM, NPY)."),
+                                                     "DICOM, NPY); a PNG / TIFF with alpha loses its alpha."),
               prompt: str | None = typer.Option(None, "--prompt", help="What to segment, in words: e.g. "
                                                                        "\"nuclei in fluorescence microscopy\", "
                                                                        "\"tumour in liver CT\"."),
@@ -126,7 +128,7 @@ def parse_cmd(model: Path = typer.Argument(..., help="A BiomedParse model folder
     object (--all)."""
     from ..core.image import Image
     from ..io import write
-    from ..pipelines.biomedparse import load_model
+    from ..pipelines.biomedparse import _drop_alpha, _is_picture, load_model
     from ._common import Outputs, sibling
 
     if (prompt is None) == (not parse_all):
@@ -139,18 +141,28 @@ def parse_cmd(model: Path = typer.Argument(..., help="A BiomedParse model folder
     if out is not None:
         outs.add(out, "--out", sdim=2, siblings=(".labels.json",) if parse_all else ())
     parser = load_model(model, device=device)
-    if (parser.meta.get("figures") or {}).get("mode") == "tiny":
-        typer.echo("biomip: note: MODEL comes from a --tiny run (trained for seconds): its masks are rough; use a "
-                   "--quick or --full model", err=True)
+    tiny = (parser.meta.get("figures") or {}).get("mode") == "tiny"
+    if tiny or not parser.tests:
+        # no invalid-prompt test: every prompt is rejected (BiomedParser.check), every mask written empty
+        what = ("has no invalid-prompt test (too few non-empty masks in training), so it rejects every prompt and "
+                "writes empty masks" if not parser.tests else "may reject every prompt and write empty masks")
+        typer.echo("biomip: note: MODEL " + ("comes from a --tiny run (trained for seconds): it " if tiny else "")
+                   + f"{what}; use the model of a --quick run (minutes on a CPU) or a --full one", err=True)
     img = read_input(image, "IMAGE")
     arr = img.numpy()
     if arr.ndim == 3 and img.sdim == 3 and arr.shape[0] == 1:
         arr = arr[0]                                    # one slice of a volume
+    if arr.ndim == 3 and arr.shape[0] in (2, 4) and _is_picture(img):
+        arr = _drop_alpha(arr, "IMAGE")                 # RGBA / grey + alpha picture: its colours
+                                                        # (any other 4-channel stack is refused by the parser)
 
     def save(mask: np.ndarray) -> None:
-        """The mask with IMAGE's geometry (a one-slice volume stays a one-slice volume)."""
+        """The mask with IMAGE's geometry (a one-slice volume stays a one-slice volume; an
+        unknown pixel size stays unknown, not written as 1 mm)."""
         m = mask.astype(np.uint8)
         meta = {"kind": "labels"}
+        if img.meta.get("spacing_known", True) is False:
+            meta["spacing_known"] = False
         if img.sdim == 3:
             geo = img.with_array(m[None], axes=img.axes[-3:], meta=meta)
         elif img.sdim == 2:
@@ -188,9 +200,14 @@ def parse_cmd(model: Path = typer.Argument(..., help="A BiomedParse model folder
     secs = time.perf_counter() - t
     area = float((prob >= 0.5).mean())
     pv = "-" if verdict["p_value"] is None else f"{verdict['p_value']:.3g}"
+    if verdict["valid"]:
+        size = f"mask {100 * area:.1f} % of the image"
+    else:                                               # the mask written is empty: say so, and what the parser saw
+        size = ("mask empty (0 % of the image; the parser's mask before rejection covered "
+                f"{100 * area:.1f} %)" if area else "mask empty (0 % of the image)")
     typer.echo(f"{prompt!r} -> target {target or '?'} in {mod}: "
                + ("present" if verdict["valid"] else f"REJECTED ({verdict['reason']})")
-               + f"  p = {pv}, mask {100 * area:.1f} % of the image  ({secs:.2f} s)")
+               + f"  p = {pv}, {size}  ({secs:.2f} s)")
     if out is not None:
         with outs:
             save((prob >= 0.5) & bool(verdict["valid"]))

