@@ -214,10 +214,19 @@ def reconstruct_cmd(
 
         if measurement is None:
             raise InputError("MEASUREMENT: missing; usage: biomip reconstruct serenet MODEL MEASUREMENT --out VOLUME")
+        sinogram_only = {"--iterations": (iterations, [m for m in METHODS if m not in ("fbp", "fdk")]),
+                         "--lam": (lam, ["tikhonov", "tv", "wavelet", "dct"]), "--filter": (filter, ["fbp", "fdk"]),
+                         "--subsets": (subsets, ["sart"]), "--reference": (reference, list(METHODS))}
+        for name, (given, takes) in sinogram_only.items():      # all default to None: given when not None
+            if given is not None:
+                shown = repr(str(given)) if isinstance(given, Path) else repr(given)
+                raise InputError(f"{name}: got {shown}, but `reconstruct serenet` does not use it; expected it only "
+                                 f"with the sinogram methods {', '.join(takes)}")
         outs = Outputs(overwrite, inputs=[sino, measurement])
         outs.add(out, "--out", sdim=3, dtype_kind="f", siblings=(".report.json", ".preview.png"))
         with outs:
-            return reconstruct_serenet(sino, measurement, out, offset, precision="bfloat16" if bf16 else "float32")
+            return reconstruct_serenet(sino, measurement, out, offset, precision="bfloat16" if bf16 else "float32",
+                                       progress=progress)
     if method not in METHODS:
         raise InputError(f"METHOD: got {method!r}; expected one of {', '.join(METHODS)}, serenet")
     for name, given in (("--offset", offset is not None), ("--bf16", bf16)):

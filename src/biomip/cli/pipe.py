@@ -262,17 +262,27 @@ def register2d3d_cmd(model: Path = typer.Argument(..., help="A model folder (the
 
 
 def reconstruct_serenet(model: Path, measurement: Path, out: Path, offset: float | None,
-                        precision: str = "float32"):
-    """``biomip reconstruct serenet MODEL MEASUREMENT --out VOLUME``."""
+                        precision: str = "float32", progress: bool | None = None):
+    """``biomip reconstruct serenet MODEL MEASUREMENT --out VOLUME``.
+
+    MEASUREMENT is checked first: its values against the camera offset the model
+    subtracts (an error when nothing lies above it, a warning when most pixels do not:
+    a measurement whose offset was subtracted already), and its recorded pixel size
+    against the model's view pixel (a warning).  The volume keeps MEASUREMENT's lateral
+    position (each view pixel covers ``binning`` x ``binning`` voxels) and its first
+    plane sits at the model's first depth."""
+    import warnings
+
     from ..core.atomic import write_json
-    from ..core.image import Image
+    from ..core.image import Image, format_length, spacing_mismatch
     from ..core.preview import render_panels
     from ..io import write
     from ..reconstruct.serenet import SeReNet
     from ._common import sibling
 
     net = SeReNet.load(model)
-    meas = read_input(measurement, "MEASUREMENT").numpy().astype(np.float32)
+    img = read_input(measurement, "MEASUREMENT")
+    meas = img.numpy().astype(np.float32)
     if meas.ndim != 3 or meas.shape[0] != net.n_views:
         raise InputError(f"MEASUREMENT: got an array of shape {meas.shape}; expected ({net.n_views} views, h, w) "
                          f"for this model")
@@ -280,15 +290,37 @@ def reconstruct_serenet(model: Path, measurement: Path, out: Path, offset: float
         raise InputError(f"--offset: got {offset!r}; expected the camera's dark level in counts, >= 0 and below the "
                          f"measurement's maximum {float(meas.max()):.6g} (default: the training offset, "
                          f"{float(net.meta.get('offset', 0.0)):g})")
+    notes = []
+    msg = net.check_measurement(meas, offset, name="MEASUREMENT", offset_name="--offset")
+    if msg:
+        notes.append(msg)
+    px = float(net.meta["optics"]["pixel"]) / 1000.0                       # volume voxel at the sample, um -> mm
+    view_px = px * net.binning                                              # what MEASUREMENT's pixels should be
+    if img.meta.get("spacing_known") is not False:
+        msg = spacing_mismatch(img.spacing[:2], view_px, "MEASUREMENT",
+                               advice=f"the model's PSF and depths hold for its own view pixel (its volume voxel "
+                                      f"{format_length(px)} x {net.binning} binning), so the volume is wrong in "
+                                      "scale and depth: reconstruct with a model trained for this microscope")
+        if msg:
+            notes.append(msg)
+    for msg in notes:
+        warnings.warn(msg, stacklevel=2)
     t0 = time.perf_counter()
-    vol = net.reconstruct(meas, offset=offset, precision=precision).cpu().numpy()
+    vol = net.reconstruct(meas, offset=offset, precision=precision, progress=progress).cpu().numpy()
     seconds = time.perf_counter() - t0
-    px = float(net.meta["optics"]["pixel"]) / 1000.0                       # um -> mm
     d = np.asarray(net.meta["depths"], dtype=float)
     dz = float(np.diff(d).mean()) / 1000.0 if d.size > 1 else px
-    write(Image(vol, spacing=(px, px, dz), meta={"reconstruction": "serenet", "source": str(measurement)}), out)
+    # view pixel i sums volume pixels i*b .. i*b + b - 1: the first voxel's centre lies (b - 1) / 2 voxels
+    # before the first view pixel's; the planes sit at the model's depths (um)
+    shift = (net.binning - 1) / 2 * px
+    origin = (float(img.origin[0]) - shift, float(img.origin[1]) - shift, float(d[0]) / 1000.0)
+    write(Image(vol, spacing=(px, px, dz), origin=origin,
+                meta={"reconstruction": "serenet", "source": str(measurement)}), out)
     write_json({"method": "serenet", "model": str(model), "measurement": str(measurement), "output": str(out),
-                "seconds": seconds, "precision": precision, "shape": list(vol.shape), "depths_um": d.tolist()},
+                "seconds": seconds, "precision": precision, "shape": list(vol.shape), "depths_um": d.tolist(),
+                "spacing_mm": [px, px, dz], "origin_mm": list(origin),
+                "offset": float(net.meta.get("offset", 0.0)) if offset is None else float(offset),
+                "warnings": notes},
                sibling(out, ".report.json"))
     v = vol / max(float(np.percentile(vol, 99.9)), 1e-12)
     xy_um, z_um, (nz, ny, nx) = px * 1e3, dz * 1e3, v.shape                # axes in micrometres

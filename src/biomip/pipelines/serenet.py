@@ -246,15 +246,28 @@ class Simulation:
     seconds: float = 0.0
 
 
+def _finite(v, positive: bool = False) -> bool:
+    """``v`` is a real finite number (> 0 with ``positive``); booleans are refused."""
+    import numbers
+
+    return (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and bool(np.isfinite(v))
+            and (not positive or v > 0))
+
+
 def _check(cfg):
     if not isinstance(cfg, SeReNetConfig):
         raise InputError(f"cfg: got {type(cfg).__name__}; expected a SeReNetConfig")
     if len(cfg.shape) != 3:
         raise InputError(f"shape: got {cfg.shape!r}; expected (Z, Y, X)")
-    if cfg.photons <= 0:
-        raise InputError(f"photons: got {cfg.photons!r}; expected a positive photon count")
-    if not cfg.read_noise > 0:
-        raise InputError(f"read_noise: got {cfg.read_noise!r}; expected a positive read-noise sigma (photo-electrons)")
+    if not _finite(cfg.photons, positive=True):
+        raise InputError(f"photons: got {cfg.photons!r}; expected a positive finite photon count (peak photons per "
+                         "view pixel)")
+    if not _finite(cfg.read_noise, positive=True):
+        raise InputError(f"read_noise: got {cfg.read_noise!r}; expected a positive finite read-noise sigma "
+                         "(photo-electrons)")
+    if not _finite(cfg.offset):
+        raise InputError(f"offset: got {cfg.offset!r}; expected a finite camera offset (counts)")
+    check_count(cfg.seed, "seed", minimum=0)            # before simulate() multiplies it into the specimen seeds
     for name in ("n_train", "n_test"):
         v = getattr(cfg, name)
         if isinstance(v, bool) or int(v) != v or v < 0:
@@ -875,7 +888,11 @@ def run_real(sample: str = "lf-guv", out=None, n_views: int = 5, binning: int = 
     -------
     dict
         The report: per method the relative residual, the mean NLL-MPG per view pixel and
-        the times; the training patch, the estimate and the inference tiling.
+        the times; the training patch, the estimate and the inference tiling.  ``warnings``
+        lists what :func:`biomip.nn.training_health` found (``"learned": false``) and,
+        for a network that learned, a residual not below the scaled refocus stack's (the
+        network does not beat that baseline: train longer); each is also issued as a
+        :class:`~biomip.nn.TrainingWarning`.
 
     Raises
     ------
@@ -887,12 +904,13 @@ def run_real(sample: str = "lf-guv", out=None, n_views: int = 5, binning: int = 
     --------
     >>> report = run_real("lf-guv", out="lf-guv-run", steps=200)    # doctest: +SKIP
     """
+    import warnings
     from dataclasses import replace as dc_replace
 
     from ..core.atomic import write_json
     from ..core.config import get_device
     from ..data import SAMPLES, load
-    from ..nn import training_health
+    from ..nn import TrainingWarning, training_health
     from ..reconstruct.iterative import richardson_lucy
     from ..reconstruct.lfm_raw import lenslet_grid, rectified_geometry, rectify
     from ..reconstruct.lightfield import (
@@ -911,6 +929,7 @@ def run_real(sample: str = "lf-guv", out=None, n_views: int = 5, binning: int = 
         raise InputError(f"patch: got {patch!r}; expected a positive number of view pixels or None")
     if tile is not None and (isinstance(tile, bool) or int(tile) != tile or tile < 1):
         raise InputError(f"tile: got {tile!r}; expected a positive number of view pixels or None")
+    check_count(seed, "seed", minimum=0)
     log = _stderr_log(progress) if log is None else log
     dev = get_device(device)
     t_all = time.perf_counter()
@@ -977,6 +996,14 @@ def run_real(sample: str = "lf-guv", out=None, n_views: int = 5, binning: int = 
         **({"serenet, bfloat16 inference": {**fit(fast[0]), "seconds": round(fast[1], 4)}}
            if fast is not None else {}),
     }
+    problems = list(health.warnings)
+    net_res, base_res = methods[snk]["relative_residual"], methods["refocus stack (scaled)"]["relative_residual"]
+    if health.learned and not net_res < base_res:        # a network that did not learn is reported as such already
+        msg = (f"serenet: its forward-projection residual on {sample} ({net_res:.4f}) is not below the refocus "
+               f"stack's ({base_res:.4f}): after {len(hist)} steps the network does not beat the refocus baseline on "
+               "the real data; train it longer (more steps)")
+        warnings.warn(msg, TrainingWarning, stacklevel=2)
+        problems.append(msg)
     report = {
         "pipeline": "serenet-real", "sample": sample, "device": str(dev), "lenslet_grid": grid.to_dict(),
         "geometry": geo.to_dict(), "views": [V, h, w], "binning": b, "volume_shape": [n_depths, h * b, w * b],
@@ -995,8 +1022,9 @@ def run_real(sample: str = "lf-guv", out=None, n_views: int = 5, binning: int = 
         "methods": methods,
         "summary": {"serenet_minus_rl_residual": round(methods[snk]["relative_residual"]
                                                        - methods[rlk]["relative_residual"], 4),
+                    "serenet_minus_refocus_residual": round(net_res - base_res, 4),
                     "speedup_vs_rl": round(rl_s / max(net_s, 1e-9), 1)},
-        "warnings": health.warnings,
+        "warnings": problems,
         "note": "no ground truth: residual = ||A x - y|| / ||y|| of the forward projection; nll_mpg = mean "
                 "negative log-likelihood per view pixel under the camera's Poisson-Gaussian noise (counts as "
                 "photons / gain)",

@@ -231,6 +231,85 @@ class SeReNet(SavedModule):
         return LightFieldPSF(torch.zeros(0), np.asarray(m["shifts"], dtype=float), np.asarray(m["views"]),
                              np.asarray(m["depths"], dtype=float), LightFieldOptics(**m["optics"]))
 
+    def check_measurement(self, measurement, offset: float | None = None, name: str = "measurement",
+                          offset_name: str = "offset") -> str | None:
+        """Check a raw measurement against the camera offset :meth:`reconstruct` subtracts.
+
+        The network sees ``max(measurement - offset, 0)``: a measurement whose values lie
+        at or below the offset gives an empty volume without any error.  That happens
+        when the offset was subtracted already (the training offset, 100 counts in the
+        simulated runs, then removes all the signal) or when ``offset`` is far above the
+        camera's dark level.  A raw measurement has its dark pixels at the offset, spread
+        by the read noise, so its median is never far below it.
+
+        Parameters
+        ----------
+        measurement : numpy.ndarray or torch.Tensor
+            Raw measurement ``(V, h, w)`` in camera counts.
+        offset : float, optional
+            Camera offset that will be subtracted (default the training one).
+        name : str, optional
+            The argument the messages name (``"MEASUREMENT"`` on the command line).
+        offset_name : str, optional
+            The option that sets the offset (``"--offset"`` on the command line).
+
+        Returns
+        -------
+        str or None
+            A warning when the median lies more than one read-noise sigma (the training
+            one) below the offset: most pixels would be read as darker than the dark
+            level; ``None`` otherwise.
+
+        Raises
+        ------
+        ShapeError
+            For a measurement that is not ``(n_views, h, w)``.
+        InputError
+            For NaN/Inf values, a constant measurement, or one with (almost) nothing
+            above the offset (at most 0.1 % of its pixels): an empty volume.
+
+        Examples
+        --------
+        >>> net = SeReNet(5, channels=8)
+        >>> net.meta = {"offset": 100.0, "read_noise": 2.0}
+        >>> rng = np.random.default_rng(0)
+        >>> raw = 100 + rng.poisson(5.0, (5, 16, 16)) + rng.normal(0, 2, (5, 16, 16))
+        >>> net.check_measurement(raw) is None
+        True
+        >>> try:
+        ...     net.check_measurement(raw - 100)                # the offset subtracted already
+        ... except InputError as exc:
+        ...     print("offset-subtracted already" in str(exc))
+        True
+        """
+        m = np.asarray(measurement.detach().cpu() if torch.is_tensor(measurement) else measurement, dtype=np.float64)
+        if m.ndim != 3 or m.shape[0] != self.n_views:
+            raise ShapeError(f"{name}: got an array of shape {m.shape}; expected ({self.n_views} views, h, w) for "
+                             "this model")
+        bad = int(np.count_nonzero(~np.isfinite(m)))
+        if bad:
+            raise InputError(f"{name}: contains {bad} NaN/Inf value(s) of {m.size}; expected finite camera counts")
+        lo, hi = float(m.min()), float(m.max())
+        if lo == hi:
+            raise InputError(f"{name}: all its {m.size} values are {lo:g}; expected a raw light field (camera counts "
+                             "that vary between pixels)")
+        trained = offset is None
+        off = float(self.meta.get("offset", 0.0)) if trained else check_number(offset, offset_name)
+        src = "the model's training offset" if trained else offset_name
+        fix = f"{offset_name} 0" if offset_name.startswith("-") else f"{offset_name}=0"
+        hint = f"it looks offset-subtracted already: pass {fix} (or the camera's dark level)"
+        above = float(np.mean(m > off))
+        if above <= 1e-3:
+            what = "all its values" if above == 0 else f"all but {100 * above:.2g} % of its values"
+            raise InputError(f"{name}: {what} (from {lo:.6g} to {hi:.6g}) are at or below the camera offset "
+                             f"{off:g} counts ({src}) that is subtracted first, so the volume would be empty; {hint}")
+        med, sigma = float(np.median(m)), float(self.meta.get("read_noise", 1.0))
+        if med < off - sigma:
+            return (f"{name}: {100 * (1 - above):.0f} % of its values are at or below the camera offset {off:g} counts "
+                    f"({src}) that is subtracted first (median {med:.6g}, more than one read-noise sigma, {sigma:g}, "
+                    f"below it), so the volume keeps only the brightest pixels; {hint}")
+        return None
+
     def prepare(self, measurement, offset: float | None = None) -> tuple[torch.Tensor, float]:
         """Offset-subtracted, scale-normalised, refocused input ``(1, V, Z, h, w)`` and the scale.
 
