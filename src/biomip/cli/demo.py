@@ -348,7 +348,8 @@ def _dreg2d3d(root: Path, progress=None) -> dict:
     from ..pipelines.dreg2d3d import DregConfig, run
 
     t0 = time.perf_counter()
-    rep = run(DregConfig.tiny(), out=root / "dreg2d3d", device="cpu", progress=progress)
+    # no ablations (two more refiners): `biomip run dreg2d3d --tiny` reports them
+    rep = run(DregConfig.tiny(ablations=False), out=root / "dreg2d3d", device="cpu", progress=progress)
     return {"name": "dreg2d3d", "kind": "pipeline", "status": "ok", "mode": "tiny (trained here, seconds)",
             "mandible_dice": {k: round(v["dice_mandible"], 3) for k, v in rep["methods"].items()},
             "tre_mm": {k: round(v["tre_mm"], 2) for k, v in rep["methods"].items()},
