@@ -251,3 +251,8 @@ def test_score_notes_a_blank_or_mostly_background_stain(run, tmp_path, capsys):
         assert f"biomip: note: VS_IMAGE: {words}" in capsys.readouterr().err, name     # 1/16 of the area
     assert main(["aqua-score", str(out / "model"), str(good), "--af", af]) == 0
     assert "VS_IMAGE:" not in capsys.readouterr().err
+
+
+def test_run_names_its_options_in_errors(cli_error, tmp_path, capsys):
+    assert main(["run", "aqua", "--tiny", "--seed", "-1", "--out", str(tmp_path / "r")]) == 2
+    assert cli_error(capsys).startswith("biomip: error: --seed: got -1")

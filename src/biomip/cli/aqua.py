@@ -20,6 +20,7 @@ from ._common import cli_words, named, read_input, run_mode
 _MODEL_FILES = ("aqua.json", "vs", "vaf") + tuple(f"member-{k}" for k in range(100))
 
 
+@cli_words(seed="--seed", out="--out")
 def aqua_cmd(out: Path = typer.Option(Path("aqua-run"), "--out",
                                       help="Folder for report.json, preview.png, model/ and examples/ (a test "
                                            "field's autofluorescence af.tif with a good and a bad virtual stain "
