@@ -336,6 +336,14 @@ def test_cli_review_findings(tiny_run, tmp_path, capsys):
     assert "from a --tiny run" in capsys.readouterr().err
     a = biomip.io.read(tmp_path / "rgb.field.nii.gz").numpy()
     np.testing.assert_allclose(a, biomip.io.read(tmp_path / "grey.field.nii.gz").numpy(), atol=1e-4)
+    # an X-ray the wrong way round (face on the right): registered, with a note that it fits badly
+    biomip.io.write(Image(xr[:, ::-1].copy()), tmp_path / "flip.tif")
+    assert main(["register2d3d", str(out / "model"), str(tmp_path / "flip.tif"), "--out",
+                 str(tmp_path / "flip.nii.gz")]) == 0
+    assert "fits XRAY clearly worse" in capsys.readouterr().err
+    assert main(["register2d3d", str(out / "model"), str(out / "xray.tif"), "--out",
+                 str(tmp_path / "ok.nii.gz")]) == 0
+    assert "fits XRAY" not in capsys.readouterr().err
     for args, word in ((["--method", "iterative"], "--method: got 'iterative'"),
                        (["--device", "nope"], "--device: got 'nope'")):
         assert main(["register2d3d", str(out / "model"), str(out / "xray.tif"), "--out",

@@ -253,12 +253,20 @@ def register2d3d_cmd(model: Path = typer.Argument(..., help="A model folder (the
     t = time.perf_counter()
     vol, lab, u = register_xray(models, img, method=method, device=device)
     secs = time.perf_counter() - t
+    held = ((models.figures or {}).get("drr_ncc") or {}).get(method)
+    fit = vol.meta.get("drr_ncc")
+    if held and fit is not None and fit < held["min"] - 0.01:     # a margin: the held-out set is small
+        typer.echo(f"biomip: note: the result's DRR fits XRAY clearly worse (NCC {fit:.3f}) than on any held-out "
+                   f"X-ray of the model's run (lowest {held['min']:.3f}, mean {held['mean']:.3f}): check that XRAY is a "
+                   "lateral X-ray as the model's xray.tif (face on the left, top of the head up, bone bright) at "
+                   "the detector's pixel size", err=True)
     with outs:
         write(vol, out)
         write(lab, lab_path)
         write(u, field_path)
     typer.echo(f"wrote {out}, {lab_path.name} (1 skull, 2 maxilla, 3 mandible), {field_path.name} (displacement "
-               f"in mm, x y z components: subject(p) = template(p + u(p)))  ({method}, {secs:.2f} s)")
+               f"in mm, x y z components: subject(p) = template(p + u(p)))  ({method}, {secs:.2f} s"
+               + (f"; DRR NCC {fit:.3f}" if fit is not None else "") + ")")
 
 
 def reconstruct_serenet(model: Path, measurement: Path, out: Path, offset: float | None,

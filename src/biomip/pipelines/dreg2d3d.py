@@ -600,6 +600,8 @@ class Models:
     config : dict or None
         The run's configuration (:meth:`DregConfig.to_dict`) of a loaded model (its
         ``mode``: ``"tiny"`` models are CI-sized).
+    figures : dict or None
+        The held-out figures saved with a loaded model (``drr_ncc`` per method).
     cache : dict
         Per-device tensors of inference (filled on first use).
     """
@@ -614,6 +616,7 @@ class Models:
     history: dict = field(default_factory=dict)
     train_seconds: dict = field(default_factory=dict)
     config: dict | None = None
+    figures: dict | None = None
     cache: dict = field(default_factory=dict, repr=False)
 
     def _geometry(self, device) -> _Geometry:
@@ -1198,7 +1201,7 @@ def _paired(methods: dict) -> dict:
     return out
 
 
-def save_model(models: Models, path, cfg: DregConfig | None = None) -> Path:
+def save_model(models: Models, path, cfg: DregConfig | None = None, figures: dict | None = None) -> Path:
     """Write a trained model folder that :func:`load_model` and ``biomip register2d3d`` read.
 
     The folder holds ``dreg2d3d.json`` (format, DRR geometry, configuration),
@@ -1212,6 +1215,10 @@ def save_model(models: Models, path, cfg: DregConfig | None = None) -> Path:
         The folder (created).
     cfg : DregConfig or None, optional
         Stored with the model.
+    figures : dict or None, optional
+        Held-out figures stored with the model (:func:`run` stores ``{"drr_ncc": {method:
+        {"mean", "min"}}}``: ``biomip register2d3d`` notes a result whose DRR fits its X-ray
+        worse than any held-out one did).
 
     Returns
     -------
@@ -1235,7 +1242,8 @@ def save_model(models: Models, path, cfg: DregConfig | None = None) -> Path:
         models.refiner.save(p / "refiner")
     write_json({"format": _MODEL_FORMAT, "version": 1, "drr": models.drr.to_dict(),
                 "landmarks": {k: [float(c) for c in v] for k, v in models.template.landmarks.items()},
-                "config": cfg.to_dict() if cfg is not None else None}, p / "dreg2d3d.json")
+                "config": cfg.to_dict() if cfg is not None else None, "figures": figures or {}},
+               p / "dreg2d3d.json")
     return p
 
 
@@ -1292,7 +1300,8 @@ def load_model(path, device=None) -> Models:
     ref = FieldRefiner.load(p / "refiner", device=dev).eval() if (p / "refiner").is_dir() else None
     drr = DRR.from_dict(meta["drr"])
     return Models(encoder=enc, refiner=ref, mask_net=None, srm=DeformationModel.load(p / "srm.npz"), template=template,
-                  drr=drr, config=meta.get("config") if isinstance(meta.get("config"), dict) else None)
+                  drr=drr, config=meta.get("config") if isinstance(meta.get("config"), dict) else None,
+                  figures=meta.get("figures") if isinstance(meta.get("figures"), dict) else None)
 
 
 def _check_xray_geometry(models: Models, xray: Image) -> None:
@@ -1333,7 +1342,8 @@ def register_xray(models: Models, xray, method: str = "refined", device=None):
     Returns
     -------
     tuple of Image
-        ``(volume, labels, field)`` on the template's grid.
+        ``(volume, labels, field)`` on the template's grid; ``volume.meta["drr_ncc"]`` is the
+        normalised cross-correlation of the result's DRR with the X-ray (how well it fits).
 
     Raises
     ------
@@ -1370,13 +1380,20 @@ def register_xray(models: Models, xray, method: str = "refined", device=None):
         raise InputError("xray: contains NaN or infinity; expected a finite X-ray image")
     if float(np.ptp(a)) == 0.0:
         raise InputError(f"xray: is constant ({float(a.flat[0]):.4g} everywhere); expected a lateral X-ray")
-    u = infer(models, a.astype(np.float32), method, device=device)[0].cpu().numpy()
+    u_t = infer(models, a.astype(np.float32), method, device=device)
+    from ..register.losses import ncc
+
+    with torch.no_grad():
+        drr = models._geometry(u_t.device).render(u_t)[0].cpu()
+    fit = float(ncc(torch.as_tensor(a, dtype=torch.float32), drr, sdim=2))
+    u = u_t[0].cpu().numpy()
     t = models.template
     vol = warp(t.volume, t.volume.with_array(u, axes="czyx", meta={"kind": "displacement"})
                if hasattr(t.volume, "with_array") else u)
     lab = warp(t.labels.numpy().astype(np.int16), u, spacing=t.volume.spacing, mode="nearest").astype(np.uint8)
     uimg = Image(u.astype(np.float32), spacing=t.volume.spacing, origin=t.volume.origin, direction=t.volume.direction,
                  axes="czyx", meta={"kind": "displacement"})
+    vol.meta["drr_ncc"] = fit
     return vol, t.labels.with_array(lab), uimg
 
 
@@ -1465,7 +1482,9 @@ def run(cfg: DregConfig | None = None, out=None, device=None, progress=None) -> 
 
         o = Path(out)
         o.mkdir(parents=True, exist_ok=True)
-        save_model(models, o / "model", cfg)
+        save_model(models, o / "model", cfg, figures={"drr_ncc": {
+            m: {"mean": r["drr_ncc"], "min": min(x["drr_ncc"] for x in r["per_subject"])}
+            for m, r in ev["methods"].items() if r.get("per_subject")}})
         xr = sim.test_xrays[0].numpy()
         np.save(o / "xray.npy", xr)
         write(Image(xr.astype(np.float32), spacing=tuple(reversed(sim.drr.pixel_spacing)),
