@@ -45,7 +45,8 @@ def test_diffusion_clip_range_keeps_values_beyond_the_percentiles(spotty):
 def test_diffusion_default_clip_warns_when_the_data_reaches_far_beyond_the_percentiles(spotty):
     imgs, _ = spotty
     m = Diffusion(features=(8,), attention=(False,), timesteps=10, seed=0)
-    with pytest.warns(UserWarning, match=r"^images: some training values lie .*clip='range'\) keeps the whole range"):
+    with pytest.warns(UserWarning, match=r"^images: some training values lie .*clip='range'\) "
+                                         r"\(biomip train diffusion --clip range\) keeps the whole range"):
         m.fit(imgs[:8], steps=1, batch_size=4, progress=False)
     with pytest.raises(InputError, match=r"^clip: got 'data'"):
         m.fit(imgs[:8], steps=1, clip="data", progress=False)

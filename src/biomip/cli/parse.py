@@ -128,7 +128,7 @@ def parse_cmd(model: Path = typer.Argument(..., help="A BiomedParse model folder
     object (--all)."""
     from ..core.image import Image
     from ..io import write
-    from ..pipelines.biomedparse import _drop_alpha, _is_picture, load_model
+    from ..pipelines.biomedparse import drop_alpha, is_picture, load_model
     from ._common import Outputs, sibling
 
     if (prompt is None) == (not parse_all):
@@ -152,8 +152,8 @@ def parse_cmd(model: Path = typer.Argument(..., help="A BiomedParse model folder
     arr = img.numpy()
     if arr.ndim == 3 and img.sdim == 3 and arr.shape[0] == 1:
         arr = arr[0]                                    # one slice of a volume
-    if arr.ndim == 3 and arr.shape[0] in (2, 4) and _is_picture(img):
-        arr = _drop_alpha(arr, "IMAGE")                 # RGBA / grey + alpha picture: its colours
+    if arr.ndim == 3 and arr.shape[0] in (2, 4) and is_picture(img):
+        arr = drop_alpha(arr, "IMAGE")                 # RGBA / grey + alpha picture: its colours
                                                         # (any other 4-channel stack is refused by the parser)
 
     def save(mask: np.ndarray) -> None:

@@ -78,7 +78,8 @@ import torch
 from ..core.arrays import check_count, check_number
 from ..core.errors import InputError, MissingDependencyError, describe
 
-__all__ = ["ParseConfig", "ParseData", "BiomedParser", "METHODS", "REAL_ABSENT", "simulate", "train_parser", "fit_prompt_tests",
+__all__ = ["ParseConfig", "ParseData", "BiomedParser", "METHODS", "REAL_ABSENT", "is_picture", "drop_alpha",
+           "simulate", "train_parser", "fit_prompt_tests",
            "mask_statistics", "train_box_unet", "train_specialists", "evaluate", "save_model", "load_model",
            "normalise_image", "run"]
 
@@ -381,15 +382,34 @@ def simulate(cfg: ParseConfig) -> ParseData:
 
 
 # ============================================================================ images
-def _is_picture(image) -> bool:
+def is_picture(image) -> bool:
     """Whether ``image`` is a :class:`biomip.core.image.Image` read from a picture (PNG, JPEG,
-    RGB TIFF): its channels are colours, a 2nd / 4th one is alpha (not another channel)."""
+    RGB TIFF): its channels are colours, a 2nd / 4th one is alpha (not another channel).
+
+    Parameters
+    ----------
+    image : Image or array_like
+        What :func:`biomip.io.read` gave (an array is never a picture here).
+
+    Returns
+    -------
+    bool
+        True for a ``cyx`` image whose ``meta`` says PNG, JPEG or an RGB TIFF.
+
+    Examples
+    --------
+    >>> from biomip.core.image import Image
+    >>> is_picture(Image(np.zeros((4, 16, 16)), axes="cyx", meta={"format": "png"}))
+    True
+    >>> is_picture(np.zeros((4, 16, 16)))
+    False
+    """
     meta = getattr(image, "meta", None)
     return (isinstance(meta, dict) and getattr(image, "axes", None) == "cyx"
             and (meta.get("format") in ("png", "jpeg") or meta.get("photometric") == "rgb"))
 
 
-def _drop_alpha(a: np.ndarray, name: str = "image") -> np.ndarray:
+def drop_alpha(a: np.ndarray, name: str = "image") -> np.ndarray:
     """A picture's colour channels without its alpha (the last of 2 or 4 channels, first axis).
 
     A constant alpha (an opaque picture) is dropped silently; one that varies is dropped with
@@ -407,6 +427,12 @@ def _drop_alpha(a: np.ndarray, name: str = "image") -> np.ndarray:
     -------
     numpy.ndarray
         ``(H, W)`` grey or ``(3, H, W)`` RGB.
+
+    Examples
+    --------
+    >>> rgba = np.ones((4, 16, 16))
+    >>> drop_alpha(rgba).shape                          # an opaque picture: no warning
+    (3, 16, 16)
     """
     import warnings
 
@@ -477,7 +503,7 @@ def normalise_image(image, channels: int | None = None, modality: str | None = N
     a = arr.astype(np.float32)
     if not np.isfinite(a).all():
         raise InputError("image: contains NaN or infinite values; expected finite intensities")
-    picture = _is_picture(image)
+    picture = is_picture(image)
     if a.ndim == 3 and a.shape[0] == 1:
         a = a[0]
     if a.ndim == 3 and a.shape[-1] in (3, 4) and a.shape[0] not in (3, 4):
@@ -489,7 +515,7 @@ def normalise_image(image, channels: int | None = None, modality: str | None = N
                          "RGB picture (H, W, 3) / (3, H, W) or an RGBA picture (H, W, 4) -- a channel-first stack "
                          f"of {a.shape[0]} is not a picture: pick the channel(s) to segment first")
     if rgba:
-        a = _drop_alpha(a)
+        a = drop_alpha(a)
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[0] != 3) or min(a.shape[-2:]) < 16:
         raise InputError(f"image: got shape {arr.shape}; expected one 2-D grey image (H, W) or RGB picture "
                          "(H, W, 3) / (3, H, W), at least 16 px per side (not a volume)")
