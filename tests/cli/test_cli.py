@@ -92,11 +92,39 @@ def test_doctor(capsys):
     assert rc == 0 and d["packages"]["torch"] and "cuda_available" in d
 
 
+def test_demo_items_that_train_networks(tmp_path, monkeypatch):
+    """`biomip demo --quick` leaves out the items that train networks (each pipeline's tiny run
+    is tested in its own module); their demo wrappers, run here on the pipelines' report
+    layout, are what `make demo` adds."""
+    import biomip.generate.studies as studies
+    import biomip.pipelines.cs2c as cs2c
+    import biomip.pipelines.dreg2d3d as dreg
+    from biomip.cli import demo as D
+
+    seen = {}
+
+    def fake(name, methods):
+        def run(cfg=None, *a, out=None, **k):
+            seen[name] = getattr(cfg, "mode", cfg)
+            return {"methods": methods}
+        return run
+
+    monkeypatch.setattr(studies, "anomaly_study", fake("generation", {"vae": {"pixel_auroc": 0.71234}}))
+    monkeypatch.setattr(dreg, "run", fake("dreg2d3d", {"refined": {"dice_mandible": 0.8512, "tre_mm": 2.345}}))
+    monkeypatch.setattr(cs2c, "run", fake("cs2c", {"cs2c": {"dice": 0.7012}}))
+    g, r, c = D._generation(tmp_path), D._dreg2d3d(tmp_path), D._cs2c(tmp_path)
+    assert seen == {"generation": "tiny", "dreg2d3d": "tiny", "cs2c": "tiny"}
+    assert g["status"] == r["status"] == c["status"] == "ok"
+    assert g["pixel_auroc"] == {"vae": 0.712} and r["mandible_dice"] == {"refined": 0.851}
+    assert r["tre_mm"] == {"refined": 2.35} and c["matched_dice"] == {"cs2c": 0.701}
+
+
 def test_demo_quick(capsys, tmp_path):
     rc, out, _ = run(capsys, "demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress")
     assert rc == 0, out
     rep = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert rep["n_failed"] == 0 and rep["n_ok"] >= 5
+    assert {i["name"] for i in rep["items"] if i["status"] == "skipped"} == {"generation", "dreg2d3d", "cs2c"}
     for item in rep["items"]:
         if item["status"] == "ok" and "preview" in item:
             previews = item["preview"] if isinstance(item["preview"], list) else [item["preview"]]

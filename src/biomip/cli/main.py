@@ -415,7 +415,7 @@ def data_get(name: str = typer.Argument(..., metavar="NAME", help="Sample name (
 # ---------------------------------------------------------------- demo
 @app.command()
 def demo(out: Path = typer.Option(Path("biomip-demo"), help="Output folder."),
-         quick: bool = typer.Option(False, help="Only a few samples (for tests)."),
+         quick: bool = typer.Option(False, help="Only a few samples, no item that trains networks (for tests)."),
          progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."),
          force: bool = typer.Option(False, "--force", help="Write into a non-empty folder the demo did not make: "
                                                            "the files the demo writes there (report.json, "
@@ -431,7 +431,8 @@ def demo(out: Path = typer.Option(Path("biomip-demo"), help="Output folder."),
         Outputs().add(out, "--out", image=False)          # its folder exists and is writable
     summary = run_demo(out, quick=quick, progress=progress, force=force)
     c = _console()
-    c.print(f"demo written to {out}/  ({summary['n_ok']} ok, {summary['n_missing']} missing packages, "
+    skipped = f"{summary['n_skipped']} skipped (--quick), " if summary.get("n_skipped") else ""
+    c.print(f"demo written to {out}/  ({summary['n_ok']} ok, {summary['n_missing']} missing packages, {skipped}"
             f"{summary['n_failed']} failed, {summary['seconds']:.1f} s)")
     if summary["n_missing"]:
         from ..data import SAMPLES_HINT
