@@ -29,40 +29,32 @@ def _img(tmp_path, name="a.nii.gz", shape=(32, 32), seed=0):
     return p
 
 
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [x for x in err.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("biomip: error: "), err
-    return lines[0]
-
-
 # ------------------------------------------------------------------ 1. never lose data
-def test_convert_does_not_overwrite_without_the_option(tmp_path, capsys):
+def test_convert_does_not_overwrite_without_the_option(cli_error, tmp_path, capsys):
     src = _img(tmp_path)
     dst = tmp_path / "b.nii.gz"
     dst.write_bytes(b"precious")
     assert main(["convert", str(src), str(dst)]) == 2
-    assert "--overwrite" in _one_error_line(capsys)
+    assert "--overwrite" in cli_error(capsys)
     assert dst.read_bytes() == b"precious"
     assert main(["convert", str(src), str(dst), "--overwrite"]) == 0
     assert biomip.io.read(dst).shape == (32, 32)
 
 
-def test_convert_onto_its_input_is_refused(tmp_path, capsys):
+def test_convert_onto_its_input_is_refused(cli_error, tmp_path, capsys):
     src = _img(tmp_path)
     before = src.read_bytes()
     for dst in (src, tmp_path / "." / "a.nii.gz"):
         assert main(["convert", str(src), str(dst), "--overwrite"]) == 2
-        assert "also an input" in _one_error_line(capsys)
+        assert "also an input" in cli_error(capsys)
     assert src.read_bytes() == before
 
 
-def test_data_get_and_segment_do_not_overwrite(tmp_path, capsys):
+def test_data_get_and_segment_do_not_overwrite(cli_error, tmp_path, capsys):
     out = tmp_path / "t.tif"
     out.write_bytes(b"mine")
     assert main(["data", "get", "nuclei2d", str(out)]) == 2
-    assert "OUT:" in _one_error_line(capsys) and out.read_bytes() == b"mine"
+    assert "OUT:" in cli_error(capsys) and out.read_bytes() == b"mine"
     src = _img(tmp_path)
     lab = tmp_path / "lab.nii.gz"
     assert main(["segment", "otsu", str(src), "--out", str(lab)]) == 0
@@ -70,12 +62,12 @@ def test_data_get_and_segment_do_not_overwrite(tmp_path, capsys):
     stamp = lab.read_bytes()
     (tmp_path / "lab.report.json").write_text("{}")
     assert main(["segment", "otsu", str(src), "--out", str(lab)]) == 2
-    assert "--overwrite" in _one_error_line(capsys) and lab.read_bytes() == stamp
+    assert "--overwrite" in cli_error(capsys) and lab.read_bytes() == stamp
 
 
 # ------------------------------------------------------------------ 2. checked before, nothing half-written
 @pytest.mark.parametrize("where", ["missing-folder", "unwritable", "bad-suffix"])
-def test_bad_output_is_one_line_exit_2(tmp_path, capsys, where):
+def test_bad_output_is_one_line_exit_2(cli_error, tmp_path, capsys, where):
     src = _img(tmp_path)
     if where == "missing-folder":
         dst = tmp_path / "nope" / "out.nii.gz"
@@ -90,12 +82,12 @@ def test_bad_output_is_one_line_exit_2(tmp_path, capsys, where):
     else:
         dst = tmp_path / "out.xyz"
     assert main(["convert", str(src), str(dst)]) == 2
-    line = _one_error_line(capsys)
+    line = cli_error(capsys)
     assert line.startswith("biomip: error: DST:")
     assert not os.path.exists(dst)
 
 
-def test_register_checks_labels_count_before_the_work(tmp_path, capsys, monkeypatch):
+def test_register_checks_labels_count_before_the_work(cli_error, tmp_path, capsys, monkeypatch):
     f, m = _img(tmp_path, "f.nii.gz"), _img(tmp_path, "m.nii.gz", seed=1)
     import biomip.register
 
@@ -105,9 +97,9 @@ def test_register_checks_labels_count_before_the_work(tmp_path, capsys, monkeypa
     out = tmp_path / "w.nii.gz"
     assert main(["register", "demons", str(f), str(m), "--out-warped", str(out),
                  "--labels", str(f), "--labels", str(m), "--labels", str(m)]) == 2
-    assert "--labels: got 3" in _one_error_line(capsys)
+    assert "--labels: got 3" in cli_error(capsys)
     assert main(["register", "demons", str(f), str(m), "--out-warped", str(tmp_path / "no" / "w.nii.gz")]) == 2
-    assert "--out-warped" in _one_error_line(capsys)
+    assert "--out-warped" in cli_error(capsys)
     assert list(tmp_path.iterdir()) == sorted([f, m]) or set(tmp_path.iterdir()) == {f, m}
 
 
@@ -155,11 +147,11 @@ def test_reference_scores_in_the_units_of_the_simulation(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("scale", ["0", "-1", "nan", "inf"])
-def test_simulate_scale_must_be_positive(tmp_path, capsys, scale):
+def test_simulate_scale_must_be_positive(cli_error, tmp_path, capsys, scale):
     ph = _img(tmp_path)
     out = tmp_path / "s.npz"
     assert main(["simulate", "ct", str(ph), "--out", str(out), "--scale", scale]) == 2
-    assert _one_error_line(capsys).startswith("biomip: error: --scale:")
+    assert cli_error(capsys).startswith("biomip: error: --scale:")
     assert not out.exists()
 
 
@@ -173,18 +165,18 @@ def test_kmeans_keeps_zero_for_the_background(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ 5. CLI words and complete help
-def test_messages_name_the_cli_option(tmp_path, capsys):
+def test_messages_name_the_cli_option(cli_error, tmp_path, capsys):
     src = _img(tmp_path)
     assert main(["segment", "multiotsu", str(src), "--k", "70", "--out", str(tmp_path / "m.nii.gz")]) == 2
-    line = _one_error_line(capsys)
+    line = cli_error(capsys)
     assert line.startswith("biomip: error: --k:") and "classes" not in line.split(":")[2]
     assert main(["convert", str(src), str(tmp_path / "x.png")]) == 2
-    line = _one_error_line(capsys)
+    line = cli_error(capsys)
     assert "SRC:" in line and "image:" not in line
     assert main(["convert", str(src), str(tmp_path / "x.bin"), "--format", "foo"]) == 2
-    assert _one_error_line(capsys).startswith("biomip: error: --format:")
+    assert cli_error(capsys).startswith("biomip: error: --format:")
     assert main(["convert", str(src), str(tmp_path / "x.bin")]) == 2
-    line = _one_error_line(capsys)
+    line = cli_error(capsys)
     assert "format=" not in line and "--format" in line
 
 
@@ -230,25 +222,25 @@ def test_logs_get_one_line_per_stage_with_its_time(tmp_path, capsys, monkeypatch
 
 
 # ------------------------------------------------------------------ second new-user pass (issue 15 target)
-def test_overwrite_never_deletes_an_input_or_foreign_files(tmp_path, capsys):
+def test_overwrite_never_deletes_an_input_or_foreign_files(cli_error, tmp_path, capsys):
     src = _img(tmp_path, shape=(3, 16, 16))
     series = tmp_path / "d1"
     assert main(["convert", str(src), str(series), "--format", "dicom"]) == 0
     one = sorted(series.iterdir())[0]
     n = len(list(series.iterdir()))
     assert main(["convert", str(one), str(series), "--format", "dicom", "--overwrite"]) == 2
-    assert "holds the input" in _one_error_line(capsys) and len(list(series.iterdir())) == n
+    assert "holds the input" in cli_error(capsys) and len(list(series.iterdir())) == n
     outer = tmp_path / "outer"
     outer.mkdir()
     (outer / "notes.txt").write_text("precious")
     for fmt in ("dicom", "ome-zarr"):
         assert main(["convert", str(src), str(outer), "--format", fmt, "--overwrite"]) == 2
-        assert "not part of an image" in _one_error_line(capsys)
+        assert "not part of an image" in cli_error(capsys)
     assert (outer / "notes.txt").read_text() == "precious"
     assert main(["convert", str(src), str(series), "--format", "dicom", "--overwrite"]) == 0   # a series: replaced
 
 
-def test_run_serenet_checks_its_folder_before_training(tmp_path, capsys, monkeypatch):
+def test_run_serenet_checks_its_folder_before_training(cli_error, tmp_path, capsys, monkeypatch):
     import biomip.pipelines.serenet as S
 
     def boom(*a, **k):
@@ -258,12 +250,12 @@ def test_run_serenet_checks_its_folder_before_training(tmp_path, capsys, monkeyp
     mine.mkdir()
     (mine / "report.json").write_text("mine")
     assert main(["run", "serenet", "--tiny", "--out", str(mine)]) == 2
-    assert "--overwrite" in _one_error_line(capsys) and (mine / "report.json").read_text() == "mine"
+    assert "--overwrite" in cli_error(capsys) and (mine / "report.json").read_text() == "mine"
     assert main(["run", "serenet", "--tiny", "--out", str(tmp_path / "no" / "run")]) == 2
-    assert _one_error_line(capsys).startswith("biomip: error: --out:")
+    assert cli_error(capsys).startswith("biomip: error: --out:")
     monkeypatch.undo()
     assert main(["run", "serenet", "--tiny", "--steps", "0", "--out", str(tmp_path / "r")]) == 2
-    assert _one_error_line(capsys).startswith("biomip: error: --steps:")
+    assert cli_error(capsys).startswith("biomip: error: --steps:")
 
 
 def test_spectral_superpixels_and_pixel_units(tmp_path, capsys):
@@ -308,34 +300,34 @@ def test_an_explicit_progress_bar_in_a_pipe_is_a_log_line(tmp_path, capsys, monk
     assert re.search(r"biomip: SIRT: 3/3 \(100 %\) done in", capsys.readouterr().err)
 
 
-def test_reads_are_blamed_on_the_argument_that_named_them(tmp_path, capsys):
+def test_reads_are_blamed_on_the_argument_that_named_them(cli_error, tmp_path, capsys):
     bad = tmp_path / "bad.nii.gz"
     bad.write_text("not an image")
     good = _img(tmp_path)
     assert main(["convert", str(bad), str(tmp_path / "x.nii.gz")]) == 2
-    assert _one_error_line(capsys).startswith("biomip: error: SRC:")
+    assert cli_error(capsys).startswith("biomip: error: SRC:")
     assert main(["register", "rigid", str(good), str(bad), "--out-warped", str(tmp_path / "w.nii.gz")]) == 2
-    assert _one_error_line(capsys).startswith("biomip: error: MOVING:")
+    assert cli_error(capsys).startswith("biomip: error: MOVING:")
     assert main(["segment", "otsu", str(bad), "--out", str(tmp_path / "o.nii.gz")]) == 2
-    assert _one_error_line(capsys).startswith("biomip: error: IMAGE:")
+    assert cli_error(capsys).startswith("biomip: error: IMAGE:")
 
 
 # ------------------------------------------------------------------ third new-user pass
-def test_a_report_or_preview_never_replaces_an_input(tmp_path, capsys):
+def test_a_report_or_preview_never_replaces_an_input(cli_error, tmp_path, capsys):
     src = _img(tmp_path)
     disguised = tmp_path / "a.preview.png"                  # an input named like the output's preview
     assert main(["convert", str(src), str(disguised), "--rescale"]) == 0
     before = disguised.read_bytes()
     assert main(["segment", "otsu", str(disguised), "--out", str(tmp_path / "a.tif"), "--overwrite"]) == 2
-    assert "also an input" in _one_error_line(capsys) and disguised.read_bytes() == before
+    assert "also an input" in cli_error(capsys) and disguised.read_bytes() == before
 
 
-def test_clustering_classes_are_bounded(tmp_path, capsys):
+def test_clustering_classes_are_bounded(cli_error, tmp_path, capsys):
     src = _img(tmp_path)
     assert main(["segment", "kmeans", str(src), "--k", "100000", "--out", str(tmp_path / "k.tif")]) == 2
-    assert _one_error_line(capsys).startswith("biomip: error: --k: got 100000")
+    assert cli_error(capsys).startswith("biomip: error: --k: got 100000")
     assert main(["segment", "spectral", str(src), "--k", "2", "--superpixels", "-5", "--out", str(tmp_path / "k.tif")]) == 2
-    assert _one_error_line(capsys).startswith("biomip: error: --superpixels:")
+    assert cli_error(capsys).startswith("biomip: error: --superpixels:")
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".ome.tif", ".tif"])
@@ -355,13 +347,13 @@ def test_unknown_spacing_survives_conversion(tmp_path, capsys, suffix):
 
 
 # ------------------------------------------------------------------ fourth new-user pass
-def test_overwrite_keeps_foreign_files_in_zarr_and_other_dicom_series(tmp_path, capsys):
+def test_overwrite_keeps_foreign_files_in_zarr_and_other_dicom_series(cli_error, tmp_path, capsys):
     src = _img(tmp_path, shape=(3, 16, 16))
     z = tmp_path / "z.ome.zarr"
     assert main(["convert", str(src), str(z)]) == 0
     (z / "labels_notes.txt").write_text("mine")
     assert main(["convert", str(src), str(z), "--overwrite"]) == 2
-    assert "not part of an image" in _one_error_line(capsys) and (z / "labels_notes.txt").read_text() == "mine"
+    assert "not part of an image" in cli_error(capsys) and (z / "labels_notes.txt").read_text() == "mine"
     two = tmp_path / "two"
     assert main(["convert", str(src), str(two), "--format", "dicom"]) == 0
     other = _img(tmp_path, "b.nii.gz", shape=(2, 16, 16), seed=3)
@@ -370,49 +362,49 @@ def test_overwrite_keeps_foreign_files_in_zarr_and_other_dicom_series(tmp_path, 
         f.rename(two / ("s2-" + f.name))
     n = len(list(two.iterdir()))
     assert main(["convert", str(src), str(two), "--format", "dicom", "--overwrite"]) == 2
-    assert "2 DICOM series" in _one_error_line(capsys) and len(list(two.iterdir())) == n
+    assert "2 DICOM series" in cli_error(capsys) and len(list(two.iterdir())) == n
 
 
-def test_train_overwrite_replaces_only_a_model_folder(tmp_path, capsys):
+def test_train_overwrite_replaces_only_a_model_folder(cli_error, tmp_path, capsys):
     src = _img(tmp_path)
     proj = tmp_path / "proj"
     proj.mkdir()
     (proj / "important.csv").write_text("mine")
     assert main(["train", "unet", "--image", str(src), "--labels", str(src), "--out", str(proj), "--epochs", "1",
                  "--binary", "--overwrite"]) == 2
-    assert "not a biomip model" in _one_error_line(capsys) and (proj / "important.csv").read_text() == "mine"
+    assert "not a biomip model" in cli_error(capsys) and (proj / "important.csv").read_text() == "mine"
 
 
 @pytest.mark.parametrize("args", [["--geometry", "fan", "--sod", "0"], ["--geometry", "fan", "--sdd", "nan"],
                                   ["--seed", "99999999999999999999"], ["--scale", "1e300"], ["--arc", "0"]])
-def test_simulate_ct_options_are_checked(tmp_path, capsys, args):
+def test_simulate_ct_options_are_checked(cli_error, tmp_path, capsys, args):
     ph = _img(tmp_path)
     assert main(["simulate", "ct", str(ph), "--out", str(tmp_path / "s.npz"), *args]) == 2
-    assert _one_error_line(capsys).startswith(f"biomip: error: {args[-2] if args[-2] != '--geometry' else args[2]}:")
+    assert cli_error(capsys).startswith(f"biomip: error: {args[-2] if args[-2] != '--geometry' else args[2]}:")
 
 
-def test_watershed_sizes_are_bounded_by_the_image(tmp_path, capsys):
+def test_watershed_sizes_are_bounded_by_the_image(cli_error, tmp_path, capsys):
     src = _img(tmp_path)
     for opt in ("--diameter", "--min-distance"):
         assert main(["segment", "watershed", str(src), "--out", str(tmp_path / "w.tif"), opt, "1e9"]) == 2
-        assert _one_error_line(capsys).startswith(f"biomip: error: {opt}:")
+        assert cli_error(capsys).startswith(f"biomip: error: {opt}:")
 
 
-def test_run_serenet_overwrite_keeps_user_files_in_model(tmp_path, capsys):
+def test_run_serenet_overwrite_keeps_user_files_in_model(cli_error, tmp_path, capsys):
     run = tmp_path / "run"
     (run / "model").mkdir(parents=True)
     (run / "model" / "mymodel.pt").write_text("mine")
     assert main(["run", "serenet", "--tiny", "--no-l1", "--out", str(run), "--overwrite"]) == 2
-    assert "not a SeReNet model" in _one_error_line(capsys)
+    assert "not a SeReNet model" in cli_error(capsys)
     assert (run / "model" / "mymodel.pt").read_text() == "mine"
 
 
-def test_sixth_pass_small_things(tmp_path, capsys):
+def test_sixth_pass_small_things(cli_error, tmp_path, capsys):
     src = _img(tmp_path)
     assert main(["convert", str(src), str(tmp_path / ("b" * 300 + ".tif"))]) == 2
-    assert "255" in _one_error_line(capsys)
+    assert "255" in cli_error(capsys)
     sino = tmp_path / "s.npz"
     assert main(["simulate", "ct", str(src), "--out", str(sino), "--views", "20"]) == 0
     capsys.readouterr()
     assert main(["reconstruct", "fbp", str(sino), "--out", str(tmp_path / "r.nii.gz"), "--offset", "3"]) == 2
-    assert _one_error_line(capsys).startswith("biomip: error: --offset:")
+    assert cli_error(capsys).startswith("biomip: error: --offset:")
